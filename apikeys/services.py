@@ -1,0 +1,113 @@
+import hmac
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from apikeys.models import ApiKey
+from apikeys.tokens import token_digest, token_generate, token_parse
+from auxot.errors import ApplicationError, UnauthorizedError
+from auxot.models import Membership, Organization, Team
+from auxot.services import audit_record
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    key: ApiKey
+    token: str  # shown once; never stored
+
+
+def apikey_issue(
+    *,
+    org: Organization,
+    label: str,
+    user=None,
+    team: Team | None = None,
+    created_by=None,
+    expires_at: datetime | None = None,
+) -> IssuedKey:
+    """Issue a personal key (user=...) or a team key (team=...). Returns the token once."""
+    if (user is None) == (team is None):
+        raise ApplicationError("A key belongs to exactly one user or one team.")
+    if not label.strip():
+        raise ApplicationError("A key needs a label.")
+    now = timezone.now()
+    if expires_at is not None and expires_at <= now:
+        raise ApplicationError("The expiry must be in the future.")
+    if team is not None:
+        if team.org_id != org.pk:
+            raise ApplicationError("That team belongs to another organization.")
+        if not org.has_teams:
+            raise ApplicationError(
+                "Team API keys are available on the Business and Enterprise plans; "
+                f"{org.name} is on the {org.get_plan_display()} plan.",
+                code="forbidden",
+            )
+    elif not Membership.objects.filter(user=user, org=org).exists():
+        raise ApplicationError("A personal key's owner must be a member of the organization.")
+    kind = ApiKey.Kind.TEAM if team is not None else ApiKey.Kind.USER
+    token = token_generate(kind)
+    parsed = token_parse(token)
+    with transaction.atomic():
+        key = ApiKey.objects.create(
+            kind=kind, org=org, user=user, team=team, label=label.strip(),
+            lookup_id=parsed.lookup_id, digest=parsed.digest, last_four=token[-4:],
+            created_by=created_by, created_at=now, expires_at=expires_at,
+        )
+        audit_record(
+            event="apikey.issued", org=org, actor_user=created_by, obj=key, now=now,
+            extra={"kind": kind, "label": key.label, "lookup_id": key.lookup_id},
+        )
+    return IssuedKey(key=key, token=token)
+
+
+def apikey_revoke(*, key: ApiKey, revoked_by=None) -> ApiKey:
+    """Revoke a key. Final: a revoked key never works again."""
+    now = timezone.now()
+    with transaction.atomic():
+        changed = ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(
+            revoked_at=now, revoked_by=revoked_by
+        )
+        if changed:
+            audit_record(
+                event="apikey.revoked", org=key.org, actor_user=revoked_by, obj=key, now=now,
+                extra={"kind": key.kind, "label": key.label, "lookup_id": key.lookup_id},
+            )
+    key.refresh_from_db()
+    return key
+
+
+def apikey_authenticate(*, token: str, now: datetime) -> ApiKey:
+    """Find the active key for a bearer token, or raise UnauthorizedError."""
+    parsed = token_parse(token)
+    if parsed is None:
+        raise UnauthorizedError("The API key is malformed. Keys look like user.… or team.….")
+    key = (
+        ApiKey.objects.select_related("org", "user", "team")
+        .filter(lookup_id=parsed.lookup_id)
+        .first()
+    )
+    if key is None or not hmac.compare_digest(key.digest, parsed.digest):
+        raise UnauthorizedError("Unknown API key.")
+    if key.revoked_at is not None:
+        raise UnauthorizedError("This API key has been revoked.")
+    if key.expires_at is not None and key.expires_at <= now:
+        raise UnauthorizedError("This API key has expired.")
+    if key.user is not None and not key.user.is_active:
+        raise UnauthorizedError("This API key's owner is deactivated.")
+    _touch(key, now)
+    return key
+
+
+def _touch(key: ApiKey, now: datetime) -> None:
+    # One write per key per interval, not per request: keeps the hot path at one commit.
+    interval = timedelta(seconds=settings.AUXOT_KEY_TOUCH_SECONDS)
+    if key.last_used_at is None or now - key.last_used_at >= interval:
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+        key.last_used_at = now
+
+
+def apikey_digest_matches(key: ApiKey, token: str) -> bool:
+    return hmac.compare_digest(key.digest, token_digest(token))

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class AuxotConfig(AppConfig):
+    name = "auxot"
+    verbose_name = "Organizations and audit"

@@ -1,0 +1,80 @@
+"""The demo data `make run` seeds: idempotent, and it keeps its secrets under var/."""
+
+import json
+import secrets
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import transaction
+
+from apikeys.models import ApiKey
+from apikeys.services import apikey_digest_matches, apikey_issue
+from auxot.models import Membership, Organization
+from intakes.models import Intake
+from intakes.services import intake_create
+from workflows.models import Step, Workflow
+
+SECRETS_FILE = settings.VAR_DIR / "demo-secrets.json"
+GREETING = "{greeting: join(' ', ['Hello,', input.customer || 'world']), ticket: input.ticket_id}"
+
+
+@dataclass
+class Demo:
+    org: Organization
+    username: str
+    password: str
+    intake: Intake
+    token: str
+
+
+def _load_secrets() -> dict:
+    if SECRETS_FILE.exists():
+        return json.loads(SECRETS_FILE.read_text())
+    return {}
+
+
+def _save_secrets(data: dict) -> None:
+    SECRETS_FILE.parent.mkdir(exist_ok=True)
+    SECRETS_FILE.write_text(json.dumps(data, indent=2))
+    SECRETS_FILE.chmod(0o600)
+
+
+def _workflow(org: Organization) -> Workflow:
+    workflow, created = Workflow.objects.get_or_create(
+        org=org, slug="greet-and-wait",
+        defaults={"name": "Greet and wait",
+                  "description": "Builds a greeting from the input, then waits 3 s."},
+    )
+    if created:
+        Step.objects.create(workflow=workflow, position=1, name="Build greeting",
+                            kind="transform", config={"expression": GREETING})
+        Step.objects.create(workflow=workflow, position=2, name="Wait a moment", kind="delay",
+                            config={"seconds": 3})
+    return workflow
+
+
+def demo_seed() -> Demo:
+    stored = _load_secrets()
+    User = get_user_model()
+    with transaction.atomic():
+        org, _ = Organization.objects.get_or_create(
+            slug="demo", defaults={"name": "Demo Co", "plan": Organization.Plan.BUSINESS})
+        user = User.objects.filter(username="admin").first()
+        password = stored.get("password") or secrets.token_urlsafe(12)
+        if user is None:
+            user = User.objects.create_superuser("admin", "admin@example.com", password)
+        elif not user.check_password(password):
+            user.set_password(password)
+            user.save(update_fields=["password"])
+        Membership.objects.get_or_create(user=user, org=org,
+                                         defaults={"role": Membership.Role.ADMIN})
+        workflow = _workflow(org)
+        intake = Intake.objects.filter(org=org, name="Demo intake").first() or intake_create(
+            org=org, workflow=workflow, name="Demo intake", created_by=user)
+        token = stored.get("token", "")
+        key = ApiKey.objects.filter(org=org, label="Demo key", revoked_at__isnull=True).first()
+        if key is None or not apikey_digest_matches(key, token):
+            token = apikey_issue(org=org, label="Demo key", user=user, created_by=user).token
+    _save_secrets({"password": password, "token": token})
+    return Demo(org=org, username="admin", password=password, intake=intake, token=token)

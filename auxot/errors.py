@@ -1,0 +1,135 @@
+"""One error shape everywhere: RFC 9457 application/problem+json.
+
+Services raise `ApplicationError` (or a subclass); `exception_handler` renders it, DRF's
+own exceptions and database outages in the same shape.
+"""
+
+import logging
+
+from django.db import DatabaseError
+from django.http import JsonResponse
+from rest_framework import exceptions as drf_exceptions
+from rest_framework.response import Response
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+# One body for every "not there / not yours / switched off": callers cannot fingerprint.
+NOT_FOUND_DETAIL = "No such intake or work item for this key."
+
+# code -> (status, title). The same table feeds /v1/problems/<code>.
+PROBLEMS: dict[str, tuple[int, str]] = {
+    "invalid_json": (400, "Body is not valid JSON"),
+    "empty_body": (400, "Empty request body"),
+    "invalid_request": (400, "Invalid request"),
+    "unauthorized": (401, "Missing or invalid API key"),
+    "forbidden": (403, "Not allowed"),
+    "not_found": (404, "Not found"),
+    "method_not_allowed": (405, "Method not allowed"),
+    "conflict": (409, "Conflict"),
+    "payload_too_large": (413, "Request body too large"),
+    "unsupported_media_type": (415, "Unsupported media type"),
+    "validation_failed": (422, "Request failed validation"),
+    "rate_limited": (429, "Too many requests"),
+    "internal_error": (500, "Internal server error"),
+    "database_unavailable": (503, "Service temporarily unavailable"),
+}
+
+
+class ApplicationError(Exception):
+    code = "invalid_request"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        code: str | None = None,
+        extra: dict | None = None,
+        headers: dict | None = None,
+    ):
+        super().__init__(detail)
+        self.detail = detail
+        if code:
+            self.code = code
+        self.extra = extra or {}
+        self.headers = headers or {}
+
+    @property
+    def status(self) -> int:
+        return PROBLEMS[self.code][0]
+
+
+class NotFoundError(ApplicationError):
+    code = "not_found"
+
+
+class UnauthorizedError(ApplicationError):
+    code = "unauthorized"
+
+
+class PermissionDeniedError(ApplicationError):
+    code = "forbidden"
+
+
+def problem_body(code: str, detail: str, extra: dict | None = None) -> dict:
+    status, title = PROBLEMS[code]
+    body = {"type": f"/v1/problems/{code}", "title": title, "status": status, "detail": detail,
+            "code": code}
+    if extra:
+        body.update(extra)
+    return body
+
+
+def problem_response(
+    code: str, detail: str, *, extra: dict | None = None, headers: dict | None = None
+) -> Response:
+    status = PROBLEMS[code][0]
+    response = Response(problem_body(code, detail, extra), status=status, headers=headers)
+    response.content_type = PROBLEM_CONTENT_TYPE
+    if status == 401:
+        response["WWW-Authenticate"] = 'Bearer realm="auxot"'
+    return response
+
+
+def django_problem(code: str, detail: str) -> JsonResponse:
+    """The same body for plain Django views (404/500 handlers under /v1/)."""
+    return JsonResponse(
+        problem_body(code, detail), status=PROBLEMS[code][0], content_type=PROBLEM_CONTENT_TYPE
+    )
+
+
+_DRF_CODES = {
+    drf_exceptions.ParseError: "invalid_json",
+    drf_exceptions.NotAuthenticated: "unauthorized",
+    drf_exceptions.AuthenticationFailed: "unauthorized",
+    drf_exceptions.PermissionDenied: "forbidden",
+    drf_exceptions.NotFound: "not_found",
+    drf_exceptions.MethodNotAllowed: "method_not_allowed",
+    drf_exceptions.UnsupportedMediaType: "unsupported_media_type",
+    drf_exceptions.Throttled: "rate_limited",
+    drf_exceptions.ValidationError: "validation_failed",
+}
+
+
+def exception_handler(exc: Exception, context: dict) -> Response | None:
+    if isinstance(exc, ApplicationError):
+        return problem_response(exc.code, exc.detail, extra=exc.extra, headers=exc.headers)
+    if isinstance(exc, DatabaseError):
+        # A 202 is a promise that the item is stored: never fake one when we cannot store.
+        logger.error("database unavailable: %s", type(exc).__name__)
+        return problem_response(
+            "database_unavailable",
+            "The database is unavailable; nothing was accepted. Retry later.",
+            headers={"Retry-After": "5"},
+        )
+    for exc_type, code in _DRF_CODES.items():
+        if isinstance(exc, exc_type):
+            if code == "unauthorized":
+                detail = str(exc.detail)
+            elif code == "validation_failed":
+                return problem_response(code, "The request failed validation.",
+                                        extra={"errors": exc.detail})
+            else:
+                detail = str(exc.detail)
+            return problem_response(code, detail)
+    return None

@@ -1,0 +1,75 @@
+"""`manage.py demo`: migrate, seed the demo, print how to use it, run web + worker."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+
+from auxot.demo import demo_seed
+
+
+class Command(BaseCommand):
+    help = "Set up and run the demo: web server and qcluster together (Ctrl-C stops both)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+        parser.add_argument("--no-serve", action="store_true", help="Seed and print only.")
+
+    def handle(self, *args, **options):
+        call_command("migrate", interactive=False, verbosity=0)
+        demo = demo_seed()
+        base = f"http://127.0.0.1:{options['port']}"
+        self.stdout.write(self._instructions(base, demo))
+        if options["no_serve"]:
+            return
+        self._serve(options["port"])
+
+    def _instructions(self, base: str, demo) -> str:
+        intake = demo.intake.pk
+        return f"""
+Auxot demo is ready.
+
+  Admin:      {base}/admin/   (user {demo.username}, password {demo.password})
+  Intake id:  {intake}   (workflow: {demo.intake.workflow.name})
+  API key:    {demo.token}
+              (personal key of {demo.username}; kept in var/demo-secrets.json, git-ignored)
+
+Trigger:
+
+  curl -i -X POST "{base}/v1/intake/{intake}" \\
+    -H "Authorization: Bearer {demo.token}" \\
+    -H "Content-Type: application/json" \\
+    -d '{{"ticket_id":"SUP-1042","customer":"Acme Corp"}}'
+
+Poll (swap WORK_ID from the 202 body):
+
+  curl "{base}/v1/intake/{intake}/work/WORK_ID" \\
+    -H "Authorization: Bearer {demo.token}"
+
+Web and worker are starting; Ctrl-C stops both.
+"""
+
+    def _serve(self, port: int) -> None:
+        manage = [sys.executable, "manage.py"]
+        procs = [
+            subprocess.Popen([*manage, "runserver", "--noreload", f"127.0.0.1:{port}"]),
+            subprocess.Popen([*manage, "qcluster"]),
+        ]
+        try:
+            while all(p.poll() is None for p in procs):
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGINT)
+            for p in procs:
+                try:
+                    p.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    p.kill()

@@ -1,0 +1,88 @@
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class Organization(models.Model):
+    class Plan(models.TextChoices):
+        FREE = "free", "Free"
+        PRO = "pro", "Pro"
+        BUSINESS = "business", "Business"
+        ENTERPRISE = "enterprise", "Enterprise"
+
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=80, unique=True)
+    plan = models.CharField(max_length=20, choices=Plan.choices, default=Plan.FREE)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def has_teams(self) -> bool:
+        """Team keys and team-assigned intakes exist on business and enterprise plans."""
+        return self.plan in {self.Plan.BUSINESS, self.Plan.ENTERPRISE}
+
+
+class Team(models.Model):
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="teams")
+    name = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["org", "name"], name="team_name_per_org")]
+
+    def __str__(self) -> str:
+        return f"{self.org.name} / {self.name}"
+
+
+class Membership(models.Model):
+    class Role(models.TextChoices):
+        ADMIN = "admin", "Admin"
+        MEMBER = "member", "Member"
+        AUDITOR = "auditor", "Auditor"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=20, choices=Role.choices, default=Role.MEMBER)
+    teams = models.ManyToManyField(Team, blank=True, related_name="memberships")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "org"], name="one_membership_per_org")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.org} ({self.role})"
+
+
+class AuditEvent(models.Model):
+    """Append-only record of a change, written by the service that makes the change."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    org = models.ForeignKey(
+        Organization, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(db_index=True)
+    event = models.CharField(max_length=64, db_index=True)
+    actor_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # A key acting: its lookup id and label (never the secret).
+    actor_key_lookup = models.CharField(max_length=32, blank=True)
+    actor_label = models.CharField(max_length=200, blank=True)
+    object_type = models.CharField(max_length=64, blank=True)
+    object_id = models.CharField(max_length=64, blank=True, db_index=True)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    extra = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["org", "-created_at"], name="audit_org_time")]
+
+    def __str__(self) -> str:
+        return f"{self.event} {self.object_type}:{self.object_id}"

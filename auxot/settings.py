@@ -1,0 +1,245 @@
+"""Auxot settings: one file, configured from the environment.
+
+Every value read here fails loudly at start-up (ImproperlyConfigured) when it is
+present but malformed, so a typo in production never silently becomes a default.
+"""
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = BASE_DIR / "var"
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def env_str(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name}={raw!r} is not a boolean (use 1/0, true/false, yes/no).")
+
+
+def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not an integer.") from None
+    if minimum is not None and value < minimum:
+        raise ImproperlyConfigured(f"{name}={value} is below the minimum of {minimum}.")
+    return value
+
+
+def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a number.") from None
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name}={value} is below the minimum of {minimum}.")
+    return value
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+def env_base_url(name: str) -> str:
+    raw = os.environ.get(name, "").strip().rstrip("/")
+    if not raw:
+        return ""
+    parts = urlsplit(raw)
+    if parts.scheme not in {"http", "https"} or not parts.netloc or parts.query or parts.fragment:
+        raise ImproperlyConfigured(
+            f"{name}={raw!r} must be an absolute http(s) URL such as https://auxot.example.com"
+        )
+    return raw
+
+
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = env_str("SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY must be set (or DEBUG=1 for a development default).")
+    SECRET_KEY = "dev-only-insecure-secret-key-do-not-use-in-production"  # noqa: S105
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+# Public base URL used to build links (Location, status_url, admin snippets). Empty: the
+# request's own scheme and host are used.
+AUXOT_PUBLIC_BASE_URL = env_base_url("AUXOT_PUBLIC_BASE_URL")
+
+INSTALLED_APPS = [
+    # Our apps first: workflows overrides django-q2's `qcluster` command.
+    "auxot",
+    "apikeys",
+    "workflows",
+    "intakes",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "django_q",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "auxot.urls"
+WSGI_APPLICATION = "auxot.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------
+_default_db_url = f"sqlite:///{VAR_DIR / 'auxot.sqlite3'}"
+DATABASE_URL = env_str("DATABASE_URL", _default_db_url) or _default_db_url
+try:
+    # A connection per request costs ~6x throughput (MEASURED.md): keep them open.
+    _db = dj_database_url.parse(
+        DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60, minimum=0),
+        conn_health_checks=True,
+    )
+except ValueError as exc:
+    raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    VAR_DIR.mkdir(exist_ok=True)
+    _db["OPTIONS"] = {
+        # Web, worker and ticker share one file: wait for locks instead of failing, and
+        # take the write lock at BEGIN so two writers never deadlock on an upgrade.
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "staticfiles"
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns on every request otherwise
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True
+
+# --- Public API --------------------------------------------------------------------------
+AUXOT_MAX_BODY_BYTES = env_int("AUXOT_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = AUXOT_MAX_BODY_BYTES
+# A key's last_used_at is written at most once per this many seconds (not on every call).
+AUXOT_KEY_TOUCH_SECONDS = env_int("AUXOT_KEY_TOUCH_SECONDS", 60, minimum=0)
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["apikeys.authentication.BearerKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["apikeys.authentication.HasApiKey"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": [],
+    "EXCEPTION_HANDLER": "auxot.errors.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+
+# --- Engine ------------------------------------------------------------------------------
+# Steps get this long before their lease expires and the sweeper hands them to another worker.
+AUXOT_STEP_TIMEOUT_SECONDS = env_int("AUXOT_STEP_TIMEOUT_SECONDS", 60, minimum=1)
+AUXOT_STEP_MAX_ATTEMPTS = env_int("AUXOT_STEP_MAX_ATTEMPTS", 3, minimum=1)
+AUXOT_LEASE_GRACE_SECONDS = env_int("AUXOT_LEASE_GRACE_SECONDS", 10, minimum=1)
+# How long one django-q2 task keeps draining other due items after its own.
+AUXOT_DRAIN_SECONDS = env_float("AUXOT_DRAIN_SECONDS", 2.0)
+# The ticker inside qcluster: how often it looks for due items, and when it assumes a
+# queue message was lost and enqueues the item again.
+AUXOT_TICK_SECONDS = env_float("AUXOT_TICK_SECONDS", 0.2, minimum=0.01)
+AUXOT_REQUEUE_AFTER_SECONDS = env_int("AUXOT_REQUEUE_AFTER_SECONDS", 60, minimum=1)
+AUXOT_HEARTBEAT_SECONDS = env_int("AUXOT_HEARTBEAT_SECONDS", 5, minimum=1)
+
+REDIS_URL = env_str("REDIS_URL")
+AUXOT_TASK_TIMEOUT_SECONDS = env_int("AUXOT_TASK_TIMEOUT_SECONDS", 300, minimum=10)
+Q_CLUSTER = {
+    "name": env_str("AUXOT_Q_NAME", "auxot"),
+    "workers": env_int("AUXOT_WORKERS", 2, minimum=1),
+    # timeout must stay below retry, or a running task is handed out twice.
+    "timeout": AUXOT_TASK_TIMEOUT_SECONDS,
+    "retry": AUXOT_TASK_TIMEOUT_SECONDS + 60,
+    # django-q2 would retry a failing task forever (max_attempts 0): the engine owns retries.
+    "max_attempts": 1,
+    "ack_failures": True,
+    "save_limit": -1,  # no Task row per success: the work item is the record
+    "recycle": 500,
+    "max_rss": 262144,  # KiB: a worker that grows past 256 MiB is replaced after its task
+    "catch_up": False,
+    "label": "Background tasks",
+    "sync": env_bool("AUXOT_Q_SYNC", False),
+}
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+    # The ORM broker's latency is about poll/2 + 10 ms (MEASURED.md).
+    Q_CLUSTER["poll"] = env_float("AUXOT_ORM_POLL_SECONDS", 0.05, minimum=0.01)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {
+        # django-q2 logs an INFO line per task: keep the hot path quiet.
+        "django-q": {"level": env_str("Q_LOG_LEVEL", "WARNING")},
+    },
+}

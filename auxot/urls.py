@@ -1,0 +1,15 @@
+from django.contrib import admin
+from django.urls import include, path
+from django.views.generic import RedirectView
+
+from auxot import views
+
+urlpatterns = [
+    path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    path("admin/", admin.site.urls),
+    path("v1/problems/<str:code>", views.problem_detail, name="problem-detail"),
+    path("v1/", include("intakes.urls")),
+]
+
+handler404 = "auxot.views.handler404"
+handler500 = "auxot.views.handler500"

@@ -1,0 +1,59 @@
+"""The public v1 API. Views parse, authorize, call one service, render."""
+
+from django.conf import settings
+from django.urls import reverse
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from auxot.errors import ApplicationError
+from auxot.timefmt import iso
+from intakes.body import json_body
+from intakes.services import intake_for_key, intake_trigger, work_item_for_key
+from workflows.presenters import work_item_view
+
+MAX_CORRELATION_ID = 200
+
+
+def _absolute(request: Request, path: str) -> str:
+    base = settings.AUXOT_PUBLIC_BASE_URL
+    return f"{base}{path}" if base else request.build_absolute_uri(path)
+
+
+def _client_ip(request: Request) -> str | None:
+    return request.META.get("REMOTE_ADDR") or None
+
+
+def _correlation_id(request: Request) -> str:
+    value = request.headers.get("Auxot-Correlation-Id", "")
+    if len(value) > MAX_CORRELATION_ID or not value.isprintable():
+        raise ApplicationError(
+            f"Auxot-Correlation-Id must be printable and at most {MAX_CORRELATION_ID} characters."
+        )
+    return value
+
+
+class IntakeTriggerApi(APIView):
+    """POST /v1/intake/{intake_id}: accept JSON, answer 202 with a work_id."""
+
+    def post(self, request: Request, intake_id: str) -> Response:
+        intake = intake_for_key(intake_id=intake_id, key=request.auth)
+        payload = json_body(request._request)
+        item = intake_trigger(intake=intake, key=request.auth, payload=payload,
+                              ip=_client_ip(request), correlation_id=_correlation_id(request))
+        status_url = _absolute(request, reverse(
+            "work-item-detail", kwargs={"intake_id": intake.pk, "work_id": item.pk}))
+        body = {"work_id": str(item.pk), "status": item.status, "status_url": status_url,
+                "created_at": iso(item.created_at)}
+        return Response(body, status=202, headers={"Location": status_url})
+
+
+class WorkItemDetailApi(APIView):
+    """GET /v1/intake/{intake_id}/work/{work_id}: status, progress and why it waits."""
+
+    def get(self, request: Request, intake_id: str, work_id: str) -> Response:
+        intake = intake_for_key(intake_id=intake_id, key=request.auth)
+        item = work_item_for_key(intake=intake, work_id=work_id)
+        view = work_item_view(item)
+        headers = {"Retry-After": str(view.retry_after)} if view.retry_after else {}
+        return Response(view.body, headers=headers)

@@ -1,0 +1,129 @@
+"""Strict JSON request bodies: what the trigger accepts, and the 4xx for everything else.
+
+Rules (documented in the README):
+- `Content-Type: application/json` (or any `application/*+json`); a charset other than
+  utf-8 is 415. No body at all is 400 `empty_body`: send `{}` for "no input".
+- At most AUXOT_MAX_BODY_BYTES (413). UTF-8 without a BOM.
+- Standard JSON only: NaN/Infinity, duplicate object keys, numbers over 1,000 digits and
+  nesting deeper than 64 levels are 400 `invalid_json`.
+"""
+
+import json
+import math
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest
+
+from auxot.errors import ApplicationError
+
+MAX_DEPTH = 64
+MAX_NUMBER_DIGITS = 1000
+
+
+class _Reject(ValueError):
+    pass
+
+
+def _no_constants(name: str) -> Any:
+    raise _Reject(f"{name} is not valid JSON")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    result = {}
+    for key, value in pairs:
+        if key in result:
+            raise _Reject(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _number(text: str) -> int | float:
+    if len(text) > MAX_NUMBER_DIGITS:
+        raise _Reject(f"a number has more than {MAX_NUMBER_DIGITS} digits")
+    if not any(c in text for c in ".eE"):
+        return int(text)
+    value = float(text)
+    if math.isinf(value):
+        raise _Reject(f"the number {text[:20]} is out of range")
+    return value
+
+
+def _depth_ok(text: str) -> bool:
+    # Cheap pre-scan (strings skipped) so hostile nesting never reaches the recursive parser.
+    depth, in_string, escaped = 0, False, False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return False
+        elif char in "]}":
+            depth -= 1
+    return True
+
+
+def _check_content_type(request: HttpRequest) -> None:
+    raw = request.META.get("CONTENT_TYPE", "")
+    media, _, params = raw.partition(";")
+    media = media.strip().lower()
+    if media != "application/json" and not (media.startswith("application/") and
+                                            media.endswith("+json")):
+        raise ApplicationError(
+            f"Send the body as JSON with 'Content-Type: application/json' (got {media or 'none'}).",
+            code="unsupported_media_type",
+        )
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in {
+            "utf-8", "utf8"
+        }:
+            raise ApplicationError("JSON bodies must be UTF-8.", code="unsupported_media_type")
+
+
+def json_body(request: HttpRequest) -> Any:
+    """Parse the request body or raise an ApplicationError with the right 4xx code."""
+    limit = settings.AUXOT_MAX_BODY_BYTES
+    too_big = ApplicationError(f"The body is larger than {limit} bytes.", code="payload_too_large")
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        raise ApplicationError("Invalid Content-Length header.") from None
+    if declared > limit:
+        raise too_big
+    _check_content_type(request)
+    try:
+        raw = request.body
+    except RequestDataTooBig:
+        raise too_big from None
+    if len(raw) > limit:
+        raise too_big
+    if not raw:
+        raise ApplicationError("The body is empty; send {} if the workflow needs no input.",
+                               code="empty_body")
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise ApplicationError("The body starts with a UTF-8 byte order mark; remove it.",
+                               code="invalid_json")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApplicationError(f"The body is not valid UTF-8 (byte {exc.start}).",
+                               code="invalid_json") from None
+    if not _depth_ok(text):
+        raise ApplicationError(f"JSON nested deeper than {MAX_DEPTH} levels.", code="invalid_json")
+    try:
+        return json.loads(text, parse_constant=_no_constants, object_pairs_hook=_no_duplicates,
+                          parse_int=_number, parse_float=_number)
+    except _Reject as exc:
+        raise ApplicationError(f"Invalid JSON: {exc}.", code="invalid_json") from None
+    except (ValueError, RecursionError) as exc:
+        raise ApplicationError(f"Invalid JSON: {exc}", code="invalid_json") from None

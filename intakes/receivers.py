@@ -1,0 +1,1 @@
+"""Listeners for the engine's signals. Each receiver calls one service."""

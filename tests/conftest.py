@@ -1,0 +1,88 @@
+"""The fixed cast: an admin, a member and an auditor of org A, and an outsider in org B."""
+
+from dataclasses import dataclass
+
+import pytest
+from django.contrib.auth import get_user_model
+from rest_framework.test import APIClient
+
+from apikeys.services import apikey_issue
+from auxot.models import Membership, Organization, Team
+from intakes.services import intake_create
+from workflows.models import Step, Workflow
+
+GREETING = "{greeting: join(' ', ['Hello,', input.customer || 'world']), n: input.n}"
+
+
+@dataclass
+class Cast:
+    org_a: Organization
+    org_b: Organization
+    team_a: Team
+    admin_a: object
+    member_a: object
+    auditor_a: object
+    outsider_b: object
+
+
+def _user(username: str, org: Organization, role: str):
+    user = get_user_model().objects.create_user(username, f"{username}@example.com", "pw",
+                                                is_staff=True)
+    Membership.objects.create(user=user, org=org, role=role)
+    return user
+
+
+@pytest.fixture
+def cast(db) -> Cast:
+    org_a = Organization.objects.create(name="Org A", slug="org-a", plan="business")
+    org_b = Organization.objects.create(name="Org B", slug="org-b", plan="business")
+    return Cast(
+        org_a=org_a, org_b=org_b, team_a=Team.objects.create(org=org_a, name="Platform"),
+        admin_a=_user("admin_a", org_a, "admin"), member_a=_user("member_a", org_a, "member"),
+        auditor_a=_user("auditor_a", org_a, "auditor"),
+        outsider_b=_user("outsider_b", org_b, "admin"),
+    )
+
+
+def make_workflow(org: Organization, steps: list[tuple[str, dict]], name: str = "Flow"):
+    workflow = Workflow.objects.create(org=org, name=name, slug=name.lower().replace(" ", "-"))
+    for position, (kind, config) in enumerate(steps, start=1):
+        Step.objects.create(workflow=workflow, position=position, name=f"{kind} {position}",
+                            kind=kind, config=config)
+    return workflow
+
+
+@pytest.fixture
+def workflow_a(cast):
+    return make_workflow(cast.org_a, [("transform", {"expression": GREETING}),
+                                      ("delay", {"seconds": 2})], name="Greet")
+
+
+@pytest.fixture
+def intake_a(cast, workflow_a):
+    return intake_create(org=cast.org_a, workflow=workflow_a, name="Intake A",
+                         created_by=cast.admin_a)
+
+
+@pytest.fixture
+def member_token(cast) -> str:
+    return apikey_issue(org=cast.org_a, label="member key", user=cast.member_a).token
+
+
+@pytest.fixture
+def outsider_token(cast) -> str:
+    return apikey_issue(org=cast.org_b, label="outsider key", user=cast.outsider_b).token
+
+
+@pytest.fixture
+def api() -> APIClient:
+    return APIClient()
+
+
+def bearer(token: str) -> dict:
+    return {"HTTP_AUTHORIZATION": f"Bearer {token}"}
+
+
+def trigger(api: APIClient, intake_id, token: str, body=None, **extra):
+    return api.post(f"/v1/intake/{intake_id}", data=body if body is not None else {"n": 1},
+                    format="json", **bearer(token), **extra)

@@ -1,0 +1,78 @@
+"""Real processes for end-to-end tests: a qcluster subprocess on the test database."""
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_database_url() -> str:
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    user = db.get("USER") or "postgres"
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    host = f"{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}"
+    return f"postgres://{user}{password}@{host}/{db['NAME']}"
+
+
+def process_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    env.update({
+        "DJANGO_SETTINGS_MODULE": "auxot.settings",
+        "DATABASE_URL": test_database_url(),
+        "SECRET_KEY": "test-only-secret-key",
+        "AUXOT_TICK_SECONDS": "0.1",
+        "AUXOT_HEARTBEAT_SECONDS": "1",
+        "LOG_LEVEL": "WARNING",
+    })
+    env.update(extra)
+    return env
+
+
+class QCluster:
+    """`manage.py qcluster` in its own process group, so a SIGKILL takes all of it at once."""
+
+    def __init__(self, **env: str):
+        self.env = process_env(**env)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "QCluster":
+        self.proc = subprocess.Popen(
+            [sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=self.env,
+            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        return self
+
+    def kill(self) -> None:
+        """Like a machine dying: SIGKILL the whole group, no cleanup."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        """Graceful stop, as a supervisor does it: SIGTERM to the main process only."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(20)
+        if self.proc:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # any straggler
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -1,0 +1,13 @@
+"""Test settings: the real settings plus what only tests need."""
+
+import os
+
+os.environ.setdefault("SECRET_KEY", "test-only-secret-key")
+
+from auxot.settings import *  # noqa: F403
+from auxot.settings import BASE_DIR, DATABASES
+
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # A file, not memory: end-to-end tests share it with a real qcluster subprocess.
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "var" / "test.sqlite3")}
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

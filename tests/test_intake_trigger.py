@@ -1,0 +1,143 @@
+"""POST /v1/intake/{id}: 202 with a work_id, and a clear 4xx (with no work item) otherwise."""
+
+from unittest import mock
+
+import pytest
+from django.db import OperationalError
+from django_q.models import OrmQ
+
+from tests.conftest import bearer, trigger
+from workflows.models import WorkItem
+
+
+def test_trigger_answers_202_with_work_id_and_location(api, intake_a, member_token, cast):
+    response = trigger(api, intake_a.pk, member_token, {"ticket_id": "SUP-1042"},
+                       HTTP_AUXOT_CORRELATION_ID="deploy-77", REMOTE_ADDR="10.1.2.3")
+    assert response.status_code == 202
+    body = response.json()
+    assert body["status"] == "pending"
+    item = WorkItem.objects.get(pk=body["work_id"])
+    assert response["Location"] == body["status_url"]
+    assert body["status_url"].endswith(f"/v1/intake/{intake_a.pk}/work/{item.pk}")
+    assert item.input == {"ticket_id": "SUP-1042"}
+    assert item.correlation_id == "deploy-77"
+    assert item.created_by_key.user == cast.member_a
+    assert item.created_by_ip == "10.1.2.3"
+
+
+def test_trigger_stores_queue_entry_in_same_commit(api, intake_a, member_token):
+    trigger(api, intake_a.pk, member_token)
+    assert OrmQ.objects.count() == 1
+
+
+@pytest.mark.parametrize("body", [[1, 2], "text", 42, None, {"deep": {"er": [1, {"x": True}]}}])
+def test_any_json_value_is_accepted(api, intake_a, member_token, body):
+    response = api.post(f"/v1/intake/{intake_a.pk}", data=__import__("json").dumps(body),
+                        content_type="application/json", **bearer(member_token))
+    assert response.status_code == 202
+    assert WorkItem.objects.get().input == body
+
+
+def test_public_base_url_builds_links(api, intake_a, member_token, settings):
+    settings.AUXOT_PUBLIC_BASE_URL = "https://auxot.example.com"
+    response = trigger(api, intake_a.pk, member_token)
+    assert response["Location"].startswith("https://auxot.example.com/v1/intake/")
+
+
+def _post_raw(api, intake, token, raw: bytes, content_type="application/json", **extra):
+    return api.generic("POST", f"/v1/intake/{intake.pk}", raw, content_type=content_type,
+                       **bearer(token), **extra)
+
+
+@pytest.mark.parametrize(("raw", "content_type", "status", "code"), [
+    (b"{not json", "application/json", 400, "invalid_json"),
+    (b"", "application/json", 400, "empty_body"),
+    (b'{"a": NaN}', "application/json", 400, "invalid_json"),
+    (b'{"a": Infinity}', "application/json", 400, "invalid_json"),
+    (b'{"a": 1e999}', "application/json", 400, "invalid_json"),
+    (b'{"a": 1, "a": 2}', "application/json", 400, "invalid_json"),
+    (b"\xef\xbb\xbf{}", "application/json", 400, "invalid_json"),
+    (b'{"a": "\xff"}', "application/json", 400, "invalid_json"),
+    (b"[" * 10000 + b"]" * 10000, "application/json", 400, "invalid_json"),
+    (b'{"n": ' + b"9" * 5000 + b"}", "application/json", 400, "invalid_json"),
+    (b"{}", "text/plain", 415, "unsupported_media_type"),
+    (b"{}", "", 415, "unsupported_media_type"),
+    (b"{}", "application/json; charset=latin-1", 415, "unsupported_media_type"),
+    (b"a=1", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
+])
+def test_bad_body_gets_problem_and_no_work_item(api, intake_a, member_token, raw, content_type,
+                                                status, code):
+    response = _post_raw(api, intake_a, member_token, raw, content_type)
+    assert response.status_code == status
+    assert response["Content-Type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["code"] == code
+    assert {"type", "title", "status", "detail"} <= problem.keys()
+    assert not WorkItem.objects.exists()
+
+
+def test_charset_utf8_and_plus_json_are_accepted(api, intake_a, member_token):
+    assert _post_raw(api, intake_a, member_token, b"{}",
+                     "application/json; charset=UTF-8").status_code == 202
+    assert _post_raw(api, intake_a, member_token, b"{}",
+                     "application/vnd.acme+json").status_code == 202
+
+
+def test_body_over_limit_gets_413(api, intake_a, member_token, settings):
+    settings.AUXOT_MAX_BODY_BYTES = 2048
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 2048
+    raw = b'{"x": "' + b"a" * 4096 + b'"}'
+    response = _post_raw(api, intake_a, member_token, raw)
+    assert response.status_code == 413
+    assert response.json()["code"] == "payload_too_large"
+    assert not WorkItem.objects.exists()
+
+
+def test_lying_small_content_length_still_gets_413(api, intake_a, member_token, settings):
+    settings.AUXOT_MAX_BODY_BYTES = 2048
+    raw = b'{"x": "' + b"a" * 4096 + b'"}'
+    response = _post_raw(api, intake_a, member_token, raw, CONTENT_LENGTH="10")
+    # Django reads only the declared 10 bytes: the truncated body is not valid JSON.
+    assert response.status_code in (400, 413)
+    assert not WorkItem.objects.exists()
+
+
+def test_overlong_correlation_id_gets_400(api, intake_a, member_token):
+    response = trigger(api, intake_a.pk, member_token, HTTP_AUXOT_CORRELATION_ID="x" * 201)
+    assert response.status_code == 400
+    assert not WorkItem.objects.exists()
+
+
+def test_database_down_gets_503_not_202(api, intake_a, member_token):
+    with mock.patch("intakes.api.intake_trigger", side_effect=OperationalError("down")):
+        response = trigger(api, intake_a.pk, member_token)
+    assert response.status_code == 503
+    assert response["Content-Type"] == "application/problem+json"
+    assert response["Retry-After"]
+    assert not WorkItem.objects.exists()
+
+
+def test_get_on_trigger_url_is_405_problem(api, intake_a, member_token):
+    response = api.get(f"/v1/intake/{intake_a.pk}", **bearer(member_token))
+    assert response.status_code == 405
+    assert response["Content-Type"] == "application/problem+json"
+
+
+def test_unknown_v1_path_is_problem_json(api):
+    response = api.get("/v1/nothing/here")
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/problem+json"
+
+
+def test_problem_type_is_dereferenceable(api, intake_a, member_token):
+    problem = _post_raw(api, intake_a, member_token, b"{").json()
+    doc = api.get(problem["type"])
+    assert doc.status_code == 200
+    assert doc.json()["code"] == "invalid_json"
+
+
+def test_trigger_query_count_is_pinned(api, intake_a, member_token, django_assert_num_queries):
+    trigger(api, intake_a.pk, member_token)  # first use touches last_used_at
+    # key, intake, membership; then savepoint, item, queue entry, release (one commit)
+    with django_assert_num_queries(7):
+        assert trigger(api, intake_a.pk, member_token).status_code == 202

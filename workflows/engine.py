@@ -1,0 +1,215 @@
+"""The engine: claim a due work item under a lease, run its ready steps, store each outcome.
+
+Exactly once per step: an attempt row is committed before a step starts; a step's
+completion and the item's advance commit together, guarded by the lease token. A worker
+that dies leaves a `running` attempt and a lease that runs out; the next claim marks
+that attempt crashed and starts the next one, up to the step's max attempts.
+"""
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from workflows.models import Step, StepRun, WorkItem
+from workflows.signals import work_item_finished
+from workflows.steps import Complete, Fail, Outcome, StepContext, Wait, step_kind
+
+logger = logging.getLogger(__name__)
+Status = WorkItem.Status
+
+
+@dataclass
+class Claim:
+    item: WorkItem
+    token: str
+
+
+def _lease(step: Step | None, now: datetime) -> datetime:
+    timeout = (step.timeout_seconds if step else None) or settings.AUXOT_STEP_TIMEOUT_SECONDS
+    return now + timedelta(seconds=timeout + settings.AUXOT_LEASE_GRACE_SECONDS)
+
+
+def work_item_claim(*, work_id, now: datetime) -> Claim | None:
+    """Take the item if it is due and nobody holds a live lease on it."""
+    token = uuid.uuid4().hex
+    changed = WorkItem.objects.filter(pk=work_id, next_run_at__lte=now).update(
+        lease_token=token,
+        next_run_at=_lease(None, now),
+        status=Status.RUNNING,
+        started_at=Coalesce(F("started_at"), Value(now)),
+    )
+    if changed != 1:
+        return None
+    item = WorkItem.objects.select_related("workflow").get(pk=work_id)
+    return Claim(item=item, token=token)
+
+
+def work_item_claim_next(*, now: datetime) -> Claim | None:
+    due = WorkItem.objects.filter(next_run_at__lte=now).order_by("next_run_at")
+    for work_id in due.values_list("pk", flat=True)[:5]:
+        claim = work_item_claim(work_id=work_id, now=now)
+        if claim is not None:
+            return claim
+    return None
+
+
+def work_item_process(*, work_id, drain_seconds: float | None = None) -> int:
+    """The task body: run this item if it is due, then drain other due items for a while.
+
+    Returns how many items this call advanced. Safe to run twice for the same id.
+    """
+    budget = settings.AUXOT_DRAIN_SECONDS if drain_seconds is None else drain_seconds
+    deadline = time.monotonic() + budget
+    advanced = 0
+    claim = work_item_claim(work_id=work_id, now=timezone.now())
+    while claim is not None:
+        _run_claimed(claim)
+        advanced += 1
+        if time.monotonic() >= deadline:
+            break
+        claim = work_item_claim_next(now=timezone.now())
+    return advanced
+
+
+class _Run:
+    """One claimed item being advanced. Holds the ordered steps and the outputs so far."""
+
+    def __init__(self, claim: Claim):
+        self.item = claim.item
+        self.token = claim.token
+        self.steps = list(Step.objects.filter(workflow_id=self.item.workflow_id))
+        self.latest: dict[int, StepRun] = {}
+        self.outputs: dict[str, Any] = {}
+        for run in StepRun.objects.filter(work_item=self.item).order_by("attempt"):
+            self.latest[run.step_id] = run
+            if run.status == StepRun.Status.COMPLETED:
+                self.outputs[run.step_id] = run.output
+
+    def data(self) -> dict[str, Any]:
+        done = self.steps[: self.item.current_step]
+        previous = self.outputs.get(done[-1].pk) if done else None
+        return {
+            "input": self.item.input,
+            "previous": previous,
+            "steps": {step.name: self.outputs.get(step.pk) for step in done},
+        }
+
+    def guarded(self) -> Any:
+        return WorkItem.objects.filter(pk=self.item.pk, lease_token=self.token)
+
+
+def _run_claimed(claim: Claim) -> None:
+    run = _Run(claim)
+    while run.item.current_step < len(run.steps):
+        step = run.steps[run.item.current_step]
+        outcome, attempt = _attempt(run, step)
+        if attempt is None:
+            return
+        if not _store_outcome(run, step, attempt, outcome):
+            return
+        if not isinstance(outcome, Complete):
+            return
+    _finish(run, Status.COMPLETED, output=run.data()["previous"] if run.steps else run.item.input)
+
+
+def _attempt(run: _Run, step: Step) -> tuple[Outcome | None, StepRun | None]:
+    """Start (or resume) an attempt at `step`; the attempt row is committed first."""
+    now = timezone.now()
+    latest = run.latest.get(step.pk)
+    kind = step_kind(step.kind)
+    ctx = StepContext(data=run.data(), config=step.config or {}, state={}, now=now,
+                      step_name=step.name,
+                      idempotency_key=f"{run.item.pk}:{step.position}")
+    if latest is not None and latest.status == StepRun.Status.WAITING:
+        if run.guarded().update(next_run_at=_lease(step, now)) != 1:
+            return None, None
+        ctx.state = latest.state
+        return kind.resume(ctx), latest
+    if latest is not None and latest.status == StepRun.Status.RUNNING:
+        # Its worker died (the lease ran out): count the attempt as crashed.
+        StepRun.objects.filter(pk=latest.pk).update(
+            status=StepRun.Status.CRASHED, finished_at=now,
+            error={"code": "step_crashed", "message": "The worker stopped during this attempt."},
+        )
+    number = latest.attempt + 1 if latest is not None else 1
+    max_attempts = step.max_attempts or settings.AUXOT_STEP_MAX_ATTEMPTS
+    if number > max_attempts:
+        _fail(run, step, "step_crashed",
+              f"Step '{step.name}' did not finish in {max_attempts} attempts; its worker "
+              "stopped each time (a crash, an out-of-memory kill or a timeout).")
+        return None, None
+    if run.guarded().update(next_run_at=_lease(step, now)) != 1:
+        return None, None
+    attempt = StepRun.objects.create(
+        work_item=run.item, step=step, attempt=number, status=StepRun.Status.RUNNING,
+        started_at=now,
+    )
+    run.latest[step.pk] = attempt
+    try:
+        return kind.execute(ctx), attempt
+    except Exception as exc:  # a bug in a step kind must fail the item, not loop forever
+        logger.exception("step %s of work item %s raised", step.pk, run.item.pk)
+        return Fail("step_error", f"{type(exc).__name__}: {exc}"), attempt
+
+
+def _store_outcome(run: _Run, step: Step, attempt: StepRun, outcome: Outcome) -> bool:
+    """Commit the attempt's result with the item's next state, if we still hold the lease."""
+    now = timezone.now()
+    with transaction.atomic():
+        if isinstance(outcome, Complete):
+            held = run.guarded().update(
+                current_step=F("current_step") + 1, waiting_on="", waiting_since=None,
+                waiting_detail={},
+            ) == 1
+            attempt.status, attempt.output, attempt.finished_at = "completed", outcome.output, now
+        elif isinstance(outcome, Wait):
+            held = run.guarded().update(
+                next_run_at=outcome.until, lease_token="", waiting_on=outcome.waiting_on,
+                waiting_since=Coalesce(F("waiting_since"), Value(now)),
+                waiting_detail=outcome.detail,
+            ) == 1
+            attempt.status, attempt.state = "waiting", outcome.detail
+        else:
+            held = _fail(run, step, outcome.code, outcome.message)
+            attempt.status, attempt.finished_at = "failed", now
+            attempt.error = {"code": outcome.code, "message": outcome.message}
+        if not held:
+            # Canceled (or taken over) while the step ran: its result is discarded.
+            attempt.status, attempt.finished_at = StepRun.Status.DISCARDED, now
+        attempt.save(update_fields=["status", "finished_at", "output", "state", "error"])
+    if held and isinstance(outcome, Complete):
+        run.item.current_step += 1
+        run.outputs[step.pk] = outcome.output
+    return held
+
+
+def _fail(run: _Run, step: Step, code: str, message: str) -> bool:
+    error = {"code": code, "message": message, "step": step.name, "step_position": step.position}
+    return _finish(run, Status.FAILED, error=error)
+
+
+def _finish(run: _Run, status: str, *, output: Any = None, error: dict | None = None) -> bool:
+    now = timezone.now()
+    with transaction.atomic():
+        changed = run.guarded().update(
+            status=status, output=output, error=error, finished_at=now, next_run_at=None,
+            lease_token="", waiting_on="", waiting_since=None, waiting_detail={},
+        )
+        if changed == 1:
+            item_id = run.item.pk
+            transaction.on_commit(lambda: _announce(item_id))
+    return changed == 1
+
+
+def _announce(work_id) -> None:
+    item = WorkItem.objects.get(pk=work_id)
+    work_item_finished.send(sender=WorkItem, work_item=item)

@@ -1,0 +1,163 @@
+import uuid
+
+from django.db import models
+from django.utils import timezone
+
+from auxot.models import Organization
+
+
+class Workflow(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="workflows")
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=80)
+    description = models.TextField(blank=True)
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["org", "slug"], name="workflow_slug_per_org")
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Step(models.Model):
+    class Kind(models.TextChoices):
+        TRANSFORM = "transform", "Transform (jmespath)"
+        DELAY = "delay", "Delay"
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="steps")
+    position = models.PositiveIntegerField()
+    name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    config = models.JSONField(default=dict, blank=True)
+    timeout_seconds = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Empty: AUXOT_STEP_TIMEOUT_SECONDS."
+    )
+    max_attempts = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Empty: AUXOT_STEP_MAX_ATTEMPTS."
+    )
+
+    class Meta:
+        ordering = ["workflow", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["workflow", "position"], name="step_position_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.position}. {self.name} ({self.kind})"
+
+
+class WorkItem(models.Model):
+    """One run of a workflow. The row is the source of truth; queue messages carry only its id."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+
+    ACTIVE = (Status.PENDING, Status.RUNNING)
+
+    class Waiting(models.TextChoices):
+        QUEUE = "queue", "Queue"
+        WORKER = "worker", "Worker"
+        DELAY = "delay", "Delay"
+        APPROVAL = "approval", "Approval"
+        PROVIDER = "provider", "Provider"
+        BACKOFF = "backoff", "Backoff"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    workflow = models.ForeignKey(Workflow, on_delete=models.PROTECT, related_name="work_items")
+    # Relations by label (no import): an item records where it came from.
+    intake = models.ForeignKey(
+        "intakes.Intake", null=True, blank=True, on_delete=models.PROTECT,
+        related_name="work_items",
+    )
+    input = models.JSONField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    output = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)  # {"code", "message", "step"}
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    created_by_key = models.ForeignKey(
+        "apikeys.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_by_ip = models.GenericIPAddressField(null=True, blank=True)
+    correlation_id = models.CharField(max_length=200, blank=True)
+
+    # Scheduling state, owned by the engine.
+    current_step = models.PositiveIntegerField(default=0)  # index into the ordered steps
+    # When a worker may next claim the item: now for new work, the wake time of a parked
+    # item, the lease's end while a worker holds it (so a dead worker's item comes due by
+    # itself), null once terminal. Claiming = a guarded UPDATE on next_run_at <= now.
+    next_run_at = models.DateTimeField(null=True, blank=True)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    lease_token = models.CharField(max_length=32, blank=True)  # set while a worker holds it
+    waiting_on = models.CharField(max_length=16, choices=Waiting.choices, blank=True)
+    waiting_since = models.DateTimeField(null=True, blank=True)
+    waiting_detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["next_run_at"], name="workitem_due",
+                condition=models.Q(next_run_at__isnull=False),
+            ),
+            models.Index(fields=["intake", "-created_at"], name="workitem_intake_recent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.status})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in (self.Status.COMPLETED, self.Status.FAILED)
+
+
+class StepRun(models.Model):
+    """One attempt at one step. Written before the step starts, so a crash is counted."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        WAITING = "waiting", "Waiting"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+        CRASHED = "crashed", "Crashed"  # its worker died or its lease expired
+        DISCARDED = "discarded", "Discarded"  # the item was canceled meanwhile
+
+    work_item = models.ForeignKey(WorkItem, on_delete=models.CASCADE, related_name="step_runs")
+    step = models.ForeignKey(Step, on_delete=models.PROTECT, related_name="runs")
+    attempt = models.PositiveIntegerField()
+    status = models.CharField(max_length=16, choices=Status.choices)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    output = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    state = models.JSONField(default=dict, blank=True)  # kind-specific (a delay's wake time)
+
+    class Meta:
+        ordering = ["work_item", "step__position", "attempt"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["work_item", "step", "attempt"], name="steprun_attempt_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.step.name} #{self.attempt} ({self.status})"
+
+
+class WorkerHeartbeat(models.Model):
+    """Written by each qcluster's ticker, so a poll can tell 'no worker is running'."""
+
+    name = models.CharField(max_length=200, unique=True)  # host:pid
+    started_at = models.DateTimeField()
+    seen_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return self.name

@@ -1,0 +1,127 @@
+"""What a caller sees of a work item: the poll body (and, later, the callback body).
+
+`work_item_view` loads what it needs in two queries and explains a non-terminal item:
+what it waits on, since when, and the first thing to check.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.utils import timezone
+
+from auxot.timefmt import iso
+from workflows.models import Step, StepRun, WorkItem
+from workflows.services import worker_last_seen
+
+HEARTBEAT_STALE = timedelta(seconds=60)
+
+
+@dataclass
+class WorkItemView:
+    body: dict[str, Any]
+    retry_after: int | None  # seconds; None once terminal
+
+
+def _step_status(item: WorkItem, last: StepRun | None) -> str:
+    if last is None:
+        return "skipped" if item.is_terminal else "pending"
+    if last.status == StepRun.Status.CRASHED and not item.is_terminal:
+        return "retrying"  # its worker died; the next attempt is due
+    return last.status
+
+
+def _step_rows(item: WorkItem, steps: list[Step], runs: list[StepRun]) -> list[dict]:
+    by_step: dict[int, list[StepRun]] = {}
+    for run in runs:
+        by_step.setdefault(run.step_id, []).append(run)
+    rows = []
+    for step in steps:
+        attempts = by_step.get(step.pk, [])
+        last = attempts[-1] if attempts else None
+        rows.append({
+            "position": step.position,
+            "name": step.name,
+            "kind": step.kind,
+            "status": _step_status(item, last),
+            "attempts": len(attempts),
+            "started_at": iso(attempts[0].started_at) if attempts else None,
+            "finished_at": iso(last.finished_at) if last else None,
+            "error": last.error if last else None,
+        })
+    return rows
+
+
+def _explain(item: WorkItem, steps: list[Step], now: datetime) -> tuple[dict | None, str]:
+    """Return (waiting_on, diagnosis)."""
+    step = steps[item.current_step] if item.current_step < len(steps) else None
+    where = f"step {step.position} '{step.name}'" if step else "the final step"
+    if item.status == WorkItem.Status.COMPLETED:
+        return None, "Completed."
+    if item.status == WorkItem.Status.FAILED:
+        error = item.error or {}
+        at = f" at step '{error['step']}'" if error.get("step") else ""
+        return None, f"Failed{at}: {error.get('message', 'no message')} ({error.get('code')})."
+    if item.waiting_on == WorkItem.Waiting.DELAY:
+        until = (item.waiting_detail or {}).get("until", "")
+        waiting = {"kind": "delay", "since": iso(item.waiting_since), "until": until,
+                   "step": step.name if step else None}
+        return waiting, f"Waiting at {where} (a delay) until {until}; nothing to do."
+    if item.waiting_on:
+        waiting = {"kind": item.waiting_on, "since": iso(item.waiting_since),
+                   **(item.waiting_detail or {})}
+        return waiting, f"Waiting on {item.waiting_on} at {where} since {iso(item.waiting_since)}."
+    if item.lease_token and item.next_run_at and item.next_run_at > now:
+        return None, f"Running {where}."
+    # Due but not claimed: queued behind others, or nobody is working.
+    since = item.created_at if item.status == WorkItem.Status.PENDING else item.next_run_at
+    age = int((now - since).total_seconds()) if since else 0
+    last_beat = worker_last_seen()
+    if last_beat is None or now - last_beat > HEARTBEAT_STALE:
+        seen = (f"no worker heartbeat since {iso(last_beat)}" if last_beat
+                else "no worker heartbeat has ever been seen")
+        return (
+            {"kind": "worker", "since": iso(since), "last_worker_heartbeat": iso(last_beat)},
+            f"No worker has claimed this item for {age} s and {seen}: "
+            "is `manage.py qcluster` running?",
+        )
+    return (
+        {"kind": "queue", "since": iso(since)},
+        f"Queued for {age} s; a worker is running and will claim it in turn.",
+    )
+
+
+def _retry_after(item: WorkItem, now: datetime) -> int | None:
+    if item.is_terminal:
+        return None
+    if item.waiting_on and item.next_run_at:
+        seconds = int((item.next_run_at - now).total_seconds()) + 1
+        return max(1, min(seconds, 30))
+    return 1
+
+
+def work_item_view(item: WorkItem, *, now: datetime | None = None) -> WorkItemView:
+    now = now or timezone.now()
+    steps = list(Step.objects.filter(workflow_id=item.workflow_id))
+    runs = list(StepRun.objects.filter(work_item=item).order_by("attempt"))
+    waiting_on, diagnosis = _explain(item, steps, now)
+    current = steps[item.current_step] if (
+        not item.is_terminal and item.current_step < len(steps)) else None
+    body = {
+        "work_id": str(item.pk),
+        "intake_id": str(item.intake_id) if item.intake_id else None,
+        "workflow": {"id": str(item.workflow_id), "name": item.workflow.name},
+        "status": item.status,
+        "created_at": iso(item.created_at),
+        "started_at": iso(item.started_at),
+        "finished_at": iso(item.finished_at),
+        "output": item.output if item.status == WorkItem.Status.COMPLETED else None,
+        "error": item.error if item.status == WorkItem.Status.FAILED else None,
+        "correlation_id": item.correlation_id or None,
+        "current_step": {"position": current.position, "name": current.name,
+                         "kind": current.kind} if current else None,
+        "waiting_on": waiting_on,
+        "diagnosis": diagnosis,
+        "steps": _step_rows(item, steps, runs),
+    }
+    return WorkItemView(body=body, retry_after=_retry_after(item, now))
