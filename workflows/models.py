@@ -89,6 +89,8 @@ class WorkItem(models.Model):
     )
     created_by_ip = models.GenericIPAddressField(null=True, blank=True)
     correlation_id = models.CharField(max_length=200, blank=True)
+    # Per-request callback override (Auxot-Callback-Url); empty: the intake's default.
+    callback_url = models.URLField(max_length=2000, blank=True)
 
     # Scheduling state, owned by the engine.
     current_step = models.PositiveIntegerField(default=0)  # index into the ordered steps

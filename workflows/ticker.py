@@ -15,6 +15,7 @@ from django.db import connection
 from django.utils import timezone
 
 from workflows.services import work_items_wake, worker_heartbeat
+from workflows.signals import tick
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,9 @@ class Ticker(threading.Thread):
                 if time.monotonic() - last_beat >= settings.AUXOT_HEARTBEAT_SECONDS:
                     worker_heartbeat(started_at=self.started_at)
                     last_beat = time.monotonic()
-                work_items_wake()
+                now = timezone.now()
+                work_items_wake(now=now)
+                tick.send_robust(sender=Ticker, now=now)
             except Exception:
                 # The database may be restarting: drop the connection and try again.
                 logger.exception("ticker failed; retrying")
