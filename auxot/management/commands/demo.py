@@ -54,6 +54,9 @@ Web and worker are starting; Ctrl-C stops both.
 """
 
     def _serve(self, port: int) -> None:
+        # Ctrl-C or a SIGTERM stops both children (also when SIGINT was inherited ignored).
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.default_int_handler)
         manage = [sys.executable, "manage.py"]
         procs = [
             subprocess.Popen([*manage, "runserver", "--noreload", f"127.0.0.1:{port}"]),
@@ -67,7 +70,7 @@ Web and worker are starting; Ctrl-C stops both.
         finally:
             for p in procs:
                 if p.poll() is None:
-                    p.send_signal(signal.SIGINT)
+                    p.terminate()  # SIGTERM: graceful for qcluster, immediate for runserver
             for p in procs:
                 try:
                     p.wait(timeout=15)
