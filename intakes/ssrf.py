@@ -30,6 +30,14 @@ class RefusedDestination(Exception):
     """A URL or address the policy refuses; the message is safe to show and store."""
 
 
+def _nonstandard_number(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return bool(_NUMERIC_HOST.match(host))
+    return False
+
+
 @cache
 def _allowed_networks(raw: tuple[str, ...]) -> list:
     return [ipaddress.ip_network(net, strict=False) for net in raw]
@@ -139,7 +147,7 @@ def _resolve_checked(host: str, port: int) -> str:
 
 class _CheckedConnectionMixin:
     def _new_conn(self):
-        if _NUMERIC_HOST.match(self._dns_host):
+        if _nonstandard_number(self._dns_host):
             raise RefusedDestination(f"The host {self._dns_host!r} is a non-standard number.")
         original = self._dns_host
         # Connect to the address we checked; self.host (Host header, SNI, cert) is unchanged.
@@ -178,7 +186,6 @@ def safe_session() -> requests.Session:
     """A session that enforces the policy on every connection and ignores env proxies."""
     session = requests.Session()
     session.trust_env = False  # a proxy would connect on our behalf, unchecked
-    session.max_redirects = 0
     adapter = CheckedAdapter(max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
