@@ -273,7 +273,14 @@ def callback_post(*, url: str, body: bytes, headers: dict[str, str]) -> SendResu
         error = f"connection failed: {_short(exc)}"
     except requests.RequestException as exc:
         error = f"request failed: {_short(exc)}"
-    return SendResult(error=error, latency_ms=int((time.monotonic() - started) * 1000))
+    return SendResult(error=_scrub(error, url),
+                      latency_ms=int((time.monotonic() - started) * 1000))
+
+
+def _scrub(error: str, url: str) -> str:
+    # Library messages may quote the URL; its query often carries the receiver's token.
+    query = url.partition("?")[2].partition("#")[0]
+    return error.replace(query, "REDACTED") if query else error
 
 
 def _short(exc: Exception) -> str:

@@ -1,6 +1,7 @@
 """Callback delivery against a real HTTP receiver: signing, retries, stops, the poll block."""
 
 import json
+import socket
 import time
 from datetime import timedelta
 
@@ -12,6 +13,7 @@ from werkzeug import Response
 
 from auxot.models import AuditEvent
 from intakes.callbacks import (
+    callback_deliveries_sweep,
     callback_deliveries_wake,
     callback_delivery_create,
     callback_delivery_process,
@@ -19,7 +21,8 @@ from intakes.callbacks import (
 )
 from intakes.models import CallbackAttempt, CallbackDelivery
 from tests.callback_helpers import finished_item
-from tests.conftest import bearer
+from tests.conftest import bearer, trigger
+from workflows.engine import work_item_process
 
 pytestmark = pytest.mark.django_db
 
@@ -237,3 +240,33 @@ def test_item_without_callback_url_gets_no_delivery(intake_a):
     from workflows.models import WorkItem
     item = WorkItem(intake=intake_a, workflow=intake_a.workflow, status="completed")
     assert callback_delivery_create(work_item=item) is None
+
+
+def test_connection_errors_are_stored_without_query_secrets(cb_intake, receiver):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again below: nothing listens there
+    url = f"http://127.0.0.1:{port}/hook?token=topsecret"
+    delivery = _deliver(finished_item(cb_intake, callback_url=url))
+    attempt = CallbackAttempt.objects.get(delivery=delivery)
+    assert attempt.error.startswith("connection failed") and delivery.state == "pending"
+    assert "topsecret" not in attempt.error + attempt.url + delivery.last_error
+
+
+def test_sweep_creates_a_delivery_the_finished_signal_missed(cb_intake, receiver):
+    item = finished_item(cb_intake)
+    assert callback_deliveries_sweep() == 0  # just finished: the signal's job
+    with time_machine.travel(timezone.now() + timedelta(seconds=30)):
+        assert callback_deliveries_sweep() == 1
+        assert callback_deliveries_sweep() == 0
+    assert CallbackDelivery.objects.get().work_item_id == item.pk
+
+
+def test_poll_with_a_callback_costs_one_more_query(api, cb_intake, member_token, receiver,
+                                                   django_assert_num_queries):
+    work_id = trigger(api, cb_intake.pk, member_token).json()["work_id"]
+    work_item_process(work_id=work_id, drain_seconds=0)
+    # key, intake, membership, item, steps, step runs, delivery
+    with django_assert_num_queries(7):
+        body = api.get(f"/v1/intake/{cb_intake.pk}/work/{work_id}", **bearer(member_token))
+    assert body.json()["callback"]["state"] == "pending"
