@@ -259,6 +259,8 @@ except ValueError:
 if not AUXOT_CALLBACK_RETRY_SCHEDULE or min(AUXOT_CALLBACK_RETRY_SCHEDULE) < 0:
     raise ImproperlyConfigured("AUXOT_CALLBACK_RETRY_SCHEDULE needs at least one delay >= 0.")
 AUXOT_CALLBACK_JITTER = env_float("AUXOT_CALLBACK_JITTER", 0.1)
+if AUXOT_CALLBACK_JITTER > 1:
+    raise ImproperlyConfigured("AUXOT_CALLBACK_JITTER is a fraction between 0 and 1.")
 AUXOT_CALLBACK_TIMEOUT_SECONDS = env_float("AUXOT_CALLBACK_TIMEOUT_SECONDS", 15.0, minimum=0.1)
 # A receiver's Retry-After is honoured up to this many seconds.
 AUXOT_CALLBACK_RETRY_AFTER_MAX_SECONDS = env_int(

@@ -375,7 +375,8 @@ def callback_delivery_process(*, delivery_id) -> str | None:
     try:
         secrets = intake_signing_secrets(intake=delivery.intake, now=now)
     except ValueError as exc:
-        result = SendResult(error=str(exc), refused=True)
+        # Not sent, but retried: an admin can rotate the secret within the retry window.
+        result = SendResult(error=str(exc))
     else:
         view = work_item_poll_view(delivery.work_item, intake=delivery.intake, delivery=delivery)
         body = render_json(view.body)

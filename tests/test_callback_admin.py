@@ -101,3 +101,19 @@ def test_adding_an_intake_in_the_admin_shows_its_secret_once(admin_client, cast,
     intake = Intake.objects.get(name="From admin")
     assert secret_decrypt(intake.signing_secret_encrypted) == shown
     assert WorkItem.objects.count() == 0
+
+
+def test_delivery_log_is_scoped_to_the_viewers_organization(client, cast, cb_intake, receiver):
+    from django.contrib.auth.models import Permission
+
+    receiver.expect_request("/hook").respond_with_data("ok")
+    delivery = callback_delivery_create(work_item=finished_item(cb_intake))
+    for user in (cast.outsider_b, cast.admin_a):
+        user.user_permissions.add(Permission.objects.get(codename="view_callbackdelivery"))
+    client.force_login(cast.outsider_b)
+    page = client.get("/admin/intakes/callbackdelivery/")
+    assert page.status_code == 200 and delivery.webhook_id not in page.content.decode()
+    assert client.get(f"/admin/intakes/callbackdelivery/{delivery.pk}/change/").status_code in (
+        302, 404)
+    client.force_login(cast.admin_a)
+    assert delivery.webhook_id in client.get("/admin/intakes/callbackdelivery/").content.decode()

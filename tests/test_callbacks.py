@@ -19,7 +19,7 @@ from intakes.callbacks import (
     callback_delivery_process,
     callback_delivery_redeliver,
 )
-from intakes.models import CallbackAttempt, CallbackDelivery
+from intakes.models import CallbackAttempt, CallbackDelivery, Intake
 from tests.callback_helpers import finished_item
 from tests.conftest import bearer, trigger
 from workflows.engine import work_item_process
@@ -270,3 +270,10 @@ def test_poll_with_a_callback_costs_one_more_query(api, cb_intake, member_token,
     with django_assert_num_queries(7):
         body = api.get(f"/v1/intake/{cb_intake.pk}/work/{work_id}", **bearer(member_token))
     assert body.json()["callback"]["state"] == "pending"
+
+
+def test_intake_without_a_secret_sends_nothing_and_retries(cb_intake, receiver):
+    Intake.objects.filter(pk=cb_intake.pk).update(signing_secret_encrypted="")
+    delivery = _deliver(finished_item(cb_intake))
+    assert delivery.state == "pending" and "no signing secret" in delivery.last_error
+    assert _requests(receiver) == []
