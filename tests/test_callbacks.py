@@ -277,3 +277,29 @@ def test_intake_without_a_secret_sends_nothing_and_retries(cb_intake, receiver):
     delivery = _deliver(finished_item(cb_intake))
     assert delivery.state == "pending" and "no signing secret" in delivery.last_error
     assert _requests(receiver) == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_workers_racing_for_one_due_delivery_send_it_once(cb_intake, receiver):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connection
+
+    def slow_ok(request):
+        time.sleep(0.3)
+        return Response("ok")
+
+    receiver.expect_request("/hook").respond_with_handler(slow_ok)
+    delivery = callback_delivery_create(work_item=finished_item(cb_intake))
+
+    def work(_):
+        try:
+            return callback_delivery_process(delivery_id=delivery.pk)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(work, range(4)))
+    assert results.count(None) == 3 and "delivered" in results
+    assert len(_requests(receiver)) == 1
+    assert CallbackAttempt.objects.filter(delivery=delivery).count() == 1
