@@ -25,7 +25,13 @@ from auxot.services import audit_record
 from intakes.models import CallbackAttempt, CallbackDelivery, Intake
 from intakes.presenters import callback_url_for, render_json, work_item_poll_view
 from intakes.secrets import secret_decrypt, secret_encrypt, signing_secret_generate
-from intakes.ssrf import RefusedDestination, callback_url_validate, safe_session, url_redact
+from intakes.ssrf import (
+    RefusedDestination,
+    callback_url_validate,
+    safe_session,
+    total_deadline,
+    url_redact,
+)
 from workflows.models import WorkItem
 
 logger = logging.getLogger(__name__)
@@ -256,12 +262,15 @@ def callback_post(*, url: str, body: bytes, headers: dict[str, str]) -> SendResu
     """POST once under the SSRF policy; never follows redirects; never raises."""
     started = time.monotonic()
     timeout = settings.AUXOT_CALLBACK_TIMEOUT_SECONDS
+    deadline = None
     try:
         callback_url_validate(url)
-        with safe_session() as session, session.post(
+        with total_deadline(timeout) as deadline, safe_session() as session, session.post(
                 url, data=body, headers=headers, timeout=(timeout, timeout),
                 allow_redirects=False, stream=True) as response:
             text = _read_some(response)
+            if deadline.expired:
+                raise requests.Timeout()
             return SendResult(status=response.status_code, body=text,
                               headers={k.lower(): v for k, v in response.headers.items()},
                               latency_ms=int((time.monotonic() - started) * 1000))
@@ -269,10 +278,13 @@ def callback_post(*, url: str, body: bytes, headers: dict[str, str]) -> SendResu
         return SendResult(error=f"refused: {exc}", refused=True)
     except requests.Timeout:
         error = f"timed out after {timeout:g} s"
-    except requests.ConnectionError as exc:
-        error = f"connection failed: {_short(exc)}"
     except requests.RequestException as exc:
-        error = f"request failed: {_short(exc)}"
+        if deadline is not None and deadline.expired:
+            error = f"timed out after {timeout:g} s"
+        elif isinstance(exc, requests.ConnectionError):
+            error = f"connection failed: {_short(exc)}"
+        else:
+            error = f"request failed: {_short(exc)}"
     return SendResult(error=_scrub(error, url),
                       latency_ms=int((time.monotonic() - started) * 1000))
 

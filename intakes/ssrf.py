@@ -7,9 +7,12 @@
    DNS rebinding between check and connect cannot reach an internal address.
 """
 
+import contextlib
 import ipaddress
 import re
 import socket
+import threading
+from collections.abc import Iterator
 from functools import cache
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
@@ -145,6 +148,43 @@ def _resolve_checked(host: str, port: int) -> str:
     return addresses[0]
 
 
+_local = threading.local()
+
+
+class Deadline:
+    """A wall-clock limit for a whole exchange: per-read timeouts alone let a receiver that
+    dribbles one byte at a time hold a worker (and outlive the delivery's lease)."""
+
+    def __init__(self, seconds: float):
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def watch(self, sock: socket.socket) -> None:
+        self._sockets.append(sock)
+        if self.expired:
+            self._expire()
+
+    def _expire(self) -> None:
+        self.expired = True
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # the blocked read returns at once
+
+
+@contextlib.contextmanager
+def total_deadline(seconds: float) -> Iterator[Deadline]:
+    deadline = Deadline(seconds)
+    _local.deadline = deadline
+    deadline._timer.start()
+    try:
+        yield deadline
+    finally:
+        deadline._timer.cancel()
+        _local.deadline = None
+
+
 class _CheckedConnectionMixin:
     def _new_conn(self):
         if _nonstandard_number(self._dns_host):
@@ -153,9 +193,13 @@ class _CheckedConnectionMixin:
         # Connect to the address we checked; self.host (Host header, SNI, cert) is unchanged.
         self._dns_host = _resolve_checked(original, self.port)
         try:
-            return super()._new_conn()
+            sock = super()._new_conn()
         finally:
             self._dns_host = original
+        deadline = getattr(_local, "deadline", None)
+        if deadline is not None:
+            deadline.watch(sock)
+        return sock
 
 
 class CheckedHTTPConnection(_CheckedConnectionMixin, HTTPConnection):

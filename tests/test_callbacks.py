@@ -303,3 +303,30 @@ def test_two_workers_racing_for_one_due_delivery_send_it_once(cb_intake, receive
     assert results.count(None) == 3 and "delivered" in results
     assert len(_requests(receiver)) == 1
     assert CallbackAttempt.objects.filter(delivery=delivery).count() == 1
+
+
+def test_a_receiver_dribbling_its_answer_hits_the_total_timeout(cb_intake, settings):
+    import threading
+
+    settings.AUXOT_CALLBACK_TIMEOUT_SECONDS = 0.5
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def dribble():  # every byte arrives within the read timeout; the whole never does
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok":
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+                time.sleep(0.1)
+
+    thread = threading.Thread(target=dribble, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/hook"
+    started = time.monotonic()
+    delivery = _deliver(finished_item(cb_intake, callback_url=url))
+    assert time.monotonic() - started < 3  # not the ~4.5 s the dribble would take
+    assert delivery.state == "pending" and "timed out after 0.5 s" in delivery.last_error
+    server.close()
