@@ -11,11 +11,19 @@ from django.db import transaction
 from apikeys.models import ApiKey
 from apikeys.services import apikey_digest_matches, apikey_issue
 from auxot.models import Membership, Organization
+from intakes.callbacks import intake_signing_secret_rotate
 from intakes.models import Intake
+from intakes.secrets import secret_decrypt
 from intakes.services import intake_create
 from workflows.models import Step, Workflow
 
 SECRETS_FILE = settings.VAR_DIR / "demo-secrets.json"
+# The demo's receivers run on this machine: allow http:// and loopback, retry quickly.
+DEMO_CALLBACK_ENV = {
+    "AUXOT_CALLBACK_ALLOW_HTTP": "1",
+    "AUXOT_CALLBACK_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
+    "AUXOT_CALLBACK_RETRY_SCHEDULE": "0,2,5,15,60",
+}
 GREETING = "{greeting: join(' ', ['Hello,', input.customer || 'world']), ticket: input.ticket_id}"
 
 
@@ -26,6 +34,8 @@ class Demo:
     password: str
     intake: Intake
     token: str
+    signing_secret: str
+    signing_secret_is_new: bool  # print it in full only when it was created or rotated
 
 
 def _load_secrets() -> dict:
@@ -76,5 +86,20 @@ def demo_seed() -> Demo:
         key = ApiKey.objects.filter(org=org, label="Demo key", revoked_at__isnull=True).first()
         if key is None or not apikey_digest_matches(key, token):
             token = apikey_issue(org=org, label="Demo key", user=user, created_by=user).token
-    _save_secrets({"password": password, "token": token})
-    return Demo(org=org, username="admin", password=password, intake=intake, token=token)
+        signing_secret, new_secret = _signing_secret(intake, stored, user)
+    _save_secrets({"password": password, "token": token,
+                   "signing_secrets": {str(intake.pk): signing_secret}})
+    return Demo(org=org, username="admin", password=password, intake=intake, token=token,
+                signing_secret=signing_secret, signing_secret_is_new=new_secret)
+
+
+def _signing_secret(intake: Intake, stored: dict, user) -> tuple[str, bool]:
+    """The intake's current secret: the one on file if it still matches, else a new one."""
+    if getattr(intake, "signing_secret", None):  # just created
+        return intake.signing_secret, True
+    known = stored.get("signing_secrets", {}).get(str(intake.pk), "")
+    current = (secret_decrypt(intake.signing_secret_encrypted)
+               if intake.signing_secret_encrypted else "")
+    if known and secrets.compare_digest(known, current):
+        return known, False
+    return intake_signing_secret_rotate(intake=intake, actor=user), True

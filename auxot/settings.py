@@ -243,3 +243,38 @@ LOGGING = {
         "django-q": {"level": env_str("Q_LOG_LEVEL", "WARNING")},
     },
 }
+
+# --- Callbacks (issue 4) -----------------------------------------------------------------
+# Seconds to wait before each attempt of a callback delivery (the first is "at once").
+# Length = the maximum number of attempts. Each delay gets +/- AUXOT_CALLBACK_JITTER.
+try:
+    AUXOT_CALLBACK_RETRY_SCHEDULE = [
+        float(part) for part in env_list(
+            "AUXOT_CALLBACK_RETRY_SCHEDULE", ["0", "5", "300", "1800", "7200", "18000", "36000",
+                                              "36000"])
+    ]
+except ValueError:
+    raise ImproperlyConfigured(
+        "AUXOT_CALLBACK_RETRY_SCHEDULE must be comma-separated seconds, e.g. 0,5,300") from None
+if not AUXOT_CALLBACK_RETRY_SCHEDULE or min(AUXOT_CALLBACK_RETRY_SCHEDULE) < 0:
+    raise ImproperlyConfigured("AUXOT_CALLBACK_RETRY_SCHEDULE needs at least one delay >= 0.")
+AUXOT_CALLBACK_JITTER = env_float("AUXOT_CALLBACK_JITTER", 0.1)
+if AUXOT_CALLBACK_JITTER > 1:
+    raise ImproperlyConfigured("AUXOT_CALLBACK_JITTER is a fraction between 0 and 1.")
+AUXOT_CALLBACK_TIMEOUT_SECONDS = env_float("AUXOT_CALLBACK_TIMEOUT_SECONDS", 15.0, minimum=0.1)
+# A receiver's Retry-After is honoured up to this many seconds.
+AUXOT_CALLBACK_RETRY_AFTER_MAX_SECONDS = env_int(
+    "AUXOT_CALLBACK_RETRY_AFTER_MAX_SECONDS", 3600, minimum=0)
+# After a secret rotation, deliveries carry the old and the new signature this long.
+AUXOT_CALLBACK_SECRET_ROTATION_HOURS = env_float("AUXOT_CALLBACK_SECRET_ROTATION_HOURS", 24.0)
+# SSRF policy: plain http:// only when allowed; private/loopback/... networks refused unless
+# listed here (CIDRs, comma-separated) for on-premises receivers.
+AUXOT_CALLBACK_ALLOW_HTTP = env_bool("AUXOT_CALLBACK_ALLOW_HTTP", False)
+AUXOT_CALLBACK_ALLOWED_NETWORKS = env_list("AUXOT_CALLBACK_ALLOWED_NETWORKS", [])
+try:
+    import ipaddress as _ipaddress
+
+    for _net in AUXOT_CALLBACK_ALLOWED_NETWORKS:
+        _ipaddress.ip_network(_net, strict=False)
+except ValueError as _exc:
+    raise ImproperlyConfigured(f"AUXOT_CALLBACK_ALLOWED_NETWORKS: {_exc}") from None

@@ -1,10 +1,11 @@
 from django.contrib import admin
 
+from intakes.admin_callbacks import IntakeCallbacksAdminMixin
 from intakes.models import Intake
 
 
 @admin.register(Intake)
-class IntakeAdmin(admin.ModelAdmin):
+class IntakeAdmin(IntakeCallbacksAdminMixin, admin.ModelAdmin):
     list_display = ["name", "id", "workflow", "team", "active", "created_at"]
     list_filter = ["active"]
     search_fields = ["id", "name"]

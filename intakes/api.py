@@ -9,8 +9,8 @@ from rest_framework.views import APIView
 from auxot.errors import ApplicationError
 from auxot.timefmt import iso
 from intakes.body import json_body
+from intakes.presenters import work_item_poll_view
 from intakes.services import intake_for_key, intake_trigger, work_item_for_key
-from workflows.presenters import work_item_view
 
 MAX_CORRELATION_ID = 200
 
@@ -40,7 +40,8 @@ class IntakeTriggerApi(APIView):
         intake = intake_for_key(intake_id=intake_id, key=request.auth)
         payload = json_body(request._request)
         item = intake_trigger(intake=intake, key=request.auth, payload=payload,
-                              ip=_client_ip(request), correlation_id=_correlation_id(request))
+                              ip=_client_ip(request), correlation_id=_correlation_id(request),
+                              callback_url=request.headers.get("Auxot-Callback-Url", ""))
         status_url = _absolute(request, reverse(
             "work-item-detail", kwargs={"intake_id": intake.pk, "work_id": item.pk}))
         body = {"work_id": str(item.pk), "status": item.status, "status_url": status_url,
@@ -54,6 +55,6 @@ class WorkItemDetailApi(APIView):
     def get(self, request: Request, intake_id: str, work_id: str) -> Response:
         intake = intake_for_key(intake_id=intake_id, key=request.auth)
         item = work_item_for_key(intake=intake, work_id=work_id)
-        view = work_item_view(item)
+        view = work_item_poll_view(item, intake=intake)
         headers = {"Retry-After": str(view.retry_after)} if view.retry_after else {}
         return Response(view.body, headers=headers)

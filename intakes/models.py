@@ -27,5 +27,91 @@ class Intake(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     deactivated_at = models.DateTimeField(null=True, blank=True)
 
+    # Callbacks (README "Polling or callbacks?"). Secrets are Fernet-encrypted (intakes.secrets).
+    callback_url = models.URLField(
+        max_length=2000, blank=True,
+        help_text="Default callback URL: Auxot POSTs each finished work item here (signed). "
+        "Callers may override it per request with the Auxot-Callback-Url header.",
+    )
+    callback_disabled_at = models.DateTimeField(
+        null=True, blank=True,
+        help_text="Set when the receiver answered 410 Gone: no callbacks until re-enabled.",
+    )
+    callback_disabled_reason = models.CharField(max_length=300, blank=True)
+    signing_secret_encrypted = models.TextField(blank=True, editable=False)
+    previous_signing_secret_encrypted = models.TextField(blank=True, editable=False)
+    previous_secret_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
+    secret_rotated_at = models.DateTimeField(null=True, blank=True, editable=False)
+
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def callback_disabled(self) -> bool:
+        return self.callback_disabled_at is not None
+
+
+class CallbackDelivery(models.Model):
+    """One finished work item's callback: its state, schedule and lease. Attempts hang off it."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DELIVERING = "delivering", "Delivering"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed"
+        DISABLED = "disabled", "Disabled"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    intake = models.ForeignKey(Intake, on_delete=models.CASCADE, related_name="deliveries")
+    work_item = models.OneToOneField(
+        "workflows.WorkItem", on_delete=models.CASCADE, related_name="callback_delivery")
+    webhook_id = models.CharField(max_length=64, unique=True)  # stable across attempts
+    url = models.URLField(max_length=2000)  # may hold query secrets: display redacted
+    uses_intake_default = models.BooleanField(default=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    # Attempts made before the last "Redeliver now": the retry schedule restarts there.
+    schedule_base = models.PositiveIntegerField(default=0)
+    last_status = models.PositiveIntegerField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    # Like WorkItem.next_run_at: the next attempt's time, or the lease's end while a worker
+    # sends (so a dead worker's delivery comes due by itself); null when settled.
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    lease_token = models.CharField(max_length=32, blank=True)
+
+    class Meta:
+        verbose_name_plural = "callback deliveries"
+        indexes = [
+            models.Index(fields=["next_attempt_at"], name="delivery_due",
+                         condition=models.Q(next_attempt_at__isnull=False)),
+            models.Index(fields=["intake", "-created_at"], name="delivery_intake_recent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.webhook_id} ({self.state})"
+
+
+class CallbackAttempt(models.Model):
+    """One POST (or one refusal before it). Written before sending, so a crash is visible."""
+
+    delivery = models.ForeignKey(CallbackDelivery, on_delete=models.CASCADE,
+                                 related_name="attempt_rows")
+    number = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    url = models.CharField(max_length=2000)  # query string redacted
+    status_code = models.PositiveIntegerField(null=True, blank=True)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    response_body = models.TextField(blank=True)  # first 2 KiB
+    error = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["delivery", "number"]
+        constraints = [models.UniqueConstraint(fields=["delivery", "number"],
+                                               name="callback_attempt_unique")]
+
+    def __str__(self) -> str:
+        return f"#{self.number} {self.status_code or self.error[:40]}"

@@ -1,1 +1,35 @@
 """Listeners for the engine's signals. Each receiver calls one service."""
+
+import logging
+import time
+
+from django.dispatch import receiver
+
+from intakes.callbacks import (
+    callback_deliveries_sweep,
+    callback_deliveries_wake,
+    callback_delivery_create,
+)
+from workflows.signals import tick, work_item_finished
+
+logger = logging.getLogger(__name__)
+SWEEP_EVERY_SECONDS = 10.0
+_last_sweep = 0.0
+
+
+@receiver(work_item_finished, dispatch_uid="intakes.callback_on_finish")
+def _on_work_item_finished(sender, work_item, **kwargs) -> None:
+    try:
+        callback_delivery_create(work_item=work_item)
+    except Exception:
+        # The item is committed and final; the tick's sweep creates the missing delivery.
+        logger.exception("creating the callback delivery of %s failed", work_item.pk)
+
+
+@receiver(tick, dispatch_uid="intakes.callback_wake")
+def _on_tick(sender, now, **kwargs) -> None:
+    global _last_sweep
+    if time.monotonic() - _last_sweep >= SWEEP_EVERY_SECONDS:
+        _last_sweep = time.monotonic()
+        callback_deliveries_sweep(now=now)
+    callback_deliveries_wake(now=now)

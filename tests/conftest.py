@@ -86,3 +86,29 @@ def bearer(token: str) -> dict:
 def trigger(api: APIClient, intake_id, token: str, body=None, **extra):
     return api.post(f"/v1/intake/{intake_id}", data=body if body is not None else {"n": 1},
                     format="json", **bearer(token), **extra)
+
+
+# --- Callbacks (issue 4): a real HTTP receiver on 127.0.0.1 and an intake pointing at it ---
+@pytest.fixture(scope="session")
+def _receiver_server():
+    from pytest_httpserver import HTTPServer
+
+    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+    server.start()
+    yield server
+    server.clear()
+    server.stop()
+
+
+@pytest.fixture
+def receiver(_receiver_server):
+    _receiver_server.clear()
+    return _receiver_server
+
+
+@pytest.fixture
+def cb_intake(cast, receiver):
+    workflow = make_workflow(cast.org_a, [("transform", {"expression": "{echo: input}"})],
+                             name="Echo")
+    return intake_create(org=cast.org_a, workflow=workflow, name="Callback intake",
+                         created_by=cast.admin_a, callback_url=receiver.url_for("/hook?token=s3"))

@@ -9,7 +9,7 @@ import time
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
-from auxot.demo import demo_seed
+from auxot.demo import DEMO_CALLBACK_ENV, demo_seed
 
 
 class Command(BaseCommand):
@@ -50,7 +50,23 @@ Poll (swap WORK_ID from the 202 body):
   curl "{base}/v1/intake/{intake}/work/WORK_ID" \\
     -H "Authorization: Bearer {demo.token}"
 
+{self._callbacks(base, demo)}
 Web and worker are starting; Ctrl-C stops both.
+"""
+
+    def _callbacks(self, base: str, demo) -> str:
+        intake = demo.intake.pk
+        secret = (f"{demo.signing_secret}\n              (new: shown once here; also kept in "
+                  "var/demo-secrets.json)" if demo.signing_secret_is_new
+                  else "unchanged; see var/demo-secrets.json (rotate it in the admin)")
+        return f"""Callbacks (signed per Standard Webhooks; the demo allows http:// and loopback):
+
+  Signing secret: {secret}
+  1. Start a receiver that verifies and prints callbacks:
+       .venv/bin/python examples/receiver.py --port 9000 --demo-intake {intake}
+  2. Point work at it, per request (add to the trigger curl):
+       -H "Auxot-Callback-Url: http://127.0.0.1:9000/hook"
+     or for every item: {base}/admin/intakes/intake/{intake}/change/ -> Callback URL
 """
 
     def _serve(self, port: int) -> None:
@@ -58,6 +74,8 @@ Web and worker are starting; Ctrl-C stops both.
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.default_int_handler)
         manage = [sys.executable, "manage.py"]
+        for name, value in DEMO_CALLBACK_ENV.items():
+            os.environ.setdefault(name, value)  # web and worker inherit it
         procs = [
             subprocess.Popen([*manage, "runserver", "--noreload", f"127.0.0.1:{port}"]),
             subprocess.Popen([*manage, "qcluster"]),

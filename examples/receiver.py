@@ -1,0 +1,82 @@
+"""A tiny Auxot callback receiver: verifies each POST, drops duplicates, prints the rest.
+
+    python examples/receiver.py --port 9000 --secret whsec_...
+    python examples/receiver.py --port 9000 --demo-intake <intake id>   # secret from var/
+
+Answers 204 when a callback is verified (or already seen), 400 when it is not. Needs only
+the standard library and `standardwebhooks`. A real receiver keeps the seen ids in its
+database (unique constraint on webhook-id) and queues slow work instead of doing it inline.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+DEMO_SECRETS = Path(__file__).resolve().parent.parent / "var" / "demo-secrets.json"
+
+
+def make_handler(webhook: Webhook, seen: set[str], lock: threading.Lock):
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            try:
+                payload = webhook.verify(body, dict(self.headers))
+            except WebhookVerificationError as exc:
+                print(f"REJECTED ({exc})", flush=True)
+                return self._answer(400)
+            msg_id = self.headers["webhook-id"]
+            with lock:
+                duplicate = msg_id in seen
+                seen.add(msg_id)
+            if duplicate:
+                print(f"duplicate {msg_id}: already handled", flush=True)
+            else:
+                print(f"verified {msg_id}: work {payload.get('work_id')} is "
+                      f"{payload.get('status')}\n{json.dumps(payload, indent=2)}", flush=True)
+            return self._answer(204)
+
+        def _answer(self, status: int) -> None:
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format, *args) -> None:  # keep the output to callbacks
+            pass
+
+    return Handler
+
+
+def _secret(args: argparse.Namespace) -> str:
+    if args.demo_intake:
+        secrets = json.loads(DEMO_SECRETS.read_text()).get("signing_secrets", {})
+        if args.demo_intake not in secrets:
+            sys.exit(f"No secret for intake {args.demo_intake} in {DEMO_SECRETS}")
+        return secrets[args.demo_intake]
+    secret = args.secret or os.environ.get("AUXOT_WEBHOOK_SECRET", "")
+    if not secret:
+        sys.exit("Pass --secret whsec_... (or AUXOT_WEBHOOK_SECRET, or --demo-intake ID).")
+    return secret
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=9000)
+    parser.add_argument("--secret", help="the intake's signing secret (whsec_...)")
+    parser.add_argument("--demo-intake", help="read the secret of this demo intake from var/")
+    args = parser.parse_args()
+    handler = make_handler(Webhook(_secret(args)), set(), threading.Lock())
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), handler)
+    print(f"Listening on http://127.0.0.1:{args.port}/hook (Ctrl-C stops)", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+"""Callback admin: the delivery log, "Redeliver now", "Send test callback", secret rotation.
+
+Kept apart from admin.py (which the admin UI owns): `IntakeCallbacksAdminMixin` is mixed into
+IntakeAdmin with one line, and the delivery log is attached to the engine's WorkItemAdmin
+from here, so `workflows` never imports `intakes`.
+"""
+
+from django import forms
+from django.conf import settings
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+
+from intakes.callbacks import (
+    callback_delivery_redeliver,
+    callback_test_send,
+    intake_callback_enable,
+    intake_signing_secret_rotate,
+)
+from intakes.models import CallbackAttempt, CallbackDelivery, Intake
+from intakes.ssrf import RefusedDestination, callback_url_validate, url_redact
+from workflows.models import WorkItem
+
+RECENT_DELIVERIES = 10
+
+
+def _ip(request: HttpRequest) -> str | None:
+    return request.META.get("REMOTE_ADDR") or None
+
+
+def _scoped(request: HttpRequest, queryset: QuerySet, org_path: str) -> QuerySet:
+    if request.user.is_superuser:
+        return queryset
+    return queryset.filter(**{f"{org_path}__memberships__user": request.user}).distinct()
+
+
+def _delivery_link(delivery: CallbackDelivery) -> str:
+    url = reverse("admin:intakes_callbackdelivery_change", args=[delivery.pk])
+    return format_html('<a href="{}">{}</a>', url, delivery.webhook_id)
+
+
+# --- CallbackDelivery: the log, per work item and per intake -----------------------------
+
+class CallbackAttemptInline(admin.TabularInline):
+    model = CallbackAttempt
+    extra = 0
+    can_delete = False
+    fields = ["number", "started_at", "url", "status_code", "latency_ms", "error",
+              "response_body"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(CallbackDelivery)
+class CallbackDeliveryAdmin(admin.ModelAdmin):
+    list_display = ["webhook_id", "intake", "work_item_link", "state", "attempts", "last_status",
+                    "next_attempt_at", "created_at"]
+    list_filter = ["state", "intake"]
+    search_fields = ["webhook_id", "work_item__id", "intake__name"]
+    list_select_related = ["intake"]
+    inlines = [CallbackAttemptInline]
+    actions = ["redeliver_now"]
+    fields = ["webhook_id", "intake", "work_item_link", "display_url", "uses_intake_default",
+              "state", "attempts", "last_status", "last_error", "next_attempt_at",
+              "delivered_at", "created_at"]
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        return _scoped(request, super().get_queryset(request), "intake__org")
+
+    @admin.display(description="work item")
+    def work_item_link(self, obj: CallbackDelivery) -> str:
+        url = reverse("admin:workflows_workitem_change", args=[obj.work_item_id])
+        return format_html('<a href="{}">{}</a>', url, obj.work_item_id)
+
+    @admin.display(description="URL")
+    def display_url(self, obj: CallbackDelivery) -> str:
+        return url_redact(obj.url)
+
+    @admin.action(description="Redeliver now (new attempt, same webhook-id)")
+    def redeliver_now(self, request, queryset):
+        done = sum(callback_delivery_redeliver(delivery=d, actor=request.user, ip=_ip(request))
+                   for d in queryset.select_related("intake__org"))
+        skipped = queryset.count() - done
+        self.message_user(request, f"{done} delivery(ies) queued for a new attempt."
+                          + (f" {skipped} skipped: an attempt is in flight." if skipped else ""))
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class WorkItemCallbackInline(admin.StackedInline):
+    """The delivery log on a work item's page (attached to WorkItemAdmin below)."""
+
+    model = CallbackDelivery
+    fk_name = "work_item"
+    extra = 0
+    can_delete = False
+    verbose_name = verbose_name_plural = "callback delivery"
+    fields = ["delivery", "state", "attempts", "last_status", "last_error", "next_attempt_at",
+              "attempt_log"]
+    readonly_fields = fields
+
+    @admin.display(description="webhook-id")
+    def delivery(self, obj: CallbackDelivery) -> str:
+        return _delivery_link(obj)
+
+    @admin.display(description="attempts")
+    def attempt_log(self, obj: CallbackDelivery) -> str:
+        rows = CallbackAttempt.objects.filter(delivery=obj).values_list(
+            "number", "started_at", "status_code", "latency_ms", "error")
+        return format_html("<ul>{}</ul>", format_html_join(
+            "", "<li>#{} {} → {} ({} ms) {}</li>",
+            ((n, t.strftime("%Y-%m-%d %H:%M:%S"), s or "no answer", ms if ms is not None else "-",
+              e) for n, t, s, ms, e in rows)))
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+def attach_to_work_item_admin(site: admin.AdminSite = admin.site) -> None:
+    model_admin = site._registry.get(WorkItem)
+    if model_admin is not None and WorkItemCallbackInline not in model_admin.inlines:
+        model_admin.inlines = [*model_admin.inlines, WorkItemCallbackInline]
+
+
+# --- Intake side: a mixin for IntakeAdmin ------------------------------------------------
+
+CALLBACK_READONLY = ["callback_state", "signing_secret_status", "delivery_log"]
+
+
+class IntakeCallbacksAdminMixin:
+    """Adds the callback fields, pages and actions to an Intake ModelAdmin."""
+
+    callback_actions = ["send_test_callback", "rotate_signing_secret", "enable_callbacks"]
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        for name in self.callback_actions:
+            action = self.get_action(name)
+            if action is not None:
+                actions[name] = action
+        return actions
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = list(super().get_readonly_fields(request, obj))
+        return fields + [f for f in CALLBACK_READONLY if f not in fields]
+
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = list(super().get_fieldsets(request, obj))
+        listed = {f for _, opts in fieldsets for f in opts.get("fields", ())}
+        missing = [f for f in ["callback_url", *CALLBACK_READONLY] if f not in listed]
+        if missing:
+            fieldsets.append(("Callbacks", {"fields": missing}))
+        return fieldsets
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        if db_field.name == "callback_url":
+            kwargs["assume_scheme"] = "https"
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
+
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+
+        class CallbackUrlForm(form):
+            def clean_callback_url(self):
+                url = self.cleaned_data.get("callback_url", "")
+                if url:
+                    try:
+                        callback_url_validate(url)
+                    except RefusedDestination as exc:
+                        raise forms.ValidationError(str(exc)) from None
+                return url
+
+        return CallbackUrlForm
+
+    @admin.display(description="callback")
+    def callback_state(self, obj: Intake) -> str:
+        if obj._state.adding:
+            return "-"
+        if obj.callback_disabled:
+            return format_html(
+                '<strong style="color:#ba2121">Disabled</strong> since {} ({}). Fix the '
+                "receiver, then use the action “Re-enable callbacks”.",
+                obj.callback_disabled_at.strftime("%Y-%m-%d %H:%M UTC"),
+                obj.callback_disabled_reason)
+        return "Enabled" if obj.callback_url else "No default URL (callers may send one)"
+
+    @admin.display(description="signing secret")
+    def signing_secret_status(self, obj: Intake) -> str:
+        if not obj.signing_secret_encrypted:
+            return "None yet: use the action “Rotate signing secret”."
+        text = "Set"
+        if obj.secret_rotated_at:
+            text += f", last rotated {obj.secret_rotated_at:%Y-%m-%d %H:%M UTC}"
+        if obj.previous_secret_expires_at:
+            until = obj.previous_secret_expires_at
+            text += f"; the previous one signs too until {until:%Y-%m-%d %H:%M UTC}"
+        return text + ". Shown only once, when created or rotated."
+
+    @admin.display(description="delivery log")
+    def delivery_log(self, obj: Intake) -> str:
+        if obj._state.adding:
+            return "-"
+        recent = CallbackDelivery.objects.filter(intake=obj).order_by("-created_at")[
+            :RECENT_DELIVERIES]
+        url = reverse("admin:intakes_callbackdelivery_changelist") + f"?intake__id__exact={obj.pk}"
+        rows = format_html_join("", "<li>{} {} · {} attempt(s) · last {}</li>", (
+            (_delivery_link(d), d.state, d.attempts, d.last_status or "-") for d in recent))
+        return format_html('<ul>{}</ul><a href="{}">All deliveries of this intake</a>',
+                           rows, url)
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if not obj.signing_secret_encrypted:
+            request._auxot_new_secret = intake_signing_secret_rotate(
+                intake=obj, actor=request.user, ip=_ip(request))
+        elif getattr(obj, "signing_secret", None):  # created by intake_create
+            request._auxot_new_secret = obj.signing_secret
+
+    def response_add(self, request, obj, post_url_continue=None):
+        secret = getattr(request, "_auxot_new_secret", None)
+        if secret:
+            return self._secret_page(request, [obj], {obj.pk: secret}, "created")
+        return super().response_add(request, obj, post_url_continue)
+
+    def _secret_page(self, request, intakes, secrets: dict, verb: str) -> HttpResponse:
+        context = {**self.admin_site.each_context(request), "title": "Signing secret",
+                   "verb": verb, "opts": self.model._meta,
+                   "rows": [(i, secrets[i.pk]) for i in intakes],
+                   "window_hours": _window_hours()}
+        response = TemplateResponse(request, "admin/intakes/signing_secret.html", context)
+        response["Cache-Control"] = "no-store"
+        return response
+
+    @admin.action(description="Rotate signing secret (shows the new one once)")
+    def rotate_signing_secret(self, request, queryset):
+        intakes = list(queryset)
+        secrets = {i.pk: intake_signing_secret_rotate(intake=i, actor=request.user,
+                                                      ip=_ip(request)) for i in intakes}
+        return self._secret_page(request, intakes, secrets, "rotated")
+
+    @admin.action(description="Send test callback (signed sample body)")
+    def send_test_callback(self, request, queryset):
+        results = [(intake, callback_test_send(intake=intake)) for intake in queryset]
+        context = {**self.admin_site.each_context(request), "title": "Test callback",
+                   "opts": self.model._meta,
+                   "results": [(i, url_redact(i.callback_url) if i.callback_url else "-", r)
+                               for i, r in results]}
+        return TemplateResponse(request, "admin/intakes/test_callback.html", context)
+
+    @admin.action(description="Re-enable callbacks (after a 410 Gone)")
+    def enable_callbacks(self, request, queryset):
+        done = sum(intake_callback_enable(intake=i, actor=request.user, ip=_ip(request))
+                   for i in queryset.filter(callback_disabled_at__isnull=False))
+        self.message_user(request, f"Callbacks re-enabled on {done} intake(s).",
+                          messages.SUCCESS if done else messages.INFO)
+
+
+def _window_hours() -> float:
+    return settings.AUXOT_CALLBACK_SECRET_ROTATION_HOURS
+
+
+attach_to_work_item_admin()

@@ -1,0 +1,421 @@
+"""Callback services: signing secrets, deliveries, attempts, the sender.
+
+A delivery is a row with a schedule (`next_attempt_at`) and a lease, like a work item: the
+tick enqueues due ones, a worker claims one with a guarded UPDATE, writes the attempt row
+before sending, and records the outcome under its lease token. Nothing is held in memory,
+so deliveries survive worker restarts, and two workers never send the same attempt.
+"""
+
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
+
+import requests
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+from standardwebhooks.webhooks import Webhook
+
+from auxot.services import audit_record
+from intakes.models import CallbackAttempt, CallbackDelivery, Intake
+from intakes.presenters import callback_url_for, render_json, work_item_poll_view
+from intakes.secrets import secret_decrypt, secret_encrypt, signing_secret_generate
+from intakes.ssrf import (
+    RefusedDestination,
+    callback_url_validate,
+    safe_session,
+    total_deadline,
+    url_redact,
+)
+from workflows.models import WorkItem
+
+logger = logging.getLogger(__name__)
+State = CallbackDelivery.State
+TASK = "intakes.tasks.callback_delivery_run"
+LEASE_GRACE_SECONDS = 30
+SWEEP_GRACE_SECONDS = 10  # the finished signal normally creates the delivery within ms
+RESPONSE_KEEP_BYTES = 2048
+USER_AGENT = "Auxot-Webhooks/1 (+https://www.standardwebhooks.com/)"
+_broker = None
+
+
+# --- Signing secrets ------------------------------------------------------------------
+
+def intake_signing_secret_rotate(*, intake: Intake, actor=None, now: datetime | None = None,
+                                 ip: str | None = None) -> str:
+    """Make a new signing secret and return it (the only time it is shown).
+
+    The old one keeps signing alongside it for AUXOT_CALLBACK_SECRET_ROTATION_HOURS, so
+    receivers can switch without a gap. The first secret of an intake has no window.
+    """
+    now = now or timezone.now()
+    secret = signing_secret_generate()
+    window = timedelta(hours=settings.AUXOT_CALLBACK_SECRET_ROTATION_HOURS)
+    with transaction.atomic():
+        locked = Intake.objects.select_for_update().get(pk=intake.pk)
+        first = not locked.signing_secret_encrypted
+        locked.previous_signing_secret_encrypted = locked.signing_secret_encrypted
+        locked.previous_secret_expires_at = None if first else now + window
+        locked.signing_secret_encrypted = secret_encrypt(secret)
+        locked.secret_rotated_at = now
+        locked.save(update_fields=["previous_signing_secret_encrypted", "signing_secret_encrypted",
+                                   "previous_secret_expires_at", "secret_rotated_at"])
+        audit_record(
+            event="intake.signing_secret_created" if first else "intake.signing_secret_rotated",
+            org=locked.org, actor_user=actor, obj=locked, now=now, ip=ip,
+            extra={"name": locked.name, "previous_valid_until":
+                   locked.previous_secret_expires_at.isoformat()
+                   if locked.previous_secret_expires_at else None})
+    for name in ("previous_signing_secret_encrypted", "signing_secret_encrypted",
+                 "previous_secret_expires_at", "secret_rotated_at"):
+        setattr(intake, name, getattr(locked, name))
+    return secret
+
+
+def intake_signing_secrets(*, intake: Intake, now: datetime) -> list[str]:
+    """The secrets that sign a delivery now: the current one, plus the old during rotation."""
+    if not intake.signing_secret_encrypted:
+        raise ValueError("the intake has no signing secret: rotate it in the admin")
+    secrets = [secret_decrypt(intake.signing_secret_encrypted)]
+    if (intake.previous_signing_secret_encrypted and intake.previous_secret_expires_at
+            and intake.previous_secret_expires_at > now):
+        secrets.append(secret_decrypt(intake.previous_signing_secret_encrypted))
+    return secrets
+
+
+def intake_callback_disable(*, intake: Intake, reason: str, now: datetime) -> bool:
+    with transaction.atomic():
+        changed = Intake.objects.filter(pk=intake.pk, callback_disabled_at__isnull=True).update(
+            callback_disabled_at=now, callback_disabled_reason=reason[:300])
+        if changed:
+            audit_record(event="intake.callback_disabled", org=intake.org, obj=intake, now=now,
+                         actor_label="callback receiver",
+                         extra={"name": intake.name, "reason": reason[:300]})
+    return bool(changed)
+
+
+def intake_callback_enable(*, intake: Intake, actor=None, ip: str | None = None) -> bool:
+    now = timezone.now()
+    with transaction.atomic():
+        changed = Intake.objects.filter(pk=intake.pk, callback_disabled_at__isnull=False).update(
+            callback_disabled_at=None, callback_disabled_reason="")
+        if changed:
+            audit_record(event="intake.callback_enabled", org=intake.org, actor_user=actor,
+                         obj=intake, now=now, ip=ip, extra={"name": intake.name})
+    intake.refresh_from_db()
+    return bool(changed)
+
+
+# --- Deliveries: create, wake, claim ------------------------------------------------------
+
+def _get_broker():
+    global _broker
+    if _broker is None:
+        from django_q.brokers import get_broker
+
+        _broker = get_broker()
+    return _broker
+
+
+def callback_delivery_enqueue(*, delivery_id) -> None:
+    """Queue a task for this delivery. Never raises: the tick re-enqueues a lost one."""
+    from django_q.tasks import async_task
+
+    try:
+        async_task(TASK, str(delivery_id), broker=_get_broker(), task_name=f"cb-{delivery_id}")
+    except Exception:
+        logger.exception("enqueue of callback delivery %s failed; the tick will retry",
+                         delivery_id)
+
+
+def callback_delivery_create(*, work_item: WorkItem,
+                             now: datetime | None = None) -> CallbackDelivery | None:
+    """The delivery of a finished item's callback, if it has a URL. Safe to call twice."""
+    now = now or timezone.now()
+    intake = work_item.intake
+    url = callback_url_for(work_item, intake)
+    if intake is None or not url or not work_item.is_terminal:
+        return None
+    override = bool(work_item.callback_url)
+    disabled = intake.callback_disabled and not override
+    with transaction.atomic():
+        delivery, created = CallbackDelivery.objects.get_or_create(
+            work_item=work_item, defaults={
+                "intake": intake, "webhook_id": f"msg_{uuid.uuid4().hex}", "url": url,
+                "uses_intake_default": not override, "created_at": now,
+                "state": State.DISABLED if disabled else State.PENDING,
+                "last_error": "the intake's callback is disabled" if disabled else "",
+                "next_attempt_at": None if disabled else now,
+                "enqueued_at": None if disabled else now})
+        if created and not disabled:
+            transaction.on_commit(lambda: callback_delivery_enqueue(delivery_id=delivery.pk))
+    return delivery
+
+
+def _wakeable(now: datetime):
+    requeue_before = now - timedelta(seconds=settings.AUXOT_REQUEUE_AFTER_SECONDS)
+    return CallbackDelivery.objects.filter(next_attempt_at__lte=now).filter(
+        Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=F("next_attempt_at"))
+        | Q(enqueued_at__lt=requeue_before))
+
+
+def callback_deliveries_wake(*, now: datetime | None = None, limit: int = 200) -> int:
+    """Enqueue deliveries that came due: retries, expired leases, lost queue messages."""
+    now = now or timezone.now()
+    ids = list(_wakeable(now).order_by("next_attempt_at").values_list("pk", flat=True)[:limit])
+    if ids:
+        _wakeable(now).filter(pk__in=ids).update(enqueued_at=now)
+        for delivery_id in ids:
+            callback_delivery_enqueue(delivery_id=delivery_id)
+    return len(ids)
+
+
+def callback_deliveries_sweep(*, now: datetime | None = None, limit: int = 100) -> int:
+    """Create deliveries a crash skipped (killed between the item's commit and its signal)."""
+    now = now or timezone.now()
+    missing = WorkItem.objects.filter(
+        created_at__gte=now - timedelta(days=1), status__in=[WorkItem.Status.COMPLETED,
+                                                             WorkItem.Status.FAILED],
+        finished_at__lte=now - timedelta(seconds=SWEEP_GRACE_SECONDS), intake__isnull=False,
+        callback_delivery__isnull=True,
+    ).filter(Q(callback_url__gt="") | Q(intake__callback_url__gt="")).select_related("intake")
+    created = 0
+    for item in missing[:limit]:
+        created += callback_delivery_create(work_item=item, now=now) is not None
+    return created
+
+
+def _claim(delivery_id, now: datetime) -> tuple[CallbackDelivery, str] | None:
+    token = uuid.uuid4().hex
+    lease_end = now + timedelta(seconds=settings.AUXOT_CALLBACK_TIMEOUT_SECONDS
+                                + LEASE_GRACE_SECONDS)
+    changed = CallbackDelivery.objects.filter(
+        pk=delivery_id, next_attempt_at__lte=now, state__in=[State.PENDING, State.DELIVERING],
+    ).update(state=State.DELIVERING, lease_token=token, next_attempt_at=lease_end,
+             attempts=F("attempts") + 1)
+    if changed != 1:
+        return None
+    delivery = CallbackDelivery.objects.select_related(
+        "intake__org", "work_item__workflow").get(pk=delivery_id)
+    return delivery, token
+
+
+def callback_delivery_redeliver(*, delivery: CallbackDelivery, actor=None,
+                                ip: str | None = None) -> bool:
+    """"Redeliver now": a new attempt at once (same webhook-id), then the schedule anew."""
+    now = timezone.now()
+    with transaction.atomic():
+        changed = CallbackDelivery.objects.filter(pk=delivery.pk).exclude(
+            state=State.DELIVERING).update(state=State.PENDING, next_attempt_at=now,
+                                           schedule_base=F("attempts"), enqueued_at=now)
+        if changed:
+            audit_record(event="callback.redelivered", org=delivery.intake.org, actor_user=actor,
+                         obj=delivery, now=now, ip=ip,
+                         extra={"webhook_id": delivery.webhook_id,
+                                "work_item": str(delivery.work_item_id)})
+            transaction.on_commit(lambda: callback_delivery_enqueue(delivery_id=delivery.pk))
+    delivery.refresh_from_db()
+    return bool(changed)
+
+
+# --- Sending ------------------------------------------------------------------------------
+
+@dataclass
+class SendResult:
+    status: int | None = None
+    latency_ms: int | None = None
+    body: str = ""
+    headers: dict = field(default_factory=dict)
+    error: str = ""
+    refused: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+
+def signed_headers(*, secrets: list[str], webhook_id: str, body: bytes,
+                   now: datetime) -> dict[str, str]:
+    """Standard Webhooks headers; one `v1,` signature per active secret, space-separated."""
+    text = body.decode("utf-8")
+    signatures = [Webhook(secret).sign(webhook_id, now, text) for secret in secrets]
+    return {"content-type": "application/json", "user-agent": USER_AGENT,
+            "webhook-id": webhook_id, "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": " ".join(signatures)}
+
+
+def _read_some(response: requests.Response) -> str:
+    data = b""
+    for chunk in response.iter_content(chunk_size=RESPONSE_KEEP_BYTES):
+        data += chunk
+        if len(data) >= RESPONSE_KEEP_BYTES:
+            break
+    return data[:RESPONSE_KEEP_BYTES].decode("utf-8", errors="replace")
+
+
+def callback_post(*, url: str, body: bytes, headers: dict[str, str]) -> SendResult:
+    """POST once under the SSRF policy; never follows redirects; never raises."""
+    started = time.monotonic()
+    timeout = settings.AUXOT_CALLBACK_TIMEOUT_SECONDS
+    deadline = None
+    try:
+        callback_url_validate(url)
+        with total_deadline(timeout) as deadline, safe_session() as session, session.post(
+                url, data=body, headers=headers, timeout=(timeout, timeout),
+                allow_redirects=False, stream=True) as response:
+            text = _read_some(response)
+            if deadline.expired:
+                raise requests.Timeout()
+            return SendResult(status=response.status_code, body=text,
+                              headers={k.lower(): v for k, v in response.headers.items()},
+                              latency_ms=int((time.monotonic() - started) * 1000))
+    except RefusedDestination as exc:
+        return SendResult(error=f"refused: {exc}", refused=True)
+    except requests.Timeout:
+        error = f"timed out after {timeout:g} s"
+    except requests.RequestException as exc:
+        if deadline is not None and deadline.expired:
+            error = f"timed out after {timeout:g} s"
+        elif isinstance(exc, requests.ConnectionError):
+            error = f"connection failed: {_short(exc)}"
+        else:
+            error = f"request failed: {_short(exc)}"
+    return SendResult(error=_scrub(error, url),
+                      latency_ms=int((time.monotonic() - started) * 1000))
+
+
+def _scrub(error: str, url: str) -> str:
+    # Library messages may quote the URL; its query often carries the receiver's token.
+    query = url.partition("?")[2].partition("#")[0]
+    return error.replace(query, "REDACTED") if query else error
+
+
+def _short(exc: Exception) -> str:
+    # requests nests the root cause; its text is enough and never contains our secrets.
+    root = exc
+    while root.__cause__ is not None or (root.args and isinstance(root.args[0], Exception)):
+        root = root.__cause__ or root.args[0]
+    return f"{type(root).__name__}: {root}"[:300]
+
+
+def _retry_after(headers: dict, now: datetime) -> float | None:
+    raw = headers.get("retry-after", "").strip()
+    if not raw:
+        return None
+    if raw.isdigit():
+        seconds = float(raw)
+    else:
+        try:
+            seconds = (parsedate_to_datetime(raw) - now).total_seconds()
+        except (TypeError, ValueError):
+            return None
+    return max(0.0, min(seconds, settings.AUXOT_CALLBACK_RETRY_AFTER_MAX_SECONDS))
+
+
+def _next_attempt(delivery: CallbackDelivery, result: SendResult,
+                  now: datetime) -> datetime | None:
+    schedule = settings.AUXOT_CALLBACK_RETRY_SCHEDULE
+    index = delivery.attempts - delivery.schedule_base  # attempts made in this round
+    if index >= len(schedule):
+        return None
+    delay = schedule[index]
+    delay += delay * random.uniform(-1, 1) * settings.AUXOT_CALLBACK_JITTER
+    hinted = _retry_after(result.headers, now)
+    if hinted is not None and (result.status == 429 or (result.status or 0) >= 500):
+        delay = max(delay, hinted)
+    return now + timedelta(seconds=delay)
+
+
+def _outcome(delivery: CallbackDelivery, result: SendResult,
+             now: datetime) -> tuple[str, datetime | None, str]:
+    """(state, next_attempt_at, why) after one attempt."""
+    if result.ok:
+        return State.DELIVERED, None, ""
+    if result.refused:
+        return State.FAILED, None, result.error
+    if result.status == 410:
+        return (State.DISABLED if delivery.uses_intake_default else State.FAILED), None, \
+            "the receiver answered 410 Gone"
+    if result.headers.get("webhook-delivery", "").strip().lower() == "abort-message":
+        return State.FAILED, None, "the receiver asked to stop (webhook-delivery: abort-message)"
+    why = result.error or f"HTTP {result.status}" + (
+        " (redirects are not followed)" if 300 <= (result.status or 0) < 400 else "")
+    retry_at = _next_attempt(delivery, result, now)
+    if retry_at is None:
+        return State.FAILED, None, f"{why}; no attempts left"
+    return State.PENDING, retry_at, why
+
+
+def _attempt_record(delivery: CallbackDelivery, token: str, attempt: CallbackAttempt,
+                    result: SendResult) -> str:
+    now = timezone.now()
+    state, next_at, why = _outcome(delivery, result, now)
+    with transaction.atomic():
+        attempt.finished_at = now
+        attempt.status_code = result.status
+        attempt.latency_ms = result.latency_ms
+        attempt.response_body = result.body
+        attempt.error = result.error[:500]
+        attempt.save(update_fields=["finished_at", "status_code", "latency_ms", "response_body",
+                                    "error"])
+        changed = CallbackDelivery.objects.filter(pk=delivery.pk, lease_token=token).update(
+            state=state, next_attempt_at=next_at, lease_token="", last_status=result.status,
+            last_error=why[:500], delivered_at=now if state == State.DELIVERED else None)
+        if changed and state == State.DISABLED:
+            intake_callback_disable(intake=delivery.intake, now=now,
+                                    reason=f"410 Gone from {url_redact(delivery.url)}")
+    return state
+
+
+def callback_delivery_process(*, delivery_id) -> str | None:
+    """The task body: make one attempt if the delivery is due. Safe to run twice."""
+    now = timezone.now()
+    claimed = _claim(delivery_id, now)
+    if claimed is None:
+        return None
+    delivery, token = claimed
+    # An attempt left open was cut short by a dying worker; the receiver may have it (dedupe).
+    CallbackAttempt.objects.filter(delivery=delivery, finished_at__isnull=True).update(
+        finished_at=now, error="interrupted: the worker stopped during this attempt")
+    attempt = CallbackAttempt.objects.create(delivery=delivery, number=delivery.attempts,
+                                             started_at=now, url=url_redact(delivery.url))
+    try:
+        secrets = intake_signing_secrets(intake=delivery.intake, now=now)
+    except ValueError as exc:
+        # Not sent, but retried: an admin can rotate the secret within the retry window.
+        result = SendResult(error=str(exc))
+    else:
+        view = work_item_poll_view(delivery.work_item, intake=delivery.intake, delivery=delivery)
+        body = render_json(view.body)
+        headers = signed_headers(secrets=secrets, webhook_id=delivery.webhook_id, body=body,
+                                 now=now)
+        result = callback_post(url=delivery.url, body=body, headers=headers)
+    return _attempt_record(delivery, token, attempt, result)
+
+
+SAMPLE_WORK_ITEM = {
+    "work_id": "00000000-0000-0000-0000-000000000000", "status": "completed",
+    "output": {"message": "This is a test callback from Auxot."}, "error": None,
+    "correlation_id": None, "test": True,
+}
+
+
+def callback_test_send(*, intake: Intake, url: str = "") -> SendResult:
+    """POST a signed sample body to the intake's URL (or `url`), same policy; show the answer."""
+    now = timezone.now()
+    target = url or intake.callback_url
+    if not target:
+        return SendResult(error="The intake has no callback URL.", refused=True)
+    try:
+        secrets = intake_signing_secrets(intake=intake, now=now)
+    except ValueError as exc:
+        return SendResult(error=str(exc), refused=True)
+    body = render_json({**SAMPLE_WORK_ITEM, "intake_id": str(intake.pk)})
+    headers = signed_headers(secrets=secrets, webhook_id=f"msg_test_{uuid.uuid4().hex}",
+                             body=body, now=now)
+    return callback_post(url=target, body=body, headers=headers)

@@ -1,0 +1,50 @@
+"""The poll body, and with it the callback body: one serializer for both."""
+
+from rest_framework.renderers import JSONRenderer
+
+from auxot.timefmt import iso
+from intakes.models import CallbackDelivery, Intake
+from intakes.ssrf import url_redact
+from workflows.models import WorkItem
+from workflows.presenters import WorkItemView, work_item_view
+
+
+def callback_url_for(item: WorkItem, intake: Intake | None) -> str:
+    """Where this item's callback goes: the per-request override, else the intake default."""
+    return item.callback_url or (intake.callback_url if intake else "")
+
+
+def callback_block(item: WorkItem, intake: Intake | None,
+                   delivery: CallbackDelivery | None = None) -> dict | None:
+    if delivery is None:
+        url = callback_url_for(item, intake)
+        if not url:
+            return None
+        # One query, only for items that have a callback at all (the poll's hot path).
+        delivery = CallbackDelivery.objects.filter(work_item_id=item.pk).first()
+        if delivery is None:
+            disabled = intake is not None and intake.callback_disabled and not item.callback_url
+            return {"url": url_redact(url), "state": "disabled" if disabled else "pending",
+                    "attempts": 0, "next_attempt_at": None, "last_status": None}
+    settled = delivery.state in (CallbackDelivery.State.DELIVERED, CallbackDelivery.State.FAILED,
+                                 CallbackDelivery.State.DISABLED)
+    return {
+        "url": url_redact(delivery.url),
+        "state": delivery.state,
+        "attempts": delivery.attempts,
+        "next_attempt_at": None if settled or delivery.state == "delivering"
+        else iso(delivery.next_attempt_at),
+        "last_status": delivery.last_status,
+    }
+
+
+def work_item_poll_view(item: WorkItem, *, intake: Intake | None,
+                        delivery: CallbackDelivery | None = None) -> WorkItemView:
+    """The poll answer; once terminal, byte for byte what a callback delivers."""
+    view = work_item_view(item)
+    view.body["callback"] = callback_block(item, intake, delivery)
+    return view
+
+
+def render_json(body: dict) -> bytes:
+    return JSONRenderer().render(body)

@@ -1,0 +1,77 @@
+"""The demo's callback pieces: the secret on file, and examples/receiver.py as a real process."""
+
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+import requests
+
+from auxot import demo
+from intakes.callbacks import (
+    callback_delivery_create,
+    callback_delivery_process,
+    callback_delivery_redeliver,
+)
+from intakes.services import intake_create
+from tests.callback_helpers import finished_item
+from tests.conftest import make_workflow
+from tests.processes import ROOT, wait_for
+
+pytestmark = pytest.mark.django_db
+
+
+def test_demo_keeps_the_signing_secret_and_prints_it_only_when_new(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "SECRETS_FILE", tmp_path / "demo-secrets.json")
+    first = demo.demo_seed()
+    assert first.signing_secret.startswith("whsec_") and first.signing_secret_is_new
+    stored = json.loads((tmp_path / "demo-secrets.json").read_text())
+    assert stored["signing_secrets"] == {str(first.intake.pk): first.signing_secret}
+    again = demo.demo_seed()
+    assert again.signing_secret == first.signing_secret and not again.signing_secret_is_new
+    (tmp_path / "demo-secrets.json").write_text(json.dumps({**stored, "signing_secrets": {}}))
+    lost = demo.demo_seed()  # file lost: a fresh secret, shown again
+    assert lost.signing_secret_is_new and lost.signing_secret != first.signing_secret
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def example_receiver(cast):
+    port = _free_port()
+    workflow = make_workflow(cast.org_a, [("transform", {"expression": "input"})], name="Ex")
+    intake = intake_create(org=cast.org_a, workflow=workflow, name="to example",
+                           callback_url=f"http://127.0.0.1:{port}/hook")
+    proc = subprocess.Popen([sys.executable, "examples/receiver.py", "--port", str(port),
+                             "--secret", intake.signing_secret], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def up():
+        try:
+            return requests.post(f"http://127.0.0.1:{port}/hook", timeout=1).status_code == 400
+        except requests.ConnectionError:
+            return False
+
+    wait_for(up, timeout=15, what="examples/receiver.py to listen")
+    yield intake, proc
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_example_receiver_verifies_dedupes_and_prints(example_receiver):
+    intake, proc = example_receiver
+    item = finished_item(intake)
+    delivery = callback_delivery_create(work_item=item)
+    assert callback_delivery_process(delivery_id=delivery.pk) == "delivered"
+    callback_delivery_redeliver(delivery=delivery)
+    assert callback_delivery_process(delivery_id=delivery.pk) == "delivered"
+    proc.terminate()
+    output = proc.communicate(timeout=10)[0]
+    assert f"verified {delivery.webhook_id}: work {item.pk} is completed" in output
+    assert f"duplicate {delivery.webhook_id}" in output
+    assert "REJECTED" in output  # the unsigned probe of the fixture
