@@ -74,7 +74,10 @@ log "accepted: work_id $work_id"
 deadline=$((SECONDS + timeout_seconds))
 last="" attempt=0
 while ((SECONDS < deadline)); do
-  status="$(call GET "$base/v1/intake/$AUXOT_INTAKE_ID/work/$work_id?wait=20")"
+  wait=$((deadline - SECONDS))
+  ((wait > 20)) && wait=20
+  ((wait < 1)) && wait=1
+  status="$(call GET "$base/v1/intake/$AUXOT_INTAKE_ID/work/$work_id?wait=$wait")"
   case "$status" in
     200)
       state="$(jq -r .status "$tmp/body")"
