@@ -24,7 +24,6 @@ from workflows.models import WorkItem
 logger = logging.getLogger(__name__)
 
 _WAIT_RE = re.compile(r"^\d{1,4}(\.\d{1,3})?$")
-_TERMINAL = (WorkItem.Status.COMPLETED, WorkItem.Status.FAILED)
 
 
 def wait_parse(raw: str | None) -> float | None:
@@ -88,7 +87,7 @@ class _Watcher:
     @staticmethod
     def _terminal_among(ids: list[uuid.UUID]) -> list[uuid.UUID]:
         try:
-            return list(WorkItem.objects.filter(pk__in=ids, status__in=_TERMINAL)
+            return list(WorkItem.objects.filter(pk__in=ids).exclude(status__in=WorkItem.ACTIVE)
                         .values_list("pk", flat=True))
         except DatabaseError as exc:
             # Waiters simply time out and answer with what they have; the next recheck retries.
@@ -114,4 +113,4 @@ def work_item_wait(*, item: WorkItem, seconds: float) -> WorkItem:
         connection.close()  # never hold a connection while we sleep
     if not _watcher.wait(item.pk, seconds):
         return item
-    return WorkItem.objects.select_related("workflow").get(pk=item.pk)
+    return WorkItem.objects.select_related("workflow").filter(pk=item.pk).first() or item

@@ -50,6 +50,13 @@ Poll (swap WORK_ID from the 202 body):
   curl "{base}/v1/intake/{intake}/work/WORK_ID" \\
     -H "Authorization: Bearer {demo.token}"
 
+Or with the `auxot` command (trigger + wait; see README "The auxot command"):
+
+  export AUXOT_BASE_URL={base} AUXOT_API_KEY={demo.token}
+  .venv/bin/auxot run {intake} --data '{{"customer":"Acme Corp"}}'
+
+API docs: {base}/v1/docs
+
 Web and worker are starting; Ctrl-C stops both.
 """
 
