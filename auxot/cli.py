@@ -166,7 +166,9 @@ def _wait(client: api.Client, intake_id: str, work_id: str, args: argparse.Names
         raise UsageError(str(exc)) from None
     try:
         with Progress(err) as progress:
-            body = client.wait(intake_id, work_id, timeout=timeout, on_poll=progress.update)
+            # On a terminal, shorter long-polls keep the live line's status and step fresh.
+            body = client.wait(intake_id, work_id, timeout=timeout, on_poll=progress.update,
+                               max_wait=3 if progress.tty else None)
     except api.WaitTimeout as exc:
         status = (exc.last or {}).get("status", "unknown")
         err.write(f"auxot: timed out after {args.timeout}; work {work_id} is still {status}\n")

@@ -209,10 +209,13 @@ class Client:
 
     def wait(self, intake_id: str, work_id: str, *, timeout: float = 1800.0,
              on_poll: Callable[[Poll], None] | None = None, long_poll: bool = True,
-             sleep: Callable[[float], None] = time.sleep,
+             max_wait: float | None = None, sleep: Callable[[float], None] = time.sleep,
              clock: Callable[[], float] = time.monotonic) -> dict:
         """Poll until the item is terminal; return its body. Raises WaitTimeout, AuthError,
-        NotFoundError, RequestError. Transient errors are retried until the timeout."""
+        NotFoundError, RequestError. Transient errors are retried until the timeout.
+
+        `max_wait` shortens each long-poll (the server answers only when the item finishes),
+        for callers that want to see intermediate states more often."""
         deadline = clock() + timeout
         backoff, wait_max, last, last_status = Backoff(), None, None, None
         while True:
@@ -220,7 +223,8 @@ class Client:
             if remaining <= 0:
                 raise WaitTimeout(f"work item {work_id} not finished after {timeout:g} s",
                                   last=last)
-            want = int(min(wait_max, remaining)) if long_poll and wait_max else 0
+            want = int(min(wait_max, remaining, max_wait or wait_max)) if (
+                long_poll and wait_max) else 0
             started = clock()
             try:
                 poll = self.get(intake_id, work_id, wait=want or None)

@@ -185,6 +185,12 @@ def test_wait_uses_long_poll_when_offered(scripted):
     ]
     api.Client(base, TOKEN).wait("i", "w", timeout=300, sleep=lambda s: None)
     assert _Scripted.seen[1].endswith("?wait=25")
+    _Scripted.script = [
+        (200, {"Auxot-Wait-Max": "25"}, {"status": "pending"}),
+        (200, {"Auxot-Wait-Max": "25"}, {"status": "completed"}),
+    ]
+    api.Client(base, TOKEN).wait("i", "w", timeout=300, sleep=lambda s: None, max_wait=3)
+    assert _Scripted.seen[3].endswith("?wait=3")
 
 
 def test_wait_times_out_with_the_last_state(scripted):
