@@ -263,7 +263,6 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",  # assets served by whitenoise from the sidecar, no CDN
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
-    "ENUM_NAME_OVERRIDES": {},
     "PREPROCESSING_HOOKS": ["intakes.openapi.only_public_api"],
 }
 # ?wait=N on the poll: the longest N accepted, how often a waiting request rechecks, and how

@@ -180,12 +180,11 @@ _STATUS_TEXT = {
 
 
 def problem_response(status: int) -> OpenApiResponse:
-    codes = [code for code, (code_status, _) in PROBLEMS.items() if code_status == status]
     examples = [
-        OpenApiExample(code, value=problem_body(code, _EXAMPLE_DETAILS.get(code, PROBLEMS[code][1])),  # noqa: E501
+        OpenApiExample(code, value=problem_body(code, _EXAMPLE_DETAILS.get(code, title)),
                        response_only=True, status_codes=[str(status)],
                        media_type=PROBLEM_CONTENT_TYPE)
-        for code in codes
+        for code, (code_status, title) in PROBLEMS.items() if code_status == status
     ]
     return OpenApiResponse(ProblemSerializer, description=_STATUS_TEXT.get(status, ""),
                            examples=examples)

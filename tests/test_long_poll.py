@@ -116,6 +116,8 @@ def test_over_the_waiter_limit_answers_at_once(api, intake_a, member_token, sett
 def test_one_watcher_serves_many_waiters(intake_a, member_token, api):
     ids = [trigger(api, intake_a.pk, member_token).json()["work_id"] for _ in range(5)]
     items = list(WorkItem.objects.filter(pk__in=ids))
+    wait_for(lambda: not any(t.name == "auxot-longpoll" for t in threading.enumerate()), 5,
+             what="an earlier watcher to finish")
     with ThreadPoolExecutor(10) as pool:
         futures = [pool.submit(longpoll._watcher.wait, item.pk, 10) for item in items * 2]
         wait_for(lambda: len(longpoll._watcher._events) == 5, 5, what="10 waiters on 5 items")
