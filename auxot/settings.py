@@ -278,3 +278,31 @@ try:
         _ipaddress.ip_network(_net, strict=False)
 except ValueError as _exc:
     raise ImproperlyConfigured(f"AUXOT_CALLBACK_ALLOWED_NETWORKS: {_exc}") from None
+# --- Callers' toolkit: OpenAPI, long-poll (issue 7) ---------------------------------------
+INSTALLED_APPS += ["drf_spectacular", "drf_spectacular_sidecar"]
+REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "drf_spectacular.openapi.AutoSchema"
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Auxot API",
+    "DESCRIPTION": (
+        "Trigger a workflow with one authenticated POST, get `202` and a `work_id`, then poll "
+        "(optionally long-poll with `?wait=N`) until the work item is `completed` or `failed`. "
+        "Errors are `application/problem+json` (RFC 9457)."
+    ),
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    "SCHEMA_PATH_PREFIX": r"/v1",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",  # assets served by whitenoise from the sidecar, no CDN
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "PREPROCESSING_HOOKS": ["intakes.openapi.only_public_api"],
+}
+# ?wait=N on the poll: the longest N accepted, how often a waiting request rechecks, and how
+# many requests one web process lets wait at once (beyond that, wait is answered at once so
+# long-polls can never take every server thread; keep it below gunicorn's `threads`).
+AUXOT_LONG_POLL_MAX_SECONDS = env_int("AUXOT_LONG_POLL_MAX_SECONDS", 30, minimum=1)
+AUXOT_LONG_POLL_RECHECK_SECONDS = env_float("AUXOT_LONG_POLL_RECHECK_SECONDS", 0.25,
+                                            minimum=0.01)
+AUXOT_LONG_POLL_MAX_WAITERS = env_int("AUXOT_LONG_POLL_MAX_WAITERS", 48, minimum=0)

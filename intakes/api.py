@@ -9,6 +9,8 @@ from rest_framework.views import APIView
 from auxot.errors import ApplicationError
 from auxot.timefmt import iso
 from intakes.body import json_body
+from intakes.longpoll import wait_parse, work_item_wait
+from intakes.openapi import trigger_schema, work_item_schema
 from intakes.presenters import work_item_poll_view
 from intakes.services import intake_for_key, intake_trigger, work_item_for_key
 
@@ -36,6 +38,7 @@ def _correlation_id(request: Request) -> str:
 class IntakeTriggerApi(APIView):
     """POST /v1/intake/{intake_id}: accept JSON, answer 202 with a work_id."""
 
+    @trigger_schema
     def post(self, request: Request, intake_id: str) -> Response:
         intake = intake_for_key(intake_id=intake_id, key=request.auth)
         payload = json_body(request._request)
@@ -50,11 +53,16 @@ class IntakeTriggerApi(APIView):
 
 
 class WorkItemDetailApi(APIView):
-    """GET /v1/intake/{intake_id}/work/{work_id}: status, progress and why it waits."""
+    """GET /v1/intake/{intake_id}/work/{work_id}[?wait=N]: status, progress, why it waits."""
 
+    @work_item_schema
     def get(self, request: Request, intake_id: str, work_id: str) -> Response:
+        wait = wait_parse(request.query_params.get("wait"))
         intake = intake_for_key(intake_id=intake_id, key=request.auth)
         item = work_item_for_key(intake=intake, work_id=work_id)
+        if wait:
+            item = work_item_wait(item=item, seconds=wait)
         view = work_item_poll_view(item, intake=intake)
         headers = {"Retry-After": str(view.retry_after)} if view.retry_after else {}
+        headers["Auxot-Wait-Max"] = str(settings.AUXOT_LONG_POLL_MAX_SECONDS)
         return Response(view.body, headers=headers)

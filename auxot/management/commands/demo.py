@@ -51,6 +51,13 @@ Poll (swap WORK_ID from the 202 body):
     -H "Authorization: Bearer {demo.token}"
 
 {self._callbacks(base, demo)}
+Or with the `auxot` command (trigger + wait; see README "The auxot command"):
+
+  export AUXOT_BASE_URL={base} AUXOT_API_KEY={demo.token}
+  .venv/bin/auxot run {intake} --data '{{"customer":"Acme Corp"}}'
+
+API docs: {base}/v1/docs
+
 Web and worker are starting; Ctrl-C stops both.
 """
 

@@ -1,0 +1,299 @@
+"""`auxot`: trigger an intake and wait for its work item from a shell, CI job or cron.
+
+Configuration comes from the environment: AUXOT_BASE_URL and AUXOT_API_KEY (the key is
+never printed, and there is no flag that would put it in shell history; --api-key-file
+reads it from a file). Exit codes: 0 completed, 1 failed (or a callback that does not
+verify), 2 timed out, 3 usage / configuration / 401 / 404 / a request the server refused,
+4 the server stayed unavailable (429/5xx/network) for a trigger.
+
+Progress (status changes, and on a terminal a live line with elapsed time, status and the
+current step) goes to stderr; results go to stdout, so `result=$(auxot run ...)` works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from typing import Any, NoReturn, TextIO
+
+from auxot import client as api
+
+EXIT_COMPLETED, EXIT_FAILED, EXIT_TIMEOUT, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"auxot: error: {message}\n")
+
+
+def _step_text(body: dict) -> str:
+    step = body.get("current_step")
+    if not step:
+        return ""
+    total = len(body.get("steps") or [])
+    return f"step {step['position']}/{total} '{step['name']}' ({step['kind']})"
+
+
+class Progress:
+    """Status changes as lines; on a TTY also a live line redrawn twice a second."""
+
+    def __init__(self, stream: TextIO, *, tty: bool | None = None):
+        self.stream = stream
+        self.tty = stream.isatty() if tty is None else tty
+        self.started = time.monotonic()
+        self.body: dict = {}
+        self._last_key: tuple | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Progress:
+        if self.tty:
+            self._thread = threading.Thread(target=self._tick, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        with self._lock:
+            self._clear()
+
+    def _elapsed(self) -> str:
+        seconds = int(time.monotonic() - self.started)
+        return f"{seconds // 60:02d}:{seconds % 60:02d}"
+
+    def _clear(self) -> None:
+        if self.tty:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+    def _draw(self) -> None:
+        if self.tty and self.body:
+            status = self.body.get("status", "")
+            step = _step_text(self.body)
+            self.stream.write(f"\r\033[K[{self._elapsed()}] {status}"
+                              f"{' · ' + step if step else ''}")
+            self.stream.flush()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(0.5):
+            with self._lock:
+                self._draw()
+
+    def update(self, poll: api.Poll) -> None:
+        body = poll.body
+        key = (body.get("status"), (body.get("current_step") or {}).get("position"))
+        with self._lock:
+            self.body = body
+            if key != self._last_key:
+                self._last_key = key
+                self._clear()
+                step = _step_text(body)
+                line = f"[{self._elapsed()}] {body.get('status')}"
+                line += f" {step}" if step else ""
+                line += f": {body.get('diagnosis')}" if body.get("diagnosis") else ""
+                self.stream.write(line + "\n")
+            self._draw()
+            self.stream.flush()
+
+
+def _read_data(value: str | None, stdin: TextIO) -> Any:
+    if value is None:
+        text = "" if stdin.isatty() else stdin.read()
+        source = "stdin"
+    elif value == "-":
+        text, source = stdin.read(), "stdin"
+    elif value.startswith("@"):
+        try:
+            with open(value[1:], encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as exc:
+            raise UsageError(f"cannot read {value[1:]}: {exc.strerror}") from None
+        source = value[1:]
+    else:
+        text, source = value, "--data"
+    if not text.strip():
+        return {}  # nothing given: the workflow gets an empty object
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{source} is not valid JSON: {exc}") from None
+
+
+def _client(args: argparse.Namespace) -> api.Client:
+    key = None
+    if args.api_key_file:
+        try:
+            with open(args.api_key_file, encoding="utf-8") as handle:
+                key = handle.read().strip()
+        except OSError as exc:
+            raise UsageError(f"cannot read the key file: {exc.strerror}") from None
+    return api.Client(base_url=args.base_url, api_key=key)
+
+
+def _print_json(value: Any, out: TextIO) -> None:
+    out.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+def _finish(body: dict, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.json:
+        _print_json(body, out)
+    elif body["status"] == "completed":
+        _print_json(body.get("output"), out)
+    if body["status"] == "completed":
+        return EXIT_COMPLETED
+    error = body.get("error") or {}
+    err.write(f"auxot: work {body['work_id']} failed: {body.get('diagnosis') or error}\n")
+    return EXIT_FAILED
+
+
+def _wait(client: api.Client, intake_id: str, work_id: str, args: argparse.Namespace,
+          out: TextIO, err: TextIO) -> int:
+    try:
+        timeout = api.duration_parse(args.timeout)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        with Progress(err) as progress:
+            # On a terminal, shorter long-polls keep the live line's status and step fresh.
+            body = client.wait(intake_id, work_id, timeout=timeout, on_poll=progress.update,
+                               max_wait=3 if progress.tty else None)
+    except api.WaitTimeout as exc:
+        status = (exc.last or {}).get("status", "unknown")
+        err.write(f"auxot: timed out after {args.timeout}; work {work_id} is still {status}\n")
+        if args.json and exc.last:
+            _print_json(exc.last, out)
+        return EXIT_TIMEOUT
+    return _finish(body, args, out, err)
+
+
+def cmd_trigger(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    data = _read_data(args.data, sys.stdin)
+    work = _client(args).trigger(args.intake_id, data, **_trigger_options(args))
+    if args.json:
+        _print_json(work, out)
+    else:
+        out.write(work["work_id"] + "\n")
+    return EXIT_COMPLETED
+
+
+def cmd_wait(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    return _wait(_client(args), args.intake_id, args.work_id, args, out, err)
+
+
+def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    data = _read_data(args.data, sys.stdin)
+    client = _client(args)
+    work = client.trigger(args.intake_id, data, **_trigger_options(args))
+    err.write(f"auxot: work_id {work['work_id']}\n  {work['status_url']}\n")
+    err.flush()
+    return _wait(client, args.intake_id, work["work_id"], args, out, err)
+
+
+def cmd_verify_callback(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    secret = args.secret or os.environ.get("AUXOT_CALLBACK_SECRET", "")
+    if not secret:
+        raise UsageError("give --secret whsec_… or set AUXOT_CALLBACK_SECRET")
+    raw = sys.stdin.buffer.read()
+    try:
+        headers, body = api.http_request_parse(raw)
+        payload = api.callback_verify(secret=secret, headers=headers, body=body)
+    except api.CallbackVerificationError as exc:
+        err.write(f"auxot: {exc}\n")
+        return EXIT_FAILED
+    _print_json(payload, out)
+    return EXIT_COMPLETED
+
+
+def _trigger_options(args: argparse.Namespace) -> dict:
+    return {"correlation_id": args.correlation_id, "idempotency_key": args.idempotency_key,
+            "callback_url": args.callback_url}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="auxot", description=__doc__.split("\n\n")[0],
+                     epilog="Environment: AUXOT_BASE_URL, AUXOT_API_KEY "
+                     "(AUXOT_CALLBACK_SECRET for verify-callback).")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def common(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--base-url", help=f"default: ${api.ENV_BASE_URL}")
+        sub.add_argument("--api-key-file", metavar="PATH",
+                         help=f"read the key from a file instead of ${api.ENV_API_KEY}")
+        sub.add_argument("--json", action="store_true", help="print the full JSON answer")
+
+    def trigger_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("intake_id")
+        sub.add_argument("--data", metavar="JSON|@FILE|-",
+                         help="the input: JSON text, @file, or - for stdin (default: stdin "
+                         "when piped, else {})")
+        sub.add_argument("--correlation-id", help="sent as Auxot-Correlation-Id")
+        sub.add_argument("--idempotency-key", help="sent as Idempotency-Key")
+        sub.add_argument("--callback-url", help="sent as Auxot-Callback-Url")
+
+    def wait_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--timeout", default="30m", help="e.g. 90s, 30m, 1h (default 30m)")
+
+    trigger = commands.add_parser("trigger", help="POST to an intake; print the work id")
+    trigger_options(trigger)
+    common(trigger)
+    trigger.set_defaults(handler=cmd_trigger)
+
+    wait = commands.add_parser("wait", help="wait until a work item is completed or failed")
+    wait.add_argument("intake_id")
+    wait.add_argument("work_id")
+    wait_options(wait)
+    common(wait)
+    wait.set_defaults(handler=cmd_wait)
+
+    run = commands.add_parser("run", help="trigger, then wait")
+    trigger_options(run)
+    wait_options(run)
+    common(run)
+    run.set_defaults(handler=cmd_run)
+
+    verify = commands.add_parser(
+        "verify-callback", help="verify a received callback (raw HTTP request on stdin)")
+    verify.add_argument("--secret", help="the intake's whsec_… secret (default: "
+                        "$AUXOT_CALLBACK_SECRET, which keeps it out of shell history)")
+    verify.set_defaults(handler=cmd_verify_callback)
+    return parser
+
+
+_HINTS = {
+    api.AuthError: "  check AUXOT_API_KEY: the whole key, not revoked or expired, no quotes.\n",
+    api.NotFoundError: "  check the intake id, that the intake is active, and that this key may "
+                       "use it (a team key: only its team's intakes).\n",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out, err = sys.stdout, sys.stderr
+    try:
+        return args.handler(args, out, err)
+    except (UsageError, api.ConfigError, api.AuthError, api.NotFoundError,
+            api.RequestError) as exc:
+        err.write(f"auxot: {exc}\n{_HINTS.get(type(exc), '')}")
+        return EXIT_USAGE
+    except api.TransientError as exc:
+        err.write(f"auxot: {exc}\n")
+        return EXIT_UNAVAILABLE
+    except KeyboardInterrupt:
+        err.write("auxot: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

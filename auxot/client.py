@@ -1,0 +1,312 @@
+"""Auxot's Python client: trigger an intake, wait for the work item, verify a callback.
+
+It imports `requests` and the standard library only, never Django, so it works from any
+CI image after `pip install auxot`:
+
+    from auxot.client import Client
+    client = Client()                      # AUXOT_BASE_URL and AUXOT_API_KEY
+    work = client.trigger(INTAKE_ID, {"ticket_id": "SUP-1042"})
+    item = client.wait(INTAKE_ID, work["work_id"], timeout=1800)
+    item["status"]                         # "completed" or "failed"
+
+`wait` never hammers the server: exponential backoff with full jitter, never sooner than
+the server's `Retry-After`, and a long-poll (`?wait=`) when the server offers one.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import os
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+ENV_BASE_URL = "AUXOT_BASE_URL"
+ENV_API_KEY = "AUXOT_API_KEY"
+TERMINAL = frozenset({"completed", "failed"})
+_KEY_RE = re.compile(r"^(user|team)\.[a-z2-7]{12}\.[A-Za-z0-9_-]{43}[0-9a-f]{6}$")
+_TRANSIENT_STATUSES = {429, 500, 502, 503, 504}
+
+
+class AuxotError(Exception):
+    """Anything that went wrong talking to Auxot. `problem` is the problem+json body."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
+                 problem: dict | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.problem = problem or {}
+        self.retry_after = retry_after
+
+
+class ConfigError(AuxotError):
+    """Missing or malformed AUXOT_BASE_URL / AUXOT_API_KEY."""
+
+
+class AuthError(AuxotError):
+    """401: the key is missing, malformed, unknown, revoked or expired."""
+
+
+class NotFoundError(AuxotError):
+    """404: no such intake or work item for this key (or the intake is deactivated)."""
+
+
+class RequestError(AuxotError):
+    """Another 4xx: the request itself is wrong; retrying will not help."""
+
+
+class TransientError(AuxotError):
+    """429, 5xx or a network failure: retrying later may help."""
+
+
+class WaitTimeout(AuxotError):
+    """The work item was not terminal in time. `last` is the last poll body seen."""
+
+    def __init__(self, message: str, *, last: dict | None):
+        super().__init__(message)
+        self.last = last
+
+
+class CallbackVerificationError(AuxotError):
+    """The callback's signature, timestamp or headers do not verify."""
+
+
+@dataclass
+class Poll:
+    body: dict
+    retry_after: float | None
+    wait_max: int | None  # the server's long-poll cap (None: it does not offer one)
+
+    @property
+    def status(self) -> str:
+        return self.body.get("status", "")
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with full jitter, never sooner than the server asked."""
+
+    base: float = 1.0
+    cap: float = 30.0
+    attempt: int = 0
+    rng: random.Random = field(default_factory=random.Random)
+
+    def delay(self, retry_after: float | None = None) -> float:
+        ceiling = min(self.cap, self.base * 2 ** min(self.attempt, 16))
+        self.attempt += 1
+        return max(self.rng.uniform(0, ceiling), retry_after or 0.0)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    raw = response.headers.get("Retry-After", "")
+    try:
+        return max(0.0, float(raw)) if raw else None
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
+
+
+def _error(response: requests.Response) -> AuxotError:
+    try:
+        problem = response.json()
+    except ValueError:
+        problem = {}
+    if not isinstance(problem, dict):
+        problem = {}
+    status = response.status_code
+    detail = problem.get("detail") or response.reason or "error"
+    message = f"HTTP {status}: {detail}"
+    kwargs = {"status": status, "code": problem.get("code"), "problem": problem,
+              "retry_after": _retry_after(response)}
+    if status == 401:
+        return AuthError(message, **kwargs)
+    if status == 404:
+        return NotFoundError(message, **kwargs)
+    if status in _TRANSIENT_STATUSES:
+        return TransientError(message, **kwargs)
+    return RequestError(message, **kwargs)
+
+
+class Client:
+    def __init__(self, base_url: str | None = None, api_key: str | None = None, *,
+                 timeout: float = 30.0, session: requests.Session | None = None):
+        base_url = (base_url or os.environ.get(ENV_BASE_URL, "")).strip().rstrip("/")
+        api_key = (api_key or os.environ.get(ENV_API_KEY, "")).strip()
+        if not re.match(r"^https?://[^/]+", base_url):
+            raise ConfigError(f"Set {ENV_BASE_URL} to your Auxot URL, e.g. "
+                              "https://auxot.example.com (got "
+                              f"{base_url or 'nothing'}).")
+        if not api_key:
+            raise ConfigError(f"Set {ENV_API_KEY} to a user.… or team.… API key.")
+        if not _KEY_RE.match(api_key):
+            # Never echo the key: it may be a real secret with a typo.
+            raise ConfigError(f"{ENV_API_KEY} is not an Auxot key: keys look like "
+                              "user.<12>.<49> or team.<12>.<49> (check for quotes, spaces, "
+                              "a truncated copy).")
+        self.base_url = base_url
+        self._api_key = api_key
+        self.timeout = timeout
+        self.session = session or requests.Session()
+
+    def __repr__(self) -> str:
+        return f"Client(base_url={self.base_url!r}, api_key='{self._api_key[:5]}…')"
+
+    def _request(self, method: str, path: str, *, timeout: float | None = None,
+                 **kwargs: Any) -> requests.Response:
+        headers = {"Authorization": f"Bearer {self._api_key}", "Accept": "application/json",
+                   "User-Agent": "auxot-client/1", **kwargs.pop("headers", {})}
+        try:
+            response = self.session.request(method, f"{self.base_url}{path}", headers=headers,
+                                            timeout=timeout or self.timeout, **kwargs)
+        except requests.RequestException as exc:
+            raise TransientError(f"Cannot reach {self.base_url}: {type(exc).__name__}") from None
+        if response.status_code >= 400:
+            raise _error(response)
+        return response
+
+    def trigger(self, intake_id: str, data: Any, *, correlation_id: str | None = None,
+                idempotency_key: str | None = None, callback_url: str | None = None,
+                attempts: int = 4, sleep: Callable[[float], None] = time.sleep) -> dict:
+        """POST the JSON `data`; return the 202 body (`work_id`, `status_url`, ...).
+
+        429 and 503 are retried (nothing was accepted); a network error is retried only with
+        an `idempotency_key`, because the first POST may have been accepted.
+        """
+        headers = {"Content-Type": "application/json"}
+        optional = {"Auxot-Correlation-Id": correlation_id, "Idempotency-Key": idempotency_key,
+                    "Auxot-Callback-Url": callback_url}
+        headers.update({k: v for k, v in optional.items() if v})
+        body = json.dumps(data).encode()
+        backoff = Backoff()
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._request("POST", f"/v1/intake/{intake_id}", data=body,
+                                     headers=headers).json()
+            except TransientError as exc:
+                retryable = exc.status in (429, 503) or (exc.status is None and idempotency_key)
+                if not retryable or attempt == attempts:
+                    raise
+                sleep(min(backoff.delay(exc.retry_after), 60.0))
+        raise AssertionError("unreachable")
+
+    def get(self, intake_id: str, work_id: str, *, wait: float | None = None) -> Poll:
+        """One poll; with `wait`, the server answers when the item finishes or after `wait` s."""
+        params = {"wait": f"{wait:g}"} if wait else None
+        response = self._request("GET", f"/v1/intake/{intake_id}/work/{work_id}", params=params,
+                                 timeout=self.timeout + (wait or 0))
+        wait_max = response.headers.get("Auxot-Wait-Max", "")
+        return Poll(body=response.json(), retry_after=_retry_after(response),
+                    wait_max=int(wait_max) if wait_max.isdigit() else None)
+
+    def wait(self, intake_id: str, work_id: str, *, timeout: float = 1800.0,
+             on_poll: Callable[[Poll], None] | None = None, long_poll: bool = True,
+             max_wait: float | None = None, sleep: Callable[[float], None] = time.sleep,
+             clock: Callable[[], float] = time.monotonic) -> dict:
+        """Poll until the item is terminal; return its body. Raises WaitTimeout, AuthError,
+        NotFoundError, RequestError. Transient errors are retried until the timeout.
+
+        `max_wait` shortens each long-poll (the server answers only when the item finishes),
+        for callers that want to see intermediate states more often."""
+        deadline = clock() + timeout
+        backoff, wait_max, last, last_status = Backoff(), None, None, None
+        while True:
+            remaining = deadline - clock()
+            if remaining <= 0:
+                raise WaitTimeout(f"work item {work_id} not finished after {timeout:g} s",
+                                  last=last)
+            want = int(min(wait_max, remaining, max_wait or wait_max)) if (
+                long_poll and wait_max) else 0
+            started = clock()
+            try:
+                poll = self.get(intake_id, work_id, wait=want or None)
+            except TransientError as exc:
+                sleep(min(backoff.delay(exc.retry_after), max(0.0, deadline - clock())))
+                continue
+            except RequestError as exc:
+                if want and exc.code == "invalid_request":
+                    long_poll = False  # the server refused our wait: plain polling
+                    continue
+                raise
+            last = poll.body
+            if poll.status != last_status:
+                backoff.reset()
+                last_status = poll.status
+            if on_poll:
+                on_poll(poll)
+            if poll.status in TERMINAL:
+                return poll.body
+            wait_max = poll.wait_max
+            if want and clock() - started >= want * 0.9:
+                continue  # the server held the request for us: ask again right away
+            sleep(min(backoff.delay(poll.retry_after), max(0.0, deadline - clock())))
+
+    def run(self, intake_id: str, data: Any, *, timeout: float = 1800.0,
+            on_poll: Callable[[Poll], None] | None = None, **trigger_options: Any) -> dict:
+        """Trigger and wait: the finished work item's body."""
+        work = self.trigger(intake_id, data, **trigger_options)
+        return self.wait(intake_id, work["work_id"], timeout=timeout, on_poll=on_poll)
+
+
+# --- callbacks -----------------------------------------------------------------------------
+def callback_verify(*, secret: str, headers: dict[str, str], body: bytes | str) -> Any:
+    """Verify a received callback (Standard Webhooks) and return its parsed JSON body.
+
+    `headers` must carry webhook-id, webhook-timestamp (within 5 minutes of now) and
+    webhook-signature; `body` must be the exact bytes received. Raises
+    CallbackVerificationError.
+    """
+    from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+    try:
+        return Webhook(secret).verify(body, headers)
+    except (WebhookVerificationError, ValueError, binascii.Error) as exc:
+        raise CallbackVerificationError(f"callback does not verify: {exc or 'bad signature'}") \
+            from None
+    except Exception as exc:  # the library raises others for an empty or malformed secret
+        raise CallbackVerificationError(f"cannot verify: {type(exc).__name__}") from None
+
+
+def http_request_parse(raw: bytes) -> tuple[dict[str, str], bytes]:
+    """Split a raw HTTP request (optional request line, headers, blank line, body).
+
+    The body is every byte after the blank line, or the first Content-Length bytes of it.
+    """
+    for separator in (b"\r\n\r\n", b"\n\n"):
+        head, found, body = raw.partition(separator)
+        if found:
+            break
+    else:
+        raise CallbackVerificationError("no blank line between the headers and the body")
+    headers: dict[str, str] = {}
+    for number, line in enumerate(head.decode("latin-1").splitlines()):
+        if number == 0 and not re.match(r"^[A-Za-z0-9-]+:", line):
+            continue  # "POST /hooks/auxot HTTP/1.1"
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise CallbackVerificationError(f"not a header line: {line[:60]!r}")
+        headers[name.strip().lower()] = value.strip()
+    length = headers.get("content-length", "")
+    if length.isdigit() and int(length) <= len(body):
+        body = body[:int(length)]  # a saved request may end with an extra newline
+    return headers, body
+
+
+def duration_parse(text: str) -> float:
+    """'90', '90s', '30m', '1h30m', '2h' -> seconds."""
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    match = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text)
+    if not text or not match:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 30m, 1h30m)")
+    hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return float(hours * 3600 + minutes * 60 + seconds)

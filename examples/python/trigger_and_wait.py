@@ -1,0 +1,22 @@
+"""Trigger an Auxot intake and wait for the result: the client library in 15 lines.
+
+Environment: AUXOT_BASE_URL, AUXOT_API_KEY, AUXOT_INTAKE_ID. Exits 0 completed, 1 failed,
+2 timed out. `pip install auxot` brings the client (requests only, no Django).
+"""
+import json
+import os
+import sys
+
+from auxot.client import Client, WaitTimeout
+
+intake_id = os.environ["AUXOT_INTAKE_ID"]
+client = Client()  # AUXOT_BASE_URL and AUXOT_API_KEY from the environment
+work = client.trigger(intake_id, {"ticket_id": "SUP-1042", "customer": "Acme Corp"})
+print(f"work_id {work['work_id']}", file=sys.stderr)
+try:
+    item = client.wait(intake_id, work["work_id"], timeout=30 * 60)  # backoff + long-poll
+except WaitTimeout:
+    sys.exit(2)
+if item["status"] == "failed":
+    sys.exit(f"failed: {item['diagnosis']}")
+print(json.dumps(item["output"]))

@@ -1,0 +1,36 @@
+"""gunicorn settings for Auxot's web process: `gunicorn auxot.wsgi` picks this file up.
+
+Threaded workers (gthread) because long-polls (`?wait=N`) hold a thread, not a database
+connection, while they wait: a sync worker would be taken by one waiting caller. Each
+process lets at most AUXOT_LONG_POLL_MAX_WAITERS requests wait (48 by default) and answers
+the next one at once, so with the default 64 threads per worker at least 16 threads per
+worker always remain for triggers and plain polls. Keep GUNICORN_THREADS above
+AUXOT_LONG_POLL_MAX_WAITERS. Database connections are opened only by requests that are
+working, plus one per process for the long-poll watcher.
+
+Every value can be overridden from the environment (GUNICORN_*) or the command line.
+"""
+
+import multiprocessing
+import os
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    return int(raw) if raw else default
+
+
+bind = os.environ.get("GUNICORN_BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}")
+worker_class = "gthread"
+workers = _int("GUNICORN_WORKERS", min(multiprocessing.cpu_count(), 4))
+threads = _int("GUNICORN_THREADS", 64)
+# A long-poll lasts at most AUXOT_LONG_POLL_MAX_SECONDS (30): the timeout must exceed it.
+timeout = _int("GUNICORN_TIMEOUT", 60)
+graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 40)
+keepalive = _int("GUNICORN_KEEPALIVE", 5)
+# Recycle workers now and then (with jitter, so they do not all restart together).
+max_requests = _int("GUNICORN_MAX_REQUESTS", 20000)
+max_requests_jitter = _int("GUNICORN_MAX_REQUESTS_JITTER", 2000)
+accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None  # empty: no access log
+# Trust X-Forwarded-* only from a proxy on this host (set it to your load balancer).
+forwarded_allow_ips = os.environ.get("GUNICORN_FORWARDED_ALLOW_IPS", "127.0.0.1")

@@ -1,0 +1,116 @@
+"""Bounded long-poll for `GET .../work/{work_id}?wait=N`.
+
+A waiting request holds a server thread but no database connection: it closes its own
+connection and sleeps on an Event. One watcher thread per web process rechecks every
+waited item in a single query each AUXOT_LONG_POLL_RECHECK_SECONDS and wakes the requests
+whose item became terminal, so 50 waiters cost one connection and ~4 queries a second, not
+50 connections. At most AUXOT_LONG_POLL_MAX_WAITERS requests wait per process; the next
+one is answered at once (it degrades to a normal poll), so long-polls can never take every
+thread and starve triggers.
+"""
+
+import logging
+import re
+import threading
+import time
+import uuid
+
+from django.conf import settings
+from django.db import DatabaseError, connection
+
+from auxot.errors import ApplicationError
+from workflows.models import WorkItem
+
+logger = logging.getLogger(__name__)
+
+_WAIT_RE = re.compile(r"^\d{1,4}(\.\d{1,3})?$")
+
+
+def wait_parse(raw: str | None) -> float | None:
+    """`?wait=` as seconds (None when absent). Anything but 0 < N <= cap is a 400."""
+    if raw is None:
+        return None
+    cap = settings.AUXOT_LONG_POLL_MAX_SECONDS
+    value = float(raw) if _WAIT_RE.match(raw) else 0.0
+    if not 0 < value <= cap:
+        raise ApplicationError(
+            f"wait must be a number of seconds above 0 and at most {cap} (got {raw[:20]!r}); "
+            "omit it for an immediate answer.",
+        )
+    return value
+
+
+class _Watcher:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: dict[uuid.UUID, list[threading.Event]] = {}
+        self._waiting = 0
+        self._thread: threading.Thread | None = None
+
+    def wait(self, work_id: uuid.UUID, seconds: float) -> bool:
+        """Block up to `seconds` or until the item is terminal. False: no slot, answer now."""
+        event = threading.Event()
+        with self._lock:
+            if self._waiting >= settings.AUXOT_LONG_POLL_MAX_WAITERS:
+                return False
+            self._waiting += 1
+            self._events.setdefault(work_id, []).append(event)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="auxot-longpoll",
+                                                daemon=True)
+                self._thread.start()
+        try:
+            event.wait(seconds)
+        finally:
+            with self._lock:
+                self._waiting -= 1
+                events = self._events.get(work_id, [])
+                if event in events:
+                    events.remove(event)
+                if not events:
+                    self._events.pop(work_id, None)
+        return True
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    ids = list(self._events)
+                    if not ids:
+                        self._thread = None  # under the lock: the next waiter starts a new one
+                        return
+                self._wake(self._terminal_among(ids))
+                time.sleep(settings.AUXOT_LONG_POLL_RECHECK_SECONDS)
+        finally:
+            connection.close()  # this thread's own connection
+
+    @staticmethod
+    def _terminal_among(ids: list[uuid.UUID]) -> list[uuid.UUID]:
+        try:
+            return list(WorkItem.objects.filter(pk__in=ids).exclude(status__in=WorkItem.ACTIVE)
+                        .values_list("pk", flat=True))
+        except DatabaseError as exc:
+            # Waiters simply time out and answer with what they have; the next recheck retries.
+            logger.warning("long-poll recheck failed: %s", type(exc).__name__)
+            connection.close()
+            return []
+
+    def _wake(self, ids: list[uuid.UUID]) -> None:
+        with self._lock:
+            for work_id in ids:
+                for event in self._events.get(work_id, []):
+                    event.set()
+
+
+_watcher = _Watcher()
+
+
+def work_item_wait(*, item: WorkItem, seconds: float) -> WorkItem:
+    """Wait (bounded) for a non-terminal item to finish; return it as it is now."""
+    if item.is_terminal:
+        return item
+    if not connection.in_atomic_block:
+        connection.close()  # never hold a connection while we sleep
+    if not _watcher.wait(item.pk, seconds):
+        return item
+    return WorkItem.objects.select_related("workflow").filter(pk=item.pk).first() or item

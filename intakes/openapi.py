@@ -1,0 +1,284 @@
+"""The /v1/ contract as OpenAPI: doc-only serializers, examples, reusable problem responses.
+
+Views stay small: each operation gets one decorator from here (`trigger_schema`,
+`work_item_schema`, or `work_item_action_schema(...)` for POST actions on a work item such
+as approval or cancel). A new /v1/ endpoint without a decorator fails
+tests/test_openapi.py, which checks every /v1/ route against the generated schema.
+"""
+
+from django.conf import settings
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+)
+from rest_framework import serializers
+
+from auxot.errors import PROBLEM_CONTENT_TYPE, PROBLEMS, problem_body
+
+KEY_FORMAT = (
+    "`user.<12 lowercase base32>.<43 URL-safe base64><6 hex checksum>` (personal key, acts as "
+    "its user) or `team.…` with the same shape (team key, Business and Enterprise plans, acts "
+    "as its team). Send it as `Authorization: Bearer <key>`: the word Bearer, one space, the key."
+)
+EXAMPLE_WORK_ID = "60c164c7-5a0e-4d3c-9a55-0f4d1c2b9e11"
+EXAMPLE_INTAKE_ID = "ed0fc80e-0d51-4c43-8f7a-3d6a8d6c2f10"
+
+
+def only_public_api(endpoints: list) -> list:
+    """Preprocessing hook: document the public /v1/ API only (not admin, not the docs)."""
+    skip = ("/v1/schema", "/v1/docs", "/v1/problems/")
+    return [e for e in endpoints if e[0].startswith("/v1/") and not e[0].startswith(skip)]
+
+
+class BearerKeyScheme(OpenApiAuthenticationExtension):
+    target_class = "apikeys.authentication.BearerKeyAuthentication"
+    name = "apiKey"
+
+    def get_security_definition(self, auto_schema) -> dict:
+        return {"type": "http", "scheme": "bearer", "bearerFormat": "user.… | team.…",
+                "description": KEY_FORMAT}
+
+
+# --- bodies -------------------------------------------------------------------------------
+class ProblemSerializer(serializers.Serializer):
+    type = serializers.CharField(help_text="`/v1/problems/<code>`: dereference it for the title.")
+    title = serializers.CharField()
+    status = serializers.IntegerField()
+    detail = serializers.CharField(help_text="What was wrong and what to do, for a person.")
+    code = serializers.ChoiceField(choices=sorted(PROBLEMS), help_text="Stable, for programs.")
+    errors = serializers.JSONField(required=False, help_text="Field errors (422 only).")
+
+
+class TriggerAcceptedSerializer(serializers.Serializer):
+    work_id = serializers.UUIDField()
+    status = serializers.ChoiceField(choices=["pending"])
+    status_url = serializers.URLField(help_text="The poll URL; also in `Location`.")
+    created_at = serializers.DateTimeField()
+
+
+class _WorkflowRef(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+
+
+class _CurrentStep(serializers.Serializer):
+    position = serializers.IntegerField()
+    name = serializers.CharField()
+    kind = serializers.CharField()
+
+
+class _WorkError(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+    step = serializers.CharField(allow_null=True)
+    step_position = serializers.IntegerField(allow_null=True)
+
+
+class _StepRow(serializers.Serializer):
+    position = serializers.IntegerField()
+    name = serializers.CharField()
+    kind = serializers.CharField()
+    status = serializers.ChoiceField(choices=[
+        "pending", "running", "waiting", "retrying", "completed", "failed", "crashed",
+        "discarded", "skipped"])
+    attempts = serializers.IntegerField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    error = serializers.JSONField(allow_null=True)
+
+
+class WorkItemSerializer(serializers.Serializer):
+    work_id = serializers.UUIDField()
+    intake_id = serializers.UUIDField(allow_null=True)
+    workflow = _WorkflowRef()
+    status = serializers.ChoiceField(
+        choices=["pending", "running", "completed", "failed"],
+        help_text="Only `completed` and `failed` are terminal; terminal states never change.")
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    output = serializers.JSONField(allow_null=True, help_text="The last step's output "
+                                   "(completed only).")
+    error = _WorkError(allow_null=True, help_text="Why it failed (failed only).")
+    correlation_id = serializers.CharField(allow_null=True)
+    current_step = _CurrentStep(allow_null=True)
+    waiting_on = serializers.JSONField(
+        allow_null=True, help_text="`{kind: queue|worker|delay|approval|provider|backoff, "
+        "since, ...}` while not terminal.")
+    diagnosis = serializers.CharField(help_text="One sentence: the first thing to check.")
+    steps = _StepRow(many=True)
+    callback = serializers.JSONField(
+        required=False, allow_null=True,
+        help_text="Callback delivery state when the item has a callback URL.")
+
+
+# --- headers and parameters ----------------------------------------------------------------
+def _header(name: str, description: str, **kwargs) -> OpenApiParameter:
+    return OpenApiParameter(name, OpenApiTypes.STR, OpenApiParameter.HEADER,
+                            description=description, **kwargs)
+
+
+INTAKE_ID = OpenApiParameter("intake_id", OpenApiTypes.UUID, OpenApiParameter.PATH,
+                             description="From Settings → Intakes.")
+WORK_ID = OpenApiParameter("work_id", OpenApiTypes.UUID, OpenApiParameter.PATH,
+                           description="`work_id` of the 202 answer.")
+RETRY_AFTER = OpenApiParameter(
+    "Retry-After", OpenApiTypes.INT, OpenApiParameter.HEADER, response=[200, 429, 503],
+    description="Seconds to wait before the next poll or retry (absent once terminal).")
+WWW_AUTHENTICATE = _header("WWW-Authenticate", "`Bearer realm=\"auxot\"` on every 401.",
+                           response=[401])
+RETRY_AFTER_ERRORS = OpenApiParameter(
+    "Retry-After", OpenApiTypes.INT, OpenApiParameter.HEADER, response=[429, 503],
+    description="Seconds to wait before retrying; nothing was accepted.")
+TRIGGER_HEADERS = [
+    _header("Idempotency-Key", "Optional. Retrying a POST with the same key returns the first "
+            "answer instead of starting the workflow twice."),
+    _header("Auxot-Correlation-Id", "Optional, printable, at most 200 characters: stored and "
+            "echoed as `correlation_id` in the poll body and the callback."),
+    _header("Auxot-Callback-Url", "Optional: overrides the intake's callback URL for this work "
+            "item; the finished item is POSTed there, signed (Standard Webhooks)."),
+    _header("Location", "The poll URL (same as `status_url`).", response=[202]),
+]
+WAIT = OpenApiParameter(
+    "wait", OpenApiTypes.NUMBER, OpenApiParameter.QUERY, required=False,
+    description="Long-poll: answer as soon as the item is terminal, or after this many "
+    "seconds with its current state. 0 < wait <= the cap in `Auxot-Wait-Max` (30 by default); "
+    "anything else is 400. The server may answer earlier when it is busy.")
+WAIT_MAX = OpenApiParameter(
+    "Auxot-Wait-Max", OpenApiTypes.INT, OpenApiParameter.HEADER, response=[200],
+    description="The largest `wait` this server accepts: its presence means long-poll works.")
+
+
+# --- problems ------------------------------------------------------------------------------
+_EXAMPLE_DETAILS = {
+    "invalid_json": "Invalid JSON: duplicate key 'a'.",
+    "empty_body": "The body is empty; send {} if the workflow needs no input.",
+    "invalid_request": "Auxot-Correlation-Id must be printable and at most 200 characters.",
+    "unauthorized": "Use 'Authorization: Bearer <key>': the word Bearer, one space, then the key.",
+    "not_found": "No such intake or work item for this key.",
+    "payload_too_large": "The body is larger than 1048576 bytes.",
+    "unsupported_media_type": "Send the body as JSON with 'Content-Type: application/json'.",
+    "rate_limited": "Too many requests for this key; retry after Retry-After seconds.",
+    "database_unavailable": "The database is unavailable; nothing was accepted. Retry later.",
+}
+_STATUS_TEXT = {
+    400: "Bad request: the body, a header or a parameter is invalid.",
+    401: "Missing, malformed, unknown, revoked or expired key (`WWW-Authenticate: Bearer`).",
+    404: "Unknown, deactivated or not yours: one identical body, so nothing can be "
+         "fingerprinted.",
+    409: "Conflict with the work item's current state.",
+    413: "The body is too large.",
+    415: "Not JSON, or not UTF-8.",
+    422: "The request failed validation.",
+    429: "Rate limited: retry after `Retry-After` seconds.",
+    503: "Nothing was accepted: retry after `Retry-After` seconds.",
+}
+
+
+def problem_response(status: int) -> OpenApiResponse:
+    examples = [
+        OpenApiExample(code, value=problem_body(code, _EXAMPLE_DETAILS.get(code, title)),
+                       response_only=True, status_codes=[str(status)],
+                       media_type=PROBLEM_CONTENT_TYPE)
+        for code, (code_status, title) in PROBLEMS.items() if code_status == status
+    ]
+    return OpenApiResponse(ProblemSerializer, description=_STATUS_TEXT.get(status, ""),
+                           examples=examples)
+
+
+def problems(*statuses: int) -> dict:
+    """`responses` entries for these statuses, as application/problem+json."""
+    return {(status, PROBLEM_CONTENT_TYPE): problem_response(status) for status in statuses}
+
+
+# --- examples ------------------------------------------------------------------------------
+def _work_example(status: str) -> dict:
+    done = status in ("completed", "failed")
+    return {
+        "work_id": EXAMPLE_WORK_ID, "intake_id": EXAMPLE_INTAKE_ID,
+        "workflow": {"id": "0b9c7c55-2f0f-4d7c-a8c9-b1d46a9c0a01", "name": "Greet and wait"},
+        "status": status, "created_at": "2026-11-29T06:52:34.007Z",
+        "started_at": "2026-11-29T06:52:34.041Z",
+        "finished_at": "2026-11-29T06:52:37.090Z" if done else None,
+        "output": {"greeting": "Hello, Acme Corp"} if status == "completed" else None,
+        "error": {"code": "bad_expression", "message": "Bad jmespath expression",
+                  "step": "Build greeting", "step_position": 1} if status == "failed" else None,
+        "correlation_id": "deploy-4711",
+        "current_step": None if done else {"position": 2, "name": "Wait a moment",
+                                           "kind": "delay"},
+        "waiting_on": None if done else {"kind": "delay", "since": "2026-11-29T06:52:34.043Z",
+                                         "until": "2026-11-29T06:52:37.043Z",
+                                         "step": "Wait a moment"},
+        "diagnosis": {"completed": "Completed.",
+                      "failed": "Failed at step 'Build greeting': Bad jmespath expression "
+                                "(bad_expression).",
+                      "running": "Waiting at step 2 'Wait a moment' (a delay) until "
+                                 "2026-11-29T06:52:37.043Z; nothing to do."}[status],
+        "steps": [
+            {"position": 1, "name": "Build greeting", "kind": "transform",
+             "status": "failed" if status == "failed" else "completed", "attempts": 1,
+             "started_at": "2026-11-29T06:52:34.041Z", "finished_at": "2026-11-29T06:52:34.043Z",
+             "error": None},
+        ],
+    }
+
+
+WORK_EXAMPLES = [OpenApiExample(status, value=_work_example(status), response_only=True,
+                                status_codes=["200"])
+                 for status in ("running", "completed", "failed")]
+TRIGGER_EXAMPLES = [
+    OpenApiExample("ticket", value={"ticket_id": "SUP-1042", "customer": "Acme Corp"},
+                   request_only=True),
+    OpenApiExample("accepted", response_only=True, status_codes=["202"], value={
+        "work_id": EXAMPLE_WORK_ID, "status": "pending",
+        "status_url": f"https://auxot.example.com/v1/intake/{EXAMPLE_INTAKE_ID}/work/"
+                      f"{EXAMPLE_WORK_ID}",
+        "created_at": "2026-11-29T06:52:34.007Z"}),
+]
+
+# --- the decorators the views use ----------------------------------------------------------
+trigger_schema = extend_schema(
+    operation_id="intake_trigger",
+    summary="Trigger the intake's workflow",
+    description="Any JSON value is the workflow's input. `202` means durably queued, not done: "
+    "poll `status_url` (or wait for the callback). A rejected request never creates a work item.",
+    tags=["intakes"],
+    parameters=[INTAKE_ID, *TRIGGER_HEADERS, RETRY_AFTER_ERRORS, WWW_AUTHENTICATE],
+    request={"application/json": OpenApiTypes.ANY},
+    responses={202: OpenApiResponse(TriggerAcceptedSerializer, description="Accepted and "
+                                    "stored."),
+               **problems(400, 401, 404, 413, 415, 429, 503)},
+    examples=TRIGGER_EXAMPLES,
+)
+
+work_item_schema = extend_schema(
+    operation_id="work_item_get",
+    summary="Get a work item (poll, or long-poll with ?wait=)",
+    description="Status, times, output or error, per-step progress, what it waits on and a "
+    "one-line diagnosis. Not terminal: `Retry-After` says when to look again; or pass "
+    f"`?wait=N` (N <= {settings.AUXOT_LONG_POLL_MAX_SECONDS}) to be answered as soon as it "
+    "finishes.",
+    tags=["work items"],
+    parameters=[INTAKE_ID, WORK_ID, WAIT, RETRY_AFTER, WAIT_MAX, WWW_AUTHENTICATE],
+    responses={200: OpenApiResponse(WorkItemSerializer, description="The work item."),
+               **problems(400, 401, 404, 429, 503)},
+    examples=WORK_EXAMPLES,
+)
+
+
+def work_item_action_schema(*, operation_id: str, summary: str, description: str = "",
+                            request=None, statuses: tuple[int, ...] = (400, 401, 404, 409, 503),
+                            examples: list | None = None):
+    """For POST actions on a work item (approval, cancel): answers the work item."""
+    return extend_schema(
+        operation_id=operation_id, summary=summary, description=description,
+        tags=["work items"], parameters=[INTAKE_ID, WORK_ID, WWW_AUTHENTICATE],
+        request=request if request is not None else {"application/json": OpenApiTypes.OBJECT},
+        responses={200: OpenApiResponse(WorkItemSerializer, description="The work item."),
+                   **problems(*statuses)},
+        examples=examples or [],
+    )

@@ -1,0 +1,307 @@
+"""The `auxot` command and its client module, against a live server and a real qcluster."""
+
+import io
+import json
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from auxot import cli
+from auxot import client as api
+from tests.callers import BIN, caller, worker  # noqa: F401  (fixtures)
+from tests.processes import QCluster
+
+AUXOT = str(BIN / "auxot")
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+e2e = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+# --- no Django in the client -----------------------------------------------------------
+@pytest.mark.parametrize("module", ["auxot.client", "auxot.cli"])
+def test_client_modules_do_not_import_django(module):
+    code = f"import sys, {module}; print('django' in sys.modules, 'requests' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={"PATH": "/usr/bin:/bin"}).stdout
+    assert out.split() == ["False", "True"]
+
+
+def test_console_script_is_installed():
+    result = subprocess.run([AUXOT, "--help"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0
+    assert "verify-callback" in result.stdout
+
+
+# --- pure helpers -------------------------------------------------------------------------
+def test_backoff_is_full_jitter_and_honours_retry_after():
+    backoff = api.Backoff(base=1.0, cap=8.0)
+    delays = [backoff.delay() for _ in range(200)]
+    assert max(delays[:1]) <= 1.0
+    assert all(0 <= d <= 8.0 for d in delays)
+    assert len({round(d, 3) for d in delays}) > 150  # jittered, not a fixed schedule
+    assert min(api.Backoff().delay(retry_after=7) for _ in range(50)) >= 7
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("90s", 90), ("30m", 1800),
+                                               ("1h30m", 5400), ("2h", 7200), ("0.5", 0.5)])
+def test_duration_parse(text, seconds):
+    assert api.duration_parse(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "5d", "m"])
+def test_bad_duration_is_rejected(text):
+    with pytest.raises(ValueError, match="duration"):
+        api.duration_parse(text)
+
+
+def _signed_request(body: bytes, *, secret: str = SECRET, timestamp: datetime | None = None,
+                    sep: bytes = b"\r\n") -> bytes:
+    timestamp = timestamp or datetime.now(tz=UTC)
+    signature = Webhook(secret).sign("msg_1", timestamp, body.decode())
+    head = [b"POST /hooks/auxot HTTP/1.1", b"Host: receiver.example.com",
+            b"Content-Type: application/json", f"Content-Length: {len(body)}".encode(),
+            b"webhook-id: msg_1", f"webhook-timestamp: {int(timestamp.timestamp())}".encode(),
+            f"webhook-signature: {signature}".encode()]
+    return sep.join(head) + sep + sep + body
+
+
+def test_callback_verify_accepts_a_signed_body_and_refuses_tampering():
+    body = b'{"work_id": "w1", "status": "completed"}'
+    headers, raw_body = api.http_request_parse(_signed_request(body))
+    assert api.callback_verify(secret=SECRET, headers=headers, body=raw_body)["status"] == (
+        "completed")
+    with pytest.raises(api.CallbackVerificationError):
+        api.callback_verify(secret=SECRET, headers=headers, body=raw_body.replace(b"w1", b"w2"))
+    with pytest.raises(api.CallbackVerificationError):
+        api.callback_verify(secret="whsec_" + "A" * 32, headers=headers, body=raw_body)
+    stale = _signed_request(body, timestamp=datetime(2020, 1, 1, tzinfo=UTC))
+    with pytest.raises(api.CallbackVerificationError, match="too old"):
+        api.callback_verify(secret=SECRET, headers=api.http_request_parse(stale)[0], body=body)
+    headers["webhook-signature"] = "garbage"
+    with pytest.raises(api.CallbackVerificationError):
+        api.callback_verify(secret=SECRET, headers=headers, body=raw_body)
+
+
+def test_verify_callback_command(tmp_path):
+    body = b'{"work_id": "w1", "status": "failed"}'
+    good = subprocess.run([AUXOT, "verify-callback", "--secret", SECRET],
+                          input=_signed_request(body, sep=b"\n") + b"\n", capture_output=True,
+                          check=False)
+    assert good.returncode == 0, good.stderr
+    assert json.loads(good.stdout) == {"work_id": "w1", "status": "failed"}
+    tampered = _signed_request(body).replace(b"failed", b"passed")
+    bad = subprocess.run([AUXOT, "verify-callback"], input=tampered, capture_output=True,
+                         env={"AUXOT_CALLBACK_SECRET": SECRET}, check=False)
+    assert bad.returncode == 1
+    assert b"does not verify" in bad.stderr and bad.stdout == b""
+    missing = subprocess.run([AUXOT, "verify-callback"], input=b"", capture_output=True,
+                             env={}, check=False)
+    assert missing.returncode == 3
+
+
+def test_progress_line_on_a_tty_shows_elapsed_status_and_step():
+    stream = io.StringIO()
+    body = {"status": "running", "diagnosis": "Waiting at step 2.",
+            "current_step": {"position": 2, "name": "Wait a moment", "kind": "delay"},
+            "steps": [{}, {}]}
+    with cli.Progress(stream, tty=True) as progress:
+        progress.update(api.Poll(body=body, retry_after=1, wait_max=30))
+        time.sleep(0.7)  # the redraw thread updates the elapsed time
+    text = stream.getvalue()
+    assert "\r\x1b[K[00:00] running · step 2/2 'Wait a moment' (delay)" in text
+    assert "[00:00] running step 2/2 'Wait a moment' (delay): Waiting at step 2.\n" in text
+
+
+def test_plain_lines_when_not_a_tty():
+    stream = io.StringIO()
+    with cli.Progress(stream, tty=False) as progress:
+        for status in ("pending", "pending", "running", "completed"):
+            progress.update(api.Poll(body={"status": status, "steps": []}, retry_after=None,
+                                     wait_max=None))
+    assert "\r" not in stream.getvalue()
+    assert [line.split()[1] for line in stream.getvalue().splitlines()] == [
+        "pending", "running", "completed"]
+
+
+# --- the poll loop against a scripted server: Retry-After, 503, no wait support ----------
+class _Scripted(BaseHTTPRequestHandler):
+    script: list = []
+    seen: list = []
+
+    def do_GET(self):
+        self.seen.append(self.path)
+        status, headers, body = self.script.pop(0)
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(json.dumps(body).encode())
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def scripted():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+TOKEN = "user.abcdefghijkl." + "A" * 43 + "0a1b2c"
+
+
+def test_wait_honours_retry_after_and_retries_503(scripted):
+    _, base = scripted
+    _Scripted.seen = []
+    _Scripted.script = [
+        (200, {"Retry-After": "7"}, {"status": "pending"}),
+        (503, {"Retry-After": "11", "Content-Type": "application/problem+json"},
+         {"code": "database_unavailable", "status": 503}),
+        (200, {"Retry-After": "3"}, {"status": "running"}),
+        (200, {}, {"status": "completed", "output": 42}),
+    ]
+    sleeps = []
+    body = api.Client(base, TOKEN).wait("i", "w", timeout=300, sleep=sleeps.append)
+    assert body["output"] == 42
+    assert len(sleeps) == 3
+    assert sleeps[0] >= 7 and sleeps[1] >= 11 and sleeps[2] >= 3
+    assert all("wait=" not in path for path in _Scripted.seen)  # no Auxot-Wait-Max offered
+
+
+def test_wait_uses_long_poll_when_offered(scripted):
+    _, base = scripted
+    _Scripted.seen = []
+    _Scripted.script = [
+        (200, {"Retry-After": "1", "Auxot-Wait-Max": "25"}, {"status": "pending"}),
+        (200, {"Auxot-Wait-Max": "25"}, {"status": "completed"}),
+    ]
+    api.Client(base, TOKEN).wait("i", "w", timeout=300, sleep=lambda s: None)
+    assert _Scripted.seen[1].endswith("?wait=25")
+    _Scripted.script = [
+        (200, {"Auxot-Wait-Max": "25"}, {"status": "pending"}),
+        (200, {"Auxot-Wait-Max": "25"}, {"status": "completed"}),
+    ]
+    api.Client(base, TOKEN).wait("i", "w", timeout=300, sleep=lambda s: None, max_wait=3)
+    assert _Scripted.seen[3].endswith("?wait=3")
+
+
+def test_wait_times_out_with_the_last_state(scripted):
+    _, base = scripted
+    _Scripted.script = [(200, {"Retry-After": "1"}, {"status": "running"})] * 5
+    now = [0.0]
+    with pytest.raises(api.WaitTimeout) as exc:
+        api.Client(base, TOKEN).wait("i", "w", timeout=3, sleep=lambda s: now.__setitem__(
+            0, now[0] + s), clock=lambda: now[0])
+    assert exc.value.last == {"status": "running"}
+
+
+# --- the real thing: CLI against the live server and a real qcluster ----------------------
+@pytest.mark.parametrize("how", ["flag", "file", "stdin"])
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_run_completes_and_prints_output(caller, worker, tmp_path, how):  # noqa: F811
+    data = '{"customer": "Acme Corp", "n": 7}'
+    (tmp_path / "in.json").write_text(data)
+    args = {"flag": ["--data", data], "file": ["--data", f"@{tmp_path / 'in.json'}"],
+            "stdin": []}[how]
+    result = caller.run([AUXOT, "run", caller.intake_id, *args], stdin=data)
+    assert result.returncode == 0, result.stderr.decode()
+    assert json.loads(result.stdout) == {"greeting": "Hello, Acme Corp", "n": 7}
+    stderr = result.stderr.decode()
+    assert "work_id" in stderr and "completed" in stderr
+    assert caller.token not in stderr + result.stdout.decode()
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_trigger_then_wait_prints_status_changes(caller):  # noqa: F811
+    trig = caller.run([AUXOT, "trigger", caller.intake_id, "--data", '{"customer": "W"}'])
+    assert trig.returncode == 0, trig.stderr
+    work_id = trig.stdout.decode().strip()
+    assert len(work_id) == 36
+    waiting = subprocess.Popen([AUXOT, "wait", caller.intake_id, work_id, "--json"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=caller.env())
+    time.sleep(1)  # it sees `pending` (no worker yet) before the worker starts
+    cluster = QCluster().start()
+    try:
+        stdout, stderr = waiting.communicate(timeout=60)
+    finally:
+        cluster.stop()
+    assert waiting.returncode == 0, stderr
+    body = json.loads(stdout)
+    assert body["status"] == "completed" and body["work_id"] == work_id
+    statuses = [line.split()[1].rstrip(":") for line in stderr.decode().splitlines()]
+    # Printed once per change; the long-poll answers at the end, so `running` may be skipped.
+    assert statuses in (["pending", "completed"], ["pending", "running", "completed"])
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_trigger_json_prints_the_202_body(caller):  # noqa: F811
+    result = caller.run([AUXOT, "trigger", caller.intake_id, "--json", "--data", "{}",
+                         "--correlation-id", "deploy-1"])
+    body = json.loads(result.stdout)
+    assert result.returncode == 0
+    assert body["status"] == "pending" and body["status_url"].endswith(body["work_id"])
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_failed_work_exits_1(caller, worker):  # noqa: F811
+    result = caller.run([AUXOT, "run", caller.failing_intake_id, "--data", "{}"])
+    assert result.returncode == 1
+    assert b"failed" in result.stderr and b"bad_expression" in result.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_timeout_exits_2(caller, worker):  # noqa: F811
+    started = time.monotonic()
+    result = caller.run([AUXOT, "run", caller.slow_intake_id, "--data", "{}", "--timeout",
+                         "3s"])
+    assert result.returncode == 2, result.stderr
+    assert b"timed out" in result.stderr and b"still running" in result.stderr
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_usage_auth_and_not_found_exit_3_without_printing_the_key(caller):  # noqa: F811
+    revoked_like = caller.token[:-6] + ("000000" if not caller.token.endswith("000000")
+                                        else "111111")
+    cases = [
+        ([AUXOT, "trigger", caller.intake_id, "--data", "{nope"], {}),
+        ([AUXOT, "wait", caller.intake_id, "w", "--timeout", "soon"], {}),
+        ([AUXOT, "trigger", caller.intake_id, "--data", "{}"], {"AUXOT_API_KEY": revoked_like}),
+        ([AUXOT, "trigger", "00000000-0000-0000-0000-000000000000", "--data", "{}"], {}),
+        ([AUXOT, "wait", caller.intake_id, "00000000-0000-0000-0000-000000000000"], {}),
+        ([AUXOT, "trigger", caller.intake_id], {"AUXOT_BASE_URL": ""}),
+        ([AUXOT, "frobnicate"], {}),
+    ]
+    for args, env in cases:
+        result = caller.run(args, stdin="", **env)
+        output = (result.stdout + result.stderr).decode()
+        assert result.returncode == 3, (args, output)
+        assert caller.token[20:] not in output and revoked_like[20:] not in output
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_bad_checksum_key_is_refused_locally_and_unknown_key_gets_401(caller):  # noqa: F811
+    from apikeys.tokens import token_generate
+
+    unknown = token_generate("team")  # well formed, never issued
+    result = caller.run([AUXOT, "trigger", caller.intake_id, "--data", "{}"],
+                        AUXOT_API_KEY=unknown)
+    assert result.returncode == 3
+    assert b"HTTP 401" in result.stderr and b"AUXOT_API_KEY" in result.stderr
+    assert unknown.encode() not in result.stderr

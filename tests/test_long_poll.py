@@ -1,0 +1,210 @@
+"""GET .../work/{work_id}?wait=N: answers when the item finishes, or after N s, without
+holding a database connection, and 50 waiting callers do not block a trigger."""
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from django.db import connection
+from django.utils import timezone
+
+from intakes import longpoll
+from tests.conftest import bearer, trigger
+from tests.processes import ROOT, process_env, wait_for
+from workflows.models import WorkItem
+
+
+def _poll(api, intake, token, work_id, wait):
+    return api.get(f"/v1/intake/{intake.pk}/work/{work_id}", {"wait": wait}, **bearer(token))
+
+
+def _complete_later(work_id, seconds: float) -> threading.Timer:
+    def complete():
+        WorkItem.objects.filter(pk=work_id).update(
+            status="completed", output={"done": True}, finished_at=timezone.now(),
+            next_run_at=None)
+        connection.close()
+
+    timer = threading.Timer(seconds, complete)
+    timer.start()
+    return timer
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "abc", "31", "1e3", "", "0.0", "nan", "5s"])
+def test_invalid_wait_is_400_problem(api, intake_a, member_token, raw):
+    work_id = trigger(api, intake_a.pk, member_token).json()["work_id"]
+    response = _poll(api, intake_a, member_token, work_id, raw)
+    assert response.status_code == 400
+    assert response["Content-Type"] == "application/problem+json"
+    assert response.json()["code"] == "invalid_request"
+    assert "at most 30" in response.json()["detail"]
+
+
+def test_poll_advertises_the_long_poll_cap(api, intake_a, member_token, settings):
+    settings.AUXOT_LONG_POLL_MAX_SECONDS = 12
+    work_id = trigger(api, intake_a.pk, member_token).json()["work_id"]
+    response = api.get(f"/v1/intake/{intake_a.pk}/work/{work_id}", **bearer(member_token))
+    assert response["Auxot-Wait-Max"] == "12"
+    assert _poll(api, intake_a, member_token, work_id, "12.5").status_code == 400
+
+
+def test_wait_on_unknown_item_is_404_at_once(api, intake_a, member_token):
+    started = time.monotonic()
+    response = _poll(api, intake_a, member_token, "00000000-0000-0000-0000-000000000000", "20")
+    assert response.status_code == 404
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.django_db(transaction=True)
+def test_wait_answers_as_soon_as_the_item_finishes(api, intake_a, member_token):
+    work_id = trigger(api, intake_a.pk, member_token).json()["work_id"]
+    timer = _complete_later(work_id, 0.5)
+    started = time.monotonic()
+    response = _poll(api, intake_a, member_token, work_id, "20")
+    elapsed = time.monotonic() - started
+    timer.join()
+    assert response.status_code == 200
+    assert response.json()["status"] == "completed"
+    assert response.json()["output"] == {"done": True}
+    assert "Retry-After" not in response
+    assert 0.4 < elapsed < 10  # woke on completion, long before the 20 s
+
+
+@pytest.mark.django_db(transaction=True)
+def test_wait_times_out_with_the_current_state(api, intake_a, member_token):
+    work_id = trigger(api, intake_a.pk, member_token).json()["work_id"]
+    started = time.monotonic()
+    response = _poll(api, intake_a, member_token, work_id, "1.5")
+    assert time.monotonic() - started >= 1.4
+    assert response.status_code == 200
+    assert response.json()["status"] == "pending"
+    assert response["Retry-After"] == "1"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_waiting_request_holds_no_database_connection(api, intake_a, member_token,
+                                                      monkeypatch):
+    work_id = trigger(api, intake_a.pk, member_token).json()["work_id"]
+    held = []
+    real_wait = longpoll._watcher.wait
+
+    def spy(item_id, seconds):
+        held.append(connection.connection is not None)
+        return real_wait(item_id, seconds)
+
+    monkeypatch.setattr(longpoll._watcher, "wait", spy)
+    assert _poll(api, intake_a, member_token, work_id, "0.3").status_code == 200
+    assert held == [False]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_over_the_waiter_limit_answers_at_once(api, intake_a, member_token, settings):
+    settings.AUXOT_LONG_POLL_MAX_WAITERS = 0
+    work_id = trigger(api, intake_a.pk, member_token).json()["work_id"]
+    started = time.monotonic()
+    response = _poll(api, intake_a, member_token, work_id, "20")
+    assert time.monotonic() - started < 5
+    assert response.json()["status"] == "pending"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_watcher_serves_many_waiters(intake_a, member_token, api):
+    ids = [trigger(api, intake_a.pk, member_token).json()["work_id"] for _ in range(5)]
+    items = list(WorkItem.objects.filter(pk__in=ids))
+    wait_for(lambda: not any(t.name == "auxot-longpoll" for t in threading.enumerate()), 5,
+             what="an earlier watcher to finish")
+    with ThreadPoolExecutor(10) as pool:
+        futures = [pool.submit(longpoll._watcher.wait, item.pk, 10) for item in items * 2]
+        wait_for(lambda: len(longpoll._watcher._events) == 5, 5, what="10 waiters on 5 items")
+        assert sum(t.name == "auxot-longpoll" for t in threading.enumerate()) == 1
+        WorkItem.objects.filter(pk__in=ids).update(status="failed")
+        started = time.monotonic()
+        assert all(f.result(timeout=10) for f in futures)
+    assert time.monotonic() - started < 5
+    wait_for(lambda: longpoll._watcher._thread is None, 5, what="the idle watcher to stop")
+
+
+# --- the serving setup, for real: gunicorn gthread on the test database --------------------
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def gunicorn():
+    port = _free_port()
+    env = process_env(GUNICORN_WORKERS="2", GUNICORN_BIND=f"127.0.0.1:{port}",
+                      GUNICORN_ACCESSLOG="")
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "auxot.wsgi"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+
+    def up():
+        try:
+            return requests.get(f"{base}/v1/schema", timeout=1).status_code == 200
+        except requests.ConnectionError:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            return False
+
+    try:
+        wait_for(up, 30, interval=0.2, what="gunicorn to answer")
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def _connections_to_test_db() -> int | None:
+    if connection.vendor != "postgresql":
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
+                       [connection.settings_dict["NAME"]])
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_fifty_long_polls_do_not_block_a_trigger(gunicorn, intake_a, member_token):
+    headers = {"Authorization": f"Bearer {member_token}"}
+    trigger_url = f"{gunicorn}/v1/intake/{intake_a.pk}"
+    work_ids = [requests.post(trigger_url, json={}, headers=headers, timeout=10).json()["work_id"]
+                for _ in range(5)]  # no qcluster: they stay pending for the whole test
+    before = _connections_to_test_db()
+    in_flight = threading.Semaphore(0)
+    done = []
+
+    def long_poll(n):
+        in_flight.release()
+        response = requests.get(f"{trigger_url}/work/{work_ids[n % 5]}", params={"wait": 8},
+                                headers=headers, timeout=30)
+        done.append(response.status_code)
+
+    with ThreadPoolExecutor(50) as pool:
+        futures = [pool.submit(long_poll, n) for n in range(50)]
+        for _ in range(50):
+            assert in_flight.acquire(timeout=10)
+        time.sleep(1.5)  # let all 50 reach the server and start waiting
+        waiting = 50 - len(done)
+        during = _connections_to_test_db()
+        started = time.monotonic()
+        response = requests.post(trigger_url, json={"n": 1}, headers=headers, timeout=10)
+        trigger_seconds = time.monotonic() - started
+        for future in futures:
+            future.result()
+    assert response.status_code == 202
+    assert waiting >= 45, f"only {waiting} long-polls were waiting"
+    assert trigger_seconds < 1.0, f"trigger took {trigger_seconds:.2f} s behind 50 long-polls"
+    assert done == [200] * 50
+    if before is not None:  # PostgreSQL: waiting requests hold no connection of their own
+        assert during - before <= 6, f"{during - before} connections for 50 waiting requests"

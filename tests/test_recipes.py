@@ -1,0 +1,191 @@
+"""examples/: the cron shell script, the Python recipe and the GitHub Actions workflow run
+against a live server and a real qcluster (the Actions file by executing its run: scripts
+with the environment GitHub would give them)."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.callers import caller, worker  # noqa: F401  (fixtures)
+from tests.processes import ROOT
+
+EXAMPLES = ROOT / "examples"
+CRON = EXAMPLES / "cron" / "nightly-reconcile.sh"
+PYTHON = EXAMPLES / "python" / "trigger_and_wait.py"
+ACTIONS = EXAMPLES / "github-actions" / "trigger-auxot.yml"
+
+
+def test_cron_script_is_shellcheck_clean():
+    assert shutil.which("shellcheck"), "install shellcheck (apt-get install -y shellcheck)"
+    result = subprocess.run(["shellcheck", "--severity=style", str(CRON)], capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0, result.stdout
+    assert os.access(CRON, os.X_OK)
+
+
+# --- cron -----------------------------------------------------------------------------------
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_cron_script_completes(caller, worker):  # noqa: F811
+    result = caller.run(["bash", str(CRON)])
+    assert result.returncode == 0, result.stderr.decode()
+    assert json.loads(result.stdout)["greeting"] == "Hello, world"
+    assert b"status completed" in result.stderr
+    assert caller.token.encode() not in result.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_cron_script_exit_codes(caller, worker):  # noqa: F811
+    failed = caller.run(["bash", str(CRON)], AUXOT_INTAKE_ID=caller.failing_intake_id)
+    assert failed.returncode == 1, failed.stderr.decode()
+    assert b"bad_expression" in failed.stderr
+    slow = caller.run(["bash", str(CRON)], AUXOT_INTAKE_ID=caller.slow_intake_id,
+                      AUXOT_TIMEOUT_SECONDS="2")
+    assert slow.returncode == 2, slow.stderr.decode()
+    assert b"timed out" in slow.stderr
+    unknown = caller.run(["bash", str(CRON)],
+                         AUXOT_INTAKE_ID="00000000-0000-0000-0000-000000000000")
+    assert unknown.returncode == 3 and b"not_found" in unknown.stderr
+    bad_key = caller.run(["bash", str(CRON)], AUXOT_API_KEY="team.nope")
+    assert bad_key.returncode == 3 and b"unauthorized" in bad_key.stderr
+    assert b"team.nope" not in bad_key.stderr
+    missing = caller.run(["bash", str(CRON)], AUXOT_INTAKE_ID="")
+    assert missing.returncode != 0 and b"AUXOT_INTAKE_ID" in missing.stderr
+
+
+def test_cron_script_keeps_the_key_out_of_the_process_list():
+    text = CRON.read_text()
+    assert "Bearer $AUXOT_API_KEY" not in text.replace("'Authorization: Bearer %s", "")
+    assert "-H @<(printf 'Authorization: Bearer %s\\n' \"$AUXOT_API_KEY\")" in text
+
+
+# --- python ---------------------------------------------------------------------------------
+def test_python_recipe_is_about_fifteen_lines():
+    code = [line for line in PYTHON.read_text().split('"""')[-1].splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+    assert len(code) <= 18
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_python_recipe_completes_and_fails(caller, worker):  # noqa: F811
+    import sys
+
+    done = caller.run([sys.executable, str(PYTHON)])
+    assert done.returncode == 0, done.stderr.decode()
+    assert json.loads(done.stdout) == {"greeting": "Hello, Acme Corp", "n": None}
+    failed = caller.run([sys.executable, str(PYTHON)], AUXOT_INTAKE_ID=caller.failing_intake_id)
+    assert failed.returncode == 1 and b"failed: " in failed.stderr
+
+
+# --- GitHub Actions -------------------------------------------------------------------------
+def _workflow() -> dict:
+    return yaml.safe_load(ACTIONS.read_text())
+
+
+def _steps() -> list[dict]:
+    return _workflow()["jobs"]["auxot"]["steps"]
+
+
+def test_actions_file_parses_and_uses_the_repository_secret():
+    workflow = _workflow()
+    triggers = workflow.get("on", workflow.get(True))  # YAML 1.1 reads `on` as true
+    assert {"push", "pull_request", "workflow_dispatch"} <= set(triggers)
+    assert workflow["permissions"] == {"contents": "read"}
+    env = _steps()[2]["env"]
+    assert env["AUXOT_API_KEY"] == "${{ secrets.AUXOT_API_KEY }}"
+    for step in _steps():
+        # Untrusted event data (a PR title) must never be pasted into a script.
+        assert "${{" not in step.get("run", ""), step.get("name")
+
+
+_EXPR = re.compile(r"^\$\{\{\s*([\w.]+)(?:\s*\|\|\s*'([^']*)')?\s*\}\}$")
+
+
+def _resolve(value: str, context: dict) -> str:
+    """Evaluate the `${{ a.b.c }}` / `${{ a.b || 'x' }}` expressions this file uses."""
+    match = _EXPR.match(value)
+    if not match:
+        return value
+    found = context
+    for part in match.group(1).split("."):
+        found = found.get(part) if isinstance(found, dict) else None
+    return str(found) if found not in (None, "") else (match.group(2) or "")
+
+
+def _run_step(step: dict, context: dict, github_env: dict, path: str, cwd: Path):
+    env = {**github_env, "PATH": path, "HOME": str(cwd)}
+    env.update({k: _resolve(str(v), context) for k, v in step.get("env", {}).items()})
+    # GitHub runs `run:` with bash --noprofile --norc -eo pipefail {0}.
+    script = cwd / "step.sh"
+    script.write_text(step["run"])
+    return subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script)],
+                          env=env, cwd=cwd, capture_output=True, timeout=120, check=False)
+
+
+def _github(caller, tmp_path, *, intake_id: str, pull_request: dict | None):  # noqa: F811
+    context = {"secrets": {"AUXOT_API_KEY": caller.token},
+               "vars": {"AUXOT_BASE_URL": caller.base_url, "AUXOT_INTAKE_ID": intake_id,
+                        "AUXOT_PIP_SPEC": "auxot==0.1.0"},
+               "github": {"event": {"pull_request": pull_request} if pull_request else {}}}
+    (tmp_path / "out").touch()
+    (tmp_path / "summary").touch()
+    github_env = {"GITHUB_REPOSITORY": "acme/shop", "GITHUB_SHA": "0123abc", "CI": "true",
+                  "GITHUB_REF": "refs/pull/7/merge", "GITHUB_ACTOR": "octocat",
+                  "GITHUB_SERVER_URL": "https://github.com", "GITHUB_RUN_ID": "99",
+                  "GITHUB_RUN_ATTEMPT": "1", "GITHUB_OUTPUT": str(tmp_path / "out"),
+                  "GITHUB_STEP_SUMMARY": str(tmp_path / "summary")}
+    return context, github_env
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_actions_steps_trigger_wait_and_pass(caller, worker, tmp_path):  # noqa: F811
+    from workflows.models import WorkItem
+
+    pr = {"number": 7, "title": "Fix checkout; rm -rf / $(whoami)", "html_url": "https://x/7"}
+    context, github_env = _github(caller, tmp_path, intake_id=caller.intake_id,
+                                  pull_request=pr)
+    install, run = _steps()[1], _steps()[2]
+    # The install step, with a stand-in `python` that records what pip would install.
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "python").write_text('#!/bin/sh\necho "$@" > "$HOME/pip-args"\n')
+    (shim / "python").chmod(0o755)
+    result = _run_step(install, context, github_env, f"{shim}:/usr/bin:/bin", tmp_path)
+    assert result.returncode == 0
+    assert (tmp_path / "pip-args").read_text().split() == ["-m", "pip", "install", "--quiet",
+                                                           "auxot==0.1.0"]
+    context["vars"]["AUXOT_PIP_SPEC"] = ""
+    unset = _run_step(install, context, github_env, f"{shim}:/usr/bin:/bin", tmp_path)
+    assert unset.returncode != 0 and b"AUXOT_PIP_SPEC" in unset.stderr
+    # The trigger-and-wait step, with the auxot CLI on PATH as pip would leave it.
+    env_path = caller.env()["PATH"]
+    result = _run_step(run, context, github_env, env_path, tmp_path)
+    assert result.returncode == 0, result.stderr.decode()
+    item = WorkItem.objects.get()
+    assert item.status == "completed"
+    assert item.input["pull_request"] == {"number": 7, "title": pr["title"], "url": "https://x/7"}
+    assert item.input["sha"] == "0123abc" and item.input["repository"] == "acme/shop"
+    assert item.correlation_id == "acme/shop#99"
+    assert (tmp_path / "out").read_text() == f"work_id={item.pk}\n"
+    assert "**completed**" in (tmp_path / "summary").read_text()
+    assert caller.token.encode() not in result.stdout + result.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_actions_step_fails_the_job_when_the_work_fails(caller, worker, tmp_path):  # noqa: F811
+    context, github_env = _github(caller, tmp_path, intake_id=caller.failing_intake_id,
+                                  pull_request=None)
+    result = _run_step(_steps()[2], context, github_env, caller.env()["PATH"], tmp_path)
+    assert result.returncode == 1
+    assert "**failed**" in (tmp_path / "summary").read_text()
+    assert json.loads((tmp_path / "auxot-input.json").read_text())["pull_request"] is None
