@@ -54,7 +54,8 @@ class IdempotencyKey(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["intake", "owner", "key"], name="idempotency_key_unique")
+            models.UniqueConstraint(fields=["intake", "owner", "key"],
+                                    name="idempotency_key_unique")
         ]
 
     def __str__(self) -> str:
@@ -70,7 +71,8 @@ class RateLimitBucket(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["scope", "window_start"], name="ratelimit_bucket_unique")
+            models.UniqueConstraint(fields=["scope", "window_start"],
+                                    name="ratelimit_bucket_unique")
         ]
 
     def __str__(self) -> str:
