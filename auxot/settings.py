@@ -259,3 +259,6 @@ AUXOT_REJECTION_AUDIT_PER_MINUTE = env_int("AUXOT_REJECTION_AUDIT_PER_MINUTE", 1
 AUXOT_REJECTION_AUDIT_PER_SOURCE = env_int("AUXOT_REJECTION_AUDIT_PER_SOURCE", 10, minimum=0)
 # bench/ only: mounts the two ceiling views (one INSERT + COMMIT, one GET by pk).
 AUXOT_BENCH_CEILINGS = env_bool("AUXOT_BENCH_CEILINGS", False)
+# Django logs a WARNING line per 4xx: a flood of bad requests would flood the log.
+# Rejections at the intake endpoints are audited (budgeted) instead; 5xx still log.
+LOGGING["loggers"]["django.request"] = {"level": env_str("REQUEST_LOG_LEVEL", "ERROR")}
