@@ -111,9 +111,9 @@ def test_burst_of_twice_the_limit_from_20_clients_accepts_at_most_the_limit(
             return [session.post(url, json={"i": i}, headers=session_headers,
                                  timeout=60).status_code for i in range(n)]
 
-    with time_machine.travel(WINDOW_START + timedelta(seconds=10)):
-        with ThreadPoolExecutor(max_workers=20) as pool:
-            codes = [code for batch in pool.map(client, [2 * limit // 20] * 20) for code in batch]
+    with (time_machine.travel(WINDOW_START + timedelta(seconds=10)),
+          ThreadPoolExecutor(max_workers=20) as pool):
+        codes = [code for batch in pool.map(client, [2 * limit // 20] * 20) for code in batch]
     assert len(codes) == 2 * limit
     assert set(codes) <= {202, 429}
     assert codes.count(202) <= limit * 1.01
