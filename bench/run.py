@@ -12,6 +12,8 @@ Prints a Markdown report and writes var/bench.json.
 
 import argparse
 import json
+import os
+import platform
 import re
 import shutil
 import subprocess
@@ -24,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import common  # noqa: E402
+from bench import common
 
 UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 POST_LUA = """
@@ -232,9 +234,8 @@ def main() -> None:
         if cluster:
             cluster.stop()
         web.stop()
-    machine = subprocess.run(["uname", "-srm"], capture_output=True, text=True).stdout.strip()
-    cpus = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
-    text = report(f"{machine}, {cpus} CPUs", http, latency, e2e, memory)
+    machine = f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    text = report(machine, http, latency, e2e, memory)
     out = common.ROOT / "var" / "bench.json"
     out.write_text(json.dumps({"http": http, "latency": latency, "e2e": e2e,
                                "memory": memory}, indent=2))
