@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import json
 import random
+import shlex
 import socket
 import subprocess
 import sys
@@ -66,7 +67,7 @@ def _fire(url: str, token: str, size: int, threads: int = 16) -> list[dict]:
 class Chaos(threading.Thread):
     """SIGKILL a random qcluster group every 0.5-2 s and start a fresh one."""
 
-    def __init__(self, clusters: list, restart_postgres: bool, size_hint_s: float):
+    def __init__(self, clusters: list, restart_postgres: str, size_hint_s: float):
         super().__init__(daemon=True)
         self.clusters, self.restart_postgres = clusters, restart_postgres
         self.stopping = threading.Event()
@@ -81,14 +82,17 @@ class Chaos(threading.Thread):
             self.clusters[victim] = common.qcluster(**DRILL_ENV)
             if self.restart_postgres and not self.pg_restarts and \
                     time.monotonic() >= self.pg_restart_at:
-                postgres_restart()
+                postgres_restart(self.restart_postgres)
                 self.pg_restarts += 1
 
 
-def postgres_restart() -> None:
+def default_restart_command() -> str:
     version = sorted(p.name for p in Path("/etc/postgresql").iterdir())[-1]
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
-                   check=True, timeout=120)
+    return f"pg_ctlcluster --skip-systemctl-redirect {version} main restart"
+
+
+def postgres_restart(command: str) -> None:
+    subprocess.run(shlex.split(command), check=True, timeout=120)
 
 
 def _wait_settled(ids: list[str], timeout: float) -> None:
@@ -163,7 +167,7 @@ def classify(results: list[dict]) -> dict:
             "classes": dict(classes), "rejections": dict(others)}
 
 
-def crash_drill(size: int, clusters_n: int, restart_postgres: bool) -> dict:
+def crash_drill(size: int, clusters_n: int, restart_postgres: str) -> dict:
     fixture = common.fixture_create("drill")
     port = common.free_port()
     web = common.gunicorn(port)
@@ -259,11 +263,15 @@ def main() -> None:
     parser.add_argument("--clusters", type=int, default=2)
     parser.add_argument("--restart-postgres", action="store_true",
                         help="restart the PostgreSQL cluster once (never on a shared server)")
+    parser.add_argument("--restart-command", default="",
+                        help="how to restart it (default: pg_ctlcluster ... main restart)")
     args = parser.parse_args()
+    restart = ((args.restart_command or default_restart_command())
+               if args.restart_postgres else "")
     common.django_setup()
     reports = []
     if args.drill in ("crash", "all"):
-        reports.append(crash_drill(args.size, args.clusters, args.restart_postgres))
+        reports.append(crash_drill(args.size, args.clusters, restart))
     if args.drill in ("sigterm", "all"):
         reports.append(sigterm_drill(min(args.size, 2000)))
     for report in reports:
