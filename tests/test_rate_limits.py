@@ -119,3 +119,9 @@ def test_burst_of_twice_the_limit_from_20_clients_accepts_at_most_the_limit(
     assert codes.count(202) <= limit * 1.01
     assert codes.count(202) == WorkItem.objects.count()
     assert codes.count(202) == limit  # nothing else limits this burst: exactly the limit
+
+
+def test_intake_override_is_editable_in_the_admin(admin_client, intake_a):
+    page = admin_client.get(f"/admin/intakes/intake/{intake_a.pk}/change/")
+    assert page.status_code == 200
+    assert b'name="rate_limit_per_window"' in page.content
