@@ -47,7 +47,7 @@ def _upsert_sql(n: int) -> str:
     table = connection.ops.quote_name(RateLimitBucket._meta.db_table)
     values = ", ".join(["(%s, %s, 1)"] * n)
     # Only our table name and placeholders are interpolated; values are parameters.
-    sql = f'INSERT INTO {table} (scope, window_start, "count") VALUES {values} '  # noqa: S608
+    sql = f'INSERT INTO {table} (scope, window_start, "count") VALUES {values} '
     sql += f'ON CONFLICT (scope, window_start) DO UPDATE SET "count" = {table}."count" + 1 '
     return sql + 'RETURNING scope, "count"'
 

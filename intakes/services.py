@@ -3,14 +3,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import IntegrityError, OperationalError, transaction
-from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from apikeys.models import ApiKey
 from auxot.errors import NOT_FOUND_DETAIL, ApplicationError, NotFoundError
-from auxot.models import Membership, Organization, Team
+from auxot.models import Organization, Team
 from auxot.services import audit_record
 from intakes import idempotency, ratelimit
+from intakes.lookup import intake_lookup
 from intakes.models import Intake
 from workflows.models import Workflow, WorkItem
 from workflows.services import work_item_create
@@ -70,22 +70,10 @@ def intake_set_active(*, intake: Intake, active: bool, actor=None) -> bool:
 def intake_for_key(*, intake_id: str, key: ApiKey) -> Intake:
     """The active intake this key may call, or the one 404 for every other case.
 
-    One query: a personal key's membership (of the org, or of the intake's team) is an
-    EXISTS in the same SELECT.
+    One hand-written query (intakes/lookup.py): intake, workflow, and the key's access
+    (a team key's team, or a personal key's membership of the org or the intake's team).
     """
-    pk = _parse_uuid(intake_id)
-    intakes = Intake.objects.select_related("workflow").filter(
-        pk=pk, active=True, org_id=key.org_id, workflow__active=True)
-    if key.kind == ApiKey.Kind.TEAM:
-        intake = intakes.filter(team_id=key.team_id).first()
-    else:
-        memberships = Membership.objects.filter(user_id=key.user_id, org_id=key.org_id)
-        intake = intakes.annotate(
-            member=Exists(memberships),
-            team_member=Exists(memberships.filter(teams=OuterRef("team_id"))),
-        ).first()
-        if intake is not None and not (intake.team_member if intake.team_id else intake.member):
-            intake = None
+    intake = intake_lookup(pk=_parse_uuid(intake_id), key=key)
     if intake is None:
         raise _not_found()
     return intake
