@@ -13,7 +13,7 @@ from apikeys.models import ApiKey
 from auxot import rawsql
 from auxot.models import Membership
 from intakes.models import Intake
-from workflows.models import Workflow
+from workflows.models import Workflow, WorkItem
 
 
 @functools.cache
@@ -50,3 +50,23 @@ def intake_lookup(*, pk: uuid.UUID, key: ApiKey) -> Intake | None:
     intake = rawsql.instance(Intake, intake_fields, row[:split])
     intake.workflow = rawsql.instance(Workflow, workflow_fields, row[split:])
     return intake
+
+
+@functools.cache
+def _item_plan(vendor: str) -> tuple[str, list[Field]]:
+    fields, cols = rawsql.columns(WorkItem, "wi")
+    sql = f"SELECT {cols} FROM {rawsql.table(WorkItem)} wi WHERE wi.id = %s AND wi.intake_id = %s"
+    return sql, fields
+
+
+def work_item_lookup(*, pk: uuid.UUID, intake: Intake) -> WorkItem | None:
+    """The intake's work item `pk`, its workflow taken from the intake when it is the same."""
+    sql, fields = _item_plan(connection.vendor)
+    prep = Intake._meta.pk.get_db_prep_value
+    row = rawsql.fetch_one(sql, [prep(pk, connection), prep(intake.pk, connection)])
+    if row is None:
+        return None
+    item = rawsql.instance(WorkItem, fields, row)
+    if item.workflow_id == intake.workflow_id:
+        item.workflow = intake.workflow
+    return item

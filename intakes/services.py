@@ -10,7 +10,7 @@ from auxot.errors import NOT_FOUND_DETAIL, ApplicationError, NotFoundError
 from auxot.models import Organization, Team
 from auxot.services import audit_record
 from intakes import idempotency, ratelimit
-from intakes.lookup import intake_lookup
+from intakes.lookup import intake_lookup, work_item_lookup
 from intakes.models import Intake
 from workflows.models import Workflow, WorkItem
 from workflows.services import work_item_create
@@ -127,7 +127,7 @@ def _trigger_once(*, intake: Intake, key: ApiKey, payload: Any, ip: str | None,
 
 def work_item_for_key(*, intake: Intake, work_id: str) -> WorkItem:
     pk = _parse_uuid(work_id)
-    item = WorkItem.objects.select_related("workflow").filter(pk=pk, intake=intake).first()
+    item = work_item_lookup(pk=pk, intake=intake)
     if item is None:
         raise _not_found()
     return item
