@@ -5,6 +5,7 @@ parse JSON, one INSERT + COMMIT, 202; and one GET of one row by primary key.
 """
 
 from django.urls import path
+from django.utils import timezone
 from rest_framework.parsers import JSONParser
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -21,7 +22,8 @@ class InsertCeilingApi(APIView):
     parser_classes = [JSONParser]
 
     def post(self, request: Request) -> Response:
-        row = AuditEvent.objects.create(event="bench.ceiling", extra=request.data)
+        row = AuditEvent.objects.create(event="bench.ceiling", extra=request.data,
+                                        created_at=timezone.now())
         return Response({"id": row.pk}, status=202)
 
 

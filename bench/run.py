@@ -53,6 +53,8 @@ def wrk(url: str, *, seconds: int, script: str | None = None) -> dict:
     argv[1:1] = ["-s", lua.name]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if bad:  # a ceiling or endpoint that errors measures nothing
+        raise RuntimeError(f"{url}: {bad.group(1)} non-2xx answers\n{out}")
     errors = re.search(r"Socket errors: (.*)", out)
     return {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
@@ -172,11 +174,10 @@ def end_to_end(base: str, fixture: common.Fixture, items: int) -> dict:
             "p50": common.percentile(latency, 50), "p99": common.percentile(latency, 99)}
 
 
-def report(machine: str, http: dict, latency: dict, e2e: dict, memory: dict) -> str:
+def report_http(http: dict) -> str:
     ins, get = http["insert_ceiling"], http["get_ceiling"]
     trig, poll = http["trigger"], http["poll"]
-    lines = [
-        f"Machine: {machine}", "",
+    return "\n".join([
         "| endpoint | req/s | p50 ms | p99 ms | ratio to ceiling |",
         "| --- | --- | --- | --- | --- |",
         f"| ceiling: DRF POST, one INSERT + COMMIT | {ins['rps']:.0f} | {ins['p50']:.1f} | "
@@ -187,7 +188,12 @@ def report(machine: str, http: dict, latency: dict, e2e: dict, memory: dict) -> 
         f"{get['p99']:.1f} | 1.00 |",
         f"| **poll GET** | {poll['rps']:.0f} | {poll['p50']:.1f} | {poll['p99']:.1f} | "
         f"**{poll['rps'] / get['rps']:.2f}** (target >= 0.9) |",
-        "",
+    ])
+
+
+def report(machine: str, http: dict, latency: dict, e2e: dict, memory: dict) -> str:
+    lines = [
+        f"Machine: {machine}", "", report_http(http), "",
         f"Enqueue -> first step start, idle, {latency['samples']} samples: "
         f"p50 {latency['start_p50']:.0f} ms, p99 {latency['start_p99']:.0f} ms "
         f"(target p50 < 100 ms); POST -> completed p50 {latency['done_p50']:.0f} ms, "
@@ -209,6 +215,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--items", type=int, default=10_000, help="end-to-end items")
     parser.add_argument("--latency-samples", type=int, default=50)
+    parser.add_argument("--http-only", action="store_true", help="only the wrk part")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is missing: apt-get install -y wrk")
@@ -221,6 +228,9 @@ def main() -> None:
     cluster = None
     try:
         http = http_load(base, load_fixture, args.seconds, args.runs)
+        if args.http_only:
+            print(report_http(http))
+            return
         cluster = common.qcluster()
         time.sleep(3)
         latency = engine_latency(base, fixture, args.latency_samples)
