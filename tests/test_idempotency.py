@@ -195,3 +195,18 @@ def test_50_concurrent_identical_posts_make_one_work_item(live):
     assert sum("Idempotent-Replayed" not in answer.headers for answer in answers) == 1
     assert WorkItem.objects.count() == 1
     assert IdempotencyKey.objects.count() == 1
+
+
+def test_ticker_prunes_expired_records_at_most_once_a_minute(api, intake_a, member_token,
+                                                             monkeypatch):
+    from intakes import housekeeping
+    from workflows.signals import tick
+
+    _post(api, intake_a, member_token)
+    monkeypatch.setitem(housekeeping._last, "at", float("-inf"))
+    later = timezone.now() + timedelta(hours=25)
+    tick.send(sender=None, now=later)
+    assert not IdempotencyKey.objects.exists()
+    _post(api, intake_a, member_token, key="second")
+    tick.send(sender=None, now=later)  # within the minute: not pruned again
+    assert IdempotencyKey.objects.count() == 1
