@@ -138,6 +138,11 @@ def engine_latency(base: str, fixture: common.Fixture, samples: int) -> dict:
     from workflows.models import StepRun
 
     url = f"{base}/v1/intake/{fixture.intake_id}"
+    auth = {"Authorization": f"Bearer {fixture.token}"}
+    # Idle means a started, warm cluster: one item through it first (start-up can take
+    # seconds on a loaded box and is not enqueue latency).
+    warm = requests.post(url, json={"n": -1}, headers=auth, timeout=10).json()["work_id"]
+    _wait_terminal([warm], 120)
     ids = []
     for i in range(samples):
         response = requests.post(url, json={"n": i}, timeout=10,
@@ -232,7 +237,6 @@ def main() -> None:
             print(report_http(http))
             return
         cluster = common.qcluster()
-        time.sleep(3)
         latency = engine_latency(base, fixture, args.latency_samples)
         e2e = end_to_end(base, fixture, args.items)
         memory = {
