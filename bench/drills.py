@@ -71,7 +71,7 @@ class Chaos(threading.Thread):
         super().__init__(daemon=True)
         self.clusters, self.restart_postgres = clusters, restart_postgres
         self.stopping = threading.Event()
-        self.kills, self.pg_restarts = 0, 0
+        self.kills, self.pg_restarts, self.restart_error = 0, 0, ""
         self.pg_restart_at = time.monotonic() + size_hint_s * 0.4
 
     def run(self) -> None:
@@ -80,10 +80,13 @@ class Chaos(threading.Thread):
             self.clusters[victim].kill()
             self.kills += 1
             self.clusters[victim] = common.qcluster(**DRILL_ENV)
-            if self.restart_postgres and not self.pg_restarts and \
-                    time.monotonic() >= self.pg_restart_at:
-                postgres_restart(self.restart_postgres)
-                self.pg_restarts += 1
+            if self.restart_postgres and not self.pg_restarts and not self.restart_error \
+                    and time.monotonic() >= self.pg_restart_at:
+                try:
+                    postgres_restart(self.restart_postgres)
+                    self.pg_restarts += 1
+                except (OSError, subprocess.SubprocessError) as exc:
+                    self.restart_error = repr(exc)  # reported; the drill then fails
 
 
 def default_restart_command() -> str:
@@ -196,9 +199,11 @@ def crash_drill(size: int, clusters_n: int, restart_postgres: str) -> dict:
            + classes.get("completed_without_ledger", 0)
            + classes.get("failed_without_reason", 0)
            + sum(n for k, n in summary["rejections"].items() if k.startswith("unclear")))
+    restarted_as_asked = chaos.pg_restarts == (1 if restart_postgres else 0)
     return {"drill": "crash", "size": size, "clusters": clusters_n, "kills": chaos.kills,
-            "postgres_restarts": chaos.pg_restarts, "seconds": round(time.monotonic() - started),
-            **summary, "passed": bad == 0}
+            "postgres_restarts": chaos.pg_restarts, "restart_error": chaos.restart_error,
+            "seconds": round(time.monotonic() - started), **summary,
+            "passed": bad == 0 and restarted_as_asked}
 
 
 def _slow_request(port: int, path: str, token: str, body: bytes) -> socket.socket:
