@@ -25,3 +25,12 @@ lint: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) var
+
+# --- bench and drills (issue 6): PostgreSQL, gunicorn, wrk; see BENCHMARKS.md -------------
+BENCH_DB ?= postgres://postgres@127.0.0.1:5432/auxot_bench
+.PHONY: bench drill
+bench: $(VENV)/.installed
+	DATABASE_URL=$(BENCH_DB) $(BIN)/python bench/run.py $(BENCH_ARGS)
+
+drill: $(VENV)/.installed
+	DATABASE_URL=$(BENCH_DB) $(BIN)/python bench/drills.py $(DRILL_ARGS)

@@ -22,15 +22,21 @@ def _int(name: str, default: int) -> int:
 
 bind = os.environ.get("GUNICORN_BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}")
 worker_class = "gthread"
-workers = _int("GUNICORN_WORKERS", min(multiprocessing.cpu_count(), 4))
+workers = _int("GUNICORN_WORKERS", _int("WEB_CONCURRENCY", min(multiprocessing.cpu_count(), 4)))
 threads = _int("GUNICORN_THREADS", 64)
 # A long-poll lasts at most AUXOT_LONG_POLL_MAX_SECONDS (30): the timeout must exceed it.
 timeout = _int("GUNICORN_TIMEOUT", 60)
+# SIGTERM: stop accepting, let in-flight requests finish for up to this long.
 graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 40)
 keepalive = _int("GUNICORN_KEEPALIVE", 5)
+# The app answers an oversized Authorization header (or any header up to 16 KiB) with a
+# JSON 401/4xx itself; gunicorn's default 8 KiB cap would answer a plain-text 400 first.
+limit_request_field_size = 16384
 # Recycle workers now and then (with jitter, so they do not all restart together).
 max_requests = _int("GUNICORN_MAX_REQUESTS", 20000)
 max_requests_jitter = _int("GUNICORN_MAX_REQUESTS_JITTER", 2000)
-accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None  # empty: no access log
+# No access log by default: a line per request costs throughput (MEASURED.md); set
+# GUNICORN_ACCESSLOG=- to log to stdout.
+accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
 # Trust X-Forwarded-* only from a proxy on this host (set it to your load balancer).
 forwarded_allow_ips = os.environ.get("GUNICORN_FORWARDED_ALLOW_IPS", "127.0.0.1")

@@ -6,6 +6,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from apikeys.lookup import apikey_lookup
 from apikeys.models import ApiKey
 from apikeys.tokens import token_digest, token_generate, token_parse
 from auxot.errors import ApplicationError, UnauthorizedError
@@ -84,11 +85,7 @@ def apikey_authenticate(*, token: str, now: datetime) -> ApiKey:
     parsed = token_parse(token)
     if parsed is None:
         raise UnauthorizedError("The API key is malformed. Keys look like user.… or team.….")
-    key = (
-        ApiKey.objects.select_related("org", "user", "team")
-        .filter(lookup_id=parsed.lookup_id)
-        .first()
-    )
+    key = apikey_lookup(lookup_id=parsed.lookup_id)  # one hand-written SELECT with joins
     if key is None or not hmac.compare_digest(key.digest, parsed.digest):
         raise UnauthorizedError("Unknown API key.")
     if key.revoked_at is not None:

@@ -306,3 +306,21 @@ AUXOT_LONG_POLL_MAX_SECONDS = env_int("AUXOT_LONG_POLL_MAX_SECONDS", 30, minimum
 AUXOT_LONG_POLL_RECHECK_SECONDS = env_float("AUXOT_LONG_POLL_RECHECK_SECONDS", 0.25,
                                             minimum=0.01)
 AUXOT_LONG_POLL_MAX_WAITERS = env_int("AUXOT_LONG_POLL_MAX_WAITERS", 48, minimum=0)
+# --- Robustness: idempotency, rate limits, rejection audit, bench (issue 6) ---------------
+# Idempotency-Key records are kept at least this long (the IETF draft and Stripe: 24 h).
+AUXOT_IDEMPOTENCY_TTL_HOURS = env_int("AUXOT_IDEMPOTENCY_TTL_HOURS", 24, minimum=24)
+# PostgreSQL: how long a retry waits for an in-flight first request before answering 409.
+AUXOT_IDEMPOTENCY_WAIT_MS = env_int("AUXOT_IDEMPOTENCY_WAIT_MS", 2000, minimum=1)
+# Fixed-window rate limits on accepted triggers; 0 switches a limit off.
+AUXOT_RATE_LIMIT_WINDOW_SECONDS = env_int("AUXOT_RATE_LIMIT_WINDOW_SECONDS", 60, minimum=1)
+AUXOT_RATE_LIMIT_KEY = env_int("AUXOT_RATE_LIMIT_KEY", 1200, minimum=0)
+AUXOT_RATE_LIMIT_INTAKE = env_int("AUXOT_RATE_LIMIT_INTAKE", 6000, minimum=0)
+# intake.rejected audit rows per web process per minute (all sources, and per IP + reason);
+# beyond that rejections are counted and the count is written with the next row.
+AUXOT_REJECTION_AUDIT_PER_MINUTE = env_int("AUXOT_REJECTION_AUDIT_PER_MINUTE", 120, minimum=0)
+AUXOT_REJECTION_AUDIT_PER_SOURCE = env_int("AUXOT_REJECTION_AUDIT_PER_SOURCE", 10, minimum=0)
+# bench/ only: mounts the two ceiling views (one INSERT + COMMIT, one GET by pk).
+AUXOT_BENCH_CEILINGS = env_bool("AUXOT_BENCH_CEILINGS", False)
+# Django logs a WARNING line per 4xx: a flood of bad requests would flood the log.
+# Rejections at the intake endpoints are audited (budgeted) instead; 5xx still log.
+LOGGING["loggers"]["django.request"] = {"level": env_str("REQUEST_LOG_LEVEL", "ERROR")}

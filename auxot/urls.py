@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
@@ -16,3 +17,8 @@ urlpatterns = [
 
 handler404 = "auxot.views.handler404"
 handler500 = "auxot.views.handler500"
+
+if settings.AUXOT_BENCH_CEILINGS:  # bench/ only: see auxot/bench_views.py
+    from auxot import bench_views
+
+    urlpatterns += bench_views.urlpatterns

@@ -9,9 +9,12 @@ from rest_framework.views import APIView
 from auxot.errors import ApplicationError
 from auxot.timefmt import iso
 from intakes.body import json_body
+from intakes.idempotency import HEADER as IDEMPOTENCY_HEADER
+from intakes.idempotency import idempotency_header_parse
 from intakes.longpoll import wait_parse, work_item_wait
 from intakes.openapi import trigger_schema, work_item_schema
 from intakes.presenters import work_item_poll_view
+from intakes.rejections import RejectionAuditMixin
 from intakes.services import intake_for_key, intake_trigger, work_item_for_key
 
 MAX_CORRELATION_ID = 200
@@ -35,24 +38,31 @@ def _correlation_id(request: Request) -> str:
     return value
 
 
-class IntakeTriggerApi(APIView):
+class IntakeTriggerApi(RejectionAuditMixin, APIView):
     """POST /v1/intake/{intake_id}: accept JSON, answer 202 with a work_id."""
 
     @trigger_schema
     def post(self, request: Request, intake_id: str) -> Response:
         intake = intake_for_key(intake_id=intake_id, key=request.auth)
         payload = json_body(request._request)
-        item = intake_trigger(intake=intake, key=request.auth, payload=payload,
-                              ip=_client_ip(request), correlation_id=_correlation_id(request),
-                              callback_url=request.headers.get("Auxot-Callback-Url", ""))
+        idempotency_key = idempotency_header_parse(request.headers.get(IDEMPOTENCY_HEADER))
+        result = intake_trigger(intake=intake, key=request.auth, payload=payload,
+                                ip=_client_ip(request), correlation_id=_correlation_id(request),
+                                callback_url=request.headers.get("Auxot-Callback-Url", ""),
+                                idempotency_key=idempotency_key)
+        item = result.item
         status_url = _absolute(request, reverse(
             "work-item-detail", kwargs={"intake_id": intake.pk, "work_id": item.pk}))
-        body = {"work_id": str(item.pk), "status": item.status, "status_url": status_url,
-                "created_at": iso(item.created_at)}
-        return Response(body, status=202, headers={"Location": status_url})
+        # A replay answers what the first request got: the item as it was accepted.
+        body = {"work_id": str(item.pk), "status": "pending" if result.replayed else item.status,
+                "status_url": status_url, "created_at": iso(item.created_at)}
+        headers = {"Location": status_url, **(result.rate.headers() if result.rate else {})}
+        if result.replayed:
+            headers["Idempotent-Replayed"] = "true"
+        return Response(body, status=202, headers=headers)
 
 
-class WorkItemDetailApi(APIView):
+class WorkItemDetailApi(RejectionAuditMixin, APIView):
     """GET /v1/intake/{intake_id}/work/{work_id}[?wait=N]: status, progress, why it waits."""
 
     @work_item_schema

@@ -3,7 +3,10 @@
 Rules (documented in the README):
 - `Content-Type: application/json` (or any `application/*+json`); a charset other than
   utf-8 is 415. No body at all is 400 `empty_body`: send `{}` for "no input".
-- At most AUXOT_MAX_BODY_BYTES (413). UTF-8 without a BOM.
+- At most AUXOT_MAX_BODY_BYTES (413), whatever Content-Length claims. A chunked body
+  (no Content-Length) is read when the server marks the input terminated (gunicorn sets
+  `wsgi.input_terminated`), up to the limit + 1 byte; elsewhere it is 411.
+- UTF-8 without a BOM.
 - Standard JSON only: NaN/Infinity, duplicate object keys, numbers over 1,000 digits and
   nesting deeper than 64 levels are 400 `invalid_json`.
 """
@@ -90,6 +93,19 @@ def _check_content_type(request: HttpRequest) -> None:
             raise ApplicationError("JSON bodies must be UTF-8.", code="unsupported_media_type")
 
 
+def _is_chunked(request: HttpRequest) -> bool:
+    return ("chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower()
+            and not request.META.get("CONTENT_LENGTH"))
+
+
+def _chunked_body(request: HttpRequest, limit: int) -> bytes:
+    # Django reads no body without Content-Length; the server already de-chunked it.
+    if not request.META.get("wsgi.input_terminated"):
+        raise ApplicationError("Chunked bodies are not supported here; send Content-Length.",
+                               code="length_required")
+    return request.META["wsgi.input"].read(limit + 1)
+
+
 def json_body(request: HttpRequest) -> Any:
     """Parse the request body or raise an ApplicationError with the right 4xx code."""
     limit = settings.AUXOT_MAX_BODY_BYTES
@@ -102,7 +118,7 @@ def json_body(request: HttpRequest) -> Any:
         raise too_big
     _check_content_type(request)
     try:
-        raw = request.body
+        raw = _chunked_body(request, limit) if _is_chunked(request) else request.body
     except RequestDataTooBig:
         raise too_big from None
     if len(raw) > limit:

@@ -1,13 +1,16 @@
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
-from django.db import transaction
+from django.db import IntegrityError, OperationalError, transaction
 from django.utils import timezone
 
 from apikeys.models import ApiKey
 from auxot.errors import NOT_FOUND_DETAIL, ApplicationError, NotFoundError
-from auxot.models import Membership, Organization, Team
+from auxot.models import Organization, Team
 from auxot.services import audit_record
+from intakes import idempotency, ratelimit
+from intakes.lookup import intake_lookup, work_item_lookup
 from intakes.models import Intake
 from intakes.secrets import secret_encrypt, signing_secret_generate
 from intakes.ssrf import RefusedDestination, callback_url_validate, url_redact
@@ -87,43 +90,69 @@ def intake_set_active(*, intake: Intake, active: bool, actor=None) -> bool:
 
 
 def intake_for_key(*, intake_id: str, key: ApiKey) -> Intake:
-    """The active intake this key may call, or the one 404 for every other case."""
-    pk = _parse_uuid(intake_id)
-    intake = Intake.objects.select_related("workflow").filter(pk=pk, active=True).first()
-    if intake is None or intake.org_id != key.org_id or not intake.workflow.active:
-        raise _not_found()
-    if key.kind == ApiKey.Kind.TEAM:
-        if intake.team_id != key.team_id:
-            raise _not_found()
-        return intake
-    memberships = Membership.objects.filter(user_id=key.user_id, org_id=key.org_id)
-    if intake.team_id is not None:
-        memberships = memberships.filter(teams=intake.team_id)
-    if not memberships.exists():
+    """The active intake this key may call, or the one 404 for every other case.
+
+    One hand-written query (intakes/lookup.py): intake, workflow, and the key's access
+    (a team key's team, or a personal key's membership of the org or the intake's team).
+    """
+    intake = intake_lookup(pk=_parse_uuid(intake_id), key=key)
+    if intake is None:
         raise _not_found()
     return intake
 
 
+@dataclass(frozen=True)
+class TriggerResult:
+    item: WorkItem
+    replayed: bool = False  # an Idempotency-Key matched an earlier accepted trigger
+    rate: ratelimit.RateLimitState | None = None
+
+
 def intake_trigger(*, intake: Intake, key: ApiKey, payload: Any, ip: str | None,
-                   correlation_id: str = "", callback_url: str = "") -> WorkItem:
-    """Accept one trigger: the item and its queue entry commit together, or not at all."""
+                   correlation_id: str = "", callback_url: str = "",
+                   idempotency_key: str | None = None) -> TriggerResult:
+    """Accept one trigger: the item, its queue entry, the idempotency record and the rate
+    counters commit together, or not at all."""
     if callback_url:
         callback_url_checked(callback_url)
+    claim = idempotency.idempotency_claim(key=key, header=idempotency_key, payload=payload)
+    for _ in range(2):  # a second pass only when an expired record was just deleted
+        now = timezone.now()
+        try:
+            return _trigger_once(intake=intake, key=key, payload=payload, ip=ip,
+                                 correlation_id=correlation_id, callback_url=callback_url,
+                                 claim=claim, now=now)
+        except IntegrityError:
+            if claim is None:
+                raise
+        except OperationalError as exc:
+            if claim is None or not idempotency.is_lock_timeout(exc):
+                raise
+            raise idempotency.idempotency_in_flight_error() from None
+        winner = idempotency.idempotency_winner(claim=claim, intake=intake, now=now)
+        if winner is not None:
+            return TriggerResult(item=winner, replayed=True)
+    raise idempotency.idempotency_in_flight_error()
+
+
+def _trigger_once(*, intake: Intake, key: ApiKey, payload: Any, ip: str | None,
+                  correlation_id: str, callback_url: str, claim, now) -> TriggerResult:
     with transaction.atomic():
         item = work_item_create(
             workflow=intake.workflow, intake=intake, input=payload, key=key, ip=ip,
-            correlation_id=correlation_id,
+            correlation_id=correlation_id, callback_url=callback_url, now=now,
         )
-        if callback_url:
-            # Same transaction, before the worker can see the item (it may finish at once).
-            item.callback_url = callback_url
-            item.save(update_fields=["callback_url"])
-        return item
+        if claim is not None:
+            idempotency.idempotency_bound_wait()
+            idempotency.idempotency_store(claim=claim, intake=intake, work_item_id=item.pk,
+                                          now=now)
+        rate = ratelimit.ratelimit_consume(intake=intake, key=key, now=now)
+    return TriggerResult(item=item, rate=rate)
 
 
 def work_item_for_key(*, intake: Intake, work_id: str) -> WorkItem:
     pk = _parse_uuid(work_id)
-    item = WorkItem.objects.select_related("workflow").filter(pk=pk, intake=intake).first()
+    item = work_item_lookup(pk=pk, intake=intake)
     if item is None:
         raise _not_found()
     return item

@@ -76,3 +76,55 @@ def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "con
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Gunicorn:
+    """`gunicorn auxot.wsgi` with the repository's gunicorn.conf.py, on the test database."""
+
+    def __init__(self, workers: int = 1, **env: str):
+        self.port = free_port()
+        self.env = process_env(WEB_CONCURRENCY=str(workers), **env)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "Gunicorn":
+        import socket
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "auxot.wsgi", "-b", f"127.0.0.1:{self.port}"],
+            cwd=ROOT, env=self.env, start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+
+        def listening():
+            with contextlib.suppress(OSError), socket.create_connection(
+                    ("127.0.0.1", self.port), timeout=0.5):
+                return True
+            return False
+
+        wait_for(listening, timeout=30, what="gunicorn to listen")
+        return self
+
+    def terminate(self) -> None:
+        """SIGTERM to the arbiter: graceful shutdown."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+
+    def stop(self) -> None:
+        self.terminate()
+        if self.proc:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(30)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)

@@ -45,13 +45,15 @@ def work_item_create(
     key=None,
     ip: str | None = None,
     correlation_id: str = "",
+    callback_url: str = "",
     now: datetime | None = None,
 ) -> WorkItem:
     """Store a new pending item and its queue entry. Call inside the caller's transaction."""
     now = now or timezone.now()
     item = WorkItem.objects.create(
         workflow=workflow, intake=intake, input=input, created_by_key=key, created_by_ip=ip,
-        correlation_id=correlation_id, created_at=now, next_run_at=now, enqueued_at=now,
+        correlation_id=correlation_id, callback_url=callback_url, created_at=now, next_run_at=now,
+        enqueued_at=now,
     )
     if settings.REDIS_URL:
         # Redis is not in our transaction: enqueue only what is committed (MEASURED.md).

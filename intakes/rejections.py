@@ -1,0 +1,107 @@
+"""`intake.rejected` audit rows: who was turned away at the intake endpoints, and why.
+
+Recorded: problem code, status, method, path's intake id, the key's lookup id when the
+token was well-formed, the client IP. Never the body, never the token.
+
+Volume is bounded per web process: at most AUXOT_REJECTION_AUDIT_PER_MINUTE rows a minute
+overall and AUXOT_REJECTION_AUDIT_PER_SOURCE per (IP, code). Rejections over the budget are
+counted, and the count is written as `suppressed` in the next row for that source, so a
+flood of 401s costs no more than a few rows a minute. A failing audit write is logged and
+dropped: it never turns the 4xx into a 500.
+"""
+
+import logging
+import threading
+import time
+from collections import Counter
+
+from django.conf import settings
+from django.db import DatabaseError, transaction
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from apikeys.tokens import token_parse
+from auxot.services import audit_record
+
+logger = logging.getLogger(__name__)
+
+AUDITED_STATUSES = frozenset({400, 401, 404, 411, 413, 415, 422, 429})
+EVENT = "intake.rejected"
+
+
+class _Budget:
+    """Per-process, per-minute write budget; thread-safe (gunicorn gthread workers)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._minute = -1
+        self._total = 0
+        self._per_source: Counter = Counter()
+        self._suppressed: Counter = Counter()
+
+    def take(self, source: tuple) -> int | None:
+        """The number suppressed since the last row for `source`, or None: over budget."""
+        minute = int(time.monotonic() // 60)
+        with self._lock:
+            if minute != self._minute:
+                self._minute, self._total = minute, 0
+                self._per_source.clear()
+            if (self._total >= settings.AUXOT_REJECTION_AUDIT_PER_MINUTE
+                    or self._per_source[source] >= settings.AUXOT_REJECTION_AUDIT_PER_SOURCE):
+                self._suppressed[source] += 1
+                return None
+            self._total += 1
+            self._per_source[source] += 1
+            return self._suppressed.pop(source, 0)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._minute = -1
+            self._suppressed.clear()
+
+
+budget = _Budget()
+
+
+def _lookup_id(request: Request) -> str:
+    key = getattr(request, "auth", None)
+    if key is not None:
+        return key.lookup_id
+    header = request.META.get("HTTP_AUTHORIZATION", "")
+    if header.startswith("Bearer ") and len(header) <= 512:
+        parsed = token_parse(header[len("Bearer "):])
+        if parsed is not None:
+            return parsed.lookup_id  # well-formed and checksummed: not a secret
+    return ""
+
+
+def intake_rejection_record(*, request: Request, response: Response, intake_id: str) -> None:
+    """Write one intake.rejected row (budget permitting). Never raises."""
+    data = response.data if isinstance(response.data, dict) else {}
+    code = str(data.get("code", "")) or str(response.status_code)
+    ip = request.META.get("REMOTE_ADDR") or None
+    suppressed = budget.take((ip, code))
+    if suppressed is None:
+        return
+    key = getattr(request, "auth", None)
+    extra = {"code": code, "status": response.status_code, "method": request.method,
+             "intake_id": intake_id[:64], "key_lookup_id": _lookup_id(request)}
+    if suppressed:
+        extra["suppressed"] = suppressed
+    try:
+        with transaction.atomic():
+            audit_record(event=EVENT, org=key.org if key is not None else None,
+                         actor_key_lookup=extra["key_lookup_id"], ip=ip, extra=extra)
+    except DatabaseError as exc:
+        logger.warning("could not record an intake rejection: %s", type(exc).__name__)
+
+
+class RejectionAuditMixin:
+    """For intake APIViews: audit every 4xx listed in AUDITED_STATUSES."""
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        if response.status_code in AUDITED_STATUSES:
+            intake_rejection_record(request=request, response=response,
+                                    intake_id=str(kwargs.get("intake_id", "")))
+        return response
