@@ -132,7 +132,7 @@ RETRY_AFTER = OpenApiParameter(
 WWW_AUTHENTICATE = _header("WWW-Authenticate", "`Bearer realm=\"auxot\"` on every 401.",
                            response=[401])
 RETRY_AFTER_ERRORS = OpenApiParameter(
-    "Retry-After", OpenApiTypes.INT, OpenApiParameter.HEADER, response=[429, 503],
+    "Retry-After", OpenApiTypes.INT, OpenApiParameter.HEADER, response=[409, 429, 503],
     description="Seconds to wait before retrying; nothing was accepted.")
 TRIGGER_HEADERS = [
     _header("Idempotency-Key", "Optional. Retrying a POST with the same key returns the first "
@@ -142,6 +142,15 @@ TRIGGER_HEADERS = [
     _header("Auxot-Callback-Url", "Optional: overrides the intake's callback URL for this work "
             "item; the finished item is POSTed there, signed (Standard Webhooks)."),
     _header("Location", "The poll URL (same as `status_url`).", response=[202]),
+    _header("Idempotent-Replayed", "`true` when this 202 replays the answer to an earlier "
+            "request with the same `Idempotency-Key` and body.", response=[202]),
+    OpenApiParameter("RateLimit-Limit", OpenApiTypes.INT, OpenApiParameter.HEADER,
+                     response=[202, 429], description="Accepted triggers allowed per window "
+                     "for the tighter of the key's and the intake's limits."),
+    OpenApiParameter("RateLimit-Remaining", OpenApiTypes.INT, OpenApiParameter.HEADER,
+                     response=[202, 429], description="Triggers left in the current window."),
+    OpenApiParameter("RateLimit-Reset", OpenApiTypes.INT, OpenApiParameter.HEADER,
+                     response=[202, 429], description="Seconds until the window resets."),
 ]
 WAIT = OpenApiParameter(
     "wait", OpenApiTypes.NUMBER, OpenApiParameter.QUERY, required=False,
@@ -163,6 +172,9 @@ _EXAMPLE_DETAILS = {
     "payload_too_large": "The body is larger than 1048576 bytes.",
     "unsupported_media_type": "Send the body as JSON with 'Content-Type: application/json'.",
     "rate_limited": "Too many requests for this key; retry after Retry-After seconds.",
+    "idempotency_in_flight": "A request with this Idempotency-Key is still being processed.",
+    "idempotency_key_reused": "This Idempotency-Key was used with a different body.",
+    "length_required": "Send a Content-Length header or a chunked body through gunicorn.",
     "database_unavailable": "The database is unavailable; nothing was accepted. Retry later.",
 }
 _STATUS_TEXT = {
@@ -170,10 +182,13 @@ _STATUS_TEXT = {
     401: "Missing, malformed, unknown, revoked or expired key (`WWW-Authenticate: Bearer`).",
     404: "Unknown, deactivated or not yours: one identical body, so nothing can be "
          "fingerprinted.",
-    409: "Conflict with the work item's current state.",
+    409: "Conflict: an earlier request with this `Idempotency-Key` is still in flight (retry "
+         "after `Retry-After`), or the work item's state does not allow the action.",
+    411: "A chunked body the server cannot read: send Content-Length.",
     413: "The body is too large.",
     415: "Not JSON, or not UTF-8.",
-    422: "The request failed validation.",
+    422: "The request failed validation, or an `Idempotency-Key` was reused with another "
+         "body.",
     429: "Rate limited: retry after `Retry-After` seconds.",
     503: "Nothing was accepted: retry after `Retry-After` seconds.",
 }
@@ -251,7 +266,7 @@ trigger_schema = extend_schema(
     request={"application/json": OpenApiTypes.ANY},
     responses={202: OpenApiResponse(TriggerAcceptedSerializer, description="Accepted and "
                                     "stored."),
-               **problems(400, 401, 404, 413, 415, 429, 503)},
+               **problems(400, 401, 404, 409, 411, 413, 415, 422, 429, 503)},
     examples=TRIGGER_EXAMPLES,
 )
 

@@ -100,6 +100,13 @@ def test_headers_are_documented(schema):
     assert {"Idempotency-Key", "Auxot-Correlation-Id", "Auxot-Callback-Url"} <= request_headers
     assert "Location" in trigger["responses"]["202"]["headers"]
     assert "Retry-After" in trigger["responses"]["503"]["headers"]
+    rate_headers = {"RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"}
+    assert rate_headers | {"Idempotent-Replayed"} <= set(trigger["responses"]["202"]["headers"])
+    assert rate_headers | {"Retry-After"} <= set(trigger["responses"]["429"]["headers"])
+    assert "Retry-After" in trigger["responses"]["409"]["headers"]
+    codes = {e["value"]["code"] for e in
+             trigger["responses"]["422"]["content"]["application/problem+json"]["examples"].values()}
+    assert "idempotency_key_reused" in codes
     poll = schema["paths"]["/v1/intake/{intake_id}/work/{work_id}"]["get"]
     assert {"Retry-After", "Auxot-Wait-Max"} <= set(poll["responses"]["200"]["headers"])
     assert any(p["name"] == "wait" and p["in"] == "query" for p in poll["parameters"])
