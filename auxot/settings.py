@@ -298,6 +298,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "PREPROCESSING_HOOKS": ["intakes.openapi.only_public_api"],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "intakes.openapi.link_trigger_to_poll",
+    ],
 }
 # ?wait=N on the poll: the longest N accepted, how often a waiting request rechecks, and how
 # many requests one web process lets wait at once (beyond that, wait is answered at once so

@@ -31,10 +31,9 @@ def _client_ip(request: Request) -> str | None:
 
 def _correlation_id(request: Request) -> str:
     value = request.headers.get("Auxot-Correlation-Id", "")
-    if len(value) > MAX_CORRELATION_ID or not value.isprintable():
-        raise ApplicationError(
-            f"Auxot-Correlation-Id must be printable and at most {MAX_CORRELATION_ID} characters."
-        )
+    if len(value) > MAX_CORRELATION_ID or not all(" " <= c <= "~" for c in value):
+        raise ApplicationError(f"Auxot-Correlation-Id must be printable ASCII and at most "
+                               f"{MAX_CORRELATION_ID} characters.")
     return value
 
 

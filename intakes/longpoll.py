@@ -10,7 +10,6 @@ thread and starve triggers.
 """
 
 import logging
-import re
 import threading
 import time
 import uuid
@@ -23,7 +22,6 @@ from workflows.models import WorkItem
 
 logger = logging.getLogger(__name__)
 
-_WAIT_RE = re.compile(r"^\d{1,4}(\.\d{1,3})?$")
 
 
 def wait_parse(raw: str | None) -> float | None:
@@ -31,7 +29,10 @@ def wait_parse(raw: str | None) -> float | None:
     if raw is None:
         return None
     cap = settings.AUXOT_LONG_POLL_MAX_SECONDS
-    value = float(raw) if _WAIT_RE.match(raw) else 0.0
+    try:
+        value = float(raw) if len(raw) <= 32 else 0.0  # any JSON-style number; NaN fails below
+    except ValueError:
+        value = 0.0
     if not 0 < value <= cap:
         raise ApplicationError(
             f"wait must be a number of seconds above 0 and at most {cap} (got {raw[:20]!r}); "

@@ -28,6 +28,23 @@ EXAMPLE_WORK_ID = "60c164c7-5a0e-4d3c-9a55-0f4d1c2b9e11"
 EXAMPLE_INTAKE_ID = "ed0fc80e-0d51-4c43-8f7a-3d6a8d6c2f10"
 
 
+def link_trigger_to_poll(result: dict, generator, request, public) -> dict:
+    """Postprocessing hook: the trigger's body is required, and an OpenAPI link leads from
+    the 202 to the poll of the same work item, so generated clients (and schemathesis'
+    stateful phase) can follow trigger -> poll."""
+    trigger = result.get("paths", {}).get("/v1/intake/{intake_id}", {}).get("post")
+    if trigger and "requestBody" in trigger:
+        trigger["requestBody"]["required"] = True  # no body at all is 400 empty_body
+    if trigger and "202" in trigger.get("responses", {}):
+        trigger["responses"]["202"]["links"] = {"PollWorkItem": {
+            "operationId": "work_item_get",
+            "parameters": {"intake_id": "$request.path.intake_id",
+                           "work_id": "$response.body#/work_id"},
+            "description": "Poll the accepted work item.",
+        }}
+    return result
+
+
 def only_public_api(endpoints: list) -> list:
     """Preprocessing hook: document the public /v1/ API only (not admin, not the docs)."""
     skip = ("/v1/schema", "/v1/docs", "/v1/problems/")
@@ -135,12 +152,27 @@ RETRY_AFTER_ERRORS = OpenApiParameter(
     "Retry-After", OpenApiTypes.INT, OpenApiParameter.HEADER, response=[409, 429, 503],
     description="Seconds to wait before retrying; nothing was accepted.")
 TRIGGER_HEADERS = [
-    _header("Idempotency-Key", "Optional. Retrying a POST with the same key returns the first "
-            "answer instead of starting the workflow twice."),
-    _header("Auxot-Correlation-Id", "Optional, printable, at most 200 characters: stored and "
-            "echoed as `correlation_id` in the poll body and the callback."),
-    _header("Auxot-Callback-Url", "Optional: overrides the intake's callback URL for this work "
-            "item; the finished item is POSTed there, signed (Standard Webhooks)."),
+    OpenApiParameter(
+        "Idempotency-Key", {"type": "string", "pattern": "^[\\x20-\\x7e]{1,255}$",
+                            "minLength": 1, "maxLength": 255},
+        OpenApiParameter.HEADER,
+        description="Optional, 1-255 printable ASCII characters. Retrying a POST with the same "
+        "key (and body) within 24 h returns the first answer instead of starting the workflow "
+        "twice; the same key with another body is 422."),
+    OpenApiParameter(
+        "Auxot-Correlation-Id", {"type": "string", "pattern": "^[\\x20-\\x7e]{0,200}$",
+                                 "maxLength": 200},
+        OpenApiParameter.HEADER,
+        description="Optional, printable ASCII, at most 200 characters: stored and echoed as "
+        "`correlation_id` in the poll body and the callback."),
+    OpenApiParameter(
+        "Auxot-Callback-Url", {"type": "string", "maxLength": 2000,
+                               "pattern": "^(https?://[^\\s/?#]+[^\\s]*)?$"},
+        OpenApiParameter.HEADER,
+        description="Optional: overrides the intake's callback URL for this work item; the "
+        "finished item is POSTed there, signed (Standard Webhooks). Empty: the intake's "
+        "default. A URL that does not parse or that the URL policy refuses (plain http where "
+        "not allowed, private or loopback addresses, a host that does not resolve) is 422."),
     _header("Location", "The poll URL (same as `status_url`).", response=[202]),
     _header("Idempotent-Replayed", "`true` when this 202 replays the answer to an earlier "
             "request with the same `Idempotency-Key` and body.", response=[202]),
@@ -153,7 +185,9 @@ TRIGGER_HEADERS = [
                      response=[202, 429], description="Seconds until the window resets."),
 ]
 WAIT = OpenApiParameter(
-    "wait", OpenApiTypes.NUMBER, OpenApiParameter.QUERY, required=False,
+    "wait", {"type": "number", "minimum": 0, "exclusiveMinimum": True,
+             "maximum": settings.AUXOT_LONG_POLL_MAX_SECONDS},
+    OpenApiParameter.QUERY, required=False,
     description="Long-poll: answer as soon as the item is terminal, or after this many "
     "seconds with its current state. 0 < wait <= the cap in `Auxot-Wait-Max` (30 by default); "
     "anything else is 400. The server may answer earlier when it is busy.")
@@ -166,7 +200,7 @@ WAIT_MAX = OpenApiParameter(
 _EXAMPLE_DETAILS = {
     "invalid_json": "Invalid JSON: duplicate key 'a'.",
     "empty_body": "The body is empty; send {} if the workflow needs no input.",
-    "invalid_request": "Auxot-Correlation-Id must be printable and at most 200 characters.",
+    "invalid_request": "Auxot-Correlation-Id must be printable ASCII and at most 200 characters.",
     "unauthorized": "Use 'Authorization: Bearer <key>': the word Bearer, one space, then the key.",
     "not_found": "No such intake or work item for this key.",
     "payload_too_large": "The body is larger than 1048576 bytes.",

@@ -67,11 +67,12 @@ def intake_create(
 
 
 def callback_url_checked(url: str) -> str:
-    """The SSRF URL policy as a 400 problem (for the header and the intake's setting)."""
+    """The URL policy as a 422 problem (for the header and the intake's setting): a URL that
+    does not parse is refused like one the SSRF policy refuses, never a 500."""
     try:
         return callback_url_validate(url)
-    except RefusedDestination as exc:
-        raise ApplicationError(str(exc), code="invalid_request") from None
+    except (RefusedDestination, ValueError) as exc:
+        raise ApplicationError(f"Callback URL refused: {exc}", code="validation_failed") from None
 
 
 def intake_set_active(*, intake: Intake, active: bool, actor=None) -> bool:

@@ -87,13 +87,14 @@ def test_trigger_header_overrides_the_callback_url(api, intake_a, member_token, 
                                   "last_status": None}
 
 
-@pytest.mark.parametrize("url", ["http://169.254.169.254/", "ftp://example.com/",
-                                 "http://0x7f000001/", "not a url"])
-def test_bad_callback_header_is_a_400_and_creates_nothing(api, intake_a, member_token, url):
+@pytest.mark.parametrize("url", ["http://169.254.169.254/", "http://0x7f000001/",
+                                 "ftp://example.com/", "not a url", "https://fK~[sz",
+                                 "http://:j`R6sw(m0hU_Es^"])
+def test_bad_callback_header_is_a_422_and_creates_nothing(api, intake_a, member_token, url):
     response = trigger(api, intake_a.pk, member_token, HTTP_AUXOT_CALLBACK_URL=url)
-    assert response.status_code == 400
+    assert response.status_code == 422
     assert response["Content-Type"] == "application/problem+json"
-    assert response.json()["code"] == "invalid_request"
+    assert response.json()["code"] == "validation_failed"
     assert WorkItem.objects.count() == 0
 
 
