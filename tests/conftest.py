@@ -86,3 +86,12 @@ def bearer(token: str) -> dict:
 def trigger(api: APIClient, intake_id, token: str, body=None, **extra):
     return api.post(f"/v1/intake/{intake_id}", data=body if body is not None else {"n": 1},
                     format="json", **bearer(token), **extra)
+
+
+@pytest.fixture
+def fake_server():
+    from tests.fakeserver import FakeServer
+
+    server = FakeServer().start()
+    yield server
+    server.stop()
