@@ -185,7 +185,9 @@ class Http(StepKind):
         if isinstance(built, Fail):
             return built
         method, url, headers, body = built
-        timeout = ctx.config.get("timeout_seconds", settings.AUXOT_HTTP_TIMEOUT_SECONDS)
+        # Never wait past the step's lease: another worker would take the item over.
+        timeout = min(ctx.config.get("timeout_seconds", settings.AUXOT_HTTP_TIMEOUT_SECONDS),
+                      ctx.timeout_seconds)
         response = _send(ctx, method, url, headers=headers, body=body, timeout=timeout,
                          code="http_retries_exhausted")
         if not isinstance(response, requests.Response):
