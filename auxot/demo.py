@@ -2,7 +2,7 @@
 
 import json
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -26,6 +26,7 @@ class Demo:
     password: str
     intake: Intake
     token: str
+    examples: list = field(default_factory=list)  # one per step kind (auxot/demo_steps.py)
 
 
 def _load_secrets() -> dict:
@@ -76,5 +77,9 @@ def demo_seed() -> Demo:
         key = ApiKey.objects.filter(org=org, label="Demo key", revoked_at__isnull=True).first()
         if key is None or not apikey_digest_matches(key, token):
             token = apikey_issue(org=org, label="Demo key", user=user, created_by=user).token
+        from auxot.demo_steps import demo_seed_step_examples
+
+        examples = demo_seed_step_examples(org=org, user=user)
     _save_secrets({"password": password, "token": token})
-    return Demo(org=org, username="admin", password=password, intake=intake, token=token)
+    return Demo(org=org, username="admin", password=password, intake=intake, token=token,
+                examples=examples)
