@@ -62,7 +62,7 @@ Web and worker are starting; Ctrl-C stops both.
             url = f"{base}/v1/intake/{example.intake.pk}"
             if example.active:
                 lines.append(f"  {example.kind:<9} curl -X POST {url} -H \"Authorization: "
-                             f"Bearer $KEY\" -H 'Content-Type: application/json' "
+                             f"Bearer {demo.token}\" -H 'Content-Type: application/json' "
                              f"-d '{example.body}'")
             else:
                 lines.append(f"  {example.kind:<9} inactive; enable it with: {AGENT_ENABLE}")
