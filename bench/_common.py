@@ -13,7 +13,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "auxot.settings")
-os.environ.setdefault("SECRET_KEY", "bench-only-secret-key")
+# Must match tests.processes.process_env: the broker signs tasks with SECRET_KEY.
+os.environ["SECRET_KEY"] = "test-only-secret-key"
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 
 
