@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "auxot.settings")
 # Must match tests.processes.process_env: the broker signs tasks with SECRET_KEY.
-os.environ["SECRET_KEY"] = "test-only-secret-key"
+os.environ["SECRET_KEY"] = "test-only-secret-key"  # noqa: S105
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 
 

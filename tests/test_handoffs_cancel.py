@@ -142,3 +142,17 @@ def test_admin_cancel_action(cast, client):
     item.refresh_from_db()
     assert item.error["code"] == "canceled"
     assert AuditEvent.objects.get(event="work_item.canceled").actor_user == cast.admin_a
+
+
+def test_unclaimed_item_with_live_worker_says_queued(cast, api, member_token):
+    from django.utils import timezone
+
+    from workflows.services import worker_heartbeat
+
+    intake = _intake(cast, [("transform", {"expression": "input"})])
+    work_id = trigger(api, intake.pk, member_token).json()["work_id"]
+    worker_heartbeat(name="host:1", started_at=timezone.now())
+    body = api.get(f"/v1/intake/{intake.pk}/work/{work_id}", **bearer(member_token)).json()
+    assert body["waiting_on"]["kind"] == "queue"
+    assert body["diagnosis"].startswith("Queued for ")
+    assert "a worker is running" in body["diagnosis"]
