@@ -2,7 +2,7 @@
 
 import json
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -36,6 +36,7 @@ class Demo:
     token: str
     signing_secret: str
     signing_secret_is_new: bool  # print it in full only when it was created or rotated
+    examples: list = field(default_factory=list)  # one per step kind (auxot/demo_steps.py)
 
 
 def _load_secrets() -> dict:
@@ -87,10 +88,14 @@ def demo_seed() -> Demo:
         if key is None or not apikey_digest_matches(key, token):
             token = apikey_issue(org=org, label="Demo key", user=user, created_by=user).token
         signing_secret, new_secret = _signing_secret(intake, stored, user)
+        from auxot.demo_steps import demo_seed_step_examples
+
+        examples = demo_seed_step_examples(org=org, user=user)
     _save_secrets({"password": password, "token": token,
                    "signing_secrets": {str(intake.pk): signing_secret}})
     return Demo(org=org, username="admin", password=password, intake=intake, token=token,
-                signing_secret=signing_secret, signing_secret_is_new=new_secret)
+                signing_secret=signing_secret, signing_secret_is_new=new_secret,
+                examples=examples)
 
 
 def _signing_secret(intake: Intake, stored: dict, user) -> tuple[str, bool]:

@@ -328,3 +328,15 @@ AUXOT_BENCH_CEILINGS = env_bool("AUXOT_BENCH_CEILINGS", False)
 # Django logs a WARNING line per 4xx: a flood of bad requests would flood the log.
 # Rejections at the intake endpoints are audited (budgeted) instead; 5xx still log.
 LOGGING["loggers"]["django.request"] = {"level": env_str("REQUEST_LOG_LEVEL", "ERROR")}
+# --- Step kinds: http, approval, agent (issue 3) ---------------------------------------
+# An http step's request timeout when its config names none.
+AUXOT_HTTP_TIMEOUT_SECONDS = env_float("AUXOT_HTTP_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+# Retries (http and agent): exponential backoff with jitter, base * 2^(attempt-1) capped,
+# never sooner than the server's Retry-After (itself capped).
+AUXOT_RETRY_BACKOFF_BASE_SECONDS = env_float("AUXOT_RETRY_BACKOFF_BASE_SECONDS", 2.0,
+                                             minimum=0.01)
+AUXOT_RETRY_BACKOFF_CAP_SECONDS = env_float("AUXOT_RETRY_BACKOFF_CAP_SECONDS", 300.0,
+                                            minimum=0.01)
+AUXOT_RETRY_AFTER_MAX_SECONDS = env_float("AUXOT_RETRY_AFTER_MAX_SECONDS", 3600.0, minimum=0)
+# An item waiting for a provider slot looks again this often (a release wakes it sooner).
+AUXOT_PROVIDER_RECHECK_SECONDS = env_float("AUXOT_PROVIDER_RECHECK_SECONDS", 2.0, minimum=0.1)

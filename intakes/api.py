@@ -12,10 +12,11 @@ from intakes.body import json_body
 from intakes.idempotency import HEADER as IDEMPOTENCY_HEADER
 from intakes.idempotency import idempotency_header_parse
 from intakes.longpoll import wait_parse, work_item_wait
-from intakes.openapi import trigger_schema, work_item_schema
+from intakes.openapi import approval_schema, cancel_schema, trigger_schema, work_item_schema
 from intakes.presenters import work_item_poll_view
 from intakes.rejections import RejectionAuditMixin
 from intakes.services import intake_for_key, intake_trigger, work_item_for_key
+from workflows.services import work_item_cancel, work_item_decide
 
 MAX_CORRELATION_ID = 200
 
@@ -75,3 +76,56 @@ class WorkItemDetailApi(RejectionAuditMixin, APIView):
         headers = {"Retry-After": str(view.retry_after)} if view.retry_after else {}
         headers["Auxot-Wait-Max"] = str(settings.AUXOT_LONG_POLL_MAX_SECONDS)
         return Response(view.body, headers=headers)
+
+
+# --- Work item actions (issue 3): approve/reject an approval step, cancel ----------------
+class WorkItemApprovalApi(RejectionAuditMixin, APIView):
+    """POST /v1/intake/{intake_id}/work/{work_id}/approval: {"decision", "comment"}.
+
+    Personal keys only (an approval is a person's decision; a team key gets 403); the
+    key's user must be an admin or member of the organization (auditors get 403).
+    """
+
+    @approval_schema
+    def post(self, request: Request, intake_id: str, work_id: str) -> Response:
+        intake = intake_for_key(intake_id=intake_id, key=request.auth)
+        item = work_item_for_key(intake=intake, work_id=work_id)
+        payload = json_body(request._request)
+        decision, comment = _decision(payload)
+        work_item_decide(item=item, decision=decision, comment=comment,
+                         user=request.auth.user, key=request.auth, ip=_client_ip(request))
+        item.refresh_from_db()
+        return Response(work_item_poll_view(item, intake=intake).body)
+
+
+def _decision(payload) -> tuple[str, str]:
+    if not isinstance(payload, dict) or payload.get("decision") not in ("approve", "reject"):
+        raise ApplicationError('Send {"decision": "approve" | "reject", "comment": "..."}.')
+    comment = payload.get("comment", "")
+    if comment is None:
+        comment = ""
+    if not isinstance(comment, str) or len(comment) > 2000:
+        raise ApplicationError("comment must be a string of at most 2000 characters.")
+    return payload["decision"], comment
+
+
+class WorkItemCancelApi(RejectionAuditMixin, APIView):
+    """POST /v1/intake/{intake_id}/work/{work_id}/cancel: end a non-terminal item.
+
+    Team keys may cancel work on their team's intakes; a personal key's user must be an
+    admin or member (auditors get 403). Body optional: {"reason": "..."}.
+    """
+
+    @cancel_schema
+    def post(self, request: Request, intake_id: str, work_id: str) -> Response:
+        intake = intake_for_key(intake_id=intake_id, key=request.auth)
+        item = work_item_for_key(intake=intake, work_id=work_id)
+        reason = ""
+        if request._request.body:
+            payload = json_body(request._request)
+            reason = payload.get("reason", "") if isinstance(payload, dict) else ""
+            if not isinstance(reason, str) or len(reason) > 500:
+                raise ApplicationError("reason must be a string of at most 500 characters.")
+        item = work_item_cancel(item=item, user=request.auth.user, key=request.auth,
+                                reason=reason, ip=_client_ip(request))
+        return Response(work_item_poll_view(item, intake=intake).body)

@@ -108,6 +108,16 @@ class _StepRow(serializers.Serializer):
     error = serializers.JSONField(allow_null=True)
 
 
+class ApprovalRequestSerializer(serializers.Serializer):
+    decision = serializers.ChoiceField(choices=["approve", "reject"])
+    comment = serializers.CharField(required=False, allow_blank=True, allow_null=True,
+                                    max_length=2000)
+
+
+class CancelRequestSerializer(serializers.Serializer):
+    reason = serializers.CharField(required=False, allow_blank=True, max_length=500)
+
+
 class WorkItemSerializer(serializers.Serializer):
     work_id = serializers.UUIDField()
     intake_id = serializers.UUIDField(allow_null=True)
@@ -331,3 +341,21 @@ def work_item_action_schema(*, operation_id: str, summary: str, description: str
                    **problems(*statuses)},
         examples=examples or [],
     )
+
+
+approval_schema = work_item_action_schema(
+    operation_id="work_item_approval",
+    summary="Approve or reject a waiting approval step",
+    description="For a work item waiting at an `approval` step. Personal keys only (a team key "
+    "gets 403: an approval is a person's decision); the key's user must be an admin or member "
+    "(auditors get 403). 409 when the item is not waiting for an approval. Reject fails the item "
+    "with code `rejected`.",
+    request=ApprovalRequestSerializer, statuses=(400, 401, 403, 404, 409, 415, 503),
+)
+cancel_schema = work_item_action_schema(
+    operation_id="work_item_cancel",
+    summary="Cancel a work item",
+    description="Ends a pending or running item as `failed` with code `canceled`; a running "
+    "step's result is discarded. Body optional. 409 when the item already finished.",
+    request=CancelRequestSerializer, statuses=(400, 401, 403, 404, 409, 415, 503),
+)

@@ -112,3 +112,10 @@ def cb_intake(cast, receiver):
                              name="Echo")
     return intake_create(org=cast.org_a, workflow=workflow, name="Callback intake",
                          created_by=cast.admin_a, callback_url=receiver.url_for("/hook?token=s3"))
+@pytest.fixture
+def fake_server():
+    from tests.fakeserver import FakeServer
+
+    server = FakeServer().start()
+    yield server
+    server.stop()

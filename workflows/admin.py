@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from workflows.admin_actions import WorkItemActionsMixin
 from workflows.models import Step, StepRun, Workflow, WorkItem
 
 
@@ -27,7 +28,7 @@ class StepRunInline(admin.TabularInline):
 
 
 @admin.register(WorkItem)
-class WorkItemAdmin(admin.ModelAdmin):
+class WorkItemAdmin(WorkItemActionsMixin, admin.ModelAdmin):
     list_display = ["id", "workflow", "intake", "status", "created_at", "finished_at"]
     list_filter = ["status", "workflow"]
     search_fields = ["id", "correlation_id"]

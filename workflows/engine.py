@@ -19,7 +19,9 @@ from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from workflows.handoffs import describe, violations
 from workflows.models import Step, StepRun, WorkItem
+from workflows.providers import provider_tickets_drop
 from workflows.signals import work_item_finished
 from workflows.steps import Complete, Fail, Outcome, StepContext, Wait, step_kind
 
@@ -126,14 +128,27 @@ def _attempt(run: _Run, step: Step) -> tuple[Outcome | None, StepRun | None]:
     now = timezone.now()
     latest = run.latest.get(step.pk)
     kind = step_kind(step.kind)
+    max_attempts = step.max_attempts or settings.AUXOT_STEP_MAX_ATTEMPTS
     ctx = StepContext(data=run.data(), config=step.config or {}, state={}, now=now,
                       step_name=step.name,
-                      idempotency_key=f"{run.item.pk}:{step.position}")
+                      idempotency_key=f"{run.item.pk}:{step.position}",
+                      max_attempts=max_attempts,
+                      timeout_seconds=step.timeout_seconds or settings.AUXOT_STEP_TIMEOUT_SECONDS,
+                      work_id=run.item.pk, org_id=run.item.workflow.org_id)
     if latest is not None and latest.status == StepRun.Status.WAITING:
         if run.guarded().update(next_run_at=_lease(step, now)) != 1:
             return None, None
-        ctx.state = latest.state
-        return kind.resume(ctx), latest
+        if latest.state.get("retry"):
+            # A backoff ran out: that attempt failed; the next one starts below.
+            StepRun.objects.filter(pk=latest.pk).update(
+                status=StepRun.Status.FAILED, finished_at=now,
+                error={"code": "retrying", "message": latest.state.get("reason", "")})
+            latest.status = StepRun.Status.FAILED
+        else:
+            # Running again: a worker that dies during the resume is counted as a crash.
+            StepRun.objects.filter(pk=latest.pk).update(status=StepRun.Status.RUNNING)
+            ctx.state, ctx.attempt = latest.state, latest.attempt
+            return _safely(kind.resume, ctx, run, step), latest
     if latest is not None and latest.status == StepRun.Status.RUNNING:
         # Its worker died (the lease ran out): count the attempt as crashed.
         StepRun.objects.filter(pk=latest.pk).update(
@@ -141,7 +156,6 @@ def _attempt(run: _Run, step: Step) -> tuple[Outcome | None, StepRun | None]:
             error={"code": "step_crashed", "message": "The worker stopped during this attempt."},
         )
     number = latest.attempt + 1 if latest is not None else 1
-    max_attempts = step.max_attempts or settings.AUXOT_STEP_MAX_ATTEMPTS
     if number > max_attempts:
         _fail(run, step, "step_crashed",
               f"Step '{step.name}' did not finish in {max_attempts} attempts; its worker "
@@ -154,11 +168,27 @@ def _attempt(run: _Run, step: Step) -> tuple[Outcome | None, StepRun | None]:
         started_at=now,
     )
     run.latest[step.pk] = attempt
+    ctx.attempt = number
+    return _safely(kind.execute, ctx, run, step), attempt
+
+
+def _safely(call, ctx: StepContext, run: _Run, step: Step) -> Outcome:
     try:
-        return kind.execute(ctx), attempt
+        outcome = call(ctx)
     except Exception as exc:  # a bug in a step kind must fail the item, not loop forever
         logger.exception("step %s of work item %s raised", step.pk, run.item.pk)
-        return Fail("step_error", f"{type(exc).__name__}: {exc}"), attempt
+        return Fail("step_error", f"{type(exc).__name__}: {exc}")
+    return _check_handoff(step, outcome)
+
+
+def _check_handoff(step: Step, outcome: Outcome) -> Outcome:
+    if not isinstance(outcome, Complete) or not step.output_schema:
+        return outcome
+    found = violations(outcome.output, step.output_schema)
+    if not found:
+        return outcome
+    return Fail("bad_handoff", f"Step '{step.name}' output {describe(found)}.",
+                {"pointer": found[0]["pointer"], "violations": found})
 
 
 def _store_outcome(run: _Run, step: Step, attempt: StepRun, outcome: Outcome) -> bool:
@@ -179,7 +209,8 @@ def _store_outcome(run: _Run, step: Step, attempt: StepRun, outcome: Outcome) ->
             ) == 1
             attempt.status, attempt.state = "waiting", outcome.detail
         else:
-            held = _fail(run, step, outcome.code, outcome.message)
+            held = _fail(run, step, outcome.code, outcome.message,
+                         extra=outcome.extra)
             attempt.status, attempt.finished_at = "failed", now
             attempt.error = {"code": outcome.code, "message": outcome.message}
         if not held:
@@ -192,8 +223,9 @@ def _store_outcome(run: _Run, step: Step, attempt: StepRun, outcome: Outcome) ->
     return held
 
 
-def _fail(run: _Run, step: Step, code: str, message: str) -> bool:
-    error = {"code": code, "message": message, "step": step.name, "step_position": step.position}
+def _fail(run: _Run, step: Step, code: str, message: str, extra: dict | None = None) -> bool:
+    error = {"code": code, "message": message, "step": step.name, "step_position": step.position,
+             **(extra or {})}
     return _finish(run, Status.FAILED, error=error)
 
 
@@ -206,6 +238,7 @@ def _finish(run: _Run, status: str, *, output: Any = None, error: dict | None = 
         )
         if changed == 1:
             item_id = run.item.pk
+            provider_tickets_drop(work_id=item_id)
             transaction.on_commit(lambda: _announce(item_id))
     return changed == 1
 

@@ -1,5 +1,7 @@
 import uuid
 
+from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
@@ -14,6 +16,11 @@ class Workflow(models.Model):
     description = models.TextField(blank=True)
     active = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
+    input_schema = models.JSONField(
+        null=True, blank=True,
+        help_text="Optional JSON Schema (Draft 2020-12) the trigger body must match; "
+                  "a violating POST gets 422 and creates no work item.",
+    )
 
     class Meta:
         constraints = [
@@ -23,11 +30,19 @@ class Workflow(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def clean(self) -> None:
+        from workflows.handoffs import schema_check
+
+        schema_check(self.input_schema, field="input_schema")
+
 
 class Step(models.Model):
     class Kind(models.TextChoices):
         TRANSFORM = "transform", "Transform (jmespath)"
         DELAY = "delay", "Delay"
+        HTTP = "http", "HTTP request"
+        APPROVAL = "approval", "Approval (human)"
+        AGENT = "agent", "Agent (AI provider)"
 
     workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="steps")
     position = models.PositiveIntegerField()
@@ -40,6 +55,11 @@ class Step(models.Model):
     max_attempts = models.PositiveIntegerField(
         null=True, blank=True, help_text="Empty: AUXOT_STEP_MAX_ATTEMPTS."
     )
+    output_schema = models.JSONField(
+        null=True, blank=True,
+        help_text="Optional JSON Schema this step's output must match; a violation fails "
+                  "the item with code bad_handoff.",
+    )
 
     class Meta:
         ordering = ["workflow", "position"]
@@ -49,6 +69,18 @@ class Step(models.Model):
 
     def __str__(self) -> str:
         return f"{self.position}. {self.name} ({self.kind})"
+
+    def clean(self) -> None:
+        from workflows.handoffs import schema_check
+        from workflows.steps import KINDS
+
+        kind = KINDS.get(self.kind)
+        if kind is None:
+            raise ValidationError({"kind": f"Unknown step kind {self.kind!r}."})
+        if not isinstance(self.config, dict):
+            raise ValidationError({"config": "config must be a JSON object."})
+        kind.validate_config(self.config)
+        schema_check(self.output_schema, field="output_schema")
 
 
 class WorkItem(models.Model):
@@ -163,3 +195,87 @@ class WorkerHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class Provider(models.Model):
+    """An OpenAI-compatible chat-completions endpoint, managed by admins.
+
+    The API key itself is never stored: `api_key_env` names the environment variable
+    (or Django setting) that holds it on the worker machines.
+    """
+
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="providers")
+    name = models.SlugField(max_length=80, help_text="Referenced by agent steps: "
+                            '{"provider": "<name>"}.')
+    base_url = models.URLField(max_length=500, help_text="e.g. https://api.openai.com/v1")
+    model = models.CharField(max_length=200)
+    api_key_env = models.CharField(
+        max_length=100, blank=True,
+        help_text="Name of the environment variable (or setting) holding the API key. "
+                  "Empty: no Authorization header.",
+    )
+    concurrency_limit = models.PositiveIntegerField(
+        default=4, help_text="Calls in flight at once; further items wait in arrival order.")
+    timeout_seconds = models.PositiveIntegerField(default=60)
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["org", "name"], name="provider_name_per_org")
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        if self.concurrency_limit is not None and self.concurrency_limit < 1:
+            raise ValidationError({"concurrency_limit": "At least 1."})
+        if self.api_key_env and not self.api_key_env.replace("_", "").isalnum():
+            raise ValidationError({"api_key_env": "A variable name: letters, digits, _."})
+
+
+class ProviderTicket(models.Model):
+    """A work item's place at a provider: queued in arrival order, or holding a slot.
+
+    A holder's slot is leased (`lease_until`): a SIGKILLed worker never releases it, so an
+    expired lease frees the slot by itself.
+    """
+
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="tickets")
+    work_item = models.OneToOneField("WorkItem", on_delete=models.CASCADE,
+                                     related_name="provider_ticket")
+    arrived_at = models.DateTimeField()
+    granted_at = models.DateTimeField(null=True, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["provider", "arrived_at"], name="ticket_arrival")]
+
+    def __str__(self) -> str:
+        return f"{self.provider} <- {self.work_item_id}"
+
+
+class Approval(models.Model):
+    """A decision on an approval step: who, when, what and why."""
+
+    class Decision(models.TextChoices):
+        APPROVE = "approve", "Approved"
+        REJECT = "reject", "Rejected"
+
+    work_item = models.ForeignKey("WorkItem", on_delete=models.CASCADE, related_name="approvals")
+    step = models.ForeignKey(Step, on_delete=models.PROTECT, related_name="approvals")
+    decision = models.CharField(max_length=8, choices=Decision.choices)
+    comment = models.TextField(blank=True)
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="+")
+    decided_via = models.CharField(max_length=100, blank=True)  # "admin" or "key <lookup>"
+    decided_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["work_item", "step"], name="one_decision_per_step")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.decision} by {self.decided_by} at {self.decided_at}"

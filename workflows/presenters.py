@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.utils import timezone
 
 from auxot.timefmt import iso
 from workflows.models import Step, StepRun, WorkItem
+from workflows.providers import provider_position
 from workflows.services import worker_last_seen
 
 HEARTBEAT_STALE = timedelta(seconds=60)
@@ -61,7 +63,15 @@ def _explain(item: WorkItem, steps: list[Step], now: datetime) -> tuple[dict | N
     if item.status == WorkItem.Status.FAILED:
         error = item.error or {}
         at = f" at step '{error['step']}'" if error.get("step") else ""
+        if error.get("code") == "bad_handoff":
+            found = error.get("violations") or []
+            what = "; ".join(
+                f"missing {v['pointer']}" if v["message"] == "is missing"
+                else f"{v['pointer']} {v['message']}" for v in found[:3]) or "invalid"
+            return None, f"Failed{at}: output {what} (bad handoff)."
         return None, f"Failed{at}: {error.get('message', 'no message')} ({error.get('code')})."
+    if item.waiting_on in _WAITS:
+        return _WAITS[item.waiting_on](item, step, where, now)
     if item.waiting_on == WorkItem.Waiting.DELAY:
         until = (item.waiting_detail or {}).get("until", "")
         waiting = {"kind": "delay", "since": iso(item.waiting_since), "until": until,
@@ -89,6 +99,52 @@ def _explain(item: WorkItem, steps: list[Step], now: datetime) -> tuple[dict | N
         {"kind": "queue", "since": iso(since)},
         f"Queued for {age} s; a worker is running and will claim it in turn.",
     )
+
+
+def _hhmm(moment: datetime | None) -> str:
+    return moment.strftime("%H:%M UTC") if moment else "?"
+
+
+def admin_change_url(item: WorkItem) -> str:
+    return f"{settings.AUXOT_PUBLIC_BASE_URL}/admin/workflows/workitem/{item.pk}/change/"
+
+
+def _wait_approval(item: WorkItem, step, where: str, now: datetime) -> tuple[dict, str]:
+    detail = item.waiting_detail or {}
+    link = admin_change_url(item)
+    waiting = {"kind": "approval", "since": iso(item.waiting_since),
+               "step": step.name if step else None, "deadline": detail.get("deadline"),
+               "instructions": detail.get("instructions", ""), "approve_url": link}
+    deadline = f" (deadline {detail['deadline']})" if detail.get("deadline") else ""
+    return waiting, (f"Waiting for approval at {where} since {_hhmm(item.waiting_since)}"
+                     f"{deadline}; approve it at {link}")
+
+
+def _wait_provider(item: WorkItem, step, where: str, now: datetime) -> tuple[dict, str]:
+    detail = provider_position(work_id=item.pk, now=now) or dict(item.waiting_detail or {})
+    ahead = detail.get("ahead", 0)
+    waiting = {"kind": "provider", "since": iso(item.waiting_since),
+               "step": step.name if step else None, **detail}
+    items = "item waits" if ahead == 1 else "items wait"
+    return waiting, (f"Provider '{detail.get('provider')}' is at its concurrency limit "
+                     f"({detail.get('limit')}); {ahead} {items} ahead of this one.")
+
+
+def _wait_backoff(item: WorkItem, step, where: str, now: datetime) -> tuple[dict, str]:
+    detail = item.waiting_detail or {}
+    waiting = {"kind": "backoff", "since": iso(item.waiting_since),
+               "step": step.name if step else None,
+               **{k: detail.get(k) for k in ("reason", "attempt", "max_attempts", "until")}}
+    return waiting, (f"Retrying {where} at {detail.get('until')} after {detail.get('reason')} "
+                     f"(attempt {detail.get('attempt')} of {detail.get('max_attempts')} "
+                     "failed); check the service it calls if this repeats.")
+
+
+_WAITS = {
+    WorkItem.Waiting.APPROVAL: _wait_approval,
+    WorkItem.Waiting.PROVIDER: _wait_provider,
+    WorkItem.Waiting.BACKOFF: _wait_backoff,
+}
 
 
 def _retry_after(item: WorkItem, now: datetime) -> int | None:

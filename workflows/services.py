@@ -9,7 +9,13 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from workflows.models import WorkerHeartbeat, Workflow, WorkItem
+from auxot.errors import ApplicationError, PermissionDeniedError
+from auxot.models import Membership
+from auxot.services import audit_record
+from workflows.handoffs import violations
+from workflows.models import Approval, Step, StepRun, WorkerHeartbeat, Workflow, WorkItem
+from workflows.providers import provider_tickets_drop
+from workflows.signals import work_item_finished
 
 logger = logging.getLogger(__name__)
 TASK = "workflows.tasks.work_item_run"
@@ -48,8 +54,13 @@ def work_item_create(
     callback_url: str = "",
     now: datetime | None = None,
 ) -> WorkItem:
-    """Store a new pending item and its queue entry. Call inside the caller's transaction."""
+    """Store a new pending item and its queue entry. Call inside the caller's transaction.
+
+    Raises a 422 ApplicationError listing every violation when the workflow declares an
+    input schema the input does not match; nothing is written then.
+    """
     now = now or timezone.now()
+    workflow_input_check(workflow=workflow, input=input)
     item = WorkItem.objects.create(
         workflow=workflow, intake=intake, input=input, created_by_key=key, created_by_ip=ip,
         correlation_id=correlation_id, callback_url=callback_url, created_at=now, next_run_at=now,
@@ -97,3 +108,109 @@ def worker_heartbeat(*, name: str | None = None, started_at: datetime, now=None)
 def worker_last_seen() -> datetime | None:
     beat = WorkerHeartbeat.objects.order_by("-seen_at").values_list("seen_at", flat=True).first()
     return beat
+
+
+def workflow_input_check(*, workflow: Workflow, input: Any) -> None:
+    found = violations(input, workflow.input_schema)
+    if found:
+        raise ApplicationError(
+            f"The body does not match the input schema of workflow '{workflow.name}' "
+            f"({len(found)} violation{'s' if len(found) != 1 else ''}).",
+            code="validation_failed", extra={"errors": found})
+
+
+def _actor_label(user, key) -> str:
+    if key is not None:
+        return f"key {key.display}"
+    return getattr(user, "username", "") or "system"
+
+
+def _require_role(*, org_id, user, key, action: str) -> None:
+    """Admins and members may act on work items; auditors only read."""
+    if user is None:
+        return
+    role = Membership.objects.filter(user=user, org_id=org_id).values_list(
+        "role", flat=True).first()
+    if role not in (Membership.Role.ADMIN, Membership.Role.MEMBER) and not (
+            role is None and user.is_superuser):
+        raise PermissionDeniedError(f"Only admins and members of the organization may {action}.")
+
+
+def work_item_decide(*, item: WorkItem, decision: str, comment: str = "", user=None, key=None,
+                     ip: str | None = None, now: datetime | None = None) -> Approval:
+    """Record an approve/reject on the approval step the item waits at, and wake it.
+
+    `user` is the person deciding (admin session or a personal key's owner). Team keys
+    cannot decide: an approval is a person's signature.
+    """
+    if decision not in Approval.Decision.values:
+        raise ApplicationError('decision must be "approve" or "reject".')
+    if user is None:
+        raise PermissionDeniedError("An approval needs a person: use a personal key or the admin.")
+    now = now or timezone.now()
+    _require_role(org_id=item.workflow.org_id, user=user, key=key, action="approve or reject")
+    with transaction.atomic():
+        locked = WorkItem.objects.select_for_update().get(pk=item.pk)
+        run = _waiting_approval(locked)
+        approval = Approval.objects.create(
+            work_item=locked, step=run.step, decision=decision, comment=comment, decided_by=user,
+            decided_via=f"key {key.display}" if key else "admin", decided_at=now)
+        run.state = {**run.state, "decision": decision, "decided_by": user.get_username(),
+                     "decided_at": now.isoformat(), "comment": comment}
+        run.save(update_fields=["state"])
+        WorkItem.objects.filter(pk=locked.pk, lease_token="").update(next_run_at=now)
+        audit_record(event=f"work_item.{'approved' if decision == 'approve' else 'rejected'}",
+                     org=locked.workflow.org, actor_user=user,
+                     actor_key_lookup=key.lookup_id if key else "",
+                     actor_label=_actor_label(user, key), obj=locked, ip=ip, now=now,
+                     extra={"step": run.step.name, "step_position": run.step.position,
+                            "comment": comment[:500]})
+    return approval
+
+
+def _waiting_approval(item: WorkItem) -> StepRun:
+    not_waiting = ApplicationError("This work item is not waiting for an approval.",
+                                   code="conflict")
+    if item.status != WorkItem.Status.RUNNING or item.waiting_on != WorkItem.Waiting.APPROVAL:
+        raise not_waiting
+    if item.lease_token:
+        raise not_waiting  # a worker is resuming it right now (its deadline came)
+    steps = list(Step.objects.filter(workflow_id=item.workflow_id))
+    step = steps[item.current_step]
+    run = (StepRun.objects.filter(work_item=item, step=step, status=StepRun.Status.WAITING)
+           .select_related("step").order_by("-attempt").first())
+    if run is None or Approval.objects.filter(work_item=item, step=step).exists():
+        raise not_waiting
+    return run
+
+
+def work_item_cancel(*, item: WorkItem, user=None, key=None, reason: str = "",
+                     ip: str | None = None, now: datetime | None = None) -> WorkItem:
+    """End a pending or running item as failed/canceled. A running step's result is
+    discarded: the engine stores results only while it holds the lease cleared here."""
+    now = now or timezone.now()
+    _require_role(org_id=item.workflow.org_id, user=user, key=key, action="cancel work")
+    who = _actor_label(user, key)
+    steps = list(Step.objects.filter(workflow_id=item.workflow_id))
+    step = steps[item.current_step] if item.current_step < len(steps) else None
+    error = {"code": "canceled", "message": f"Canceled by {who}" + (f": {reason}" if reason
+                                                                   else "."),
+             "step": step.name if step else None,
+             "step_position": step.position if step else None}
+    with transaction.atomic():
+        changed = WorkItem.objects.filter(pk=item.pk, status__in=WorkItem.ACTIVE).update(
+            status=WorkItem.Status.FAILED, error=error, finished_at=now, next_run_at=None,
+            lease_token="", waiting_on="", waiting_since=None, waiting_detail={})
+        if changed != 1:
+            raise ApplicationError("This work item has already finished.", code="conflict")
+        StepRun.objects.filter(work_item=item, status=StepRun.Status.WAITING).update(
+            status=StepRun.Status.DISCARDED, finished_at=now)
+        provider_tickets_drop(work_id=item.pk)
+        audit_record(event="work_item.canceled", org=item.workflow.org, actor_user=user,
+                     actor_key_lookup=key.lookup_id if key else "", actor_label=who, obj=item,
+                     ip=ip, now=now, extra={"reason": reason[:500]})
+        item_id = item.pk
+        transaction.on_commit(lambda: work_item_finished.send(
+            sender=WorkItem, work_item=WorkItem.objects.get(pk=item_id)))
+    item.refresh_from_db()
+    return item

@@ -1,7 +1,8 @@
 """Step kinds. Each kind validates its config and turns a context into an Outcome.
 
-A kind never touches the database: the engine stores what the outcome says. That keeps
-"exactly once per step" in one place (engine.py).
+A kind does not write step results: the engine stores what the outcome says. That keeps
+"exactly once per step" in one place (engine.py). The one exception is the agent kind's
+provider slot (providers.py), which must be taken and given back around the call.
 """
 
 from abc import ABC, abstractmethod
@@ -27,6 +28,11 @@ class StepContext:
     now: datetime
     step_name: str = ""
     idempotency_key: str = ""  # work id + step position, stable across attempts
+    attempt: int = 1
+    max_attempts: int = 1
+    timeout_seconds: int = 60  # the step's lease: a call must finish well inside it
+    work_id: Any = None
+    org_id: Any = None
 
 
 @dataclass
@@ -45,6 +51,7 @@ class Wait:
 class Fail:
     code: str
     message: str
+    extra: dict[str, Any] = field(default_factory=dict)  # merged into the item's error
 
 
 Outcome = Complete | Wait | Fail
@@ -114,9 +121,14 @@ class Delay(StepKind):
         return Wait(until, "delay", ctx.state)
 
 
+from workflows.kinds_remote import Agent, Approval, Http  # noqa: E402
+
 KINDS: dict[str, StepKind] = {
     "transform": Transform(),
     "delay": Delay(),
+    "http": Http(),
+    "approval": Approval(),
+    "agent": Agent(),
 }
 
 

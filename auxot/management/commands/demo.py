@@ -24,6 +24,7 @@ class Command(BaseCommand):
         demo = demo_seed()
         base = f"http://127.0.0.1:{options['port']}"
         self.stdout.write(self._instructions(base, demo))
+        self.stdout.write(self._examples(base, demo))
         if options["no_serve"]:
             return
         self._serve(options["port"])
@@ -75,6 +76,20 @@ Web and worker are starting; Ctrl-C stops both.
        -H "Auxot-Callback-Url: http://127.0.0.1:9000/hook"
      or for every item: {base}/admin/intakes/intake/{intake}/change/ -> Callback URL
 """
+
+    def _examples(self, base: str, demo) -> str:
+        from auxot.demo_steps import AGENT_ENABLE
+
+        lines = ["One example workflow per step kind (same key):", ""]
+        for example in demo.examples:
+            url = f"{base}/v1/intake/{example.intake.pk}"
+            if example.active:
+                lines.append(f"  {example.kind:<9} curl -X POST {url} -H \"Authorization: "
+                             f"Bearer {demo.token}\" -H 'Content-Type: application/json' "
+                             f"-d '{example.body}'")
+            else:
+                lines.append(f"  {example.kind:<9} inactive; enable it with: {AGENT_ENABLE}")
+        return "\n".join(lines) + "\n\n"
 
     def _serve(self, port: int) -> None:
         # Ctrl-C or a SIGTERM stops both children (also when SIGINT was inherited ignored).

@@ -1,0 +1,158 @@
+"""Handoff contracts (input and output schemas) and canceling work."""
+
+import pytest
+from django.core.exceptions import ValidationError
+
+from apikeys.services import apikey_issue
+from auxot.models import AuditEvent
+from intakes.services import intake_create
+from tests.conftest import bearer, make_workflow, trigger
+from workflows.engine import work_item_process
+from workflows.models import Step, StepRun, WorkItem
+from workflows.services import work_item_cancel
+
+SCHEMA = {"type": "object", "required": ["customer", "amount"],
+          "properties": {"customer": {"type": "string"},
+                         "amount": {"type": "number", "minimum": 0},
+                         "lines": {"type": "array", "items": {"type": "integer"}}}}
+
+
+def _intake(cast, steps, schema=None):
+    wf = make_workflow(cast.org_a, steps, name="Contract")
+    wf.input_schema = schema
+    wf.save()
+    return intake_create(org=cast.org_a, workflow=wf, name="contract")
+
+
+def test_input_violations_get_422_with_every_pointer_and_no_item(cast, api, member_token):
+    intake = _intake(cast, [("transform", {"expression": "input"})], SCHEMA)
+    response = trigger(api, intake.pk, member_token,
+                       body={"amount": -1, "lines": [1, "two"]})
+    assert response.status_code == 422
+    assert response["Content-Type"] == "application/problem+json"
+    body = response.json()
+    assert body["code"] == "validation_failed"
+    assert {e["pointer"] for e in body["errors"]} == {"/amount", "/customer", "/lines/1"}
+    assert not WorkItem.objects.exists()
+
+
+def test_valid_input_is_accepted(cast, api, member_token):
+    intake = _intake(cast, [("transform", {"expression": "input"})], SCHEMA)
+    assert trigger(api, intake.pk, member_token,
+                   body={"customer": "A", "amount": 3}).status_code == 202
+
+
+def test_invalid_schema_is_refused_when_saved(cast):
+    wf = make_workflow(cast.org_a, [], name="Bad")
+    wf.input_schema = {"type": "banana"}
+    with pytest.raises(ValidationError):
+        wf.full_clean()
+    step = Step(workflow=wf, position=1, name="s", kind="transform",
+                config={"expression": "input"}, output_schema={"required": "x"})
+    with pytest.raises(ValidationError):
+        step.full_clean()
+
+
+def test_output_violation_fails_bad_handoff_naming_step_and_pointer(cast, api, member_token):
+    intake = _intake(cast, [("transform", {"expression": "{name: input.name}"}),
+                            ("transform", {"expression": "previous"})])
+    Step.objects.filter(workflow=intake.workflow, position=1).update(
+        name="Enrich", output_schema={"type": "object", "required": ["customer"]})
+    work_id = trigger(api, intake.pk, member_token, body={"name": "x"}).json()["work_id"]
+    work_item_process(work_id=work_id, drain_seconds=0)
+    body = api.get(f"/v1/intake/{intake.pk}/work/{work_id}", **bearer(member_token)).json()
+    assert body["status"] == "failed"
+    assert body["error"]["code"] == "bad_handoff"
+    assert body["error"]["step"] == "Enrich"
+    assert body["error"]["pointer"] == "/customer"
+    assert body["diagnosis"] == "Failed at step 'Enrich': output missing /customer (bad handoff)."
+    assert [s["status"] for s in body["steps"]] == ["failed", "skipped"]
+
+
+def _cancel(api, intake, work_id, token):
+    return api.post(f"/v1/intake/{intake.pk}/work/{work_id}/cancel",
+                    data={"reason": "duplicate"}, format="json", **bearer(token))
+
+
+def test_cancel_pending_item_over_api(cast, api, member_token):
+    intake = _intake(cast, [("delay", {"seconds": 60})])
+    work_id = trigger(api, intake.pk, member_token).json()["work_id"]
+    response = _cancel(api, intake, work_id, member_token)
+    assert response.status_code == 200
+    assert response.json()["status"] == "failed"
+    assert response.json()["error"]["code"] == "canceled"
+    assert "duplicate" in response.json()["error"]["message"]
+    item = WorkItem.objects.get(pk=work_id)
+    assert item.next_run_at is None
+    event = AuditEvent.objects.get(event="work_item.canceled")
+    assert event.object_id == work_id and event.extra == {"reason": "duplicate"}
+    assert _cancel(api, intake, work_id, member_token).status_code == 409
+
+
+def test_cancel_parked_item_discards_its_wait(cast, api, member_token):
+    intake = _intake(cast, [("delay", {"seconds": 60})])
+    work_id = trigger(api, intake.pk, member_token).json()["work_id"]
+    work_item_process(work_id=work_id, drain_seconds=0)
+    assert _cancel(api, intake, work_id, member_token).status_code == 200
+    assert StepRun.objects.get(work_item_id=work_id).status == "discarded"
+
+
+def test_auditor_may_not_cancel_and_outsider_gets_404(cast, api, member_token):
+    intake = _intake(cast, [("delay", {"seconds": 60})])
+    work_id = trigger(api, intake.pk, member_token).json()["work_id"]
+    auditor = apikey_issue(org=cast.org_a, label="aud", user=cast.auditor_a).token
+    assert _cancel(api, intake, work_id, auditor).status_code == 403
+    outsider = apikey_issue(org=cast.org_b, label="out", user=cast.outsider_b).token
+    assert _cancel(api, intake, work_id, outsider).status_code == 404
+    assert WorkItem.objects.get(pk=work_id).status == "pending"
+
+
+def test_cancel_while_step_runs_discards_its_result(cast, monkeypatch):
+    wf = make_workflow(cast.org_a, [("transform", {"expression": "input"})])
+    from workflows import steps
+    from workflows.services import work_item_create
+
+    item = work_item_create(workflow=wf, input={"a": 1})
+    real = steps.Transform.execute
+
+    def canceled_meanwhile(self, ctx):
+        work_item_cancel(item=WorkItem.objects.get(pk=item.pk), user=cast.member_a)
+        return real(self, ctx)
+
+    monkeypatch.setattr(steps.Transform, "execute", canceled_meanwhile)
+    work_item_process(work_id=item.pk, drain_seconds=0)
+    item.refresh_from_db()
+    assert (item.status, item.error["code"], item.output) == ("failed", "canceled", None)
+    assert StepRun.objects.get(work_item=item).status == "discarded"
+
+
+def test_admin_cancel_action(cast, client):
+    from django.contrib.auth.models import Permission
+
+    wf = make_workflow(cast.org_a, [("delay", {"seconds": 60})])
+    from workflows.services import work_item_create
+
+    item = work_item_create(workflow=wf, input={})
+    cast.admin_a.user_permissions.add(*Permission.objects.filter(
+        codename__in=["view_workitem", "change_workitem"]))
+    client.force_login(cast.admin_a)
+    response = client.post("/admin/workflows/workitem/", {
+        "action": "cancel_selected", "_selected_action": [str(item.pk)]})
+    assert response.status_code == 302
+    item.refresh_from_db()
+    assert item.error["code"] == "canceled"
+    assert AuditEvent.objects.get(event="work_item.canceled").actor_user == cast.admin_a
+
+
+def test_unclaimed_item_with_live_worker_says_queued(cast, api, member_token):
+    from django.utils import timezone
+
+    from workflows.services import worker_heartbeat
+
+    intake = _intake(cast, [("transform", {"expression": "input"})])
+    work_id = trigger(api, intake.pk, member_token).json()["work_id"]
+    worker_heartbeat(name="host:1", started_at=timezone.now())
+    body = api.get(f"/v1/intake/{intake.pk}/work/{work_id}", **bearer(member_token)).json()
+    assert body["waiting_on"]["kind"] == "queue"
+    assert body["diagnosis"].startswith("Queued for ")
+    assert "a worker is running" in body["diagnosis"]

@@ -1,0 +1,135 @@
+"""The agent step: OpenAI-compatible calls, prompt templates, JSON mode, and a provider
+concurrency limit that parks items (holding no worker) and starts them in arrival order."""
+
+from datetime import timedelta
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+
+from tests.conftest import make_workflow
+from tests.fakeserver import Reply, chat
+from workflows.engine import work_item_process
+from workflows.kinds_remote import render_template
+from workflows.models import Provider, ProviderTicket, Step
+from workflows.presenters import work_item_view
+from workflows.providers import provider_slot_acquire
+from workflows.services import work_item_create
+
+
+def _run(item):
+    work_item_process(work_id=item.pk, drain_seconds=0)
+    item.refresh_from_db()
+    return item
+
+
+@pytest.fixture
+def provider(cast, fake_server, monkeypatch):
+    monkeypatch.setenv("FAKE_AI_KEY", "sk-test-123")
+    return Provider.objects.create(org=cast.org_a, name="openai-main", base_url=fake_server.url
+                                   + "/v1", model="gpt-test", api_key_env="FAKE_AI_KEY",
+                                   concurrency_limit=1, timeout_seconds=5)
+
+
+def _agent(cast, **config):
+    return make_workflow(cast.org_a, [("agent", {"provider": "openai-main",
+                                                 "prompt": "Summarize {{ input.text }}",
+                                                 **config})], name="Summarize")
+
+
+def test_agent_calls_provider_with_rendered_prompt(cast, provider, fake_server):
+    wf = _agent(cast, system="You help {{ input.who }}.")
+    item = _run(work_item_create(workflow=wf, input={"text": "the ticket", "who": "agents"}))
+    assert item.status == "completed", item.error
+    assert item.output["content"] == "echo: Summarize the ticket"
+    [request] = fake_server.requests
+    assert request["path"] == "/v1/chat/completions"
+    assert request["json"]["model"] == "gpt-test"
+    assert request["json"]["messages"][0] == {"role": "system", "content": "You help agents."}
+    assert request["headers"]["Authorization"] == "Bearer sk-test-123"
+    assert request["headers"]["Idempotency-Key"] == f"{item.pk}:1"
+    assert not ProviderTicket.objects.exists()  # the slot was given back
+
+
+def test_json_mode_parses_the_answer(cast, provider, fake_server):
+    fake_server.script = [Reply(200, chat('{"priority": "high"}'))]
+    item = _run(work_item_create(workflow=_agent(cast, json_output=True), input={"text": "x"}))
+    assert item.output["json"] == {"priority": "high"}
+    assert fake_server.requests[0]["json"]["response_format"] == {"type": "json_object"}
+
+
+def test_json_mode_with_non_json_answer_fails(cast, provider, fake_server):
+    fake_server.script = [Reply(200, chat("sure! here you go"))]
+    item = _run(work_item_create(workflow=_agent(cast, json_output=True), input={"text": "x"}))
+    assert item.error["code"] == "bad_agent_output"
+
+
+def test_rate_limited_provider_backs_off(cast, provider, fake_server):
+    fake_server.script = [Reply(429, {"error": "slow down"}, {"Retry-After": "30"})]
+    item = _run(work_item_create(workflow=_agent(cast), input={"text": "x"}))
+    assert item.waiting_on == "backoff"
+    assert "HTTP 429" in item.waiting_detail["reason"]
+    assert not ProviderTicket.objects.exists()  # no slot held during the backoff
+
+
+def test_saturated_provider_parks_items_in_arrival_order(cast, provider, fake_server,
+                                                         settings):
+    settings.AUXOT_PROVIDER_RECHECK_SECONDS = 60
+    provider.concurrency_limit = 1
+    provider.save()
+    wf = _agent(cast)
+    holder = work_item_create(workflow=wf, input={"text": "h"})
+    now = timezone.now()
+    assert provider_slot_acquire(provider=provider, work_id=holder.pk, now=now,
+                                 lease_seconds=30).granted  # a call in flight elsewhere
+    first = _run(work_item_create(workflow=wf, input={"text": "a"}))
+    second = _run(work_item_create(workflow=wf, input={"text": "b"}))
+    assert (first.waiting_on, second.waiting_on) == ("provider", "provider")
+    assert first.lease_token == "" and fake_server.requests == []
+    body = work_item_view(second).body
+    assert body["waiting_on"]["kind"] == "provider"
+    assert body["waiting_on"]["limit"] == 1 and body["waiting_on"]["ahead"] == 1
+    assert body["diagnosis"] == ("Provider 'openai-main' is at its concurrency limit (1); "
+                                 "1 item waits ahead of this one.")
+    # The holder finishes: only the first in line is woken, and it runs.
+    holder = _run(holder)
+    assert holder.status == "completed"
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert first.next_run_at <= timezone.now() < second.next_run_at
+    assert _run(second).waiting_on == "provider"  # a later arrival does not jump the line
+    assert _run(first).status == "completed"
+    assert _run(second).status == "completed"
+
+
+def test_dead_holders_slot_frees_when_its_lease_expires(cast, provider, time_machine):
+    wf = _agent(cast)
+    dead = work_item_create(workflow=wf, input={"text": "d"})
+    assert provider_slot_acquire(provider=provider, work_id=dead.pk, now=timezone.now(),
+                                 lease_seconds=5).granted
+    waiting = _run(work_item_create(workflow=wf, input={"text": "w"}))
+    assert waiting.waiting_on == "provider"
+    # The holder's worker was SIGKILLed: nothing releases the slot, but its lease runs out.
+    # Its item keeps its place at the front of the line for its next attempt.
+    time_machine.move_to(timezone.now() + timedelta(seconds=60))
+    assert _run(waiting).waiting_on == "provider"
+    assert _run(dead).status == "completed"
+    assert _run(waiting).status == "completed"
+
+
+def test_template_is_data_only():
+    data = {"input": {"a": {"b": [1, 2]}, "s": "x"}}
+    assert render_template("{{ input.s }} {{input.a}}", data) == 'x {"b": [1, 2]}'
+    assert render_template("{input.__class__}", data) == "{input.__class__}"
+
+
+@pytest.mark.parametrize("config", [
+    {"prompt": "x"},
+    {"provider": "p", "prompt": ""},
+    {"provider": "p", "prompt": "{{ input.[ }}"},
+    {"provider": "p", "prompt": "x", "json_output": "yes"},
+])
+def test_bad_agent_config_is_refused_when_saved(cast, config):
+    wf = make_workflow(cast.org_a, [])
+    with pytest.raises(ValidationError):
+        Step(workflow=wf, position=1, name="Ask", kind="agent", config=config).full_clean()

@@ -1,0 +1,131 @@
+"""The http step: requests built from expressions, secrets from the environment,
+retries as backoff waits (no worker held), Retry-After, no retry on other 4xx."""
+
+from datetime import timedelta
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+
+from tests.conftest import make_workflow
+from tests.fakeserver import Reply
+from workflows.engine import work_item_process
+from workflows.models import Step, StepRun
+from workflows.presenters import work_item_view
+from workflows.services import work_item_create, work_items_wake
+
+
+def _run(item):
+    work_item_process(work_id=item.pk, drain_seconds=0)
+    item.refresh_from_db()
+    return item
+
+
+def _http(server, **extra):
+    return {"method": "POST", "url": f"{server.url}/hook",
+            "headers": {"X-Ticket": "input.ticket"}, "body": "{customer: input.customer}",
+            **extra}
+
+
+def test_http_step_sends_built_request_and_stores_response(cast, fake_server, monkeypatch):
+    monkeypatch.setenv("CRM_TOKEN", "s3cret-value")
+    fake_server.script = [Reply(201, {"id": 7}, {"ETag": "abc", "X-Other": "no"})]
+    wf = make_workflow(cast.org_a, [("http", _http(fake_server, secret_headers={
+        "Authorization": {"env": "CRM_TOKEN", "prefix": "Bearer "}}))])
+    item = _run(work_item_create(workflow=wf, input={"ticket": "T-1", "customer": "Acme"}))
+    assert item.status == "completed"
+    assert item.output == {"status": 201, "json": {"id": 7},
+                           "headers": {"content-type": "application/json", "etag": "abc"}}
+    [request] = fake_server.requests
+    assert request["json"] == {"customer": "Acme"}
+    assert request["headers"]["X-Ticket"] == "T-1"
+    assert request["headers"]["Authorization"] == "Bearer s3cret-value"
+    assert request["headers"]["Idempotency-Key"] == f"{item.pk}:1"
+    assert "s3cret" not in str(Step.objects.get(workflow=wf).config)
+
+
+def test_5xx_waits_in_backoff_then_retries_with_same_idempotency_key(
+        cast, fake_server, time_machine):
+    fake_server.script = [Reply(503, {"busy": True})]
+    wf = make_workflow(cast.org_a, [("http", _http(fake_server))])
+    item = _run(work_item_create(workflow=wf, input={"ticket": "T", "customer": "C"}))
+    assert item.status == "running"
+    assert item.waiting_on == "backoff"
+    assert item.lease_token == ""  # no worker held during the backoff
+    body = work_item_view(item).body
+    assert body["waiting_on"]["kind"] == "backoff"
+    assert body["waiting_on"]["attempt"] == 1
+    assert "Retrying step 1 'http 1'" in body["diagnosis"]
+    assert "HTTP 503" in body["diagnosis"]
+    assert "attempt 1 of 3" in body["diagnosis"]
+    time_machine.move_to(timezone.now() + timedelta(seconds=400))
+    assert work_items_wake() == 1
+    item = _run(item)
+    assert item.status == "completed"
+    keys = {r["headers"]["Idempotency-Key"] for r in fake_server.requests}
+    assert keys == {f"{item.pk}:1"}
+    assert list(StepRun.objects.filter(work_item=item).values_list("attempt", "status")) == [
+        (1, "failed"), (2, "completed")]
+    assert work_item_view(item).body["steps"][0]["attempts"] == 2
+
+
+def test_retry_after_is_honoured(cast, fake_server):
+    fake_server.script = [Reply(429, {}, {"Retry-After": "120"})]
+    wf = make_workflow(cast.org_a, [("http", _http(fake_server))])
+    before = timezone.now()
+    item = _run(work_item_create(workflow=wf, input={}))
+    assert item.waiting_on == "backoff"
+    assert item.next_run_at >= before + timedelta(seconds=119)
+
+
+def test_client_error_is_not_retried(cast, fake_server):
+    fake_server.script = [Reply(404, {"error": "nope"})]
+    wf = make_workflow(cast.org_a, [("http", _http(fake_server))])
+    item = _run(work_item_create(workflow=wf, input={}))
+    assert item.status == "failed"
+    assert item.error["code"] == "http_error"
+    assert "404" in item.error["message"]
+    assert len(fake_server.requests) == 1
+
+
+def test_retries_exhausted_fail_with_clear_code(cast, fake_server, time_machine):
+    fake_server.script = [Reply(500), Reply(500)]
+    wf = make_workflow(cast.org_a, [("http", _http(fake_server))])
+    Step.objects.filter(workflow=wf).update(max_attempts=2)
+    item = _run(work_item_create(workflow=wf, input={}))
+    time_machine.move_to(timezone.now() + timedelta(seconds=400))
+    item = _run(item)
+    assert item.status == "failed"
+    assert item.error["code"] == "http_retries_exhausted"
+    assert "2 attempts" in item.error["message"]
+
+
+def test_connection_refused_is_retried(cast, time_machine):
+    wf = make_workflow(cast.org_a, [("http", {"url": "http://127.0.0.1:9/x"})])
+    item = _run(work_item_create(workflow=wf, input={}))
+    assert item.waiting_on == "backoff"
+    assert "ConnectionError" in item.waiting_detail["reason"]
+
+
+def test_missing_secret_fails_without_leaking(cast, fake_server, monkeypatch):
+    monkeypatch.delenv("NOT_SET_TOKEN", raising=False)
+    wf = make_workflow(cast.org_a, [("http", _http(fake_server, secret_headers={
+        "Authorization": {"env": "NOT_SET_TOKEN"}}))])
+    item = _run(work_item_create(workflow=wf, input={}))
+    assert item.error["code"] == "missing_secret"
+    assert fake_server.requests == []
+
+
+@pytest.mark.parametrize("config", [
+    {"url": "ftp://x"},
+    {"url": "https://x", "url_expression": "input.u"},
+    {"url": "https://x", "headers": {"A": "input.["}},
+    {"url": "https://x", "secret_headers": {"Authorization": "Bearer literal-secret"}},
+    {"url": "https://x", "method": "TRACE"},
+    {"url": "https://x", "timeout_seconds": 0},
+])
+def test_bad_http_config_is_refused_when_saved(cast, config):
+    wf = make_workflow(cast.org_a, [])
+    step = Step(workflow=wf, position=1, name="Call", kind="http", config=config)
+    with pytest.raises(ValidationError):
+        step.full_clean()

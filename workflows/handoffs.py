@@ -1,0 +1,66 @@
+"""Contracts between steps: JSON Schemas for a workflow's input and each step's output."""
+
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+MAX_VIOLATIONS = 50
+
+
+def schema_check(schema: Any, *, field: str) -> None:
+    """Raise ValidationError unless `schema` is empty or a valid Draft 2020-12 schema."""
+    if schema in (None, {}):
+        return
+    if not isinstance(schema, dict | bool):
+        raise ValidationError({field: "A JSON Schema must be an object (or true/false)."})
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        where = _pointer(list(exc.path)) or "/"
+        raise ValidationError({field: f"Not a valid JSON Schema at {where}: {exc.message}"}) \
+            from None
+
+
+def _escape(part: Any) -> str:
+    return str(part).replace("~", "~0").replace("/", "~1")
+
+
+def _pointer(path: list) -> str:
+    return "".join(f"/{_escape(part)}" for part in path)
+
+
+def violations(instance: Any, schema: Any) -> list[dict[str, str]]:
+    """Every violation as {"pointer", "message"}, in document order.
+
+    A missing required property is reported at its own pointer (/customer), not at its
+    parent, so "output missing /customer" names the field a caller must add.
+    """
+    if schema in (None, {}):
+        return []
+    found = []
+    validator = Draft202012Validator(schema)
+    for error in validator.iter_errors(instance):
+        path = list(error.absolute_path)
+        if error.validator == "required":
+            missing = [name for name in error.validator_value
+                       if isinstance(error.instance, dict) and name not in error.instance]
+            for name in missing:
+                found.append({"pointer": _pointer([*path, name]), "message": "is missing"})
+            continue
+        found.append({"pointer": _pointer(path) or "/", "message": error.message})
+    found.sort(key=lambda v: v["pointer"])
+    return found[:MAX_VIOLATIONS]
+
+
+def describe(found: list[dict[str, str]]) -> str:
+    """One phrase: 'missing /customer' or '/age: -1 is less than the minimum of 0'."""
+    parts = []
+    for v in found[:3]:
+        if v["message"] == "is missing":
+            parts.append(f"missing {v['pointer']}")
+        else:
+            parts.append(f"{v['pointer']}: {v['message']}")
+    more = f" (and {len(found) - 3} more)" if len(found) > 3 else ""
+    return "; ".join(parts) + more

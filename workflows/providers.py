@@ -1,0 +1,103 @@
+"""Provider concurrency: a ticket per work item, granted in arrival order, leased.
+
+A work item takes a ticket when its agent step first asks for the provider; `arrived_at`
+fixes its place in line. A ticket is granted when fewer than `limit` tickets are held and
+nobody who arrived earlier still waits. A held ticket carries a lease (the step's
+timeout): a worker that is SIGKILLed never releases it, so an expired lease counts as free
+and its item keeps its place at the front of the line for its next attempt.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from workflows.models import Provider, ProviderTicket, WorkItem
+
+
+@dataclass
+class Slot:
+    granted: bool
+    provider: str
+    limit: int
+    in_flight: int
+    ahead: int
+
+    def detail(self) -> dict:
+        return {"provider": self.provider, "limit": self.limit, "in_flight": self.in_flight,
+                "ahead": self.ahead}
+
+
+def provider_find(*, org_id, name: str) -> Provider | None:
+    return Provider.objects.filter(org_id=org_id, name=name, active=True).first()
+
+
+def _held(provider: Provider, now: datetime):
+    return ProviderTicket.objects.filter(provider=provider, granted_at__isnull=False,
+                                         lease_until__gt=now)
+
+
+def _ahead_of(ticket: ProviderTicket, now: datetime) -> int:
+    """Tickets that arrived earlier and are not holding a live slot."""
+    earlier = Q(arrived_at__lt=ticket.arrived_at) | Q(arrived_at=ticket.arrived_at,
+                                                      pk__lt=ticket.pk)
+    waiting = Q(granted_at__isnull=True) | Q(lease_until__lte=now)
+    return ProviderTicket.objects.filter(provider_id=ticket.provider_id).filter(
+        earlier, waiting).count()
+
+
+def provider_slot_acquire(*, provider: Provider, work_id, now: datetime,
+                          lease_seconds: int) -> Slot:
+    lease_until = now + timedelta(seconds=lease_seconds + settings.AUXOT_LEASE_GRACE_SECONDS)
+    with transaction.atomic():
+        # Serialize grants per provider (SQLite's IMMEDIATE transactions already do).
+        Provider.objects.select_for_update().filter(pk=provider.pk).first()
+        ticket, _ = ProviderTicket.objects.get_or_create(
+            work_item_id=work_id, defaults={"provider": provider, "arrived_at": now})
+        in_flight = _held(provider, now).exclude(pk=ticket.pk).count()
+        ahead = _ahead_of(ticket, now)
+        if in_flight + ahead < provider.concurrency_limit:
+            ProviderTicket.objects.filter(pk=ticket.pk).update(
+                granted_at=now, lease_until=lease_until)
+            return Slot(True, provider.name, provider.concurrency_limit, in_flight + 1, 0)
+    return Slot(False, provider.name, provider.concurrency_limit, in_flight, ahead)
+
+
+def provider_slot_release(*, provider: Provider, work_id, now: datetime | None = None) -> None:
+    """Give the slot back and wake the next items in line (the ticker enqueues them)."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        ProviderTicket.objects.filter(work_item_id=work_id).delete()
+        provider_wake_next(provider=provider, now=now)
+
+
+def provider_wake_next(*, provider: Provider, now: datetime) -> int:
+    free = provider.concurrency_limit - _held(provider, now).count()
+    if free <= 0:
+        return 0
+    line = ProviderTicket.objects.filter(provider=provider).filter(
+        Q(granted_at__isnull=True) | Q(lease_until__lte=now)).order_by("arrived_at", "pk")
+    ids = list(line.values_list("work_item_id", flat=True)[:free])
+    return WorkItem.objects.filter(pk__in=ids, waiting_on=WorkItem.Waiting.PROVIDER,
+                                   lease_token="").update(next_run_at=now)
+
+
+def provider_tickets_drop(*, work_id) -> None:
+    """A finished or canceled item leaves the line (and frees its slot)."""
+    ticket = ProviderTicket.objects.select_related("provider").filter(work_item_id=work_id).first()
+    if ticket is not None:
+        provider_slot_release(provider=ticket.provider, work_id=work_id)
+
+
+def provider_position(*, work_id, now: datetime | None = None) -> dict | None:
+    """For the poll: the item's provider, its limit, what is in flight and who is ahead."""
+    now = now or timezone.now()
+    ticket = ProviderTicket.objects.select_related("provider").filter(work_item_id=work_id).first()
+    if ticket is None:
+        return None
+    provider = ticket.provider
+    return Slot(False, provider.name, provider.concurrency_limit,
+                _held(provider, now).count(), _ahead_of(ticket, now)).detail()
