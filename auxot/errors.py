@@ -6,7 +6,7 @@ own exceptions and database outages in the same shape.
 
 import logging
 
-from django.db import DatabaseError
+from django.db import DataError, InterfaceError, OperationalError
 from django.http import JsonResponse
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
@@ -117,7 +117,11 @@ _DRF_CODES = {
 def exception_handler(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, ApplicationError):
         return problem_response(exc.code, exc.detail, extra=exc.extra, headers=exc.headers)
-    if isinstance(exc, DatabaseError):
+    if isinstance(exc, DataError):
+        # A value the database refuses is bad input, not an outage (and never a 500).
+        logger.warning("database refused a value: %s", exc)
+        return problem_response("invalid_request", "A value in the request cannot be stored.")
+    if isinstance(exc, OperationalError | InterfaceError):
         # A 202 is a promise that the item is stored: never fake one when we cannot store.
         logger.error("database unavailable: %s", type(exc).__name__)
         return problem_response(

@@ -9,6 +9,8 @@ Rules (documented in the README):
 - UTF-8 without a BOM.
 - Standard JSON only: NaN/Infinity, duplicate object keys, numbers over 1,000 digits and
   nesting deeper than 64 levels are 400 `invalid_json`.
+- Strings that cannot be stored: `\u0000` (PostgreSQL's jsonb refuses it) and unpaired
+  UTF-16 surrogates such as `\ud800` (not Unicode text) are 400 `invalid_json`.
 """
 
 import json
@@ -51,6 +53,28 @@ def _number(text: str) -> int | float:
     if math.isinf(value):
         raise _Reject(f"the number {text[:20]} is out of range")
     return value
+
+
+def _check_string(text: str) -> None:
+    if "\x00" in text:
+        raise _Reject("a string contains \\u0000, which cannot be stored")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _Reject("a string contains an unpaired UTF-16 surrogate (\\ud800-\\udfff)") from None
+
+
+def _check_strings(value: Any) -> None:
+    """Every key and string value must be storable text (depth is already bounded)."""
+    if isinstance(value, str):
+        _check_string(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_string(key)
+            _check_strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_strings(item)
 
 
 def _depth_ok(text: str) -> bool:
@@ -137,8 +161,10 @@ def json_body(request: HttpRequest) -> Any:
     if not _depth_ok(text):
         raise ApplicationError(f"JSON nested deeper than {MAX_DEPTH} levels.", code="invalid_json")
     try:
-        return json.loads(text, parse_constant=_no_constants, object_pairs_hook=_no_duplicates,
-                          parse_int=_number, parse_float=_number)
+        value = json.loads(text, parse_constant=_no_constants, object_pairs_hook=_no_duplicates,
+                           parse_int=_number, parse_float=_number)
+        _check_strings(value)
+        return value
     except _Reject as exc:
         raise ApplicationError(f"Invalid JSON: {exc}.", code="invalid_json") from None
     except (ValueError, RecursionError) as exc:

@@ -54,6 +54,10 @@ def _post_raw(api, intake, token, raw: bytes, content_type="application/json", *
     (b"", "application/json", 400, "empty_body"),
     (b'{"a": NaN}', "application/json", 400, "invalid_json"),
     (b'{"a": Infinity}', "application/json", 400, "invalid_json"),
+    (b'{"a": "x\\u0000y"}', "application/json", 400, "invalid_json"),
+    (b'{"k\\u0000": 1}', "application/json", 400, "invalid_json"),
+    (b'["\\ud800"]', "application/json", 400, "invalid_json"),
+    (b'{"a": {"b": ["\\udfff"]}}', "application/json", 400, "invalid_json"),
     (b'{"a": 1e999}', "application/json", 400, "invalid_json"),
     (b'{"a": 1, "a": 2}', "application/json", 400, "invalid_json"),
     (b"\xef\xbb\xbf{}", "application/json", 400, "invalid_json"),
@@ -74,6 +78,22 @@ def test_bad_body_gets_problem_and_no_work_item(api, intake_a, member_token, raw
     assert problem["code"] == code
     assert {"type", "title", "status", "detail"} <= problem.keys()
     assert not WorkItem.objects.exists()
+
+
+def test_escaped_backslash_u0000_and_paired_surrogates_are_fine(api, intake_a, member_token):
+    raw = b'{"path": "C:\\\\u0000", "emoji": "\\ud83d\\ude00"}'
+    response = _post_raw(api, intake_a, member_token, raw)
+    assert response.status_code == 202
+    assert WorkItem.objects.get().input == {"path": "C:\\u0000", "emoji": "\U0001f600"}
+
+
+def test_data_error_is_a_400_not_an_outage(api, intake_a, member_token):
+    from django.db import DataError
+
+    with mock.patch("intakes.api.intake_trigger", side_effect=DataError("bad value")):
+        response = trigger(api, intake_a.pk, member_token)
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_request"
 
 
 def test_charset_utf8_and_plus_json_are_accepted(api, intake_a, member_token):
