@@ -303,7 +303,9 @@ TRIGGER_EXAMPLES = [
 trigger_schema = extend_schema(
     operation_id="intake_trigger",
     summary="Trigger the intake's workflow",
-    description="Any JSON value is the workflow's input. `202` means durably queued, not done: "
+    description="Any JSON value is the workflow's input (UTF-8; strings may not contain "
+    "`\\u0000` or unpaired surrogates, nesting up to 64 levels, no duplicate keys, no NaN). "
+    "`202` means durably queued, not done: "
     "poll `status_url` (or wait for the callback). A rejected request never creates a work item.",
     tags=["intakes"],
     parameters=[INTAKE_ID, *TRIGGER_HEADERS, RETRY_AFTER_ERRORS, WWW_AUTHENTICATE],
