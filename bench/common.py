@@ -70,17 +70,25 @@ class Fixture:
     token: str
 
 
+def org_create(label: str):
+    """A fresh business-plan organization named `<label>-<ms timestamp>`."""
+    from auxot.models import Organization
+
+    stamp = f"{label}-{int(time.time() * 1000)}"
+    return Organization.objects.create(name=stamp, slug=stamp, plan="business")
+
+
 def fixture_create(label: str, steps: int = 2) -> Fixture:
     """A fresh org, member, key and an intake on a `steps`-step transform workflow."""
     from django.contrib.auth import get_user_model
 
     from apikeys.services import apikey_issue
-    from auxot.models import Membership, Organization
+    from auxot.models import Membership
     from intakes.services import intake_create
     from workflows.models import Step, Workflow
 
-    stamp = f"{label}-{int(time.time() * 1000)}"
-    org = Organization.objects.create(name=stamp, slug=stamp, plan="business")
+    org = org_create(label)
+    stamp = org.slug
     user = get_user_model().objects.create_user(stamp, f"{stamp}@example.com", None)
     Membership.objects.create(user=user, org=org, role="admin")
     workflow = Workflow.objects.create(org=org, name=stamp, slug=stamp)

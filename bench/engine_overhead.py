@@ -9,9 +9,12 @@ steps do no work, so this is what the engine costs per step).
 """
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
-from _common import make_org, median, setup
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import common
 
 
 def main() -> None:
@@ -19,15 +22,15 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    setup()
+    common.django_setup()
     from django.db import transaction
     from django.db.models import Min
 
-    from tests.processes import QCluster, wait_for
+    from tests.processes import wait_for
     from workflows.models import Step, Workflow, WorkItem
     from workflows.services import work_item_create
 
-    org = make_org()
+    org = common.org_create("engine")
     workflow = Workflow.objects.create(org=org, name="five", slug="five")
     for position in range(1, 6):
         Step.objects.create(workflow=workflow, position=position, name=f"t{position}",
@@ -36,9 +39,8 @@ def main() -> None:
         for n in range(args.items):
             work_item_create(workflow=workflow, input={"n": n})
     items = WorkItem.objects.filter(workflow=workflow)
-    cluster = QCluster(AUXOT_WORKERS=str(args.workers))
     started = time.monotonic()
-    cluster.start()
+    cluster = common.qcluster(AUXOT_WORKERS=str(args.workers))
     try:
         wait_for(lambda: items.filter(status="completed").count() == args.items,
                  timeout=max(120, args.items), interval=0.25, what="all items")
@@ -53,7 +55,7 @@ def main() -> None:
     print(f"items={args.items} workers={args.workers} elapsed_s={elapsed:.2f} "
           f"(includes ~1-2 s qcluster start-up)")
     print(f"items_per_s={args.items / elapsed:.1f} steps_per_s={args.items * 5 / elapsed:.1f}")
-    print(f"median_per_step_overhead_ms={median(per_step):.2f}")
+    print(f"median_per_step_overhead_ms={common.median(per_step):.2f}")
 
 
 if __name__ == "__main__":

@@ -6,9 +6,12 @@ step's attempt row starts. One item at a time, with a pause between, on a warm c
 """
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
-from _common import make_org, quantile, setup
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import common
 
 
 def main() -> None:
@@ -16,18 +19,18 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=50)
     parser.add_argument("--pause", type=float, default=0.3)
     args = parser.parse_args()
-    setup()
+    common.django_setup()
     from django.db import transaction
 
-    from tests.processes import QCluster, wait_for
+    from tests.processes import wait_for
     from workflows.models import Step, StepRun, Workflow
     from workflows.services import work_item_create
 
-    org = make_org()
+    org = common.org_create("engine")
     workflow = Workflow.objects.create(org=org, name="one", slug="one")
     Step.objects.create(workflow=workflow, position=1, name="t", kind="transform",
                         config={"expression": "input"})
-    cluster = QCluster(AUXOT_WORKERS="2").start()
+    cluster = common.qcluster(AUXOT_WORKERS="2")
     latencies = []
     try:
         time.sleep(3)  # let the cluster start and go idle
@@ -40,8 +43,8 @@ def main() -> None:
             time.sleep(args.pause)
     finally:
         cluster.stop()
-    print(f"items={args.items} p50_ms={quantile(latencies, 0.5):.1f} "
-          f"p99_ms={quantile(latencies, 0.99):.1f} max_ms={max(latencies):.1f}")
+    print(f"items={args.items} p50_ms={common.percentile(latencies, 50):.1f} "
+          f"p99_ms={common.percentile(latencies, 99):.1f} max_ms={max(latencies):.1f}")
 
 
 if __name__ == "__main__":
