@@ -119,3 +119,21 @@ def fake_server():
     server = FakeServer().start()
     yield server
     server.stop()
+
+
+# --- Real qcluster processes for end-to-end tests, stopped after the test ---------------
+@pytest.fixture
+def clusters():
+    """Call it to start a `manage.py qcluster` (env overrides as kwargs); all are stopped."""
+    from tests.processes import QCluster
+
+    started: list[QCluster] = []
+
+    def start(**env):
+        cluster = QCluster(**env).start()
+        started.append(cluster)
+        return cluster
+
+    yield start
+    for cluster in started:
+        cluster.stop()

@@ -11,7 +11,7 @@ from apikeys.services import apikey_issue
 from intakes.models import CallbackAttempt, CallbackDelivery
 from intakes.services import intake_create
 from tests.conftest import make_workflow
-from tests.processes import QCluster, wait_for
+from tests.processes import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -22,20 +22,6 @@ CALLBACK_ENV = {
     "AUXOT_CALLBACK_JITTER": "0",
     "AUXOT_CALLBACK_TIMEOUT_SECONDS": "5",
 }
-
-
-@pytest.fixture
-def clusters():
-    started: list[QCluster] = []
-
-    def start():
-        cluster = QCluster(**CALLBACK_ENV).start()
-        started.append(cluster)
-        return cluster
-
-    yield start
-    for cluster in started:
-        cluster.stop()
 
 
 def test_delivery_due_while_no_worker_runs_goes_out_after_restart(
@@ -50,7 +36,7 @@ def test_delivery_due_while_no_worker_runs_goes_out_after_restart(
     response = requests.post(f"{live_server.url}/v1/intake/{intake.pk}", json={"n": 7},
                              headers={"Authorization": f"Bearer {token}"}, timeout=10)
     assert response.status_code == 202
-    first = clusters()
+    first = clusters(**CALLBACK_ENV)
     delivery = wait_for(
         lambda: CallbackDelivery.objects.filter(attempts=1, state="pending").first(),
         timeout=30, interval=0.1, what="the first (failed) attempt")
@@ -58,7 +44,7 @@ def test_delivery_due_while_no_worker_runs_goes_out_after_restart(
     wait_for(lambda: len(receiver.log) == 1, timeout=5, what="exactly one request so far")
     time.sleep(3.5)  # let the retry come due while no worker runs
     assert len(receiver.log) == 1
-    clusters()
+    clusters(**CALLBACK_ENV)
     wait_for(lambda: CallbackDelivery.objects.filter(pk=delivery.pk, state="delivered").exists(),
              timeout=30, interval=0.1, what="delivery after restart")
     (one, _), (two, _) = receiver.log

@@ -8,7 +8,7 @@ import requests
 from apikeys.services import apikey_issue
 from intakes.services import intake_create
 from tests.conftest import GREETING, make_workflow
-from tests.processes import QCluster, wait_for
+from tests.processes import wait_for
 from workflows.models import StepRun, WorkItem
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -22,20 +22,6 @@ def setup(live_server, cast):
     token = apikey_issue(org=cast.org_a, label="e2e", user=cast.member_a).token
     base = f"{live_server.url}/v1/intake/{intake.pk}"
     return base, {"Authorization": f"Bearer {token}"}
-
-
-@pytest.fixture
-def clusters():
-    started: list[QCluster] = []
-
-    def start(**env):
-        cluster = QCluster(**env).start()
-        started.append(cluster)
-        return cluster
-
-    yield start
-    for cluster in started:
-        cluster.stop()
 
 
 def _poll(url, headers):

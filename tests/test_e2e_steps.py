@@ -7,27 +7,13 @@ import requests
 from apikeys.services import apikey_issue
 from intakes.services import intake_create
 from tests.conftest import make_workflow
-from tests.processes import QCluster, wait_for
+from tests.processes import wait_for
 from workflows.models import Provider, Step, StepRun, WorkItem
 from workflows.services import work_item_create
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 FAST_LEASE = {"AUXOT_STEP_TIMEOUT_SECONDS": "2", "AUXOT_LEASE_GRACE_SECONDS": "1",
               "FAKE_AI_KEY": "sk-e2e"}
-
-
-@pytest.fixture
-def clusters():
-    started: list[QCluster] = []
-
-    def start(**env):
-        cluster = QCluster(**env).start()
-        started.append(cluster)
-        return cluster
-
-    yield start
-    for cluster in started:
-        cluster.stop()
 
 
 @pytest.fixture
