@@ -27,6 +27,7 @@ class Command(BaseCommand):
         self.stdout.write(self._examples(base, demo))
         if options["no_serve"]:
             return
+        self.stdout.write("Web and worker are starting; Ctrl-C stops both.\n")
         self._serve(options["port"])
 
     def _instructions(self, base: str, demo) -> str:
@@ -58,8 +59,6 @@ Or with the `auxot` command (trigger + wait; see README "The auxot command"):
   .venv/bin/auxot run {intake} --data '{{"customer":"Acme Corp"}}'
 
 API docs: {base}/v1/docs
-
-Web and worker are starting; Ctrl-C stops both.
 """
 
     def _callbacks(self, base: str, demo) -> str:
