@@ -14,8 +14,14 @@ from django.utils.html import format_html, format_html_join
 
 from auxot.admin_base import MANAGERS, OrgScopedAdmin, ScopedInlineMixin, has_role
 from auxot.errors import ApplicationError
-from intakes.admin_callbacks import CALLBACK_READONLY, IntakeCallbacksAdminMixin, _ip
-from intakes.models import Intake
+from intakes.admin_callbacks import (
+    CALLBACK_READONLY,
+    CallbackDeliveryAdmin,
+    IntakeCallbacksAdminMixin,
+    WorkItemCallbackInline,
+    _ip,
+)
+from intakes.models import CallbackDelivery, Intake
 from intakes.services import INTAKE_EDITABLE, intake_create, intake_set_active, intake_update
 from intakes.snippets import intake_snippets, public_base_url
 from workflows.models import Workflow, WorkItem
@@ -97,6 +103,12 @@ class IntakeAdmin(IntakeCallbacksAdminMixin, _IntakeWrites):
             accepted_count=Count("work_items", filter=recent),
             failed_count=Count("work_items", filter=recent & Q(
                 work_items__status=WorkItem.Status.FAILED)))
+
+    def get_actions(self, request):
+        # The callback mixin adds its actions after the base; roles decide first.
+        if not self._allowed(request, self.action_roles):
+            return {}
+        return super().get_actions(request)
 
     @admin.display(description="last triggered", ordering="last_triggered_at")
     def last_triggered(self, obj):
@@ -231,10 +243,29 @@ class IntakesPanel(ScopedInlineMixin, admin.TabularInline):
         return False
 
 
+class ScopedCallbackInline(ScopedInlineMixin, WorkItemCallbackInline):
+    """The delivery log on the work item page, visible to every role of the item's org."""
+
+
 def _attach_intakes_panel(site: admin.AdminSite = admin.site) -> None:
     workflow_admin = site._registry.get(Workflow)
     if workflow_admin is not None and IntakesPanel not in workflow_admin.inlines:
         workflow_admin.inlines = [*workflow_admin.inlines, IntakesPanel]
+    work_admin = site._registry.get(WorkItem)
+    if work_admin is not None:
+        work_admin.inlines = [ScopedCallbackInline if i is WorkItemCallbackInline else i
+                              for i in work_admin.inlines]
+
+
+admin.site.unregister(CallbackDelivery)
+
+
+@admin.register(CallbackDelivery)
+class ScopedCallbackDeliveryAdmin(OrgScopedAdmin, CallbackDeliveryAdmin):
+    """The delivery log: every role of the org views it; admins redeliver."""
+
+    org_path = "intake__org"
+    add_roles = change_roles = frozenset()
 
 
 _attach_intakes_panel()
