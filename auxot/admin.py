@@ -64,6 +64,16 @@ class AuditEventAdmin(OrgScopedAdmin):
               "object_type", "object_id", "ip", "extra"]
     readonly_fields = fields
 
+    # Nobody, superusers included: the log is append-only.
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
     @admin.display(description="object")
     def object_link(self, obj: AuditEvent) -> str:
         target = {"workflows.workitem": "admin:workflows_workitem_change",
