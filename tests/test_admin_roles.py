@@ -349,3 +349,25 @@ def test_audit_log_is_append_only_in_the_admin_and_exports_csv(client, cast, int
     response = client.get(f"{AUDIT}export.csv", {"event": "intake.created"})
     rows = list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode())))
     assert rows[0][0] == "created_at" and len(rows) == 2 and rows[1][1] == "intake.created"
+
+
+# --- "Why is my poll stuck?" -------------------------------------------------------------
+
+def test_poll_stuck_explains_own_items_only(client, cast, item_a, org_b_stuff):
+    url = "/admin/poll-stuck/"
+    _login(client, cast.member_a)
+    assert "Why is my poll stuck?" in client.get("/admin/").content.decode()
+    poll = {"work_id": str(item_a.pk), "status": "pending"}
+    html = client.post(url, {"poll": json.dumps(poll)}).content.decode()
+    assert 'id="poll-result"' in html and "Diagnosis:" in html
+    assert "no worker heartbeat" in html  # no qcluster in this test
+    assert f"{WORK}{item_a.pk}/change/" in html
+    other = client.post(url, {"poll": json.dumps({"work_id": str(org_b_stuff[2].pk)})})
+    missing = client.post(url, {"poll": json.dumps(
+        {"work_id": "00000000-0000-4000-8000-000000000000"})})
+    assert 'id="poll-not-found"' in other.content.decode()
+    strip = lambda r: re.sub(r'name="csrfmiddlewaretoken" value="[^"]+"|[0-9a-f-]{36}', "",  # noqa: E731
+                             r.content.decode())
+    assert strip(other) == strip(missing)
+    assert "Not valid JSON" in client.post(url, {"poll": "{"}).content.decode()
+    assert "no work_id" in client.post(url, {"poll": "{}"}).content.decode()

@@ -50,9 +50,9 @@ def test_postgresql_trigger_refuses_update_and_delete(db):
     row = _row("intake.created", 1)
     for statement in ("UPDATE auxot_auditevent SET event = 'x' WHERE id = %s",
                       "DELETE FROM auxot_auditevent WHERE id = %s"):
-        with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
-            with connection.cursor() as cursor:
-                cursor.execute(statement, [row.pk])
+        with (pytest.raises(DatabaseError, match="append-only"), transaction.atomic(),
+              connection.cursor() as cursor):
+            cursor.execute(statement, [row.pk])
     rejected = _row("intake.rejected", 400)
     # Even an old rejected row needs the prune's transaction-local flag.
     with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
