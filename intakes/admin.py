@@ -149,7 +149,7 @@ class IntakeAdmin(IntakeCallbacksAdminMixin, _IntakeWrites):
              i.created_at.strftime("%Y-%m-%d %H:%M:%S")) for i in items))
         history = reverse("admin:workflows_workitem_changelist") + f"?intake__id__exact={obj.pk}"
         return format_html('<ul id="recent-work">{}</ul><a href="{}">All work of this intake</a>',
-                           rows or "none yet", history)
+                           rows or format_html("<li>{}</li>", "none yet"), history)
 
     def get_urls(self):
         confirm = self.admin_site.admin_view(self.set_active_view)

@@ -148,6 +148,9 @@ def _trigger_once(*, intake: Intake, key: ApiKey, payload: Any, ip: str | None,
             idempotency.idempotency_store(claim=claim, intake=intake, work_item_id=item.pk,
                                           now=now)
         rate = ratelimit.ratelimit_consume(intake=intake, key=key, now=now)
+        audit_record(event="work_item.accepted", org=key.org, obj=item, ip=ip, now=now,
+                     actor_key_lookup=key.lookup_id, actor_label=key.label,
+                     extra={"intake": str(intake.pk), "key": key.display})
     return TriggerResult(item=item, rate=rate)
 
 

@@ -320,6 +320,8 @@ def test_new_task_runs_the_workflow_and_lands_on_the_item(client, cast, workflow
     item = WorkItem.objects.get()
     assert response["Location"] == f"{WORK}{item.pk}/change/"
     assert item.input == {"customer": "Ada"} and item.intake is None
+    event = AuditEvent.objects.get(event="work_item.created")
+    assert (event.object_id, event.actor_user) == (str(item.pk), cast.member_a)
 
 
 def test_new_task_reports_schema_violations(client, cast, workflow_a):

@@ -90,3 +90,16 @@ def test_sqlite_has_no_trigger_so_the_admin_and_services_protect_the_log(client,
     client.force_login(get_user_model().objects.create_superuser("root", "r@x.io", "pw"))
     assert client.post(f"{base}{row.pk}/delete/", {"post": "yes"}).status_code == 403
     assert AuditEvent.objects.filter(pk=row.pk).exists()
+
+
+def test_accepted_work_is_audited_with_key_label_and_ip_and_no_body(api, cast, intake_a,
+                                                                    member_token):
+    from tests.conftest import trigger
+
+    response = trigger(api, intake_a.pk, member_token, body={"secret_field": "s3cr3t"},
+                       REMOTE_ADDR="203.0.113.9")
+    assert response.status_code == 202
+    event = AuditEvent.objects.get(event="work_item.accepted")
+    assert event.object_id == response.json()["work_id"]
+    assert (event.actor_label, event.ip) == ("member key", "203.0.113.9")
+    assert "s3cr3t" not in str(event.extra) and member_token not in str(event.extra)

@@ -3,7 +3,6 @@ import json
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
 from django.db.models import DurationField, ExpressionWrapper, F
 from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -17,7 +16,7 @@ from workflows import admin_actions
 from workflows.admin_actions import WorkItemActionsMixin
 from workflows.models import Approval, Provider, Step, StepRun, Workflow, WorkItem
 from workflows.presenters import work_item_view
-from workflows.services import work_item_create
+from workflows.services import work_item_run
 
 
 class StepInline(ScopedInlineMixin, admin.TabularInline):
@@ -72,10 +71,8 @@ class WorkflowAdmin(OrgScopedAdmin):
         form = RunForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
             try:
-                with transaction.atomic():
-                    item = work_item_create(workflow=workflow, input=form.cleaned_data["input"],
-                                            intake=None, ip=admin_actions._client_ip(request),
-                                            correlation_id=f"admin:{request.user.username}")
+                item = work_item_run(workflow=workflow, input=form.cleaned_data["input"],
+                                     user=request.user, ip=admin_actions._client_ip(request))
             except ApplicationError as exc:
                 errors = (exc.extra or {}).get("errors") or []
                 form.add_error("input", exc.detail)
