@@ -53,6 +53,27 @@ def _number(text: str) -> int | float:
     return value
 
 
+def _unstorable_check(value: Any) -> None:
+    """\\u0000 and lone surrogates are valid JSON escapes that no database column (jsonb,
+    text) can store: refuse them as invalid JSON (400), never a 5xx."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                raise _Reject("strings may not contain \\u0000")
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _Reject("strings may not contain unpaired surrogates (\\ud800-\\udfff)") \
+                    from None
+
+
 def _depth_ok(text: str) -> bool:
     # Cheap pre-scan (strings skipped) so hostile nesting never reaches the recursive parser.
     depth, in_string, escaped = 0, False, False
@@ -137,8 +158,11 @@ def json_body(request: HttpRequest) -> Any:
     if not _depth_ok(text):
         raise ApplicationError(f"JSON nested deeper than {MAX_DEPTH} levels.", code="invalid_json")
     try:
-        return json.loads(text, parse_constant=_no_constants, object_pairs_hook=_no_duplicates,
-                          parse_int=_number, parse_float=_number)
+        value = json.loads(text, parse_constant=_no_constants, object_pairs_hook=_no_duplicates,
+                           parse_int=_number, parse_float=_number)
+        if "\\u" in text:  # only \u escapes can smuggle these in; skip the walk otherwise
+            _unstorable_check(value)
+        return value
     except _Reject as exc:
         raise ApplicationError(f"Invalid JSON: {exc}.", code="invalid_json") from None
     except (ValueError, RecursionError) as exc:

@@ -103,10 +103,6 @@ def test_admin_creates_an_intake_runs_its_curl_then_deactivates_it(login, live_s
     assert page.text_content("#intake-id").strip() == str(intake.pk)
     curl = page.text_content("#snippet-curl-trigger")
     assert live_server.url in curl and "$API_KEY" in curl
-    page.goto(f"{live_server.url}/admin/intakes/intake/")
-    _shot(page, "intake-list")
-    page.goto(f"{live_server.url}/admin/intakes/intake/{intake.pk}/change/")
-    _shot(page, "intake-detail")
 
     answer = _sh(curl, token)
     work_id = re.search(r'"work_id":\s*"([0-9a-f-]{36})"', answer).group(1)
@@ -124,7 +120,15 @@ def test_admin_creates_an_intake_runs_its_curl_then_deactivates_it(login, live_s
     page.click(f"text={work_id}")
     page.wait_for_selector("text=Step timeline")
     assert "Hello, Ada" in page.content()
+    assert "work_item.completed" in page.text_content(".field-audit_trail")
     _shot(page, "work-item-trace")
+    page.goto(f"{live_server.url}/admin/intakes/intake/")
+    row = page.text_content("#result_list tbody tr")
+    assert "Support tickets" in row and "never" not in row  # last triggered, 24 h counts
+    _shot(page, "intake-list")
+    page.goto(f"{live_server.url}/admin/intakes/intake/{intake.pk}/change/")
+    assert work_id in page.text_content("#recent-work")
+    _shot(page, "intake-detail")
 
     page.goto(f"{live_server.url}/admin/intakes/intake/{intake.pk}/change/")
     page.click("text=Deactivate")
