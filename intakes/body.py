@@ -55,7 +55,7 @@ def _number(text: str) -> int | float:
 
 def _unstorable_check(value: Any) -> None:
     """\\u0000 and lone surrogates are valid JSON escapes that no database column (jsonb,
-    text) can store: refuse them as invalid JSON (400), never a 5xx."""
+    text) can store: refuse them as a 422, never a 5xx."""
     stack = [value]
     while stack:
         item = stack.pop()
@@ -160,10 +160,14 @@ def json_body(request: HttpRequest) -> Any:
     try:
         value = json.loads(text, parse_constant=_no_constants, object_pairs_hook=_no_duplicates,
                            parse_int=_number, parse_float=_number)
-        if "\\u" in text:  # only \u escapes can smuggle these in; skip the walk otherwise
-            _unstorable_check(value)
-        return value
     except _Reject as exc:
         raise ApplicationError(f"Invalid JSON: {exc}.", code="invalid_json") from None
     except (ValueError, RecursionError) as exc:
         raise ApplicationError(f"Invalid JSON: {exc}", code="invalid_json") from None
+    if "\\u" in text:  # only \u escapes can smuggle these in; skip the walk otherwise
+        try:
+            _unstorable_check(value)
+        except _Reject as exc:
+            raise ApplicationError(f"The body cannot be stored: {exc}.",
+                                   code="validation_failed") from None
+    return value

@@ -224,9 +224,9 @@ def test_valid_request_through_gunicorn_is_accepted(wall):
 
 @pytest.mark.parametrize("body", [b'{"a": "x\\u0000y"}', b'{"a\\u0000": 1}',
                                   b'{"a": ["\\ud800"]}', b'{"\\udfff": 1}'])
-def test_unstorable_escapes_get_400_not_503(api, intake_a, member_token, body):
+def test_unstorable_escapes_get_422_not_503(api, intake_a, member_token, body):
     """\\u0000 and lone surrogates are valid JSON but no jsonb/text column stores them."""
     response = api.post(f"/v1/intake/{intake_a.pk}", data=body, content_type="application/json",
                         HTTP_AUTHORIZATION=f"Bearer {member_token}")
-    assert response.status_code == 400, response.content
-    assert response.json()["code"] == "invalid_json"
+    assert response.status_code == 422, response.content
+    assert response.json()["code"] == "validation_failed"
