@@ -104,7 +104,7 @@ class AuditEventAdmin(OrgScopedAdmin):
                 yield writer.writerow([
                     e.created_at.isoformat(), e.event, e.actor_label, e.actor_key_lookup,
                     e.object_type, e.object_id, e.ip or "", e.org.name if e.org else "",
-                    json.dumps(e.extra, sort_keys=True)])
+                    json.dumps(e.extra, sort_keys=True, ensure_ascii=False)])
 
         response = StreamingHttpResponse(stream(), content_type="text/csv")
         response["Content-Disposition"] = 'attachment; filename="auxot-audit.csv"'
