@@ -198,7 +198,8 @@ class WorkItemAdmin(WorkItemActionsMixin, OrgScopedAdmin):
         return format_html("<ul>{}</ul>", format_html_join(
             "", "<li>{} <strong>{}</strong> by {} {}</li>",
             ((e.created_at.strftime("%Y-%m-%d %H:%M:%S"), e.event, e.actor_label or "system",
-              json.dumps(e.extra, sort_keys=True, ensure_ascii=False) if e.extra else "") for e in events)))
+              json.dumps(e.extra, sort_keys=True, ensure_ascii=False) if e.extra else "")
+             for e in events)))
 
     def has_delete_permission(self, request, obj=None):
         return False
