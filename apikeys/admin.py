@@ -1,19 +1,179 @@
-from django.contrib import admin
+"""API keys: members issue personal keys for themselves, admins team keys too.
+
+The token is shown exactly once: stashed in the session by the add view and popped by the
+next render of the key's page; only its digest is stored.
+"""
+
+from django import forms
+from django.contrib import admin, messages
+from django.utils import timezone
 
 from apikeys.models import ApiKey
+from apikeys.services import apikey_issue, apikey_revoke
+from auxot.admin_base import ACTORS, ADMIN, MEMBER, OrgScopedAdmin, has_role, user_roles
+from auxot.errors import ApplicationError
+
+SESSION_KEY = "auxot_new_api_token"
+
+
+class ApiKeyIssueForm(forms.ModelForm):
+    kind = forms.ChoiceField(choices=ApiKey.Kind.choices, initial=ApiKey.Kind.USER,
+                             help_text="A personal key acts as you; a team key (Business and "
+                             "Enterprise, admins only) acts for its team.")
+
+    class Meta:
+        model = ApiKey
+        fields = ["org", "label", "kind", "team", "expires_at"]
+        help_texts = {"expires_at": "Optional. After this time the key answers 401."}
+
+    def clean(self):
+        data = super().clean()
+        org, kind, team = data.get("org"), data.get("kind"), data.get("team")
+        request = self.request
+        if org is None:
+            return data
+        if kind == ApiKey.Kind.TEAM:
+            if not has_role(request, {ADMIN}, org.pk):
+                raise forms.ValidationError("Only organization admins issue team keys.")
+            if not org.has_teams:
+                raise forms.ValidationError(
+                    f"Team API keys are available on the Business and Enterprise plans; "
+                    f"{org.name} is on the {org.get_plan_display()} plan.")
+            if team is None:
+                self.add_error("team", "Pick the team this key acts for.")
+            elif team.org_id != org.pk:
+                self.add_error("team", "That team belongs to another organization.")
+        else:
+            if team is not None:
+                self.add_error("team", "A personal key has no team; leave it empty.")
+            if org.pk not in user_roles(request):
+                raise forms.ValidationError(
+                    "You can only issue personal keys in an organization you belong to.")
+        expires = data.get("expires_at")
+        if expires is not None and expires <= timezone.now():
+            self.add_error("expires_at", "The expiry must be in the future.")
+        return data
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ["label", "kind", "org", "user", "team", "lookup_id", "last_four",
-                    "last_used_at", "revoked_at"]
-    list_filter = ["kind"]
+class ApiKeyAdmin(OrgScopedAdmin):
+    list_display = ["label", "kind", "owner", "display", "last_used_at", "expires_at",
+                    "status", "created_at"]
+    list_filter = ["kind", ("revoked_at", admin.EmptyFieldListFilter)]
+    search_fields = ["label", "lookup_id"]
+    list_select_related = ["org", "user", "team"]
+    add_roles = ACTORS
+    change_roles = frozenset()
+    action_roles = ACTORS
+    actions = ["revoke_selected"]
+    change_form_template = "admin/apikeys/apikey/change_form.html"
+    readonly_fields = ["label", "kind", "owner", "org", "lookup_id", "last_four", "display",
+                       "created_by", "created_at", "last_used_at", "expires_at", "revoked_at",
+                       "revoked_by"]
+
+    def get_queryset(self, request):
+        qs = super().get_queryset(request)
+        if request.user.is_superuser:
+            return qs
+        # Members see their own personal keys; admins and auditors see the org's keys.
+        roles = user_roles(request)
+        wide = [org for org, role in roles.items() if role != MEMBER]
+        own = [org for org, role in roles.items() if role == MEMBER]
+        from django.db.models import Q
+
+        return qs.filter(Q(org_id__in=wide) | Q(org_id__in=own, user=request.user))
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        if obj is None:
+            kwargs["form"] = ApiKeyIssueForm
+            form = super().get_form(request, obj, change=change, **kwargs)
+
+            class BoundForm(form):
+                def __init__(self, *args, **kw):
+                    super().__init__(*args, **kw)
+                    self.request = request
+                    orgs = self.fields["org"].queryset
+                    if orgs.count() == 1:
+                        self.fields["org"].initial = orgs.first().pk
+
+            return BoundForm
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ["org", "label", "kind", "team", "expires_at"]
+        return self.readonly_fields
 
     def get_readonly_fields(self, request, obj=None):
-        return [f.name for f in self.model._meta.fields]
+        return [] if obj is None else self.readonly_fields
 
-    def has_add_permission(self, request):
-        return False
+    @admin.display(description="owner")
+    def owner(self, obj):
+        return obj.team.name if obj.team_id else getattr(obj.user, "username", "-")
 
-    def has_delete_permission(self, request, obj=None):
-        return False
+    @admin.display(description="key")
+    def display(self, obj):
+        return obj.display
+
+    @admin.display(description="status")
+    def status(self, obj):
+        if obj.revoked_at:
+            return "revoked"
+        return "active" if obj.is_active(timezone.now()) else "expired"
+
+    def save_model(self, request, obj, form, change):
+        data = form.cleaned_data
+        team_kind = data["kind"] == ApiKey.Kind.TEAM
+        issued = apikey_issue(org=data["org"], label=data["label"],
+                              user=None if team_kind else request.user,
+                              team=data["team"] if team_kind else None,
+                              created_by=request.user, expires_at=data.get("expires_at"))
+        obj.__dict__.update({k: v for k, v in issued.key.__dict__.items() if k != "_state"})
+        obj._state.adding = False
+        request.session[SESSION_KEY] = {"id": str(issued.key.pk), "token": issued.token}
+
+    def save_related(self, request, form, formsets, change):
+        pass
+
+    def log_addition(self, request, obj, message):
+        pass  # the service wrote the audit row
+
+    def response_add(self, request, obj, post_url_continue=None):
+        from django.http import HttpResponseRedirect
+        from django.urls import reverse
+
+        return HttpResponseRedirect(reverse("admin:apikeys_apikey_change", args=[obj.pk]))
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra = dict(extra_context or {})
+        stashed = request.session.get(SESSION_KEY)
+        if stashed and stashed.get("id") == str(object_id):
+            extra["new_token"] = request.session.pop(SESSION_KEY)["token"]
+        response = super().change_view(request, object_id, form_url, extra)
+        if "new_token" in extra:
+            response["Cache-Control"] = "no-store"
+        return response
+
+    def _may_revoke(self, request, key: ApiKey) -> bool:
+        if has_role(request, {ADMIN}, key.org_id):
+            return True
+        return key.kind == ApiKey.Kind.USER and key.user_id == request.user.pk and has_role(
+            request, ACTORS, key.org_id)
+
+    @admin.action(description="Revoke selected keys (final; they answer 401 at once)")
+    def revoke_selected(self, request, queryset):
+        done, refused = 0, 0
+        for key in queryset.select_related("org"):
+            if key.revoked_at is not None:
+                continue
+            if not self._may_revoke(request, key):
+                refused += 1
+                continue
+            try:
+                apikey_revoke(key=key, revoked_by=request.user)
+                done += 1
+            except ApplicationError:
+                refused += 1
+        self.message_user(request, f"Revoked {done} key(s)."
+                          + (f" {refused} not yours to revoke." if refused else ""),
+                          messages.SUCCESS if done else messages.WARNING)

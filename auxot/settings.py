@@ -340,3 +340,8 @@ AUXOT_RETRY_BACKOFF_CAP_SECONDS = env_float("AUXOT_RETRY_BACKOFF_CAP_SECONDS", 3
 AUXOT_RETRY_AFTER_MAX_SECONDS = env_float("AUXOT_RETRY_AFTER_MAX_SECONDS", 3600.0, minimum=0)
 # An item waiting for a provider slot looks again this often (a release wakes it sooner).
 AUXOT_PROVIDER_RECHECK_SECONDS = env_float("AUXOT_PROVIDER_RECHECK_SECONDS", 2.0, minimum=0.1)
+# --- Admin and audit log (issue 5) ---------------------------------------------------------
+# `intake.rejected` audit rows older than this are pruned (hourly, from the ticker);
+# every other audit row is kept forever.
+AUXOT_AUDIT_REJECTED_RETENTION_DAYS = env_int("AUXOT_AUDIT_REJECTED_RETENTION_DAYS", 30,
+                                              minimum=1)

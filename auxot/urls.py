@@ -4,10 +4,12 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from auxot import views
+from auxot import admin_views, views
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    path("admin/poll-stuck/", admin.site.admin_view(admin_views.poll_stuck),
+         name="admin-poll-stuck"),
     path("admin/", admin.site.urls),
     path("v1/problems/<str:code>", views.problem_detail, name="problem-detail"),
     path("v1/schema", SpectacularAPIView.as_view(), name="schema"),

@@ -1,12 +1,271 @@
-from django.contrib import admin
+"""Settings → Intakes: list, add (via intake_create), detail with snippets, deactivate."""
 
-from intakes.admin_callbacks import IntakeCallbacksAdminMixin
-from intakes.models import Intake
+from datetime import timedelta
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count, Max, Q
+from django.http import Http404, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+
+from auxot.admin_base import MANAGERS, OrgScopedAdmin, ScopedInlineMixin, has_role
+from auxot.errors import ApplicationError
+from intakes.admin_callbacks import (
+    CALLBACK_READONLY,
+    CallbackDeliveryAdmin,
+    IntakeCallbacksAdminMixin,
+    WorkItemCallbackInline,
+    _ip,
+)
+from intakes.models import CallbackDelivery, Intake
+from intakes.services import INTAKE_EDITABLE, intake_create, intake_set_active, intake_update
+from intakes.snippets import intake_snippets, public_base_url
+from workflows.models import Workflow, WorkItem
+
+RECENT_WORK = 10
+
+
+class IntakeForm(forms.ModelForm):
+    class Meta:
+        model = Intake
+        fields = ["workflow", "name", "team", "callback_url", "rate_limit_per_window"]
+
+    def clean(self):
+        data = super().clean()
+        workflow, team = data.get("workflow") or self.instance_workflow(), data.get("team")
+        if team is not None and workflow is not None:
+            org = workflow.org
+            if team.org_id != org.pk:
+                self.add_error("team", "That team belongs to another organization.")
+            elif not org.has_teams:
+                self.add_error("team", "Assigning an intake to a team needs the Business or "
+                               f"Enterprise plan; {org.name} is on the "
+                               f"{org.get_plan_display()} plan. Leave the team empty.")
+        return data
+
+    def instance_workflow(self):
+        return self.instance.workflow if self.instance.workflow_id else None
+
+
+class _IntakeWrites(OrgScopedAdmin):
+    """Writes go through the services (audited); `active` only through the confirm page."""
+
+    def save_model(self, request, obj, form, change):
+        data = form.cleaned_data
+        try:
+            if not change:
+                workflow = data["workflow"]
+                if not has_role(request, MANAGERS, workflow.org_id):
+                    raise PermissionDenied
+                created = intake_create(org=workflow.org, workflow=workflow, name=data["name"],
+                                        team=data.get("team"), created_by=request.user,
+                                        callback_url=data.get("callback_url", ""))
+                obj.__dict__.update({k: v for k, v in created.__dict__.items()
+                                     if k != "_state"})
+                obj._state.adding = False
+                obj._state.db = created._state.db
+            else:
+                fresh = Intake.objects.select_related("org").get(pk=obj.pk)
+                intake_update(intake=fresh, actor=request.user, ip=_ip(request),
+                              changes={f: data[f] for f in form.changed_data
+                                       if f in INTAKE_EDITABLE})
+        except ApplicationError as exc:
+            # The form validated the same rules; a race lands here as a message, never a 500.
+            self.message_user(request, exc.detail, messages.ERROR)
+
+    def log_addition(self, request, obj, message):
+        pass  # the services write the audit trail
+
+    def log_change(self, request, obj, message):
+        pass
 
 
 @admin.register(Intake)
-class IntakeAdmin(IntakeCallbacksAdminMixin, admin.ModelAdmin):
-    list_display = ["name", "id", "workflow", "team", "active", "created_at"]
-    list_filter = ["active"]
+class IntakeAdmin(IntakeCallbacksAdminMixin, _IntakeWrites):
+    form = IntakeForm
+    list_display = ["name", "workflow", "team", "active", "created_by", "last_triggered",
+                    "accepted_24h", "failed_24h"]
+    list_filter = ["active", "workflow", "team"]
     search_fields = ["id", "name"]
-    readonly_fields = ["id", "created_by", "created_at", "deactivated_at"]
+    list_select_related = ["workflow", "team", "created_by"]
+    actions = ["deactivate_selected", "reactivate_selected"]
+    change_form_template = "admin/intakes/intake/change_form.html"
+
+    def get_queryset(self, request):
+        since = timezone.now() - timedelta(hours=24)
+        recent = Q(work_items__created_at__gte=since)
+        return super().get_queryset(request).annotate(
+            last_triggered_at=Max("work_items__created_at"),
+            accepted_count=Count("work_items", filter=recent),
+            failed_count=Count("work_items", filter=recent & Q(
+                work_items__status=WorkItem.Status.FAILED)))
+
+    def get_actions(self, request):
+        # The callback mixin adds its actions after the base; roles decide first.
+        if not self._allowed(request, self.action_roles):
+            return {}
+        return super().get_actions(request)
+
+    @admin.display(description="last triggered", ordering="last_triggered_at")
+    def last_triggered(self, obj):
+        return obj.last_triggered_at or "never"
+
+    @admin.display(description="accepted 24 h", ordering="accepted_count")
+    def accepted_24h(self, obj):
+        return obj.accepted_count
+
+    @admin.display(description="failed 24 h", ordering="failed_count")
+    def failed_24h(self, obj):
+        return obj.failed_count
+
+    def get_fieldsets(self, request, obj=None):
+        main = ["workflow", "name", "team"] if obj is None else [
+            "intake_id", "workflow", "name", "team", "active", "created_by", "created_at",
+            "deactivated_at", "rate_limit_per_window", "recent_work"]
+        callbacks = ["callback_url"] if obj is None else ["callback_url", *CALLBACK_READONLY]
+        return [(None, {"fields": main}), ("Callbacks", {"fields": callbacks})]
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = list(super().get_readonly_fields(request, obj))
+        if obj is not None:
+            fields += ["intake_id", "workflow", "active", "created_by", "created_at",
+                       "deactivated_at", "recent_work"]
+        return fields
+
+    @admin.display(description="intake id")
+    def intake_id(self, obj):
+        return format_html('<code id="intake-id">{}</code> <button type="button" '
+                           'class="button" data-copy="intake-id">Copy</button>', obj.pk)
+
+    @admin.display(description="recent work items")
+    def recent_work(self, obj):
+        items = WorkItem.objects.filter(intake=obj).order_by("-created_at")[:RECENT_WORK]
+        rows = format_html_join("", '<li><a href="{}">{}</a> {} · {}</li>', (
+            (reverse("admin:workflows_workitem_change", args=[i.pk]), i.pk, i.status,
+             i.created_at.strftime("%Y-%m-%d %H:%M:%S")) for i in items))
+        history = reverse("admin:workflows_workitem_changelist") + f"?intake__id__exact={obj.pk}"
+        return format_html('<ul id="recent-work">{}</ul><a href="{}">All work of this intake</a>',
+                           rows or format_html("<li>{}</li>", "none yet"), history)
+
+    def get_urls(self):
+        confirm = self.admin_site.admin_view(self.set_active_view)
+        return [path("<path:object_id>/active/<str:state>/", confirm,
+                     name="intakes_intake_set_active"), *super().get_urls()]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra = dict(extra_context or {})
+        intake = self.get_object(request, object_id)
+        if intake is not None:
+            extra["snippets"] = intake_snippets(base_url=public_base_url(request),
+                                                intake_id=str(intake.pk))
+            if self.has_change_permission(request, intake):
+                state = "off" if intake.active else "on"
+                extra["toggle_url"] = reverse("admin:intakes_intake_set_active",
+                                              args=[intake.pk, state])
+                extra["toggle_label"] = "Deactivate" if intake.active else "Reactivate"
+        return super().change_view(request, object_id, form_url, extra)
+
+    # --- deactivate / reactivate: single (confirm page) and bulk (action + confirm) -------
+    def _confirm(self, request, intakes, active: bool, action: str | None):
+        context = {**self.admin_site.each_context(request), "opts": self.model._meta,
+                   "title": ("Reactivate" if active else "Deactivate") + " intakes",
+                   "intakes": intakes, "active": active, "action": action}
+        return TemplateResponse(request, "admin/intakes/intake/set_active_confirm.html",
+                                context)
+
+    def _apply(self, request, intakes, active: bool) -> int:
+        done = 0
+        for intake in intakes:
+            if not has_role(request, MANAGERS, intake.org_id):
+                raise PermissionDenied
+            done += intake_set_active(intake=intake, active=active, actor=request.user)
+        verb = "Reactivated" if active else "Deactivated"
+        note = "" if active else " They answer 404 from now on."
+        self.message_user(request, f"{verb} {done} intake(s).{note}", messages.SUCCESS)
+        return done
+
+    def set_active_view(self, request, object_id, state):
+        intake = self.get_object(request, object_id)
+        if intake is None or state not in ("on", "off"):
+            raise Http404("Not found.")
+        if not self.has_change_permission(request, intake):
+            raise PermissionDenied
+        active = state == "on"
+        if request.method == "POST":
+            self._apply(request, [intake], active)
+            return HttpResponseRedirect(reverse("admin:intakes_intake_change",
+                                                args=[intake.pk]))
+        return self._confirm(request, [intake], active, None)
+
+    def _bulk(self, request, queryset, active: bool, action: str):
+        intakes = list(queryset.select_related("org"))
+        if request.POST.get("confirmed") == "yes":
+            self._apply(request, intakes, active)
+            return None
+        return self._confirm(request, intakes, active, action)
+
+    @admin.action(description="Deactivate selected intakes (they answer 404 at once)")
+    def deactivate_selected(self, request, queryset):
+        return self._bulk(request, queryset, False, "deactivate_selected")
+
+    @admin.action(description="Reactivate selected intakes")
+    def reactivate_selected(self, request, queryset):
+        return self._bulk(request, queryset, True, "reactivate_selected")
+
+
+class IntakesPanel(ScopedInlineMixin, admin.TabularInline):
+    """Path B: the workflow page lists its intakes; “Add intake” there prefills the form."""
+
+    model = Intake
+    verbose_name_plural = "intakes"
+    fields = ["intake_link", "team", "active", "created_at"]
+    readonly_fields = fields
+    extra = 0
+    max_num = 0
+    can_delete = False
+
+    @admin.display(description="intake")
+    def intake_link(self, obj):
+        return format_html('<a href="{}">{}</a>',
+                           reverse("admin:intakes_intake_change", args=[obj.pk]), obj.name)
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class ScopedCallbackInline(ScopedInlineMixin, WorkItemCallbackInline):
+    """The delivery log on the work item page, visible to every role of the item's org."""
+
+
+def _attach_intakes_panel(site: admin.AdminSite = admin.site) -> None:
+    workflow_admin = site._registry.get(Workflow)
+    if workflow_admin is not None and IntakesPanel not in workflow_admin.inlines:
+        workflow_admin.inlines = [*workflow_admin.inlines, IntakesPanel]
+    work_admin = site._registry.get(WorkItem)
+    if work_admin is not None:
+        work_admin.inlines = [ScopedCallbackInline if i is WorkItemCallbackInline else i
+                              for i in work_admin.inlines]
+
+
+admin.site.unregister(CallbackDelivery)
+
+
+@admin.register(CallbackDelivery)
+class ScopedCallbackDeliveryAdmin(OrgScopedAdmin, CallbackDeliveryAdmin):
+    """The delivery log: every role of the org views it; admins redeliver."""
+
+    org_path = "intake__org"
+    add_roles = change_roles = frozenset()
+
+
+_attach_intakes_panel()

@@ -10,7 +10,7 @@ Rules (documented in the README):
 - Standard JSON only: NaN/Infinity, duplicate object keys, numbers over 1,000 digits and
   nesting deeper than 64 levels are 400 `invalid_json`.
 - Strings that cannot be stored: `\u0000` (PostgreSQL's jsonb refuses it) and unpaired
-  UTF-16 surrogates such as `\ud800` (not Unicode text) are 400 `invalid_json`.
+  UTF-16 surrogates such as `\ud800` (not Unicode text) are 422 `validation_failed`.
 """
 
 import json
@@ -55,26 +55,25 @@ def _number(text: str) -> int | float:
     return value
 
 
-def _check_string(text: str) -> None:
-    if "\x00" in text:
-        raise _Reject("a string contains \\u0000, which cannot be stored")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise _Reject("a string contains an unpaired UTF-16 surrogate (\\ud800-\\udfff)") from None
-
-
-def _check_strings(value: Any) -> None:
-    """Every key and string value must be storable text (depth is already bounded)."""
-    if isinstance(value, str):
-        _check_string(value)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_string(key)
-            _check_strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            _check_strings(item)
+def _unstorable_check(value: Any) -> None:
+    """\\u0000 and lone surrogates are valid JSON escapes that no database column (jsonb,
+    text) can store: refuse them as a 422, never a 5xx."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                raise _Reject("strings may not contain \\u0000")
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _Reject("strings may not contain unpaired surrogates (\\ud800-\\udfff)") \
+                    from None
 
 
 def _depth_ok(text: str) -> bool:
@@ -163,9 +162,14 @@ def json_body(request: HttpRequest) -> Any:
     try:
         value = json.loads(text, parse_constant=_no_constants, object_pairs_hook=_no_duplicates,
                            parse_int=_number, parse_float=_number)
-        _check_strings(value)
-        return value
     except _Reject as exc:
         raise ApplicationError(f"Invalid JSON: {exc}.", code="invalid_json") from None
     except (ValueError, RecursionError) as exc:
         raise ApplicationError(f"Invalid JSON: {exc}", code="invalid_json") from None
+    if "\\u" in text:  # only \u escapes can smuggle these in; skip the walk otherwise
+        try:
+            _unstorable_check(value)
+        except _Reject as exc:
+            raise ApplicationError(f"The body cannot be stored: {exc}.",
+                                   code="validation_failed") from None
+    return value

@@ -148,6 +148,9 @@ def _trigger_once(*, intake: Intake, key: ApiKey, payload: Any, ip: str | None,
             idempotency.idempotency_store(claim=claim, intake=intake, work_item_id=item.pk,
                                           now=now)
         rate = ratelimit.ratelimit_consume(intake=intake, key=key, now=now)
+        audit_record(event="work_item.accepted", org=key.org, obj=item, ip=ip, now=now,
+                     actor_key_lookup=key.lookup_id, actor_label=key.label,
+                     extra={"intake": str(intake.pk), "key": key.display})
     return TriggerResult(item=item, rate=rate)
 
 
@@ -157,3 +160,35 @@ def work_item_for_key(*, intake: Intake, work_id: str) -> WorkItem:
     if item is None:
         raise _not_found()
     return item
+
+
+INTAKE_EDITABLE = ("name", "team", "callback_url", "rate_limit_per_window")
+
+
+def intake_update(*, intake: Intake, changes: dict[str, Any], actor=None,
+                  ip: str | None = None) -> list[str]:
+    """Edit an intake's settings (not `active`: see intake_set_active). Audited as
+    intake.changed with the changed field names (values of URLs redacted). Returns them."""
+    unknown = set(changes) - set(INTAKE_EDITABLE)
+    if unknown:
+        raise ApplicationError(f"Not editable here: {', '.join(sorted(unknown))}.")
+    team = changes.get("team", intake.team)
+    if "team" in changes and team is not None:
+        if team.org_id != intake.org_id:
+            raise ApplicationError("That team belongs to another organization.")
+        if not intake.org.has_teams:
+            raise ApplicationError(
+                "Assigning an intake to a team needs the Business or Enterprise plan.",
+                code="forbidden")
+    if changes.get("callback_url"):
+        callback_url_checked(changes["callback_url"])
+    changed = [f for f in INTAKE_EDITABLE if f in changes and getattr(intake, f) != changes[f]]
+    if not changed:
+        return []
+    with transaction.atomic():
+        for field in changed:
+            setattr(intake, field, changes[field])
+        intake.save(update_fields=changed)
+        audit_record(event="intake.changed", org=intake.org, actor_user=actor, obj=intake, ip=ip,
+                     extra={"fields": changed, "name": intake.name})
+    return changed

