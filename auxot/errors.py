@@ -131,12 +131,8 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         )
     for exc_type, code in _DRF_CODES.items():
         if isinstance(exc, exc_type):
-            if code == "unauthorized":
-                detail = str(exc.detail)
-            elif code == "validation_failed":
+            if code == "validation_failed":
                 return problem_response(code, "The request failed validation.",
                                         extra={"errors": exc.detail})
-            else:
-                detail = str(exc.detail)
-            return problem_response(code, detail)
+            return problem_response(code, str(exc.detail))
     return None

@@ -157,3 +157,14 @@ def test_delay_config_validation(config):
 
     with pytest.raises(ValidationError):
         step_kind("delay").validate_config(config)
+
+
+def test_engine_query_count_for_a_two_step_item_is_pinned(cast, django_assert_num_queries):
+    wf = make_workflow(cast.org_a, [("transform", {"expression": "input"}),
+                                   ("transform", {"expression": "previous"})])
+    item = _item(wf)
+    # claim, load item (+workflow, org), steps, attempts; per step: lease, attempt INSERT,
+    # savepoint, advance, attempt result, release; finish: savepoint, item, audit, release.
+    # No provider-ticket query for a workflow without agent steps; no org query.
+    with django_assert_num_queries(20):
+        work_item_process(work_id=item.pk, drain_seconds=0)

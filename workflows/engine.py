@@ -52,7 +52,8 @@ def work_item_claim(*, work_id, now: datetime) -> Claim | None:
     )
     if changed != 1:
         return None
-    item = WorkItem.objects.select_related("workflow").get(pk=work_id)
+    # workflow__org: the finish audits with the org, without a query per item.
+    item = WorkItem.objects.select_related("workflow__org").get(pk=work_id)
     return Claim(item=item, token=token)
 
 
@@ -239,7 +240,8 @@ def _finish(run: _Run, status: str, *, output: Any = None, error: dict | None = 
         )
         if changed == 1:
             item_id = run.item.pk
-            provider_tickets_drop(work_id=item_id)
+            if any(step.kind == "agent" for step in run.steps):
+                provider_tickets_drop(work_id=item_id)  # only agent steps take tickets
             # The status transition, audited with it (issue 5: the work item's trace).
             audit_record(event=f"work_item.{status}", org=run.item.workflow.org, obj=run.item,
                          now=now, actor_label="engine",
