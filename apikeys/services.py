@@ -94,6 +94,12 @@ def apikey_authenticate(*, token: str, now: datetime) -> ApiKey:
         raise UnauthorizedError("This API key has expired.")
     if key.user is not None and not key.user.is_active:
         raise UnauthorizedError("This API key's owner is deactivated.")
+    if key.kind == ApiKey.Kind.TEAM and not key.org.has_teams:
+        # The plan is read with the key (one joined SELECT): a downgrade stops team keys at
+        # once, and an upgrade brings the same keys back.
+        raise UnauthorizedError(
+            "Team API keys need the Business or Enterprise plan; this key's organization is "
+            f"on the {key.org.get_plan_display()} plan.")
     _touch(key, now)
     return key
 
