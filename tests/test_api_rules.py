@@ -1,9 +1,17 @@
-"""Who may do what over the API: auditors read, team keys need the plan that has teams."""
+"""Who may do what over the API: auditors read, team keys need the plan that has teams,
+and one person holds a bounded number of keys."""
+
+from datetime import timedelta
+from io import StringIO
 
 import pytest
+import time_machine
+from django.core.management import CommandError, call_command
+from django.utils import timezone
 
-from apikeys.services import apikey_issue
-from auxot.errors import PermissionDeniedError
+from apikeys.models import ApiKey
+from apikeys.services import apikey_issue, apikey_revoke
+from auxot.errors import ApplicationError, PermissionDeniedError
 from auxot.models import AuditEvent, Membership
 from intakes import rejections
 from intakes.models import Intake
@@ -156,3 +164,84 @@ def test_team_key_plan_check_costs_no_extra_query(api, cast, team_setup,
     _set_plan(cast.org_a, "pro")
     with django_assert_num_queries(4):  # the key with its org; the intake.rejected row
         _assert_401(trigger(api, intake.pk, token))
+
+
+# --- a cap on the active personal keys one person holds in one organization ------------
+@pytest.fixture
+def cap(settings):
+    settings.AUXOT_MAX_KEYS_PER_USER = 2
+    return settings
+
+
+def test_key_cap_refuses_the_next_key_and_stores_nothing(cast, cap):
+    for n in range(2):
+        apikey_issue(org=cast.org_a, label=f"k{n}", user=cast.member_a)
+    with pytest.raises(ApplicationError, match="already holds 2 active personal API keys"):
+        apikey_issue(org=cast.org_a, label="one too many", user=cast.member_a)
+    assert not ApiKey.objects.filter(label="one too many").exists()
+    assert AuditEvent.objects.filter(event="apikey.issued").count() == 2
+
+
+def test_revoked_and_expired_keys_do_not_count(cast, cap):
+    revoked = apikey_issue(org=cast.org_a, label="old", user=cast.member_a).key
+    apikey_revoke(key=revoked)
+    apikey_issue(org=cast.org_a, label="short", user=cast.member_a,
+                 expires_at=timezone.now() + timedelta(minutes=5))
+    with time_machine.travel(timezone.now() + timedelta(minutes=10)):
+        apikey_issue(org=cast.org_a, label="new", user=cast.member_a)
+        apikey_issue(org=cast.org_a, label="newer", user=cast.member_a)
+    assert ApiKey.objects.filter(user=cast.member_a).count() == 4
+
+
+def test_key_cap_is_per_person_and_organization_and_zero_switches_it_off(cast, cap):
+    other_org = cast.org_b
+    Membership.objects.create(user=cast.member_a, org=other_org, role="member")
+    for n in range(2):
+        apikey_issue(org=cast.org_a, label=f"a{n}", user=cast.member_a)
+    apikey_issue(org=other_org, label="b", user=cast.member_a)
+    apikey_issue(org=cast.org_a, label="admin's", user=cast.admin_a)
+    apikey_issue(org=cast.org_a, label="team", team=cast.team_a)  # team keys: not a person's
+    cap.AUXOT_MAX_KEYS_PER_USER = 0
+    apikey_issue(org=cast.org_a, label="uncapped", user=cast.member_a)
+    assert ApiKey.objects.filter(user=cast.member_a, org=cast.org_a).count() == 3
+
+
+def test_key_cap_is_a_clear_form_error_in_the_admin(client, cast, cap):
+    for n in range(2):
+        apikey_issue(org=cast.org_a, label=f"k{n}", user=cast.member_a)
+    client.force_login(cast.member_a)
+    response = client.post("/admin/apikeys/apikey/add/", {"org": cast.org_a.pk, "label": "x",
+                                                           "kind": "user"})
+    assert response.status_code == 200
+    assert "already holds 2 active personal API keys" in response.content.decode()
+    assert not ApiKey.objects.filter(label="x").exists()
+
+
+def test_key_cap_is_a_clear_error_in_the_command(cast, cap):
+    for n in range(2):
+        apikey_issue(org=cast.org_a, label=f"k{n}", user=cast.member_a)
+    with pytest.raises(CommandError, match="revoke one first"):
+        call_command("apikey_issue", "--org", "org-a", "--user", "member_a", "--label", "x",
+                     stdout=StringIO(), stderr=StringIO())
+    assert not ApiKey.objects.filter(label="x").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_issues_cannot_overrun_the_cap(cast, cap):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connection
+
+    def issue(n):
+        try:
+            apikey_issue(org=cast.org_a, label=f"c{n}", user=cast.member_a)
+            return "issued"
+        except ApplicationError:
+            return "refused"
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(issue, range(6)))
+    assert results.count("issued") == 2
+    assert ApiKey.objects.filter(user=cast.member_a, revoked_at__isnull=True).count() == 2
