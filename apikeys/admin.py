@@ -9,7 +9,7 @@ from django.contrib import admin, messages
 from django.utils import timezone
 
 from apikeys.models import ApiKey
-from apikeys.services import apikey_issue, apikey_revoke
+from apikeys.services import apikey_cap_check, apikey_issue, apikey_revoke
 from auxot.admin_base import ACTORS, ADMIN, MEMBER, OrgScopedAdmin, has_role, user_roles
 from auxot.errors import ApplicationError
 
@@ -49,6 +49,10 @@ class ApiKeyIssueForm(forms.ModelForm):
             if org.pk not in user_roles(request):
                 raise forms.ValidationError(
                     "You can only issue personal keys in an organization you belong to.")
+            try:
+                apikey_cap_check(org=org, user=request.user)
+            except ApplicationError as exc:
+                raise forms.ValidationError(exc.detail) from None
         expires = data.get("expires_at")
         if expires is not None and expires <= timezone.now():
             self.add_error("expires_at", "The expiry must be in the future.")

@@ -4,6 +4,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from apikeys.lookup import apikey_lookup
@@ -52,6 +53,11 @@ def apikey_issue(
     token = token_generate(kind)
     parsed = token_parse(token)
     with transaction.atomic():
+        if user is not None:
+            # The membership row lock makes concurrent issues for one person take turns, so
+            # the count below cannot be overrun.
+            Membership.objects.select_for_update().filter(user=user, org=org).first()
+            apikey_cap_check(org=org, user=user, now=now)
         key = ApiKey.objects.create(
             kind=kind, org=org, user=user, team=team, label=label.strip(),
             lookup_id=parsed.lookup_id, digest=parsed.digest, last_four=token[-4:],
@@ -62,6 +68,22 @@ def apikey_issue(
             extra={"kind": kind, "label": key.label, "lookup_id": key.lookup_id},
         )
     return IssuedKey(key=key, token=token)
+
+
+def apikey_cap_check(*, org: Organization, user, now: datetime | None = None) -> None:
+    """Raise unless `user` may hold one more active personal key in `org`
+    (AUXOT_MAX_KEYS_PER_USER; 0 = no cap)."""
+    cap = settings.AUXOT_MAX_KEYS_PER_USER
+    if not cap:
+        return
+    now = now or timezone.now()
+    active = ApiKey.objects.filter(org=org, user=user, revoked_at__isnull=True).filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=now)).count()
+    if active >= cap:
+        raise ApplicationError(
+            f"{user.get_username()} already holds {active} active personal API keys in "
+            f"{org.name}, the most one person may hold ({cap}); revoke one first.",
+            code="conflict")
 
 
 def apikey_revoke(*, key: ApiKey, revoked_by=None) -> ApiKey:
@@ -94,6 +116,12 @@ def apikey_authenticate(*, token: str, now: datetime) -> ApiKey:
         raise UnauthorizedError("This API key has expired.")
     if key.user is not None and not key.user.is_active:
         raise UnauthorizedError("This API key's owner is deactivated.")
+    if key.kind == ApiKey.Kind.TEAM and not key.org.has_teams:
+        # The plan is read with the key (one joined SELECT): a downgrade stops team keys at
+        # once, and an upgrade brings the same keys back.
+        raise UnauthorizedError(
+            "Team API keys need the Business or Enterprise plan; this key's organization is "
+            f"on the {key.org.get_plan_display()} plan.")
     _touch(key, now)
     return key
 

@@ -19,7 +19,7 @@ NOBODY = frozenset()
 @admin.register(Organization)
 class OrganizationAdmin(OrgScopedAdmin):
     org_path = "pk"
-    list_display = ["name", "slug", "plan", "created_at"]
+    list_display = ["name", "slug", "plan", "rate_limit_per_window", "created_at"]
     prepopulated_fields = {"slug": ["name"]}
     view_roles = frozenset({ADMIN, AUDITOR})
     add_roles = change_roles = NOBODY  # plans and orgs: superusers only

@@ -14,6 +14,11 @@ class Organization(models.Model):
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=80, unique=True)
     plan = models.CharField(max_length=20, choices=Plan.choices, default=Plan.FREE)
+    rate_limit_per_window = models.PositiveIntegerField(
+        null=True, blank=True,
+        help_text="Accepted triggers per rate-limit window across the whole organization (all "
+                  "intakes and keys together). Empty: the server default "
+                  "(AUXOT_RATE_LIMIT_ORG); 0: no organization-wide limit. Operators only.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:

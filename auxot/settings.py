@@ -319,6 +319,9 @@ AUXOT_IDEMPOTENCY_WAIT_MS = env_int("AUXOT_IDEMPOTENCY_WAIT_MS", 2000, minimum=1
 AUXOT_RATE_LIMIT_WINDOW_SECONDS = env_int("AUXOT_RATE_LIMIT_WINDOW_SECONDS", 60, minimum=1)
 AUXOT_RATE_LIMIT_KEY = env_int("AUXOT_RATE_LIMIT_KEY", 1200, minimum=0)
 AUXOT_RATE_LIMIT_INTAKE = env_int("AUXOT_RATE_LIMIT_INTAKE", 6000, minimum=0)
+AUXOT_RATE_LIMIT_ORG = env_int("AUXOT_RATE_LIMIT_ORG", 20000, minimum=0)
+# Active (unrevoked, unexpired) personal keys one user may hold in one organization.
+AUXOT_MAX_KEYS_PER_USER = env_int("AUXOT_MAX_KEYS_PER_USER", 20, minimum=0)
 # intake.rejected audit rows per web process per minute (all sources, and per IP + reason);
 # beyond that rejections are counted and the count is written with the next row.
 AUXOT_REJECTION_AUDIT_PER_MINUTE = env_int("AUXOT_REJECTION_AUDIT_PER_MINUTE", 120, minimum=0)

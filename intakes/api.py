@@ -15,7 +15,7 @@ from intakes.longpoll import wait_parse, work_item_wait
 from intakes.openapi import approval_schema, cancel_schema, trigger_schema, work_item_schema
 from intakes.presenters import work_item_poll_view
 from intakes.rejections import RejectionAuditMixin
-from intakes.services import intake_for_key, intake_trigger, work_item_for_key
+from intakes.services import intake_for_key, intake_for_trigger, intake_trigger, work_item_for_key
 from workflows.services import work_item_cancel, work_item_decide
 
 MAX_CORRELATION_ID = 200
@@ -43,7 +43,7 @@ class IntakeTriggerApi(RejectionAuditMixin, APIView):
 
     @trigger_schema
     def post(self, request: Request, intake_id: str) -> Response:
-        intake = intake_for_key(intake_id=intake_id, key=request.auth)
+        intake = intake_for_trigger(intake_id=intake_id, key=request.auth)
         payload = json_body(request._request)
         idempotency_key = idempotency_header_parse(request.headers.get(IDEMPOTENCY_HEADER))
         result = intake_trigger(intake=intake, key=request.auth, payload=payload,

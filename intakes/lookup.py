@@ -18,37 +18,44 @@ from workflows.models import Workflow, WorkItem
 
 @functools.cache
 def _plan(vendor: str, team_key: bool) -> tuple[str, list[Field], list[Field]]:
+    """Params: team key (intake, org, team); personal key (user, intake, org)."""
     intake_fields, intake_cols = rawsql.columns(Intake, "i")
     workflow_fields, workflow_cols = rawsql.columns(Workflow, "w")
     if team_key:
-        access = "i.team_id = %s"
-    else:  # a member of the org, and of the intake's team if it has one
+        role, join, access = "NULL", "", "i.team_id = %s"
+    else:  # a member of the org (one row at most: one membership per org), and of the
+        # intake's team if it has one; the role comes along for the caller's checks
         through = rawsql.quote(Membership.teams.through._meta.db_table)
-        access = (
-            f"EXISTS (SELECT 1 FROM {rawsql.table(Membership)} m "
-            "WHERE m.user_id = %s AND m.org_id = i.org_id AND (i.team_id IS NULL OR EXISTS "
-            f"(SELECT 1 FROM {through} mt "
-            "WHERE mt.membership_id = m.id AND mt.team_id = i.team_id)))"
-        )
+        role = "m.role"
+        join = (f"JOIN {rawsql.table(Membership)} m ON m.user_id = %s AND m.org_id = i.org_id")
+        access = (f"(i.team_id IS NULL OR EXISTS (SELECT 1 FROM {through} mt "
+                  "WHERE mt.membership_id = m.id AND mt.team_id = i.team_id))")
     sql = (
-        f"SELECT {intake_cols}, {workflow_cols} FROM {rawsql.table(Intake)} i "
-        f"JOIN {rawsql.table(Workflow)} w ON w.id = i.workflow_id "
+        f"SELECT {intake_cols}, {workflow_cols}, {role} FROM {rawsql.table(Intake)} i "
+        f"JOIN {rawsql.table(Workflow)} w ON w.id = i.workflow_id {join} "
         f"WHERE i.id = %s AND i.active AND i.org_id = %s AND w.active AND {access}"
     )
     return sql, intake_fields, workflow_fields
 
 
 def intake_lookup(*, pk: uuid.UUID, key: ApiKey) -> Intake | None:
-    """The active intake (with its active workflow) `key` may call, or None."""
+    """The active intake (with its active workflow) `key` may call, or None.
+
+    The intake carries `key_role`: the personal key's owner's role in the organization
+    (admin/member/auditor), or None for a team key.
+    """
     team_key = key.kind == ApiKey.Kind.TEAM
     sql, intake_fields, workflow_fields = _plan(connection.vendor, team_key)
-    row = rawsql.fetch_one(sql, [Intake._meta.pk.get_db_prep_value(pk, connection), key.org_id,
-                                 key.team_id if team_key else key.user_id])
+    intake_pk = Intake._meta.pk.get_db_prep_value(pk, connection)
+    params = ([intake_pk, key.org_id, key.team_id] if team_key
+              else [key.user_id, intake_pk, key.org_id])
+    row = rawsql.fetch_one(sql, params)
     if row is None:
         return None
-    split = len(intake_fields)
+    split, end = len(intake_fields), len(intake_fields) + len(workflow_fields)
     intake = rawsql.instance(Intake, intake_fields, row[:split])
-    intake.workflow = rawsql.instance(Workflow, workflow_fields, row[split:])
+    intake.workflow = rawsql.instance(Workflow, workflow_fields, row[split:end])
+    intake.key_role = row[end]
     return intake
 
 

@@ -306,13 +306,15 @@ trigger_schema = extend_schema(
     description="Any JSON value is the workflow's input (UTF-8; strings may not contain "
     "`\\u0000` or unpaired surrogates, nesting up to 64 levels, no duplicate keys, no NaN). "
     "`202` means durably queued, not done: "
-    "poll `status_url` (or wait for the callback). A rejected request never creates a work item.",
+    "poll `status_url` (or wait for the callback). A rejected request never creates a work item. "
+    "A personal key whose owner is an auditor gets `403` (auditors read: they may poll). "
+    "`429` when the key's, the intake's or the organization's rate limit is used up.",
     tags=["intakes"],
     parameters=[INTAKE_ID, *TRIGGER_HEADERS, RETRY_AFTER_ERRORS, WWW_AUTHENTICATE],
     request={"application/json": OpenApiTypes.ANY},
     responses={202: OpenApiResponse(TriggerAcceptedSerializer, description="Accepted and "
                                     "stored."),
-               **problems(400, 401, 404, 409, 411, 413, 415, 422, 429, 503)},
+               **problems(400, 401, 403, 404, 409, 411, 413, 415, 422, 429, 503)},
     examples=TRIGGER_EXAMPLES,
 )
 
@@ -350,7 +352,8 @@ approval_schema = work_item_action_schema(
     summary="Approve or reject a waiting approval step",
     description="For a work item waiting at an `approval` step. Personal keys only (a team key "
     "gets 403: an approval is a person's decision); the key's user must be an admin or member "
-    "(auditors get 403). 409 when the item is not waiting for an approval. Reject fails the item "
+    "(auditors get 403). 409 when the item is not waiting for an approval (or was canceled or "
+    "decided meanwhile: of two conflicting actions exactly one wins). Reject fails the item "
     "with code `rejected`.",
     request=ApprovalRequestSerializer, statuses=(400, 401, 403, 404, 409, 415, 503),
 )
@@ -358,6 +361,7 @@ cancel_schema = work_item_action_schema(
     operation_id="work_item_cancel",
     summary="Cancel a work item",
     description="Ends a pending or running item as `failed` with code `canceled`; a running "
-    "step's result is discarded. Body optional. 409 when the item already finished.",
+    "step's result is discarded. Body optional. 409 when the item already finished, or while an "
+    "approval just recorded for it is being applied (approve and cancel never both succeed).",
     request=CancelRequestSerializer, statuses=(400, 401, 403, 404, 409, 415, 503),
 )

@@ -1,7 +1,8 @@
-"""Rate limits on accepted triggers: per API key and per intake, fixed windows.
+"""Rate limits on accepted triggers: per API key, per intake and per organization, fixed
+windows.
 
 One statement (INSERT ... ON CONFLICT DO UPDATE ... RETURNING, PostgreSQL and SQLite
-3.35+) bumps both counters as the last statement of the trigger's transaction. The row
+3.35+) bumps every counter as the last statement of the trigger's transaction. The row
 lock serializes concurrent callers of one key only for the commit itself, and the counter
 is exact: a request over the limit rolls back, so its increment, item and queue entry
 vanish together. The database holds the counter even with REDIS_URL: it is one statement
@@ -34,12 +35,26 @@ class RateLimitState:
                 "RateLimit-Reset": str(self.reset)}
 
 
+SCOPE_NAMES = {"key": "this API key", "intake": "this intake", "org": "this organization"}
+
+
+def _own_or_default(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
 def ratelimit_scopes(*, intake: Intake, key: ApiKey) -> dict[str, int]:
-    """scope -> limit, for the limits that are switched on."""
-    intake_limit = intake.rate_limit_per_window
-    if intake_limit is None:
-        intake_limit = settings.AUXOT_RATE_LIMIT_INTAKE
-    scopes = {f"key:{key.pk}": settings.AUXOT_RATE_LIMIT_KEY, f"intake:{intake.pk}": intake_limit}
+    """scope -> limit, for the limits that are switched on.
+
+    The organization is the key's (the intake lookup guarantees it is the intake's too),
+    loaded with the key: its override costs no query.
+    """
+    scopes = {
+        f"key:{key.pk}": settings.AUXOT_RATE_LIMIT_KEY,
+        f"intake:{intake.pk}": _own_or_default(intake.rate_limit_per_window,
+                                               settings.AUXOT_RATE_LIMIT_INTAKE),
+        f"org:{key.org_id}": _own_or_default(key.org.rate_limit_per_window,
+                                             settings.AUXOT_RATE_LIMIT_ORG),
+    }
     return {scope: limit for scope, limit in scopes.items() if limit > 0}
 
 
@@ -70,18 +85,21 @@ def ratelimit_consume(*, intake: Intake, key: ApiKey, now: datetime) -> RateLimi
     with connection.cursor() as cursor:
         cursor.execute(_upsert_sql(len(scopes)), params)
         counts = dict(cursor.fetchall())
-    states = [RateLimitState(limit=limit, remaining=max(0, limit - counts[scope]), reset=reset)
-              for scope, limit in scopes.items()]
-    tightest = min(states, key=lambda state: state.remaining)
+    states = {scope: RateLimitState(limit=limit, remaining=max(0, limit - counts[scope]),
+                                    reset=reset) for scope, limit in scopes.items()}
     over = [scope for scope, limit in scopes.items() if counts[scope] > limit]
+    # The most restrictive scope speaks: the one over its limit (the smallest, if several),
+    # else the one with the fewest triggers left.
+    tightest = min(over or states, key=lambda scope: (states[scope].remaining, scopes[scope]))
+    state = states[tightest]
     if over:
-        what = "this API key" if over[0].startswith("key:") else "this intake"
+        what = SCOPE_NAMES[tightest.split(":", 1)[0]]
         raise ApplicationError(
-            f"Rate limit of {scopes[over[0]]} triggers per {window} s exceeded for {what}; "
+            f"Rate limit of {scopes[tightest]} triggers per {window} s exceeded for {what}; "
             f"retry in {reset} s.",
-            code="rate_limited", headers={"Retry-After": str(reset), **tightest.headers()},
+            code="rate_limited", headers={"Retry-After": str(reset), **state.headers()},
         )
-    return tightest
+    return state
 
 
 def ratelimit_prune(*, now: datetime) -> int:

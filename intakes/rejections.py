@@ -25,7 +25,7 @@ from auxot.services import audit_record
 
 logger = logging.getLogger(__name__)
 
-AUDITED_STATUSES = frozenset({400, 401, 404, 411, 413, 415, 422, 429})
+AUDITED_STATUSES = frozenset({400, 401, 403, 404, 411, 413, 415, 422, 429})
 EVENT = "intake.rejected"
 
 

@@ -6,8 +6,8 @@ from django.db import IntegrityError, OperationalError, transaction
 from django.utils import timezone
 
 from apikeys.models import ApiKey
-from auxot.errors import NOT_FOUND_DETAIL, ApplicationError, NotFoundError
-from auxot.models import Organization, Team
+from auxot.errors import NOT_FOUND_DETAIL, ApplicationError, NotFoundError, PermissionDeniedError
+from auxot.models import Membership, Organization, Team
 from auxot.services import audit_record
 from intakes import idempotency, ratelimit
 from intakes.lookup import intake_lookup, work_item_lookup
@@ -102,6 +102,31 @@ def intake_for_key(*, intake_id: str, key: ApiKey) -> Intake:
     return intake
 
 
+def intake_for_trigger(*, intake_id: str, key: ApiKey) -> Intake:
+    """intake_for_key, then the 403 for a key whose owner may only read (an auditor)."""
+    intake = intake_for_key(intake_id=intake_id, key=key)
+    _require_actor(intake=intake, key=key)
+    return intake
+
+
+def _require_actor(*, intake: Intake, key: ApiKey) -> None:
+    """Auditors read: their personal keys may poll work items, never start work.
+
+    Checked at request time, so a key issued before its owner was demoted stops at once.
+    The role normally comes with the intake lookup (no query of its own).
+    """
+    if key.kind == ApiKey.Kind.TEAM:
+        return
+    role = getattr(intake, "key_role", None)
+    if role is None:
+        role = Membership.objects.filter(user_id=key.user_id, org_id=intake.org_id).values_list(
+            "role", flat=True).first()
+    if role not in (Membership.Role.ADMIN, Membership.Role.MEMBER):
+        raise PermissionDeniedError(
+            "This key's owner is an auditor of the organization: auditors' keys may read "
+            "work items but not trigger intakes.")
+
+
 @dataclass(frozen=True)
 class TriggerResult:
     item: WorkItem
@@ -114,6 +139,7 @@ def intake_trigger(*, intake: Intake, key: ApiKey, payload: Any, ip: str | None,
                    idempotency_key: str | None = None) -> TriggerResult:
     """Accept one trigger: the item, its queue entry, the idempotency record and the rate
     counters commit together, or not at all."""
+    _require_actor(intake=intake, key=key)
     if callback_url:
         callback_url_checked(callback_url)
     claim = idempotency.idempotency_claim(key=key, header=idempotency_key, payload=payload)

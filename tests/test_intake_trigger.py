@@ -154,9 +154,9 @@ def test_problem_type_is_dereferenceable(api, intake_a, member_token):
 
 def test_trigger_query_count_is_pinned(api, intake_a, member_token, django_assert_num_queries):
     trigger(api, intake_a.pk, member_token)  # first use touches last_used_at
-    # key, intake with its membership check (one EXISTS); then savepoint, item, queue entry,
-    # both rate-limit counters (one upsert), the work_item.accepted audit row (issue 5),
-    # release (one commit)
+    # key (with its org's plan), intake with the owner's membership and role (one JOIN);
+    # then savepoint, item, queue entry, every rate-limit counter (one upsert), the
+    # work_item.accepted audit row, release (one commit)
     with django_assert_num_queries(8):
         assert trigger(api, intake_a.pk, member_token).status_code == 202
 

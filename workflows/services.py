@@ -150,7 +150,7 @@ def work_item_decide(*, item: WorkItem, decision: str, comment: str = "", user=N
     now = now or timezone.now()
     _require_role(org_id=item.workflow.org_id, user=user, key=key, action="approve or reject")
     with transaction.atomic():
-        locked = WorkItem.objects.select_for_update().get(pk=item.pk)
+        locked = _locked(item)
         run = _waiting_approval(locked)
         approval = Approval.objects.create(
             work_item=locked, step=run.step, decision=decision, comment=comment, decided_by=user,
@@ -166,6 +166,18 @@ def work_item_decide(*, item: WorkItem, decision: str, comment: str = "", user=N
                      extra={"step": run.step.name, "step_position": run.step.position,
                             "comment": comment[:500]})
     return approval
+
+
+def _locked(item: WorkItem) -> WorkItem:
+    """The item re-read under its row lock, for the rest of the caller's transaction.
+
+    Every action that changes a work item's fate (approve/reject, cancel) takes this lock
+    and checks the state it reads here, so of two conflicting actions exactly one wins and
+    the other sees what the winner did. The engine's guarded UPDATEs wait on the same lock.
+    On SQLite, BEGIN IMMEDIATE already serializes the writers.
+    """
+    return (WorkItem.objects.select_for_update(of=("self",)).select_related("workflow__org")
+            .get(pk=item.pk))
 
 
 def _waiting_approval(item: WorkItem) -> StepRun:
@@ -191,29 +203,44 @@ def work_item_cancel(*, item: WorkItem, user=None, key=None, reason: str = "",
     now = now or timezone.now()
     _require_role(org_id=item.workflow.org_id, user=user, key=key, action="cancel work")
     who = _actor_label(user, key)
-    steps = list(Step.objects.filter(workflow_id=item.workflow_id))
-    step = steps[item.current_step] if item.current_step < len(steps) else None
-    error = {"code": "canceled", "message": f"Canceled by {who}" + (f": {reason}" if reason
-                                                                   else "."),
-             "step": step.name if step else None,
-             "step_position": step.position if step else None}
     with transaction.atomic():
-        changed = WorkItem.objects.filter(pk=item.pk, status__in=WorkItem.ACTIVE).update(
-            status=WorkItem.Status.FAILED, error=error, finished_at=now, next_run_at=None,
-            lease_token="", waiting_on="", waiting_since=None, waiting_detail={})
-        if changed != 1:
-            raise ApplicationError("This work item has already finished.", code="conflict")
-        StepRun.objects.filter(work_item=item, status=StepRun.Status.WAITING).update(
+        locked = _locked(item)
+        steps = list(Step.objects.filter(workflow_id=locked.workflow_id))
+        step = steps[locked.current_step] if locked.current_step < len(steps) else None
+        _cancelable(locked, step)
+        WorkItem.objects.filter(pk=locked.pk).update(
+            status=WorkItem.Status.FAILED, error=_cancel_error(step, who, reason),
+            finished_at=now, next_run_at=None, lease_token="", waiting_on="",
+            waiting_since=None, waiting_detail={})
+        StepRun.objects.filter(work_item=locked, status=StepRun.Status.WAITING).update(
             status=StepRun.Status.DISCARDED, finished_at=now)
-        provider_tickets_drop(work_id=item.pk)
-        audit_record(event="work_item.canceled", org=item.workflow.org, actor_user=user,
-                     actor_key_lookup=key.lookup_id if key else "", actor_label=who, obj=item,
-                     ip=ip, now=now, extra={"reason": reason[:500]})
-        item_id = item.pk
+        provider_tickets_drop(work_id=locked.pk)
+        audit_record(event="work_item.canceled", org=locked.workflow.org, actor_user=user,
+                     actor_key_lookup=key.lookup_id if key else "", actor_label=who,
+                     obj=locked, ip=ip, now=now, extra={"reason": reason[:500]})
+        item_id = locked.pk
         transaction.on_commit(lambda: work_item_finished.send(
             sender=WorkItem, work_item=WorkItem.objects.get(pk=item_id)))
     item.refresh_from_db()
     return item
+
+
+def _cancelable(item: WorkItem, step: Step | None) -> None:
+    """Raise a 409 unless a cancel may end `item` now (call with the item locked)."""
+    if item.status not in WorkItem.ACTIVE:
+        raise ApplicationError("This work item has already finished.", code="conflict")
+    if (step is not None and item.waiting_on == WorkItem.Waiting.APPROVAL
+            and Approval.objects.filter(work_item=item, step=step).exists()):
+        # The approver was told their decision stands: a cancel may not undo it unseen.
+        raise ApplicationError(
+            "An approval decision was just recorded for this work item and it is resuming "
+            "with it; cancel again once it has moved on.", code="conflict")
+
+
+def _cancel_error(step: Step | None, who: str, reason: str) -> dict:
+    message = f"Canceled by {who}" + (f": {reason}" if reason else ".")
+    return {"code": "canceled", "message": message, "step": step.name if step else None,
+            "step_position": step.position if step else None}
 
 
 def work_item_run(*, workflow: Workflow, input: Any, user, ip: str | None = None) -> WorkItem:

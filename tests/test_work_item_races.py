@@ -1,0 +1,154 @@
+"""Conflicting actions on one work item are serialized on the item: exactly one wins.
+
+Approve vs cancel over HTTP (a real threaded server, real transactions), and an approval
+against the engine resuming the same item at its deadline. Several rounds each, because a
+race lost by luck once proves nothing.
+"""
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import requests
+import time_machine
+from django.db import connection
+
+from apikeys.services import apikey_issue
+from auxot.errors import ApplicationError
+from auxot.models import AuditEvent
+from intakes.services import intake_create
+from tests.conftest import make_workflow
+from workflows.engine import work_item_process
+from workflows.models import Approval, StepRun, WorkItem
+from workflows.services import work_item_cancel, work_item_create, work_item_decide
+
+ROUNDS = 6
+T0 = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
+
+
+def _approval_intake(cast, deadline=None):
+    config = {"instructions": "Check it"} | ({"deadline_seconds": deadline} if deadline else {})
+    workflow = make_workflow(cast.org_a, [("approval", config),
+                                          ("transform", {"expression": "previous.decision"})],
+                             name="Sign-off")
+    return intake_create(org=cast.org_a, workflow=workflow, name="sign-off")
+
+
+def _parked(intake) -> WorkItem:
+    item = work_item_create(workflow=intake.workflow, intake=intake, input={})
+    work_item_process(work_id=item.pk, drain_seconds=0)
+    item.refresh_from_db()
+    assert (item.status, item.waiting_on) == ("running", "approval")
+    return item
+
+
+def _together(*calls):
+    """Run the calls in threads released at the same instant; their results in order."""
+    barrier = threading.Barrier(len(calls))
+
+    def run(call):
+        barrier.wait()
+        try:
+            return call()
+        finally:
+            connection.close()  # each thread has its own connection
+
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        return list(pool.map(run, calls))
+
+
+def _events(item, event: str) -> int:
+    return AuditEvent.objects.filter(event=event, object_id=str(item.pk)).count()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_approve_and_cancel_sent_together_exactly_one_wins(live_server, cast):
+    intake = _approval_intake(cast)
+    token = apikey_issue(org=cast.org_a, label="race", user=cast.member_a).token
+    headers = {"Authorization": f"Bearer {token}"}
+    wins = {"approve": 0, "cancel": 0}
+    for _ in range(ROUNDS):
+        item = _parked(intake)
+        base = f"{live_server.url}/v1/intake/{intake.pk}/work/{item.pk}"
+        approve, cancel = _together(
+            lambda base=base: requests.post(f"{base}/approval", json={"decision": "approve"},
+                                            headers=headers, timeout=30),
+            lambda base=base: requests.post(f"{base}/cancel", headers=headers, timeout=30))
+        codes = sorted([approve.status_code, cancel.status_code])
+        assert codes == [200, 409], (approve.content, cancel.content)
+        loser = cancel if approve.status_code == 200 else approve
+        assert loser.json()["code"] == "conflict"
+        item.refresh_from_db()
+        if approve.status_code == 200:
+            wins["approve"] += 1
+            assert item.status == "running"
+            assert Approval.objects.filter(work_item=item).count() == 1
+            assert (_events(item, "work_item.approved"), _events(item, "work_item.canceled")) \
+                == (1, 0)
+        else:
+            wins["cancel"] += 1
+            assert (item.status, item.error["code"]) == ("failed", "canceled")
+            assert not Approval.objects.filter(work_item=item).exists()
+            assert (_events(item, "work_item.approved"), _events(item, "work_item.canceled")) \
+                == (0, 1)
+    assert sum(wins.values()) == ROUNDS
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cancel_after_a_recorded_approval_gets_409_until_the_engine_applies_it(cast):
+    intake = _approval_intake(cast)
+    item = _parked(intake)
+    work_item_decide(item=item, decision="approve", user=cast.member_a)
+    with pytest.raises(ApplicationError) as refused:
+        work_item_cancel(item=item, user=cast.admin_a)
+    assert refused.value.code == "conflict"
+    assert _events(item, "work_item.canceled") == 0
+    work_item_process(work_id=item.pk, drain_seconds=0)
+    item.refresh_from_db()
+    assert (item.status, item.output) == ("completed", "approve")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cancel_wins_over_a_later_approve_which_leaves_nothing(cast):
+    intake = _approval_intake(cast)
+    item = _parked(intake)
+    work_item_cancel(item=item, user=cast.admin_a)
+    with pytest.raises(ApplicationError) as refused:
+        work_item_decide(item=item, decision="approve", user=cast.member_a)
+    assert refused.value.code == "conflict"
+    assert not Approval.objects.exists()
+    assert _events(item, "work_item.approved") == 0
+    assert not StepRun.objects.filter(work_item=item, status=StepRun.Status.WAITING).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_approve_racing_the_deadline_resume_exactly_one_outcome(cast):
+    intake = _approval_intake(cast, deadline=60)
+    outcomes = set()
+    for n in range(ROUNDS):
+        with time_machine.travel(T0 + timedelta(hours=n), tick=False):
+            item = _parked(intake)
+        with time_machine.travel(T0 + timedelta(hours=n, seconds=61), tick=False):
+
+            def decide(item=item):
+                try:
+                    work_item_decide(item=item, decision="approve", user=cast.member_a)
+                    return "approved"
+                except ApplicationError as exc:
+                    return exc.code
+
+            decided, _ = _together(decide, lambda item=item: work_item_process(
+                work_id=item.pk, drain_seconds=0))
+            work_item_process(work_id=item.pk, drain_seconds=0)  # if the engine found it busy
+        item.refresh_from_db()
+        outcomes.add(decided)
+        if decided == "approved":
+            assert (item.status, item.output) == ("completed", "approve")
+            assert _events(item, "work_item.approved") == 1
+        else:
+            assert decided == "conflict"
+            assert (item.status, item.error["code"]) == ("failed", "approval_timeout")
+            assert not Approval.objects.filter(work_item=item).exists()
+            assert _events(item, "work_item.approved") == 0
+    assert outcomes <= {"approved", "conflict"}
