@@ -174,16 +174,13 @@ except ValueError as exc:
 DB_POOLED = (AUXOT_WEB_PROCESS and DB_POOL_MAX_SIZE > 0
              and _db["ENGINE"] == "django.db.backends.postgresql")
 if DB_POOLED:
-    from psycopg_pool import ConnectionPool
-
     # Django's pool needs CONN_MAX_AGE=0: "closing" a connection returns it to the pool.
+    # CONN_HEALTH_CHECKS (kept on) makes the pool check a connection before handing it out,
+    # so one that died idle (PostgreSQL restarted) is replaced, not given to a request.
     _db["CONN_MAX_AGE"] = 0
-    _db["CONN_HEALTH_CHECKS"] = False
     _db.setdefault("OPTIONS", {})["pool"] = {
         "min_size": DB_POOL_MIN_SIZE, "max_size": DB_POOL_MAX_SIZE,
         "timeout": DB_POOL_TIMEOUT_SECONDS,
-        # A connection that died idle (PostgreSQL restarted) is replaced, not handed out.
-        "check": ConnectionPool.check_connection,
     }
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
