@@ -4,7 +4,23 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: run test lint clean
+.PHONY: run test lint clean tools
+
+# Programs some tests run. Installed when missing and we are root with apt-get; otherwise
+# the tests that need them skip loudly (and fail under AUXOT_REQUIRE_ALL_TOOLS=1, as in CI).
+TEST_TOOLS := shellcheck jq curl chromium
+define install_tools
+	@missing=""; for tool in $(1); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing \
+	    || echo "could not install$$missing: the tests that need them will skip"; \
+	else \
+	  echo "missing$$missing and not root with apt-get: the tests that need them will skip" \
+	       "(sudo apt-get install -y$$missing)"; \
+	fi
+endef
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +33,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 run: $(VENV)/.installed
 	DEBUG=1 PORT=$(PORT) $(BIN)/python manage.py demo
 
-test: $(VENV)/.installed
+tools:
+	$(call install_tools,$(TEST_TOOLS))
+
+test: $(VENV)/.installed tools
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
@@ -30,6 +49,7 @@ clean:
 BENCH_DB ?= postgres://postgres@127.0.0.1:5432/auxot_bench
 .PHONY: bench drill
 bench: $(VENV)/.installed
+	$(call install_tools,wrk)
 	DATABASE_URL=$(BENCH_DB) $(BIN)/python bench/run.py $(BENCH_ARGS)
 
 drill: $(VENV)/.installed

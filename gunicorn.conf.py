@@ -2,11 +2,12 @@
 
 Threaded workers (gthread) because long-polls (`?wait=N`) hold a thread, not a database
 connection, while they wait: a sync worker would be taken by one waiting caller. Each
-process lets at most AUXOT_LONG_POLL_MAX_WAITERS requests wait (48 by default) and answers
-the next one at once, so with the default 64 threads per worker at least 16 threads per
+process lets at most AUXOT_LONG_POLL_MAX_WAITERS requests wait (24 by default) and answers
+the next one at once, so with the default 32 threads per worker at least 8 threads per
 worker always remain for triggers and plain polls. Keep GUNICORN_THREADS above
-AUXOT_LONG_POLL_MAX_WAITERS. Database connections are opened only by requests that are
-working, plus one per process for the long-poll watcher.
+AUXOT_LONG_POLL_MAX_WAITERS. Threads do not each hold a database connection: a worker
+borrows from a pool of at most DB_POOL_MAX_SIZE (8) connections, whatever the thread count
+(see the Database section of auxot/settings.py for the whole budget).
 
 Every value can be overridden from the environment (GUNICORN_*) or the command line.
 """
@@ -23,10 +24,11 @@ def _int(name: str, default: int) -> int:
 bind = os.environ.get("GUNICORN_BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}")
 worker_class = "gthread"
 workers = _int("GUNICORN_WORKERS", _int("WEB_CONCURRENCY", min(multiprocessing.cpu_count(), 4)))
-threads = _int("GUNICORN_THREADS", 64)
+threads = _int("GUNICORN_THREADS", 32)
 # A long-poll lasts at most AUXOT_LONG_POLL_MAX_SECONDS (30): the timeout must exceed it.
 timeout = _int("GUNICORN_TIMEOUT", 60)
-# SIGTERM: stop accepting, let in-flight requests finish for up to this long.
+# SIGTERM: stop accepting, let in-flight requests finish for up to this long. It exceeds the
+# long-poll cap (30 s) and the body-read deadline (AUXOT_BODY_READ_TIMEOUT_SECONDS, 10 s).
 graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 40)
 keepalive = _int("GUNICORN_KEEPALIVE", 5)
 # The app answers an oversized Authorization header (or any header up to 16 KiB) with a
@@ -35,7 +37,7 @@ limit_request_field_size = 16384
 # Recycle workers now and then (with jitter, so they do not all restart together).
 max_requests = _int("GUNICORN_MAX_REQUESTS", 20000)
 max_requests_jitter = _int("GUNICORN_MAX_REQUESTS_JITTER", 2000)
-# No access log by default: a line per request costs throughput (MEASURED.md); set
+# No access log by default: a line per request costs throughput; set
 # GUNICORN_ACCESSLOG=- to log to stdout.
 accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
 # Trust X-Forwarded-* only from a proxy on this host (set it to your load balancer).

@@ -26,6 +26,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "forbidden": (403, "Not allowed"),
     "not_found": (404, "Not found"),
     "method_not_allowed": (405, "Method not allowed"),
+    "request_timeout": (408, "Request body not received in time"),
     "conflict": (409, "Conflict"),
     "idempotency_in_flight": (409, "A request with this Idempotency-Key is still in flight"),
     "length_required": (411, "Length required"),

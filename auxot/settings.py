@@ -138,24 +138,49 @@ TEMPLATES = [
 ]
 
 # --- Database -------------------------------------------------------------------------
+# Connection budget. A web process (auxot/wsgi.py sets AUXOT_WEB_PROCESS) serves many threads
+# but borrows from a psycopg pool of at most DB_POOL_MAX_SIZE connections, whatever
+# GUNICORN_THREADS says. Every other process (qcluster's sentinel, pusher, monitor and
+# workers, its ticker thread, manage.py) keeps one persistent connection per thread that
+# touches the database; a pool must not cross qcluster's fork, so they do not pool.
+# Default total for one host: 4 web processes x 8 + one qcluster (2 workers + sentinel,
+# pusher, monitor, ticker = 6) = 38, well under PostgreSQL's default max_connections (100,
+# 3 of them reserved for superusers). The `auxot.W001` check warns when the estimate
+# exceeds AUXOT_DB_MAX_CONNECTIONS (set it to this host's share of max_connections).
+AUXOT_WEB_PROCESS = env_bool("AUXOT_WEB_PROCESS", False)
+DB_POOL_MAX_SIZE = env_int("DB_POOL_MAX_SIZE", 8, minimum=0)  # 0: no pool, persistent conns
+DB_POOL_MIN_SIZE = env_int("DB_POOL_MIN_SIZE", 2, minimum=0)
+# A request waits this long for a free pooled connection, then gets 503 database_unavailable.
+DB_POOL_TIMEOUT_SECONDS = env_float("DB_POOL_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+AUXOT_DB_MAX_CONNECTIONS = env_int("AUXOT_DB_MAX_CONNECTIONS", 100, minimum=1)
+# What gunicorn.conf.py starts from the same environment: read here for the budget check.
+AUXOT_WEB_PROCESSES = env_int("GUNICORN_WORKERS",
+                              env_int("WEB_CONCURRENCY", min(os.cpu_count() or 1, 4), minimum=1),
+                              minimum=1)
+AUXOT_WEB_THREADS = env_int("GUNICORN_THREADS", 32, minimum=1)
+if DB_POOL_MIN_SIZE > DB_POOL_MAX_SIZE > 0:
+    raise ImproperlyConfigured(
+        f"DB_POOL_MIN_SIZE={DB_POOL_MIN_SIZE} is above DB_POOL_MAX_SIZE={DB_POOL_MAX_SIZE}.")
 _default_db_url = f"sqlite:///{VAR_DIR / 'auxot.sqlite3'}"
 DATABASE_URL = env_str("DATABASE_URL", _default_db_url) or _default_db_url
 try:
-    # A connection per request costs ~6x throughput (MEASURED.md): keep them open.
+    # A connection per request costs ~6x throughput: keep them open (or pooled, below).
     _db = dj_database_url.parse(
         DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60, minimum=0),
         conn_health_checks=True,
     )
 except ValueError as exc:
     raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
-if _db["ENGINE"] == "django.db.backends.sqlite3":
-    VAR_DIR.mkdir(exist_ok=True)
-    _db["OPTIONS"] = {
-        # Web, worker and ticker share one file: wait for locks instead of failing, and
-        # take the write lock at BEGIN so two writers never deadlock on an upgrade.
-        "timeout": 30,
-        "transaction_mode": "IMMEDIATE",
-        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+DB_POOLED = (AUXOT_WEB_PROCESS and DB_POOL_MAX_SIZE > 0
+             and _db["ENGINE"] == "django.db.backends.postgresql")
+if DB_POOLED:
+    # Django's pool needs CONN_MAX_AGE=0: "closing" a connection returns it to the pool.
+    # CONN_HEALTH_CHECKS (kept on) makes the pool check a connection before handing it out,
+    # so one that died idle (PostgreSQL restarted) is replaced, not given to a request.
+    _db["CONN_MAX_AGE"] = 0
+    _db.setdefault("OPTIONS", {})["pool"] = {
+        "min_size": DB_POOL_MIN_SIZE, "max_size": DB_POOL_MAX_SIZE,
+        "timeout": DB_POOL_TIMEOUT_SECONDS,
     }
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -184,6 +209,10 @@ AUXOT_MAX_BODY_BYTES = env_int("AUXOT_MAX_BODY_BYTES", 1024 * 1024, minimum=1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = AUXOT_MAX_BODY_BYTES
 # A key's last_used_at is written at most once per this many seconds (not on every call).
 AUXOT_KEY_TOUCH_SECONDS = env_int("AUXOT_KEY_TOUCH_SECONDS", 60, minimum=0)
+# The whole body must arrive within this many seconds of the request reaching the app, or
+# the answer is 408 request_timeout and the thread is free again (auxot/bodydeadline.py).
+AUXOT_BODY_READ_TIMEOUT_SECONDS = env_float("AUXOT_BODY_READ_TIMEOUT_SECONDS", 10.0,
+                                            minimum=0.1)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["apikeys.authentication.BearerKeyAuthentication"],
@@ -309,7 +338,7 @@ SPECTACULAR_SETTINGS = {
 AUXOT_LONG_POLL_MAX_SECONDS = env_int("AUXOT_LONG_POLL_MAX_SECONDS", 30, minimum=1)
 AUXOT_LONG_POLL_RECHECK_SECONDS = env_float("AUXOT_LONG_POLL_RECHECK_SECONDS", 0.25,
                                             minimum=0.01)
-AUXOT_LONG_POLL_MAX_WAITERS = env_int("AUXOT_LONG_POLL_MAX_WAITERS", 48, minimum=0)
+AUXOT_LONG_POLL_MAX_WAITERS = env_int("AUXOT_LONG_POLL_MAX_WAITERS", 24, minimum=0)
 # --- Robustness: idempotency, rate limits, rejection audit, bench (issue 6) ---------------
 # Idempotency-Key records are kept at least this long (the IETF draft and Stripe: 24 h).
 AUXOT_IDEMPOTENCY_TTL_HOURS = env_int("AUXOT_IDEMPOTENCY_TTL_HOURS", 24, minimum=24)

@@ -218,6 +218,8 @@ _EXAMPLE_DETAILS = {
     "rate_limited": "Too many requests for this key; retry after Retry-After seconds.",
     "idempotency_in_flight": "A request with this Idempotency-Key is still being processed.",
     "idempotency_key_reused": "This Idempotency-Key was used with a different body.",
+    "request_timeout": "The request body did not arrive within 10 seconds; send it at once "
+                       "(through a buffering proxy) and retry.",
     "length_required": "Send a Content-Length header or a chunked body through gunicorn.",
     "database_unavailable": "The database is unavailable; nothing was accepted. Retry later.",
 }
@@ -226,6 +228,8 @@ _STATUS_TEXT = {
     401: "Missing, malformed, unknown, revoked or expired key (`WWW-Authenticate: Bearer`).",
     404: "Unknown, deactivated or not yours: one identical body, so nothing can be "
          "fingerprinted.",
+    408: "The body did not arrive within `AUXOT_BODY_READ_TIMEOUT_SECONDS`; the connection is "
+         "closed. Retry.",
     409: "Conflict: an earlier request with this `Idempotency-Key` is still in flight (retry "
          "after `Retry-After`), or the work item's state does not allow the action.",
     411: "A chunked body the server cannot read: send Content-Length.",
@@ -314,7 +318,7 @@ trigger_schema = extend_schema(
     request={"application/json": OpenApiTypes.ANY},
     responses={202: OpenApiResponse(TriggerAcceptedSerializer, description="Accepted and "
                                     "stored."),
-               **problems(400, 401, 403, 404, 409, 411, 413, 415, 422, 429, 503)},
+               **problems(400, 401, 403, 404, 408, 409, 411, 413, 415, 422, 429, 503)},
     examples=TRIGGER_EXAMPLES,
 )
 
@@ -355,7 +359,7 @@ approval_schema = work_item_action_schema(
     "(auditors get 403). 409 when the item is not waiting for an approval (or was canceled or "
     "decided meanwhile: of two conflicting actions exactly one wins). Reject fails the item "
     "with code `rejected`.",
-    request=ApprovalRequestSerializer, statuses=(400, 401, 403, 404, 409, 415, 503),
+    request=ApprovalRequestSerializer, statuses=(400, 401, 403, 404, 408, 409, 415, 503),
 )
 cancel_schema = work_item_action_schema(
     operation_id="work_item_cancel",
@@ -363,5 +367,5 @@ cancel_schema = work_item_action_schema(
     description="Ends a pending or running item as `failed` with code `canceled`; a running "
     "step's result is discarded. Body optional. 409 when the item already finished, or while an "
     "approval just recorded for it is being applied (approve and cancel never both succeed).",
-    request=CancelRequestSerializer, statuses=(400, 401, 403, 404, 409, 415, 503),
+    request=CancelRequestSerializer, statuses=(400, 401, 403, 404, 408, 409, 415, 503),
 )

@@ -9,6 +9,7 @@ from rest_framework.test import APIClient
 from apikeys.services import apikey_issue
 from auxot.models import Membership, Organization, Team
 from intakes.services import intake_create
+from tests.tools import pytest_runtest_makereport, require_tool  # noqa: F401  (hook, helper)
 from workflows.models import Step, Workflow
 
 GREETING = "{greeting: join(' ', ['Hello,', input.customer || 'world']), n: input.n}"

@@ -3,8 +3,10 @@
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -79,42 +81,58 @@ def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "con
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
 class Gunicorn:
-    """`gunicorn auxot.wsgi` with the repository's gunicorn.conf.py, on the test database."""
+    """`gunicorn auxot.wsgi` with the repository's gunicorn.conf.py, on the test database.
 
-    def __init__(self, workers: int = 1, **env: str):
+    `workers=None` keeps gunicorn.conf.py's default process count. stderr (gunicorn's own
+    log) goes to `self.log_path`. `start()` returns once a worker answers HTTP, not merely
+    when the arbiter listens: a request sent before a worker has booted sits in the listen
+    backlog, and a SIGTERM then resets it."""
+
+    def __init__(self, workers: int | None = 1, **env: str):
         self.port = free_port()
-        self.env = process_env(WEB_CONCURRENCY=str(workers), **env)
+        extra = {"WEB_CONCURRENCY": str(workers)} if workers else {}
+        self.env = process_env(**extra, **env)
         self.proc: subprocess.Popen | None = None
+        self._log = tempfile.NamedTemporaryFile(prefix="gunicorn-", suffix=".log")  # noqa: SIM115
+        self.log_path = self._log.name
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "Gunicorn":
-        import socket
-
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "auxot.wsgi", "-b", f"127.0.0.1:{self.port}"],
             cwd=ROOT, env=self.env, start_new_session=True,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=self._log,
         )
-
-        def listening():
-            with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", self.port), timeout=0.5):
-                return True
-            return False
-
-        wait_for(listening, timeout=30, what="gunicorn to listen")
+        wait_for(self._answers, timeout=60, interval=0.1, what="a gunicorn worker to answer")
         return self
+
+    def _answers(self) -> bool:
+        assert self.proc.poll() is None, f"gunicorn exited: {self.log()[-2000:]}"
+        with contextlib.suppress(OSError), socket.create_connection(
+                ("127.0.0.1", self.port), timeout=2) as sock:
+            sock.sendall(b"GET /v1/problems/not_found HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Connection: close\r\n\r\n")
+            return sock.recv(12).startswith(b"HTTP/1.1 200")
+        return False
+
+    def log(self) -> str:
+        return Path(self.log_path).read_text(errors="replace")
+
+    def refuses_connections(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        except OSError:
+            return True
+        return False
 
     def terminate(self) -> None:
         """SIGTERM to the arbiter: graceful shutdown."""
@@ -128,3 +146,4 @@ class Gunicorn:
                 self.proc.wait(30)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
+        self._log.close()

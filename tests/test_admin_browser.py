@@ -7,7 +7,6 @@ docs/screenshots/ (committed, shown in the README).
 
 import os
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from intakes.models import Intake
 from intakes.services import intake_create
 from tests.conftest import GREETING, make_workflow
 from tests.processes import QCluster
+from tests.tools import require_tool
 from workflows.models import WorkItem
 from workflows.services import work_item_create
 
@@ -42,9 +42,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
 @pytest.fixture(scope="module")
 def browser():
     sync_api = pytest.importorskip("playwright.sync_api")
-    executable = shutil.which("chromium")
-    if executable is None:
-        pytest.fail("chromium is not installed: apt-get install -y chromium (.ci/run does it)")
+    executable = require_tool("chromium")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS,
                                              headless=True)

@@ -5,7 +5,6 @@ with the environment GitHub would give them)."""
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import yaml
 
 from tests.callers import caller, worker  # noqa: F401  (fixtures)
 from tests.processes import ROOT
+from tests.tools import require_tool
 
 EXAMPLES = ROOT / "examples"
 CRON = EXAMPLES / "cron" / "nightly-reconcile.sh"
@@ -22,17 +22,23 @@ ACTIONS = EXAMPLES / "github-actions" / "trigger-auxot.yml"
 
 
 def test_cron_script_is_shellcheck_clean():
-    assert shutil.which("shellcheck"), "install shellcheck (apt-get install -y shellcheck)"
-    result = subprocess.run(["shellcheck", "--severity=style", str(CRON)], capture_output=True,
-                            text=True, check=False)
+    result = subprocess.run([require_tool("shellcheck"), "--severity=style", str(CRON)],
+                            capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout
     assert os.access(CRON, os.X_OK)
+
+
+@pytest.fixture
+def shell_tools():
+    """The cron script and the Actions steps run curl and jq."""
+    require_tool("curl")
+    require_tool("jq")
 
 
 # --- cron -----------------------------------------------------------------------------------
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
-def test_cron_script_completes(caller, worker):  # noqa: F811
+def test_cron_script_completes(caller, worker, shell_tools):  # noqa: F811
     result = caller.run(["bash", str(CRON)])
     assert result.returncode == 0, result.stderr.decode()
     assert json.loads(result.stdout)["greeting"] == "Hello, world"
@@ -42,7 +48,7 @@ def test_cron_script_completes(caller, worker):  # noqa: F811
 
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
-def test_cron_script_exit_codes(caller, worker):  # noqa: F811
+def test_cron_script_exit_codes(caller, worker, shell_tools):  # noqa: F811
     failed = caller.run(["bash", str(CRON)], AUXOT_INTAKE_ID=caller.failing_intake_id)
     assert failed.returncode == 1, failed.stderr.decode()
     assert b"bad_expression" in failed.stderr
@@ -147,7 +153,8 @@ def _github(caller, tmp_path, *, intake_id: str, pull_request: dict | None):  # 
 
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
-def test_actions_steps_trigger_wait_and_pass(caller, worker, tmp_path):  # noqa: F811
+def test_actions_steps_trigger_wait_and_pass(
+        caller, worker, tmp_path, shell_tools):  # noqa: F811
     from workflows.models import WorkItem
 
     pr = {"number": 7, "title": "Fix checkout; rm -rf / $(whoami)", "html_url": "https://x/7"}
@@ -182,7 +189,8 @@ def test_actions_steps_trigger_wait_and_pass(caller, worker, tmp_path):  # noqa:
 
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
-def test_actions_step_fails_the_job_when_the_work_fails(caller, worker, tmp_path):  # noqa: F811
+def test_actions_step_fails_the_job_when_the_work_fails(
+        caller, worker, tmp_path, shell_tools):  # noqa: F811
     context, github_env = _github(caller, tmp_path, intake_id=caller.failing_intake_id,
                                   pull_request=None)
     result = _run_step(_steps()[2], context, github_env, caller.env()["PATH"], tmp_path)

@@ -1,0 +1,36 @@
+"""`auxot.W001`: the fleet this host starts must fit PostgreSQL's connection budget."""
+
+from django.conf import settings
+from django.core.checks import Warning, register
+from django.db import connections
+
+# A qcluster's processes besides its workers that hold a connection: the sentinel (schedules),
+# the pusher (ORM broker), the monitor and the ticker thread.
+QCLUSTER_OVERHEAD = 4
+
+
+def connection_estimate() -> dict[str, int]:
+    """Connections this host's default processes may hold at most: one gunicorn, one qcluster."""
+    per_web = settings.DB_POOL_MAX_SIZE or settings.AUXOT_WEB_THREADS + 1  # +1: long-poll watcher
+    web = settings.AUXOT_WEB_PROCESSES * per_web
+    worker = settings.Q_CLUSTER["workers"] + QCLUSTER_OVERHEAD
+    return {"web": web, "per_web": per_web, "qcluster": worker, "total": web + worker}
+
+
+@register("database")
+def connection_budget_check(app_configs=None, **kwargs) -> list[Warning]:
+    if connections["default"].vendor != "postgresql":
+        return []  # SQLite: no server-side connection limit
+    estimate = connection_estimate()
+    budget = settings.AUXOT_DB_MAX_CONNECTIONS
+    if estimate["total"] <= budget:
+        return []
+    return [Warning(
+        f"Up to {estimate['total']} database connections from this host: "
+        f"{settings.AUXOT_WEB_PROCESSES} web processes x {estimate['per_web']} + one qcluster "
+        f"({settings.Q_CLUSTER['workers']} workers + {QCLUSTER_OVERHEAD}) = {estimate['total']}, "
+        f"above AUXOT_DB_MAX_CONNECTIONS={budget}.",
+        hint="Lower GUNICORN_WORKERS, DB_POOL_MAX_SIZE or AUXOT_WORKERS, raise PostgreSQL's "
+             "max_connections (and AUXOT_DB_MAX_CONNECTIONS with it), or put PgBouncer in front.",
+        id="auxot.W001",
+    )]

@@ -1,0 +1,104 @@
+"""A body that does not arrive within AUXOT_BODY_READ_TIMEOUT_SECONDS gets 408 and frees the
+gunicorn thread: slow senders holding every thread do not stop ordinary triggers."""
+
+import json
+import select
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from tests.processes import Gunicorn, wait_for
+from workflows.models import WorkItem
+
+THREADS = 4
+SLOW = 2 * THREADS + 2  # more slow senders than the two workers have threads
+
+
+def _dribble(port: int, path: str, token: str, stop: threading.Event) -> bytes:
+    """1,000-byte body, one byte per 0.5 s (~8 min in all); returns what the server answered."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+                     f"\r\nAuthorization: Bearer {token}\r\nContent-Length: 1000\r\n\r\n{{"
+                     .encode())
+        for _ in range(999):
+            if stop.is_set():
+                return b""
+            readable, _, _ = select.select([sock], [], [], 0.5)
+            if readable:
+                return sock.recv(65536)
+            try:
+                sock.sendall(b" ")
+            except OSError:
+                return b"reset"
+    return b""
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_slow_bodies_get_408_and_triggers_still_get_202(intake_a, member_token):
+    web = Gunicorn(workers=2, GUNICORN_THREADS=str(THREADS), AUXOT_LONG_POLL_MAX_WAITERS="2",
+                   AUXOT_BODY_READ_TIMEOUT_SECONDS="3").start()
+    path = f"/v1/intake/{intake_a.pk}"
+    stop = threading.Event()
+    try:
+        with ThreadPoolExecutor(SLOW) as pool:
+            slow = [pool.submit(_dribble, web.port, path, member_token, stop)
+                    for _ in range(SLOW)]
+            time.sleep(1)  # every thread of both workers is now reading a slow body
+            response = requests.post(f"{web.url}{path}", json={"n": 7}, timeout=30,
+                                     headers={"Authorization": f"Bearer {member_token}"})
+            stop.set()
+            answers = [future.result(timeout=30) for future in slow]
+    finally:
+        stop.set()
+        web.stop()
+    assert response.status_code == 202
+    assert WorkItem.objects.filter(pk=response.json()["work_id"]).exists()
+    timed_out = [a for a in answers if a.startswith(b"HTTP/1.1 408")]
+    assert len(timed_out) >= 2 * THREADS, answers
+    head, _, body = timed_out[0].partition(b"\r\n\r\n")
+    assert b"application/problem+json" in head
+    assert json.loads(body)["code"] == "request_timeout"
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_a_prompt_body_is_read_whole_through_the_deadline(intake_a, member_token):
+    web = Gunicorn(workers=1, AUXOT_BODY_READ_TIMEOUT_SECONDS="3").start()
+    try:
+        headers = {"Authorization": f"Bearer {member_token}"}
+        big = {"blob": "x" * 200_000}
+        accepted = requests.post(f"{web.url}/v1/intake/{intake_a.pk}", json=big,
+                                 headers=headers, timeout=30)
+        chunked = requests.post(f"{web.url}/v1/intake/{intake_a.pk}", timeout=30,
+                                headers={**headers, "Content-Type": "application/json"},
+                                data=iter([b'{"n":', b' 2}']))  # a generator: sent chunked
+    finally:
+        web.stop()
+    assert accepted.status_code == 202, accepted.text
+    assert WorkItem.objects.get(pk=accepted.json()["work_id"]).input == big
+    assert chunked.status_code == 202, chunked.text
+    assert WorkItem.objects.get(pk=chunked.json()["work_id"]).input == {"n": 2}
+
+
+def test_the_deadline_is_a_problem_code(api):
+    response = api.get("/v1/problems/request_timeout")
+    assert response.status_code == 200
+    assert b"408" in response.content
+
+
+def test_watchdog_shuts_the_read_side_only_after_the_deadline():
+    from auxot.bodydeadline import _watchdog
+
+    server, client = socket.socketpair()
+    with server, client:
+        released = _watchdog.watch(server, 0.05)
+        _watchdog.release(released)
+        expiring = _watchdog.watch(server, 0.2)
+        wait_for(lambda: expiring.expired, 5, what="the deadline to pass")
+        assert not released.expired
+        assert server.recv(10) == b""  # the read side is shut: a blocked read returns at once

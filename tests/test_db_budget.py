@@ -1,0 +1,56 @@
+"""The connection budget: pooled web processes, and the auxot.W001 check."""
+
+import pytest
+
+from auxot import checks
+
+
+@pytest.fixture
+def postgres(monkeypatch):
+    monkeypatch.setattr(checks, "connections", {"default": type("C", (), {"vendor": "postgresql"})})
+
+
+def test_default_configuration_fits_the_default_budget(postgres, settings):
+    settings.AUXOT_WEB_PROCESSES, settings.DB_POOL_MAX_SIZE = 4, 8
+    settings.Q_CLUSTER = {**settings.Q_CLUSTER, "workers": 2}
+    assert checks.connection_estimate()["total"] == 4 * 8 + 2 + checks.QCLUSTER_OVERHEAD
+    assert checks.connection_budget_check() == []
+
+
+def test_too_many_connections_warn_with_the_arithmetic(postgres, settings):
+    settings.AUXOT_WEB_PROCESSES, settings.DB_POOL_MAX_SIZE = 12, 8
+    [warning] = checks.connection_budget_check()
+    assert warning.id == "auxot.W001"
+    assert "12 web processes x 8" in warning.msg and "AUXOT_DB_MAX_CONNECTIONS=100" in warning.msg
+
+
+def test_without_a_pool_every_thread_counts(postgres, settings):
+    settings.AUXOT_WEB_PROCESSES, settings.DB_POOL_MAX_SIZE, settings.AUXOT_WEB_THREADS = 2, 0, 64
+    assert checks.connection_estimate()["web"] == 2 * 65
+    assert [w.id for w in checks.connection_budget_check()] == ["auxot.W001"]
+
+
+def test_sqlite_is_not_checked(settings, monkeypatch):
+    monkeypatch.setattr(checks, "connections", {"default": type("C", (), {"vendor": "sqlite"})})
+    settings.AUXOT_WEB_PROCESSES = 100
+    assert checks.connection_budget_check() == []
+
+
+def test_only_a_web_process_on_postgresql_pools():
+    import subprocess
+    import sys
+
+    from tests.processes import ROOT
+
+    probe = ("from django.conf import settings; import django; django.setup(); "
+             "print(settings.DATABASES['default'].get('OPTIONS', {}).get('pool'), "
+             "settings.DATABASES['default']['CONN_MAX_AGE'])")
+    base = {"PATH": "/usr/bin:/bin", "SECRET_KEY": "x", "DJANGO_SETTINGS_MODULE": "auxot.settings",
+            "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/auxot_unused"}
+
+    def run(**env):
+        return subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env={**base, **env},
+                              capture_output=True, text=True, timeout=60, check=True).stdout
+    assert run(AUXOT_WEB_PROCESS="1") == "{'min_size': 2, 'max_size': 8, 'timeout': 10.0} 0\n"
+    assert run() == "None 60\n"  # qcluster, manage.py: persistent, never a pool across a fork
+    assert run(AUXOT_WEB_PROCESS="1", DB_POOL_MAX_SIZE="0") == "None 60\n"
