@@ -11,8 +11,14 @@ from django.utils.html import format_html
 from auxot.admin_base import ADMIN, AUDITOR, MANAGERS, OrgScopedAdmin, has_role
 from auxot.errors import ApplicationError
 from auxot.models import AuditEvent, Membership, Organization, Secret, Team
-from auxot.secrets import (secret_create, secret_delete, secret_hosts_check, secret_rotate,
-                           secret_update_hosts, secret_value_check)
+from auxot.secrets import (
+    secret_create,
+    secret_delete,
+    secret_hosts_check,
+    secret_rotate,
+    secret_update_hosts,
+    secret_value_check,
+)
 
 admin.site.site_header = "Auxot"
 admin.site.site_title = "Auxot"

@@ -18,8 +18,7 @@ from django.core.exceptions import ValidationError
 from django.utils.dateparse import parse_datetime
 from jmespath.exceptions import JMESPathError
 
-from auxot.secrets import (SecretUnavailable, reference_parse, reference_problem,
-                           reference_resolve)
+from auxot.secrets import SecretUnavailable, reference_parse, reference_problem, reference_resolve
 from auxot.timefmt import iso
 from workflows.steps import Complete, Fail, Outcome, StepContext, StepKind, Wait
 

@@ -65,6 +65,7 @@ class StepKind(ABC):
 
     def validate_references(self, config: dict, *, org_id: Any) -> None:
         """Checks that need the step's organization (secrets); `config` is valid already."""
+        return None
 
     @abstractmethod
     def execute(self, ctx: StepContext) -> Outcome: ...
