@@ -342,6 +342,21 @@ class TestStorageAndAudit:
         dump = json.dumps(list(events.values("extra", "actor_label")))
         assert PAY not in dump and "new-value-123" not in dump
 
+    def test_a_rotated_secret_key_still_decrypts_through_the_fallbacks(self, world, receiver,
+                                                                       settings):
+        settings.SECRET_KEY_FALLBACKS = [settings.SECRET_KEY]
+        settings.SECRET_KEY = "a-brand-new-secret-key"
+        item = _http_item(world, receiver, {"secret": "PAYMENTS_TOKEN"})
+        assert item.status == "completed"
+        assert [r.headers["Authorization"] for r in _received(receiver)] == [PAY]
+
+    def test_a_lost_secret_key_fails_clearly_and_sends_nothing(self, world, receiver, settings):
+        settings.SECRET_KEY = "a-brand-new-secret-key"
+        item = _http_item(world, receiver, {"secret": "PAYMENTS_TOKEN"})
+        assert item.error["code"] == "missing_secret"
+        assert "cannot be decrypted" in item.error["message"]
+        assert _received(receiver) == []
+
     def test_value_with_a_line_break_is_refused(self, world):
         from auxot.errors import ApplicationError
 

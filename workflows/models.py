@@ -247,8 +247,8 @@ class Provider(models.Model):
         if self.api_key_secret and self.api_key_env:
             raise ValidationError({"api_key_env": "Give an API key secret or an operator-granted "
                                                   "variable, not both."})
-        ref, field = self.api_key_reference, "api_key_env" if self.api_key_env else \
-            "api_key_secret"
+        ref = self.api_key_reference
+        field = "api_key_env" if self.api_key_env else "api_key_secret"
         if ref is not None and self.org_id is not None:
             url = (self.base_url or "").rstrip("/") + "/chat/completions"
             problem = reference_problem(org_id=self.org_id, ref=ref,
