@@ -154,7 +154,7 @@ class TestEveryReferenceForm:
         with pytest.raises(ValidationError):
             step.full_clean()
 
-    @pytest.mark.parametrize("name", ["bad name", "-x", "a" * 101])
+    @pytest.mark.parametrize("name", ["bad name", "-x", "has/slash"])
     def test_malformed_provider_reference_fails_at_run_and_save(self, world, receiver, name):
         item = _provider_item(world, receiver, secret=name)
         assert item.error["code"] == "bad_config"
