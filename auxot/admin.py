@@ -1,13 +1,24 @@
 import csv
 import json
 
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.http import StreamingHttpResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from auxot.admin_base import ADMIN, AUDITOR, OrgScopedAdmin
-from auxot.models import AuditEvent, Membership, Organization, Team
+from auxot.admin_base import ADMIN, AUDITOR, MANAGERS, OrgScopedAdmin, has_role
+from auxot.errors import ApplicationError
+from auxot.models import AuditEvent, Membership, Organization, Secret, Team
+from auxot.secrets import (
+    secret_create,
+    secret_delete,
+    secret_hosts_check,
+    secret_rotate,
+    secret_update_hosts,
+    secret_value_check,
+)
 
 admin.site.site_header = "Auxot"
 admin.site.site_title = "Auxot"
@@ -77,6 +88,7 @@ class AuditEventAdmin(OrgScopedAdmin):
     @admin.display(description="object")
     def object_link(self, obj: AuditEvent) -> str:
         target = {"workflows.workitem": "admin:workflows_workitem_change",
+                  "auxot.secret": "admin:auxot_secret_change",
                   "intakes.intake": "admin:intakes_intake_change",
                   "apikeys.apikey": "admin:apikeys_apikey_change"}.get(obj.object_type)
         if target and obj.object_id:
@@ -91,8 +103,6 @@ class AuditEventAdmin(OrgScopedAdmin):
     def export_csv(self, request):
         """The changelist's current filters, streamed as CSV."""
         if not self.has_view_permission(request):
-            from django.core.exceptions import PermissionDenied
-
             raise PermissionDenied
         changelist = self.get_changelist_instance(request)
         rows = changelist.get_queryset(request).select_related("org").iterator(chunk_size=500)
@@ -109,3 +119,108 @@ class AuditEventAdmin(OrgScopedAdmin):
         response = StreamingHttpResponse(stream(), content_type="text/csv")
         response["Content-Disposition"] = 'attachment; filename="auxot-audit.csv"'
         return response
+
+
+class SecretForm(forms.ModelForm):
+    """The value is write-only: a password field that never renders what is stored."""
+
+    value = forms.CharField(
+        required=False, strip=False, label="Value",
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Write-only: never shown again. On an existing secret, leave empty to keep "
+                  "the current value, or enter a new one to rotate it.")
+    hosts = forms.CharField(
+        label="Allowed hosts", widget=forms.Textarea(attrs={"rows": 4, "cols": 60}),
+        help_text="One per line: the hosts this value may be sent to (api.example.com, or "
+                  "*.example.com for its subdomains). A request to any other host fails with "
+                  "secret_host_refused and sends nothing.")
+
+    class Meta:
+        model = Secret
+        fields = ["org", "name"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.fields["hosts"].initial = "\n".join(self.instance.allowed_hosts)
+
+    def clean_value(self):
+        value = self.cleaned_data["value"]
+        if self.instance.pk and value == "":
+            return ""
+        return secret_value_check(value)
+
+    def clean_hosts(self):
+        raw = self.cleaned_data["hosts"].replace(",", "\n").splitlines()
+        return secret_hosts_check([line for line in raw if line.strip()])
+
+
+@admin.register(Secret)
+class SecretAdmin(OrgScopedAdmin):
+    """Admins create, rotate, re-bind and delete; members and auditors see names and hosts."""
+
+    form = SecretForm
+    list_display = ["name", "org", "hosts_list", "created_by", "created_at", "rotated_at"]
+    list_filter = ["org"]
+    search_fields = ["name"]
+    list_select_related = ["org", "created_by"]
+    delete_roles = MANAGERS
+    FACTS = ["created_by", "created_at", "rotated_at"]
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ["org", "name", "value", "hosts"]
+        if self.has_change_permission(request, obj):
+            return ["org", "name", "value", "hosts", *self.FACTS]
+        return ["org", "name", "hosts_list", *self.FACTS]
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return []
+        return ["org", "name", "hosts_list", *self.FACTS]  # renaming would break references
+
+    @admin.display(description="allowed hosts")
+    def hosts_list(self, obj: Secret) -> str:
+        return ", ".join(obj.allowed_hosts)
+
+    def save_model(self, request, obj, form, change):
+        data, ip = form.cleaned_data, request.META.get("REMOTE_ADDR") or None
+        try:
+            if not change:
+                if not has_role(request, MANAGERS, data["org"].pk):
+                    raise PermissionDenied
+                created = secret_create(org=data["org"], name=data["name"], value=data["value"],
+                                        allowed_hosts=data["hosts"], actor=request.user, ip=ip)
+                obj.pk, obj._state.adding, obj._state.db = created.pk, False, created._state.db
+                return
+            fresh = Secret.objects.select_related("org").get(pk=obj.pk)
+            if data["value"]:
+                secret_rotate(secret=fresh, value=data["value"], actor=request.user, ip=ip)
+            if data["hosts"] != fresh.allowed_hosts:
+                secret_update_hosts(secret=fresh, allowed_hosts=data["hosts"],
+                                    actor=request.user, ip=ip)
+        except ApplicationError as exc:
+            # The form checked the same rules; a race lands here as a message, never a 500.
+            self.message_user(request, exc.detail, messages.ERROR)
+
+    def delete_model(self, request, obj):
+        secret_delete(secret=obj, actor=request.user, ip=request.META.get("REMOTE_ADDR"))
+
+    def delete_queryset(self, request, queryset):
+        for secret in queryset.select_related("org"):
+            if self.has_delete_permission(request, secret):
+                secret_delete(secret=secret, actor=request.user,
+                              ip=request.META.get("REMOTE_ADDR"))
+
+    # The services write the audit trail; Django's own history would only duplicate it.
+    def log_addition(self, request, obj, message):
+        pass
+
+    def log_change(self, request, obj, message):
+        pass
+
+    def log_deletion(self, request, obj, object_repr):
+        pass
+
+    def log_deletions(self, request, queryset):
+        pass

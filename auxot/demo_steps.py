@@ -2,13 +2,19 @@
 
 Idempotent: workflows are found by slug, intakes by name, the provider by name. The
 agent example uses the provider named by AUXOT_DEMO_AGENT_BASE_URL / _MODEL / _KEY_ENV;
-without them its workflow and intake are seeded inactive.
+without them its workflow and intake are seeded inactive. The key is copied, at the
+operator's explicit request, into the demo org's secret `demo-ai-key`, bound to the base
+URL's host: the provider itself can reach no environment variable.
 """
 
 import os
 from dataclasses import dataclass
 
-from auxot.models import Organization
+from auxot import crypto
+from auxot.hosts import url_host
+from auxot.models import Organization, Secret
+from auxot.secrets import PURPOSE as SECRET_PURPOSE
+from auxot.secrets import secret_create, secret_rotate, secret_update_hosts
 from intakes.models import Intake
 from intakes.services import intake_create
 from workflows.models import Provider, Step, Workflow
@@ -16,6 +22,7 @@ from workflows.models import Provider, Step, Workflow
 AGENT_ENABLE = ("AUXOT_DEMO_AGENT_BASE_URL=https://api.openai.com/v1 "
                 "AUXOT_DEMO_AGENT_MODEL=gpt-4o-mini AUXOT_DEMO_AGENT_KEY_ENV=OPENAI_API_KEY "
                 "make run")
+DEMO_KEY = "demo-ai-key"
 
 
 @dataclass
@@ -55,20 +62,38 @@ def _examples(http_url: str) -> list[tuple[str, str, str, list[dict], str]]:
     ]
 
 
-def _provider(org: Organization) -> bool:
+def _demo_key(org: Organization, base: str, user) -> str:
+    """The demo-ai-key secret's name, created or refreshed from the named variable."""
+    key_env = os.environ.get("AUXOT_DEMO_AGENT_KEY_ENV", "").strip()
+    value = os.environ.get(key_env, "") if key_env else ""
+    host = url_host(base) if base else None
+    if not value or host is None:
+        return ""
+    secret = Secret.objects.filter(org=org, name=DEMO_KEY).first()
+    if secret is None:
+        secret_create(org=org, name=DEMO_KEY, value=value, allowed_hosts=[host], actor=user)
+        return DEMO_KEY
+    if secret.allowed_hosts != [host]:
+        secret_update_hosts(secret=secret, allowed_hosts=[host], actor=user)
+    if crypto.decrypt(secret.value_encrypted, purpose=SECRET_PURPOSE) != value:
+        secret_rotate(secret=secret, value=value, actor=user)
+    return DEMO_KEY
+
+
+def _provider(org: Organization, user) -> bool:
     base = os.environ.get("AUXOT_DEMO_AGENT_BASE_URL", "").strip()
     model = os.environ.get("AUXOT_DEMO_AGENT_MODEL", "").strip()
-    key_env = os.environ.get("AUXOT_DEMO_AGENT_KEY_ENV", "").strip()
     active = bool(base and model)
     Provider.objects.update_or_create(org=org, name="demo-ai", defaults={
         "base_url": base or "http://127.0.0.1:1/v1", "model": model or "unset",
-        "api_key_env": key_env, "active": active, "concurrency_limit": 2})
+        "api_key_secret": _demo_key(org, base, user), "api_key_env": "", "active": active,
+        "concurrency_limit": 2})
     return active
 
 
 def demo_seed_step_examples(*, org: Organization, user) -> list[Example]:
     http_url = os.environ.get("AUXOT_DEMO_HTTP_URL", "https://postman-echo.com/post")
-    agent_active = _provider(org)
+    agent_active = _provider(org, user)
     examples = []
     for kind, slug, name, steps, body in _examples(http_url):
         active = agent_active if kind == "agent" else True

@@ -1,6 +1,7 @@
 import uuid
 
 from django.conf import settings
+from django.core.validators import RegexValidator
 from django.db import models
 
 
@@ -91,3 +92,34 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event} {self.object_type}:{self.object_id}"
+
+
+class Secret(models.Model):
+    """A value steps and providers may send, by name, to the hosts it is bound to.
+
+    Only the encrypted value is stored (auxot.crypto); nothing derived from it (no last
+    four, no hash) is kept or shown. Writes go through auxot.secrets.
+    """
+
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="secrets")
+    name = models.CharField(
+        max_length=100,
+        validators=[RegexValidator(
+            r"^[A-Za-z][A-Za-z0-9_.-]*$",
+            "A letter, then letters, digits, '_', '.' or '-' (e.g. PAYMENTS_TOKEN).")],
+        help_text='Referenced as {"secret": "<name>"} by http steps and by providers.',
+    )
+    value_encrypted = models.TextField(editable=False)
+    allowed_hosts = models.JSONField(
+        default=list, help_text="Host names the value may be sent to (exact, or *.example.com).")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField()
+    rotated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["org", "name"]
+        constraints = [models.UniqueConstraint(fields=["org", "name"], name="secret_name_per_org")]
+
+    def __str__(self) -> str:
+        return self.name

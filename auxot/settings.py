@@ -4,12 +4,16 @@ Every value read here fails loudly at start-up (ImproperlyConfigured) when it is
 present but malformed, so a typo in production never silently becomes a default.
 """
 
+import json
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+
+from auxot.hosts import host_patterns_normalize
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -377,3 +381,46 @@ AUXOT_PROVIDER_RECHECK_SECONDS = env_float("AUXOT_PROVIDER_RECHECK_SECONDS", 2.0
 # every other audit row is kept forever.
 AUXOT_AUDIT_REJECTED_RETENTION_DAYS = env_int("AUXOT_AUDIT_REJECTED_RETENTION_DAYS", 30,
                                               minimum=1)
+# --- Secrets --------------------------------------------------------------------------------
+# Steps and providers read only their organization's secrets (Secrets in the admin). The
+# one escape hatch is the operator's: {"<org slug>": ["ENV_NAME", ...]} lets that org's
+# {"env": "ENV_NAME"} references read the worker's environment (sent to any host), and
+# {"<org slug>": {"ENV_NAME": ["api.example.com", "*.example.net"]}} binds them to hosts.
+_OPERATOR_SECRET_REFUSED = re.compile(r"^(SECRET_KEY.*|DATABASE_URL|REDIS_URL|AUXOT_.*)$")
+
+
+def env_operator_secrets(name: str) -> dict[str, dict[str, list[str] | None]]:
+    """{org slug: {ENV_NAME: host patterns, or None for any host}} from JSON in the env."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return {}
+
+    def bad(why: str):
+        return ImproperlyConfigured(f"{name}: {why}")
+
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise bad(f"not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise bad('expected {"<org slug>": ["ENV_NAME", ...]}')
+    grants: dict[str, dict[str, list[str] | None]] = {}
+    for slug, names in data.items():
+        if isinstance(names, list):
+            names = dict.fromkeys(names)
+        if not isinstance(names, dict):
+            raise bad(f"{slug}: a list of variable names, or {{name: [hosts]}}")
+        grants[slug] = {}
+        for env, hosts in names.items():
+            if not isinstance(env, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", env):
+                raise bad(f"{slug}: {env!r} is not an environment variable name")
+            if _OPERATOR_SECRET_REFUSED.match(env):
+                raise bad(f"{slug}: {env} is the server's own configuration; never grant it")
+            try:
+                grants[slug][env] = None if hosts is None else host_patterns_normalize(hosts)
+            except ValueError as exc:
+                raise bad(f"{slug}.{env}: {exc}") from None
+    return grants
+
+
+AUXOT_OPERATOR_SECRETS = env_operator_secrets("AUXOT_OPERATOR_SECRETS")

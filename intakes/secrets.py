@@ -1,29 +1,17 @@
 """Callback signing secrets: Standard Webhooks format, encrypted at rest.
 
-Signing needs the secret itself (not a hash), so it is stored encrypted with a Fernet key
-derived from SECRET_KEY (SECRET_KEY_FALLBACKS still decrypt after a key rotation). The
-plain secret exists only in memory and in the one answer that shows it.
+Signing needs the secret itself (not a hash), so it is stored encrypted (`auxot.crypto`).
+The plain secret exists only in memory and in the one answer that shows it.
 """
 
 import base64
-import hashlib
 import secrets
 
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
-from django.conf import settings
+from auxot import crypto
 
 PREFIX = "whsec_"
 SECRET_BYTES = 32  # Standard Webhooks allows 24-64
-
-
-def _fernet(key: str) -> Fernet:
-    digest = hashlib.sha256(f"auxot.callback-signing-secret:{key}".encode()).digest()
-    return Fernet(base64.urlsafe_b64encode(digest))
-
-
-def _multi() -> MultiFernet:
-    keys = [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
-    return MultiFernet([_fernet(key) for key in keys])
+PURPOSE = "callback-signing-secret"  # the key label existing rows were encrypted under
 
 
 def signing_secret_generate() -> str:
@@ -31,12 +19,12 @@ def signing_secret_generate() -> str:
 
 
 def secret_encrypt(secret: str) -> str:
-    return _multi().encrypt(secret.encode()).decode()
+    return crypto.encrypt(secret, purpose=PURPOSE)
 
 
 def secret_decrypt(token: str) -> str:
     try:
-        return _multi().decrypt(token.encode()).decode()
-    except InvalidToken:
+        return crypto.decrypt(token, purpose=PURPOSE)
+    except crypto.DecryptionError:
         raise ValueError(
             "the signing secret cannot be decrypted (SECRET_KEY changed?): rotate it") from None

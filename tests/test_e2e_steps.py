@@ -5,6 +5,7 @@ import pytest
 import requests
 
 from apikeys.services import apikey_issue
+from auxot.secrets import secret_create
 from intakes.services import intake_create
 from tests.conftest import make_workflow
 from tests.processes import wait_for
@@ -12,14 +13,15 @@ from workflows.models import Provider, Step, StepRun, WorkItem
 from workflows.services import work_item_create
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-FAST_LEASE = {"AUXOT_STEP_TIMEOUT_SECONDS": "2", "AUXOT_LEASE_GRACE_SECONDS": "1",
-              "FAKE_AI_KEY": "sk-e2e"}
+FAST_LEASE = {"AUXOT_STEP_TIMEOUT_SECONDS": "2", "AUXOT_LEASE_GRACE_SECONDS": "1"}
 
 
 @pytest.fixture
 def provider(cast, fake_server):
+    secret_create(org=cast.org_a, name="FAKE_AI_KEY", value="sk-e2e",
+                  allowed_hosts=["127.0.0.1"])
     return Provider.objects.create(org=cast.org_a, name="local-ai", base_url=fake_server.url,
-                                   model="tiny", api_key_env="FAKE_AI_KEY",
+                                   model="tiny", api_key_secret="FAKE_AI_KEY",
                                    concurrency_limit=2, timeout_seconds=30)
 
 
@@ -37,7 +39,7 @@ def test_every_step_kind_runs_end_to_end(live_server, cast, fake_server, provide
     token = apikey_issue(org=cast.org_a, label="e2e", user=cast.member_a).token
     headers = {"Authorization": f"Bearer {token}"}
     base = f"{live_server.url}/v1/intake/{intake.pk}"
-    clusters(FAKE_AI_KEY="sk-e2e")
+    clusters()
     poll_url = requests.post(base, json={"customer": "Acme"}, headers=headers,
                              timeout=10).headers["Location"]
 

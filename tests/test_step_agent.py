@@ -7,6 +7,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
+from auxot.secrets import secret_create
 from tests.conftest import make_workflow
 from tests.fakeserver import Reply, chat
 from workflows.engine import work_item_process
@@ -24,10 +25,11 @@ def _run(item):
 
 
 @pytest.fixture
-def provider(cast, fake_server, monkeypatch):
-    monkeypatch.setenv("FAKE_AI_KEY", "sk-test-123")
+def provider(cast, fake_server):
+    secret_create(org=cast.org_a, name="FAKE_AI_KEY", value="sk-test-123",
+                  allowed_hosts=["127.0.0.1"])
     return Provider.objects.create(org=cast.org_a, name="openai-main", base_url=fake_server.url
-                                   + "/v1", model="gpt-test", api_key_env="FAKE_AI_KEY",
+                                   + "/v1", model="gpt-test", api_key_secret="FAKE_AI_KEY",
                                    concurrency_limit=1, timeout_seconds=5)
 
 

@@ -1,4 +1,4 @@
-"""The http step: requests built from expressions, secrets from the environment,
+"""The http step: requests built from expressions, secrets from the organization,
 retries as backoff waits (no worker held), Retry-After, no retry on other 4xx."""
 
 from datetime import timedelta
@@ -7,6 +7,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
+from auxot.secrets import secret_create
 from tests.conftest import make_workflow
 from tests.fakeserver import Reply
 from workflows.engine import work_item_process
@@ -27,11 +28,12 @@ def _http(server, **extra):
             **extra}
 
 
-def test_http_step_sends_built_request_and_stores_response(cast, fake_server, monkeypatch):
-    monkeypatch.setenv("CRM_TOKEN", "s3cret-value")
+def test_http_step_sends_built_request_and_stores_response(cast, fake_server):
+    secret_create(org=cast.org_a, name="CRM_TOKEN", value="s3cret-value",
+                  allowed_hosts=["127.0.0.1"])
     fake_server.script = [Reply(201, {"id": 7}, {"ETag": "abc", "X-Other": "no"})]
     wf = make_workflow(cast.org_a, [("http", _http(fake_server, secret_headers={
-        "Authorization": {"env": "CRM_TOKEN", "prefix": "Bearer "}}))])
+        "Authorization": {"secret": "CRM_TOKEN", "prefix": "Bearer "}}))])
     item = _run(work_item_create(workflow=wf, input={"ticket": "T-1", "customer": "Acme"}))
     assert item.status == "completed"
     assert item.output == {"status": 201, "json": {"id": 7},
@@ -107,12 +109,12 @@ def test_connection_refused_is_retried(cast, time_machine):
     assert "ConnectionError" in item.waiting_detail["reason"]
 
 
-def test_missing_secret_fails_without_leaking(cast, fake_server, monkeypatch):
-    monkeypatch.delenv("NOT_SET_TOKEN", raising=False)
+def test_missing_secret_fails_without_sending(cast, fake_server):
     wf = make_workflow(cast.org_a, [("http", _http(fake_server, secret_headers={
-        "Authorization": {"env": "NOT_SET_TOKEN"}}))])
+        "Authorization": {"secret": "NOT_THERE"}}))])
     item = _run(work_item_create(workflow=wf, input={}))
     assert item.error["code"] == "missing_secret"
+    assert "NOT_THERE" in item.error["message"]
     assert fake_server.requests == []
 
 

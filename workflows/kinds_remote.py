@@ -5,7 +5,6 @@ Retries never hold a worker: a retryable failure returns Wait(..., "backoff") wi
 """
 
 import json
-import os
 import random
 import re
 from datetime import datetime, timedelta
@@ -19,11 +18,12 @@ from django.core.exceptions import ValidationError
 from django.utils.dateparse import parse_datetime
 from jmespath.exceptions import JMESPathError
 
+from auxot.secrets import SecretUnavailable, reference_parse, reference_problem, reference_resolve
 from auxot.timefmt import iso
 from workflows.steps import Complete, Fail, Outcome, StepContext, StepKind, Wait
 
 METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE"}
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$")  # an RFC 9110 token
 DEFAULT_RESPONSE_HEADERS = ["content-type", "location", "etag", "retry-after"]
 NO_DEADLINE = timedelta(days=3650)
 MAX_TEXT = 65536
@@ -36,14 +36,6 @@ def _compile(expression: Any, what: str) -> None:
         jmespath.compile(expression)
     except JMESPathError as exc:
         raise ValidationError({"config": f"{what}: invalid jmespath expression: {exc}"}) from None
-
-
-def secret_value(name: str) -> str | None:
-    """A secret named in config: an environment variable, else a Django setting."""
-    value = os.environ.get(name)
-    if value is None:
-        value = getattr(settings, name, None)
-    return value if isinstance(value, str) and value else None
 
 
 def _retry_after(response: requests.Response, now: datetime) -> float | None:
@@ -112,7 +104,7 @@ class Http(StepKind):
     """config:
     {"method": "POST", "url": "https://..." | "url_expression": "<jmespath>",
      "headers": {"X-Ticket": "<jmespath>"}, "body": "<jmespath>",
-     "secret_headers": {"Authorization": {"env": "CRM_TOKEN", "prefix": "Bearer "}},
+     "secret_headers": {"Authorization": {"secret": "CRM_TOKEN", "prefix": "Bearer "}},
      "timeout_seconds": 10, "response_headers": ["etag"]}
     """
 
@@ -145,15 +137,26 @@ class Http(StepKind):
             raise ValidationError({"config": "response_headers must be a list of names."})
 
     def _validate_secrets(self, secrets: Any) -> None:
+        """Shape only: whether each reference resolves in the org is `validate_references`."""
         if not isinstance(secrets, dict):
             raise ValidationError({"config": "secret_headers must be an object."})
         for name, ref in secrets.items():
-            if not isinstance(ref, dict) or not ENV_NAME.match(str(ref.get("env", ""))):
-                raise ValidationError({"config": (
-                    f'secret_headers.{name} must be {{"env": "VARIABLE_NAME"}}: the value '
-                    "is read from the environment, never stored in the step.")})
-            if set(ref) - {"env", "prefix"}:
-                raise ValidationError({"config": f"secret_headers.{name}: only env, prefix."})
+            if not HEADER_NAME.match(name):
+                raise ValidationError({"config": f"secret_headers: {name!r} is not a header "
+                                                 "name."})
+            try:
+                reference_parse(ref)
+            except ValueError as exc:
+                raise ValidationError({"config": f"secret_headers.{name} {exc}: the value "
+                                                 "is never stored in the step."}) from None
+
+    def validate_references(self, config: dict, *, org_id: Any) -> None:
+        url = config.get("url")  # a url_expression's host is only known at run time
+        problems = [f"secret_headers.{name}: {problem}"
+                    for name, ref in config.get("secret_headers", {}).items()
+                    if (problem := reference_problem(org_id=org_id, ref=ref, url=url))]
+        if problems:
+            raise ValidationError({"config": problems})
 
     def _request(self, ctx: StepContext) -> tuple[str, str, dict, Any] | Fail:
         config = ctx.config
@@ -168,12 +171,12 @@ class Http(StepKind):
             return Fail("bad_request", "The URL expression did not give an http(s) URL.")
         headers = {k: v if isinstance(v, str) else json.dumps(v)
                    for k, v in headers.items() if v is not None}
+        # Resolved against the final URL, so host binding covers url_expression too.
         for name, ref in config.get("secret_headers", {}).items():
-            value = secret_value(ref["env"])
-            if value is None:
-                return Fail("missing_secret", f"Header {name} needs the environment variable "
-                                              f"{ref['env']}, which is not set on the worker.")
-            headers[name] = ref.get("prefix", "") + value
+            try:
+                headers[name] = reference_resolve(org_id=ctx.org_id, ref=ref, url=url)
+            except SecretUnavailable as exc:
+                return Fail(exc.code, f"Header {name}: {exc.message}")
         return config.get("method", "GET").upper(), url, headers, body
 
     def execute(self, ctx: StepContext) -> Outcome:
@@ -331,14 +334,15 @@ class Agent(StepKind):
                 payload[name] = ctx.config[name]
         if ctx.config.get("json_output"):
             payload["response_format"] = {"type": "json_object"}
-        headers = {}
-        if provider.api_key_env:
-            key = secret_value(provider.api_key_env)
-            if key is None:
-                return Fail("missing_secret", f"Provider '{provider.name}' needs the environment "
-                                              f"variable {provider.api_key_env}, not set.")
-            headers["Authorization"] = f"Bearer {key}"
         url = provider.base_url.rstrip("/") + "/chat/completions"
+        headers = {}
+        ref = provider.api_key_reference
+        if ref is not None:
+            try:
+                headers["Authorization"] = reference_resolve(org_id=provider.org_id, ref=ref,
+                                                               url=url)
+            except SecretUnavailable as exc:
+                return Fail(exc.code, f"Provider '{provider.name}' API key: {exc.message}")
         response = _send(ctx, "POST", url, headers=headers, body=payload,
                          timeout=min(provider.timeout_seconds, ctx.timeout_seconds),
                          code="provider_unavailable")

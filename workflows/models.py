@@ -6,6 +6,7 @@ from django.db import models
 from django.utils import timezone
 
 from auxot.models import Organization
+from auxot.secrets import reference_problem
 
 
 class Workflow(models.Model):
@@ -80,6 +81,12 @@ class Step(models.Model):
         if not isinstance(self.config, dict):
             raise ValidationError({"config": "config must be a JSON object."})
         kind.validate_config(self.config)
+        try:
+            workflow = self.workflow  # an inline's unsaved parent counts: it has its org
+        except Workflow.DoesNotExist:
+            workflow = None
+        if workflow is not None and workflow.org_id is not None:
+            kind.validate_references(self.config, org_id=workflow.org_id)
         schema_check(self.output_schema, field="output_schema")
 
 
@@ -200,8 +207,9 @@ class WorkerHeartbeat(models.Model):
 class Provider(models.Model):
     """An OpenAI-compatible chat-completions endpoint, managed by admins.
 
-    The API key itself is never stored: `api_key_env` names the environment variable
-    (or Django setting) that holds it on the worker machines.
+    The API key is an organization secret named by `api_key_secret` (bound to hosts that
+    must include the base URL's). `api_key_env` is the operator's escape hatch: it resolves
+    only when AUXOT_OPERATOR_SECRETS grants that variable to the provider's organization.
     """
 
     org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="providers")
@@ -209,10 +217,15 @@ class Provider(models.Model):
                             '{"provider": "<name>"}.')
     base_url = models.URLField(max_length=500, help_text="e.g. https://api.openai.com/v1")
     model = models.CharField(max_length=200)
+    api_key_secret = models.CharField(
+        max_length=100, blank=True,
+        help_text="Name of the organization secret holding the API key (sent as "
+                  "'Authorization: Bearer <key>'). Empty: no Authorization header.",
+    )
     api_key_env = models.CharField(
         max_length=100, blank=True,
-        help_text="Name of the environment variable (or setting) holding the API key. "
-                  "Empty: no Authorization header.",
+        help_text="Only when the operator granted this organization an environment variable "
+                  "(AUXOT_OPERATOR_SECRETS): its name. Otherwise leave empty.",
     )
     concurrency_limit = models.PositiveIntegerField(
         default=4, help_text="Calls in flight at once; further items wait in arrival order.")
@@ -231,8 +244,26 @@ class Provider(models.Model):
     def clean(self) -> None:
         if self.concurrency_limit is not None and self.concurrency_limit < 1:
             raise ValidationError({"concurrency_limit": "At least 1."})
-        if self.api_key_env and not self.api_key_env.replace("_", "").isalnum():
-            raise ValidationError({"api_key_env": "A variable name: letters, digits, _."})
+        if self.api_key_secret and self.api_key_env:
+            raise ValidationError({"api_key_env": "Give an API key secret or an operator-granted "
+                                                  "variable, not both."})
+        ref = self.api_key_reference
+        field = "api_key_env" if self.api_key_env else "api_key_secret"
+        if ref is not None and self.org_id is not None:
+            url = (self.base_url or "").rstrip("/") + "/chat/completions"
+            problem = reference_problem(org_id=self.org_id, ref=ref,
+                                        url=url if self.base_url else None)
+            if problem:
+                raise ValidationError({field: problem})
+
+    @property
+    def api_key_reference(self) -> dict | None:
+        """The API key as a secret reference, as an http step's secret_headers would name it."""
+        if self.api_key_secret:
+            return {"secret": self.api_key_secret, "prefix": "Bearer "}
+        if self.api_key_env:
+            return {"env": self.api_key_env, "prefix": "Bearer "}
+        return None
 
 
 class ProviderTicket(models.Model):

@@ -63,6 +63,10 @@ class StepKind(ABC):
     @abstractmethod
     def validate_config(self, config: dict) -> None: ...
 
+    def validate_references(self, config: dict, *, org_id: Any) -> None:
+        """Checks that need the step's organization (secrets); `config` is valid already."""
+        return None
+
     @abstractmethod
     def execute(self, ctx: StepContext) -> Outcome: ...
 

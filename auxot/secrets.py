@@ -1,0 +1,240 @@
+"""Per-organization secrets: written by admins, resolved by the engine, bound to hosts.
+
+A step or provider names a secret (`{"secret": "NAME"}`); it never reaches the server's
+environment or settings. The one exception is the operator's: AUXOT_OPERATOR_SECRETS may
+grant an organization named environment variables (`{"env": "NAME"}`), read from the
+worker's environment only. Values never go into errors, audit extras or logs.
+"""
+
+import os
+import re
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from auxot import crypto
+from auxot.errors import ApplicationError
+from auxot.hosts import host_allowed, host_patterns_normalize, url_host
+from auxot.models import Organization, Secret
+from auxot.services import audit_record
+
+PURPOSE = "org-secret"
+MAX_VALUE = 8192
+MAX_PREFIX = 100
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SECRET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$")
+HOW_TO_FIX = 'create an organization secret in the admin (Secrets) and reference it as ' \
+             '{"secret": "<name>"}'
+
+
+class SecretUnavailable(Exception):
+    """A reference that cannot be sent; `code` is the step's failure code."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# --- validation (shared by the services and the admin form) ------------------------------
+def secret_value_check(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValidationError("Enter the secret's value.")
+    if len(value) > MAX_VALUE:
+        raise ValidationError(f"At most {MAX_VALUE} characters.")
+    if not value.isprintable():
+        # A header value cannot carry control characters (CR/LF would split the header).
+        raise ValidationError("The value may not contain line breaks or control characters.")
+    return value
+
+
+def secret_hosts_check(hosts: Any) -> list[str]:
+    try:
+        return host_patterns_normalize(hosts)
+    except ValueError as exc:
+        raise ValidationError(f"Allowed hosts: {exc}.") from None
+
+
+def _checked(check, value):
+    try:
+        return check(value)
+    except ValidationError as exc:
+        raise ApplicationError("; ".join(exc.messages), code="validation_failed") from None
+
+
+# --- services ------------------------------------------------------------------------------
+def _audit(event: str, secret: Secret, actor: Any, ip: str | None, now: datetime,
+           **extra: Any) -> None:
+    audit_record(event=event, org=secret.org, actor_user=actor, obj=secret, ip=ip, now=now,
+                 extra={"name": secret.name, **extra})
+
+
+def secret_create(*, org: Organization, name: str, value: str, allowed_hosts: list[str],
+                  actor: Any = None, ip: str | None = None) -> Secret:
+    if not isinstance(name, str) or not SECRET_NAME.match(name):
+        raise ApplicationError(f"{name!r} is not a secret name (a letter, then letters, "
+                               "digits, '_', '.' or '-').", code="validation_failed")
+    value = _checked(secret_value_check, value)
+    hosts = _checked(secret_hosts_check, allowed_hosts)
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            secret = Secret.objects.create(
+                org=org, name=name, value_encrypted=crypto.encrypt(value, purpose=PURPOSE),
+                allowed_hosts=hosts, created_by=actor if getattr(actor, "pk", None) else None,
+                created_at=now)
+            _audit("secret.created", secret, actor, ip, now, allowed_hosts=hosts)
+    except IntegrityError:
+        raise ApplicationError(f"{org.name} already has a secret named {name}.",
+                               code="conflict") from None
+    return secret
+
+
+def secret_rotate(*, secret: Secret, value: str, actor: Any = None,
+                  ip: str | None = None) -> Secret:
+    value = _checked(secret_value_check, value)
+    now = timezone.now()
+    with transaction.atomic():
+        secret.value_encrypted = crypto.encrypt(value, purpose=PURPOSE)
+        secret.rotated_at = now
+        secret.save(update_fields=["value_encrypted", "rotated_at"])
+        _audit("secret.rotated", secret, actor, ip, now)
+    return secret
+
+
+def secret_update_hosts(*, secret: Secret, allowed_hosts: list[str], actor: Any = None,
+                        ip: str | None = None) -> Secret:
+    hosts = _checked(secret_hosts_check, allowed_hosts)
+    now = timezone.now()
+    with transaction.atomic():
+        before = list(secret.allowed_hosts)
+        secret.allowed_hosts = hosts
+        secret.save(update_fields=["allowed_hosts"])
+        _audit("secret.hosts_changed", secret, actor, ip, now, before=before, allowed_hosts=hosts)
+    return secret
+
+
+def secret_delete(*, secret: Secret, actor: Any = None, ip: str | None = None) -> None:
+    now = timezone.now()
+    with transaction.atomic():
+        _audit("secret.deleted", secret, actor, ip, now, allowed_hosts=secret.allowed_hosts)
+        secret.delete()
+
+
+# --- references ------------------------------------------------------------------------------
+def reference_parse(ref: Any) -> tuple[str, str, str]:
+    """("secret" | "env", name, prefix) for a well-formed reference, else ValueError."""
+    if not isinstance(ref, dict) or len({"secret", "env"} & set(ref)) != 1:
+        raise ValueError('must be {"secret": "<name>"} (an organization secret), '
+                         'optionally with "prefix"')
+    if set(ref) - {"secret", "env", "prefix"}:
+        raise ValueError('only "secret" (or "env") and "prefix" are allowed')
+    kind = "secret" if "secret" in ref else "env"
+    name = ref[kind]
+    pattern = SECRET_NAME if kind == "secret" else ENV_NAME
+    if not isinstance(name, str) or not pattern.match(name):
+        raise ValueError(f"{name!r} is not a valid {kind} name")
+    prefix = ref.get("prefix", "")
+    if not isinstance(prefix, str) or len(prefix) > MAX_PREFIX or not prefix.isprintable():
+        raise ValueError(f"prefix must be a string of at most {MAX_PREFIX} printable characters")
+    return kind, name, prefix
+
+
+def _org_grants(org_id: Any) -> dict[str, list[str] | None]:
+    grants = settings.AUXOT_OPERATOR_SECRETS
+    if not grants:
+        return {}
+    slug = Organization.objects.filter(pk=org_id).values_list("slug", flat=True).first()
+    return grants.get(slug, {}) if slug else {}
+
+
+def _not_granted(name: str) -> SecretUnavailable:
+    return SecretUnavailable("secret_not_allowed", (
+        f'The reference {{"env": "{name}"}} is not allowed: steps and providers cannot read '
+        f"the server's environment or settings. To send this value, {HOW_TO_FIX}."))
+
+
+def _refuse_host(what: str, url: str, hosts: list[str] | None) -> None:
+    if hosts is None:
+        return
+    host = url_host(url)
+    if host is None:
+        raise SecretUnavailable("secret_host_refused", (
+            f"{what} was not sent: the request URL's host cannot be determined safely "
+            "(user info, backslashes or an unparseable host)."))
+    if not host_allowed(host, hosts):
+        raise SecretUnavailable("secret_host_refused", (
+            f"{what} may not be sent to host {host}; it is allowed for: {', '.join(hosts)}."))
+
+
+def secret_resolve(*, org_id: Any, name: str, url: str) -> str:
+    """The org secret's value, if `url`'s host is one it is bound to; else SecretUnavailable."""
+    secret = Secret.objects.filter(org_id=org_id, name=name).first()
+    if secret is None:
+        raise SecretUnavailable("missing_secret", (
+            f"This organization has no secret named {name}; create it in the admin (Secrets)."))
+    _refuse_host(f"Secret {name}", url, secret.allowed_hosts)
+    try:
+        return crypto.decrypt(secret.value_encrypted, purpose=PURPOSE)
+    except crypto.DecryptionError:
+        raise SecretUnavailable("missing_secret", (
+            f"Secret {name} cannot be decrypted (SECRET_KEY changed without keeping the old "
+            "key in SECRET_KEY_FALLBACKS?): enter its value again in the admin.")) from None
+
+
+def operator_secret_resolve(*, org_id: Any, name: str, url: str) -> str:
+    """A granted environment variable, read from this process's environment only."""
+    grants = _org_grants(org_id)
+    if name not in grants:
+        raise _not_granted(name)
+    _refuse_host(f"Environment variable {name}", url, grants[name])
+    value = os.environ.get(name)
+    if not value:
+        raise SecretUnavailable("missing_secret", (
+            f"Environment variable {name} (granted by the operator) is not set on the worker."))
+    return value
+
+
+def reference_resolve(*, org_id: Any, ref: Any, url: str) -> str:
+    """prefix + value for a step's or provider's reference about to be sent to `url`."""
+    try:
+        kind, name, prefix = reference_parse(ref)
+    except ValueError as exc:
+        raise SecretUnavailable("bad_config", f"Secret reference {exc}.") from None
+    resolve = secret_resolve if kind == "secret" else operator_secret_resolve
+    return prefix + resolve(org_id=org_id, name=name, url=url)
+
+
+def reference_problem(*, org_id: Any, ref: Any, url: str | None = None,
+                      env_must_be_set: bool = False) -> str | None:
+    """Why `ref` would not resolve (checked when config is saved, and by secrets_check).
+
+    With a static `url`, host binding is checked too; values are never decrypted here.
+    """
+    try:
+        kind, name, _ = reference_parse(ref)
+    except ValueError as exc:
+        return str(exc)
+    if kind == "env":
+        grants = _org_grants(org_id)
+        if name not in grants:
+            return _not_granted(name).message
+        hosts = grants[name]
+        if env_must_be_set and not os.environ.get(name):
+            return f"environment variable {name} is granted but not set in this environment"
+    else:
+        hosts = Secret.objects.filter(org_id=org_id, name=name).values_list(
+            "allowed_hosts", flat=True).first()
+        if hosts is None:
+            return f"this organization has no secret named {name}; create it in the admin " \
+                   "(Secrets) first"
+    if url is not None:
+        try:
+            _refuse_host(f"{kind} {name}", url, hosts)
+        except SecretUnavailable as exc:
+            return exc.message
+    return None
