@@ -175,6 +175,15 @@ try:
     )
 except ValueError as exc:
     raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    VAR_DIR.mkdir(exist_ok=True)
+    _db["OPTIONS"] = {
+        # Web, worker and ticker share one file: wait for locks instead of failing, and
+        # take the write lock at BEGIN so two writers never deadlock on an upgrade.
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
 DB_POOLED = (AUXOT_WEB_PROCESS and DB_POOL_MAX_SIZE > 0
              and _db["ENGINE"] == "django.db.backends.postgresql")
 if DB_POOLED:

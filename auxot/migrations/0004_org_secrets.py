@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('auxot', '0002_auditevent_append_only_trigger'),
+        ('auxot', '0003_organization_rate_limit_per_window'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
