@@ -22,7 +22,7 @@ from collections.abc import Callable, Collection
 
 from django.contrib import admin
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import BadRequest, PermissionDenied, ValidationError
 from django.db.models import Model, QuerySet
 from django.http import Http404, HttpRequest
 
@@ -210,6 +210,16 @@ class OrgScopedAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return self._allowed(request, self.delete_roles, obj)
+
+    def changelist_view(self, request, extra_context=None):
+        # A forged selection with a malformed id would crash the pk__in lookup (500): a 400.
+        pk = self.model._meta.pk
+        for value in request.POST.getlist(ACTION_CHECKBOX_NAME):
+            try:
+                pk.to_python(value)
+            except ValidationError:
+                raise BadRequest("A selected id is malformed.") from None
+        return super().changelist_view(request, extra_context)
 
     def get_actions(self, request):
         # Only hides the menu from users who hold the role nowhere; `org_action` is the check.

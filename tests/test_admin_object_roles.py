@@ -36,7 +36,7 @@ from intakes.secrets import secret_decrypt
 from intakes.services import intake_create
 from tests.conftest import make_workflow
 from workflows.engine import work_item_process
-from workflows.models import Approval, WorkItem
+from workflows.models import Approval, Workflow, WorkItem
 from workflows.services import work_item_create
 
 SUPERUSERS_ONLY = frozenset()
@@ -397,3 +397,49 @@ def test_select_across_refuses_when_the_list_spans_a_foreign_org(client, cast, i
                                      "_selected_action": [str(intake_b.pk)]})
     assert response.status_code == 403
     assert Intake.objects.filter(pk__in=[intake_a.pk, intake_b.pk], active=True).count() == 2
+
+
+def test_a_malformed_selected_id_is_400_not_500(client, cast, intake_a):
+    client.force_login(cast.admin_a)
+    response = client.post(INTAKES, {"action": "deactivate_selected", "confirmed": "yes",
+                                     "_selected_action": [str(intake_a.pk), "nope"]})
+    assert response.status_code == 400
+    assert Intake.objects.get(pk=intake_a.pk).active
+
+
+def _add_posts(org, workflow, team, label: str) -> dict[str, dict]:
+    management = {f"{prefix}-{name}": value for prefix in ("steps", "intakes")
+                  for name, value in (("TOTAL_FORMS", "0"), ("INITIAL_FORMS", "0"))}
+    return {
+        f"{INTAKES}add/": {"workflow": workflow.pk, "name": label, "callback_url": ""},
+        "/admin/workflows/workflow/add/": {
+            "org": org.pk, "name": label, "slug": label, "description": "", "active": "on",
+            "input_schema": "null", "created_at_0": "2026-01-01", "created_at_1": "00:00:00",
+            **management},
+        "/admin/apikeys/apikey/add/": {"org": org.pk, "label": label, "kind": "team",
+                                       "team": team.pk},
+    }
+
+
+def _created(label: str) -> list[bool]:
+    return [Intake.objects.filter(name=label).exists(),
+            Workflow.objects.filter(name=label).exists(),
+            ApiKey.objects.filter(label=label).exists()]
+
+
+@pytest.mark.parametrize("role_in_a", [AUDITOR, MEMBER])
+def test_add_views_refuse_a_foreign_org_named_in_a_forged_post(client, cast, workflow_a,
+                                                               role_in_a):
+    client.force_login(_two_hats(cast, role_in_a))
+    for url, data in _add_posts(cast.org_a, workflow_a, cast.team_a, "sneaky").items():
+        client.post(url, data)
+    if role_in_a == AUDITOR:  # members may issue their own personal keys, auditors may not
+        client.post("/admin/apikeys/apikey/add/", {"org": cast.org_a.pk, "label": "sneaky",
+                                                   "kind": "user"})
+    assert _created("sneaky") == [False, False, False]
+    # The same forms naming org B, where the user is an admin, go through.
+    workflow_b = make_workflow(cast.org_b, [("transform", {"expression": "input"})], name="B")
+    team_b = cast.org_b.teams.create(name="Ops")
+    for url, data in _add_posts(cast.org_b, workflow_b, team_b, "fine").items():
+        client.post(url, data)
+    assert _created("fine") == [True, True, True]
