@@ -6,11 +6,21 @@ next render of the key's page; only its digest is stored.
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.utils import timezone
 
 from apikeys.models import ApiKey
 from apikeys.services import apikey_cap_check, apikey_issue, apikey_revoke
-from auxot.admin_base import ACTORS, ADMIN, MEMBER, OrgScopedAdmin, has_role, user_roles
+from auxot.admin_base import (
+    ACTORS,
+    ADMIN,
+    MEMBER,
+    OrgScopedAdmin,
+    has_role,
+    org_action,
+    require_role,
+    user_roles,
+)
 from auxot.errors import ApplicationError
 
 SESSION_KEY = "auxot_new_api_token"
@@ -46,9 +56,10 @@ class ApiKeyIssueForm(forms.ModelForm):
         else:
             if team is not None:
                 self.add_error("team", "A personal key has no team; leave it empty.")
-            if org.pk not in user_roles(request):
+            if not has_role(request, ACTORS, org.pk):
                 raise forms.ValidationError(
-                    "You can only issue personal keys in an organization you belong to.")
+                    "You can only issue personal keys in an organization where you are an "
+                    "admin or a member.")
             try:
                 apikey_cap_check(org=org, user=request.user)
             except ApplicationError as exc:
@@ -128,6 +139,7 @@ class ApiKeyAdmin(OrgScopedAdmin):
     def save_model(self, request, obj, form, change):
         data = form.cleaned_data
         team_kind = data["kind"] == ApiKey.Kind.TEAM
+        require_role(request, {ADMIN} if team_kind else ACTORS, data["org"])
         issued = apikey_issue(org=data["org"], label=data["label"],
                               user=None if team_kind else request.user,
                               team=data["team"] if team_kind else None,
@@ -164,20 +176,13 @@ class ApiKeyAdmin(OrgScopedAdmin):
         return key.kind == ApiKey.Kind.USER and key.user_id == request.user.pk and has_role(
             request, ACTORS, key.org_id)
 
-    @admin.action(description="Revoke selected keys (final; they answer 401 at once)")
+    @org_action(roles=ACTORS, description="Revoke selected keys (final; they answer 401 at once)")
     def revoke_selected(self, request, queryset):
-        done, refused = 0, 0
-        for key in queryset.select_related("org"):
-            if key.revoked_at is not None:
-                continue
-            if not self._may_revoke(request, key):
-                refused += 1
-                continue
-            try:
-                apikey_revoke(key=key, revoked_by=request.user)
-                done += 1
-            except ApplicationError:
-                refused += 1
-        self.message_user(request, f"Revoked {done} key(s)."
-                          + (f" {refused} not yours to revoke." if refused else ""),
-                          messages.SUCCESS if done else messages.WARNING)
+        keys = [k for k in queryset.select_related("org") if k.revoked_at is None]
+        # Members revoke only their own personal keys: one other key refuses the whole batch.
+        if not all(self._may_revoke(request, key) for key in keys):
+            raise PermissionDenied
+        for key in keys:
+            apikey_revoke(key=key, revoked_by=request.user)
+        self.message_user(request, f"Revoked {len(keys)} key(s).",
+                          messages.SUCCESS if keys else messages.WARNING)

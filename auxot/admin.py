@@ -57,6 +57,15 @@ class _Echo:
 
 CSV_COLUMNS = ["created_at", "event", "actor_label", "actor_key_lookup", "object_type",
                "object_id", "ip", "org", "extra"]
+# OWASP "CSV injection": a spreadsheet runs a cell starting with one of these as a formula.
+# Labels, names and extras are tenant- or caller-controlled, so every cell is neutralised.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> str:
+    """The cell as text, with a leading `'` if a spreadsheet would read it as a formula."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
 
 
 @admin.register(AuditEvent)
@@ -104,19 +113,22 @@ class AuditEventAdmin(OrgScopedAdmin):
         """The changelist's current filters, streamed as CSV."""
         if not self.has_view_permission(request):
             raise PermissionDenied
+        # Per object: the changelist queryset holds only rows of organizations where the user
+        # is an admin or auditor, whatever filters the query string names.
         changelist = self.get_changelist_instance(request)
         rows = changelist.get_queryset(request).select_related("org").iterator(chunk_size=500)
         writer = csv.writer(_Echo())
 
         def stream():
+            yield "\ufeff"  # a UTF-8 BOM: spreadsheet apps then decode non-ASCII correctly
             yield writer.writerow(CSV_COLUMNS)
             for e in rows:
-                yield writer.writerow([
+                yield writer.writerow([csv_cell(value) for value in (
                     e.created_at.isoformat(), e.event, e.actor_label, e.actor_key_lookup,
-                    e.object_type, e.object_id, e.ip or "", e.org.name if e.org else "",
-                    json.dumps(e.extra, sort_keys=True, ensure_ascii=False)])
+                    e.object_type, e.object_id, e.ip, e.org.name if e.org else "",
+                    json.dumps(e.extra, sort_keys=True, ensure_ascii=False))])
 
-        response = StreamingHttpResponse(stream(), content_type="text/csv")
+        response = StreamingHttpResponse(stream(), content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = 'attachment; filename="auxot-audit.csv"'
         return response
 

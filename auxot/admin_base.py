@@ -9,11 +9,20 @@ with a membership gets exactly what the role allows:
 
 Querysets, foreign-key choices, actions and object URLs are scoped to the user's
 organization(s); another organization's object by URL is a 404. Superusers see everything.
+
+Seeing an object is not acting on it: a user may be an auditor in one organization and an
+admin in another. Every action and custom view therefore authorizes against each object's OWN
+organization: views call `require_role`, changelist actions are declared with `org_action`.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Collection
+
 from django.contrib import admin
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.core.exceptions import BadRequest, PermissionDenied, ValidationError
 from django.db.models import Model, QuerySet
 from django.http import Http404, HttpRequest
 
@@ -53,6 +62,8 @@ def has_role(request: HttpRequest, roles, org_id: int | None = None) -> bool:
 
 
 def _org_id_of(obj: Model, path: str) -> int | None:
+    if isinstance(obj, Organization):
+        return obj.pk
     *hops, last = path.split("__")
     for hop in hops:
         obj = getattr(obj, hop, None)
@@ -61,6 +72,68 @@ def _org_id_of(obj: Model, path: str) -> int | None:
     if last == "pk":
         return obj.pk
     return getattr(obj, f"{last}_id", None)
+
+
+def require_role(request: HttpRequest, roles: Collection[str], target: Model | int | None, *,
+                 org_path: str = "org") -> None:
+    """Raise PermissionDenied unless the user holds one of `roles` in the organization of
+    `target` (an organization id, an Organization, or an object reached by `org_path`).
+
+    Never "the role somewhere": an object whose organization cannot be found is refused.
+    """
+    if request.user.is_active and request.user.is_superuser:
+        return
+    org_id = target if isinstance(target, int) or target is None else _org_id_of(
+        target, org_path)
+    if org_id is None or user_roles(request).get(org_id) not in roles:
+        raise PermissionDenied
+
+
+def require_role_for_all(request: HttpRequest, roles: Collection[str], queryset: QuerySet, *,
+                         org_path: str = "org") -> QuerySet:
+    """Refuse (PermissionDenied) if ANY row of `queryset` lies outside the organizations where
+    the user holds one of `roles`; otherwise the queryset, narrowed to those organizations so
+    that a row appearing between the check and the write is not touched either."""
+    if request.user.is_active and request.user.is_superuser:
+        return queryset
+    lookup = "pk__in" if org_path == "pk" else f"{org_path}__in"
+    allowed = {lookup: org_ids_with(request, roles)}
+    # exclude() also counts rows whose organization is NULL as outside.
+    if queryset.exclude(**allowed).exists():
+        raise PermissionDenied
+    return queryset.filter(**allowed)
+
+
+def _require_all_selected_visible(request: HttpRequest, queryset: QuerySet) -> None:
+    # Django silently drops selected ids the user cannot see (another organization's), which
+    # would apply the action to the rest: a forged selection is refused as a whole instead.
+    if request.user.is_superuser or request.POST.get("select_across") == "1":
+        return
+    selected = set(request.POST.getlist(ACTION_CHECKBOX_NAME))
+    if queryset.count() != len(selected):
+        raise PermissionDenied
+
+
+def org_action(*, roles: Collection[str], description: str,
+               permissions: list[str] | None = None) -> Callable:
+    """Declare a changelist action authorized per object: it runs only if the user holds one
+    of `roles` in EVERY selected object's organization; one object outside refuses the whole
+    action with 403 and nothing changes. The ModelAdmin's `org_path` locates the organization.
+    """
+    roles = frozenset(roles)
+
+    def decorate(func: Callable) -> Callable:
+        @functools.wraps(func)
+        def action(modeladmin, request, queryset):
+            _require_all_selected_visible(request, queryset)
+            queryset = require_role_for_all(request, roles, queryset,
+                                            org_path=getattr(modeladmin, "org_path", "org"))
+            return func(modeladmin, request, queryset)
+
+        action.org_roles = roles
+        return admin.action(action, description=description, permissions=permissions)
+
+    return decorate
 
 
 class OrgScopedAdmin(admin.ModelAdmin):
@@ -91,6 +164,10 @@ class OrgScopedAdmin(admin.ModelAdmin):
     def obj_org_id(self, obj) -> int | None:
         return _org_id_of(obj, self.org_path)
 
+    def require_role(self, request: HttpRequest, roles: Collection[str], obj: Model) -> None:
+        """`require_role` for one of this admin's objects (its organization via org_path)."""
+        require_role(request, roles, obj, org_path=self.org_path)
+
     def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
         # Django redirects to the index with a message; another org's object is simply a 404.
         raise Http404("Not found.")
@@ -113,7 +190,11 @@ class OrgScopedAdmin(admin.ModelAdmin):
             return False
         if obj is None:
             return has_role(request, roles)
-        return has_role(request, roles, self.obj_org_id(obj))
+        org_id = self.obj_org_id(obj)
+        # An object without an organization is no org's: only superusers (never "any org").
+        if org_id is None:
+            return request.user.is_superuser
+        return has_role(request, roles, org_id)
 
     def has_module_permission(self, request):
         return self._allowed(request, self.view_roles)
@@ -130,7 +211,18 @@ class OrgScopedAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return self._allowed(request, self.delete_roles, obj)
 
+    def changelist_view(self, request, extra_context=None):
+        # A forged selection with a malformed id would crash the pk__in lookup (500): a 400.
+        pk = self.model._meta.pk
+        for value in request.POST.getlist(ACTION_CHECKBOX_NAME):
+            try:
+                pk.to_python(value)
+            except ValidationError:
+                raise BadRequest("A selected id is malformed.") from None
+        return super().changelist_view(request, extra_context)
+
     def get_actions(self, request):
+        # Only hides the menu from users who hold the role nowhere; `org_action` is the check.
         if not self._allowed(request, self.action_roles):
             return {}
         return super().get_actions(request)

@@ -9,6 +9,7 @@ import re
 
 from django import forms
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 from django.template.response import TemplateResponse
 from django.urls import reverse
 
@@ -44,12 +45,12 @@ class PollForm(forms.Form):
 
 def poll_stuck(request):
     if not has_role(request, EVERYONE):
-        from django.core.exceptions import PermissionDenied
-
         raise PermissionDenied
     form = PollForm(request.POST or None)
     result, not_found = None, False
     if request.method == "POST" and form.is_valid():
+        # Per object: only items of organizations where the user holds a role are found, so
+        # another organization's id reads exactly like an unknown one.
         items = WorkItem.objects.select_related("workflow", "intake")
         if not request.user.is_superuser:
             items = items.filter(workflow__org_id__in=org_ids_with(request, EVERYONE))

@@ -4,7 +4,6 @@ from datetime import timedelta
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Max, Q
 from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -12,7 +11,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from auxot.admin_base import MANAGERS, OrgScopedAdmin, ScopedInlineMixin, has_role
+from auxot.admin_base import MANAGERS, OrgScopedAdmin, ScopedInlineMixin, org_action
 from auxot.errors import ApplicationError
 from intakes.admin_callbacks import (
     CALLBACK_READONLY,
@@ -59,8 +58,7 @@ class _IntakeWrites(OrgScopedAdmin):
         try:
             if not change:
                 workflow = data["workflow"]
-                if not has_role(request, MANAGERS, workflow.org_id):
-                    raise PermissionDenied
+                self.require_role(request, MANAGERS, workflow)
                 created = intake_create(org=workflow.org, workflow=workflow, name=data["name"],
                                         team=data.get("team"), created_by=request.user,
                                         callback_url=data.get("callback_url", ""))
@@ -180,8 +178,6 @@ class IntakeAdmin(IntakeCallbacksAdminMixin, _IntakeWrites):
     def _apply(self, request, intakes, active: bool) -> int:
         done = 0
         for intake in intakes:
-            if not has_role(request, MANAGERS, intake.org_id):
-                raise PermissionDenied
             done += intake_set_active(intake=intake, active=active, actor=request.user)
         verb = "Reactivated" if active else "Deactivated"
         note = "" if active else " They answer 404 from now on."
@@ -192,8 +188,7 @@ class IntakeAdmin(IntakeCallbacksAdminMixin, _IntakeWrites):
         intake = self.get_object(request, object_id)
         if intake is None or state not in ("on", "off"):
             raise Http404("Not found.")
-        if not self.has_change_permission(request, intake):
-            raise PermissionDenied
+        self.require_role(request, MANAGERS, intake)
         active = state == "on"
         if request.method == "POST":
             self._apply(request, [intake], active)
@@ -208,11 +203,12 @@ class IntakeAdmin(IntakeCallbacksAdminMixin, _IntakeWrites):
             return None
         return self._confirm(request, intakes, active, action)
 
-    @admin.action(description="Deactivate selected intakes (they answer 404 at once)")
+    @org_action(roles=MANAGERS,
+                description="Deactivate selected intakes (they answer 404 at once)")
     def deactivate_selected(self, request, queryset):
         return self._bulk(request, queryset, False, "deactivate_selected")
 
-    @admin.action(description="Reactivate selected intakes")
+    @org_action(roles=MANAGERS, description="Reactivate selected intakes")
     def reactivate_selected(self, request, queryset):
         return self._bulk(request, queryset, True, "reactivate_selected")
 

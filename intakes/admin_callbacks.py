@@ -14,6 +14,7 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
+from auxot.admin_base import MANAGERS, org_action
 from intakes.callbacks import (
     callback_delivery_redeliver,
     callback_test_send,
@@ -65,6 +66,7 @@ class CallbackDeliveryAdmin(admin.ModelAdmin):
     list_select_related = ["intake"]
     inlines = [CallbackAttemptInline]
     actions = ["redeliver_now"]
+    org_path = "intake__org"
     fields = ["webhook_id", "intake", "work_item_link", "display_url", "uses_intake_default",
               "state", "attempts", "last_status", "last_error", "next_attempt_at",
               "delivered_at", "created_at"]
@@ -82,7 +84,7 @@ class CallbackDeliveryAdmin(admin.ModelAdmin):
     def display_url(self, obj: CallbackDelivery) -> str:
         return url_redact(obj.url)
 
-    @admin.action(description="Redeliver now (new attempt, same webhook-id)")
+    @org_action(roles=MANAGERS, description="Redeliver now (new attempt, same webhook-id)")
     def redeliver_now(self, request, queryset):
         done = sum(callback_delivery_redeliver(delivery=d, actor=request.user, ip=_ip(request))
                    for d in queryset.select_related("intake__org"))
@@ -247,14 +249,14 @@ class IntakeCallbacksAdminMixin:
         response["Cache-Control"] = "no-store"
         return response
 
-    @admin.action(description="Rotate signing secret (shows the new one once)")
+    @org_action(roles=MANAGERS, description="Rotate signing secret (shows the new one once)")
     def rotate_signing_secret(self, request, queryset):
         intakes = list(queryset)
         secrets = {i.pk: intake_signing_secret_rotate(intake=i, actor=request.user,
                                                       ip=_ip(request)) for i in intakes}
         return self._secret_page(request, intakes, secrets, "rotated")
 
-    @admin.action(description="Send test callback (signed sample body)")
+    @org_action(roles=MANAGERS, description="Send test callback (signed sample body)")
     def send_test_callback(self, request, queryset):
         results = [(intake, callback_test_send(intake=intake)) for intake in queryset]
         context = {**self.admin_site.each_context(request), "title": "Test callback",
@@ -263,7 +265,7 @@ class IntakeCallbacksAdminMixin:
                                for i, r in results]}
         return TemplateResponse(request, "admin/intakes/test_callback.html", context)
 
-    @admin.action(description="Re-enable callbacks (after a 410 Gone)")
+    @org_action(roles=MANAGERS, description="Re-enable callbacks (after a 410 Gone)")
     def enable_callbacks(self, request, queryset):
         done = sum(intake_callback_enable(intake=i, actor=request.user, ip=_ip(request))
                    for i in queryset.filter(callback_disabled_at__isnull=False))

@@ -349,7 +349,8 @@ def test_audit_log_is_append_only_in_the_admin_and_exports_csv(client, cast, int
     assert client.post(f"{AUDIT}{event.pk}/delete/", {"post": "yes"}).status_code == 403
     assert AuditEvent.objects.filter(pk=event.pk, event="intake.created").exists()
     response = client.get(f"{AUDIT}export.csv", {"event": "intake.created"})
-    rows = list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode())))
+    body = b"".join(response.streaming_content).decode("utf-8-sig")
+    rows = list(csv.reader(io.StringIO(body)))
     assert rows[0][0] == "created_at" and len(rows) == 2 and rows[1][1] == "intake.created"
 
 

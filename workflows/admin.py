@@ -2,7 +2,6 @@ import json
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
 from django.db.models import DurationField, ExpressionWrapper, F
 from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -66,8 +65,7 @@ class WorkflowAdmin(OrgScopedAdmin):
         workflow = self.get_object(request, object_id)
         if workflow is None:
             raise Http404("Not found.")
-        if not has_role(request, ACTORS, workflow.org_id):
-            raise PermissionDenied
+        self.require_role(request, ACTORS, workflow)
         form = RunForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
             try:

@@ -7,6 +7,7 @@ from django.http import HttpRequest, HttpResponseNotAllowed, HttpResponseRedirec
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 
+from auxot.admin_base import ACTORS, has_role, org_action, require_role
 from auxot.errors import ApplicationError
 from workflows.models import Provider, Step, WorkItem
 from workflows.services import work_item_cancel, work_item_decide
@@ -26,10 +27,12 @@ class WorkItemActionsMixin:
                 *super().get_urls()]
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        item = WorkItem.objects.filter(pk=object_id).first() if object_id else None
+        item = WorkItem.objects.select_related("workflow").filter(pk=object_id).first() \
+            if object_id else None
         extra = dict(extra_context or {})
         if item is not None and item.waiting_on == WorkItem.Waiting.APPROVAL and (
-                item.status == WorkItem.Status.RUNNING):
+                item.status == WorkItem.Status.RUNNING) and has_role(
+                request, ACTORS, item.workflow.org_id):  # the buttons only for who may decide
             steps = list(Step.objects.filter(workflow_id=item.workflow_id))
             if item.current_step < len(steps):
                 extra["awaiting_approval"] = steps[item.current_step].name
@@ -41,8 +44,7 @@ class WorkItemActionsMixin:
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
         item = get_object_or_404(WorkItem.objects.select_related("workflow"), pk=object_id)
-        if not self.has_view_permission(request, item):
-            return HttpResponseRedirect(reverse("admin:index"))
+        require_role(request, ACTORS, item, org_path="workflow__org")
         try:
             work_item_decide(item=item, decision=request.POST.get("decision", ""),
                              comment=request.POST.get("comment", "")[:2000],
@@ -54,7 +56,8 @@ class WorkItemActionsMixin:
             self.message_user(request, f"{verb}; the work item continues.", messages.SUCCESS)
         return HttpResponseRedirect(reverse("admin:workflows_workitem_change", args=[item.pk]))
 
-    @admin.action(description="Cancel selected work items (fail with code 'canceled')")
+    @org_action(roles=ACTORS,
+                description="Cancel selected work items (fail with code 'canceled')")
     def cancel_selected(self, request: HttpRequest, queryset):
         canceled, skipped = 0, 0
         for item in queryset.select_related("workflow"):

