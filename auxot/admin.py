@@ -177,6 +177,9 @@ class SecretAdmin(OrgScopedAdmin):
     search_fields = ["name"]
     list_select_related = ["org", "created_by"]
     delete_roles = MANAGERS
+    # No bulk delete: each deletion goes through secret_delete from the secret's own page,
+    # where the role is checked against that secret's organization and the change audited.
+    actions = None
     FACTS = ["created_by", "created_at", "rotated_at"]
 
     def get_fields(self, request, obj=None):
@@ -217,12 +220,6 @@ class SecretAdmin(OrgScopedAdmin):
 
     def delete_model(self, request, obj):
         secret_delete(secret=obj, actor=request.user, ip=request.META.get("REMOTE_ADDR"))
-
-    def delete_queryset(self, request, queryset):
-        for secret in queryset.select_related("org"):
-            if self.has_delete_permission(request, secret):
-                secret_delete(secret=secret, actor=request.user,
-                              ip=request.META.get("REMOTE_ADDR"))
 
     # The services write the audit trail; Django's own history would only duplicate it.
     def log_addition(self, request, obj, message):
