@@ -29,12 +29,24 @@ def _dribble(port: int, path: str, token: str, stop: threading.Event) -> bytes:
                 return b""
             readable, _, _ = select.select([sock], [], [], 0.5)
             if readable:
-                return sock.recv(65536)
+                return _read_answer(sock)
             try:
                 sock.sendall(b" ")
             except OSError:
                 return b"reset"
     return b""
+
+
+def _read_answer(sock: socket.socket) -> bytes:
+    """The whole answer: the server closes the connection after a 408, so read to EOF (one
+    recv may hold only the head when the machine is busy)."""
+    answer = b""
+    try:
+        while chunk := sock.recv(65536):
+            answer += chunk
+    except OSError:
+        pass  # a reset after the answer was sent
+    return answer or b"reset"
 
 
 @pytest.mark.e2e
