@@ -14,6 +14,7 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
+from auxot.outbound import RefusedDestination, url_check, url_redact
 from intakes.callbacks import (
     callback_delivery_redeliver,
     callback_test_send,
@@ -21,7 +22,6 @@ from intakes.callbacks import (
     intake_signing_secret_rotate,
 )
 from intakes.models import CallbackAttempt, CallbackDelivery, Intake
-from intakes.ssrf import RefusedDestination, callback_url_validate, url_redact
 from workflows.models import WorkItem
 
 RECENT_DELIVERIES = 10
@@ -181,7 +181,7 @@ class IntakeCallbacksAdminMixin:
                 url = self.cleaned_data.get("callback_url", "")
                 if url:
                     try:
-                        callback_url_validate(url)
+                        url_check(url, purpose="callback")
                     except RefusedDestination as exc:
                         raise forms.ValidationError(str(exc)) from None
                 return url

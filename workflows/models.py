@@ -6,6 +6,7 @@ from django.db import models
 from django.utils import timezone
 
 from auxot.models import Organization
+from auxot.outbound import RefusedDestination, url_check
 
 
 class Workflow(models.Model):
@@ -233,6 +234,12 @@ class Provider(models.Model):
             raise ValidationError({"concurrency_limit": "At least 1."})
         if self.api_key_env and not self.api_key_env.replace("_", "").isalnum():
             raise ValidationError({"api_key_env": "A variable name: letters, digits, _."})
+        if self.base_url:
+            try:  # the outbound policy at save time; the connection check still decides
+                url_check(self.base_url, purpose="agent")
+            except RefusedDestination as exc:
+                raise ValidationError({"base_url": ValidationError(str(exc), code=exc.code)}
+                                      ) from None
 
 
 class ProviderTicket(models.Model):
