@@ -68,7 +68,7 @@ def intake_create(
 
 def callback_url_checked(url: str) -> str:
     """The URL policy as a 422 problem (for the header and the intake's setting): a URL that
-    does not parse is refused like one the SSRF policy refuses, never a 500."""
+    does not parse is refused like one the outbound policy refuses, never a 500."""
     try:
         return url_check(url, purpose="callback")
     except (RefusedDestination, ValueError) as exc:

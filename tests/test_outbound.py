@@ -426,3 +426,27 @@ def test_the_scan_finds_a_direct_call(tmp_path):
     sample.write_text("import requests\nfrom urllib.request import urlopen\n"
                       "requests.post('http://x')\nrequests.Session()\n")
     assert len(_outbound_uses(sample)) == 3
+
+
+# --- What a member with an API key sees, and what the admin trace shows -----------------------
+
+def test_member_key_cannot_aim_a_step_at_loopback_and_sees_why(
+        api, client, cast, member_token, fake_server, connections, closed_policy):
+    from intakes.services import intake_create
+    from tests.conftest import bearer, trigger
+
+    workflow = make_workflow(cast.org_a, [("http", {
+        "method": "POST", "url_expression": "input.url",
+        "headers": {"X-Step-Token": "'s3cret-token'"}})], name="Fetch")
+    intake = intake_create(org=cast.org_a, workflow=workflow, name="Fetch",
+                           created_by=cast.admin_a)
+    url = f"http://127.1:{fake_server.httpd.server_port}/admin"
+    work_id = trigger(api, intake.pk, member_token, {"url": url}).json()["work_id"]
+    work_item_process(work_id=work_id, drain_seconds=0)
+    body = api.get(f"/v1/intake/{intake.pk}/work/{work_id}", **bearer(member_token)).json()
+    assert body["status"] == "failed"
+    assert body["error"]["code"] == "ssrf_refused" and "'127.1'" in body["error"]["message"]
+    client.force_login(cast.admin_a)
+    page = client.get(f"/admin/workflows/workitem/{work_id}/change/").content.decode()
+    assert "ssrf_refused" in page and "127.1" in page
+    assert fake_server.requests == [] and connections == []
