@@ -370,6 +370,16 @@ def test_deprecated_callback_networks_are_merged_into_the_outbound_list():
         "['10.20.0.0/16', '192.168.7.0/24'] ['ollama.internal', 'llm.corp']")
 
 
+def test_nothing_is_allowed_by_default_and_only_the_demo_opens_loopback():
+    from auxot.demo import DEMO_ENV
+
+    done = _settings_in_subprocess({})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[] []"
+    assert DEMO_ENV["AUXOT_OUTBOUND_ALLOWED_NETWORKS"] == "127.0.0.0/8,::1/128"
+    assert "AUXOT_CALLBACK_ALLOWED_NETWORKS" not in DEMO_ENV
+
+
 @pytest.mark.parametrize(("name", "value"), [("AUXOT_OUTBOUND_ALLOWED_NETWORKS", "10.0.0.0/33"),
                                              ("AUXOT_CALLBACK_ALLOWED_NETWORKS", "nonsense"),
                                              ("AUXOT_OUTBOUND_ALLOWED_HOSTS", "*.corp"),
