@@ -1,4 +1,8 @@
-"""`auxot.W001`: the fleet this host starts must fit PostgreSQL's connection budget."""
+"""System checks for settings whose problems are not errors (`manage.py check` shows them).
+
+- `auxot.W001`: the processes this host starts must fit PostgreSQL's connection budget.
+- `auxot.W002`: a deprecated setting is in use.
+"""
 
 from django.conf import settings
 from django.core.checks import Warning, register
@@ -34,3 +38,15 @@ def connection_budget_check(app_configs=None, **kwargs) -> list[Warning]:
              "max_connections (and AUXOT_DB_MAX_CONNECTIONS with it), or put PgBouncer in front.",
         id="auxot.W001",
     )]
+
+
+@register()
+def deprecated_settings(app_configs, **kwargs) -> list[Warning]:
+    if getattr(settings, "AUXOT_CALLBACK_ALLOWED_NETWORKS", None):
+        return [Warning(
+            "AUXOT_CALLBACK_ALLOWED_NETWORKS is deprecated; it is merged into "
+            "AUXOT_OUTBOUND_ALLOWED_NETWORKS, which covers callbacks, http steps and agent "
+            "providers alike.",
+            hint="Rename the variable to AUXOT_OUTBOUND_ALLOWED_NETWORKS.",
+            id="auxot.W002")]
+    return []

@@ -18,10 +18,11 @@ from intakes.services import intake_create
 from workflows.models import Step, Workflow
 
 SECRETS_FILE = settings.VAR_DIR / "demo-secrets.json"
-# The demo's receivers run on this machine: allow http:// and loopback, retry quickly.
-DEMO_CALLBACK_ENV = {
+# The demo's receivers (callbacks, a local model server) run on this machine: for the demo
+# process only, allow http:// callbacks and loopback destinations, and retry quickly.
+DEMO_ENV = {
     "AUXOT_CALLBACK_ALLOW_HTTP": "1",
-    "AUXOT_CALLBACK_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
+    "AUXOT_OUTBOUND_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
     "AUXOT_CALLBACK_RETRY_SCHEDULE": "0,2,5,15,60",
 }
 GREETING = "{greeting: join(' ', ['Hello,', input.customer || 'world']), ticket: input.ticket_id}"

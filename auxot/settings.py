@@ -4,6 +4,7 @@ Every value read here fails loudly at start-up (ImproperlyConfigured) when it is
 present but malformed, so a typo in production never silently becomes a default.
 """
 
+import ipaddress
 import json
 import os
 import re
@@ -309,17 +310,27 @@ AUXOT_CALLBACK_RETRY_AFTER_MAX_SECONDS = env_int(
     "AUXOT_CALLBACK_RETRY_AFTER_MAX_SECONDS", 3600, minimum=0)
 # After a secret rotation, deliveries carry the old and the new signature this long.
 AUXOT_CALLBACK_SECRET_ROTATION_HOURS = env_float("AUXOT_CALLBACK_SECRET_ROTATION_HOURS", 24.0)
-# SSRF policy: plain http:// only when allowed; private/loopback/... networks refused unless
-# listed here (CIDRs, comma-separated) for on-premises receivers.
+# Callbacks use https:// only unless this allows plain http:// (http steps and agent
+# providers may use either: the outbound address policy is what protects).
 AUXOT_CALLBACK_ALLOW_HTTP = env_bool("AUXOT_CALLBACK_ALLOW_HTTP", False)
+# --- Outbound requests (callbacks, http steps, agent providers) ----------------------------
+# Loopback/private/link-local/... destinations are refused unless listed here: CIDRs and
+# exact host names (comma-separated) for an install's own receivers.
+# AUXOT_CALLBACK_ALLOWED_NETWORKS is the deprecated name of the networks list (merged in).
 AUXOT_CALLBACK_ALLOWED_NETWORKS = env_list("AUXOT_CALLBACK_ALLOWED_NETWORKS", [])
-try:
-    import ipaddress as _ipaddress
-
-    for _net in AUXOT_CALLBACK_ALLOWED_NETWORKS:
-        _ipaddress.ip_network(_net, strict=False)
-except ValueError as _exc:
-    raise ImproperlyConfigured(f"AUXOT_CALLBACK_ALLOWED_NETWORKS: {_exc}") from None
+AUXOT_OUTBOUND_ALLOWED_NETWORKS = list(dict.fromkeys(
+    env_list("AUXOT_OUTBOUND_ALLOWED_NETWORKS", []) + AUXOT_CALLBACK_ALLOWED_NETWORKS))
+for _net in AUXOT_OUTBOUND_ALLOWED_NETWORKS:
+    try:
+        ipaddress.ip_network(_net, strict=False)
+    except ValueError as _exc:
+        raise ImproperlyConfigured(f"AUXOT_OUTBOUND_ALLOWED_NETWORKS: {_exc}") from None
+AUXOT_OUTBOUND_ALLOWED_HOSTS = [
+    host.lower().rstrip(".") for host in env_list("AUXOT_OUTBOUND_ALLOWED_HOSTS", [])]
+for _host in AUXOT_OUTBOUND_ALLOWED_HOSTS:
+    if not _host or any(c in _host for c in "/:@%[]\\ ") or "*" in _host:
+        raise ImproperlyConfigured(
+            f"AUXOT_OUTBOUND_ALLOWED_HOSTS: {_host!r} is not an exact host name.")
 # --- Callers' toolkit: OpenAPI, long-poll (issue 7) ---------------------------------------
 INSTALLED_APPS += ["drf_spectacular", "drf_spectacular_sidecar"]
 REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "drf_spectacular.openapi.AutoSchema"

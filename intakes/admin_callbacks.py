@@ -15,6 +15,7 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from auxot.admin_base import MANAGERS, org_action
+from auxot.outbound import RefusedDestination, url_check, url_redact
 from intakes.callbacks import (
     callback_delivery_redeliver,
     callback_test_send,
@@ -22,7 +23,6 @@ from intakes.callbacks import (
     intake_signing_secret_rotate,
 )
 from intakes.models import CallbackAttempt, CallbackDelivery, Intake
-from intakes.ssrf import RefusedDestination, callback_url_validate, url_redact
 from workflows.models import WorkItem
 
 RECENT_DELIVERIES = 10
@@ -183,7 +183,7 @@ class IntakeCallbacksAdminMixin:
                 url = self.cleaned_data.get("callback_url", "")
                 if url:
                     try:
-                        callback_url_validate(url)
+                        url_check(url, purpose="callback")
                     except RefusedDestination as exc:
                         raise forms.ValidationError(str(exc)) from None
                 return url

@@ -21,17 +21,11 @@ from django.db.models import F, Q
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
+from auxot.outbound import RefusedDestination, outbound_request, url_redact
 from auxot.services import audit_record
 from intakes.models import CallbackAttempt, CallbackDelivery, Intake
 from intakes.presenters import callback_url_for, render_json, work_item_poll_view
 from intakes.secrets import secret_decrypt, secret_encrypt, signing_secret_generate
-from intakes.ssrf import (
-    RefusedDestination,
-    callback_url_validate,
-    safe_session,
-    total_deadline,
-    url_redact,
-)
 from workflows.models import WorkItem
 
 logger = logging.getLogger(__name__)
@@ -249,42 +243,27 @@ def signed_headers(*, secrets: list[str], webhook_id: str, body: bytes,
             "webhook-signature": " ".join(signatures)}
 
 
-def _read_some(response: requests.Response) -> str:
-    data = b""
-    for chunk in response.iter_content(chunk_size=RESPONSE_KEEP_BYTES):
-        data += chunk
-        if len(data) >= RESPONSE_KEEP_BYTES:
-            break
-    return data[:RESPONSE_KEEP_BYTES].decode("utf-8", errors="replace")
-
-
 def callback_post(*, url: str, body: bytes, headers: dict[str, str]) -> SendResult:
-    """POST once under the SSRF policy; never follows redirects; never raises."""
+    """POST once under the outbound policy; never follows redirects; never raises."""
     started = time.monotonic()
     timeout = settings.AUXOT_CALLBACK_TIMEOUT_SECONDS
-    deadline = None
     try:
-        callback_url_validate(url)
-        with total_deadline(timeout) as deadline, safe_session() as session, session.post(
-                url, data=body, headers=headers, timeout=(timeout, timeout),
-                allow_redirects=False, stream=True) as response:
-            text = _read_some(response)
-            if deadline.expired:
-                raise requests.Timeout()
-            return SendResult(status=response.status_code, body=text,
-                              headers={k.lower(): v for k, v in response.headers.items()},
-                              latency_ms=int((time.monotonic() - started) * 1000))
+        response = outbound_request("POST", url, purpose="callback", timeout=timeout,
+                                    data=body, headers=headers, max_bytes=RESPONSE_KEEP_BYTES)
     except RefusedDestination as exc:
         return SendResult(error=f"refused: {exc}", refused=True)
     except requests.Timeout:
         error = f"timed out after {timeout:g} s"
     except requests.RequestException as exc:
-        if deadline is not None and deadline.expired:
-            error = f"timed out after {timeout:g} s"
-        elif isinstance(exc, requests.ConnectionError):
+        if isinstance(exc, requests.ConnectionError):
             error = f"connection failed: {_short(exc)}"
         else:
             error = f"request failed: {_short(exc)}"
+    else:
+        return SendResult(status=response.status_code,
+                          body=response.content.decode("utf-8", errors="replace"),
+                          headers={k.lower(): v for k, v in response.headers.items()},
+                          latency_ms=int((time.monotonic() - started) * 1000))
     return SendResult(error=_scrub(error, url),
                       latency_ms=int((time.monotonic() - started) * 1000))
 

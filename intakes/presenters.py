@@ -2,9 +2,9 @@
 
 from rest_framework.renderers import JSONRenderer
 
+from auxot.outbound import url_redact
 from auxot.timefmt import iso
 from intakes.models import CallbackDelivery, Intake
-from intakes.ssrf import url_redact
 from workflows.models import WorkItem
 from workflows.presenters import WorkItemView, work_item_view
 

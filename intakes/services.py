@@ -8,12 +8,12 @@ from django.utils import timezone
 from apikeys.models import ApiKey
 from auxot.errors import NOT_FOUND_DETAIL, ApplicationError, NotFoundError, PermissionDeniedError
 from auxot.models import Membership, Organization, Team
+from auxot.outbound import RefusedDestination, url_check, url_redact
 from auxot.services import audit_record
 from intakes import idempotency, ratelimit
 from intakes.lookup import intake_lookup, work_item_lookup
 from intakes.models import Intake
 from intakes.secrets import secret_encrypt, signing_secret_generate
-from intakes.ssrf import RefusedDestination, callback_url_validate, url_redact
 from workflows.models import Workflow, WorkItem
 from workflows.services import work_item_create
 
@@ -68,9 +68,9 @@ def intake_create(
 
 def callback_url_checked(url: str) -> str:
     """The URL policy as a 422 problem (for the header and the intake's setting): a URL that
-    does not parse is refused like one the SSRF policy refuses, never a 500."""
+    does not parse is refused like one the outbound policy refuses, never a 500."""
     try:
-        return callback_url_validate(url)
+        return url_check(url, purpose="callback")
     except (RefusedDestination, ValueError) as exc:
         raise ApplicationError(f"Callback URL refused: {exc}", code="validation_failed") from None
 

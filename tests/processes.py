@@ -34,6 +34,7 @@ def process_env(**extra: str) -> dict[str, str]:
         "AUXOT_TICK_SECONDS": "0.1",
         "AUXOT_HEARTBEAT_SECONDS": "1",
         "LOG_LEVEL": "WARNING",
+        "AUXOT_OUTBOUND_ALLOWED_NETWORKS": "127.0.0.1/32",  # the tests' local receivers
     })
     env.update(extra)
     return env

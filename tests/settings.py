@@ -12,9 +12,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "var" / "test.sqlite3")}
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
-# Callbacks: real receivers on 127.0.0.1 over http, and a schedule measured in seconds.
+# Outbound requests reach real receivers on 127.0.0.1 (tests that prove refusals empty this).
+AUXOT_OUTBOUND_ALLOWED_NETWORKS = ["127.0.0.1/32"]
+AUXOT_OUTBOUND_ALLOWED_HOSTS = []
+AUXOT_CALLBACK_ALLOWED_NETWORKS = []
+# Callbacks: over http, on a schedule measured in seconds.
 AUXOT_CALLBACK_ALLOW_HTTP = True
-AUXOT_CALLBACK_ALLOWED_NETWORKS = ["127.0.0.1/32"]
 AUXOT_CALLBACK_RETRY_SCHEDULE = [0, 1, 1, 1]
 AUXOT_CALLBACK_JITTER = 0.0
 AUXOT_CALLBACK_TIMEOUT_SECONDS = 2.0

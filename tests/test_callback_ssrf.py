@@ -1,12 +1,14 @@
-"""The callback URL policy: refused destinations are failed attempts and no packet leaves."""
+"""The outbound policy as callbacks see it: refused destinations are failed attempts and no
+packet leaves (the full class of address forms for every caller is in test_outbound.py)."""
 
+import ipaddress
 import socket
 
 import pytest
 
+from auxot.outbound import RefusedDestination, url_check, url_redact
 from intakes.callbacks import callback_delivery_create, callback_delivery_process, callback_post
 from intakes.models import CallbackAttempt, CallbackDelivery
-from intakes.ssrf import RefusedDestination, callback_url_validate, url_redact
 from tests.callback_helpers import finished_item
 
 pytestmark = pytest.mark.django_db
@@ -38,12 +40,14 @@ REFUSED = [
 
 @pytest.fixture
 def no_connections(monkeypatch):
-    """Every outgoing connect() is recorded and refused: proves nothing left the process."""
+    """Every outgoing connect() is recorded; only loopback ones are made (a safety net)."""
     attempts: list = []
     real_connect = socket.socket.connect
 
     def connect(self, address):
         attempts.append(address)
+        if not ipaddress.ip_address(address[0].split("%")[0]).is_loopback:
+            raise ConnectionRefusedError("test safety net: only loopback may be reached")
         return real_connect(self, address)
 
     monkeypatch.setattr(socket.socket, "connect", connect)
@@ -61,7 +65,7 @@ def test_refused_destination_sends_nothing(url, no_connections):
 @pytest.mark.parametrize("url", REFUSED)
 def test_refused_destination_is_rejected_when_saved(url):
     with pytest.raises(RefusedDestination):
-        callback_url_validate(url)
+        url_check(url, purpose="callback")
 
 
 def test_hostname_resolving_to_a_private_address_is_refused_at_connect(monkeypatch,
@@ -69,9 +73,10 @@ def test_hostname_resolving_to_a_private_address_is_refused_at_connect(monkeypat
     # Passes the save-time check (a name), then resolves to an internal address.
     monkeypatch.setattr(socket, "getaddrinfo", lambda host, port, *a, **k: [
         (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.1.2.3", port))])
-    callback_url_validate("http://internal.example/hook")
+    url_check("http://internal.example/hook", purpose="callback")
     result = callback_post(url="http://internal.example/hook", body=b"{}", headers={})
-    assert result.refused and "10.1.2.3 is a private address" in result.error
+    assert result.refused
+    assert "internal.example resolves to 10.1.2.3, a private address" in result.error
     assert no_connections == []
 
 
@@ -80,7 +85,7 @@ def test_any_bad_address_among_several_answers_is_refused(monkeypatch, no_connec
         (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("8.8.8.8", port)),
         (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("169.254.169.254", port))])
     result = callback_post(url="http://round-robin.example/hook", body=b"{}", headers={})
-    assert result.refused and "169.254.169.254 is a link-local address" in result.error
+    assert result.refused and "169.254.169.254, a link-local address" in result.error
     assert no_connections == []
 
 
@@ -108,10 +113,10 @@ def test_connection_goes_to_the_checked_address_with_the_original_host(
 def test_https_only_unless_http_is_allowed(settings, no_connections):
     settings.AUXOT_CALLBACK_ALLOW_HTTP = False
     with pytest.raises(RefusedDestination, match="must use https"):
-        callback_url_validate("http://example.com/hook")
+        url_check("http://example.com/hook", purpose="callback")
     result = callback_post(url="http://example.com/hook", body=b"{}", headers={})
     assert result.refused and no_connections == []
-    assert callback_url_validate("https://example.com/hook")
+    assert url_check("https://example.com/hook", purpose="callback")
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/x", "https://", "https://user:pw@x.com/",
@@ -119,14 +124,14 @@ def test_https_only_unless_http_is_allowed(settings, no_connections):
                                  "https://example.com:99999/", "https://x.com/" + "a" * 2000])
 def test_malformed_urls_are_refused(url):
     with pytest.raises(RefusedDestination):
-        callback_url_validate(url)
+        url_check(url, purpose="callback")
 
 
 def test_allowed_networks_open_a_private_range(settings, no_connections):
-    settings.AUXOT_CALLBACK_ALLOWED_NETWORKS = ["10.9.0.0/16"]
-    assert callback_url_validate("http://10.9.8.7/hook")
+    settings.AUXOT_OUTBOUND_ALLOWED_NETWORKS = ["10.9.0.0/16"]
+    assert url_check("http://10.9.8.7/hook", purpose="callback")
     with pytest.raises(RefusedDestination):
-        callback_url_validate("http://10.8.0.1/hook")
+        url_check("http://10.8.0.1/hook", purpose="callback")
 
 
 def test_refused_delivery_is_a_failed_attempt_with_a_clear_error(cb_intake, receiver,
@@ -143,3 +148,4 @@ def test_refused_delivery_is_a_failed_attempt_with_a_clear_error(cb_intake, rece
 def test_redaction_hides_query_values_and_credentials():
     assert url_redact("https://u:p@h.example:8443/p?token=abc&x=1") == (
         "https://h.example:8443/p?token=REDACTED&x=REDACTED")
+    assert url_redact("https://h.example:99999/") == "(malformed URL)"

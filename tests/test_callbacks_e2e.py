@@ -17,7 +17,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 CALLBACK_ENV = {
     "AUXOT_CALLBACK_ALLOW_HTTP": "1",
-    "AUXOT_CALLBACK_ALLOWED_NETWORKS": "127.0.0.1/32",
     "AUXOT_CALLBACK_RETRY_SCHEDULE": "0,3",
     "AUXOT_CALLBACK_JITTER": "0",
     "AUXOT_CALLBACK_TIMEOUT_SECONDS": "5",

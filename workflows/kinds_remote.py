@@ -18,6 +18,7 @@ from django.core.exceptions import ValidationError
 from django.utils.dateparse import parse_datetime
 from jmespath.exceptions import JMESPathError
 
+from auxot.outbound import RefusedDestination, outbound_request, url_check
 from auxot.secrets import SecretUnavailable, reference_parse, reference_problem, reference_resolve
 from auxot.timefmt import iso
 from workflows.steps import Complete, Fail, Outcome, StepContext, StepKind, Wait
@@ -72,13 +73,15 @@ def _retry(ctx: StepContext, reason: str, code: str, retry_after: float | None =
 
 
 def _send(ctx: StepContext, method: str, url: str, *, headers: dict, body: Any,
-          timeout: float, code: str) -> requests.Response | Outcome:
-    """One request. Returns the response, or the outcome for a transport failure."""
+          timeout: float, code: str, purpose: str) -> requests.Response | Outcome:
+    """One request through the outbound guard (no redirects; `timeout` bounds the whole
+    exchange). Returns the response, or the outcome for a refusal or transport failure."""
     headers = {**headers, "Idempotency-Key": ctx.idempotency_key}
     try:
-        return requests.request(method, url, headers=headers,
-                                json=body if body is not None else None, timeout=timeout,
-                                allow_redirects=False)
+        return outbound_request(method, url, purpose=purpose, headers=headers, json=body,
+                                timeout=timeout)
+    except RefusedDestination as exc:  # nothing was sent; retrying cannot help
+        return Fail("bad_request" if exc.code == "bad_url" else "ssrf_refused", str(exc))
     except (requests.ConnectionError, requests.Timeout) as exc:
         return _retry(ctx, f"{type(exc).__name__} calling {method} {_safe_url(url)}", code)
     except requests.RequestException as exc:
@@ -100,6 +103,22 @@ def _body(response: requests.Response) -> dict[str, Any]:
         return {"text": response.text[:MAX_TEXT]}
 
 
+def _url_validate(url: str) -> None:
+    """The outbound policy at save time, so an admin sees a refused URL before it runs."""
+    try:
+        url_check(url, purpose="http")
+    except RefusedDestination as exc:
+        raise ValidationError({"config": ValidationError(f"url: {exc}", code=exc.code)}
+                              ) from None
+
+
+def _config_failure(exc: ValidationError) -> Fail:
+    codes = {error.code for errors in exc.error_dict.values() for error in errors} \
+        if hasattr(exc, "error_dict") else {error.code for error in exc.error_list}
+    code = "ssrf_refused" if "ssrf_refused" in codes else "bad_config"
+    return Fail(code, "; ".join(exc.messages))
+
+
 class Http(StepKind):
     """config:
     {"method": "POST", "url": "https://..." | "url_expression": "<jmespath>",
@@ -118,6 +137,7 @@ class Http(StepKind):
             url = config["url"]
             if not isinstance(url, str) or not url.startswith(("http://", "https://")):
                 raise ValidationError({"config": "url must be an absolute http(s) URL."})
+            _url_validate(url)
         else:
             _compile(config["url_expression"], "url_expression")
         headers = config.get("headers", {})
@@ -183,7 +203,7 @@ class Http(StepKind):
         try:
             self.validate_config(ctx.config)
         except ValidationError as exc:
-            return Fail("bad_config", "; ".join(exc.messages))
+            return _config_failure(exc)
         built = self._request(ctx)
         if isinstance(built, Fail):
             return built
@@ -192,7 +212,7 @@ class Http(StepKind):
         timeout = min(ctx.config.get("timeout_seconds", settings.AUXOT_HTTP_TIMEOUT_SECONDS),
                       ctx.timeout_seconds)
         response = _send(ctx, method, url, headers=headers, body=body, timeout=timeout,
-                         code="http_retries_exhausted")
+                         code="http_retries_exhausted", purpose="http")
         if not isinstance(response, requests.Response):
             return response
         if _retryable(response):
@@ -345,16 +365,18 @@ class Agent(StepKind):
                 return Fail(exc.code, f"Provider '{provider.name}' API key: {exc.message}")
         response = _send(ctx, "POST", url, headers=headers, body=payload,
                          timeout=min(provider.timeout_seconds, ctx.timeout_seconds),
-                         code="provider_unavailable")
+                         code="provider_unavailable", purpose="agent")
         if not isinstance(response, requests.Response):
             return response
         if _retryable(response):
             return _retry(ctx, f"provider '{provider.name}' answered HTTP "
                                f"{response.status_code}", "provider_unavailable",
                           _retry_after(response, ctx.now))
-        if response.status_code >= 400:
+        if response.status_code >= 300:
             return Fail("provider_error", f"Provider '{provider.name}' answered HTTP "
-                                          f"{response.status_code}.")
+                                          f"{response.status_code}" + (
+                                              " (redirects are not followed)."
+                                              if response.status_code < 400 else "."))
         return self._output(ctx, provider, response)
 
     def _output(self, ctx: StepContext, provider, response: requests.Response) -> Outcome:

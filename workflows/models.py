@@ -6,6 +6,7 @@ from django.db import models
 from django.utils import timezone
 
 from auxot.models import Organization
+from auxot.outbound import RefusedDestination, url_check
 from auxot.secrets import reference_problem
 
 
@@ -247,6 +248,12 @@ class Provider(models.Model):
         if self.api_key_secret and self.api_key_env:
             raise ValidationError({"api_key_env": "Give an API key secret or an operator-granted "
                                                   "variable, not both."})
+        if self.base_url:
+            try:  # the outbound policy at save time; the connection check still decides
+                url_check(self.base_url, purpose="agent")
+            except RefusedDestination as exc:
+                raise ValidationError({"base_url": ValidationError(str(exc), code=exc.code)}
+                                      ) from None
         ref = self.api_key_reference
         field = "api_key_env" if self.api_key_env else "api_key_secret"
         if ref is not None and self.org_id is not None:

@@ -9,7 +9,7 @@ import time
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
-from auxot.demo import DEMO_CALLBACK_ENV, demo_seed
+from auxot.demo import DEMO_ENV, demo_seed
 
 
 class Command(BaseCommand):
@@ -95,7 +95,7 @@ API docs: {base}/v1/docs
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.default_int_handler)
         manage = [sys.executable, "manage.py"]
-        for name, value in DEMO_CALLBACK_ENV.items():
+        for name, value in DEMO_ENV.items():
             os.environ.setdefault(name, value)  # web and worker inherit it
         procs = [
             subprocess.Popen([*manage, "runserver", "--noreload", f"127.0.0.1:{port}"]),

@@ -1,0 +1,428 @@
+"""The one guard for every request the server sends (callbacks, `http` steps, agent providers).
+
+Tenants choose these URLs, so each is hostile. The policy is enforced twice:
+
+1. `url_check` (when a URL is saved, and again before every request): scheme, shape, no
+   userinfo, and the literal host (non-standard numbers, percent-encoding, IDNA tricks,
+   `localhost`) for a fast, clear refusal;
+2. on every connection: the host is resolved, EVERY address is checked, and the socket
+   connects to the checked address (Host header and TLS SNI keep the name), so DNS
+   rebinding between check and connect cannot reach an internal address. No redirects
+   are followed and environment proxies are ignored.
+
+`AUXOT_OUTBOUND_ALLOWED_NETWORKS` / `AUXOT_OUTBOUND_ALLOWED_HOSTS` exempt an install's own
+receivers from the address policy; nothing else does.
+"""
+
+import contextlib
+import ipaddress
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from functools import cache
+from typing import Any, Literal
+from urllib.parse import SplitResult, urlsplit, urlunsplit
+
+import idna
+import requests
+from django.conf import settings
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+Purpose = Literal["callback", "http", "agent"]
+_WHAT = {"callback": "The callback URL", "http": "The http step URL",
+         "agent": "The provider URL"}
+_WHO = {"callback": "callbacks", "http": "http steps", "agent": "agent providers"}
+
+MAX_URL = 2000
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024  # a hostile server must not fill a worker's memory
+# Hosts made only of numbers and 0x-hex labels (2130706433, 0x7f000001, 0177.1): resolvers
+# read them as IPv4 addresses in forms humans do not recognise. Refused outright.
+_NUMERIC_HOST = re.compile(r"^(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]+))*\.?$", re.IGNORECASE)
+_LABEL = r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?"
+_HOST_NAME = re.compile(rf"^{_LABEL}(\.{_LABEL})*\.?$")
+_LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
+
+_N = ipaddress.ip_network
+_NAT64 = _N("64:ff9b::/96")
+_NAT64_LOCAL = _N("64:ff9b:1::/48")
+_V4_COMPATIBLE = _N("::/96")
+# Special-purpose ranges (IANA registries), named so a refusal says what the address is.
+# The standard library's flags (which differ between Python versions) are checked after.
+_V4_BLOCKED = [
+    (_N("0.0.0.0/8"), "an unspecified (\"this network\") address"),
+    (_N("100.64.0.0/10"), "a carrier-grade NAT (100.64.0.0/10) address"),
+    (_N("192.0.0.0/24"), "an IETF protocol assignment address"),
+    (_N("192.0.2.0/24"), "a documentation address"),
+    (_N("198.51.100.0/24"), "a documentation address"),
+    (_N("203.0.113.0/24"), "a documentation address"),
+    (_N("198.18.0.0/15"), "a benchmarking address"),
+    (_N("192.88.99.0/24"), "a 6to4 relay anycast address"),
+    (_N("255.255.255.255/32"), "the broadcast address"),
+]
+_V6_BLOCKED = [
+    (_NAT64_LOCAL, "a local-use NAT64 address"),
+    (_N("100::/64"), "a discard-only address"),
+    (_N("2001::/32"), "a Teredo address"),
+    (_N("2001:db8::/32"), "a documentation address"),
+    (_N("3fff::/20"), "a documentation address"),
+    (_N("2001:10::/28"), "an ORCHID address"),
+    (_N("2001:20::/28"), "an ORCHIDv2 address"),
+    (_N("5f00::/16"), "a segment-routing (SRv6) address"),
+    (_N("fc00::/7"), "a unique-local (ULA) address"),
+    (_N("fec0::/10"), "a site-local address"),
+]
+_FLAGS = [
+    ("is_unspecified", "an unspecified address"), ("is_loopback", "a loopback address"),
+    ("is_link_local", "a link-local address"), ("is_multicast", "a multicast address"),
+    ("is_reserved", "a reserved address"), ("is_private", "a private address"),
+]
+
+
+class RefusedDestination(Exception):
+    """A URL or address the policy refuses; the message is safe to show and store.
+
+    `code` is `ssrf_refused` for a destination the policy forbids and `bad_url` for a URL
+    that is not a usable absolute URL at all.
+    """
+
+    def __init__(self, message: str, *, code: str = "ssrf_refused"):
+        super().__init__(message)
+        self.code = code
+
+
+# --- Address policy -----------------------------------------------------------------------
+
+@cache
+def _networks(raw: tuple[str, ...]) -> list:
+    return [ipaddress.ip_network(net, strict=False) for net in raw]
+
+
+def _allowed_address(ip) -> bool:
+    nets = _networks(tuple(settings.AUXOT_OUTBOUND_ALLOWED_NETWORKS))
+    return any(ip.version == net.version and ip in net for net in nets)
+
+
+def _allowed_host(host: str) -> bool:
+    return host.rstrip(".").lower() in settings.AUXOT_OUTBOUND_ALLOWED_HOSTS
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[tuple[str, ipaddress.IPv4Address]]:
+    """IPv4 addresses a tunnel or translation prefix would deliver to."""
+    found = []
+    if ip.sixtofour is not None:
+        found.append(("a 6to4 address", ip.sixtofour))
+    if ip.teredo is not None:
+        server, client = ip.teredo
+        found += [("a Teredo address", server), ("a Teredo address", client)]
+    if ip in _NAT64 or ip in _NAT64_LOCAL:  # the IPv4 sits in the last 32 bits (a /96)
+        found.append(("a NAT64 address", ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)))
+    return found
+
+
+def _why_refused(ip) -> str | None:
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return f"an IPv4-mapped IPv6 address (of {ip.ipv4_mapped})"
+        if ip in _V4_COMPATIBLE and not (ip.is_unspecified or ip.is_loopback):
+            return "an IPv4-compatible IPv6 address"
+        for label, inner in _embedded_ipv4(ip):
+            why = _why_refused(inner)
+            if why:
+                return f"{label} embedding {inner}, {why}"
+        if ip in _NAT64:
+            return None  # the well-known NAT64 prefix reaches the public IPv4 checked above
+    for net, reason in _V4_BLOCKED if ip.version == 4 else _V6_BLOCKED:
+        if ip in net:
+            return reason
+    for attribute, reason in _FLAGS:
+        if getattr(ip, attribute):
+            return reason
+    if not ip.is_global:
+        return "not a public address"
+    return None
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def address_check(address: str, *, host: str = "", purpose: Purpose = "callback") -> None:
+    """Raise RefusedDestination unless `purpose` may send to this IP address."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if _allowed_address(ip):
+        return
+    reason = _why_refused(ip)
+    if reason:
+        subject = f"{host or ip} is" if not host or _is_ip(host) else f"{host} resolves to {ip},"
+        raise RefusedDestination(
+            f"{subject} {reason}; {_WHO[purpose]} may not go there (outbound request policy; "
+            "an install's own receivers need AUXOT_OUTBOUND_ALLOWED_NETWORKS)")
+
+
+# --- URL checks -----------------------------------------------------------------------------
+
+def _split(url: Any, what: str) -> SplitResult:
+    if not isinstance(url, str) or not url or len(url) > MAX_URL:
+        raise RefusedDestination(f"{what} must be 1 to {MAX_URL} characters.", code="bad_url")
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise RefusedDestination(f"{what} contains whitespace or control characters.",
+                                 code="bad_url")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError as exc:
+        raise RefusedDestination(f"{what} is malformed: {exc}.", code="bad_url") from None
+    return parts
+
+
+def _schemes(purpose: Purpose) -> tuple[str, ...]:
+    if purpose == "callback" and not settings.AUXOT_CALLBACK_ALLOW_HTTP:
+        return ("https",)
+    return ("https", "http")  # steps and providers: the address policy is what protects
+
+
+def _ascii_host(host: str, what: str) -> str:
+    if host.isascii():
+        return host.lower()
+    try:  # what requests will send: UTS 46 folds look-alike (fullwidth) digits
+        return idna.encode(host, uts46=True).decode("ascii")
+    except idna.IDNAError:
+        raise RefusedDestination(f"{what} has an invalid host name {host!r}.") from None
+
+
+def _nonstandard_number(host: str) -> str | None:
+    """The IPv4 address a non-standard numeric host stands for, or None."""
+    if not _NUMERIC_HOST.match(host) or _is_ip(host):
+        return None
+    try:
+        return socket.inet_ntoa(socket.inet_aton(host.rstrip(".")))
+    except OSError:
+        return "no valid address"
+
+
+def host_check(host: str, *, purpose: Purpose) -> None:
+    """The literal host policy (no DNS): numbers in every spelling, encodings, loopback names."""
+    what = _WHAT[purpose]
+    if ":" in host:  # an IPv6 literal (brackets already removed)
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:  # includes zone ids (%25eth0): link-local anyway
+            raise RefusedDestination(f"{what} has an invalid IPv6 host {host!r}.") from None
+        return address_check(str(ip), host=host, purpose=purpose)
+    if "%" in host:
+        raise RefusedDestination(f"{what} host {host!r} is percent-encoded; write the host "
+                                 "plainly (percent-encoding is refused in hosts).")
+    host = _ascii_host(host, what)
+    if not _HOST_NAME.match(host):
+        raise RefusedDestination(f"{what} host {host!r} has characters a host name may not have.")
+    if _allowed_host(host):
+        return
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return address_check(str(ip), host=host, purpose=purpose)
+    decoded = _nonstandard_number(host)
+    if decoded:
+        raise RefusedDestination(f"{what} host {host!r} is a number in a non-standard form "
+                                 f"({decoded}); write IPv4 addresses as four decimal numbers.")
+    name = host.rstrip(".")
+    if name in _LOOPBACK_NAMES or name.endswith(".localhost"):
+        address_check("127.0.0.1", host=name, purpose=purpose)
+
+
+def url_check(url: Any, *, purpose: Purpose) -> str:
+    """Check a URL's scheme, shape and literal host for `purpose`; return it or raise.
+
+    Runs when a URL is saved and before every request; the connection check still decides.
+    """
+    what = _WHAT[purpose]
+    parts = _split(url, what)
+    allowed = _schemes(purpose)
+    if parts.scheme not in allowed:
+        raise RefusedDestination(f"{what} must use {' or '.join(allowed)} "
+                                 f"(got {parts.scheme or 'none'!r}).", code="bad_url")
+    if "@" in parts.netloc:
+        raise RefusedDestination(f"{what} may not carry user:password@ (userinfo); send "
+                                 "credentials in a header.")
+    host = parts.hostname or ""
+    if not host:
+        raise RefusedDestination(f"{what} has no host.", code="bad_url")
+    if "\\" in parts.netloc:
+        raise RefusedDestination(f"{what} has a backslash in its host.")
+    if purpose == "callback" and parts.fragment:
+        raise RefusedDestination(f"{what} may not have a #fragment.", code="bad_url")
+    host_check(host, purpose=purpose)
+    return url
+
+
+def url_redact(url: str) -> str:
+    """The URL without query values (they often carry tokens) or userinfo, for display."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "(malformed URL)"
+    query = "&".join(f"{pair.split('=', 1)[0]}=REDACTED" for pair in parts.query.split("&")
+                     if pair)
+    netloc = parts.hostname or ""
+    if ":" in netloc:
+        netloc = f"[{netloc}]"
+    if port:
+        netloc += f":{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+# --- Connection-time check ------------------------------------------------------------------
+
+_local = threading.local()
+
+
+def _resolve_checked(host: str, port: int) -> str:
+    purpose = getattr(_local, "purpose", None) or "callback"
+    decoded = _nonstandard_number(host)
+    if decoded:
+        raise RefusedDestination(f"The host {host!r} is a number in a non-standard form "
+                                 f"({decoded}).")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise RefusedDestination(f"Cannot resolve {host!r}: {exc.strerror}.") from None
+    addresses = list(dict.fromkeys(info[4][0] for info in infos))
+    if not _allowed_host(host):
+        for address in addresses:  # every answer: a round-robin must not smuggle in a bad one
+            address_check(address, host=host, purpose=purpose)
+    return addresses[0]
+
+
+class Deadline:
+    """A wall-clock limit for a whole exchange: per-read timeouts alone let a receiver that
+    dribbles one byte at a time hold a worker (and outlive its lease)."""
+
+    def __init__(self, seconds: float):
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def watch(self, sock: socket.socket) -> None:
+        self._sockets.append(sock)
+        if self.expired:
+            self._expire()
+
+    def _expire(self) -> None:
+        self.expired = True
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # the blocked read returns at once
+
+
+@contextlib.contextmanager
+def total_deadline(seconds: float) -> Iterator[Deadline]:
+    deadline = Deadline(seconds)
+    _local.deadline = deadline
+    deadline._timer.start()
+    try:
+        yield deadline
+    finally:
+        deadline._timer.cancel()
+        _local.deadline = None
+
+
+class _CheckedConnectionMixin:
+    def _new_conn(self):
+        original = self._dns_host
+        # Connect to the address we checked; self.host (Host header, SNI, cert) is unchanged.
+        self._dns_host = _resolve_checked(original, self.port)
+        try:
+            sock = super()._new_conn()
+        finally:
+            self._dns_host = original
+        deadline = getattr(_local, "deadline", None)
+        if deadline is not None:
+            deadline.watch(sock)
+        return sock
+
+
+class CheckedHTTPConnection(_CheckedConnectionMixin, HTTPConnection):
+    pass
+
+
+class CheckedHTTPSConnection(_CheckedConnectionMixin, HTTPSConnection):
+    pass
+
+
+class CheckedHTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = CheckedHTTPConnection
+
+
+class CheckedHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = CheckedHTTPSConnection
+
+
+class CheckedAdapter(HTTPAdapter):
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": CheckedHTTPConnectionPool, "https": CheckedHTTPSConnectionPool}
+        self.poolmanager.key_fn_by_scheme = dict(self.poolmanager.key_fn_by_scheme)
+
+
+def outbound_session() -> requests.Session:
+    """A session that enforces the address policy on every connection; no env proxies."""
+    session = requests.Session()
+    session.trust_env = False  # a proxy would connect on our behalf, unchecked
+    adapter = CheckedAdapter(max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def _read_capped(response: requests.Response, max_bytes: int) -> bytes:
+    data = b""
+    for chunk in response.iter_content(chunk_size=min(max_bytes, 65536) or 1):
+        data += chunk
+        if len(data) >= max_bytes:
+            break
+    return data[:max_bytes]
+
+
+def outbound_request(method: str, url: str, *, purpose: Purpose, timeout: float,
+                     headers: dict | None = None, data: bytes | None = None,
+                     json: Any = None, max_bytes: int = MAX_RESPONSE_BYTES
+                     ) -> requests.Response:
+    """Send one request under the policy and return the answer, body read (at most
+    `max_bytes`; `response.content` holds it). Never follows redirects.
+
+    `timeout` bounds the whole exchange (connect, send, every read). Raises
+    RefusedDestination (nothing sent), requests.Timeout or another requests exception.
+    """
+    url_check(url, purpose=purpose)
+    _local.purpose = purpose
+    try:
+        with total_deadline(timeout) as deadline, outbound_session() as session:
+            try:
+                with session.request(method, url, headers=headers, data=data, json=json,
+                                     timeout=(timeout, timeout), allow_redirects=False,
+                                     stream=True) as response:
+                    content = _read_capped(response, max_bytes)
+            except requests.RequestException as exc:
+                if deadline.expired:
+                    raise requests.Timeout(f"no complete answer within {timeout:g} s") from exc
+                raise
+            if deadline.expired:
+                raise requests.Timeout(f"no complete answer within {timeout:g} s")
+    finally:
+        _local.purpose = None
+    # The body is read under the deadline; hand it over as if requests had read it.
+    response._content = content
+    response._content_consumed = True
+    return response

@@ -1,0 +1,462 @@
+"""The one outbound guard: every address form an attacker can spell is refused for every
+caller (callback delivery, `http` step with a static URL or a `url_expression`, `agent`
+provider), nothing reaches a real local listener, and the allow-list opens the way for all.
+
+No packet ever leaves for a non-loopback address: every `connect()` is recorded, and one
+to anything but loopback is refused before it happens (a safety net should the guard fail).
+"""
+
+import ast
+import ipaddress
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.core.exceptions import ValidationError
+
+from auxot import outbound
+from auxot.checks import deprecated_settings
+from auxot.outbound import RefusedDestination, address_check, outbound_request, url_check
+from intakes.callbacks import callback_delivery_create, callback_delivery_process
+from intakes.models import CallbackAttempt
+from tests.callback_helpers import finished_item
+from tests.conftest import make_workflow
+from tests.fakeserver import FakeServer, Reply
+from workflows.engine import work_item_process
+from workflows.models import Provider, Step, StepRun
+from workflows.services import work_item_create
+
+pytestmark = pytest.mark.django_db
+ROOT = Path(__file__).resolve().parent.parent
+
+# Names the resolver patch answers (a real resolver would be asked otherwise).
+RESOLVES = {
+    "internal.example": ["10.1.2.3"],
+    "rebind.example": ["127.0.0.1"],
+    "metadata.example": ["169.254.169.254"],
+    "mapped.example": ["::ffff:127.0.0.1"],
+    "round-robin.example": ["93.184.216.34", "127.0.0.1"],  # one good answer, one bad
+    "receiver.example": ["127.0.0.1"],
+    "public.example": ["93.184.216.34"],
+}
+
+# (id, URL with {port}, a fragment the refusal names). The listener is on 127.0.0.1:{port}.
+FORMS = [
+    ("loopback", "http://127.0.0.1:{port}/t", "127.0.0.1 is a loopback address"),
+    ("loopback-range", "http://127.0.0.2:{port}/t", "127.0.0.2 is a loopback address"),
+    ("short", "http://127.1:{port}/t", "'127.1' is a number in a non-standard form (127.0.0.1)"),
+    ("decimal", "http://2130706433:{port}/t", "'2130706433' is a number"),
+    ("hex", "http://0x7f000001:{port}/t", "'0x7f000001' is a number"),
+    ("octal", "http://0177.0.0.1:{port}/t", "'0177.0.0.1' is a number"),
+    ("mixed", "http://0x7f.0.1:{port}/t", "'0x7f.0.1' is a number"),
+    ("zero", "http://0:{port}/t", "'0' is a number in a non-standard form (0.0.0.0)"),
+    ("percent-encoded", "http://%31%32%37.0.0.1:{port}/t", "'%31%32%37.0.0.1' is percent-encoded"),
+    ("fullwidth-digits", "http://\uff11\uff12\uff17.0.0.1:{port}/t", "127.0.0.1 is a loopback"),
+    ("trailing-dot", "http://127.0.0.1.:{port}/t", "'127.0.0.1.' is a number"),
+    ("localhost", "http://localhost:{port}/t", "localhost resolves to 127.0.0.1"),
+    ("localhost-subdomain", "http://app.localhost:{port}/t", "app.localhost resolves to"),
+    ("unspecified", "http://0.0.0.0:{port}/t", "0.0.0.0 is an unspecified"),
+    ("userinfo", "http://evil@127.0.0.1:{port}/t", "userinfo"),
+    ("userinfo-password", "http://user:pw@127.0.0.1:{port}/t", "userinfo"),
+    ("userinfo-public-host", "http://127.0.0.1:{port}@example.com/t", "userinfo"),
+    ("backslash", "http://127.0.0.1:{port}\\@example.com/t", "userinfo"),
+    ("ipv6-loopback", "http://[::1]:{port}/t", "::1 is a loopback address"),
+    ("ipv6-unspecified", "http://[::]:{port}/t", ":: is an unspecified address"),
+    ("ipv4-mapped", "http://[::ffff:127.0.0.1]:{port}/t", "IPv4-mapped IPv6 address"),
+    ("ipv4-mapped-hex", "http://[::ffff:7f00:1]:{port}/t", "IPv4-mapped IPv6 address"),
+    ("ipv4-compatible", "http://[::127.0.0.1]:{port}/t", "IPv4-compatible IPv6 address"),
+    ("6to4", "http://[2002:7f00:1::]:{port}/t", "6to4 address embedding 127.0.0.1"),
+    ("teredo-client", "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]:{port}/t",
+     "Teredo address embedding 127.0.0.1"),
+    ("teredo-server", "http://[2001:0:a00:1::]:{port}/t", "Teredo address embedding 10.0.0.1"),
+    ("nat64", "http://[64:ff9b::7f00:1]:{port}/t", "NAT64 address embedding 127.0.0.1"),
+    ("nat64-local", "http://[64:ff9b:1::a9fe:a9fe]:{port}/t",
+     "NAT64 address embedding 169.254.169.254"),
+    ("private-10", "http://10.0.0.1:{port}/t", "10.0.0.1 is a private address"),
+    ("private-172", "http://172.16.5.4:{port}/t", "172.16.5.4 is a private address"),
+    ("private-192", "http://192.168.1.1:{port}/t", "192.168.1.1 is a private address"),
+    ("cloud-metadata", "http://169.254.169.254:{port}/t", "169.254.169.254 is a link-local"),
+    ("cgnat", "http://100.64.0.1:{port}/t", "carrier-grade NAT"),
+    ("multicast", "http://224.0.0.1:{port}/t", "multicast"),
+    ("reserved", "http://240.0.0.1:{port}/t", "240.0.0.1 is a reserved address"),
+    ("broadcast", "http://255.255.255.255:{port}/t", "broadcast"),
+    ("benchmarking", "http://198.18.0.1:{port}/t", "benchmarking"),
+    ("documentation", "http://192.0.2.1:{port}/t", "documentation"),
+    ("ietf-protocol", "http://192.0.0.8:{port}/t", "IETF protocol assignment"),
+    ("ipv6-link-local", "http://[fe80::1]:{port}/t", "link-local"),
+    ("ipv6-ula", "http://[fd00::1]:{port}/t", "unique-local"),
+    ("ipv6-site-local", "http://[fec0::1]:{port}/t", "site-local"),
+    ("ipv6-multicast", "http://[ff02::1]:{port}/t", "multicast"),
+    ("ipv6-documentation", "http://[2001:db8::1]:{port}/t", "documentation"),
+    ("name-to-private", "http://internal.example:{port}/t",
+     "internal.example resolves to 10.1.2.3, a private address"),
+    ("name-to-loopback", "http://rebind.example:{port}/t",
+     "rebind.example resolves to 127.0.0.1, a loopback address"),
+    ("name-to-metadata", "http://metadata.example:{port}/t", "169.254.169.254, a link-local"),
+    ("name-to-mapped", "http://mapped.example:{port}/t", "IPv4-mapped"),
+    ("name-one-bad-answer", "http://round-robin.example:{port}/t",
+     "round-robin.example resolves to 127.0.0.1"),
+]
+CALLERS = ["callback", "http-static", "http-expression", "agent"]
+
+
+@pytest.fixture
+def connections(monkeypatch):
+    """Every connect() is recorded; a non-loopback one is refused before any packet leaves."""
+    attempts: list = []
+    real_connect = socket.socket.connect
+
+    def connect(self, address):
+        attempts.append(address)
+        if not ipaddress.ip_address(address[0].split("%")[0]).is_loopback:
+            raise ConnectionRefusedError("test safety net: only loopback may be reached")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    return attempts
+
+
+@pytest.fixture
+def resolver(monkeypatch):
+    """The guard's resolver, answering the test names; other names resolve as usual."""
+    real = socket.getaddrinfo
+    asked: list[str] = []
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        asked.append(host)
+        if host not in RESOLVES:
+            return real(host, port, *args, **kwargs)
+        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "",
+                 (a, port)) for a in RESOLVES[host]]
+
+    monkeypatch.setattr(outbound.socket, "getaddrinfo", getaddrinfo)
+    return asked
+
+
+@pytest.fixture
+def closed_policy(settings):
+    """No allow-list: the address policy applies in full (the test settings open 127.0.0.1)."""
+    settings.AUXOT_OUTBOUND_ALLOWED_NETWORKS = []
+    settings.AUXOT_OUTBOUND_ALLOWED_HOSTS = []
+
+
+def _run(item):
+    work_item_process(work_id=item.pk, drain_seconds=0)
+    item.refresh_from_db()
+    return item
+
+
+def _send(caller: str, url: str, cast, cb_intake) -> tuple[str, str]:
+    """Make `caller` send to `url`; returns (code, message) of the failure, ("ok", "")."""
+    if caller == "callback":
+        item = finished_item(cb_intake, callback_url=url)
+        delivery = callback_delivery_create(work_item=item)
+        state = callback_delivery_process(delivery_id=delivery.pk)
+        error = CallbackAttempt.objects.get(delivery=delivery).error
+        return ("ssrf_refused" if error.startswith("refused: ") else state), error
+    if caller == "agent":
+        Provider.objects.create(org=cast.org_a, name="guarded", base_url=url, model="m")
+        workflow = make_workflow(cast.org_a, [("agent", {"provider": "guarded",
+                                                         "prompt": "hi"})], name="Agent")
+        item = _run(work_item_create(workflow=workflow, input={}))
+    else:
+        target = {"url": url} if caller == "http-static" else {"url_expression": "input.url"}
+        workflow = make_workflow(cast.org_a, [("http", {
+            "method": "POST", **target, "headers": {"X-Step-Token": "'s3cret-token'"}})])
+        item = _run(work_item_create(workflow=workflow, input={"url": url}))
+    if item.status == "completed":
+        return "ok", ""
+    return item.error["code"], item.error["message"]
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+@pytest.mark.parametrize(("form", "url", "named"), FORMS, ids=[f[0] for f in FORMS])
+def test_every_internal_address_form_is_refused_for_every_caller(
+        form, url, named, caller, cast, cb_intake, fake_server, connections, resolver,
+        closed_policy):
+    code, message = _send(caller, url.format(port=fake_server.httpd.server_port), cast,
+                          cb_intake)
+    assert code == "ssrf_refused", message
+    assert named in message
+    assert fake_server.requests == [] and connections == []  # nothing sent, not even a SYN
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+def test_allowed_network_lets_every_caller_through(caller, cast, cb_intake, fake_server,
+                                                   connections, settings):
+    settings.AUXOT_OUTBOUND_ALLOWED_NETWORKS = ["127.0.0.0/8"]
+    code, message = _send(caller, fake_server.url + "/t", cast, cb_intake)
+    assert code in ("ok", "delivered"), message
+    assert len(fake_server.requests) == 1
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+def test_allowed_host_lets_every_caller_through(caller, cast, cb_intake, fake_server,
+                                                connections, resolver, closed_policy, settings):
+    settings.AUXOT_OUTBOUND_ALLOWED_HOSTS = ["receiver.example"]
+    port = fake_server.httpd.server_port
+    code, message = _send(caller, f"http://receiver.example:{port}/t", cast, cb_intake)
+    assert code in ("ok", "delivered"), message
+    [request] = fake_server.requests
+    assert request["headers"]["Host"] == f"receiver.example:{port}"  # the name is kept
+    assert connections == [("127.0.0.1", port)]  # ...the connection is to the checked address
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+def test_allowed_network_does_not_open_its_neighbours(caller, cast, cb_intake, fake_server,
+                                                      connections, settings):
+    settings.AUXOT_OUTBOUND_ALLOWED_NETWORKS = ["127.0.0.2/32"]
+    code, _ = _send(caller, fake_server.url + "/t", cast, cb_intake)
+    assert code == "ssrf_refused"
+    assert fake_server.requests == [] and connections == []
+
+
+@pytest.fixture
+def elsewhere():
+    server = FakeServer().start()
+    yield server
+    server.stop()
+
+
+def test_http_step_does_not_follow_a_redirect(cast, fake_server, elsewhere):
+    fake_server.script = [Reply(302, "", {"Location": elsewhere.url + "/internal"})]
+    workflow = make_workflow(cast.org_a, [("http", {"url": fake_server.url + "/t"})])
+    item = _run(work_item_create(workflow=workflow, input={}))
+    assert item.status == "completed"
+    assert item.output["status"] == 302
+    assert len(fake_server.requests) == 1 and elsewhere.requests == []
+
+
+def test_agent_provider_does_not_follow_a_redirect(cast, fake_server, elsewhere):
+    fake_server.script = [Reply(307, "", {"Location": elsewhere.url + "/v1/chat/completions"})]
+    Provider.objects.create(org=cast.org_a, name="moved", base_url=fake_server.url + "/v1",
+                            model="m")
+    workflow = make_workflow(cast.org_a, [("agent", {"provider": "moved", "prompt": "hi"})])
+    item = _run(work_item_create(workflow=workflow, input={}))
+    assert item.status == "failed"
+    assert item.error["code"] == "provider_error"
+    assert "307 (redirects are not followed)" in item.error["message"]
+    assert elsewhere.requests == []
+
+
+def test_environment_proxies_are_ignored(cast, fake_server, elsewhere, monkeypatch):
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", elsewhere.url)
+    monkeypatch.setenv("http_proxy", elsewhere.url)
+    workflow = make_workflow(cast.org_a, [("http", {"url": fake_server.url + "/t"})])
+    item = _run(work_item_create(workflow=workflow, input={}))
+    assert item.status == "completed"
+    assert len(fake_server.requests) == 1 and elsewhere.requests == []
+
+
+def test_a_refusal_fails_at_once_and_is_not_retried(cast, fake_server, closed_policy,
+                                                    connections):
+    workflow = make_workflow(cast.org_a, [("http", {"url_expression": "input.url"})])
+    item = _run(work_item_create(workflow=workflow, input={"url": fake_server.url}))
+    assert item.status == "failed" and item.error["code"] == "ssrf_refused"
+    assert StepRun.objects.filter(work_item=item).count() == 1
+    assert fake_server.requests == [] and connections == []
+
+
+def test_a_malformed_url_from_an_expression_is_a_bad_request_not_a_refusal(cast):
+    workflow = make_workflow(cast.org_a, [("http", {"url_expression": "input.url"})])
+    item = _run(work_item_create(workflow=workflow, input={"url": "http://exa mple.com/"}))
+    assert item.status == "failed" and item.error["code"] == "bad_request"
+
+
+# --- Save time: admins see a refused URL before anything runs --------------------------------
+
+@pytest.mark.parametrize(("url", "named"), [
+    ("http://169.254.169.254/latest", "169.254.169.254 is a link-local address"),
+    ("http://2130706433/", "'2130706433' is a number in a non-standard form (127.0.0.1)"),
+    ("https://user:pw@api.example.com/", "may not carry user:password@"),
+    ("http://[::1]:8080/", "::1 is a loopback address")])
+def test_static_http_step_url_is_refused_when_saved(url, named, cast, closed_policy):
+    workflow = make_workflow(cast.org_a, [])
+    step = Step(workflow=workflow, position=1, name="call", kind="http", config={"url": url})
+    with pytest.raises(ValidationError) as caught:
+        step.full_clean()
+    [message] = caught.value.message_dict["config"]
+    assert message.startswith("url: The http step URL") or message.startswith("url: ")
+    assert named in message
+
+
+@pytest.mark.parametrize(("url", "named"), [
+    ("http://10.0.0.1/v1", "10.0.0.1 is a private address; agent providers may not go there"),
+    ("http://localhost:11434/v1", "localhost resolves to 127.0.0.1, a loopback address"),
+    ("http://0x7f000001/v1", "'0x7f000001' is a number in a non-standard form"),
+    ("http://key@api.example.com/v1", "The provider URL may not carry user:password@")])
+def test_provider_base_url_is_refused_when_saved(url, named, cast, closed_policy):
+    provider = Provider(org=cast.org_a, name="p", base_url=url, model="m")
+    with pytest.raises(ValidationError) as caught:
+        provider.full_clean()
+    assert any(named in message for message in caught.value.message_dict["base_url"])
+
+
+def test_public_and_allowed_urls_save(cast, settings):
+    settings.AUXOT_OUTBOUND_ALLOWED_NETWORKS = ["10.20.0.0/16"]
+    workflow = make_workflow(cast.org_a, [])
+    Step(workflow=workflow, position=1, name="a", kind="http",
+         config={"url": "https://api.example.com/x"}).full_clean()
+    Step(workflow=workflow, position=2, name="b", kind="http",
+         config={"url": "http://10.20.3.4/x"}).full_clean()
+    Provider(org=cast.org_a, name="p", base_url="http://10.20.0.9:11434/v1",
+             model="m").full_clean()
+
+
+# --- Unit level: a public destination passes (no traffic is sent anywhere) ------------------
+
+@pytest.mark.parametrize("url", ["https://api.example.com/v1", "http://93.184.216.34/",
+                                 "https://[2606:4700:4700::1111]/", "http://[64:ff9b::808:808]/",
+                                 "https://[2002:808:808::1]/", "https://b\u00fccher.example/"])
+def test_a_public_destination_passes_the_check(url, closed_policy):
+    assert url_check(url, purpose="http") == url
+    assert url_check(url, purpose="agent") == url
+
+
+@pytest.mark.parametrize("address", ["93.184.216.34", "8.8.8.8", "2606:4700:4700::1111",
+                                     "64:ff9b::808:808"])
+def test_a_public_address_passes_the_connection_check(address, closed_policy):
+    address_check(address)  # raises if refused
+
+
+def test_a_name_resolving_to_a_public_address_passes_at_connect(resolver, closed_policy):
+    assert outbound._resolve_checked("public.example", 443) == "93.184.216.34"
+    assert "public.example" in resolver
+
+
+def test_callbacks_need_https_unless_http_is_allowed(settings, closed_policy):
+    settings.AUXOT_CALLBACK_ALLOW_HTTP = False
+    with pytest.raises(RefusedDestination, match="must use https") as caught:
+        url_check("http://api.example.com/hook", purpose="callback")
+    assert caught.value.code == "bad_url"
+    assert url_check("http://api.example.com/x", purpose="http")  # steps may use http://
+    assert url_check("http://api.example.com/v1", purpose="agent")
+
+
+def test_only_callbacks_refuse_a_fragment():
+    with pytest.raises(RefusedDestination, match="fragment"):
+        url_check("https://api.example.com/hook#x", purpose="callback")
+    assert url_check("https://api.example.com/x#y", purpose="http")
+
+
+def test_the_response_body_is_capped(fake_server):
+    fake_server.script = [Reply(200, "x" * 5000)]
+    response = outbound_request("GET", fake_server.url + "/big", purpose="http", timeout=5,
+                                max_bytes=100)
+    assert response.status_code == 200 and response.content == b"x" * 100
+
+
+# --- Settings ---------------------------------------------------------------------------------
+
+def _settings_in_subprocess(env: dict[str, str]) -> subprocess.CompletedProcess:
+    code = ("from auxot import settings as s; "
+            "print(s.AUXOT_OUTBOUND_ALLOWED_NETWORKS, s.AUXOT_OUTBOUND_ALLOWED_HOSTS)")
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, env={"PATH": "/usr/bin:/bin", "SECRET_KEY": "x", **env},
+                          timeout=60, check=False)
+
+
+def test_deprecated_callback_networks_are_merged_into_the_outbound_list():
+    done = _settings_in_subprocess({
+        "AUXOT_OUTBOUND_ALLOWED_NETWORKS": "10.20.0.0/16",
+        "AUXOT_CALLBACK_ALLOWED_NETWORKS": "192.168.7.0/24,10.20.0.0/16",
+        "AUXOT_OUTBOUND_ALLOWED_HOSTS": "Ollama.Internal.,llm.corp"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        "['10.20.0.0/16', '192.168.7.0/24'] ['ollama.internal', 'llm.corp']")
+
+
+def test_nothing_is_allowed_by_default_and_only_the_demo_opens_loopback():
+    from auxot.demo import DEMO_ENV
+
+    done = _settings_in_subprocess({})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[] []"
+    assert DEMO_ENV["AUXOT_OUTBOUND_ALLOWED_NETWORKS"] == "127.0.0.0/8,::1/128"
+    assert "AUXOT_CALLBACK_ALLOWED_NETWORKS" not in DEMO_ENV
+
+
+@pytest.mark.parametrize(("name", "value"), [("AUXOT_OUTBOUND_ALLOWED_NETWORKS", "10.0.0.0/33"),
+                                             ("AUXOT_CALLBACK_ALLOWED_NETWORKS", "nonsense"),
+                                             ("AUXOT_OUTBOUND_ALLOWED_HOSTS", "*.corp"),
+                                             ("AUXOT_OUTBOUND_ALLOWED_HOSTS", "10.0.0.0/8")])
+def test_a_bad_allow_list_fails_at_start_up(name, value):
+    done = _settings_in_subprocess({name: value})
+    assert done.returncode != 0 and "ImproperlyConfigured" in done.stderr
+
+
+def test_the_deprecated_setting_is_reported_by_the_system_check(settings):
+    assert deprecated_settings(None) == []
+    settings.AUXOT_CALLBACK_ALLOWED_NETWORKS = ["10.0.0.0/8"]
+    [warning] = deprecated_settings(None)
+    assert warning.id == "auxot.W002" and "AUXOT_OUTBOUND_ALLOWED_NETWORKS" in warning.msg
+
+
+# --- One guard: no other server module sends HTTP by itself ------------------------------------
+
+SERVER_PACKAGES = ["auxot", "apikeys", "workflows", "intakes"]
+EXEMPT = {"auxot/outbound.py", "auxot/client.py", "auxot/cli.py"}  # the callers' client
+FORBIDDEN_CALLS = {"request", "get", "post", "put", "patch", "delete", "head", "options",
+                   "Session", "session", "urlopen", "PoolManager", "HTTPConnection",
+                   "HTTPSConnection", "Client", "AsyncClient", "create_connection"}
+NETWORK_MODULES = ("requests", "urllib3", "urllib.request", "http.client", "httpx", "aiohttp")
+
+
+def _outbound_uses(path: Path) -> list[str]:
+    """Calls like requests.post(...), and imports of sending functions from HTTP libraries."""
+    found = []
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner = ast.unparse(node.func.value)
+            if owner.startswith(NETWORK_MODULES) and node.func.attr in FORBIDDEN_CALLS:
+                found.append(f"{path}:{node.lineno} {owner}.{node.func.attr}()")
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(NETWORK_MODULES):
+            names = {alias.name for alias in node.names} & FORBIDDEN_CALLS
+            if names:
+                found.append(f"{path}:{node.lineno} from {node.module} import {names}")
+    return found
+
+
+def test_only_the_guard_sends_http_from_the_server():
+    offenders = []
+    for package in SERVER_PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if str(path.relative_to(ROOT)) not in EXEMPT and "migrations" not in path.parts:
+                offenders += _outbound_uses(path)
+    assert offenders == []
+
+
+def test_the_scan_finds_a_direct_call(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("import requests\nfrom urllib.request import urlopen\n"
+                      "requests.post('http://x')\nrequests.Session()\n")
+    assert len(_outbound_uses(sample)) == 3
+
+
+# --- What a member with an API key sees, and what the admin trace shows -----------------------
+
+def test_member_key_cannot_aim_a_step_at_loopback_and_sees_why(
+        api, client, cast, member_token, fake_server, connections, closed_policy):
+    from intakes.services import intake_create
+    from tests.conftest import bearer, trigger
+
+    workflow = make_workflow(cast.org_a, [("http", {
+        "method": "POST", "url_expression": "input.url",
+        "headers": {"X-Step-Token": "'s3cret-token'"}})], name="Fetch")
+    intake = intake_create(org=cast.org_a, workflow=workflow, name="Fetch",
+                           created_by=cast.admin_a)
+    url = f"http://127.1:{fake_server.httpd.server_port}/admin"
+    work_id = trigger(api, intake.pk, member_token, {"url": url}).json()["work_id"]
+    work_item_process(work_id=work_id, drain_seconds=0)
+    body = api.get(f"/v1/intake/{intake.pk}/work/{work_id}", **bearer(member_token)).json()
+    assert body["status"] == "failed"
+    assert body["error"]["code"] == "ssrf_refused" and "'127.1'" in body["error"]["message"]
+    client.force_login(cast.admin_a)
+    page = client.get(f"/admin/workflows/workitem/{work_id}/change/").content.decode()
+    assert "ssrf_refused" in page and "127.1" in page
+    assert fake_server.requests == [] and connections == []
