@@ -4,6 +4,7 @@ from django.conf import settings
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
+from rest_framework.exceptions import MethodNotAllowed
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -47,7 +48,18 @@ def _correlation_id(request: Request) -> str:
     return value
 
 
-class IntakeTriggerApi(RejectionAuditMixin, APIView):
+class PublicApi(RejectionAuditMixin, APIView):
+    """Base of the /v1/ views: a method the view does not have is 405 before any key is
+    checked (the routes are public; a wrong method should not read as a key problem)."""
+
+    def initial(self, request: Request, *args, **kwargs) -> None:
+        method = request.method.lower()
+        if method not in self.http_method_names or not hasattr(self, method):
+            raise MethodNotAllowed(request.method)
+        super().initial(request, *args, **kwargs)
+
+
+class IntakeTriggerApi(PublicApi):
     """POST /v1/intake/{intake_id}: accept JSON, answer 202 with a work_id."""
 
     @trigger_schema
@@ -71,7 +83,7 @@ class IntakeTriggerApi(RejectionAuditMixin, APIView):
         return Response(body, status=202, headers=headers)
 
 
-class WorkItemDetailApi(RejectionAuditMixin, APIView):
+class WorkItemDetailApi(PublicApi):
     """GET /v1/intake/{intake_id}/work/{work_id}[?wait=N]: status, progress, why it waits."""
 
     @work_item_schema
@@ -111,7 +123,7 @@ def _pointers(errors: dict) -> list[dict]:
             for name, messages in errors.items() for text in messages]
 
 
-class WorkItemApprovalApi(RejectionAuditMixin, APIView):
+class WorkItemApprovalApi(PublicApi):
     """POST /v1/intake/{intake_id}/work/{work_id}/approval: {"decision", "comment"}.
 
     Personal keys only (an approval is a person's decision; a team key gets 403); the
@@ -138,7 +150,7 @@ class WorkItemApprovalApi(RejectionAuditMixin, APIView):
         return Response(work_item_poll_view(item, intake=intake).body)
 
 
-class WorkItemCancelApi(RejectionAuditMixin, APIView):
+class WorkItemCancelApi(PublicApi):
     """POST /v1/intake/{intake_id}/work/{work_id}/cancel: end a non-terminal item.
 
     Team keys may cancel work on their team's intakes; a personal key's user must be an
