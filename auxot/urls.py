@@ -18,6 +18,9 @@ urlpatterns = [
     re_path(r"^v1(?:/.*)?$", views.api_not_found),  # last: anything else under /v1/
 ]
 
+if settings.DEBUG:  # the demo's http example posts here; never mounted in production
+    urlpatterns.append(path("demo/echo", views.demo_echo, name="demo-echo"))
+
 handler404 = "auxot.views.handler404"
 handler500 = "auxot.views.handler500"
 
