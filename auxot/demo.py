@@ -18,8 +18,9 @@ from intakes.services import intake_create
 from workflows.models import Step, Workflow
 
 SECRETS_FILE = settings.VAR_DIR / "demo-secrets.json"
-# The demo's receivers (callbacks, a local model server) run on this machine: for the demo
-# process only, allow http:// callbacks and loopback destinations, and retry quickly.
+# The demo's receivers run on this machine (callbacks, the http example's echo on the web
+# process itself, a local model server): the demo's processes, and only they, allow http://
+# callbacks and loopback destinations, and retry quickly.
 DEMO_ENV = {
     "AUXOT_CALLBACK_ALLOW_HTTP": "1",
     "AUXOT_OUTBOUND_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
@@ -38,6 +39,7 @@ class Demo:
     signing_secret: str
     signing_secret_is_new: bool  # print it in full only when it was created or rotated
     examples: list = field(default_factory=list)  # one per step kind (auxot/demo_steps.py)
+    http_url: str = ""  # where the http example posts
 
 
 def _load_secrets() -> dict:
@@ -66,7 +68,11 @@ def _workflow(org: Organization) -> Workflow:
     return workflow
 
 
-def demo_seed() -> Demo:
+def demo_seed(*, base_url: str = "http://127.0.0.1:8000") -> Demo:
+    """Seed (or refresh) the demo; `base_url` is where its web process listens."""
+    from auxot.demo_steps import demo_http_url, demo_seed_step_examples
+
+    http_url = demo_http_url(base_url)
     stored = _load_secrets()
     User = get_user_model()
     with transaction.atomic():
@@ -89,14 +95,12 @@ def demo_seed() -> Demo:
         if key is None or not apikey_digest_matches(key, token):
             token = apikey_issue(org=org, label="Demo key", user=user, created_by=user).token
         signing_secret, new_secret = _signing_secret(intake, stored, user)
-        from auxot.demo_steps import demo_seed_step_examples
-
-        examples = demo_seed_step_examples(org=org, user=user)
+        examples = demo_seed_step_examples(org=org, user=user, http_url=http_url)
     _save_secrets({"password": password, "token": token,
                    "signing_secrets": {str(intake.pk): signing_secret}})
     return Demo(org=org, username="admin", password=password, intake=intake, token=token,
                 signing_secret=signing_secret, signing_secret_is_new=new_secret,
-                examples=examples)
+                examples=examples, http_url=http_url)
 
 
 def _signing_secret(intake: Intake, stored: dict, user) -> tuple[str, bool]:

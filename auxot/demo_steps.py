@@ -1,10 +1,14 @@
-"""Demo: one example workflow per step kind, each with its own intake (issue 3).
+"""Demo: one example workflow per step kind, each with its own intake.
 
 Idempotent: workflows are found by slug, intakes by name, the provider by name. The
 agent example uses the provider named by AUXOT_DEMO_AGENT_BASE_URL / _MODEL / _KEY_ENV;
 without them its workflow and intake are seeded inactive. The key is copied, at the
 operator's explicit request, into the demo org's secret `demo-ai-key`, bound to the base
 URL's host: the provider itself can reach no environment variable.
+The http example posts to the
+demo web process's own echo endpoint (`/demo/echo`, mounted only under DEBUG), so the
+demo needs no network and sends nothing to a third party; AUXOT_DEMO_HTTP_URL points it
+elsewhere.
 """
 
 import os
@@ -91,8 +95,23 @@ def _provider(org: Organization, user) -> bool:
     return active
 
 
-def demo_seed_step_examples(*, org: Organization, user) -> list[Example]:
-    http_url = os.environ.get("AUXOT_DEMO_HTTP_URL", "https://postman-echo.com/post")
+ECHO_PATH = "/demo/echo"
+
+
+def demo_http_url(base_url: str) -> str:
+    """Where the http example posts: AUXOT_DEMO_HTTP_URL, else the demo's own echo."""
+    return os.environ.get("AUXOT_DEMO_HTTP_URL", "").strip() or f"{base_url}{ECHO_PATH}"
+
+
+def _http_url_update(workflow: Workflow, url: str) -> None:
+    # A demo seeded earlier (another port, an older default) follows the current URL.
+    for step in Step.objects.filter(workflow=workflow, kind="http"):
+        if step.config.get("url") != url:
+            step.config = {**step.config, "url": url}
+            step.save(update_fields=["config"])
+
+
+def demo_seed_step_examples(*, org: Organization, user, http_url: str) -> list[Example]:
     agent_active = _provider(org, user)
     examples = []
     for kind, slug, name, steps, body in _examples(http_url):
@@ -102,6 +121,8 @@ def demo_seed_step_examples(*, org: Organization, user) -> list[Example]:
         if created:
             for position, step in enumerate(steps, start=1):
                 Step.objects.create(workflow=workflow, position=position, **step)
+        elif kind == "http":
+            _http_url_update(workflow, http_url)
         Workflow.objects.filter(pk=workflow.pk).update(active=active)
         intake = Intake.objects.filter(org=org, name=name).first() or intake_create(
             org=org, workflow=workflow, name=name, created_by=user)

@@ -7,8 +7,9 @@ own exceptions and database outages in the same shape.
 import logging
 
 from django.db import DataError, InterfaceError, OperationalError
-from django.http import JsonResponse
+from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf_exceptions
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
 logger = logging.getLogger(__name__)
@@ -116,6 +117,13 @@ _DRF_CODES = {
 
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:
+    request = context.get("request")
+    if request is not None:
+        # A problem is JSON whatever renderer the view itself uses (the schema's YAML, the
+        # docs' HTML), and whatever the caller asked for in Accept.
+        request.accepted_renderer, request.accepted_media_type = JSONRenderer(), "application/json"
+    if isinstance(exc, Http404):
+        return problem_response("not_found", NOT_FOUND_DETAIL)
     if isinstance(exc, ApplicationError):
         return problem_response(exc.code, exc.detail, extra=exc.extra, headers=exc.headers)
     if isinstance(exc, DataError):

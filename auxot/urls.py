@@ -1,6 +1,6 @@
 from django.conf import settings
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
@@ -15,7 +15,11 @@ urlpatterns = [
     path("v1/schema", SpectacularAPIView.as_view(), name="schema"),
     path("v1/docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("v1/", include("intakes.urls")),
+    re_path(r"^v1(?:/.*)?$", views.api_not_found),  # last: anything else under /v1/
 ]
+
+if settings.DEBUG:  # the demo's http example posts here; never mounted in production
+    urlpatterns.append(path("demo/echo", views.demo_echo, name="demo-echo"))
 
 handler404 = "auxot.views.handler404"
 handler500 = "auxot.views.handler500"

@@ -1,18 +1,40 @@
+import json
+
 from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 
 from auxot.errors import NOT_FOUND_DETAIL, PROBLEMS, django_problem
 
+API_PREFIX = "/v1"
 
+
+def is_api_path(path: str) -> bool:
+    return path == API_PREFIX or path.startswith(f"{API_PREFIX}/")
+
+
+@csrf_exempt  # a problem, not Django's HTML CSRF page, for a POST to a page that never reads it
 def problem_detail(request: HttpRequest, code: str) -> JsonResponse:
     """Dereferenceable `type` of every problem+json answer: /v1/problems/<code>."""
+    if request.method not in ("GET", "HEAD"):
+        response = django_problem("method_not_allowed",
+                                  f'Method "{request.method}" not allowed; use GET.')
+        response["Allow"] = "GET, HEAD"
+        return response
     if code not in PROBLEMS:
         return django_problem("not_found", "Unknown problem type.")
     status, title = PROBLEMS[code]
     return JsonResponse({"code": code, "status": status, "title": title})
 
 
+@csrf_exempt
+def api_not_found(request: HttpRequest, *args, **kwargs) -> JsonResponse:
+    """Every unrouted /v1/ path, any method. Routed here rather than left to handler404 so
+    DEBUG (which replaces handler404 with Django's HTML page) answers the same."""
+    return django_problem("not_found", NOT_FOUND_DETAIL)
+
+
 def handler404(request: HttpRequest, exception=None):
-    if request.path.startswith("/v1/"):
+    if is_api_path(request.path):
         return django_problem("not_found", NOT_FOUND_DETAIL)
     from django.views.defaults import page_not_found
 
@@ -20,8 +42,27 @@ def handler404(request: HttpRequest, exception=None):
 
 
 def handler500(request: HttpRequest):
-    if request.path.startswith("/v1/"):
+    if is_api_path(request.path):
         return django_problem("internal_error", "Something went wrong on our side.")
     from django.views.defaults import server_error
 
     return server_error(request)
+
+
+# Headers a receiver would never echo back to a log or a work item's output.
+_NOT_ECHOED = frozenset({"authorization", "cookie", "proxy-authorization"})
+
+
+@csrf_exempt
+def demo_echo(request: HttpRequest) -> JsonResponse:
+    """The demo's http example's receiver (mounted under DEBUG only): answers what it got,
+    so `make run` shows the http step working on a machine with no network."""
+    try:
+        payload = json.loads(request.body) if request.body else None
+    except (ValueError, UnicodeDecodeError):
+        payload = None
+    headers = {name: value for name, value in request.headers.items()
+               if name.lower() not in _NOT_ECHOED}
+    return JsonResponse({"method": request.method, "path": request.path,
+                         "args": request.GET.dict(), "headers": headers, "json": payload,
+                         "data": request.body.decode("utf-8", "replace")})

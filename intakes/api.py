@@ -2,17 +2,27 @@
 
 from django.conf import settings
 from django.urls import reverse
+from drf_spectacular.utils import extend_schema_serializer
+from rest_framework import serializers
+from rest_framework.exceptions import MethodNotAllowed
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from auxot.errors import ApplicationError
 from auxot.timefmt import iso
-from intakes.body import json_body
+from intakes.body import StrictJSONParser, json_body
 from intakes.idempotency import HEADER as IDEMPOTENCY_HEADER
 from intakes.idempotency import idempotency_header_parse
 from intakes.longpoll import wait_parse, work_item_wait
-from intakes.openapi import approval_schema, cancel_schema, trigger_schema, work_item_schema
+from intakes.openapi import (
+    APPROVAL_EXAMPLES,
+    CANCEL_EXAMPLES,
+    approval_schema,
+    cancel_schema,
+    trigger_schema,
+    work_item_schema,
+)
 from intakes.presenters import work_item_poll_view
 from intakes.rejections import RejectionAuditMixin
 from intakes.services import intake_for_key, intake_for_trigger, intake_trigger, work_item_for_key
@@ -38,7 +48,18 @@ def _correlation_id(request: Request) -> str:
     return value
 
 
-class IntakeTriggerApi(RejectionAuditMixin, APIView):
+class PublicApi(RejectionAuditMixin, APIView):
+    """Base of the /v1/ views: a method the view does not have is 405 before any key is
+    checked (the routes are public; a wrong method should not read as a key problem)."""
+
+    def initial(self, request: Request, *args, **kwargs) -> None:
+        method = request.method.lower()
+        if method not in self.http_method_names or not hasattr(self, method):
+            raise MethodNotAllowed(request.method)
+        super().initial(request, *args, **kwargs)
+
+
+class IntakeTriggerApi(PublicApi):
     """POST /v1/intake/{intake_id}: accept JSON, answer 202 with a work_id."""
 
     @trigger_schema
@@ -62,7 +83,7 @@ class IntakeTriggerApi(RejectionAuditMixin, APIView):
         return Response(body, status=202, headers=headers)
 
 
-class WorkItemDetailApi(RejectionAuditMixin, APIView):
+class WorkItemDetailApi(PublicApi):
     """GET /v1/intake/{intake_id}/work/{work_id}[?wait=N]: status, progress, why it waits."""
 
     @work_item_schema
@@ -78,54 +99,77 @@ class WorkItemDetailApi(RejectionAuditMixin, APIView):
         return Response(view.body, headers=headers)
 
 
-# --- Work item actions (issue 3): approve/reject an approval step, cancel ----------------
-class WorkItemApprovalApi(RejectionAuditMixin, APIView):
+# --- Work item actions: approve/reject an approval step, cancel -------------------------
+class TextField(serializers.CharField):
+    """A JSON string only: DRF's CharField would quietly turn 5 or 1.5 into text."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+def _validated(serializer_class: type[serializers.Serializer], data, hint: str) -> dict:
+    """The body through the view's InputSerializer, or 400 `invalid_request` naming each
+    field that is wrong as a JSON pointer."""
+    serializer = serializer_class(data=data)
+    if not serializer.is_valid():
+        raise ApplicationError(hint, extra={"errors": _pointers(serializer.errors)})
+    return serializer.validated_data
+
+
+def _pointers(errors: dict) -> list[dict]:
+    return [{"pointer": "" if name == "non_field_errors" else f"/{name}", "message": str(text)}
+            for name, messages in errors.items() for text in messages]
+
+
+class WorkItemApprovalApi(PublicApi):
     """POST /v1/intake/{intake_id}/work/{work_id}/approval: {"decision", "comment"}.
 
     Personal keys only (an approval is a person's decision; a team key gets 403); the
     key's user must be an admin or member of the organization (auditors get 403).
     """
 
-    @approval_schema
+    parser_classes = [StrictJSONParser]
+
+    @extend_schema_serializer(component_name="Approval", examples=APPROVAL_EXAMPLES)
+    class InputSerializer(serializers.Serializer):
+        decision = serializers.ChoiceField(choices=["approve", "reject"])
+        comment = TextField(required=False, allow_blank=True, allow_null=True, max_length=2000,
+                            trim_whitespace=False, help_text="Kept with the decision.")
+
+    @approval_schema(request=InputSerializer)
     def post(self, request: Request, intake_id: str, work_id: str) -> Response:
         intake = intake_for_key(intake_id=intake_id, key=request.auth)
         item = work_item_for_key(intake=intake, work_id=work_id)
-        payload = json_body(request._request)
-        decision, comment = _decision(payload)
-        work_item_decide(item=item, decision=decision, comment=comment,
+        data = _validated(self.InputSerializer, request.data,
+                          'Send {"decision": "approve" | "reject", "comment": "..."}.')
+        work_item_decide(item=item, decision=data["decision"], comment=data.get("comment") or "",
                          user=request.auth.user, key=request.auth, ip=_client_ip(request))
         item.refresh_from_db()
         return Response(work_item_poll_view(item, intake=intake).body)
 
 
-def _decision(payload) -> tuple[str, str]:
-    if not isinstance(payload, dict) or payload.get("decision") not in ("approve", "reject"):
-        raise ApplicationError('Send {"decision": "approve" | "reject", "comment": "..."}.')
-    comment = payload.get("comment", "")
-    if comment is None:
-        comment = ""
-    if not isinstance(comment, str) or len(comment) > 2000:
-        raise ApplicationError("comment must be a string of at most 2000 characters.")
-    return payload["decision"], comment
-
-
-class WorkItemCancelApi(RejectionAuditMixin, APIView):
+class WorkItemCancelApi(PublicApi):
     """POST /v1/intake/{intake_id}/work/{work_id}/cancel: end a non-terminal item.
 
     Team keys may cancel work on their team's intakes; a personal key's user must be an
     admin or member (auditors get 403). Body optional: {"reason": "..."}.
     """
 
-    @cancel_schema
+    parser_classes = [StrictJSONParser]
+
+    @extend_schema_serializer(component_name="Cancel", examples=CANCEL_EXAMPLES)
+    class InputSerializer(serializers.Serializer):
+        reason = TextField(required=False, allow_blank=True, max_length=500,
+                           trim_whitespace=False, help_text="Kept in the audit log.")
+
+    @cancel_schema(request=InputSerializer)
     def post(self, request: Request, intake_id: str, work_id: str) -> Response:
         intake = intake_for_key(intake_id=intake_id, key=request.auth)
         item = work_item_for_key(intake=intake, work_id=work_id)
-        reason = ""
-        if request._request.body:
-            payload = json_body(request._request)
-            reason = payload.get("reason", "") if isinstance(payload, dict) else ""
-            if not isinstance(reason, str) or len(reason) > 500:
-                raise ApplicationError("reason must be a string of at most 500 characters.")
+        data = _validated(self.InputSerializer, request.data,
+                          'Send no body, or {"reason": "..."} with at most 500 characters.')
         item = work_item_cancel(item=item, user=request.auth.user, key=request.auth,
-                                reason=reason, ip=_client_ip(request))
+                                reason=data.get("reason", ""), ip=_client_ip(request))
         return Response(work_item_poll_view(item, intake=intake).body)

@@ -20,6 +20,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest
+from rest_framework.parsers import BaseParser
 
 from auxot.errors import ApplicationError
 
@@ -173,3 +174,17 @@ def json_body(request: HttpRequest) -> Any:
             raise ApplicationError(f"The body cannot be stored: {exc}.",
                                    code="validation_failed") from None
     return value
+
+
+class StrictJSONParser(BaseParser):
+    """DRF's seam for the rules above, so views read `request.data`.
+
+    It matches every content type on purpose: `json_body` checks the type itself, so a
+    body sent as text/plain (or with no type) gets our 415 detail, not DRF's. DRF hands an
+    empty body to no parser at all: `request.data` is then `{}`.
+    """
+
+    media_type = "*/*"
+
+    def parse(self, stream, media_type=None, parser_context=None) -> Any:
+        return json_body(parser_context["request"]._request)

@@ -1,8 +1,8 @@
 """The /v1/ contract as OpenAPI: doc-only serializers, examples, reusable problem responses.
 
 Views stay small: each operation gets one decorator from here (`trigger_schema`,
-`work_item_schema`, or `work_item_action_schema(...)` for POST actions on a work item such
-as approval or cancel). A new /v1/ endpoint without a decorator fails
+`work_item_schema`, or `approval_schema(request=…)`-style factories for POST actions on a work
+item, given the view's own InputSerializer). A new /v1/ endpoint without a decorator fails
 tests/test_openapi.py, which checks every /v1/ route against the generated schema.
 """
 
@@ -67,7 +67,9 @@ class ProblemSerializer(serializers.Serializer):
     status = serializers.IntegerField()
     detail = serializers.CharField(help_text="What was wrong and what to do, for a person.")
     code = serializers.ChoiceField(choices=sorted(PROBLEMS), help_text="Stable, for programs.")
-    errors = serializers.JSONField(required=False, help_text="Field errors (422 only).")
+    errors = serializers.JSONField(
+        required=False, help_text="`[{pointer, message}]`: what is wrong where (422 "
+        "`validation_failed`, and 400 `invalid_request` for an approval or cancel body).")
 
 
 class TriggerAcceptedSerializer(serializers.Serializer):
@@ -106,16 +108,6 @@ class _StepRow(serializers.Serializer):
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
     error = serializers.JSONField(allow_null=True)
-
-
-class ApprovalRequestSerializer(serializers.Serializer):
-    decision = serializers.ChoiceField(choices=["approve", "reject"])
-    comment = serializers.CharField(required=False, allow_blank=True, allow_null=True,
-                                    max_length=2000)
-
-
-class CancelRequestSerializer(serializers.Serializer):
-    reason = serializers.CharField(required=False, allow_blank=True, max_length=500)
 
 
 class WorkItemSerializer(serializers.Serializer):
@@ -337,35 +329,52 @@ work_item_schema = extend_schema(
 )
 
 
-def work_item_action_schema(*, operation_id: str, summary: str, description: str = "",
-                            request=None, statuses: tuple[int, ...] = (400, 401, 404, 409, 503),
-                            examples: list | None = None):
-    """For POST actions on a work item (approval, cancel): answers the work item."""
+APPROVAL_EXAMPLES = [
+    OpenApiExample("approve", value={"decision": "approve", "comment": "Refund checked."},
+                   request_only=True),
+    OpenApiExample("reject", value={"decision": "reject", "comment": "Over the limit."},
+                   request_only=True),
+]
+CANCEL_EXAMPLES = [
+    OpenApiExample("with a reason", value={"reason": "Sent to the wrong customer."},
+                   request_only=True),
+    OpenApiExample("no reason", value={}, request_only=True),
+]
+
+
+def work_item_action_schema(*, operation_id: str, summary: str, description: str, request,
+                            statuses: tuple[int, ...] = (400, 401, 403, 404, 409, 415, 503)):
+    """For POST actions on a work item (approval, cancel): `request` is the view's own
+    InputSerializer, the one that validates the body; the answer is the work item."""
     return extend_schema(
         operation_id=operation_id, summary=summary, description=description,
         tags=["work items"], parameters=[INTAKE_ID, WORK_ID, WWW_AUTHENTICATE],
-        request=request if request is not None else {"application/json": OpenApiTypes.OBJECT},
+        # Named explicitly: the view's parser accepts any type so that a wrong one gets our 415.
+        request={"application/json": request},
         responses={200: OpenApiResponse(WorkItemSerializer, description="The work item."),
                    **problems(*statuses)},
-        examples=examples or [],
     )
 
 
-approval_schema = work_item_action_schema(
-    operation_id="work_item_approval",
-    summary="Approve or reject a waiting approval step",
-    description="For a work item waiting at an `approval` step. Personal keys only (a team key "
-    "gets 403: an approval is a person's decision); the key's user must be an admin or member "
-    "(auditors get 403). 409 when the item is not waiting for an approval (or was canceled or "
-    "decided meanwhile: of two conflicting actions exactly one wins). Reject fails the item "
-    "with code `rejected`.",
-    request=ApprovalRequestSerializer, statuses=(400, 401, 403, 404, 408, 409, 415, 503),
-)
-cancel_schema = work_item_action_schema(
-    operation_id="work_item_cancel",
-    summary="Cancel a work item",
-    description="Ends a pending or running item as `failed` with code `canceled`; a running "
-    "step's result is discarded. Body optional. 409 when the item already finished, or while an "
-    "approval just recorded for it is being applied (approve and cancel never both succeed).",
-    request=CancelRequestSerializer, statuses=(400, 401, 403, 404, 408, 409, 415, 503),
-)
+def approval_schema(*, request):
+    return work_item_action_schema(
+        operation_id="work_item_approval",
+        summary="Approve or reject a waiting approval step",
+        description="For a work item waiting at an `approval` step. Personal keys only (a team "
+        "key gets 403: an approval is a person's decision); the key's user must be an admin or "
+        "member (auditors get 403). 409 when the item is not waiting for an approval (or was "
+        "canceled or decided meanwhile: of two conflicting actions exactly one wins). Reject "
+        "fails the item with code `rejected`. A body that does not match is 400 "
+        "`invalid_request` with `errors` (one `{pointer, message}` per field).",
+        request=request, statuses=(400, 401, 403, 404, 408, 409, 415, 503))
+
+
+def cancel_schema(*, request):
+    return work_item_action_schema(
+        operation_id="work_item_cancel",
+        summary="Cancel a work item",
+        description="Ends a pending or running item as `failed` with code `canceled`; a running "
+        "step's result is discarded. Body optional (no body, `{}` or `{\"reason\": ...}`). "
+        "409 when the item already finished, or while an approval just recorded for it is being "
+        "applied (approve and cancel never both succeed).",
+        request=request, statuses=(400, 401, 403, 404, 408, 409, 415, 503))

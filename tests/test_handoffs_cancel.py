@@ -89,6 +89,30 @@ def test_cancel_pending_item_over_api(cast, api, member_token):
     assert _cancel(api, intake, work_id, member_token).status_code == 409
 
 
+@pytest.mark.parametrize(("raw", "content_type"), [
+    (b"", ""), (b"", "application/json"), (b"{}", "application/json")])
+def test_cancel_body_is_optional(cast, api, member_token, raw, content_type):
+    intake = _intake(cast, [("delay", {"seconds": 60})])
+    work_id = trigger(api, intake.pk, member_token).json()["work_id"]
+    response = api.generic("POST", f"/v1/intake/{intake.pk}/work/{work_id}/cancel", raw,
+                           content_type=content_type, **bearer(member_token))
+    assert response.status_code == 200, response.content
+    assert AuditEvent.objects.get(event="work_item.canceled").extra == {"reason": ""}
+
+
+@pytest.mark.parametrize(("body", "pointer"), [
+    ({"reason": 42}, "/reason"), ({"reason": None}, "/reason"), ({"reason": "x" * 501}, "/reason"),
+    ("duplicate", "")])
+def test_bad_cancel_body_is_400_and_cancels_nothing(cast, api, member_token, body, pointer):
+    intake = _intake(cast, [("delay", {"seconds": 60})])
+    work_id = trigger(api, intake.pk, member_token).json()["work_id"]
+    response = api.post(f"/v1/intake/{intake.pk}/work/{work_id}/cancel", data=body,
+                        format="json", **bearer(member_token))
+    assert (response.status_code, response.json()["code"]) == (400, "invalid_request")
+    assert [e["pointer"] for e in response.json()["errors"]] == [pointer]
+    assert WorkItem.objects.get(pk=work_id).status == "pending"
+
+
 def test_cancel_parked_item_discards_its_wait(cast, api, member_token):
     intake = _intake(cast, [("delay", {"seconds": 60})])
     work_id = trigger(api, intake.pk, member_token).json()["work_id"]

@@ -128,3 +128,60 @@ def test_docs_assets_are_served_locally(client):
     for asset in assets:
         response = client.get(asset)
         assert response.status_code == 200, asset
+
+
+def _bodies_missing(schema: dict) -> list[str]:
+    """Operations that take a body (POST, PUT, PATCH) but document none."""
+    return [f"{method.upper()} {path}" for path, operations in schema["paths"].items()
+            for method, operation in operations.items()
+            if method in ("post", "put", "patch") and "requestBody" not in operation]
+
+
+def test_every_operation_that_takes_a_body_documents_it(schema):
+    assert _bodies_missing(schema) == []
+    assert {"/v1/intake/{intake_id}/work/{work_id}/approval",
+            "/v1/intake/{intake_id}/work/{work_id}/cancel"} <= set(schema["paths"])
+
+
+def test_a_post_without_a_documented_body_is_caught(client, settings):
+    settings.ROOT_URLCONF = "tests.urls_undocumented"
+    schema = client.get("/v1/schema?format=json").json()
+    assert _bodies_missing(schema) == ["POST /v1/intake/{intake_id}/work/{work_id}/frobnicate"]
+
+
+def _body_schema(schema: dict, path: str) -> tuple[dict, dict]:
+    body = schema["paths"][path]["post"]["requestBody"]
+    media = body["content"]["application/json"]
+    ref = media["schema"]["$ref"].rsplit("/", 1)[-1]
+    return body, {"schema": schema["components"]["schemas"][ref],
+                  "examples": [e["value"] for e in media["examples"].values()]}
+
+
+def test_approval_body_is_the_views_serializer_with_examples(schema):
+    from intakes.api import WorkItemApprovalApi
+
+    body, media = _body_schema(schema, "/v1/intake/{intake_id}/work/{work_id}/approval")
+    assert body["required"] is True
+    assert media["schema"]["required"] == ["decision"]
+    assert set(media["schema"]["properties"]) == set(WorkItemApprovalApi.InputSerializer().fields)
+    assert media["schema"]["properties"]["comment"]["maxLength"] == 2000
+    assert {"decision": "reject", "comment": "Over the limit."} in media["examples"]
+    for example in media["examples"]:  # the examples pass the very serializer that validates
+        assert WorkItemApprovalApi.InputSerializer(data=example).is_valid()
+
+
+def test_cancel_body_is_optional_and_the_views_serializer(schema):
+    from intakes.api import WorkItemCancelApi
+
+    body, media = _body_schema(schema, "/v1/intake/{intake_id}/work/{work_id}/cancel")
+    assert not body.get("required")
+    assert set(media["schema"]["properties"]) == {"reason"}
+    assert media["schema"]["properties"]["reason"]["maxLength"] == 500
+    for example in media["examples"]:
+        assert WorkItemCancelApi.InputSerializer(data=example).is_valid()
+
+
+def test_trigger_body_is_any_json_value(schema):
+    body = schema["paths"]["/v1/intake/{intake_id}"]["post"]["requestBody"]
+    assert body["required"] is True
+    assert body["content"]["application/json"]["schema"] == {}  # any value: object, list, ...

@@ -2,6 +2,7 @@
 
 from datetime import timedelta
 
+import pytest
 from django.utils import timezone
 
 from apikeys.services import apikey_issue
@@ -108,6 +109,48 @@ def test_bad_decision_body_is_400(cast, api, member_token):
     response = _decide(api, intake, item, member_token, decision="maybe")
     assert response.status_code == 400
     assert response["Content-Type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize(("body", "pointers"), [
+    ({"decision": "maybe"}, ["/decision"]),
+    ({"comment": "no decision"}, ["/decision"]),
+    ({"decision": "approve", "comment": 5}, ["/comment"]),
+    ({"decision": "approve", "comment": "x" * 2001}, ["/comment"]),
+    (["approve"], [""]),
+    ({}, ["/decision"]),
+])
+def test_approval_body_errors_name_each_field(cast, api, member_token, body, pointers):
+    intake = _setup(cast)
+    item = _park(api, intake, member_token)
+    response = api.post(f"/v1/intake/{intake.pk}/work/{item.pk}/approval", data=body,
+                        format="json", **bearer(member_token))
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_request"
+    assert [e["pointer"] for e in response.json()["errors"]] == pointers
+    assert not Approval.objects.filter(work_item=item).exists()
+
+
+@pytest.mark.parametrize(("raw", "content_type", "status", "code"), [
+    (b'{"decision": "approve", "decision": "reject"}', "application/json", 400, "invalid_json"),
+    (b"decision=approve", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
+    (b'{"decision": "approve"}', "", 415, "unsupported_media_type"),
+    (b"", "application/json", 400, "invalid_request"),
+])
+def test_approval_body_keeps_the_strict_json_rules(cast, api, member_token, raw, content_type,
+                                                   status, code):
+    intake = _setup(cast)
+    item = _park(api, intake, member_token)
+    response = api.generic("POST", f"/v1/intake/{intake.pk}/work/{item.pk}/approval", raw,
+                           content_type=content_type, **bearer(member_token))
+    assert (response.status_code, response.json()["code"]) == (status, code)
+    assert response["Content-Type"] == "application/problem+json"
+
+
+def test_approval_comment_may_be_null_and_is_stored_empty(cast, api, member_token):
+    intake = _setup(cast)
+    item = _park(api, intake, member_token)
+    assert _decide(api, intake, item, member_token, comment=None).status_code == 200
+    assert Approval.objects.get(work_item=item).comment == ""
 
 
 def test_deadline_passes_and_item_fails_approval_timeout(cast, api, member_token, time_machine):

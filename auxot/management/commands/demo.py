@@ -21,8 +21,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         call_command("migrate", interactive=False, verbosity=0)
-        demo = demo_seed()
         base = f"http://127.0.0.1:{options['port']}"
+        demo = demo_seed(base_url=base)
         self.stdout.write(self._instructions(base, demo))
         self.stdout.write(self._examples(base, demo))
         if options["no_serve"]:
@@ -77,9 +77,12 @@ API docs: {base}/v1/docs
 """
 
     def _examples(self, base: str, demo) -> str:
-        from auxot.demo_steps import AGENT_ENABLE
+        from auxot.demo_steps import AGENT_ENABLE, ECHO_PATH
 
-        lines = ["One example workflow per step kind (same key):", ""]
+        where = ("this demo's own echo endpoint: nothing leaves this machine"
+                 if demo.http_url == f"{base}{ECHO_PATH}" else "AUXOT_DEMO_HTTP_URL")
+        lines = ["One example workflow per step kind (same key):", "",
+                 f"  (the http example posts to {demo.http_url}, {where})", ""]
         for example in demo.examples:
             url = f"{base}/v1/intake/{example.intake.pk}"
             if example.active:

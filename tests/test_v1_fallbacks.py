@@ -1,0 +1,72 @@
+"""Nothing under /v1/ answers HTML: unknown paths are 404 and wrong methods 405, as
+problem+json, with DEBUG on (`make run`) and off."""
+
+import pytest
+from django.test import Client
+
+from auxot.errors import NOT_FOUND_DETAIL, PROBLEM_CONTENT_TYPE
+from tests.conftest import bearer
+
+pytestmark = pytest.mark.django_db
+WORK = "/v1/intake/3f1c2a9e-0000-4000-8000-000000000001/work/3f1c2a9e-0000-4000-8000-000000000002"
+
+
+@pytest.fixture(params=[True, False], ids=["debug", "production"])
+def debug(request, settings):
+    settings.DEBUG = request.param
+    return request.param
+
+
+def _problem(response, status: int, code: str) -> dict:
+    assert response.status_code == status
+    assert response["Content-Type"] == PROBLEM_CONTENT_TYPE
+    body = response.json()
+    assert (body["status"], body["code"], body["type"]) == (status, code, f"/v1/problems/{code}")
+    return body
+
+
+@pytest.mark.parametrize("path", ["/v1", "/v1/", "/v1/nope", "/v1/intake", "/v1/intake/x/",
+                                  f"{WORK}/approve", "/v1/schema/", "/v1/problems/a/b"])
+@pytest.mark.parametrize("method", ["get", "post", "delete"])
+def test_unknown_v1_path_is_problem_404(debug, path, method):
+    client = Client(enforce_csrf_checks=True)  # a POST must not meet the HTML CSRF page
+    body = _problem(getattr(client, method)(path), 404, "not_found")
+    assert body["detail"] == NOT_FOUND_DETAIL
+
+
+def test_unknown_path_404_matches_unknown_intake_404(debug, client, member_token):
+    unknown_path = client.get("/v1/nope", **bearer(member_token))
+    unknown_intake = client.post("/v1/intake/3f1c2a9e-0000-4000-8000-000000000009", {},
+                                 content_type="application/json", **bearer(member_token))
+    assert unknown_path.json() == unknown_intake.json()
+
+
+@pytest.mark.parametrize(("method", "path", "allow"), [
+    ("get", "/v1/intake/x", "POST, OPTIONS"),
+    ("delete", "/v1/intake/x", "POST, OPTIONS"),
+    ("head", "/v1/intake/x", "POST, OPTIONS"),
+    ("post", WORK, "GET, HEAD, OPTIONS"),
+    ("put", WORK, "GET, HEAD, OPTIONS"),
+    ("get", f"{WORK}/approval", "POST, OPTIONS"),
+    ("patch", f"{WORK}/cancel", "POST, OPTIONS"),
+    ("post", "/v1/schema", "GET, HEAD, OPTIONS"),
+    ("post", "/v1/docs", "GET, HEAD, OPTIONS"),
+    ("delete", "/v1/problems/not_found", "GET, HEAD"),
+])
+def test_wrong_method_on_a_known_path_is_problem_405_with_allow(debug, method, path, allow):
+    response = getattr(Client(enforce_csrf_checks=True), method)(path)
+    assert response["Allow"] == allow
+    if method == "head":
+        assert (response.status_code, response["Content-Type"]) == (405, PROBLEM_CONTENT_TYPE)
+        return
+    assert method.upper() in _problem(response, 405, "method_not_allowed")["detail"]
+
+
+def test_wrong_method_is_405_with_a_valid_key_too(client, member_token, intake_a):
+    response = client.get(f"/v1/intake/{intake_a.pk}", **bearer(member_token))
+    _problem(response, 405, "method_not_allowed")
+
+
+def test_problem_pages_still_answer_get(client):
+    assert client.get("/v1/problems/not_found").json() == {
+        "code": "not_found", "status": 404, "title": "Not found"}
