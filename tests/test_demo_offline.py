@@ -21,13 +21,13 @@ from tests.processes import ROOT, Gunicorn, QCluster, process_env, wait_for
 from workflows.models import Step
 
 LOOPBACK_ONLY = ROOT / "tests" / "loopback_only"
-DEMO_ENV = ("AUXOT_DEMO_AGENT_BASE_URL", "AUXOT_DEMO_AGENT_MODEL", "AUXOT_DEMO_HTTP_URL")
+DEMO_VARIABLES = ("AUXOT_DEMO_AGENT_BASE_URL", "AUXOT_DEMO_AGENT_MODEL", "AUXOT_DEMO_HTTP_URL")
 
 
 @pytest.fixture
 def demo_env(monkeypatch, tmp_path):
     monkeypatch.setattr("auxot.demo.SECRETS_FILE", tmp_path / "demo-secrets.json")
-    for name in DEMO_ENV:
+    for name in DEMO_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
