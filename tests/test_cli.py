@@ -1,4 +1,5 @@
-"""The `auxot` command and its client module, against a live server and a real qcluster."""
+"""The `auxot` command and its client package (`auxot_client`, the `auxot-client`
+distribution in clients/python), against a live server and a real qcluster."""
 
 import io
 import json
@@ -12,8 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from auxot import cli
-from auxot import client as api
+from auxot_client import cli
+from auxot_client import client as api
 from tests.callers import BIN, caller, worker  # noqa: F401  (fixtures)
 from tests.processes import QCluster
 
@@ -23,7 +24,7 @@ e2e = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
 # --- no Django in the client -----------------------------------------------------------
-@pytest.mark.parametrize("module", ["auxot.client", "auxot.cli"])
+@pytest.mark.parametrize("module", ["auxot_client", "auxot_client.cli"])
 def test_client_modules_do_not_import_django(module):
     code = f"import sys, {module}; print('django' in sys.modules, 'requests' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -35,6 +36,36 @@ def test_console_script_is_installed():
     result = subprocess.run([AUXOT, "--help"], capture_output=True, text=True, check=False)
     assert result.returncode == 0
     assert "verify-callback" in result.stdout
+
+
+def test_version_flag_prints_the_distribution_version():
+    from importlib.metadata import version
+
+    result = subprocess.run([AUXOT, "--version"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"auxot {version('auxot-client')}"
+
+
+def test_requests_carry_the_client_version_in_the_user_agent():
+    from importlib.metadata import version
+
+    assert f"auxot-client/{version('auxot-client')}" == api.USER_AGENT
+
+
+def test_server_distribution_ships_no_client_code():
+    import tomllib
+    from fnmatch import fnmatch
+
+    from tests.processes import ROOT
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    include = config["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {path.name for path in ROOT.iterdir() if (path / "__init__.py").exists()
+                and any(fnmatch(path.name, pattern) for pattern in include)}
+    assert packages == {"auxot", "apikeys", "workflows", "intakes"}
+    assert not any(fnmatch("auxot_client", pattern) for pattern in include)
+    assert not (ROOT / "auxot" / "client.py").exists() and not (ROOT / "auxot" / "cli.py").exists()
+    assert "scripts" not in config["project"]  # `auxot` comes from auxot-client only
 
 
 # --- pure helpers -------------------------------------------------------------------------

@@ -139,7 +139,7 @@ def _run_step(step: dict, context: dict, github_env: dict, path: str, cwd: Path)
 def _github(caller, tmp_path, *, intake_id: str, pull_request: dict | None):  # noqa: F811
     context = {"secrets": {"AUXOT_API_KEY": caller.token},
                "vars": {"AUXOT_BASE_URL": caller.base_url, "AUXOT_INTAKE_ID": intake_id,
-                        "AUXOT_PIP_SPEC": "auxot==0.1.0"},
+                        "AUXOT_PIP_SPEC": "auxot-client==0.1.0"},
                "github": {"event": {"pull_request": pull_request} if pull_request else {}}}
     (tmp_path / "out").touch()
     (tmp_path / "summary").touch()
@@ -169,7 +169,7 @@ def test_actions_steps_trigger_wait_and_pass(
     result = _run_step(install, context, github_env, f"{shim}:/usr/bin:/bin", tmp_path)
     assert result.returncode == 0
     assert (tmp_path / "pip-args").read_text().split() == ["-m", "pip", "install", "--quiet",
-                                                           "auxot==0.1.0"]
+                                                           "auxot-client==0.1.0"]
     context["vars"]["AUXOT_PIP_SPEC"] = ""
     unset = _run_step(install, context, github_env, f"{shim}:/usr/bin:/bin", tmp_path)
     assert unset.returncode != 0 and b"AUXOT_PIP_SPEC" in unset.stderr

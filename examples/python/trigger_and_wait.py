@@ -1,13 +1,14 @@
 """Trigger an Auxot intake and wait for the result: the client library in 15 lines.
 
 Environment: AUXOT_BASE_URL, AUXOT_API_KEY, AUXOT_INTAKE_ID. Exits 0 completed, 1 failed,
-2 timed out. `pip install auxot` brings the client (requests only, no Django).
+2 timed out. Needs only the client: `pip install ./clients/python` from a checkout, or
+`pip install auxot-client` from your package index (requests only, no Django).
 """
 import json
 import os
 import sys
 
-from auxot.client import Client, WaitTimeout
+from auxot_client import Client, WaitTimeout
 
 intake_id = os.environ["AUXOT_INTAKE_ID"]
 client = Client()  # AUXOT_BASE_URL and AUXOT_API_KEY from the environment

@@ -53,7 +53,8 @@ Poll (swap WORK_ID from the 202 body):
     -H "Authorization: Bearer {demo.token}"
 
 {self._callbacks(base, demo)}
-Or with the `auxot` command (trigger + wait; see README "The auxot command"):
+Or with the `auxot` command (trigger + wait; see README "The auxot command"). It is the
+auxot-client package, already in .venv; elsewhere: pip install ./clients/python
 
   export AUXOT_BASE_URL={base} AUXOT_API_KEY={demo.token}
   .venv/bin/auxot run {intake} --data '{{"customer":"Acme Corp"}}'

@@ -20,7 +20,8 @@ import threading
 import time
 from typing import Any, NoReturn, TextIO
 
-from auxot import client as api
+from auxot_client import client as api
+from auxot_client._version import VERSION
 
 EXIT_COMPLETED, EXIT_FAILED, EXIT_TIMEOUT, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
 
@@ -225,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="auxot", description=__doc__.split("\n\n")[0],
                      epilog="Environment: AUXOT_BASE_URL, AUXOT_API_KEY "
                      "(AUXOT_CALLBACK_SECRET for verify-callback).")
+    parser.add_argument("--version", action="version", version=f"auxot {VERSION}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def common(sub: argparse.ArgumentParser) -> None:

@@ -1,9 +1,9 @@
 """Auxot's Python client: trigger an intake, wait for the work item, verify a callback.
 
 It imports `requests` and the standard library only, never Django, so it works from any
-CI image after `pip install auxot`:
+CI image after `pip install auxot-client`:
 
-    from auxot.client import Client
+    from auxot_client import Client
     client = Client()                      # AUXOT_BASE_URL and AUXOT_API_KEY
     work = client.trigger(INTAKE_ID, {"ticket_id": "SUP-1042"})
     item = client.wait(INTAKE_ID, work["work_id"], timeout=1800)
@@ -27,11 +27,14 @@ from typing import Any
 
 import requests
 
+from auxot_client._version import VERSION
+
 ENV_BASE_URL = "AUXOT_BASE_URL"
 ENV_API_KEY = "AUXOT_API_KEY"
 TERMINAL = frozenset({"completed", "failed"})
 _KEY_RE = re.compile(r"^(user|team)\.[a-z2-7]{12}\.[A-Za-z0-9_-]{43}[0-9a-f]{6}$")
 _TRANSIENT_STATUSES = {429, 500, 502, 503, 504}
+USER_AGENT = f"auxot-client/{VERSION}"
 
 
 class AuxotError(Exception):
@@ -163,7 +166,7 @@ class Client:
     def _request(self, method: str, path: str, *, timeout: float | None = None,
                  **kwargs: Any) -> requests.Response:
         headers = {"Authorization": f"Bearer {self._api_key}", "Accept": "application/json",
-                   "User-Agent": "auxot-client/1", **kwargs.pop("headers", {})}
+                   "User-Agent": USER_AGENT, **kwargs.pop("headers", {})}
         try:
             response = self.session.request(method, f"{self.base_url}{path}", headers=headers,
                                             timeout=timeout or self.timeout, **kwargs)
@@ -262,9 +265,13 @@ def callback_verify(*, secret: str, headers: dict[str, str], body: bytes | str) 
 
     `headers` must carry webhook-id, webhook-timestamp (within 5 minutes of now) and
     webhook-signature; `body` must be the exact bytes received. Raises
-    CallbackVerificationError.
+    CallbackVerificationError; ConfigError without the `callbacks` extra.
     """
-    from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+    try:
+        from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+    except ImportError:
+        raise ConfigError("verifying callbacks needs the Standard Webhooks verifier: "
+                          "pip install 'auxot-client[callbacks]'") from None
 
     try:
         return Webhook(secret).verify(body, headers)
