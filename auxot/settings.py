@@ -249,6 +249,10 @@ AUXOT_DRAIN_SECONDS = env_float("AUXOT_DRAIN_SECONDS", 2.0)
 AUXOT_TICK_SECONDS = env_float("AUXOT_TICK_SECONDS", 0.2, minimum=0.01)
 AUXOT_REQUEUE_AFTER_SECONDS = env_int("AUXOT_REQUEUE_AFTER_SECONDS", 60, minimum=1)
 AUXOT_HEARTBEAT_SECONDS = env_int("AUXOT_HEARTBEAT_SECONDS", 5, minimum=1)
+# After SIGTERM/SIGINT, qcluster lets in-flight steps finish this long, then SIGKILLs what is
+# left (their leases expire and another worker resumes them). Keep the supervisor's stop
+# timeout (systemd TimeoutStopSec, Kubernetes terminationGracePeriodSeconds) above it.
+AUXOT_WORKER_GRACE_SECONDS = env_float("AUXOT_WORKER_GRACE_SECONDS", 30.0, minimum=1.0)
 
 REDIS_URL = env_str("REDIS_URL")
 AUXOT_TASK_TIMEOUT_SECONDS = env_int("AUXOT_TASK_TIMEOUT_SECONDS", 300, minimum=10)

@@ -60,6 +60,17 @@ class QCluster:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
 
+    def signal(self, signum: int, *, group: bool = False) -> None:
+        """Send signum to the main process, or with group=True to its whole process group."""
+        if group:
+            os.killpg(self.proc.pid, signum)
+        else:
+            self.proc.send_signal(signum)
+
+    def group_pids(self) -> list[int]:
+        """Live (not zombie) processes of this cluster's process group, from /proc."""
+        return group_pids(self.proc.pid)
+
     def stop(self) -> None:
         """Graceful stop, as a supervisor does it: SIGTERM to the main process only."""
         if self.proc and self.proc.poll() is None:
@@ -69,6 +80,18 @@ class QCluster:
         if self.proc:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)  # any straggler
+
+
+def group_pids(pgid: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            state, _ppid, group = (entry / "stat").read_text().rpartition(")")[2].split()[:3]
+            if int(group) == pgid and state != "Z":
+                pids.append(int(entry.name))
+    return pids
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
@@ -116,6 +117,7 @@ API docs: {base}/v1/docs
                     p.terminate()  # SIGTERM: graceful for qcluster, immediate for runserver
             for p in procs:
                 try:
-                    p.wait(timeout=15)
+                    # qcluster bounds its own stop by the grace period: wait that long.
+                    p.wait(timeout=settings.AUXOT_WORKER_GRACE_SECONDS + 5)
                 except subprocess.TimeoutExpired:
                     p.kill()

@@ -1,16 +1,19 @@
-"""`manage.py qcluster`: django-q2's cluster plus Auxot's ticker (see workflows/ticker.py)."""
+"""`manage.py qcluster`: django-q2's cluster plus Auxot's ticker (see workflows/ticker.py),
+with a shutdown bounded by AUXOT_WORKER_GRACE_SECONDS (see workflows/cluster.py)."""
 
 import os
+import sys
 
 from django.conf import settings
-from django_q.cluster import Cluster
 from django_q.management.commands.qcluster import Command as QClusterCommand
 
+from workflows.cluster import Cluster
 from workflows.ticker import Ticker
 
 
 class Command(QClusterCommand):
-    help = "Starts a django-q2 cluster and Auxot's ticker (wakes due work, heartbeats)."
+    help = ("Starts a django-q2 cluster and Auxot's ticker (wakes due work, heartbeats). "
+            "SIGTERM or SIGINT stops it within AUXOT_WORKER_GRACE_SECONDS.")
 
     def handle(self, *args, **options):
         settings.SECRET_KEY  # noqa: B018  (fail before forking if it is missing)
@@ -24,8 +27,9 @@ class Command(QClusterCommand):
         ticker = Ticker()
         ticker.start()
         try:
-            while cluster.sentinel is not None and cluster.sentinel.is_alive():
-                cluster.sentinel.join(0.5)
+            status = cluster.serve(grace=settings.AUXOT_WORKER_GRACE_SECONDS, on_stop=ticker.stop)
         finally:
             ticker.stop()
             ticker.join(5)
+        if status:
+            sys.exit(status)
