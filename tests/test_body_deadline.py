@@ -60,11 +60,15 @@ def test_slow_bodies_get_408_and_triggers_still_get_202(intake_a, member_token):
         with ThreadPoolExecutor(SLOW) as pool:
             slow = [pool.submit(_dribble, web.port, path, member_token, stop)
                     for _ in range(SLOW)]
-            time.sleep(1)  # every thread of both workers is now reading a slow body
-            response = requests.post(f"{web.url}{path}", json={"n": 7}, timeout=30,
-                                     headers={"Authorization": f"Bearer {member_token}"})
-            stop.set()
-            answers = [future.result(timeout=30) for future in slow]
+            try:
+                time.sleep(1)  # every thread of both workers is now reading a slow body
+                response = requests.post(f"{web.url}{path}", json={"n": 7}, timeout=30,
+                                         headers={"Authorization": f"Bearer {member_token}"})
+                # Each slow sender gets its 408 once the deadline passes: wait for them
+                # (bounded), however quickly the ordinary trigger was answered.
+                answers = [future.result(timeout=30) for future in slow]
+            finally:
+                stop.set()  # before the pool joins its threads
     finally:
         stop.set()
         web.stop()
