@@ -111,16 +111,16 @@ def test_completed_steps_are_not_rerun_after_crash(cast, time_machine):
 def test_lost_lease_discards_step_result(cast, monkeypatch):
     wf = make_workflow(cast.org_a, [("transform", {"expression": "input"})])
     item = _item(wf)
-    from workflows import steps
+    from workflows.kinds.transform import Transform
 
-    real = steps.Transform.execute
+    real = Transform.execute
 
     def cancel_meanwhile(self, ctx):
         WorkItem.objects.filter(pk=item.pk).update(status="failed", lease_token="",
                                                    next_run_at=None)
         return real(self, ctx)
 
-    monkeypatch.setattr(steps.Transform, "execute", cancel_meanwhile)
+    monkeypatch.setattr(Transform, "execute", cancel_meanwhile)
     item = _run(item)
     assert item.status == "failed"
     assert StepRun.objects.get(work_item=item).status == "discarded"
@@ -143,20 +143,20 @@ def test_wake_skips_items_already_enqueued(cast):
 def test_transform_config_validation(config):
     from django.core.exceptions import ValidationError
 
-    from workflows.steps import step_kind
+    from workflows.kinds import kind_get
 
     with pytest.raises(ValidationError):
-        step_kind("transform").validate_config(config)
+        kind_get("transform").validate_config(config)
 
 
 @pytest.mark.parametrize("config", [{}, {"seconds": -1}, {"seconds": "5"}, {"seconds": True}])
 def test_delay_config_validation(config):
     from django.core.exceptions import ValidationError
 
-    from workflows.steps import step_kind
+    from workflows.kinds import kind_get
 
     with pytest.raises(ValidationError):
-        step_kind("delay").validate_config(config)
+        kind_get("delay").validate_config(config)
 
 
 def test_engine_query_count_for_a_two_step_item_is_pinned(cast, django_assert_num_queries):

@@ -133,17 +133,17 @@ def test_auditor_may_not_cancel_and_outsider_gets_404(cast, api, member_token):
 
 def test_cancel_while_step_runs_discards_its_result(cast, monkeypatch):
     wf = make_workflow(cast.org_a, [("transform", {"expression": "input"})])
-    from workflows import steps
+    from workflows.kinds.transform import Transform
     from workflows.services import work_item_create
 
     item = work_item_create(workflow=wf, input={"a": 1})
-    real = steps.Transform.execute
+    real = Transform.execute
 
     def canceled_meanwhile(self, ctx):
         work_item_cancel(item=WorkItem.objects.get(pk=item.pk), user=cast.member_a)
         return real(self, ctx)
 
-    monkeypatch.setattr(steps.Transform, "execute", canceled_meanwhile)
+    monkeypatch.setattr(Transform, "execute", canceled_meanwhile)
     work_item_process(work_id=item.pk, drain_seconds=0)
     item.refresh_from_db()
     assert (item.status, item.error["code"], item.output) == ("failed", "canceled", None)
@@ -180,3 +180,38 @@ def test_unclaimed_item_with_live_worker_says_queued(cast, api, member_token):
     assert body["waiting_on"]["kind"] == "queue"
     assert body["diagnosis"].startswith("Queued for ")
     assert "a worker is running" in body["diagnosis"]
+
+
+def test_input_violation_detail_names_the_fields_as_output_handoffs_do(cast, api, member_token):
+    intake = _intake(cast, [("transform", {"expression": "input"})], SCHEMA)
+    body = trigger(api, intake.pk, member_token, body={"amount": 1}).json()
+    assert body["detail"] == ("The body does not match the input schema of workflow "
+                              "'Contract': missing /customer.")
+
+
+@pytest.mark.parametrize("how", ["engine", "cancel"])
+def test_a_finished_item_is_announced_once_and_audited_once(cast, how,
+                                                            django_capture_on_commit_callbacks):
+    from workflows.services import work_item_create
+    from workflows.signals import work_item_finished
+
+    wf = make_workflow(cast.org_a, [("transform", {"expression": "input"})])
+    item = work_item_create(workflow=wf, input={"a": 1})
+    heard = []
+
+    def receiver(sender, work_item, **kwargs):
+        heard.append((work_item.pk, work_item.status))
+
+    work_item_finished.connect(receiver)
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            if how == "engine":
+                work_item_process(work_id=item.pk, drain_seconds=0)
+            else:
+                work_item_cancel(item=item, user=cast.member_a)
+    finally:
+        work_item_finished.disconnect(receiver)
+    status = "completed" if how == "engine" else "failed"
+    assert heard == [(item.pk, status)]
+    event = "work_item.completed" if how == "engine" else "work_item.canceled"
+    assert AuditEvent.objects.filter(object_id=str(item.pk), event=event).count() == 1

@@ -11,7 +11,7 @@ from auxot.secrets import secret_create
 from tests.conftest import make_workflow
 from tests.fakeserver import Reply, chat
 from workflows.engine import work_item_process
-from workflows.kinds_remote import render_template
+from workflows.kinds.agent import render_template
 from workflows.models import Provider, ProviderTicket, Step
 from workflows.presenters import work_item_view
 from workflows.providers import provider_slot_acquire

@@ -1,21 +1,69 @@
+"""The workflows admin: one ModelAdmin per model, each registered once, here.
+
+Pages another app extends (the top app adds its intakes panel to a workflow, its callback
+deliveries to a work item) read their extra inlines from `workflow_inlines` and
+`workitem_inlines`: that app adds its inline classes in its `AppConfig.ready()`, and this
+app never imports it.
+"""
+
 import json
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.options import InlineModelAdmin
 from django.db.models import DurationField, ExpressionWrapper, F
-from django.http import Http404, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponseNotAllowed, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-from auxot.admin_base import ACTORS, OrgScopedAdmin, ScopedInlineMixin, has_role
+from auxot.admin_base import (
+    ACTORS,
+    OrgScopedAdmin,
+    ScopedInlineMixin,
+    has_role,
+    org_action,
+    require_role,
+)
 from auxot.errors import ApplicationError
+from auxot.http import client_ip
 from auxot.models import AuditEvent
-from workflows import admin_actions
-from workflows.admin_actions import WorkItemActionsMixin
 from workflows.models import Approval, Provider, Step, StepRun, Workflow, WorkItem
 from workflows.presenters import work_item_view
-from workflows.services import work_item_run
+from workflows.services import work_item_cancel, work_item_decide, work_item_run
+
+
+class InlineSlot:
+    """Inline classes another app adds to one of these pages, in order, each once."""
+
+    def __init__(self) -> None:
+        self._inlines: list[type[InlineModelAdmin]] = []
+
+    def add(self, inline: type[InlineModelAdmin]) -> None:
+        if inline not in self._inlines:
+            self._inlines.append(inline)
+
+    def remove(self, inline: type[InlineModelAdmin]) -> None:
+        if inline in self._inlines:
+            self._inlines.remove(inline)
+
+    def __iter__(self):
+        return iter(list(self._inlines))
+
+
+workflow_inlines = InlineSlot()  # shown after the steps on a workflow's page
+workitem_inlines = InlineSlot()  # shown after the step timeline and approvals on an item's
+
+
+class ExtendedInlinesMixin:
+    """`get_inlines` = the admin's own `inlines` followed by its slot's."""
+
+    inline_slot: InlineSlot
+
+    def get_inlines(self, request, obj):
+        own = list(super().get_inlines(request, obj))
+        return own + [inline for inline in self.inline_slot if inline not in own]
 
 
 class StepInline(ScopedInlineMixin, admin.TabularInline):
@@ -36,12 +84,13 @@ class RunForm(forms.Form):
 
 
 @admin.register(Workflow)
-class WorkflowAdmin(OrgScopedAdmin):
+class WorkflowAdmin(ExtendedInlinesMixin, OrgScopedAdmin):
     list_display = ["name", "org", "active", "created_at"]
     list_filter = ["active"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
-    inlines = [StepInline]  # intakes/admin.py attaches its Intakes panel
+    inlines = [StepInline]
+    inline_slot = workflow_inlines
     change_form_template = "admin/workflows/workflow/change_form.html"
 
     def get_urls(self):
@@ -70,7 +119,7 @@ class WorkflowAdmin(OrgScopedAdmin):
         if request.method == "POST" and form.is_valid():
             try:
                 item = work_item_run(workflow=workflow, input=form.cleaned_data["input"],
-                                     user=request.user, ip=admin_actions._client_ip(request))
+                                     user=request.user, ip=client_ip(request))
             except ApplicationError as exc:
                 errors = (exc.extra or {}).get("errors") or []
                 form.add_error("input", exc.detail)
@@ -122,8 +171,64 @@ class ApprovalInline(StepRunInline):
     fields = readonly_fields
 
 
+class WorkItemActionsMixin:
+    """Approve/reject buttons on a waiting item's page and the cancel action."""
+
+    change_form_template = "admin/workflows/workitem/decide_change_form.html"
+    actions = ["cancel_selected"]
+
+    def get_urls(self):
+        decide = self.admin_site.admin_view(self.decide_view)
+        return [path("<path:object_id>/decide/", decide, name="workflows_workitem_decide"),
+                *super().get_urls()]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        item = WorkItem.objects.select_related("workflow").filter(pk=object_id).first() \
+            if object_id else None
+        extra = dict(extra_context or {})
+        if item is not None and item.waiting_on == WorkItem.Waiting.APPROVAL and (
+                item.status == WorkItem.Status.RUNNING) and has_role(
+                request, ACTORS, item.workflow.org_id):  # the buttons only for who may decide
+            steps = list(Step.objects.filter(workflow_id=item.workflow_id))
+            if item.current_step < len(steps):
+                extra["awaiting_approval"] = steps[item.current_step].name
+                extra["decide_url"] = reverse("admin:workflows_workitem_decide",
+                                              args=[item.pk])
+        return super().change_view(request, object_id, form_url, extra)
+
+    def decide_view(self, request: HttpRequest, object_id: str):
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        item = get_object_or_404(WorkItem.objects.select_related("workflow"), pk=object_id)
+        require_role(request, ACTORS, item, org_path="workflow__org")
+        try:
+            work_item_decide(item=item, decision=request.POST.get("decision", ""),
+                             comment=request.POST.get("comment", "")[:2000],
+                             user=request.user, ip=client_ip(request))
+        except ApplicationError as exc:
+            self.message_user(request, exc.detail, messages.ERROR)
+        else:
+            verb = "Approved" if request.POST.get("decision") == "approve" else "Rejected"
+            self.message_user(request, f"{verb}; the work item continues.", messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:workflows_workitem_change", args=[item.pk]))
+
+    @org_action(roles=ACTORS,
+                description="Cancel selected work items (fail with code 'canceled')")
+    def cancel_selected(self, request: HttpRequest, queryset):
+        canceled, skipped = 0, 0
+        for item in queryset.select_related("workflow"):
+            try:
+                work_item_cancel(item=item, user=request.user, reason="canceled in the admin",
+                                 ip=client_ip(request))
+                canceled += 1
+            except ApplicationError:
+                skipped += 1
+        self.message_user(request, f"Canceled {canceled} work item(s); {skipped} already "
+                                   "finished or not yours to cancel.", messages.INFO)
+
+
 @admin.register(WorkItem)
-class WorkItemAdmin(WorkItemActionsMixin, OrgScopedAdmin):
+class WorkItemAdmin(ExtendedInlinesMixin, WorkItemActionsMixin, OrgScopedAdmin):
     """Work history: read-only for everyone; approve/reject/cancel for admins and members."""
 
     org_path = "workflow__org"
@@ -137,6 +242,7 @@ class WorkItemAdmin(WorkItemActionsMixin, OrgScopedAdmin):
     search_fields = ["id", "correlation_id"]
     list_select_related = ["workflow", "intake", "created_by_key"]
     inlines = [StepRunInline, ApprovalInline]
+    inline_slot = workitem_inlines
     fieldsets = [
         (None, {"fields": ["id", "status", "workflow", "intake", "caller", "created_by_ip",
                            "correlation_id", "created_at", "started_at", "finished_at",
@@ -208,9 +314,8 @@ class WorkItemAdmin(WorkItemActionsMixin, OrgScopedAdmin):
         return super().decide_view(request, object_id)
 
 
-admin.site.unregister(Provider)
-
-
 @admin.register(Provider)
-class ScopedProviderAdmin(OrgScopedAdmin, admin_actions.ProviderAdmin):
-    pass
+class ProviderAdmin(OrgScopedAdmin):
+    list_display = ["name", "org", "model", "base_url", "concurrency_limit", "active"]
+    list_filter = ["active", "org"]
+    search_fields = ["name", "model"]

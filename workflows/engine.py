@@ -19,12 +19,11 @@ from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from auxot.services import audit_record
 from workflows.handoffs import describe, violations
+from workflows.kinds import Complete, Fail, Outcome, StepContext, Wait, kind_get
 from workflows.models import Step, StepRun, WorkItem
-from workflows.providers import provider_tickets_drop
-from workflows.signals import work_item_finished
-from workflows.steps import Complete, Fail, Outcome, StepContext, Wait, step_kind
+from workflows.providers import ProviderGate
+from workflows.services import work_item_finish
 
 logger = logging.getLogger(__name__)
 Status = WorkItem.Status
@@ -129,14 +128,16 @@ def _attempt(run: _Run, step: Step) -> tuple[Outcome | None, StepRun | None]:
     """Start (or resume) an attempt at `step`; the attempt row is committed first."""
     now = timezone.now()
     latest = run.latest.get(step.pk)
-    kind = step_kind(step.kind)
+    kind = kind_get(step.kind)
     max_attempts = step.max_attempts or settings.AUXOT_STEP_MAX_ATTEMPTS
+    timeout = step.timeout_seconds or settings.AUXOT_STEP_TIMEOUT_SECONDS
+    org_id = run.item.workflow.org_id
+    gate = ProviderGate(org_id=org_id, work_id=run.item.pk, now=now,
+                        lease_seconds=timeout) if kind.uses_providers else None
     ctx = StepContext(data=run.data(), config=step.config or {}, state={}, now=now,
-                      step_name=step.name,
-                      idempotency_key=f"{run.item.pk}:{step.position}",
-                      max_attempts=max_attempts,
-                      timeout_seconds=step.timeout_seconds or settings.AUXOT_STEP_TIMEOUT_SECONDS,
-                      work_id=run.item.pk, org_id=run.item.workflow.org_id)
+                      step_name=step.name, idempotency_key=f"{run.item.pk}:{step.position}",
+                      max_attempts=max_attempts, timeout_seconds=timeout,
+                      work_id=run.item.pk, org_id=org_id, providers=gate)
     if latest is not None and latest.status == StepRun.Status.WAITING:
         if run.guarded().update(next_run_at=_lease(step, now)) != 1:
             return None, None
@@ -232,24 +233,8 @@ def _fail(run: _Run, step: Step, code: str, message: str, extra: dict | None = N
 
 
 def _finish(run: _Run, status: str, *, output: Any = None, error: dict | None = None) -> bool:
-    now = timezone.now()
-    with transaction.atomic():
-        changed = run.guarded().update(
-            status=status, output=output, error=error, finished_at=now, next_run_at=None,
-            lease_token="", waiting_on="", waiting_since=None, waiting_detail={},
-        )
-        if changed == 1:
-            item_id = run.item.pk
-            if any(step.kind == "agent" for step in run.steps):
-                provider_tickets_drop(work_id=item_id)  # only agent steps take tickets
-            # The status transition, audited with it (issue 5: the work item's trace).
-            audit_record(event=f"work_item.{status}", org=run.item.workflow.org, obj=run.item,
-                         now=now, actor_label="engine",
-                         extra={"code": error.get("code")} if error else {})
-            transaction.on_commit(lambda: _announce(item_id))
-    return changed == 1
-
-
-def _announce(work_id) -> None:
-    item = WorkItem.objects.get(pk=work_id)
-    work_item_finished.send(sender=WorkItem, work_item=item)
+    """End the item, if this worker still holds its lease; audited as the engine's act."""
+    return work_item_finish(
+        item=run.item, status=status, now=timezone.now(), output=output, error=error,
+        lease_token=run.token, steps=run.steps, event=f"work_item.{status}",
+        actor_label="engine", extra={"code": error.get("code")} if error else {})

@@ -8,6 +8,8 @@ from django.utils import timezone
 from auxot.models import Organization
 from auxot.outbound import RefusedDestination, url_check
 from auxot.secrets import reference_problem
+from workflows.handoffs import schema_check
+from workflows.kinds import UnknownKind, kind_choices, kind_get
 
 
 class Workflow(models.Model):
@@ -33,23 +35,14 @@ class Workflow(models.Model):
         return self.name
 
     def clean(self) -> None:
-        from workflows.handoffs import schema_check
-
         schema_check(self.input_schema, field="input_schema")
 
 
 class Step(models.Model):
-    class Kind(models.TextChoices):
-        TRANSFORM = "transform", "Transform (jmespath)"
-        DELAY = "delay", "Delay"
-        HTTP = "http", "HTTP request"
-        APPROVAL = "approval", "Approval (human)"
-        AGENT = "agent", "Agent (AI provider)"
-
     workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="steps")
     position = models.PositiveIntegerField()
     name = models.CharField(max_length=200)
-    kind = models.CharField(max_length=32, choices=Kind.choices)
+    kind = models.CharField(max_length=32, choices=kind_choices)
     config = models.JSONField(default=dict, blank=True)
     timeout_seconds = models.PositiveIntegerField(
         null=True, blank=True, help_text="Empty: AUXOT_STEP_TIMEOUT_SECONDS."
@@ -73,12 +66,10 @@ class Step(models.Model):
         return f"{self.position}. {self.name} ({self.kind})"
 
     def clean(self) -> None:
-        from workflows.handoffs import schema_check
-        from workflows.steps import KINDS
-
-        kind = KINDS.get(self.kind)
-        if kind is None:
-            raise ValidationError({"kind": f"Unknown step kind {self.kind!r}."})
+        try:
+            kind = kind_get(self.kind)
+        except UnknownKind:
+            raise ValidationError({"kind": f"Unknown step kind {self.kind!r}."}) from None
         if not isinstance(self.config, dict):
             raise ValidationError({"config": "config must be a JSON object."})
         kind.validate_config(self.config)

@@ -12,6 +12,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from auxot.timefmt import iso
+from workflows.handoffs import describe
 from workflows.models import Step, StepRun, WorkItem
 from workflows.providers import provider_position
 from workflows.services import worker_last_seen
@@ -65,9 +66,7 @@ def _explain(item: WorkItem, steps: list[Step], now: datetime) -> tuple[dict | N
         at = f" at step '{error['step']}'" if error.get("step") else ""
         if error.get("code") == "bad_handoff":
             found = error.get("violations") or []
-            what = "; ".join(
-                f"missing {v['pointer']}" if v["message"] == "is missing"
-                else f"{v['pointer']} {v['message']}" for v in found[:3]) or "invalid"
+            what = describe(found) if found else "invalid"
             return None, f"Failed{at}: output {what} (bad handoff)."
         return None, f"Failed{at}: {error.get('message', 'no message')} ({error.get('code')})."
     if item.waiting_on in _WAITS:

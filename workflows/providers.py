@@ -101,3 +101,25 @@ def provider_position(*, work_id, now: datetime | None = None) -> dict | None:
     provider = ticket.provider
     return Slot(False, provider.name, provider.concurrency_limit,
                 _held(provider, now).count(), _ahead_of(ticket, now)).detail()
+
+
+class ProviderGate:
+    """The organization's providers as an agent step sees them, for one work item's attempt.
+
+    The engine builds it and hands it to the step in its context, so step kinds never
+    import the models.
+    """
+
+    def __init__(self, *, org_id, work_id, now: datetime, lease_seconds: int):
+        self.org_id, self.work_id, self.now = org_id, work_id, now
+        self.lease_seconds = lease_seconds
+
+    def find(self, name: str) -> Provider | None:
+        return provider_find(org_id=self.org_id, name=name)
+
+    def acquire(self, provider: Provider) -> Slot:
+        return provider_slot_acquire(provider=provider, work_id=self.work_id, now=self.now,
+                                     lease_seconds=self.lease_seconds)
+
+    def release(self, provider: Provider) -> None:
+        provider_slot_release(provider=provider, work_id=self.work_id)

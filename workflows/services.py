@@ -1,7 +1,7 @@
-import logging
 import os
 import socket
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -9,38 +9,23 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from auxot.broker import task_enqueue
 from auxot.errors import ApplicationError, PermissionDeniedError
 from auxot.models import Membership
 from auxot.services import audit_record
-from workflows.handoffs import violations
+from workflows.handoffs import describe, violations
+from workflows.kinds import REGISTRY
 from workflows.models import Approval, Step, StepRun, WorkerHeartbeat, Workflow, WorkItem
 from workflows.providers import provider_tickets_drop
 from workflows.signals import work_item_finished
 
-logger = logging.getLogger(__name__)
 TASK = "workflows.tasks.work_item_run"
-_broker = None
-
-
-def _get_broker():
-    # One broker per process: django-q2's Redis broker opens a connection per call otherwise.
-    global _broker
-    if _broker is None:
-        from django_q.brokers import get_broker
-
-        _broker = get_broker()
-    return _broker
 
 
 def work_item_enqueue(*, work_id) -> None:
-    """Put a task for this id on the broker. Never raises: the row is the source of truth."""
-    from django_q.tasks import async_task
-
-    try:
-        async_task(TASK, str(work_id), broker=_get_broker(), task_name=f"work-{work_id}")
-    except Exception:
-        # The ticker re-enqueues it after AUXOT_REQUEUE_AFTER_SECONDS.
-        logger.exception("enqueue of work item %s failed; the sweeper will retry", work_id)
+    """Put a task for this id on the broker. Never raises: the row is the source of truth,
+    and the ticker re-enqueues a lost message after AUXOT_REQUEUE_AFTER_SECONDS."""
+    task_enqueue(task=TASK, arg=str(work_id), name=f"work-{work_id}")
 
 
 def work_item_create(
@@ -67,7 +52,8 @@ def work_item_create(
         enqueued_at=now,
     )
     if settings.REDIS_URL:
-        # Redis is not in our transaction: enqueue only what is committed (MEASURED.md).
+        # Redis is not in our transaction: enqueue only what is committed, or a worker may
+        # look for a row that does not exist yet.
         transaction.on_commit(lambda: work_item_enqueue(work_id=item.pk))
     else:
         # The ORM broker's row commits with the item: both or neither.
@@ -114,9 +100,8 @@ def workflow_input_check(*, workflow: Workflow, input: Any) -> None:
     found = violations(input, workflow.input_schema)
     if found:
         raise ApplicationError(
-            f"The body does not match the input schema of workflow '{workflow.name}' "
-            f"({len(found)} violation{'s' if len(found) != 1 else ''}).",
-            code="validation_failed", extra={"errors": found})
+            f"The body does not match the input schema of workflow '{workflow.name}': "
+            f"{describe(found)}.", code="validation_failed", extra={"errors": found})
 
 
 def _actor_label(user, key) -> str:
@@ -208,21 +193,53 @@ def work_item_cancel(*, item: WorkItem, user=None, key=None, reason: str = "",
         steps = list(Step.objects.filter(workflow_id=locked.workflow_id))
         step = steps[locked.current_step] if locked.current_step < len(steps) else None
         _cancelable(locked, step)
-        WorkItem.objects.filter(pk=locked.pk).update(
-            status=WorkItem.Status.FAILED, error=_cancel_error(step, who, reason),
-            finished_at=now, next_run_at=None, lease_token="", waiting_on="",
-            waiting_since=None, waiting_detail={})
         StepRun.objects.filter(work_item=locked, status=StepRun.Status.WAITING).update(
             status=StepRun.Status.DISCARDED, finished_at=now)
-        provider_tickets_drop(work_id=locked.pk)
-        audit_record(event="work_item.canceled", org=locked.workflow.org, actor_user=user,
-                     actor_key_lookup=key.lookup_id if key else "", actor_label=who,
-                     obj=locked, ip=ip, now=now, extra={"reason": reason[:500]})
-        item_id = locked.pk
-        transaction.on_commit(lambda: work_item_finished.send(
-            sender=WorkItem, work_item=WorkItem.objects.get(pk=item_id)))
+        work_item_finish(item=locked, status=WorkItem.Status.FAILED, now=now,
+                         error=_cancel_error(step, who, reason), steps=steps,
+                         event="work_item.canceled", actor_user=user,
+                         actor_key_lookup=key.lookup_id if key else "", actor_label=who, ip=ip,
+                         extra={"reason": reason[:500]})
     item.refresh_from_db()
     return item
+
+
+def work_item_finish(*, item: WorkItem, status: str, now: datetime, output: Any = None,
+                     error: dict | None = None, lease_token: str | None = None,
+                     steps: list[Step] | None = None, event: str, actor_user=None,
+                     actor_key_lookup: str = "", actor_label: str = "", ip: str | None = None,
+                     extra: dict | None = None) -> bool:
+    """The one way a work item reaches `completed` or `failed`; False if it was not ours.
+
+    With `lease_token` it finishes only while that worker still holds the item (the
+    engine); without, the caller holds the row lock (a cancel). In one transaction: the
+    terminal state, the provider ticket dropped (only when a step of `steps` takes tickets;
+    None: always), the audit row `event`; after commit, `work_item_finished` is sent.
+    """
+    rows = WorkItem.objects.filter(pk=item.pk)
+    if lease_token is not None:
+        rows = rows.filter(lease_token=lease_token)
+    with transaction.atomic():
+        if rows.update(status=status, output=output, error=error, finished_at=now,
+                       next_run_at=None, lease_token="", waiting_on="", waiting_since=None,
+                       waiting_detail={}) != 1:
+            return False
+        if steps is None or any(_takes_tickets(step) for step in steps):
+            provider_tickets_drop(work_id=item.pk)
+        audit_record(event=event, org=item.workflow.org, actor_user=actor_user,
+                     actor_key_lookup=actor_key_lookup, actor_label=actor_label, obj=item,
+                     ip=ip, now=now, extra=extra)
+        transaction.on_commit(partial(_finished_announce, item.pk))
+    return True
+
+
+def _takes_tickets(step: Step) -> bool:
+    kind = REGISTRY.get(step.kind)
+    return kind is None or kind.uses_providers  # an unknown kind: drop, to be safe
+
+
+def _finished_announce(work_id) -> None:
+    work_item_finished.send(sender=WorkItem, work_item=WorkItem.objects.get(pk=work_id))
 
 
 def _cancelable(item: WorkItem, step: Step | None) -> None:

@@ -8,11 +8,12 @@ anything is listed. Values are never decrypted or printed.
 from django.core.management.base import BaseCommand
 
 from auxot.secrets import reference_problem
+from workflows.kinds.http import Http
 from workflows.models import Provider, Step
 
 
 def step_problems():
-    steps = Step.objects.filter(kind=Step.Kind.HTTP).select_related("workflow__org").order_by(
+    steps = Step.objects.filter(kind=Http.name).select_related("workflow__org").order_by(
         "workflow__org__slug", "workflow__slug", "position")
     for step in steps.iterator(chunk_size=500):
         config = step.config if isinstance(step.config, dict) else {}

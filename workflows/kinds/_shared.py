@@ -1,0 +1,92 @@
+"""Helpers several step kinds share: expression checks, config failures, retries, the send.
+
+Retries never hold a worker: a retryable failure returns Wait(..., "backoff") with
+`retry: True` in its detail, and the engine starts a new attempt when it comes due.
+"""
+
+import random
+from datetime import datetime, timedelta
+from typing import Any
+
+import jmespath
+import requests
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from jmespath.exceptions import JMESPathError
+
+from auxot.http import retry_after_seconds
+from auxot.outbound import RefusedDestination, outbound_request
+from auxot.timefmt import iso
+from workflows.kinds.base import Fail, Outcome, StepContext, StepKind, Wait
+
+
+def expression_check(expression: Any, what: str) -> None:
+    """Raise ValidationError unless `expression` is a string jmespath compiles."""
+    if not isinstance(expression, str) or not expression.strip():
+        raise ValidationError({"config": f"{what} must be a jmespath expression (a string)."})
+    try:
+        jmespath.compile(expression)
+    except JMESPathError as exc:
+        raise ValidationError({"config": f"{what}: invalid jmespath expression: {exc}"}) from None
+
+
+def config_failure(kind: StepKind, config: dict) -> Fail | None:
+    """The config checked again at run time (it may predate a rule): a Fail, or None if fine."""
+    try:
+        kind.validate_config(config)
+    except ValidationError as exc:
+        errors = exc.error_dict.values() if hasattr(exc, "error_dict") else [exc.error_list]
+        codes = {error.code for group in errors for error in group}
+        return Fail("ssrf_refused" if "ssrf_refused" in codes else "bad_config",
+                    "; ".join(exc.messages))
+    return None
+
+
+def backoff_seconds(attempt: int, retry_after: float | None = None) -> float:
+    """Exponential backoff with full jitter, never sooner than the server's Retry-After."""
+    base = settings.AUXOT_RETRY_BACKOFF_BASE_SECONDS
+    cap = settings.AUXOT_RETRY_BACKOFF_CAP_SECONDS
+    delay = random.uniform(base / 2, min(cap, base * 2 ** (attempt - 1)))
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, settings.AUXOT_RETRY_AFTER_MAX_SECONDS))
+    return delay
+
+
+def retry(ctx: StepContext, reason: str, code: str, retry_after: float | None = None
+          ) -> Outcome:
+    """Wait for the next attempt, or Fail with `code` once the attempts are used up."""
+    if ctx.attempt >= ctx.max_attempts:
+        return Fail(code, f"Gave up after {ctx.attempt} attempts; last: {reason}.")
+    until = ctx.now + timedelta(seconds=backoff_seconds(ctx.attempt, retry_after))
+    return Wait(until, "backoff", {
+        "retry": True, "reason": reason, "attempt": ctx.attempt,
+        "max_attempts": ctx.max_attempts, "until": iso(until),
+    })
+
+
+def retry_after(response: requests.Response, now: datetime) -> float | None:
+    return retry_after_seconds(response.headers.get("Retry-After"), now=now)
+
+
+def retryable(response: requests.Response) -> bool:
+    return response.status_code == 429 or response.status_code >= 500
+
+
+def safe_url(url: str) -> str:
+    return url.split("?", 1)[0]  # a query string may carry tokens: keep it out of errors
+
+
+def send(ctx: StepContext, method: str, url: str, *, headers: dict, body: Any,
+         timeout: float, code: str, purpose: str) -> requests.Response | Outcome:
+    """One request through the outbound guard (no redirects; `timeout` bounds the whole
+    exchange). Returns the response, or the outcome for a refusal or transport failure."""
+    headers = {**headers, "Idempotency-Key": ctx.idempotency_key}
+    try:
+        return outbound_request(method, url, purpose=purpose, headers=headers, json=body,
+                                timeout=timeout)
+    except RefusedDestination as exc:  # nothing was sent; retrying cannot help
+        return Fail("bad_request" if exc.code == "bad_url" else "ssrf_refused", str(exc))
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        return retry(ctx, f"{type(exc).__name__} calling {method} {safe_url(url)}", code)
+    except requests.RequestException as exc:
+        return Fail("http_error", f"{method} {safe_url(url)}: {type(exc).__name__}")

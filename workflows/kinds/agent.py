@@ -1,0 +1,154 @@
+"""`agent`: one chat-completions call to an OpenAI-compatible provider of the organization."""
+
+import json
+import re
+from datetime import timedelta
+from typing import Any
+
+import jmespath
+import requests
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from jmespath.exceptions import JMESPathError
+
+from auxot.secrets import SecretUnavailable, reference_resolve
+from workflows.kinds._shared import (
+    config_failure,
+    expression_check,
+    retry,
+    retry_after,
+    retryable,
+    send,
+)
+from workflows.kinds.base import Complete, Fail, Outcome, StepContext, StepKind, Wait
+
+TEMPLATE_FIELD = re.compile(r"\{\{\s*(.+?)\s*\}\}")
+
+
+def render_template(template: str, data: dict[str, Any]) -> str:
+    """`{{ <jmespath> }}` placeholders over {input, previous, steps}; nothing else runs.
+
+    Strings are inserted as they are; other values as JSON. No attribute access, no code:
+    a template can only read the data the step is given.
+    """
+
+    def field(match: re.Match) -> str:
+        value = jmespath.search(match.group(1), data)
+        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+    return TEMPLATE_FIELD.sub(field, template)
+
+
+def _check_template(template: Any, what: str) -> None:
+    if not isinstance(template, str) or not template.strip():
+        raise ValidationError({"config": f"{what} must be a non-empty string."})
+    for match in TEMPLATE_FIELD.finditer(template):
+        expression_check(match.group(1), f"{what} placeholder {{{{ {match.group(1)} }}}}")
+
+
+class Agent(StepKind):
+    """config: {"provider": "<name>", "prompt": "... {{ input.text }} ...",
+    "system": "...", "json_output": false, "temperature": 0.2, "max_tokens": 500}
+
+    The provider comes from `ctx.providers` (the engine's gate over the organization's
+    providers): it holds a slot of the provider's concurrency limit around the call.
+    """
+
+    name = "agent"
+    label = "Agent (AI provider)"
+    uses_providers = True
+
+    def validate_config(self, config: dict) -> None:
+        if not isinstance(config.get("provider"), str) or not config["provider"]:
+            raise ValidationError({"config": 'An agent needs {"provider": "<name>"}.'})
+        _check_template(config.get("prompt"), "prompt")
+        if "system" in config:
+            _check_template(config["system"], "system")
+        if not isinstance(config.get("json_output", False), bool):
+            raise ValidationError({"config": "json_output must be true or false."})
+        for name in ("temperature", "max_tokens"):
+            value = config.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(
+                    value, int | float)):
+                raise ValidationError({"config": f"{name} must be a number."})
+
+    def execute(self, ctx: StepContext) -> Outcome:
+        if failure := config_failure(self, ctx.config):
+            return failure
+        gate = ctx.providers
+        provider = gate.find(ctx.config["provider"]) if gate is not None else None
+        if provider is None:
+            return Fail("provider_missing", f"No active provider named "
+                                            f"'{ctx.config['provider']}'.")
+        slot = gate.acquire(provider)
+        if not slot.granted:
+            return Wait(ctx.now + timedelta(seconds=settings.AUXOT_PROVIDER_RECHECK_SECONDS),
+                        "provider", slot.detail())
+        try:
+            return self._call(ctx, provider)
+        finally:
+            gate.release(provider)
+
+    def _messages(self, ctx: StepContext) -> list[dict] | Fail:
+        try:
+            messages = [{"role": "user", "content": render_template(ctx.config["prompt"],
+                                                                    ctx.data)}]
+            if "system" in ctx.config:
+                messages.insert(0, {"role": "system",
+                                    "content": render_template(ctx.config["system"], ctx.data)})
+        except JMESPathError as exc:
+            return Fail("bad_expression", f"prompt placeholder: {exc}")
+        return messages
+
+    def _call(self, ctx: StepContext, provider) -> Outcome:
+        messages = self._messages(ctx)
+        if isinstance(messages, Fail):
+            return messages
+        payload: dict[str, Any] = {"model": provider.model, "messages": messages}
+        for name in ("temperature", "max_tokens"):
+            if ctx.config.get(name) is not None:
+                payload[name] = ctx.config[name]
+        if ctx.config.get("json_output"):
+            payload["response_format"] = {"type": "json_object"}
+        url = provider.base_url.rstrip("/") + "/chat/completions"
+        headers = {}
+        ref = provider.api_key_reference
+        if ref is not None:
+            try:
+                headers["Authorization"] = reference_resolve(org_id=provider.org_id, ref=ref,
+                                                               url=url)
+            except SecretUnavailable as exc:
+                return Fail(exc.code, f"Provider '{provider.name}' API key: {exc.message}")
+        response = send(ctx, "POST", url, headers=headers, body=payload,
+                         timeout=min(provider.timeout_seconds, ctx.timeout_seconds),
+                         code="provider_unavailable", purpose="agent")
+        if not isinstance(response, requests.Response):
+            return response
+        if retryable(response):
+            return retry(ctx, f"provider '{provider.name}' answered HTTP "
+                               f"{response.status_code}", "provider_unavailable",
+                          retry_after(response, ctx.now))
+        if response.status_code >= 300:
+            return Fail("provider_error", f"Provider '{provider.name}' answered HTTP "
+                                          f"{response.status_code}" + (
+                                              " (redirects are not followed)."
+                                              if response.status_code < 400 else "."))
+        return self._output(ctx, provider, response)
+
+    def _output(self, ctx: StepContext, provider, response: requests.Response) -> Outcome:
+        try:
+            body = response.json()
+            choice = body["choices"][0]
+            content = choice["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            return Fail("bad_agent_output", f"Provider '{provider.name}' did not answer in the "
+                                            "chat-completions shape.")
+        output = {"content": content, "model": body.get("model", provider.model),
+                  "finish_reason": choice.get("finish_reason"), "usage": body.get("usage")}
+        if ctx.config.get("json_output"):
+            try:
+                output["json"] = json.loads(content)
+            except (TypeError, ValueError):
+                return Fail("bad_agent_output", "json_output is on but the model's answer is "
+                                                "not valid JSON.")
+        return Complete(output)

@@ -1,0 +1,55 @@
+"""`approval`: a person approves or rejects; the item waits holding no worker."""
+
+from datetime import timedelta
+
+from django.core.exceptions import ValidationError
+from django.utils.dateparse import parse_datetime
+
+from auxot.timefmt import iso
+from workflows.kinds._shared import config_failure
+from workflows.kinds.base import Complete, Fail, Outcome, StepContext, StepKind, Wait
+
+NO_DEADLINE = timedelta(days=3650)
+MAX_DEADLINE_SECONDS = 90 * 24 * 3600
+
+
+class Approval(StepKind):
+    """config: {"instructions": "...", "deadline_seconds": N (optional)}.
+
+    Waits until `work_item_decide` records a decision in the step's state and wakes the
+    item; past the deadline it fails with `approval_timeout`.
+    """
+
+    name = "approval"
+    label = "Approval (human)"
+
+    def validate_config(self, config: dict) -> None:
+        if not isinstance(config.get("instructions", ""), str):
+            raise ValidationError({"config": "instructions must be a string."})
+        deadline = config.get("deadline_seconds")
+        if deadline is not None and (isinstance(deadline, bool) or not isinstance(
+                deadline, int | float) or not 0 < deadline <= MAX_DEADLINE_SECONDS):
+            raise ValidationError({"config": "deadline_seconds must be 0 < n <= 90 days."})
+
+    def execute(self, ctx: StepContext) -> Outcome:
+        if failure := config_failure(self, ctx.config):
+            return failure
+        seconds = ctx.config.get("deadline_seconds")
+        deadline = ctx.now + timedelta(seconds=seconds) if seconds else None
+        return Wait(deadline or ctx.now + NO_DEADLINE, "approval", {
+            "deadline": iso(deadline), "instructions": ctx.config.get("instructions", ""),
+        })
+
+    def resume(self, ctx: StepContext) -> Outcome:
+        decision = ctx.state.get("decision")
+        if decision == "approve":
+            return Complete({key: ctx.state.get(key)
+                             for key in ("decision", "decided_by", "decided_at", "comment")})
+        if decision == "reject":
+            comment = ctx.state.get("comment") or "no comment"
+            return Fail("rejected", f"Rejected by {ctx.state.get('decided_by')}: {comment}")
+        deadline = parse_datetime(ctx.state.get("deadline") or "")
+        if deadline is not None and ctx.now >= deadline:
+            return Fail("approval_timeout", f"Nobody approved step '{ctx.step_name}' before "
+                                            f"its deadline {iso(deadline)}.")
+        return Wait(deadline or ctx.now + NO_DEADLINE, "approval", ctx.state)

@@ -1,0 +1,92 @@
+"""What every step kind is made of: the context it runs in, the outcomes it returns, its base.
+
+A kind does not write step results: the engine stores what the outcome says. That keeps
+"exactly once per step" in one place (the engine). A kind never imports the models: what it
+needs from the database (the agent's provider slots) the engine hands it in the context.
+"""
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+
+class ProviderSlot(Protocol):
+    """The answer to "may I call the provider now?"; `detail()` says who is ahead if not."""
+
+    granted: bool
+
+    def detail(self) -> dict: ...
+
+
+class ProviderGate(Protocol):
+    """The organization's AI providers as an agent step sees them, for one work item."""
+
+    def find(self, name: str) -> Any | None: ...
+
+    def acquire(self, provider: Any) -> ProviderSlot: ...
+
+    def release(self, provider: Any) -> None: ...
+
+
+@dataclass
+class StepContext:
+    data: dict[str, Any]  # {"input": ..., "previous": ..., "steps": {name: output}}
+    config: dict[str, Any]
+    state: dict[str, Any]  # what the step stored when it last waited
+    now: datetime
+    step_name: str = ""
+    idempotency_key: str = ""  # work id + step position, stable across attempts
+    attempt: int = 1
+    max_attempts: int = 1
+    timeout_seconds: int = 60  # the step's lease: a call must finish well inside it
+    work_id: Any = None
+    org_id: Any = None
+    providers: ProviderGate | None = None  # given to kinds that declare `uses_providers`
+
+
+@dataclass
+class Complete:
+    output: Any
+
+
+@dataclass
+class Wait:
+    until: datetime
+    waiting_on: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Fail:
+    code: str
+    message: str
+    extra: dict[str, Any] = field(default_factory=dict)  # merged into the item's error
+
+
+Outcome = Complete | Wait | Fail
+
+
+class StepKind(ABC):
+    """One kind of step. `execute` starts an attempt; `resume` continues one that waited.
+
+    `name` is what `Step.kind` stores; `label` is what the admin shows.
+    """
+
+    name: str
+    label: str
+    uses_providers: bool = False  # takes provider tickets: the engine drops them at the end
+
+    @abstractmethod
+    def validate_config(self, config: dict) -> None:
+        """Raise ValidationError({"config": ...}) unless `config` is runnable."""
+
+    def validate_references(self, config: dict, *, org_id: Any) -> None:
+        """Checks that need the step's organization (secrets); `config` is valid already."""
+        return None
+
+    @abstractmethod
+    def execute(self, ctx: StepContext) -> Outcome: ...
+
+    def resume(self, ctx: StepContext) -> Outcome:
+        return self.execute(ctx)

@@ -1,0 +1,155 @@
+"""`http`: one request through the outbound guard, retried with backoff on 429/5xx."""
+
+import json
+import re
+from typing import Any
+
+import jmespath
+import requests
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from jmespath.exceptions import JMESPathError
+
+from auxot.outbound import RefusedDestination, url_check
+from auxot.secrets import SecretUnavailable, reference_parse, reference_problem, reference_resolve
+from workflows.kinds._shared import (
+    config_failure,
+    expression_check,
+    retry,
+    retry_after,
+    retryable,
+    safe_url,
+    send,
+)
+from workflows.kinds.base import Complete, Fail, Outcome, StepContext, StepKind
+
+METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE"}
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$")  # an RFC 9110 token
+DEFAULT_RESPONSE_HEADERS = ["content-type", "location", "etag", "retry-after"]
+MAX_TEXT = 65536
+
+
+def response_body(response: requests.Response) -> dict[str, Any]:
+    try:
+        return {"json": response.json()}
+    except ValueError:
+        return {"text": response.text[:MAX_TEXT]}
+
+
+def _url_validate(url: str) -> None:
+    """The outbound policy at save time, so an admin sees a refused URL before it runs."""
+    try:
+        url_check(url, purpose="http")
+    except RefusedDestination as exc:
+        raise ValidationError({"config": ValidationError(f"url: {exc}", code=exc.code)}
+                              ) from None
+
+
+class Http(StepKind):
+    """config:
+    {"method": "POST", "url": "https://..." | "url_expression": "<jmespath>",
+     "headers": {"X-Ticket": "<jmespath>"}, "body": "<jmespath>",
+     "secret_headers": {"Authorization": {"secret": "CRM_TOKEN", "prefix": "Bearer "}},
+     "timeout_seconds": 10, "response_headers": ["etag"]}
+    """
+
+    name = "http"
+    label = "HTTP request"
+
+    def validate_config(self, config: dict) -> None:
+        method = config.get("method", "GET")
+        if not isinstance(method, str) or method.upper() not in METHODS:
+            raise ValidationError({"config": f"method must be one of {sorted(METHODS)}."})
+        if ("url" in config) == ("url_expression" in config):
+            raise ValidationError({"config": 'Give exactly one of "url" or "url_expression".'})
+        if "url" in config:
+            url = config["url"]
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                raise ValidationError({"config": "url must be an absolute http(s) URL."})
+            _url_validate(url)
+        else:
+            expression_check(config["url_expression"], "url_expression")
+        headers = config.get("headers", {})
+        if not isinstance(headers, dict):
+            raise ValidationError({"config": "headers must map names to jmespath expressions."})
+        for name, expression in headers.items():
+            expression_check(expression, f"headers.{name}")
+        if "body" in config:
+            expression_check(config["body"], "body")
+        self._validate_secrets(config.get("secret_headers", {}))
+        timeout = config.get("timeout_seconds", settings.AUXOT_HTTP_TIMEOUT_SECONDS)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not (
+                0 < timeout <= 600):
+            raise ValidationError({"config": "timeout_seconds must be 0 < n <= 600."})
+        wanted = config.get("response_headers", [])
+        if not isinstance(wanted, list) or not all(isinstance(h, str) for h in wanted):
+            raise ValidationError({"config": "response_headers must be a list of names."})
+
+    def _validate_secrets(self, secrets: Any) -> None:
+        """Shape only: whether each reference resolves in the org is `validate_references`."""
+        if not isinstance(secrets, dict):
+            raise ValidationError({"config": "secret_headers must be an object."})
+        for name, ref in secrets.items():
+            if not HEADER_NAME.match(name):
+                raise ValidationError({"config": f"secret_headers: {name!r} is not a header "
+                                                 "name."})
+            try:
+                reference_parse(ref)
+            except ValueError as exc:
+                raise ValidationError({"config": f"secret_headers.{name} {exc}: the value "
+                                                 "is never stored in the step."}) from None
+
+    def validate_references(self, config: dict, *, org_id: Any) -> None:
+        url = config.get("url")  # a url_expression's host is only known at run time
+        problems = [f"secret_headers.{name}: {problem}"
+                    for name, ref in config.get("secret_headers", {}).items()
+                    if (problem := reference_problem(org_id=org_id, ref=ref, url=url))]
+        if problems:
+            raise ValidationError({"config": problems})
+
+    def _request(self, ctx: StepContext) -> tuple[str, str, dict, Any] | Fail:
+        config = ctx.config
+        try:
+            url = config.get("url") or jmespath.search(config["url_expression"], ctx.data)
+            headers = {name: jmespath.search(expr, ctx.data)
+                       for name, expr in config.get("headers", {}).items()}
+            body = jmespath.search(config["body"], ctx.data) if "body" in config else None
+        except JMESPathError as exc:
+            return Fail("bad_expression", f"jmespath error: {exc}")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            return Fail("bad_request", "The URL expression did not give an http(s) URL.")
+        headers = {k: v if isinstance(v, str) else json.dumps(v)
+                   for k, v in headers.items() if v is not None}
+        # Resolved against the final URL, so host binding covers url_expression too.
+        for name, ref in config.get("secret_headers", {}).items():
+            try:
+                headers[name] = reference_resolve(org_id=ctx.org_id, ref=ref, url=url)
+            except SecretUnavailable as exc:
+                return Fail(exc.code, f"Header {name}: {exc.message}")
+        return config.get("method", "GET").upper(), url, headers, body
+
+    def execute(self, ctx: StepContext) -> Outcome:
+        if failure := config_failure(self, ctx.config):
+            return failure
+        built = self._request(ctx)
+        if isinstance(built, Fail):
+            return built
+        method, url, headers, body = built
+        # Never wait past the step's lease: another worker would take the item over.
+        timeout = min(ctx.config.get("timeout_seconds", settings.AUXOT_HTTP_TIMEOUT_SECONDS),
+                      ctx.timeout_seconds)
+        response = send(ctx, method, url, headers=headers, body=body, timeout=timeout,
+                         code="http_retries_exhausted", purpose="http")
+        if not isinstance(response, requests.Response):
+            return response
+        if retryable(response):
+            return retry(ctx, f"HTTP {response.status_code} from {method} {safe_url(url)}",
+                          "http_retries_exhausted", retry_after(response, ctx.now))
+        if response.status_code >= 400:
+            return Fail("http_error", f"{method} {safe_url(url)} answered HTTP "
+                                      f"{response.status_code} (not retried: a client error).")
+        wanted = [h.lower() for h in ctx.config.get("response_headers", [])]
+        interesting = set(DEFAULT_RESPONSE_HEADERS) | set(wanted)
+        picked = {k.lower(): v for k, v in response.headers.items() if k.lower() in interesting}
+        return Complete({"status": response.status_code, "headers": picked,
+                         **response_body(response)})

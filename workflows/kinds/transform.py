@@ -1,0 +1,29 @@
+"""`transform`: one jmespath expression over {"input", "previous", "steps"}."""
+
+import jmespath
+from django.core.exceptions import ValidationError
+from jmespath.exceptions import JMESPathError
+
+from workflows.kinds._shared import expression_check
+from workflows.kinds.base import Complete, Fail, Outcome, StepContext, StepKind
+
+
+class Transform(StepKind):
+    """config: {"expression": "<jmespath>"}."""
+
+    name = "transform"
+    label = "Transform (jmespath)"
+
+    def validate_config(self, config: dict) -> None:
+        if not isinstance(config.get("expression"), str) or not config["expression"].strip():
+            raise ValidationError({"config": 'A transform needs {"expression": "<jmespath>"}.'})
+        expression_check(config["expression"], "expression")
+
+    def execute(self, ctx: StepContext) -> Outcome:
+        expression = ctx.config.get("expression")
+        if not isinstance(expression, str):
+            return Fail("bad_config", "The transform has no 'expression' in its config.")
+        try:
+            return Complete(jmespath.search(expression, ctx.data))
+        except JMESPathError as exc:
+            return Fail("bad_expression", f"jmespath error: {exc}")
