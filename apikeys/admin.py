@@ -45,10 +45,8 @@ class ApiKeyIssueForm(forms.ModelForm):
         if kind == ApiKey.Kind.TEAM:
             if not has_role(request, {ADMIN}, org.pk):
                 raise forms.ValidationError("Only organization admins issue team keys.")
-            if not org.has_teams:
-                raise forms.ValidationError(
-                    f"Team API keys are available on the Business and Enterprise plans; "
-                    f"{org.name} is on the {org.get_plan_display()} plan.")
+            if refusal := org.teams_refusal():
+                raise forms.ValidationError(refusal)
             if team is None:
                 self.add_error("team", "Pick the team this key acts for.")
             elif team.org_id != org.pk:

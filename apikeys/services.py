@@ -41,12 +41,8 @@ def apikey_issue(
     if team is not None:
         if team.org_id != org.pk:
             raise ApplicationError("That team belongs to another organization.")
-        if not org.has_teams:
-            raise ApplicationError(
-                "Team API keys are available on the Business and Enterprise plans; "
-                f"{org.name} is on the {org.get_plan_display()} plan.",
-                code="forbidden",
-            )
+        if refusal := org.teams_refusal():
+            raise ApplicationError(refusal, code="forbidden")
     elif not Membership.objects.filter(user=user, org=org).exists():
         raise ApplicationError("A personal key's owner must be a member of the organization.")
     kind = ApiKey.Kind.TEAM if team is not None else ApiKey.Kind.USER
@@ -116,12 +112,10 @@ def apikey_authenticate(*, token: str, now: datetime) -> ApiKey:
         raise UnauthorizedError("This API key has expired.")
     if key.user is not None and not key.user.is_active:
         raise UnauthorizedError("This API key's owner is deactivated.")
-    if key.kind == ApiKey.Kind.TEAM and not key.org.has_teams:
+    if key.kind == ApiKey.Kind.TEAM and (refusal := key.org.teams_refusal()):
         # The plan is read with the key (one joined SELECT): a downgrade stops team keys at
         # once, and an upgrade brings the same keys back.
-        raise UnauthorizedError(
-            "Team API keys need the Business or Enterprise plan; this key's organization is "
-            f"on the {key.org.get_plan_display()} plan.")
+        raise UnauthorizedError(refusal)
     _touch(key, now)
     return key
 

@@ -2,6 +2,7 @@ import csv
 import json
 
 from django import forms
+from django.apps import apps
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import StreamingHttpResponse
@@ -96,14 +97,25 @@ class AuditEventAdmin(OrgScopedAdmin):
 
     @admin.display(description="object")
     def object_link(self, obj: AuditEvent) -> str:
-        target = {"workflows.workitem": "admin:workflows_workitem_change",
-                  "auxot.secret": "admin:auxot_secret_change",
-                  "intakes.intake": "admin:intakes_intake_change",
-                  "apikeys.apikey": "admin:apikeys_apikey_change"}.get(obj.object_type)
-        if target and obj.object_id:
-            return format_html('<a href="{}">{} {}</a>', reverse(target, args=[obj.object_id]),
-                               obj.object_type, obj.object_id)
+        target = self._object_admin_url(obj)
+        if target:
+            return format_html('<a href="{}">{} {}</a>', target, obj.object_type, obj.object_id)
         return f"{obj.object_type} {obj.object_id}".strip()
+
+    def _object_admin_url(self, obj: AuditEvent) -> str:
+        """The audited object's admin page, found through the admin registry: the core names
+        no other app's pages. "" when its model has no admin page (or no longer exists)."""
+        if not obj.object_id:
+            return ""
+        try:
+            model = apps.get_model(obj.object_type)
+        except (LookupError, ValueError):
+            return ""
+        if not self.admin_site.is_registered(model):
+            return ""
+        opts = model._meta
+        return reverse(f"{self.admin_site.name}:{opts.app_label}_{opts.model_name}_change",
+                       args=[obj.object_id])
 
     def get_urls(self):
         export = self.admin_site.admin_view(self.export_csv)

@@ -6,4 +6,4 @@ class AuxotConfig(AppConfig):
     verbose_name = "Organizations and audit"
 
     def ready(self) -> None:
-        from auxot import checks, receivers  # noqa: F401 - registers the checks and receivers
+        from auxot import checks  # noqa: F401 - registers the checks

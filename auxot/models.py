@@ -30,6 +30,15 @@ class Organization(models.Model):
         """Team keys and team-assigned intakes exist on business and enterprise plans."""
         return self.plan in {self.Plan.BUSINESS, self.Plan.ENTERPRISE}
 
+    def teams_refusal(self) -> str:
+        """Why this organization may not use teams now, or "" when it may. The one wording
+        for every place that checks (key issue and use, intake team assignment, the admin)."""
+        if self.has_teams:
+            return ""
+        return ("Teams (team API keys, team-assigned intakes) are available on the Business "
+                f"and Enterprise plans; this organization is on the {self.get_plan_display()} "
+                "plan.")
+
 
 class Team(models.Model):
     org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="teams")

@@ -2,6 +2,11 @@
 
 Every value read here fails loudly at start-up (ImproperlyConfigured) when it is
 present but malformed, so a typo in production never silently becomes a default.
+
+One section per concern, in this order: environment helpers; core and security; apps and
+middleware; templates and static files; database; public API; queue and engine; outbound
+requests and secrets; callbacks; admin and audit; logging. This module and auxot/urls.py
+are the composition root: the only core modules that name the other apps.
 """
 
 import ipaddress
@@ -19,6 +24,7 @@ from auxot.hosts import host_patterns_normalize
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
 
+# --- Environment helpers ------------------------------------------------------------------
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -84,6 +90,7 @@ def env_base_url(name: str) -> str:
     return raw
 
 
+# --- Core and security --------------------------------------------------------------------
 DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = env_str("SECRET_KEY")
 if not SECRET_KEY:
@@ -97,8 +104,20 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 # request's own scheme and host are used.
 AUXOT_PUBLIC_BASE_URL = env_base_url("AUXOT_PUBLIC_BASE_URL")
 
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+# --- Apps and middleware ------------------------------------------------------------------
 INSTALLED_APPS = [
-    # Our apps first: workflows overrides django-q2's `qcluster` command.
+    # Our apps first: workflows overrides django-q2's `qcluster` command, and intakes'
+    # templates (the admin index's Tools box) override the admin's own.
     "auxot",
     "apikeys",
     "workflows",
@@ -111,6 +130,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "django_q",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI / Redoc assets served locally, no CDN
 ]
 
 MIDDLEWARE = [
@@ -127,6 +148,7 @@ MIDDLEWARE = [
 ROOT_URLCONF = "auxot.urls"
 WSGI_APPLICATION = "auxot.wsgi.application"
 
+# --- Templates and static files -----------------------------------------------------------
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
@@ -142,7 +164,16 @@ TEMPLATES = [
     },
 ]
 
-# --- Database -------------------------------------------------------------------------
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "staticfiles"
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns on every request otherwise
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True
+
+# --- Database ------------------------------------------------------------------------------
 # Connection budget. A web process (auxot/wsgi.py sets AUXOT_WEB_PROCESS) serves many threads
 # but borrows from a psycopg pool of at most DB_POOL_MAX_SIZE connections, whatever
 # GUNICORN_THREADS says. Every other process (qcluster's sentinel, pusher, monitor and
@@ -199,26 +230,7 @@ if DB_POOLED:
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-AUTH_PASSWORD_VALIDATORS = [
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
-    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
-]
-
-LANGUAGE_CODE = "en-us"
-TIME_ZONE = "UTC"
-USE_I18N = True
-USE_TZ = True
-
-STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "staticfiles"
-STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns on every request otherwise
-STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
-}
-WHITENOISE_USE_FINDERS = True
-
-# --- Public API --------------------------------------------------------------------------
+# --- Public API ---------------------------------------------------------------------------
 AUXOT_MAX_BODY_BYTES = env_int("AUXOT_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = AUXOT_MAX_BODY_BYTES
 # A key's last_used_at is written at most once per this many seconds (not on every call).
@@ -235,9 +247,52 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": [],
     "EXCEPTION_HANDLER": "auxot.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Auxot API",
+    "DESCRIPTION": (
+        "Trigger a workflow with one authenticated POST, get `202` and a `work_id`, then poll "
+        "(optionally long-poll with `?wait=N`) until the work item is `completed` or `failed`. "
+        "Errors are `application/problem+json` (RFC 9457)."
+    ),
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    "SCHEMA_PATH_PREFIX": r"/v1",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",  # assets served by whitenoise from the sidecar, no CDN
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "PREPROCESSING_HOOKS": ["intakes.openapi.only_public_api"],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "intakes.openapi.link_trigger_to_poll",
+    ],
+}
+# ?wait=N on the poll: the longest N accepted, how often a waiting request rechecks, and how
+# many requests one web process lets wait at once (beyond that, wait is answered at once so
+# long-polls can never take every server thread; keep it below gunicorn's `threads`).
+AUXOT_LONG_POLL_MAX_SECONDS = env_int("AUXOT_LONG_POLL_MAX_SECONDS", 30, minimum=1)
+AUXOT_LONG_POLL_RECHECK_SECONDS = env_float("AUXOT_LONG_POLL_RECHECK_SECONDS", 0.25,
+                                            minimum=0.01)
+AUXOT_LONG_POLL_MAX_WAITERS = env_int("AUXOT_LONG_POLL_MAX_WAITERS", 24, minimum=0)
+# Idempotency-Key records are kept at least this long (the IETF draft and Stripe: 24 h).
+AUXOT_IDEMPOTENCY_TTL_HOURS = env_int("AUXOT_IDEMPOTENCY_TTL_HOURS", 24, minimum=24)
+# PostgreSQL: how long a retry waits for an in-flight first request before answering 409.
+AUXOT_IDEMPOTENCY_WAIT_MS = env_int("AUXOT_IDEMPOTENCY_WAIT_MS", 2000, minimum=1)
+# Fixed-window rate limits on accepted triggers; 0 switches a limit off.
+AUXOT_RATE_LIMIT_WINDOW_SECONDS = env_int("AUXOT_RATE_LIMIT_WINDOW_SECONDS", 60, minimum=1)
+AUXOT_RATE_LIMIT_KEY = env_int("AUXOT_RATE_LIMIT_KEY", 1200, minimum=0)
+AUXOT_RATE_LIMIT_INTAKE = env_int("AUXOT_RATE_LIMIT_INTAKE", 6000, minimum=0)
+AUXOT_RATE_LIMIT_ORG = env_int("AUXOT_RATE_LIMIT_ORG", 20000, minimum=0)
+# Active (unrevoked, unexpired) personal keys one user may hold in one organization.
+AUXOT_MAX_KEYS_PER_USER = env_int("AUXOT_MAX_KEYS_PER_USER", 20, minimum=0)
+# bench/ only: mounts the two ceiling views (one INSERT + COMMIT, one GET by pk).
+AUXOT_BENCH_CEILINGS = env_bool("AUXOT_BENCH_CEILINGS", False)
 
-# --- Engine ------------------------------------------------------------------------------
+# --- Queue and engine ---------------------------------------------------------------------
 # Steps get this long before their lease expires and the sweeper hands them to another worker.
 AUXOT_STEP_TIMEOUT_SECONDS = env_int("AUXOT_STEP_TIMEOUT_SECONDS", 60, minimum=1)
 AUXOT_STEP_MAX_ATTEMPTS = env_int("AUXOT_STEP_MAX_ATTEMPTS", 3, minimum=1)
@@ -276,48 +331,22 @@ if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
 else:
     Q_CLUSTER["orm"] = "default"
-    # The ORM broker's latency is about poll/2 + 10 ms (MEASURED.md).
+    # The ORM broker's latency is about poll/2 + 10 ms (measured with bench/).
     Q_CLUSTER["poll"] = env_float("AUXOT_ORM_POLL_SECONDS", 0.05, minimum=0.01)
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {
-        # django-q2 logs an INFO line per task: keep the hot path quiet.
-        "django-q": {"level": env_str("Q_LOG_LEVEL", "WARNING")},
-    },
-}
+# Step kinds: an http step's request timeout when its config names none.
+AUXOT_HTTP_TIMEOUT_SECONDS = env_float("AUXOT_HTTP_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+# Retries (http and agent): exponential backoff with jitter, base * 2^(attempt-1) capped,
+# never sooner than the server's Retry-After (itself capped).
+AUXOT_RETRY_BACKOFF_BASE_SECONDS = env_float("AUXOT_RETRY_BACKOFF_BASE_SECONDS", 2.0,
+                                             minimum=0.01)
+AUXOT_RETRY_BACKOFF_CAP_SECONDS = env_float("AUXOT_RETRY_BACKOFF_CAP_SECONDS", 300.0,
+                                            minimum=0.01)
+AUXOT_RETRY_AFTER_MAX_SECONDS = env_float("AUXOT_RETRY_AFTER_MAX_SECONDS", 3600.0, minimum=0)
+# An item waiting for a provider slot looks again this often (a release wakes it sooner).
+AUXOT_PROVIDER_RECHECK_SECONDS = env_float("AUXOT_PROVIDER_RECHECK_SECONDS", 2.0, minimum=0.1)
 
-# --- Callbacks (issue 4) -----------------------------------------------------------------
-# Seconds to wait before each attempt of a callback delivery (the first is "at once").
-# Length = the maximum number of attempts. Each delay gets +/- AUXOT_CALLBACK_JITTER.
-try:
-    AUXOT_CALLBACK_RETRY_SCHEDULE = [
-        float(part) for part in env_list(
-            "AUXOT_CALLBACK_RETRY_SCHEDULE", ["0", "5", "300", "1800", "7200", "18000", "36000",
-                                              "36000"])
-    ]
-except ValueError:
-    raise ImproperlyConfigured(
-        "AUXOT_CALLBACK_RETRY_SCHEDULE must be comma-separated seconds, e.g. 0,5,300") from None
-if not AUXOT_CALLBACK_RETRY_SCHEDULE or min(AUXOT_CALLBACK_RETRY_SCHEDULE) < 0:
-    raise ImproperlyConfigured("AUXOT_CALLBACK_RETRY_SCHEDULE needs at least one delay >= 0.")
-AUXOT_CALLBACK_JITTER = env_float("AUXOT_CALLBACK_JITTER", 0.1)
-if AUXOT_CALLBACK_JITTER > 1:
-    raise ImproperlyConfigured("AUXOT_CALLBACK_JITTER is a fraction between 0 and 1.")
-AUXOT_CALLBACK_TIMEOUT_SECONDS = env_float("AUXOT_CALLBACK_TIMEOUT_SECONDS", 15.0, minimum=0.1)
-# A receiver's Retry-After is honoured up to this many seconds.
-AUXOT_CALLBACK_RETRY_AFTER_MAX_SECONDS = env_int(
-    "AUXOT_CALLBACK_RETRY_AFTER_MAX_SECONDS", 3600, minimum=0)
-# After a secret rotation, deliveries carry the old and the new signature this long.
-AUXOT_CALLBACK_SECRET_ROTATION_HOURS = env_float("AUXOT_CALLBACK_SECRET_ROTATION_HOURS", 24.0)
-# Callbacks use https:// only unless this allows plain http:// (http steps and agent
-# providers may use either: the outbound address policy is what protects).
-AUXOT_CALLBACK_ALLOW_HTTP = env_bool("AUXOT_CALLBACK_ALLOW_HTTP", False)
-# --- Outbound requests (callbacks, http steps, agent providers) ----------------------------
+# --- Outbound requests (callbacks, http steps, agent providers) and secrets ---------------
 # Loopback/private/link-local/... destinations are refused unless listed here: CIDRs and
 # exact host names (comma-separated) for an install's own receivers.
 # AUXOT_CALLBACK_ALLOWED_NETWORKS is the deprecated name of the networks list (merged in).
@@ -335,77 +364,7 @@ for _host in AUXOT_OUTBOUND_ALLOWED_HOSTS:
     if not _host or any(c in _host for c in "/:@%[]\\ ") or "*" in _host:
         raise ImproperlyConfigured(
             f"AUXOT_OUTBOUND_ALLOWED_HOSTS: {_host!r} is not an exact host name.")
-# --- Callers' toolkit: OpenAPI, long-poll (issue 7) ---------------------------------------
-INSTALLED_APPS += ["drf_spectacular", "drf_spectacular_sidecar"]
-REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "drf_spectacular.openapi.AutoSchema"
-SPECTACULAR_SETTINGS = {
-    "TITLE": "Auxot API",
-    "DESCRIPTION": (
-        "Trigger a workflow with one authenticated POST, get `202` and a `work_id`, then poll "
-        "(optionally long-poll with `?wait=N`) until the work item is `completed` or `failed`. "
-        "Errors are `application/problem+json` (RFC 9457)."
-    ),
-    "VERSION": "1",
-    "SERVE_INCLUDE_SCHEMA": False,
-    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
-    "SERVE_AUTHENTICATION": [],
-    "SCHEMA_PATH_PREFIX": r"/v1",
-    "COMPONENT_SPLIT_REQUEST": True,
-    "SWAGGER_UI_DIST": "SIDECAR",  # assets served by whitenoise from the sidecar, no CDN
-    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
-    "REDOC_DIST": "SIDECAR",
-    "PREPROCESSING_HOOKS": ["intakes.openapi.only_public_api"],
-    "POSTPROCESSING_HOOKS": [
-        "drf_spectacular.hooks.postprocess_schema_enums",
-        "intakes.openapi.link_trigger_to_poll",
-    ],
-}
-# ?wait=N on the poll: the longest N accepted, how often a waiting request rechecks, and how
-# many requests one web process lets wait at once (beyond that, wait is answered at once so
-# long-polls can never take every server thread; keep it below gunicorn's `threads`).
-AUXOT_LONG_POLL_MAX_SECONDS = env_int("AUXOT_LONG_POLL_MAX_SECONDS", 30, minimum=1)
-AUXOT_LONG_POLL_RECHECK_SECONDS = env_float("AUXOT_LONG_POLL_RECHECK_SECONDS", 0.25,
-                                            minimum=0.01)
-AUXOT_LONG_POLL_MAX_WAITERS = env_int("AUXOT_LONG_POLL_MAX_WAITERS", 24, minimum=0)
-# --- Robustness: idempotency, rate limits, rejection audit, bench (issue 6) ---------------
-# Idempotency-Key records are kept at least this long (the IETF draft and Stripe: 24 h).
-AUXOT_IDEMPOTENCY_TTL_HOURS = env_int("AUXOT_IDEMPOTENCY_TTL_HOURS", 24, minimum=24)
-# PostgreSQL: how long a retry waits for an in-flight first request before answering 409.
-AUXOT_IDEMPOTENCY_WAIT_MS = env_int("AUXOT_IDEMPOTENCY_WAIT_MS", 2000, minimum=1)
-# Fixed-window rate limits on accepted triggers; 0 switches a limit off.
-AUXOT_RATE_LIMIT_WINDOW_SECONDS = env_int("AUXOT_RATE_LIMIT_WINDOW_SECONDS", 60, minimum=1)
-AUXOT_RATE_LIMIT_KEY = env_int("AUXOT_RATE_LIMIT_KEY", 1200, minimum=0)
-AUXOT_RATE_LIMIT_INTAKE = env_int("AUXOT_RATE_LIMIT_INTAKE", 6000, minimum=0)
-AUXOT_RATE_LIMIT_ORG = env_int("AUXOT_RATE_LIMIT_ORG", 20000, minimum=0)
-# Active (unrevoked, unexpired) personal keys one user may hold in one organization.
-AUXOT_MAX_KEYS_PER_USER = env_int("AUXOT_MAX_KEYS_PER_USER", 20, minimum=0)
-# intake.rejected audit rows per web process per minute (all sources, and per IP + reason);
-# beyond that rejections are counted and the count is written with the next row.
-AUXOT_REJECTION_AUDIT_PER_MINUTE = env_int("AUXOT_REJECTION_AUDIT_PER_MINUTE", 120, minimum=0)
-AUXOT_REJECTION_AUDIT_PER_SOURCE = env_int("AUXOT_REJECTION_AUDIT_PER_SOURCE", 10, minimum=0)
-# bench/ only: mounts the two ceiling views (one INSERT + COMMIT, one GET by pk).
-AUXOT_BENCH_CEILINGS = env_bool("AUXOT_BENCH_CEILINGS", False)
-# Django logs a WARNING line per 4xx: a flood of bad requests would flood the log.
-# Rejections at the intake endpoints are audited (budgeted) instead; 5xx still log.
-LOGGING["loggers"]["django.request"] = {"level": env_str("REQUEST_LOG_LEVEL", "ERROR")}
-# --- Step kinds: http, approval, agent (issue 3) ---------------------------------------
-# An http step's request timeout when its config names none.
-AUXOT_HTTP_TIMEOUT_SECONDS = env_float("AUXOT_HTTP_TIMEOUT_SECONDS", 10.0, minimum=0.1)
-# Retries (http and agent): exponential backoff with jitter, base * 2^(attempt-1) capped,
-# never sooner than the server's Retry-After (itself capped).
-AUXOT_RETRY_BACKOFF_BASE_SECONDS = env_float("AUXOT_RETRY_BACKOFF_BASE_SECONDS", 2.0,
-                                             minimum=0.01)
-AUXOT_RETRY_BACKOFF_CAP_SECONDS = env_float("AUXOT_RETRY_BACKOFF_CAP_SECONDS", 300.0,
-                                            minimum=0.01)
-AUXOT_RETRY_AFTER_MAX_SECONDS = env_float("AUXOT_RETRY_AFTER_MAX_SECONDS", 3600.0, minimum=0)
-# An item waiting for a provider slot looks again this often (a release wakes it sooner).
-AUXOT_PROVIDER_RECHECK_SECONDS = env_float("AUXOT_PROVIDER_RECHECK_SECONDS", 2.0, minimum=0.1)
-# --- Admin and audit log (issue 5) ---------------------------------------------------------
-# `intake.rejected` audit rows older than this are pruned (hourly, from the ticker);
-# every other audit row is kept forever.
-AUXOT_AUDIT_REJECTED_RETENTION_DAYS = env_int("AUXOT_AUDIT_REJECTED_RETENTION_DAYS", 30,
-                                              minimum=1)
-# --- Secrets --------------------------------------------------------------------------------
+
 # Steps and providers read only their organization's secrets (Secrets in the admin). The
 # one escape hatch is the operator's: {"<org slug>": ["ENV_NAME", ...]} lets that org's
 # {"env": "ENV_NAME"} references read the worker's environment (sent to any host), and
@@ -448,3 +407,56 @@ def env_operator_secrets(name: str) -> dict[str, dict[str, list[str] | None]]:
 
 
 AUXOT_OPERATOR_SECRETS = env_operator_secrets("AUXOT_OPERATOR_SECRETS")
+
+# --- Callbacks ----------------------------------------------------------------------------
+# Seconds to wait before each attempt of a callback delivery (the first is "at once").
+# Length = the maximum number of attempts. Each delay gets +/- AUXOT_CALLBACK_JITTER.
+try:
+    AUXOT_CALLBACK_RETRY_SCHEDULE = [
+        float(part) for part in env_list(
+            "AUXOT_CALLBACK_RETRY_SCHEDULE", ["0", "5", "300", "1800", "7200", "18000", "36000",
+                                              "36000"])
+    ]
+except ValueError:
+    raise ImproperlyConfigured(
+        "AUXOT_CALLBACK_RETRY_SCHEDULE must be comma-separated seconds, e.g. 0,5,300") from None
+if not AUXOT_CALLBACK_RETRY_SCHEDULE or min(AUXOT_CALLBACK_RETRY_SCHEDULE) < 0:
+    raise ImproperlyConfigured("AUXOT_CALLBACK_RETRY_SCHEDULE needs at least one delay >= 0.")
+AUXOT_CALLBACK_JITTER = env_float("AUXOT_CALLBACK_JITTER", 0.1)
+if AUXOT_CALLBACK_JITTER > 1:
+    raise ImproperlyConfigured("AUXOT_CALLBACK_JITTER is a fraction between 0 and 1.")
+AUXOT_CALLBACK_TIMEOUT_SECONDS = env_float("AUXOT_CALLBACK_TIMEOUT_SECONDS", 15.0, minimum=0.1)
+# A receiver's Retry-After is honoured up to this many seconds.
+AUXOT_CALLBACK_RETRY_AFTER_MAX_SECONDS = env_int(
+    "AUXOT_CALLBACK_RETRY_AFTER_MAX_SECONDS", 3600, minimum=0)
+# After a secret rotation, deliveries carry the old and the new signature this long.
+AUXOT_CALLBACK_SECRET_ROTATION_HOURS = env_float("AUXOT_CALLBACK_SECRET_ROTATION_HOURS", 24.0)
+# Callbacks use https:// only unless this allows plain http:// (http steps and agent
+# providers may use either: the outbound address policy is what protects).
+AUXOT_CALLBACK_ALLOW_HTTP = env_bool("AUXOT_CALLBACK_ALLOW_HTTP", False)
+
+# --- Admin and audit ----------------------------------------------------------------------
+# `intake.rejected` audit rows older than this are pruned (hourly, from the ticker);
+# every other audit row is kept forever.
+AUXOT_AUDIT_REJECTED_RETENTION_DAYS = env_int("AUXOT_AUDIT_REJECTED_RETENTION_DAYS", 30,
+                                              minimum=1)
+# intake.rejected audit rows per web process per minute (all sources, and per IP + reason);
+# beyond that rejections are counted and the count is written with the next row.
+AUXOT_REJECTION_AUDIT_PER_MINUTE = env_int("AUXOT_REJECTION_AUDIT_PER_MINUTE", 120, minimum=0)
+AUXOT_REJECTION_AUDIT_PER_SOURCE = env_int("AUXOT_REJECTION_AUDIT_PER_SOURCE", 10, minimum=0)
+
+# --- Logging ------------------------------------------------------------------------------
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {
+        # django-q2 logs an INFO line per task: keep the hot path quiet.
+        "django-q": {"level": env_str("Q_LOG_LEVEL", "WARNING")},
+        # Django logs a WARNING line per 4xx: a flood of bad requests would flood the log.
+        # Rejections at the intake endpoints are audited (budgeted) instead; 5xx still log.
+        "django.request": {"level": env_str("REQUEST_LOG_LEVEL", "ERROR")},
+    },
+}

@@ -1,10 +1,13 @@
+"""Root URLs: the composition root, with settings the only core module that names the apps."""
+
 from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from auxot import admin_views, views
+from auxot import views
+from intakes import admin_views
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
@@ -19,12 +22,14 @@ urlpatterns = [
 ]
 
 if settings.DEBUG:  # the demo's http example posts here; never mounted in production
-    urlpatterns.append(path("demo/echo", views.demo_echo, name="demo-echo"))
+    from intakes.demo.views import demo_echo
+
+    urlpatterns.append(path("demo/echo", demo_echo, name="demo-echo"))
 
 handler404 = "auxot.views.handler404"
 handler500 = "auxot.views.handler500"
 
-if settings.AUXOT_BENCH_CEILINGS:  # bench/ only: see auxot/bench_views.py
-    from auxot import bench_views
+if settings.AUXOT_BENCH_CEILINGS:  # bench/ only: see intakes/bench_views.py
+    from intakes import bench_views
 
     urlpatterns += bench_views.urlpatterns

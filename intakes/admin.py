@@ -40,10 +40,8 @@ class IntakeForm(forms.ModelForm):
             org = workflow.org
             if team.org_id != org.pk:
                 self.add_error("team", "That team belongs to another organization.")
-            elif not org.has_teams:
-                self.add_error("team", "Assigning an intake to a team needs the Business or "
-                               f"Enterprise plan; {org.name} is on the "
-                               f"{org.get_plan_display()} plan. Leave the team empty.")
+            elif refusal := org.teams_refusal():
+                self.add_error("team", f"{refusal} Leave the team empty.")
         return data
 
     def instance_workflow(self):

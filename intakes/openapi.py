@@ -234,7 +234,7 @@ _STATUS_TEXT = {
 }
 
 
-def problem_response(status: int) -> OpenApiResponse:
+def problem_schema(status: int) -> OpenApiResponse:
     examples = [
         OpenApiExample(code, value=problem_body(code, _EXAMPLE_DETAILS.get(code, title)),
                        response_only=True, status_codes=[str(status)],
@@ -247,7 +247,7 @@ def problem_response(status: int) -> OpenApiResponse:
 
 def problems(*statuses: int) -> dict:
     """`responses` entries for these statuses, as application/problem+json."""
-    return {(status, PROBLEM_CONTENT_TYPE): problem_response(status) for status in statuses}
+    return {(status, PROBLEM_CONTENT_TYPE): problem_schema(status) for status in statuses}
 
 
 # --- examples ------------------------------------------------------------------------------

@@ -43,11 +43,8 @@ def intake_create(
     if team is not None:
         if team.org_id != org.pk:
             raise ApplicationError("That team belongs to another organization.")
-        if not org.has_teams:
-            raise ApplicationError(
-                "Assigning an intake to a team needs the Business or Enterprise plan.",
-                code="forbidden",
-            )
+        if refusal := org.teams_refusal():
+            raise ApplicationError(refusal, code="forbidden")
     if callback_url:
         callback_url_checked(callback_url)
     now = timezone.now()
@@ -202,10 +199,8 @@ def intake_update(*, intake: Intake, changes: dict[str, Any], actor=None,
     if "team" in changes and team is not None:
         if team.org_id != intake.org_id:
             raise ApplicationError("That team belongs to another organization.")
-        if not intake.org.has_teams:
-            raise ApplicationError(
-                "Assigning an intake to a team needs the Business or Enterprise plan.",
-                code="forbidden")
+        if refusal := intake.org.teams_refusal():
+            raise ApplicationError(refusal, code="forbidden")
     if changes.get("callback_url"):
         callback_url_checked(changes["callback_url"])
     changed = [f for f in INTAKE_EDITABLE if f in changes and getattr(intake, f) != changes[f]]

@@ -110,7 +110,7 @@ def test_team_on_a_free_plan_is_a_clear_form_error(client, cast, workflow_a):
     _login(client, cast.admin_a)
     response = client.post(f"{INTAKES}add/", {"workflow": workflow_a.pk, "name": "T",
                                               "team": cast.team_a.pk, "callback_url": ""})
-    assert "needs the Business or Enterprise plan" in response.content.decode()
+    assert "available on the Business and Enterprise plans" in response.content.decode()
     assert not Intake.objects.filter(name="T").exists()
 
 

@@ -134,7 +134,7 @@ def test_team_key_gets_401_after_a_plan_downgrade_and_works_after_upgrade(
     work_id = trigger(api, intake.pk, token).json()["work_id"]
     _set_plan(cast.org_a, plan)
     body = _assert_401(trigger(api, intake.pk, token))
-    assert "Business or Enterprise" in body["detail"]
+    assert "Business and Enterprise" in body["detail"]
     _assert_401(api.get(f"/v1/intake/{intake.pk}/work/{work_id}", **bearer(token)))
     _assert_401(api.post(f"/v1/intake/{intake.pk}/work/{work_id}/cancel", **bearer(token)))
     assert WorkItem.objects.count() == 1

@@ -107,3 +107,19 @@ def test_accepted_work_is_audited_with_key_label_and_ip_and_no_body(api, cast, i
     assert event.object_id == response.json()["work_id"]
     assert (event.actor_label, event.ip) == ("member key", "203.0.113.9")
     assert "s3cr3t" not in str(event.extra) and member_token not in str(event.extra)
+
+
+def test_audit_row_links_to_its_objects_admin_page_only_when_there_is_one(cast, intake_a):
+    from django.contrib import admin
+
+    from auxot.admin import AuditEventAdmin
+
+    page = AuditEventAdmin(AuditEvent, admin.site)
+    linked = audit_record(event="intake.changed", org=cast.org_a, obj=intake_a)
+    assert f'href="/admin/intakes/intake/{intake_a.pk}/change/"' in page.object_link(linked)
+    unregistered = audit_record(event="x", org=cast.org_a, obj=cast.org_a.memberships.first())
+    unregistered.object_type = "auth.permission"
+    assert page.object_link(unregistered) == f"auth.permission {unregistered.object_id}"
+    gone = audit_record(event="x", org=cast.org_a)
+    gone.object_type, gone.object_id = "nosuchapp.model", "1"
+    assert page.object_link(gone) == "nosuchapp.model 1"

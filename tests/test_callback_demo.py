@@ -8,12 +8,12 @@ import sys
 import pytest
 import requests
 
-from auxot import demo
 from intakes.callbacks import (
     callback_delivery_create,
     callback_delivery_process,
     callback_delivery_redeliver,
 )
+from intakes.demo import seed as demo
 from intakes.services import intake_create
 from tests.callback_helpers import finished_item
 from tests.conftest import make_workflow

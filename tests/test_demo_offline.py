@@ -16,7 +16,7 @@ from django.test import Client, override_settings
 from django.urls import clear_url_caches
 
 import auxot.urls
-from auxot.demo import DEMO_ENV, demo_seed
+from intakes.demo.seed import DEMO_ENV, demo_seed
 from tests.processes import ROOT, Gunicorn, QCluster, process_env, wait_for
 from workflows.models import Step
 
@@ -26,7 +26,7 @@ DEMO_VARIABLES = ("AUXOT_DEMO_AGENT_BASE_URL", "AUXOT_DEMO_AGENT_MODEL", "AUXOT_
 
 @pytest.fixture
 def demo_env(monkeypatch, tmp_path):
-    monkeypatch.setattr("auxot.demo.SECRETS_FILE", tmp_path / "demo-secrets.json")
+    monkeypatch.setattr("intakes.demo.seed.SECRETS_FILE", tmp_path / "demo-secrets.json")
     for name in DEMO_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     return monkeypatch

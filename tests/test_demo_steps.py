@@ -1,12 +1,12 @@
 """The demo seeds one example workflow per step kind, idempotently."""
 
-from auxot.demo import demo_seed
+from intakes.demo.seed import demo_seed
 from intakes.models import Intake
 from workflows.models import Provider, Workflow
 
 
 def test_demo_seeds_one_example_per_kind_idempotently(db, monkeypatch, tmp_path):
-    monkeypatch.setattr("auxot.demo.SECRETS_FILE", tmp_path / "secrets.json")
+    monkeypatch.setattr("intakes.demo.seed.SECRETS_FILE", tmp_path / "secrets.json")
     for name in ("AUXOT_DEMO_AGENT_BASE_URL", "AUXOT_DEMO_AGENT_MODEL"):
         monkeypatch.delenv(name, raising=False)
     demo = demo_seed()

@@ -371,7 +371,7 @@ def test_deprecated_callback_networks_are_merged_into_the_outbound_list():
 
 
 def test_nothing_is_allowed_by_default_and_only_the_demo_opens_loopback():
-    from auxot.demo import DEMO_ENV
+    from intakes.demo.seed import DEMO_ENV
 
     done = _settings_in_subprocess({})
     assert done.returncode == 0, done.stderr

@@ -493,9 +493,9 @@ class TestSecretsCheck:
 
 
 def test_demo_seeds_the_agent_key_as_a_host_bound_org_secret(db, monkeypatch, tmp_path):
-    from auxot.demo import demo_seed
+    from intakes.demo.seed import demo_seed
 
-    monkeypatch.setattr("auxot.demo.SECRETS_FILE", tmp_path / "secrets.json")
+    monkeypatch.setattr("intakes.demo.seed.SECRETS_FILE", tmp_path / "secrets.json")
     monkeypatch.setenv("AUXOT_DEMO_AGENT_BASE_URL", "http://127.0.0.1:9999/v1")
     monkeypatch.setenv("AUXOT_DEMO_AGENT_MODEL", "tiny")
     monkeypatch.setenv("AUXOT_DEMO_AGENT_KEY_ENV", "DEMO_AI_KEY")

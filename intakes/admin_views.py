@@ -61,7 +61,7 @@ def poll_stuck(request):
             result = _explain(item)
     context = {**admin.site.each_context(request), "title": "Why is my poll stuck?",
                "form": form, "result": result, "not_found": NOT_FOUND if not_found else ""}
-    return TemplateResponse(request, "admin/auxot/poll_stuck.html", context)
+    return TemplateResponse(request, "admin/intakes/poll_stuck.html", context)
 
 
 def _explain(item: WorkItem) -> dict:

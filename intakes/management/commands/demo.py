@@ -10,7 +10,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
-from auxot.demo import DEMO_ENV, demo_seed
+from intakes.demo.seed import DEMO_ENV, demo_seed
 
 
 class Command(BaseCommand):
@@ -79,7 +79,7 @@ API docs: {base}/v1/docs
 """
 
     def _examples(self, base: str, demo) -> str:
-        from auxot.demo_steps import AGENT_ENABLE, ECHO_PATH
+        from intakes.demo.steps import AGENT_ENABLE, ECHO_PATH
 
         where = ("this demo's own echo endpoint: nothing leaves this machine"
                  if demo.http_url == f"{base}{ECHO_PATH}" else "AUXOT_DEMO_HTTP_URL")

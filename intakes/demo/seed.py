@@ -12,6 +12,7 @@ from apikeys.models import ApiKey
 from apikeys.services import apikey_digest_matches, apikey_issue
 from auxot.models import Membership, Organization
 from intakes.callbacks import intake_signing_secret_rotate
+from intakes.demo.steps import demo_http_url, demo_seed_step_examples
 from intakes.models import Intake
 from intakes.secrets import secret_decrypt
 from intakes.services import intake_create
@@ -38,7 +39,7 @@ class Demo:
     token: str
     signing_secret: str
     signing_secret_is_new: bool  # print it in full only when it was created or rotated
-    examples: list = field(default_factory=list)  # one per step kind (auxot/demo_steps.py)
+    examples: list = field(default_factory=list)  # one per step kind (intakes/demo/steps.py)
     http_url: str = ""  # where the http example posts
 
 
@@ -70,8 +71,6 @@ def _workflow(org: Organization) -> Workflow:
 
 def demo_seed(*, base_url: str = "http://127.0.0.1:8000") -> Demo:
     """Seed (or refresh) the demo; `base_url` is where its web process listens."""
-    from auxot.demo_steps import demo_http_url, demo_seed_step_examples
-
     http_url = demo_http_url(base_url)
     stored = _load_secrets()
     User = get_user_model()
