@@ -48,7 +48,7 @@ lint: $(VENV)/.installed
 clean:
 	rm -rf $(VENV) var
 
-# --- bench and drills (issue 6): PostgreSQL, gunicorn, wrk; see BENCHMARKS.md -------------
+# --- bench and drills: PostgreSQL, gunicorn, wrk; see BENCHMARKS.md -------------
 BENCH_DB ?= postgres://postgres@127.0.0.1:5432/auxot_bench
 .PHONY: bench drill
 bench: $(VENV)/.installed

@@ -89,7 +89,7 @@ def trigger(api: APIClient, intake_id, token: str, body=None, **extra):
                     format="json", **bearer(token), **extra)
 
 
-# --- Callbacks (issue 4): a real HTTP receiver on 127.0.0.1 and an intake pointing at it ---
+# --- Callbacks: a real HTTP receiver on 127.0.0.1 and an intake pointing at it ---
 @pytest.fixture(scope="session")
 def _receiver_server():
     from pytest_httpserver import HTTPServer
