@@ -10,6 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from auxot.errors import ApplicationError
+from auxot.http import client_ip
 from auxot.timefmt import iso
 from intakes.body import StrictJSONParser, json_body
 from intakes.idempotency import HEADER as IDEMPOTENCY_HEADER
@@ -34,10 +35,6 @@ MAX_CORRELATION_ID = 200
 def _absolute(request: Request, path: str) -> str:
     base = settings.AUXOT_PUBLIC_BASE_URL
     return f"{base}{path}" if base else request.build_absolute_uri(path)
-
-
-def _client_ip(request: Request) -> str | None:
-    return request.META.get("REMOTE_ADDR") or None
 
 
 def _correlation_id(request: Request) -> str:
@@ -68,7 +65,7 @@ class IntakeTriggerApi(PublicApi):
         payload = json_body(request._request)
         idempotency_key = idempotency_header_parse(request.headers.get(IDEMPOTENCY_HEADER))
         result = intake_trigger(intake=intake, key=request.auth, payload=payload,
-                                ip=_client_ip(request), correlation_id=_correlation_id(request),
+                                ip=client_ip(request), correlation_id=_correlation_id(request),
                                 callback_url=request.headers.get("Auxot-Callback-Url", ""),
                                 idempotency_key=idempotency_key)
         item = result.item
@@ -145,7 +142,7 @@ class WorkItemApprovalApi(PublicApi):
         data = _validated(self.InputSerializer, request.data,
                           'Send {"decision": "approve" | "reject", "comment": "..."}.')
         work_item_decide(item=item, decision=data["decision"], comment=data.get("comment") or "",
-                         user=request.auth.user, key=request.auth, ip=_client_ip(request))
+                         user=request.auth.user, key=request.auth, ip=client_ip(request))
         item.refresh_from_db()
         return Response(work_item_poll_view(item, intake=intake).body)
 
@@ -171,5 +168,5 @@ class WorkItemCancelApi(PublicApi):
         data = _validated(self.InputSerializer, request.data,
                           'Send no body, or {"reason": "..."} with at most 500 characters.')
         item = work_item_cancel(item=item, user=request.auth.user, key=request.auth,
-                                reason=data.get("reason", ""), ip=_client_ip(request))
+                                reason=data.get("reason", ""), ip=client_ip(request))
         return Response(work_item_poll_view(item, intake=intake).body)

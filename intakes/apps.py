@@ -7,3 +7,6 @@ class IntakesConfig(AppConfig):
 
     def ready(self) -> None:
         from intakes import receivers  # noqa: F401  (connects to workflows' signals)
+        from intakes.admin import engine_admin_extend
+
+        engine_admin_extend()
