@@ -10,7 +10,6 @@ from intakes.callbacks import (
     callback_deliveries_wake,
     callback_delivery_create,
 )
-from intakes.housekeeping import intakes_prune_due
 from workflows.signals import tick, work_item_finished
 
 logger = logging.getLogger(__name__)
@@ -34,9 +33,3 @@ def _on_tick(sender, now, **kwargs) -> None:
         _last_sweep = time.monotonic()
         callback_deliveries_sweep(now=now)
     callback_deliveries_wake(now=now)
-
-
-# --- Robustness (issue 6): prune idempotency records and rate windows from the ticker ---
-@receiver(tick, dispatch_uid="intakes_prune")
-def _prune_on_tick(sender, now, **kwargs) -> None:
-    intakes_prune_due(now=now)
