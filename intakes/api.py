@@ -12,7 +12,7 @@ from rest_framework.views import APIView
 from auxot.errors import ApplicationError
 from auxot.http import client_ip
 from auxot.timefmt import iso
-from intakes.body import StrictJSONParser, json_body
+from intakes.body import request_json
 from intakes.idempotency import HEADER as IDEMPOTENCY_HEADER
 from intakes.idempotency import idempotency_header_parse
 from intakes.longpoll import wait_parse, work_item_wait
@@ -62,7 +62,7 @@ class IntakeTriggerApi(PublicApi):
     @trigger_schema
     def post(self, request: Request, intake_id: str) -> Response:
         intake = intake_for_trigger(intake_id=intake_id, key=request.auth)
-        payload = json_body(request._request)
+        payload = request_json(request)
         idempotency_key = idempotency_header_parse(request.headers.get(IDEMPOTENCY_HEADER))
         result = intake_trigger(intake=intake, key=request.auth, payload=payload,
                                 ip=client_ip(request), correlation_id=_correlation_id(request),
@@ -127,8 +127,6 @@ class WorkItemApprovalApi(PublicApi):
     key's user must be an admin or member of the organization (auditors get 403).
     """
 
-    parser_classes = [StrictJSONParser]
-
     @extend_schema_serializer(component_name="Approval", examples=APPROVAL_EXAMPLES)
     class InputSerializer(serializers.Serializer):
         decision = serializers.ChoiceField(choices=["approve", "reject"])
@@ -153,8 +151,6 @@ class WorkItemCancelApi(PublicApi):
     Team keys may cancel work on their team's intakes; a personal key's user must be an
     admin or member (auditors get 403). Body optional: {"reason": "..."}.
     """
-
-    parser_classes = [StrictJSONParser]
 
     @extend_schema_serializer(component_name="Cancel", examples=CANCEL_EXAMPLES)
     class InputSerializer(serializers.Serializer):
