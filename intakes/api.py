@@ -13,12 +13,11 @@ from auxot.errors import ApplicationError
 from auxot.http import client_ip
 from auxot.timefmt import iso
 from intakes.body import request_json
-from intakes.idempotency import HEADER as IDEMPOTENCY_HEADER
-from intakes.idempotency import idempotency_header_parse
 from intakes.longpoll import wait_parse, work_item_wait
 from intakes.openapi import (
     APPROVAL_EXAMPLES,
     CANCEL_EXAMPLES,
+    TriggerHeadersSerializer,
     approval_schema,
     cancel_schema,
     trigger_schema,
@@ -29,20 +28,10 @@ from intakes.rejections import RejectionAuditMixin
 from intakes.services import intake_for_key, intake_for_trigger, intake_trigger, work_item_for_key
 from workflows.services import work_item_cancel, work_item_decide
 
-MAX_CORRELATION_ID = 200
-
 
 def _absolute(request: Request, path: str) -> str:
     base = settings.AUXOT_PUBLIC_BASE_URL
     return f"{base}{path}" if base else request.build_absolute_uri(path)
-
-
-def _correlation_id(request: Request) -> str:
-    value = request.headers.get("Auxot-Correlation-Id", "")
-    if len(value) > MAX_CORRELATION_ID or not all(" " <= c <= "~" for c in value):
-        raise ApplicationError(f"Auxot-Correlation-Id must be printable ASCII and at most "
-                               f"{MAX_CORRELATION_ID} characters.")
-    return value
 
 
 class PublicApi(RejectionAuditMixin, APIView):
@@ -63,11 +52,12 @@ class IntakeTriggerApi(PublicApi):
     def post(self, request: Request, intake_id: str) -> Response:
         intake = intake_for_trigger(intake_id=intake_id, key=request.auth)
         payload = request_json(request)
-        idempotency_key = idempotency_header_parse(request.headers.get(IDEMPOTENCY_HEADER))
+        headers = TriggerHeadersSerializer.from_headers(request.headers)
         result = intake_trigger(intake=intake, key=request.auth, payload=payload,
-                                ip=client_ip(request), correlation_id=_correlation_id(request),
+                                ip=client_ip(request),
+                                correlation_id=headers.get("correlation_id", ""),
                                 callback_url=request.headers.get("Auxot-Callback-Url", ""),
-                                idempotency_key=idempotency_key)
+                                idempotency_key=headers.get("idempotency_key"))
         item = result.item
         status_url = _absolute(request, reverse(
             "work-item-detail", kwargs={"intake_id": intake.pk, "work_id": item.pk}))
