@@ -7,6 +7,9 @@ next render of the key's page; only its digest is stored.
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db.models import Q
+from django.http import HttpResponseRedirect
+from django.urls import reverse
 from django.utils import timezone
 
 from apikeys.models import ApiKey
@@ -92,8 +95,6 @@ class ApiKeyAdmin(OrgScopedAdmin):
         roles = user_roles(request)
         wide = [org for org, role in roles.items() if role != MEMBER]
         own = [org for org, role in roles.items() if role == MEMBER]
-        from django.db.models import Q
-
         return qs.filter(Q(org_id__in=wide) | Q(org_id__in=own, user=request.user))
 
     def get_form(self, request, obj=None, change=False, **kwargs):
@@ -142,8 +143,9 @@ class ApiKeyAdmin(OrgScopedAdmin):
                               user=None if team_kind else request.user,
                               team=data["team"] if team_kind else None,
                               created_by=request.user, expires_at=data.get("expires_at"))
-        obj.__dict__.update({k: v for k, v in issued.key.__dict__.items() if k != "_state"})
-        obj._state.adding = False
+        # Django's add view goes on with `obj` (response_add): make it the stored row.
+        obj.pk = issued.key.pk
+        obj.refresh_from_db()
         request.session[SESSION_KEY] = {"id": str(issued.key.pk), "token": issued.token}
 
     def save_related(self, request, form, formsets, change):
@@ -153,9 +155,7 @@ class ApiKeyAdmin(OrgScopedAdmin):
         pass  # the service wrote the audit row
 
     def response_add(self, request, obj, post_url_continue=None):
-        from django.http import HttpResponseRedirect
-        from django.urls import reverse
-
+        # Straight to the key's page: it shows the token, once.
         return HttpResponseRedirect(reverse("admin:apikeys_apikey_change", args=[obj.pk]))
 
     def change_view(self, request, object_id, form_url="", extra_context=None):

@@ -168,9 +168,13 @@ class OrgScopedAdmin(admin.ModelAdmin):
         """`require_role` for one of this admin's objects (its organization via org_path)."""
         require_role(request, roles, obj, org_path=self.org_path)
 
-    def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
-        # Django redirects to the index with a message; another org's object is simply a 404.
-        raise Http404("Not found.")
+    def get_object(self, request, object_id, from_field=None):
+        """The object if this user may see it; otherwise 404 (Django would redirect to the
+        index saying it does not exist): another org's object looks exactly like none."""
+        obj = super().get_object(request, object_id, from_field)
+        if obj is None:
+            raise Http404("Not found.")
+        return obj
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         if not request.user.is_superuser:
@@ -231,9 +235,11 @@ class OrgScopedAdmin(admin.ModelAdmin):
 class ScopedInlineMixin:
     """Inlines follow their parent's change permission (auditors see them read-only)."""
 
+    def _parent_admin(self) -> admin.ModelAdmin:
+        return self.admin_site.get_model_admin(self.parent_model)
+
     def _parent_allows(self, request, obj) -> bool:
-        parent = self.admin_site._registry.get(self.parent_model)
-        return parent is not None and parent.has_change_permission(request, obj)
+        return self._parent_admin().has_change_permission(request, obj)
 
     def has_add_permission(self, request, obj=None):
         return self._parent_allows(request, obj)
@@ -245,5 +251,4 @@ class ScopedInlineMixin:
         return self._parent_allows(request, obj)
 
     def has_view_permission(self, request, obj=None):
-        parent = self.admin_site._registry.get(self.parent_model)
-        return parent is not None and parent.has_view_permission(request, obj)
+        return self._parent_admin().has_view_permission(request, obj)

@@ -2,9 +2,9 @@
 
 Every other audit row is kept forever. On PostgreSQL a trigger refuses UPDATE and DELETE on
 the table; the prune sets a transaction-local flag the trigger honours for rejected rows only.
+The prune runs hourly as a django-q2 schedule (see intakes/housekeeping.py).
 """
 
-import time
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -13,9 +13,7 @@ from django.db import connection, transaction
 from auxot.models import AuditEvent
 from auxot.services import audit_record
 
-PRUNE_EVERY_SECONDS = 3600.0
 REJECTED = "intake.rejected"
-_last = {"at": float("-inf")}
 
 
 def audit_rejected_prune(*, now: datetime) -> int:
@@ -36,11 +34,3 @@ def audit_rejected_prune(*, now: datetime) -> int:
                          extra={"event": REJECTED, "deleted": deleted, "retention_days": days,
                                 "before": cutoff.isoformat()})
     return deleted
-
-
-def audit_prune_due(*, now: datetime) -> int | None:
-    """At most hourly per process (the ticker calls it on every tick)."""
-    if time.monotonic() - _last["at"] < PRUNE_EVERY_SECONDS:
-        return None
-    _last["at"] = time.monotonic()
-    return audit_rejected_prune(now=now)

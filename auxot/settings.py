@@ -244,7 +244,7 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["apikeys.authentication.BearerKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["apikeys.authentication.HasApiKey"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": [],
+    "DEFAULT_PARSER_CLASSES": ["intakes.body.StrictJSONParser"],
     "EXCEPTION_HANDLER": "auxot.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -436,7 +436,7 @@ AUXOT_CALLBACK_SECRET_ROTATION_HOURS = env_float("AUXOT_CALLBACK_SECRET_ROTATION
 AUXOT_CALLBACK_ALLOW_HTTP = env_bool("AUXOT_CALLBACK_ALLOW_HTTP", False)
 
 # --- Admin and audit ----------------------------------------------------------------------
-# `intake.rejected` audit rows older than this are pruned (hourly, from the ticker);
+# `intake.rejected` audit rows older than this are pruned (hourly, by a django-q2 schedule);
 # every other audit row is kept forever.
 AUXOT_AUDIT_REJECTED_RETENTION_DAYS = env_int("AUXOT_AUDIT_REJECTED_RETENTION_DAYS", 30,
                                               minimum=1)

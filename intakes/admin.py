@@ -1,4 +1,8 @@
-"""Settings → Intakes: list, add (via intake_create), detail with snippets, deactivate."""
+"""Settings → Intakes: list, add (via intake_create), detail with snippets, deactivate.
+
+IntakeAdmin is composed here from OrgScopedAdmin and the callback mixin (admin_callbacks.py);
+the inlines this app adds to the engine's pages are handed over by `engine_admin_extend`.
+"""
 
 from datetime import timedelta
 
@@ -13,17 +17,17 @@ from django.utils.html import format_html, format_html_join
 
 from auxot.admin_base import MANAGERS, OrgScopedAdmin, ScopedInlineMixin, org_action
 from auxot.errors import ApplicationError
+from auxot.http import client_ip
 from intakes.admin_callbacks import (
+    CALLBACK_ACTIONS,
     CALLBACK_READONLY,
-    CallbackDeliveryAdmin,
     IntakeCallbacksAdminMixin,
     WorkItemCallbackInline,
-    _ip,
 )
-from intakes.models import CallbackDelivery, Intake
+from intakes.models import Intake
 from intakes.services import INTAKE_EDITABLE, intake_create, intake_set_active, intake_update
 from intakes.snippets import intake_snippets, public_base_url
-from workflows.models import Workflow, WorkItem
+from workflows.models import WorkItem
 
 RECENT_WORK = 10
 
@@ -48,48 +52,54 @@ class IntakeForm(forms.ModelForm):
         return self.instance.workflow if self.instance.workflow_id else None
 
 
-class _IntakeWrites(OrgScopedAdmin):
+@admin.register(Intake)
+class IntakeAdmin(IntakeCallbacksAdminMixin, OrgScopedAdmin):
     """Writes go through the services (audited); `active` only through the confirm page."""
 
-    def save_model(self, request, obj, form, change):
-        data = form.cleaned_data
-        try:
-            if not change:
-                workflow = data["workflow"]
-                self.require_role(request, MANAGERS, workflow)
-                created = intake_create(org=workflow.org, workflow=workflow, name=data["name"],
-                                        team=data.get("team"), created_by=request.user,
-                                        callback_url=data.get("callback_url", ""))
-                obj.__dict__.update({k: v for k, v in created.__dict__.items()
-                                     if k != "_state"})
-                obj._state.adding = False
-                obj._state.db = created._state.db
-            else:
-                fresh = Intake.objects.select_related("org").get(pk=obj.pk)
-                intake_update(intake=fresh, actor=request.user, ip=_ip(request),
-                              changes={f: data[f] for f in form.changed_data
-                                       if f in INTAKE_EDITABLE})
-        except ApplicationError as exc:
-            # The form validated the same rules; a race lands here as a message, never a 500.
-            self.message_user(request, exc.detail, messages.ERROR)
-
-    def log_addition(self, request, obj, message):
-        pass  # the services write the audit trail
-
-    def log_change(self, request, obj, message):
-        pass
-
-
-@admin.register(Intake)
-class IntakeAdmin(IntakeCallbacksAdminMixin, _IntakeWrites):
     form = IntakeForm
     list_display = ["name", "workflow", "team", "active", "created_by", "last_triggered",
                     "accepted_24h", "failed_24h"]
     list_filter = ["active", "workflow", "team"]
     search_fields = ["id", "name"]
     list_select_related = ["workflow", "team", "created_by"]
-    actions = ["deactivate_selected", "reactivate_selected"]
+    actions = ["deactivate_selected", "reactivate_selected", *CALLBACK_ACTIONS]
     change_form_template = "admin/intakes/intake/change_form.html"
+
+    def save_model(self, request, obj, form, change):
+        try:
+            if change:
+                self._update(request, obj, form)
+            else:
+                self._create(request, obj, form.cleaned_data)
+        except ApplicationError as exc:
+            # The form validated the same rules; a race lands here as a message, never a 500.
+            self.message_user(request, exc.detail, messages.ERROR)
+            return
+        self.signing_secret_stash(request, obj)
+
+    def _create(self, request, obj: Intake, data: dict) -> None:
+        workflow = data["workflow"]
+        self.require_role(request, MANAGERS, workflow)
+        created = intake_create(org=workflow.org, workflow=workflow, name=data["name"],
+                                team=data.get("team"), created_by=request.user,
+                                callback_url=data.get("callback_url", ""))
+        # Django's add view goes on with `obj` (redirect, message): make it the stored row.
+        obj.pk = created.pk
+        obj.refresh_from_db()
+        obj.signing_secret = created.signing_secret
+
+    def _update(self, request, obj: Intake, form) -> None:
+        fresh = Intake.objects.select_related("org").get(pk=obj.pk)
+        intake_update(intake=fresh, actor=request.user, ip=client_ip(request),
+                      changes={f: form.cleaned_data[f] for f in form.changed_data
+                               if f in INTAKE_EDITABLE})
+        obj.refresh_from_db()
+
+    def log_addition(self, request, obj, message):
+        pass  # the services write the audit trail
+
+    def log_change(self, request, obj, message):
+        pass
 
     def get_queryset(self, request):
         since = timezone.now() - timedelta(hours=24)
@@ -99,12 +109,6 @@ class IntakeAdmin(IntakeCallbacksAdminMixin, _IntakeWrites):
             accepted_count=Count("work_items", filter=recent),
             failed_count=Count("work_items", filter=recent & Q(
                 work_items__status=WorkItem.Status.FAILED)))
-
-    def get_actions(self, request):
-        # The callback mixin adds its actions after the base; roles decide first.
-        if not self._allowed(request, self.action_roles):
-            return {}
-        return super().get_actions(request)
 
     @admin.display(description="last triggered", ordering="last_triggered_at")
     def last_triggered(self, obj):
@@ -237,29 +241,12 @@ class IntakesPanel(ScopedInlineMixin, admin.TabularInline):
         return False
 
 
-class ScopedCallbackInline(ScopedInlineMixin, WorkItemCallbackInline):
-    """The delivery log on the work item page, visible to every role of the item's org."""
+def engine_admin_extend() -> None:
+    """Hand the engine's admin pages the inlines this app owns: the intakes panel on a
+    workflow, the callback delivery log on a work item, through the slots the workflows
+    admin offers. Called once from IntakesConfig.ready(); `workflows` never imports
+    `intakes`."""
+    from workflows.admin import workflow_inlines, workitem_inlines
 
-
-def _attach_intakes_panel(site: admin.AdminSite = admin.site) -> None:
-    workflow_admin = site._registry.get(Workflow)
-    if workflow_admin is not None and IntakesPanel not in workflow_admin.inlines:
-        workflow_admin.inlines = [*workflow_admin.inlines, IntakesPanel]
-    work_admin = site._registry.get(WorkItem)
-    if work_admin is not None:
-        work_admin.inlines = [ScopedCallbackInline if i is WorkItemCallbackInline else i
-                              for i in work_admin.inlines]
-
-
-admin.site.unregister(CallbackDelivery)
-
-
-@admin.register(CallbackDelivery)
-class ScopedCallbackDeliveryAdmin(OrgScopedAdmin, CallbackDeliveryAdmin):
-    """The delivery log: every role of the org views it; admins redeliver."""
-
-    org_path = "intake__org"
-    add_roles = change_roles = frozenset()
-
-
-_attach_intakes_panel()
+    workflow_inlines.add(IntakesPanel)
+    workitem_inlines.add(WorkItemCallbackInline)

@@ -1,20 +1,20 @@
 """Callback admin: the delivery log, "Redeliver now", "Send test callback", secret rotation.
 
-Kept apart from admin.py (which the admin UI owns): `IntakeCallbacksAdminMixin` is mixed into
-IntakeAdmin with one line, and the delivery log is attached to the engine's WorkItemAdmin
-from here, so `workflows` never imports `intakes`.
+`IntakeCallbacksAdminMixin` is composed into IntakeAdmin (admin.py); `WorkItemCallbackInline`
+is handed to the engine's WorkItemAdmin by `intakes.admin.engine_admin_extend`, so
+`workflows` never imports `intakes`.
 """
 
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
-from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from auxot.admin_base import MANAGERS, org_action
+from auxot.admin_base import MANAGERS, OrgScopedAdmin, ScopedInlineMixin, org_action
+from auxot.http import client_ip
 from auxot.outbound import RefusedDestination, url_check, url_redact
 from intakes.callbacks import (
     callback_delivery_redeliver,
@@ -23,19 +23,8 @@ from intakes.callbacks import (
     intake_signing_secret_rotate,
 )
 from intakes.models import CallbackAttempt, CallbackDelivery, Intake
-from workflows.models import WorkItem
 
 RECENT_DELIVERIES = 10
-
-
-def _ip(request: HttpRequest) -> str | None:
-    return request.META.get("REMOTE_ADDR") or None
-
-
-def _scoped(request: HttpRequest, queryset: QuerySet, org_path: str) -> QuerySet:
-    if request.user.is_superuser:
-        return queryset
-    return queryset.filter(**{f"{org_path}__memberships__user": request.user}).distinct()
 
 
 def _delivery_link(delivery: CallbackDelivery) -> str:
@@ -58,7 +47,9 @@ class CallbackAttemptInline(admin.TabularInline):
 
 
 @admin.register(CallbackDelivery)
-class CallbackDeliveryAdmin(admin.ModelAdmin):
+class CallbackDeliveryAdmin(OrgScopedAdmin):
+    """The delivery log: every role of the org views it; admins redeliver."""
+
     list_display = ["webhook_id", "intake", "work_item_link", "state", "attempts", "last_status",
                     "next_attempt_at", "created_at"]
     list_filter = ["state", "intake"]
@@ -67,13 +58,11 @@ class CallbackDeliveryAdmin(admin.ModelAdmin):
     inlines = [CallbackAttemptInline]
     actions = ["redeliver_now"]
     org_path = "intake__org"
+    add_roles = change_roles = frozenset()
     fields = ["webhook_id", "intake", "work_item_link", "display_url", "uses_intake_default",
               "state", "attempts", "last_status", "last_error", "next_attempt_at",
               "delivered_at", "created_at"]
     readonly_fields = fields
-
-    def get_queryset(self, request):
-        return _scoped(request, super().get_queryset(request), "intake__org")
 
     @admin.display(description="work item")
     def work_item_link(self, obj: CallbackDelivery) -> str:
@@ -86,24 +75,18 @@ class CallbackDeliveryAdmin(admin.ModelAdmin):
 
     @org_action(roles=MANAGERS, description="Redeliver now (new attempt, same webhook-id)")
     def redeliver_now(self, request, queryset):
-        done = sum(callback_delivery_redeliver(delivery=d, actor=request.user, ip=_ip(request))
+        ip = client_ip(request)
+        done = sum(callback_delivery_redeliver(delivery=d, actor=request.user, ip=ip)
                    for d in queryset.select_related("intake__org"))
         skipped = queryset.count() - done
         self.message_user(request, f"{done} delivery(ies) queued for a new attempt."
                           + (f" {skipped} skipped: an attempt is in flight." if skipped else ""))
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
-class WorkItemCallbackInline(admin.StackedInline):
-    """The delivery log on a work item's page (attached to WorkItemAdmin below)."""
+class WorkItemCallbackInline(ScopedInlineMixin, admin.StackedInline):
+    """The delivery log on a work item's page: every role of the item's org sees it, nobody
+    edits it."""
 
     model = CallbackDelivery
     fk_name = "work_item"
@@ -133,42 +116,23 @@ class WorkItemCallbackInline(admin.StackedInline):
     def has_change_permission(self, request, obj=None):
         return False
 
-
-def attach_to_work_item_admin(site: admin.AdminSite = admin.site) -> None:
-    model_admin = site._registry.get(WorkItem)
-    if model_admin is not None and WorkItemCallbackInline not in model_admin.inlines:
-        model_admin.inlines = [*model_admin.inlines, WorkItemCallbackInline]
+    def has_delete_permission(self, request, obj=None):
+        return False
 
 
 # --- Intake side: a mixin for IntakeAdmin ------------------------------------------------
 
 CALLBACK_READONLY = ["callback_state", "signing_secret_status", "delivery_log"]
+CALLBACK_ACTIONS = ["send_test_callback", "rotate_signing_secret", "enable_callbacks"]
 
 
 class IntakeCallbacksAdminMixin:
-    """Adds the callback fields, pages and actions to an Intake ModelAdmin."""
-
-    callback_actions = ["send_test_callback", "rotate_signing_secret", "enable_callbacks"]
-
-    def get_actions(self, request):
-        actions = super().get_actions(request)
-        for name in self.callback_actions:
-            action = self.get_action(name)
-            if action is not None:
-                actions[name] = action
-        return actions
+    """The callback fields, pages and actions of IntakeAdmin (list `CALLBACK_ACTIONS` in its
+    `actions` and `CALLBACK_READONLY` in its fieldsets)."""
 
     def get_readonly_fields(self, request, obj=None):
         fields = list(super().get_readonly_fields(request, obj))
         return fields + [f for f in CALLBACK_READONLY if f not in fields]
-
-    def get_fieldsets(self, request, obj=None):
-        fieldsets = list(super().get_fieldsets(request, obj))
-        listed = {f for _, opts in fieldsets for f in opts.get("fields", ())}
-        missing = [f for f in ["callback_url", *CALLBACK_READONLY] if f not in listed]
-        if missing:
-            fieldsets.append(("Callbacks", {"fields": missing}))
-        return fieldsets
 
     def formfield_for_dbfield(self, db_field, request, **kwargs):
         if db_field.name == "callback_url":
@@ -226,12 +190,12 @@ class IntakeCallbacksAdminMixin:
         return format_html('<ul>{}</ul><a href="{}">All deliveries of this intake</a>',
                            rows, url)
 
-    def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
+    def signing_secret_stash(self, request, obj: Intake) -> None:
+        """After a save: the secret to show once (new intake, or one that had none yet)."""
         if not obj.signing_secret_encrypted:
             request._auxot_new_secret = intake_signing_secret_rotate(
-                intake=obj, actor=request.user, ip=_ip(request))
-        elif getattr(obj, "signing_secret", None):  # created by intake_create
+                intake=obj, actor=request.user, ip=client_ip(request))
+        elif getattr(obj, "signing_secret", None):  # set by intake_create, see save_model
             request._auxot_new_secret = obj.signing_secret
 
     def response_add(self, request, obj, post_url_continue=None):
@@ -253,7 +217,7 @@ class IntakeCallbacksAdminMixin:
     def rotate_signing_secret(self, request, queryset):
         intakes = list(queryset)
         secrets = {i.pk: intake_signing_secret_rotate(intake=i, actor=request.user,
-                                                      ip=_ip(request)) for i in intakes}
+                                                      ip=client_ip(request)) for i in intakes}
         return self._secret_page(request, intakes, secrets, "rotated")
 
     @org_action(roles=MANAGERS, description="Send test callback (signed sample body)")
@@ -267,7 +231,7 @@ class IntakeCallbacksAdminMixin:
 
     @org_action(roles=MANAGERS, description="Re-enable callbacks (after a 410 Gone)")
     def enable_callbacks(self, request, queryset):
-        done = sum(intake_callback_enable(intake=i, actor=request.user, ip=_ip(request))
+        done = sum(intake_callback_enable(intake=i, actor=request.user, ip=client_ip(request))
                    for i in queryset.filter(callback_disabled_at__isnull=False))
         self.message_user(request, f"Callbacks re-enabled on {done} intake(s).",
                           messages.SUCCESS if done else messages.INFO)
@@ -276,5 +240,3 @@ class IntakeCallbacksAdminMixin:
 def _window_hours() -> float:
     return settings.AUXOT_CALLBACK_SECRET_ROTATION_HOURS
 
-
-attach_to_work_item_admin()

@@ -10,14 +10,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from auxot.errors import ApplicationError
+from auxot.http import client_ip
 from auxot.timefmt import iso
-from intakes.body import StrictJSONParser, json_body
-from intakes.idempotency import HEADER as IDEMPOTENCY_HEADER
-from intakes.idempotency import idempotency_header_parse
+from intakes.body import request_json
 from intakes.longpoll import wait_parse, work_item_wait
 from intakes.openapi import (
     APPROVAL_EXAMPLES,
     CANCEL_EXAMPLES,
+    TriggerHeadersSerializer,
     approval_schema,
     cancel_schema,
     trigger_schema,
@@ -28,24 +28,10 @@ from intakes.rejections import RejectionAuditMixin
 from intakes.services import intake_for_key, intake_for_trigger, intake_trigger, work_item_for_key
 from workflows.services import work_item_cancel, work_item_decide
 
-MAX_CORRELATION_ID = 200
-
 
 def _absolute(request: Request, path: str) -> str:
     base = settings.AUXOT_PUBLIC_BASE_URL
     return f"{base}{path}" if base else request.build_absolute_uri(path)
-
-
-def _client_ip(request: Request) -> str | None:
-    return request.META.get("REMOTE_ADDR") or None
-
-
-def _correlation_id(request: Request) -> str:
-    value = request.headers.get("Auxot-Correlation-Id", "")
-    if len(value) > MAX_CORRELATION_ID or not all(" " <= c <= "~" for c in value):
-        raise ApplicationError(f"Auxot-Correlation-Id must be printable ASCII and at most "
-                               f"{MAX_CORRELATION_ID} characters.")
-    return value
 
 
 class PublicApi(RejectionAuditMixin, APIView):
@@ -65,12 +51,13 @@ class IntakeTriggerApi(PublicApi):
     @trigger_schema
     def post(self, request: Request, intake_id: str) -> Response:
         intake = intake_for_trigger(intake_id=intake_id, key=request.auth)
-        payload = json_body(request._request)
-        idempotency_key = idempotency_header_parse(request.headers.get(IDEMPOTENCY_HEADER))
+        payload = request_json(request)
+        headers = TriggerHeadersSerializer.from_headers(request.headers)
         result = intake_trigger(intake=intake, key=request.auth, payload=payload,
-                                ip=_client_ip(request), correlation_id=_correlation_id(request),
+                                ip=client_ip(request),
+                                correlation_id=headers.get("correlation_id", ""),
                                 callback_url=request.headers.get("Auxot-Callback-Url", ""),
-                                idempotency_key=idempotency_key)
+                                idempotency_key=headers.get("idempotency_key"))
         item = result.item
         status_url = _absolute(request, reverse(
             "work-item-detail", kwargs={"intake_id": intake.pk, "work_id": item.pk}))
@@ -130,8 +117,6 @@ class WorkItemApprovalApi(PublicApi):
     key's user must be an admin or member of the organization (auditors get 403).
     """
 
-    parser_classes = [StrictJSONParser]
-
     @extend_schema_serializer(component_name="Approval", examples=APPROVAL_EXAMPLES)
     class InputSerializer(serializers.Serializer):
         decision = serializers.ChoiceField(choices=["approve", "reject"])
@@ -145,7 +130,7 @@ class WorkItemApprovalApi(PublicApi):
         data = _validated(self.InputSerializer, request.data,
                           'Send {"decision": "approve" | "reject", "comment": "..."}.')
         work_item_decide(item=item, decision=data["decision"], comment=data.get("comment") or "",
-                         user=request.auth.user, key=request.auth, ip=_client_ip(request))
+                         user=request.auth.user, key=request.auth, ip=client_ip(request))
         item.refresh_from_db()
         return Response(work_item_poll_view(item, intake=intake).body)
 
@@ -156,8 +141,6 @@ class WorkItemCancelApi(PublicApi):
     Team keys may cancel work on their team's intakes; a personal key's user must be an
     admin or member (auditors get 403). Body optional: {"reason": "..."}.
     """
-
-    parser_classes = [StrictJSONParser]
 
     @extend_schema_serializer(component_name="Cancel", examples=CANCEL_EXAMPLES)
     class InputSerializer(serializers.Serializer):
@@ -171,5 +154,5 @@ class WorkItemCancelApi(PublicApi):
         data = _validated(self.InputSerializer, request.data,
                           'Send no body, or {"reason": "..."} with at most 500 characters.')
         item = work_item_cancel(item=item, user=request.auth.user, key=request.auth,
-                                reason=data.get("reason", ""), ip=_client_ip(request))
+                                reason=data.get("reason", ""), ip=client_ip(request))
         return Response(work_item_poll_view(item, intake=intake).body)

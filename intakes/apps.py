@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 
 
 class IntakesConfig(AppConfig):
@@ -7,3 +8,9 @@ class IntakesConfig(AppConfig):
 
     def ready(self) -> None:
         from intakes import receivers  # noqa: F401  (connects to workflows' signals)
+        from intakes.admin import engine_admin_extend
+        from intakes.housekeeping import housekeeping_schedules_ensure
+
+        engine_admin_extend()
+        post_migrate.connect(housekeeping_schedules_ensure, sender=self,
+                             dispatch_uid="intakes.housekeeping_schedules")

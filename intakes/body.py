@@ -15,12 +15,12 @@ Rules (documented in the README):
 
 import json
 import math
-from typing import Any
+from typing import IO, Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest
 from rest_framework.parsers import BaseParser
+from rest_framework.request import Request
 
 from auxot.errors import ApplicationError
 
@@ -99,9 +99,8 @@ def _depth_ok(text: str) -> bool:
     return True
 
 
-def _check_content_type(request: HttpRequest) -> None:
-    raw = request.META.get("CONTENT_TYPE", "")
-    media, _, params = raw.partition(";")
+def _check_content_type(raw: str) -> None:
+    media, _, params = (raw or "").partition(";")
     media = media.strip().lower()
     if media != "application/json" and not (media.startswith("application/") and
                                             media.endswith("+json")):
@@ -117,36 +116,33 @@ def _check_content_type(request: HttpRequest) -> None:
             raise ApplicationError("JSON bodies must be UTF-8.", code="unsupported_media_type")
 
 
-def _is_chunked(request: HttpRequest) -> bool:
-    return ("chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower()
-            and not request.META.get("CONTENT_LENGTH"))
+def _is_chunked(meta: dict) -> bool:
+    return ("chunked" in meta.get("HTTP_TRANSFER_ENCODING", "").lower()
+            and not meta.get("CONTENT_LENGTH"))
 
 
-def _chunked_body(request: HttpRequest, limit: int) -> bytes:
+def _chunked_body(meta: dict, limit: int) -> bytes:
     # Django reads no body without Content-Length; the server already de-chunked it.
-    if not request.META.get("wsgi.input_terminated"):
+    if not meta.get("wsgi.input_terminated"):
         raise ApplicationError("Chunked bodies are not supported here; send Content-Length.",
                                code="length_required")
-    return request.META["wsgi.input"].read(limit + 1)
+    return meta["wsgi.input"].read(limit + 1)
 
 
-def json_body(request: HttpRequest) -> Any:
-    """Parse the request body or raise an ApplicationError with the right 4xx code."""
-    limit = settings.AUXOT_MAX_BODY_BYTES
-    too_big = ApplicationError(f"The body is larger than {limit} bytes.", code="payload_too_large")
+def _declared_length(meta: dict) -> int:
     try:
-        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+        return int(meta.get("CONTENT_LENGTH") or 0)
     except ValueError:
         raise ApplicationError("Invalid Content-Length header.") from None
-    if declared > limit:
-        raise too_big
-    _check_content_type(request)
-    try:
-        raw = _chunked_body(request, limit) if _is_chunked(request) else request.body
-    except RequestDataTooBig:
-        raise too_big from None
-    if len(raw) > limit:
-        raise too_big
+
+
+def _read(stream: IO[bytes] | None, meta: dict, limit: int) -> bytes:
+    if _is_chunked(meta):
+        return _chunked_body(meta, limit)
+    return b"" if stream is None else stream.read(limit + 1)
+
+
+def _decode(raw: bytes) -> str:
     if not raw:
         raise ApplicationError("The body is empty; send {} if the workflow needs no input.",
                                code="empty_body")
@@ -154,10 +150,13 @@ def json_body(request: HttpRequest) -> Any:
         raise ApplicationError("The body starts with a UTF-8 byte order mark; remove it.",
                                code="invalid_json")
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ApplicationError(f"The body is not valid UTF-8 (byte {exc.start}).",
                                code="invalid_json") from None
+
+
+def _loads(text: str) -> Any:
     if not _depth_ok(text):
         raise ApplicationError(f"JSON nested deeper than {MAX_DEPTH} levels.", code="invalid_json")
     try:
@@ -177,14 +176,38 @@ def json_body(request: HttpRequest) -> Any:
 
 
 class StrictJSONParser(BaseParser):
-    """DRF's seam for the rules above, so views read `request.data`.
+    """The rules above as DRF's parser (the default parser of every view): views read
+    `request.data`, and every rule raises an ApplicationError with its 4xx code.
 
-    It matches every content type on purpose: `json_body` checks the type itself, so a
-    body sent as text/plain (or with no type) gets our 415 detail, not DRF's. DRF hands an
-    empty body to no parser at all: `request.data` is then `{}`.
+    It matches every content type on purpose: it checks the type itself, so a body sent as
+    text/plain (or with no type) gets our 415 detail, not DRF's. DRF hands a request without
+    a positive Content-Length to no parser (`request.data` is then `{}`): a view whose body
+    is required reads it with `request_json`, which runs the same rules on it.
     """
 
     media_type = "*/*"
 
     def parse(self, stream, media_type=None, parser_context=None) -> Any:
-        return json_body(parser_context["request"]._request)
+        meta = parser_context["request"].META
+        limit = settings.AUXOT_MAX_BODY_BYTES
+        too_big = ApplicationError(f"The body is larger than {limit} bytes.",
+                                   code="payload_too_large")
+        if _declared_length(meta) > limit:
+            raise too_big
+        _check_content_type(media_type if media_type is not None else meta.get("CONTENT_TYPE"))
+        try:
+            raw = _read(stream, meta, limit)
+        except RequestDataTooBig:
+            raise too_big from None
+        if len(raw) > limit:
+            raise too_big
+        return _loads(_decode(raw))
+
+
+def request_json(request: Request) -> Any:
+    """The required JSON body: `request.data`, or, when DRF saw no body (no, an empty or a
+    malformed Content-Length; chunked), the same parser on what there is, so that case gets
+    its own 4xx (`empty_body`, 411, 400) or its chunked body is read."""
+    if request.stream is not None:
+        return request.data
+    return StrictJSONParser().parse(None, request.content_type, {"request": request})

@@ -12,7 +12,6 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from email.utils import parsedate_to_datetime
 
 import requests
 from django.conf import settings
@@ -21,6 +20,8 @@ from django.db.models import F, Q
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
+from auxot.broker import task_enqueue
+from auxot.http import retry_after_seconds
 from auxot.outbound import RefusedDestination, outbound_request, url_redact
 from auxot.services import audit_record
 from intakes.models import CallbackAttempt, CallbackDelivery, Intake
@@ -35,7 +36,6 @@ LEASE_GRACE_SECONDS = 30
 SWEEP_GRACE_SECONDS = 10  # the finished signal normally creates the delivery within ms
 RESPONSE_KEEP_BYTES = 2048
 USER_AGENT = "Auxot-Webhooks/1 (+https://www.standardwebhooks.com/)"
-_broker = None
 
 
 # --- Signing secrets ------------------------------------------------------------------
@@ -107,24 +107,9 @@ def intake_callback_enable(*, intake: Intake, actor=None, ip: str | None = None)
 
 # --- Deliveries: create, wake, claim ------------------------------------------------------
 
-def _get_broker():
-    global _broker
-    if _broker is None:
-        from django_q.brokers import get_broker
-
-        _broker = get_broker()
-    return _broker
-
-
 def callback_delivery_enqueue(*, delivery_id) -> None:
     """Queue a task for this delivery. Never raises: the tick re-enqueues a lost one."""
-    from django_q.tasks import async_task
-
-    try:
-        async_task(TASK, str(delivery_id), broker=_get_broker(), task_name=f"cb-{delivery_id}")
-    except Exception:
-        logger.exception("enqueue of callback delivery %s failed; the tick will retry",
-                         delivery_id)
+    task_enqueue(task=TASK, arg=str(delivery_id), name=f"cb-{delivery_id}")
 
 
 def callback_delivery_create(*, work_item: WorkItem,
@@ -282,20 +267,6 @@ def _short(exc: Exception) -> str:
     return f"{type(root).__name__}: {root}"[:300]
 
 
-def _retry_after(headers: dict, now: datetime) -> float | None:
-    raw = headers.get("retry-after", "").strip()
-    if not raw:
-        return None
-    if raw.isdigit():
-        seconds = float(raw)
-    else:
-        try:
-            seconds = (parsedate_to_datetime(raw) - now).total_seconds()
-        except (TypeError, ValueError):
-            return None
-    return max(0.0, min(seconds, settings.AUXOT_CALLBACK_RETRY_AFTER_MAX_SECONDS))
-
-
 def _next_attempt(delivery: CallbackDelivery, result: SendResult,
                   now: datetime) -> datetime | None:
     schedule = settings.AUXOT_CALLBACK_RETRY_SCHEDULE
@@ -304,7 +275,8 @@ def _next_attempt(delivery: CallbackDelivery, result: SendResult,
         return None
     delay = schedule[index]
     delay += delay * random.uniform(-1, 1) * settings.AUXOT_CALLBACK_JITTER
-    hinted = _retry_after(result.headers, now)
+    hinted = retry_after_seconds(result.headers.get("retry-after"), now=now,
+                                 cap=settings.AUXOT_CALLBACK_RETRY_AFTER_MAX_SECONDS)
     if hinted is not None and (result.status == 429 or (result.status or 0) >= 500):
         delay = max(delay, hinted)
     return now + timedelta(seconds=delay)

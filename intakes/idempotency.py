@@ -23,7 +23,6 @@ from auxot.errors import ApplicationError
 from intakes.models import IdempotencyKey, Intake
 
 HEADER = "Idempotency-Key"
-MAX_LENGTH = 255
 RETRY_AFTER_SECONDS = 1
 
 
@@ -32,17 +31,6 @@ class IdempotencyClaim:
     key: str
     owner: str
     body_sha256: str
-
-
-def idempotency_header_parse(value: str | None) -> str | None:
-    """The header's key, None when absent, or a 400 for an invalid one."""
-    if value is None:
-        return None
-    if not 1 <= len(value) <= MAX_LENGTH or not all(" " <= c <= "~" for c in value):
-        raise ApplicationError(
-            f"{HEADER} must be 1 to {MAX_LENGTH} printable ASCII characters."
-        )
-    return value
 
 
 def idempotency_owner(key: ApiKey) -> str:

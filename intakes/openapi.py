@@ -17,7 +17,7 @@ from drf_spectacular.utils import (
 )
 from rest_framework import serializers
 
-from auxot.errors import PROBLEM_CONTENT_TYPE, PROBLEMS, problem_body
+from auxot.errors import PROBLEM_CONTENT_TYPE, PROBLEMS, ApplicationError, problem_body
 
 KEY_FORMAT = (
     "`user.<12 lowercase base32>.<43 URL-safe base64><6 hex checksum>` (personal key, acts as "
@@ -136,6 +136,60 @@ class WorkItemSerializer(serializers.Serializer):
 
 
 # --- headers and parameters ----------------------------------------------------------------
+PRINTABLE_ASCII = r"^[\x20-\x7e]*\Z"
+
+
+def _ascii_header(header: str, *, min_length: int, max_length: int, detail: str,
+                  description: str) -> serializers.RegexField:
+    # One message for every way the value is wrong: callers see the whole rule at once.
+    messages = dict.fromkeys(("invalid", "blank", "min_length", "max_length", "null_characters",
+                              "surrogate_characters"), detail)
+    return serializers.RegexField(
+        PRINTABLE_ASCII, label=header, min_length=min_length or None, max_length=max_length,
+        required=False, allow_blank=not min_length, trim_whitespace=False,
+        error_messages=messages, help_text=description)
+
+
+class TriggerHeadersSerializer(serializers.Serializer):
+    """The trigger's optional headers: the view validates them with this serializer and the
+    schema documents them from it (`header_parameters`), so each limit is written once."""
+
+    idempotency_key = _ascii_header(
+        "Idempotency-Key", min_length=1, max_length=255,
+        detail="Idempotency-Key must be 1 to 255 printable ASCII characters.",
+        description="Optional, 1-255 printable ASCII characters. Retrying a POST with the "
+        "same key (and body) within 24 h returns the first answer instead of starting the "
+        "workflow twice; the same key with another body is 422.")
+    correlation_id = _ascii_header(
+        "Auxot-Correlation-Id", min_length=0, max_length=200,
+        detail="Auxot-Correlation-Id must be printable ASCII and at most 200 characters.",
+        description="Optional, printable ASCII, at most 200 characters: stored and echoed as "
+        "`correlation_id` in the poll body and the callback.")
+
+    @classmethod
+    def from_headers(cls, headers) -> dict:
+        """The headers' values by field name (absent ones left out), or the field's 400."""
+        fields = cls().fields
+        data = {name: headers[f.label] for name, f in fields.items() if f.label in headers}
+        serializer = cls(data=data)
+        if not serializer.is_valid():
+            first = next(name for name in fields if name in serializer.errors)
+            raise ApplicationError(fields[first].error_messages["invalid"])
+        return serializer.validated_data
+
+
+def header_parameters(serializer_class: type[serializers.Serializer]) -> list[OpenApiParameter]:
+    """OpenAPI header parameters from a headers serializer's printable-ASCII fields."""
+    params = []
+    for field in serializer_class().fields.values():
+        low, high = field.min_length or 0, field.max_length
+        schema = {"type": "string", "pattern": f"^[\\x20-\\x7e]{{{low},{high}}}$",
+                  **({"minLength": low} if low else {}), "maxLength": high}
+        params.append(OpenApiParameter(field.label, schema, OpenApiParameter.HEADER,
+                                       description=field.help_text))
+    return params
+
+
 def _header(name: str, description: str, **kwargs) -> OpenApiParameter:
     return OpenApiParameter(name, OpenApiTypes.STR, OpenApiParameter.HEADER,
                             description=description, **kwargs)
@@ -154,19 +208,7 @@ RETRY_AFTER_ERRORS = OpenApiParameter(
     "Retry-After", OpenApiTypes.INT, OpenApiParameter.HEADER, response=[409, 429, 503],
     description="Seconds to wait before retrying; nothing was accepted.")
 TRIGGER_HEADERS = [
-    OpenApiParameter(
-        "Idempotency-Key", {"type": "string", "pattern": "^[\\x20-\\x7e]{1,255}$",
-                            "minLength": 1, "maxLength": 255},
-        OpenApiParameter.HEADER,
-        description="Optional, 1-255 printable ASCII characters. Retrying a POST with the same "
-        "key (and body) within 24 h returns the first answer instead of starting the workflow "
-        "twice; the same key with another body is 422."),
-    OpenApiParameter(
-        "Auxot-Correlation-Id", {"type": "string", "pattern": "^[\\x20-\\x7e]{0,200}$",
-                                 "maxLength": 200},
-        OpenApiParameter.HEADER,
-        description="Optional, printable ASCII, at most 200 characters: stored and echoed as "
-        "`correlation_id` in the poll body and the callback."),
+    *header_parameters(TriggerHeadersSerializer),
     OpenApiParameter(
         "Auxot-Callback-Url", {"type": "string", "maxLength": 2000,
                                "pattern": "^(https?://[^\\s/?#]+[^\\s]*)?$"},

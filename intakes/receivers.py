@@ -5,13 +5,11 @@ import time
 
 from django.dispatch import receiver
 
-from auxot.audit import audit_prune_due
 from intakes.callbacks import (
     callback_deliveries_sweep,
     callback_deliveries_wake,
     callback_delivery_create,
 )
-from intakes.housekeeping import intakes_prune_due
 from workflows.signals import tick, work_item_finished
 
 logger = logging.getLogger(__name__)
@@ -35,19 +33,3 @@ def _on_tick(sender, now, **kwargs) -> None:
         _last_sweep = time.monotonic()
         callback_deliveries_sweep(now=now)
     callback_deliveries_wake(now=now)
-
-
-# Idempotency records and rate windows expire; the ticker prunes them.
-@receiver(tick, dispatch_uid="intakes_prune")
-def _prune_on_tick(sender, now, **kwargs) -> None:
-    intakes_prune_due(now=now)
-
-
-# The core's audit log has no engine to hook into: its rejected-request rows (which expire)
-# are pruned from here, at most hourly.
-@receiver(tick, dispatch_uid="auxot.audit_prune")
-def _audit_prune_on_tick(sender, now, **kwargs) -> None:
-    try:
-        audit_prune_due(now=now)
-    except Exception:
-        logger.exception("pruning rejected-request audit rows failed; next hour retries")

@@ -21,6 +21,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apikeys.tokens import token_parse
+from auxot.http import client_ip
 from auxot.services import audit_record
 
 logger = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def intake_rejection_record(*, request: Request, response: Response, intake_id: 
     """Write one intake.rejected row (budget permitting). Never raises."""
     data = response.data if isinstance(response.data, dict) else {}
     code = str(data.get("code", "")) or str(response.status_code)
-    ip = request.META.get("REMOTE_ADDR") or None
+    ip = client_ip(request)
     suppressed = budget.take((ip, code))
     if suppressed is None:
         return

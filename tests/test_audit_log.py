@@ -10,17 +10,11 @@ from django.utils import timezone
 from auxot import audit
 from auxot.models import AuditEvent
 from auxot.services import audit_record
-from workflows.signals import tick
 
 
 def _row(event: str, age_days: float, org=None) -> AuditEvent:
     return audit_record(event=event, org=org, now=timezone.now() - timedelta(days=age_days),
                         extra={"reason": "test"})
-
-
-@pytest.fixture(autouse=True)
-def _reset_throttle():
-    audit._last["at"] = float("-inf")
 
 
 def test_prune_deletes_only_old_rejected_rows_and_audits_itself(db, settings):
@@ -33,16 +27,6 @@ def test_prune_deletes_only_old_rejected_rows_and_audits_itself(db, settings):
     assert old.pk not in remaining and {young.pk, kept.pk} <= remaining
     pruned = AuditEvent.objects.get(event="audit.pruned")
     assert pruned.extra["deleted"] == 1 and pruned.extra["retention_days"] == 30
-
-
-def test_tick_prunes_at_most_hourly(db, settings):
-    settings.AUXOT_AUDIT_REJECTED_RETENTION_DAYS = 1
-    _row("intake.rejected", 2)
-    tick.send(sender=None, now=timezone.now())
-    assert not AuditEvent.objects.filter(event="intake.rejected").exists()
-    _row("intake.rejected", 2)
-    tick.send(sender=None, now=timezone.now())  # throttled: within the hour
-    assert AuditEvent.objects.filter(event="intake.rejected").count() == 1
 
 
 def test_database_trigger_guards_the_log_on_postgresql(db):

@@ -11,7 +11,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from apikeys.services import apikey_issue
-from intakes.housekeeping import intakes_prune
+from intakes.idempotency import idempotency_prune
 from intakes.models import IdempotencyKey
 from intakes.services import intake_trigger
 from tests.conftest import trigger
@@ -103,14 +103,14 @@ def test_expired_key_is_free_again_and_pruned(api, intake_a, member_token, setti
         assert second != first
         _post(api, intake_a, member_token, key="old-one")
     with time_machine.travel(later + timedelta(hours=25)):
-        assert intakes_prune(now=timezone.now())[0] == 2
+        assert idempotency_prune(now=timezone.now()) == 2
     assert not IdempotencyKey.objects.exists()
 
 
 def test_records_are_kept_at_least_24_hours(api, intake_a, member_token):
     _post(api, intake_a, member_token)
     with time_machine.travel(timezone.now() + timedelta(hours=23, minutes=59)):
-        assert intakes_prune(now=timezone.now())[0] == 0  # rate windows may go
+        assert idempotency_prune(now=timezone.now()) == 0  # rate windows may go
         assert _post(api, intake_a, member_token)["Idempotent-Replayed"] == "true"
 
 
@@ -194,19 +194,4 @@ def test_50_concurrent_identical_posts_make_one_work_item(live):
     assert len({answer.json()["work_id"] for answer in answers}) == 1
     assert sum("Idempotent-Replayed" not in answer.headers for answer in answers) == 1
     assert WorkItem.objects.count() == 1
-    assert IdempotencyKey.objects.count() == 1
-
-
-def test_ticker_prunes_expired_records_at_most_once_a_minute(api, intake_a, member_token,
-                                                             monkeypatch):
-    from intakes import housekeeping
-    from workflows.signals import tick
-
-    _post(api, intake_a, member_token)
-    monkeypatch.setitem(housekeeping._last, "at", float("-inf"))
-    later = timezone.now() + timedelta(hours=25)
-    tick.send(sender=None, now=later)
-    assert not IdempotencyKey.objects.exists()
-    _post(api, intake_a, member_token, key="second")
-    tick.send(sender=None, now=later)  # within the minute: not pruned again
     assert IdempotencyKey.objects.count() == 1
