@@ -11,6 +11,7 @@ from django.utils.html import format_html
 
 from auxot.admin_base import ADMIN, AUDITOR, MANAGERS, OrgScopedAdmin, has_role
 from auxot.errors import ApplicationError
+from auxot.http import client_ip
 from auxot.models import AuditEvent, Membership, Organization, Secret, Team
 from auxot.secrets import (
     secret_create,
@@ -211,7 +212,7 @@ class SecretAdmin(OrgScopedAdmin):
         return ", ".join(obj.allowed_hosts)
 
     def save_model(self, request, obj, form, change):
-        data, ip = form.cleaned_data, request.META.get("REMOTE_ADDR") or None
+        data, ip = form.cleaned_data, client_ip(request)
         try:
             if not change:
                 if not has_role(request, MANAGERS, data["org"].pk):
@@ -231,7 +232,7 @@ class SecretAdmin(OrgScopedAdmin):
             self.message_user(request, exc.detail, messages.ERROR)
 
     def delete_model(self, request, obj):
-        secret_delete(secret=obj, actor=request.user, ip=request.META.get("REMOTE_ADDR"))
+        secret_delete(secret=obj, actor=request.user, ip=client_ip(request))
 
     # The services write the audit trail; Django's own history would only duplicate it.
     def log_addition(self, request, obj, message):

@@ -225,6 +225,17 @@ class IntakesPanel(ScopedInlineMixin, admin.TabularInline):
     extra = 0
     max_num = 0
     can_delete = False
+    template = "admin/intakes/intakes_panel.html"
+
+    def get_formset(self, request, obj=None, **kwargs):
+        # "Add intake" (prefilled with this workflow) sits under the panel, for whoever may
+        # change the workflow: the link is this app's, the workflow's page does not know it.
+        formset = super().get_formset(request, obj, **kwargs)
+        formset.add_intake_url = None
+        if obj is not None and self._parent_allows(request, obj):
+            formset.add_intake_url = (reverse("admin:intakes_intake_add")
+                                      + f"?workflow={obj.pk}")
+        return formset
 
     @admin.display(description="intake")
     def intake_link(self, obj):

@@ -59,3 +59,13 @@ def test_each_workflows_model_has_one_admin_registered():
                         (Provider, "ProviderAdmin")]:
         assert type(admin.site._registry[model]) is getattr(workflows_admin, name)
     assert not admin.site.is_registered(Approval)  # shown inline on its work item
+
+
+def test_add_intake_link_sits_under_the_intakes_panel_for_admins_only(client, cast, workflow_a):
+    link = f"/admin/intakes/intake/add/?workflow={workflow_a.pk}"
+    client.force_login(cast.admin_a)
+    page = client.get(f"/admin/workflows/workflow/{workflow_a.pk}/change/").content.decode()
+    assert link in page and "Add intake" in page
+    client.force_login(cast.auditor_a)
+    page = client.get(f"/admin/workflows/workflow/{workflow_a.pk}/change/").content.decode()
+    assert link not in page

@@ -104,9 +104,6 @@ class WorkflowAdmin(ExtendedInlinesMixin, OrgScopedAdmin):
         if workflow is not None:
             extra["can_run"] = has_role(request, ACTORS, workflow.org_id)
             extra["run_url"] = reverse("admin:workflows_workflow_run", args=[workflow.pk])
-            extra["add_intake_url"] = (reverse("admin:intakes_intake_add")
-                                       + f"?workflow={workflow.pk}")
-            extra["can_add_intake"] = self.has_change_permission(request, workflow)
         return super().change_view(request, object_id, form_url, extra)
 
     def run_view(self, request, object_id):
