@@ -3,7 +3,7 @@
 Views stay small: each operation gets one decorator from here (`trigger_schema`,
 `work_item_schema`, or `approval_schema(request=…)`-style factories for POST actions on a work
 item, given the view's own InputSerializer). A new /v1/ endpoint without a decorator fails
-tests/test_openapi.py, which checks every /v1/ route against the generated schema.
+tests/intakes/test_openapi.py, which checks every /v1/ route against the generated schema.
 """
 
 from django.conf import settings

@@ -1,4 +1,4 @@
-"""The real urlconf plus one /v1/ endpoint without schema docs (for tests/test_openapi.py)."""
+"""The real urlconf plus one undocumented /v1/ endpoint (for tests/intakes/test_openapi.py)."""
 
 from django.urls import path
 from rest_framework.response import Response

@@ -29,7 +29,7 @@ from workflows.models import Provider, Step, StepRun
 from workflows.services import work_item_create
 
 pytestmark = pytest.mark.django_db
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # Names the resolver patch answers (a real resolver would be asked otherwise).
 RESOLVES = {

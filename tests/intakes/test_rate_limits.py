@@ -204,7 +204,7 @@ def test_org_limit_adds_no_query(api, cast, intake_a, member_token, limits,
                                  django_assert_num_queries):
     limits.AUXOT_RATE_LIMIT_ORG = 100
     trigger(api, intake_a.pk, member_token)  # first use touches last_used_at
-    with django_assert_num_queries(8):  # as tests/test_intake_trigger.py pins it
+    with django_assert_num_queries(8):  # as tests/intakes/test_intake_trigger.py pins it
         assert trigger(api, intake_a.pk, member_token).status_code == 202
     assert RateLimitBucket.objects.filter(scope=f"org:{cast.org_a.pk}").get().count == 2
 

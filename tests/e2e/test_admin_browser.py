@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.django_db(transa
 
 # Screenshots go to var/screenshots (git-ignored) on every run; AUXOT_UPDATE_SCREENSHOTS=1
 # writes the committed copies in docs/screenshots that the README shows.
-_ROOT = Path(__file__).resolve().parent.parent
+_ROOT = Path(__file__).resolve().parents[2]
 SHOTS = _ROOT / ("docs" if os.environ.get("AUXOT_UPDATE_SCREENSHOTS") == "1" else "var") / (
     "screenshots")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
