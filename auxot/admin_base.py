@@ -252,3 +252,17 @@ class ScopedInlineMixin:
 
     def has_view_permission(self, request, obj=None):
         return self._parent_admin().has_view_permission(request, obj)
+
+
+class ReadOnlyInlineMixin:
+    """A record shown on its parent's page (attempts, deliveries, a panel of links): nobody
+    adds, edits or deletes it there; who may view it is the parent's rule."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

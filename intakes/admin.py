@@ -15,7 +15,13 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from auxot.admin_base import MANAGERS, OrgScopedAdmin, ScopedInlineMixin, org_action
+from auxot.admin_base import (
+    MANAGERS,
+    OrgScopedAdmin,
+    ReadOnlyInlineMixin,
+    ScopedInlineMixin,
+    org_action,
+)
 from auxot.errors import ApplicationError
 from auxot.http import client_ip
 from intakes.admin_callbacks import (
@@ -215,7 +221,7 @@ class IntakeAdmin(IntakeCallbacksAdminMixin, OrgScopedAdmin):
         return self._bulk(request, queryset, True, "reactivate_selected")
 
 
-class IntakesPanel(ScopedInlineMixin, admin.TabularInline):
+class IntakesPanel(ReadOnlyInlineMixin, ScopedInlineMixin, admin.TabularInline):
     """Path B: the workflow page lists its intakes; “Add intake” there prefills the form."""
 
     model = Intake
@@ -241,15 +247,6 @@ class IntakesPanel(ScopedInlineMixin, admin.TabularInline):
     def intake_link(self, obj):
         return format_html('<a href="{}">{}</a>',
                            reverse("admin:intakes_intake_change", args=[obj.pk]), obj.name)
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 def engine_admin_extend() -> None:

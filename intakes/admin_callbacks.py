@@ -13,7 +13,13 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from auxot.admin_base import MANAGERS, OrgScopedAdmin, ScopedInlineMixin, org_action
+from auxot.admin_base import (
+    MANAGERS,
+    OrgScopedAdmin,
+    ReadOnlyInlineMixin,
+    ScopedInlineMixin,
+    org_action,
+)
 from auxot.http import client_ip
 from auxot.outbound import RefusedDestination, url_check, url_redact
 from intakes.callbacks import (
@@ -84,7 +90,7 @@ class CallbackDeliveryAdmin(OrgScopedAdmin):
 
 
 
-class WorkItemCallbackInline(ScopedInlineMixin, admin.StackedInline):
+class WorkItemCallbackInline(ReadOnlyInlineMixin, ScopedInlineMixin, admin.StackedInline):
     """The delivery log on a work item's page: every role of the item's org sees it, nobody
     edits it."""
 
@@ -109,15 +115,6 @@ class WorkItemCallbackInline(ScopedInlineMixin, admin.StackedInline):
             "", "<li>#{} {} → {} ({} ms) {}</li>",
             ((n, t.strftime("%Y-%m-%d %H:%M:%S"), s or "no answer", ms if ms is not None else "-",
               e) for n, t, s, ms, e in rows)))
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 # --- Intake side: a mixin for IntakeAdmin ------------------------------------------------

@@ -21,6 +21,7 @@ from django.utils.html import format_html, format_html_join
 from auxot.admin_base import (
     ACTORS,
     OrgScopedAdmin,
+    ReadOnlyInlineMixin,
     ScopedInlineMixin,
     has_role,
     org_action,
@@ -132,7 +133,7 @@ class WorkflowAdmin(ExtendedInlinesMixin, OrgScopedAdmin):
         return TemplateResponse(request, "admin/workflows/workflow/run.html", context)
 
 
-class StepRunInline(ScopedInlineMixin, admin.TabularInline):
+class StepRunInline(ReadOnlyInlineMixin, ScopedInlineMixin, admin.TabularInline):
     model = StepRun
     extra = 0
     can_delete = False
@@ -150,15 +151,6 @@ class StepRunInline(ScopedInlineMixin, admin.TabularInline):
     @admin.display(description="waited on")
     def waited(self, obj):
         return ", ".join(f"{k}: {v}" for k, v in (obj.state or {}).items()) or "-"
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 class ApprovalInline(StepRunInline):
