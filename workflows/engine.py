@@ -19,8 +19,10 @@ from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from auxot.logs import log_context
 from auxot.services import audit_record
 from workflows.handoffs import describe, violations
+from workflows.metrics import WORK_ITEMS_FINISHED, step_observe
 from workflows.models import Step, StepRun, WorkItem
 from workflows.providers import provider_tickets_drop
 from workflows.signals import work_item_finished
@@ -112,7 +114,13 @@ class _Run:
 
 
 def _run_claimed(claim: Claim) -> None:
-    run = _Run(claim)
+    item = claim.item
+    with log_context(work_id=str(item.pk), intake_id=item.intake_id and str(item.intake_id),
+                     request_id=item.request_id):
+        _advance(_Run(claim))
+
+
+def _advance(run: _Run) -> None:
     while run.item.current_step < len(run.steps):
         step = run.steps[run.item.current_step]
         outcome, attempt = _attempt(run, step)
@@ -175,12 +183,16 @@ def _attempt(run: _Run, step: Step) -> tuple[Outcome | None, StepRun | None]:
 
 
 def _safely(call, ctx: StepContext, run: _Run, step: Step) -> Outcome:
+    started = time.monotonic()
     try:
         outcome = call(ctx)
     except Exception as exc:  # a bug in a step kind must fail the item, not loop forever
         logger.exception("step %s of work item %s raised", step.pk, run.item.pk)
-        return Fail("step_error", f"{type(exc).__name__}: {exc}")
-    return _check_handoff(step, outcome)
+        outcome = Fail("step_error", f"{type(exc).__name__}: {exc}")
+    else:
+        outcome = _check_handoff(step, outcome)
+    step_observe(kind=step.kind, outcome=outcome, seconds=time.monotonic() - started)
+    return outcome
 
 
 def _check_handoff(step: Step, outcome: Outcome) -> Outcome:
@@ -247,6 +259,11 @@ def _finish(run: _Run, status: str, *, output: Any = None, error: dict | None = 
                          now=now, actor_label="engine",
                          extra={"code": error.get("code")} if error else {})
             transaction.on_commit(lambda: _announce(item_id))
+    if changed == 1:
+        WORK_ITEMS_FINISHED.labels(status=status).inc()
+        logger.info("work item %s %s", run.item.pk, status, extra={
+            "event": "work_item.finished", "status": status,
+            "duration_ms": round((now - run.item.created_at).total_seconds() * 1000, 1)})
     return changed == 1
 
 

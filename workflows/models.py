@@ -131,6 +131,10 @@ class WorkItem(models.Model):
     correlation_id = models.CharField(max_length=200, blank=True)
     # Per-request callback override (Auxot-Callback-Url); empty: the intake's default.
     callback_url = models.URLField(max_length=2000, blank=True)
+    # The X-Request-Id of the request that created it: in its log lines and its callback.
+    request_id = models.CharField(max_length=200, blank=True)
+    # Set when retention removed its input, output and step results (the item stays).
+    redacted_at = models.DateTimeField(null=True, blank=True)
 
     # Scheduling state, owned by the engine.
     current_step = models.PositiveIntegerField(default=0)  # index into the ordered steps
