@@ -155,6 +155,12 @@ class WorkItem(models.Model):
                 condition=models.Q(next_run_at__isnull=False),
             ),
             models.Index(fields=["intake", "-created_at"], name="workitem_intake_recent"),
+            # /metrics counts unfinished items each scrape: only they are in this index.
+            models.Index(fields=["status"], name="workitem_active",
+                         condition=models.Q(status__in=["pending", "running"])),
+            # Retention finds finished items by age per intake.
+            models.Index(fields=["intake", "finished_at"], name="workitem_intake_finished",
+                         condition=models.Q(finished_at__isnull=False)),
         ]
 
     def __str__(self) -> str:

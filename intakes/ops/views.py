@@ -46,23 +46,31 @@ def _in_networks(ip: str | None) -> bool:
                for net in settings.AUXOT_METRICS_ALLOWED_NETWORKS)
 
 
-def metrics_refusal(request: HttpRequest) -> HttpResponse | None:
-    """None when this request may read /metrics; else the answer (404 while it is off)."""
+def metrics_refusal_for(*, ip: str | None, authorization: str) -> tuple[str, str] | None:
+    """None when this caller may read the metrics; else (problem code, detail). Off (404)
+    unless a token or networks are configured; with both, both must match."""
     token, networks = settings.AUXOT_METRICS_TOKEN, settings.AUXOT_METRICS_ALLOWED_NETWORKS
     if not token and not networks:
-        return django_problem("not_found", "Metrics are not enabled on this server.")
-    if networks and not _in_networks(client_ip(request)):
-        return django_problem("forbidden", "This address may not read the metrics.")
+        return "not_found", "Metrics are not enabled on this server."
+    if networks and not _in_networks(ip):
+        return "forbidden", "This address may not read the metrics."
     if token:
-        given = request.META.get("HTTP_AUTHORIZATION", "")
-        if not given.startswith("Bearer "):
-            response = django_problem("unauthorized",
-                                      "Send Authorization: Bearer <the metrics token>.")
-            response["WWW-Authenticate"] = 'Bearer realm="metrics"'
-            return response
-        if not hmac.compare_digest(given[len("Bearer "):].encode(), token.encode()):
-            return django_problem("forbidden", "Wrong metrics token.")
+        if not authorization.startswith("Bearer "):
+            return "unauthorized", "Send Authorization: Bearer <the metrics token>."
+        if not hmac.compare_digest(authorization[len("Bearer "):].encode(), token.encode()):
+            return "forbidden", "Wrong metrics token."
     return None
+
+
+def metrics_refusal(request: HttpRequest) -> HttpResponse | None:
+    refused = metrics_refusal_for(ip=client_ip(request),
+                                  authorization=request.META.get("HTTP_AUTHORIZATION", ""))
+    if refused is None:
+        return None
+    response = django_problem(*refused)
+    if refused[0] == "unauthorized":
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+    return response
 
 
 @never_cache
