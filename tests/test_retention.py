@@ -175,3 +175,35 @@ def test_the_scheduled_task_runs_the_pass(api, plain, member_token):
     _finished(api, plain, member_token, {"n": 1})
     with time_machine.travel(timezone.now() + timedelta(days=31)):
         assert task() == "redacted 1, deleted 0"
+
+
+def test_admin_shows_retention_settings_redaction_and_the_schedule(
+        client, cast, api, plain, member_token):
+    item = _finished(api, plain, member_token, {"n": 1})
+    with time_machine.travel(timezone.now() + timedelta(days=31)):
+        retention_run()
+    client.force_login(cast.admin_a)
+    page = client.get(f"/admin/intakes/intake/{plain.pk}/change/").content.decode()
+    assert "Retention" in page and "redact_paths" in page and "payload_retention_days" in page
+    page = client.get(f"/admin/workflows/workitem/{item.pk}/change/").content.decode()
+    assert "Redacted at" in page and "Request id" in page
+    cast.admin_a.is_superuser = True
+    cast.admin_a.save()
+    page = client.get("/admin/django_q/schedule/").content.decode()
+    assert SCHEDULE_NAME in page
+
+
+def test_admin_edit_of_redact_paths_goes_through_the_service(client, cast, plain):
+    client.force_login(cast.admin_a)
+    url = f"/admin/intakes/intake/{plain.pk}/change/"
+    data = {"name": plain.name, "team": "", "callback_url": "", "rate_limit_per_window": "",
+            "payload_retention_days": "3", "item_retention_days": "",
+            "redact_paths": '["$.customer.email"]'}
+    response = client.post(url, data)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    plain.refresh_from_db()
+    assert plain.redact_paths == ["$.customer.email"] and plain.payload_retention_days == 3
+    assert AuditEvent.objects.filter(event="intake.changed", object_id=str(plain.pk)).exists()
+    data["redact_paths"] = '["customer.email"]'
+    page = client.post(url, data).content.decode()
+    assert "is not a JSON path" in page
