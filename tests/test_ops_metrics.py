@@ -139,3 +139,13 @@ def test_exporter_serves_the_counters_of_other_processes_on_the_host(tmp_path):
     finally:
         exporter.terminate()
         exporter.wait(10)
+
+
+def test_a_canceled_item_counts_as_finished_failed(cast, intake_a):
+    from workflows.metrics import WORK_ITEMS_FINISHED
+    from workflows.services import work_item_cancel, work_item_create
+
+    item = work_item_create(workflow=intake_a.workflow, intake=intake_a, input={})
+    before = WORK_ITEMS_FINISHED.labels(status="failed")._value.get()
+    work_item_cancel(item=item, user=cast.member_a, reason="test")
+    assert WORK_ITEMS_FINISHED.labels(status="failed")._value.get() == before + 1

@@ -14,6 +14,7 @@ from auxot.logs import current_request_id
 from auxot.models import Membership
 from auxot.services import audit_record
 from workflows.handoffs import violations
+from workflows.metrics import WORK_ITEMS_FINISHED
 from workflows.models import Approval, Step, StepRun, WorkerHeartbeat, Workflow, WorkItem
 from workflows.providers import provider_tickets_drop
 from workflows.signals import work_item_finished
@@ -227,6 +228,7 @@ def work_item_cancel(*, item: WorkItem, user=None, key=None, reason: str = "",
         item_id = locked.pk
         transaction.on_commit(lambda: work_item_finished.send(
             sender=WorkItem, work_item=WorkItem.objects.get(pk=item_id)))
+    WORK_ITEMS_FINISHED.labels(status=WorkItem.Status.FAILED).inc()
     item.refresh_from_db()
     return item
 
