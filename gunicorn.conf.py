@@ -42,3 +42,12 @@ max_requests_jitter = _int("GUNICORN_MAX_REQUESTS_JITTER", 2000)
 accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
 # Trust X-Forwarded-* only from a proxy on this host (set it to your load balancer).
 forwarded_allow_ips = os.environ.get("GUNICORN_FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+
+def child_exit(server, worker) -> None:
+    # /metrics in prometheus-client multiprocess mode: forget a dead worker's live gauges
+    # (its counters stay summed, as they must).
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

@@ -135,6 +135,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: every response (errors included) carries the request id, every log line too.
+    "auxot.requestid.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -445,12 +447,53 @@ AUXOT_AUDIT_REJECTED_RETENTION_DAYS = env_int("AUXOT_AUDIT_REJECTED_RETENTION_DA
 AUXOT_REJECTION_AUDIT_PER_MINUTE = env_int("AUXOT_REJECTION_AUDIT_PER_MINUTE", 120, minimum=0)
 AUXOT_REJECTION_AUDIT_PER_SOURCE = env_int("AUXOT_REJECTION_AUDIT_PER_SOURCE", 10, minimum=0)
 
+# --- Operations: health and readiness, metrics, retention -----------------------------------
+# /readyz and `manage.py health`: each check's time limit, the oldest worker heartbeat and
+# the oldest due-but-unclaimed work item that still count as ready.
+AUXOT_READY_CHECK_TIMEOUT_SECONDS = env_float("AUXOT_READY_CHECK_TIMEOUT_SECONDS", 2.0,
+                                              minimum=0.05)
+AUXOT_READY_HEARTBEAT_MAX_AGE_SECONDS = env_int("AUXOT_READY_HEARTBEAT_MAX_AGE_SECONDS", 60,
+                                                minimum=1)
+AUXOT_READY_BACKLOG_MAX_AGE_SECONDS = env_int("AUXOT_READY_BACKLOG_MAX_AGE_SECONDS", 300,
+                                              minimum=1)
+# /metrics is off unless a bearer token or an allow-list of networks is set (both: both apply).
+AUXOT_METRICS_TOKEN = env_str("AUXOT_METRICS_TOKEN").strip()
+AUXOT_METRICS_ALLOWED_NETWORKS = env_list("AUXOT_METRICS_ALLOWED_NETWORKS", [])
+for _net in AUXOT_METRICS_ALLOWED_NETWORKS:
+    try:
+        ipaddress.ip_network(_net, strict=False)
+    except ValueError as _exc:
+        raise ImproperlyConfigured(f"AUXOT_METRICS_ALLOWED_NETWORKS: {_exc}") from None
+if AUXOT_METRICS_TOKEN and len(AUXOT_METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("AUXOT_METRICS_TOKEN must be at least 16 characters.")
+# Retention defaults (an intake may set its own): inputs, outputs and step results of
+# finished work items are redacted after this many days; the items are deleted after the
+# second. 0 switches that stage off.
+AUXOT_RETENTION_PAYLOAD_DAYS = env_int("AUXOT_RETENTION_PAYLOAD_DAYS", 30, minimum=0)
+AUXOT_RETENTION_DELETE_DAYS = env_int("AUXOT_RETENTION_DELETE_DAYS", 90, minimum=0)
+# The retention schedule's period, and the rows one statement redacts or deletes.
+AUXOT_RETENTION_EVERY_MINUTES = env_int("AUXOT_RETENTION_EVERY_MINUTES", 60, minimum=1)
+AUXOT_RETENTION_BATCH = env_int("AUXOT_RETENTION_BATCH", 500, minimum=1)
+
 # --- Logging ------------------------------------------------------------------------------
+# LOG_FORMAT=json: one JSON object per line (time, level, event, request_id, intake_id,
+# work_id, key_lookup_id, status, duration_ms); text (the default) for people. The context
+# filter adds the ids of the request or work item being handled to every line.
+LOG_FORMAT = env_str("LOG_FORMAT", "text").strip().lower() or "text"
+if LOG_FORMAT not in {"text", "json"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r} must be text or json.")
+# One log line per HTTP request (method, path, status, duration, ids) from the web process.
+AUXOT_REQUEST_LOG = env_bool("AUXOT_REQUEST_LOG", True)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"context": {"()": "auxot.logs.ContextFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s%(context)s"},
+        "json": {"()": "auxot.logs.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["context"],
+                             "formatter": "json" if LOG_FORMAT == "json" else "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {
         # django-q2 logs an INFO line per task: keep the hot path quiet.

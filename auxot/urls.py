@@ -8,12 +8,16 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from auxot import views
 from intakes import admin_views
+from intakes.ops import views as ops_views
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
     path("admin/poll-stuck/", admin.site.admin_view(admin_views.poll_stuck),
          name="admin-poll-stuck"),
     path("admin/", admin.site.urls),
+    path("healthz", ops_views.healthz, name="healthz"),
+    path("readyz", ops_views.readyz, name="readyz"),
+    path("metrics", ops_views.metrics, name="metrics"),
     path("v1/problems/<str:code>", views.problem_detail, name="problem-detail"),
     path("v1/schema", SpectacularAPIView.as_view(), name="schema"),
     path("v1/docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),

@@ -41,7 +41,8 @@ RECENT_WORK = 10
 class IntakeForm(forms.ModelForm):
     class Meta:
         model = Intake
-        fields = ["workflow", "name", "team", "callback_url", "rate_limit_per_window"]
+        fields = ["workflow", "name", "team", "callback_url", "rate_limit_per_window",
+                  "payload_retention_days", "item_retention_days", "redact_paths"]
 
     def clean(self):
         data = super().clean()
@@ -133,7 +134,9 @@ class IntakeAdmin(IntakeCallbacksAdminMixin, OrgScopedAdmin):
             "intake_id", "workflow", "name", "team", "active", "created_by", "created_at",
             "deactivated_at", "rate_limit_per_window", "recent_work"]
         callbacks = ["callback_url"] if obj is None else ["callback_url", *CALLBACK_READONLY]
-        return [(None, {"fields": main}), ("Callbacks", {"fields": callbacks})]
+        retention = ["payload_retention_days", "item_retention_days", "redact_paths"]
+        return [(None, {"fields": main}), ("Callbacks", {"fields": callbacks}),
+                ("Retention", {"fields": retention})]
 
     def get_readonly_fields(self, request, obj=None):
         fields = list(super().get_readonly_fields(request, obj))

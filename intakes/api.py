@@ -1,5 +1,7 @@
 """The public v1 API. Views parse, authorize, call one service, render."""
 
+import uuid
+
 from django.conf import settings
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema_serializer
@@ -11,9 +13,11 @@ from rest_framework.views import APIView
 
 from auxot.errors import ApplicationError
 from auxot.http import client_ip
+from auxot.logs import log_context_bind
 from auxot.timefmt import iso
 from intakes.body import request_json
 from intakes.longpoll import wait_parse, work_item_wait
+from intakes.metrics import trigger_accepted, trigger_rejected
 from intakes.openapi import (
     APPROVAL_EXAMPLES,
     CANCEL_EXAMPLES,
@@ -42,7 +46,21 @@ class PublicApi(RejectionAuditMixin, APIView):
         method = request.method.lower()
         if method not in self.http_method_names or not hasattr(self, method):
             raise MethodNotAllowed(request.method)
+        _bind_ids(kwargs)
         super().initial(request, *args, **kwargs)
+        if request.auth is not None:
+            log_context_bind(key_lookup_id=request.auth.lookup_id)
+
+
+def _bind_ids(kwargs: dict) -> None:
+    """The URL's ids into the log context, only when they are UUIDs (the path is hostile)."""
+    ids = {}
+    for name in ("intake_id", "work_id"):
+        try:
+            ids[name] = str(uuid.UUID(str(kwargs.get(name, ""))))
+        except ValueError:
+            continue
+    log_context_bind(**ids)
 
 
 class IntakeTriggerApi(PublicApi):
@@ -59,6 +77,8 @@ class IntakeTriggerApi(PublicApi):
                                 callback_url=request.headers.get("Auxot-Callback-Url", ""),
                                 idempotency_key=headers.get("idempotency_key"))
         item = result.item
+        log_context_bind(work_id=str(item.pk))
+        trigger_accepted(replayed=result.replayed)
         status_url = _absolute(request, reverse(
             "work-item-detail", kwargs={"intake_id": intake.pk, "work_id": item.pk}))
         # A replay answers what the first request got: the item as it was accepted.
@@ -68,6 +88,13 @@ class IntakeTriggerApi(PublicApi):
         if result.replayed:
             headers["Idempotent-Replayed"] = "true"
         return Response(body, status=202, headers=headers)
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        if response.status_code >= 400:
+            data = response.data if isinstance(response.data, dict) else {}
+            trigger_rejected(code=str(data.get("code") or f"http_{response.status_code}"))
+        return response
 
 
 class WorkItemDetailApi(PublicApi):

@@ -14,3 +14,11 @@ class IntakesConfig(AppConfig):
         engine_admin_extend()
         post_migrate.connect(housekeeping_schedules_ensure, sender=self,
                              dispatch_uid="intakes.housekeeping_schedules")
+        post_migrate.connect(_schedule_retention, sender=self,
+                             dispatch_uid="intakes.retention_schedule")
+
+
+def _schedule_retention(sender, using="default", **kwargs) -> None:
+    from intakes.retention import retention_schedule_ensure
+
+    retention_schedule_ensure()

@@ -22,8 +22,10 @@ from standardwebhooks.webhooks import Webhook
 
 from auxot.broker import task_enqueue
 from auxot.http import retry_after_seconds
+from auxot.logs import log_context
 from auxot.outbound import RefusedDestination, outbound_request, url_redact
 from auxot.services import audit_record
+from intakes.metrics import callback_attempted
 from intakes.models import CallbackAttempt, CallbackDelivery, Intake
 from intakes.presenters import callback_url_for, render_json, work_item_poll_view
 from intakes.secrets import secret_decrypt, secret_encrypt, signing_secret_generate
@@ -330,6 +332,15 @@ def callback_delivery_process(*, delivery_id) -> str | None:
     if claimed is None:
         return None
     delivery, token = claimed
+    item = delivery.work_item
+    with log_context(work_id=str(item.pk), intake_id=str(delivery.intake_id),
+                     request_id=item.request_id):
+        state = _deliver(delivery, token, now)
+    callback_attempted(state=state)
+    return state
+
+
+def _deliver(delivery: CallbackDelivery, token: str, now: datetime) -> str:
     # An attempt left open was cut short by a dying worker; the receiver may have it (dedupe).
     CallbackAttempt.objects.filter(delivery=delivery, finished_at__isnull=True).update(
         finished_at=now, error="interrupted: the worker stopped during this attempt")
@@ -345,6 +356,8 @@ def callback_delivery_process(*, delivery_id) -> str | None:
         body = render_json(view.body)
         headers = signed_headers(secrets=secrets, webhook_id=delivery.webhook_id, body=body,
                                  now=now)
+        if delivery.work_item.request_id:  # the receiver can join its logs to the trigger's
+            headers["x-request-id"] = delivery.work_item.request_id
         result = callback_post(url=delivery.url, body=body, headers=headers)
     return _attempt_record(delivery, token, attempt, result)
 

@@ -1,6 +1,7 @@
 import uuid
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
@@ -32,6 +33,24 @@ class Intake(models.Model):
         "Empty: the AUXOT_RATE_LIMIT_INTAKE default; 0: unlimited.",
     )
 
+    # Retention (README "Retention"): empty uses the AUXOT_RETENTION_* defaults.
+    payload_retention_days = models.PositiveIntegerField(
+        null=True, blank=True,
+        help_text="Days a finished work item keeps its input, output and step results; then "
+        "they are redacted (the item, its steps and statuses stay). Empty: the "
+        "AUXOT_RETENTION_PAYLOAD_DAYS default; 0: never redact.",
+    )
+    item_retention_days = models.PositiveIntegerField(
+        null=True, blank=True,
+        help_text="Days a finished work item is kept at all; then it is deleted. Empty: the "
+        "AUXOT_RETENTION_DELETE_DAYS default; 0: never delete.",
+    )
+    redact_paths = models.JSONField(
+        default=list, blank=True,
+        help_text='JSON paths replaced by "[REDACTED]" in each trigger\'s body before it is '
+        'stored, e.g. ["$.customer.email", "$.items[*].card"].',
+    )
+
     # Callbacks (README "Polling or callbacks?"). Secrets are Fernet-encrypted (intakes.secrets).
     callback_url = models.URLField(
         max_length=2000, blank=True,
@@ -50,6 +69,15 @@ class Intake(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        from workflows.retention import json_paths_check
+
+        self.redact_paths = self.redact_paths or []
+        try:
+            json_paths_check(self.redact_paths)
+        except ValueError as exc:
+            raise ValidationError({"redact_paths": str(exc)}) from None
 
     @property
     def callback_disabled(self) -> bool:

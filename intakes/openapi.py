@@ -133,6 +133,9 @@ class WorkItemSerializer(serializers.Serializer):
     callback = serializers.JSONField(
         required=False, allow_null=True,
         help_text="Callback delivery state when the item has a callback URL.")
+    redacted_at = serializers.DateTimeField(
+        allow_null=True, help_text="When the intake's retention policy removed the input, "
+        "output and step results (null: not redacted).")
 
 
 # --- headers and parameters ----------------------------------------------------------------
@@ -321,6 +324,7 @@ def _work_example(status: str) -> dict:
              "started_at": "2026-11-29T06:52:34.041Z", "finished_at": "2026-11-29T06:52:34.043Z",
              "error": None},
         ],
+        "redacted_at": None,
     }
 
 

@@ -15,6 +15,7 @@ from intakes.lookup import intake_lookup, work_item_lookup
 from intakes.models import Intake
 from intakes.secrets import secret_encrypt, signing_secret_generate
 from workflows.models import Workflow, WorkItem
+from workflows.retention import json_paths_check, json_paths_redact
 from workflows.services import work_item_create
 
 
@@ -165,6 +166,9 @@ def _trigger_once(*, intake: Intake, key: ApiKey, payload: Any, ip: str | None,
         item = work_item_create(
             workflow=intake.workflow, intake=intake, input=payload, key=key, ip=ip,
             correlation_id=correlation_id, callback_url=callback_url, now=now,
+            # Listed paths never reach the database; the schema check sees the real body.
+            stored_input=json_paths_redact(payload, intake.redact_paths)
+            if intake.redact_paths else None,
         )
         if claim is not None:
             idempotency.idempotency_bound_wait()
@@ -185,7 +189,8 @@ def work_item_for_key(*, intake: Intake, work_id: str) -> WorkItem:
     return item
 
 
-INTAKE_EDITABLE = ("name", "team", "callback_url", "rate_limit_per_window")
+INTAKE_EDITABLE = ("name", "team", "callback_url", "rate_limit_per_window",
+                   "payload_retention_days", "item_retention_days", "redact_paths")
 
 
 def intake_update(*, intake: Intake, changes: dict[str, Any], actor=None,
@@ -203,6 +208,12 @@ def intake_update(*, intake: Intake, changes: dict[str, Any], actor=None,
             raise ApplicationError(refusal, code="forbidden")
     if changes.get("callback_url"):
         callback_url_checked(changes["callback_url"])
+    if "redact_paths" in changes:
+        changes = {**changes, "redact_paths": changes["redact_paths"] or []}
+        try:
+            json_paths_check(changes["redact_paths"])
+        except ValueError as exc:
+            raise ApplicationError(f"redact_paths: {exc}", code="validation_failed") from None
     changed = [f for f in INTAKE_EDITABLE if f in changes and getattr(intake, f) != changes[f]]
     if not changed:
         return []

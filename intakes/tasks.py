@@ -23,3 +23,10 @@ def ratelimit_prune_run() -> int:
 
 def audit_rejected_prune_run() -> int:
     return audit_rejected_prune(now=timezone.now())
+
+
+def retention_run() -> str:
+    from intakes.retention import retention_run as run
+
+    report = run()
+    return f"redacted {report.redacted}, deleted {report.deleted}"

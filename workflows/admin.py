@@ -228,14 +228,14 @@ class WorkItemAdmin(ExtendedInlinesMixin, WorkItemActionsMixin, OrgScopedAdmin):
     list_filter = ["status", "workflow", "intake", "intake__team",
                    ("created_at", admin.DateFieldListFilter)]
     date_hierarchy = "created_at"
-    search_fields = ["id", "correlation_id"]
+    search_fields = ["id", "correlation_id", "request_id"]
     list_select_related = ["workflow", "intake", "created_by_key"]
     inlines = [StepRunInline, ApprovalInline]
     inline_slot = workitem_inlines
     fieldsets = [
         (None, {"fields": ["id", "status", "workflow", "intake", "caller", "created_by_ip",
-                           "correlation_id", "created_at", "started_at", "finished_at",
-                           "duration"]}),
+                           "correlation_id", "request_id", "created_at", "started_at",
+                           "finished_at", "duration", "redacted_at"]}),
         ("Diagnosis", {"fields": ["diagnosis"]}),
         ("Input", {"fields": ["input_json"]}),
         ("Output or error", {"fields": ["output_json", "error_json"]}),

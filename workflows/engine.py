@@ -19,8 +19,10 @@ from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from auxot.logs import log_context
 from workflows.handoffs import describe, violations
 from workflows.kinds import Complete, Fail, Outcome, StepContext, Wait, kind_get
+from workflows.metrics import step_observe
 from workflows.models import Step, StepRun, WorkItem
 from workflows.providers import ProviderGate
 from workflows.services import work_item_finish
@@ -111,7 +113,13 @@ class _Run:
 
 
 def _run_claimed(claim: Claim) -> None:
-    run = _Run(claim)
+    item = claim.item
+    with log_context(work_id=str(item.pk), intake_id=item.intake_id and str(item.intake_id),
+                     request_id=item.request_id):
+        _advance(_Run(claim))
+
+
+def _advance(run: _Run) -> None:
     while run.item.current_step < len(run.steps):
         step = run.steps[run.item.current_step]
         outcome, attempt = _attempt(run, step)
@@ -176,12 +184,16 @@ def _attempt(run: _Run, step: Step) -> tuple[Outcome | None, StepRun | None]:
 
 
 def _safely(call, ctx: StepContext, run: _Run, step: Step) -> Outcome:
+    started = time.monotonic()
     try:
         outcome = call(ctx)
     except Exception as exc:  # a bug in a step kind must fail the item, not loop forever
         logger.exception("step %s of work item %s raised", step.pk, run.item.pk)
-        return Fail("step_error", f"{type(exc).__name__}: {exc}")
-    return _check_handoff(step, outcome)
+        outcome = Fail("step_error", f"{type(exc).__name__}: {exc}")
+    else:
+        outcome = _check_handoff(step, outcome)
+    step_observe(kind=step.kind, outcome=outcome, seconds=time.monotonic() - started)
+    return outcome
 
 
 def _check_handoff(step: Step, outcome: Outcome) -> Outcome:

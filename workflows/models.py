@@ -122,6 +122,10 @@ class WorkItem(models.Model):
     correlation_id = models.CharField(max_length=200, blank=True)
     # Per-request callback override (Auxot-Callback-Url); empty: the intake's default.
     callback_url = models.URLField(max_length=2000, blank=True)
+    # The X-Request-Id of the request that created it: in its log lines and its callback.
+    request_id = models.CharField(max_length=200, blank=True)
+    # Set when retention removed its input, output and step results (the item stays).
+    redacted_at = models.DateTimeField(null=True, blank=True)
 
     # Scheduling state, owned by the engine.
     current_step = models.PositiveIntegerField(default=0)  # index into the ordered steps
@@ -142,6 +146,12 @@ class WorkItem(models.Model):
                 condition=models.Q(next_run_at__isnull=False),
             ),
             models.Index(fields=["intake", "-created_at"], name="workitem_intake_recent"),
+            # /metrics counts unfinished items each scrape: only they are in this index.
+            models.Index(fields=["status"], name="workitem_active",
+                         condition=models.Q(status__in=["pending", "running"])),
+            # Retention finds finished items by age per intake.
+            models.Index(fields=["intake", "finished_at"], name="workitem_intake_finished",
+                         condition=models.Q(finished_at__isnull=False)),
         ]
 
     def __str__(self) -> str:

@@ -178,5 +178,7 @@ def work_item_view(item: WorkItem, *, now: datetime | None = None) -> WorkItemVi
         "waiting_on": waiting_on,
         "diagnosis": diagnosis,
         "steps": _step_rows(item, steps, runs),
+        # Set once retention removed the input, output and step results (the item stays).
+        "redacted_at": iso(item.redacted_at),
     }
     return WorkItemView(body=body, retry_after=_retry_after(item, now))

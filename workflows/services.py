@@ -1,3 +1,4 @@
+import logging
 import os
 import socket
 from datetime import datetime, timedelta
@@ -11,13 +12,17 @@ from django.utils import timezone
 
 from auxot.broker import task_enqueue
 from auxot.errors import ApplicationError, PermissionDeniedError
+from auxot.logs import current_request_id
 from auxot.models import Membership
 from auxot.services import audit_record
 from workflows.handoffs import describe, violations
 from workflows.kinds import REGISTRY
+from workflows.metrics import WORK_ITEMS_FINISHED
 from workflows.models import Approval, Step, StepRun, WorkerHeartbeat, Workflow, WorkItem
 from workflows.providers import provider_tickets_drop
 from workflows.signals import work_item_finished
+
+logger = logging.getLogger(__name__)
 
 TASK = "workflows.tasks.work_item_run"
 
@@ -38,18 +43,23 @@ def work_item_create(
     correlation_id: str = "",
     callback_url: str = "",
     now: datetime | None = None,
+    stored_input: Any = None,
+    request_id: str | None = None,
 ) -> WorkItem:
     """Store a new pending item and its queue entry. Call inside the caller's transaction.
 
     Raises a 422 ApplicationError listing every violation when the workflow declares an
-    input schema the input does not match; nothing is written then.
+    input schema the input does not match; nothing is written then. `stored_input`, when
+    given, is what is kept instead of `input` (the input with paths redacted at ingest).
+    `request_id` defaults to the current request's X-Request-Id.
     """
     now = now or timezone.now()
     workflow_input_check(workflow=workflow, input=input)
     item = WorkItem.objects.create(
-        workflow=workflow, intake=intake, input=input, created_by_key=key, created_by_ip=ip,
-        correlation_id=correlation_id, callback_url=callback_url, created_at=now, next_run_at=now,
-        enqueued_at=now,
+        workflow=workflow, intake=intake, input=input if stored_input is None else stored_input,
+        created_by_key=key, created_by_ip=ip, correlation_id=correlation_id,
+        callback_url=callback_url, created_at=now, next_run_at=now, enqueued_at=now,
+        request_id=current_request_id() if request_id is None else request_id,
     )
     if settings.REDIS_URL:
         # Redis is not in our transaction: enqueue only what is committed, or a worker may
@@ -230,6 +240,10 @@ def work_item_finish(*, item: WorkItem, status: str, now: datetime, output: Any 
                      actor_key_lookup=actor_key_lookup, actor_label=actor_label, obj=item,
                      ip=ip, now=now, extra=extra)
         transaction.on_commit(partial(_finished_announce, item.pk))
+    WORK_ITEMS_FINISHED.labels(status=status).inc()
+    logger.info("work item %s %s", item.pk, status, extra={
+        "event": "work_item.finished", "status": status,
+        "duration_ms": round((now - item.created_at).total_seconds() * 1000, 1)})
     return True
 
 

@@ -1,0 +1,91 @@
+"""Log context (request id, intake, work item, key lookup id) and the two log formats.
+
+`LOG_FORMAT=text` (the default) writes human lines; `LOG_FORMAT=json` writes one JSON object
+per line with a fixed set of top-level fields. The context is a contextvar, so every line a
+request or a work item's run logs carries its ids without passing them around.
+"""
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import UTC, datetime
+
+from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
+
+CONTEXT_FIELDS = ("request_id", "intake_id", "work_id", "key_lookup_id")
+_context: ContextVar[dict[str, str]] = ContextVar("auxot_log_context", default={})  # noqa: B039
+
+
+def log_context_get() -> dict[str, str]:
+    return _context.get()
+
+
+def log_context_bind(**values: str | None) -> object:
+    """Add ids to the current context; returns a token for `log_context_reset`."""
+    merged = {**_context.get(), **{k: str(v) for k, v in values.items() if v}}
+    return _context.set(merged)
+
+
+def log_context_reset(token) -> None:
+    _context.reset(token)
+
+
+@contextmanager
+def log_context(**values: str | None) -> Iterator[None]:
+    token = log_context_bind(**values)
+    try:
+        yield
+    finally:
+        log_context_reset(token)
+
+
+def current_request_id() -> str:
+    return _context.get().get("request_id", "")
+
+
+class ContextFilter(logging.Filter):
+    """Puts the context's ids on every record (and `context`, a text suffix of them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = _context.get()
+        for name in CONTEXT_FIELDS:
+            if not getattr(record, name, None) and name in context:
+                setattr(record, name, context[name])
+        pairs = [f"{name}={getattr(record, name)}" for name in CONTEXT_FIELDS
+                 if getattr(record, name, None)]
+        record.context = (" [" + " ".join(pairs) + "]") if pairs else ""
+        return True
+
+
+# Record attributes that are not ours to print (the logging module's own, plus `context`).
+_RESERVED = set(vars(logging.makeLogRecord({}))) | {"context", "message", "asctime",
+                                                     "taskName"}
+
+
+class JsonFormatter(_JsonFormatter):
+    """One object per line: time, level, logger, event, message, the context ids, and any
+    `extra=` the caller gave (status, duration_ms, ...). `event` defaults to the logger name."""
+
+    def add_fields(self, log_data: dict, record: logging.LogRecord, message_dict: dict) -> None:
+        log_data["time"] = datetime.fromtimestamp(record.created, UTC).isoformat(
+            timespec="milliseconds").replace("+00:00", "Z")
+        log_data["level"] = record.levelname
+        log_data["logger"] = record.name
+        log_data["event"] = getattr(record, "event", None) or record.name
+        log_data["message"] = record.getMessage()
+        for name in CONTEXT_FIELDS:
+            if getattr(record, name, None):
+                log_data[name] = getattr(record, name)
+        for name, value in vars(record).items():
+            if name not in _RESERVED and name not in log_data and name not in CONTEXT_FIELDS:
+                log_data[name] = value
+        if record.exc_info:
+            log_data["exception"] = self.formatException(record.exc_info)
+        log_data.update(message_dict)
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.exc_text = None  # formatted into `exception` above, not appended as text
+        log_data: dict = {}
+        self.add_fields(log_data, record, {})
+        return self.serialize_log_record(log_data)

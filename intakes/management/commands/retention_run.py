@@ -1,0 +1,18 @@
+"""`manage.py retention_run`: the retention pass now (the schedule runs it every hour)."""
+
+from django.core.management.base import BaseCommand
+
+from intakes.retention import retention_run, retention_schedule_ensure
+
+
+class Command(BaseCommand):
+    help = "Redact and delete finished work items past their intake's retention, now."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--budget-seconds", type=float, default=3600.0)
+
+    def handle(self, *args, budget_seconds: float, **options) -> None:
+        retention_schedule_ensure()
+        report = retention_run(budget_seconds=budget_seconds)
+        more = "" if report.finished else " (time budget reached: run again)"
+        self.stdout.write(f"redacted {report.redacted}, deleted {report.deleted}{more}")

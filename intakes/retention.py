@@ -1,0 +1,142 @@
+"""Retention: per intake, redact finished work items' payloads after N days and delete the
+items after M days (AUXOT_RETENTION_* defaults). Run by a django-q2 schedule created
+idempotently after every `migrate`, in batches, each batch audited in its own transaction.
+"""
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from auxot.models import Organization
+from auxot.services import audit_record
+from intakes.models import CallbackAttempt, Intake
+from workflows.models import WorkItem
+from workflows.retention import work_items_redact
+
+logger = logging.getLogger(__name__)
+SCHEDULE_NAME = "auxot.retention"
+TASK = "intakes.tasks.retention_run"
+
+
+@dataclass
+class RetentionReport:
+    redacted: int = 0
+    deleted: int = 0
+    finished: bool = True  # False: the time budget ran out; the next run goes on
+    intakes: dict = field(default_factory=dict)
+
+
+def _days(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
+def intake_retention(intake: Intake | None) -> tuple[int, int]:
+    """(redact after days, delete after days) for an intake's items; 0 means never."""
+    if intake is None:
+        return settings.AUXOT_RETENTION_PAYLOAD_DAYS, settings.AUXOT_RETENTION_DELETE_DAYS
+    return (_days(intake.payload_retention_days, settings.AUXOT_RETENTION_PAYLOAD_DAYS),
+            _days(intake.item_retention_days, settings.AUXOT_RETENTION_DELETE_DAYS))
+
+
+def _scopes():
+    """(org, intake or None, finished items of that scope): every intake, then the items
+    started without one (run by hand in the admin), per organization."""
+    for intake in Intake.objects.select_related("org").order_by("created_at"):
+        yield intake.org, intake, WorkItem.objects.filter(intake=intake)
+    no_intake = WorkItem.objects.filter(intake__isnull=True, finished_at__isnull=False)
+    org_ids = no_intake.values_list("workflow__org_id", flat=True).distinct()
+    for org in Organization.objects.filter(pk__in=org_ids):
+        yield org, None, no_intake.filter(workflow__org=org)
+
+
+def _batches(queryset, batch: int, deadline: float):
+    while time.monotonic() < deadline:
+        ids = list(queryset.values_list("pk", flat=True)[:batch])
+        if not ids:
+            return
+        yield ids
+    raise TimeoutError
+
+
+def _audit(event: str, org, intake, count: int, days: int, now: datetime) -> None:
+    audit_record(event=event, org=org, obj=intake, now=now, actor_label="retention",
+                 extra={"count": count, "older_than_days": days,
+                        "intake": intake.name if intake else None})
+
+
+def _redact(org, intake, items, days: int, *, now, batch, deadline) -> int:
+    cutoff = now - timedelta(days=days)
+    due = items.filter(finished_at__lt=cutoff, redacted_at__isnull=True).order_by("finished_at")
+    total = 0
+    for ids in _batches(due, batch, deadline):
+        with transaction.atomic():
+            count = work_items_redact(ids=ids, now=now)
+            CallbackAttempt.objects.filter(delivery__work_item_id__in=ids).update(
+                response_body="")
+            _audit("work_items.redacted", org, intake, count, days, now)
+        total += count
+    return total
+
+
+def _delete(org, intake, items, days: int, *, now, batch, deadline) -> int:
+    cutoff = now - timedelta(days=days)
+    due = items.filter(finished_at__lt=cutoff).order_by("finished_at")
+    total = 0
+    for ids in _batches(due, batch, deadline):
+        with transaction.atomic():
+            count = WorkItem.objects.filter(pk__in=ids).delete()[1].get(WorkItem._meta.label, 0)
+            _audit("work_items.deleted", org, intake, count, days, now)
+        total += count
+    return total
+
+
+def retention_run(*, now: datetime | None = None, batch: int | None = None,
+                  budget_seconds: float = 240.0) -> RetentionReport:
+    """One pass over every intake. Stops at the time budget; the next run resumes."""
+    now = now or timezone.now()
+    batch = batch or settings.AUXOT_RETENTION_BATCH
+    deadline = time.monotonic() + budget_seconds
+    report = RetentionReport()
+    try:
+        for org, intake, items in _scopes():
+            redact_days, delete_days = intake_retention(intake)
+            kwargs = {"now": now, "batch": batch, "deadline": deadline}
+            # Deleting first: an item past both ages is not redacted on its way out.
+            deleted = _delete(org, intake, items, delete_days, **kwargs) if delete_days else 0
+            redacted = _redact(org, intake, items, redact_days, **kwargs) if redact_days else 0
+            report.redacted += redacted
+            report.deleted += deleted
+            if redacted or deleted:
+                report.intakes[str(intake.pk) if intake else f"org:{org.slug}"] = (
+                    redacted, deleted)
+    except TimeoutError:
+        report.finished = False
+        logger.warning("retention stopped at its time budget; the next run continues")
+    logger.info("retention: %s redacted, %s deleted", report.redacted, report.deleted,
+                extra={"event": "retention.run", "redacted": report.redacted,
+                       "deleted": report.deleted})
+    return report
+
+
+def retention_schedule_ensure() -> bool:
+    """Create (or correct) the django-q2 schedule; True when it changed. Safe to repeat."""
+    from django.db import connection
+    from django_q.models import Schedule
+
+    if Schedule._meta.db_table not in connection.introspection.table_names():
+        return False  # `migrate` of a single app before django_q's tables exist
+    wanted = {"func": TASK, "schedule_type": Schedule.MINUTES,
+              "minutes": settings.AUXOT_RETENTION_EVERY_MINUTES, "repeats": -1}
+    schedule = Schedule.objects.filter(name=SCHEDULE_NAME).first()
+    if schedule is None:
+        Schedule.objects.create(name=SCHEDULE_NAME, next_run=timezone.now(), **wanted)
+        return True
+    if all(getattr(schedule, k) == v for k, v in wanted.items()):
+        return False
+    Schedule.objects.filter(pk=schedule.pk).update(**wanted)
+    return True

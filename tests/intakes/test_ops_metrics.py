@@ -1,0 +1,151 @@
+"""/metrics: off by default, protected by a token and/or networks, conventional names,
+bounded labels; the worker host's exporter shares the multiprocess directory."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import requests
+from django.test import override_settings
+from prometheus_client.parser import text_string_to_metric_families
+
+from apikeys.models import ApiKey
+from intakes.callbacks import callback_delivery_create, callback_delivery_process
+from tests.conftest import trigger
+from workflows.engine import work_item_process
+
+pytestmark = pytest.mark.django_db
+TOKEN = "metrics-token-0123456789"
+
+
+def _scrape(api) -> dict[tuple, float]:
+    response = api.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain; version=")
+    text = response.content.decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def _value(samples: dict, name: str, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metrics_are_off_by_default(api):
+    response = api.get("/metrics")
+    assert response.status_code == 404 and response.json()["code"] == "not_found"
+
+
+@override_settings(AUXOT_METRICS_TOKEN=TOKEN)
+def test_metrics_without_a_token_is_401_and_with_a_wrong_one_403(api):
+    response = api.get("/metrics")
+    assert response.status_code == 401 and response["WWW-Authenticate"].startswith("Bearer")
+    assert api.get("/metrics", HTTP_AUTHORIZATION="Bearer nope").status_code == 403
+    assert api.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}").status_code == 200
+
+
+@override_settings(AUXOT_METRICS_ALLOWED_NETWORKS=["10.0.0.0/8"])
+def test_metrics_from_outside_the_allowed_networks_is_403(api):
+    assert api.get("/metrics").status_code == 403  # the test client is 127.0.0.1
+    assert api.get("/metrics", REMOTE_ADDR="10.2.3.4").status_code == 200
+
+
+@override_settings(AUXOT_METRICS_ALLOWED_NETWORKS=["10.0.0.0/8"], AUXOT_METRICS_TOKEN=TOKEN)
+def test_metrics_with_networks_and_token_needs_both(api):
+    assert api.get("/metrics", REMOTE_ADDR="10.2.3.4").status_code == 401
+    assert api.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}").status_code == 403
+    assert api.get("/metrics", REMOTE_ADDR="10.2.3.4",
+                   HTTP_AUTHORIZATION=f"Bearer {TOKEN}").status_code == 200
+
+
+@override_settings(AUXOT_METRICS_TOKEN=TOKEN)
+def test_a_trigger_and_its_run_show_up_under_conventional_names(
+        api, receiver, cb_intake, member_token):
+    receiver.expect_request("/hook").respond_with_data("ok")
+    before = _scrape(api)
+    work_id = trigger(api, cb_intake.pk, member_token).json()["work_id"]
+    assert trigger(api, cb_intake.pk, "user.bogus").status_code == 401
+    pending = _scrape(api)
+    work_item_process(work_id=work_id, drain_seconds=0)
+    from workflows.models import WorkItem
+
+    delivery = callback_delivery_create(work_item=WorkItem.objects.get(pk=work_id))
+    callback_delivery_process(delivery_id=delivery.pk)
+    after = _scrape(api)
+
+    def grew(name, **labels):
+        return _value(after, name, **labels) - _value(before, name, **labels)
+
+    assert grew("auxot_triggers_total", outcome="accepted", reason="new") == 1
+    assert grew("auxot_triggers_total", outcome="rejected", reason="unauthorized") == 1
+    assert grew("auxot_step_duration_seconds_count", kind="transform", outcome="completed") == 1
+    assert grew("auxot_work_items_finished_total", status="completed") == 1
+    assert grew("auxot_callback_attempts_total", outcome="delivered") == 1
+    assert _value(pending, "auxot_work_items", status="pending") == 1
+    assert _value(after, "auxot_work_items", status="pending") == 0
+    assert _value(pending, "auxot_broker_depth") >= 1
+    for name in ("auxot_oldest_pending_age_seconds", "auxot_provider_slots_in_use",
+                 "auxot_provider_queue_length", "auxot_callback_deliveries_pending",
+                 "auxot_metrics_collect_errors"):
+        assert (name, ()) in after, name
+    assert _value(after, "auxot_metrics_collect_errors") == 0
+    assert grew("auxot_http_request_duration_seconds_count", method="POST", status="2xx") >= 1
+
+
+@override_settings(AUXOT_METRICS_TOKEN=TOKEN)
+def test_no_label_carries_an_id(api, intake_a, member_token):
+    work_id = trigger(api, intake_a.pk, member_token).json()["work_id"]
+    text = api.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}").content.decode()
+    key = ApiKey.objects.get()
+    for value in (work_id, str(intake_a.pk), key.lookup_id, intake_a.name,
+                  intake_a.workflow.name, intake_a.org.slug):
+        assert value not in text
+
+
+@override_settings(AUXOT_METRICS_TOKEN=TOKEN)
+def test_unknown_rejection_codes_are_folded_into_other():
+    from intakes.metrics import TRIGGERS, trigger_rejected
+
+    before = TRIGGERS.labels(outcome="rejected", reason="other")._value.get()
+    trigger_rejected(code="Weird Code/with spaces")
+    assert TRIGGERS.labels(outcome="rejected", reason="other")._value.get() == before + 1
+
+
+def _get(url: str, token: str | None = None) -> tuple[int, str]:
+    response = requests.get(url, headers={"Authorization": f"Bearer {token}"} if token else {},
+                            timeout=10)
+    return response.status_code, response.text
+
+
+@pytest.mark.e2e
+def test_exporter_serves_the_counters_of_other_processes_on_the_host(tmp_path):
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "AUXOT_METRICS_TOKEN": TOKEN,
+           "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    worker = ("import django; django.setup(); from intakes.metrics import callback_attempted; "
+              "[callback_attempted(state='failed') for _ in range(3)]")
+    subprocess.run([sys.executable, "-c", worker], env=env, check=True, timeout=60)
+    exporter = subprocess.Popen(
+        [sys.executable, "manage.py", "metrics_exporter", "--port", "0"], env=env,
+        stdout=subprocess.PIPE, text=True)
+    try:
+        line = exporter.stdout.readline()
+        port = int(line.rsplit(":", 1)[1])
+        url = f"http://127.0.0.1:{port}/metrics"
+        assert _get(url)[0] == 401 and _get(url, "wrong-token-000000000")[0] == 403
+        status, text = _get(url, TOKEN)
+        assert status == 200
+        assert 'auxot_callback_attempts_total{outcome="failed"} 3.0' in text
+    finally:
+        exporter.terminate()
+        exporter.wait(10)
+
+
+def test_a_canceled_item_counts_as_finished_failed(cast, intake_a):
+    from workflows.metrics import WORK_ITEMS_FINISHED
+    from workflows.services import work_item_cancel, work_item_create
+
+    item = work_item_create(workflow=intake_a.workflow, intake=intake_a, input={})
+    before = WORK_ITEMS_FINISHED.labels(status="failed")._value.get()
+    work_item_cancel(item=item, user=cast.member_a, reason="test")
+    assert WORK_ITEMS_FINISHED.labels(status="failed")._value.get() == before + 1

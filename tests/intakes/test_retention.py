@@ -1,0 +1,209 @@
+"""Retention: redaction at ingest, redaction after N days, deletion after M days, audited,
+batched, on an idempotent django-q2 schedule."""
+
+from datetime import timedelta
+
+import pytest
+import time_machine
+from django.test import override_settings
+from django.utils import timezone
+from django_q.models import Schedule
+
+from auxot.models import AuditEvent
+from intakes.callbacks import callback_delivery_create, callback_delivery_process
+from intakes.models import CallbackAttempt
+from intakes.retention import SCHEDULE_NAME, retention_run, retention_schedule_ensure
+from intakes.services import intake_create, intake_update
+from tests.conftest import bearer, make_workflow, trigger
+from workflows.engine import work_item_process
+from workflows.models import StepRun, WorkItem
+from workflows.retention import json_path_parse, json_paths_redact
+
+pytestmark = pytest.mark.django_db
+BODY = {"customer": {"email": "ada@example.com", "name": "Ada"}, "n": 1,
+        "items": [{"card": "4111", "sku": "a"}, {"card": "5500", "sku": "b"}]}
+
+
+@pytest.fixture
+def plain(cast):
+    workflow = make_workflow(cast.org_a, [("transform", {"expression": "{seen: input}"})],
+                             name="Plain")
+    return intake_create(org=cast.org_a, workflow=workflow, name="Plain intake")
+
+
+def _finished(api, intake, token, body=None) -> WorkItem:
+    work_id = trigger(api, intake.pk, token, body=body or BODY).json()["work_id"]
+    work_item_process(work_id=work_id, drain_seconds=0)
+    item = WorkItem.objects.get(pk=work_id)
+    assert item.status == "completed"
+    return item
+
+
+def _poll(api, intake, item, token) -> dict:
+    return api.get(f"/v1/intake/{intake.pk}/work/{item.pk}", **bearer(token)).json()
+
+
+def test_listed_paths_are_redacted_before_the_payload_is_stored(api, cb_intake, member_token):
+    intake_update(intake=cb_intake, changes={"redact_paths": [
+        "$.customer.email", "$.items[*].card", "$.absent.path"]})
+    cb_intake.callback_url = ""
+    cb_intake.save()
+    item = _finished(api, cb_intake, member_token)
+    assert item.input == {"customer": {"email": "[REDACTED]", "name": "Ada"}, "n": 1,
+                          "items": [{"card": "[REDACTED]", "sku": "a"},
+                                    {"card": "[REDACTED]", "sku": "b"}]}
+    assert "ada@example.com" not in str(StepRun.objects.get(work_item=item).output)
+
+
+def test_bad_redact_paths_are_refused(cast, plain):
+    from auxot.errors import ApplicationError
+
+    for bad in (["customer.email"], ["$"], ["$..email"], ["$[?(@.x)]"], "$.a", [1]):
+        with pytest.raises(ApplicationError):
+            intake_update(intake=plain, changes={"redact_paths": bad})
+
+
+def test_json_path_subset_parses_quoted_and_indexed_segments():
+    assert json_path_parse("$['odd key'][2].x") == ["odd key", 2, "x"]
+    assert json_paths_redact({"a": [1, {"b": 2}]}, ["$.a[1].b", "$.a[5]"]) == {
+        "a": [1, {"b": "[REDACTED]"}]}
+    assert json_paths_redact([{"a": 1}], ["$[*].a"]) == [{"a": "[REDACTED]"}]
+
+
+@override_settings(AUXOT_RETENTION_PAYLOAD_DAYS=7, AUXOT_RETENTION_DELETE_DAYS=30)
+def test_payload_redacted_after_n_days_then_item_deleted_after_m_days_audited(
+        api, receiver, cb_intake, member_token):
+    receiver.expect_request("/hook").respond_with_data("receiver says ada@example.com")
+    item = _finished(api, cb_intake, member_token)
+    delivery = callback_delivery_create(work_item=item)
+    callback_delivery_process(delivery_id=delivery.pk)
+    assert "ada@example.com" in CallbackAttempt.objects.get().response_body
+
+    with time_machine.travel(timezone.now() + timedelta(days=6, hours=23)):
+        assert retention_run().redacted == 0
+    assert WorkItem.objects.get(pk=item.pk).redacted_at is None
+
+    with time_machine.travel(timezone.now() + timedelta(days=7, hours=1)):
+        report = retention_run()
+    assert (report.redacted, report.deleted) == (1, 0)
+    item.refresh_from_db()
+    assert item.redacted_at is not None and item.input is None and item.output is None
+    assert item.status == "completed"
+    run = StepRun.objects.get(work_item=item)
+    assert run.output is None and run.status == "completed"
+    assert CallbackAttempt.objects.get().response_body == ""
+    polled = _poll(api, cb_intake, item, member_token)
+    assert polled["status"] == "completed" and polled["output"] is None
+    assert polled["redacted_at"] and polled["steps"][0]["status"] == "completed"
+    [audit] = AuditEvent.objects.filter(event="work_items.redacted")
+    assert audit.org == cb_intake.org and audit.object_id == str(cb_intake.pk)
+    assert audit.extra == {"count": 1, "older_than_days": 7, "intake": cb_intake.name}
+
+    with time_machine.travel(timezone.now() + timedelta(days=29)):
+        assert retention_run().deleted == 0
+    with time_machine.travel(timezone.now() + timedelta(days=30, hours=1)):
+        assert retention_run().deleted == 1
+    assert not WorkItem.objects.filter(pk=item.pk).exists()
+    [audit] = AuditEvent.objects.filter(event="work_items.deleted")
+    assert audit.extra["count"] == 1 and audit.extra["older_than_days"] == 30
+
+
+def test_intake_settings_override_the_defaults_and_zero_means_never(
+        api, cb_intake, plain, member_token):
+    cb_intake.callback_url = ""
+    cb_intake.save()
+    intake_update(intake=cb_intake, changes={"payload_retention_days": 1,
+                                             "item_retention_days": 0})
+    kept, short = _finished(api, plain, member_token, {"n": 1}), _finished(
+        api, cb_intake, member_token)
+    with time_machine.travel(timezone.now() + timedelta(days=400)):
+        retention_run()
+    assert not WorkItem.objects.filter(pk=kept.pk).exists()  # the defaults: 90 days
+    assert WorkItem.objects.get(pk=short.pk).redacted_at is not None
+
+
+def test_failed_items_keep_their_error_code_but_not_the_message(api, plain, member_token):
+    item = _finished(api, plain, member_token, {"n": 1})
+    WorkItem.objects.filter(pk=item.pk).update(status="failed", error={
+        "code": "bad_handoff", "message": "got ada@example.com", "step": "s", "step_position": 1,
+        "violations": [{"pointer": "/x", "message": "ada@example.com"}]})
+    with time_machine.travel(timezone.now() + timedelta(days=31)):
+        retention_run()
+    item.refresh_from_db()
+    assert item.error == {"code": "bad_handoff", "step": "s", "step_position": 1,
+                          "message": "Redacted by the retention policy."}
+
+
+def test_running_items_are_never_touched(api, plain, member_token):
+    work_id = trigger(api, plain.pk, member_token).json()["work_id"]
+    with time_machine.travel(timezone.now() + timedelta(days=400)):
+        assert retention_run().redacted == 0 and retention_run().deleted == 0
+    assert WorkItem.objects.get(pk=work_id).input == {"n": 1}
+
+
+def test_retention_works_in_batches_each_audited(api, plain, member_token):
+    for _ in range(5):
+        _finished(api, plain, member_token, {"n": 1})
+    with time_machine.travel(timezone.now() + timedelta(days=31)):
+        assert retention_run(batch=2).redacted == 5
+    counts = sorted(e.extra["count"] for e in AuditEvent.objects.filter(
+        event="work_items.redacted"))
+    assert counts == [1, 2, 2]
+
+
+def test_retention_stops_at_its_time_budget_and_resumes(api, plain, member_token):
+    _finished(api, plain, member_token, {"n": 1})
+    with time_machine.travel(timezone.now() + timedelta(days=31)):
+        report = retention_run(budget_seconds=0)
+        assert not report.finished and report.redacted == 0
+        assert retention_run().redacted == 1
+
+
+def test_schedule_exists_after_migrate_and_ensuring_it_again_changes_nothing():
+    [schedule] = Schedule.objects.filter(name=SCHEDULE_NAME)
+    assert schedule.func == "intakes.tasks.retention_run" and schedule.minutes == 60
+    assert retention_schedule_ensure() is False
+    with override_settings(AUXOT_RETENTION_EVERY_MINUTES=15):
+        assert retention_schedule_ensure() is True
+    assert Schedule.objects.get(name=SCHEDULE_NAME).minutes == 15
+    assert Schedule.objects.filter(name=SCHEDULE_NAME).count() == 1
+
+
+def test_the_scheduled_task_runs_the_pass(api, plain, member_token):
+    from intakes.tasks import retention_run as task
+
+    _finished(api, plain, member_token, {"n": 1})
+    with time_machine.travel(timezone.now() + timedelta(days=31)):
+        assert task() == "redacted 1, deleted 0"
+
+
+def test_admin_shows_retention_settings_redaction_and_the_schedule(
+        client, cast, api, plain, member_token):
+    item = _finished(api, plain, member_token, {"n": 1})
+    with time_machine.travel(timezone.now() + timedelta(days=31)):
+        retention_run()
+    client.force_login(cast.admin_a)
+    page = client.get(f"/admin/intakes/intake/{plain.pk}/change/").content.decode()
+    assert "Retention" in page and "redact_paths" in page and "payload_retention_days" in page
+    page = client.get(f"/admin/workflows/workitem/{item.pk}/change/").content.decode()
+    assert "Redacted at" in page and "Request id" in page
+    cast.admin_a.is_superuser = True
+    cast.admin_a.save()
+    page = client.get("/admin/django_q/schedule/").content.decode()
+    assert SCHEDULE_NAME in page
+
+
+def test_admin_edit_of_redact_paths_goes_through_the_service(client, cast, plain):
+    client.force_login(cast.admin_a)
+    url = f"/admin/intakes/intake/{plain.pk}/change/"
+    data = {"name": plain.name, "team": "", "callback_url": "", "rate_limit_per_window": "",
+            "payload_retention_days": "3", "item_retention_days": "",
+            "redact_paths": '["$.customer.email"]'}
+    response = client.post(url, data)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    plain.refresh_from_db()
+    assert plain.redact_paths == ["$.customer.email"] and plain.payload_retention_days == 3
+    assert AuditEvent.objects.filter(event="intake.changed", object_id=str(plain.pk)).exists()
+    data["redact_paths"] = '["customer.email"]'
+    page = client.post(url, data).content.decode()
+    assert "is not a JSON path" in page
