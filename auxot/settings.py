@@ -448,3 +448,12 @@ def env_operator_secrets(name: str) -> dict[str, dict[str, list[str] | None]]:
 
 
 AUXOT_OPERATOR_SECRETS = env_operator_secrets("AUXOT_OPERATOR_SECRETS")
+
+# --- Replay of failed work ------------------------------------------------------------------
+# Failed items a bulk-replay task takes forward per transaction (each chunk commits its new
+# items with the batch's cursor: a crash repeats nothing).
+AUXOT_REPLAY_CHUNK_SIZE = env_int("AUXOT_REPLAY_CHUNK_SIZE", 100, minimum=1)
+# A running bulk replay with no progress for this long is handed to a worker again.
+AUXOT_REPLAY_STALL_SECONDS = env_int("AUXOT_REPLAY_STALL_SECONDS", 30, minimum=1)
+# The admin's Failed work view looks back this many days by default.
+AUXOT_REPLAY_FAILED_DAYS = env_int("AUXOT_REPLAY_FAILED_DAYS", 7, minimum=1)

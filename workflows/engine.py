@@ -95,7 +95,7 @@ class _Run:
         self.outputs: dict[str, Any] = {}
         for run in StepRun.objects.filter(work_item=self.item).order_by("attempt"):
             self.latest[run.step_id] = run
-            if run.status == StepRun.Status.COMPLETED:
+            if run.status in StepRun.DONE:  # a replay's carried steps count as done
                 self.outputs[run.step_id] = run.output
 
     def data(self) -> dict[str, Any]:
@@ -133,7 +133,8 @@ def _attempt(run: _Run, step: Step) -> tuple[Outcome | None, StepRun | None]:
     max_attempts = step.max_attempts or settings.AUXOT_STEP_MAX_ATTEMPTS
     ctx = StepContext(data=run.data(), config=step.config or {}, state={}, now=now,
                       step_name=step.name,
-                      idempotency_key=f"{run.item.pk}:{step.position}",
+                      idempotency_key=run.item.step_keys.get(str(step.position))
+                      or f"{run.item.pk}:{step.position}",
                       max_attempts=max_attempts,
                       timeout_seconds=step.timeout_seconds or settings.AUXOT_STEP_TIMEOUT_SECONDS,
                       work_id=run.item.pk, org_id=run.item.workflow.org_id)
