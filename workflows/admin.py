@@ -13,6 +13,7 @@ from auxot.errors import ApplicationError
 from auxot.models import AuditEvent
 from workflows import admin_actions
 from workflows.admin_actions import WorkItemActionsMixin
+from workflows.admin_replay import WorkItemReplayMixin
 from workflows.models import Approval, Provider, Step, StepRun, Workflow, WorkItem
 from workflows.presenters import work_item_view
 from workflows.services import work_item_run
@@ -123,7 +124,7 @@ class ApprovalInline(StepRunInline):
 
 
 @admin.register(WorkItem)
-class WorkItemAdmin(WorkItemActionsMixin, OrgScopedAdmin):
+class WorkItemAdmin(WorkItemReplayMixin, WorkItemActionsMixin, OrgScopedAdmin):
     """Work history: read-only for everyone; approve/reject/cancel for admins and members."""
 
     org_path = "workflow__org"

@@ -205,10 +205,11 @@ def failed_group_items(*, org_ids: list[int] | None, since: datetime, workflow_i
                        code: str, position: str) -> QuerySet:
     """The items of one Failed work group (as failed_work_groups keyed them)."""
     items = failed_unreplayed(org_ids=org_ids, since=since).filter(workflow_id=workflow_id)
-    items = items.filter(error_code=code) if code else items.filter(
-        Q(error_code__isnull=True) | Q(error_code=""))
-    return items.filter(error_position=position) if position else items.filter(
-        error_position__isnull=True)
+    items = items.filter(error__code=code) if code else items.filter(
+        Q(error__code__isnull=True) | Q(error__code=""))
+    if position.isdigit():
+        return items.filter(error__step_position=int(position))
+    return items.filter(Q(error__step_position__isnull=True) | Q(error__isnull=True))
 
 
 # --- Bulk replay ----------------------------------------------------------------------------
