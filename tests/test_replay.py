@@ -295,3 +295,19 @@ def test_workflow_edited_since_runs_from_the_first_step_without_a_result(
     assert new.resumed_from_step == added.position
     assert new.current_step == 0
     assert not StepRun.objects.filter(work_item=new).exists()
+
+
+def test_openapi_documents_the_replay_and_the_new_fields(client):
+    response = client.get("/v1/schema", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    schema = response.json()
+    operation = schema["paths"]["/v1/intake/{intake_id}/work/{work_id}/replay"]["post"]
+    assert operation["operationId"] == "work_item_replay"
+    assert {"202", "403", "404", "409"} <= set(operation["responses"])
+    ref = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    body = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    enum_ref = body["properties"]["from"]["allOf"][0]["$ref"].rsplit("/", 1)[1]
+    assert schema["components"]["schemas"][enum_ref]["enum"] == ["failed_step", "start"]
+    assert body["properties"]["from"]["default"] == "failed_step"
+    work_item = schema["components"]["schemas"]["WorkItem"]["properties"]
+    assert {"replay_of", "resumed_from_step", "replayed_by"} <= set(work_item)
+    assert "Idempotency-Key" in {p["name"] for p in operation["parameters"]}
