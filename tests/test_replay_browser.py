@@ -36,7 +36,7 @@ def outage(cast):
 
 
 def test_failed_work_view_and_a_confirmed_bulk_replay(login, live_server, outage):  # noqa: F811
-    workflow, big, small = outage
+    _workflow, big, small = outage
     cluster = QCluster().start()
     try:
         page = login("member_a")
