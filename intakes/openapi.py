@@ -393,8 +393,9 @@ def replay_schema(*, request):
         "original's went, with `replay_of` in the body. 409 `not_replayable` for an item "
         "that is not failed or was canceled. Auditors' keys get 403.",
         tags=["work items"],
-        parameters=[INTAKE_ID, WORK_ID, TRIGGER_HEADERS[0], TRIGGER_HEADERS[3],
-                    TRIGGER_HEADERS[4], RETRY_AFTER_ERRORS, WWW_AUTHENTICATE],
+        parameters=[INTAKE_ID, WORK_ID, *[header for header in TRIGGER_HEADERS if header.name in (
+            "Idempotency-Key", "Location", "Idempotent-Replayed")],
+            RETRY_AFTER_ERRORS, WWW_AUTHENTICATE],
         request={"application/json": request},
         responses={202: OpenApiResponse(TriggerAcceptedSerializer, description="The replay, "
                                         "accepted and stored."),

@@ -31,6 +31,8 @@ from workflows.replay import (
     replay_batch_create,
     replay_plan,
     replay_refusal,
+    replay_summary,
+    replayable,
     work_item_replay,
 )
 
@@ -72,7 +74,7 @@ class WorkItemReplayMixin:
 
     def get_actions(self, request):
         actions = super().get_actions(request)
-        if actions or has_role(request, ACTORS):
+        if actions:  # empty for users who may act nowhere; org_action checks each object
             actions["replay_selected"] = self.get_action("replay_selected")
         return actions
 
@@ -119,27 +121,35 @@ class WorkItemReplayMixin:
     # --- bulk action -------------------------------------------------------------------
     @org_action(roles=ACTORS, description="Replay from failed step")
     def replay_selected(self, request: HttpRequest, queryset):
-        items = list(queryset.select_related("workflow__org"))
-        replayable = [item for item in items if not replay_refusal(item)]
+        """A confirmation page, then one background batch per organization: a selection
+        of thousands never replays inside the request."""
+        chosen = replayable(queryset)
         if request.POST.get("confirm") != "yes":
+            total, count = queryset.count(), chosen.count()
+            selected = request.POST.getlist(ACTION_CHECKBOX_NAME)
             context = {**self.admin_site.each_context(request), "opts": self.model._meta,
-                       "title": "Replay from failed step", "items": items,
-                       "count": len(replayable), "refused": len(items) - len(replayable),
-                       "steps": _steps_summary(replayable),
-                       "selected": [str(item.pk) for item in items],
+                       "title": "Replay from failed step", "count": count,
+                       "refused": total - count, "steps": replay_summary(queryset),
+                       "selected": selected, "select_across": request.POST.get("select_across"),
+                       "query": request.GET.urlencode(),
                        "action_checkbox_name": ACTION_CHECKBOX_NAME}
             return TemplateResponse(request, "admin/workflows/workitem/replay_confirm.html",
                                     context)
-        by_org: dict[Organization, list] = defaultdict(list)
-        for item in replayable:
-            by_org[item.workflow.org].append(item.pk)
+        by_org: dict[int, list] = defaultdict(list)
+        for pk, org_id in chosen.values_list("pk", "workflow__org_id"):
+            by_org[org_id].append(pk)
         if not by_org:
             self.message_user(request, "None of the selected items can be replayed (only "
                               "failed, not canceled items).", messages.WARNING)
             return None
-        batches = [replay_batch_create(org=org, work_ids=ids, user=request.user, ip=_ip(request),
-                                       label=f"{len(ids)} selected item(s)")
-                   for org, ids in by_org.items()]
+        try:
+            batches = [replay_batch_create(org=Organization.objects.get(pk=org_id),
+                                           work_ids=ids, user=request.user, ip=_ip(request),
+                                           label=f"{len(ids)} selected item(s)")
+                       for org_id, ids in by_org.items()]
+        except ApplicationError as exc:
+            self.message_user(request, exc.detail, messages.ERROR)
+            return None
         return HttpResponseRedirect(reverse("admin:workflows_workitem_replay_batch",
                                             args=[batches[0].pk]))
 
@@ -215,19 +225,3 @@ def _uuid(value):
         return uuid.UUID(str(value))
     except ValueError:
         return None
-
-
-def _steps_summary(items: list[WorkItem]) -> list[dict]:
-    """Per workflow and failed step: how many items, and the steps a replay runs."""
-    groups: dict[tuple, dict] = {}
-    for item in items:
-        error = item.error or {}
-        key = (item.workflow_id, error.get("step_position"))
-        if key not in groups:
-            plan = replay_plan(item=item, start_over=False)
-            groups[key] = {"workflow": item.workflow.name, "count": 0,
-                           "failed_step": error.get("step") or "-",
-                           "to_run": [step.name for step in plan.to_run],
-                           "carried": [run.step.name for run in plan.carried]}
-        groups[key]["count"] += 1
-    return list(groups.values())

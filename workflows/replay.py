@@ -165,7 +165,7 @@ def _replay_audit(*, item: WorkItem, new: WorkItem, plan: ReplayPlan, start_over
         "replay_work_id": str(new.pk),
         "from": FROM_START if start_over else FROM_FAILED_STEP,
         "resumed_from_step": new.resumed_from_step,
-        "carried_steps": [run.step.position for run in plan.carried] if plan.carried else [],
+        "carried_steps": [step.position for step in plan.steps[:plan.resume_index]],
     }
     if batch is not None:
         extra["batch"] = str(batch.pk)
@@ -210,6 +210,34 @@ def failed_group_items(*, org_ids: list[int] | None, since: datetime, workflow_i
     if position.isdigit():
         return items.filter(error__step_position=int(position))
     return items.filter(Q(error__step_position__isnull=True) | Q(error__isnull=True))
+
+
+def replayable(items: QuerySet) -> QuerySet:
+    """The items of `items` a replay would take forward (what replay_refusal allows)."""
+    return items.filter(status=WorkItem.Status.FAILED, workflow__active=True).exclude(
+        error__code=CANCELED)
+
+
+def replay_summary(items: QuerySet) -> list[dict]:
+    """For a confirmation page, per workflow and failed step: how many items, which steps
+    are carried and which run (from the failed step). Two queries, whatever the count."""
+    rows = (replayable(items).annotate(error_position=KeyTextTransform("step_position", "error"))
+            .values("workflow_id", "workflow__name", "error_position")
+            .annotate(count=Count("id")).order_by("workflow__name", "error_position"))
+    rows = list(rows)
+    steps: dict[Any, list[Step]] = {}
+    for step in Step.objects.filter(workflow_id__in={row["workflow_id"] for row in rows}):
+        steps.setdefault(step.workflow_id, []).append(step)
+    summary = []
+    for row in rows:
+        ordered, position = steps.get(row["workflow_id"], []), row["error_position"]
+        at = int(position) if str(position).isdigit() else None
+        summary.append({
+            "workflow": row["workflow__name"], "count": row["count"],
+            "failed_step": next((s.name for s in ordered if s.position == at), "-"),
+            "carried": [s.name for s in ordered if at is not None and s.position < at],
+            "to_run": [s.name for s in ordered if at is None or s.position >= at]})
+    return summary
 
 
 # --- Bulk replay ----------------------------------------------------------------------------
@@ -266,9 +294,9 @@ def replay_batch_chunk(*, batch_id) -> tuple[int, bool]:
     """
     now = timezone.now()
     with transaction.atomic():
-        batch = (ReplayBatch.objects.select_for_update(skip_locked=True)
-                 .select_related("created_by").filter(pk=batch_id,
-                                                      status=ReplayBatch.Status.RUNNING).first())
+        batch = (ReplayBatch.objects.select_for_update(skip_locked=True, of=("self",))
+                 .select_related("created_by", "org")
+                 .filter(pk=batch_id, status=ReplayBatch.Status.RUNNING).first())
         if batch is None:
             return 0, False
         ids = batch.work_ids[batch.cursor:batch.cursor + settings.AUXOT_REPLAY_CHUNK_SIZE]
