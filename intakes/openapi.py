@@ -391,15 +391,17 @@ def replay_schema(*, request):
         "`from: start` runs every step again with the original input and new keys. The "
         "answer is a `202` like a trigger's; the new item's callback goes where the "
         "original's went, with `replay_of` in the body. 409 `not_replayable` for an item "
-        "that is not failed or was canceled. Auditors' keys get 403.",
+        "that is not failed or was canceled. Auditors' keys get 403. A replay counts against "
+        "the same rate limits as a trigger.",
         tags=["work items"],
         parameters=[INTAKE_ID, WORK_ID, *[header for header in TRIGGER_HEADERS if header.name in (
-            "Idempotency-Key", "Location", "Idempotent-Replayed")],
+            "Idempotency-Key", "Location", "Idempotent-Replayed", "RateLimit-Limit",
+            "RateLimit-Remaining", "RateLimit-Reset")],
             RETRY_AFTER_ERRORS, WWW_AUTHENTICATE],
         request={"application/json": request},
         responses={202: OpenApiResponse(TriggerAcceptedSerializer, description="The replay, "
                                         "accepted and stored."),
-                   **problems(400, 401, 403, 404, 408, 409, 415, 422, 503)},
+                   **problems(400, 401, 403, 404, 408, 409, 415, 422, 429, 503)},
     )
 
 

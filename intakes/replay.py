@@ -17,7 +17,7 @@ from rest_framework.response import Response
 
 from apikeys.models import ApiKey
 from auxot.timefmt import iso
-from intakes import idempotency
+from intakes import idempotency, ratelimit
 from intakes.api import PublicApi, _absolute, _client_ip, _validated
 from intakes.body import StrictJSONParser
 from intakes.models import Intake
@@ -30,7 +30,8 @@ from workflows.replay import FROM_FAILED_STEP, FROM_START, work_item_replay
 def intake_work_replay(*, intake: Intake, key: ApiKey, item: WorkItem, start_over: bool,
                        ip: str | None, idempotency_key: str | None = None) -> TriggerResult:
     """Replay `item` for a caller; with an Idempotency-Key the replay and its record commit
-    together, and a repeat of the same request answers the first replay."""
+    together, and a repeat of the same request answers the first replay. A replay is new
+    work: it counts against the same rate limits as a trigger (429 creates nothing)."""
     request = {"replay_of": str(item.pk), "from": FROM_START if start_over else FROM_FAILED_STEP}
     claim = idempotency.idempotency_claim(key=key, header=idempotency_key, payload=request)
     if claim is not None:  # a repeat answers the first replay, whatever happened since
@@ -45,6 +46,7 @@ def intake_work_replay(*, intake: Intake, key: ApiKey, item: WorkItem, start_ove
                 idempotency.idempotency_bound_wait()
                 idempotency.idempotency_store(claim=claim, intake=intake, work_item_id=new.pk,
                                               now=new.created_at)
+            rate = ratelimit.ratelimit_consume(intake=intake, key=key, now=new.created_at)
     except IntegrityError:
         if claim is None:
             raise
@@ -53,7 +55,7 @@ def intake_work_replay(*, intake: Intake, key: ApiKey, item: WorkItem, start_ove
             raise
         raise idempotency.idempotency_in_flight_error() from None
     else:
-        return TriggerResult(item=new)
+        return TriggerResult(item=new, rate=rate)
     winner = idempotency.idempotency_winner(claim=claim, intake=intake, now=timezone.now())
     if winner is None:
         raise idempotency.idempotency_in_flight_error()
@@ -93,7 +95,7 @@ class WorkItemReplayApi(PublicApi):
             "work-item-detail", kwargs={"intake_id": intake.pk, "work_id": new.pk}))
         body = {"work_id": str(new.pk), "status": "pending", "status_url": status_url,
                 "created_at": iso(new.created_at)}
-        headers = {"Location": status_url}
+        headers = {"Location": status_url, **(result.rate.headers() if result.rate else {})}
         if result.replayed:
             headers["Idempotent-Replayed"] = "true"
         return Response(body, status=202, headers=headers)

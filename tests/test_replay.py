@@ -311,3 +311,14 @@ def test_openapi_documents_the_replay_and_the_new_fields(client):
     work_item = schema["components"]["schemas"]["WorkItem"]["properties"]
     assert {"replay_of", "resumed_from_step", "replayed_by"} <= set(work_item)
     assert "Idempotency-Key" in {p["name"] for p in operation["parameters"]}
+
+
+def test_replays_count_against_the_rate_limit(cast, api, member_token, fake_server, settings):
+    intake, original = _failed_at_two(api, cast, fake_server, member_token)
+    intake.rate_limit_per_window = 2  # the trigger above used one
+    intake.save()
+    assert _replay(api, intake, original.pk, member_token).status_code == 202
+    refused = _replay(api, intake, original.pk, member_token)
+    assert refused.status_code == 429
+    assert refused.json()["code"] == "rate_limited"
+    assert WorkItem.objects.filter(replay_of=original).count() == 1
