@@ -16,9 +16,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apikeys.models import ApiKey
+from auxot.http import client_ip
 from auxot.timefmt import iso
 from intakes import idempotency, ratelimit
-from intakes.api import PublicApi, _absolute, _client_ip, _validated
+from intakes.api import PublicApi, _absolute, _validated
 from intakes.body import StrictJSONParser
 from intakes.models import Intake
 from intakes.openapi import REPLAY_EXAMPLES, replay_schema
@@ -89,7 +90,7 @@ class WorkItemReplayApi(PublicApi):
             request.headers.get(idempotency.HEADER))
         result = intake_work_replay(intake=intake, key=request.auth, item=item,
                                     start_over=data["from"] == FROM_START,
-                                    ip=_client_ip(request), idempotency_key=header)
+                                    ip=client_ip(request), idempotency_key=header)
         new = result.item
         status_url = _absolute(request, reverse(
             "work-item-detail", kwargs={"intake_id": intake.pk, "work_id": new.pk}))

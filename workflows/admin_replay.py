@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from auxot.admin_base import ACTORS, EVERYONE, has_role, org_action, org_ids_with, require_role
 from auxot.errors import ApplicationError
+from auxot.http import client_ip
 from auxot.models import Organization
 from workflows.models import ReplayBatch, Step, Workflow, WorkItem
 from workflows.replay import (
@@ -37,10 +38,6 @@ from workflows.replay import (
 )
 
 MAX_DAYS = 90
-
-
-def _ip(request: HttpRequest) -> str | None:
-    return request.META.get("REMOTE_ADDR") or None
 
 
 def _days(request: HttpRequest) -> int:
@@ -109,7 +106,7 @@ class WorkItemReplayMixin:
         require_role(request, ACTORS, item, org_path="workflow__org")
         try:
             new = work_item_replay(item=item, start_over=request.POST.get("from") == FROM_START,
-                                   user=request.user, ip=_ip(request))
+                                   user=request.user, ip=client_ip(request))
         except ApplicationError as exc:
             self.message_user(request, exc.detail, messages.ERROR)
             return HttpResponseRedirect(reverse("admin:workflows_workitem_change",
@@ -144,7 +141,7 @@ class WorkItemReplayMixin:
             return None
         try:
             batches = [replay_batch_create(org=Organization.objects.get(pk=org_id),
-                                           work_ids=ids, user=request.user, ip=_ip(request),
+                                           work_ids=ids, user=request.user, ip=client_ip(request),
                                            label=f"{len(ids)} selected item(s)")
                        for org_id, ids in by_org.items()]
         except ApplicationError as exc:
@@ -190,7 +187,7 @@ class WorkItemReplayMixin:
             try:
                 batch = replay_batch_create(
                     org=workflow.org, work_ids=ids, user=request.user, start_over=start_over,
-                    ip=_ip(request), label=f"{workflow.name}: step {position or '-'} "
+                    ip=client_ip(request), label=f"{workflow.name}: step {position or '-'} "
                                            f"{code or 'no code'}")
             except ApplicationError as exc:
                 self.message_user(request, exc.detail, messages.ERROR)
