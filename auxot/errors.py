@@ -29,6 +29,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "method_not_allowed": (405, "Method not allowed"),
     "request_timeout": (408, "Request body not received in time"),
     "conflict": (409, "Conflict"),
+    "not_replayable": (409, "Work item cannot be replayed"),
     "idempotency_in_flight": (409, "A request with this Idempotency-Key is still in flight"),
     "length_required": (411, "Length required"),
     "payload_too_large": (413, "Request body too large"),

@@ -437,6 +437,15 @@ AUXOT_CALLBACK_SECRET_ROTATION_HOURS = env_float("AUXOT_CALLBACK_SECRET_ROTATION
 # providers may use either: the outbound address policy is what protects).
 AUXOT_CALLBACK_ALLOW_HTTP = env_bool("AUXOT_CALLBACK_ALLOW_HTTP", False)
 
+# --- Replay of failed work ------------------------------------------------------------------
+# Failed items a bulk-replay task takes forward per transaction (each chunk commits its new
+# items with the batch's cursor: a crash repeats nothing).
+AUXOT_REPLAY_CHUNK_SIZE = env_int("AUXOT_REPLAY_CHUNK_SIZE", 100, minimum=1)
+# A running bulk replay with no progress for this long is handed to a worker again.
+AUXOT_REPLAY_STALL_SECONDS = env_int("AUXOT_REPLAY_STALL_SECONDS", 30, minimum=1)
+# The admin's Failed work view looks back this many days by default.
+AUXOT_REPLAY_FAILED_DAYS = env_int("AUXOT_REPLAY_FAILED_DAYS", 7, minimum=1)
+
 # --- Admin and audit ----------------------------------------------------------------------
 # `intake.rejected` audit rows older than this are pruned (hourly, by a django-q2 schedule);
 # every other audit row is kept forever.

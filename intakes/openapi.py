@@ -97,17 +97,26 @@ class _WorkError(serializers.Serializer):
     step_position = serializers.IntegerField(allow_null=True)
 
 
+class _CarriedFrom(serializers.Serializer):
+    work_id = serializers.UUIDField()
+    attempt = serializers.IntegerField()
+    url = serializers.CharField(help_text="That item's poll URL.")
+
+
 class _StepRow(serializers.Serializer):
     position = serializers.IntegerField()
     name = serializers.CharField()
     kind = serializers.CharField()
     status = serializers.ChoiceField(choices=[
         "pending", "running", "waiting", "retrying", "completed", "failed", "crashed",
-        "discarded", "skipped"])
-    attempts = serializers.IntegerField()
+        "discarded", "skipped", "carried"])
+    attempts = serializers.IntegerField(help_text="Attempts in this item (0 when carried).")
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
     error = serializers.JSONField(allow_null=True)
+    carried_from = _CarriedFrom(
+        required=False, help_text="Only on a replay's `carried` steps: the earlier item whose "
+        "attempt produced this output (the step was not run again).")
 
 
 class WorkItemSerializer(serializers.Serializer):
@@ -130,6 +139,14 @@ class WorkItemSerializer(serializers.Serializer):
         "since, ...}` while not terminal.")
     diagnosis = serializers.CharField(help_text="One sentence: the first thing to check.")
     steps = _StepRow(many=True)
+    replay_of = serializers.UUIDField(
+        allow_null=True, help_text="On a replay: the failed item it takes forward.")
+    resumed_from_step = serializers.IntegerField(
+        allow_null=True, help_text="On a replay: the position of the first step it runs (the "
+        "steps before it are `carried`).")
+    replayed_by = serializers.ListField(
+        child=serializers.UUIDField(), help_text="On a failed item: the work ids of its "
+        "replays, oldest first (the item itself stays `failed`).")
     callback = serializers.JSONField(
         required=False, allow_null=True,
         help_text="Callback delivery state when the item has a callback URL.")
@@ -399,6 +416,38 @@ def work_item_action_schema(*, operation_id: str, summary: str, description: str
         request={"application/json": request},
         responses={200: OpenApiResponse(WorkItemSerializer, description="The work item."),
                    **problems(*statuses)},
+    )
+
+
+REPLAY_EXAMPLES = [
+    OpenApiExample("from the failed step", value={"from": "failed_step"}, request_only=True),
+    OpenApiExample("start over", value={"from": "start"}, request_only=True),
+    OpenApiExample("no body", value={}, request_only=True),
+]
+
+
+def replay_schema(*, request):
+    return extend_schema(
+        operation_id="work_item_replay",
+        summary="Replay a failed work item",
+        description="Creates a NEW work item that takes the failed one forward; the original "
+        "stays `failed` (its poll lists the replay in `replayed_by`). `from: failed_step` "
+        "(default) carries the steps that completed before the failure (not run again, shown "
+        "as `carried`) and sends the failed step with the `Idempotency-Key` it had before; "
+        "`from: start` runs every step again with the original input and new keys. The "
+        "answer is a `202` like a trigger's; the new item's callback goes where the "
+        "original's went, with `replay_of` in the body. 409 `not_replayable` for an item "
+        "that is not failed or was canceled. Auditors' keys get 403. A replay counts against "
+        "the same rate limits as a trigger.",
+        tags=["work items"],
+        parameters=[INTAKE_ID, WORK_ID, *[header for header in TRIGGER_HEADERS if header.name in (
+            "Idempotency-Key", "Location", "Idempotent-Replayed", "RateLimit-Limit",
+            "RateLimit-Remaining", "RateLimit-Reset")],
+            RETRY_AFTER_ERRORS, WWW_AUTHENTICATE],
+        request={"application/json": request},
+        responses={202: OpenApiResponse(TriggerAcceptedSerializer, description="The replay, "
+                                        "accepted and stored."),
+                   **problems(400, 401, 403, 404, 408, 409, 415, 422, 429, 503)},
     )
 
 

@@ -1,5 +1,7 @@
 """The poll body, and with it the callback body: one serializer for both."""
 
+from django.conf import settings
+from django.urls import reverse
 from rest_framework.renderers import JSONRenderer
 
 from auxot.outbound import url_redact
@@ -43,7 +45,16 @@ def work_item_poll_view(item: WorkItem, *, intake: Intake | None,
     """The poll answer; once terminal, byte for byte what a callback delivers."""
     view = work_item_view(item)
     view.body["callback"] = callback_block(item, intake, delivery)
+    for row in view.body["steps"]:
+        if "carried_from" in row and item.intake_id:  # a link to the attempt that ran
+            row["carried_from"]["url"] = work_item_url(item.intake_id,
+                                                       row["carried_from"].get("work_id"))
     return view
+
+
+def work_item_url(intake_id, work_id) -> str:
+    path = reverse("work-item-detail", kwargs={"intake_id": intake_id, "work_id": work_id})
+    return f"{settings.AUXOT_PUBLIC_BASE_URL}{path}"
 
 
 def render_json(body: dict) -> bytes:

@@ -30,6 +30,7 @@ from auxot.admin_base import (
 from auxot.errors import ApplicationError
 from auxot.http import client_ip
 from auxot.models import AuditEvent
+from workflows.admin_replay import WorkItemReplayMixin
 from workflows.models import Approval, Provider, Step, StepRun, Workflow, WorkItem
 from workflows.presenters import work_item_view
 from workflows.services import work_item_cancel, work_item_decide, work_item_run
@@ -217,7 +218,8 @@ class WorkItemActionsMixin:
 
 
 @admin.register(WorkItem)
-class WorkItemAdmin(ExtendedInlinesMixin, WorkItemActionsMixin, OrgScopedAdmin):
+class WorkItemAdmin(ExtendedInlinesMixin, WorkItemReplayMixin, WorkItemActionsMixin,
+                    OrgScopedAdmin):
     """Work history: read-only for everyone; approve/reject/cancel for admins and members."""
 
     org_path = "workflow__org"

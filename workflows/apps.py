@@ -6,4 +6,10 @@ class WorkflowsConfig(AppConfig):
     verbose_name = "Workflows and work"
 
     def ready(self) -> None:
-        from workflows import checks  # noqa: F401  (registers the Q_CLUSTER safety check)
+        from workflows import (
+            checks,  # noqa: F401  (registers the Q_CLUSTER safety check)
+            replay,
+            signals,
+        )
+
+        signals.tick.connect(replay.on_tick, dispatch_uid="workflows.replay.on_tick")

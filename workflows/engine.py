@@ -96,7 +96,7 @@ class _Run:
         self.outputs: dict[str, Any] = {}
         for run in StepRun.objects.filter(work_item=self.item).order_by("attempt"):
             self.latest[run.step_id] = run
-            if run.status == StepRun.Status.COMPLETED:
+            if run.status in StepRun.DONE:  # a replay's carried steps count as done
                 self.outputs[run.step_id] = run.output
 
     def data(self) -> dict[str, Any]:
@@ -143,7 +143,9 @@ def _attempt(run: _Run, step: Step) -> tuple[Outcome | None, StepRun | None]:
     gate = ProviderGate(org_id=org_id, work_id=run.item.pk, now=now,
                         lease_seconds=timeout) if kind.uses_providers else None
     ctx = StepContext(data=run.data(), config=step.config or {}, state={}, now=now,
-                      step_name=step.name, idempotency_key=f"{run.item.pk}:{step.position}",
+                      step_name=step.name,
+                      idempotency_key=run.item.step_keys.get(str(step.position))
+                      or f"{run.item.pk}:{step.position}",
                       max_attempts=max_attempts, timeout_seconds=timeout,
                       work_id=run.item.pk, org_id=org_id, providers=gate)
     if latest is not None and latest.status == StepRun.Status.WAITING:

@@ -126,6 +126,14 @@ class WorkItem(models.Model):
     request_id = models.CharField(max_length=200, blank=True)
     # Set when retention removed its input, output and step results (the item stays).
     redacted_at = models.DateTimeField(null=True, blank=True)
+    # Replay: the failed item this one takes forward, the step position it resumed at, and
+    # per step position the Idempotency-Key to send instead of "<work id>:<position>".
+    replay_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT,
+                                  related_name="replays")
+    resumed_from_step = models.PositiveIntegerField(null=True, blank=True)
+    step_keys = models.JSONField(default=dict, blank=True)
+    replay_batch = models.ForeignKey("ReplayBatch", null=True, blank=True,
+                                     on_delete=models.SET_NULL, related_name="replays")
 
     # Scheduling state, owned by the engine.
     current_step = models.PositiveIntegerField(default=0)  # index into the ordered steps
@@ -152,6 +160,12 @@ class WorkItem(models.Model):
             # Retention finds finished items by age per intake.
             models.Index(fields=["intake", "finished_at"], name="workitem_intake_finished",
                          condition=models.Q(finished_at__isnull=False)),
+            models.Index(fields=["status", "finished_at"], name="workitem_finished"),
+        ]
+        constraints = [
+            # A bulk replay takes each failed item forward at most once, whatever crashes.
+            models.UniqueConstraint(fields=["replay_batch", "replay_of"],
+                                    name="one_replay_per_item_per_batch"),
         ]
 
     def __str__(self) -> str:
@@ -172,6 +186,9 @@ class StepRun(models.Model):
         FAILED = "failed", "Failed"
         CRASHED = "crashed", "Crashed"  # its worker died or its lease expired
         DISCARDED = "discarded", "Discarded"  # the item was canceled meanwhile
+        CARRIED = "carried", "Carried"  # a replay's step taken from the original, not run
+
+    DONE = (Status.COMPLETED, Status.CARRIED)
 
     work_item = models.ForeignKey(WorkItem, on_delete=models.CASCADE, related_name="step_runs")
     step = models.ForeignKey(Step, on_delete=models.PROTECT, related_name="runs")
@@ -193,6 +210,40 @@ class StepRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.step.name} #{self.attempt} ({self.status})"
+
+
+class ReplayBatch(models.Model):
+    """A bulk replay: the failed items to take forward, worked through by django-q2 in
+    chunks. `cursor` counts the ids handled; each chunk commits its replays with the
+    cursor, so a crash repeats nothing and the next task continues where it stopped."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    start_over = models.BooleanField(default=False)
+    label = models.CharField(max_length=300, blank=True)
+    work_ids = models.JSONField(default=list)
+    total = models.PositiveIntegerField(default=0)
+    cursor = models.PositiveIntegerField(default=0)
+    replayed = models.PositiveIntegerField(default=0)
+    skipped = models.PositiveIntegerField(default=0)
+    skip_reasons = models.JSONField(default=dict, blank=True)  # {reason: count}
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    progressed_at = models.DateTimeField(default=timezone.now)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["status", "progressed_at"], name="replaybatch_active")]
+
+    def __str__(self) -> str:
+        return f"replay of {self.total} item(s) ({self.status})"
 
 
 class WorkerHeartbeat(models.Model):

@@ -42,7 +42,7 @@ def _step_rows(item: WorkItem, steps: list[Step], runs: list[StepRun]) -> list[d
     for step in steps:
         attempts = by_step.get(step.pk, [])
         last = attempts[-1] if attempts else None
-        rows.append({
+        row = {
             "position": step.position,
             "name": step.name,
             "kind": step.kind,
@@ -51,8 +51,20 @@ def _step_rows(item: WorkItem, steps: list[Step], runs: list[StepRun]) -> list[d
             "started_at": iso(attempts[0].started_at) if attempts else None,
             "finished_at": iso(last.finished_at) if last else None,
             "error": last.error if last else None,
-        })
+        }
+        if last is not None and last.status == StepRun.Status.CARRIED:
+            # A replay's step that ran in an earlier item: where its output comes from.
+            row["attempts"] = 0
+            row["carried_from"] = dict((last.state or {}).get("carried_from") or {})
+        rows.append(row)
     return rows
+
+
+def _replayed_by(item: WorkItem) -> list[str]:
+    if item.status != WorkItem.Status.FAILED:
+        return []  # only failed items are replayed: no query on the hot path
+    return [str(pk) for pk in WorkItem.objects.filter(replay_of_id=item.pk)
+            .order_by("created_at").values_list("pk", flat=True)]
 
 
 def _explain(item: WorkItem, steps: list[Step], now: datetime) -> tuple[dict | None, str]:
@@ -180,5 +192,8 @@ def work_item_view(item: WorkItem, *, now: datetime | None = None) -> WorkItemVi
         "steps": _step_rows(item, steps, runs),
         # Set once retention removed the input, output and step results (the item stays).
         "redacted_at": iso(item.redacted_at),
+        "replay_of": str(item.replay_of_id) if item.replay_of_id else None,
+        "resumed_from_step": item.resumed_from_step,
+        "replayed_by": _replayed_by(item),
     }
     return WorkItemView(body=body, retry_after=_retry_after(item, now))

@@ -5,3 +5,9 @@ from workflows.engine import work_item_process
 
 def work_item_run(work_id: str) -> int:
     return work_item_process(work_id=work_id)
+
+
+def replay_batch_run(batch_id: str) -> int:
+    from workflows.replay import replay_batch_process
+
+    return replay_batch_process(batch_id=batch_id)

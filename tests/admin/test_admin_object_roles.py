@@ -187,6 +187,31 @@ def _build_task(model):
     return build
 
 
+def _build_failed(world, org):
+    from django.utils import timezone
+
+    item = world.item(org)
+    WorkItem.objects.filter(pk=item.pk).update(
+        status=WorkItem.Status.FAILED, finished_at=timezone.now(), next_run_at=None,
+        error={"code": "boom", "message": "down", "step": "transform 1", "step_position": 1})
+    item.refresh_from_db()
+    return item
+
+
+def _batches_with(target) -> int:
+    from workflows.models import ReplayBatch
+
+    return sum(str(target.pk) in batch.work_ids for batch in ReplayBatch.objects.all())
+
+
+def _build_batch(world, org):
+    from workflows.replay import replay_batch_create
+
+    item = _build_failed(world, org)
+    return replay_batch_create(org=org, work_ids=[item.pk], user=world.owner(org),
+                               label=f"marker-batch-{org.slug}")
+
+
 INTAKES = "/admin/intakes/intake/"
 
 CASES: dict[tuple[str, str], Case] = {
@@ -219,6 +244,10 @@ CASES: dict[tuple[str, str], Case] = {
         ACTORS, lambda w, org: w.item(org), action("/admin/workflows/workitem/",
                                                    "cancel_selected"),
         lambda t: WorkItem.objects.get(pk=t.pk).status, changed),
+    ("workflows.WorkItem", "replay_selected"): Case(
+        ACTORS, _build_failed, action("/admin/workflows/workitem/", "replay_selected",
+                                      confirm="yes"),
+        _batches_with, changed),
     ("django_q.Success", "resubmit_task"): Case(
         SUPERUSERS_ONLY, _build_task(Success), action("/admin/django_q/success/",
                                                       "resubmit_task"),
@@ -241,6 +270,23 @@ CASES: dict[tuple[str, str], Case] = {
         lambda c, t: c.post(f"/admin/workflows/workitem/{t.pk}/decide/",
                             {"decision": "approve"}),
         lambda t: Approval.objects.filter(work_item=t).count(), changed),
+    ("workflows.WorkItem", "workflows_workitem_replay"): Case(
+        ACTORS, _build_failed,
+        lambda c, t: c.post(f"/admin/workflows/workitem/{t.pk}/replay/", {"from": "start"}),
+        lambda t: WorkItem.objects.filter(replay_of=t).count(), changed),
+    ("workflows.WorkItem", "workflows_workitem_failed_replay"): Case(
+        ACTORS, _build_failed,
+        lambda c, t: c.post("/admin/workflows/workitem/failed/replay/", {
+            "workflow": str(t.workflow_id), "position": "1", "code": "boom", "confirm": "yes"}),
+        _batches_with, changed),
+    ("workflows.WorkItem", "workflows_workitem_failed"): Case(
+        EVERYONE, _build_failed, lambda c, t: c.get("/admin/workflows/workitem/failed/"),
+        lambda t: None, lambda t, before, after, body: t.workflow.name in body,
+        refused_statuses=(200, 403)),
+    ("workflows.WorkItem", "workflows_workitem_replay_batch"): Case(
+        EVERYONE, _build_batch,
+        lambda c, t: c.get(f"/admin/workflows/workitem/replay-batches/{t.pk}/"),
+        lambda t: None, lambda t, before, after, body: t.label in body),
     ("auxot.AuditEvent", "auxot_auditevent_export"): Case(
         frozenset({ADMIN, AUDITOR}), _build_audit_row,
         lambda c, t: c.get("/admin/auxot/auditevent/export.csv"),

@@ -4,7 +4,8 @@ Configuration comes from the environment: AUXOT_BASE_URL and AUXOT_API_KEY (the 
 never printed, and there is no flag that would put it in shell history; --api-key-file
 reads it from a file). Exit codes: 0 completed, 1 failed (or a callback that does not
 verify), 2 timed out, 3 usage / configuration / 401 / 404 / a request the server refused,
-4 the server stayed unavailable (429/5xx/network) for a trigger.
+4 the server stayed unavailable (429/5xx/network) for a trigger. `auxot replay WORK_ID
+--wait` exits like `run`; without --wait it prints the new work id.
 
 Progress (status changes, and on a terminal a live line with elapsed time, status and the
 current step) goes to stderr; results go to stdout, so `result=$(auxot run ...)` works.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -24,6 +26,7 @@ from auxot_client import client as api
 from auxot_client._version import VERSION
 
 EXIT_COMPLETED, EXIT_FAILED, EXIT_TIMEOUT, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
+ENV_INTAKE_ID = "AUXOT_INTAKE_ID"
 
 
 class UsageError(Exception):
@@ -202,6 +205,34 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return _wait(client, args.intake_id, work["work_id"], args, out, err)
 
 
+def _replay_target(args: argparse.Namespace) -> tuple[str, str]:
+    """(intake id, work id) from WORK_ID and --intake / $AUXOT_INTAKE_ID, or a status URL."""
+    match = re.search(r"/v1/intake/([^/?#]+)/work/([^/?#]+)", args.work_id)
+    if match:
+        return match.group(1), match.group(2)
+    intake_id = args.intake or os.environ.get(ENV_INTAKE_ID, "")
+    if not intake_id:
+        raise UsageError(f"give --intake INTAKE_ID (or set ${ENV_INTAKE_ID}), or pass the "
+                         "work item's status URL instead of its id")
+    return intake_id, args.work_id
+
+
+def cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    intake_id, work_id = _replay_target(args)
+    client = _client(args)
+    work = client.replay(intake_id, work_id, start_over=args.from_ == "start",
+                         idempotency_key=args.idempotency_key)
+    if not args.wait:
+        if args.json:
+            _print_json(work, out)
+        else:
+            out.write(work["work_id"] + "\n")
+        return EXIT_COMPLETED
+    err.write(f"auxot: replay of {work_id}: work_id {work['work_id']}\n  {work['status_url']}\n")
+    err.flush()
+    return _wait(client, intake_id, work["work_id"], args, out, err)
+
+
 def cmd_verify_callback(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     secret = args.secret or os.environ.get("AUXOT_CALLBACK_SECRET", "")
     if not secret:
@@ -264,6 +295,20 @@ def build_parser() -> argparse.ArgumentParser:
     wait_options(run)
     common(run)
     run.set_defaults(handler=cmd_run)
+
+    replay = commands.add_parser(
+        "replay", help="replay a failed work item (a new item; the original stays failed)")
+    replay.add_argument("work_id", help="the failed item's work id, or its status URL")
+    replay.add_argument("--intake", help=f"the intake id (default: ${ENV_INTAKE_ID})")
+    replay.add_argument("--from", dest="from_", choices=["failed_step", "start"],
+                        default="failed_step", help="failed_step (default): carry the "
+                        "completed steps; start: run every step again, with new keys")
+    replay.add_argument("--idempotency-key", help="sent as Idempotency-Key")
+    replay.add_argument("--wait", action="store_true",
+                        help="wait for the new item; exit codes as for `run`")
+    wait_options(replay)
+    common(replay)
+    replay.set_defaults(handler=cmd_replay)
 
     verify = commands.add_parser(
         "verify-callback", help="verify a received callback (raw HTTP request on stdin)")

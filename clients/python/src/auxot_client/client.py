@@ -201,6 +201,30 @@ class Client:
                 sleep(min(backoff.delay(exc.retry_after), 60.0))
         raise AssertionError("unreachable")
 
+    def replay(self, intake_id: str, work_id: str, *, start_over: bool = False,
+               idempotency_key: str | None = None, attempts: int = 4,
+               sleep: Callable[[float], None] = time.sleep) -> dict:
+        """Replay a failed work item: a NEW item resumes from the failed step (or, with
+        `start_over`, runs every step again). Returns the 202 body of the new item.
+
+        The original stays failed. Retried like `trigger`: 429/503 always, a network error
+        only with an `idempotency_key` (the first POST may have been accepted)."""
+        headers = {"Content-Type": "application/json"}
+        if idempotency_key:
+            headers["Idempotency-Key"] = idempotency_key
+        body = json.dumps({"from": "start" if start_over else "failed_step"}).encode()
+        backoff = Backoff()
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._request("POST", f"/v1/intake/{intake_id}/work/{work_id}/replay",
+                                     data=body, headers=headers).json()
+            except TransientError as exc:
+                retryable = exc.status in (429, 503) or (exc.status is None and idempotency_key)
+                if not retryable or attempt == attempts:
+                    raise
+                sleep(min(backoff.delay(exc.retry_after), 60.0))
+        raise AssertionError("unreachable")
+
     def get(self, intake_id: str, work_id: str, *, wait: float | None = None) -> Poll:
         """One poll; with `wait`, the server answers when the item finishes or after `wait` s."""
         params = {"wait": f"{wait:g}"} if wait else None

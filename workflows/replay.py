@@ -1,0 +1,367 @@
+"""Replay: take a failed work item forward as a NEW item; the original stays failed forever.
+
+- From the failed step (default): the steps that completed before it are carried into the
+  new item's ledger (status `carried`, pointing at the attempt that really ran) and are not
+  run again. The failed step is sent with the Idempotency-Key it had in the original (its
+  attempts ended without a known result), so a receiver honouring the key sees one effect.
+- From the start: every step runs again with the original input and new keys: a new run.
+
+Bulk replays are `ReplayBatch` rows worked through by django-q2 in chunks: each chunk
+commits its new items together with the batch's cursor under the batch's row lock, and a
+unique (batch, original) constraint backs it up, so a crash at any point replays each
+item exactly once. A stalled batch is handed to a worker again by the ticker.
+"""
+
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, Max, Min, Q, QuerySet
+from django.db.models.fields.json import KeyTextTransform
+from django.utils import timezone
+
+from auxot.broker import task_enqueue
+from auxot.errors import ApplicationError
+from auxot.models import Organization
+from auxot.services import audit_record
+from workflows.models import ReplayBatch, Step, StepRun, WorkItem
+from workflows.services import (
+    _actor_label,
+    _require_role,
+    work_item_enqueue,
+    workflow_input_check,
+)
+
+FROM_FAILED_STEP = "failed_step"
+FROM_START = "start"
+BATCH_TASK = "workflows.tasks.replay_batch_run"
+BATCH_MAX_ITEMS = 20_000  # one confirmation, one batch; more: replay the rest afterwards
+TASK_BUDGET_SECONDS = 10.0  # then the task hands the batch to a fresh task (fair to others)
+CANCELED = "canceled"
+
+
+@dataclass(frozen=True)
+class ReplayPlan:
+    steps: list[Step]
+    carried: list[StepRun]  # the attempts whose outputs are carried, in step order
+
+    @property
+    def resume_index(self) -> int:
+        return len(self.carried)
+
+    @property
+    def resume_step(self) -> Step | None:
+        return self.steps[self.resume_index] if self.resume_index < len(self.steps) else None
+
+    @property
+    def to_run(self) -> list[Step]:
+        return self.steps[self.resume_index:]
+
+
+def replay_plan(*, item: WorkItem, start_over: bool) -> ReplayPlan:
+    """Which steps a replay carries and which it runs.
+
+    Carried: the completed steps before the failed one, in order, stopping at the first
+    without a completed attempt (the workflow was edited since: run from there).
+    """
+    steps = list(Step.objects.filter(workflow_id=item.workflow_id))
+    if start_over:
+        return ReplayPlan(steps=steps, carried=[])
+    done: dict[int, StepRun] = {}
+    for run in StepRun.objects.filter(work_item=item, status__in=StepRun.DONE):
+        done[run.step_id] = run
+    carried = []
+    for step in steps[:min(item.current_step, len(steps))]:
+        if step.pk not in done:
+            break
+        carried.append(done[step.pk])
+    return ReplayPlan(steps=steps, carried=carried)
+
+
+def replay_refusal(item: WorkItem) -> str | None:
+    """Why `item` cannot be replayed, or None."""
+    if item.status != WorkItem.Status.FAILED:
+        return (f"Only failed work items can be replayed; this one is {item.status}. "
+                "Completed work is final; pending or running work is still in progress.")
+    if (item.error or {}).get("code") == CANCELED:
+        # A cancel is a person's decision to stop this work: a replay would quietly undo it.
+        return ("This work item was canceled on purpose, so it is not replayed; trigger the "
+                "intake again if the work is wanted after all.")
+    if not item.workflow.active:
+        return "The workflow of this work item is deactivated."
+    return None
+
+
+def work_item_replay(*, item: WorkItem, start_over: bool = False, user=None, key=None,
+                     ip: str | None = None, batch: ReplayBatch | None = None,
+                     now: datetime | None = None) -> WorkItem:
+    """Create the replay of failed `item`, audited as work_item.replayed. Call it inside
+    the caller's transaction when it must commit with something else (idempotency).
+
+    Admins and members may replay (a user's role is checked in the item's organization;
+    a key's access to the intake was checked by the caller). 409 `not_replayable` for an
+    item that is not failed, was canceled, or whose workflow is deactivated.
+    """
+    now = now or timezone.now()
+    _require_role(org_id=item.workflow.org_id, user=user, key=key, action="replay work")
+    refusal = replay_refusal(item)
+    if refusal:
+        raise ApplicationError(refusal, code="not_replayable")
+    workflow_input_check(workflow=item.workflow, input=item.input)
+    plan = replay_plan(item=item, start_over=start_over)
+    with transaction.atomic():
+        new = _replay_create(item=item, plan=plan, start_over=start_over, key=key, ip=ip,
+                             batch=batch, now=now)
+        _replay_audit(item=item, new=new, plan=plan, start_over=start_over, user=user, key=key,
+                      ip=ip, batch=batch, now=now)
+    return new
+
+
+def _replay_keys(item: WorkItem, plan: ReplayPlan, start_over: bool) -> dict[str, str]:
+    """The failed step keeps its original Idempotency-Key (through a chain of replays: the
+    key of the first item that sent it); every other step gets the new item's own key."""
+    step = plan.resume_step
+    if start_over or step is None:
+        return {}
+    if not StepRun.objects.filter(work_item=item, step=step).exists():
+        return {}  # never sent in the original: nothing to deduplicate against
+    position = str(step.position)
+    return {position: item.step_keys.get(position) or f"{item.pk}:{position}"}
+
+
+def _replay_create(*, item: WorkItem, plan: ReplayPlan, start_over: bool, key, ip,
+                   batch: ReplayBatch | None, now: datetime) -> WorkItem:
+    resume = plan.resume_step
+    new = WorkItem.objects.create(
+        workflow_id=item.workflow_id, intake_id=item.intake_id, input=item.input,
+        created_by_key=key, created_by_ip=ip, correlation_id=item.correlation_id,
+        callback_url=item.callback_url, created_at=now, next_run_at=now, enqueued_at=now,
+        current_step=plan.resume_index, replay_of=item, replay_batch=batch,
+        resumed_from_step=resume.position if resume else None,
+        step_keys=_replay_keys(item, plan, start_over),
+    )
+    StepRun.objects.bulk_create([
+        StepRun(work_item=new, step_id=run.step_id, attempt=1, status=StepRun.Status.CARRIED,
+                started_at=run.started_at, finished_at=run.finished_at, output=run.output,
+                state={"carried_from": (run.state or {}).get("carried_from") or {
+                    "work_id": str(run.work_item_id), "attempt": run.attempt}})
+        for run in plan.carried])
+    if settings.REDIS_URL:
+        transaction.on_commit(lambda: work_item_enqueue(work_id=new.pk))
+    else:
+        work_item_enqueue(work_id=new.pk)  # the ORM broker's row commits with the item
+    return new
+
+
+def _replay_audit(*, item: WorkItem, new: WorkItem, plan: ReplayPlan, start_over: bool, user,
+                  key, ip, batch: ReplayBatch | None, now: datetime) -> None:
+    who = dict(actor_user=user, actor_key_lookup=key.lookup_id if key else "",
+               actor_label=_actor_label(user, key), ip=ip, now=now, org=item.workflow.org)
+    extra: dict[str, Any] = {
+        "replay_work_id": str(new.pk),
+        "from": FROM_START if start_over else FROM_FAILED_STEP,
+        "resumed_from_step": new.resumed_from_step,
+        "carried_steps": [step.position for step in plan.steps[:plan.resume_index]],
+    }
+    if batch is not None:
+        extra["batch"] = str(batch.pk)
+    audit_record(event="work_item.replayed", obj=item, extra=extra, **who)
+    audit_record(event="work_item.created", obj=new, **who,
+                 extra={"replay_of": str(item.pk), "via": "replay",
+                        "resumed_from_step": new.resumed_from_step})
+
+
+# --- The admin's Failed work view: open failures grouped ------------------------------------
+def failed_unreplayed(*, org_ids: list[int] | None, since: datetime) -> QuerySet:
+    """Failed items (not canceled, not yet replayed) finished since `since`; None: any org."""
+    items = WorkItem.objects.filter(status=WorkItem.Status.FAILED, finished_at__gte=since,
+                                    replays__isnull=True).exclude(error__code=CANCELED)
+    if org_ids is not None:
+        items = items.filter(workflow__org_id__in=org_ids)
+    return items.annotate(error_code=KeyTextTransform("code", "error"),
+                          error_step=KeyTextTransform("step", "error"),
+                          error_position=KeyTextTransform("step_position", "error"))
+
+
+def failed_work_groups(*, org_ids: list[int] | None, since: datetime) -> list[dict]:
+    """Rows of {workflow_id, workflow, org_id, step, position, code, count, first, last}."""
+    rows = (failed_unreplayed(org_ids=org_ids, since=since)
+            .values("workflow_id", "workflow__name", "workflow__org_id", "error_step",
+                    "error_position", "error_code")
+            .annotate(count=Count("id"), first=Min("finished_at"), last=Max("finished_at"))
+            .order_by("-count", "workflow__name"))
+    return [{"workflow_id": row["workflow_id"], "workflow": row["workflow__name"],
+             "org_id": row["workflow__org_id"], "step": row["error_step"] or "",
+             "position": row["error_position"] or "", "code": row["error_code"] or "",
+             "count": row["count"], "first": row["first"], "last": row["last"]}
+            for row in rows]
+
+
+def failed_group_items(*, org_ids: list[int] | None, since: datetime, workflow_id,
+                       code: str, position: str) -> QuerySet:
+    """The items of one Failed work group (as failed_work_groups keyed them)."""
+    items = failed_unreplayed(org_ids=org_ids, since=since).filter(workflow_id=workflow_id)
+    items = items.filter(error__code=code) if code else items.filter(
+        Q(error__code__isnull=True) | Q(error__code=""))
+    if position.isdigit():
+        return items.filter(error__step_position=int(position))
+    return items.filter(Q(error__step_position__isnull=True) | Q(error__isnull=True))
+
+
+def replayable(items: QuerySet) -> QuerySet:
+    """The items of `items` a replay would take forward (what replay_refusal allows)."""
+    return items.filter(status=WorkItem.Status.FAILED, workflow__active=True).exclude(
+        error__code=CANCELED)
+
+
+def replay_summary(items: QuerySet) -> list[dict]:
+    """For a confirmation page, per workflow and failed step: how many items, which steps
+    are carried and which run (from the failed step). Two queries, whatever the count."""
+    rows = (replayable(items).annotate(error_position=KeyTextTransform("step_position", "error"))
+            .values("workflow_id", "workflow__name", "error_position")
+            .annotate(count=Count("id")).order_by("workflow__name", "error_position"))
+    rows = list(rows)
+    steps: dict[Any, list[Step]] = {}
+    for step in Step.objects.filter(workflow_id__in={row["workflow_id"] for row in rows}):
+        steps.setdefault(step.workflow_id, []).append(step)
+    summary = []
+    for row in rows:
+        ordered, position = steps.get(row["workflow_id"], []), row["error_position"]
+        at = int(position) if str(position).isdigit() else None
+        summary.append({
+            "workflow": row["workflow__name"], "count": row["count"],
+            "failed_step": next((s.name for s in ordered if s.position == at), "-"),
+            "carried": [s.name for s in ordered if at is not None and s.position < at],
+            "to_run": [s.name for s in ordered if at is None or s.position >= at]})
+    return summary
+
+
+# --- Bulk replay ----------------------------------------------------------------------------
+def replay_batch_create(*, org: Organization, work_ids: list, user, start_over: bool = False,
+                        label: str = "", ip: str | None = None,
+                        now: datetime | None = None) -> ReplayBatch:
+    """Store a bulk replay and hand it to a worker; returns at once (the web request never
+    replays thousands of items itself)."""
+    now = now or timezone.now()
+    _require_role(org_id=org.pk, user=user, key=None, action="replay work")
+    ids = list(dict.fromkeys(str(pk) for pk in work_ids))
+    if not ids:
+        raise ApplicationError("Select at least one failed work item to replay.")
+    if len(ids) > BATCH_MAX_ITEMS:
+        raise ApplicationError(f"At most {BATCH_MAX_ITEMS} items per bulk replay.")
+    with transaction.atomic():
+        batch = ReplayBatch.objects.create(
+            org=org, start_over=start_over, label=label[:300], work_ids=ids, total=len(ids),
+            created_by=user, created_at=now, progressed_at=now, enqueued_at=now)
+        audit_record(event="replay_batch.created", org=org, actor_user=user, obj=batch, ip=ip,
+                     now=now, extra={"items": len(ids), "label": label[:300],
+                                     "from": FROM_START if start_over else FROM_FAILED_STEP})
+        transaction.on_commit(lambda: replay_batch_enqueue(batch_id=batch.pk))
+    return batch
+
+
+def replay_batch_enqueue(*, batch_id) -> None:
+    """Never raises: a lost message is recovered by the ticker (replay_batches_wake)."""
+    task_enqueue(task=BATCH_TASK, arg=str(batch_id), name=f"replay-{batch_id}")
+
+
+def replay_batch_process(*, batch_id, budget_seconds: float = TASK_BUDGET_SECONDS) -> int:
+    """The task body: replay chunks until done or the budget is spent, then hand the rest
+    to a new task. Safe to run twice, also at the same time. Returns items handled."""
+    deadline = time.monotonic() + budget_seconds
+    handled = 0
+    while True:
+        count, more = replay_batch_chunk(batch_id=batch_id)
+        handled += count
+        if not more:
+            return handled
+        if time.monotonic() >= deadline:
+            ReplayBatch.objects.filter(pk=batch_id).update(enqueued_at=timezone.now())
+            replay_batch_enqueue(batch_id=batch_id)
+            return handled
+
+
+def replay_batch_chunk(*, batch_id) -> tuple[int, bool]:
+    """Replay the next chunk of the batch in ONE transaction with the cursor's advance.
+
+    Returns (items handled, whether more remain). The batch row is locked for the chunk
+    (skip_locked: a twin task finds nothing to do and returns); on SQLite the immediate
+    transaction serializes the writers the same way.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        batch = (ReplayBatch.objects.select_for_update(skip_locked=True, of=("self",))
+                 .select_related("created_by", "org")
+                 .filter(pk=batch_id, status=ReplayBatch.Status.RUNNING).first())
+        if batch is None:
+            return 0, False
+        ids = batch.work_ids[batch.cursor:batch.cursor + settings.AUXOT_REPLAY_CHUNK_SIZE]
+        items = WorkItem.objects.select_related("workflow__org").filter(
+            pk__in=[uuid.UUID(pk) for pk in ids], workflow__org_id=batch.org_id)
+        found = {str(item.pk): item for item in items}
+        replayed = _replayed_already(ids)
+        for pk in ids:
+            reason = _chunk_one(batch, found.get(pk), pk in replayed, now)
+            if reason is None:
+                batch.replayed += 1
+            else:
+                batch.skipped += 1
+                batch.skip_reasons[reason] = batch.skip_reasons.get(reason, 0) + 1
+        _batch_advance(batch, len(ids), now)
+    return len(ids), batch.status == ReplayBatch.Status.RUNNING
+
+
+def _replayed_already(ids: list[str]) -> set[str]:
+    rows = WorkItem.objects.filter(replay_of_id__in=[uuid.UUID(pk) for pk in ids])
+    return {str(pk) for pk in rows.values_list("replay_of_id", flat=True)}
+
+
+def _chunk_one(batch: ReplayBatch, item: WorkItem | None, replayed: bool,
+               now: datetime) -> str | None:
+    """Replay one item of a batch; the reason it was skipped, or None."""
+    if item is None:
+        return "not found"
+    if replayed:
+        return "already replayed"  # a bulk replay takes forward only unhandled failures
+    try:
+        work_item_replay(item=item, start_over=batch.start_over, user=batch.created_by,
+                         batch=batch, now=now)
+    except ApplicationError as exc:
+        return {"not_replayable": "not failed, canceled or workflow deactivated",
+                "forbidden": "not permitted", "validation_failed": "input no longer valid"
+                }.get(exc.code, exc.code)
+    return None
+
+
+def _batch_advance(batch: ReplayBatch, count: int, now: datetime) -> None:
+    batch.cursor += count
+    batch.progressed_at = now
+    if batch.cursor >= batch.total:
+        batch.status, batch.finished_at = ReplayBatch.Status.DONE, now
+        audit_record(event="replay_batch.finished", org=batch.org, obj=batch, now=now,
+                     actor_label="engine", extra={"replayed": batch.replayed,
+                                                  "skipped": batch.skipped})
+    batch.save(update_fields=["cursor", "replayed", "skipped", "skip_reasons", "status",
+                              "progressed_at", "finished_at"])
+
+
+def replay_batches_wake(*, now: datetime | None = None) -> int:
+    """Hand stalled bulk replays (their worker died, their message was lost) to a worker."""
+    now = now or timezone.now()
+    stale = now - timedelta(seconds=settings.AUXOT_REPLAY_STALL_SECONDS)
+    due = ReplayBatch.objects.filter(status=ReplayBatch.Status.RUNNING, progressed_at__lt=stale,
+                                     enqueued_at__lt=stale)
+    ids = list(due.values_list("pk", flat=True)[:20])
+    if ids:
+        ReplayBatch.objects.filter(pk__in=ids).update(enqueued_at=now)
+    for batch_id in ids:
+        replay_batch_enqueue(batch_id=batch_id)
+    return len(ids)
+
+
+def on_tick(sender, now: datetime, **kwargs) -> None:
+    replay_batches_wake(now=now)
