@@ -22,7 +22,7 @@ from intakes import idempotency, ratelimit
 from intakes.api import PublicApi, _absolute, _validated
 from intakes.body import StrictJSONParser
 from intakes.models import Intake
-from intakes.openapi import REPLAY_EXAMPLES, replay_schema
+from intakes.openapi import REPLAY_EXAMPLES, TriggerHeadersSerializer, replay_schema
 from intakes.services import TriggerResult, intake_for_key, work_item_for_key
 from workflows.models import WorkItem
 from workflows.replay import FROM_FAILED_STEP, FROM_START, work_item_replay
@@ -86,8 +86,7 @@ class WorkItemReplayApi(PublicApi):
         item = work_item_for_key(intake=intake, work_id=work_id)
         data = _validated(self.InputSerializer, request.data,
                           'Send no body, or {"from": "failed_step" | "start"}.')
-        header = idempotency.idempotency_header_parse(
-            request.headers.get(idempotency.HEADER))
+        header = TriggerHeadersSerializer.from_headers(request.headers).get("idempotency_key")
         result = intake_work_replay(intake=intake, key=request.auth, item=item,
                                     start_over=data["from"] == FROM_START,
                                     ip=client_ip(request), idempotency_key=header)

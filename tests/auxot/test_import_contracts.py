@@ -13,8 +13,8 @@ ROOT = Path(settings.BASE_DIR)
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 CONFIG = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
 CONTRACTS = {contract["id"]: contract for contract in CONFIG["contracts"]}
-# workflows.steps and workflows.kinds_remote import each other; the step-kind registry that
-# replaces the pair removes the cycle. strict: this marker fails the suite once it is gone.
+# A contract known to be broken, with the reason (strict xfail: the suite fails once it is
+# kept again, so the entry cannot outlive the problem). None today.
 KNOWN_BROKEN: dict[str, str] = {}
 
 
