@@ -279,6 +279,14 @@ else:
     # The ORM broker's latency is about poll/2 + 10 ms (MEASURED.md).
     Q_CLUSTER["poll"] = env_float("AUXOT_ORM_POLL_SECONDS", 0.05, minimum=0.01)
 
+# --- Engine: drains (batch claims, wake-ups) ---------------------------------------------
+# A drain task claims up to AUXOT_DRAIN_BATCH due items in one statement, runs them, and
+# claims again until nothing is due or AUXOT_DRAIN_SECONDS have passed (existing setting).
+AUXOT_DRAIN_BATCH = env_int("AUXOT_DRAIN_BATCH", 32, minimum=1)
+# Tasks a cluster prefetches from the broker: with at most one drain message waiting on the
+# broker, a backlog of any size holds <= 2 x workers + 1 messages per cluster.
+Q_CLUSTER["queue_limit"] = env_int("AUXOT_Q_QUEUE_LIMIT", Q_CLUSTER["workers"], minimum=1)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

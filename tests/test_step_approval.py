@@ -4,6 +4,7 @@ from datetime import timedelta
 
 import pytest
 from django.utils import timezone
+from django_q.models import OrmQ
 
 from apikeys.services import apikey_issue
 from auxot.models import AuditEvent
@@ -157,6 +158,7 @@ def test_deadline_passes_and_item_fails_approval_timeout(cast, api, member_token
     intake = _setup(cast, deadline=60)
     item = _park(api, intake, member_token)
     time_machine.move_to(timezone.now() + timedelta(seconds=61))
+    OrmQ.objects.all().delete()  # earlier drains were consumed
     assert work_items_wake() == 1
     work_item_process(work_id=item.pk, drain_seconds=0)
     item.refresh_from_db()

@@ -4,43 +4,28 @@ import socket
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
 from django.utils import timezone
 
 from auxot.errors import ApplicationError, PermissionDeniedError
 from auxot.models import Membership
 from auxot.services import audit_record
+from workflows.batch import (
+    drain_request,
+    work_items_wake,  # noqa: F401  (the ticker's sweep, re-exported)
+    work_wake_notify,
+)
 from workflows.handoffs import violations
 from workflows.models import Approval, Step, StepRun, WorkerHeartbeat, Workflow, WorkItem
 from workflows.providers import provider_tickets_drop
 from workflows.signals import work_item_finished
 
 logger = logging.getLogger(__name__)
-TASK = "workflows.tasks.work_item_run"
-_broker = None
 
 
-def _get_broker():
-    # One broker per process: django-q2's Redis broker opens a connection per call otherwise.
-    global _broker
-    if _broker is None:
-        from django_q.brokers import get_broker
-
-        _broker = get_broker()
-    return _broker
-
-
-def work_item_enqueue(*, work_id) -> None:
-    """Put a task for this id on the broker. Never raises: the row is the source of truth."""
-    from django_q.tasks import async_task
-
-    try:
-        async_task(TASK, str(work_id), broker=_get_broker(), task_name=f"work-{work_id}")
-    except Exception:
-        # The ticker re-enqueues it after AUXOT_REQUEUE_AFTER_SECONDS.
-        logger.exception("enqueue of work item %s failed; the sweeper will retry", work_id)
+def work_item_enqueue(*, work_id=None) -> None:
+    """Ask for a drain (the broker carries drains, not items). Never raises."""
+    drain_request()
 
 
 def work_item_create(
@@ -66,34 +51,9 @@ def work_item_create(
         correlation_id=correlation_id, callback_url=callback_url, created_at=now, next_run_at=now,
         enqueued_at=now,
     )
-    if settings.REDIS_URL:
-        # Redis is not in our transaction: enqueue only what is committed (MEASURED.md).
-        transaction.on_commit(lambda: work_item_enqueue(work_id=item.pk))
-    else:
-        # The ORM broker's row commits with the item: both or neither.
-        work_item_enqueue(work_id=item.pk)
+    # No message per item: a wake-up (PostgreSQL NOTIFY at commit, or one waiting drain).
+    work_wake_notify()
     return item
-
-
-def _wakeable(now: datetime):
-    requeue_before = now - timedelta(seconds=settings.AUXOT_REQUEUE_AFTER_SECONDS)
-    return WorkItem.objects.filter(next_run_at__lte=now).filter(
-        Q(enqueued_at__isnull=True)
-        | Q(enqueued_at__lt=F("next_run_at"))
-        | Q(enqueued_at__lt=requeue_before)
-    )
-
-
-def work_items_wake(*, now: datetime | None = None, limit: int = 200) -> int:
-    """Enqueue items that came due (delays, backoffs, expired leases, lost messages)."""
-    now = now or timezone.now()
-    ids = list(_wakeable(now).order_by("next_run_at").values_list("pk", flat=True)[:limit])
-    if not ids:
-        return 0
-    _wakeable(now).filter(pk__in=ids).update(enqueued_at=now)
-    for work_id in ids:
-        work_item_enqueue(work_id=work_id)
-    return len(ids)
 
 
 def worker_heartbeat(*, name: str | None = None, started_at: datetime, now=None) -> None:
@@ -159,6 +119,7 @@ def work_item_decide(*, item: WorkItem, decision: str, comment: str = "", user=N
                      "decided_at": now.isoformat(), "comment": comment}
         run.save(update_fields=["state"])
         WorkItem.objects.filter(pk=locked.pk, lease_token="").update(next_run_at=now)
+        work_wake_notify()
         audit_record(event=f"work_item.{'approved' if decision == 'approve' else 'rejected'}",
                      org=locked.workflow.org, actor_user=user,
                      actor_key_lookup=key.lookup_id if key else "",
