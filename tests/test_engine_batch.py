@@ -106,23 +106,26 @@ def test_worker_dying_in_a_pure_run_counts_one_crashed_attempt(cast, monkeypatch
         (1, 1, "crashed"), (1, 2, "completed"), (2, 1, "completed")]
 
 
-def test_drain_runs_a_backlog_in_batches_with_queries_per_batch_not_per_item(
+def test_drain_runs_a_backlog_with_queries_per_batch_not_per_item(
         cast, django_assert_num_queries):
     _items(make_workflow(cast.org_a, [TRANSFORM, TRANSFORM]), 10)
-    # Per batch: claim, load items, steps, attempts. Per item: the first attempt row and one
-    # transaction (savepoint, item, attempt result, second attempt, audit, release). Then
-    # the claim that finds nothing left.
-    with django_assert_num_queries(3 * 4 + 10 * 7 + 1):
+    # Per batch: claim, load items, steps, attempts, the first attempt rows; one transaction
+    # (savepoint, lock held items, items, audits, attempt results, second attempts,
+    # release). Then the claim that finds nothing left.
+    with django_assert_num_queries(3 * 12 + 1):
         assert work_drain(budget=30, batch=4) == 10
     assert set(WorkItem.objects.values_list("status", flat=True)) == {"completed"}
+    assert StepRun.objects.filter(status="completed").count() == 20
 
 
 def test_a_slow_batch_hands_its_unstarted_items_back(cast, monkeypatch):
-    _items(make_workflow(cast.org_a, [TRANSFORM]), 3)
+    # Approval steps are not pure: they run one item after the other.
+    _items(make_workflow(cast.org_a, [("approval", {"instructions": "ok?"})]), 3)
     monkeypatch.setattr(batch, "HOLD_SECONDS", 0.0)
     claims = work_items_claim_batch(now=timezone.now(), limit=10)
     assert claims_run(claims) == 1
-    released = WorkItem.objects.exclude(status="completed")
+    assert StepRun.objects.values("work_item").distinct().count() == 1
+    released = WorkItem.objects.filter(step_runs__isnull=True)
     assert released.count() == 2
     assert set(released.values_list("lease_token", flat=True)) == {""}
     assert all(item.next_run_at <= timezone.now() for item in released)  # due again at once
