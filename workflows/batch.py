@@ -292,8 +292,9 @@ def _pure_batch(runs: list[_Run]) -> list[_Run]:
         for run, _, _ in executed:
             if run.token != runs[0].token:
                 held.discard(run.item.pk)
-        _pure_commit(executed, held, now)
-        _ledger_write(executed, firsts, held, timezone.now())
+        done_at = timezone.now()
+        _pure_commit(executed, held, done_at)
+        _ledger_write(executed, firsts, held, done_at)
     going_on = []
     for run, results, index in executed:
         if run.item.pk in held:
