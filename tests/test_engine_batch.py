@@ -179,3 +179,24 @@ def test_a_committed_wake_reaches_the_listener_and_a_rolled_back_one_does_not(ca
             assert OrmQ.objects.count() == 1
     finally:
         listener.close()
+
+
+def test_an_item_canceled_during_its_batch_keeps_only_a_discarded_attempt(cast, monkeypatch):
+    from workflows import steps
+
+    items = _items(make_workflow(cast.org_a, [TRANSFORM, TRANSFORM]), 3)
+    real = steps.Transform.execute
+
+    def cancel_the_second(self, ctx):
+        if ctx.work_id == items[1].pk:
+            WorkItem.objects.filter(pk=ctx.work_id).update(status="failed", lease_token="",
+                                                           next_run_at=None)
+        return real(self, ctx)
+
+    monkeypatch.setattr(steps.Transform, "execute", cancel_the_second)
+    assert work_drain(budget=30) == 3
+    statuses = dict(WorkItem.objects.values_list("pk", "status"))
+    assert [statuses[item.pk] for item in items] == ["completed", "failed", "completed"]
+    assert list(StepRun.objects.filter(work_item=items[1]).values_list(
+        "step__position", "status")) == [(1, "discarded")]
+    assert StepRun.objects.filter(status="completed").count() == 4

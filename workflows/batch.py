@@ -64,10 +64,10 @@ def work_wake_notify() -> None:
     no broker write). Other databases: a drain request (no-op when one is waiting already),
     in the same transaction as the row for the ORM broker, after commit for Redis.
     """
-    if connection.vendor == "postgresql":
+    if connection.vendor == "postgresql" and not settings.Q_CLUSTER.get("sync"):
         with connection.cursor() as cursor:
             cursor.execute(WAKE_SQL)
-    elif settings.REDIS_URL:
+    elif settings.REDIS_URL or settings.Q_CLUSTER.get("sync"):  # sync: runs it right away
         transaction.on_commit(drain_request)
     else:
         drain_request()
@@ -412,6 +412,9 @@ def _ledger_write(executed: list, firsts: dict, held: set, now: datetime) -> Non
     created = []
     for run, results, _ in executed:
         first = firsts[run.item.pk]
+        if run.item.pk not in held:
+            # Another worker may own the item now: record only the attempt we opened.
+            results = results[:1]
         for number, (step, outcome) in enumerate(results):
             row = first if number == 0 else StepRun(
                 work_item=run.item, step=step, attempt=1, started_at=first.started_at,
