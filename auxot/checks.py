@@ -9,8 +9,9 @@ from django.core.checks import Warning, register
 from django.db import connections
 
 # A qcluster's processes besides its workers that hold a connection: the sentinel (schedules),
-# the pusher (ORM broker), the monitor and the ticker thread.
-QCLUSTER_OVERHEAD = 4
+# the pusher (ORM broker), the monitor and the ticker thread, which holds a second one to
+# LISTEN for committed work on PostgreSQL.
+QCLUSTER_OVERHEAD = 5
 
 
 def connection_estimate() -> dict[str, int]:

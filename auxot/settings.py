@@ -336,6 +336,12 @@ else:
     # The ORM broker's latency is about poll/2 + 10 ms (measured with bench/).
     Q_CLUSTER["poll"] = env_float("AUXOT_ORM_POLL_SECONDS", 0.05, minimum=0.01)
 
+# A drain task claims up to AUXOT_DRAIN_BATCH due items in one statement, runs them, and
+# claims again until nothing is due or AUXOT_DRAIN_SECONDS have passed.
+AUXOT_DRAIN_BATCH = env_int("AUXOT_DRAIN_BATCH", 32, minimum=1)
+# Tasks a cluster prefetches from the broker: with at most one drain message waiting on the
+# broker, a backlog of any size holds <= 2 x workers + 1 messages per cluster.
+Q_CLUSTER["queue_limit"] = env_int("AUXOT_Q_QUEUE_LIMIT", Q_CLUSTER["workers"], minimum=1)
 # Step kinds: an http step's request timeout when its config names none.
 AUXOT_HTTP_TIMEOUT_SECONDS = env_float("AUXOT_HTTP_TIMEOUT_SECONDS", 10.0, minimum=0.1)
 # Retries (http and agent): exponential backoff with jitter, base * 2^(attempt-1) capped,

@@ -6,6 +6,7 @@ step's attempt row starts. One item at a time, with a pause between, on a warm c
 """
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -43,6 +44,7 @@ def main() -> None:
             time.sleep(args.pause)
     finally:
         cluster.stop()
+    print("loadavg={:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     print(f"items={args.items} p50_ms={common.percentile(latencies, 50):.1f} "
           f"p99_ms={common.percentile(latencies, 99):.1f} max_ms={max(latencies):.1f}")
 

@@ -1,6 +1,6 @@
 """Finished work items for the callback tests."""
 
-from workflows.engine import work_item_process
+from workflows.batch import work_item_process
 from workflows.services import work_item_create
 
 

@@ -19,7 +19,6 @@ from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from auxot.logs import log_context
 from workflows.handoffs import describe, violations
 from workflows.kinds import Complete, Fail, Outcome, StepContext, Wait, kind_get
 from workflows.metrics import step_observe
@@ -58,43 +57,22 @@ def work_item_claim(*, work_id, now: datetime) -> Claim | None:
     return Claim(item=item, token=token)
 
 
-def work_item_claim_next(*, now: datetime) -> Claim | None:
-    due = WorkItem.objects.filter(next_run_at__lte=now).order_by("next_run_at")
-    for work_id in due.values_list("pk", flat=True)[:5]:
-        claim = work_item_claim(work_id=work_id, now=now)
-        if claim is not None:
-            return claim
-    return None
-
-
-def work_item_process(*, work_id, drain_seconds: float | None = None) -> int:
-    """The task body: run this item if it is due, then drain other due items for a while.
-
-    Returns how many items this call advanced. Safe to run twice for the same id.
-    """
-    budget = settings.AUXOT_DRAIN_SECONDS if drain_seconds is None else drain_seconds
-    deadline = time.monotonic() + budget
-    advanced = 0
-    claim = work_item_claim(work_id=work_id, now=timezone.now())
-    while claim is not None:
-        _run_claimed(claim)
-        advanced += 1
-        if time.monotonic() >= deadline:
-            break
-        claim = work_item_claim_next(now=timezone.now())
-    return advanced
-
-
 class _Run:
     """One claimed item being advanced. Holds the ordered steps and the outputs so far."""
 
-    def __init__(self, claim: Claim):
+    def __init__(self, claim: Claim, steps: list[Step] | None = None,
+                 runs: list[StepRun] | None = None):
+        # A batch passes steps and attempts it loaded for all its items at once.
         self.item = claim.item
         self.token = claim.token
-        self.steps = list(Step.objects.filter(workflow_id=self.item.workflow_id))
+        if steps is None:
+            steps = list(Step.objects.filter(workflow_id=self.item.workflow_id))
+        if runs is None:
+            runs = list(StepRun.objects.filter(work_item=self.item).order_by("attempt"))
+        self.steps = steps
         self.latest: dict[int, StepRun] = {}
         self.outputs: dict[str, Any] = {}
-        for run in StepRun.objects.filter(work_item=self.item).order_by("attempt"):
+        for run in runs:
             self.latest[run.step_id] = run
             if run.status in StepRun.DONE:  # a replay's carried steps count as done
                 self.outputs[run.step_id] = run.output
@@ -110,26 +88,6 @@ class _Run:
 
     def guarded(self) -> Any:
         return WorkItem.objects.filter(pk=self.item.pk, lease_token=self.token)
-
-
-def _run_claimed(claim: Claim) -> None:
-    item = claim.item
-    with log_context(work_id=str(item.pk), intake_id=item.intake_id and str(item.intake_id),
-                     request_id=item.request_id):
-        _advance(_Run(claim))
-
-
-def _advance(run: _Run) -> None:
-    while run.item.current_step < len(run.steps):
-        step = run.steps[run.item.current_step]
-        outcome, attempt = _attempt(run, step)
-        if attempt is None:
-            return
-        if not _store_outcome(run, step, attempt, outcome):
-            return
-        if not isinstance(outcome, Complete):
-            return
-    _finish(run, Status.COMPLETED, output=run.data()["previous"] if run.steps else run.item.input)
 
 
 def _attempt(run: _Run, step: Step) -> tuple[Outcome | None, StepRun | None]:

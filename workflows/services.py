@@ -5,12 +5,9 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
 from django.utils import timezone
 
-from auxot.broker import task_enqueue
 from auxot.errors import ApplicationError, PermissionDeniedError
 from auxot.logs import current_request_id
 from auxot.models import Membership
@@ -21,16 +18,14 @@ from workflows.metrics import WORK_ITEMS_FINISHED
 from workflows.models import Approval, Step, StepRun, WorkerHeartbeat, Workflow, WorkItem
 from workflows.providers import provider_tickets_drop
 from workflows.signals import work_item_finished
+from workflows.wake import drain_request, work_wake_notify
 
 logger = logging.getLogger(__name__)
 
-TASK = "workflows.tasks.work_item_run"
 
-
-def work_item_enqueue(*, work_id) -> None:
-    """Put a task for this id on the broker. Never raises: the row is the source of truth,
-    and the ticker re-enqueues a lost message after AUXOT_REQUEUE_AFTER_SECONDS."""
-    task_enqueue(task=TASK, arg=str(work_id), name=f"work-{work_id}")
+def work_item_enqueue(*, work_id=None) -> None:
+    """Ask for a drain (the broker carries drains, not items). Never raises."""
+    drain_request()
 
 
 def work_item_create(
@@ -61,35 +56,9 @@ def work_item_create(
         callback_url=callback_url, created_at=now, next_run_at=now, enqueued_at=now,
         request_id=current_request_id() if request_id is None else request_id,
     )
-    if settings.REDIS_URL:
-        # Redis is not in our transaction: enqueue only what is committed, or a worker may
-        # look for a row that does not exist yet.
-        transaction.on_commit(lambda: work_item_enqueue(work_id=item.pk))
-    else:
-        # The ORM broker's row commits with the item: both or neither.
-        work_item_enqueue(work_id=item.pk)
+    # No message per item: a wake-up (PostgreSQL NOTIFY at commit, or one waiting drain).
+    work_wake_notify()
     return item
-
-
-def _wakeable(now: datetime):
-    requeue_before = now - timedelta(seconds=settings.AUXOT_REQUEUE_AFTER_SECONDS)
-    return WorkItem.objects.filter(next_run_at__lte=now).filter(
-        Q(enqueued_at__isnull=True)
-        | Q(enqueued_at__lt=F("next_run_at"))
-        | Q(enqueued_at__lt=requeue_before)
-    )
-
-
-def work_items_wake(*, now: datetime | None = None, limit: int = 200) -> int:
-    """Enqueue items that came due (delays, backoffs, expired leases, lost messages)."""
-    now = now or timezone.now()
-    ids = list(_wakeable(now).order_by("next_run_at").values_list("pk", flat=True)[:limit])
-    if not ids:
-        return 0
-    _wakeable(now).filter(pk__in=ids).update(enqueued_at=now)
-    for work_id in ids:
-        work_item_enqueue(work_id=work_id)
-    return len(ids)
 
 
 def worker_heartbeat(*, name: str | None = None, started_at: datetime, now=None) -> None:
@@ -154,6 +123,7 @@ def work_item_decide(*, item: WorkItem, decision: str, comment: str = "", user=N
                      "decided_at": now.isoformat(), "comment": comment}
         run.save(update_fields=["state"])
         WorkItem.objects.filter(pk=locked.pk, lease_token="").update(next_run_at=now)
+        work_wake_notify()
         audit_record(event=f"work_item.{'approved' if decision == 'approve' else 'rejected'}",
                      org=locked.workflow.org, actor_user=user,
                      actor_key_lookup=key.lookup_id if key else "",

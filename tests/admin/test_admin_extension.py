@@ -7,7 +7,7 @@ from django.contrib import admin
 
 from tests.conftest import make_workflow
 from workflows.admin import workflow_inlines, workitem_inlines
-from workflows.engine import work_item_process
+from workflows.batch import work_item_process
 from workflows.models import Step, StepRun
 from workflows.services import work_item_create
 

@@ -35,7 +35,7 @@ from intakes.models import CallbackDelivery, Intake
 from intakes.secrets import secret_decrypt
 from intakes.services import intake_create
 from tests.conftest import make_workflow
-from workflows.engine import work_item_process
+from workflows.batch import work_item_process
 from workflows.models import Approval, Workflow, WorkItem
 from workflows.services import work_item_create
 

@@ -24,7 +24,7 @@ from intakes.models import CallbackAttempt
 from tests.callback_helpers import finished_item
 from tests.conftest import make_workflow
 from tests.fakeserver import FakeServer, Reply
-from workflows.engine import work_item_process
+from workflows.batch import work_item_process
 from workflows.models import Provider, Step, StepRun
 from workflows.services import work_item_create
 

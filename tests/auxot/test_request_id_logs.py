@@ -10,7 +10,7 @@ from django.test import override_settings
 from auxot.logs import ContextFilter, JsonFormatter, log_context
 from intakes.callbacks import callback_delivery_create, callback_delivery_process
 from tests.conftest import trigger
-from workflows.engine import work_item_process
+from workflows.batch import work_item_process
 from workflows.models import WorkItem
 
 pytestmark = pytest.mark.django_db

@@ -16,7 +16,7 @@ from auxot.secrets import secret_create, secret_delete, secret_rotate, secret_up
 from auxot.settings import env_operator_secrets
 from tests.conftest import make_workflow
 from tests.fakeserver import chat
-from workflows.engine import work_item_process
+from workflows.batch import work_item_process
 from workflows.models import Provider, Step, Workflow, WorkItem
 from workflows.presenters import work_item_view
 from workflows.services import work_item_create

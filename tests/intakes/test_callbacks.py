@@ -22,7 +22,7 @@ from intakes.callbacks import (
 from intakes.models import CallbackAttempt, CallbackDelivery, Intake
 from tests.callback_helpers import finished_item
 from tests.conftest import bearer, trigger
-from workflows.engine import work_item_process
+from workflows.batch import work_item_process
 
 pytestmark = pytest.mark.django_db
 

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from apikeys.models import ApiKey
 from intakes.callbacks import callback_delivery_create, callback_delivery_process
 from tests.conftest import trigger
-from workflows.engine import work_item_process
+from workflows.batch import work_item_process
 
 pytestmark = pytest.mark.django_db
 TOKEN = "metrics-token-0123456789"

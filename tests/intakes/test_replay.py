@@ -8,7 +8,7 @@ from auxot.models import AuditEvent, Membership, Team
 from intakes.services import intake_create
 from tests.conftest import bearer, make_workflow, trigger
 from tests.fakeserver import Reply
-from workflows.engine import work_item_process
+from workflows.batch import work_item_process
 from workflows.models import Step, StepRun, WorkItem
 from workflows.replay import work_item_replay
 from workflows.services import work_item_cancel

@@ -15,7 +15,7 @@ from intakes.models import CallbackAttempt
 from intakes.retention import SCHEDULE_NAME, retention_run, retention_schedule_ensure
 from intakes.services import intake_create, intake_update
 from tests.conftest import bearer, make_workflow, trigger
-from workflows.engine import work_item_process
+from workflows.batch import work_item_process
 from workflows.models import StepRun, WorkItem
 from workflows.retention import json_path_parse, json_paths_redact
 

@@ -5,7 +5,7 @@ from datetime import timedelta
 from django.utils import timezone
 
 from tests.conftest import bearer, trigger
-from workflows.engine import work_item_process
+from workflows.batch import work_item_process
 from workflows.services import worker_heartbeat
 
 

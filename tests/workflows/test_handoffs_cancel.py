@@ -7,7 +7,7 @@ from apikeys.services import apikey_issue
 from auxot.models import AuditEvent
 from intakes.services import intake_create
 from tests.conftest import bearer, make_workflow, trigger
-from workflows.engine import work_item_process
+from workflows.batch import work_item_process
 from workflows.models import Step, StepRun, WorkItem
 from workflows.services import work_item_cancel
 

@@ -10,7 +10,7 @@ from django.utils import timezone
 from auxot.secrets import secret_create
 from tests.conftest import make_workflow
 from tests.fakeserver import Reply, chat
-from workflows.engine import work_item_process
+from workflows.batch import work_item_process
 from workflows.kinds.agent import render_template
 from workflows.models import Provider, ProviderTicket, Step
 from workflows.presenters import work_item_view

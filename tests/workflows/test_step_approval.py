@@ -4,14 +4,15 @@ from datetime import timedelta
 
 import pytest
 from django.utils import timezone
+from django_q.models import OrmQ
 
 from apikeys.services import apikey_issue
 from auxot.models import AuditEvent
 from intakes.services import intake_create
 from tests.conftest import bearer, make_workflow, trigger
-from workflows.engine import work_item_process
+from workflows.batch import work_item_process
 from workflows.models import Approval, Step, WorkItem
-from workflows.services import work_items_wake
+from workflows.wake import work_items_wake
 
 
 def _setup(cast, deadline=None):
@@ -157,6 +158,7 @@ def test_deadline_passes_and_item_fails_approval_timeout(cast, api, member_token
     intake = _setup(cast, deadline=60)
     item = _park(api, intake, member_token)
     time_machine.move_to(timezone.now() + timedelta(seconds=61))
+    OrmQ.objects.all().delete()  # earlier drains were consumed
     assert work_items_wake() == 1
     work_item_process(work_id=item.pk, drain_seconds=0)
     item.refresh_from_db()

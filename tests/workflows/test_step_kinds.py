@@ -8,7 +8,7 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from tests.conftest import make_workflow
-from workflows.engine import work_item_process
+from workflows.batch import work_item_process
 from workflows.kinds import REGISTRY, Complete, Fail, StepContext, StepKind, Wait, kind_choices
 from workflows.kinds.agent import Agent
 from workflows.models import Step

@@ -19,7 +19,7 @@ from auxot.errors import ApplicationError
 from auxot.models import AuditEvent
 from intakes.services import intake_create
 from tests.conftest import make_workflow
-from workflows.engine import work_item_process
+from workflows.batch import work_item_process
 from workflows.models import Approval, StepRun, WorkItem
 from workflows.services import work_item_cancel, work_item_create, work_item_decide
 

@@ -76,6 +76,9 @@ class StepKind(ABC):
     name: str
     label: str
     uses_providers: bool = False  # takes provider tickets: the engine drops them at the end
+    # No outside effects (no network, no person): a drain runs such steps of many items back
+    # to back and commits their results together (workflows/batch.py).
+    pure: bool = False
 
     @abstractmethod
     def validate_config(self, config: dict) -> None:

@@ -16,6 +16,7 @@ class Delay(StepKind):
     """config: {"seconds": N}."""
 
     name = "delay"
+    pure = True
     label = "Delay"
 
     def validate_config(self, config: dict) -> None:

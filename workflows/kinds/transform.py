@@ -12,6 +12,7 @@ class Transform(StepKind):
     """config: {"expression": "<jmespath>"}."""
 
     name = "transform"
+    pure = True
     label = "Transform (jmespath)"
 
     def validate_config(self, config: dict) -> None:

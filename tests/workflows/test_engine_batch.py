@@ -1,0 +1,195 @@
+"""Drains: batch claims, pure steps in one transaction, a bounded broker, wake-ups."""
+
+import threading
+from datetime import timedelta
+
+import pytest
+from django.db import connection, connections, transaction
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+from django_q.models import OrmQ
+
+from tests.conftest import make_workflow
+from workflows import batch
+from workflows.batch import claims_run, work_drain, work_item_process, work_items_claim_batch
+from workflows.models import StepRun, WorkItem
+from workflows.services import work_item_create
+from workflows.wake import WakeListener, work_items_wake, work_wake_notify
+
+TRANSFORM = ("transform", {"expression": "input"})
+
+
+def _items(workflow, count: int) -> list[WorkItem]:
+    with transaction.atomic():
+        return [work_item_create(workflow=workflow, input={"n": n}) for n in range(count)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_batch_claim_never_gives_an_item_to_two_workers(cast):
+    workflow = make_workflow(cast.org_a, [TRANSFORM])
+    items = _items(workflow, 120)
+    taken: list[list] = [[] for _ in range(4)]
+    start = threading.Barrier(len(taken))
+
+    def worker(mine: list) -> None:
+        try:
+            start.wait(10)
+            while claims := work_items_claim_batch(now=timezone.now(), limit=7):
+                mine.extend(claim.item.pk for claim in claims)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=worker, args=(mine,)) for mine in taken]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    claimed = [pk for mine in taken for pk in mine]
+    assert sorted(claimed) == sorted(item.pk for item in items)  # each exactly once
+    assert sum(1 for mine in taken if mine) >= 2  # the workers really did share the work
+
+
+def test_a_claimed_item_is_not_due_until_its_lease_ends(cast, time_machine):
+    _items(make_workflow(cast.org_a, [TRANSFORM]), 3)
+    assert len(work_items_claim_batch(now=timezone.now(), limit=10)) == 3
+    assert work_items_claim_batch(now=timezone.now(), limit=10) == []
+    time_machine.move_to(timezone.now() + timedelta(minutes=5))  # that worker died
+    assert len(work_items_claim_batch(now=timezone.now(), limit=10)) == 3
+
+
+def test_pure_steps_of_one_item_commit_in_one_transaction(cast):
+    workflow = make_workflow(cast.org_a, [TRANSFORM, ("delay", {"seconds": 0}), TRANSFORM])
+    [item] = _items(workflow, 1)
+    with CaptureQueriesContext(connection) as queries:
+        work_item_process(work_id=item.pk, drain_seconds=0)
+    sql = [q["sql"].upper() for q in queries.captured_queries]
+    transactions = [s for s in sql if s.startswith("SAVEPOINT")]
+    assert len(transactions) == 1  # under the test's transaction a commit is a savepoint
+    opened = sql.index(transactions[0])
+    # The only write before it: the first attempt row, committed before the steps run.
+    assert [s.split()[0] for s in sql[:opened] if not s.startswith("SELECT")] == [
+        "UPDATE", "INSERT"]
+    item.refresh_from_db()
+    assert item.status == "completed"
+    assert list(StepRun.objects.filter(work_item=item).values_list(
+        "step__position", "attempt", "status")) == [
+        (1, 1, "completed"), (2, 1, "completed"), (3, 1, "completed")]
+
+
+def test_worker_dying_in_a_pure_run_counts_one_crashed_attempt(cast, monkeypatch,
+                                                                time_machine):
+    workflow = make_workflow(cast.org_a, [TRANSFORM, TRANSFORM])
+    [item] = _items(workflow, 1)
+
+    def killed(*args, **kwargs):
+        raise SystemExit("SIGKILL")  # nothing after the attempt row reaches the database
+
+    monkeypatch.setattr(batch, "_pure_commit", killed)
+    with pytest.raises(SystemExit):
+        work_item_process(work_id=item.pk, drain_seconds=0)
+    monkeypatch.undo()
+    assert list(StepRun.objects.filter(work_item=item).values_list("status", flat=True)) == [
+        "running"]
+    time_machine.move_to(timezone.now() + timedelta(minutes=5))
+    work_item_process(work_id=item.pk, drain_seconds=0)
+    item.refresh_from_db()
+    assert item.status == "completed"
+    assert list(StepRun.objects.filter(work_item=item).values_list(
+        "step__position", "attempt", "status")) == [
+        (1, 1, "crashed"), (1, 2, "completed"), (2, 1, "completed")]
+
+
+def test_drain_runs_a_backlog_with_queries_per_batch_not_per_item(
+        cast, django_assert_num_queries):
+    _items(make_workflow(cast.org_a, [TRANSFORM, TRANSFORM]), 10)
+    # Per batch: claim, load items, steps, attempts, the first attempt rows; one transaction
+    # (savepoint, lock held items, items, audits, attempt results, second attempts,
+    # release). Then the claim that finds nothing left.
+    with django_assert_num_queries(3 * 12 + 1):
+        assert work_drain(budget=30, batch=4) == 10
+    assert set(WorkItem.objects.values_list("status", flat=True)) == {"completed"}
+    assert StepRun.objects.filter(status="completed").count() == 20
+
+
+def test_a_slow_batch_hands_its_unstarted_items_back(cast, monkeypatch):
+    # Approval steps are not pure: they run one item after the other.
+    _items(make_workflow(cast.org_a, [("approval", {"instructions": "ok?"})]), 3)
+    monkeypatch.setattr(batch, "HOLD_SECONDS", 0.0)
+    claims = work_items_claim_batch(now=timezone.now(), limit=10)
+    assert claims_run(claims) == 1
+    assert StepRun.objects.values("work_item").distinct().count() == 1
+    released = WorkItem.objects.filter(step_runs__isnull=True)
+    assert released.count() == 2
+    assert set(released.values_list("lease_token", flat=True)) == {""}
+    assert all(item.next_run_at <= timezone.now() for item in released)  # due again at once
+
+
+def test_a_backlog_keeps_at_most_one_drain_waiting_on_the_broker(cast):
+    workflow = make_workflow(cast.org_a, [TRANSFORM])
+    for n in range(500):  # 500 separate commits, as 500 triggers would make
+        with transaction.atomic():
+            work_item_create(workflow=workflow, input={"n": n})
+    for _ in range(5):  # ticks of the safety net
+        work_items_wake()
+    assert WorkItem.objects.filter(status="pending").count() == 500
+    assert OrmQ.objects.count() == 1
+
+
+def test_a_lost_drain_message_is_replaced_once_not_per_item_or_tick(cast):
+    _items(make_workflow(cast.org_a, [TRANSFORM]), 50)
+    OrmQ.objects.all().delete()  # the broker lost it (Redis flushed, a row deleted)
+    assert [work_items_wake() for _ in range(5)] == [1, 0, 0, 0, 0]
+    assert OrmQ.objects.count() == 1
+    # A worker takes that message: the next tick may add one, never one per item.
+    OrmQ.objects.update(lock=timezone.now() + timedelta(minutes=5))
+    assert [work_items_wake() for _ in range(3)] == [1, 0, 0]
+    assert OrmQ.objects.count() == 2
+
+
+def test_nothing_due_adds_no_drain(cast):
+    assert work_items_wake() == 0
+    assert OrmQ.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_committed_wake_reaches_the_listener_and_a_rolled_back_one_does_not(cast):
+    listener = WakeListener()
+    try:
+        listener.wait(0.01)  # starts listening
+        with transaction.atomic():
+            work_wake_notify()
+            transaction.set_rollback(True)
+        if connection.vendor == "postgresql":
+            assert listener.wait(0.3) is False
+            with transaction.atomic():
+                work_wake_notify()
+            assert listener.wait(5) is True
+            assert OrmQ.objects.count() == 0  # a NOTIFY, not a broker row
+        else:  # no NOTIFY: the wake is a drain message, written in the same commit
+            assert OrmQ.objects.count() == 0
+            with transaction.atomic():
+                work_wake_notify()
+            assert OrmQ.objects.count() == 1
+    finally:
+        listener.close()
+
+
+def test_an_item_canceled_during_its_batch_keeps_only_a_discarded_attempt(cast, monkeypatch):
+    from workflows import steps
+
+    items = _items(make_workflow(cast.org_a, [TRANSFORM, TRANSFORM]), 3)
+    real = steps.Transform.execute
+
+    def cancel_the_second(self, ctx):
+        if ctx.work_id == items[1].pk:
+            WorkItem.objects.filter(pk=ctx.work_id).update(status="failed", lease_token="",
+                                                           next_run_at=None)
+        return real(self, ctx)
+
+    monkeypatch.setattr(steps.Transform, "execute", cancel_the_second)
+    assert work_drain(budget=30) == 3
+    statuses = dict(WorkItem.objects.values_list("pk", "status"))
+    assert [statuses[item.pk] for item in items] == ["completed", "failed", "completed"]
+    assert list(StepRun.objects.filter(work_item=items[1]).values_list(
+        "step__position", "status")) == [(1, "discarded")]
+    assert StepRun.objects.filter(status="completed").count() == 4

@@ -1,0 +1,384 @@
+"""Draining: how work moves from the work item table to django-q2's workers.
+
+The work item table is the queue. The broker carries "drain" messages, never one per
+item: a drain task claims up to AUXOT_DRAIN_BATCH due items in one statement (FOR UPDATE
+SKIP LOCKED on PostgreSQL, a guarded UPDATE on SQLite), runs them, and claims again until
+nothing is due or AUXOT_DRAIN_SECONDS have passed.
+
+Wake-ups: whoever makes work due calls `work_wake_notify()`. On PostgreSQL that is a
+NOTIFY delivered at commit, heard by each qcluster's ticker (`WakeListener`), which puts a
+drain on the broker; elsewhere it requests a drain directly. `drain_request()` adds a
+message only when none is waiting on the broker, so a backlog of any size holds at most
+workers running + `queue_limit` prefetched + 1 waiting drain messages per cluster. The
+ticker's sweep is the safety net: due work with no waiting message gets one message, once.
+
+Pure steps (transform, delay) of one item run back to back and commit together: one
+attempt row is committed first (so a crash is counted), then every result in one
+transaction. Steps with outside effects keep the engine's attempt-row-before-call path.
+"""
+
+import logging
+import time
+import uuid
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from auxot.logs import log_context
+from auxot.services import audit_records
+from workflows.engine import (
+    Claim,
+    _attempt,
+    _fail,
+    _finish,
+    _lease,
+    _Run,
+    _safely,
+    _store_outcome,
+    work_item_claim,
+)
+from workflows.kinds import REGISTRY, Complete, StepContext, Wait, kind_get
+from workflows.metrics import WORK_ITEMS_FINISHED
+from workflows.models import Step, StepRun, WorkItem
+from workflows.providers import provider_tickets_drop
+from workflows.signals import work_item_finished
+from workflows.wake import drain_request, work_items_due, work_wake_notify
+
+# Kinds with no outside effects: a batch runs them back to back and commits them together.
+PURE_KINDS = frozenset(name for name, kind in REGISTRY.items() if kind.pure)
+
+logger = logging.getLogger(__name__)
+Status = WorkItem.Status
+# A batch whose items turn out slow (http, agent) hands its unstarted items back after this
+# long, so an idle worker takes them instead of them waiting behind one busy worker.
+HOLD_SECONDS = 1.0
+
+
+# --- Claims ------------------------------------------------------------------------------
+def work_items_claim_batch(*, now: datetime, limit: int) -> list[Claim]:
+    """Take up to `limit` due items in one statement; each is ours until its lease ends."""
+    token = uuid.uuid4().hex
+    table = connection.ops.quote_name(WorkItem._meta.db_table)
+    lock = " FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
+    at = connection.ops.adapt_datetimefield_value
+    with connection.cursor() as cursor:
+        # SQLite runs one writer at a time, so its UPDATE is the guard. Names from _meta.
+        cursor.execute(
+            f"UPDATE {table} SET lease_token = %s, next_run_at = %s, status = %s, "  # noqa: S608
+            f"started_at = COALESCE(started_at, %s) WHERE next_run_at <= %s AND id IN ("
+            f"SELECT id FROM {table} WHERE next_run_at <= %s ORDER BY next_run_at "
+            f"LIMIT %s{lock}) RETURNING id",
+            [token, at(_lease(None, now)), Status.RUNNING.value, at(now), at(now), at(now),
+             limit])
+        ids = [row[0] for row in cursor.fetchall()]
+    if not ids:
+        return []
+    # workflow__org: the finish audits with the org, without a query per item.
+    items = WorkItem.objects.select_related("workflow__org").filter(pk__in=ids)
+    return [Claim(item=item, token=token) for item in items.order_by("created_at")]
+
+
+def _runs_load(claims: list[Claim]) -> list[_Run]:
+    """Steps and attempts of every claimed item in two queries."""
+    steps: dict[Any, list[Step]] = {}
+    for step in Step.objects.filter(workflow_id__in={c.item.workflow_id for c in claims}):
+        steps.setdefault(step.workflow_id, []).append(step)
+    attempts: dict[Any, list[StepRun]] = {}
+    ids = [c.item.pk for c in claims]
+    for run in StepRun.objects.filter(work_item_id__in=ids).order_by("attempt"):
+        attempts.setdefault(run.work_item_id, []).append(run)
+    return [_Run(c, steps.get(c.item.workflow_id, []), attempts.get(c.item.pk, []))
+            for c in claims]
+
+
+def _release(runs: list[_Run]) -> None:
+    """Hand claimed but unstarted items back: due at once, for any worker."""
+    for token in {run.token for run in runs}:
+        WorkItem.objects.filter(pk__in=[r.item.pk for r in runs if r.token == token],
+                                lease_token=token).update(lease_token="",
+                                                          next_run_at=timezone.now())
+    work_wake_notify()
+
+
+def claims_run(claims: list[Claim], *, deadline: float | None = None) -> int:
+    """Run claimed items: pure first steps of all of them together, then the rest one after
+    the other. Returns how many items were advanced."""
+    runs = _runs_load(claims)
+    pure = [run for run in runs if _starts_pure(run)]
+    going_on = _pure_batch(pure) if pure else []
+    queue = going_on + [run for run in runs if run not in pure]
+    started = time.monotonic()
+    for index, run in enumerate(queue):
+        clock = time.monotonic()
+        if index and (clock - started >= HOLD_SECONDS or (deadline and clock >= deadline)):
+            _release(queue[index:])
+            return len(runs) - len(queue) + index
+        try:
+            item_run(run)
+        except Exception:
+            # This item's lease brings it back later; the others need not wait for it.
+            if queue[index + 1:]:
+                _release(queue[index + 1:])
+            raise
+    return len(runs)
+
+
+def work_item_process(*, work_id, drain_seconds: float | None = None) -> int:
+    """Run this item if it is due, then drain other due items for a while.
+
+    Returns how many items this call advanced. Safe to run twice for the same id.
+    """
+    budget = settings.AUXOT_DRAIN_SECONDS if drain_seconds is None else drain_seconds
+    claim = work_item_claim(work_id=work_id, now=timezone.now())
+    advanced = claims_run([claim]) if claim is not None else 0
+    if budget > 0:
+        advanced += work_drain(budget=budget)
+    return advanced
+
+
+def work_drain(*, budget: float | None = None, batch: int | None = None) -> int:
+    """The drain task's body: claim and run batches until nothing is due or time is up."""
+    budget = settings.AUXOT_DRAIN_SECONDS if budget is None else budget
+    size = batch or settings.AUXOT_DRAIN_BATCH
+    deadline = time.monotonic() + budget
+    advanced = 0
+    while True:
+        claims = work_items_claim_batch(now=timezone.now(), limit=size)
+        if not claims:
+            return advanced
+        advanced += claims_run(claims, deadline=deadline)
+        if time.monotonic() >= deadline:
+            break
+    # Out of time with work left: hand over to a fresh message instead of hogging the worker.
+    if work_items_due(now=timezone.now()):
+        drain_request()
+    return advanced
+
+
+# --- Running one item --------------------------------------------------------------------
+def item_run(run: _Run) -> None:
+    """Advance a claimed item as far as it goes now (its ids in every log line)."""
+    item = run.item
+    with log_context(work_id=str(item.pk), intake_id=item.intake_id and str(item.intake_id),
+                     request_id=item.request_id):
+        _item_advance(run)
+
+
+def _item_advance(run: _Run) -> None:
+    while run.item.current_step < len(run.steps):
+        step = run.steps[run.item.current_step]
+        if step.kind in PURE_KINDS and step.pk not in run.latest:
+            if not _pure_run(run):
+                return
+            continue
+        outcome, attempt = _attempt(run, step)
+        if attempt is None or not _store_outcome(run, step, attempt, outcome):
+            return
+        if not isinstance(outcome, Complete):
+            return
+    _finish(run, Status.COMPLETED, output=_data_at(run, len(run.steps))["previous"]
+            if run.steps else run.item.input)
+
+
+def _data_at(run: _Run, index: int) -> dict[str, Any]:
+    done = run.steps[:index]
+    return {
+        "input": run.item.input,
+        "previous": run.outputs.get(done[-1].pk) if done else None,
+        "steps": {step.name: run.outputs.get(step.pk) for step in done},
+    }
+
+
+def _context(run: _Run, step: Step, index: int, now: datetime) -> StepContext:
+    return StepContext(
+        data=_data_at(run, index), config=step.config or {}, state={}, now=now,
+        step_name=step.name, idempotency_key=f"{run.item.pk}:{step.position}",
+        max_attempts=step.max_attempts or settings.AUXOT_STEP_MAX_ATTEMPTS,
+        timeout_seconds=step.timeout_seconds or settings.AUXOT_STEP_TIMEOUT_SECONDS,
+        work_id=run.item.pk, org_id=run.item.workflow.org_id)
+
+
+def _starts_pure(run: _Run) -> bool:
+    index = run.item.current_step
+    if index >= len(run.steps):
+        return False
+    step = run.steps[index]
+    return step.kind in PURE_KINDS and step.pk not in run.latest
+
+
+def _pure_run(run: _Run) -> bool:
+    """One item's pure steps (after a step with outside effects): see _pure_batch."""
+    return bool(_pure_batch([run]))
+
+
+def _pure_batch(runs: list[_Run]) -> list[_Run]:
+    """Run each item's consecutive fresh pure steps, then commit every result at once.
+
+    The attempt rows of the first steps are committed before anything runs, so a worker
+    that dies here leaves each of these items one attempt to count as crashed; its next
+    claim runs it through the per-step path, alone. Returns the items that go on to a
+    step with outside effects.
+    """
+    now = timezone.now()
+    firsts = _attempts_open(runs, now)
+    executed = [(run, *_pure_execute(run, now)) for run in runs]
+    with transaction.atomic():
+        held = set(WorkItem.objects.select_for_update().filter(
+            pk__in=[run.item.pk for run in runs], lease_token=runs[0].token,
+        ).values_list("pk", flat=True))
+        for run, _, _ in executed:
+            if run.token != runs[0].token:
+                held.discard(run.item.pk)
+        done_at = timezone.now()
+        _pure_commit(executed, held, done_at)
+        _ledger_write(executed, firsts, held, done_at)
+    going_on = []
+    for run, results, index in executed:
+        if run.item.pk in held:
+            run.item.current_step = index
+            if isinstance(results[-1][1], Complete) and index < len(run.steps):
+                going_on.append(run)
+    return going_on
+
+
+def _attempts_open(runs: list[_Run], now: datetime) -> dict[Any, StepRun]:
+    # The claim's lease is seconds old: no one else may start these attempts meanwhile.
+    rows = [StepRun(work_item=run.item, step=run.steps[run.item.current_step], attempt=1,
+                    status=StepRun.Status.RUNNING, started_at=now, state={}) for run in runs]
+    StepRun.objects.bulk_create(rows)
+    for run, row in zip(runs, rows, strict=True):
+        run.latest[row.step_id] = row
+    return {row.work_item_id: row for row in rows}
+
+
+def _pure_execute(run: _Run, now: datetime) -> tuple[list, int]:
+    """The outcomes of the item's consecutive fresh pure steps, in memory."""
+    results, start = [], run.item.current_step
+    index = start
+    while index < len(run.steps) and run.steps[index].kind in PURE_KINDS and (
+            index == start or run.steps[index].pk not in run.latest):
+        step = run.steps[index]
+        outcome = _safely(kind_get(step.kind).execute, _context(run, step, index, now),
+                          run, step)
+        results.append((step, outcome))
+        if not isinstance(outcome, Complete):
+            break
+        run.outputs[step.pk] = outcome.output  # _context of the next step reads it
+        index += 1
+    return results, index
+
+
+_DONE = ["status", "output", "error", "finished_at", "next_run_at", "lease_token",
+         "waiting_on", "waiting_since", "waiting_detail", "current_step"]
+_ADVANCED = ["current_step", "waiting_on", "waiting_since", "waiting_detail"]
+_WAITING = ["current_step", "next_run_at", "lease_token", "waiting_on", "waiting_since",
+            "waiting_detail"]
+
+
+def _pure_commit(executed: list, held: set, now: datetime) -> None:
+    """Each held item's next state; the rows are locked by the caller's transaction."""
+    groups: dict[str, list[WorkItem]] = {"done": [], "advanced": [], "waiting": []}
+    finished, audits = [], []
+    for run, results, index in executed:
+        if run.item.pk not in held:
+            continue
+        step, outcome = results[-1]
+        item = run.item
+        if isinstance(outcome, Complete) and index == len(run.steps):
+            _set(item, status=Status.COMPLETED, output=outcome.output, error=None,
+                 finished_at=now, next_run_at=None, lease_token="", waiting_on="",
+                 waiting_since=None, waiting_detail={}, current_step=index)
+            groups["done"].append(item)
+            finished.append(item)
+            audits.append({"event": "work_item.completed", "org": item.workflow.org,
+                           "obj": item, "now": now, "actor_label": "engine"})
+            if any(REGISTRY[s.kind].uses_providers for s in run.steps if s.kind in REGISTRY):
+                provider_tickets_drop(work_id=item.pk)
+        elif isinstance(outcome, Complete):
+            _set(item, current_step=index, waiting_on="", waiting_since=None,
+                 waiting_detail={})
+            groups["advanced"].append(item)
+        elif isinstance(outcome, Wait):
+            _set(item, current_step=index, next_run_at=outcome.until, lease_token="",
+                 waiting_on=outcome.waiting_on, waiting_detail=outcome.detail,
+                 waiting_since=item.waiting_since or now)
+            groups["waiting"].append(item)
+        else:
+            item.current_step = index
+            run.guarded().update(current_step=index)
+            if not _fail(run, step, outcome.code, outcome.message, extra=outcome.extra):
+                held.discard(item.pk)
+    for name, fields in (("done", _DONE), ("advanced", _ADVANCED), ("waiting", _WAITING)):
+        if groups[name]:
+            _rows_update(WorkItem, groups[name], fields)
+    if audits:
+        audit_records(rows=audits)
+    if finished:
+        # The rows were just written with these values: announce them without a read.
+        transaction.on_commit(lambda: _announce_all(finished))
+        WORK_ITEMS_FINISHED.labels(status=Status.COMPLETED).inc(len(finished))
+
+
+def _rows_update(model, objs: list, names: list[str]) -> None:
+    """UPDATE each row with its own values in one executemany: psycopg pipelines it into a
+    single round trip (QuerySet.bulk_update's CASE expressions cost ~20 ms of Python per
+    32 rows). Only for rows this transaction holds locked."""
+    qn = connection.ops.quote_name
+    fields = [model._meta.get_field(name) for name in names]
+    pk = model._meta.pk
+    sql = (f"UPDATE {qn(model._meta.db_table)} SET "  # noqa: S608  (names from _meta)
+           + ", ".join(f"{qn(field.column)} = %s" for field in fields)
+           + f" WHERE {qn(pk.column)} = %s")
+    rows = [[field.get_db_prep_save(getattr(obj, field.attname), connection)
+             for field in fields] + [pk.get_db_prep_value(obj.pk, connection)] for obj in objs]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, rows)
+
+
+def _set(item: WorkItem, **fields: Any) -> None:
+    for name, value in fields.items():
+        setattr(item, name, value)
+
+
+def _announce_all(items: list[WorkItem]) -> None:
+    for item in items:
+        work_item_finished.send(sender=WorkItem, work_item=item)
+
+
+def _ledger_write(executed: list, firsts: dict, held: set, now: datetime) -> None:
+    """One attempt row per step that ran: the first ones exist already, the others are new."""
+    created = []
+    for run, results, _ in executed:
+        first = firsts[run.item.pk]
+        if run.item.pk not in held:
+            # Another worker may own the item now: record only the attempt we opened.
+            results = results[:1]
+        for number, (step, outcome) in enumerate(results):
+            row = first if number == 0 else StepRun(
+                work_item=run.item, step=step, attempt=1, started_at=first.started_at,
+                state={})
+            _outcome_set(row, outcome, run.item.pk in held, now)
+            if number:
+                created.append(row)
+            run.latest[step.pk] = row
+    _rows_update(StepRun, list(firsts.values()),
+                 ["status", "finished_at", "output", "state", "error"])
+    if created:
+        StepRun.objects.bulk_create(created)
+
+
+def _outcome_set(row: StepRun, outcome, held: bool, now: datetime) -> None:
+    row.finished_at = now
+    if not held:
+        # Canceled (or taken over) while the steps ran: their results are discarded.
+        row.status = StepRun.Status.DISCARDED
+    elif isinstance(outcome, Complete):
+        row.status, row.output = StepRun.Status.COMPLETED, outcome.output
+    elif isinstance(outcome, Wait):
+        row.status, row.state, row.finished_at = StepRun.Status.WAITING, outcome.detail, None
+    else:
+        row.status = StepRun.Status.FAILED
+        row.error = {"code": outcome.code, "message": outcome.message}

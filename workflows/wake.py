@@ -1,0 +1,108 @@
+"""Wake-ups: how workers learn that work came due, without a broker message per item.
+
+Whoever makes work due calls `work_wake_notify()` inside its transaction. On PostgreSQL that
+is a NOTIFY delivered at commit, heard by each qcluster's ticker (`WakeListener`), which puts
+a drain on the broker; elsewhere it requests a drain directly. `drain_request()` adds a
+message only when none is waiting on the broker, so a backlog of any size holds at most
+workers running + `queue_limit` prefetched + 1 waiting drain messages per cluster. The
+ticker's sweep (`work_items_wake`) is the safety net: due work with no waiting message gets
+one message, once.
+"""
+
+import logging
+import time
+from datetime import datetime
+
+from django.conf import settings
+from django.db import connection, connections, transaction
+from django.utils import timezone
+
+from auxot.broker import broker_get, task_enqueue
+from workflows.models import WorkItem
+
+logger = logging.getLogger(__name__)
+CHANNEL = "auxot_work"
+# The trigger's accept statement may fold the wake into itself (a CTE) with this.
+WAKE_SQL = f"SELECT pg_notify('{CHANNEL}', '')"
+DRAIN_TASK = "workflows.tasks.work_drain"
+
+
+# --- Wake-ups ----------------------------------------------------------------------------
+def work_wake_notify() -> None:
+    """Tell the workers that work came due. Call it inside the transaction that made it due.
+
+    PostgreSQL: a NOTIFY, delivered only if and when that transaction commits (one statement,
+    no broker write). Other databases: a drain request (no-op when one is waiting already),
+    in the same transaction as the row for the ORM broker, after commit for Redis.
+    """
+    if connection.vendor == "postgresql" and not settings.Q_CLUSTER.get("sync"):
+        with connection.cursor() as cursor:
+            cursor.execute(WAKE_SQL)
+    elif settings.REDIS_URL or settings.Q_CLUSTER.get("sync"):  # sync: runs it right away
+        transaction.on_commit(drain_request)
+    else:
+        drain_request()
+
+
+def drain_request() -> bool:
+    """Put one drain message on the broker unless one is already waiting. Never raises."""
+    try:
+        if broker_get().queue_size() > 0:
+            return False
+    except Exception:
+        logger.exception("could not read the broker's queue size")
+        return False
+    return task_enqueue(task=DRAIN_TASK, arg="drain", name="drain")
+
+
+def work_items_due(*, now: datetime) -> bool:
+    return WorkItem.objects.filter(next_run_at__lte=now).exists()
+
+
+def work_items_wake(*, now: datetime | None = None) -> int:
+    """The sweep's safety net: due work (delays, backoffs, expired leases, lost messages)
+    and no drain waiting on the broker gets one drain message. Returns messages added."""
+    now = now or timezone.now()
+    if not work_items_due(now=now):
+        return 0
+    return int(drain_request())
+
+
+class WakeListener:
+    """The ticker's wait: on PostgreSQL it returns early when a NOTIFY arrives."""
+
+    def __init__(self) -> None:
+        self.wrapper = None
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep up to `timeout`; True when woken by a notification."""
+        if connection.vendor != "postgresql":
+            time.sleep(timeout)
+            return False
+        try:
+            raw = self._connection()
+            woke = any(True for _ in raw.notifies(timeout=timeout, stop_after=1))
+            if woke:  # a burst arrives as many notifications: take them all as one wake-up
+                for _ in raw.notifies(timeout=0.002):
+                    pass
+            return woke
+        except Exception:
+            logger.exception("wake listener failed; reconnecting")
+            self.close()
+            time.sleep(min(timeout, 1.0))
+            return False
+
+    def _connection(self):
+        if self.wrapper is None:
+            self.wrapper = connections.create_connection("default")
+            self.wrapper.ensure_connection()
+            self.wrapper.connection.execute(f"LISTEN {CHANNEL}")
+        return self.wrapper.connection
+
+    def close(self) -> None:
+        if self.wrapper is not None:
+            try:
+                self.wrapper.close()
+            except Exception:
+                logger.debug("closing the wake listener failed", exc_info=True)
+            self.wrapper = None
