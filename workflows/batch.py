@@ -41,9 +41,9 @@ from workflows.engine import (
     work_item_claim,
 )
 from workflows.kinds import REGISTRY, Complete, StepContext, Wait, kind_get
-from workflows.metrics import WORK_ITEMS_FINISHED
 from workflows.models import Step, StepRun, WorkItem
 from workflows.providers import provider_tickets_drop
+from workflows.services import work_item_finish_observe
 from workflows.signals import work_item_finished
 from workflows.wake import drain_request, work_items_due, work_wake_notify
 
@@ -233,8 +233,10 @@ def _pure_batch(runs: list[_Run]) -> list[_Run]:
             if run.token != runs[0].token:
                 held.discard(run.item.pk)
         done_at = timezone.now()
-        _pure_commit(executed, held, done_at)
+        finished = _pure_commit(executed, held, done_at)
         _ledger_write(executed, firsts, held, done_at)
+    for item in finished:
+        work_item_finish_observe(item=item, status=Status.COMPLETED, now=done_at)
     going_on = []
     for run, results, index in executed:
         if run.item.pk in held:
@@ -278,8 +280,9 @@ _WAITING = ["current_step", "next_run_at", "lease_token", "waiting_on", "waiting
             "waiting_detail"]
 
 
-def _pure_commit(executed: list, held: set, now: datetime) -> None:
-    """Each held item's next state; the rows are locked by the caller's transaction."""
+def _pure_commit(executed: list, held: set, now: datetime) -> list[WorkItem]:
+    """Each held item's next state; the rows are locked by the caller's transaction.
+    Returns the items it finished."""
     groups: dict[str, list[WorkItem]] = {"done": [], "advanced": [], "waiting": []}
     finished, audits = [], []
     for run, results, index in executed:
@@ -319,7 +322,7 @@ def _pure_commit(executed: list, held: set, now: datetime) -> None:
     if finished:
         # The rows were just written with these values: announce them without a read.
         transaction.on_commit(lambda: _announce_all(finished))
-        WORK_ITEMS_FINISHED.labels(status=Status.COMPLETED).inc(len(finished))
+    return finished
 
 
 def _rows_update(model, objs: list, names: list[str]) -> None:

@@ -210,11 +210,19 @@ def work_item_finish(*, item: WorkItem, status: str, now: datetime, output: Any 
                      actor_key_lookup=actor_key_lookup, actor_label=actor_label, obj=item,
                      ip=ip, now=now, extra=extra)
         transaction.on_commit(partial(_finished_announce, item.pk))
+    work_item_finish_observe(item=item, status=status, now=now)
+    return True
+
+
+def work_item_finish_observe(*, item: WorkItem, status: str, now: datetime) -> None:
+    """The metric and the log line of a finished item (also for items a drain finished in
+    one batch commit)."""
     WORK_ITEMS_FINISHED.labels(status=status).inc()
     logger.info("work item %s %s", item.pk, status, extra={
-        "event": "work_item.finished", "status": status,
+        "event": "work_item.finished", "status": status, "work_id": str(item.pk),
+        "intake_id": str(item.intake_id) if item.intake_id else None,
+        "request_id": item.request_id or None,
         "duration_ms": round((now - item.created_at).total_seconds() * 1000, 1)})
-    return True
 
 
 def _takes_tickets(step: Step) -> bool:

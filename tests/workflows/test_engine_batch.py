@@ -175,7 +175,7 @@ def test_a_committed_wake_reaches_the_listener_and_a_rolled_back_one_does_not(ca
 
 
 def test_an_item_canceled_during_its_batch_keeps_only_a_discarded_attempt(cast, monkeypatch):
-    from workflows import steps
+    from workflows.kinds import transform as steps
 
     items = _items(make_workflow(cast.org_a, [TRANSFORM, TRANSFORM]), 3)
     real = steps.Transform.execute
