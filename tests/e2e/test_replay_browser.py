@@ -6,7 +6,7 @@ from django.utils import timezone
 
 from tests.conftest import make_workflow
 from tests.processes import QCluster
-from tests.test_admin_browser import _shot, browser, login  # noqa: F401  (fixtures)
+from tests.e2e.test_admin_browser import _shot, browser, login  # noqa: F401  (fixtures)
 from workflows.models import ReplayBatch, Step, StepRun, WorkItem
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.django_db(transaction=True)]
