@@ -1,5 +1,7 @@
 """The fixed cast: an admin, a member and an auditor of org A, and an outsider in org B."""
 
+import ipaddress
+import socket
 from dataclasses import dataclass
 
 import pytest
@@ -138,3 +140,20 @@ def clusters():
     yield start
     for cluster in started:
         cluster.stop()
+
+
+# --- Outbound: a record of every connect(), and a safety net that only loopback is reached ---
+@pytest.fixture
+def connections(monkeypatch):
+    """Every connect() is recorded; a non-loopback one is refused before any packet leaves."""
+    attempts: list = []
+    real_connect = socket.socket.connect
+
+    def connect(self, address):
+        attempts.append(address)
+        if not ipaddress.ip_address(address[0].split("%")[0]).is_loopback:
+            raise ConnectionRefusedError("test safety net: only loopback may be reached")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    return attempts

@@ -7,7 +7,6 @@ to anything but loopback is refused before it happens (a safety net should the g
 """
 
 import ast
-import ipaddress
 import socket
 import subprocess
 import sys
@@ -100,22 +99,6 @@ FORMS = [
      "round-robin.example resolves to 127.0.0.1"),
 ]
 CALLERS = ["callback", "http-static", "http-expression", "agent"]
-
-
-@pytest.fixture
-def connections(monkeypatch):
-    """Every connect() is recorded; a non-loopback one is refused before any packet leaves."""
-    attempts: list = []
-    real_connect = socket.socket.connect
-
-    def connect(self, address):
-        attempts.append(address)
-        if not ipaddress.ip_address(address[0].split("%")[0]).is_loopback:
-            raise ConnectionRefusedError("test safety net: only loopback may be reached")
-        return real_connect(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    return attempts
 
 
 @pytest.fixture

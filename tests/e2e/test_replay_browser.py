@@ -5,8 +5,8 @@ import pytest
 from django.utils import timezone
 
 from tests.conftest import make_workflow
-from tests.processes import QCluster
 from tests.e2e.test_admin_browser import _shot, browser, login  # noqa: F401  (fixtures)
+from tests.processes import QCluster
 from workflows.models import ReplayBatch, Step, StepRun, WorkItem
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.django_db(transaction=True)]

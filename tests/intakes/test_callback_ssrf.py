@@ -1,7 +1,6 @@
 """The outbound policy as callbacks see it: refused destinations are failed attempts and no
 packet leaves (the full class of address forms for every caller is in test_outbound.py)."""
 
-import ipaddress
 import socket
 
 import pytest
@@ -38,28 +37,12 @@ REFUSED = [
 ]
 
 
-@pytest.fixture
-def no_connections(monkeypatch):
-    """Every outgoing connect() is recorded; only loopback ones are made (a safety net)."""
-    attempts: list = []
-    real_connect = socket.socket.connect
-
-    def connect(self, address):
-        attempts.append(address)
-        if not ipaddress.ip_address(address[0].split("%")[0]).is_loopback:
-            raise ConnectionRefusedError("test safety net: only loopback may be reached")
-        return real_connect(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    return attempts
-
-
 @pytest.mark.parametrize("url", REFUSED)
-def test_refused_destination_sends_nothing(url, no_connections):
+def test_refused_destination_sends_nothing(url, connections):
     result = callback_post(url=url, body=b"{}", headers={})
     assert result.refused and result.status is None
     assert result.error.startswith("refused: ")
-    assert no_connections == []
+    assert connections == []
 
 
 @pytest.mark.parametrize("url", REFUSED)
@@ -69,7 +52,7 @@ def test_refused_destination_is_rejected_when_saved(url):
 
 
 def test_hostname_resolving_to_a_private_address_is_refused_at_connect(monkeypatch,
-                                                                      no_connections):
+                                                                      connections):
     # Passes the save-time check (a name), then resolves to an internal address.
     monkeypatch.setattr(socket, "getaddrinfo", lambda host, port, *a, **k: [
         (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.1.2.3", port))])
@@ -77,20 +60,20 @@ def test_hostname_resolving_to_a_private_address_is_refused_at_connect(monkeypat
     result = callback_post(url="http://internal.example/hook", body=b"{}", headers={})
     assert result.refused
     assert "internal.example resolves to 10.1.2.3, a private address" in result.error
-    assert no_connections == []
+    assert connections == []
 
 
-def test_any_bad_address_among_several_answers_is_refused(monkeypatch, no_connections):
+def test_any_bad_address_among_several_answers_is_refused(monkeypatch, connections):
     monkeypatch.setattr(socket, "getaddrinfo", lambda host, port, *a, **k: [
         (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("8.8.8.8", port)),
         (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("169.254.169.254", port))])
     result = callback_post(url="http://round-robin.example/hook", body=b"{}", headers={})
     assert result.refused and "169.254.169.254, a link-local address" in result.error
-    assert no_connections == []
+    assert connections == []
 
 
 def test_connection_goes_to_the_checked_address_with_the_original_host(
-        monkeypatch, receiver, no_connections):
+        monkeypatch, receiver, connections):
     # The name resolves (once, checked) to the allowed receiver; Host keeps the name.
     real = socket.getaddrinfo
     calls = []
@@ -107,15 +90,15 @@ def test_connection_goes_to_the_checked_address_with_the_original_host(
     [(request, _)] = receiver.log
     assert request.headers["Host"] == f"receiver.example:{receiver.port}"
     assert calls.count("receiver.example") == 1
-    assert no_connections == [("127.0.0.1", receiver.port)]
+    assert connections == [("127.0.0.1", receiver.port)]
 
 
-def test_https_only_unless_http_is_allowed(settings, no_connections):
+def test_https_only_unless_http_is_allowed(settings, connections):
     settings.AUXOT_CALLBACK_ALLOW_HTTP = False
     with pytest.raises(RefusedDestination, match="must use https"):
         url_check("http://example.com/hook", purpose="callback")
     result = callback_post(url="http://example.com/hook", body=b"{}", headers={})
-    assert result.refused and no_connections == []
+    assert result.refused and connections == []
     assert url_check("https://example.com/hook", purpose="callback")
 
 
@@ -127,7 +110,7 @@ def test_malformed_urls_are_refused(url):
         url_check(url, purpose="callback")
 
 
-def test_allowed_networks_open_a_private_range(settings, no_connections):
+def test_allowed_networks_open_a_private_range(settings, connections):
     settings.AUXOT_OUTBOUND_ALLOWED_NETWORKS = ["10.9.0.0/16"]
     assert url_check("http://10.9.8.7/hook", purpose="callback")
     with pytest.raises(RefusedDestination):
@@ -135,14 +118,14 @@ def test_allowed_networks_open_a_private_range(settings, no_connections):
 
 
 def test_refused_delivery_is_a_failed_attempt_with_a_clear_error(cb_intake, receiver,
-                                                                 no_connections):
+                                                                 connections):
     item = finished_item(cb_intake, callback_url="http://169.254.169.254/latest/meta-data/")
     delivery = callback_delivery_create(work_item=item)
     assert callback_delivery_process(delivery_id=delivery.pk) == "failed"
     attempt = CallbackAttempt.objects.get(delivery=delivery)
     assert attempt.status_code is None and "link-local" in attempt.error
     assert CallbackDelivery.objects.get(pk=delivery.pk).next_attempt_at is None
-    assert no_connections == [] and receiver.log == []
+    assert connections == [] and receiver.log == []
 
 
 def test_redaction_hides_query_values_and_credentials():
