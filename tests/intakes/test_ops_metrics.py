@@ -11,6 +11,7 @@ from django.test import override_settings
 from prometheus_client.parser import text_string_to_metric_families
 
 from apikeys.models import ApiKey
+from auxot.broker import broker_get, task_enqueue
 from intakes.callbacks import callback_delivery_create, callback_delivery_process
 from tests.conftest import trigger
 from workflows.batch import work_item_process
@@ -67,6 +68,7 @@ def test_a_trigger_and_its_run_show_up_under_conventional_names(
     work_id = trigger(api, cb_intake.pk, member_token).json()["work_id"]
     assert trigger(api, cb_intake.pk, "user.bogus").status_code == 401
     pending = _scrape(api)
+    waiting = broker_get().queue_size()  # drains, not items: 0 or 1 whatever the backlog
     work_item_process(work_id=work_id, drain_seconds=0)
     from workflows.models import WorkItem
 
@@ -84,13 +86,15 @@ def test_a_trigger_and_its_run_show_up_under_conventional_names(
     assert grew("auxot_callback_attempts_total", outcome="delivered") == 1
     assert _value(pending, "auxot_work_items", status="pending") == 1
     assert _value(after, "auxot_work_items", status="pending") == 0
-    assert _value(pending, "auxot_broker_depth") >= 1
+    assert _value(pending, "auxot_broker_depth") == waiting
     for name in ("auxot_oldest_pending_age_seconds", "auxot_provider_slots_in_use",
                  "auxot_provider_queue_length", "auxot_callback_deliveries_pending",
                  "auxot_metrics_collect_errors"):
         assert (name, ()) in after, name
     assert _value(after, "auxot_metrics_collect_errors") == 0
     assert grew("auxot_http_request_duration_seconds_count", method="POST", status="2xx") >= 1
+    task_enqueue(task="workflows.tasks.work_drain", arg="probe", name="probe")
+    assert _value(_scrape(api), "auxot_broker_depth") == broker_get().queue_size() >= 1
 
 
 @override_settings(AUXOT_METRICS_TOKEN=TOKEN)
