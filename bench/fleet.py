@@ -57,7 +57,10 @@ BRIDGE = f"{PREFIX}-br0"
 HOSTS = {"db": 10, "redis": 11, "web1": 21, "web2": 22, "wk1": 31, "wk2": 32}
 RECEIVER_PORT = 8900
 WEB_PORT = 8000
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+# The newest PostgreSQL server binaries installed (Debian's layout).
+PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"),
+             key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+             default=Path("/usr/lib/postgresql/15/bin"))
 TMP_ROOT = Path(tempfile.gettempdir())
 # Short leases so a lost worker's items move within seconds: lease = 5 + 1 s.
 STEP_TIMEOUT, LEASE_GRACE = 5, 1
@@ -386,7 +389,7 @@ def _http_ok(url: str) -> bool:
 class Receiver:
     """Counts deliveries by Idempotency-Key; holds requests from listed sources on demand."""
 
-    def __init__(self):
+    def __init__(self, host: str = f"{NET}.1", port: int = RECEIVER_PORT):
         self.lock = threading.Lock()
         self.deliveries: Counter = Counter()
         self.held_now: Counter = Counter()
@@ -420,7 +423,7 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer((f"{NET}.1", RECEIVER_PORT), Handler)
+        self.server = ThreadingHTTPServer((host, port), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -561,7 +564,7 @@ def in_flight() -> dict[str, tuple]:
 
 def effects_check(ids: list[str], receiver: Receiver) -> dict:
     """The receiver's view: one side effect per completed item, every repeated delivery of a
-    key explained by an attempt that did not complete (a crash or a refused late result)."""
+    key explained by an attempt of its own (a crash, a retry or a refused late result)."""
     from workflows.models import StepRun, WorkItem
 
     deliveries = receiver.snapshot()
@@ -574,9 +577,8 @@ def effects_check(ids: list[str], receiver: Receiver) -> dict:
         attempts[str(work_id)][status] += 1
     missing = [w for w in completed if not deliveries.get(f"{w}:2")]
     redelivered = {keys[k]: n for k, n in deliveries.items() if k in keys and n > 1}
-    unexplained = [w for w, n in redelivered.items()
-                   if attempts[w]["crashed"] + attempts[w]["discarded"]
-                   + attempts[w]["waiting"] < n - 1 and sum(attempts[w].values()) < n]
+    # Each attempt commits its row before it calls: n deliveries need n attempts.
+    unexplained = [w for w, n in redelivered.items() if sum(attempts[w].values()) < n]
     return {"side_effects": sum(1 for k in keys if deliveries.get(k)),
             "deliveries": sum(deliveries.get(k, 0) for k in keys),
             "redelivered_keys": len(redelivered), "missing_side_effects": len(missing),
@@ -616,14 +618,25 @@ def settle_timeout(n: int) -> float:
 
 # --- scenarios ---------------------------------------------------------------------------
 
-def pg_counters(db_url: str) -> dict:
+def pg_counters(db_url: str, reset: bool = False) -> dict:
+    """Commits of the drill's database and pg_stat_statements' totals (reset first if asked:
+    the top statements are then this phase's)."""
     import psycopg
 
     with psycopg.connect(db_url, autocommit=True) as conn:
+        if reset:
+            conn.execute("SELECT pg_stat_statements_reset()")
         commits = conn.execute("SELECT xact_commit FROM pg_stat_database "
                                "WHERE datname = 'auxot'").fetchone()[0]
-        calls = conn.execute("SELECT coalesce(sum(calls), 0) FROM pg_stat_statements").fetchone()
-    return {"commits": int(commits), "statements": int(calls[0])}
+        calls, exec_ms = conn.execute(
+            "SELECT coalesce(sum(calls), 0), coalesce(sum(total_exec_time), 0) "
+            "FROM pg_stat_statements").fetchone()
+        select = ("SELECT calls, total_exec_time, "
+                  "left(regexp_replace(query, '\\s+', ' ', 'g'), 90) FROM pg_stat_statements ")
+        top = {"calls": conn.execute(select + "ORDER BY calls DESC LIMIT 8").fetchall(),
+               "time": conn.execute(select + "ORDER BY total_exec_time DESC LIMIT 8").fetchall()}
+    return {"commits": int(commits), "statements": int(calls), "exec_ms": float(exec_ms),
+            "top": top}
 
 
 def scenario_capacity(fleet: Fleet, fixture, receiver: Receiver, size: int) -> dict:
@@ -634,7 +647,7 @@ def scenario_capacity(fleet: Fleet, fixture, receiver: Receiver, size: int) -> d
     def cpu() -> dict:
         return {tier: sum(ns_cpu_ms(h) for h in hosts) for tier, hosts in tiers.items()}
 
-    before_cpu, before_pg = cpu(), pg_counters(fleet.db_url)
+    before_cpu, before_pg = cpu(), pg_counters(fleet.db_url, reset=True)
     started = time.monotonic()
     results = Load(fixture, size, offset=1_000_000).start().join()
     posted_s = time.monotonic() - started
@@ -656,6 +669,12 @@ def scenario_capacity(fleet: Fleet, fixture, receiver: Receiver, size: int) -> d
         "postgres_statements_per_item": round(
             (after_pg["statements"] - before_pg["statements"]) / n, 1),
         "postgres_commits_per_item": round((after_pg["commits"] - before_pg["commits"]) / n, 1),
+        "postgres_exec_ms_per_item": round(
+            (after_pg["exec_ms"] - before_pg["exec_ms"]) / n, 2),
+        # [calls per item, execution ms per item, statement], by calls and by time
+        **{f"postgres_top_by_{order}": [
+            [round(calls / n, 2), round(ms / n, 3), query] for calls, ms, query in rows]
+           for order, rows in after_pg["top"].items()},
     }
     return report("capacity", results, receiver, None, {"measured": measured},
                   {"settled": settled is not None})
@@ -745,7 +764,7 @@ def scenario_redis(fleet: Fleet, fixture, receiver: Receiver, outage: float) -> 
     time.sleep(outage)
     fleet.services["redis"].start()
     wait_for(lambda: _tcp_ping(addr("redis"), 6379), 30, "Redis")
-    up_at = time.monotonic()
+    up_at, up_wall = time.monotonic(), time.time()
     time.sleep(3)
     load.stop.set()
     results = load.join()
@@ -753,6 +772,7 @@ def scenario_redis(fleet: Fleet, fixture, receiver: Receiver, outage: float) -> 
     settled = wait_settled(ids, settle_timeout(len(ids)))
     recover = None if settled is None else time.monotonic() - up_at
     during = [r for r in results if down_at <= r["at"] <= up_at]
+    early, resumed = finished_around(accepted_ids(during), up_wall)
     answers = Counter(str(r["status"]) for r in results)
     clear = all(r["status"] == 202 or (r["status"] == 503 and r.get("problem"))
                 for r in results)
@@ -760,9 +780,25 @@ def scenario_redis(fleet: Fleet, fixture, receiver: Receiver, outage: float) -> 
         "outage_seconds": outage, "answers": dict(answers),
         "answered_during_outage": Counter(str(r["status"]) for r in during),
         "time_to_recover_means": "from Redis back until every accepted item completed",
+        "finished_during_outage": early,
+        "first_completion_after_redis_back_s": _round(resumed),
         "worker_restarts": {h: fleet.services[h].restarts for h in ("wk1", "wk2")}},
         {"every answer 202 or a clear 503": clear, "triggers answered during the outage":
          bool(during), "every accepted item settled": settled is not None})
+
+
+def finished_around(ids: list[str], since: float) -> tuple[int, float | None]:
+    """How many of `ids` finished before `since` (wall clock), and the seconds from `since`
+    to the first one that finished after it."""
+    from datetime import UTC, datetime
+
+    from workflows.models import WorkItem
+
+    moment = datetime.fromtimestamp(since, tz=UTC)
+    before = WorkItem.objects.filter(pk__in=ids, finished_at__lt=moment).count()
+    first = WorkItem.objects.filter(pk__in=ids, finished_at__gte=moment).order_by(
+        "finished_at").values_list("finished_at", flat=True).first()
+    return before, None if first is None else first.timestamp() - since
 
 
 def readyz(host: str) -> tuple[int | None, dict, float]:
