@@ -31,6 +31,7 @@ Ctrl-C; a run refuses to start over leftovers it cannot remove.
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import pwd
@@ -67,6 +68,8 @@ STEP_TIMEOUT, LEASE_GRACE = 5, 1
 LEASE = STEP_TIMEOUT + LEASE_GRACE
 HEARTBEAT_MAX_AGE = 5
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# One drill at a time: a second one would tear the first one's fleet down as leftovers.
+LOCK = Path("/run/lock/auxot-fleet-drill.lock")
 IP = shutil.which("ip") or "/usr/sbin/ip"
 SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
 
@@ -867,6 +870,11 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("the fleet drill builds network namespaces: run it as root")
+    lock = LOCK.open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        sys.exit(f"another fleet drill is running (it holds {LOCK})")
     teardown()
     if left := leftovers():
         sys.exit(f"leftovers of an earlier drill could not be removed: {left}")
