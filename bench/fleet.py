@@ -643,6 +643,29 @@ def pg_counters(db_url: str, reset: bool = False) -> dict:
             "top": top}
 
 
+def pg_commit_ceiling(db_url: str, seconds: float = 3.0, threads: int = 8) -> float:
+    """The ceiling of the same run: bare one-row INSERT + COMMIT transactions per second on
+    the drill's PostgreSQL over the bridge, `threads` connections."""
+    import psycopg
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS fleet_ceiling (id bigserial, v int)")
+    counts = [0] * threads
+    deadline = time.monotonic() + seconds
+
+    def insert(i: int) -> None:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            while time.monotonic() < deadline:
+                conn.execute("INSERT INTO fleet_ceiling (v) VALUES (1)")
+                counts[i] += 1
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(insert, range(threads)))
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("DROP TABLE fleet_ceiling")
+    return sum(counts) / seconds
+
+
 def scenario_capacity(fleet: Fleet, fixture, receiver: Receiver, size: int) -> dict:
     """A clean run, measured per tier (CPU from /proc of every process in each namespace)."""
     tiers = {"web": ("web1", "web2"), "worker": ("wk1", "wk2"), "postgres": ("db",),
@@ -651,6 +674,7 @@ def scenario_capacity(fleet: Fleet, fixture, receiver: Receiver, size: int) -> d
     def cpu() -> dict:
         return {tier: sum(ns_cpu_ms(h) for h in hosts) for tier, hosts in tiers.items()}
 
+    ceiling = pg_commit_ceiling(fleet.db_url)
     before_cpu, before_pg = cpu(), pg_counters(fleet.db_url, reset=True)
     started = time.monotonic()
     results = Load(fixture, size, offset=1_000_000).start().join()
@@ -662,6 +686,7 @@ def scenario_capacity(fleet: Fleet, fixture, receiver: Receiver, size: int) -> d
     n = max(1, len(ids))
     used = {tier: after_cpu[tier] - before_cpu[tier] for tier in tiers}
     measured = {
+        "ceiling_postgres_insert_commits_per_s": round(ceiling),
         "items": len(ids), "steps_per_item": 2, "post_seconds": round(posted_s, 1),
         "seconds_to_all_completed": round(elapsed, 1),
         "items_per_s_end_to_end": round(len(ids) / elapsed, 1),
