@@ -68,6 +68,7 @@ STEP_TIMEOUT, LEASE_GRACE = 5, 1
 LEASE = STEP_TIMEOUT + LEASE_GRACE
 HEARTBEAT_MAX_AGE = 5
 SCENARIOS = ("capacity", "kill", "partition", "redis", "readyz")
+ACCEPTED: set[str] = set()  # every work id answered 202 in this run
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # One drill at a time: a second one would tear the first one's fleet down as leftovers.
 LOCK = Path("/run/lock/auxot-fleet-drill.lock")
@@ -598,8 +599,11 @@ def report(name: str, results: list[dict], receiver: Receiver, recover_s: float 
     effects = effects_check(accepted_ids(results), receiver)
     lost = classes.get("lost", 0)
     duplicated = classes.get("duplicated", 0) + effects["duplicated_side_effects"]
+    ACCEPTED.update(accepted_ids(results))
+    # Every accepted item must complete: a failed one (even with a reason) fails the drill.
     bad = (lost + duplicated + classes.get("completed_without_ledger", 0)
-           + classes.get("failed_without_reason", 0) + effects["missing_side_effects"]
+           + classes.get("failed_without_reason", 0) + classes.get("failed_with_reason", 0)
+           + effects["missing_side_effects"]
            + sum(n for k, n in summary["rejections"].items() if k.startswith("unclear")))
     failed = [k for k, ok in expectations.items() if not ok]
     out = {"scenario": name, "accepted": summary["accepted"],
@@ -960,9 +964,13 @@ def main() -> None:
         for log in tmp.glob("*.log"):
             shutil.copy(log, logs / log.name)
         teardown()
-    passed = bool(reports) and all(r["passed"] for r in reports)
+    # A side effect for an item nobody was told about (no 202) would be a phantom.
+    delivered = {key.rsplit(":", 1)[0] for key in receiver.snapshot()} if receiver else set()
+    phantoms = delivered - ACCEPTED
+    passed = bool(reports) and all(r["passed"] for r in reports) and not phantoms
     summary = {"size": args.size, "scenarios": args.scenarios,
-               "rate_limits": not args.no_rate_limits, "seconds": round(time.monotonic() - started),
+               "rate_limits": not args.no_rate_limits, "phantom_side_effects": len(phantoms),
+               "seconds": round(time.monotonic() - started),
                "load_average": [round(x, 2) for x in os.getloadavg()], "passed": passed,
                "leftovers": leftovers()}
     print(json.dumps(summary), flush=True)
