@@ -24,9 +24,11 @@ Scenarios, one run:
             down: /readyz 503 naming `database`, answered within the probe's time limit
 
 Each prints accepted, completed, lost, duplicated and time to recover. Exit status 1 on
-any lost or duplicated item or side effect, or a failed expectation. Everything (names
-prefixed axf, processes, temporary directories) is removed on exit, on failure and on
-Ctrl-C; a run refuses to start over leftovers it cannot remove.
+any lost, duplicated or failed item, a missing or phantom side effect, an unclear answer,
+or a failed expectation. Everything (names prefixed axf, processes, temporary directories)
+is removed on exit, on failure and on Ctrl-C; a run refuses to start over leftovers it
+cannot remove, or while another run holds the lock. The PostgreSQL ceiling of the same run
+(bare INSERT + COMMIT/s) is printed with the capacity figures.
 """
 
 import argparse
