@@ -50,10 +50,16 @@ clean:
 
 # --- bench and drills: PostgreSQL, gunicorn, wrk; see BENCHMARKS.md -------------
 BENCH_DB ?= postgres://postgres@127.0.0.1:5432/auxot_bench
-.PHONY: bench drill
+.PHONY: bench drill fleet
 bench: $(VENV)/.installed
 	$(call install_tools,wrk)
 	DATABASE_URL=$(BENCH_DB) $(BIN)/python bench/run.py $(BENCH_ARGS)
 
 drill: $(VENV)/.installed
 	DATABASE_URL=$(BENCH_DB) $(BIN)/python bench/drills.py $(DRILL_ARGS)
+
+# The multi-host drill: PostgreSQL, Redis, 2 web and 2 worker hosts in network namespaces
+# (root only; names axf-*, subnet 10.77.0.0/24). FLEET_ARGS="--size 600 --redis-outage 10"
+# is the CI size.
+fleet: $(VENV)/.installed
+	$(BIN)/python bench/fleet.py $(FLEET_ARGS)

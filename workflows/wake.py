@@ -10,6 +10,7 @@ one message, once.
 """
 
 import logging
+import threading
 import time
 from datetime import datetime
 
@@ -44,13 +45,36 @@ def work_wake_notify() -> None:
         drain_request()
 
 
+class _ErrorThrottle:
+    """While the broker is down every wake-up fails (one per trigger, one per tick): report
+    the first failure with its traceback, then at most one line per `seconds`, counting the
+    failures it did not report."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.last, self.unreported = seconds, None, 0
+        self.lock = threading.Lock()
+
+    def report(self, message: str) -> None:
+        now = time.monotonic()
+        with self.lock:
+            if self.last is not None and now - self.last < self.seconds:
+                self.unreported += 1
+                return
+            unreported, self.unreported, self.last = self.unreported, 0, now
+        logger.exception("%s (%d more failures since the last report)", message, unreported)
+
+
+# A broker outage is one log line per 30 s per process, not a traceback per trigger.
+_broker_errors = _ErrorThrottle(30.0)
+
+
 def drain_request() -> bool:
     """Put one drain message on the broker unless one is already waiting. Never raises."""
     try:
         if broker_get().queue_size() > 0:
             return False
     except Exception:
-        logger.exception("could not read the broker's queue size")
+        _broker_errors.report("could not read the broker's queue size")
         return False
     return task_enqueue(task=DRAIN_TASK, arg="drain", name="drain")
 
