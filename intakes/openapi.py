@@ -53,6 +53,7 @@ def only_public_api(endpoints: list) -> list:
 
 class BearerKeyScheme(OpenApiAuthenticationExtension):
     target_class = "apikeys.authentication.BearerKeyAuthentication"
+    match_subclasses = True  # intakes.api.IntakeKeyAuthentication: the same header
     name = "apiKey"
 
     def get_security_definition(self, auto_schema) -> dict:

@@ -11,7 +11,7 @@ from auxot.models import Membership, Organization, Team
 from auxot.outbound import RefusedDestination, url_check, url_redact
 from auxot.services import audit_record
 from intakes import idempotency, ratelimit
-from intakes.lookup import intake_lookup, work_item_lookup
+from intakes.lookup import intake_lookup, key_intake_lookup, work_item_lookup
 from intakes.models import Intake
 from intakes.secrets import secret_encrypt, signing_secret_generate
 from workflows.models import Workflow, WorkItem
@@ -94,10 +94,32 @@ def intake_for_key(*, intake_id: str, key: ApiKey) -> Intake:
     One hand-written query (intakes/lookup.py): intake, workflow, and the key's access
     (a team key's team, or a personal key's membership of the org or the intake's team).
     """
-    intake = intake_lookup(pk=_parse_uuid(intake_id), key=key)
+    pk = _parse_uuid(intake_id)
+    preloaded = getattr(key, "intake_checked", None)  # read with the key (authentication)
+    if preloaded is not None and preloaded[0] == pk:
+        intake = preloaded[1]
+    else:
+        intake = intake_lookup(pk=pk, key=key)
     if intake is None:
         raise _not_found()
     return intake
+
+
+def intake_key_load(*, lookup_id: str, intake_id: str | None) -> ApiKey | None:
+    """The key and the URL's intake in one SELECT: the key comes back with
+    `intake_checked = (intake pk, the intake this key may call or None)`, which
+    intake_for_key then uses without a query of its own."""
+    try:
+        pk = uuid.UUID(str(intake_id)) if intake_id is not None else None
+    except ValueError:
+        pk = None
+    found = key_intake_lookup(lookup_id=lookup_id, intake_pk=pk)
+    if found is None:
+        return None
+    key, intake = found
+    if pk is not None:
+        key.intake_checked = (pk, intake)
+    return key
 
 
 def intake_for_trigger(*, intake_id: str, key: ApiKey) -> Intake:
