@@ -329,6 +329,11 @@ Q_CLUSTER = {
     "label": "Background tasks",
     "sync": env_bool("AUXOT_Q_SYNC", False),
 }
+# Rate-limit counters: an atomic Redis counter per scope when set (default: the Redis
+# broker's URL, if the broker is Redis), else the database's; "off" forces the database.
+AUXOT_RATELIMIT_REDIS_URL = env_str("AUXOT_RATELIMIT_REDIS_URL", REDIS_URL)
+if AUXOT_RATELIMIT_REDIS_URL.strip().lower() == "off":
+    AUXOT_RATELIMIT_REDIS_URL = ""
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
 else:
