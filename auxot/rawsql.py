@@ -22,13 +22,30 @@ def columns(model: type[Model], alias: str) -> tuple[list[Field], str]:
     return fields, ", ".join(f"{alias}.{quote(f.column)}" for f in fields)
 
 
+def _converters(fields: tuple[Field, ...], alias: str) -> list[tuple]:
+    """Per field: its column and the converters the ORM would run on its value (computed
+    once per field list and connection, not per row)."""
+    key = (fields, alias)
+    plan = _CONVERTERS.get(key)
+    if plan is None:
+        plan = []
+        for field in fields:
+            col = field.get_col(field.model._meta.db_table)
+            plan.append((col, connection.ops.get_db_converters(col)
+                         + field.get_db_converters(connection)))
+        _CONVERTERS[key] = plan
+    return plan
+
+
+_CONVERTERS: dict = {}
+
+
 def instance(model: type[Model], fields: list[Field], values) -> Model:
     """A model instance from raw column values, converted as the ORM converts them."""
     converted = []
-    for field, value in zip(fields, values, strict=True):
-        col = field.get_col(field.model._meta.db_table)
-        for converter in (connection.ops.get_db_converters(col)
-                          + field.get_db_converters(connection)):
+    for (col, converters), value in zip(_converters(tuple(fields), connection.alias), values,
+                                        strict=True):
+        for converter in converters:
             value = converter(value, col, connection)
         converted.append(value)
     return model.from_db(connection.alias, [f.attname for f in fields], converted)

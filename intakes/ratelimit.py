@@ -130,17 +130,29 @@ def _table() -> str:
     return connection.ops.quote_name(RateLimitBucket._meta.db_table)
 
 
-def _db_consume(scopes: list[str], start: int) -> list[int]:
-    """One upsert for every scope. Outside a transaction it commits on its own, so the
-    counter rows are locked for this statement only."""
+def _upsert(scopes, start: int, *, initial: int, update: str) -> list[int]:
+    """INSERT ... ON CONFLICT DO UPDATE for every scope, in sorted order (the one lock order
+    of every consume and refund: no deadlocks), RETURNING the counts.
+
+    Outside a transaction (a request) the statement is its own commit, so a counter row is
+    locked for this statement only; on PostgreSQL that commit is also asynchronous
+    (synchronous_commit off, set inside the statement): the item's durable commit comes
+    later in the WAL and flushes it too, so every accepted trigger's count is as durable as
+    its item, and the counter's commit does not wait for a disk flush while holding the row.
+    """
     table = _table()
-    values = ", ".join(["(%s, %s, 1)"] * len(scopes))
+    names = sorted(scopes)
+    rows = ", ".join([f"(%s, %s, {initial})"] * len(names))
+    source = f"VALUES {rows}"
+    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+        source = (f"SELECT * FROM (VALUES {rows}) AS v(scope, window_start, n) "
+                  "WHERE set_config('synchronous_commit', 'off', true) IS NOT NULL")
     # Only our table name and placeholders are interpolated; values are parameters.
-    sql = (f'INSERT INTO {table} (scope, window_start, "count") VALUES {values} '
-           f'ON CONFLICT (scope, window_start) DO UPDATE SET "count" = {table}."count" + 1 '
+    sql = (f'INSERT INTO {table} (scope, window_start, "count") {source} '
+           f'ON CONFLICT (scope, window_start) DO UPDATE SET "count" = {update} '
            'RETURNING scope, "count"')
     params: list = []
-    for scope in scopes:
+    for scope in names:
         params += [scope, start]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -148,19 +160,14 @@ def _db_consume(scopes: list[str], start: int) -> list[int]:
     return [counts[scope] for scope in scopes]
 
 
+def _db_consume(scopes: list[str], start: int) -> list[int]:
+    return _upsert(scopes, start, initial=1, update=f'{_table()}."count" + 1')
+
+
 def _db_refund(scopes: tuple[str, ...], start: int) -> None:
-    """Take one count back from every scope: the same upsert form as the increment, so the
-    rows are locked in the same (sorted) order and a refund cannot deadlock a consume."""
     table = _table()
-    values = ", ".join(["(%s, %s, 0)"] * len(scopes))
-    sql = (f'INSERT INTO {table} (scope, window_start, "count") VALUES {values} '
-           f'ON CONFLICT (scope, window_start) DO UPDATE SET "count" = CASE WHEN '
-           f'{table}."count" > 0 THEN {table}."count" - 1 ELSE 0 END')
-    params: list = []
-    for scope in sorted(scopes):
-        params += [scope, start]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+    _upsert(scopes, start, initial=0, update=(
+        f'CASE WHEN {table}."count" > 0 THEN {table}."count" - 1 ELSE 0 END'))
 
 
 def ratelimit_consume(*, intake: Intake, key: ApiKey, now: datetime) -> RateLimitTicket | None:
