@@ -217,3 +217,40 @@ def test_outside_a_transaction_the_write_is_its_own_commit(api, cast, intake_a, 
     else:
         assert sent[:2] == ["SELECT", "INSERT"] and "SAVEPOINT" not in sent
     assert WorkItem.objects.filter(pk=response.json()["work_id"]).exists()
+
+
+def _wakes(api, intake, token, n: int) -> list[bool]:
+    sent = []
+    for _ in range(n):
+        with CaptureQueriesContext(connection) as captured:
+            assert trigger(api, intake.pk, token).status_code == 202
+        sent.append(any("pg_notify" in q["sql"] for q in captured.captured_queries))
+    return sent
+
+
+def test_a_burst_of_triggers_sends_one_wake_up_per_window(api, intake_a, member_token,
+                                                          settings):
+    """PostgreSQL serializes the commits of transactions that NOTIFY: a web process wakes
+    the workers once per AUXOT_WAKE_COALESCE_SECONDS, not once per trigger."""
+    if connection.vendor != "postgresql":
+        pytest.skip("NOTIFY: PostgreSQL only (elsewhere a waiting drain message is the wake)")
+    from intakes import accept
+
+    accept._wake_undo()
+    settings.AUXOT_WAKE_COALESCE_SECONDS = 3600
+    assert _wakes(api, intake_a, member_token, 3) == [True, False, False]
+    settings.AUXOT_WAKE_COALESCE_SECONDS = 0
+    assert _wakes(api, intake_a, member_token, 2) == [True, True]
+
+
+def test_a_failed_write_leaves_the_next_trigger_to_wake_the_workers(api, intake_a,
+                                                                    member_token, settings):
+    if connection.vendor != "postgresql":
+        pytest.skip("NOTIFY: PostgreSQL only")
+    from intakes import accept
+
+    accept._wake_undo()
+    settings.AUXOT_WAKE_COALESCE_SECONDS = 3600
+    with mock.patch("intakes.accept._execute", side_effect=OperationalError("gone")):
+        assert trigger(api, intake_a.pk, member_token).status_code == 503
+    assert _wakes(api, intake_a, member_token, 2) == [True, False]
