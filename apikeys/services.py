@@ -1,4 +1,5 @@
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -98,12 +99,19 @@ def apikey_revoke(*, key: ApiKey, revoked_by=None) -> ApiKey:
     return key
 
 
-def apikey_authenticate(*, token: str, now: datetime) -> ApiKey:
-    """Find the active key for a bearer token, or raise UnauthorizedError."""
+def apikey_authenticate(*, token: str, now: datetime,
+                        load: Callable[[str], ApiKey | None] | None = None) -> ApiKey:
+    """Find the active key for a bearer token, or raise UnauthorizedError.
+
+    `load(lookup_id)` reads the key with its org, user and team (default: apikey_lookup);
+    a caller may read more in the same SELECT (intakes: the URL's intake and the access
+    check). Every check below runs on what was read for this request: nothing is cached.
+    """
     parsed = token_parse(token)
     if parsed is None:
         raise UnauthorizedError("The API key is malformed. Keys look like user.… or team.….")
-    key = apikey_lookup(lookup_id=parsed.lookup_id)  # one hand-written SELECT with joins
+    # one hand-written SELECT with joins
+    key = load(parsed.lookup_id) if load else apikey_lookup(lookup_id=parsed.lookup_id)
     if key is None or not hmac.compare_digest(key.digest, parsed.digest):
         raise UnauthorizedError("Unknown API key.")
     if key.revoked_at is not None:

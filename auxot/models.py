@@ -132,3 +132,36 @@ class Secret(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class AuditLogEntry(models.Model):
+    """The audit log as read (admin list, CSV export, an item's trail): a database view,
+    `auxot_audit_log`, of every AuditEvent plus entries the apps derive from their own rows
+    instead of writing a second one. Here it is AuditEvent alone; intakes' migrations add
+    each accepted trigger as `work_item.accepted`, read from its work item (key label and
+    lookup id, IP, time, org). Read-only: writes go to AuditEvent."""
+
+    id = models.UUIDField(primary_key=True)
+    org = models.ForeignKey(Organization, null=True, on_delete=models.DO_NOTHING,
+                            db_constraint=False, related_name="+")
+    created_at = models.DateTimeField()
+    event = models.CharField(max_length=64)
+    actor_user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True,
+                                   on_delete=models.DO_NOTHING, db_constraint=False,
+                                   related_name="+")
+    actor_key_lookup = models.CharField(max_length=32, blank=True)
+    actor_label = models.CharField(max_length=200, blank=True)
+    object_type = models.CharField(max_length=64, blank=True)
+    object_id = models.CharField(max_length=64, blank=True)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    extra = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        managed = False
+        db_table = "auxot_audit_log"
+        ordering = ["-created_at"]
+        verbose_name = "audit event"
+        verbose_name_plural = "audit log"
+
+    def __str__(self) -> str:
+        return f"{self.event} {self.object_type}:{self.object_id}"

@@ -22,13 +22,30 @@ def columns(model: type[Model], alias: str) -> tuple[list[Field], str]:
     return fields, ", ".join(f"{alias}.{quote(f.column)}" for f in fields)
 
 
+def _converters(fields: tuple[Field, ...], alias: str) -> list[tuple]:
+    """Per field: its column and the converters the ORM would run on its value (computed
+    once per field list and connection, not per row)."""
+    key = (fields, alias)
+    plan = _CONVERTERS.get(key)
+    if plan is None:
+        plan = []
+        for field in fields:
+            col = field.get_col(field.model._meta.db_table)
+            plan.append((col, connection.ops.get_db_converters(col)
+                         + field.get_db_converters(connection)))
+        _CONVERTERS[key] = plan
+    return plan
+
+
+_CONVERTERS: dict = {}
+
+
 def instance(model: type[Model], fields: list[Field], values) -> Model:
     """A model instance from raw column values, converted as the ORM converts them."""
     converted = []
-    for field, value in zip(fields, values, strict=True):
-        col = field.get_col(field.model._meta.db_table)
-        for converter in (connection.ops.get_db_converters(col)
-                          + field.get_db_converters(connection)):
+    for (col, converters), value in zip(_converters(tuple(fields), connection.alias), values,
+                                        strict=True):
+        for converter in converters:
             value = converter(value, col, connection)
         converted.append(value)
     return model.from_db(connection.alias, [f.attname for f in fields], converted)
@@ -38,3 +55,17 @@ def fetch_one(sql: str, params: list):
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchone()
+
+
+def insert(instance: Model) -> tuple[str, list]:
+    """`INSERT INTO table (cols) VALUES (…)` for an unsaved instance, with the values
+    prepared as the ORM's save() would (defaults and auto_now applied, JSON adapted), for
+    statements that put several rows in one round trip (see intakes/accept.py)."""
+    # A database-generated key (AutoField) left unset is left to the database.
+    fields = [f for f in instance._meta.concrete_fields if not f.generated
+              and not (f.primary_key and f.db_returning and getattr(instance, f.attname) is None)]
+    cols = ", ".join(quote(f.column) for f in fields)
+    params = [f.get_db_prep_save(f.pre_save(instance, add=True), connection) for f in fields]
+    marks = ", ".join(["%s"] * len(fields))
+    sql = f"INSERT INTO {table(type(instance))} ({cols}) VALUES ({marks})"  # noqa: S608 (names from _meta)
+    return sql, params

@@ -304,6 +304,9 @@ AUXOT_DRAIN_SECONDS = env_float("AUXOT_DRAIN_SECONDS", 2.0)
 # The ticker inside qcluster: how often it looks for due items, and when it assumes a
 # queue message was lost and enqueues the item again.
 AUXOT_TICK_SECONDS = env_float("AUXOT_TICK_SECONDS", 0.2, minimum=0.01)
+# PostgreSQL: a web process wakes the workers (NOTIFY) at most once per this many seconds
+# of triggers; 0 = every trigger (NOTIFYs serialize commits database-wide).
+AUXOT_WAKE_COALESCE_SECONDS = env_float("AUXOT_WAKE_COALESCE_SECONDS", 0.05, minimum=0.0)
 AUXOT_REQUEUE_AFTER_SECONDS = env_int("AUXOT_REQUEUE_AFTER_SECONDS", 60, minimum=1)
 AUXOT_HEARTBEAT_SECONDS = env_int("AUXOT_HEARTBEAT_SECONDS", 5, minimum=1)
 # After SIGTERM/SIGINT, qcluster lets in-flight steps finish this long, then SIGKILLs what is
@@ -329,6 +332,11 @@ Q_CLUSTER = {
     "label": "Background tasks",
     "sync": env_bool("AUXOT_Q_SYNC", False),
 }
+# Rate-limit counters: an atomic Redis counter per scope when set (default: the Redis
+# broker's URL, if the broker is Redis), else the database's; "off" forces the database.
+AUXOT_RATELIMIT_REDIS_URL = env_str("AUXOT_RATELIMIT_REDIS_URL", REDIS_URL)
+if AUXOT_RATELIMIT_REDIS_URL.strip().lower() == "off":
+    AUXOT_RATELIMIT_REDIS_URL = ""
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
 else:

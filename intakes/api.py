@@ -11,6 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apikeys.authentication import BearerKeyAuthentication
 from auxot.errors import ApplicationError
 from auxot.http import client_ip
 from auxot.logs import log_context_bind
@@ -29,7 +30,13 @@ from intakes.openapi import (
 )
 from intakes.presenters import work_item_poll_view
 from intakes.rejections import RejectionAuditMixin
-from intakes.services import intake_for_key, intake_for_trigger, intake_trigger, work_item_for_key
+from intakes.services import (
+    intake_for_key,
+    intake_for_trigger,
+    intake_key_load,
+    intake_trigger,
+    work_item_for_key,
+)
 from workflows.services import work_item_cancel, work_item_decide
 
 
@@ -38,9 +45,19 @@ def _absolute(request: Request, path: str) -> str:
     return f"{base}{path}" if base else request.build_absolute_uri(path)
 
 
+class IntakeKeyAuthentication(BearerKeyAuthentication):
+    """The Bearer key and the URL's intake with the key's access to it, in one SELECT."""
+
+    def key_loader(self, request):
+        intake_id = (request.parser_context or {}).get("kwargs", {}).get("intake_id")
+        return lambda lookup_id: intake_key_load(lookup_id=lookup_id, intake_id=intake_id)
+
+
 class PublicApi(RejectionAuditMixin, APIView):
     """Base of the /v1/ views: a method the view does not have is 405 before any key is
     checked (the routes are public; a wrong method should not read as a key problem)."""
+
+    authentication_classes = [IntakeKeyAuthentication]
 
     def initial(self, request: Request, *args, **kwargs) -> None:
         method = request.method.lower()

@@ -52,13 +52,21 @@ def idempotency_bound_wait() -> None:
             cursor.execute(f"SET LOCAL lock_timeout = {int(settings.AUXOT_IDEMPOTENCY_WAIT_MS)}")
 
 
-def idempotency_store(*, claim: IdempotencyClaim, intake: Intake, work_item_id, now: datetime):
-    """Insert the claim; raises IntegrityError when another request holds the key."""
-    IdempotencyKey.objects.create(
+def idempotency_record(*, claim: IdempotencyClaim, intake: Intake, work_item_id,
+                       now: datetime) -> IdempotencyKey:
+    """The claim's row, unsaved: it is written with its work item in one statement, and
+    the insert raises IntegrityError when another request holds the key."""
+    return IdempotencyKey(
         intake=intake, owner=claim.owner, key=claim.key, body_sha256=claim.body_sha256,
         work_item_id=work_item_id, created_at=now,
         expires_at=now + timedelta(hours=settings.AUXOT_IDEMPOTENCY_TTL_HOURS),
     )
+
+
+def idempotency_store(*, claim: IdempotencyClaim, intake: Intake, work_item_id, now: datetime):
+    """Insert the claim; raises IntegrityError when another request holds the key."""
+    idempotency_record(claim=claim, intake=intake, work_item_id=work_item_id,
+                       now=now).save(force_insert=True)
 
 
 def idempotency_winner(*, claim: IdempotencyClaim, intake: Intake, now: datetime):

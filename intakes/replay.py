@@ -39,6 +39,9 @@ def intake_work_replay(*, intake: Intake, key: ApiKey, item: WorkItem, start_ove
         winner = idempotency.idempotency_winner(claim=claim, intake=intake, now=timezone.now())
         if winner is not None:
             return TriggerResult(item=winner, replayed=True)
+    # Counted before the replay's transaction (never held across it), given back unless
+    # the replay commits.
+    ticket = ratelimit.ratelimit_consume(intake=intake, key=key, now=timezone.now())
     try:
         with transaction.atomic():
             new = work_item_replay(item=item, start_over=start_over, user=key.user, key=key,
@@ -47,16 +50,20 @@ def intake_work_replay(*, intake: Intake, key: ApiKey, item: WorkItem, start_ove
                 idempotency.idempotency_bound_wait()
                 idempotency.idempotency_store(claim=claim, intake=intake, work_item_id=new.pk,
                                               now=new.created_at)
-            rate = ratelimit.ratelimit_consume(intake=intake, key=key, now=new.created_at)
     except IntegrityError:
+        ratelimit.ratelimit_refund(ticket)
         if claim is None:
             raise
     except OperationalError as exc:
+        ratelimit.ratelimit_refund(ticket)
         if claim is None or not idempotency.is_lock_timeout(exc):
             raise
         raise idempotency.idempotency_in_flight_error() from None
+    except BaseException:
+        ratelimit.ratelimit_refund(ticket)
+        raise
     else:
-        return TriggerResult(item=new, rate=rate)
+        return TriggerResult(item=new, rate=ticket.state if ticket else None)
     winner = idempotency.idempotency_winner(claim=claim, intake=intake, now=timezone.now())
     if winner is None:
         raise idempotency.idempotency_in_flight_error()

@@ -12,11 +12,13 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from auxot.models import Organization
+from auxot.models import AuditEvent, AuditLogEntry, Organization
 from auxot.services import audit_record
 from intakes.models import CallbackAttempt, Intake
 from workflows.models import WorkItem
 from workflows.retention import work_items_redact
+
+ACCEPTED = "work_item.accepted"
 
 logger = logging.getLogger(__name__)
 SCHEDULE_NAME = "auxot.retention"
@@ -89,10 +91,24 @@ def _delete(org, intake, items, days: int, *, now, batch, deadline) -> int:
     total = 0
     for ids in _batches(due, batch, deadline):
         with transaction.atomic():
+            _accepted_keep(ids)
             count = WorkItem.objects.filter(pk__in=ids).delete()[1].get(WorkItem._meta.label, 0)
             _audit("work_items.deleted", org, intake, count, days, now)
         total += count
     return total
+
+
+def _accepted_keep(ids) -> None:
+    """The accepted triggers of items about to be deleted become audit rows of their own:
+    the audit log reads them from the items (auxot.AuditLogEntry) and keeps them forever."""
+    entries = AuditLogEntry.objects.filter(
+        event=ACCEPTED, object_type=WorkItem._meta.label_lower,
+        object_id__in=[str(pk) for pk in ids])
+    AuditEvent.objects.bulk_create([
+        AuditEvent(org_id=e.org_id, created_at=e.created_at, event=e.event,
+                   actor_key_lookup=e.actor_key_lookup, actor_label=e.actor_label,
+                   object_type=e.object_type, object_id=e.object_id, ip=e.ip, extra=e.extra)
+        for e in entries])
 
 
 def retention_run(*, now: datetime | None = None, batch: int | None = None,

@@ -29,7 +29,7 @@ from auxot.admin_base import (
 )
 from auxot.errors import ApplicationError
 from auxot.http import client_ip
-from auxot.models import AuditEvent
+from auxot.models import AuditLogEntry
 from workflows.admin_replay import WorkItemReplayMixin
 from workflows.models import Approval, Provider, Step, StepRun, Workflow, WorkItem
 from workflows.presenters import work_item_view
@@ -289,7 +289,7 @@ class WorkItemAdmin(ExtendedInlinesMixin, WorkItemReplayMixin, WorkItemActionsMi
 
     @admin.display(description="audit events touching it")
     def audit_trail(self, obj):
-        events = AuditEvent.objects.filter(object_id=str(obj.pk)).order_by("created_at")[:200]
+        events = AuditLogEntry.objects.filter(object_id=str(obj.pk)).order_by("created_at")[:200]
         return format_html("<ul>{}</ul>", format_html_join(
             "", "<li>{} <strong>{}</strong> by {} {}</li>",
             ((e.created_at.strftime("%Y-%m-%d %H:%M:%S"), e.event, e.actor_label or "system",

@@ -48,17 +48,38 @@ def work_item_create(
     given, is what is kept instead of `input` (the input with paths redacted at ingest).
     `request_id` defaults to the current request's X-Request-Id.
     """
+    item = work_item_new(workflow=workflow, input=input, intake=intake, key=key, ip=ip,
+                         correlation_id=correlation_id, callback_url=callback_url, now=now,
+                         stored_input=stored_input, request_id=request_id)
+    item.save(force_insert=True)
+    # No message per item: a wake-up (PostgreSQL NOTIFY at commit, or one waiting drain).
+    work_wake_notify()
+    return item
+
+
+def work_item_new(
+    *,
+    workflow: Workflow,
+    input: Any,
+    intake=None,
+    key=None,
+    ip: str | None = None,
+    correlation_id: str = "",
+    callback_url: str = "",
+    now: datetime | None = None,
+    stored_input: Any = None,
+    request_id: str | None = None,
+) -> WorkItem:
+    """work_item_create's checked, unsaved item, for a caller that writes it with other rows
+    in one statement (then it must call work_wake_notify() itself, or fold WAKE_SQL in)."""
     now = now or timezone.now()
     workflow_input_check(workflow=workflow, input=input)
-    item = WorkItem.objects.create(
+    return WorkItem(
         workflow=workflow, intake=intake, input=input if stored_input is None else stored_input,
         created_by_key=key, created_by_ip=ip, correlation_id=correlation_id,
         callback_url=callback_url, created_at=now, next_run_at=now, enqueued_at=now,
         request_id=current_request_id() if request_id is None else request_id,
     )
-    # No message per item: a wake-up (PostgreSQL NOTIFY at commit, or one waiting drain).
-    work_wake_notify()
-    return item
 
 
 def worker_heartbeat(*, name: str | None = None, started_at: datetime, now=None) -> None:

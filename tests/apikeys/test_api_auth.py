@@ -146,3 +146,24 @@ def test_last_used_at_is_touched_at_most_once_per_interval(api, intake_a, cast, 
     assert first is not None
     trigger(api, intake_a.pk, member_token)
     assert ApiKey.objects.get(pk=key.pk).last_used_at == first
+
+
+def test_the_joined_key_and_intake_read_sees_every_change_on_the_next_request(
+        api, cast, workflow_a):
+    """Key and intake access come from one SELECT per request, nothing cached: a revoked
+    key stops the poll at once, and a member taken off a team loses its intake at once."""
+    intake = intake_create(org=cast.org_a, workflow=workflow_a, name="team", team=cast.team_a)
+    membership = cast.member_a.memberships.get()
+    membership.teams.add(cast.team_a)
+    issued = apikey_issue(org=cast.org_a, label="k", user=cast.member_a)
+    work_id = trigger(api, intake.pk, issued.token).json()["work_id"]
+    poll = f"/v1/intake/{intake.pk}/work/{work_id}"
+    assert api.get(poll, **bearer(issued.token)).status_code == 200
+    membership.teams.remove(cast.team_a)
+    assert api.get(poll, **bearer(issued.token)).status_code == 404
+    assert trigger(api, intake.pk, issued.token).status_code == 404
+    membership.teams.add(cast.team_a)
+    assert api.get(poll, **bearer(issued.token)).status_code == 200
+    apikey_revoke(key=issued.key, revoked_by=cast.admin_a)
+    _assert_401(api.get(poll, **bearer(issued.token)))
+    _assert_401(api.post(f"{poll}/cancel", format="json", **bearer(issued.token)))

@@ -1,0 +1,93 @@
+"""The trigger's one write: the work item and its idempotency record in one statement.
+
+PostgreSQL: a data-modifying CTE, with the workers' wake-up (pg_notify, delivered at commit)
+folded in (at most one per web process every AUXOT_WAKE_COALESCE_SECONDS, see _wake_due);
+outside a transaction that statement is also its own commit, so a trigger is one read,
+the rate-limit count and this. SQLite (no data-modifying CTEs): the same rows, one INSERT
+each, in one transaction. Values are prepared by the ORM's own fields
+(auxot.rawsql.insert), so they are stored exactly as save() would store them.
+"""
+
+import math
+import threading
+import time
+
+from django.conf import settings
+from django.db import connection, transaction
+
+from auxot import rawsql
+from intakes import idempotency
+from intakes.models import IdempotencyKey
+from workflows.models import WorkItem
+from workflows.wake import WAKE_SQL, work_wake_notify
+
+
+def _folds_wake() -> bool:
+    return connection.vendor == "postgresql" and not settings.Q_CLUSTER.get("sync")
+
+
+_wake_lock = threading.Lock()
+_last_wake = -math.inf  # time.monotonic() of this process's last wake-up
+
+
+def _wake_due() -> bool:
+    """Whether this trigger sends the wake-up NOTIFY: at most one per web process every
+    AUXOT_WAKE_COALESCE_SECONDS. PostgreSQL serializes the commits of every transaction
+    that sent a NOTIFY (a database-wide lock held through the commit's flush), so one per
+    trigger makes concurrent triggers commit one at a time. A trigger inside the window
+    was preceded by one that woke a worker moments ago: that worker's drain claims again
+    until nothing is due, and the ticker (AUXOT_TICK_SECONDS) catches anything it missed."""
+    global _last_wake
+    window = settings.AUXOT_WAKE_COALESCE_SECONDS
+    now = time.monotonic()
+    with _wake_lock:
+        if window > 0 and now - _last_wake < window:
+            return False
+        _last_wake = now
+    return True
+
+
+def _wake_undo() -> None:
+    """The statement that carried the wake-up failed: the next trigger sends one."""
+    global _last_wake
+    with _wake_lock:
+        _last_wake = -math.inf
+
+
+def work_item_accept_write(*, item: WorkItem, record: IdempotencyKey | None) -> None:
+    """Write `item` (and `record`) durably, or raise with nothing written.
+
+    Raises IntegrityError when another request holds the record's key, and, on PostgreSQL,
+    a lock timeout (OperationalError) when that request is still in flight.
+    """
+    rows = [rawsql.insert(item)] + ([rawsql.insert(record)] if record is not None else [])
+    if _folds_wake():
+        wake = _wake_due()
+        ctes = ", ".join(f"w{n} AS ({sql})" for n, (sql, _params) in enumerate(rows))
+        sql = f"WITH {ctes} {WAKE_SQL if wake else 'SELECT 1'}"
+        params = [value for _sql, row_params in rows for value in row_params]
+        try:
+            # Alone (no outer transaction, no idempotency record) it needs no BEGIN: one
+            # statement is its own transaction. In an outer transaction: a savepoint, so a
+            # lost idempotency race leaves the outer transaction usable.
+            if record is None and not connection.in_atomic_block:
+                _execute(sql, params)
+                return
+            with transaction.atomic():
+                if record is not None:
+                    idempotency.idempotency_bound_wait()
+                _execute(sql, params)
+        except BaseException:
+            if wake:
+                _wake_undo()
+            raise
+        return
+    with transaction.atomic():
+        for sql, params in rows:
+            _execute(sql, params)
+        work_wake_notify()
+
+
+def _execute(sql: str, params: list) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
