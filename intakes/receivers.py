@@ -3,6 +3,7 @@
 import logging
 import time
 
+from django.conf import settings
 from django.dispatch import receiver
 
 from intakes.callbacks import (
@@ -10,7 +11,7 @@ from intakes.callbacks import (
     callback_deliveries_wake,
     callback_delivery_create,
 )
-from workflows.signals import tick, work_item_finished
+from workflows.signals import cluster_serving, tick, work_item_finished
 
 logger = logging.getLogger(__name__)
 SWEEP_EVERY_SECONDS = 10.0
@@ -32,4 +33,15 @@ def _on_tick(sender, now, **kwargs) -> None:
     if time.monotonic() - _last_sweep >= SWEEP_EVERY_SECONDS:
         _last_sweep = time.monotonic()
         callback_deliveries_sweep(now=now)
-    callback_deliveries_wake(now=now)
+    if settings.AUXOT_CALLBACK_DELIVERY == "tasks":  # the dispatcher finds due ones itself
+        callback_deliveries_wake(now=now)
+
+
+@receiver(cluster_serving, dispatch_uid="intakes.callback_dispatcher")
+def _on_cluster_serving(sender, **kwargs):
+    """Each qcluster main process runs a callback dispatcher (unless threads are 0)."""
+    if settings.AUXOT_CALLBACK_DELIVERY != "dispatcher" or not settings.AUXOT_CALLBACK_THREADS:
+        return None
+    from intakes.dispatcher import Dispatcher
+
+    return Dispatcher().start()

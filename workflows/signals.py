@@ -8,3 +8,9 @@ work_item_finished = Signal()
 # woken. Other apps wake their own due work here (callback deliveries) without the
 # engine importing them. Receivers must be quick and must not raise.
 tick = Signal()
+
+# Sent by `manage.py qcluster` in its main process once the cluster runs (kwargs: none).
+# A receiver may start a service there (the callback dispatcher) and return an object with
+# `stop()` (begin stopping, never blocks) and `join(grace) -> bool` (True: stopped cleanly
+# within grace seconds); qcluster stops it with the cluster, within the same grace period.
+cluster_serving = Signal()
