@@ -51,6 +51,12 @@ WAIT_SLICE_SECONDS = 0.05  # PostgreSQL: how often a wait on NOTIFY also checks 
 IDLE_LOOK_SECONDS = 5.0  # PostgreSQL: the longest sleep without a look (a lost NOTIFY)
 
 
+def _fresh_connection() -> None:
+    # Threads outside a request never get Django's per-request connection check.
+    if not connection.in_atomic_block:
+        close_old_connections()
+
+
 class Dispatcher:
     def __init__(self, *, threads: int | None = None, per_host: int | None = None,
                  clock: Callable[[], datetime] = timezone.now, name: str = "callbacks"):
@@ -121,7 +127,9 @@ class Dispatcher:
         try:
             while not self._stopping.is_set():
                 try:
-                    wait = self.run_once()
+                    until_next = self.run_once()
+                    wait = self._idle_wait() if until_next is None else min(until_next,
+                                                                            self._idle_wait())
                 except Exception:
                     logger.exception("callback dispatcher failed; retrying")
                     connection.close()
@@ -132,9 +140,10 @@ class Dispatcher:
             listener.close()
             connection.close()
 
-    def run_once(self, now: datetime | None = None) -> float:
-        """Claim and hand out what is due now; return how long to sleep before looking again."""
-        close_old_connections()
+    def run_once(self, now: datetime | None = None) -> float | None:
+        """Claim and hand out what is due now. Returns the seconds until the next delivery
+        comes due or a breaker's pause ends (None: nothing scheduled); 0 to look again now."""
+        _fresh_connection()
         now = now or self.clock()
         paused, probe_ready, next_change = endpoints_paused(now=now)
         claimed = 0
@@ -164,13 +173,13 @@ class Dispatcher:
         if self._stopping.is_set():
             return 0.0
         if self.in_flight >= self.threads:
-            return IDLE_LOOK_SECONDS  # a finishing sender wakes the loop
+            return None  # a finishing sender wakes the loop
         blocked = paused | self._full_endpoints()
         due = self._due_query(exclude=blocked).aggregate(at=Min("next_attempt_at"))["at"]
         moments = [t for t in (due, next_change) if t is not None]
         if not moments:
-            return self._idle_wait()
-        return min(max(0.0, (min(moments) - now).total_seconds()), self._idle_wait())
+            return None
+        return max(0.0, (min(moments) - now).total_seconds())
 
     def _idle_wait(self) -> float:
         if connection.vendor == "postgresql":
@@ -227,25 +236,39 @@ class Dispatcher:
             job = self._jobs.get()
             if job is None:
                 break
-            delivery, token, claimed_at = job
-            with self._lock:
-                given_back = token not in self._in_flight
-            if given_back or self._stopping.is_set():
-                # Stopping before this attempt started: give it back unsent (no attempt row).
-                self._finish(delivery, token, release=not given_back)
-                continue
-            try:
-                close_old_connections()
-                # The attempt's timestamp is its start, not the claim's.
-                callback_delivery_send(delivery=delivery, token=token,
-                                       now=max(claimed_at, timezone.now()))
-            except Exception:
-                # Its lease lapses and it is claimed again (the open attempt is marked then).
-                logger.exception("callback attempt for delivery %s failed", delivery.pk)
-                connection.close()
-            finally:
-                self._finish(delivery, token)
+            self._send(*job)
         connection.close()
+
+    def send_queued(self) -> int:
+        """Send what was claimed, in this thread (for a dispatcher not `start()`ed)."""
+        sent = 0
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return sent
+            if job is not None:
+                self._send(*job)
+                sent += 1
+
+    def _send(self, delivery: CallbackDelivery, token: str, claimed_at: datetime) -> None:
+        with self._lock:
+            given_back = token not in self._in_flight
+        if given_back or self._stopping.is_set():
+            # Stopping before this attempt started: give it back unsent (no attempt row).
+            self._finish(delivery, token, release=not given_back)
+            return
+        try:
+            _fresh_connection()
+            # The attempt's timestamp is its start, not the claim's.
+            callback_delivery_send(delivery=delivery, token=token,
+                                   now=max(claimed_at, timezone.now()))
+        except Exception:
+            # Its lease lapses and it is claimed again (the open attempt is marked then).
+            logger.exception("callback attempt for delivery %s failed", delivery.pk)
+            connection.close()
+        finally:
+            self._finish(delivery, token)
 
     def _finish(self, delivery: CallbackDelivery, token: str, release: bool = False) -> None:
         if release:
