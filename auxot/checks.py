@@ -12,15 +12,15 @@ from django.db import connections
 # the pusher (ORM broker), the monitor and the ticker thread, which holds a second one to
 # LISTEN for committed work on PostgreSQL.
 QCLUSTER_OVERHEAD = 5
-# The callback dispatcher in the main process: a connection per sender thread, plus its
-# claim loop and its LISTEN connection.
-DISPATCHER_OVERHEAD = 2
+# The callback dispatcher in the main process: its 4 database threads (attempt rows and
+# outcomes), its claim loop and its LISTEN connection. Its senders hold no connection.
+DISPATCHER_CONNECTIONS = 6
 
 
 def dispatcher_connections() -> int:
     if settings.AUXOT_CALLBACK_DELIVERY != "dispatcher" or not settings.AUXOT_CALLBACK_THREADS:
         return 0
-    return settings.AUXOT_CALLBACK_THREADS + DISPATCHER_OVERHEAD
+    return DISPATCHER_CONNECTIONS
 
 
 def connection_estimate() -> dict[str, int]:
@@ -45,8 +45,7 @@ def connection_budget_check(app_configs=None, **kwargs) -> list[Warning]:
         f"({settings.Q_CLUSTER['workers']} workers + {QCLUSTER_OVERHEAD} + callback dispatcher "
         f"{dispatcher_connections()}) = {estimate['total']}, "
         f"above AUXOT_DB_MAX_CONNECTIONS={budget}.",
-        hint="Lower GUNICORN_WORKERS, DB_POOL_MAX_SIZE, AUXOT_WORKERS or AUXOT_CALLBACK_THREADS, "
-             "raise PostgreSQL's "
+        hint="Lower GUNICORN_WORKERS, DB_POOL_MAX_SIZE or AUXOT_WORKERS, raise PostgreSQL's "
              "max_connections (and AUXOT_DB_MAX_CONNECTIONS with it), or put PgBouncer in front.",
         id="auxot.W001",
     )]

@@ -448,9 +448,10 @@ AUXOT_CALLBACK_ALLOW_HTTP = env_bool("AUXOT_CALLBACK_ALLOW_HTTP", False)
 AUXOT_CALLBACK_DELIVERY = env_str("AUXOT_CALLBACK_DELIVERY", "dispatcher")
 if AUXOT_CALLBACK_DELIVERY not in ("dispatcher", "tasks"):
     raise ImproperlyConfigured("AUXOT_CALLBACK_DELIVERY must be 'dispatcher' or 'tasks'.")
-# Concurrent attempts per dispatcher (threads: each attempt is I/O). 0 in qcluster: this
-# cluster sends no callbacks (run `manage.py callbacks` elsewhere).
-AUXOT_CALLBACK_THREADS = env_int("AUXOT_CALLBACK_THREADS", 16, minimum=0)
+# Concurrent attempts per dispatcher (sender threads: each attempt is I/O, and they hold
+# no database connection). 0 in qcluster: this cluster sends no callbacks (run
+# `manage.py callbacks` elsewhere).
+AUXOT_CALLBACK_THREADS = env_int("AUXOT_CALLBACK_THREADS", 64, minimum=0)
 # Attempts one dispatcher sends at once to one endpoint (scheme, host, port).
 AUXOT_CALLBACK_PER_HOST_CONCURRENCY = env_int("AUXOT_CALLBACK_PER_HOST_CONCURRENCY", 4,
                                               minimum=1)

@@ -383,12 +383,16 @@ def callback_delivery_process(*, delivery_id) -> str | None:
 
 def callback_delivery_send(*, delivery: CallbackDelivery, token: str, now: datetime) -> str:
     """One attempt of a delivery claimed under `token`: attempt row, POST, outcome."""
-    item = delivery.work_item
-    with log_context(work_id=str(item.pk), intake_id=str(delivery.intake_id),
-                     request_id=item.request_id):
+    with delivery_log_context(delivery):
         state = _deliver(delivery, token, now)
     callback_attempted(state=state)
     return state
+
+
+def delivery_log_context(delivery: CallbackDelivery):
+    item = delivery.work_item
+    return log_context(work_id=str(item.pk), intake_id=str(delivery.intake_id),
+                       request_id=item.request_id)
 
 
 def callback_delivery_release(*, delivery_id, token: str, now: datetime | None = None) -> bool:
@@ -471,26 +475,59 @@ def endpoints_paused(*, now: datetime) -> tuple[set[str], set[str], datetime | N
     return paused, probe, next_change
 
 
-def _deliver(delivery: CallbackDelivery, token: str, now: datetime) -> str:
+@dataclass
+class PreparedAttempt:
+    """A claimed delivery's attempt, its row written: what to POST (or why nothing is sent)."""
+
+    delivery: CallbackDelivery
+    token: str
+    attempt: CallbackAttempt
+    body: bytes = b""
+    headers: dict = field(default_factory=dict)
+    unsent: SendResult | None = None  # set when there is nothing to send
+
+
+def callback_attempt_prepare(*, delivery: CallbackDelivery, token: str,
+                             now: datetime) -> PreparedAttempt:
+    """Write the attempt row (before anything is sent) and sign the body. Database only."""
     # An attempt left open was cut short by a dying worker; the receiver may have it (dedupe).
     CallbackAttempt.objects.filter(delivery=delivery, finished_at__isnull=True).update(
         finished_at=now, error="interrupted: the worker stopped during this attempt")
     attempt = CallbackAttempt.objects.create(delivery=delivery, number=delivery.attempts,
                                              started_at=now, url=url_redact(delivery.url))
+    prepared = PreparedAttempt(delivery=delivery, token=token, attempt=attempt)
     try:
         secrets = intake_signing_secrets(intake=delivery.intake, now=now)
     except ValueError as exc:
         # Not sent, but retried: an admin can rotate the secret within the retry window.
-        result = SendResult(error=str(exc))
-    else:
-        view = work_item_poll_view(delivery.work_item, intake=delivery.intake, delivery=delivery)
-        body = render_json(view.body)
-        headers = signed_headers(secrets=secrets, webhook_id=delivery.webhook_id, body=body,
-                                 now=now)
-        if delivery.work_item.request_id:  # the receiver can join its logs to the trigger's
-            headers["x-request-id"] = delivery.work_item.request_id
-        result = callback_post(url=delivery.url, body=body, headers=headers)
-    return _attempt_record(delivery, token, attempt, result)
+        prepared.unsent = SendResult(error=str(exc))
+        return prepared
+    view = work_item_poll_view(delivery.work_item, intake=delivery.intake, delivery=delivery)
+    prepared.body = render_json(view.body)
+    prepared.headers = signed_headers(secrets=secrets, webhook_id=delivery.webhook_id,
+                                      body=prepared.body, now=now)
+    if delivery.work_item.request_id:  # the receiver can join its logs to the trigger's
+        prepared.headers["x-request-id"] = delivery.work_item.request_id
+    return prepared
+
+
+def callback_attempt_post(prepared: PreparedAttempt) -> SendResult:
+    """The POST itself. No database: any number of these may run at once."""
+    if prepared.unsent is not None:
+        return prepared.unsent
+    return callback_post(url=prepared.delivery.url, body=prepared.body, headers=prepared.headers)
+
+
+def callback_attempt_finish(*, prepared: PreparedAttempt, result: SendResult) -> str:
+    """Record the outcome under the lease (and feed the endpoint's breaker)."""
+    state = _attempt_record(prepared.delivery, prepared.token, prepared.attempt, result)
+    callback_attempted(state=state)
+    return state
+
+
+def _deliver(delivery: CallbackDelivery, token: str, now: datetime) -> str:
+    prepared = callback_attempt_prepare(delivery=delivery, token=token, now=now)
+    return _attempt_record(delivery, token, prepared.attempt, callback_attempt_post(prepared))
 
 
 SAMPLE_WORK_ITEM = {

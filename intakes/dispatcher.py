@@ -1,21 +1,26 @@
 """The callback dispatcher: many concurrent attempts, none of them in a step worker.
 
 One loop thread claims due deliveries (`callback_delivery_claim`: the guarded UPDATE and
-lease) and hands each to a pool of AUXOT_CALLBACK_THREADS sender threads (an attempt is
-I/O: waiting on a receiver). It runs in each `qcluster` main process (started through the
-`cluster_serving` signal, so a step worker is never held by a receiver) or alone as
-`manage.py callbacks`; several may run at once, the claim keeps each attempt single.
+lease). A few database threads (DB_THREADS) write each attempt's row and sign its body
+before anything is sent, and later record the outcome under the lease; the POSTs run in
+AUXOT_CALLBACK_THREADS sender threads that never touch the database (an attempt is I/O:
+waiting on a receiver), so the pool can be large without holding a connection per thread.
+It runs in each `qcluster` main process (started through the `cluster_serving` signal, so
+a receiver never holds a step worker) or alone as `manage.py callbacks`; several may run
+at once, the claim keeps each attempt single.
 
-Fairness: at most AUXOT_CALLBACK_PER_HOST_CONCURRENCY attempts per endpoint (scheme, host,
-port) are in flight here, so one hanging receiver holds at most its share of the pool; an
+Fairness: while other endpoints have due deliveries, one endpoint (scheme, host, port) has
+at most AUXOT_CALLBACK_PER_HOST_CONCURRENCY attempts in flight here; idle senders may be
+lent to an endpoint over its cap, but a quarter of the pool (at least the cap) is always
+kept for endpoints under it, so one hanging receiver cannot starve a healthy one. An
 endpoint whose circuit breaker is open is not claimed at all (its deliveries wait, attempt
-numbers unchanged) until its pause ends, then one probe attempt at a time.
+numbers unchanged) until its pause ends; then one probe attempt at a time.
 
 On schedule: the loop sleeps until the earliest due `next_attempt_at` (or a breaker's pause
 end), and wakes early on a NOTIFY (PostgreSQL: a delivery was created or made due) or when
-a sender frees a slot; on SQLite it also looks every AUXOT_CALLBACK_POLL_SECONDS. An
-expired lease (a dispatcher that died mid-attempt) makes its delivery due again, so it is
-claimed once, by one dispatcher, with the same webhook-id.
+an attempt finishes; on SQLite it also looks every AUXOT_CALLBACK_POLL_SECONDS. An expired
+lease (a dispatcher that died mid-attempt) makes its delivery due again, so it is claimed
+once, by one dispatcher, with the same webhook-id.
 
 Stopping: `stop()` ends claiming; `join(grace)` lets in-flight attempts finish for up to
 `grace` seconds and gives back (releases) the leases of those that did not.
@@ -36,10 +41,15 @@ from django.utils import timezone
 
 from intakes.callbacks import (
     CHANNEL,
+    PreparedAttempt,
+    SendResult,
     State,
+    callback_attempt_finish,
+    callback_attempt_post,
+    callback_attempt_prepare,
     callback_delivery_claim,
     callback_delivery_release,
-    callback_delivery_send,
+    delivery_log_context,
     endpoint_probe_claim,
     endpoints_paused,
 )
@@ -47,6 +57,7 @@ from intakes.models import CallbackDelivery
 from workflows.wake import WakeListener
 
 logger = logging.getLogger(__name__)
+DB_THREADS = 4  # threads that write attempt rows and outcomes (a connection each)
 WAIT_SLICE_SECONDS = 0.05  # PostgreSQL: how often a wait on NOTIFY also checks the pool
 IDLE_LOOK_SECONDS = 5.0  # PostgreSQL: the longest sleep without a look (a lost NOTIFY)
 
@@ -59,33 +70,42 @@ def _fresh_connection() -> None:
 
 class Dispatcher:
     def __init__(self, *, threads: int | None = None, per_host: int | None = None,
-                 clock: Callable[[], datetime] = timezone.now, name: str = "callbacks"):
+                 db_threads: int = DB_THREADS, clock: Callable[[], datetime] = timezone.now,
+                 name: str = "callbacks"):
         self.threads = threads or settings.AUXOT_CALLBACK_THREADS
         self.per_host = per_host or settings.AUXOT_CALLBACK_PER_HOST_CONCURRENCY
+        # Senders never lent to an endpoint over its cap.
+        self.reserve = min(self.threads, max(self.per_host, self.threads // 4))
+        self.db_threads = db_threads
         self.clock = clock
         self.name = name
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._db_jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._posts: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
         self._in_flight: dict[str, tuple] = {}  # token -> (delivery id, endpoint)
         self._per_endpoint: Counter = Counter()
-        self._wake = threading.Event()  # a sender finished: a slot is free
+        self._wake = threading.Event()  # an attempt finished: a slot is free
         self._stopping = threading.Event()
-        self._idle = threading.Condition(self._lock)
         self._loop: threading.Thread | None = None
-        self._senders: list[threading.Thread] = []
+        self._workers: list[threading.Thread] = []
 
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> "Dispatcher":
+        for index in range(self.db_threads):
+            self._spawn(self._db_loop, f"{self.name}-db-{index}")
         for index in range(self.threads):
-            sender = threading.Thread(target=self._send_loop, name=f"{self.name}-send-{index}",
-                                      daemon=True)
-            sender.start()
-            self._senders.append(sender)
+            self._spawn(self._post_loop, f"{self.name}-post-{index}")
         self._loop = threading.Thread(target=self.run, name=f"{self.name}-claim", daemon=True)
         self._loop.start()
-        logger.info("callback dispatcher started: %s threads, %s per endpoint",
+        logger.info("callback dispatcher started: %s senders, %s per endpoint",
                     self.threads, self.per_host)
         return self
+
+    def _spawn(self, target, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._workers.append(thread)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -101,18 +121,16 @@ class Dispatcher:
             while self._in_flight and time.monotonic() < deadline:
                 self._idle.wait(min(0.1, max(0.0, deadline - time.monotonic())))
             left = dict(self._in_flight)
-            self._in_flight.clear()  # a sender that has not started one now skips it
+            self._in_flight.clear()  # a job not yet started for these now skips them
         for token, (delivery_id, _endpoint) in left.items():
-            try:
-                callback_delivery_release(delivery_id=delivery_id, token=token)
-            except Exception:
-                logger.exception("could not release delivery %s; its lease will lapse",
-                                 delivery_id)
+            self._release(delivery_id, token)
         if left:
             logger.warning("callback dispatcher stopped with %s attempts in flight: released "
                            "(they go out again with the same webhook-id)", len(left))
-        for _ in self._senders:
-            self._jobs.put(None)
+        for _ in range(self.db_threads):
+            self._db_jobs.put(None)
+        for _ in range(self.threads):
+            self._posts.put(None)
         connection.close()
         return not left
 
@@ -146,40 +164,41 @@ class Dispatcher:
         _fresh_connection()
         now = now or self.clock()
         paused, probe_ready, next_change = endpoints_paused(now=now)
-        claimed = 0
-        while not self._stopping.is_set():
-            free = self.threads - self.in_flight
-            if free <= 0:
-                break
-            full = self._full_endpoints()
-            rows = list(self._due(now, exclude=paused | full)[:free * 2])
-            taken = 0
-            for delivery_id, endpoint in rows:
-                if self.in_flight >= self.threads:
+        # First within the caps, then lending idle senders to endpoints over theirs.
+        for lending in (False, True):
+            while not self._stopping.is_set():
+                free = self._free(lending)
+                if free <= 0:
                     break
-                if endpoint in paused or self._is_full(endpoint):
-                    continue
-                if endpoint in probe_ready:
-                    if not endpoint_probe_claim(key=endpoint, now=now):
-                        paused.add(endpoint)
+                exclude = paused if lending else paused | self._full_endpoints()
+                rows = list(self._due(now, exclude=exclude)[:free * 2])
+                taken = 0
+                for delivery_id, endpoint in rows:
+                    if self._free(lending) <= 0:
+                        break
+                    if endpoint in paused or (not lending and self._is_full(endpoint)):
                         continue
-                    paused.add(endpoint)  # one probe at a time
-                    probe_ready.discard(endpoint)
-                if self._hand_out(delivery_id, endpoint, now):
-                    taken += 1
-            claimed += taken
-            if taken == 0 or len(rows) < free * 2:
-                break
+                    if endpoint in probe_ready:
+                        paused.add(endpoint)  # one probe at a time
+                        probe_ready.discard(endpoint)
+                        if not endpoint_probe_claim(key=endpoint, now=now):
+                            continue
+                    taken += self._hand_out(delivery_id, endpoint, now)
+                if taken == 0 or len(rows) < free * 2:
+                    break
         if self._stopping.is_set():
             return 0.0
-        if self.in_flight >= self.threads:
-            return None  # a finishing sender wakes the loop
-        blocked = paused | self._full_endpoints()
+        if self._free(lending=False) <= 0:
+            return None  # a finishing attempt wakes the loop
+        blocked = paused | (self._full_endpoints() if self._free(lending=True) <= 0 else set())
         due = self._due_query(exclude=blocked).aggregate(at=Min("next_attempt_at"))["at"]
         moments = [t for t in (due, next_change) if t is not None]
         if not moments:
             return None
         return max(0.0, (min(moments) - now).total_seconds())
+
+    def _free(self, lending: bool) -> int:
+        return self.threads - (self.reserve if lending else 0) - self.in_flight
 
     def _idle_wait(self) -> float:
         if connection.vendor == "postgresql":
@@ -214,7 +233,7 @@ class Dispatcher:
         with self._lock:
             self._in_flight[token] = (delivery.pk, endpoint)
             self._per_endpoint[endpoint] += 1
-        self._jobs.put((delivery, token, now))
+        self._db_jobs.put(("prepare", delivery, token, now))
         return True
 
     def _sleep(self, listener: WakeListener, seconds: float) -> None:
@@ -230,53 +249,77 @@ class Dispatcher:
                 self._wake.wait(left)
         self._wake.clear()
 
-    # --- the senders ----------------------------------------------------------------------
-    def _send_loop(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                break
-            self._send(*job)
+    # --- the workers ----------------------------------------------------------------------
+    def _db_loop(self) -> None:
+        while (job := self._db_jobs.get()) is not None:
+            self._db_job(job)
         connection.close()
 
+    def _post_loop(self) -> None:
+        while (prepared := self._posts.get()) is not None:
+            self._post(prepared)
+
     def send_queued(self) -> int:
-        """Send what was claimed, in this thread (for a dispatcher not `start()`ed)."""
-        sent = 0
+        """Run what was claimed to the end, in this thread (a dispatcher not `start()`ed).
+        Returns the attempts recorded."""
+        recorded = 0
         while True:
             try:
-                job = self._jobs.get_nowait()
+                job = self._db_jobs.get_nowait()
             except queue.Empty:
-                return sent
+                try:
+                    prepared = self._posts.get_nowait()
+                except queue.Empty:
+                    return recorded
+                if prepared is not None:
+                    self._post(prepared)
+                continue
             if job is not None:
-                self._send(*job)
-                sent += 1
+                recorded += job[0] == "finish"
+                self._db_job(job)
 
-    def _send(self, delivery: CallbackDelivery, token: str, claimed_at: datetime) -> None:
+    def _db_job(self, job: tuple) -> None:
+        kind, delivery = job[0], job[1]
+        token = job[2] if kind == "prepare" else job[2].token
         with self._lock:
             given_back = token not in self._in_flight
-        if given_back or self._stopping.is_set():
+        if kind == "prepare" and (given_back or self._stopping.is_set()):
             # Stopping before this attempt started: give it back unsent (no attempt row).
-            self._finish(delivery, token, release=not given_back)
+            if not given_back:
+                self._release(delivery.pk, token)
+            self._done(delivery, token)
             return
         try:
             _fresh_connection()
-            # The attempt's timestamp is its start, not the claim's.
-            callback_delivery_send(delivery=delivery, token=token,
-                                   now=max(claimed_at, timezone.now()))
+            with delivery_log_context(delivery):
+                if kind == "prepare":
+                    # The attempt's timestamp is its start, not the claim's.
+                    prepared = callback_attempt_prepare(
+                        delivery=delivery, token=token, now=max(job[3], timezone.now()))
+                    self._posts.put(prepared)
+                    return
+                callback_attempt_finish(prepared=job[2], result=job[3])
         except Exception:
             # Its lease lapses and it is claimed again (the open attempt is marked then).
             logger.exception("callback attempt for delivery %s failed", delivery.pk)
             connection.close()
-        finally:
-            self._finish(delivery, token)
+        self._done(delivery, token)
 
-    def _finish(self, delivery: CallbackDelivery, token: str, release: bool = False) -> None:
-        if release:
-            try:
-                callback_delivery_release(delivery_id=delivery.pk, token=token)
-            except Exception:
-                logger.exception("could not release delivery %s; its lease will lapse",
-                                 delivery.pk)
+    def _post(self, prepared: PreparedAttempt) -> None:
+        try:
+            result = callback_attempt_post(prepared)
+        except Exception as exc:  # callback_post never raises; belt and braces
+            logger.exception("callback POST for delivery %s failed", prepared.delivery.pk)
+            result = SendResult(error=f"request failed: {type(exc).__name__}")
+        self._db_jobs.put(("finish", prepared.delivery, prepared, result))
+
+    def _release(self, delivery_id, token: str) -> None:
+        try:
+            callback_delivery_release(delivery_id=delivery_id, token=token)
+        except Exception:
+            logger.exception("could not release delivery %s; its lease will lapse", delivery_id)
+
+    def _done(self, delivery: CallbackDelivery, token: str) -> None:
         with self._idle:
             self._in_flight.pop(token, None)
             self._per_endpoint[delivery.endpoint] -= 1

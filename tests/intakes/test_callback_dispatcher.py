@@ -93,25 +93,29 @@ def test_endpoint_key_is_scheme_host_and_port():
     assert endpoint_key("https://[::1]:8443/") == "https://[::1]:8443"
 
 
+# (senders, cap, most a hanging endpoint holds): with 4 senders a quarter is 1, below the
+# cap, so 2 are kept for others and none is lent; with 8, 2 are kept and 4 lent.
+@pytest.mark.parametrize("threads,per_host,most", [(4, 2, 2), (8, 2, 6)])
 @pytest.mark.django_db(transaction=True)
 def test_a_hanging_endpoint_holds_only_its_share_and_a_healthy_one_goes_through(
-        cb_intake, endpoints, settings):
+        cb_intake, endpoints, settings, threads, per_host, most):
     settings.AUXOT_CALLBACK_TIMEOUT_SECONDS = 60.0
     hanging, healthy = endpoints(hang=True), endpoints()
-    stuck = _deliveries(cb_intake, hanging.url, 6)  # due first: ahead of the healthy ones
-    fine = _deliveries(cb_intake, healthy.url, 3)
-    dispatcher = Dispatcher(threads=4, per_host=2).start()
+    stuck = _deliveries(cb_intake, hanging.url, 10)  # due first: ahead of the healthy ones
+    dispatcher = Dispatcher(threads=threads, per_host=per_host).start()
     try:
+        wait_for(lambda: hanging.now == most, timeout=30, what="the hanging endpoint's share")
+        fine = _deliveries(cb_intake, healthy.url, 3)  # come due while the others hang
         wait_for(lambda: _settled(fine), timeout=30, what="the healthy endpoint's deliveries")
-        assert hanging.most == 2  # the cap: two threads held, the others stayed free
+        assert hanging.most == most  # the cap (plus lent senders): the rest stayed free
         assert CallbackDelivery.objects.filter(pk__in=[d.pk for d in stuck],
-                                               attempts=0).count() == 4  # waiting, untried
+                                               attempts=0).count() == 10 - most  # untried
         hanging.release()
         wait_for(lambda: _settled(stuck), timeout=30, what="the released endpoint's deliveries")
     finally:
         hanging.release()
         assert dispatcher.join(10)
-    assert hanging.most <= 2
+    assert hanging.most <= most
     assert sorted(hanging.ids) == sorted(d.webhook_id for d in stuck)  # each once
     assert sorted(healthy.ids) == sorted(d.webhook_id for d in fine)
 
@@ -126,7 +130,7 @@ def test_the_breaker_opens_after_n_failures_and_untried_deliveries_keep_their_at
     key = endpoint_key(down.url)
     with time_machine.travel(timezone.now(), tick=False) as clock:
         deliveries = _deliveries(cb_intake, down.url, 6)
-        one_at_a_time = Dispatcher(threads=4, per_host=1)
+        one_at_a_time = Dispatcher(threads=1, per_host=1)
         for _ in range(3):  # three failures in a row open it
             one_at_a_time.run_once()
             assert one_at_a_time.send_queued() == 1
