@@ -209,9 +209,22 @@ def lease_seconds() -> float:
     return settings.AUXOT_CALLBACK_TIMEOUT_SECONDS + LEASE_GRACE_SECONDS
 
 
-def callback_delivery_claim(*, delivery_id, now: datetime) -> tuple[CallbackDelivery, str] | None:
-    """Take a due delivery under a new lease (one more attempt); None if another has it."""
-    return _claim(delivery_id, now)
+def callback_deliveries_claim(*, ids: list, now: datetime) -> list[tuple[CallbackDelivery, str]]:
+    """Take the due ones of these deliveries under a new lease each (one more attempt), in one
+    UPDATE: those another dispatcher took meanwhile are left out. The lease token is shared
+    by the batch; every later step guards on (delivery, token)."""
+    if not ids:
+        return []
+    token = uuid.uuid4().hex
+    lease_end = now + timedelta(seconds=lease_seconds())
+    changed = CallbackDelivery.objects.filter(
+        pk__in=ids, next_attempt_at__lte=now, state__in=[State.PENDING, State.DELIVERING],
+    ).update(state=State.DELIVERING, lease_token=token, next_attempt_at=lease_end,
+             attempts=F("attempts") + 1)
+    if not changed:
+        return []
+    return [(delivery, token) for delivery in CallbackDelivery.objects.select_related(
+        "intake__org", "work_item__workflow").filter(pk__in=ids, lease_token=token)]
 
 
 def _claim(delivery_id, now: datetime) -> tuple[CallbackDelivery, str] | None:
@@ -491,8 +504,9 @@ def callback_attempt_prepare(*, delivery: CallbackDelivery, token: str,
                              now: datetime) -> PreparedAttempt:
     """Write the attempt row (before anything is sent) and sign the body. Database only."""
     # An attempt left open was cut short by a dying worker; the receiver may have it (dedupe).
-    CallbackAttempt.objects.filter(delivery=delivery, finished_at__isnull=True).update(
-        finished_at=now, error="interrupted: the worker stopped during this attempt")
+    if delivery.attempts > 1:  # the first attempt has no earlier row
+        CallbackAttempt.objects.filter(delivery=delivery, finished_at__isnull=True).update(
+            finished_at=now, error="interrupted: the worker stopped during this attempt")
     attempt = CallbackAttempt.objects.create(delivery=delivery, number=delivery.attempts,
                                              started_at=now, url=url_redact(delivery.url))
     prepared = PreparedAttempt(delivery=delivery, token=token, attempt=attempt)

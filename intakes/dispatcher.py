@@ -1,6 +1,6 @@
 """The callback dispatcher: many concurrent attempts, none of them in a step worker.
 
-One loop thread claims due deliveries (`callback_delivery_claim`: the guarded UPDATE and
+One loop thread claims due deliveries (`callback_deliveries_claim`: a guarded UPDATE and a
 lease). A few database threads (DB_THREADS) write each attempt's row and sign its body
 before anything is sent, and later record the outcome under the lease; the POSTs run in
 AUXOT_CALLBACK_THREADS sender threads that never touch the database (an attempt is I/O:
@@ -47,7 +47,7 @@ from intakes.callbacks import (
     callback_attempt_finish,
     callback_attempt_post,
     callback_attempt_prepare,
-    callback_delivery_claim,
+    callback_deliveries_claim,
     callback_delivery_release,
     delivery_log_context,
     endpoint_probe_claim,
@@ -83,7 +83,7 @@ class Dispatcher:
         self._posts: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._in_flight: dict[str, tuple] = {}  # token -> (delivery id, endpoint)
+        self._in_flight: dict = {}  # delivery id -> (lease token, endpoint)
         self._per_endpoint: Counter = Counter()
         self._wake = threading.Event()  # an attempt finished: a slot is free
         self._stopping = threading.Event()
@@ -122,7 +122,7 @@ class Dispatcher:
                 self._idle.wait(min(0.1, max(0.0, deadline - time.monotonic())))
             left = dict(self._in_flight)
             self._in_flight.clear()  # a job not yet started for these now skips them
-        for token, (delivery_id, _endpoint) in left.items():
+        for delivery_id, (token, _endpoint) in left.items():
             self._release(delivery_id, token)
         if left:
             logger.warning("callback dispatcher stopped with %s attempts in flight: released "
@@ -172,18 +172,22 @@ class Dispatcher:
                     break
                 exclude = paused if lending else paused | self._full_endpoints()
                 rows = list(self._due(now, exclude=exclude)[:free * 2])
-                taken = 0
+                with self._lock:
+                    counts = Counter(self._per_endpoint)
+                chosen = []
                 for delivery_id, endpoint in rows:
-                    if self._free(lending) <= 0:
+                    if len(chosen) >= free:
                         break
-                    if endpoint in paused or (not lending and self._is_full(endpoint)):
+                    if endpoint in paused or (not lending and counts[endpoint] >= self.per_host):
                         continue
                     if endpoint in probe_ready:
                         paused.add(endpoint)  # one probe at a time
                         probe_ready.discard(endpoint)
                         if not endpoint_probe_claim(key=endpoint, now=now):
                             continue
-                    taken += self._hand_out(delivery_id, endpoint, now)
+                    chosen.append(delivery_id)
+                    counts[endpoint] += 1
+                taken = self._hand_out(chosen, now)
                 if taken == 0 or len(rows) < free * 2:
                     break
         if self._stopping.is_set():
@@ -221,20 +225,14 @@ class Dispatcher:
         with self._lock:
             return {key for key, count in self._per_endpoint.items() if count >= self.per_host}
 
-    def _is_full(self, endpoint: str) -> bool:
-        with self._lock:
-            return self._per_endpoint[endpoint] >= self.per_host
-
-    def _hand_out(self, delivery_id, endpoint: str, now: datetime) -> bool:
-        claimed = callback_delivery_claim(delivery_id=delivery_id, now=now)
-        if claimed is None:
-            return False  # another dispatcher took it
-        delivery, token = claimed
-        with self._lock:
-            self._in_flight[token] = (delivery.pk, endpoint)
-            self._per_endpoint[endpoint] += 1
-        self._db_jobs.put(("prepare", delivery, token, now))
-        return True
+    def _hand_out(self, ids: list, now: datetime) -> int:
+        claimed = callback_deliveries_claim(ids=ids, now=now)  # less any another took
+        for delivery, token in claimed:
+            with self._lock:
+                self._in_flight[delivery.pk] = (token, delivery.endpoint)
+                self._per_endpoint[delivery.endpoint] += 1
+            self._db_jobs.put(("prepare", delivery, token, now))
+        return len(claimed)
 
     def _sleep(self, listener: WakeListener, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -282,7 +280,7 @@ class Dispatcher:
         kind, delivery = job[0], job[1]
         token = job[2] if kind == "prepare" else job[2].token
         with self._lock:
-            given_back = token not in self._in_flight
+            given_back = self._in_flight.get(delivery.pk, ("",))[0] != token
         if kind == "prepare" and (given_back or self._stopping.is_set()):
             # Stopping before this attempt started: give it back unsent (no attempt row).
             if not given_back:
@@ -321,7 +319,8 @@ class Dispatcher:
 
     def _done(self, delivery: CallbackDelivery, token: str) -> None:
         with self._idle:
-            self._in_flight.pop(token, None)
+            if self._in_flight.get(delivery.pk, ("",))[0] == token:
+                del self._in_flight[delivery.pk]
             self._per_endpoint[delivery.endpoint] -= 1
             if self._per_endpoint[delivery.endpoint] <= 0:
                 del self._per_endpoint[delivery.endpoint]
