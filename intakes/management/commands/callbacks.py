@@ -23,7 +23,8 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--threads", type=int, default=None,
-                            help="concurrent attempts (default AUXOT_CALLBACK_THREADS)")
+                            help="concurrent attempts (default AUXOT_CALLBACK_THREADS, or 64 "
+                                 "where that is 0 to keep qcluster's dispatcher off)")
 
     def handle(self, *args, threads=None, **options):
         stop = threading.Event()
@@ -33,7 +34,7 @@ class Command(BaseCommand):
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, request_stop)
-        dispatcher = Dispatcher(threads=threads or settings.AUXOT_CALLBACK_THREADS or 16)
+        dispatcher = Dispatcher(threads=threads or settings.AUXOT_CALLBACK_THREADS or 64)
         dispatcher.start()
         while not stop.wait(0.5):
             pass
