@@ -30,12 +30,12 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from datetime import datetime
 
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import close_old_connections, connection, transaction
 from django.db.models import Min
 from django.utils import timezone
 
@@ -58,8 +58,48 @@ from workflows.wake import WakeListener
 
 logger = logging.getLogger(__name__)
 DB_THREADS = 4  # threads that write attempt rows and outcomes (a connection each)
+OUTCOME_BATCH = 32  # outcomes recorded per transaction
 WAIT_SLICE_SECONDS = 0.05  # PostgreSQL: how often a wait on NOTIFY also checks the pool
 IDLE_LOOK_SECONDS = 5.0  # PostgreSQL: the longest sleep without a look (a lost NOTIFY)
+
+
+class DatabaseJobs:
+    """The database threads' work: outcomes first, taken in batches (one commit records many
+    and the window in which a crash would lose a receiver's 2xx stays short), then the
+    preparation of claimed attempts, one at a time."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._outcomes: deque = deque()
+        self._prepares: deque = deque()
+        self._closed = False
+
+    def put(self, job: tuple) -> None:
+        with self._cv:
+            self._prepares.append(job)
+            self._cv.notify()
+
+    def put_outcome(self, outcome: tuple) -> None:
+        with self._cv:
+            self._outcomes.append(outcome)
+            self._cv.notify()
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+
+    def take(self, block: bool = True) -> tuple | None:
+        with self._cv:
+            while block and not (self._outcomes or self._prepares or self._closed):
+                self._cv.wait()
+            if self._outcomes:
+                batch = [self._outcomes.popleft()
+                         for _ in range(min(OUTCOME_BATCH, len(self._outcomes)))]
+                return ("finish", batch)
+            if self._prepares:
+                return self._prepares.popleft()
+            return None
 
 
 def _fresh_connection() -> None:
@@ -79,7 +119,7 @@ class Dispatcher:
         self.db_threads = db_threads
         self.clock = clock
         self.name = name
-        self._db_jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._db_jobs = DatabaseJobs()
         self._posts: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -127,8 +167,7 @@ class Dispatcher:
         if left:
             logger.warning("callback dispatcher stopped with %s attempts in flight: released "
                            "(they go out again with the same webhook-id)", len(left))
-        for _ in range(self.db_threads):
-            self._db_jobs.put(None)
+        self._db_jobs.close()
         for _ in range(self.threads):
             self._posts.put(None)
         connection.close()
@@ -249,7 +288,7 @@ class Dispatcher:
 
     # --- the workers ----------------------------------------------------------------------
     def _db_loop(self) -> None:
-        while (job := self._db_jobs.get()) is not None:
+        while (job := self._db_jobs.take()) is not None:
             self._db_job(job)
         connection.close()
 
@@ -262,26 +301,26 @@ class Dispatcher:
         Returns the attempts recorded."""
         recorded = 0
         while True:
-            try:
-                job = self._db_jobs.get_nowait()
-            except queue.Empty:
-                try:
-                    prepared = self._posts.get_nowait()
-                except queue.Empty:
-                    return recorded
-                if prepared is not None:
-                    self._post(prepared)
-                continue
+            job = self._db_jobs.take(block=False)
             if job is not None:
-                recorded += job[0] == "finish"
+                recorded += len(job[1]) if job[0] == "finish" else 0
                 self._db_job(job)
+                continue
+            try:
+                prepared = self._posts.get_nowait()
+            except queue.Empty:
+                return recorded
+            if prepared is not None:
+                self._post(prepared)
 
     def _db_job(self, job: tuple) -> None:
-        kind, delivery = job[0], job[1]
-        token = job[2] if kind == "prepare" else job[2].token
+        if job[0] == "finish":
+            self._finish(job[1])
+            return
+        _kind, delivery, token, claimed_at = job
         with self._lock:
             given_back = self._in_flight.get(delivery.pk, ("",))[0] != token
-        if kind == "prepare" and (given_back or self._stopping.is_set()):
+        if given_back or self._stopping.is_set():
             # Stopping before this attempt started: give it back unsent (no attempt row).
             if not given_back:
                 self._release(delivery.pk, token)
@@ -290,18 +329,35 @@ class Dispatcher:
         try:
             _fresh_connection()
             with delivery_log_context(delivery):
-                if kind == "prepare":
-                    # The attempt's timestamp is its start, not the claim's.
-                    prepared = callback_attempt_prepare(
-                        delivery=delivery, token=token, now=max(job[3], timezone.now()))
-                    self._posts.put(prepared)
-                    return
-                callback_attempt_finish(prepared=job[2], result=job[3])
+                # The attempt's timestamp is its start, not the claim's.
+                prepared = callback_attempt_prepare(
+                    delivery=delivery, token=token, now=max(claimed_at, timezone.now()))
+            self._posts.put(prepared)
         except Exception:
-            # Its lease lapses and it is claimed again (the open attempt is marked then).
-            logger.exception("callback attempt for delivery %s failed", delivery.pk)
+            # Its lease lapses and it is claimed again.
+            logger.exception("preparing a callback attempt for delivery %s failed", delivery.pk)
             connection.close()
-        self._done(delivery, token)
+            self._done(delivery, token)
+
+    def _finish(self, outcomes: list) -> None:
+        """Record a batch of outcomes in one transaction (one commit), each under its lease."""
+        try:
+            _fresh_connection()
+            with transaction.atomic():
+                for prepared, result in outcomes:
+                    try:
+                        with delivery_log_context(prepared.delivery):
+                            callback_attempt_finish(prepared=prepared, result=result)
+                    except Exception:
+                        logger.exception("recording the callback attempt of delivery %s failed",
+                                         prepared.delivery.pk)
+        except Exception:
+            # Their leases lapse and they are claimed again (the open attempts marked then).
+            logger.exception("recording %s callback attempts failed", len(outcomes))
+            connection.close()
+        finally:
+            for prepared, _result in outcomes:
+                self._done(prepared.delivery, prepared.token)
 
     def _post(self, prepared: PreparedAttempt) -> None:
         try:
@@ -309,7 +365,7 @@ class Dispatcher:
         except Exception as exc:  # callback_post never raises; belt and braces
             logger.exception("callback POST for delivery %s failed", prepared.delivery.pk)
             result = SendResult(error=f"request failed: {type(exc).__name__}")
-        self._db_jobs.put(("finish", prepared.delivery, prepared, result))
+        self._db_jobs.put_outcome((prepared, result))
 
     def _release(self, delivery_id, token: str) -> None:
         try:
