@@ -1,7 +1,8 @@
 """Callbacks under load: `python bench/callbacks.py --items 1000` (see BENCHMARKS.md).
 
-Real receivers in this process (threaded HTTP servers that verify every signature and log
-every request by webhook-id): a healthy one (204 at once), a flaky one (40 % 500, 5 % hang
+Real receivers in a process of their own (threaded HTTP servers that verify every signature
+and log every request by webhook-id; apart, so they do not share a GIL with the bench's
+posting threads): a healthy one (204 at once), a flaky one (40 % 500, 5 % hang
 15 s then 500, else 204) and, for one phase, one that hangs 20 s on every request. gunicorn
 (2 workers) takes the triggers over HTTP (16 threads); one qcluster (2 workers, its callback
 dispatcher inside) runs the 2-step transform workflow and sends the callbacks. Database:
@@ -45,16 +46,14 @@ ENV = {"AUXOT_CALLBACK_ALLOW_HTTP": "1", "AUXOT_OUTBOUND_ALLOWED_NETWORKS": "127
 class Receiver:
     """A threaded HTTP receiver: `behaviour()` -> (status, seconds to hang first)."""
 
-    def __init__(self, name: str, behaviour, secrets: dict[str, str]):
-        from standardwebhooks.webhooks import Webhook
-
+    def __init__(self, name: str, behaviour):
         self.name, self.behaviour = name, behaviour
         self.lock = threading.Lock()
         self.first_seen: dict[str, float] = {}
         self.first_ok: dict[str, float] = {}
         self.oks: dict[str, int] = defaultdict(int)
         self.requests = self.bad_signatures = 0
-        self.hooks = {intake: Webhook(secret) for intake, secret in secrets.items()}
+        self.hooks: dict = {}
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -71,7 +70,7 @@ class Receiver:
                 try:
                     receiver.hooks[intake].verify(body, dict(self.headers))
                     valid = True
-                except Exception:
+                except Exception:  # a bad signature, or an intake this receiver was not told of
                     valid = False
                 status, hang = receiver.behaviour()
                 with receiver.lock:
@@ -96,8 +95,58 @@ class Receiver:
         self.httpd.request_queue_size = 256
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
-    def url(self, intake_id: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_port}/hook/{intake_id}"
+    def stats(self) -> dict:
+        with self.lock:
+            return {"first_seen": dict(self.first_seen), "first_ok": dict(self.first_ok),
+                    "oks": dict(self.oks), "requests": self.requests,
+                    "bad_signatures": self.bad_signatures}
+
+
+def _receivers_serve(conn) -> None:
+    """The receivers' process: report the ports, take the secrets, answer `stats`."""
+    from standardwebhooks.webhooks import Webhook
+
+    receivers = {"healthy": Receiver("healthy", healthy), "flaky": Receiver("flaky", flaky),
+                 "hanging": Receiver("hanging", hanging)}
+    conn.send({name: r.httpd.server_port for name, r in receivers.items()})
+    while True:
+        command, payload = conn.recv()
+        if command == "secrets":
+            for receiver in receivers.values():
+                receiver.hooks = {i: Webhook(secret) for i, secret in payload.items()}
+            conn.send("ok")
+        elif command == "stats":
+            conn.send({name: r.stats() for name, r in receivers.items()})
+        else:
+            return
+
+
+class Receivers:
+    """The three receivers, in a child process started before Django opens a connection."""
+
+    def __init__(self) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.proc = context.Process(target=_receivers_serve, args=(child,), daemon=True)
+        self.proc.start()
+        self.ports = self.conn.recv()
+
+    def url(self, name: str, intake_id: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}/hook/{intake_id}"
+
+    def secrets(self, secrets: dict[str, str]) -> None:
+        self.conn.send(("secrets", secrets))
+        self.conn.recv()
+
+    def stats(self) -> dict:
+        self.conn.send(("stats", None))
+        return self.conn.recv()
+
+    def close(self) -> None:
+        self.conn.send(("exit", None))
+        self.proc.join(5)
 
 
 def healthy():
@@ -226,6 +275,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--items", type=int, default=1000)
     args = parser.parse_args()
+    receivers = Receivers()
     common.django_setup()
     from intakes.models import CallbackDelivery, Intake
 
@@ -233,12 +283,9 @@ def main() -> None:
           "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     plain = _intake("off", False)
     good, bad, stuck = _intake("healthy", True), _intake("flaky", True), _intake("hang", True)
-    secrets = {str(t[0].pk): t[0].signing_secret for t in (good, bad, stuck)}
-    receivers = {"healthy": Receiver("healthy", healthy, secrets),
-                 "flaky": Receiver("flaky", flaky, secrets),
-                 "hanging": Receiver("hanging", hanging, secrets)}
+    receivers.secrets({str(t[0].pk): t[0].signing_secret for t in (good, bad, stuck)})
     for (intake, _, _), name in ((good, "healthy"), (bad, "flaky"), (stuck, "hanging")):
-        Intake.objects.filter(pk=intake.pk).update(callback_url=receivers[name].url(intake.pk))
+        Intake.objects.filter(pk=intake.pk).update(callback_url=receivers.url(name, intake.pk))
     port = common.free_port()
     web = common.gunicorn(port, **ENV)
     base = f"http://127.0.0.1:{port}"
@@ -260,7 +307,8 @@ def main() -> None:
             work_item_id=w, intake_id=good[0].pk).exists()]
         on_bad = sorted(set(on) - set(on_good))
         first_attempt = _finish_to(on_good, {}, attempts=True)
-        first_ok_flaky = _finish_to(on_bad, receivers["flaky"].first_ok, attempts=False)
+        first_ok_flaky = _finish_to(on_bad, receivers.stats()["flaky"]["first_ok"],
+                                    attempts=False)
         # 3. hanging
         hang_ids = _fire(base, [stuck], 20)
         time.sleep(1.0)  # their attempts are in flight, hanging
@@ -285,9 +333,11 @@ def main() -> None:
     finally:
         cluster.stop()
         web.stop()
+    stats = receivers.stats()
+    receivers.close()
     lost, failed = 0, 0
-    oks = {**receivers["healthy"].oks}
-    for webhook_id, count in receivers["flaky"].oks.items():
+    oks = {**stats["healthy"]["oks"]}
+    for webhook_id, count in stats["flaky"]["oks"].items():
         oks[webhook_id] = oks.get(webhook_id, 0) + count
     for webhook_id, state in CallbackDelivery.objects.filter(
             work_item_id__in=all_ids).values_list("webhook_id", "state"):
@@ -297,7 +347,7 @@ def main() -> None:
             lost += 1
     lost += len(all_ids) - CallbackDelivery.objects.filter(work_item_id__in=all_ids).count()
     duplicated = sum(1 for count in oks.values() if count > 1)
-    bad_signatures = sum(r.bad_signatures for r in receivers.values())
+    bad_signatures = sum(r["bad_signatures"] for r in stats.values())
     print(f"items={n} schedule={SCHEDULE} at {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     print(f"finish->first attempt, healthy receiver: {_pcts(first_attempt)}")
     print(f"finish->first 2xx, flaky receiver (40% 500, 5% hang 15 s): {_pcts(first_ok_flaky)}")
@@ -310,7 +360,7 @@ def main() -> None:
     print(f"crash phase: {len(crash_ids)} flaky items, {kills} SIGKILLs of qcluster")
     print(f"deliveries checked={len(all_ids)} lost={lost} duplicated={duplicated} "
           f"failed_after_all_attempts={failed} bad_signatures={bad_signatures} "
-          f"receiver_requests={sum(r.requests for r in receivers.values())}")
+          f"receiver_requests={sum(r['requests'] for r in stats.values())}")
     print("loadavg at end {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
 
