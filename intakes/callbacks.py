@@ -147,29 +147,58 @@ def endpoint_key(url: str) -> str:
     return f"{parts.scheme.lower()}://{host}:{port}"[:300]
 
 
-def callback_delivery_create(*, work_item: WorkItem,
-                             now: datetime | None = None) -> CallbackDelivery | None:
-    """The delivery of a finished item's callback, if it has a URL. Safe to call twice."""
-    now = now or timezone.now()
-    intake = work_item.intake
+def _delivery_fields(work_item: WorkItem, intake: Intake | None, now: datetime) -> dict | None:
+    """A new delivery's fields for a finished item, or None when it has no callback."""
     url = callback_url_for(work_item, intake)
     if intake is None or not url or not work_item.is_terminal:
         return None
     override = bool(work_item.callback_url)
     disabled = intake.callback_disabled and not override
+    return {"intake": intake, "webhook_id": f"msg_{uuid.uuid4().hex}", "url": url,
+            "endpoint": endpoint_key(url),
+            "uses_intake_default": not override, "created_at": now,
+            "state": State.DISABLED if disabled else State.PENDING,
+            "last_error": "the intake's callback is disabled" if disabled else "",
+            "next_attempt_at": None if disabled else now,
+            "enqueued_at": None if disabled else now}
+
+
+def callback_delivery_create(*, work_item: WorkItem,
+                             now: datetime | None = None) -> CallbackDelivery | None:
+    """The delivery of a finished item's callback, if it has a URL. Safe to call twice."""
+    now = now or timezone.now()
+    fields = _delivery_fields(work_item, work_item.intake, now)
+    if fields is None:
+        return None
     with transaction.atomic():
         delivery, created = CallbackDelivery.objects.get_or_create(
-            work_item=work_item, defaults={
-                "intake": intake, "webhook_id": f"msg_{uuid.uuid4().hex}", "url": url,
-                "endpoint": endpoint_key(url),
-                "uses_intake_default": not override, "created_at": now,
-                "state": State.DISABLED if disabled else State.PENDING,
-                "last_error": "the intake's callback is disabled" if disabled else "",
-                "next_attempt_at": None if disabled else now,
-                "enqueued_at": None if disabled else now})
-        if created and not disabled:
+            work_item=work_item, defaults=fields)
+        if created and delivery.state == State.PENDING:
             callback_delivery_announce(delivery_id=delivery.pk)
     return delivery
+
+
+def callback_deliveries_create(*, work_items: list[WorkItem],
+                               now: datetime | None = None) -> list[WorkItem]:
+    """The deliveries of a batch of finished items in one INSERT (one wake-up for all);
+    an item that has one already keeps it. Returns the items handled; with
+    AUXOT_CALLBACK_DELIVERY=tasks none is (each needs its own task: see
+    `callback_delivery_create`)."""
+    if delivery_by_tasks() or not work_items:
+        return []
+    now = now or timezone.now()
+    intakes = Intake.objects.in_bulk({i.intake_id for i in work_items if i.intake_id})
+    rows = []
+    for item in work_items:
+        fields = _delivery_fields(item, intakes.get(item.intake_id), now)
+        if fields is not None:
+            rows.append(CallbackDelivery(work_item=item, **fields))
+    with transaction.atomic():
+        if rows:
+            CallbackDelivery.objects.bulk_create(rows, ignore_conflicts=True)
+        if any(row.state == State.PENDING for row in rows):
+            callback_delivery_announce(delivery_id=None)
+    return work_items
 
 
 def _wakeable(now: datetime):

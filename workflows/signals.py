@@ -4,6 +4,11 @@ from django.dispatch import Signal
 # The engine announces; intakes listens (callbacks). workflows never imports intakes.
 work_item_finished = Signal()
 
+# Sent (after commit) once for a batch of items that finished together, BEFORE
+# work_item_finished for each of them. kwargs: work_items. A receiver that handles the batch
+# at once may mark each item (e.g. an attribute) so its per-item receiver skips it.
+work_items_finished = Signal()
+
 # Sent by each qcluster's ticker on every tick (kwargs: now), after due work items were
 # woken. Other apps wake their own due work here (callback deliveries) without the
 # engine importing them. Receivers must be quick and must not raise.

@@ -249,3 +249,23 @@ def test_the_tick_enqueues_no_delivery_task_when_the_dispatcher_sends(
     callback_delivery_create(work_item=finished_item(cb_intake))
     receivers._on_tick(sender=None, now=timezone.now())
     assert enqueued == []
+
+
+@pytest.mark.django_db
+def test_a_batch_of_finished_items_gets_its_deliveries_in_a_few_queries(
+        cb_intake, receiver, django_assert_max_num_queries):
+    from workflows.batch import _announce_all
+    from workflows.models import WorkItem
+    from workflows.services import work_item_create
+
+    items = [work_item_create(workflow=cb_intake.workflow, intake=cb_intake, input={"n": n})
+             for n in range(10)]
+    WorkItem.objects.filter(pk__in=[i.pk for i in items]).update(
+        status="completed", finished_at=timezone.now())
+    finished = list(WorkItem.objects.filter(pk__in=[i.pk for i in items]))
+    with django_assert_max_num_queries(5):  # intakes, one INSERT, the NOTIFY (+ savepoint)
+        _announce_all(finished)
+    deliveries = CallbackDelivery.objects.filter(work_item__in=items)
+    assert deliveries.count() == 10 and {d.state for d in deliveries} == {"pending"}
+    _announce_all(finished)  # again: nothing new, nothing changed
+    assert CallbackDelivery.objects.filter(work_item__in=items).count() == 10
