@@ -347,6 +347,13 @@ def main() -> None:
             lost += 1
     lost += len(all_ids) - CallbackDelivery.objects.filter(work_item_id__in=all_ids).count()
     duplicated = sum(1 for count in oks.values() if count > 1)
+    from django.db.models import Count
+
+    from intakes.models import CallbackAttempt
+
+    recorded_twice = CallbackAttempt.objects.filter(
+        delivery__work_item_id__in=all_ids, status_code__gte=200, status_code__lt=300,
+    ).values("delivery_id").annotate(n=Count("pk")).filter(n__gt=1).count()
     bad_signatures = sum(r["bad_signatures"] for r in stats.values())
     print(f"items={n} schedule={SCHEDULE} at {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     print(f"finish->first attempt, healthy receiver: {_pcts(first_attempt)}")
@@ -358,7 +365,9 @@ def main() -> None:
     print(f"engine items/s: callbacks off {rate_off:.1f}, on {rate_on:.1f} "
           f"(ratio {rate_on / rate_off:.2f})")
     print(f"crash phase: {len(crash_ids)} flaky items, {kills} SIGKILLs of qcluster")
-    print(f"deliveries checked={len(all_ids)} lost={lost} duplicated={duplicated} "
+    print(f"deliveries checked={len(all_ids)} lost={lost} duplicated={duplicated} (receiver "
+          f"answered 2xx twice for one webhook-id) recorded_twice={recorded_twice} (two 2xx "
+          f"attempt rows for one delivery) "
           f"failed_after_all_attempts={failed} bad_signatures={bad_signatures} "
           f"receiver_requests={sum(r['requests'] for r in stats.values())}")
     print("loadavg at end {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))

@@ -77,27 +77,28 @@ class DatabaseJobs:
     def put(self, job: tuple) -> None:
         with self._cv:
             self._prepares.append(job)
-            self._cv.notify()
+            self._cv.notify_all()  # a notify() could wake only the outcome thread
 
     def put_outcome(self, outcome: tuple) -> None:
         with self._cv:
             self._outcomes.append(outcome)
-            self._cv.notify()
+            self._cv.notify_all()
 
     def close(self) -> None:
         with self._cv:
             self._closed = True
             self._cv.notify_all()
 
-    def take(self, block: bool = True) -> tuple | None:
+    def take(self, block: bool = True, outcomes_only: bool = False) -> tuple | None:
         with self._cv:
-            while block and not (self._outcomes or self._prepares or self._closed):
+            while block and not (self._outcomes or (self._prepares and not outcomes_only)
+                                 or self._closed):
                 self._cv.wait()
             if self._outcomes:
                 batch = [self._outcomes.popleft()
                          for _ in range(min(OUTCOME_BATCH, len(self._outcomes)))]
                 return ("finish", batch)
-            if self._prepares:
+            if self._prepares and not outcomes_only:
                 return self._prepares.popleft()
             return None
 
@@ -133,7 +134,8 @@ class Dispatcher:
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> "Dispatcher":
         for index in range(self.db_threads):
-            self._spawn(self._db_loop, f"{self.name}-db-{index}")
+            # The first records outcomes only, so an answer never waits behind preparations.
+            self._spawn(self._db_loop if index else self._outcome_loop, f"{self.name}-db-{index}")
         for index in range(self.threads):
             self._spawn(self._post_loop, f"{self.name}-post-{index}")
         self._loop = threading.Thread(target=self.run, name=f"{self.name}-claim", daemon=True)
@@ -289,6 +291,11 @@ class Dispatcher:
     # --- the workers ----------------------------------------------------------------------
     def _db_loop(self) -> None:
         while (job := self._db_jobs.take()) is not None:
+            self._db_job(job)
+        connection.close()
+
+    def _outcome_loop(self) -> None:
+        while (job := self._db_jobs.take(outcomes_only=True)) is not None:
             self._db_job(job)
         connection.close()
 
