@@ -12,13 +12,22 @@ from django.db import connections
 # the pusher (ORM broker), the monitor and the ticker thread, which holds a second one to
 # LISTEN for committed work on PostgreSQL.
 QCLUSTER_OVERHEAD = 5
+# The callback dispatcher in the main process: its 4 database threads (attempt rows and
+# outcomes), its claim loop and its LISTEN connection. Its senders hold no connection.
+DISPATCHER_CONNECTIONS = 6
+
+
+def dispatcher_connections() -> int:
+    if settings.AUXOT_CALLBACK_DELIVERY != "dispatcher" or not settings.AUXOT_CALLBACK_THREADS:
+        return 0
+    return DISPATCHER_CONNECTIONS
 
 
 def connection_estimate() -> dict[str, int]:
     """Connections this host's default processes may hold at most: one gunicorn, one qcluster."""
     per_web = settings.DB_POOL_MAX_SIZE or settings.AUXOT_WEB_THREADS + 1  # +1: long-poll watcher
     web = settings.AUXOT_WEB_PROCESSES * per_web
-    worker = settings.Q_CLUSTER["workers"] + QCLUSTER_OVERHEAD
+    worker = settings.Q_CLUSTER["workers"] + QCLUSTER_OVERHEAD + dispatcher_connections()
     return {"web": web, "per_web": per_web, "qcluster": worker, "total": web + worker}
 
 
@@ -33,7 +42,8 @@ def connection_budget_check(app_configs=None, **kwargs) -> list[Warning]:
     return [Warning(
         f"Up to {estimate['total']} database connections from this host: "
         f"{settings.AUXOT_WEB_PROCESSES} web processes x {estimate['per_web']} + one qcluster "
-        f"({settings.Q_CLUSTER['workers']} workers + {QCLUSTER_OVERHEAD}) = {estimate['total']}, "
+        f"({settings.Q_CLUSTER['workers']} workers + {QCLUSTER_OVERHEAD} + callback dispatcher "
+        f"{dispatcher_connections()}) = {estimate['total']}, "
         f"above AUXOT_DB_MAX_CONNECTIONS={budget}.",
         hint="Lower GUNICORN_WORKERS, DB_POOL_MAX_SIZE or AUXOT_WORKERS, raise PostgreSQL's "
              "max_connections (and AUXOT_DB_MAX_CONNECTIONS with it), or put PgBouncer in front.",

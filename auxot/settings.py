@@ -450,6 +450,32 @@ AUXOT_CALLBACK_SECRET_ROTATION_HOURS = env_float("AUXOT_CALLBACK_SECRET_ROTATION
 # Callbacks use https:// only unless this allows plain http:// (http steps and agent
 # providers may use either: the outbound address policy is what protects).
 AUXOT_CALLBACK_ALLOW_HTTP = env_bool("AUXOT_CALLBACK_ALLOW_HTTP", False)
+# Who sends deliveries: "dispatcher" (a thread pool in each qcluster main process, or
+# `manage.py callbacks`; never a step worker) or "tasks" (django-q2 tasks in the step
+# workers: the old path, kept as a fallback).
+AUXOT_CALLBACK_DELIVERY = env_str("AUXOT_CALLBACK_DELIVERY", "dispatcher")
+if AUXOT_CALLBACK_DELIVERY not in ("dispatcher", "tasks"):
+    raise ImproperlyConfigured("AUXOT_CALLBACK_DELIVERY must be 'dispatcher' or 'tasks'.")
+# Concurrent attempts per dispatcher (sender threads: each attempt is I/O, and they hold
+# no database connection). 0 in qcluster: this cluster sends no callbacks (run
+# `manage.py callbacks` elsewhere).
+AUXOT_CALLBACK_THREADS = env_int("AUXOT_CALLBACK_THREADS", 64, minimum=0)
+# Attempts one dispatcher sends at once to one endpoint (scheme, host, port).
+AUXOT_CALLBACK_PER_HOST_CONCURRENCY = env_int("AUXOT_CALLBACK_PER_HOST_CONCURRENCY", 4,
+                                              minimum=1)
+# The circuit breaker: after this many consecutive failed attempts to one endpoint, it opens
+# for AUXOT_CALLBACK_BREAKER_SECONDS (doubling per failed probe, up to the max); then one
+# probe attempt at a time decides whether it closes. 0 = no breaker.
+AUXOT_CALLBACK_BREAKER_FAILURES = env_int("AUXOT_CALLBACK_BREAKER_FAILURES", 10, minimum=0)
+AUXOT_CALLBACK_BREAKER_SECONDS = env_float("AUXOT_CALLBACK_BREAKER_SECONDS", 30.0, minimum=0.1)
+AUXOT_CALLBACK_BREAKER_MAX_SECONDS = env_float("AUXOT_CALLBACK_BREAKER_MAX_SECONDS", 600.0,
+                                               minimum=0.1)
+# Where PostgreSQL's NOTIFY is unavailable (SQLite), how often the dispatcher looks for
+# deliveries that came due; on PostgreSQL, the longest it sleeps without a look.
+AUXOT_CALLBACK_POLL_SECONDS = env_float("AUXOT_CALLBACK_POLL_SECONDS", 0.25, minimum=0.01)
+# `manage.py callbacks` after SIGTERM/SIGINT: how long in-flight attempts get to finish
+# (qcluster's dispatcher uses AUXOT_WORKER_GRACE_SECONDS).
+AUXOT_CALLBACK_GRACE_SECONDS = env_float("AUXOT_CALLBACK_GRACE_SECONDS", 20.0, minimum=0.0)
 
 # --- Replay of failed work ------------------------------------------------------------------
 # Failed items a bulk-replay task takes forward per transaction (each chunk commits its new

@@ -1,4 +1,6 @@
-"""Callback admin: the delivery log, "Redeliver now", "Send test callback", secret rotation.
+"""Callback admin: the delivery log, "Redeliver now", "Send test callback", secret rotation,
+endpoint health ("endpoint failing since …" on intakes and deliveries; the endpoint list,
+for superusers only, since one endpoint may serve several organizations).
 
 `IntakeCallbacksAdminMixin` is composed into IntakeAdmin (admin.py); `WorkItemCallbackInline`
 is handed to the engine's WorkItemAdmin by `intakes.admin.engine_admin_extend`, so
@@ -25,10 +27,11 @@ from auxot.outbound import RefusedDestination, url_check, url_redact
 from intakes.callbacks import (
     callback_delivery_redeliver,
     callback_test_send,
+    endpoint_key,
     intake_callback_enable,
     intake_signing_secret_rotate,
 )
-from intakes.models import CallbackAttempt, CallbackDelivery, Intake
+from intakes.models import CallbackAttempt, CallbackDelivery, CallbackEndpoint, Intake
 
 RECENT_DELIVERIES = 10
 
@@ -36,6 +39,21 @@ RECENT_DELIVERIES = 10
 def _delivery_link(delivery: CallbackDelivery) -> str:
     url = reverse("admin:intakes_callbackdelivery_change", args=[delivery.pk])
     return format_html('<a href="{}">{}</a>', url, delivery.webhook_id)
+
+
+def endpoint_health(key: str) -> str:
+    """"Endpoint failing since …" while its breaker is open; "" when it is healthy. Shows
+    no error text: the endpoint may be another organization's too."""
+    endpoint = CallbackEndpoint.objects.filter(key=key, open_until__isnull=False).first() \
+        if key else None
+    if endpoint is None:
+        return ""
+    return format_html(
+        '<strong style="color:#ba2121">Endpoint failing since {}</strong> ({} failed '
+        "attempts in a row): deliveries to {} are paused until {}, then one probe attempt "
+        "at a time; waiting deliveries keep their attempt numbers.",
+        f"{endpoint.failing_since:%Y-%m-%d %H:%M:%S UTC}", endpoint.consecutive_failures, key,
+        f"{endpoint.open_until:%Y-%m-%d %H:%M:%S UTC}")
 
 
 # --- CallbackDelivery: the log, per work item and per intake -----------------------------
@@ -65,10 +83,14 @@ class CallbackDeliveryAdmin(OrgScopedAdmin):
     actions = ["redeliver_now"]
     org_path = "intake__org"
     add_roles = change_roles = frozenset()
-    fields = ["webhook_id", "intake", "work_item_link", "display_url", "uses_intake_default",
-              "state", "attempts", "last_status", "last_error", "next_attempt_at",
-              "delivered_at", "created_at"]
+    fields = ["webhook_id", "intake", "work_item_link", "display_url", "endpoint_status",
+              "uses_intake_default", "state", "attempts", "last_status", "last_error",
+              "next_attempt_at", "delivered_at", "created_at"]
     readonly_fields = fields
+
+    @admin.display(description="endpoint")
+    def endpoint_status(self, obj: CallbackDelivery) -> str:
+        return endpoint_health(obj.endpoint) or "Healthy"
 
     @admin.display(description="work item")
     def work_item_link(self, obj: CallbackDelivery) -> str:
@@ -161,7 +183,10 @@ class IntakeCallbacksAdminMixin:
                 "receiver, then use the action “Re-enable callbacks”.",
                 obj.callback_disabled_at.strftime("%Y-%m-%d %H:%M UTC"),
                 obj.callback_disabled_reason)
-        return "Enabled" if obj.callback_url else "No default URL (callers may send one)"
+        if not obj.callback_url:
+            return "No default URL (callers may send one)"
+        failing = endpoint_health(endpoint_key(obj.callback_url))
+        return format_html("Enabled. {}", failing) if failing else "Enabled"
 
     @admin.display(description="signing secret")
     def signing_secret_status(self, obj: Intake) -> str:
@@ -237,3 +262,37 @@ class IntakeCallbacksAdminMixin:
 def _window_hours() -> float:
     return settings.AUXOT_CALLBACK_SECRET_ROTATION_HOURS
 
+
+
+# --- CallbackEndpoint: the breakers, for the operator --------------------------------------
+
+@admin.register(CallbackEndpoint)
+class CallbackEndpointAdmin(admin.ModelAdmin):
+    """Every receiver endpoint that failed: superusers only (endpoints span organizations)."""
+
+    list_display = ["key", "status", "failing_since", "consecutive_failures", "open_until",
+                    "last_success_at", "last_error"]
+    list_filter = [("open_until", admin.EmptyFieldListFilter)]
+    search_fields = ["key"]
+    ordering = ["-failing_since"]
+    fields = [*list_display, "probe_until", "opened_count", "updated_at"]
+    readonly_fields = fields
+
+    @admin.display(description="state")
+    def status(self, obj: CallbackEndpoint) -> str:
+        return endpoint_health(obj.key) or ("Failing" if obj.consecutive_failures else "Healthy")
+
+    def has_module_permission(self, request):
+        return request.user.is_active and request.user.is_superuser
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.is_active and request.user.is_superuser
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

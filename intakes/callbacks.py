@@ -1,9 +1,11 @@
-"""Callback services: signing secrets, deliveries, attempts, the sender.
+"""Callback services: signing secrets, deliveries, attempts, the sender, endpoint breakers.
 
 A delivery is a row with a schedule (`next_attempt_at`) and a lease, like a work item: the
-tick enqueues due ones, a worker claims one with a guarded UPDATE, writes the attempt row
-before sending, and records the outcome under its lease token. Nothing is held in memory,
-so deliveries survive worker restarts, and two workers never send the same attempt.
+dispatcher (intakes/dispatcher.py; or, with AUXOT_CALLBACK_DELIVERY=tasks, a django-q2 task
+the tick enqueues) claims a due one with a guarded UPDATE, writes the attempt row before
+sending, and records the outcome under its lease token. Nothing is held in memory, so
+deliveries survive restarts, and two dispatchers never send the same attempt. Each outcome
+also feeds the endpoint's circuit breaker (CallbackEndpoint), shared through the database.
 """
 
 import logging
@@ -12,10 +14,11 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from urllib.parse import urlsplit
 
 import requests
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
@@ -26,7 +29,7 @@ from auxot.logs import log_context
 from auxot.outbound import RefusedDestination, outbound_request, url_redact
 from auxot.services import audit_record
 from intakes.metrics import callback_attempted
-from intakes.models import CallbackAttempt, CallbackDelivery, Intake
+from intakes.models import CallbackAttempt, CallbackDelivery, CallbackEndpoint, Intake
 from intakes.presenters import callback_url_for, render_json, work_item_poll_view
 from intakes.secrets import secret_decrypt, secret_encrypt, signing_secret_generate
 from workflows.models import WorkItem
@@ -34,6 +37,8 @@ from workflows.models import WorkItem
 logger = logging.getLogger(__name__)
 State = CallbackDelivery.State
 TASK = "intakes.tasks.callback_delivery_run"
+CHANNEL = "auxot_callbacks"  # PostgreSQL NOTIFY channel the dispatcher LISTENs on
+DEFAULT_PORTS = {"http": 80, "https": 443}
 LEASE_GRACE_SECONDS = 30
 SWEEP_GRACE_SECONDS = 10  # the finished signal normally creates the delivery within ms
 RESPONSE_KEEP_BYTES = 2048
@@ -114,28 +119,86 @@ def callback_delivery_enqueue(*, delivery_id) -> None:
     task_enqueue(task=TASK, arg=str(delivery_id), name=f"cb-{delivery_id}")
 
 
-def callback_delivery_create(*, work_item: WorkItem,
-                             now: datetime | None = None) -> CallbackDelivery | None:
-    """The delivery of a finished item's callback, if it has a URL. Safe to call twice."""
-    now = now or timezone.now()
-    intake = work_item.intake
+def delivery_by_tasks() -> bool:
+    return settings.AUXOT_CALLBACK_DELIVERY == "tasks"
+
+
+def callback_delivery_announce(*, delivery_id) -> None:
+    """Tell whoever sends that a delivery came due. Call it inside the transaction that made
+    it due: a NOTIFY on PostgreSQL (sent at commit, dropped on rollback); with tasks, a queue
+    message after commit; on SQLite the dispatcher's short poll finds it."""
+    if delivery_by_tasks():
+        transaction.on_commit(lambda: callback_delivery_enqueue(delivery_id=delivery_id))
+    elif connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, '')", [CHANNEL])
+
+
+def endpoint_key(url: str) -> str:
+    """scheme://host:port of a URL: the unit of the concurrency cap and the breaker."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or DEFAULT_PORTS.get(parts.scheme.lower(), 0)
+    except ValueError:
+        return ""
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme.lower()}://{host}:{port}"[:300]
+
+
+def _delivery_fields(work_item: WorkItem, intake: Intake | None, now: datetime) -> dict | None:
+    """A new delivery's fields for a finished item, or None when it has no callback."""
     url = callback_url_for(work_item, intake)
     if intake is None or not url or not work_item.is_terminal:
         return None
     override = bool(work_item.callback_url)
     disabled = intake.callback_disabled and not override
+    return {"intake": intake, "webhook_id": f"msg_{uuid.uuid4().hex}", "url": url,
+            "endpoint": endpoint_key(url),
+            "uses_intake_default": not override, "created_at": now,
+            "state": State.DISABLED if disabled else State.PENDING,
+            "last_error": "the intake's callback is disabled" if disabled else "",
+            "next_attempt_at": None if disabled else now,
+            "enqueued_at": None if disabled else now}
+
+
+def callback_delivery_create(*, work_item: WorkItem,
+                             now: datetime | None = None) -> CallbackDelivery | None:
+    """The delivery of a finished item's callback, if it has a URL. Safe to call twice."""
+    now = now or timezone.now()
+    fields = _delivery_fields(work_item, work_item.intake, now)
+    if fields is None:
+        return None
     with transaction.atomic():
         delivery, created = CallbackDelivery.objects.get_or_create(
-            work_item=work_item, defaults={
-                "intake": intake, "webhook_id": f"msg_{uuid.uuid4().hex}", "url": url,
-                "uses_intake_default": not override, "created_at": now,
-                "state": State.DISABLED if disabled else State.PENDING,
-                "last_error": "the intake's callback is disabled" if disabled else "",
-                "next_attempt_at": None if disabled else now,
-                "enqueued_at": None if disabled else now})
-        if created and not disabled:
-            transaction.on_commit(lambda: callback_delivery_enqueue(delivery_id=delivery.pk))
+            work_item=work_item, defaults=fields)
+        if created and delivery.state == State.PENDING:
+            callback_delivery_announce(delivery_id=delivery.pk)
     return delivery
+
+
+def callback_deliveries_create(*, work_items: list[WorkItem],
+                               now: datetime | None = None) -> list[WorkItem]:
+    """The deliveries of a batch of finished items in one INSERT (one wake-up for all);
+    an item that has one already keeps it. Returns the items handled; with
+    AUXOT_CALLBACK_DELIVERY=tasks none is (each needs its own task: see
+    `callback_delivery_create`)."""
+    if delivery_by_tasks() or not work_items:
+        return []
+    now = now or timezone.now()
+    intakes = Intake.objects.in_bulk({i.intake_id for i in work_items if i.intake_id})
+    rows = []
+    for item in work_items:
+        fields = _delivery_fields(item, intakes.get(item.intake_id), now)
+        if fields is not None:
+            rows.append(CallbackDelivery(work_item=item, **fields))
+    with transaction.atomic():
+        if rows:
+            CallbackDelivery.objects.bulk_create(rows, ignore_conflicts=True)
+        if any(row.state == State.PENDING for row in rows):
+            callback_delivery_announce(delivery_id=None)
+    return work_items
 
 
 def _wakeable(now: datetime):
@@ -171,10 +234,31 @@ def callback_deliveries_sweep(*, now: datetime | None = None, limit: int = 100) 
     return created
 
 
+def lease_seconds() -> float:
+    return settings.AUXOT_CALLBACK_TIMEOUT_SECONDS + LEASE_GRACE_SECONDS
+
+
+def callback_deliveries_claim(*, ids: list, now: datetime) -> list[tuple[CallbackDelivery, str]]:
+    """Take the due ones of these deliveries under a new lease each (one more attempt), in one
+    UPDATE: those another dispatcher took meanwhile are left out. The lease token is shared
+    by the batch; every later step guards on (delivery, token)."""
+    if not ids:
+        return []
+    token = uuid.uuid4().hex
+    lease_end = now + timedelta(seconds=lease_seconds())
+    changed = CallbackDelivery.objects.filter(
+        pk__in=ids, next_attempt_at__lte=now, state__in=[State.PENDING, State.DELIVERING],
+    ).update(state=State.DELIVERING, lease_token=token, next_attempt_at=lease_end,
+             attempts=F("attempts") + 1)
+    if not changed:
+        return []
+    return [(delivery, token) for delivery in CallbackDelivery.objects.select_related(
+        "intake__org", "work_item__workflow").filter(pk__in=ids, lease_token=token)]
+
+
 def _claim(delivery_id, now: datetime) -> tuple[CallbackDelivery, str] | None:
     token = uuid.uuid4().hex
-    lease_end = now + timedelta(seconds=settings.AUXOT_CALLBACK_TIMEOUT_SECONDS
-                                + LEASE_GRACE_SECONDS)
+    lease_end = now + timedelta(seconds=lease_seconds())
     changed = CallbackDelivery.objects.filter(
         pk=delivery_id, next_attempt_at__lte=now, state__in=[State.PENDING, State.DELIVERING],
     ).update(state=State.DELIVERING, lease_token=token, next_attempt_at=lease_end,
@@ -199,7 +283,7 @@ def callback_delivery_redeliver(*, delivery: CallbackDelivery, actor=None,
                          obj=delivery, now=now, ip=ip,
                          extra={"webhook_id": delivery.webhook_id,
                                 "work_item": str(delivery.work_item_id)})
-            transaction.on_commit(lambda: callback_delivery_enqueue(delivery_id=delivery.pk))
+            callback_delivery_announce(delivery_id=delivery.pk)
     delivery.refresh_from_db()
     return bool(changed)
 
@@ -322,6 +406,10 @@ def _attempt_record(delivery: CallbackDelivery, token: str, attempt: CallbackAtt
         if changed and state == State.DISABLED:
             intake_callback_disable(intake=delivery.intake, now=now,
                                     reason=f"410 Gone from {url_redact(delivery.url)}")
+    if changed and not result.refused:  # a refusal sent nothing: it says nothing of the host
+        # A deliberate answer (2xx, 410, abort-message) shows the endpoint is up.
+        answered = result.ok or result.status == 410 or "abort-message" in why
+        endpoint_outcome(key=delivery.endpoint, ok=answered, error=why, now=now)
     return state
 
 
@@ -332,34 +420,157 @@ def callback_delivery_process(*, delivery_id) -> str | None:
     if claimed is None:
         return None
     delivery, token = claimed
-    item = delivery.work_item
-    with log_context(work_id=str(item.pk), intake_id=str(delivery.intake_id),
-                     request_id=item.request_id):
+    return callback_delivery_send(delivery=delivery, token=token, now=now)
+
+
+def callback_delivery_send(*, delivery: CallbackDelivery, token: str, now: datetime) -> str:
+    """One attempt of a delivery claimed under `token`: attempt row, POST, outcome."""
+    with delivery_log_context(delivery):
         state = _deliver(delivery, token, now)
     callback_attempted(state=state)
     return state
 
 
-def _deliver(delivery: CallbackDelivery, token: str, now: datetime) -> str:
+def delivery_log_context(delivery: CallbackDelivery):
+    item = delivery.work_item
+    return log_context(work_id=str(item.pk), intake_id=str(delivery.intake_id),
+                       request_id=item.request_id)
+
+
+def callback_delivery_release(*, delivery_id, token: str, now: datetime | None = None) -> bool:
+    """Give a claimed delivery back at once (its sender is stopping): the open attempt is
+    marked interrupted and the delivery is due again, with the same webhook-id."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        changed = CallbackDelivery.objects.filter(pk=delivery_id, lease_token=token).update(
+            state=State.PENDING, lease_token="", next_attempt_at=now)
+        if changed:
+            CallbackAttempt.objects.filter(delivery_id=delivery_id,
+                                           finished_at__isnull=True).update(
+                finished_at=now, error="interrupted: the dispatcher stopped during this attempt")
+            callback_delivery_announce(delivery_id=delivery_id)
+    return bool(changed)
+
+
+# --- Endpoints: the circuit breaker -------------------------------------------------------
+
+def breaker_cooldown(opened_count: int) -> float:
+    base = settings.AUXOT_CALLBACK_BREAKER_SECONDS
+    return min(base * 2 ** min(opened_count, 20), settings.AUXOT_CALLBACK_BREAKER_MAX_SECONDS)
+
+
+def endpoint_outcome(*, key: str, ok: bool, error: str = "", now: datetime | None = None) -> None:
+    """Feed one attempt's outcome to its endpoint's breaker (see CallbackEndpoint)."""
+    threshold = settings.AUXOT_CALLBACK_BREAKER_FAILURES
+    if not key or not threshold:
+        return
+    now = now or timezone.now()
+    if ok:  # one UPDATE that matches nothing while the endpoint is healthy
+        CallbackEndpoint.objects.filter(key=key).filter(
+            Q(consecutive_failures__gt=0) | Q(open_until__isnull=False)).update(
+            consecutive_failures=0, failing_since=None, open_until=None, probe_until=None,
+            opened_count=0, last_success_at=now, updated_at=now)
+        return
+    with transaction.atomic():
+        endpoint, _ = CallbackEndpoint.objects.select_for_update().get_or_create(key=key)
+        endpoint.consecutive_failures += 1
+        endpoint.failing_since = endpoint.failing_since or now
+        endpoint.last_error = error[:500]
+        endpoint.updated_at = now
+        if endpoint.open_until is None:
+            if endpoint.consecutive_failures >= threshold:
+                endpoint.open_until = now + timedelta(seconds=breaker_cooldown(0))
+                endpoint.opened_count = 1
+                logger.warning("callback endpoint %s failed %s times in a row: pausing its "
+                               "deliveries for %ss", key, endpoint.consecutive_failures,
+                               breaker_cooldown(0), extra={"event": "callback.breaker_opened",
+                                                           "endpoint": key})
+        elif endpoint.open_until <= now:  # the half-open probe failed: pause longer
+            endpoint.open_until = now + timedelta(
+                seconds=breaker_cooldown(endpoint.opened_count))
+            endpoint.opened_count += 1
+            endpoint.probe_until = None
+        endpoint.save()
+
+
+def endpoint_probe_claim(*, key: str, now: datetime) -> bool:
+    """Take the one probe of a half-open endpoint (its pause ran out), under a lease so no
+    other dispatcher probes meanwhile; the probe's outcome closes the breaker or opens it
+    again for longer. A probe whose sender died lapses with its lease."""
+    return bool(CallbackEndpoint.objects.filter(key=key, open_until__lte=now).filter(
+        Q(probe_until__isnull=True) | Q(probe_until__lte=now)).update(
+        probe_until=now + timedelta(seconds=lease_seconds()), updated_at=now))
+
+
+def endpoints_paused(*, now: datetime) -> tuple[set[str], set[str], datetime | None]:
+    """(paused keys, half-open keys free for a probe, when the next pause or probe ends)."""
+    paused, probe, next_change = set(), set(), None
+    for key, open_until, probe_until in CallbackEndpoint.objects.filter(
+            open_until__isnull=False).values_list("key", "open_until", "probe_until"):
+        ends = [t for t in (open_until, probe_until) if t is not None and t > now]
+        if ends:
+            paused.add(key)
+            soonest = open_until if open_until > now else probe_until
+            next_change = soonest if next_change is None else min(next_change, soonest)
+        else:
+            probe.add(key)
+    return paused, probe, next_change
+
+
+@dataclass
+class PreparedAttempt:
+    """A claimed delivery's attempt, its row written: what to POST (or why nothing is sent)."""
+
+    delivery: CallbackDelivery
+    token: str
+    attempt: CallbackAttempt
+    body: bytes = b""
+    headers: dict = field(default_factory=dict)
+    unsent: SendResult | None = None  # set when there is nothing to send
+
+
+def callback_attempt_prepare(*, delivery: CallbackDelivery, token: str,
+                             now: datetime) -> PreparedAttempt:
+    """Write the attempt row (before anything is sent) and sign the body. Database only."""
     # An attempt left open was cut short by a dying worker; the receiver may have it (dedupe).
-    CallbackAttempt.objects.filter(delivery=delivery, finished_at__isnull=True).update(
-        finished_at=now, error="interrupted: the worker stopped during this attempt")
+    if delivery.attempts > 1:  # the first attempt has no earlier row
+        CallbackAttempt.objects.filter(delivery=delivery, finished_at__isnull=True).update(
+            finished_at=now, error="interrupted: the worker stopped during this attempt")
     attempt = CallbackAttempt.objects.create(delivery=delivery, number=delivery.attempts,
                                              started_at=now, url=url_redact(delivery.url))
+    prepared = PreparedAttempt(delivery=delivery, token=token, attempt=attempt)
     try:
         secrets = intake_signing_secrets(intake=delivery.intake, now=now)
     except ValueError as exc:
         # Not sent, but retried: an admin can rotate the secret within the retry window.
-        result = SendResult(error=str(exc))
-    else:
-        view = work_item_poll_view(delivery.work_item, intake=delivery.intake, delivery=delivery)
-        body = render_json(view.body)
-        headers = signed_headers(secrets=secrets, webhook_id=delivery.webhook_id, body=body,
-                                 now=now)
-        if delivery.work_item.request_id:  # the receiver can join its logs to the trigger's
-            headers["x-request-id"] = delivery.work_item.request_id
-        result = callback_post(url=delivery.url, body=body, headers=headers)
-    return _attempt_record(delivery, token, attempt, result)
+        prepared.unsent = SendResult(error=str(exc))
+        return prepared
+    view = work_item_poll_view(delivery.work_item, intake=delivery.intake, delivery=delivery)
+    prepared.body = render_json(view.body)
+    prepared.headers = signed_headers(secrets=secrets, webhook_id=delivery.webhook_id,
+                                      body=prepared.body, now=now)
+    if delivery.work_item.request_id:  # the receiver can join its logs to the trigger's
+        prepared.headers["x-request-id"] = delivery.work_item.request_id
+    return prepared
+
+
+def callback_attempt_post(prepared: PreparedAttempt) -> SendResult:
+    """The POST itself. No database: any number of these may run at once."""
+    if prepared.unsent is not None:
+        return prepared.unsent
+    return callback_post(url=prepared.delivery.url, body=prepared.body, headers=prepared.headers)
+
+
+def callback_attempt_finish(*, prepared: PreparedAttempt, result: SendResult) -> str:
+    """Record the outcome under the lease (and feed the endpoint's breaker)."""
+    state = _attempt_record(prepared.delivery, prepared.token, prepared.attempt, result)
+    callback_attempted(state=state)
+    return state
+
+
+def _deliver(delivery: CallbackDelivery, token: str, now: datetime) -> str:
+    prepared = callback_attempt_prepare(delivery=delivery, token=token, now=now)
+    return _attempt_record(delivery, token, prepared.attempt, callback_attempt_post(prepared))
 
 
 SAMPLE_WORK_ITEM = {

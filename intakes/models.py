@@ -100,6 +100,8 @@ class CallbackDelivery(models.Model):
         "workflows.WorkItem", on_delete=models.CASCADE, related_name="callback_delivery")
     webhook_id = models.CharField(max_length=64, unique=True)  # stable across attempts
     url = models.URLField(max_length=2000)  # may hold query secrets: display redacted
+    # scheme://host:port of the URL: the unit of the per-endpoint cap and circuit breaker.
+    endpoint = models.CharField(max_length=300, blank=True, db_index=True)
     uses_intake_default = models.BooleanField(default=True)
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
     attempts = models.PositiveIntegerField(default=0)
@@ -125,6 +127,37 @@ class CallbackDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.webhook_id} ({self.state})"
+
+
+class CallbackEndpoint(models.Model):
+    """A receiver endpoint's health, shared by every dispatcher: its circuit breaker.
+
+    Closed while `open_until` is null. After AUXOT_CALLBACK_BREAKER_FAILURES consecutive
+    failures it opens: no delivery to it is claimed (attempt numbers stay as they are) until
+    `open_until`; then one dispatcher takes the probe (`probe_until`: its lease), and the
+    probe's outcome closes the breaker or opens it again for longer.
+    """
+
+    key = models.CharField(max_length=300, primary_key=True)  # scheme://host:port
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    failing_since = models.DateTimeField(null=True, blank=True)
+    open_until = models.DateTimeField(null=True, blank=True)
+    probe_until = models.DateTimeField(null=True, blank=True)  # the half-open probe's lease
+    opened_count = models.PositiveIntegerField(default=0)  # openings in this failing spell
+    last_error = models.CharField(max_length=500, blank=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["open_until"], name="endpoint_open",
+                                condition=models.Q(open_until__isnull=False))]
+
+    def __str__(self) -> str:
+        return self.key
+
+    @property
+    def is_open(self) -> bool:
+        return self.open_until is not None
 
 
 class CallbackAttempt(models.Model):

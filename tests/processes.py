@@ -43,13 +43,15 @@ def process_env(**extra: str) -> dict[str, str]:
 class QCluster:
     """`manage.py qcluster` in its own process group, so a SIGKILL takes all of it at once."""
 
+    command = "qcluster"
+
     def __init__(self, **env: str):
         self.env = process_env(**env)
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "QCluster":
         self.proc = subprocess.Popen(
-            [sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=self.env,
+            [sys.executable, "manage.py", self.command], cwd=ROOT, env=self.env,
             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         return self
@@ -80,6 +82,12 @@ class QCluster:
         if self.proc:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)  # any straggler
+
+
+class CallbackDispatcher(QCluster):
+    """`manage.py callbacks`: the callback dispatcher alone."""
+
+    command = "callbacks"
 
 
 def group_pids(pgid: int) -> list[int]:

@@ -44,7 +44,7 @@ from workflows.kinds import REGISTRY, Complete, StepContext, Wait, kind_get
 from workflows.models import Step, StepRun, WorkItem
 from workflows.providers import provider_tickets_drop
 from workflows.services import work_item_finish_observe
-from workflows.signals import work_item_finished
+from workflows.signals import work_item_finished, work_items_finished
 from workflows.wake import drain_request, work_items_due, work_wake_notify
 
 # Kinds with no outside effects: a batch runs them back to back and commits them together.
@@ -347,6 +347,7 @@ def _set(item: WorkItem, **fields: Any) -> None:
 
 
 def _announce_all(items: list[WorkItem]) -> None:
+    work_items_finished.send_robust(sender=WorkItem, work_items=items)
     for item in items:
         work_item_finished.send(sender=WorkItem, work_item=item)
 

@@ -93,10 +93,12 @@ def work_items_wake(*, now: datetime | None = None) -> int:
 
 
 class WakeListener:
-    """The ticker's wait: on PostgreSQL it returns early when a NOTIFY arrives."""
+    """The ticker's wait (and the callback dispatcher's): on PostgreSQL it returns early when
+    a NOTIFY arrives on `channel`."""
 
-    def __init__(self) -> None:
+    def __init__(self, channel: str = CHANNEL) -> None:
         self.wrapper = None
+        self.channel = channel
 
     def wait(self, timeout: float) -> bool:
         """Sleep up to `timeout`; True when woken by a notification."""
@@ -120,7 +122,7 @@ class WakeListener:
         if self.wrapper is None:
             self.wrapper = connections.create_connection("default")
             self.wrapper.ensure_connection()
-            self.wrapper.connection.execute(f"LISTEN {CHANNEL}")
+            self.wrapper.connection.execute(f"LISTEN {self.channel}")
         return self.wrapper.connection
 
     def close(self) -> None:

@@ -117,3 +117,33 @@ def test_delivery_log_is_scoped_to_the_viewers_organization(client, cast, cb_int
         302, 404)
     client.force_login(cast.admin_a)
     assert delivery.webhook_id in client.get("/admin/intakes/callbackdelivery/").content.decode()
+
+
+def test_an_open_breaker_shows_endpoint_failing_since_on_the_intake_and_delivery(
+        admin_client, client, cast, cb_intake, receiver, settings):
+    from intakes.models import CallbackEndpoint
+
+    settings.AUXOT_CALLBACK_BREAKER_FAILURES = 2
+    receiver.expect_request("/hook").respond_with_data("down", status=503)
+    deliveries = [callback_delivery_create(work_item=finished_item(cb_intake)) for _ in range(2)]
+    for delivery in deliveries:
+        callback_delivery_process(delivery_id=delivery.pk)
+    endpoint = CallbackEndpoint.objects.get()
+    since = f"{endpoint.failing_since:%Y-%m-%d %H:%M:%S UTC}"
+    intake_page = admin_client.get(f"{CHANGELIST}{cb_intake.pk}/change/").content.decode()
+    assert f"Endpoint failing since {since}" in intake_page
+    page = admin_client.get(f"/admin/intakes/callbackdelivery/{deliveries[0].pk}/change/")
+    assert f"Endpoint failing since {since}" in page.content.decode()
+    listing = admin_client.get("/admin/intakes/callbackendpoint/").content.decode()
+    assert endpoint.key in listing and "HTTP 503" in listing
+    # The endpoint list spans organizations: an org admin does not get it.
+    client.force_login(cast.admin_a)
+    assert client.get("/admin/intakes/callbackendpoint/").status_code in (302, 403)
+    # A success closes the breaker and the text goes away.
+    receiver.clear()
+    receiver.expect_request("/hook").respond_with_data("ok")
+    from intakes.callbacks import endpoint_outcome
+
+    endpoint_outcome(key=endpoint.key, ok=True)
+    intake_page = admin_client.get(f"{CHANGELIST}{cb_intake.pk}/change/").content.decode()
+    assert "Endpoint failing since" not in intake_page

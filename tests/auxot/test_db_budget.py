@@ -13,8 +13,17 @@ def postgres(monkeypatch):
 def test_default_configuration_fits_the_default_budget(postgres, settings):
     settings.AUXOT_WEB_PROCESSES, settings.DB_POOL_MAX_SIZE = 4, 8
     settings.Q_CLUSTER = {**settings.Q_CLUSTER, "workers": 2}
-    assert checks.connection_estimate()["total"] == 4 * 8 + 2 + checks.QCLUSTER_OVERHEAD
+    settings.AUXOT_CALLBACK_THREADS = 64  # senders hold no connection
+    assert checks.connection_estimate()["total"] == (4 * 8 + 2 + checks.QCLUSTER_OVERHEAD
+                                                     + checks.DISPATCHER_CONNECTIONS)
     assert checks.connection_budget_check() == []
+
+
+def test_the_callback_dispatcher_counts_only_when_it_runs(postgres, settings):
+    settings.AUXOT_CALLBACK_THREADS = 0
+    assert checks.dispatcher_connections() == 0
+    settings.AUXOT_CALLBACK_THREADS, settings.AUXOT_CALLBACK_DELIVERY = 16, "tasks"
+    assert checks.dispatcher_connections() == 0
 
 
 def test_too_many_connections_warn_with_the_arithmetic(postgres, settings):

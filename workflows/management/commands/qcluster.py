@@ -1,14 +1,20 @@
-"""`manage.py qcluster`: django-q2's cluster plus Auxot's ticker (see workflows/ticker.py),
-with a shutdown bounded by AUXOT_WORKER_GRACE_SECONDS (see workflows/cluster.py)."""
+"""`manage.py qcluster`: django-q2's cluster plus Auxot's ticker (see workflows/ticker.py)
+and the services other apps start in its main process (`cluster_serving`: the callback
+dispatcher), with a shutdown bounded by AUXOT_WORKER_GRACE_SECONDS (workflows/cluster.py)."""
 
+import logging
 import os
 import sys
+import time
 
 from django.conf import settings
 from django_q.management.commands.qcluster import Command as QClusterCommand
 
 from workflows.cluster import Cluster
+from workflows.signals import cluster_serving
 from workflows.ticker import Ticker
+
+logger = logging.getLogger(__name__)
 
 
 class Command(QClusterCommand):
@@ -26,10 +32,28 @@ class Command(QClusterCommand):
             return
         ticker = Ticker()
         ticker.start()
+        services = [service for _, service in cluster_serving.send(sender=Cluster)
+                    if service is not None]
+        grace = settings.AUXOT_WORKER_GRACE_SECONDS
+        stopped_at: list[float] = []
+
+        def on_stop() -> None:
+            stopped_at.append(time.monotonic())
+            ticker.stop()
+            for service in services:
+                service.stop()
+
         try:
-            status = cluster.serve(grace=settings.AUXOT_WORKER_GRACE_SECONDS, on_stop=ticker.stop)
+            status = cluster.serve(grace=grace, on_stop=on_stop)
         finally:
             ticker.stop()
+            # Services share the grace period that began with the stop signal.
+            start = stopped_at[0] if stopped_at else time.monotonic()
+            for service in services:
+                if not service.join(max(0.0, start + grace - time.monotonic())):
+                    logger.warning("%s did not stop within the grace period",
+                                   type(service).__name__)
+                    status = status or 1
             ticker.join(5)
         if status:
             sys.exit(status)

@@ -1,0 +1,377 @@
+"""Callbacks under load: `python bench/callbacks.py --items 1000` (see BENCHMARKS.md).
+
+Real receivers in a process of their own (threaded HTTP servers that verify every signature
+and log every request by webhook-id; apart, so they do not share a GIL with the bench's
+posting threads): a healthy one (204 at once), a flaky one (40 % 500, 5 % hang
+15 s then 500, else 204) and, for one phase, one that hangs 20 s on every request. gunicorn
+(2 workers) takes the triggers over HTTP (16 threads); one qcluster (2 workers, its callback
+dispatcher inside) runs the 2-step transform workflow and sends the callbacks. Database:
+DATABASE_URL (default postgres://postgres@127.0.0.1:5432/auxot_bench_callbacks).
+
+Phases, one run:
+1. off: N items on an intake without callbacks: engine items/s.
+2. on: N items alternating between a healthy and a flaky intake: engine items/s;
+   finish -> first attempt (healthy) and finish -> first 2xx (flaky), p50/p99.
+3. hanging: 20 items to the always-hanging receiver, then 100 to the healthy one:
+   the healthy receiver's finish -> first attempt p50/p99.
+4. crash: N/2 items to the flaky intake while qcluster is SIGKILLed twice (and restarted):
+   lost (finished items whose callback never got a 2xx and is not failed for good) and
+   duplicated (webhook-ids answered 2xx more than once) over every phase.
+"""
+
+import argparse
+import os
+import random
+import sys
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("DATABASE_URL",
+                      "postgres://postgres@127.0.0.1:5432/auxot_bench_callbacks")
+
+from bench import common
+
+SCHEDULE = "0,1,2,4,8,16,32,60,60,60"  # ten attempts: a 45 % failure rate rarely runs out
+ENV = {"AUXOT_CALLBACK_ALLOW_HTTP": "1", "AUXOT_OUTBOUND_ALLOWED_NETWORKS": "127.0.0.1/32",
+       "AUXOT_CALLBACK_RETRY_SCHEDULE": SCHEDULE, "AUXOT_CALLBACK_TIMEOUT_SECONDS": "15",
+       "AUXOT_WORKERS": "2"}
+
+
+class Receiver:
+    """A threaded HTTP receiver: `behaviour()` -> (status, seconds to hang first)."""
+
+    def __init__(self, name: str, behaviour):
+        self.name, self.behaviour = name, behaviour
+        self.lock = threading.Lock()
+        self.first_seen: dict[str, float] = {}
+        self.first_ok: dict[str, float] = {}
+        self.oks: dict[str, int] = defaultdict(int)
+        self.requests = self.bad_signatures = 0
+        self.hooks: dict = {}
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                arrived = time.time()
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                webhook_id = self.headers.get("webhook-id", "")
+                intake = self.path.rsplit("/", 1)[-1]
+                try:
+                    receiver.hooks[intake].verify(body, dict(self.headers))
+                    valid = True
+                except Exception:  # a bad signature, or an intake this receiver was not told of
+                    valid = False
+                status, hang = receiver.behaviour()
+                with receiver.lock:
+                    receiver.requests += 1
+                    receiver.bad_signatures += not valid
+                    receiver.first_seen.setdefault(webhook_id, arrived)
+                if hang:
+                    time.sleep(hang)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                except OSError:
+                    return  # the dispatcher gave up (timeout) or was killed
+                if 200 <= status < 300:
+                    with receiver.lock:
+                        receiver.oks[webhook_id] += 1
+                        receiver.first_ok.setdefault(webhook_id, time.time())
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.request_queue_size = 256
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stats(self) -> dict:
+        with self.lock:
+            return {"first_seen": dict(self.first_seen), "first_ok": dict(self.first_ok),
+                    "oks": dict(self.oks), "requests": self.requests,
+                    "bad_signatures": self.bad_signatures}
+
+
+def _receivers_serve(conn) -> None:
+    """The receivers' process: report the ports, take the secrets, answer `stats`."""
+    from standardwebhooks.webhooks import Webhook
+
+    receivers = {"healthy": Receiver("healthy", healthy), "flaky": Receiver("flaky", flaky),
+                 "hanging": Receiver("hanging", hanging)}
+    conn.send({name: r.httpd.server_port for name, r in receivers.items()})
+    while True:
+        command, payload = conn.recv()
+        if command == "secrets":
+            for receiver in receivers.values():
+                receiver.hooks = {i: Webhook(secret) for i, secret in payload.items()}
+            conn.send("ok")
+        elif command == "stats":
+            conn.send({name: r.stats() for name, r in receivers.items()})
+        else:
+            return
+
+
+class Receivers:
+    """The three receivers, in a child process started before Django opens a connection."""
+
+    def __init__(self) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.proc = context.Process(target=_receivers_serve, args=(child,), daemon=True)
+        self.proc.start()
+        self.ports = self.conn.recv()
+
+    def url(self, name: str, intake_id: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}/hook/{intake_id}"
+
+    def secrets(self, secrets: dict[str, str]) -> None:
+        self.conn.send(("secrets", secrets))
+        self.conn.recv()
+
+    def stats(self) -> dict:
+        self.conn.send(("stats", None))
+        return self.conn.recv()
+
+    def close(self) -> None:
+        self.conn.send(("exit", None))
+        self.proc.join(5)
+
+
+def healthy():
+    return 204, 0.0
+
+
+def flaky():
+    roll = random.random()
+    if roll < 0.05:
+        return 500, 15.0
+    if roll < 0.45:
+        return 500, 0.0
+    return 204, 0.0
+
+
+def hanging():
+    return 500, 20.0
+
+
+def _intake(label: str, callback: bool):
+    from django.contrib.auth import get_user_model
+
+    from apikeys.services import apikey_issue
+    from auxot.models import Membership
+    from intakes.services import intake_create
+    from workflows.models import Step, Workflow
+
+    org = common.org_create(f"cb-{label}")
+    user = get_user_model().objects.create_user(org.slug, f"{org.slug}@example.com", None)
+    Membership.objects.create(user=user, org=org, role="admin")
+    workflow = Workflow.objects.create(org=org, name=org.slug, slug=org.slug)
+    for position in (1, 2):
+        Step.objects.create(workflow=workflow, position=position, name=f"t{position}",
+                            kind="transform", config={"expression": common.GREETING})
+    intake = intake_create(org=org, workflow=workflow, name=org.slug)
+    token = apikey_issue(org=org, label=org.slug, user=user).token
+    return intake, token, callback
+
+
+def _fire(base: str, targets: list[tuple], count: int) -> list[str]:
+    """POST `count` triggers, round-robin over (intake, token), 16 threads; the work ids."""
+    import requests
+
+    local = threading.local()
+
+    def post(i: int) -> str | None:
+        intake, token = targets[i % len(targets)][:2]
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+        response = local.session.post(f"{base}/v1/intake/{intake.pk}", json={"n": i},
+                                      headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        return response.json()["work_id"] if response.status_code == 202 else None
+
+    with ThreadPoolExecutor(16) as pool:
+        return [w for w in pool.map(post, range(count)) if w]
+
+
+def _wait_finished(ids: list[str], timeout: float) -> None:
+    from tests.processes import wait_for
+    from workflows.models import WorkItem
+
+    wait_for(lambda: WorkItem.objects.filter(pk__in=ids, status__in=["completed", "failed"])
+             .count() == len(ids), timeout=timeout, interval=0.5, what="items to finish")
+
+
+def _wait_settled(ids: list[str], timeout: float) -> None:
+    from intakes.models import CallbackDelivery
+    from tests.processes import wait_for
+
+    wait_for(lambda: CallbackDelivery.objects.filter(work_item_id__in=ids, state__in=[
+        "delivered", "failed"]).count() == len(ids), timeout=timeout, interval=1.0,
+        what="deliveries to settle")
+
+
+def _rate(ids: list[str]) -> float:
+    from django.db.models import Max, Min
+
+    from workflows.models import WorkItem
+
+    span = WorkItem.objects.filter(pk__in=ids).aggregate(a=Min("created_at"), b=Max("finished_at"))
+    return len(ids) / (span["b"] - span["a"]).total_seconds()
+
+
+def _finish_to(ids: list[str], moments: dict[str, float], *, attempts: bool) -> list[float]:
+    """Per item: seconds from finished_at to the first attempt (rows) or to `moments`."""
+    from intakes.models import CallbackAttempt, CallbackDelivery
+
+    rows = CallbackDelivery.objects.filter(work_item_id__in=ids).values_list(
+        "pk", "webhook_id", "work_item__finished_at")
+    out = []
+    firsts = {}
+    if attempts:
+        for delivery_id, started in CallbackAttempt.objects.filter(
+                delivery__work_item_id__in=ids, number=1).values_list("delivery_id", "started_at"):
+            firsts[delivery_id] = started.timestamp()
+    for pk, webhook_id, finished in rows:
+        at = firsts.get(pk) if attempts else moments.get(webhook_id)
+        if at is not None:
+            out.append(at - finished.timestamp())
+    return out
+
+
+def schedule_floor(samples: int = 100_000) -> list[float]:
+    """finish -> first 2xx if sending cost nothing: the retry schedule and the flaky
+    receiver's hangs alone (a hang costs the 15 s timeout), simulated."""
+    delays = [float(x) for x in SCHEDULE.split(",")]
+    out = []
+    for _ in range(samples):
+        t = 0.0
+        for delay in delays:
+            t += delay
+            status, hang = flaky()
+            t += hang
+            if status < 300:
+                out.append(t)
+                break
+    return out
+
+
+def _pcts(values: list[float]) -> str:
+    return (f"p50={common.percentile(values, 50):.3f}s p99={common.percentile(values, 99):.3f}s "
+            f"n={len(values)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--items", type=int, default=1000)
+    args = parser.parse_args()
+    receivers = Receivers()
+    common.django_setup()
+    from intakes.models import CallbackDelivery, Intake
+
+    print(f"machine: {os.cpu_count()} cores; loadavg at start "
+          "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    plain = _intake("off", False)
+    good, bad, stuck = _intake("healthy", True), _intake("flaky", True), _intake("hang", True)
+    receivers.secrets({str(t[0].pk): t[0].signing_secret for t in (good, bad, stuck)})
+    for (intake, _, _), name in ((good, "healthy"), (bad, "flaky"), (stuck, "hanging")):
+        Intake.objects.filter(pk=intake.pk).update(callback_url=receivers.url(name, intake.pk))
+    port = common.free_port()
+    web = common.gunicorn(port, **ENV)
+    base = f"http://127.0.0.1:{port}"
+    cluster = common.qcluster(**ENV)
+    all_ids: list[str] = []
+    try:
+        n = args.items
+        # 1. off
+        off = _fire(base, [plain], n)
+        _wait_finished(off, timeout=max(300, n))
+        rate_off = _rate(off)
+        # 2. on
+        on = _fire(base, [good, bad], n)
+        _wait_finished(on, timeout=max(300, n))
+        rate_on = _rate(on)
+        all_ids += on
+        _wait_settled(on, timeout=900)
+        on_good = [w for w in on if CallbackDelivery.objects.filter(
+            work_item_id=w, intake_id=good[0].pk).exists()]
+        on_bad = sorted(set(on) - set(on_good))
+        first_attempt = _finish_to(on_good, {}, attempts=True)
+        first_ok_flaky = _finish_to(on_bad, receivers.stats()["flaky"]["first_ok"],
+                                    attempts=False)
+        # 3. hanging
+        hang_ids = _fire(base, [stuck], 20)
+        time.sleep(1.0)  # their attempts are in flight, hanging
+        beside = _fire(base, [good], 100)
+        _wait_finished(beside, timeout=300)
+        _wait_settled(beside, timeout=300)
+        beside_first = _finish_to(beside, {}, attempts=True)
+        all_ids += beside
+        # 4. crash
+        crash_ids: list[str] = []
+        kills = 0
+        for part in range(3):
+            crash_ids += _fire(base, [bad], n // 6)
+            if part < 2:
+                time.sleep(0.5)
+                cluster.kill()
+                kills += 1
+                cluster = common.qcluster(**ENV)
+        all_ids += crash_ids
+        _wait_finished(crash_ids, timeout=max(300, n))
+        _wait_settled(crash_ids, timeout=900)
+    finally:
+        cluster.stop()
+        web.stop()
+    stats = receivers.stats()
+    receivers.close()
+    lost, failed = 0, 0
+    oks = {**stats["healthy"]["oks"]}
+    for webhook_id, count in stats["flaky"]["oks"].items():
+        oks[webhook_id] = oks.get(webhook_id, 0) + count
+    for webhook_id, state in CallbackDelivery.objects.filter(
+            work_item_id__in=all_ids).values_list("webhook_id", "state"):
+        if state == "failed":
+            failed += 1
+        elif oks.get(webhook_id, 0) == 0:
+            lost += 1
+    lost += len(all_ids) - CallbackDelivery.objects.filter(work_item_id__in=all_ids).count()
+    duplicated = sum(1 for count in oks.values() if count > 1)
+    from django.db.models import Count
+
+    from intakes.models import CallbackAttempt
+
+    recorded_twice = CallbackAttempt.objects.filter(
+        delivery__work_item_id__in=all_ids, status_code__gte=200, status_code__lt=300,
+    ).values("delivery_id").annotate(n=Count("pk")).filter(n__gt=1).count()
+    bad_signatures = sum(r["bad_signatures"] for r in stats.values())
+    print(f"items={n} schedule={SCHEDULE} at {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+    print(f"finish->first attempt, healthy receiver: {_pcts(first_attempt)}")
+    print(f"finish->first 2xx, flaky receiver (40% 500, 5% hang 15 s): {_pcts(first_ok_flaky)}")
+    print(f"  the schedule's own floor for that receiver (simulated, zero cost per attempt): "
+          f"{_pcts(schedule_floor())}")
+    print(f"finish->first attempt, healthy receiver while another hangs on every request: "
+          f"{_pcts(beside_first)} (hanging items={len(hang_ids)})")
+    print(f"engine items/s: callbacks off {rate_off:.1f}, on {rate_on:.1f} "
+          f"(ratio {rate_on / rate_off:.2f})")
+    print(f"crash phase: {len(crash_ids)} flaky items, {kills} SIGKILLs of qcluster")
+    print(f"deliveries checked={len(all_ids)} lost={lost} duplicated={duplicated} (receiver "
+          f"answered 2xx twice for one webhook-id) recorded_twice={recorded_twice} (two 2xx "
+          f"attempt rows for one delivery) "
+          f"failed_after_all_attempts={failed} bad_signatures={bad_signatures} "
+          f"receiver_requests={sum(r['requests'] for r in stats.values())}")
+    print("loadavg at end {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,391 @@
+"""The callback dispatcher: many concurrent attempts, none of them in a step worker.
+
+One loop thread claims due deliveries (`callback_deliveries_claim`: a guarded UPDATE and a
+lease). A few database threads (DB_THREADS) write each attempt's row and sign its body
+before anything is sent, and later record the outcome under the lease; the POSTs run in
+AUXOT_CALLBACK_THREADS sender threads that never touch the database (an attempt is I/O:
+waiting on a receiver), so the pool can be large without holding a connection per thread.
+It runs in each `qcluster` main process (started through the `cluster_serving` signal, so
+a receiver never holds a step worker) or alone as `manage.py callbacks`; several may run
+at once, the claim keeps each attempt single.
+
+Fairness: while other endpoints have due deliveries, one endpoint (scheme, host, port) has
+at most AUXOT_CALLBACK_PER_HOST_CONCURRENCY attempts in flight here; idle senders may be
+lent to an endpoint over its cap, but a quarter of the pool (at least the cap) is always
+kept for endpoints under it, so one hanging receiver cannot starve a healthy one. An
+endpoint whose circuit breaker is open is not claimed at all (its deliveries wait, attempt
+numbers unchanged) until its pause ends; then one probe attempt at a time.
+
+On schedule: the loop sleeps until the earliest due `next_attempt_at` (or a breaker's pause
+end), and wakes early on a NOTIFY (PostgreSQL: a delivery was created or made due) or when
+an attempt finishes; on SQLite it also looks every AUXOT_CALLBACK_POLL_SECONDS. An expired
+lease (a dispatcher that died mid-attempt) makes its delivery due again, so it is claimed
+once, by one dispatcher, with the same webhook-id.
+
+Stopping: `stop()` ends claiming; `join(grace)` lets in-flight attempts finish for up to
+`grace` seconds and gives back (releases) the leases of those that did not.
+"""
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from datetime import datetime
+
+from django.conf import settings
+from django.db import close_old_connections, connection, transaction
+from django.db.models import Min
+from django.utils import timezone
+
+from intakes.callbacks import (
+    CHANNEL,
+    PreparedAttempt,
+    SendResult,
+    State,
+    callback_attempt_finish,
+    callback_attempt_post,
+    callback_attempt_prepare,
+    callback_deliveries_claim,
+    callback_delivery_release,
+    delivery_log_context,
+    endpoint_probe_claim,
+    endpoints_paused,
+)
+from intakes.models import CallbackDelivery
+from workflows.wake import WakeListener
+
+logger = logging.getLogger(__name__)
+DB_THREADS = 4  # threads that write attempt rows and outcomes (a connection each)
+OUTCOME_BATCH = 32  # outcomes recorded per transaction
+WAIT_SLICE_SECONDS = 0.05  # PostgreSQL: how often a wait on NOTIFY also checks the pool
+IDLE_LOOK_SECONDS = 5.0  # PostgreSQL: the longest sleep without a look (a lost NOTIFY)
+
+
+class DatabaseJobs:
+    """The database threads' work: outcomes first, taken in batches (one commit records many
+    and the window in which a crash would lose a receiver's 2xx stays short), then the
+    preparation of claimed attempts, one at a time."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._outcomes: deque = deque()
+        self._prepares: deque = deque()
+        self._closed = False
+
+    def put(self, job: tuple) -> None:
+        with self._cv:
+            self._prepares.append(job)
+            self._cv.notify_all()  # a notify() could wake only the outcome thread
+
+    def put_outcome(self, outcome: tuple) -> None:
+        with self._cv:
+            self._outcomes.append(outcome)
+            self._cv.notify_all()
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+
+    def take(self, block: bool = True, outcomes_only: bool = False) -> tuple | None:
+        with self._cv:
+            while block and not (self._outcomes or (self._prepares and not outcomes_only)
+                                 or self._closed):
+                self._cv.wait()
+            if self._outcomes:
+                batch = [self._outcomes.popleft()
+                         for _ in range(min(OUTCOME_BATCH, len(self._outcomes)))]
+                return ("finish", batch)
+            if self._prepares and not outcomes_only:
+                return self._prepares.popleft()
+            return None
+
+
+def _fresh_connection() -> None:
+    # Threads outside a request never get Django's per-request connection check.
+    if not connection.in_atomic_block:
+        close_old_connections()
+
+
+class Dispatcher:
+    def __init__(self, *, threads: int | None = None, per_host: int | None = None,
+                 db_threads: int = DB_THREADS, clock: Callable[[], datetime] = timezone.now,
+                 name: str = "callbacks"):
+        self.threads = threads or settings.AUXOT_CALLBACK_THREADS
+        self.per_host = per_host or settings.AUXOT_CALLBACK_PER_HOST_CONCURRENCY
+        # Senders never lent to an endpoint over its cap.
+        self.reserve = min(self.threads, max(self.per_host, self.threads // 4))
+        self.db_threads = db_threads
+        self.clock = clock
+        self.name = name
+        self._db_jobs = DatabaseJobs()
+        self._posts: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._in_flight: dict = {}  # delivery id -> (lease token, endpoint)
+        self._per_endpoint: Counter = Counter()
+        self._wake = threading.Event()  # an attempt finished: a slot is free
+        self._stopping = threading.Event()
+        self._loop: threading.Thread | None = None
+        self._workers: list[threading.Thread] = []
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def start(self) -> "Dispatcher":
+        for index in range(self.db_threads):
+            # The first records outcomes only, so an answer never waits behind preparations.
+            self._spawn(self._db_loop if index else self._outcome_loop, f"{self.name}-db-{index}")
+        for index in range(self.threads):
+            self._spawn(self._post_loop, f"{self.name}-post-{index}")
+        self._loop = threading.Thread(target=self.run, name=f"{self.name}-claim", daemon=True)
+        self._loop.start()
+        logger.info("callback dispatcher started: %s senders, %s per endpoint",
+                    self.threads, self.per_host)
+        return self
+
+    def _spawn(self, target, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._workers.append(thread)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    def join(self, grace: float) -> bool:
+        """Wait up to `grace` s for in-flight attempts; release the rest. True: all finished."""
+        self.stop()
+        deadline = time.monotonic() + max(0.0, grace)
+        if self._loop is not None:
+            self._loop.join(max(0.0, deadline - time.monotonic()))
+        with self._idle:
+            while self._in_flight and time.monotonic() < deadline:
+                self._idle.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+            left = dict(self._in_flight)
+            self._in_flight.clear()  # a job not yet started for these now skips them
+        for delivery_id, (token, _endpoint) in left.items():
+            self._release(delivery_id, token)
+        if left:
+            logger.warning("callback dispatcher stopped with %s attempts in flight: released "
+                           "(they go out again with the same webhook-id)", len(left))
+        self._db_jobs.close()
+        for _ in range(self.threads):
+            self._posts.put(None)
+        connection.close()
+        return not left
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._in_flight)
+
+    # --- the claim loop -------------------------------------------------------------------
+    def run(self) -> None:
+        listener = WakeListener(channel=CHANNEL)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    until_next = self.run_once()
+                    wait = self._idle_wait() if until_next is None else min(until_next,
+                                                                            self._idle_wait())
+                except Exception:
+                    logger.exception("callback dispatcher failed; retrying")
+                    connection.close()
+                    listener.close()
+                    wait = 1.0
+                self._sleep(listener, wait)
+        finally:
+            listener.close()
+            connection.close()
+
+    def run_once(self, now: datetime | None = None) -> float | None:
+        """Claim and hand out what is due now. Returns the seconds until the next delivery
+        comes due or a breaker's pause ends (None: nothing scheduled); 0 to look again now."""
+        _fresh_connection()
+        now = now or self.clock()
+        paused, probe_ready, next_change = endpoints_paused(now=now)
+        # First within the caps, then lending idle senders to endpoints over theirs.
+        for lending in (False, True):
+            while not self._stopping.is_set():
+                free = self._free(lending)
+                if free <= 0:
+                    break
+                exclude = paused if lending else paused | self._full_endpoints()
+                rows = list(self._due(now, exclude=exclude)[:free * 2])
+                with self._lock:
+                    counts = Counter(self._per_endpoint)
+                chosen = []
+                for delivery_id, endpoint in rows:
+                    if len(chosen) >= free:
+                        break
+                    if endpoint in paused or (not lending and counts[endpoint] >= self.per_host):
+                        continue
+                    if endpoint in probe_ready:
+                        paused.add(endpoint)  # one probe at a time
+                        probe_ready.discard(endpoint)
+                        if not endpoint_probe_claim(key=endpoint, now=now):
+                            continue
+                    chosen.append(delivery_id)
+                    counts[endpoint] += 1
+                taken = self._hand_out(chosen, now)
+                if taken == 0 or len(rows) < free * 2:
+                    break
+        if self._stopping.is_set():
+            return 0.0
+        if self._free(lending=False) <= 0:
+            return None  # a finishing attempt wakes the loop
+        blocked = paused | (self._full_endpoints() if self._free(lending=True) <= 0 else set())
+        due = self._due_query(exclude=blocked).aggregate(at=Min("next_attempt_at"))["at"]
+        moments = [t for t in (due, next_change) if t is not None]
+        if not moments:
+            return None
+        return max(0.0, (min(moments) - now).total_seconds())
+
+    def _free(self, lending: bool) -> int:
+        return self.threads - (self.reserve if lending else 0) - self.in_flight
+
+    def _idle_wait(self) -> float:
+        if connection.vendor == "postgresql":
+            return IDLE_LOOK_SECONDS
+        return settings.AUXOT_CALLBACK_POLL_SECONDS
+
+    @staticmethod
+    def _due_query(exclude: set[str]):
+        query = CallbackDelivery.objects.filter(
+            next_attempt_at__isnull=False, state__in=[State.PENDING, State.DELIVERING])
+        if exclude:
+            query = query.exclude(endpoint__in=exclude)
+        return query
+
+    def _due(self, now: datetime, exclude: set[str]):
+        return self._due_query(exclude).filter(next_attempt_at__lte=now).order_by(
+            "next_attempt_at").values_list("pk", "endpoint")
+
+    def _full_endpoints(self) -> set[str]:
+        with self._lock:
+            return {key for key, count in self._per_endpoint.items() if count >= self.per_host}
+
+    def _hand_out(self, ids: list, now: datetime) -> int:
+        claimed = callback_deliveries_claim(ids=ids, now=now)  # less any another took
+        for delivery, token in claimed:
+            with self._lock:
+                self._in_flight[delivery.pk] = (token, delivery.endpoint)
+                self._per_endpoint[delivery.endpoint] += 1
+            self._db_jobs.put(("prepare", delivery, token, now))
+        return len(claimed)
+
+    def _sleep(self, listener: WakeListener, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._stopping.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or self._wake.is_set():
+                break
+            if connection.vendor == "postgresql":
+                if listener.wait(min(left, WAIT_SLICE_SECONDS)):
+                    break
+            else:
+                self._wake.wait(left)
+        self._wake.clear()
+
+    # --- the workers ----------------------------------------------------------------------
+    def _db_loop(self) -> None:
+        while (job := self._db_jobs.take()) is not None:
+            self._db_job(job)
+        connection.close()
+
+    def _outcome_loop(self) -> None:
+        while (job := self._db_jobs.take(outcomes_only=True)) is not None:
+            self._db_job(job)
+        connection.close()
+
+    def _post_loop(self) -> None:
+        while (prepared := self._posts.get()) is not None:
+            self._post(prepared)
+
+    def send_queued(self) -> int:
+        """Run what was claimed to the end, in this thread (a dispatcher not `start()`ed).
+        Returns the attempts recorded."""
+        recorded = 0
+        while True:
+            job = self._db_jobs.take(block=False)
+            if job is not None:
+                recorded += len(job[1]) if job[0] == "finish" else 0
+                self._db_job(job)
+                continue
+            try:
+                prepared = self._posts.get_nowait()
+            except queue.Empty:
+                return recorded
+            if prepared is not None:
+                self._post(prepared)
+
+    def _db_job(self, job: tuple) -> None:
+        if job[0] == "finish":
+            self._finish(job[1])
+            return
+        _kind, delivery, token, claimed_at = job
+        with self._lock:
+            given_back = self._in_flight.get(delivery.pk, ("",))[0] != token
+        if given_back or self._stopping.is_set():
+            # Stopping before this attempt started: give it back unsent (no attempt row).
+            if not given_back:
+                self._release(delivery.pk, token)
+            self._done(delivery, token)
+            return
+        try:
+            _fresh_connection()
+            with delivery_log_context(delivery):
+                # The attempt's timestamp is its start, not the claim's.
+                prepared = callback_attempt_prepare(
+                    delivery=delivery, token=token, now=max(claimed_at, timezone.now()))
+            self._posts.put(prepared)
+        except Exception:
+            # Its lease lapses and it is claimed again.
+            logger.exception("preparing a callback attempt for delivery %s failed", delivery.pk)
+            connection.close()
+            self._done(delivery, token)
+
+    def _finish(self, outcomes: list) -> None:
+        """Record a batch of outcomes in one transaction (one commit), each under its lease."""
+        try:
+            _fresh_connection()
+            with transaction.atomic():
+                for prepared, result in outcomes:
+                    try:
+                        with delivery_log_context(prepared.delivery):
+                            callback_attempt_finish(prepared=prepared, result=result)
+                    except Exception:
+                        logger.exception("recording the callback attempt of delivery %s failed",
+                                         prepared.delivery.pk)
+        except Exception:
+            # Their leases lapse and they are claimed again (the open attempts marked then).
+            logger.exception("recording %s callback attempts failed", len(outcomes))
+            connection.close()
+        finally:
+            for prepared, _result in outcomes:
+                self._done(prepared.delivery, prepared.token)
+
+    def _post(self, prepared: PreparedAttempt) -> None:
+        try:
+            result = callback_attempt_post(prepared)
+        except Exception as exc:  # callback_post never raises; belt and braces
+            logger.exception("callback POST for delivery %s failed", prepared.delivery.pk)
+            result = SendResult(error=f"request failed: {type(exc).__name__}")
+        self._db_jobs.put_outcome((prepared, result))
+
+    def _release(self, delivery_id, token: str) -> None:
+        try:
+            callback_delivery_release(delivery_id=delivery_id, token=token)
+        except Exception:
+            logger.exception("could not release delivery %s; its lease will lapse", delivery_id)
+
+    def _done(self, delivery: CallbackDelivery, token: str) -> None:
+        with self._idle:
+            if self._in_flight.get(delivery.pk, ("",))[0] == token:
+                del self._in_flight[delivery.pk]
+            self._per_endpoint[delivery.endpoint] -= 1
+            if self._per_endpoint[delivery.endpoint] <= 0:
+                del self._per_endpoint[delivery.endpoint]
+            self._idle.notify_all()
+        self._wake.set()

@@ -1,0 +1,271 @@
+"""The callback dispatcher: per-endpoint cap, circuit breaker, schedule, lost leases."""
+
+import threading
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import time_machine
+from django.utils import timezone
+
+from intakes.callbacks import callback_delivery_create, callback_delivery_process, endpoint_key
+from intakes.dispatcher import Dispatcher
+from intakes.models import CallbackAttempt, CallbackDelivery, CallbackEndpoint
+from tests.callback_helpers import finished_item
+from tests.processes import wait_for
+
+
+class Endpoint:
+    """A real threaded HTTP receiver: answers `status`, or holds every request until
+    `release()` while `hang` is set. Counts requests in flight and the most at once."""
+
+    def __init__(self, status: int = 200, hang: bool = False):
+        self.status, self.hang = status, hang
+        self.gate = threading.Event()
+        self.lock = threading.Lock()
+        self.now = self.most = 0
+        self.ids: list[str] = []
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with endpoint.lock:
+                    endpoint.now += 1
+                    endpoint.most = max(endpoint.most, endpoint.now)
+                    endpoint.ids.append(self.headers["webhook-id"])
+                try:
+                    if endpoint.hang:
+                        endpoint.gate.wait(60)
+                    self.send_response(endpoint.status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                finally:
+                    with endpoint.lock:
+                        endpoint.now -= 1
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_port}/hook"
+
+    def release(self) -> None:
+        self.gate.set()
+
+    def close(self) -> None:
+        self.gate.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def endpoints():
+    made: list[Endpoint] = []
+
+    def make(**kwargs) -> Endpoint:
+        made.append(Endpoint(**kwargs))
+        return made[-1]
+
+    yield make
+    for endpoint in made:
+        endpoint.close()
+
+
+def _deliveries(intake, url: str, count: int) -> list[CallbackDelivery]:
+    return [callback_delivery_create(work_item=finished_item(intake, callback_url=url))
+            for _ in range(count)]
+
+
+def _settled(deliveries) -> bool:
+    return CallbackDelivery.objects.filter(pk__in=[d.pk for d in deliveries],
+                                           state="delivered").count() == len(deliveries)
+
+
+def test_endpoint_key_is_scheme_host_and_port():
+    assert endpoint_key("https://Hooks.Example.com/a?token=x") == "https://hooks.example.com:443"
+    assert endpoint_key("http://127.0.0.1:9000/hook") == "http://127.0.0.1:9000"
+    assert endpoint_key("https://[::1]:8443/") == "https://[::1]:8443"
+
+
+# (senders, cap, most a hanging endpoint holds): with 4 senders a quarter is 1, below the
+# cap, so 2 are kept for others and none is lent; with 8, 2 are kept and 4 lent.
+@pytest.mark.parametrize("threads,per_host,most", [(4, 2, 2), (8, 2, 6)])
+@pytest.mark.django_db(transaction=True)
+def test_a_hanging_endpoint_holds_only_its_share_and_a_healthy_one_goes_through(
+        cb_intake, endpoints, settings, threads, per_host, most):
+    settings.AUXOT_CALLBACK_TIMEOUT_SECONDS = 60.0
+    hanging, healthy = endpoints(hang=True), endpoints()
+    stuck = _deliveries(cb_intake, hanging.url, 10)  # due first: ahead of the healthy ones
+    dispatcher = Dispatcher(threads=threads, per_host=per_host).start()
+    try:
+        wait_for(lambda: hanging.now == most, timeout=30, what="the hanging endpoint's share")
+        fine = _deliveries(cb_intake, healthy.url, 3)  # come due while the others hang
+        wait_for(lambda: _settled(fine), timeout=30, what="the healthy endpoint's deliveries")
+        assert hanging.most == most  # the cap (plus lent senders): the rest stayed free
+        assert CallbackDelivery.objects.filter(pk__in=[d.pk for d in stuck],
+                                               attempts=0).count() == 10 - most  # untried
+        hanging.release()
+        wait_for(lambda: _settled(stuck), timeout=30, what="the released endpoint's deliveries")
+    finally:
+        hanging.release()
+        assert dispatcher.join(10)
+    assert hanging.most <= most
+    assert sorted(hanging.ids) == sorted(d.webhook_id for d in stuck)  # each once
+    assert sorted(healthy.ids) == sorted(d.webhook_id for d in fine)
+
+
+@pytest.mark.django_db
+def test_the_breaker_opens_after_n_failures_and_untried_deliveries_keep_their_attempts(
+        cb_intake, endpoints, settings):
+    settings.AUXOT_CALLBACK_BREAKER_FAILURES = 3
+    settings.AUXOT_CALLBACK_BREAKER_SECONDS = 30.0
+    settings.AUXOT_CALLBACK_RETRY_SCHEDULE = [0, 600, 600]
+    down = endpoints(status=500)
+    key = endpoint_key(down.url)
+    with time_machine.travel(timezone.now(), tick=False) as clock:
+        deliveries = _deliveries(cb_intake, down.url, 6)
+        one_at_a_time = Dispatcher(threads=1, per_host=1)
+        for _ in range(3):  # three failures in a row open it
+            one_at_a_time.run_once()
+            assert one_at_a_time.send_queued() == 1
+        endpoint = CallbackEndpoint.objects.get(key=key)
+        assert endpoint.is_open and endpoint.failing_since == timezone.now()
+        assert endpoint.consecutive_failures == 3
+
+        # Open: nothing is claimed, the three untried deliveries keep attempt 0, and the
+        # dispatcher sleeps until the pause ends.
+        dispatcher = Dispatcher(threads=4, per_host=4)
+        assert dispatcher.run_once() == pytest.approx(30.0)
+        assert dispatcher.send_queued() == 0
+        attempts = sorted(CallbackDelivery.objects.filter(
+            pk__in=[d.pk for d in deliveries]).values_list("attempts", flat=True))
+        assert attempts == [0, 0, 0, 1, 1, 1]
+
+        # Half-open: one probe only, though the cap allows four; it fails: a longer pause.
+        clock.shift(31)
+        dispatcher.run_once()
+        assert dispatcher.send_queued() == 1
+        endpoint.refresh_from_db()
+        assert endpoint.open_until == timezone.now() + timedelta(seconds=60)
+        assert dispatcher.run_once() == pytest.approx(60.0)
+        assert dispatcher.send_queued() == 0
+
+        # The next probe succeeds: the breaker closes and the waiting deliveries go out.
+        down.status = 200
+        clock.shift(61)
+        dispatcher.run_once()
+        assert dispatcher.send_queued() == 1
+        endpoint.refresh_from_db()
+        assert not endpoint.is_open and endpoint.failing_since is None
+        assert endpoint.consecutive_failures == 0
+        dispatcher.run_once()
+        assert dispatcher.send_queued() == 1  # the last untried one (the rest wait 600 s)
+    firsts = CallbackAttempt.objects.filter(delivery__in=deliveries, number=1).count()
+    assert firsts == 6  # every delivery's first attempt was numbered 1: none was burned
+
+
+@pytest.mark.django_db
+def test_refusals_and_deliberate_answers_do_not_open_the_breaker(cb_intake, receiver, settings):
+    settings.AUXOT_CALLBACK_BREAKER_FAILURES = 1
+    receiver.expect_request("/hook").respond_with_data("gone", status=410)
+    item = finished_item(cb_intake, callback_url=receiver.url_for("/hook"))
+    delivery = callback_delivery_create(work_item=item)
+    assert callback_delivery_process(delivery_id=delivery.pk) == "failed"
+    assert not CallbackEndpoint.objects.filter(open_until__isnull=False).exists()
+
+
+@pytest.mark.django_db
+def test_a_delivery_due_later_is_claimed_when_it_comes_due_not_before(cb_intake, receiver):
+    receiver.expect_request("/hook").respond_with_data("ok")
+    with time_machine.travel(timezone.now(), tick=False) as clock:
+        delivery = callback_delivery_create(work_item=finished_item(cb_intake))
+        CallbackDelivery.objects.filter(pk=delivery.pk).update(
+            next_attempt_at=timezone.now() + timedelta(seconds=42))
+        dispatcher = Dispatcher(threads=2)
+        assert dispatcher.run_once() == pytest.approx(42.0)  # sleeps until then, no tick
+        assert dispatcher.send_queued() == 0
+        clock.shift(41.5)
+        assert dispatcher.run_once() == pytest.approx(0.5)
+        clock.shift(0.5)
+        dispatcher.run_once()
+        assert dispatcher.send_queued() == 1
+    delivery.refresh_from_db()
+    assert delivery.state == "delivered" and delivery.attempts == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_running_dispatcher_sends_a_retry_when_it_comes_due(cb_intake, endpoints):
+    healthy = endpoints()
+    [delivery] = _deliveries(cb_intake, healthy.url, 1)
+    due = timezone.now() + timedelta(seconds=1.5)
+    CallbackDelivery.objects.filter(pk=delivery.pk).update(next_attempt_at=due)
+    dispatcher = Dispatcher(threads=2).start()
+    try:
+        attempt = wait_for(lambda: CallbackAttempt.objects.filter(delivery=delivery).first(),
+                           timeout=30, what="the attempt")
+    finally:
+        assert dispatcher.join(10)
+    assert attempt.started_at >= due
+    assert healthy.ids == [delivery.webhook_id]
+
+
+@pytest.mark.django_db
+def test_a_lost_attempt_is_recovered_once(cb_intake, receiver, monkeypatch):
+    receiver.expect_request("/hook").respond_with_data("ok")
+    delivery = callback_delivery_create(work_item=finished_item(cb_intake))
+    # A dispatcher died mid-attempt: its lease ran out, its attempt row is still open.
+    CallbackDelivery.objects.filter(pk=delivery.pk).update(
+        state="delivering", lease_token="dead", attempts=1,
+        next_attempt_at=timezone.now() - timedelta(seconds=1))
+    CallbackAttempt.objects.create(delivery=delivery, number=1, started_at=timezone.now(),
+                                   url="x")
+    one, two = Dispatcher(threads=2), Dispatcher(threads=2)
+    one.run_once()
+    two.run_once()
+    assert one.in_flight + two.in_flight == 1  # claimed once, by one of them
+    assert one.send_queued() + two.send_queued() == 1
+    for _ in range(3):  # later looks find nothing to recover
+        one.run_once()
+        assert one.send_queued() == 0
+    first, second = CallbackAttempt.objects.filter(delivery=delivery)
+    assert first.error.startswith("interrupted") and second.status_code == 200
+    assert len(receiver.log) == 1
+
+
+@pytest.mark.django_db
+def test_the_tick_enqueues_no_delivery_task_when_the_dispatcher_sends(
+        cb_intake, receiver, monkeypatch):
+    from intakes import callbacks, receivers
+
+    enqueued = []
+    monkeypatch.setattr(callbacks, "callback_delivery_enqueue",
+                        lambda delivery_id: enqueued.append(delivery_id))
+    callback_delivery_create(work_item=finished_item(cb_intake))
+    receivers._on_tick(sender=None, now=timezone.now())
+    assert enqueued == []
+
+
+@pytest.mark.django_db
+def test_a_batch_of_finished_items_gets_its_deliveries_in_a_few_queries(
+        cb_intake, receiver, django_assert_max_num_queries):
+    from workflows.batch import _announce_all
+    from workflows.models import WorkItem
+    from workflows.services import work_item_create
+
+    items = [work_item_create(workflow=cb_intake.workflow, intake=cb_intake, input={"n": n})
+             for n in range(10)]
+    WorkItem.objects.filter(pk__in=[i.pk for i in items]).update(
+        status="completed", finished_at=timezone.now())
+    finished = list(WorkItem.objects.filter(pk__in=[i.pk for i in items]))
+    with django_assert_max_num_queries(5):  # intakes, one INSERT, the NOTIFY (+ savepoint)
+        _announce_all(finished)
+    deliveries = CallbackDelivery.objects.filter(work_item__in=items)
+    assert deliveries.count() == 10 and {d.state for d in deliveries} == {"pending"}
+    _announce_all(finished)  # again: nothing new, nothing changed
+    assert CallbackDelivery.objects.filter(work_item__in=items).count() == 10
