@@ -17,7 +17,7 @@ def endpoints_fill(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('intakes', '0005_intake_retention'),
+        ('intakes', '0006_audit_log_accepted_triggers'),
     ]
 
     operations = [
