@@ -29,7 +29,13 @@ from intakes.openapi import (
 )
 from intakes.presenters import work_item_poll_view
 from intakes.rejections import RejectionAuditMixin
-from intakes.services import intake_for_key, intake_for_trigger, intake_trigger, work_item_for_key
+from intakes.services import (
+    intake_for_key,
+    intake_for_trigger,
+    intake_trigger,
+    work_item_for_key,
+    work_item_for_poll,
+)
 from workflows.services import work_item_cancel, work_item_decide
 
 
@@ -103,13 +109,19 @@ class WorkItemDetailApi(PublicApi):
     @work_item_schema
     def get(self, request: Request, intake_id: str, work_id: str) -> Response:
         wait = wait_parse(request.query_params.get("wait"))
-        intake = intake_for_key(intake_id=intake_id, key=request.auth)
-        item = work_item_for_key(intake=intake, work_id=work_id)
-        if wait:
-            item = work_item_wait(item=item, seconds=wait)
-        view = work_item_poll_view(item, intake=intake)
+        read = work_item_for_poll(intake_id=intake_id, work_id=work_id, key=request.auth)
+        refused = False
+        if wait and not read.item.is_terminal:
+            if work_item_wait(item=read.item, seconds=wait):  # as it is now, access rechecked
+                read = work_item_for_poll(intake_id=intake_id, work_id=work_id, key=request.auth)
+            else:
+                refused = True
+        view = work_item_poll_view(read.item, intake=read.intake, delivery=read.delivery,
+                                   delivery_read=True, replayed_by=read.replayed_by)
         headers = {"Retry-After": str(view.retry_after)} if view.retry_after else {}
         headers["Auxot-Wait-Max"] = str(settings.AUXOT_LONG_POLL_MAX_SECONDS)
+        if refused:  # this process has as many long-polls waiting as it allows
+            headers["Auxot-Wait-Refused"] = "busy"
         return Response(view.body, headers=headers)
 
 

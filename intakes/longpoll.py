@@ -106,12 +106,12 @@ class _Watcher:
 _watcher = _Watcher()
 
 
-def work_item_wait(*, item: WorkItem, seconds: float) -> WorkItem:
-    """Wait (bounded) for a non-terminal item to finish; return it as it is now."""
+def work_item_wait(*, item: WorkItem, seconds: float) -> bool:
+    """Wait (bounded) for a non-terminal item to finish. True: it waited (until the item
+    finished or `seconds` passed; read it again); False: this process already has
+    AUXOT_LONG_POLL_MAX_WAITERS waiting, answer with the item as read (no wait, no query)."""
     if item.is_terminal:
-        return item
+        return False
     if not connection.in_atomic_block:
         connection.close()  # never hold a connection while we sleep
-    if not _watcher.wait(item.pk, seconds):
-        return item
-    return WorkItem.objects.select_related("workflow").filter(pk=item.pk).first() or item
+    return _watcher.wait(item.pk, seconds)

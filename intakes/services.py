@@ -13,6 +13,7 @@ from auxot.services import audit_record
 from intakes import idempotency, ratelimit
 from intakes.lookup import intake_lookup, work_item_lookup
 from intakes.models import Intake
+from intakes.poll_lookup import PollRead, work_item_poll_lookup
 from intakes.secrets import secret_encrypt, signing_secret_generate
 from workflows.models import Workflow, WorkItem
 from workflows.retention import json_paths_check, json_paths_redact
@@ -179,6 +180,16 @@ def _trigger_once(*, intake: Intake, key: ApiKey, payload: Any, ip: str | None,
                      actor_key_lookup=key.lookup_id, actor_label=key.label,
                      extra={"intake": str(intake.pk), "key": key.display})
     return TriggerResult(item=item, rate=rate)
+
+
+def work_item_for_poll(*, intake_id: str, work_id: str, key: ApiKey) -> PollRead:
+    """The poll's read: the intake this key may call and its work item `work_id` (with its
+    callback delivery and replays) in one query, or the one 404 for every other case."""
+    read = work_item_poll_lookup(intake_pk=_parse_uuid(intake_id), work_pk=_parse_uuid(work_id),
+                                 key=key)
+    if read is None:
+        raise _not_found()
+    return read
 
 
 def work_item_for_key(*, intake: Intake, work_id: str) -> WorkItem:
