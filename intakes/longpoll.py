@@ -5,8 +5,9 @@ connection and sleeps on an Event. One watcher thread per web process rechecks e
 waited item in a single query each AUXOT_LONG_POLL_RECHECK_SECONDS and wakes the requests
 whose item became terminal, so 50 waiters cost one connection and ~4 queries a second, not
 50 connections. At most AUXOT_LONG_POLL_MAX_WAITERS requests wait per process; the next
-one is answered at once (it degrades to a normal poll), so long-polls can never take every
-thread and starve triggers.
+one is answered at once (it degrades to a normal poll, marked `Auxot-Wait-Refused: busy`),
+so long-polls can never take every thread; and while it waits a request gives back its
+working slot (auxot/activerequests.py), so waiting long-polls never take a trigger's.
 """
 
 import logging
@@ -17,6 +18,7 @@ import uuid
 from django.conf import settings
 from django.db import DatabaseError, connection
 
+from auxot.activerequests import slot_released
 from auxot.errors import ApplicationError
 from workflows.models import WorkItem
 
@@ -114,4 +116,5 @@ def work_item_wait(*, item: WorkItem, seconds: float) -> bool:
         return False
     if not connection.in_atomic_block:
         connection.close()  # never hold a connection while we sleep
-    return _watcher.wait(item.pk, seconds)
+    with slot_released():  # nor one of the process's working slots (triggers need them)
+        return _watcher.wait(item.pk, seconds)
