@@ -8,6 +8,9 @@ as it works, and a long-poll gives its slot back while it sleeps (`slot_released
 waiting long-poll therefore holds a thread but never a trigger's slot; requests beyond the
 slots wait for one in their thread (or in gunicorn's accept queue), in arrival order of
 the operating system's choosing. 0 switches the limit off.
+
+The body is read before a slot is taken (auxot/bodydeadline.py wraps the whole WSGI app,
+under its own deadline), so a slow sender holds a thread for a while, never a slot.
 """
 
 import threading

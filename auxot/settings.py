@@ -197,7 +197,7 @@ AUXOT_DB_MAX_CONNECTIONS = env_int("AUXOT_DB_MAX_CONNECTIONS", 100, minimum=1)
 AUXOT_WEB_PROCESSES = env_int("GUNICORN_WORKERS",
                               env_int("WEB_CONCURRENCY", min(os.cpu_count() or 1, 4), minimum=1),
                               minimum=1)
-AUXOT_WEB_THREADS = env_int("GUNICORN_THREADS", 32, minimum=1)
+AUXOT_WEB_THREADS = env_int("GUNICORN_THREADS", 16, minimum=1)
 if DB_POOL_MIN_SIZE > DB_POOL_MAX_SIZE > 0:
     raise ImproperlyConfigured(
         f"DB_POOL_MIN_SIZE={DB_POOL_MIN_SIZE} is above DB_POOL_MAX_SIZE={DB_POOL_MAX_SIZE}.")
