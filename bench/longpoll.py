@@ -3,14 +3,15 @@
 
 For each configuration `threads:cap:slots` (GUNICORN_THREADS, AUXOT_LONG_POLL_MAX_WAITERS,
 AUXOT_WEB_ACTIVE_REQUESTS; 2 gthread processes, gunicorn.conf.py otherwise; `base@…` runs
-the --baseline checkout instead, e.g. main's) one gunicorn is started and wrk (16
-connections) measures, interleaved run by run so a shared box's drift hits every
-configuration alike:
-the INSERT ceiling, the trigger POST, the GET ceiling and the poll GET; then the trigger POST
-again while N clients long-poll (`?wait=20`) pending items (no qcluster runs, so they stay
-pending). A long-poll client whose wait the server refuses (the per-process cap,
-AUXOT_LONG_POLL_MAX_WAITERS; answered at once with `Auxot-Wait-Refused`) sleeps the
-`Retry-After` and asks again, as a well-behaved client does.
+the --baseline checkout instead, e.g. main's) one gunicorn is started, all of them at
+once (each idle while another is measured), and wrk (16 connections) runs every case on
+each configuration in turn, run after run, so a shared box's drift hits them alike:
+the INSERT ceiling, the trigger POST, the GET ceiling and the poll GET; then the trigger
+POST again while N clients long-poll (`?wait=` the run's length + 3 s) a pending item (no
+qcluster runs, so it stays pending). A long-poll client whose wait the server refuses
+(the per-process cap, AUXOT_LONG_POLL_MAX_WAITERS; answered at once with
+`Auxot-Wait-Refused`) sleeps the `Retry-After` and asks again, as a well-behaved client
+does.
 """
 
 import argparse
@@ -53,8 +54,8 @@ class Config:
 class LongPollers:
     """N client threads, each long-polling one pending item again and again."""
 
-    def __init__(self, url: str, token: str, count: int):
-        self.url, self.token, self.count = url, token, count
+    def __init__(self, url: str, token: str, count: int, wait: float):
+        self.url, self.token, self.count, self.wait = url, token, count, wait
         self.stop = threading.Event()
         self.waited = self.refused = self.errors = self.in_flight = 0
         self.lock = threading.Lock()
@@ -69,7 +70,7 @@ class LongPollers:
             with self.lock:
                 self.in_flight += 1
             try:
-                response = session.get(self.url, params={"wait": 20}, timeout=60)
+                response = session.get(self.url, params={"wait": self.wait}, timeout=60)
             except requests.RequestException:
                 with self.lock:
                     self.errors += 1
@@ -95,7 +96,9 @@ class LongPollers:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.stop.set()  # waiting ones return within their 20 s at most: do not join them
+        self.stop.set()  # each returns when its wait (just past the measurement) ends
+        for thread in self.threads:
+            thread.join(60)
 
 
 def _gunicorn(port: int, tree: Path, **env: str) -> common.Proc:
@@ -107,51 +110,57 @@ def _gunicorn(port: int, tree: Path, **env: str) -> common.Proc:
     return proc
 
 
-def one_server(config: "Config", waiters: list[int], fixture: common.Fixture,
-               seconds: int) -> dict:
+@dataclass
+class Server:
+    config: Config
+    proc: common.Proc
+    cases: dict[str, tuple[str, str | None]]
+    poll_url: str
+
+
+def server_start(config: Config, fixture: common.Fixture) -> Server:
     import requests
 
     port = _port()
     base = f"http://127.0.0.1:{port}"
-    web = _gunicorn(port, config.tree, AUXOT_BENCH_CEILINGS="1", AUXOT_PUBLIC_BASE_URL=base,
-                    GUNICORN_THREADS=str(config.threads), GUNICORN_MAX_REQUESTS="0",
-                    AUXOT_LONG_POLL_MAX_WAITERS=str(config.cap),
-                    AUXOT_WEB_ACTIVE_REQUESTS=str(config.active))
+    proc = _gunicorn(port, config.tree, AUXOT_BENCH_CEILINGS="1", AUXOT_PUBLIC_BASE_URL=base,
+                     GUNICORN_THREADS=str(config.threads), GUNICORN_MAX_REQUESTS="0",
+                     AUXOT_LONG_POLL_MAX_WAITERS=str(config.cap),
+                     AUXOT_WEB_ACTIVE_REQUESTS=str(config.active))
     auth = {"Authorization": f"Bearer {fixture.token}"}
     trigger_url = f"{base}/v1/intake/{fixture.intake_id}"
-    try:
-        for attempt in range(60):  # until the workers have booted
-            try:
-                work = requests.post(trigger_url, json={"n": 0}, headers=auth,
-                                     timeout=10).json()
-                break
-            except requests.RequestException:
-                if attempt == 59:
-                    raise
-                time.sleep(0.5)
-        poll_url = work["status_url"]
-        cases = {
-            "insert_ceiling": (f"{base}/bench/insert", POST_LUA % ""),
-            "trigger": (trigger_url, POST_LUA % _auth_lua(fixture.token)),
-            "get_ceiling": (f"{base}/bench/row/{fixture.intake_id}", None),
-            "poll": (poll_url, _auth_lua(fixture.token)),
-        }
-        for url, script in cases.values():  # warm both processes
-            wrk(url, seconds=1, script=script)
-        out = {name: wrk(url, seconds=seconds, script=script)
-               for name, (url, script) in cases.items()}
-        for count in waiters:
-            if not count:
-                continue
-            with LongPollers(poll_url, fixture.token, count) as pollers:
-                result = wrk(trigger_url, seconds=seconds,
-                             script=POST_LUA % _auth_lua(fixture.token))
-                result.update(waiting=pollers.in_flight, refused=pollers.refused,
-                              errors=pollers.errors)
-            out[f"trigger_with_{count}_waiting"] = result
-        return out
-    finally:
-        web.stop()
+    for attempt in range(120):  # until the workers have booted
+        try:
+            work = requests.post(trigger_url, json={"n": 0}, headers=auth, timeout=10).json()
+            break
+        except requests.RequestException:
+            if attempt == 119:
+                proc.stop()
+                raise
+            time.sleep(0.5)
+    cases = {
+        "insert_ceiling": (f"{base}/bench/insert", POST_LUA % ""),
+        "trigger": (trigger_url, POST_LUA % _auth_lua(fixture.token)),
+        "get_ceiling": (f"{base}/bench/row/{fixture.intake_id}", None),
+        "poll": (work["status_url"], _auth_lua(fixture.token)),
+    }
+    for url, script in cases.values():  # warm both processes
+        wrk(url, seconds=1, script=script)
+    return Server(config, proc, cases, work["status_url"])
+
+
+def measure(server: Server, case: str, seconds: int, token: str) -> dict:
+    """One wrk run; `trigger_with_N_waiting`: the trigger while N clients long-poll."""
+    if case in server.cases:
+        url, script = server.cases[case]
+        return wrk(url, seconds=seconds, script=script)
+    count = int(case.split("_")[2])
+    url, script = server.cases["trigger"]
+    with LongPollers(server.poll_url, token, count, wait=seconds + 3) as pollers:
+        result = wrk(url, seconds=seconds, script=script)
+        result.update(waiting=pollers.in_flight, refused=pollers.refused,
+                      errors=pollers.errors)
+    return result
 
 
 _last_port = 0
@@ -194,17 +203,29 @@ def main() -> None:
     waiters = [int(w) for w in args.waiters.split(",")]
     common.django_setup()
     fixture = common.fixture_create("longpoll")
+    cases = ["insert_ceiling", "trigger", "get_ceiling", "poll",
+             *(f"trigger_with_{count}_waiting" for count in waiters if count)]
     results: dict[tuple[str, str], list[dict]] = {}
     loads = []
-    for run in range(args.runs):
-        for config in configs:
-            loads.append(_load())
-            print(f"run {run + 1}: {config.label}, load {loads[-1]}", flush=True)
-            for case, value in one_server(config, waiters, fixture, args.seconds).items():
-                results.setdefault((config.label, case), []).append(value)
+    servers = []
+    try:
+        for config in configs:  # all at once: each case runs on each in turn
+            servers.append(server_start(config, fixture))
+        for run in range(args.runs):
+            for case in cases:
+                loads.append(_load())
+                print(f"run {run + 1}: {case}, load {loads[-1]}", flush=True)
+                for server in servers:
+                    results.setdefault((server.config.label, case), []).append(
+                        measure(server, case, args.seconds, fixture.token))
+    finally:
+        for server in servers:
+            server.proc.stop()
         from workflows.models import WorkItem
 
         WorkItem.objects.filter(intake_id=fixture.intake_id).delete()
+    results = dict(sorted(results.items(), key=lambda kv: [c.label for c in configs]
+                          .index(kv[0][0])))
     print(f"\n{platform.platform()}, {os.cpu_count()} CPUs; load averages at each start: "
           f"{'; '.join(loads)}; after: {_load()}\n")
     print("| threads:cap:slots | case | req/s median (runs) | p50 ms | p99 ms | "
