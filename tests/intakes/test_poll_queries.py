@@ -259,3 +259,25 @@ def test_approval_poll_still_explains_with_the_link(api, intake_a, member_token,
     body = _poll(api, intake_a, member_token, work_id).json()
     assert body["waiting_on"]["kind"] == "approval"
     assert body["diagnosis"].startswith("Waiting for approval at step 2 'delay 2'")
+
+
+def test_provider_position_is_read_once_per_cache_period(api, intake_a, member_token, beating,
+                                                         monkeypatch, django_assert_num_queries):
+    from auxot import ttlcache
+    from workflows import presenters
+
+    clock, calls = [5000.0], []
+    monkeypatch.setattr(ttlcache.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(presenters, "provider_position", lambda *, work_id, now: calls.append(
+        work_id) or {"provider": "p", "limit": 1, "in_flight": 1, "ahead": len(calls)})
+    work_id = trigger(api, intake_a.pk, member_token).json()["work_id"]
+    _waiting(work_id, "provider", {"provider": "p"})
+    _poll(api, intake_a, member_token, work_id)
+    with django_assert_num_queries(2 * KEY_AND_TWO):
+        bodies = [_poll(api, intake_a, member_token, work_id).json() for _ in range(2)]
+    assert [b["waiting_on"]["ahead"] for b in bodies] == [1, 1] and len(calls) == 1
+    clock[0] += presenters.HEARTBEAT_CACHE_SECONDS + 0.5
+    body = _poll(api, intake_a, member_token, work_id).json()
+    assert body["waiting_on"]["ahead"] == 2
+    assert body["diagnosis"] == ("Provider 'p' is at its concurrency limit (1); 2 items wait "
+                                 "ahead of this one.")
