@@ -16,7 +16,7 @@ from auxot.http import client_ip
 from auxot.logs import log_context_bind
 from auxot.timefmt import iso
 from intakes.body import request_json
-from intakes.longpoll import wait_parse, work_item_wait
+from intakes.longpoll import wait_parse
 from intakes.metrics import trigger_accepted, trigger_rejected
 from intakes.openapi import (
     APPROVAL_EXAMPLES,
@@ -34,7 +34,7 @@ from intakes.services import (
     intake_for_trigger,
     intake_trigger,
     work_item_for_key,
-    work_item_for_poll,
+    work_item_poll,
 )
 from workflows.services import work_item_cancel, work_item_decide
 
@@ -109,13 +109,8 @@ class WorkItemDetailApi(PublicApi):
     @work_item_schema
     def get(self, request: Request, intake_id: str, work_id: str) -> Response:
         wait = wait_parse(request.query_params.get("wait"))
-        read = work_item_for_poll(intake_id=intake_id, work_id=work_id, key=request.auth)
-        refused = False
-        if wait and not read.item.is_terminal:
-            if work_item_wait(item=read.item, seconds=wait):  # as it is now, access rechecked
-                read = work_item_for_poll(intake_id=intake_id, work_id=work_id, key=request.auth)
-            else:
-                refused = True
+        read, refused = work_item_poll(intake_id=intake_id, work_id=work_id, key=request.auth,
+                                       wait=wait)
         view = work_item_poll_view(read.item, intake=read.intake, delivery=read.delivery,
                                    delivery_read=True, replayed_by=read.replayed_by)
         headers = {"Retry-After": str(view.retry_after)} if view.retry_after else {}

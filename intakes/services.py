@@ -11,6 +11,7 @@ from auxot.models import Membership, Organization, Team
 from auxot.outbound import RefusedDestination, url_check, url_redact
 from auxot.services import audit_record
 from intakes import idempotency, ratelimit
+from intakes.longpoll import work_item_wait
 from intakes.lookup import intake_lookup, work_item_lookup
 from intakes.models import Intake
 from intakes.poll_lookup import PollRead, work_item_poll_lookup
@@ -190,6 +191,20 @@ def work_item_for_poll(*, intake_id: str, work_id: str, key: ApiKey) -> PollRead
     if read is None:
         raise _not_found()
     return read
+
+
+def work_item_poll(*, intake_id: str, work_id: str, key: ApiKey,
+                   wait: float | None = None) -> tuple[PollRead, bool]:
+    """The poll's read, after a long-poll's wait when `wait` is set and the item is not
+    finished. The bool: the wait was refused (this process has as many waiting as it
+    allows), so the answer is the item as first read."""
+    read = work_item_for_poll(intake_id=intake_id, work_id=work_id, key=key)
+    if not wait or read.item.is_terminal:
+        return read, False
+    if not work_item_wait(item=read.item, seconds=wait):
+        return read, True
+    # As it is now, and the key's access checked again.
+    return work_item_for_poll(intake_id=intake_id, work_id=work_id, key=key), False
 
 
 def work_item_for_key(*, intake: Intake, work_id: str) -> WorkItem:
