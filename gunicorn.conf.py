@@ -1,13 +1,19 @@
 """gunicorn settings for Auxot's web process: `gunicorn auxot.wsgi` picks this file up.
 
 Threaded workers (gthread) because long-polls (`?wait=N`) hold a thread, not a database
-connection, while they wait: a sync worker would be taken by one waiting caller. Each
-process lets at most AUXOT_LONG_POLL_MAX_WAITERS requests wait (24 by default) and answers
-the next one at once, so with the default 32 threads per worker at least 8 threads per
-worker always remain for triggers and plain polls. Keep GUNICORN_THREADS above
-AUXOT_LONG_POLL_MAX_WAITERS. Threads do not each hold a database connection: a worker
+connection, while they wait: a sync worker would be taken by one waiting caller. But
+threads that work at the same time cost throughput (GIL and database-pool contention: 64
+working threads served fewer triggers than one), so the threads are decoupled from the
+work: at most AUXOT_WEB_ACTIVE_REQUESTS (4) requests per process work at once, and a
+waiting long-poll gives its slot back while it sleeps (auxot/activerequests.py). Each
+process lets at most AUXOT_LONG_POLL_MAX_WAITERS (12) requests wait and answers the next
+`?wait` at once (header `Auxot-Wait-Refused: busy`). With the default 16 threads that leaves
+4 threads, and always all 4 working slots, for triggers and plain polls however many
+callers long-poll: keep GUNICORN_THREADS >= AUXOT_LONG_POLL_MAX_WAITERS +
+AUXOT_WEB_ACTIVE_REQUESTS. Threads do not each hold a database connection: a worker
 borrows from a pool of at most DB_POOL_MAX_SIZE (8) connections, whatever the thread count
-(see the Database section of auxot/settings.py for the whole budget).
+(see the Database section of auxot/settings.py for the whole budget). BENCHMARKS.md has
+the figures (triggers per second by thread count, and while long-polls wait).
 
 Every value can be overridden from the environment (GUNICORN_*) or the command line.
 """
@@ -24,7 +30,7 @@ def _int(name: str, default: int) -> int:
 bind = os.environ.get("GUNICORN_BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}")
 worker_class = "gthread"
 workers = _int("GUNICORN_WORKERS", _int("WEB_CONCURRENCY", min(multiprocessing.cpu_count(), 4)))
-threads = _int("GUNICORN_THREADS", 32)
+threads = _int("GUNICORN_THREADS", 16)
 # A long-poll lasts at most AUXOT_LONG_POLL_MAX_SECONDS (30): the timeout must exceed it.
 timeout = _int("GUNICORN_TIMEOUT", 60)
 # SIGTERM: stop accepting, let in-flight requests finish for up to this long. It exceeds the

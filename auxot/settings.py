@@ -137,6 +137,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First: every response (errors included) carries the request id, every log line too.
     "auxot.requestid.RequestIdMiddleware",
+    # Then: at most AUXOT_WEB_ACTIVE_REQUESTS requests of this process work at once.
+    "auxot.activerequests.ActiveRequestsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -195,7 +197,7 @@ AUXOT_DB_MAX_CONNECTIONS = env_int("AUXOT_DB_MAX_CONNECTIONS", 100, minimum=1)
 AUXOT_WEB_PROCESSES = env_int("GUNICORN_WORKERS",
                               env_int("WEB_CONCURRENCY", min(os.cpu_count() or 1, 4), minimum=1),
                               minimum=1)
-AUXOT_WEB_THREADS = env_int("GUNICORN_THREADS", 32, minimum=1)
+AUXOT_WEB_THREADS = env_int("GUNICORN_THREADS", 16, minimum=1)
 if DB_POOL_MIN_SIZE > DB_POOL_MAX_SIZE > 0:
     raise ImproperlyConfigured(
         f"DB_POOL_MIN_SIZE={DB_POOL_MIN_SIZE} is above DB_POOL_MAX_SIZE={DB_POOL_MAX_SIZE}.")
@@ -273,13 +275,17 @@ SPECTACULAR_SETTINGS = {
         "intakes.openapi.link_trigger_to_poll",
     ],
 }
+# Requests of one web process that work at once (auxot/activerequests.py); the rest wait in
+# their thread. A long-poll gives its slot back while it waits. 0: no limit.
+AUXOT_WEB_ACTIVE_REQUESTS = env_int("AUXOT_WEB_ACTIVE_REQUESTS", 4, minimum=0)
 # ?wait=N on the poll: the longest N accepted, how often a waiting request rechecks, and how
 # many requests one web process lets wait at once (beyond that, wait is answered at once so
-# long-polls can never take every server thread; keep it below gunicorn's `threads`).
+# long-polls can never take every server thread; keep it at most gunicorn's `threads` minus
+# AUXOT_WEB_ACTIVE_REQUESTS).
 AUXOT_LONG_POLL_MAX_SECONDS = env_int("AUXOT_LONG_POLL_MAX_SECONDS", 30, minimum=1)
 AUXOT_LONG_POLL_RECHECK_SECONDS = env_float("AUXOT_LONG_POLL_RECHECK_SECONDS", 0.25,
                                             minimum=0.01)
-AUXOT_LONG_POLL_MAX_WAITERS = env_int("AUXOT_LONG_POLL_MAX_WAITERS", 24, minimum=0)
+AUXOT_LONG_POLL_MAX_WAITERS = env_int("AUXOT_LONG_POLL_MAX_WAITERS", 12, minimum=0)
 # Idempotency-Key records are kept at least this long (the IETF draft and Stripe: 24 h).
 AUXOT_IDEMPOTENCY_TTL_HOURS = env_int("AUXOT_IDEMPOTENCY_TTL_HOURS", 24, minimum=24)
 # PostgreSQL: how long a retry waits for an in-flight first request before answering 409.

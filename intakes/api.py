@@ -17,7 +17,7 @@ from auxot.http import client_ip
 from auxot.logs import log_context_bind
 from auxot.timefmt import iso
 from intakes.body import request_json
-from intakes.longpoll import wait_parse, work_item_wait
+from intakes.longpoll import wait_parse
 from intakes.metrics import trigger_accepted, trigger_rejected
 from intakes.openapi import (
     APPROVAL_EXAMPLES,
@@ -36,6 +36,7 @@ from intakes.services import (
     intake_key_load,
     intake_trigger,
     work_item_for_key,
+    work_item_poll,
 )
 from workflows.services import work_item_cancel, work_item_decide
 
@@ -120,13 +121,14 @@ class WorkItemDetailApi(PublicApi):
     @work_item_schema
     def get(self, request: Request, intake_id: str, work_id: str) -> Response:
         wait = wait_parse(request.query_params.get("wait"))
-        intake = intake_for_key(intake_id=intake_id, key=request.auth)
-        item = work_item_for_key(intake=intake, work_id=work_id)
-        if wait:
-            item = work_item_wait(item=item, seconds=wait)
-        view = work_item_poll_view(item, intake=intake)
+        read, refused = work_item_poll(intake_id=intake_id, work_id=work_id, key=request.auth,
+                                       wait=wait)
+        view = work_item_poll_view(read.item, intake=read.intake, delivery=read.delivery,
+                                   delivery_read=True, replayed_by=read.replayed_by)
         headers = {"Retry-After": str(view.retry_after)} if view.retry_after else {}
         headers["Auxot-Wait-Max"] = str(settings.AUXOT_LONG_POLL_MAX_SECONDS)
+        if refused:  # this process has as many long-polls waiting as it allows
+            headers["Auxot-Wait-Refused"] = "busy"
         return Response(view.body, headers=headers)
 
 

@@ -5,8 +5,9 @@ connection and sleeps on an Event. One watcher thread per web process rechecks e
 waited item in a single query each AUXOT_LONG_POLL_RECHECK_SECONDS and wakes the requests
 whose item became terminal, so 50 waiters cost one connection and ~4 queries a second, not
 50 connections. At most AUXOT_LONG_POLL_MAX_WAITERS requests wait per process; the next
-one is answered at once (it degrades to a normal poll), so long-polls can never take every
-thread and starve triggers.
+one is answered at once (it degrades to a normal poll, marked `Auxot-Wait-Refused: busy`),
+so long-polls can never take every thread; and while it waits a request gives back its
+working slot (auxot/activerequests.py), so waiting long-polls never take a trigger's.
 """
 
 import logging
@@ -17,6 +18,7 @@ import uuid
 from django.conf import settings
 from django.db import DatabaseError, connection
 
+from auxot.activerequests import slot_released
 from auxot.errors import ApplicationError
 from workflows.models import WorkItem
 
@@ -106,12 +108,13 @@ class _Watcher:
 _watcher = _Watcher()
 
 
-def work_item_wait(*, item: WorkItem, seconds: float) -> WorkItem:
-    """Wait (bounded) for a non-terminal item to finish; return it as it is now."""
+def work_item_wait(*, item: WorkItem, seconds: float) -> bool:
+    """Wait (bounded) for a non-terminal item to finish. True: it waited (until the item
+    finished or `seconds` passed; read it again); False: this process already has
+    AUXOT_LONG_POLL_MAX_WAITERS waiting, answer with the item as read (no wait, no query)."""
     if item.is_terminal:
-        return item
+        return False
     if not connection.in_atomic_block:
         connection.close()  # never hold a connection while we sleep
-    if not _watcher.wait(item.pk, seconds):
-        return item
-    return WorkItem.objects.select_related("workflow").filter(pk=item.pk).first() or item
+    with slot_released():  # nor one of the process's working slots (triggers need them)
+        return _watcher.wait(item.pk, seconds)

@@ -263,6 +263,11 @@ WAIT = OpenApiParameter(
 WAIT_MAX = OpenApiParameter(
     "Auxot-Wait-Max", OpenApiTypes.INT, OpenApiParameter.HEADER, response=[200],
     description="The largest `wait` this server accepts: its presence means long-poll works.")
+WAIT_REFUSED = OpenApiParameter(
+    "Auxot-Wait-Refused", OpenApiTypes.STR, OpenApiParameter.HEADER, response=[200],
+    description="`busy`: this answer did not wait because the server process already has as "
+    "many long-polls waiting as it allows; it is the item's current state, like a plain poll. "
+    "Ask again after `Retry-After`.")
 
 
 # --- problems ------------------------------------------------------------------------------
@@ -390,7 +395,8 @@ work_item_schema = extend_schema(
     f"`?wait=N` (N <= {settings.AUXOT_LONG_POLL_MAX_SECONDS}) to be answered as soon as it "
     "finishes.",
     tags=["work items"],
-    parameters=[INTAKE_ID, WORK_ID, WAIT, RETRY_AFTER, WAIT_MAX, WWW_AUTHENTICATE],
+    parameters=[INTAKE_ID, WORK_ID, WAIT, RETRY_AFTER, WAIT_MAX, WAIT_REFUSED,
+                WWW_AUTHENTICATE],
     responses={200: OpenApiResponse(WorkItemSerializer, description="The work item."),
                **problems(400, 401, 404, 429, 503)},
     examples=WORK_EXAMPLES,

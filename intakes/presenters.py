@@ -17,13 +17,15 @@ def callback_url_for(item: WorkItem, intake: Intake | None) -> str:
 
 
 def callback_block(item: WorkItem, intake: Intake | None,
-                   delivery: CallbackDelivery | None = None) -> dict | None:
+                   delivery: CallbackDelivery | None = None, *,
+                   delivery_read: bool = False) -> dict | None:
+    """`delivery_read`: the caller read the delivery with the item (None: there is none)."""
     if delivery is None:
         url = callback_url_for(item, intake)
         if not url:
             return None
-        # One query, only for items that have a callback at all (the poll's hot path).
-        delivery = CallbackDelivery.objects.filter(work_item_id=item.pk).first()
+        if not delivery_read:  # one query, only for items that have a callback at all
+            delivery = CallbackDelivery.objects.filter(work_item_id=item.pk).first()
         if delivery is None:
             disabled = intake is not None and intake.callback_disabled and not item.callback_url
             return {"url": url_redact(url), "state": "disabled" if disabled else "pending",
@@ -41,10 +43,14 @@ def callback_block(item: WorkItem, intake: Intake | None,
 
 
 def work_item_poll_view(item: WorkItem, *, intake: Intake | None,
-                        delivery: CallbackDelivery | None = None) -> WorkItemView:
-    """The poll answer; once terminal, byte for byte what a callback delivers."""
-    view = work_item_view(item)
-    view.body["callback"] = callback_block(item, intake, delivery)
+                        delivery: CallbackDelivery | None = None, delivery_read: bool = False,
+                        replayed_by: list[str] | None = None) -> WorkItemView:
+    """The poll answer; once terminal, byte for byte what a callback delivers.
+
+    With what the poll's first read brought along (the delivery, the replays), this costs
+    one query: the step progress."""
+    view = work_item_view(item, replayed_by=replayed_by)
+    view.body["callback"] = callback_block(item, intake, delivery, delivery_read=delivery_read)
     for row in view.body["steps"]:
         if "carried_from" in row and item.intake_id:  # a link to the attempt that ran
             row["carried_from"]["url"] = work_item_url(item.intake_id,

@@ -12,8 +12,10 @@ from auxot.outbound import RefusedDestination, url_check, url_redact
 from auxot.services import audit_record
 from intakes import idempotency, ratelimit
 from intakes.accept import work_item_accept_write
+from intakes.longpoll import work_item_wait
 from intakes.lookup import intake_lookup, key_intake_lookup, work_item_lookup
 from intakes.models import Intake
+from intakes.poll_lookup import PollRead, work_item_poll_lookup
 from intakes.secrets import secret_encrypt, signing_secret_generate
 from workflows.models import Workflow, WorkItem
 from workflows.retention import json_paths_check, json_paths_redact
@@ -214,6 +216,30 @@ def _trigger_once(*, intake: Intake, key: ApiKey, payload: Any, ip: str | None,
         raise
     item._state.adding, item._state.db = False, connection.alias
     return TriggerResult(item=item, rate=ticket.state if ticket else None)
+
+
+def work_item_for_poll(*, intake_id: str, work_id: str, key: ApiKey) -> PollRead:
+    """The poll's read: the intake this key may call and its work item `work_id` (with its
+    callback delivery and replays) in one query, or the one 404 for every other case."""
+    read = work_item_poll_lookup(intake_pk=_parse_uuid(intake_id), work_pk=_parse_uuid(work_id),
+                                 key=key)
+    if read is None:
+        raise _not_found()
+    return read
+
+
+def work_item_poll(*, intake_id: str, work_id: str, key: ApiKey,
+                   wait: float | None = None) -> tuple[PollRead, bool]:
+    """The poll's read, after a long-poll's wait when `wait` is set and the item is not
+    finished. The bool: the wait was refused (this process has as many waiting as it
+    allows), so the answer is the item as first read."""
+    read = work_item_for_poll(intake_id=intake_id, work_id=work_id, key=key)
+    if not wait or read.item.is_terminal:
+        return read, False
+    if not work_item_wait(item=read.item, seconds=wait):
+        return read, True
+    # As it is now, and the key's access checked again.
+    return work_item_for_poll(intake_id=intake_id, work_id=work_id, key=key), False
 
 
 def work_item_for_key(*, intake: Intake, work_id: str) -> WorkItem:

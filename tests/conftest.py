@@ -35,6 +35,16 @@ def _user(username: str, org: Organization, role: str):
     return user
 
 
+@pytest.fixture(autouse=True)
+def _presenter_caches_clear():
+    """The poll's per-process heartbeat and provider caches never carry over between tests."""
+    from workflows.presenters import presenter_caches_clear
+
+    presenter_caches_clear()
+    yield
+    presenter_caches_clear()
+
+
 @pytest.fixture
 def cast(db) -> Cast:
     org_a = Organization.objects.create(name="Org A", slug="org-a", plan="business")

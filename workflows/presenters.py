@@ -1,7 +1,10 @@
 """What a caller sees of a work item: the poll body (and, later, the callback body).
 
-`work_item_view` loads what it needs in two queries and explains a non-terminal item:
-what it waits on, since when, and the first thing to check.
+`work_item_view` loads the item's step progress in one query (the workflow's steps, each
+LEFT JOINed to this item's attempts) and explains a non-terminal item: what it waits on,
+since when, and the first thing to check. What the diagnosis needs beyond the item (the
+last worker heartbeat, a provider's queue) comes from a per-process cache a couple of
+seconds old, not a query per poll.
 """
 
 from dataclasses import dataclass
@@ -12,10 +15,16 @@ from django.conf import settings
 from django.utils import timezone
 
 from auxot.timefmt import iso
+from auxot.ttlcache import TtlCache
 from workflows.handoffs import describe
+from workflows.lookup import step_progress
 from workflows.models import Step, StepRun, WorkItem
 from workflows.providers import provider_position
-from workflows.services import worker_last_seen
+from workflows.services import (
+    HEARTBEAT_CACHE_SECONDS,
+    worker_last_seen_cache_clear,
+    worker_last_seen_cached,
+)
 
 HEARTBEAT_STALE = timedelta(seconds=60)
 
@@ -97,7 +106,7 @@ def _explain(item: WorkItem, steps: list[Step], now: datetime) -> tuple[dict | N
     # Due but not claimed: queued behind others, or nobody is working.
     since = item.created_at if item.status == WorkItem.Status.PENDING else item.next_run_at
     age = int((now - since).total_seconds()) if since else 0
-    last_beat = worker_last_seen()
+    last_beat = worker_last_seen_cached()
     if last_beat is None or now - last_beat > HEARTBEAT_STALE:
         seen = (f"no worker heartbeat since {iso(last_beat)}" if last_beat
                 else "no worker heartbeat has ever been seen")
@@ -131,8 +140,20 @@ def _wait_approval(item: WorkItem, step, where: str, now: datetime) -> tuple[dic
                      f"{deadline}; approve it at {link}")
 
 
+# A provider's queue position as this process read it at most this long ago, per item.
+_provider_positions = TtlCache(HEARTBEAT_CACHE_SECONDS)
+
+
+def presenter_caches_clear() -> None:
+    """Forget the cached heartbeat and provider positions (tests; after a restore)."""
+    _provider_positions.clear()
+    worker_last_seen_cache_clear()
+
+
 def _wait_provider(item: WorkItem, step, where: str, now: datetime) -> tuple[dict, str]:
-    detail = provider_position(work_id=item.pk, now=now) or dict(item.waiting_detail or {})
+    detail = (_provider_positions.get(item.pk, lambda: provider_position(work_id=item.pk,
+                                                                         now=now))
+              or dict(item.waiting_detail or {}))
     ahead = detail.get("ahead", 0)
     waiting = {"kind": "provider", "since": iso(item.waiting_since),
                "step": step.name if step else None, **detail}
@@ -167,10 +188,12 @@ def _retry_after(item: WorkItem, now: datetime) -> int | None:
     return 1
 
 
-def work_item_view(item: WorkItem, *, now: datetime | None = None) -> WorkItemView:
+def work_item_view(item: WorkItem, *, now: datetime | None = None,
+                   replayed_by: list[str] | None = None) -> WorkItemView:
+    """The poll body. `replayed_by`: the failed item's replays when the caller has read them
+    already (the poll reads them with the item); None reads them here."""
     now = now or timezone.now()
-    steps = list(Step.objects.filter(workflow_id=item.workflow_id))
-    runs = list(StepRun.objects.filter(work_item=item).order_by("attempt"))
+    steps, runs = step_progress(item)
     waiting_on, diagnosis = _explain(item, steps, now)
     current = steps[item.current_step] if (
         not item.is_terminal and item.current_step < len(steps)) else None
@@ -194,6 +217,6 @@ def work_item_view(item: WorkItem, *, now: datetime | None = None) -> WorkItemVi
         "redacted_at": iso(item.redacted_at),
         "replay_of": str(item.replay_of_id) if item.replay_of_id else None,
         "resumed_from_step": item.resumed_from_step,
-        "replayed_by": _replayed_by(item),
+        "replayed_by": _replayed_by(item) if replayed_by is None else replayed_by,
     }
     return WorkItemView(body=body, retry_after=_retry_after(item, now))

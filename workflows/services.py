@@ -12,6 +12,7 @@ from auxot.errors import ApplicationError, PermissionDeniedError
 from auxot.logs import current_request_id
 from auxot.models import Membership
 from auxot.services import audit_record
+from auxot.ttlcache import TtlCache
 from workflows.handoffs import describe, violations
 from workflows.kinds import REGISTRY
 from workflows.metrics import WORK_ITEMS_FINISHED
@@ -89,11 +90,28 @@ def worker_heartbeat(*, name: str | None = None, started_at: datetime, now=None)
         name=name, defaults={"seen_at": now, "started_at": started_at}
     )
     WorkerHeartbeat.objects.filter(seen_at__lt=now - timedelta(days=1)).delete()
+    _last_seen.clear()  # this process's next cached read sees the beat it just wrote
 
 
 def worker_last_seen() -> datetime | None:
     beat = WorkerHeartbeat.objects.order_by("-seen_at").values_list("seen_at", flat=True).first()
     return beat
+
+
+# The poll's diagnosis reads the last heartbeat through this: one query per process every
+# HEARTBEAT_CACHE_SECONDS, not one per poll (workers beat every few seconds and the
+# diagnosis calls them gone after 60 s, so 2 s of staleness changes no answer that matters).
+HEARTBEAT_CACHE_SECONDS = 2.0
+_last_seen = TtlCache(HEARTBEAT_CACHE_SECONDS, maxsize=1)
+
+
+def worker_last_seen_cached() -> datetime | None:
+    """worker_last_seen as this process read it at most HEARTBEAT_CACHE_SECONDS ago."""
+    return _last_seen.get(None, worker_last_seen)
+
+
+def worker_last_seen_cache_clear() -> None:
+    _last_seen.clear()
 
 
 def workflow_input_check(*, workflow: Workflow, input: Any) -> None:

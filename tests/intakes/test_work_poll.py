@@ -77,6 +77,7 @@ def test_failed_item_names_step_in_diagnosis(api, cast, member_token):
 def test_poll_query_count_is_pinned(api, intake_a, member_token, django_assert_num_queries):
     work_id = trigger(api, intake_a.pk, member_token).json()["work_id"]
     work_item_process(work_id=work_id, drain_seconds=0)
-    # key with the intake and its membership check (one SELECT), item, steps, step runs
-    with django_assert_num_queries(4):
+    # key with the intake (one SELECT); intake with its membership check and the item;
+    # steps with their attempts
+    with django_assert_num_queries(3):
         assert _poll(api, intake_a, member_token, work_id).status_code == 200
