@@ -65,10 +65,17 @@ def slot_released() -> Iterator[None]:
         _local.slot = slot
 
 
+# A liveness probe asks whether the process is up, not whether it is busy: it never waits
+# for a slot, so a saturated process is not restarted by its supervisor for being busy.
+UNSLOTTED_PATHS = frozenset({"/healthz"})
+
+
 class ActiveRequestsMiddleware:
     def __init__(self, get_response):
         self.get_response = get_response
 
     def __call__(self, request):
+        if request.path in UNSLOTTED_PATHS:
+            return self.get_response(request)
         with slot_held():
             return self.get_response(request)

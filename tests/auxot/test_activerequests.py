@@ -57,6 +57,23 @@ def test_a_released_slot_serves_another_request_and_comes_back(settings):
     assert activerequests._slots[1]._value == 1
 
 
+def test_the_liveness_probe_answers_while_every_slot_is_taken(client, settings):
+    settings.AUXOT_WEB_ACTIVE_REQUESTS = 1
+    entered, leave = threading.Event(), threading.Event()
+    thread = _in_slot(entered, leave)
+    assert entered.wait(10)
+    try:
+        answered = []
+        probe = threading.Thread(target=lambda: answered.append(client.get("/healthz")),
+                                 daemon=True)
+        probe.start()
+        probe.join(10)
+        assert answered and answered[0].status_code == 200
+    finally:
+        leave.set()
+        thread.join(10)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_waiting_long_poll_does_not_hold_up_a_trigger(api, intake_a, member_token, settings,
                                                        monkeypatch):
