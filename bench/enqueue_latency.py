@@ -13,6 +13,7 @@ at the start and the end.
 """
 
 import argparse
+import os
 import random
 import sys
 import time
@@ -32,6 +33,8 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=0,
                         help="seconds to measure the idle cluster's cost first (0: skip)")
     args = parser.parse_args()
+    # This process commits the items: it wakes the workers as a web process on that broker.
+    os.environ.update(common.broker_env(args.broker))
     common.django_setup()
     from django.db import transaction
 
