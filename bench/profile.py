@@ -58,6 +58,7 @@ def main() -> None:
 
     for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: ignored in background jobs
         signal.signal(signum, _interrupt)
+    print("loadavg start={:.2f} {:.2f} {:.2f}".format(*common.load()), flush=True)
     fixture = common.fixture_create("profile")
     profiler = Profiler(interval=0.0005)
     try:
@@ -81,6 +82,7 @@ def main() -> None:
         profiler.stop()
         assert response.status_code in (200, 202), response.content
         print(profiler.output_text(unicode=False, color=False, show_all=False))
+        print("loadavg end={:.2f} {:.2f} {:.2f}".format(*common.load()))
     except KeyboardInterrupt:
         sys.exit(130)
     finally:
