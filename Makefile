@@ -49,6 +49,9 @@ clean:
 	rm -rf $(VENV) var
 
 # --- bench and drills: PostgreSQL, gunicorn, wrk; see BENCHMARKS.md -------------
+# `make bench` empties BENCH_DB first (it refuses a name that does not end in "bench" or
+# have a "_bench_" part). BENCH_ARGS="--broker orm,redis" adds the Redis broker (REDIS_URL,
+# default redis://127.0.0.1:6379/12); `python bench/run.py --help` lists the rest.
 BENCH_DB ?= postgres://postgres@127.0.0.1:5432/auxot_bench
 .PHONY: bench drill fleet
 bench: $(VENV)/.installed

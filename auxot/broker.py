@@ -2,6 +2,8 @@
 
 Rows in the database are the source of truth; a message only says "look at this row".
 So an enqueue never raises: a lost message is found again by the ticker's sweep.
+
+The ORM broker itself (when no REDIS_URL is set) is `auxot.orm_broker.ListeningORM`.
 """
 
 import logging

@@ -9,9 +9,9 @@ from django.core.checks import Warning, register
 from django.db import connections
 
 # A qcluster's processes besides its workers that hold a connection: the sentinel (schedules),
-# the pusher (ORM broker), the monitor and the ticker thread, which holds a second one to
-# LISTEN for committed work on PostgreSQL.
-QCLUSTER_OVERHEAD = 5
+# the pusher (ORM broker; on PostgreSQL a second one to LISTEN for messages), the monitor and
+# the ticker thread, which holds a second one to LISTEN for committed work on PostgreSQL.
+QCLUSTER_OVERHEAD = 6
 # The callback dispatcher in the main process: its 4 database threads (attempt rows and
 # outcomes), its claim loop and its LISTEN connection. Its senders hold no connection.
 DISPATCHER_CONNECTIONS = 6

@@ -347,8 +347,13 @@ if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
 else:
     Q_CLUSTER["orm"] = "default"
-    # The ORM broker's latency is about poll/2 + 10 ms (measured with bench/).
-    Q_CLUSTER["poll"] = env_float("AUXOT_ORM_POLL_SECONDS", 0.05, minimum=0.01)
+    # django-q2's ORM broker, woken by NOTIFY on PostgreSQL (auxot/broker.py). There the poll
+    # is only the safety net (a message whose lock expired sends no NOTIFY); on SQLite the
+    # pusher polls, and its latency is about poll/2 + 10 ms (measured with bench/).
+    Q_CLUSTER["broker_class"] = "auxot.orm_broker.ListeningORM"
+    Q_CLUSTER["poll"] = env_float(
+        "AUXOT_ORM_POLL_SECONDS",
+        1.0 if _db["ENGINE"] == "django.db.backends.postgresql" else 0.05, minimum=0.01)
 
 # A drain task claims up to AUXOT_DRAIN_BATCH due items in one statement, runs them, and
 # claims again until nothing is due or AUXOT_DRAIN_SECONDS have passed.

@@ -1,22 +1,33 @@
 """Shared parts of bench/run.py and bench/drills.py: a database, a cast, real processes.
 
 Everything runs against PostgreSQL (DATABASE_URL, default postgres://postgres@127.0.0.1/
-auxot_bench) with gunicorn and `manage.py qcluster` as separate process groups.
+auxot_bench) with gunicorn and `manage.py qcluster` as separate process groups, with
+gunicorn's worker recycling off (GUNICORN_MAX_REQUESTS=0: a recycled worker mid-case is a
+cold start inside the figures). The broker is the ORM broker, or with `broker_env("redis")`
+django-q2's Redis broker at REDIS_URL (default redis://127.0.0.1:6379/12).
 """
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/auxot_bench"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/12"
+BROKERS = ("orm", "redis")
+# Databases bench/run.py may empty: a name ending in "bench", or "<anything>_bench_<suffix>".
+BENCH_DB_NAME = re.compile(r"^[A-Za-z0-9_]*(bench|_bench_[A-Za-z0-9_]+)$")
+# Tables an empty bench database keeps: the schema's bookkeeping, written by migrate.
+KEPT_TABLES = {"django_migrations", "django_content_type", "auth_permission"}
 GREETING = "{greeting: join(' ', ['Hello,', input.customer || 'world']), n: input.n}"
 
 
@@ -34,6 +45,8 @@ def base_env(**extra: str) -> dict[str, str]:
         # Limits on (the counter's upsert is part of the measured path) but out of reach.
         "AUXOT_RATE_LIMIT_KEY": os.environ.get("AUXOT_RATE_LIMIT_KEY", "1000000000"),
         "AUXOT_RATE_LIMIT_INTAKE": os.environ.get("AUXOT_RATE_LIMIT_INTAKE", "1000000000"),
+        # No worker recycling in the middle of a case.
+        "GUNICORN_MAX_REQUESTS": "0",
     })
     env.update(extra)
     return env
@@ -53,11 +66,142 @@ def django_setup() -> None:
     call_command("migrate", verbosity=0)
 
 
+def database_name(url: str) -> str:
+    return url.rsplit("/", 1)[1].split("?")[0]
+
+
+def bench_database_check(url: str) -> str:
+    """The database's name, if it is a bench database; exits otherwise (nothing is touched)."""
+    name = database_name(url)
+    if not BENCH_DB_NAME.match(name):
+        sys.exit(f"refusing to empty database {name!r}: a bench database's name ends in "
+                 f"'bench' or has a '_bench_' part (e.g. auxot_bench, auxot_bench_mine)")
+    return name
+
+
+def bench_database_reset() -> list[str]:
+    """Empty the bench database (after django_setup): every table but the schema's
+    bookkeeping, so no item, queue row or audit row of an earlier run is in the figures."""
+    from django.db import connection
+
+    bench_database_check(database_url())
+    tables = sorted(set(connection.introspection.table_names()) - KEPT_TABLES)
+    if tables:
+        qn = connection.ops.quote_name
+        with connection.cursor() as cursor:
+            cursor.execute(f"TRUNCATE {', '.join(qn(t) for t in tables)} RESTART IDENTITY CASCADE")
+    return tables
+
+
+def redis_url() -> str:
+    return os.environ.get("REDIS_URL") or DEFAULT_REDIS
+
+
+def broker_env(broker: str) -> dict[str, str]:
+    """The environment that makes a web or qcluster process use this broker (the app picks
+    django-q2's Redis broker when REDIS_URL is set, its ORM broker otherwise)."""
+    if broker not in BROKERS:
+        raise ValueError(f"unknown broker {broker!r}")
+    return {"REDIS_URL": redis_url() if broker == "redis" else ""}
+
+
+def broker_purge(broker: str) -> None:
+    """Drop the messages left on this broker's queue by an earlier (interrupted) run: the
+    queue's own rows or list key only, never the rest of the database or Redis db."""
+    from django.conf import settings
+    from django_q.models import OrmQ
+
+    name = settings.Q_CLUSTER["name"]
+    if broker == "redis":
+        import redis
+
+        client = redis.from_url(redis_url())
+        client.delete(f"django_q:{name}:q")
+        client.close()
+    else:
+        OrmQ.objects.filter(key=name).delete()
+
+
+class BrokerDepth(threading.Thread):
+    """Samples the broker's message count every `interval` seconds while it runs.
+
+    ORM broker: its OrmQ rows (waiting, plus taken by a pusher until acknowledged). Redis
+    broker: the list's length (waiting only: a taken message has left Redis).
+    """
+
+    def __init__(self, broker: str, interval: float = 0.1) -> None:
+        super().__init__(name="broker-depth", daemon=True)
+        self.broker, self.interval = broker, interval
+        self.samples: list[int] = []
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        from django.conf import settings
+        from django.db import connection
+        from django_q.models import OrmQ
+
+        name = settings.Q_CLUSTER["name"]
+        client = None
+        if self.broker == "redis":
+            import redis
+
+            client = redis.from_url(redis_url())
+        try:
+            while not self._stop_event.wait(self.interval):
+                if client is not None:
+                    self.samples.append(int(client.llen(f"django_q:{name}:q")))
+                else:
+                    self.samples.append(OrmQ.objects.filter(key=name).count())
+        finally:
+            if client is not None:
+                client.close()
+            connection.close()
+
+    def stop(self) -> dict:
+        self._stop_event.set()
+        self.join(10)
+        return {"max": max(self.samples, default=0), "median": median(self.samples),
+                "samples": len(self.samples)}
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def idle_cost(cluster_pid: int, seconds: float) -> dict:
+    """What an idle qcluster costs: its database transactions/s (PostgreSQL's counter for
+    this database; the bench's own two reads subtracted) and its processes' CPU ms/s."""
+    from django.db import connection
+
+    def transactions() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT xact_commit + xact_rollback FROM pg_stat_database "
+                           "WHERE datname = current_database()")
+            return cursor.fetchone()[0]
+
+    pids = [cluster_pid, *children(cluster_pid)]
+    before_x, before_cpu = transactions(), _cpu_seconds(pids)
+    time.sleep(seconds)
+    after_x, after_cpu = transactions(), _cpu_seconds(pids)
+    return {"seconds": seconds, "transactions_per_s": max(0, after_x - before_x - 1) / seconds,
+            "cpu_ms_per_s": (after_cpu - before_cpu) * 1000 / seconds}
+
+
+def load() -> list[float]:
+    """The load average (1, 5, 15 min), printed and stored beside every figure."""
+    return [round(value, 2) for value in os.getloadavg()]
+
+
 def _create_database(url: str) -> None:
     import psycopg
     from psycopg import sql
 
-    name = url.rsplit("/", 1)[1].split("?")[0]
+    name = database_name(url)
     admin_url = url.rsplit("/", 1)[0] + "/postgres"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():

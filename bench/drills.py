@@ -275,10 +275,16 @@ def main() -> None:
                if args.restart_postgres else "")
     common.django_setup()
     reports = []
+    drills = []
     if args.drill in ("crash", "all"):
-        reports.append(crash_drill(args.size, args.clusters, restart))
+        drills.append(lambda: crash_drill(args.size, args.clusters, restart))
     if args.drill in ("sigterm", "all"):
-        reports.append(sigterm_drill(min(args.size, 2000)))
+        drills.append(lambda: sigterm_drill(min(args.size, 2000)))
+    for drill in drills:  # the load average beside each drill's figures
+        start = common.load()
+        report = drill()
+        report["load"] = {"start": start, "end": common.load()}
+        reports.append(report)
     for report in reports:
         print(json.dumps(report, indent=2))
     (common.ROOT / "var").mkdir(exist_ok=True)

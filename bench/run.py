@@ -1,19 +1,32 @@
 """The benchmark suite: `make bench` (or `python bench/run.py`). See BENCHMARKS.md.
 
-Against gunicorn (2 sync workers) and PostgreSQL, with wrk at 16 connections, medians of
---runs runs, interleaved with the two ceilings on the same server in the same run:
+Starts from an empty bench database: every table of DATABASE_URL (default
+postgres://postgres@127.0.0.1:5432/auxot_bench) is truncated first, and a database whose
+name neither ends in "bench" nor has a "_bench_" part (auxot_bench_mine) is refused.
+gunicorn runs 2 workers with the repository's gunicorn.conf.py, worker recycling off
+(GUNICORN_MAX_REQUESTS=0) and AUXOT_BENCH_CEILINGS=1, the setting that mounts the two
+ceiling views (POST /bench/insert, GET /bench/row/<pk>; never set it in production).
+
+HTTP, wrk at 16 connections, medians of --runs runs interleaved with the ceilings:
   1. trigger POST vs a bare DRF view doing one INSERT + COMMIT,
-  2. poll GET vs a bare DRF GET of one row by primary key,
-  3. enqueue -> first step start on an idle system (qcluster, 2 workers),
-  4. end to end: a 2-step transform workflow, 2 workers, items/s and POST -> completed,
-  5. peak RSS of a web worker and a qcluster worker after --items items.
-Prints a Markdown report and writes var/bench.json.
+  2. poll GET vs a bare DRF GET of one row by primary key.
+Then for each broker of --broker (orm, redis, or both: orm,redis), 2 qcluster workers:
+  3. the idle cluster's cost (database transactions/s, CPU ms/s), then enqueue -> first
+     step start, one trigger at a time,
+  4. engine alone: --engine-items items committed before the cluster starts,
+  5. end to end: --items triggers posted by 16 threads while the cluster works: items/s,
+     POST -> completed, and the broker's message count sampled every 100 ms,
+  6. peak RSS of a web worker and a qcluster worker.
+The Redis broker is django-q2's, at REDIS_URL (default redis://127.0.0.1:6379/12); only
+the bench's queue key is cleared there. Every case prints the load average at its start
+and end; the report and var/bench.json carry them beside the figures.
 """
 
 import argparse
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import subprocess
@@ -27,6 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common
+from bench.engine_overhead import engine_alone
 
 UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 POST_LUA = """
@@ -130,7 +144,9 @@ def _wait_terminal(ids: list[str], timeout: float) -> None:
 
 
 def engine_latency(base: str, fixture: common.Fixture, samples: int) -> dict:
-    """Idle system: one trigger at a time; created_at -> the first step's started_at."""
+    """Idle system: one trigger at a time; created_at -> the first step's started_at. The
+    pause between triggers is random (0.15-0.45 s): a fixed one phase-locks the samples to
+    any periodic poll on the path and measures one point of its cycle every time."""
     import requests
 
     from workflows.models import StepRun
@@ -143,10 +159,9 @@ def engine_latency(base: str, fixture: common.Fixture, samples: int) -> dict:
     _wait_terminal([warm], 120)
     ids = []
     for i in range(samples):
-        response = requests.post(url, json={"n": i}, timeout=10,
-                                 headers={"Authorization": f"Bearer {fixture.token}"})
+        response = requests.post(url, json={"n": i}, timeout=10, headers=auth)
         ids.append(response.json()["work_id"])
-        time.sleep(0.3)
+        time.sleep(random.uniform(0.15, 0.45))
     _wait_terminal(ids, 120)
     runs = (StepRun.objects.filter(work_item_id__in=ids, step__position=1, attempt=1)
             .values_list("started_at", "work_item__created_at", "work_item__finished_at"))
@@ -157,16 +172,21 @@ def engine_latency(base: str, fixture: common.Fixture, samples: int) -> dict:
             "done_p99": common.percentile(done, 99)}
 
 
-def end_to_end(base: str, fixture: common.Fixture, items: int) -> dict:
+def end_to_end(base: str, fixture: common.Fixture, items: int, broker: str) -> dict:
     from django.db.models import Max, Min
 
     from workflows.models import WorkItem
 
     url = f"{base}/v1/intake/{fixture.intake_id}"
-    posted_at = time.monotonic()
-    ids = _post_many(url, fixture.token, items)
-    post_seconds = time.monotonic() - posted_at
-    _wait_terminal(ids, 60 + items / 20)
+    depth = common.BrokerDepth(broker)
+    depth.start()
+    try:
+        posted_at = time.monotonic()
+        ids = _post_many(url, fixture.token, items)
+        post_seconds = time.monotonic() - posted_at
+        _wait_terminal(ids, 60 + items / 20)
+    finally:
+        messages = depth.stop()
     rows = WorkItem.objects.filter(pk__in=ids)
     span = rows.aggregate(first=Min("created_at"), last=Max("finished_at"))
     latency = [(f - c).total_seconds() * 1000
@@ -174,7 +194,50 @@ def end_to_end(base: str, fixture: common.Fixture, items: int) -> dict:
     seconds = (span["last"] - span["first"]).total_seconds()
     return {"items": items, "completed": rows.filter(status="completed").count(),
             "items_per_s": items / seconds, "post_per_s": items / post_seconds,
-            "p50": common.percentile(latency, 50), "p99": common.percentile(latency, 99)}
+            "p50": common.percentile(latency, 50), "p99": common.percentile(latency, 99),
+            "broker_messages": messages}
+
+
+def case(name: str, run, *args, **kwargs) -> dict:
+    """Run one case with the load average printed (and kept) at its start and end."""
+    start = common.load()
+    print(f"-- {name}: start, load average {_load_text(start)}", flush=True)
+    result = run(*args, **kwargs)
+    result["load"] = {"start": start, "end": common.load()}
+    print(f"-- {name}: done, load average {_load_text(result['load']['end'])}", flush=True)
+    return result
+
+
+def _load_text(load: list[float]) -> str:
+    return " ".join(f"{value:.2f}" for value in load)
+
+
+def engine_cases(broker: str, args, fixture: common.Fixture) -> dict:
+    """The engine's cases on one broker: idle cost and latency, engine alone, end to end."""
+    common.broker_purge(broker)
+    alone = case(f"{broker}: engine alone, {args.engine_items} items", engine_alone,
+                 items=args.engine_items, steps=2, workers=2, broker=broker)
+    port = common.free_port()
+    base = f"http://127.0.0.1:{port}"
+    web = common.gunicorn(port, AUXOT_PUBLIC_BASE_URL=base, **common.broker_env(broker))
+    cluster = common.qcluster(**common.broker_env(broker))
+    try:
+        time.sleep(3)  # started and idle
+        idle = case(f"{broker}: idle cluster", common.idle_cost, cluster.pid, args.idle_seconds)
+        latency = case(f"{broker}: idle latency", engine_latency, base, fixture,
+                       args.latency_samples)
+        e2e = case(f"{broker}: end to end, {args.items} items", end_to_end, base, fixture,
+                   args.items, broker)
+        memory = {
+            "web_kib": max(common.peak_rss_kib(p) for p in common.children(web.pid)),
+            "worker_kib": max(common.peak_rss_kib(p) for p in common.children(cluster.pid)),
+            "cluster_main_kib": common.peak_rss_kib(cluster.pid),
+        }
+    finally:
+        cluster.stop()
+        web.stop()
+    return {"broker": broker, "idle": idle, "latency": latency, "alone": alone, "e2e": e2e,
+            "memory": memory}
 
 
 def report_http(http: dict) -> str:
@@ -194,64 +257,91 @@ def report_http(http: dict) -> str:
     ])
 
 
-def report(machine: str, http: dict, latency: dict, e2e: dict, memory: dict) -> str:
+def report_engine(engines: list[dict]) -> str:
     lines = [
-        f"Machine: {machine}", "", report_http(http), "",
-        f"Enqueue -> first step start, idle, {latency['samples']} samples: "
-        f"p50 {latency['start_p50']:.0f} ms, p99 {latency['start_p99']:.0f} ms "
-        f"(target p50 < 100 ms); POST -> completed p50 {latency['done_p50']:.0f} ms, "
-        f"p99 {latency['done_p99']:.0f} ms.",
-        f"End to end, 2-step transform, 2 workers, {e2e['items']} items posted by 16 "
-        f"threads: {e2e['items_per_s']:.0f} items/s (target >= 200), POST -> completed "
-        f"p50 {e2e['p50']:.0f} ms, p99 {e2e['p99']:.0f} ms; completed "
-        f"{e2e['completed']}/{e2e['items']}; posting ran at {e2e['post_per_s']:.0f} req/s.",
-        f"Peak RSS after the run: web worker {memory['web_kib'] / 1024:.0f} MiB, "
-        f"qcluster worker {memory['worker_kib'] / 1024:.0f} MiB, qcluster main "
-        f"{memory['cluster_main_kib'] / 1024:.0f} MiB.",
+        "| broker | idle cluster | enqueue -> first step start, idle | engine alone, "
+        "2-step transform, 2 workers | end to end while posting (16 threads) | "
+        "POST -> completed, e2e | broker messages during e2e | peak RSS web / worker |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    for e in engines:
+        idle, lat, alone, e2e, mem = e["idle"], e["latency"], e["alone"], e["e2e"], e["memory"]
+        msgs = e2e["broker_messages"]
+        lines.append(
+            f"| {e['broker']} | {idle['transactions_per_s']:.1f} transactions/s, "
+            f"{idle['cpu_ms_per_s']:.0f} CPU ms/s (load {_load_text(idle['load']['start'])}) "
+            f"| p50 **{lat['start_p50']:.1f} ms**, p99 {lat['start_p99']:.0f} ms "
+            f"({lat['samples']} samples; load {_load_text(lat['load']['start'])} -> "
+            f"{_load_text(lat['load']['end'])}) "
+            f"| **{alone['items_per_s']:.0f} items/s** ({alone['steady_items_per_s']:.0f} "
+            f"steady), {alone['items']} items (load {_load_text(alone['load']['start'])} -> "
+            f"{_load_text(alone['load']['end'])}) "
+            f"| **{e2e['items_per_s']:.0f} items/s**, {e2e['completed']}/{e2e['items']} "
+            f"completed, accepted at {e2e['post_per_s']:.0f}/s (load "
+            f"{_load_text(e2e['load']['start'])} -> {_load_text(e2e['load']['end'])}) "
+            f"| p50 {e2e['p50']:.0f} ms, p99 {e2e['p99']:.0f} ms "
+            f"| max {msgs['max']}, median {msgs['median']:.0f} ({msgs['samples']} samples) "
+            f"| {mem['web_kib'] / 1024:.0f} / {mem['worker_kib'] / 1024:.0f} MiB |")
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10, help="per wrk run")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--items", type=int, default=10_000, help="end-to-end items")
+    parser.add_argument("--engine-items", type=int, default=10_000,
+                        help="engine-alone items, committed before the cluster starts")
     parser.add_argument("--latency-samples", type=int, default=50)
-    parser.add_argument("--http-only", action="store_true", help="only the wrk part")
+    parser.add_argument("--idle-seconds", type=float, default=10,
+                        help="how long the idle cluster's cost is measured")
+    parser.add_argument("--broker", default="orm",
+                        help="orm, redis, or both in this order: orm,redis (default orm)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--http-only", action="store_true", help="only the wrk part")
+    group.add_argument("--engine-only", action="store_true", help="skip the wrk part")
     args = parser.parse_args()
-    if not shutil.which("wrk"):
+    brokers = [b.strip() for b in args.broker.split(",") if b.strip()]
+    if not brokers or any(b not in common.BROKERS for b in brokers):
+        parser.error(f"--broker: one or more of {', '.join(common.BROKERS)}")
+    if not args.engine_only and not shutil.which("wrk"):
         sys.exit("wrk is missing: apt-get install -y wrk")
+    common.bench_database_check(common.database_url())
     common.django_setup()
-    fixture = common.fixture_create("bench")
-    load_fixture = common.fixture_create("load")
-    port = common.free_port()
-    base = f"http://127.0.0.1:{port}"
-    web = common.gunicorn(port, AUXOT_BENCH_CEILINGS="1", AUXOT_PUBLIC_BASE_URL=base)
-    cluster = None
-    try:
-        http = http_load(base, load_fixture, args.seconds, args.runs)
-        if args.http_only:
-            print(report_http(http))
-            return
-        cluster = common.qcluster()
-        latency = engine_latency(base, fixture, args.latency_samples)
-        e2e = end_to_end(base, fixture, args.items)
-        memory = {
-            "web_kib": max(common.peak_rss_kib(p) for p in common.children(web.pid)),
-            "worker_kib": max(common.peak_rss_kib(p) for p in common.children(cluster.pid)),
-            "cluster_main_kib": common.peak_rss_kib(cluster.pid),
-        }
-    finally:
-        if cluster:
-            cluster.stop()
-        web.stop()
-    machine = f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
-    text = report(machine, http, latency, e2e, memory)
+    common.bench_database_reset()
+    machine = (f"{platform.platform()}, {os.cpu_count()} CPUs, "
+               f"Python {platform.python_version()}")
+    print(f"Machine: {machine}; load average at start {_load_text(common.load())}", flush=True)
+    results: dict = {"machine": machine, "load_start": common.load()}
+    text = []
+    if not args.engine_only:
+        load_fixture = common.fixture_create("load")
+        port = common.free_port()
+        base = f"http://127.0.0.1:{port}"
+        web = common.gunicorn(port, AUXOT_BENCH_CEILINGS="1", AUXOT_PUBLIC_BASE_URL=base,
+                              **common.broker_env(brokers[0]))
+        try:
+            results["http"] = case("http", http_load, base, load_fixture, args.seconds,
+                                   args.runs)
+        finally:
+            web.stop()
+        text.append(report_http(results["http"]))
+        text.append(f"(HTTP load average {_load_text(results['http']['load']['start'])} -> "
+                    f"{_load_text(results['http']['load']['end'])})")
+    if not args.http_only:
+        fixture = common.fixture_create("bench")
+        results["engine"] = [engine_cases(broker, args, fixture) for broker in brokers]
+        text.append(report_engine(results["engine"]))
+    results["load_end"] = common.load()
     out = common.ROOT / "var" / "bench.json"
-    out.write_text(json.dumps({"http": http, "latency": latency, "e2e": e2e,
-                               "memory": memory}, indent=2))
-    print(text)
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"\nMachine: {machine}\n")
+    print("\n\n".join(text))
+    print(f"\nLoad average: start {_load_text(results['load_start'])}, "
+          f"end {_load_text(results['load_end'])}. Written to {out}.")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Wake-ups: how workers learn that work came due, without a broker message per item.
 
-Whoever makes work due calls `work_wake_notify()` inside its transaction. On PostgreSQL that
-is a NOTIFY delivered at commit, heard by each qcluster's ticker (`WakeListener`), which puts
-a drain on the broker; elsewhere it requests a drain directly. `drain_request()` adds a
+Whoever makes work due calls `work_wake_notify()` inside its transaction. On PostgreSQL with
+the ORM broker that is a NOTIFY delivered at commit, heard by each qcluster's ticker
+(`WakeListener`), which puts a drain on the broker; with the Redis broker the committing
+process pushes the drain itself right after the commit (one hop less: the worker's blocking
+pop takes it at once); elsewhere it requests a drain directly. `drain_request()` adds a
 message only when none is waiting on the broker, so a backlog of any size holds at most
 workers running + `queue_limit` prefetched + 1 waiting drain messages per cluster. The
 ticker's sweep (`work_items_wake`) is the safety net: due work with no waiting message gets
@@ -29,14 +31,23 @@ DRAIN_TASK = "workflows.tasks.work_drain"
 
 
 # --- Wake-ups ----------------------------------------------------------------------------
+def wake_is_notify() -> bool:
+    """True when a wake-up is a NOTIFY (PostgreSQL with the ORM broker): a statement that
+    writes work may then fold `WAKE_SQL` into itself instead of calling work_wake_notify()."""
+    return (connection.vendor == "postgresql" and not settings.Q_CLUSTER.get("sync")
+            and not settings.REDIS_URL)
+
+
 def work_wake_notify() -> None:
     """Tell the workers that work came due. Call it inside the transaction that made it due.
 
-    PostgreSQL: a NOTIFY, delivered only if and when that transaction commits (one statement,
-    no broker write). Other databases: a drain request (no-op when one is waiting already),
-    in the same transaction as the row for the ORM broker, after commit for Redis.
+    PostgreSQL with the ORM broker: a NOTIFY, delivered only if and when that transaction
+    commits (one statement, no broker write). The Redis broker: a drain request after the
+    commit, from this process (no ticker in between). Otherwise (SQLite, ORM broker): a
+    drain request in the same transaction as the row. A drain request is a no-op when one
+    is waiting already.
     """
-    if connection.vendor == "postgresql" and not settings.Q_CLUSTER.get("sync"):
+    if wake_is_notify():
         with connection.cursor() as cursor:
             cursor.execute(WAKE_SQL)
     elif settings.REDIS_URL or settings.Q_CLUSTER.get("sync"):  # sync: runs it right away

@@ -10,7 +10,7 @@ from django.utils import timezone
 from django_q.models import OrmQ
 
 from tests.conftest import make_workflow
-from workflows import batch
+from workflows import batch, wake
 from workflows.batch import claims_run, work_drain, work_item_process, work_items_claim_batch
 from workflows.models import StepRun, WorkItem
 from workflows.services import work_item_create
@@ -170,6 +170,29 @@ def test_a_committed_wake_reaches_the_listener_and_a_rolled_back_one_does_not(ca
             with transaction.atomic():
                 work_wake_notify()
             assert OrmQ.objects.count() == 1
+    finally:
+        listener.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_the_redis_broker_the_committing_process_requests_the_drain(cast, settings,
+                                                                        monkeypatch):
+    settings.REDIS_URL = "redis://127.0.0.1:6379/12"
+    requested = []
+    monkeypatch.setattr(wake, "drain_request", lambda: bool(requested.append(1)) or True)
+    listener = WakeListener()
+    try:
+        listener.wait(0.01)  # starts listening
+        assert wake.wake_is_notify() is False
+        with transaction.atomic():
+            work_wake_notify()
+            transaction.set_rollback(True)
+        assert requested == []
+        with transaction.atomic():
+            work_wake_notify()
+            assert requested == []  # not before the row is visible
+        assert requested == [1]
+        assert listener.wait(0.3) is False  # no NOTIFY, so no ticker in between
     finally:
         listener.close()
 

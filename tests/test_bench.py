@@ -1,0 +1,63 @@
+"""The benchmark's hygiene: it only empties bench databases, and it starts from nothing."""
+
+import pytest
+from django.db import connection
+from django_q.models import OrmQ
+
+from bench import common
+from bench.profile import profile_cleanup
+from tests.conftest import make_workflow, trigger
+from workflows.models import WorkItem
+
+
+@pytest.mark.parametrize("name", ["auxot_bench", "bench", "auxot_bench_mine", "x_bench_2"])
+def test_bench_database_names_are_accepted(name):
+    assert common.bench_database_check(f"postgres://u@h:5432/{name}?sslmode=disable") == name
+
+
+@pytest.mark.parametrize("name", ["auxot", "auxot_test", "benchmarks", "auxot_benchy",
+                                  "bench_auxot", "auxot_bench_", "auxot;bench"])
+def test_other_database_names_are_refused(name):
+    with pytest.raises(SystemExit, match="refusing to empty"):
+        common.bench_database_check(f"postgres://u@h:5432/{name}")
+
+
+def test_bench_processes_never_recycle_web_workers_mid_case():
+    assert common.base_env()["GUNICORN_MAX_REQUESTS"] == "0"
+
+
+def test_the_broker_is_chosen_by_redis_url(monkeypatch):
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    assert common.broker_env("redis") == {"REDIS_URL": "redis://127.0.0.1:6379/12"}
+    assert common.broker_env("orm") == {"REDIS_URL": ""}  # even when the caller set one
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6379/13")
+    assert common.broker_env("redis") == {"REDIS_URL": "redis://127.0.0.1:6379/13"}
+    with pytest.raises(ValueError):
+        common.broker_env("sqs")
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'")
+@pytest.mark.django_db(transaction=True)
+def test_a_bench_run_starts_from_an_empty_database(cast, monkeypatch):
+    item_workflow = make_workflow(cast.org_a, [("transform", {"expression": "input"})])
+    WorkItem.objects.create(workflow=item_workflow, input={})
+    OrmQ.objects.create(key="auxot", payload="x", lock=item_workflow.created_at)
+    monkeypatch.setattr(common, "database_url", lambda: "postgres://u@h/x_bench_test")
+    emptied = common.bench_database_reset()
+    assert "workflows_workitem" in emptied and "django_migrations" not in emptied
+    assert not WorkItem.objects.exists() and not OrmQ.objects.exists()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM django_migrations")
+        assert cursor.fetchone()[0] > 0
+
+
+def test_profile_cleanup_deletes_the_items_its_triggers_created(cast, api, intake_a,
+                                                                member_token):
+    other = WorkItem.objects.create(workflow=intake_a.workflow, input={})
+    for n in range(3):
+        assert trigger(api, intake_a.pk, member_token, {"n": n}).status_code == 202
+    OrmQ.objects.create(key="bench-ceiling", payload="{}", lock=other.created_at)
+    fixture = common.Fixture(intake_id=str(intake_a.pk), token=member_token)
+    assert profile_cleanup(fixture) == 3
+    assert list(WorkItem.objects.all()) == [other]  # not one of the intake's
+    assert not OrmQ.objects.filter(key="bench-ceiling").exists()
