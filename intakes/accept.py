@@ -19,11 +19,13 @@ from auxot import rawsql
 from intakes import idempotency
 from intakes.models import IdempotencyKey
 from workflows.models import WorkItem
-from workflows.wake import WAKE_SQL, work_wake_notify
+from workflows.wake import WAKE_SQL, wake_is_notify, work_wake_notify
 
 
 def _folds_wake() -> bool:
-    return connection.vendor == "postgresql" and not settings.Q_CLUSTER.get("sync")
+    # With the Redis broker the wake-up is a push after the commit (work_wake_notify), not a
+    # NOTIFY: there is nothing to fold into the statement.
+    return wake_is_notify()
 
 
 _wake_lock = threading.Lock()

@@ -254,3 +254,16 @@ def test_a_failed_write_leaves_the_next_trigger_to_wake_the_workers(api, intake_
     with mock.patch("intakes.accept._execute", side_effect=OperationalError("gone")):
         assert trigger(api, intake_a.pk, member_token).status_code == 503
     assert _wakes(api, intake_a, member_token, 2) == [True, False]
+
+
+def test_with_the_redis_broker_a_trigger_pushes_its_drain_after_commit_and_sends_no_notify(
+        api, intake_a, member_token, settings, django_capture_on_commit_callbacks):
+    """The Redis broker is woken by a push from the committing process, so the trigger's
+    statement carries no NOTIFY (which would also serialize concurrent commits for nothing)."""
+    settings.REDIS_URL = "redis://127.0.0.1:6379/15"
+    with mock.patch("workflows.wake.drain_request") as drain, \
+            CaptureQueriesContext(connection) as captured, \
+            django_capture_on_commit_callbacks(execute=True):
+        assert trigger(api, intake_a.pk, member_token).status_code == 202
+    assert not any("pg_notify" in q["sql"] for q in captured.captured_queries)
+    drain.assert_called_once_with()
