@@ -32,6 +32,7 @@ from intakes.metrics import callback_attempted
 from intakes.models import CallbackAttempt, CallbackDelivery, CallbackEndpoint, Intake
 from intakes.presenters import callback_url_for, render_json, work_item_poll_view
 from intakes.secrets import secret_decrypt, secret_encrypt, signing_secret_generate
+from workflows.lookup import step_progress_many
 from workflows.models import WorkItem
 
 logger = logging.getLogger(__name__)
@@ -532,26 +533,78 @@ class PreparedAttempt:
 def callback_attempt_prepare(*, delivery: CallbackDelivery, token: str,
                              now: datetime) -> PreparedAttempt:
     """Write the attempt row (before anything is sent) and sign the body. Database only."""
+    [prepared] = callback_attempts_prepare(claimed=[(delivery, token)], now=now)
+    if isinstance(prepared, Exception):
+        raise prepared
+    return prepared
+
+
+def callback_attempts_prepare(*, claimed: list[tuple[CallbackDelivery, str]],
+                              now: datetime) -> list[PreparedAttempt | Exception]:
+    """Write the attempt rows of a claimed batch in one transaction (one commit, before
+    anything is sent), then sign each body. Database only, in a fixed number of queries
+    whatever the batch's size: the interrupted attempts marked, the rows inserted, the steps
+    and attempts of every item, the replays of the failed ones. The deliveries come from
+    `callback_deliveries_claim` (intake and work item loaded with them).
+
+    One result per delivery, in order: its PreparedAttempt, or the exception that stopped
+    its body (its row is written; its lease lapses and the next attempt marks it)."""
+    if not claimed:
+        return []
     # An attempt left open was cut short by a dying worker; the receiver may have it (dedupe).
-    if delivery.attempts > 1:  # the first attempt has no earlier row
-        CallbackAttempt.objects.filter(delivery=delivery, finished_at__isnull=True).update(
-            finished_at=now, error="interrupted: the worker stopped during this attempt")
-    attempt = CallbackAttempt.objects.create(delivery=delivery, number=delivery.attempts,
-                                             started_at=now, url=url_redact(delivery.url))
-    prepared = PreparedAttempt(delivery=delivery, token=token, attempt=attempt)
+    retried = [delivery.pk for delivery, _token in claimed if delivery.attempts > 1]
+    with transaction.atomic():
+        if retried:  # a first attempt has no earlier row
+            CallbackAttempt.objects.filter(delivery_id__in=retried,
+                                           finished_at__isnull=True).update(
+                finished_at=now, error="interrupted: the worker stopped during this attempt")
+        attempts = CallbackAttempt.objects.bulk_create([
+            CallbackAttempt(delivery=delivery, number=delivery.attempts, started_at=now,
+                            url=url_redact(delivery.url)) for delivery, _token in claimed])
+    items = [delivery.work_item for delivery, _token in claimed]
+    progress = step_progress_many(items)
+    replays = _replays_of([item.pk for item in items if item.status == WorkItem.Status.FAILED])
+    results: list[PreparedAttempt | Exception] = []
+    for (delivery, token), attempt in zip(claimed, attempts, strict=True):
+        prepared = PreparedAttempt(delivery=delivery, token=token, attempt=attempt)
+        try:
+            with delivery_log_context(delivery):
+                _sign(prepared, now, progress=progress[delivery.work_item_id],
+                      replayed_by=replays.get(delivery.work_item_id, []))
+        except Exception as exc:
+            results.append(exc)
+            continue
+        results.append(prepared)
+    return results
+
+
+def _replays_of(failed_ids: list) -> dict:
+    """The replays of these failed items, oldest first, by item (one query; none if none)."""
+    if not failed_ids:
+        return {}
+    replays: dict = {}
+    for original, pk in WorkItem.objects.filter(replay_of_id__in=failed_ids).order_by(
+            "created_at").values_list("replay_of_id", "pk"):
+        replays.setdefault(original, []).append(str(pk))
+    return replays
+
+
+def _sign(prepared: PreparedAttempt, now: datetime, *, progress: tuple[list, list],
+          replayed_by: list[str]) -> None:
+    delivery = prepared.delivery
     try:
         secrets = intake_signing_secrets(intake=delivery.intake, now=now)
     except ValueError as exc:
         # Not sent, but retried: an admin can rotate the secret within the retry window.
         prepared.unsent = SendResult(error=str(exc))
-        return prepared
-    view = work_item_poll_view(delivery.work_item, intake=delivery.intake, delivery=delivery)
+        return
+    view = work_item_poll_view(delivery.work_item, intake=delivery.intake, delivery=delivery,
+                               replayed_by=replayed_by, progress=progress)
     prepared.body = render_json(view.body)
     prepared.headers = signed_headers(secrets=secrets, webhook_id=delivery.webhook_id,
                                       body=prepared.body, now=now)
     if delivery.work_item.request_id:  # the receiver can join its logs to the trigger's
         prepared.headers["x-request-id"] = delivery.work_item.request_id
-    return prepared
 
 
 def callback_attempt_post(prepared: PreparedAttempt) -> SendResult:
