@@ -389,28 +389,44 @@ def _outcome(delivery: CallbackDelivery, result: SendResult,
     return State.PENDING, retry_at, why
 
 
+_ATTEMPT_RESULT_FIELDS = ["finished_at", "status_code", "latency_ms", "response_body", "error"]
+
+
+def _attempt_result(attempt: CallbackAttempt, result: SendResult, now: datetime) -> None:
+    attempt.finished_at = now
+    attempt.status_code = result.status
+    attempt.latency_ms = result.latency_ms
+    attempt.response_body = result.body
+    attempt.error = result.error[:500]
+
+
+def _delivery_result(delivery: CallbackDelivery, token: str, result: SendResult,
+                     now: datetime) -> tuple[str, bool, str]:
+    """The delivery's new state under its lease: (state, changed, why). In a transaction."""
+    state, next_at, why = _outcome(delivery, result, now)
+    changed = CallbackDelivery.objects.filter(pk=delivery.pk, lease_token=token).update(
+        state=state, next_attempt_at=next_at, lease_token="", last_status=result.status,
+        last_error=why[:500], delivered_at=now if state == State.DELIVERED else None)
+    if changed and state == State.DISABLED:
+        intake_callback_disable(intake=delivery.intake, now=now,
+                                reason=f"410 Gone from {url_redact(delivery.url)}")
+    return state, bool(changed), why
+
+
+def _answered(result: SendResult, why: str) -> bool:
+    # A deliberate answer (2xx, 410, abort-message) shows the endpoint is up.
+    return result.ok or result.status == 410 or "abort-message" in why
+
+
 def _attempt_record(delivery: CallbackDelivery, token: str, attempt: CallbackAttempt,
                     result: SendResult) -> str:
     now = timezone.now()
-    state, next_at, why = _outcome(delivery, result, now)
     with transaction.atomic():
-        attempt.finished_at = now
-        attempt.status_code = result.status
-        attempt.latency_ms = result.latency_ms
-        attempt.response_body = result.body
-        attempt.error = result.error[:500]
-        attempt.save(update_fields=["finished_at", "status_code", "latency_ms", "response_body",
-                                    "error"])
-        changed = CallbackDelivery.objects.filter(pk=delivery.pk, lease_token=token).update(
-            state=state, next_attempt_at=next_at, lease_token="", last_status=result.status,
-            last_error=why[:500], delivered_at=now if state == State.DELIVERED else None)
-        if changed and state == State.DISABLED:
-            intake_callback_disable(intake=delivery.intake, now=now,
-                                    reason=f"410 Gone from {url_redact(delivery.url)}")
+        _attempt_result(attempt, result, now)
+        attempt.save(update_fields=_ATTEMPT_RESULT_FIELDS)
+        state, changed, why = _delivery_result(delivery, token, result, now)
     if changed and not result.refused:  # a refusal sent nothing: it says nothing of the host
-        # A deliberate answer (2xx, 410, abort-message) shows the endpoint is up.
-        answered = result.ok or result.status == 410 or "abort-message" in why
-        endpoint_outcome(key=delivery.endpoint, ok=answered, error=why, now=now)
+        endpoint_outcome(key=delivery.endpoint, ok=_answered(result, why), error=why, now=now)
     return state
 
 
@@ -619,6 +635,37 @@ def callback_attempt_finish(*, prepared: PreparedAttempt, result: SendResult) ->
     state = _attempt_record(prepared.delivery, prepared.token, prepared.attempt, result)
     callback_attempted(state=state)
     return state
+
+
+def callback_attempts_finish(*, outcomes: list[tuple[PreparedAttempt, SendResult]]
+                             ) -> list[str]:
+    """Record a batch of outcomes in one transaction (one commit), each under its lease, and
+    feed the endpoints' breakers: per outcome one UPDATE (its delivery), per batch one
+    UPDATE of the attempt rows and, for an endpoint answering in order, one breaker UPDATE
+    (a healthy one's matches nothing). Raises if any fails: nothing of the batch is then
+    recorded (`callback_attempt_finish` records them one by one)."""
+    now = timezone.now()
+    states = []
+    answering: set[str] = set()  # endpoints reset in this batch, no failure since
+    with transaction.atomic():
+        for prepared, result in outcomes:
+            delivery = prepared.delivery
+            with delivery_log_context(delivery):
+                _attempt_result(prepared.attempt, result, now)
+                state, changed, why = _delivery_result(delivery, prepared.token, result, now)
+                states.append(state)
+                if not changed or result.refused:  # a refusal says nothing of the host
+                    continue
+                ok = _answered(result, why)
+                if ok and delivery.endpoint in answering:
+                    continue  # reset already in this transaction
+                endpoint_outcome(key=delivery.endpoint, ok=ok, error=why, now=now)
+                (answering.add if ok else answering.discard)(delivery.endpoint)
+        CallbackAttempt.objects.bulk_update([prepared.attempt for prepared, _ in outcomes],
+                                            _ATTEMPT_RESULT_FIELDS)
+    for state in states:
+        callback_attempted(state=state)
+    return states
 
 
 def _deliver(delivery: CallbackDelivery, token: str, now: datetime) -> str:

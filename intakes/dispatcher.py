@@ -37,7 +37,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import close_old_connections, connection
 from django.db.models import Min
 from django.utils import timezone
 
@@ -49,6 +49,7 @@ from intakes.callbacks import (
     callback_attempt_finish,
     callback_attempt_post,
     callback_attempt_prepare,
+    callback_attempts_finish,
     callback_attempts_prepare,
     callback_deliveries_claim,
     callback_delivery_release,
@@ -375,24 +376,31 @@ class Dispatcher:
             return None
 
     def _finish(self, outcomes: list) -> None:
-        """Record a batch of outcomes in one transaction (one commit), each under its lease."""
+        """Record a batch of outcomes in one transaction (one commit), each under its lease;
+        if the batch fails, each in its own."""
         try:
             _fresh_connection()
-            with transaction.atomic():
-                for prepared, result in outcomes:
-                    try:
-                        with delivery_log_context(prepared.delivery):
-                            callback_attempt_finish(prepared=prepared, result=result)
-                    except Exception:
-                        logger.exception("recording the callback attempt of delivery %s failed",
-                                         prepared.delivery.pk)
+            callback_attempts_finish(outcomes=outcomes)
         except Exception:
-            # Their leases lapse and they are claimed again (the open attempts marked then).
-            logger.exception("recording %s callback attempts failed", len(outcomes))
-            connection.close()
+            logger.exception("recording %s callback attempts failed; one at a time",
+                             len(outcomes))
+            self._finish_each(outcomes)
         finally:
             for prepared, _result in outcomes:
                 self._done(prepared.delivery, prepared.token)
+
+    @staticmethod
+    def _finish_each(outcomes: list) -> None:
+        for prepared, result in outcomes:
+            try:
+                _fresh_connection()
+                with delivery_log_context(prepared.delivery):
+                    callback_attempt_finish(prepared=prepared, result=result)
+            except Exception:
+                # Its lease lapses and it is claimed again (the open attempt marked then).
+                logger.exception("recording the callback attempt of delivery %s failed",
+                                 prepared.delivery.pk)
+                connection.close()
 
     def _post(self, prepared: PreparedAttempt) -> None:
         try:

@@ -382,3 +382,65 @@ def test_the_progress_of_many_items_is_each_items_own(cb_intake, cast):
     assert [len(progress[i.pk][0]) for i in items] == [1, 1, 1, 2]
     assert [len(progress[i.pk][1]) for i in items] == [1, 1, 1, 0]
     assert step_progress_many([]) == {}
+
+
+def _prepared_batch(cb_intake, url: str, count: int) -> list:
+    from intakes.callbacks import callback_attempts_prepare
+
+    claimed = callback_deliveries_claim(ids=[d.pk for d in _deliveries(cb_intake, url, count)],
+                                        now=timezone.now())
+    return callback_attempts_prepare(claimed=claimed, now=timezone.now())
+
+
+@pytest.mark.django_db
+def test_a_batch_of_outcomes_costs_one_update_each_and_one_transaction(
+        cb_intake, django_assert_max_num_queries):
+    from intakes.callbacks import SendResult, callback_attempts_finish
+
+    prepared = _prepared_batch(cb_intake, "http://127.0.0.1:9/hook", 8)
+    outcomes = [(p, SendResult(status=204, latency_ms=3)) for p in prepared]
+    # Each delivery's UPDATE; the attempt rows, the endpoint's breaker (+ the savepoint).
+    with django_assert_max_num_queries(8 + 4):
+        assert callback_attempts_finish(outcomes=outcomes) == ["delivered"] * 8
+    rows = CallbackAttempt.objects.filter(delivery__in=[p.delivery for p in prepared])
+    assert {(r.status_code, r.latency_ms, r.finished_at is not None) for r in rows} == {
+        (204, 3, True)}
+    assert not CallbackDelivery.objects.filter(
+        pk__in=[p.delivery.pk for p in prepared]).exclude(state="delivered").exists()
+
+
+@pytest.mark.django_db
+def test_the_breaker_sees_a_batchs_outcomes_in_order(cb_intake, settings):
+    from intakes.callbacks import SendResult, callback_attempts_finish
+
+    settings.AUXOT_CALLBACK_BREAKER_FAILURES = 5
+    url = "http://127.0.0.1:9/hook"
+    fail, ok = SendResult(status=500), SendResult(status=204)
+    one = _prepared_batch(cb_intake, url, 4)
+    callback_attempts_finish(outcomes=list(zip(one, [ok, fail, ok, fail], strict=True)))
+    endpoint = CallbackEndpoint.objects.get(key=endpoint_key(url))
+    assert endpoint.consecutive_failures == 1  # the last failure, after the last success
+    two = _prepared_batch(cb_intake, url, 3)
+    callback_attempts_finish(outcomes=list(zip(two, [fail, ok, ok], strict=True)))
+    endpoint.refresh_from_db()
+    assert endpoint.consecutive_failures == 0 and endpoint.failing_since is None
+
+
+@pytest.mark.django_db
+def test_a_batch_of_outcomes_that_fails_is_recorded_one_at_a_time(cb_intake, endpoints,
+                                                                 monkeypatch, caplog):
+    from intakes import callbacks
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the batch's UPDATE failed")
+
+    monkeypatch.setattr(callbacks.CallbackAttempt.objects, "bulk_update", broken)
+    healthy = endpoints()
+    deliveries = _deliveries(cb_intake, healthy.url, 3)
+    dispatcher = Dispatcher(threads=4, per_host=4)
+    dispatcher.run_once()
+    assert dispatcher.send_queued() == 3
+    assert dispatcher.in_flight == 0
+    assert _settled(deliveries)
+    assert CallbackAttempt.objects.filter(delivery__in=deliveries, status_code=200).count() == 3
+    assert "one at a time" in caplog.text
