@@ -1,10 +1,10 @@
 """The callback dispatcher: many concurrent attempts, none of them in a step worker.
 
 One loop thread claims due deliveries (`callback_deliveries_claim`: a guarded UPDATE and a
-lease). A few database threads (DB_THREADS) prepare each claimed batch in one job
-(`callback_attempts_prepare`: all its attempt rows in one commit before anything is sent,
-then the bodies signed, in a fixed number of queries), and later record the outcomes under
-the lease; the POSTs run in
+lease). A few database threads (DB_THREADS) prepare each claimed batch (up to
+PREPARE_BATCH at a time) in one job (`callback_attempts_prepare`: all its attempt rows in
+one commit before anything is sent, then the bodies signed, in a fixed number of queries),
+and later record the outcomes under the lease; the POSTs run in
 AUXOT_CALLBACK_THREADS sender threads that never touch the database (an attempt is I/O:
 waiting on a receiver), so the pool can be large without holding a connection per thread.
 It runs in each `qcluster` main process (started through the `cluster_serving` signal, so
@@ -63,6 +63,9 @@ from workflows.wake import WakeListener
 logger = logging.getLogger(__name__)
 DB_THREADS = 4  # threads that write attempt rows and outcomes (a connection each)
 OUTCOME_BATCH = 32  # outcomes recorded per transaction
+# Attempts prepared per job (one transaction): a large claim is split so several database
+# threads prepare it at once and its first POSTs do not wait for its last bodies.
+PREPARE_BATCH = 16
 WAIT_SLICE_SECONDS = 0.05  # PostgreSQL: how often a wait on NOTIFY also checks the pool
 IDLE_LOOK_SECONDS = 5.0  # PostgreSQL: the longest sleep without a look (a lost NOTIFY)
 
@@ -276,8 +279,8 @@ class Dispatcher:
             for delivery, token in claimed:
                 self._in_flight[delivery.pk] = (token, delivery.endpoint)
                 self._per_endpoint[delivery.endpoint] += 1
-        if claimed:
-            self._db_jobs.put(("prepare", claimed, now))
+        for start in range(0, len(claimed), PREPARE_BATCH):
+            self._db_jobs.put(("prepare", claimed[start:start + PREPARE_BATCH], now))
         return len(claimed)
 
     def _sleep(self, listener: WakeListener, seconds: float) -> None:

@@ -444,3 +444,17 @@ def test_a_batch_of_outcomes_that_fails_is_recorded_one_at_a_time(cb_intake, end
     assert _settled(deliveries)
     assert CallbackAttempt.objects.filter(delivery__in=deliveries, status_code=200).count() == 3
     assert "one at a time" in caplog.text
+
+
+@pytest.mark.django_db
+def test_a_large_claim_is_prepared_in_several_jobs(cb_intake, endpoints):
+    from intakes.dispatcher import PREPARE_BATCH
+
+    healthy = endpoints()
+    deliveries = _deliveries(cb_intake, healthy.url, PREPARE_BATCH + 4)
+    dispatcher = Dispatcher(threads=64, per_host=64)
+    dispatcher.run_once()
+    jobs = list(dispatcher._db_jobs._prepares)
+    assert [len(job[1]) for job in jobs] == [PREPARE_BATCH, 4]  # the database threads share it
+    assert dispatcher.send_queued() == len(deliveries)
+    assert _settled(deliveries)
