@@ -564,7 +564,8 @@ def callback_attempts_prepare(*, claimed: list[tuple[CallbackDelivery, str]],
     `callback_deliveries_claim` (intake and work item loaded with them).
 
     One result per delivery, in order: its PreparedAttempt, or the exception that stopped
-    its body (its row is written; its lease lapses and the next attempt marks it)."""
+    its body (its row is written; its lease lapses and the next attempt marks it). Raises
+    only when no row was written."""
     if not claimed:
         return []
     # An attempt left open was cut short by a dying worker; the receiver may have it (dedupe).
@@ -578,8 +579,11 @@ def callback_attempts_prepare(*, claimed: list[tuple[CallbackDelivery, str]],
             CallbackAttempt(delivery=delivery, number=delivery.attempts, started_at=now,
                             url=url_redact(delivery.url)) for delivery, _token in claimed])
     items = [delivery.work_item for delivery, _token in claimed]
-    progress = step_progress_many(items)
-    replays = _replays_of([item.pk for item in items if item.status == WorkItem.Status.FAILED])
+    try:
+        progress = step_progress_many(items)
+        replays = _replays_of([i.pk for i in items if i.status == WorkItem.Status.FAILED])
+    except Exception as exc:  # the rows are written: no attempt of the batch may be retried
+        return [exc] * len(claimed)
     results: list[PreparedAttempt | Exception] = []
     for (delivery, token), attempt in zip(claimed, attempts, strict=True):
         prepared = PreparedAttempt(delivery=delivery, token=token, attempt=attempt)

@@ -458,3 +458,24 @@ def test_a_large_claim_is_prepared_in_several_jobs(cb_intake, endpoints):
     assert [len(job[1]) for job in jobs] == [PREPARE_BATCH, 4]  # the database threads share it
     assert dispatcher.send_queued() == len(deliveries)
     assert _settled(deliveries)
+
+
+@pytest.mark.django_db
+def test_a_batch_whose_rows_are_written_is_not_prepared_again(cb_intake, endpoints,
+                                                             monkeypatch):
+    from intakes import callbacks
+
+    def broken(items):
+        raise RuntimeError("the progress read failed")
+
+    monkeypatch.setattr(callbacks, "step_progress_many", broken)
+    healthy = endpoints()
+    deliveries = _deliveries(cb_intake, healthy.url, 3)
+    dispatcher = Dispatcher(threads=4, per_host=4)
+    dispatcher.run_once()
+    assert dispatcher.send_queued() == 0
+    assert dispatcher.in_flight == 0 and healthy.ids == []
+    # One open row each (no second try under the same number): their leases lapse.
+    rows = CallbackAttempt.objects.filter(delivery__in=deliveries)
+    assert sorted(r.number for r in rows) == [1, 1, 1]
+    assert all(r.finished_at is None for r in rows)
