@@ -479,3 +479,21 @@ def test_a_batch_whose_rows_are_written_is_not_prepared_again(cb_intake, endpoin
     rows = CallbackAttempt.objects.filter(delivery__in=deliveries)
     assert sorted(r.number for r in rows) == [1, 1, 1]
     assert all(r.finished_at is None for r in rows)
+
+
+@pytest.mark.django_db
+def test_a_410_in_a_batch_disables_the_intakes_callback(cb_intake):
+    from intakes.callbacks import SendResult, callback_attempts_finish, callback_attempts_prepare
+
+    claimed = callback_deliveries_claim(
+        ids=[callback_delivery_create(work_item=finished_item(cb_intake)).pk,
+             callback_delivery_create(work_item=finished_item(
+                 cb_intake, callback_url="http://127.0.0.1:9/own")).pk],
+        now=timezone.now())
+    prepared = callback_attempts_prepare(claimed=claimed, now=timezone.now())
+    states = callback_attempts_finish(outcomes=[(p, SendResult(status=410)) for p in prepared])
+    by_default = {p.delivery.uses_intake_default: s for p, s in zip(prepared, states,
+                                                                      strict=True)}
+    assert by_default == {True: "disabled", False: "failed"}  # an override stops only itself
+    cb_intake.refresh_from_db()
+    assert cb_intake.callback_disabled
