@@ -32,6 +32,7 @@ from intakes.metrics import callback_attempted
 from intakes.models import CallbackAttempt, CallbackDelivery, CallbackEndpoint, Intake
 from intakes.presenters import callback_url_for, render_json, work_item_poll_view
 from intakes.secrets import secret_decrypt, secret_encrypt, signing_secret_generate
+from workflows.lookup import step_progress_many
 from workflows.models import WorkItem
 
 logger = logging.getLogger(__name__)
@@ -388,28 +389,44 @@ def _outcome(delivery: CallbackDelivery, result: SendResult,
     return State.PENDING, retry_at, why
 
 
+_ATTEMPT_RESULT_FIELDS = ["finished_at", "status_code", "latency_ms", "response_body", "error"]
+
+
+def _attempt_result(attempt: CallbackAttempt, result: SendResult, now: datetime) -> None:
+    attempt.finished_at = now
+    attempt.status_code = result.status
+    attempt.latency_ms = result.latency_ms
+    attempt.response_body = result.body
+    attempt.error = result.error[:500]
+
+
+def _delivery_result(delivery: CallbackDelivery, token: str, result: SendResult,
+                     now: datetime) -> tuple[str, bool, str]:
+    """The delivery's new state under its lease: (state, changed, why). In a transaction."""
+    state, next_at, why = _outcome(delivery, result, now)
+    changed = CallbackDelivery.objects.filter(pk=delivery.pk, lease_token=token).update(
+        state=state, next_attempt_at=next_at, lease_token="", last_status=result.status,
+        last_error=why[:500], delivered_at=now if state == State.DELIVERED else None)
+    if changed and state == State.DISABLED:
+        intake_callback_disable(intake=delivery.intake, now=now,
+                                reason=f"410 Gone from {url_redact(delivery.url)}")
+    return state, bool(changed), why
+
+
+def _answered(result: SendResult, why: str) -> bool:
+    # A deliberate answer (2xx, 410, abort-message) shows the endpoint is up.
+    return result.ok or result.status == 410 or "abort-message" in why
+
+
 def _attempt_record(delivery: CallbackDelivery, token: str, attempt: CallbackAttempt,
                     result: SendResult) -> str:
     now = timezone.now()
-    state, next_at, why = _outcome(delivery, result, now)
     with transaction.atomic():
-        attempt.finished_at = now
-        attempt.status_code = result.status
-        attempt.latency_ms = result.latency_ms
-        attempt.response_body = result.body
-        attempt.error = result.error[:500]
-        attempt.save(update_fields=["finished_at", "status_code", "latency_ms", "response_body",
-                                    "error"])
-        changed = CallbackDelivery.objects.filter(pk=delivery.pk, lease_token=token).update(
-            state=state, next_attempt_at=next_at, lease_token="", last_status=result.status,
-            last_error=why[:500], delivered_at=now if state == State.DELIVERED else None)
-        if changed and state == State.DISABLED:
-            intake_callback_disable(intake=delivery.intake, now=now,
-                                    reason=f"410 Gone from {url_redact(delivery.url)}")
+        _attempt_result(attempt, result, now)
+        attempt.save(update_fields=_ATTEMPT_RESULT_FIELDS)
+        state, changed, why = _delivery_result(delivery, token, result, now)
     if changed and not result.refused:  # a refusal sent nothing: it says nothing of the host
-        # A deliberate answer (2xx, 410, abort-message) shows the endpoint is up.
-        answered = result.ok or result.status == 410 or "abort-message" in why
-        endpoint_outcome(key=delivery.endpoint, ok=answered, error=why, now=now)
+        endpoint_outcome(key=delivery.endpoint, ok=_answered(result, why), error=why, now=now)
     return state
 
 
@@ -532,26 +549,82 @@ class PreparedAttempt:
 def callback_attempt_prepare(*, delivery: CallbackDelivery, token: str,
                              now: datetime) -> PreparedAttempt:
     """Write the attempt row (before anything is sent) and sign the body. Database only."""
+    [prepared] = callback_attempts_prepare(claimed=[(delivery, token)], now=now)
+    if isinstance(prepared, Exception):
+        raise prepared
+    return prepared
+
+
+def callback_attempts_prepare(*, claimed: list[tuple[CallbackDelivery, str]],
+                              now: datetime) -> list[PreparedAttempt | Exception]:
+    """Write the attempt rows of a claimed batch in one transaction (one commit, before
+    anything is sent), then sign each body. Database only, in a fixed number of queries
+    whatever the batch's size: the interrupted attempts marked, the rows inserted, the steps
+    and attempts of every item, the replays of the failed ones. The deliveries come from
+    `callback_deliveries_claim` (intake and work item loaded with them).
+
+    One result per delivery, in order: its PreparedAttempt, or the exception that stopped
+    its body (its row is written; its lease lapses and the next attempt marks it). Raises
+    only when no row was written."""
+    if not claimed:
+        return []
     # An attempt left open was cut short by a dying worker; the receiver may have it (dedupe).
-    if delivery.attempts > 1:  # the first attempt has no earlier row
-        CallbackAttempt.objects.filter(delivery=delivery, finished_at__isnull=True).update(
-            finished_at=now, error="interrupted: the worker stopped during this attempt")
-    attempt = CallbackAttempt.objects.create(delivery=delivery, number=delivery.attempts,
-                                             started_at=now, url=url_redact(delivery.url))
-    prepared = PreparedAttempt(delivery=delivery, token=token, attempt=attempt)
+    retried = [delivery.pk for delivery, _token in claimed if delivery.attempts > 1]
+    with transaction.atomic():
+        if retried:  # a first attempt has no earlier row
+            CallbackAttempt.objects.filter(delivery_id__in=retried,
+                                           finished_at__isnull=True).update(
+                finished_at=now, error="interrupted: the worker stopped during this attempt")
+        attempts = CallbackAttempt.objects.bulk_create([
+            CallbackAttempt(delivery=delivery, number=delivery.attempts, started_at=now,
+                            url=url_redact(delivery.url)) for delivery, _token in claimed])
+    items = [delivery.work_item for delivery, _token in claimed]
+    try:
+        progress = step_progress_many(items)
+        replays = _replays_of([i.pk for i in items if i.status == WorkItem.Status.FAILED])
+    except Exception as exc:  # the rows are written: no attempt of the batch may be retried
+        return [exc] * len(claimed)
+    results: list[PreparedAttempt | Exception] = []
+    for (delivery, token), attempt in zip(claimed, attempts, strict=True):
+        prepared = PreparedAttempt(delivery=delivery, token=token, attempt=attempt)
+        try:
+            with delivery_log_context(delivery):
+                _sign(prepared, now, progress=progress[delivery.work_item_id],
+                      replayed_by=replays.get(delivery.work_item_id, []))
+        except Exception as exc:
+            results.append(exc)
+            continue
+        results.append(prepared)
+    return results
+
+
+def _replays_of(failed_ids: list) -> dict:
+    """The replays of these failed items, oldest first, by item (one query; none if none)."""
+    if not failed_ids:
+        return {}
+    replays: dict = {}
+    for original, pk in WorkItem.objects.filter(replay_of_id__in=failed_ids).order_by(
+            "created_at").values_list("replay_of_id", "pk"):
+        replays.setdefault(original, []).append(str(pk))
+    return replays
+
+
+def _sign(prepared: PreparedAttempt, now: datetime, *, progress: tuple[list, list],
+          replayed_by: list[str]) -> None:
+    delivery = prepared.delivery
     try:
         secrets = intake_signing_secrets(intake=delivery.intake, now=now)
     except ValueError as exc:
         # Not sent, but retried: an admin can rotate the secret within the retry window.
         prepared.unsent = SendResult(error=str(exc))
-        return prepared
-    view = work_item_poll_view(delivery.work_item, intake=delivery.intake, delivery=delivery)
+        return
+    view = work_item_poll_view(delivery.work_item, intake=delivery.intake, delivery=delivery,
+                               replayed_by=replayed_by, progress=progress)
     prepared.body = render_json(view.body)
     prepared.headers = signed_headers(secrets=secrets, webhook_id=delivery.webhook_id,
                                       body=prepared.body, now=now)
     if delivery.work_item.request_id:  # the receiver can join its logs to the trigger's
         prepared.headers["x-request-id"] = delivery.work_item.request_id
-    return prepared
 
 
 def callback_attempt_post(prepared: PreparedAttempt) -> SendResult:
@@ -566,6 +639,37 @@ def callback_attempt_finish(*, prepared: PreparedAttempt, result: SendResult) ->
     state = _attempt_record(prepared.delivery, prepared.token, prepared.attempt, result)
     callback_attempted(state=state)
     return state
+
+
+def callback_attempts_finish(*, outcomes: list[tuple[PreparedAttempt, SendResult]]
+                             ) -> list[str]:
+    """Record a batch of outcomes in one transaction (one commit), each under its lease, and
+    feed the endpoints' breakers: per outcome one UPDATE (its delivery), per batch one
+    UPDATE of the attempt rows and, for an endpoint answering in order, one breaker UPDATE
+    (a healthy one's matches nothing). Raises if any fails: nothing of the batch is then
+    recorded (`callback_attempt_finish` records them one by one)."""
+    now = timezone.now()
+    states = []
+    answering: set[str] = set()  # endpoints reset in this batch, no failure since
+    with transaction.atomic():
+        for prepared, result in outcomes:
+            delivery = prepared.delivery
+            with delivery_log_context(delivery):
+                _attempt_result(prepared.attempt, result, now)
+                state, changed, why = _delivery_result(delivery, prepared.token, result, now)
+                states.append(state)
+                if not changed or result.refused:  # a refusal says nothing of the host
+                    continue
+                ok = _answered(result, why)
+                if ok and delivery.endpoint in answering:
+                    continue  # reset already in this transaction
+                endpoint_outcome(key=delivery.endpoint, ok=ok, error=why, now=now)
+                (answering.add if ok else answering.discard)(delivery.endpoint)
+        CallbackAttempt.objects.bulk_update([prepared.attempt for prepared, _ in outcomes],
+                                            _ATTEMPT_RESULT_FIELDS)
+    for state in states:
+        callback_attempted(state=state)
+    return states
 
 
 def _deliver(delivery: CallbackDelivery, token: str, now: datetime) -> str:

@@ -1,8 +1,10 @@
 """The callback dispatcher: many concurrent attempts, none of them in a step worker.
 
 One loop thread claims due deliveries (`callback_deliveries_claim`: a guarded UPDATE and a
-lease). A few database threads (DB_THREADS) write each attempt's row and sign its body
-before anything is sent, and later record the outcome under the lease; the POSTs run in
+lease). A few database threads (DB_THREADS) prepare each claimed batch (up to
+PREPARE_BATCH at a time) in one job (`callback_attempts_prepare`: all its attempt rows in
+one commit before anything is sent, then the bodies signed, in a fixed number of queries),
+and later record the outcomes under the lease; the POSTs run in
 AUXOT_CALLBACK_THREADS sender threads that never touch the database (an attempt is I/O:
 waiting on a receiver), so the pool can be large without holding a connection per thread.
 It runs in each `qcluster` main process (started through the `cluster_serving` signal, so
@@ -35,7 +37,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import close_old_connections, connection
 from django.db.models import Min
 from django.utils import timezone
 
@@ -47,6 +49,8 @@ from intakes.callbacks import (
     callback_attempt_finish,
     callback_attempt_post,
     callback_attempt_prepare,
+    callback_attempts_finish,
+    callback_attempts_prepare,
     callback_deliveries_claim,
     callback_delivery_release,
     delivery_log_context,
@@ -59,6 +63,9 @@ from workflows.wake import WakeListener
 logger = logging.getLogger(__name__)
 DB_THREADS = 4  # threads that write attempt rows and outcomes (a connection each)
 OUTCOME_BATCH = 32  # outcomes recorded per transaction
+# Attempts prepared per job (one transaction): a large claim is split so several database
+# threads prepare it at once and its first POSTs do not wait for its last bodies.
+PREPARE_BATCH = 16
 WAIT_SLICE_SECONDS = 0.05  # PostgreSQL: how often a wait on NOTIFY also checks the pool
 IDLE_LOOK_SECONDS = 5.0  # PostgreSQL: the longest sleep without a look (a lost NOTIFY)
 
@@ -66,7 +73,7 @@ IDLE_LOOK_SECONDS = 5.0  # PostgreSQL: the longest sleep without a look (a lost 
 class DatabaseJobs:
     """The database threads' work: outcomes first, taken in batches (one commit records many
     and the window in which a crash would lose a receiver's 2xx stays short), then the
-    preparation of claimed attempts, one at a time."""
+    preparation of claimed batches, one batch per job."""
 
     def __init__(self) -> None:
         self._cv = threading.Condition()
@@ -268,11 +275,12 @@ class Dispatcher:
 
     def _hand_out(self, ids: list, now: datetime) -> int:
         claimed = callback_deliveries_claim(ids=ids, now=now)  # less any another took
-        for delivery, token in claimed:
-            with self._lock:
+        with self._lock:
+            for delivery, token in claimed:
                 self._in_flight[delivery.pk] = (token, delivery.endpoint)
                 self._per_endpoint[delivery.endpoint] += 1
-            self._db_jobs.put(("prepare", delivery, token, now))
+        for start in range(0, len(claimed), PREPARE_BATCH):
+            self._db_jobs.put(("prepare", claimed[start:start + PREPARE_BATCH], now))
         return len(claimed)
 
     def _sleep(self, listener: WakeListener, seconds: float) -> None:
@@ -324,47 +332,78 @@ class Dispatcher:
         if job[0] == "finish":
             self._finish(job[1])
             return
-        _kind, delivery, token, claimed_at = job
-        with self._lock:
-            given_back = self._in_flight.get(delivery.pk, ("",))[0] != token
-        if given_back or self._stopping.is_set():
-            # Stopping before this attempt started: give it back unsent (no attempt row).
-            if not given_back:
-                self._release(delivery.pk, token)
-            self._done(delivery, token)
+        _kind, claimed, claimed_at = job
+        batch = []
+        for delivery, token in claimed:
+            with self._lock:
+                given_back = self._in_flight.get(delivery.pk, ("",))[0] != token
+            if given_back or self._stopping.is_set():
+                # Stopping before this attempt started: give it back unsent (no attempt row).
+                if not given_back:
+                    self._release(delivery.pk, token)
+                self._done(delivery, token)
+            else:
+                batch.append((delivery, token))
+        if not batch:
             return
+        # The attempts' timestamp is their start, not the claim's.
+        now = max(claimed_at, timezone.now())
+        try:
+            _fresh_connection()
+            results = callback_attempts_prepare(claimed=batch, now=now)
+        except Exception:
+            logger.exception("preparing %s callback attempts failed; one at a time", len(batch))
+            connection.close()
+            results = [self._prepare_one(delivery, token, now) for delivery, token in batch]
+        for (delivery, token), prepared in zip(batch, results, strict=True):
+            if isinstance(prepared, PreparedAttempt):
+                self._posts.put(prepared)
+                continue
+            if prepared is not None:  # its row is written: the next attempt marks it
+                with delivery_log_context(delivery):
+                    logger.error("preparing a callback attempt for delivery %s failed",
+                                 delivery.pk, exc_info=prepared)
+            # Its lease lapses and it is claimed again.
+            self._done(delivery, token)
+
+    def _prepare_one(self, delivery: CallbackDelivery, token: str,
+                     now: datetime) -> PreparedAttempt | None:
+        """One delivery of a batch that failed as a whole (None: this one failed too)."""
         try:
             _fresh_connection()
             with delivery_log_context(delivery):
-                # The attempt's timestamp is its start, not the claim's.
-                prepared = callback_attempt_prepare(
-                    delivery=delivery, token=token, now=max(claimed_at, timezone.now()))
-            self._posts.put(prepared)
+                return callback_attempt_prepare(delivery=delivery, token=token, now=now)
         except Exception:
-            # Its lease lapses and it is claimed again.
             logger.exception("preparing a callback attempt for delivery %s failed", delivery.pk)
             connection.close()
-            self._done(delivery, token)
+            return None
 
     def _finish(self, outcomes: list) -> None:
-        """Record a batch of outcomes in one transaction (one commit), each under its lease."""
+        """Record a batch of outcomes in one transaction (one commit), each under its lease;
+        if the batch fails, each in its own."""
         try:
             _fresh_connection()
-            with transaction.atomic():
-                for prepared, result in outcomes:
-                    try:
-                        with delivery_log_context(prepared.delivery):
-                            callback_attempt_finish(prepared=prepared, result=result)
-                    except Exception:
-                        logger.exception("recording the callback attempt of delivery %s failed",
-                                         prepared.delivery.pk)
+            callback_attempts_finish(outcomes=outcomes)
         except Exception:
-            # Their leases lapse and they are claimed again (the open attempts marked then).
-            logger.exception("recording %s callback attempts failed", len(outcomes))
-            connection.close()
+            logger.exception("recording %s callback attempts failed; one at a time",
+                             len(outcomes))
+            self._finish_each(outcomes)
         finally:
             for prepared, _result in outcomes:
                 self._done(prepared.delivery, prepared.token)
+
+    @staticmethod
+    def _finish_each(outcomes: list) -> None:
+        for prepared, result in outcomes:
+            try:
+                _fresh_connection()
+                with delivery_log_context(prepared.delivery):
+                    callback_attempt_finish(prepared=prepared, result=result)
+            except Exception:
+                # Its lease lapses and it is claimed again (the open attempt marked then).
+                logger.exception("recording the callback attempt of delivery %s failed",
+                                 prepared.delivery.pk)
+                connection.close()
 
     def _post(self, prepared: PreparedAttempt) -> None:
         try:

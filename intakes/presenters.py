@@ -44,12 +44,13 @@ def callback_block(item: WorkItem, intake: Intake | None,
 
 def work_item_poll_view(item: WorkItem, *, intake: Intake | None,
                         delivery: CallbackDelivery | None = None, delivery_read: bool = False,
-                        replayed_by: list[str] | None = None) -> WorkItemView:
+                        replayed_by: list[str] | None = None,
+                        progress: tuple[list, list] | None = None) -> WorkItemView:
     """The poll answer; once terminal, byte for byte what a callback delivers.
 
     With what the poll's first read brought along (the delivery, the replays), this costs
-    one query: the step progress."""
-    view = work_item_view(item, replayed_by=replayed_by)
+    one query: the step progress; none when `progress` is given too."""
+    view = work_item_view(item, replayed_by=replayed_by, progress=progress)
     view.body["callback"] = callback_block(item, intake, delivery, delivery_read=delivery_read)
     for row in view.body["steps"]:
         if "carried_from" in row and item.intake_id:  # a link to the attempt that ran

@@ -189,11 +189,13 @@ def _retry_after(item: WorkItem, now: datetime) -> int | None:
 
 
 def work_item_view(item: WorkItem, *, now: datetime | None = None,
-                   replayed_by: list[str] | None = None) -> WorkItemView:
+                   replayed_by: list[str] | None = None,
+                   progress: tuple[list, list] | None = None) -> WorkItemView:
     """The poll body. `replayed_by`: the failed item's replays when the caller has read them
-    already (the poll reads them with the item); None reads them here."""
+    already (the poll reads them with the item); None reads them here. `progress`: the
+    item's (steps, runs) when the caller has read them (`step_progress_many`)."""
     now = now or timezone.now()
-    steps, runs = step_progress(item)
+    steps, runs = step_progress(item) if progress is None else progress
     waiting_on, diagnosis = _explain(item, steps, now)
     current = steps[item.current_step] if (
         not item.is_terminal and item.current_step < len(steps)) else None

@@ -1,5 +1,6 @@
 """The callback dispatcher: per-endpoint cap, circuit breaker, schedule, lost leases."""
 
+import json
 import threading
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -8,7 +9,12 @@ import pytest
 import time_machine
 from django.utils import timezone
 
-from intakes.callbacks import callback_delivery_create, callback_delivery_process, endpoint_key
+from intakes.callbacks import (
+    callback_deliveries_claim,
+    callback_delivery_create,
+    callback_delivery_process,
+    endpoint_key,
+)
 from intakes.dispatcher import Dispatcher
 from intakes.models import CallbackAttempt, CallbackDelivery, CallbackEndpoint
 from tests.callback_helpers import finished_item
@@ -269,3 +275,225 @@ def test_a_batch_of_finished_items_gets_its_deliveries_in_a_few_queries(
     assert deliveries.count() == 10 and {d.state for d in deliveries} == {"pending"}
     _announce_all(finished)  # again: nothing new, nothing changed
     assert CallbackDelivery.objects.filter(work_item__in=items).count() == 10
+
+
+def _claimed_mix(cb_intake, url: str, count: int) -> list:
+    """`count` (2 or more) claimed deliveries: a retry with an open attempt row, a failed
+    item with two replays, the rest plain first attempts."""
+    from workflows.models import WorkItem
+
+    deliveries = _deliveries(cb_intake, url, count)
+    retry = deliveries[0]
+    CallbackDelivery.objects.filter(pk=retry.pk).update(attempts=1)
+    CallbackAttempt.objects.create(delivery=retry, number=1, started_at=timezone.now(), url="x")
+    failed = deliveries[1].work_item
+    WorkItem.objects.filter(pk=failed.pk).update(
+        status="failed", output=None, error={"code": "boom", "message": "no"})
+    for minutes in (2, 1):
+        replay = finished_item(cb_intake)
+        WorkItem.objects.filter(pk=replay.pk).update(
+            replay_of=failed, created_at=timezone.now() - timedelta(minutes=minutes))
+    claimed = callback_deliveries_claim(ids=[d.pk for d in deliveries], now=timezone.now())
+    order = [d.pk for d in deliveries]
+    return sorted(claimed, key=lambda pair: order.index(pair[0].pk))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_claimed_batch_is_prepared_in_one_commit_and_the_same_queries_whatever_its_size(
+        cb_intake, endpoints):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from intakes.callbacks import callback_attempts_prepare
+    from intakes.presenters import render_json, work_item_poll_view
+
+    healthy = endpoints()
+    counts = []
+    for size in (2, 8):
+        claimed = _claimed_mix(cb_intake, healthy.url, size)
+        assert len(claimed) == size
+        now = timezone.now()
+        with CaptureQueriesContext(connection) as queries:
+            prepared = callback_attempts_prepare(claimed=claimed, now=now)
+        statements = [q["sql"].split()[0].upper() for q in queries.captured_queries]
+        assert statements.count("COMMIT") <= 1  # one transaction writes every row
+        counts.append(len(statements))
+        assert [p.delivery.pk for p in prepared] == [d.pk for d, _token in claimed]
+        for attempt in prepared:  # committed before any POST; the body is the poll's
+            delivery = attempt.delivery
+            row = CallbackAttempt.objects.get(pk=attempt.attempt.pk)
+            assert row.number == delivery.attempts and row.finished_at is None
+            assert attempt.body == render_json(work_item_poll_view(
+                delivery.work_item, intake=delivery.intake, delivery=delivery).body)
+        [first, *_] = CallbackAttempt.objects.filter(delivery=claimed[0][0])
+        assert first.error.startswith("interrupted")  # the retry's open row was marked
+        body = json.loads(prepared[1].body)
+        assert body["status"] == "failed" and len(body["replayed_by"]) == 2
+    # Marked, inserted (in one transaction), the steps and attempts, the replays.
+    assert counts[0] == counts[1] <= 6
+
+
+@pytest.mark.django_db
+def test_a_body_that_cannot_be_made_holds_back_none_of_its_batch(cb_intake, endpoints,
+                                                                monkeypatch):
+    from intakes import callbacks
+
+    healthy = endpoints()
+    deliveries = _deliveries(cb_intake, healthy.url, 4)
+    broken = deliveries[2].work_item_id
+    view = callbacks.work_item_poll_view
+
+    def poll_view(item, **kwargs):
+        if item.pk == broken:
+            raise RuntimeError("cannot render")
+        return view(item, **kwargs)
+
+    monkeypatch.setattr(callbacks, "work_item_poll_view", poll_view)
+    dispatcher = Dispatcher(threads=8, per_host=8)
+    dispatcher.run_once()
+    assert dispatcher.send_queued() == 3
+    assert dispatcher.in_flight == 0
+    assert sorted(healthy.ids) == sorted(d.webhook_id for d in deliveries
+                                         if d.work_item_id != broken)
+    # Its row is written and open, its lease lapses: the next attempt marks it interrupted.
+    stuck = CallbackDelivery.objects.get(work_item_id=broken)
+    assert stuck.state == "delivering" and stuck.attempts == 1
+    assert CallbackAttempt.objects.get(delivery=stuck).finished_at is None
+
+
+@pytest.mark.django_db
+def test_the_progress_of_many_items_is_each_items_own(cb_intake, cast):
+    from tests.conftest import make_workflow
+    from workflows.lookup import step_progress, step_progress_many
+    from workflows.services import work_item_create
+
+    items = [finished_item(cb_intake) for _ in range(3)]
+    other = make_workflow(cast.org_a, [("transform", {"expression": "input"}),
+                                       ("delay", {"seconds": 1})], name="Two")
+    items.append(work_item_create(workflow=other, input={"n": 2}))  # never ran: no attempts
+    progress = step_progress_many(items)
+    assert set(progress) == {item.pk for item in items}
+    for item in items:
+        steps, runs = progress[item.pk]
+        one_steps, one_runs = step_progress(item)
+        assert [s.pk for s in steps] == [s.pk for s in one_steps]
+        assert [(r.pk, r.status, r.attempt) for r in runs] == [
+            (r.pk, r.status, r.attempt) for r in one_runs]
+    assert [len(progress[i.pk][0]) for i in items] == [1, 1, 1, 2]
+    assert [len(progress[i.pk][1]) for i in items] == [1, 1, 1, 0]
+    assert step_progress_many([]) == {}
+
+
+def _prepared_batch(cb_intake, url: str, count: int) -> list:
+    from intakes.callbacks import callback_attempts_prepare
+
+    claimed = callback_deliveries_claim(ids=[d.pk for d in _deliveries(cb_intake, url, count)],
+                                        now=timezone.now())
+    return callback_attempts_prepare(claimed=claimed, now=timezone.now())
+
+
+@pytest.mark.django_db
+def test_a_batch_of_outcomes_costs_one_update_each_and_one_transaction(
+        cb_intake, django_assert_max_num_queries):
+    from intakes.callbacks import SendResult, callback_attempts_finish
+
+    prepared = _prepared_batch(cb_intake, "http://127.0.0.1:9/hook", 8)
+    outcomes = [(p, SendResult(status=204, latency_ms=3)) for p in prepared]
+    # Each delivery's UPDATE; the attempt rows, the endpoint's breaker (+ the savepoint).
+    with django_assert_max_num_queries(8 + 4):
+        assert callback_attempts_finish(outcomes=outcomes) == ["delivered"] * 8
+    rows = CallbackAttempt.objects.filter(delivery__in=[p.delivery for p in prepared])
+    assert {(r.status_code, r.latency_ms, r.finished_at is not None) for r in rows} == {
+        (204, 3, True)}
+    assert not CallbackDelivery.objects.filter(
+        pk__in=[p.delivery.pk for p in prepared]).exclude(state="delivered").exists()
+
+
+@pytest.mark.django_db
+def test_the_breaker_sees_a_batchs_outcomes_in_order(cb_intake, settings):
+    from intakes.callbacks import SendResult, callback_attempts_finish
+
+    settings.AUXOT_CALLBACK_BREAKER_FAILURES = 5
+    url = "http://127.0.0.1:9/hook"
+    fail, ok = SendResult(status=500), SendResult(status=204)
+    one = _prepared_batch(cb_intake, url, 4)
+    callback_attempts_finish(outcomes=list(zip(one, [ok, fail, ok, fail], strict=True)))
+    endpoint = CallbackEndpoint.objects.get(key=endpoint_key(url))
+    assert endpoint.consecutive_failures == 1  # the last failure, after the last success
+    two = _prepared_batch(cb_intake, url, 3)
+    callback_attempts_finish(outcomes=list(zip(two, [fail, ok, ok], strict=True)))
+    endpoint.refresh_from_db()
+    assert endpoint.consecutive_failures == 0 and endpoint.failing_since is None
+
+
+@pytest.mark.django_db
+def test_a_batch_of_outcomes_that_fails_is_recorded_one_at_a_time(cb_intake, endpoints,
+                                                                 monkeypatch, caplog):
+    from intakes import callbacks
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the batch's UPDATE failed")
+
+    monkeypatch.setattr(callbacks.CallbackAttempt.objects, "bulk_update", broken)
+    healthy = endpoints()
+    deliveries = _deliveries(cb_intake, healthy.url, 3)
+    dispatcher = Dispatcher(threads=4, per_host=4)
+    dispatcher.run_once()
+    assert dispatcher.send_queued() == 3
+    assert dispatcher.in_flight == 0
+    assert _settled(deliveries)
+    assert CallbackAttempt.objects.filter(delivery__in=deliveries, status_code=200).count() == 3
+    assert "one at a time" in caplog.text
+
+
+@pytest.mark.django_db
+def test_a_large_claim_is_prepared_in_several_jobs(cb_intake, endpoints):
+    from intakes.dispatcher import PREPARE_BATCH
+
+    healthy = endpoints()
+    deliveries = _deliveries(cb_intake, healthy.url, PREPARE_BATCH + 4)
+    dispatcher = Dispatcher(threads=64, per_host=64)
+    dispatcher.run_once()
+    jobs = list(dispatcher._db_jobs._prepares)
+    assert [len(job[1]) for job in jobs] == [PREPARE_BATCH, 4]  # the database threads share it
+    assert dispatcher.send_queued() == len(deliveries)
+    assert _settled(deliveries)
+
+
+@pytest.mark.django_db
+def test_a_batch_whose_rows_are_written_is_not_prepared_again(cb_intake, endpoints,
+                                                             monkeypatch):
+    from intakes import callbacks
+
+    def broken(items):
+        raise RuntimeError("the progress read failed")
+
+    monkeypatch.setattr(callbacks, "step_progress_many", broken)
+    healthy = endpoints()
+    deliveries = _deliveries(cb_intake, healthy.url, 3)
+    dispatcher = Dispatcher(threads=4, per_host=4)
+    dispatcher.run_once()
+    assert dispatcher.send_queued() == 0
+    assert dispatcher.in_flight == 0 and healthy.ids == []
+    # One open row each (no second try under the same number): their leases lapse.
+    rows = CallbackAttempt.objects.filter(delivery__in=deliveries)
+    assert sorted(r.number for r in rows) == [1, 1, 1]
+    assert all(r.finished_at is None for r in rows)
+
+
+@pytest.mark.django_db
+def test_a_410_in_a_batch_disables_the_intakes_callback(cb_intake):
+    from intakes.callbacks import SendResult, callback_attempts_finish, callback_attempts_prepare
+
+    claimed = callback_deliveries_claim(
+        ids=[callback_delivery_create(work_item=finished_item(cb_intake)).pk,
+             callback_delivery_create(work_item=finished_item(
+                 cb_intake, callback_url="http://127.0.0.1:9/own")).pk],
+        now=timezone.now())
+    prepared = callback_attempts_prepare(claimed=claimed, now=timezone.now())
+    states = callback_attempts_finish(outcomes=[(p, SendResult(status=410)) for p in prepared])
+    by_default = {p.delivery.uses_intake_default: s for p, s in zip(prepared, states,
+                                                                      strict=True)}
+    assert by_default == {True: "disabled", False: "failed"}  # an override stops only itself
+    cb_intake.refresh_from_db()
+    assert cb_intake.callback_disabled
