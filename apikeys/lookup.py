@@ -33,11 +33,6 @@ def apikey_lookup(*, lookup_id: str) -> ApiKey | None:
     row = rawsql.fetch_one(sql, [lookup_id])
     if row is None:
         return None
-    objects, start = [], 0
-    for model, fields in layout:
-        values = row[start:start + len(fields)]
-        start += len(fields)
-        objects.append(None if values[0] is None else rawsql.instance(model, fields, values))
-    key, org, user, team = objects
+    key, org, user, team = rawsql.instances(layout, row)
     key.org, key.user, key.team = org, user, team
     return key

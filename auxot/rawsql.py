@@ -51,6 +51,17 @@ def instance(model: type[Model], fields: list[Field], values) -> Model:
     return model.from_db(connection.alias, [f.attname for f in fields], converted)
 
 
+def instances(layout, row) -> list[Model | None]:
+    """Split a joined row into one instance per (model, fields) of `layout`, in order; None
+    for a model whose first column (its primary key) is NULL: an outer join found nothing."""
+    objects, start = [], 0
+    for model, fields in layout:
+        values = row[start:start + len(fields)]
+        start += len(fields)
+        objects.append(None if values[0] is None else instance(model, fields, values))
+    return objects
+
+
 def fetch_one(sql: str, params: list):
     with connection.cursor() as cursor:
         cursor.execute(sql, params)

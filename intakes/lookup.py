@@ -103,17 +103,12 @@ def key_intake_lookup(*, lookup_id: str, intake_pk: uuid.UUID | None
     row = rawsql.fetch_one(sql, [prep, lookup_id])
     if row is None:
         return None
-    objects, start = [], 0
-    for model, fields in layout:
-        values = row[start:start + len(fields)]
-        start += len(fields)
-        objects.append(None if values[0] is None else rawsql.instance(model, fields, values))
-    key, org, user, team, intake, workflow = objects
+    key, org, user, team, intake, workflow = rawsql.instances(layout, row)
     key.org, key.user, key.team = org, user, team
     if intake is None or workflow is None:
         return key, None
     intake.workflow, intake.org = workflow, org
-    intake.key_role = row[start]
+    intake.key_role = row[sum(len(fields) for _model, fields in layout)]  # after the models
     return key, intake
 
 
