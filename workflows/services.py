@@ -29,29 +29,16 @@ def work_item_enqueue(*, work_id=None) -> None:
     drain_request()
 
 
-def work_item_create(
-    *,
-    workflow: Workflow,
-    input: Any,
-    intake=None,
-    key=None,
-    ip: str | None = None,
-    correlation_id: str = "",
-    callback_url: str = "",
-    now: datetime | None = None,
-    stored_input: Any = None,
-    request_id: str | None = None,
-) -> WorkItem:
+def work_item_create(**fields: Any) -> WorkItem:
     """Store a new pending item and its queue entry. Call inside the caller's transaction.
 
     Raises a 422 ApplicationError listing every violation when the workflow declares an
     input schema the input does not match; nothing is written then. `stored_input`, when
     given, is what is kept instead of `input` (the input with paths redacted at ingest).
-    `request_id` defaults to the current request's X-Request-Id.
+    `request_id` defaults to the current request's X-Request-Id. Takes work_item_new's
+    keyword arguments.
     """
-    item = work_item_new(workflow=workflow, input=input, intake=intake, key=key, ip=ip,
-                         correlation_id=correlation_id, callback_url=callback_url, now=now,
-                         stored_input=stored_input, request_id=request_id)
+    item = work_item_new(**fields)
     item.save(force_insert=True)
     # No message per item: a wake-up (PostgreSQL NOTIFY at commit, or one waiting drain).
     work_wake_notify()
