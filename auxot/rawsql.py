@@ -80,3 +80,48 @@ def insert(instance: Model) -> tuple[str, list]:
     marks = ", ".join(["%s"] * len(fields))
     sql = f"INSERT INTO {table(type(instance))} ({cols}) VALUES ({marks})"  # noqa: S608 (names from _meta)
     return sql, params
+
+
+def update_rows(model: type[Model], *, match: list[str], fields: list[str], rows: list[tuple],
+                returning: str | None = None) -> list:
+    """One UPDATE that gives many rows each its own values (`UPDATE … FROM` a VALUES list):
+    a row of `rows` is the values of the `match` fields (which rows it updates, by equality)
+    then of the `fields` to set. Values are prepared as save() prepares them. Returns the
+    `returning` column of every row updated (or [] without one). The ORM's bulk_update
+    builds a CASE per field and row, ~0.1 ms of Python per value; this costs one pass."""
+    if not rows:
+        return []
+    meta = model._meta
+    named = [meta.get_field(name) for name in match + fields]
+    names = [f"v{index}" for index in range(len(named))]
+    if connection.vendor == "postgresql":  # VALUES columns are typed by their first row
+        marks = [f"CAST(%s AS {f.db_type(connection)})" for f in named]
+    else:
+        marks = ["%s"] * len(named)
+    one = f"({', '.join(marks)})"
+    params = []
+    for row in rows:
+        params += [f.get_db_prep_save(value, connection)
+                   for f, value in zip(named, row, strict=True)]
+    where = " AND ".join(f"t.{quote(f.column)} = v.{n}"
+                         for f, n in zip(named[:len(match)], names[:len(match)], strict=True))
+    sets = ", ".join(f"{quote(f.column)} = v.{n}"
+                     for f, n in zip(named[len(match):], names[len(match):], strict=True))
+    sql = (f"WITH v ({', '.join(names)}) AS (VALUES {', '.join([one] * len(rows))}) "  # noqa: S608 (names from _meta)
+           f"UPDATE {table(model)} AS t SET {sets} FROM v WHERE {where}")
+    if returning:
+        sql += f" RETURNING {quote(meta.get_field(returning).column)}"  # SQLite: no alias
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        if not returning:
+            return []
+        field = meta.get_field(returning)
+        return [instance_value(field, value) for (value,) in cursor.fetchall()]
+
+
+def instance_value(field: Field, value):
+    """A raw column value converted as the ORM converts it for this field."""
+    [(col, converters)] = _converters((field,), connection.alias)
+    for converter in converters:
+        value = converter(value, col, connection)
+    return value

@@ -197,6 +197,27 @@ def load() -> list[float]:
     return [round(value, 2) for value in os.getloadavg()]
 
 
+class CpuBusy:
+    """The machine's CPU use between start() and stop(), from /proc/stat: the fraction of
+    all cores' time that was not idle (1.0: every core busy the whole time)."""
+
+    @staticmethod
+    def _read() -> tuple[int, int]:
+        with open("/proc/stat") as stat:
+            fields = [int(x) for x in stat.readline().split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields), idle
+
+    def start(self) -> "CpuBusy":
+        self._start = self._read()
+        return self
+
+    def stop(self) -> float:
+        total, idle = self._read()
+        spent = total - self._start[0]
+        return 1.0 - (idle - self._start[1]) / spent if spent else 0.0
+
+
 def _create_database(url: str) -> None:
     import psycopg
     from psycopg import sql

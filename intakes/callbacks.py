@@ -8,6 +8,7 @@ deliveries survive restarts, and two dispatchers never send the same attempt. Ea
 also feeds the endpoint's circuit breaker (CallbackEndpoint), shared through the database.
 """
 
+import functools
 import logging
 import random
 import time
@@ -23,9 +24,11 @@ from django.db.models import F, Q
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
+from auxot import rawsql
 from auxot.broker import task_enqueue
 from auxot.http import retry_after_seconds
 from auxot.logs import log_context
+from auxot.models import Organization
 from auxot.outbound import RefusedDestination, outbound_request, url_redact
 from auxot.services import audit_record
 from intakes.metrics import callback_attempted
@@ -33,7 +36,7 @@ from intakes.models import CallbackAttempt, CallbackDelivery, CallbackEndpoint, 
 from intakes.presenters import callback_url_for, render_json, work_item_poll_view
 from intakes.secrets import secret_decrypt, secret_encrypt, signing_secret_generate
 from workflows.lookup import step_progress_many
-from workflows.models import WorkItem
+from workflows.models import Workflow, WorkItem
 
 logger = logging.getLogger(__name__)
 State = CallbackDelivery.State
@@ -247,14 +250,51 @@ def callback_deliveries_claim(*, ids: list, now: datetime) -> list[tuple[Callbac
         return []
     token = uuid.uuid4().hex
     lease_end = now + timedelta(seconds=lease_seconds())
-    changed = CallbackDelivery.objects.filter(
-        pk__in=ids, next_attempt_at__lte=now, state__in=[State.PENDING, State.DELIVERING],
-    ).update(state=State.DELIVERING, lease_token=token, next_attempt_at=lease_end,
-             attempts=F("attempts") + 1)
-    if not changed:
-        return []
-    return [(delivery, token) for delivery in CallbackDelivery.objects.select_related(
-        "intake__org", "work_item__workflow").filter(pk__in=ids, lease_token=token)]
+    meta = CallbackDelivery._meta
+    pk, due = meta.pk, meta.get_field("next_attempt_at")
+    sql = (f"UPDATE {rawsql.table(CallbackDelivery)} SET state = %s, lease_token = %s, "  # noqa: S608 (names from _meta)
+           "next_attempt_at = %s, attempts = attempts + 1 "
+           f"WHERE id IN ({', '.join(['%s'] * len(ids))}) AND next_attempt_at <= %s "
+           "AND state IN (%s, %s)")
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [State.DELIVERING, token, due.get_db_prep_save(lease_end, connection),
+                             *(pk.get_db_prep_save(i, connection) for i in ids),
+                             due.get_db_prep_save(now, connection), State.PENDING,
+                             State.DELIVERING])
+        if not cursor.rowcount:
+            return []
+    return [(delivery, token) for delivery in _claimed(token)]
+
+
+@functools.cache
+def _claimed_plan(vendor: str) -> tuple[str, list]:
+    """The deliveries under a lease token, with their intake, org, work item and workflow
+    (what the attempt needs), in one SELECT built from the models' own columns."""
+    models = [(CallbackDelivery, "d"), (Intake, "i"), (Organization, "o"), (WorkItem, "w"),
+              (Workflow, "f")]
+    parts = [rawsql.columns(model, alias) for model, alias in models]
+    sql = (f"SELECT {', '.join(cols for _fields, cols in parts)} "  # noqa: S608 (names from _meta)
+           f"FROM {rawsql.table(CallbackDelivery)} d "
+           f"JOIN {rawsql.table(Intake)} i ON i.id = d.intake_id "
+           f"JOIN {rawsql.table(Organization)} o ON o.id = i.org_id "
+           f"JOIN {rawsql.table(WorkItem)} w ON w.id = d.work_item_id "
+           f"JOIN {rawsql.table(Workflow)} f ON f.id = w.workflow_id "
+           "WHERE d.lease_token = %s")
+    return sql, [(model, fields) for (model, _alias), (fields, _cols) in zip(
+        models, parts, strict=True)]
+
+
+def _claimed(token: str) -> list[CallbackDelivery]:
+    sql, layout = _claimed_plan(connection.vendor)
+    deliveries = []
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [token])
+        for row in cursor.fetchall():
+            delivery, intake, org, item, workflow = rawsql.instances(layout, row)
+            intake.org, item.workflow = org, workflow
+            delivery.intake, delivery.work_item = intake, item
+            deliveries.append(delivery)
+    return deliveries
 
 
 def _claim(delivery_id, now: datetime) -> tuple[CallbackDelivery, str] | None:
@@ -478,21 +518,33 @@ def breaker_cooldown(opened_count: int) -> float:
 
 def endpoint_outcome(*, key: str, ok: bool, error: str = "", now: datetime | None = None) -> None:
     """Feed one attempt's outcome to its endpoint's breaker (see CallbackEndpoint)."""
+    endpoint_outcomes(key=key, answers=[(ok, error)], now=now)
+
+
+def endpoint_outcomes(*, key: str, answers: list[tuple[bool, str]],
+                      now: datetime | None = None) -> None:
+    """Feed several outcomes of one endpoint, in the order they came, (answered, why) each,
+    to its breaker, as if one by one: an answer resets the count, the failures after the last
+    one add up (one UPDATE that matches nothing while the endpoint is healthy, and one
+    locked read-and-write if any failed)."""
     threshold = settings.AUXOT_CALLBACK_BREAKER_FAILURES
-    if not key or not threshold:
+    if not key or not threshold or not answers:
         return
     now = now or timezone.now()
-    if ok:  # one UPDATE that matches nothing while the endpoint is healthy
+    answered = [index for index, (ok, _why) in enumerate(answers) if ok]
+    if answered:
         CallbackEndpoint.objects.filter(key=key).filter(
             Q(consecutive_failures__gt=0) | Q(open_until__isnull=False)).update(
             consecutive_failures=0, failing_since=None, open_until=None, probe_until=None,
             opened_count=0, last_success_at=now, updated_at=now)
+    failures = answers[answered[-1] + 1:] if answered else answers
+    if not failures:
         return
     with transaction.atomic():
         endpoint, _ = CallbackEndpoint.objects.select_for_update().get_or_create(key=key)
-        endpoint.consecutive_failures += 1
+        endpoint.consecutive_failures += len(failures)
         endpoint.failing_since = endpoint.failing_since or now
-        endpoint.last_error = error[:500]
+        endpoint.last_error = failures[-1][1][:500]
         endpoint.updated_at = now
         if endpoint.open_until is None:
             if endpoint.consecutive_failures >= threshold:
@@ -644,29 +696,43 @@ def callback_attempt_finish(*, prepared: PreparedAttempt, result: SendResult) ->
 def callback_attempts_finish(*, outcomes: list[tuple[PreparedAttempt, SendResult]]
                              ) -> list[str]:
     """Record a batch of outcomes in one transaction (one commit), each under its lease, and
-    feed the endpoints' breakers: per outcome one UPDATE (its delivery), per batch one
-    UPDATE of the attempt rows and, for an endpoint answering in order, one breaker UPDATE
-    (a healthy one's matches nothing). Raises if any fails: nothing of the batch is then
-    recorded (`callback_attempt_finish` records them one by one)."""
+    feed the endpoints' breakers, in a fixed number of statements whatever the batch's size:
+    one UPDATE of the deliveries (each guarded by its lease token), one of the attempt rows,
+    and per endpoint that failed one breaker UPDATE (an answering one's matches nothing
+    while it is healthy). Raises if any fails: nothing of the batch is then recorded
+    (`callback_attempt_finish` records them one by one)."""
     now = timezone.now()
-    states = []
-    answering: set[str] = set()  # endpoints reset in this batch, no failure since
+    decided = [(prepared, result, *_outcome(prepared.delivery, result, now))
+               for prepared, result in outcomes]
     with transaction.atomic():
-        for prepared, result in outcomes:
+        changed = set(rawsql.update_rows(
+            CallbackDelivery, match=["id", "lease_token"],
+            fields=["state", "next_attempt_at", "lease_token", "last_status", "last_error",
+                    "delivered_at"],
+            rows=[(p.delivery.pk, p.token, state, next_at, "", result.status, why[:500],
+                   now if state == State.DELIVERED else None)
+                  for p, result, state, next_at, why in decided],
+            returning="id"))
+        for prepared, result, _state, _next_at, _why in decided:
+            _attempt_result(prepared.attempt, result, now)
+        rawsql.update_rows(
+            CallbackAttempt, match=["id"], fields=_ATTEMPT_RESULT_FIELDS,
+            rows=[(p.attempt.pk, *(getattr(p.attempt, name) for name in _ATTEMPT_RESULT_FIELDS))
+                  for p, *_ in decided])
+        by_endpoint: dict[str, list[tuple[bool, str]]] = {}
+        for prepared, result, state, _next_at, why in decided:
             delivery = prepared.delivery
-            with delivery_log_context(delivery):
-                _attempt_result(prepared.attempt, result, now)
-                state, changed, why = _delivery_result(delivery, prepared.token, result, now)
-                states.append(state)
-                if not changed or result.refused:  # a refusal says nothing of the host
-                    continue
-                ok = _answered(result, why)
-                if ok and delivery.endpoint in answering:
-                    continue  # reset already in this transaction
-                endpoint_outcome(key=delivery.endpoint, ok=ok, error=why, now=now)
-                (answering.add if ok else answering.discard)(delivery.endpoint)
-        CallbackAttempt.objects.bulk_update([prepared.attempt for prepared, _ in outcomes],
-                                            _ATTEMPT_RESULT_FIELDS)
+            if delivery.pk not in changed:
+                continue
+            if state == State.DISABLED:
+                intake_callback_disable(intake=delivery.intake, now=now,
+                                        reason=f"410 Gone from {url_redact(delivery.url)}")
+            if not result.refused:  # a refusal sent nothing: it says nothing of the host
+                by_endpoint.setdefault(delivery.endpoint, []).append(
+                    (_answered(result, why), why))
+        for key, answers in by_endpoint.items():
+            endpoint_outcomes(key=key, answers=answers, now=now)
+    states = [state for _p, _r, state, _n, _w in decided]
     for state in states:
         callback_attempted(state=state)
     return states

@@ -66,7 +66,7 @@ OUTCOME_BATCH = 32  # outcomes recorded per transaction
 # Attempts prepared per job (one transaction): a large claim is split so several database
 # threads prepare it at once and its first POSTs do not wait for its last bodies.
 PREPARE_BATCH = 16
-WAIT_SLICE_SECONDS = 0.05  # PostgreSQL: how often a wait on NOTIFY also checks the pool
+RELAY_SLICE_SECONDS = 0.5  # PostgreSQL: the NOTIFY relay's longest wait (it then checks stop)
 IDLE_LOOK_SECONDS = 5.0  # PostgreSQL: the longest sleep without a look (a lost NOTIFY)
 
 
@@ -189,7 +189,8 @@ class Dispatcher:
 
     # --- the claim loop -------------------------------------------------------------------
     def run(self) -> None:
-        listener = WakeListener(channel=CHANNEL)
+        if connection.vendor == "postgresql":
+            self._spawn(self._relay, f"{self.name}-listen")
         try:
             while not self._stopping.is_set():
                 try:
@@ -199,12 +200,21 @@ class Dispatcher:
                 except Exception:
                     logger.exception("callback dispatcher failed; retrying")
                     connection.close()
-                    listener.close()
                     wait = 1.0
-                self._sleep(listener, wait)
+                self._sleep(wait)
+        finally:
+            connection.close()
+
+    def _relay(self) -> None:
+        """PostgreSQL: turn each NOTIFY (a delivery was created or made due) into a wake-up
+        of the claim loop, which sleeps on one event for both reasons to look again."""
+        listener = WakeListener(channel=CHANNEL)
+        try:
+            while not self._stopping.is_set():
+                if listener.wait(RELAY_SLICE_SECONDS):
+                    self._wake.set()
         finally:
             listener.close()
-            connection.close()
 
     def run_once(self, now: datetime | None = None) -> float | None:
         """Claim and hand out what is due now. Returns the seconds until the next delivery
@@ -283,17 +293,8 @@ class Dispatcher:
             self._db_jobs.put(("prepare", claimed[start:start + PREPARE_BATCH], now))
         return len(claimed)
 
-    def _sleep(self, listener: WakeListener, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while not self._stopping.is_set():
-            left = deadline - time.monotonic()
-            if left <= 0 or self._wake.is_set():
-                break
-            if connection.vendor == "postgresql":
-                if listener.wait(min(left, WAIT_SLICE_SECONDS)):
-                    break
-            else:
-                self._wake.wait(left)
+    def _sleep(self, seconds: float) -> None:
+        self._wake.wait(seconds)
         self._wake.clear()
 
     # --- the workers ----------------------------------------------------------------------

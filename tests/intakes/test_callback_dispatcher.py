@@ -393,20 +393,54 @@ def _prepared_batch(cb_intake, url: str, count: int) -> list:
 
 
 @pytest.mark.django_db
-def test_a_batch_of_outcomes_costs_one_update_each_and_one_transaction(
-        cb_intake, django_assert_max_num_queries):
+def test_a_batch_of_outcomes_costs_the_same_statements_whatever_its_size(cb_intake):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
     from intakes.callbacks import SendResult, callback_attempts_finish
 
-    prepared = _prepared_batch(cb_intake, "http://127.0.0.1:9/hook", 8)
-    outcomes = [(p, SendResult(status=204, latency_ms=3)) for p in prepared]
-    # Each delivery's UPDATE; the attempt rows, the endpoint's breaker (+ the savepoint).
-    with django_assert_max_num_queries(8 + 4):
-        assert callback_attempts_finish(outcomes=outcomes) == ["delivered"] * 8
-    rows = CallbackAttempt.objects.filter(delivery__in=[p.delivery for p in prepared])
-    assert {(r.status_code, r.latency_ms, r.finished_at is not None) for r in rows} == {
-        (204, 3, True)}
-    assert not CallbackDelivery.objects.filter(
-        pk__in=[p.delivery.pk for p in prepared]).exclude(state="delivered").exists()
+    url = "http://127.0.0.1:9/hook"
+    CallbackEndpoint.objects.create(key=endpoint_key(url))  # its first failure creates it
+    counts = []
+    for size in (2, 17):  # both end with a failure after an answer
+        prepared = _prepared_batch(cb_intake, url, size)
+        # Answers of every kind: delivered, retried (the breaker counts it), failed for good.
+        answers = [SendResult(status=204, latency_ms=3), SendResult(status=500, latency_ms=4),
+                   SendResult(error="refused: no", refused=True)]
+        outcomes = [(p, answers[index % 3]) for index, p in enumerate(prepared)]
+        with CaptureQueriesContext(connection) as queries:
+            states = callback_attempts_finish(outcomes=outcomes)
+        assert states == [["delivered", "pending", "failed"][i % 3] for i in range(size)]
+        counts.append(len(queries))
+        rows = {r.delivery_id: r for r in CallbackAttempt.objects.filter(
+            delivery__in=[p.delivery for p in prepared])}
+        for index, p in enumerate(prepared):
+            row = rows[p.delivery.pk]
+            assert row.finished_at is not None
+            assert (row.status_code, row.latency_ms) == [(204, 3), (500, 4), (None, None)][
+                index % 3]
+            assert row.error == ["", "", "refused: no"][index % 3]
+        retried = CallbackDelivery.objects.filter(pk__in=[p.delivery.pk for p in prepared],
+                                                  state="pending")
+        assert all(d.next_attempt_at is not None and d.lease_token == "" and d.last_status == 500
+                   for d in retried)
+    # The deliveries, the attempt rows, the breaker's reset and its failure (read, write),
+    # inside one transaction: the same for 2 outcomes as for 17.
+    assert counts[0] == counts[1] <= 9, counts
+
+
+@pytest.mark.django_db
+def test_an_outcome_whose_lease_was_taken_over_changes_nothing_of_its_delivery(cb_intake):
+    from intakes.callbacks import SendResult, callback_attempts_finish
+
+    prepared = _prepared_batch(cb_intake, "http://127.0.0.1:9/hook", 2)
+    CallbackDelivery.objects.filter(pk=prepared[0].delivery.pk).update(lease_token="another")
+    states = callback_attempts_finish(outcomes=[(p, SendResult(status=204)) for p in prepared])
+    assert states == ["delivered", "delivered"]
+    taken, mine = (CallbackDelivery.objects.get(pk=p.delivery.pk) for p in prepared)
+    assert (taken.state, taken.lease_token, taken.delivered_at) == ("delivering", "another", None)
+    assert (mine.state, mine.lease_token) == ("delivered", "")
+    assert mine.delivered_at is not None
 
 
 @pytest.mark.django_db
@@ -434,7 +468,7 @@ def test_a_batch_of_outcomes_that_fails_is_recorded_one_at_a_time(cb_intake, end
     def broken(*args, **kwargs):
         raise RuntimeError("the batch's UPDATE failed")
 
-    monkeypatch.setattr(callbacks.CallbackAttempt.objects, "bulk_update", broken)
+    monkeypatch.setattr(callbacks.rawsql, "update_rows", broken)
     healthy = endpoints()
     deliveries = _deliveries(cb_intake, healthy.url, 3)
     dispatcher = Dispatcher(threads=4, per_host=4)
