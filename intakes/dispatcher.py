@@ -19,8 +19,10 @@ endpoint whose circuit breaker is open is not claimed at all (its deliveries wai
 numbers unchanged) until its pause ends; then one probe attempt at a time.
 
 On schedule: the loop sleeps until the earliest due `next_attempt_at` (or a breaker's pause
-end), and wakes early on a NOTIFY (PostgreSQL: a delivery was created or made due) or when
-an attempt finishes; on SQLite it also looks every AUXOT_CALLBACK_POLL_SECONDS. An expired
+end), and wakes early on a NOTIFY (PostgreSQL: a delivery was created or made due; a relay
+thread listens) or when a few senders (GATHER) are free again; on SQLite it also looks
+every AUXOT_CALLBACK_POLL_SECONDS. One look is one read of the deliveries due soonest (two
+when idle senders can be lent), whatever it then claims. An expired
 lease (a dispatcher that died mid-attempt) makes its delivery due again, so it is claimed
 once, by one dispatcher, with the same webhook-id.
 
@@ -38,7 +40,6 @@ from datetime import datetime
 
 from django.conf import settings
 from django.db import close_old_connections, connection
-from django.db.models import Min
 from django.utils import timezone
 
 from intakes.callbacks import (
@@ -67,6 +68,7 @@ OUTCOME_BATCH = 32  # outcomes recorded per transaction
 # threads prepare it at once and its first POSTs do not wait for its last bodies.
 PREPARE_BATCH = 16
 RELAY_SLICE_SECONDS = 0.5  # PostgreSQL: the NOTIFY relay's longest wait (it then checks stop)
+GATHER = 8  # at most this many senders free before the claim loop looks again
 IDLE_LOOK_SECONDS = 5.0  # PostgreSQL: the longest sleep without a look (a lost NOTIFY)
 
 
@@ -124,6 +126,7 @@ class Dispatcher:
         self.per_host = per_host or settings.AUXOT_CALLBACK_PER_HOST_CONCURRENCY
         # Senders never lent to an endpoint over its cap.
         self.reserve = min(self.threads, max(self.per_host, self.threads // 4))
+        self.gather = max(1, min(GATHER, self.threads // 8))  # free senders that wake a look
         self.db_threads = db_threads
         self.clock = clock
         self.name = name
@@ -218,49 +221,61 @@ class Dispatcher:
 
     def run_once(self, now: datetime | None = None) -> float | None:
         """Claim and hand out what is due now. Returns the seconds until the next delivery
-        comes due or a breaker's pause ends (None: nothing scheduled); 0 to look again now."""
+        comes due or a breaker's pause ends (None: nothing scheduled, or only endpoints at
+        their cap, which a finishing attempt wakes); 0 to look again now.
+
+        One read per look: the earliest deliveries by due time (a few more than the free
+        senders), which gives both what to claim and when to look next."""
         _fresh_connection()
         now = now or self.clock()
         paused, probe_ready, next_change = endpoints_paused(now=now)
-        # First within the caps, then lending idle senders to endpoints over theirs.
-        for lending in (False, True):
-            while not self._stopping.is_set():
-                free = self._free(lending)
-                if free <= 0:
-                    break
-                exclude = paused if lending else paused | self._full_endpoints()
-                rows = list(self._due(now, exclude=exclude)[:free * 2])
-                with self._lock:
-                    counts = Counter(self._per_endpoint)
-                chosen = []
-                for delivery_id, endpoint in rows:
-                    if len(chosen) >= free:
-                        break
-                    if endpoint in paused or (not lending and counts[endpoint] >= self.per_host):
-                        continue
-                    if endpoint in probe_ready:
-                        paused.add(endpoint)  # one probe at a time
-                        probe_ready.discard(endpoint)
-                        if not endpoint_probe_claim(key=endpoint, now=now):
-                            continue
-                    chosen.append(delivery_id)
-                    counts[endpoint] += 1
-                taken = self._hand_out(chosen, now)
-                if taken == 0 or len(rows) < free * 2:
-                    break
+        free = self.threads - self.in_flight
         if self._stopping.is_set():
             return 0.0
-        if self._free(lending=False) <= 0:
+        if free <= 0:
             return None  # a finishing attempt wakes the loop
-        blocked = paused | (self._full_endpoints() if self._free(lending=True) <= 0 else set())
-        due = self._due_query(exclude=blocked).aggregate(at=Min("next_attempt_at"))["at"]
-        moments = [t for t in (due, next_change) if t is not None]
+        limit = free * 2 + 1
+        with self._lock:
+            counts = Counter(self._per_endpoint)
+        full = {key for key, count in counts.items() if count >= self.per_host}
+        chosen: list = []
+        upcoming, more = None, False
+        # First within the caps (endpoints at theirs are not even read, so a backlog of one
+        # cannot hide the others), then lending idle senders to endpoints over theirs (the
+        # reserve stays for endpoints under their cap).
+        for lending in (False, True):
+            room = free - (self.reserve if lending else 0) - len(chosen)
+            if lending:
+                full = {key for key, count in counts.items() if count >= self.per_host}
+                if room <= 0 or not full:
+                    break
+            rows = self._due(exclude=paused if lending else paused | full, limit=limit)
+            if not lending:
+                upcoming = next((at for _pk, _endpoint, at in rows if at > now), None)
+                more = len(rows) == limit and upcoming is None
+            for delivery_id, endpoint, at in rows:
+                if at > now or room <= 0:
+                    break
+                if delivery_id in chosen or endpoint in paused or (
+                        not lending and counts[endpoint] >= self.per_host):
+                    continue
+                if endpoint in probe_ready:
+                    paused.add(endpoint)  # one probe at a time
+                    probe_ready.discard(endpoint)
+                    if not endpoint_probe_claim(key=endpoint, now=now):
+                        continue
+                chosen.append(delivery_id)
+                counts[endpoint] += 1
+                room -= 1
+        taken = self._hand_out(chosen, now)
+        if self._stopping.is_set():
+            return 0.0
+        if more and taken and self.in_flight < self.threads:
+            return 0.0  # more may be due than this look read
+        moments = [t for t in (upcoming, next_change) if t is not None]
         if not moments:
             return None
         return max(0.0, (min(moments) - now).total_seconds())
-
-    def _free(self, lending: bool) -> int:
-        return self.threads - (self.reserve if lending else 0) - self.in_flight
 
     def _idle_wait(self) -> float:
         if connection.vendor == "postgresql":
@@ -268,20 +283,15 @@ class Dispatcher:
         return settings.AUXOT_CALLBACK_POLL_SECONDS
 
     @staticmethod
-    def _due_query(exclude: set[str]):
+    def _due(exclude: set[str], limit: int) -> list[tuple]:
+        """(id, endpoint, due at) of the `limit` deliveries due soonest, of endpoints not in
+        `exclude` (one hand-written SELECT on the due index)."""
         query = CallbackDelivery.objects.filter(
             next_attempt_at__isnull=False, state__in=[State.PENDING, State.DELIVERING])
         if exclude:
             query = query.exclude(endpoint__in=exclude)
-        return query
-
-    def _due(self, now: datetime, exclude: set[str]):
-        return self._due_query(exclude).filter(next_attempt_at__lte=now).order_by(
-            "next_attempt_at").values_list("pk", "endpoint")
-
-    def _full_endpoints(self) -> set[str]:
-        with self._lock:
-            return {key for key, count in self._per_endpoint.items() if count >= self.per_host}
+        return list(query.order_by("next_attempt_at").values_list(
+            "pk", "endpoint", "next_attempt_at")[:limit])
 
     def _hand_out(self, ids: list, now: datetime) -> int:
         claimed = callback_deliveries_claim(ids=ids, now=now)  # less any another took
@@ -428,4 +438,8 @@ class Dispatcher:
             if self._per_endpoint[delivery.endpoint] <= 0:
                 del self._per_endpoint[delivery.endpoint]
             self._idle.notify_all()
-        self._wake.set()
+            # Look again once a few senders are free, not for each: a look costs the same
+            # for one delivery as for many.
+            wake = self.threads - len(self._in_flight) >= self.gather
+        if wake:
+            self._wake.set()
