@@ -205,6 +205,66 @@ def test_a_delivery_due_later_is_claimed_when_it_comes_due_not_before(cb_intake,
     assert delivery.state == "delivered" and delivery.attempts == 1
 
 
+@pytest.mark.django_db
+def test_a_look_is_one_read_of_the_deliveries_due_soonest(cb_intake):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with time_machine.travel(timezone.now(), tick=False):
+        due = _deliveries(cb_intake, "http://127.0.0.1:9/hook", 3)
+        [later] = _deliveries(cb_intake, "http://127.0.0.2:9/hook", 1)
+        CallbackDelivery.objects.filter(pk=later.pk).update(
+            next_attempt_at=timezone.now() + timedelta(seconds=7))
+        dispatcher = Dispatcher(threads=8, per_host=4)
+        with CaptureQueriesContext(connection) as queries:
+            assert dispatcher.run_once() == pytest.approx(7.0)
+    # The breakers, the due read, the claim's UPDATE and its SELECT.
+    assert len(queries) == 4, [q["sql"][:80] for q in queries.captured_queries]
+    assert dispatcher.in_flight == 3
+    assert set(CallbackDelivery.objects.filter(state="delivering").values_list(
+        "pk", flat=True)) == {d.pk for d in due}
+
+
+@pytest.mark.django_db
+def test_a_backlog_at_its_cap_does_not_hide_another_endpoints_due_delivery(cb_intake):
+    crowded = _deliveries(cb_intake, "http://127.0.0.1:9/hook", 12)
+    [other] = _deliveries(cb_intake, "http://127.0.0.2:9/hook", 1)
+    CallbackDelivery.objects.filter(pk=other.pk).update(
+        next_attempt_at=timezone.now() + timedelta(milliseconds=1))  # due after all of them
+    # Two senders free, the crowded endpoint at its cap of 2 (and the other two kept in
+    # reserve: nothing to lend): a read of the soonest few would hold only the crowded
+    # endpoint's deliveries.
+    dispatcher = Dispatcher(threads=4, per_host=2)
+    assert dispatcher.reserve == 2
+    dispatcher.run_once()
+    assert dispatcher.in_flight == 2
+    dispatcher.run_once(now=timezone.now() + timedelta(seconds=1))
+    claimed = set(CallbackDelivery.objects.filter(state="delivering").values_list(
+        "pk", flat=True))
+    assert other.pk in claimed and len(claimed & {d.pk for d in crowded}) == 2
+
+
+def test_the_claim_loop_looks_again_once_a_few_senders_are_free():
+    dispatcher = Dispatcher(threads=64, per_host=4)
+    assert dispatcher.gather == 8
+
+    class Delivery:
+        def __init__(self, pk):
+            self.pk, self.endpoint = pk, "http://127.0.0.1:9"
+
+    busy = [Delivery(pk) for pk in range(64)]
+    for delivery in busy:
+        dispatcher._in_flight[delivery.pk] = ("token", delivery.endpoint)
+        dispatcher._per_endpoint[delivery.endpoint] += 1
+    woken = []
+    for delivery in busy[:9]:
+        dispatcher._wake.clear()
+        dispatcher._done(delivery, "token")
+        woken.append(dispatcher._wake.is_set())
+    assert woken == [False] * 7 + [True, True]  # from 8 free senders on, each one wakes it
+    assert Dispatcher(threads=4, per_host=4).gather == 1
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_running_dispatcher_sends_a_retry_when_it_comes_due(cb_intake, endpoints):
     healthy = endpoints()
