@@ -627,7 +627,7 @@ def callback_attempts_prepare(*, claimed: list[tuple[CallbackDelivery, str]],
             CallbackAttempt.objects.filter(delivery_id__in=retried,
                                            finished_at__isnull=True).update(
                 finished_at=now, error="interrupted: the worker stopped during this attempt")
-        attempts = CallbackAttempt.objects.bulk_create([
+        attempts = rawsql.insert_rows([
             CallbackAttempt(delivery=delivery, number=delivery.attempts, started_at=now,
                             url=url_redact(delivery.url)) for delivery, _token in claimed])
     items = [delivery.work_item for delivery, _token in claimed]
