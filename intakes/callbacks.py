@@ -286,11 +286,26 @@ def _claimed_plan(vendor: str) -> tuple[str, list]:
 
 def _claimed(token: str) -> list[CallbackDelivery]:
     sql, layout = _claimed_plan(connection.vendor)
+    spans, start = [], 0
+    for model, fields in layout:
+        spans.append((model, fields, start, start + len(fields)))
+        start += len(fields)
+    shared: dict = {}  # (model, pk) -> instance: a batch's deliveries share a few intakes
+
+    def one(index: int, row):
+        model, fields, begin, end = spans[index]
+        if model in (Intake, Organization, Workflow):
+            key = (model, row[begin])
+            if key not in shared:
+                shared[key] = rawsql.instance(model, fields, row[begin:end])
+            return shared[key]
+        return rawsql.instance(model, fields, row[begin:end])
+
     deliveries = []
     with connection.cursor() as cursor:
         cursor.execute(sql, [token])
         for row in cursor.fetchall():
-            delivery, intake, org, item, workflow = rawsql.instances(layout, row)
+            delivery, intake, org, item, workflow = (one(i, row) for i in range(len(spans)))
             intake.org, item.workflow = org, workflow
             delivery.intake, delivery.work_item = intake, item
             deliveries.append(delivery)
