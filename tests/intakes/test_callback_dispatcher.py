@@ -490,6 +490,37 @@ def test_a_batch_of_outcomes_costs_the_same_statements_whatever_its_size(cb_inta
 
 
 @pytest.mark.django_db
+def test_a_batch_of_2xx_is_on_disk_in_one_statement_on_postgresql(cb_intake):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from intakes.callbacks import SendResult, callback_attempts_finish
+
+    url = "http://127.0.0.1:9/hook"
+    CallbackEndpoint.objects.create(key=endpoint_key(url), consecutive_failures=3,
+                                    failing_since=timezone.now(), last_error="HTTP 500")
+    prepared = _prepared_batch(cb_intake, url, 5)
+    with CaptureQueriesContext(connection) as queries:
+        states = callback_attempts_finish(outcomes=[
+            (p, SendResult(status=200 + i, latency_ms=i, body=f"ok {i}"))
+            for i, p in enumerate(prepared)])
+    assert states == ["delivered"] * 5
+    if connection.vendor == "postgresql":  # attempts, deliveries and breaker: one commit
+        assert len(queries) == 1, [q["sql"][:80] for q in queries.captured_queries]
+    for i, p in enumerate(prepared):
+        delivery = CallbackDelivery.objects.get(pk=p.delivery.pk)
+        assert (delivery.state, delivery.lease_token, delivery.last_status,
+                delivery.next_attempt_at) == ("delivered", "", 200 + i, None)
+        attempt = CallbackAttempt.objects.get(pk=p.attempt.pk)
+        assert (attempt.status_code, attempt.latency_ms, attempt.response_body,
+                attempt.error) == (200 + i, i, f"ok {i}", "")
+        assert attempt.finished_at == delivery.delivered_at
+    endpoint = CallbackEndpoint.objects.get(key=endpoint_key(url))
+    assert (endpoint.consecutive_failures, endpoint.failing_since) == (0, None)
+    assert endpoint.last_success_at is not None
+
+
+@pytest.mark.django_db
 def test_an_outcome_whose_lease_was_taken_over_changes_nothing_of_its_delivery(cb_intake):
     from intakes.callbacks import SendResult, callback_attempts_finish
 
@@ -529,6 +560,7 @@ def test_a_batch_of_outcomes_that_fails_is_recorded_one_at_a_time(cb_intake, end
         raise RuntimeError("the batch's UPDATE failed")
 
     monkeypatch.setattr(callbacks.rawsql, "update_rows", broken)
+    monkeypatch.setattr(callbacks, "_delivered_all", broken)
     healthy = endpoints()
     deliveries = _deliveries(cb_intake, healthy.url, 3)
     dispatcher = Dispatcher(threads=4, per_host=4)

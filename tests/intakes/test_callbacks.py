@@ -105,6 +105,17 @@ def test_failure_then_retry_then_success_records_every_attempt(receiver, cb_inta
     assert item.status == "completed"  # a callback's fate never changes the item
 
 
+@pytest.mark.parametrize("status", [200, 500])
+def test_an_answer_with_nul_bytes_is_recorded(receiver, cb_intake, status):
+    # A hostile receiver: PostgreSQL cannot store NUL in text, and an outcome that cannot be
+    # recorded would be claimed again and again.
+    receiver.expect_request("/hook").respond_with_data(b"ok\x00\xff\x00", status=status)
+    delivery = _deliver(finished_item(cb_intake))
+    assert delivery.state == ("delivered" if status == 200 else "pending")
+    [attempt] = CallbackAttempt.objects.filter(delivery=delivery)
+    assert (attempt.status_code, attempt.response_body) == (status, "ok\ufffd\ufffd\ufffd")
+
+
 def test_attempts_run_out_and_the_delivery_fails(receiver, cb_intake, settings):
     settings.AUXOT_CALLBACK_RETRY_SCHEDULE = [0, 0]
     receiver.expect_request("/hook").respond_with_data("no", status=500)
