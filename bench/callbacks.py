@@ -62,6 +62,7 @@ class Receiver:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # kept-alive answers must not wait for an ACK
 
             def log_message(self, *args):
                 pass
