@@ -32,6 +32,7 @@ HEADERS = {"content-type": "application/json", "user-agent": "Auxot-Webhooks/ben
 
 class _Receiver(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: the connection stays open between requests
+    disable_nagle_algorithm = True  # headers and body go in two writes: no delayed-ACK stall
 
     def do_POST(self):
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
