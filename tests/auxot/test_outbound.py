@@ -712,3 +712,15 @@ def test_the_deadline_cuts_a_dribbling_answer_over_tls_new_and_reused(tls_keepal
         assert _post(tls_keepalive.url).content == b"x" * 20
     first, second, third, fourth = (port for port, _ in tls_keepalive.seen)
     assert first != second == third != fourth
+
+
+def test_one_watchdog_thread_serves_every_deadline(keepalive, monkeypatch):
+    _post(keepalive.url)  # the watchdog thread exists from the first request on
+    started = []
+    start = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start",
+                        lambda self: started.append(self.name) or start(self))
+    for _ in range(5):
+        _post(keepalive.url)
+    assert started == []  # no Timer thread per request
+    assert [t.name for t in threading.enumerate()].count("auxot-outbound-deadline") == 1
