@@ -12,14 +12,23 @@ Tenants choose these URLs, so each is hostile. The policy is enforced twice:
 
 `AUXOT_OUTBOUND_ALLOWED_NETWORKS` / `AUXOT_OUTBOUND_ALLOWED_HOSTS` exempt an install's own
 receivers from the address policy; nothing else does.
+
+Connections are kept alive and shared between calls and threads (per purpose and policy,
+bounded), since opening one per request cost most of a sender's CPU; no session state is
+shared (no cookies, auth or headers). One watchdog thread enforces every exchange's
+wall-clock deadline, on new and reused connections alike.
 """
 
 import contextlib
+import heapq
 import ipaddress
+import itertools
+import os
+import queue
 import re
 import socket
 import threading
-from collections.abc import Iterator
+import time
 from functools import cache
 from typing import Any, Literal
 from urllib.parse import SplitResult, urlsplit, urlunsplit
@@ -28,6 +37,8 @@ import idna
 import requests
 from django.conf import settings
 from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
+from requests.utils import default_headers
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
@@ -303,41 +314,115 @@ def _resolve_checked(host: str, port: int) -> str:
     return addresses[0]
 
 
+# --- The whole-exchange deadline: one watchdog thread ---------------------------------------
+
 class Deadline:
     """A wall-clock limit for a whole exchange: per-read timeouts alone let a receiver that
-    dribbles one byte at a time hold a worker (and outlive its lease)."""
+    dribbles one byte at a time hold a worker (and outlive its lease).
 
-    def __init__(self, seconds: float):
+    `sockets` are the ones the exchange is using now; when `at` passes, the watchdog shuts
+    them and sets `expired`. A connection going back to the pool leaves the list first, so a
+    late deadline can never cut the next exchange that takes it.
+    """
+
+    __slots__ = ("at", "done", "expired", "sockets")
+
+    def __init__(self, at: float):
+        self.at = at
+        self.done = False  # the exchange is over: nothing left to cut
         self.expired = False
-        self._sockets: list[socket.socket] = []
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
-
-    def watch(self, sock: socket.socket) -> None:
-        self._sockets.append(sock)
-        if self.expired:
-            self._expire()
-
-    def _expire(self) -> None:
-        self.expired = True
-        for sock in self._sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)  # the blocked read returns at once
+        self.sockets: list[socket.socket] = []
 
 
-@contextlib.contextmanager
-def total_deadline(seconds: float) -> Iterator[Deadline]:
-    deadline = Deadline(seconds)
-    _local.deadline = deadline
-    deadline._timer.start()
-    try:
-        yield deadline
-    finally:
-        deadline._timer.cancel()
-        _local.deadline = None
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed
+        sock.shutdown(socket.SHUT_RDWR)  # the blocked read or write returns at once
+
+
+class _Watchdog:
+    """One daemon thread for every exchange's deadline (a heap by time), instead of a
+    Timer thread per request. Every change happens under one lock, so a socket taken off
+    a deadline's list is never shut by it afterwards."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, Deadline]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def start(self, seconds: float) -> Deadline:
+        deadline = Deadline(time.monotonic() + seconds)
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="auxot-outbound-deadline",
+                                                daemon=True)
+                self._thread.start()
+            sooner = not self._heap or deadline.at < self._heap[0][0]
+            heapq.heappush(self._heap, (deadline.at, next(self._order), deadline))
+            if sooner:  # otherwise the thread wakes early enough already
+                self._cond.notify()
+        return deadline
+
+    def watch(self, deadline: Deadline, sock: socket.socket) -> None:
+        with self._cond:
+            if deadline.expired:
+                _shut(sock)
+            elif not deadline.done:
+                deadline.sockets.append(sock)
+
+    def unwatch(self, deadline: Deadline, sock: socket.socket) -> bool:
+        """Take `sock` off the deadline's list; True if the deadline had already cut it."""
+        with self._cond:
+            with contextlib.suppress(ValueError):
+                deadline.sockets.remove(sock)
+            return deadline.expired
+
+    def finish(self, deadline: Deadline) -> None:
+        with self._cond:
+            deadline.done = True  # the entry leaves the heap when its time comes
+            deadline.sockets.clear()
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                while self._heap and (self._heap[0][2].done or self._heap[0][0] <= now):
+                    deadline = heapq.heappop(self._heap)[2]
+                    if not deadline.done:
+                        deadline.expired = True
+                        for sock in deadline.sockets:
+                            _shut(sock)
+                self._cond.wait(self._heap[0][0] - now if self._heap else None)
+
+
+_watchdog = _Watchdog()
+
+
+# --- Checked, kept-alive connections ----------------------------------------------------------
+
+# A pooled connection is reused only if it has been idle for less than this. A server closes
+# idle connections on its own clock (gunicorn after 2 s, most others later); its FIN is seen
+# before reuse (urllib3 drops a connection that reads as closed), but a close racing our
+# request cannot be seen. Below every common server's limit, that race does not happen.
+KEEPALIVE_IDLE_SECONDS = 1.0
+POOL_IDLE_PER_HOST = 8  # idle connections kept per host; more are closed after use, not waited for
+POOL_HOSTS = 64  # host pools kept per policy, least recently used closed first
+POLICIES_KEPT = 8  # (purpose, allow-lists) pool sets; only tests change settings at run time
 
 
 class _CheckedConnectionMixin:
+    """Every new socket goes to an address `_resolve_checked` approved; every use of the
+    connection, new or reused, is under the current exchange's deadline.
+
+    The deadline shuts a duplicate of the socket (same connection, its own descriptor):
+    TLS takes over the first socket object (it is left without a descriptor), and a
+    descriptor number may be reused by another connection once this one closes.
+    """
+
+    _shutter: socket.socket | None = None  # the duplicate the deadline shuts
+    _watched: Deadline | None = None  # the exchange using this connection now
+    _idle_since = 0.0
+
     def _new_conn(self):
         original = self._dns_host
         # Connect to the address we checked; self.host (Host header, SNI, cert) is unchanged.
@@ -346,10 +431,39 @@ class _CheckedConnectionMixin:
             sock = super()._new_conn()
         finally:
             self._dns_host = original
-        deadline = getattr(_local, "deadline", None)
-        if deadline is not None:
-            deadline.watch(sock)
+        self._close_shutter()
+        self._shutter = sock.dup()
+        self._watched = None
+        self._watch()
         return sock
+
+    def request(self, *args, **kwargs):
+        if self.sock is not None and self._watched is not getattr(_local, "deadline", None):
+            self._watch()  # a reused connection: watched from its first byte on
+        return super().request(*args, **kwargs)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._close_shutter()
+
+    def _watch(self) -> None:
+        deadline = getattr(_local, "deadline", None)
+        if deadline is not None and self._shutter is not None:
+            self._unwatch()
+            _watchdog.watch(deadline, self._shutter)
+            self._watched = deadline
+
+    def _unwatch(self) -> bool:
+        """Leave the exchange's deadline; True if it already cut this connection."""
+        deadline, self._watched = self._watched, None
+        return deadline is not None and _watchdog.unwatch(deadline, self._shutter)
+
+    def _close_shutter(self) -> None:
+        shutter, self._shutter = self._shutter, None
+        if shutter is not None:
+            shutter.close()  # only the duplicate descriptor: the connection is not touched
 
 
 class CheckedHTTPConnection(_CheckedConnectionMixin, HTTPConnection):
@@ -360,30 +474,102 @@ class CheckedHTTPSConnection(_CheckedConnectionMixin, HTTPSConnection):
     pass
 
 
-class CheckedHTTPConnectionPool(HTTPConnectionPool):
+class _KeepAlivePoolMixin:
+    """urllib3 gives a connection back only once its answer was read to the end; on an error,
+    a timeout or an answer left unread (the `max_bytes` cap) it closes it instead. This adds:
+    a connection cut by a deadline or idle too long is closed, not reused; a full pool closes
+    the extra connection quietly (64 senders to one host overflow it by design)."""
+
+    def _get_conn(self, timeout=None):
+        conn = super()._get_conn(timeout)  # urllib3 closes one that reads as dropped
+        if conn.sock is not None and time.monotonic() - conn._idle_since >= KEEPALIVE_IDLE_SECONDS:
+            conn.close()  # the server may be closing it as we send: a fresh one is checked
+        return conn
+
+    def _put_conn(self, conn) -> None:
+        if conn is not None:
+            if conn._unwatch():
+                conn.close()
+            conn._idle_since = time.monotonic()
+        try:
+            self.pool.put(conn, block=False)
+        except (AttributeError, queue.Full):  # a closed pool, or enough idle connections
+            if conn is not None:
+                conn.close()
+
+
+class CheckedHTTPConnectionPool(_KeepAlivePoolMixin, HTTPConnectionPool):
     ConnectionCls = CheckedHTTPConnection
 
 
-class CheckedHTTPSConnectionPool(HTTPSConnectionPool):
+class CheckedHTTPSConnectionPool(_KeepAlivePoolMixin, HTTPSConnectionPool):
     ConnectionCls = CheckedHTTPSConnection
 
 
 class CheckedAdapter(HTTPAdapter):
+    """Bounded pools of checked connections; no retries (a request is sent at most once)."""
+
+    def __init__(self) -> None:
+        super().__init__(pool_connections=POOL_HOSTS, pool_maxsize=POOL_IDLE_PER_HOST,
+                         pool_block=False, max_retries=0)
+
     def init_poolmanager(self, *args, **kwargs):
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {
             "http": CheckedHTTPConnectionPool, "https": CheckedHTTPSConnectionPool}
-        self.poolmanager.key_fn_by_scheme = dict(self.poolmanager.key_fn_by_scheme)
 
 
-def outbound_session() -> requests.Session:
-    """A session that enforces the address policy on every connection; no env proxies."""
-    session = requests.Session()
-    session.trust_env = False  # a proxy would connect on our behalf, unchecked
-    adapter = CheckedAdapter(max_retries=0)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
+_adapters: dict[tuple, CheckedAdapter] = {}
+_adapters_lock = threading.Lock()
+
+
+def _adapter(purpose: Purpose) -> CheckedAdapter:
+    """The shared pools for `purpose` under the policy in force: a connection is reused only
+    under the settings it was checked with (a changed allow-list gets fresh pools)."""
+    key = (purpose, tuple(settings.AUXOT_OUTBOUND_ALLOWED_NETWORKS),
+           tuple(settings.AUXOT_OUTBOUND_ALLOWED_HOSTS))
+    adapter = _adapters.get(key)
+    if adapter is None:
+        with _adapters_lock:
+            adapter = _adapters.get(key)
+            if adapter is None:
+                adapter = _adapters[key] = CheckedAdapter()
+                while len(_adapters) > POLICIES_KEPT:
+                    _adapters.pop(next(iter(_adapters))).close()
+    return adapter
+
+
+def outbound_pools_close() -> None:
+    """Close every kept-alive connection (idle ones now, busy ones when their answer ends)."""
+    with _adapters_lock:
+        while _adapters:
+            _adapters.popitem()[1].close()
+
+
+def _after_fork_in_child() -> None:
+    # The parent's sockets must not be shared (two processes writing on one connection) and
+    # its watchdog thread does not exist here: start again with empty pools and a new one.
+    global _adapters_lock, _watchdog
+    _adapters.clear()
+    _adapters_lock = threading.Lock()  # another thread may have held it at the fork
+    _watchdog = _Watchdog()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# --- The request ------------------------------------------------------------------------------
+
+def _headers(headers: dict | None) -> CaseInsensitiveDict:
+    """requests' defaults plus the caller's, built afresh: nothing carries over between calls
+    (there is no session, so no cookie jar, auth or header a previous receiver could set)."""
+    merged = default_headers()
+    for name, value in (headers or {}).items():
+        if value is None:  # as a requests session does: None removes a default
+            merged.pop(name, None)
+        else:
+            merged[name] = value
+    return merged
 
 
 def _read_capped(response: requests.Response, max_bytes: int) -> bytes:
@@ -404,24 +590,33 @@ def outbound_request(method: str, url: str, *, purpose: Purpose, timeout: float,
 
     `timeout` bounds the whole exchange (connect, send, every read). Raises
     RefusedDestination (nothing sent), requests.Timeout or another requests exception.
+
+    Connections are kept alive and shared (see `_adapter`): a new one is checked like any,
+    a reused one was checked when it was opened. A failure on a reused connection is not
+    retried, even one that looks like a stale keep-alive: the request may have reached the
+    server, and sending it twice is the worse error. Stale connections are avoided instead
+    (`KEEPALIVE_IDLE_SECONDS`); the callers' retries handle the rest.
     """
     url_check(url, purpose=purpose)
-    _local.purpose = purpose
+    prepared = requests.Request(method, url, headers=_headers(headers), data=data,
+                                json=json).prepare()
+    adapter = _adapter(purpose)
+    deadline = _watchdog.start(timeout)
+    _local.purpose, _local.deadline = purpose, deadline
     try:
-        with total_deadline(timeout) as deadline, outbound_session() as session:
-            try:
-                with session.request(method, url, headers=headers, data=data, json=json,
-                                     timeout=(timeout, timeout), allow_redirects=False,
-                                     stream=True) as response:
-                    content = _read_capped(response, max_bytes)
-            except requests.RequestException as exc:
-                if deadline.expired:
-                    raise requests.Timeout(f"no complete answer within {timeout:g} s") from exc
-                raise
+        try:
+            with adapter.send(prepared, stream=True, timeout=(timeout, timeout),
+                              proxies={}) as response:  # no proxy: it would connect unchecked
+                content = _read_capped(response, max_bytes)
+        except requests.RequestException as exc:
             if deadline.expired:
-                raise requests.Timeout(f"no complete answer within {timeout:g} s")
+                raise requests.Timeout(f"no complete answer within {timeout:g} s") from exc
+            raise
+        if deadline.expired:
+            raise requests.Timeout(f"no complete answer within {timeout:g} s")
     finally:
-        _local.purpose = None
+        _watchdog.finish(deadline)
+        _local.purpose = _local.deadline = None
     # The body is read under the deadline; hand it over as if requests had read it.
     response._content = content
     response._content_consumed = True

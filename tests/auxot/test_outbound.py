@@ -7,12 +7,19 @@ to anything but loopback is refused before it happens (a safety net should the g
 """
 
 import ast
+import os
 import socket
+import ssl
 import subprocess
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import requests
 from django.core.exceptions import ValidationError
 
 from auxot import outbound
@@ -443,3 +450,277 @@ def test_member_key_cannot_aim_a_step_at_loopback_and_sees_why(
     page = client.get(f"/admin/workflows/workitem/{work_id}/change/").content.decode()
     assert "ssrf_refused" in page and "127.1" in page
     assert fake_server.requests == [] and connections == []
+
+
+# --- Keep-alive: shared connections with the same guarantees ----------------------------------
+
+class _KeepAliveHandler(BaseHTTPRequestHandler):
+    """Answers every request on the same connection (HTTP/1.1) and records which connection
+    (the client's port) carried it, with its headers."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def do_GET(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        server = self.server
+        with server.lock:
+            index = len(server.seen)
+            server.seen.append((self.client_address[1], dict(self.headers.items())))
+        if index in server.hang_up_on:  # the request arrived; no answer, the line goes dead
+            self.close_connection = True
+            return
+        if server.barrier is not None:
+            server.barrier.wait(timeout=10)
+        time.sleep(server.delay)
+        body = server.body
+        self.send_response(200)
+        for name, value in server.extra_headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if index not in server.dribble_on:
+            self.wfile.write(body)
+            return
+        for byte in body:  # every byte within the read timeout; the whole never in time
+            try:
+                self.wfile.write(bytes([byte]))
+            except OSError:
+                return
+            time.sleep(0.1)
+
+    do_POST = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+class _KeepAliveServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 64
+
+    def __init__(self, handler=_KeepAliveHandler):
+        super().__init__(("127.0.0.1", 0), handler)
+        self.lock = threading.Lock()
+        self.seen: list[tuple[int, dict]] = []
+        self.body, self.delay, self.extra_headers = b"ok", 0.0, []
+        self.dribble_on: set[int] = set()
+        self.hang_up_on: set[int] = set()
+        self.barrier: threading.Barrier | None = None
+        self.scheme = "http"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.server_port}/hook"
+
+    def connections_seen(self) -> int:
+        return len({port for port, _ in self.seen})
+
+
+@pytest.fixture
+def keepalive():
+    """A keep-alive receiver, with the shared pools empty before and after."""
+    outbound.outbound_pools_close()
+    server = _KeepAliveServer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    outbound.outbound_pools_close()
+    server.shutdown()
+    server.server_close()
+
+
+def _post(url: str, **kwargs):
+    return outbound_request("POST", url, purpose="http", timeout=kwargs.pop("timeout", 5),
+                            data=b"{}", **kwargs)
+
+
+def test_a_connection_is_kept_alive_and_reused_across_calls_and_threads(keepalive, connections):
+    for _ in range(3):
+        assert _post(keepalive.url).content == b"ok"
+    with ThreadPoolExecutor(2) as pool:
+        assert [r.status_code for r in pool.map(lambda _: _post(keepalive.url), range(2))] \
+            == [200, 200]
+    assert len(keepalive.seen) == 5
+    assert keepalive.connections_seen() == len(connections) <= 2
+
+
+def test_no_cookie_or_header_carries_over_to_the_next_request(keepalive):
+    keepalive.extra_headers = [("Set-Cookie", "session=tenant-a; Path=/")]
+    first = _post(keepalive.url, headers={"Authorization": "Bearer tenant-a", "X-Tenant": "a"})
+    assert first.cookies.get("session") == "tenant-a"
+    _post(keepalive.url)
+    [(port_a, headers_a), (port_b, headers_b)] = keepalive.seen
+    assert port_a == port_b  # the same connection carried both
+    assert headers_a["X-Tenant"] == "a"
+    assert not {"Cookie", "Authorization", "X-Tenant"} & set(headers_b)
+
+
+def test_a_settings_change_never_reuses_a_connection_checked_under_other_settings(
+        keepalive, resolver, closed_policy, settings):
+    url = f"http://receiver.example:{keepalive.server_port}/hook"
+    settings.AUXOT_OUTBOUND_ALLOWED_HOSTS = ["receiver.example"]
+    assert _post(url).status_code == 200  # the connection stays open in the pool
+    settings.AUXOT_OUTBOUND_ALLOWED_HOSTS = []
+    with pytest.raises(RefusedDestination, match=r"receiver\.example resolves to 127\.0\.0\.1"):
+        _post(url)
+    settings.AUXOT_OUTBOUND_ALLOWED_NETWORKS = ["127.0.0.0/8"]
+    assert _post(url).status_code == 200
+    assert len(keepalive.seen) == 2
+
+
+class _ClosesIdleHandler(_KeepAliveHandler):
+    timeout = 0.2  # the server closes a connection idle for 0.2 s (sends its FIN)
+
+
+def test_a_connection_the_server_closed_while_idle_does_not_fail_the_next_request():
+    outbound.outbound_pools_close()
+    server = _KeepAliveServer(_ClosesIdleHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert _post(server.url).status_code == 200
+        time.sleep(0.5)  # the server has closed it, well within KEEPALIVE_IDLE_SECONDS
+        assert _post(server.url).status_code == 200
+        assert server.connections_seen() == 2 and len(server.seen) == 2
+    finally:
+        outbound.outbound_pools_close()
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_connection_idle_for_too_long_is_not_reused(keepalive, monkeypatch):
+    monkeypatch.setattr(outbound, "KEEPALIVE_IDLE_SECONDS", 0.1)
+    _post(keepalive.url)
+    _post(keepalive.url)  # at once: reused
+    time.sleep(0.2)  # the server would still take it; its own close could race the request
+    _post(keepalive.url)
+    first, second, third = (port for port, _ in keepalive.seen)
+    assert first == second != third
+
+
+def test_a_failure_on_a_reused_connection_is_not_retried(keepalive):
+    keepalive.hang_up_on = {1}
+    _post(keepalive.url)
+    with pytest.raises(requests.ConnectionError):
+        _post(keepalive.url)  # the request reached the server: sending it again would repeat it
+    assert len(keepalive.seen) == 2
+    assert _post(keepalive.url).status_code == 200  # a fresh connection
+    assert keepalive.connections_seen() == 2
+
+
+def test_an_answer_cut_at_the_cap_closes_the_connection_a_whole_one_keeps_it(keepalive):
+    keepalive.body = b"x" * 5000
+    assert _post(keepalive.url, max_bytes=100).content == b"x" * 100  # the rest left unread
+    assert _post(keepalive.url, max_bytes=5000).content == b"x" * 5000  # read to its end
+    _post(keepalive.url)
+    first, second, third = (port for port, _ in keepalive.seen)
+    assert first != second == third
+
+
+def test_the_deadline_cuts_a_dribbling_answer_on_a_reused_connection(keepalive):
+    keepalive.body = b"x" * 20  # 2 s at one byte per 0.1 s
+    keepalive.dribble_on = {1}
+    _post(keepalive.url)
+    started = time.monotonic()
+    with pytest.raises(requests.Timeout, match=r"no complete answer within 0\.5 s"):
+        _post(keepalive.url, timeout=0.5)
+    assert time.monotonic() - started < 1.5
+    assert _post(keepalive.url).content == b"x" * 20  # not on the cut connection
+    first, second, third = (port for port, _ in keepalive.seen)
+    assert first == second != third
+
+
+def test_a_finished_exchange_deadline_never_cuts_the_next_one_on_its_connection(keepalive):
+    _post(keepalive.url, timeout=0.3)
+    keepalive.delay = 0.6  # answers after the first exchange's deadline has passed
+    assert _post(keepalive.url, timeout=5).content == b"ok"
+    assert keepalive.connections_seen() == 1
+
+
+def test_concurrent_requests_never_wait_for_a_connection_and_few_stay_idle(keepalive):
+    senders = outbound.POOL_IDLE_PER_HOST + 4
+    keepalive.barrier = threading.Barrier(senders)  # answers only once all are in at once
+    with ThreadPoolExecutor(senders) as pool:
+        codes = list(pool.map(lambda _: _post(keepalive.url).status_code, range(senders)))
+    assert codes == [200] * senders
+    [host_pool] = outbound._adapter("http").poolmanager.pools._container.values()
+    idle = [conn for conn in host_pool.pool.queue if conn is not None and conn.sock is not None]
+    assert len(idle) == outbound.POOL_IDLE_PER_HOST
+
+
+def test_host_pools_are_bounded(keepalive, monkeypatch, settings):
+    monkeypatch.setattr(outbound, "POOL_HOSTS", 3)
+    names = [f"h{i}.example" for i in range(5)]
+    settings.AUXOT_OUTBOUND_ALLOWED_HOSTS = names
+    real = socket.getaddrinfo
+    monkeypatch.setattr(outbound.socket, "getaddrinfo", lambda host, *args, **kwargs: real(
+        "127.0.0.1" if host in names else host, *args, **kwargs))
+    for name in names:
+        _post(f"http://{name}:{keepalive.server_port}/hook")
+    assert len(outbound._adapter("http").poolmanager.pools) == 3
+
+
+def test_a_forked_process_starts_with_empty_pools_and_its_own_watchdog(keepalive):
+    _post(keepalive.url)  # the parent now has an idle connection and a watchdog thread
+    keepalive.body = b"x" * 20
+    keepalive.dribble_on = {1}
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 1
+        try:
+            if not outbound._adapters:
+                started = time.monotonic()
+                try:
+                    _post(keepalive.url, timeout=0.5)
+                except requests.Timeout:
+                    code = 0 if time.monotonic() - started < 1.5 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    first, second = (port for port, _ in keepalive.seen)
+    assert first != second  # the child opened its own connection
+
+
+@pytest.fixture
+def tls_keepalive(keepalive, tmp_path, monkeypatch):
+    """The keep-alive receiver behind TLS, with a certificate for 127.0.0.1 the guard trusts."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    keepalive.socket = context.wrap_socket(keepalive.socket, server_side=True)
+    keepalive.scheme = "https"
+    send = outbound.CheckedAdapter.send
+    monkeypatch.setattr(outbound.CheckedAdapter, "send",
+                        lambda self, request, **kwargs: send(self, request, verify=str(cert),
+                                                             **kwargs))
+    return keepalive
+
+
+def test_the_deadline_cuts_a_dribbling_answer_over_tls_new_and_reused(tls_keepalive):
+    tls_keepalive.body = b"x" * 20
+    tls_keepalive.dribble_on = {0, 2}
+    for _ in range(2):  # a new connection, then (after a good answer) a reused one
+        started = time.monotonic()
+        with pytest.raises(requests.Timeout):
+            _post(tls_keepalive.url, timeout=0.5)
+        assert time.monotonic() - started < 1.5
+        assert _post(tls_keepalive.url).content == b"x" * 20
+    first, second, third, fourth = (port for port, _ in tls_keepalive.seen)
+    assert first != second == third != fourth
+
+
+def test_one_watchdog_thread_serves_every_deadline(keepalive, monkeypatch):
+    _post(keepalive.url)  # the watchdog thread exists from the first request on
+    started = []
+    start = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start",
+                        lambda self: started.append(self.name) or start(self))
+    for _ in range(5):
+        _post(keepalive.url)
+    assert started == []  # no Timer thread per request
+    assert [t.name for t in threading.enumerate()].count("auxot-outbound-deadline") == 1
