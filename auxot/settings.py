@@ -476,10 +476,11 @@ AUXOT_CALLBACK_PER_HOST_CONCURRENCY = env_int("AUXOT_CALLBACK_PER_HOST_CONCURREN
                                               minimum=1)
 # The circuit breaker: after this many consecutive failed attempts to one endpoint, it opens
 # for AUXOT_CALLBACK_BREAKER_SECONDS (doubling per failed probe, up to the max); then one
-# probe attempt at a time decides whether it closes. 0 = no breaker. The first pause is
-# short: a receiver that fails half its requests also fails ten in a row now and then, and
-# must not lose half a minute for it; a dead one is paused 5, 10, 20, ... up to 600 s.
-AUXOT_CALLBACK_BREAKER_FAILURES = env_int("AUXOT_CALLBACK_BREAKER_FAILURES", 10, minimum=0)
+# probe attempt at a time decides whether it closes. 0 = no breaker. A receiver that fails
+# half its requests also fails ten in a row now and then (0.45^10: once in ~3,000 attempts),
+# twenty almost never (once in ~9 million); a dead one fails twenty in a row at once. The
+# first pause is short for the same reason; a dead one is paused 5, 10, 20, ... up to 600 s.
+AUXOT_CALLBACK_BREAKER_FAILURES = env_int("AUXOT_CALLBACK_BREAKER_FAILURES", 20, minimum=0)
 AUXOT_CALLBACK_BREAKER_SECONDS = env_float("AUXOT_CALLBACK_BREAKER_SECONDS", 5.0, minimum=0.1)
 AUXOT_CALLBACK_BREAKER_MAX_SECONDS = env_float("AUXOT_CALLBACK_BREAKER_MAX_SECONDS", 600.0,
                                                minimum=0.1)
