@@ -344,6 +344,7 @@ def main() -> None:
     args = parser.parse_args()
     receivers = Receivers()
     common.django_setup()
+    common.bench_database_reset()  # no item, delivery or breaker of an earlier run counts
     from intakes.models import CallbackDelivery, Intake
 
     print(f"machine: {os.cpu_count()} cores; loadavg at start "
