@@ -316,6 +316,18 @@ class BreakerWatch(threading.Thread):
                          for key, count in self.opened.items())
 
 
+def _created_to_first_attempt(ids: list[str]) -> list[float]:
+    """Per item: seconds from its delivery's creation (right after the item's commit: when a
+    poll first sees it finished) to its first attempt: the dispatcher's part alone."""
+    from django.db.models import F
+
+    from intakes.models import CallbackAttempt
+
+    return [gap.total_seconds() for gap in CallbackAttempt.objects.filter(
+        delivery__work_item_id__in=ids, number=1).annotate(
+        gap=F("started_at") - F("delivery__created_at")).values_list("gap", flat=True)]
+
+
 def schedule_floor(samples: int = 100_000) -> list[float]:
     """finish -> first 2xx if sending cost nothing: the retry schedule and the flaky
     receiver's hangs alone (a hang costs the 15 s timeout), simulated."""
@@ -345,7 +357,7 @@ def main() -> None:
     receivers = Receivers()
     common.django_setup()
     common.bench_database_reset()  # no item, delivery or breaker of an earlier run counts
-    from intakes.models import CallbackDelivery, Intake
+    from intakes.models import CallbackAttempt, CallbackDelivery, Intake
 
     print(f"machine: {os.cpu_count()} cores; loadavg at start "
           "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
@@ -371,14 +383,19 @@ def main() -> None:
         rate_off = _rate(off)
         # 2. on
         busy = common.CpuBusy().start()
+        cpu_before = common._cpu_seconds([cluster.pid])
         on = _fire(base, [good, bad], n)
         _wait_finished(on, timeout=max(300, n))
         busy_on = busy.stop()
         rate_on = _rate(on)
         all_ids += on
         _wait_settled(on, timeout=900)
+        # The dispatcher runs in qcluster's main process (steps in its child processes).
+        cpu_dispatcher = common._cpu_seconds([cluster.pid]) - cpu_before
+        attempts_on = CallbackAttempt.objects.filter(delivery__work_item_id__in=on).count()
         on_good = [w for w in on if CallbackDelivery.objects.filter(
             work_item_id=w, intake_id=good[0].pk).exists()]
+        created_to_first = _created_to_first_attempt(on_good)
         on_bad = sorted(set(on) - set(on_good))
         first_attempt = _finish_to(on_good, {}, attempts=True)
         first_ok_flaky = _finish_to(on_bad, receivers.stats()["flaky"]["first_ok"],
@@ -435,6 +452,8 @@ def main() -> None:
     bad_signatures = sum(r["bad_signatures"] for r in stats.values())
     print(f"items={n} schedule={SCHEDULE} at {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     print(f"finish->first attempt, healthy receiver: {_pcts(first_attempt)}")
+    print(f"  of which delivery created (the item's commit) -> first attempt: "
+          f"{_pcts(created_to_first)}")
     print(f"finish->first 2xx, flaky receiver (40% 500, 5% hang 15 s): {_pcts(first_ok_flaky)}; "
           f"failed after all {len(SCHEDULE.split(','))} attempts: {on_failed} of {len(on_bad)}")
     print(f"  the schedule's own floor for that receiver (simulated, zero cost per attempt): "
@@ -446,6 +465,9 @@ def main() -> None:
     print(f"engine items/s: callbacks off {rate_off:.1f}, on {rate_on:.1f} "
           f"(ratio {rate_on / rate_off:.2f}); CPU busy while the items ran: off "
           f"{busy_off:.0%}, on {busy_on:.0%} (of {os.cpu_count()} cores)")
+    print(f"CPU during 'on' (until settled): dispatcher (qcluster main process) "
+          f"{cpu_dispatcher:.1f} s = {cpu_dispatcher / attempts_on * 1000:.2f} ms per attempt "
+          f"({attempts_on} attempts)")
     print(f"crash phase: {len(crash_ids)} flaky items, {kills} SIGKILLs of qcluster")
     print(f"deliveries checked={len(all_ids)} lost={lost} duplicated={duplicated} (receiver "
           f"answered 2xx twice for one webhook-id) recorded_twice={recorded_twice} (two 2xx "
