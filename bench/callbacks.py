@@ -10,8 +10,13 @@ DATABASE_URL (default postgres://postgres@127.0.0.1:5432/auxot_bench_callbacks).
 
 Phases, one run:
 1. off: N items on an intake without callbacks: engine items/s.
-2. on: N items alternating between a healthy and a flaky intake: engine items/s;
-   finish -> first attempt (healthy) and finish -> first 2xx (flaky), p50/p99.
+2. on: N items alternating between a healthy and a flaky intake, as fast as they are
+   accepted (the machine saturated): engine items/s; finish -> first attempt (healthy;
+   also from the delivery's creation: the dispatcher's part), finish -> first 2xx (flaky)
+   beside the floor the schedule and the hangs alone give, retry due -> started, breaker
+   openings, the dispatcher's CPU per attempt.
+2b. paced: --paced-items of the same mix at --paced-rate triggers/s (below what the machine
+   drains): the same latencies when the workers are not saturated.
 3. hanging: 20 items to the always-hanging receiver, then 100 to the healthy one:
    the healthy receiver's finish -> first attempt p50/p99.
 4. crash: N/2 items to the flaky intake while qcluster is SIGKILLed twice (and restarted):
@@ -200,13 +205,17 @@ def _intake(label: str, callback: bool):
     return intake, token, callback
 
 
-def _fire(base: str, targets: list[tuple], count: int) -> list[str]:
-    """POST `count` triggers, round-robin over (intake, token), 16 threads; the work ids."""
+def _fire(base: str, targets: list[tuple], count: int, rate: float | None = None) -> list[str]:
+    """POST `count` triggers, round-robin over (intake, token), 16 threads; the work ids.
+    With `rate`, trigger i is sent at i / rate seconds (paced), not as fast as possible."""
     import requests
 
     local = threading.local()
+    start = time.monotonic()
 
     def post(i: int) -> str | None:
+        if rate:
+            time.sleep(max(0.0, start + i / rate - time.monotonic()))
         intake, token = targets[i % len(targets)][:2]
         if not hasattr(local, "session"):
             local.session = requests.Session()
@@ -353,6 +362,9 @@ def _pcts(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--items", type=int, default=1000)
+    parser.add_argument("--paced-items", type=int, default=600)
+    parser.add_argument("--paced-rate", type=float, default=60.0,
+                        help="triggers/s of the paced phase (below what the machine drains)")
     args = parser.parse_args()
     receivers = Receivers()
     common.django_setup()
@@ -403,6 +415,17 @@ def main() -> None:
         late = retry_lateness(on)
         on_failed = CallbackDelivery.objects.filter(work_item_id__in=on_bad,
                                                     state="failed").count()
+        # 2b. paced: the same mix at a rate the machine keeps up with (not saturated)
+        paced = _fire(base, [good, bad], args.paced_items, rate=args.paced_rate)
+        _wait_finished(paced, timeout=max(300, n))
+        _wait_settled(paced, timeout=900)
+        all_ids += paced
+        paced_good = [w for w in paced if CallbackDelivery.objects.filter(
+            work_item_id=w, intake_id=good[0].pk).exists()]
+        paced_first = _finish_to(paced_good, {}, attempts=True)
+        paced_ok = _finish_to(sorted(set(paced) - set(paced_good)),
+                              receivers.stats()["flaky"]["first_ok"], attempts=False)
+        paced_late = retry_lateness(paced)
         # 3. hanging
         hang_ids = _fire(base, [stuck], 20)
         time.sleep(1.0)  # their attempts are in flight, hanging
@@ -460,6 +483,9 @@ def main() -> None:
           f"{_pcts(schedule_floor())}")
     print(f"retry due -> retry started (both receivers): {_pcts(late)}")
     print(f"circuit breakers: {breaker_note}")
+    print(f"paced, {len(paced)} items at {args.paced_rate:g}/s: finish->first attempt, healthy "
+          f"{_pcts(paced_first)}; finish->first 2xx, flaky {_pcts(paced_ok)}; retry due -> "
+          f"started {_pcts(paced_late)}")
     print(f"finish->first attempt, healthy receiver while another hangs on every request: "
           f"{_pcts(beside_first)} (hanging items={len(hang_ids)})")
     print(f"engine items/s: callbacks off {rate_off:.1f}, on {rate_on:.1f} "
