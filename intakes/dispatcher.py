@@ -261,9 +261,12 @@ class Dispatcher:
                 if room <= 0 or not full:
                     break
             rows = self._due(exclude=paused if lending else paused | full, limit=limit)
+            soonest = next((at for _pk, _endpoint, at in rows if at > now), None)
+            # An endpoint at its cap but with senders to lend also says when to look next.
+            upcoming = min(t for t in (upcoming, soonest) if t is not None) if (
+                upcoming or soonest) else None
             if not lending:
-                upcoming = next((at for _pk, _endpoint, at in rows if at > now), None)
-                more = len(rows) == limit and upcoming is None
+                more = len(rows) == limit and soonest is None
             for delivery_id, endpoint, at in rows:
                 if at > now or room <= 0:
                     break

@@ -244,6 +244,20 @@ def test_a_backlog_at_its_cap_does_not_hide_another_endpoints_due_delivery(cb_in
     assert other.pk in claimed and len(claimed & {d.pk for d in crowded}) == 2
 
 
+@pytest.mark.django_db
+def test_a_retry_of_an_endpoint_at_its_cap_still_sets_when_to_look_next(cb_intake):
+    with time_machine.travel(timezone.now(), tick=False):
+        url = "http://127.0.0.1:9/hook"
+        first, retry = _deliveries(cb_intake, url, 2)
+        CallbackDelivery.objects.filter(pk=retry.pk).update(
+            next_attempt_at=timezone.now() + timedelta(seconds=3))
+        dispatcher = Dispatcher(threads=8, per_host=1)
+        assert dispatcher.run_once() == pytest.approx(3.0)
+        assert dispatcher.in_flight == 1  # the endpoint is at its cap of 1
+        # Senders are free to lend: the retry goes out when due, not at the next idle look.
+        assert dispatcher.run_once() == pytest.approx(3.0)
+
+
 def test_the_claim_loop_looks_again_once_a_few_senders_are_free():
     dispatcher = Dispatcher(threads=64, per_host=4)
     assert dispatcher.gather == 8
