@@ -11,10 +11,11 @@ Rules (documented in the README):
   nesting deeper than 64 levels are 400 `invalid_json`.
 - Strings that cannot be stored: `\u0000` (PostgreSQL's jsonb refuses it) and unpaired
   UTF-16 surrogates such as `\ud800` (not Unicode text) are 422 `validation_failed`.
+
+The last two rules, but for duplicate keys, are the ones every JSON from outside meets
+(auxot/storable.py): servers' answers to `http` and `agent` steps too.
 """
 
-import json
-import math
 from typing import IO, Any
 
 from django.conf import settings
@@ -23,80 +24,16 @@ from rest_framework.parsers import BaseParser
 from rest_framework.request import Request
 
 from auxot.errors import ApplicationError
-
-MAX_DEPTH = 64
-MAX_NUMBER_DIGITS = 1000
-
-
-class _Reject(ValueError):
-    pass
-
-
-def _no_constants(name: str) -> Any:
-    raise _Reject(f"{name} is not valid JSON")
+from auxot.storable import NotJSON, Unstorable, json_loads
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
     result = {}
     for key, value in pairs:
         if key in result:
-            raise _Reject(f"duplicate key {key!r}")
+            raise NotJSON(f"duplicate key {key!r}")
         result[key] = value
     return result
-
-
-def _number(text: str) -> int | float:
-    if len(text) > MAX_NUMBER_DIGITS:
-        raise _Reject(f"a number has more than {MAX_NUMBER_DIGITS} digits")
-    if not any(c in text for c in ".eE"):
-        return int(text)
-    value = float(text)
-    if math.isinf(value):
-        raise _Reject(f"the number {text[:20]} is out of range")
-    return value
-
-
-def _unstorable_check(value: Any) -> None:
-    """\\u0000 and lone surrogates are valid JSON escapes that no database column (jsonb,
-    text) can store: refuse them as a 422, never a 5xx."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, str):
-            if "\x00" in item:
-                raise _Reject("strings may not contain \\u0000")
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                raise _Reject("strings may not contain unpaired surrogates (\\ud800-\\udfff)") \
-                    from None
-
-
-def _depth_ok(text: str) -> bool:
-    # Cheap pre-scan (strings skipped) so hostile nesting never reaches the recursive parser.
-    depth, in_string, escaped = 0, False, False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            if depth > MAX_DEPTH:
-                return False
-        elif char in "]}":
-            depth -= 1
-    return True
 
 
 def _check_content_type(raw: str) -> None:
@@ -157,22 +94,15 @@ def _decode(raw: bytes) -> str:
 
 
 def _loads(text: str) -> Any:
-    if not _depth_ok(text):
-        raise ApplicationError(f"JSON nested deeper than {MAX_DEPTH} levels.", code="invalid_json")
+    """The body's value under the shared storable-JSON rule (auxot/storable.py), plus the
+    caller's own: no duplicate keys."""
     try:
-        value = json.loads(text, parse_constant=_no_constants, object_pairs_hook=_no_duplicates,
-                           parse_int=_number, parse_float=_number)
-    except _Reject as exc:
+        return json_loads(text, object_pairs_hook=_no_duplicates)
+    except NotJSON as exc:
         raise ApplicationError(f"Invalid JSON: {exc}.", code="invalid_json") from None
-    except (ValueError, RecursionError) as exc:
-        raise ApplicationError(f"Invalid JSON: {exc}", code="invalid_json") from None
-    if "\\u" in text:  # only \u escapes can smuggle these in; skip the walk otherwise
-        try:
-            _unstorable_check(value)
-        except _Reject as exc:
-            raise ApplicationError(f"The body cannot be stored: {exc}.",
-                                   code="validation_failed") from None
-    return value
+    except Unstorable as exc:
+        raise ApplicationError(f"The body cannot be stored: {exc}.",
+                               code="validation_failed") from None
 
 
 class StrictJSONParser(BaseParser):

@@ -2,8 +2,10 @@
 OpenAI-compatible chat-completions endpoint for `agent` steps.
 
 Scripted: each request pops the next scripted reply (status, headers, body, delay); with
-none left it answers 200. `hold_first` parks the first request until `release()`, so a
-test can SIGKILL the worker while the call is in flight. Every request is recorded.
+none left it answers 200. A body is sent as JSON unless it is text or bytes (sent as they are,
+`text/plain` unless the reply's headers give a `Content-Type`). `hold_first` parks the first
+request until `release()`, so a test can SIGKILL the worker while the call is in flight.
+Every request is recorded.
 """
 
 import json
@@ -90,13 +92,18 @@ class FakeServer:
             payload = chat("echo: " + body["messages"][-1]["content"])
         if payload is None:
             payload = {"ok": True, "got": body}
-        data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+        if isinstance(payload, bytes):
+            data = payload
+        else:
+            data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+        headers = dict(reply.headers)
+        ctype = headers.pop("Content-Type", None) or (
+            "text/plain" if isinstance(payload, str | bytes) else "application/json")
         try:
             handler.send_response(reply.status)
-            ctype = "text/plain" if isinstance(payload, str) else "application/json"
             handler.send_header("Content-Type", ctype)
             handler.send_header("Content-Length", str(len(data)))
-            for name, value in reply.headers.items():
+            for name, value in headers.items():
                 handler.send_header(name, value)
             handler.end_headers()
             handler.wfile.write(data)

@@ -10,6 +10,7 @@ import pytest
 from apikeys.services import apikey_issue
 from apikeys.tokens import _checksum
 from tests.processes import Gunicorn
+from tests.workflows.test_unstorable_answers import UNSTORABLE
 from workflows.models import WorkItem
 
 LIMIT = 1024 * 1024  # AUXOT_MAX_BODY_BYTES default
@@ -230,3 +231,16 @@ def test_unstorable_escapes_get_422_not_503(api, intake_a, member_token, body):
                         HTTP_AUTHORIZATION=f"Bearer {member_token}")
     assert response.status_code == 422, response.content
     assert response.json()["code"] == "validation_failed"
+
+
+@pytest.mark.parametrize("fragment", list(UNSTORABLE.values()), ids=list(UNSTORABLE))
+def test_every_unstorable_value_gets_a_4xx(api, intake_a, member_token, fragment):
+    """The class the steps keep as text or refuse (one rule, auxot/storable.py): a caller's
+    body holding any of it is refused before anything is stored."""
+    response = api.post(f"/v1/intake/{intake_a.pk}", data='{"a": ' + fragment + "}",
+                        content_type="application/json",
+                        HTTP_AUTHORIZATION=f"Bearer {member_token}")
+    assert response.status_code in (400, 422), response.content[:300]
+    assert response.json()["code"] == ("validation_failed" if response.status_code == 422
+                                       else "invalid_json")
+    assert not WorkItem.objects.exists()

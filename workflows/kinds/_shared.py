@@ -1,10 +1,12 @@
-"""Helpers several step kinds share: expression checks, config failures, retries, the send.
+"""Helpers several step kinds share: expression checks, config failures, retries, the send,
+an answer's text.
 
 Retries never hold a worker: a retryable failure returns Wait(..., "backoff") with
 `retry: True` in its detail, and the engine starts a new attempt when it comes due.
 """
 
 import random
+import re
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -16,8 +18,11 @@ from jmespath.exceptions import JMESPathError
 
 from auxot.http import retry_after_seconds
 from auxot.outbound import RefusedDestination, outbound_request
+from auxot.storable import text_decode
 from auxot.timefmt import iso
 from workflows.kinds.base import Fail, Outcome, StepContext, StepKind, Wait
+
+CHARSET = re.compile(r";\s*charset\s*=\s*\"?([^\";\s]+)", re.IGNORECASE)
 
 
 def expression_check(expression: Any, what: str) -> None:
@@ -90,3 +95,12 @@ def send(ctx: StepContext, method: str, url: str, *, headers: dict, body: Any,
         return retry(ctx, f"{type(exc).__name__} calling {method} {safe_url(url)}", code)
     except requests.RequestException as exc:
         return Fail("http_error", f"{method} {safe_url(url)}: {type(exc).__name__}")
+
+
+def response_text(response: requests.Response) -> str:
+    """A server's answer as text the database stores (auxot/storable.py): decoded with the
+    charset its Content-Type declares, else UTF-8 (never guessed from the bytes: a guess
+    costs time on a large answer and differs between answers); a byte order mark dropped."""
+    match = CHARSET.search(response.headers.get("Content-Type", ""))
+    text = text_decode(response.content, match.group(1) if match else None)
+    return text.removeprefix("\ufeff")

@@ -12,9 +12,11 @@ from django.core.exceptions import ValidationError
 from jmespath.exceptions import JMESPathError
 
 from auxot.secrets import SecretUnavailable, reference_resolve
+from auxot.storable import NotJSON, Unstorable, json_loads
 from workflows.kinds._shared import (
     config_failure,
     expression_check,
+    response_text,
     retry,
     retry_after,
     retryable,
@@ -44,6 +46,13 @@ def _check_template(template: Any, what: str) -> None:
         raise ValidationError({"config": f"{what} must be a non-empty string."})
     for match in TEMPLATE_FIELD.finditer(template):
         expression_check(match.group(1), f"{what} placeholder {{{{ {match.group(1)} }}}}")
+
+
+def _answer_json(content: Any) -> Any:
+    """The model's answer (`json_output`) as JSON the database stores exactly as given."""
+    if not isinstance(content, str):
+        raise NotJSON("the answer is not a string")
+    return json_loads(content)
 
 
 class Agent(StepKind):
@@ -136,19 +145,27 @@ class Agent(StepKind):
         return self._output(ctx, provider, response)
 
     def _output(self, ctx: StepContext, provider, response: requests.Response) -> Outcome:
+        """The reply meets the `http` step's rule (auxot/storable.py): its text is decoded
+        with replacement characters, and it must be JSON the database stores exactly as sent;
+        so must the model's answer with `json_output`. Anything else is `bad_agent_output`:
+        the step's result can always be recorded."""
         try:
-            body = response.json()
+            body = json_loads(response_text(response))
+        except (NotJSON, Unstorable) as exc:
+            return Fail("bad_agent_output", f"Provider '{provider.name}' did not answer with "
+                                            f"JSON that can be stored: {exc}.")
+        try:
             choice = body["choices"][0]
             content = choice["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
+        except (KeyError, IndexError, TypeError):
             return Fail("bad_agent_output", f"Provider '{provider.name}' did not answer in the "
                                             "chat-completions shape.")
         output = {"content": content, "model": body.get("model", provider.model),
                   "finish_reason": choice.get("finish_reason"), "usage": body.get("usage")}
         if ctx.config.get("json_output"):
             try:
-                output["json"] = json.loads(content)
-            except (TypeError, ValueError):
+                output["json"] = _answer_json(content)
+            except (NotJSON, Unstorable) as exc:
                 return Fail("bad_agent_output", "json_output is on but the model's answer is "
-                                                "not valid JSON.")
+                                                f"not JSON that can be stored: {exc}.")
         return Complete(output)

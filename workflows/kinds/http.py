@@ -12,9 +12,11 @@ from jmespath.exceptions import JMESPathError
 
 from auxot.outbound import RefusedDestination, url_check
 from auxot.secrets import SecretUnavailable, reference_parse, reference_problem, reference_resolve
+from auxot.storable import NotJSON, Unstorable, json_loads, text_storable
 from workflows.kinds._shared import (
     config_failure,
     expression_check,
+    response_text,
     retry,
     retry_after,
     retryable,
@@ -30,10 +32,14 @@ MAX_TEXT = 65536
 
 
 def response_body(response: requests.Response) -> dict[str, Any]:
+    """`json` when the answer is JSON the database stores exactly as sent, else `text`: a
+    tenant's server may answer anything, and its answer must never make the step's result
+    impossible to record (the rule is `Http`'s docstring)."""
+    text = response_text(response)
     try:
-        return {"json": response.json()}
-    except ValueError:
-        return {"text": response.text[:MAX_TEXT]}
+        return {"json": json_loads(text)}
+    except (NotJSON, Unstorable):
+        return {"text": text[:MAX_TEXT]}
 
 
 def _url_validate(url: str) -> None:
@@ -51,6 +57,15 @@ class Http(StepKind):
      "headers": {"X-Ticket": "<jmespath>"}, "body": "<jmespath>",
      "secret_headers": {"Authorization": {"secret": "CRM_TOKEN", "prefix": "Bearer "}},
      "timeout_seconds": 10, "response_headers": ["etag"]}
+
+    output: {"status", "headers", "json" | "text"}. The answer is decoded with its declared
+    charset, else UTF-8, bytes that do not decode, NUL and unpaired surrogates becoming
+    U+FFFD (header values too). That text is `json` when it is standard JSON the database
+    stores exactly as sent (auxot/storable.py: no NaN/Infinity, numbers of at most 1,000
+    digits and in range, nesting up to 64 levels, no `\\u0000` or unpaired-surrogate
+    escapes); anything else is `text` (its first 65,536 characters): the step completes and
+    no JSON value is changed behind the receiver's back. An agent's reply meets the same
+    rule (a reply that is not such JSON is `bad_agent_output`).
     """
 
     name = "http"
@@ -150,6 +165,7 @@ class Http(StepKind):
                                       f"{response.status_code} (not retried: a client error).")
         wanted = [h.lower() for h in ctx.config.get("response_headers", [])]
         interesting = set(DEFAULT_RESPONSE_HEADERS) | set(wanted)
-        picked = {k.lower(): v for k, v in response.headers.items() if k.lower() in interesting}
+        picked = {k.lower(): text_storable(v) for k, v in response.headers.items()
+                  if k.lower() in interesting}
         return Complete({"status": response.status_code, "headers": picked,
                          **response_body(response)})

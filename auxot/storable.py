@@ -1,0 +1,132 @@
+"""What the database can store, for JSON and text that come from outside: one rule for a
+caller's body (intakes/body.py) and for the answers of servers a tenant chose (`http` steps,
+agent providers).
+
+Python accepts values PostgreSQL refuses: `\\u0000` in a jsonb string or key and NUL in
+text; unpaired UTF-16 surrogates such as `\\ud800` (not Unicode text: psycopg cannot encode
+them); NaN and Infinity (not JSON: jsonb refuses them). Python itself cannot write back
+nesting deeper than its recursion limit. A value that cannot be stored is a work item or a
+step result that cannot be recorded, so every such value is dealt with before it is kept:
+
+- `json_loads`: standard JSON within limits (no NaN/Infinity, numbers of at most 1,000
+  digits and in a float's range, nesting up to 64 levels), else `NotJSON`; valid JSON whose
+  strings or keys hold `\\u0000` or unpaired surrogates is `Unstorable`. Each caller picks
+  what that means (a 4xx for a caller's body, `text` for an `http` step's answer).
+- `text_decode` / `text_storable`: text as it can be stored: bytes that do not decode,
+  NUL and unpaired surrogates become U+FFFD.
+"""
+
+import json
+import math
+import re
+from typing import Any
+
+MAX_DEPTH = 64
+MAX_NUMBER_DIGITS = 1000
+REPLACEMENT = "\ufffd"
+_SURROGATE = re.compile("[\ud800-\udfff]")  # in a str, a surrogate is always an unpaired one
+_RISKY_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")  # \u0000, or a surrogate's escape
+
+
+def _surrogates(text: str) -> bool:
+    return not text.isascii() and _SURROGATE.search(text) is not None
+
+
+class NotJSON(ValueError):
+    """Not standard JSON, or beyond the limits above."""
+
+
+class Unstorable(ValueError):
+    """Valid JSON holding strings no database column stores."""
+
+
+def _no_constants(name: str) -> Any:
+    raise NotJSON(f"{name} is not valid JSON")
+
+
+def _number(text: str) -> int | float:
+    if len(text) > MAX_NUMBER_DIGITS:
+        raise NotJSON(f"a number has more than {MAX_NUMBER_DIGITS} digits")
+    if not any(c in text for c in ".eE"):
+        return int(text)
+    value = float(text)
+    if math.isinf(value):
+        raise NotJSON(f"the number {text[:20]} is out of range")
+    return value
+
+
+def _depth_ok(text: str) -> bool:
+    # Cheap pre-scan (strings skipped) so hostile nesting never reaches the recursive parser.
+    if text.count("[") + text.count("{") <= MAX_DEPTH:  # a long string in a small document
+        return True
+    depth, in_string, escaped = 0, False, False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return False
+        elif char in "]}":
+            depth -= 1
+    return True
+
+
+def _strings_check(value: Any) -> None:
+    """Raise Unstorable if a string or key holds NUL or an unpaired surrogate."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                raise Unstorable("strings may not contain \\u0000")
+            if _surrogates(item):
+                raise Unstorable("strings may not contain unpaired surrogates (\\ud800-\\udfff)")
+
+
+def json_loads(text: str, *, object_pairs_hook=None) -> Any:
+    """`text` parsed as JSON the database stores exactly as sent; NotJSON or Unstorable if
+    not. `object_pairs_hook` adds a caller's own rule (it raises NotJSON to refuse)."""
+    if not _depth_ok(text):
+        raise NotJSON(f"nested deeper than {MAX_DEPTH} levels")
+    try:
+        value = json.loads(text, parse_constant=_no_constants, parse_int=_number,
+                           parse_float=_number, object_pairs_hook=object_pairs_hook)
+    except NotJSON:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise NotJSON(str(exc)) from None
+    # Only these escapes (or a surrogate already in the text) can smuggle them in: skip the
+    # walk otherwise. A raw NUL is a control character the parser refuses.
+    if _RISKY_ESCAPE.search(text) or _surrogates(text):
+        _strings_check(value)
+    return value
+
+
+def text_storable(text: str) -> str:
+    """`text` with NUL and unpaired surrogates replaced by U+FFFD."""
+    if "\x00" in text:
+        text = text.replace("\x00", REPLACEMENT)
+    return _SURROGATE.sub(REPLACEMENT, text) if _surrogates(text) else text
+
+
+def text_decode(raw: bytes, charset: str | None = None) -> str:
+    """`raw` as storable text: decoded with `charset` (UTF-8 when none is given or Python
+    has no text codec by that name), bytes that do not decode replaced by U+FFFD."""
+    try:
+        text = raw.decode(charset or "utf-8", errors="replace")
+    except (LookupError, UnicodeError):  # an unknown charset, or one that is no text codec
+        text = raw.decode("utf-8", errors="replace")
+    return text_storable(text)
