@@ -31,6 +31,7 @@ from auxot.logs import log_context
 from auxot.models import Organization
 from auxot.outbound import RefusedDestination, outbound_request, url_redact
 from auxot.services import audit_record
+from auxot.storable import text_decode
 from intakes.metrics import callback_attempted
 from intakes.models import CallbackAttempt, CallbackDelivery, CallbackEndpoint, Intake
 from intakes.presenters import callback_url_for, render_json, work_item_poll_view
@@ -388,10 +389,9 @@ def callback_post(*, url: str, body: bytes, headers: dict[str, str]) -> SendResu
             error = f"request failed: {_short(exc)}"
     else:
         return SendResult(status=response.status_code,
-                          # PostgreSQL text cannot hold NUL: a receiver's answer must
-                          # never make its attempt impossible to record.
-                          body=response.content.decode("utf-8", errors="replace").replace(
-                              "\x00", "\ufffd"),
+                          # A receiver's answer must never make its attempt impossible
+                          # to record (PostgreSQL text cannot hold NUL, for one).
+                          body=text_decode(response.content),
                           headers={k.lower(): v for k, v in response.headers.items()},
                           latency_ms=int((time.monotonic() - started) * 1000))
     return SendResult(error=_scrub(error, url),

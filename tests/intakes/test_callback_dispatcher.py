@@ -248,7 +248,7 @@ def test_a_backlog_at_its_cap_does_not_hide_another_endpoints_due_delivery(cb_in
 def test_a_retry_of_an_endpoint_at_its_cap_still_sets_when_to_look_next(cb_intake):
     with time_machine.travel(timezone.now(), tick=False):
         url = "http://127.0.0.1:9/hook"
-        first, retry = _deliveries(cb_intake, url, 2)
+        _first, retry = _deliveries(cb_intake, url, 2)
         CallbackDelivery.objects.filter(pk=retry.pk).update(
             next_attempt_at=timezone.now() + timedelta(seconds=3))
         dispatcher = Dispatcher(threads=8, per_host=1)
