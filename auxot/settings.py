@@ -471,6 +471,13 @@ if AUXOT_CALLBACK_DELIVERY not in ("dispatcher", "tasks"):
 # no database connection). 0 in qcluster: this cluster sends no callbacks (run
 # `manage.py callbacks` elsewhere).
 AUXOT_CALLBACK_THREADS = env_int("AUXOT_CALLBACK_THREADS", 64, minimum=0)
+# How much lower the dispatcher's threads run than the rest of the process (Linux nice,
+# 0-19): on a host whose CPU is saturated, steps keep their pace and callbacks wait for CPU
+# (a callback is a notification; the work is the product); on a host with CPU to spare it
+# changes nothing. 0: the same priority as the steps.
+AUXOT_CALLBACK_NICE = env_int("AUXOT_CALLBACK_NICE", 5, minimum=0)
+if AUXOT_CALLBACK_NICE > 19:
+    raise ImproperlyConfigured("AUXOT_CALLBACK_NICE is a nice increment from 0 to 19.")
 # Attempts one dispatcher sends at once to one endpoint (scheme, host, port).
 AUXOT_CALLBACK_PER_HOST_CONCURRENCY = env_int("AUXOT_CALLBACK_PER_HOST_CONCURRENCY", 4,
                                               minimum=1)

@@ -31,6 +31,7 @@ Stopping: `stop()` ends claiming; `join(grace)` lets in-flight attempts finish f
 """
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -151,22 +152,44 @@ class Dispatcher:
         self._stopping = threading.Event()
         self._loop: threading.Thread | None = None
         self._workers: list[threading.Thread] = []
+        self._priority: int | None = None  # the nice value its threads run at (see start)
 
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> "Dispatcher":
+        # Relative to the thread that starts the dispatcher, once (a thread's own threads
+        # would inherit its lowered priority and lower it again).
+        if settings.AUXOT_CALLBACK_NICE:
+            self._priority = min(19, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+                                 + settings.AUXOT_CALLBACK_NICE)
         for index in range(self.db_threads):
             # The first records outcomes only, so an answer never waits behind preparations.
             self._spawn(self._db_loop if index else self._outcome_loop, f"{self.name}-db-{index}")
         for index in range(self.threads):
             self._spawn(self._post_loop, f"{self.name}-post-{index}")
-        self._loop = threading.Thread(target=self.run, name=f"{self.name}-claim", daemon=True)
+        self._loop = threading.Thread(target=self._niced(self.run), name=f"{self.name}-claim",
+                                      daemon=True)
         self._loop.start()
         logger.info("callback dispatcher started: %s senders, %s per endpoint",
                     self.threads, self.per_host)
         return self
 
+    def _niced(self, target: Callable[[], None]) -> Callable[[], None]:
+        """`target`, run at AUXOT_CALLBACK_NICE below the process's priority (Linux: nice is
+        per thread; elsewhere, or without permission, at the same priority)."""
+        priority = self._priority
+
+        def run() -> None:
+            if priority is not None:
+                try:
+                    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), priority)
+                except OSError:
+                    logger.debug("could not lower the dispatcher's priority", exc_info=True)
+            target()
+
+        return run
+
     def _spawn(self, target, name: str) -> None:
-        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread = threading.Thread(target=self._niced(target), name=name, daemon=True)
         thread.start()
         self._workers.append(thread)
 

@@ -258,6 +258,28 @@ def test_a_retry_of_an_endpoint_at_its_cap_still_sets_when_to_look_next(cb_intak
         assert dispatcher.run_once() == pytest.approx(3.0)
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_dispatchers_threads_run_niced_and_the_rest_of_the_process_does_not(settings):
+    import os
+
+    settings.AUXOT_CALLBACK_NICE = 3
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    dispatcher = Dispatcher(threads=2, per_host=1, name="niced").start()
+    try:
+        threads = wait_for(lambda: [t for t in threading.enumerate()
+                                    if t.name.startswith("niced-")] if len(
+            [t for t in threading.enumerate() if t.name.startswith("niced-")]) >= 6 else None,
+            timeout=10, what="the dispatcher's threads")
+        # Linux: nice is per thread (each lowers itself as it starts).
+        niced = wait_for(lambda: all(
+            os.getpriority(os.PRIO_PROCESS, t.native_id) == min(19, base + 3) for t in threads),
+            timeout=10, what="every dispatcher thread at +3")
+        assert niced
+    finally:
+        assert dispatcher.join(10)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
+
+
 def test_the_claim_loop_looks_again_once_a_few_senders_are_free():
     dispatcher = Dispatcher(threads=64, per_host=4)
     assert dispatcher.gather == 8
