@@ -26,6 +26,10 @@ when idle senders can be lent), whatever it then claims. An expired
 lease (a dispatcher that died mid-attempt) makes its delivery due again, so it is claimed
 once, by one dispatcher, with the same webhook-id.
 
+Priority: the dispatcher's threads run at AUXOT_CALLBACK_NICE below the thread that started
+it (Linux nice is per thread), so on a saturated host the steps keep their pace and the
+callbacks take the CPU they leave.
+
 Stopping: `stop()` ends claiming; `join(grace)` lets in-flight attempts finish for up to
 `grace` seconds and gives back (releases) the leases of those that did not.
 """
