@@ -124,12 +124,13 @@ HEALTH_CHECK_IDLE_SECONDS = 1.0
 def _fresh_connection() -> None:
     """Drop this thread's connection if it is broken or too old, as a request would, but
     only after it sat idle for HEALTH_CHECK_IDLE_SECONDS: Django's check then costs a
-    `SELECT 1` on the next query, a round trip per job under load for nothing (a job that
-    fails on a dead connection closes it, and its work is retried)."""
+    `SELECT 1` on the next query, a round trip per job under load for nothing), or at once
+    after a database error."""
     if connection.in_atomic_block:
         return
     now = time.monotonic()
-    if now - getattr(_used, "at", 0.0) > HEALTH_CHECK_IDLE_SECONDS:
+    # After an error (PostgreSQL restarted, say) at once: the next job gets a live connection.
+    if connection.errors_occurred or now - getattr(_used, "at", 0.0) > HEALTH_CHECK_IDLE_SECONDS:
         close_old_connections()
     _used.at = now
 

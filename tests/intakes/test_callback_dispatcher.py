@@ -2,6 +2,7 @@
 
 import json
 import threading
+import time
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -278,6 +279,30 @@ def test_the_dispatchers_threads_run_niced_and_the_rest_of_the_process_does_not(
     finally:
         assert dispatcher.join(10)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
+
+
+@pytest.mark.django_db(transaction=True)  # a dispatcher thread is in no transaction
+def test_a_busy_database_thread_skips_the_health_check_until_idle_or_an_error(monkeypatch):
+    from django.db import connections
+
+    connection = connections["default"]  # the wrapper itself, not the context-local proxy
+    from intakes import dispatcher
+
+    checks = []
+    monkeypatch.setattr(dispatcher, "close_old_connections", lambda: checks.append(1))
+    monkeypatch.setattr(dispatcher._used, "at", 0.0, raising=False)
+    dispatcher._fresh_connection()  # the first job of this thread: checked
+    dispatcher._fresh_connection()  # busy: a check would be a SELECT 1 per job
+    assert len(checks) == 1
+    connection.errors_occurred = True
+    try:
+        dispatcher._fresh_connection()  # the last job failed: checked at once
+    finally:
+        connection.errors_occurred = False
+    assert len(checks) == 2
+    monkeypatch.setattr(dispatcher._used, "at", time.monotonic() - 2)
+    dispatcher._fresh_connection()  # idle for over a second: checked
+    assert len(checks) == 3
 
 
 def test_the_claim_loop_looks_again_once_a_few_senders_are_free():
