@@ -556,28 +556,51 @@ def endpoint_outcomes(*, key: str, answers: list[tuple[bool, str]],
             consecutive_failures=0, failing_since=None, open_until=None, probe_until=None,
             opened_count=0, last_success_at=now, updated_at=now)
     failures = answers[answered[-1] + 1:] if answered else answers
-    if not failures:
-        return
-    with transaction.atomic():
-        endpoint, _ = CallbackEndpoint.objects.select_for_update().get_or_create(key=key)
-        endpoint.consecutive_failures += len(failures)
-        endpoint.failing_since = endpoint.failing_since or now
-        endpoint.last_error = failures[-1][1][:500]
-        endpoint.updated_at = now
-        if endpoint.open_until is None:
-            if endpoint.consecutive_failures >= threshold:
-                endpoint.open_until = now + timedelta(seconds=breaker_cooldown(0))
-                endpoint.opened_count = 1
-                logger.warning("callback endpoint %s failed %s times in a row: pausing its "
-                               "deliveries for %ss", key, endpoint.consecutive_failures,
-                               breaker_cooldown(0), extra={"event": "callback.breaker_opened",
-                                                           "endpoint": key})
-        elif endpoint.open_until <= now:  # the half-open probe failed: pause longer
-            endpoint.open_until = now + timedelta(
-                seconds=breaker_cooldown(endpoint.opened_count))
-            endpoint.opened_count += 1
-            endpoint.probe_until = None
-        endpoint.save()
+    if failures:
+        _endpoint_failed(key=key, count=len(failures), error=failures[-1][1], now=now)
+
+
+def _endpoint_failed(*, key: str, count: int, error: str, now: datetime) -> None:
+    """`count` more failures in a row for one endpoint, under its row lock: one UPDATE …
+    RETURNING (the row made first if it is new), and one more UPDATE when the breaker opens
+    or a half-open probe failed. Hand-written: a flaky endpoint's outcomes run it often."""
+    meta = CallbackEndpoint._meta
+    field = {name: meta.get_field(name) for name in (
+        "failing_since", "updated_at", "open_until", "probe_until")}
+
+    def db(name: str, value):
+        return field[name].get_db_prep_save(value, connection)
+
+    table, key_col = rawsql.table(CallbackEndpoint), rawsql.quote("key")
+    count_up = (f"UPDATE {table} SET consecutive_failures = consecutive_failures + %s, "  # noqa: S608 (names from _meta)
+                "failing_since = COALESCE(failing_since, %s), last_error = %s, updated_at = %s "
+                f"WHERE {key_col} = %s RETURNING consecutive_failures, open_until, opened_count")
+    params = [count, db("failing_since", now), error[:500], db("updated_at", now), key]
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(count_up, params)
+        row = cursor.fetchone()
+        if row is None:  # its first failure: make the row (another dispatcher may race us)
+            cursor.execute(f"INSERT INTO {table} ({key_col}, consecutive_failures, opened_count, "  # noqa: S608 (names from _meta)
+                           f"last_error, updated_at) VALUES (%s, 0, 0, '', %s) "
+                           f"ON CONFLICT ({key_col}) DO NOTHING", [key, db("updated_at", now)])
+            cursor.execute(count_up, params)
+            row = cursor.fetchone()
+        failures, open_until, opened = row
+        open_until = rawsql.instance_value(field["open_until"], open_until)
+        if open_until is None:
+            if failures < settings.AUXOT_CALLBACK_BREAKER_FAILURES:
+                return
+            pause, opened_now = breaker_cooldown(0), 1
+            logger.warning("callback endpoint %s failed %s times in a row: pausing its "
+                           "deliveries for %ss", key, failures, pause,
+                           extra={"event": "callback.breaker_opened", "endpoint": key})
+        elif open_until <= now:  # the half-open probe failed: pause longer
+            pause, opened_now = breaker_cooldown(opened), opened + 1
+        else:
+            return
+        cursor.execute(f"UPDATE {table} SET open_until = %s, opened_count = %s, "  # noqa: S608 (names from _meta)
+                       f"probe_until = NULL WHERE {key_col} = %s",
+                       [db("open_until", now + timedelta(seconds=pause)), opened_now, key])
 
 
 def endpoint_probe_claim(*, key: str, now: datetime) -> bool:
@@ -589,11 +612,37 @@ def endpoint_probe_claim(*, key: str, now: datetime) -> bool:
         probe_until=now + timedelta(seconds=lease_seconds()), updated_at=now))
 
 
+def callback_deliveries_due(*, exclude: set[str], limit: int) -> list[tuple]:
+    """(id, endpoint, due at) of the `limit` deliveries due soonest (now or later), of
+    endpoints not in `exclude`: one hand-written SELECT on the due index (the claim loop
+    runs it on every look; the ORM would spend more building it than PostgreSQL running it)."""
+    meta = CallbackDelivery._meta
+    pk, due = meta.pk, meta.get_field("next_attempt_at")
+    sql = (f"SELECT id, endpoint, next_attempt_at FROM {rawsql.table(CallbackDelivery)} "  # noqa: S608 (names from _meta)
+           "WHERE next_attempt_at IS NOT NULL AND state IN (%s, %s)")
+    params: list = [State.PENDING, State.DELIVERING]
+    if exclude:
+        sql += f" AND endpoint NOT IN ({', '.join(['%s'] * len(exclude))})"
+        params += sorted(exclude)
+    sql += " ORDER BY next_attempt_at LIMIT %s"
+    params.append(limit)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return [(rawsql.instance_value(pk, key), endpoint, rawsql.instance_value(due, at))
+                for key, endpoint, at in cursor.fetchall()]
+
+
 def endpoints_paused(*, now: datetime) -> tuple[set[str], set[str], datetime | None]:
     """(paused keys, half-open keys free for a probe, when the next pause or probe ends)."""
     paused, probe, next_change = set(), set(), None
-    for key, open_until, probe_until in CallbackEndpoint.objects.filter(
-            open_until__isnull=False).values_list("key", "open_until", "probe_until"):
+    meta = CallbackEndpoint._meta
+    fields = [meta.get_field(name) for name in ("open_until", "probe_until")]
+    with connection.cursor() as cursor:  # hand-written: the claim loop reads it every look
+        cursor.execute(f"SELECT {rawsql.quote('key')}, open_until, probe_until "  # noqa: S608 (names from _meta)
+                       f"FROM {rawsql.table(CallbackEndpoint)} WHERE open_until IS NOT NULL")
+        rows = [(key, *(rawsql.instance_value(f, v) for f, v in zip(fields, values, strict=True)))
+                for key, *values in cursor.fetchall()]
+    for key, open_until, probe_until in rows:
         ends = [t for t in (open_until, probe_until) if t is not None and t > now]
         if ends:
             paused.add(key)

@@ -51,13 +51,13 @@ from intakes.callbacks import (
     CHANNEL,
     PreparedAttempt,
     SendResult,
-    State,
     callback_attempt_finish,
     callback_attempt_post,
     callback_attempt_prepare,
     callback_attempts_finish,
     callback_attempts_prepare,
     callback_deliveries_claim,
+    callback_deliveries_due,
     callback_delivery_release,
     delivery_log_context,
     endpoint_probe_claim,
@@ -326,14 +326,7 @@ class Dispatcher:
 
     @staticmethod
     def _due(exclude: set[str], limit: int) -> list[tuple]:
-        """(id, endpoint, due at) of the `limit` deliveries due soonest, of endpoints not in
-        `exclude` (one hand-written SELECT on the due index)."""
-        query = CallbackDelivery.objects.filter(
-            next_attempt_at__isnull=False, state__in=[State.PENDING, State.DELIVERING])
-        if exclude:
-            query = query.exclude(endpoint__in=exclude)
-        return list(query.order_by("next_attempt_at").values_list(
-            "pk", "endpoint", "next_attempt_at")[:limit])
+        return callback_deliveries_due(exclude=exclude, limit=limit)
 
     def _hand_out(self, ids: list, now: datetime) -> int:
         claimed = callback_deliveries_claim(ids=ids, now=now)  # less any another took

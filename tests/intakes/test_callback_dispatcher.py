@@ -267,10 +267,12 @@ def test_the_dispatchers_threads_run_niced_and_the_rest_of_the_process_does_not(
     base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     dispatcher = Dispatcher(threads=2, per_host=1, name="niced").start()
     try:
-        threads = wait_for(lambda: [t for t in threading.enumerate()
-                                    if t.name.startswith("niced-")] if len(
-            [t for t in threading.enumerate() if t.name.startswith("niced-")]) >= 6 else None,
-            timeout=10, what="the dispatcher's threads")
+        def running() -> list | None:  # 2 senders, 4 database threads, the claim loop
+            found = [t for t in threading.enumerate()
+                     if t.name.startswith("niced-") and t.native_id is not None]
+            return found if len(found) >= 7 else None
+
+        threads = wait_for(running, timeout=10, what="the dispatcher's threads")
         # Linux: nice is per thread (each lowers itself as it starts).
         niced = wait_for(lambda: all(
             os.getpriority(os.PRIO_PROCESS, t.native_id) == min(19, base + 3) for t in threads),
