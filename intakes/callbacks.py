@@ -543,8 +543,8 @@ def endpoint_outcomes(*, key: str, answers: list[tuple[bool, str]],
                       now: datetime | None = None) -> None:
     """Feed several outcomes of one endpoint, in the order they came, (answered, why) each,
     to its breaker, as if one by one: an answer resets the count, the failures after the last
-    one add up (one UPDATE that matches nothing while the endpoint is healthy, and one
-    locked read-and-write if any failed)."""
+    one add up (one UPDATE that matches nothing while the endpoint is healthy, and, if any
+    failed, one UPDATE … RETURNING under the row lock: `_endpoint_failed`)."""
     threshold = settings.AUXOT_CALLBACK_BREAKER_FAILURES
     if not key or not threshold or not answers:
         return
@@ -566,7 +566,7 @@ def _endpoint_failed(*, key: str, count: int, error: str, now: datetime) -> None
     or a half-open probe failed. Hand-written: a flaky endpoint's outcomes run it often."""
     meta = CallbackEndpoint._meta
     field = {name: meta.get_field(name) for name in (
-        "failing_since", "updated_at", "open_until", "probe_until")}
+        "failing_since", "updated_at", "open_until")}
 
     def db(name: str, value):
         return field[name].get_db_prep_save(value, connection)
