@@ -472,7 +472,7 @@ if AUXOT_CALLBACK_DELIVERY not in ("dispatcher", "tasks"):
 # `manage.py callbacks` elsewhere).
 AUXOT_CALLBACK_THREADS = env_int("AUXOT_CALLBACK_THREADS", 64, minimum=0)
 # How much lower the dispatcher's threads run than the rest of the process (Linux nice,
-# 0-19): on a host whose CPU is saturated, steps keep their pace and callbacks wait for CPU
+# 0-19): on a host whose CPU is saturated, steps get most of the CPU and callbacks wait for theirs
 # (a callback is a notification; the work is the product); on a host with CPU to spare it
 # changes nothing. 0: the same priority as the steps.
 AUXOT_CALLBACK_NICE = env_int("AUXOT_CALLBACK_NICE", 5, minimum=0)

@@ -122,8 +122,12 @@ class Receiver:
 
 
 def _receivers_serve(conn) -> None:
-    """The receivers' process: report the ports, take the secrets, answer `stats`."""
+    """The receivers' process: report the ports, take the secrets, answer `stats`. It runs
+    niced: the receivers stand for other machines, and must not take the CPU of the engine
+    whose pace the bench compares with callbacks on and off."""
     from standardwebhooks.webhooks import Webhook
+
+    os.nice(10)
 
     receivers = {"healthy": Receiver("healthy", healthy), "flaky": Receiver("flaky", flaky),
                  "hanging": Receiver("hanging", hanging)}

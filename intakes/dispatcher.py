@@ -27,7 +27,7 @@ lease (a dispatcher that died mid-attempt) makes its delivery due again, so it i
 once, by one dispatcher, with the same webhook-id.
 
 Priority: the dispatcher's threads run at AUXOT_CALLBACK_NICE below the thread that started
-it (Linux nice is per thread), so on a saturated host the steps keep their pace and the
+it (Linux nice is per thread), so on a saturated host the steps get most of the CPU and the
 callbacks take the CPU they leave.
 
 Stopping: `stop()` ends claiming; `join(grace)` lets in-flight attempts finish for up to
