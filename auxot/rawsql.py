@@ -79,15 +79,19 @@ def insert(instance: Model) -> tuple[str, list]:
     """`INSERT INTO table (cols) VALUES (…)` for an unsaved instance, with the values
     prepared as the ORM's save() would (defaults and auto_now applied, JSON adapted), for
     statements that put several rows in one round trip (see intakes/accept.py)."""
-    # A database-generated key (AutoField) left unset is left to the database.
-    fields = [f for f in instance._meta.concrete_fields if not f.generated
-              and not (f.primary_key and f.db_returning and getattr(instance, f.attname) is None)]
+    fields = _insert_fields(instance)
     cols = ", ".join(quote(f.column) for f in fields)
     params = [f.get_db_prep_save(f.pre_save(instance, add=True), connection) for f in fields]
     marks = ", ".join(["%s"] * len(fields))
     sql = f"INSERT INTO {table(type(instance))} ({cols}) VALUES ({marks})"  # noqa: S608 (names from _meta)
     return sql, params
 
+
+def _insert_fields(instance: Model) -> list[Field]:
+    """The columns an INSERT of `instance` writes: a database-generated key (AutoField)
+    left unset is left to the database."""
+    return [f for f in instance._meta.concrete_fields if not f.generated
+            and not (f.primary_key and f.db_returning and getattr(instance, f.attname) is None)]
 
 
 def insert_rows(instances: list[Model]) -> list[Model]:
@@ -101,7 +105,7 @@ def insert_rows(instances: list[Model]) -> list[Model]:
     first = instances[0]
     meta = first._meta
     generated = meta.pk if meta.pk.db_returning and first.pk is None else None
-    fields = [f for f in meta.concrete_fields if not f.generated and f is not generated]
+    fields = _insert_fields(first)
     one = f"({', '.join(['%s'] * len(fields))})"
     sql = (f"INSERT INTO {table(type(first))} ({', '.join(quote(f.column) for f in fields)}) "  # noqa: S608 (names from _meta)
            f"VALUES {', '.join([one] * len(instances))}")
