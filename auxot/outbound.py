@@ -30,17 +30,21 @@ import socket
 import threading
 import time
 from functools import cache
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import idna
 import requests
+import urllib3
 from django.conf import settings
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
-from requests.utils import default_headers
+from requests.utils import DEFAULT_ACCEPT_ENCODING, default_headers
+from urllib3 import HTTPHeaderDict
+from urllib3 import exceptions as u3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.util import parse_url
 
 Purpose = Literal["callback", "http", "agent"]
 _WHAT = {"callback": "The callback URL", "http": "The http step URL",
@@ -408,6 +412,7 @@ KEEPALIVE_IDLE_SECONDS = 1.0
 POOL_IDLE_PER_HOST = 8  # idle connections kept per host; more are closed after use, not waited for
 POOL_HOSTS = 64  # host pools kept per policy, least recently used closed first
 POLICIES_KEPT = 8  # (purpose, allow-lists) pool sets; only tests change settings at run time
+VERIFY: bool | str = True  # TLS: certifi's CA bundle, as requests does (a test trusts its own CA)
 
 
 class _CheckedConnectionMixin:
@@ -572,13 +577,35 @@ def _headers(headers: dict | None) -> CaseInsensitiveDict:
     return merged
 
 
-def _read_capped(response: requests.Response, max_bytes: int) -> bytes:
+def _read_capped(chunks, max_bytes: int) -> bytes:
+    """At most `max_bytes` of what `chunks(size)` yields (requests' `iter_content` or
+    urllib3's `stream`: both decode as Content-Encoding says)."""
     data = b""
-    for chunk in response.iter_content(chunk_size=min(max_bytes, 65536) or 1):
+    for chunk in chunks(min(max_bytes, 65536) or 1):
         data += chunk
         if len(data) >= max_bytes:
             break
     return data[:max_bytes]
+
+
+@contextlib.contextmanager
+def _exchange(purpose: Purpose, timeout: float):
+    """One exchange under its wall-clock deadline: every connection it uses is watched
+    (`_CheckedConnectionMixin`), and a failure the deadline caused reads as a timeout."""
+    deadline = _watchdog.start(timeout)
+    _local.purpose, _local.deadline = purpose, deadline
+    try:
+        try:
+            yield
+        except requests.RequestException as exc:
+            if deadline.expired:
+                raise requests.Timeout(f"no complete answer within {timeout:g} s") from exc
+            raise
+        if deadline.expired:
+            raise requests.Timeout(f"no complete answer within {timeout:g} s")
+    finally:
+        _watchdog.finish(deadline)
+        _local.purpose = _local.deadline = None
 
 
 def outbound_request(method: str, url: str, *, purpose: Purpose, timeout: float,
@@ -601,23 +628,73 @@ def outbound_request(method: str, url: str, *, purpose: Purpose, timeout: float,
     prepared = requests.Request(method, url, headers=_headers(headers), data=data,
                                 json=json).prepare()
     adapter = _adapter(purpose)
-    deadline = _watchdog.start(timeout)
-    _local.purpose, _local.deadline = purpose, deadline
-    try:
-        try:
-            with adapter.send(prepared, stream=True, timeout=(timeout, timeout),
-                              proxies={}) as response:  # no proxy: it would connect unchecked
-                content = _read_capped(response, max_bytes)
-        except requests.RequestException as exc:
-            if deadline.expired:
-                raise requests.Timeout(f"no complete answer within {timeout:g} s") from exc
-            raise
-        if deadline.expired:
-            raise requests.Timeout(f"no complete answer within {timeout:g} s")
-    finally:
-        _watchdog.finish(deadline)
-        _local.purpose = _local.deadline = None
+    with _exchange(purpose, timeout), \
+            adapter.send(prepared, stream=True, timeout=(timeout, timeout), verify=VERIFY,
+                         proxies={}) as response:  # no proxy: it would connect unchecked
+        content = _read_capped(response.iter_content, max_bytes)
     # The body is read under the deadline; hand it over as if requests had read it.
     response._content = content
     response._content_consumed = True
     return response
+
+
+class Answer(NamedTuple):
+    """A server's answer as `outbound_post` gives it."""
+
+    status: int
+    headers: dict[str, str]  # names in lower case; a repeated header's values joined by ", "
+    content: bytes  # at most max_bytes, decoded as Content-Encoding says
+
+
+# What requests sends by default, less its User-Agent (callers name themselves).
+_POST_HEADERS = {"Accept": "*/*", "Accept-Encoding": DEFAULT_ACCEPT_ENCODING,
+                 "Connection": "keep-alive"}
+
+
+def outbound_post(url: str, *, purpose: Purpose, timeout: float, body: bytes,
+                  headers: dict[str, str], max_bytes: int = MAX_RESPONSE_BYTES) -> Answer:
+    """`outbound_request`'s POST for a caller that needs only the answer's status, headers and
+    body (the callback dispatcher's hot path): the same URL check, the same checked and
+    kept-alive connections, the same deadline, cap and exceptions, without building requests'
+    Request and Response objects (a third of a callback's CPU).
+    """
+    url_check(url, purpose=purpose)
+    target = requests.PreparedRequest()  # requests picks the pool (and its TLS settings)
+    if url.isascii():  # from the URL alone: nothing else of a request is needed for that
+        target.url = url
+    else:  # the IDNA host and quoted path requests would send
+        target.prepare_url(url, None)
+    adapter = _adapter(purpose)
+    pool = adapter.get_connection_with_tls_context(target, VERIFY, proxies={})
+    adapter.cert_verify(pool, url, VERIFY, None)  # the CA bundle requests would use
+    sent = HTTPHeaderDict(_POST_HEADERS)  # names as the caller spells them, merged whatever
+    sent.update(headers)  # their case (as requests does)
+    with _exchange(purpose, timeout):
+        try:
+            response = pool.urlopen(
+                "POST", parse_url(target.url).request_uri, body=body, headers=sent, retries=False,
+                redirect=False, assert_same_host=False, preload_content=False,
+                decode_content=True, timeout=urllib3.Timeout(connect=timeout, read=timeout))
+            try:
+                content = _read_capped(response.stream, max_bytes)
+            finally:
+                response.close()  # a connection with an answer left unread is closed
+                response.release_conn()
+        except u3.HTTPError as exc:  # as requests' adapter names them
+            raise _requests_error(exc) from exc
+        except OSError as exc:
+            raise requests.ConnectionError(exc) from exc
+    return Answer(response.status, {name.lower(): value
+                                    for name, value in response.headers.itermerged()}, content)
+
+
+def _requests_error(exc: u3.HTTPError) -> requests.RequestException:
+    if isinstance(exc, u3.ConnectTimeoutError) and not isinstance(exc, u3.NewConnectionError):
+        return requests.ConnectTimeout(exc)
+    if isinstance(exc, u3.ReadTimeoutError):
+        return requests.ReadTimeout(exc)
+    if isinstance(exc, u3.SSLError):
+        return requests.exceptions.SSLError(exc)
+    if isinstance(exc, u3.NewConnectionError | u3.ProtocolError | u3.ClosedPoolError):
+        return requests.ConnectionError(exc)
+    return requests.RequestException(exc)

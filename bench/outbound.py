@@ -1,7 +1,8 @@
 """CPU per outbound POST, in process: `python bench/outbound.py [-n 2000] [--rounds 3]`.
 
-What the outbound guard (auxot.outbound.outbound_request) costs the sender, the way the
-callback dispatcher uses it: N POSTs of a callback-sized body to a fast local receiver, one
+What the outbound guard costs the sender, by both ways out: `outbound_post` (the lean POST
+the callback dispatcher uses) and `outbound_request` (requests' objects, for `http` steps and
+agent providers). Each: N POSTs of a callback-sized body to a fast local receiver, one
 after another, then the same N from 64 threads at once. The receiver runs in its own process
 (http.server's ThreadingHTTPServer speaking HTTP/1.1 with keep-alive, answering `200 ok`), so
 its CPU is not counted. The figure is the sender's CPU time (time.process_time, every thread)
@@ -23,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 THREADS = 64
+WAYS = ("outbound_post", "outbound_request")
 BODY = json.dumps({"type": "work_item.completed", "data": {"work_id": "0" * 26,
                                                           "output": {"n": "x" * 300}}}).encode()
 HEADERS = {"content-type": "application/json", "user-agent": "Auxot-Webhooks/bench",
@@ -57,14 +59,18 @@ def serve() -> None:
     server.serve_forever()
 
 
-def _case(url: str, n: int, threads: int) -> tuple[float, float]:
+def _case(url: str, n: int, threads: int, way: str) -> tuple[float, float]:
     """(CPU ms per request, requests per wall second) for n POSTs from `threads` threads."""
-    from auxot.outbound import outbound_request
+    from auxot.outbound import outbound_post, outbound_request
 
     def post(_):
-        response = outbound_request("POST", url, purpose="callback", timeout=10, data=BODY,
-                                    headers=HEADERS)
-        assert response.status_code == 200, response.status_code
+        if way == "outbound_post":
+            status = outbound_post(url, purpose="callback", timeout=10, body=BODY,
+                                   headers=HEADERS).status
+        else:
+            status = outbound_request("POST", url, purpose="callback", timeout=10, data=BODY,
+                                      headers=HEADERS).status_code
+        assert status == 200, status
 
     cpu, wall = time.process_time(), time.monotonic()
     if threads == 1:
@@ -93,18 +99,21 @@ def main() -> None:
                                 text=True)
     try:
         url = f"http://127.0.0.1:{receiver.stdout.readline().strip()}/hook"
-        _case(url, 50, 1)  # warm up: imports, the first connections
-        results: dict[str, list[tuple[float, float]]] = {"sequential": [], "64 threads": []}
+        results: dict[str, list[tuple[float, float]]] = {}
+        for way in WAYS:
+            _case(url, 50, 1, way)  # warm up: imports, the first connections
         for _ in range(args.rounds):
-            results["sequential"].append(_case(url, args.n, 1))
-            results["64 threads"].append(_case(url, args.n, THREADS))
+            for way in WAYS:
+                for threads in (1, THREADS):
+                    name = f"{way}, {'sequential' if threads == 1 else f'{threads} threads'}"
+                    results.setdefault(name, []).append(_case(url, args.n, threads, way))
     finally:
         receiver.kill()
         receiver.wait()
     for name, rounds in results.items():
         cpu = statistics.median(r[0] for r in rounds)
         rate = statistics.median(r[1] for r in rounds)
-        print(f"{name:>11}: {cpu:.3f} CPU ms per request, {rate:.0f} requests/s "
+        print(f"{name:>30}: {cpu:.3f} CPU ms per request, {rate:.0f} requests/s "
               f"(N={args.n}, median of {args.rounds})")
 
 

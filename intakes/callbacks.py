@@ -29,7 +29,7 @@ from auxot.broker import task_enqueue
 from auxot.http import retry_after_seconds
 from auxot.logs import log_context
 from auxot.models import Organization
-from auxot.outbound import RefusedDestination, outbound_request, url_redact
+from auxot.outbound import RefusedDestination, outbound_post, url_redact
 from auxot.services import audit_record
 from auxot.storable import text_decode
 from intakes.metrics import callback_attempted
@@ -376,8 +376,8 @@ def callback_post(*, url: str, body: bytes, headers: dict[str, str]) -> SendResu
     started = time.monotonic()
     timeout = settings.AUXOT_CALLBACK_TIMEOUT_SECONDS
     try:
-        response = outbound_request("POST", url, purpose="callback", timeout=timeout,
-                                    data=body, headers=headers, max_bytes=RESPONSE_KEEP_BYTES)
+        answer = outbound_post(url, purpose="callback", timeout=timeout, body=body,
+                               headers=headers, max_bytes=RESPONSE_KEEP_BYTES)
     except RefusedDestination as exc:
         return SendResult(error=f"refused: {exc}", refused=True)
     except requests.Timeout:
@@ -388,11 +388,10 @@ def callback_post(*, url: str, body: bytes, headers: dict[str, str]) -> SendResu
         else:
             error = f"request failed: {_short(exc)}"
     else:
-        return SendResult(status=response.status_code,
+        return SendResult(status=answer.status,
                           # A receiver's answer must never make its attempt impossible
                           # to record (PostgreSQL text cannot hold NUL, for one).
-                          body=text_decode(response.content),
-                          headers={k.lower(): v for k, v in response.headers.items()},
+                          body=text_decode(answer.content), headers=answer.headers,
                           latency_ms=int((time.monotonic() - started) * 1000))
     return SendResult(error=_scrub(error, url),
                       latency_ms=int((time.monotonic() - started) * 1000))

@@ -17,14 +17,22 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import requests
 from django.core.exceptions import ValidationError
+from requests.structures import CaseInsensitiveDict
 
 from auxot import outbound
 from auxot.checks import deprecated_settings
-from auxot.outbound import RefusedDestination, address_check, outbound_request, url_check
+from auxot.outbound import (
+    RefusedDestination,
+    address_check,
+    outbound_post,
+    outbound_request,
+    url_check,
+)
 from intakes.callbacks import callback_delivery_create, callback_delivery_process
 from intakes.models import CallbackAttempt
 from tests.callback_helpers import finished_item
@@ -531,26 +539,41 @@ def keepalive():
     server.server_close()
 
 
-def _post(url: str, **kwargs):
+def _post_request(url: str, **kwargs):
     return outbound_request("POST", url, purpose="http", timeout=kwargs.pop("timeout", 5),
                             data=b"{}", **kwargs)
 
 
-def test_a_connection_is_kept_alive_and_reused_across_calls_and_threads(keepalive, connections):
+def _post_lean(url: str, *, headers: dict | None = None, **kwargs):
+    answer = outbound_post(url, purpose="http", timeout=kwargs.pop("timeout", 5), body=b"{}",
+                           headers=headers or {}, **kwargs)
+    return SimpleNamespace(status_code=answer.status, content=answer.content,
+                           headers=CaseInsensitiveDict(answer.headers))
+
+
+@pytest.fixture(params=["outbound_request", "outbound_post"])
+def post(request):
+    """Both ways out (requests' objects for steps and providers, the lean POST for callbacks):
+    every guarantee below holds for each."""
+    return {"outbound_request": _post_request, "outbound_post": _post_lean}[request.param]
+
+
+def test_a_connection_is_kept_alive_and_reused_across_calls_and_threads(keepalive, connections,
+                                                                         post):
     for _ in range(3):
-        assert _post(keepalive.url).content == b"ok"
+        assert post(keepalive.url).content == b"ok"
     with ThreadPoolExecutor(2) as pool:
-        assert [r.status_code for r in pool.map(lambda _: _post(keepalive.url), range(2))] \
+        assert [r.status_code for r in pool.map(lambda _: post(keepalive.url), range(2))] \
             == [200, 200]
     assert len(keepalive.seen) == 5
     assert keepalive.connections_seen() == len(connections) <= 2
 
 
-def test_no_cookie_or_header_carries_over_to_the_next_request(keepalive):
+def test_no_cookie_or_header_carries_over_to_the_next_request(keepalive, post):
     keepalive.extra_headers = [("Set-Cookie", "session=tenant-a; Path=/")]
-    first = _post(keepalive.url, headers={"Authorization": "Bearer tenant-a", "X-Tenant": "a"})
-    assert first.cookies.get("session") == "tenant-a"
-    _post(keepalive.url)
+    first = post(keepalive.url, headers={"Authorization": "Bearer tenant-a", "X-Tenant": "a"})
+    assert first.headers["Set-Cookie"] == "session=tenant-a; Path=/"
+    post(keepalive.url)
     [(port_a, headers_a), (port_b, headers_b)] = keepalive.seen
     assert port_a == port_b  # the same connection carried both
     assert headers_a["X-Tenant"] == "a"
@@ -558,15 +581,15 @@ def test_no_cookie_or_header_carries_over_to_the_next_request(keepalive):
 
 
 def test_a_settings_change_never_reuses_a_connection_checked_under_other_settings(
-        keepalive, resolver, closed_policy, settings):
+        keepalive, resolver, closed_policy, settings, post):
     url = f"http://receiver.example:{keepalive.server_port}/hook"
     settings.AUXOT_OUTBOUND_ALLOWED_HOSTS = ["receiver.example"]
-    assert _post(url).status_code == 200  # the connection stays open in the pool
+    assert post(url).status_code == 200  # the connection stays open in the pool
     settings.AUXOT_OUTBOUND_ALLOWED_HOSTS = []
     with pytest.raises(RefusedDestination, match=r"receiver\.example resolves to 127\.0\.0\.1"):
-        _post(url)
+        post(url)
     settings.AUXOT_OUTBOUND_ALLOWED_NETWORKS = ["127.0.0.0/8"]
-    assert _post(url).status_code == 200
+    assert post(url).status_code == 200
     assert len(keepalive.seen) == 2
 
 
@@ -574,14 +597,14 @@ class _ClosesIdleHandler(_KeepAliveHandler):
     timeout = 0.2  # the server closes a connection idle for 0.2 s (sends its FIN)
 
 
-def test_a_connection_the_server_closed_while_idle_does_not_fail_the_next_request():
+def test_a_connection_the_server_closed_while_idle_does_not_fail_the_next_request(post):
     outbound.outbound_pools_close()
     server = _KeepAliveServer(_ClosesIdleHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        assert _post(server.url).status_code == 200
+        assert post(server.url).status_code == 200
         time.sleep(0.5)  # the server has closed it, well within KEEPALIVE_IDLE_SECONDS
-        assert _post(server.url).status_code == 200
+        assert post(server.url).status_code == 200
         assert server.connections_seen() == 2 and len(server.seen) == 2
     finally:
         outbound.outbound_pools_close()
@@ -589,67 +612,70 @@ def test_a_connection_the_server_closed_while_idle_does_not_fail_the_next_reques
         server.server_close()
 
 
-def test_a_connection_idle_for_too_long_is_not_reused(keepalive, monkeypatch):
+def test_a_connection_idle_for_too_long_is_not_reused(keepalive, monkeypatch, post):
     monkeypatch.setattr(outbound, "KEEPALIVE_IDLE_SECONDS", 0.1)
-    _post(keepalive.url)
-    _post(keepalive.url)  # at once: reused
+    post(keepalive.url)
+    post(keepalive.url)  # at once: reused
     time.sleep(0.2)  # the server would still take it; its own close could race the request
-    _post(keepalive.url)
+    post(keepalive.url)
     first, second, third = (port for port, _ in keepalive.seen)
     assert first == second != third
 
 
-def test_a_failure_on_a_reused_connection_is_not_retried(keepalive):
+def test_a_failure_on_a_reused_connection_is_not_retried(keepalive, post):
     keepalive.hang_up_on = {1}
-    _post(keepalive.url)
+    post(keepalive.url)
     with pytest.raises(requests.ConnectionError):
-        _post(keepalive.url)  # the request reached the server: sending it again would repeat it
+        post(keepalive.url)  # the request reached the server: sending it again would repeat it
     assert len(keepalive.seen) == 2
-    assert _post(keepalive.url).status_code == 200  # a fresh connection
+    assert post(keepalive.url).status_code == 200  # a fresh connection
     assert keepalive.connections_seen() == 2
 
 
-def test_an_answer_cut_at_the_cap_closes_the_connection_a_whole_one_keeps_it(keepalive):
+def test_an_answer_cut_at_the_cap_closes_the_connection_a_whole_one_keeps_it(keepalive,
+                                                                             post):
     keepalive.body = b"x" * 5000
-    assert _post(keepalive.url, max_bytes=100).content == b"x" * 100  # the rest left unread
-    assert _post(keepalive.url, max_bytes=5000).content == b"x" * 5000  # read to its end
-    _post(keepalive.url)
+    assert post(keepalive.url, max_bytes=100).content == b"x" * 100  # the rest left unread
+    assert post(keepalive.url, max_bytes=5000).content == b"x" * 5000  # read to its end
+    post(keepalive.url)
     first, second, third = (port for port, _ in keepalive.seen)
     assert first != second == third
 
 
-def test_the_deadline_cuts_a_dribbling_answer_on_a_reused_connection(keepalive):
+def test_the_deadline_cuts_a_dribbling_answer_on_a_reused_connection(keepalive, post):
     keepalive.body = b"x" * 20  # 2 s at one byte per 0.1 s
     keepalive.dribble_on = {1}
-    _post(keepalive.url)
+    post(keepalive.url)
     started = time.monotonic()
     with pytest.raises(requests.Timeout, match=r"no complete answer within 0\.5 s"):
-        _post(keepalive.url, timeout=0.5)
+        post(keepalive.url, timeout=0.5)
     assert time.monotonic() - started < 1.5
-    assert _post(keepalive.url).content == b"x" * 20  # not on the cut connection
+    assert post(keepalive.url).content == b"x" * 20  # not on the cut connection
     first, second, third = (port for port, _ in keepalive.seen)
     assert first == second != third
 
 
-def test_a_finished_exchange_deadline_never_cuts_the_next_one_on_its_connection(keepalive):
-    _post(keepalive.url, timeout=0.3)
+def test_a_finished_exchange_deadline_never_cuts_the_next_one_on_its_connection(
+        keepalive, post):
+    post(keepalive.url, timeout=0.3)
     keepalive.delay = 0.6  # answers after the first exchange's deadline has passed
-    assert _post(keepalive.url, timeout=5).content == b"ok"
+    assert post(keepalive.url, timeout=5).content == b"ok"
     assert keepalive.connections_seen() == 1
 
 
-def test_concurrent_requests_never_wait_for_a_connection_and_few_stay_idle(keepalive):
+def test_concurrent_requests_never_wait_for_a_connection_and_few_stay_idle(keepalive,
+                                                                           post):
     senders = outbound.POOL_IDLE_PER_HOST + 4
     keepalive.barrier = threading.Barrier(senders)  # answers only once all are in at once
     with ThreadPoolExecutor(senders) as pool:
-        codes = list(pool.map(lambda _: _post(keepalive.url).status_code, range(senders)))
+        codes = list(pool.map(lambda _: post(keepalive.url).status_code, range(senders)))
     assert codes == [200] * senders
     [host_pool] = outbound._adapter("http").poolmanager.pools._container.values()
     idle = [conn for conn in host_pool.pool.queue if conn is not None and conn.sock is not None]
     assert len(idle) == outbound.POOL_IDLE_PER_HOST
 
 
-def test_host_pools_are_bounded(keepalive, monkeypatch, settings):
+def test_host_pools_are_bounded(keepalive, monkeypatch, settings, post):
     monkeypatch.setattr(outbound, "POOL_HOSTS", 3)
     names = [f"h{i}.example" for i in range(5)]
     settings.AUXOT_OUTBOUND_ALLOWED_HOSTS = names
@@ -657,12 +683,12 @@ def test_host_pools_are_bounded(keepalive, monkeypatch, settings):
     monkeypatch.setattr(outbound.socket, "getaddrinfo", lambda host, *args, **kwargs: real(
         "127.0.0.1" if host in names else host, *args, **kwargs))
     for name in names:
-        _post(f"http://{name}:{keepalive.server_port}/hook")
+        post(f"http://{name}:{keepalive.server_port}/hook")
     assert len(outbound._adapter("http").poolmanager.pools) == 3
 
 
-def test_a_forked_process_starts_with_empty_pools_and_its_own_watchdog(keepalive):
-    _post(keepalive.url)  # the parent now has an idle connection and a watchdog thread
+def test_a_forked_process_starts_with_empty_pools_and_its_own_watchdog(keepalive, post):
+    post(keepalive.url)  # the parent now has an idle connection and a watchdog thread
     keepalive.body = b"x" * 20
     keepalive.dribble_on = {1}
     pid = os.fork()
@@ -672,7 +698,7 @@ def test_a_forked_process_starts_with_empty_pools_and_its_own_watchdog(keepalive
             if not outbound._adapters:
                 started = time.monotonic()
                 try:
-                    _post(keepalive.url, timeout=0.5)
+                    post(keepalive.url, timeout=0.5)
                 except requests.Timeout:
                     code = 0 if time.monotonic() - started < 1.5 else 2
         finally:
@@ -694,33 +720,93 @@ def tls_keepalive(keepalive, tmp_path, monkeypatch):
     context.load_cert_chain(cert, key)
     keepalive.socket = context.wrap_socket(keepalive.socket, server_side=True)
     keepalive.scheme = "https"
-    send = outbound.CheckedAdapter.send
-    monkeypatch.setattr(outbound.CheckedAdapter, "send",
-                        lambda self, request, **kwargs: send(self, request, verify=str(cert),
-                                                             **kwargs))
+    monkeypatch.setattr(outbound, "VERIFY", str(cert))
     return keepalive
 
 
-def test_the_deadline_cuts_a_dribbling_answer_over_tls_new_and_reused(tls_keepalive):
+def test_the_deadline_cuts_a_dribbling_answer_over_tls_new_and_reused(tls_keepalive, post):
     tls_keepalive.body = b"x" * 20
     tls_keepalive.dribble_on = {0, 2}
     for _ in range(2):  # a new connection, then (after a good answer) a reused one
         started = time.monotonic()
         with pytest.raises(requests.Timeout):
-            _post(tls_keepalive.url, timeout=0.5)
+            post(tls_keepalive.url, timeout=0.5)
         assert time.monotonic() - started < 1.5
-        assert _post(tls_keepalive.url).content == b"x" * 20
+        assert post(tls_keepalive.url).content == b"x" * 20
     first, second, third, fourth = (port for port, _ in tls_keepalive.seen)
     assert first != second == third != fourth
 
 
-def test_one_watchdog_thread_serves_every_deadline(keepalive, monkeypatch):
-    _post(keepalive.url)  # the watchdog thread exists from the first request on
+def test_one_watchdog_thread_serves_every_deadline(keepalive, monkeypatch, post):
+    post(keepalive.url)  # the watchdog thread exists from the first request on
     started = []
     start = threading.Thread.start
     monkeypatch.setattr(threading.Thread, "start",
                         lambda self: started.append(self.name) or start(self))
     for _ in range(5):
-        _post(keepalive.url)
+        post(keepalive.url)
     assert started == []  # no Timer thread per request
     assert [t.name for t in threading.enumerate()].count("auxot-outbound-deadline") == 1
+
+
+# --- The lean POST (callbacks): the same request and answer as requests would give ------------
+
+def test_the_lean_post_sends_what_requests_would_and_reads_the_answer_the_same(keepalive):
+    import gzip
+
+    keepalive.body = gzip.compress(b"x" * 300)
+    keepalive.extra_headers = [("Content-Encoding", "gzip"), ("X-Repeated", "a"),
+                               ("X-Repeated", "b"), ("Retry-After", "7")]
+    headers = {"Content-Type": "application/json", "user-agent": "Auxot-Webhooks/1",
+               "webhook-id": "msg_1"}
+    answer = outbound_post(keepalive.url, purpose="callback", timeout=5, body=b'{"a": 1}',
+                           headers=headers, max_bytes=100)
+    via_requests = outbound_request("POST", keepalive.url, purpose="callback", timeout=5,
+                                    data=b'{"a": 1}', headers=headers, max_bytes=100)
+    assert answer.status == via_requests.status_code == 200
+    assert answer.content == via_requests.content == b"x" * 100  # decoded, then capped
+    assert answer.headers["x-repeated"] == via_requests.headers["X-Repeated"] == "a, b"
+    assert answer.headers["retry-after"] == "7" and all(name.islower() for name in answer.headers)
+    (_, lean), (_, full) = keepalive.seen
+    assert {k.lower(): v for k, v in lean.items()} == {
+        k.lower(): v for k, v in full.items() if k.lower() != "user-agent"} | {
+        "user-agent": "Auxot-Webhooks/1"}
+    assert lean["Content-Length"] == "8" and lean["Accept-Encoding"] == full["Accept-Encoding"]
+
+
+def test_the_lean_post_does_not_follow_a_redirect(fake_server, elsewhere):
+    fake_server.script = [Reply(302, "", headers={"Location": elsewhere.url + "/x"})]
+    answer = outbound_post(fake_server.url + "/hook", purpose="callback", timeout=5, body=b"{}",
+                           headers={})
+    assert answer.status == 302 and answer.headers["location"].startswith(elsewhere.url)
+    assert elsewhere.requests == []
+
+
+def test_the_lean_post_names_failures_as_requests_does(keepalive):
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # nothing listens there once closed
+    with pytest.raises(requests.ConnectionError) as refused:
+        outbound_post(f"http://127.0.0.1:{port}/hook", purpose="callback", timeout=5,
+                      body=b"{}", headers={})
+    assert isinstance(refused.value.__cause__.__cause__, ConnectionRefusedError)
+    keepalive.delay = 1.0
+    with pytest.raises(requests.Timeout, match=r"no complete answer within 0\.3 s"):
+        outbound_post(keepalive.url, purpose="callback", timeout=0.3, body=b"{}", headers={})
+
+
+@pytest.mark.parametrize("post", [_post_request, _post_lean], ids=["requests", "lean"])
+def test_a_non_ascii_host_goes_out_in_its_idna_form(keepalive, monkeypatch, settings, post):
+    settings.AUXOT_OUTBOUND_ALLOWED_HOSTS = ["xn--bcher-kva.example"]
+    real = socket.getaddrinfo
+    asked = []
+
+    def getaddrinfo(host, *args, **kwargs):
+        asked.append(host)
+        return real("127.0.0.1" if host == "xn--bcher-kva.example" else host, *args, **kwargs)
+
+    monkeypatch.setattr(outbound.socket, "getaddrinfo", getaddrinfo)
+    assert post(f"http://bücher.example:{keepalive.server_port}/bücher").status_code == 200
+    [(_, headers)] = keepalive.seen
+    assert headers["Host"] == f"xn--bcher-kva.example:{keepalive.server_port}"
+    assert asked[0] == "xn--bcher-kva.example" and "bücher.example" not in asked
