@@ -2,8 +2,11 @@
 
 import json
 import socket
+import subprocess
+import sys
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import time_machine
@@ -342,3 +345,17 @@ def test_a_receiver_dribbling_its_answer_hits_the_total_timeout(cb_intake, setti
     assert time.monotonic() - started < 3  # not the ~4.5 s the dribble would take
     assert delivery.state == "pending" and "timed out after 0.5 s" in delivery.last_error
     server.close()
+
+
+@pytest.mark.parametrize(("env", "printed"), [({}, "5.0"),
+                                              ({"AUXOT_CALLBACK_TIMEOUT_SECONDS": "12"}, "12.0")])
+def test_a_receiver_has_5_s_to_answer_unless_the_operator_says_otherwise(env, printed):
+    # Short on purpose: a hanging receiver delays its own item's next attempt by this much.
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c",
+         "from auxot import settings as s; print(s.AUXOT_CALLBACK_TIMEOUT_SECONDS)"],
+        cwd=root, capture_output=True, text=True, timeout=60, check=False,
+        env={"PATH": "/usr/bin:/bin", "SECRET_KEY": "x", **env})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == printed
