@@ -15,8 +15,9 @@ Phases, one run:
    also from the delivery's creation: the dispatcher's part), finish -> first 2xx (flaky)
    beside the floor the schedule and the hangs alone give, retry due -> started, breaker
    openings, the dispatcher's CPU per attempt.
-2b. paced: --paced-items of the same mix at --paced-rate triggers/s (below what the machine
-   drains): the same latencies when the workers are not saturated.
+2b. paced: --paced-items of the same mix at --paced-rate triggers/s (by default 40 % of what
+   phase 2 drained: below what the machine drains, however fast it is that day): the same
+   latencies when the workers are not saturated.
 3. hanging: 20 items to the always-hanging receiver, then 100 to the healthy one:
    the healthy receiver's finish -> first attempt p50/p99.
 4. crash: N/2 items to the flaky intake while qcluster is SIGKILLed twice (and restarted):
@@ -47,6 +48,7 @@ from bench import common
 # (reported apart; "first 2xx" is over those that got one). No jitter, so each retry's due
 # moment is exactly the previous attempt's end plus its delay (the lateness figure).
 SCHEDULE = "0,1,2,4,8"
+PACED_SHARE = 0.4  # the paced phase's rate, as a share of the burst's drain rate
 ENV = {"AUXOT_CALLBACK_ALLOW_HTTP": "1", "AUXOT_OUTBOUND_ALLOWED_NETWORKS": "127.0.0.1/32",
        "AUXOT_CALLBACK_RETRY_SCHEDULE": SCHEDULE, "AUXOT_CALLBACK_JITTER": "0",
        "AUXOT_WORKERS": "2"}  # the callback timeout is the product's default (5 s)
@@ -370,8 +372,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--items", type=int, default=1000)
     parser.add_argument("--paced-items", type=int, default=600)
-    parser.add_argument("--paced-rate", type=float, default=60.0,
-                        help="triggers/s of the paced phase (below what the machine drains)")
+    parser.add_argument("--paced-rate", type=float, default=None,
+                        help="triggers/s of the paced phase; by default PACED_SHARE of the "
+                             "rate the engine drained with callbacks on (phase 2), so it stays "
+                             "below what this machine drains, however fast it is today")
     args = parser.parse_args()
     receivers = Receivers()
     common.django_setup()
@@ -426,6 +430,8 @@ def main() -> None:
         on_failed = CallbackDelivery.objects.filter(work_item_id__in=on_bad,
                                                     state="failed").count()
         # 2b. paced: the same mix at a rate the machine keeps up with (not saturated)
+        if args.paced_rate is None:
+            args.paced_rate = round(PACED_SHARE * rate_on, 1)
         paced = _fire(base, [good, bad], args.paced_items, rate=args.paced_rate)
         _wait_finished(paced, timeout=max(300, n))
         _wait_settled(paced, timeout=900)
