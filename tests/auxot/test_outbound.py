@@ -737,6 +737,14 @@ def test_the_deadline_cuts_a_dribbling_answer_over_tls_new_and_reused(tls_keepal
     assert first != second == third != fourth
 
 
+def test_a_certificate_no_trusted_authority_signed_is_refused(tls_keepalive, monkeypatch,
+                                                                post):
+    monkeypatch.setattr(outbound, "VERIFY", True)  # the CA bundle, without the test's own CA
+    with pytest.raises(requests.exceptions.SSLError):
+        post(tls_keepalive.url)
+    assert tls_keepalive.seen == []  # nothing was sent over the unverified connection
+
+
 def test_one_watchdog_thread_serves_every_deadline(keepalive, monkeypatch, post):
     post(keepalive.url)  # the watchdog thread exists from the first request on
     started = []
