@@ -8,6 +8,9 @@ posting threads): a healthy one (204 at once), a flaky one (40 % 500, 5 % hang
 dispatcher inside) runs the 2-step transform workflow and sends the callbacks. Database:
 DATABASE_URL (default postgres://postgres@127.0.0.1:5432/auxot_bench_callbacks).
 
+`--embedded` runs only phase 3, on what `make run` runs (a fresh SQLite file, the ORM
+broker, the demo's callback settings): the issue's own case for a hanging neighbour.
+
 Phases, one run:
 1. off: N items on an intake without callbacks: engine items/s.
 2. on: N items alternating between a healthy and a flaky intake, as fast as they are
@@ -376,7 +379,11 @@ def main() -> None:
                         help="triggers/s of the paced phase; by default PACED_SHARE of the "
                              "rate the engine drained with callbacks on (phase 2), so it stays "
                              "below what this machine drains, however fast it is today")
+    parser.add_argument("--embedded", action="store_true",
+                        help="only the hanging-neighbour case, on make run's embedded default")
     args = parser.parse_args()
+    if args.embedded:
+        return embedded(hanging_items=20, healthy_items=100)
     receivers = Receivers()
     common.django_setup()
     from django.conf import settings
@@ -518,6 +525,59 @@ def main() -> None:
           f"failed_after_all_attempts={failed} bad_signatures={bad_signatures} "
           f"receiver_requests={sum(r['requests'] for r in stats.values())} "
           f"cut_mid_body={sum(r['cut'] for r in stats.values())} (a SIGKILL during the send)")
+    print("loadavg at end {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+
+
+def embedded(hanging_items: int, healthy_items: int) -> None:
+    """`--embedded`: the hanging-neighbour case on what `make run` runs. A fresh SQLite file,
+    django-q2's ORM broker and the demo's callback settings; one qcluster (its dispatcher
+    inside) and the web server. `hanging_items` items call back to a receiver that hangs 20 s
+    on every request, then `healthy_items` items to a healthy one: how long after finishing
+    the healthy ones' first attempts go out, and how many of them lost a 2xx."""
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="auxot-bench-embedded-")
+    os.environ["DATABASE_URL"] = f"sqlite:///{folder}/auxot.sqlite3"
+    receivers = Receivers()
+    common.django_setup()
+    from django.conf import settings
+
+    from intakes.demo.seed import DEMO_ENV
+    from intakes.models import CallbackDelivery, Intake
+
+    env = {**DEMO_ENV, "REDIS_URL": ""}  # the embedded default: the ORM broker
+    print(f"machine: {os.cpu_count()} cores; loadavg at start "
+          "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    good, stuck = _intake("healthy", True), _intake("hang", True)
+    receivers.secrets({str(t[0].pk): t[0].signing_secret for t in (good, stuck)})
+    for (intake, _, _), name in ((good, "healthy"), (stuck, "hanging")):
+        Intake.objects.filter(pk=intake.pk).update(callback_url=receivers.url(name, intake.pk))
+    port = common.free_port()
+    web = common.gunicorn(port, **env)
+    base = f"http://127.0.0.1:{port}"
+    cluster = common.qcluster(**env)
+    try:
+        hang_ids = _fire(base, [stuck], hanging_items)
+        time.sleep(1.0)  # their attempts are in flight, hanging
+        beside = _fire(base, [good], healthy_items)
+        _wait_finished(beside, timeout=300)
+        _wait_settled(beside, timeout=300)
+        beside_first = _finish_to(beside, {}, attempts=True)
+        delivered = CallbackDelivery.objects.filter(work_item_id__in=beside,
+                                                    state="delivered").count()
+        hanging_attempted = CallbackDelivery.objects.filter(work_item_id__in=hang_ids,
+                                                            attempts__gt=0).count()
+    finally:
+        cluster.stop()
+        web.stop()
+        receivers.close()
+    print(f"embedded default (SQLite, ORM broker, schedule "
+          f"{env['AUXOT_CALLBACK_RETRY_SCHEDULE']}, timeout "
+          f"{settings.AUXOT_CALLBACK_TIMEOUT_SECONDS:g} s) at {datetime.now(UTC):%Y-%m-%d %H:%M} "
+          f"UTC")
+    print(f"finish->first attempt, healthy receiver while another hangs 20 s on every request: "
+          f"{_pcts(beside_first)}; delivered {delivered} of {len(beside)}; hanging items "
+          f"{len(hang_ids)}, {hanging_attempted} of them attempted meanwhile")
     print("loadavg at end {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
 

@@ -219,6 +219,8 @@ class CpuBusy:
 
 
 def _create_database(url: str) -> None:
+    if url.startswith("sqlite"):
+        return  # the file is created on the first connection
     import psycopg
     from psycopg import sql
 
