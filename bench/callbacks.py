@@ -31,6 +31,7 @@ Phases, one run:
 import argparse
 import os
 import random
+import shutil
 import sys
 import threading
 import time
@@ -571,6 +572,7 @@ def embedded(hanging_items: int, healthy_items: int) -> None:
         cluster.stop()
         web.stop()
         receivers.close()
+        shutil.rmtree(folder, ignore_errors=True)
     print(f"embedded default (SQLite, ORM broker, schedule "
           f"{env['AUXOT_CALLBACK_RETRY_SCHEDULE']}, timeout "
           f"{settings.AUXOT_CALLBACK_TIMEOUT_SECONDS:g} s) at {datetime.now(UTC):%Y-%m-%d %H:%M} "
