@@ -102,6 +102,15 @@ def group_pids(pgid: int) -> list[int]:
     return pids
 
 
+def settings_printed(env: dict[str, str], *names: str) -> subprocess.CompletedProcess:
+    """`print` of these settings as a fresh process reads them from `env` alone (no test
+    settings, no inherited environment), for defaults and start-up validation."""
+    code = f"from auxot import settings as s; print({', '.join(f's.{n}' for n in names)})"
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, env={"PATH": "/usr/bin:/bin", "SECRET_KEY": "x", **env},
+                          timeout=60, check=False)
+
+
 def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -11,7 +11,6 @@ import os
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +37,7 @@ from intakes.models import CallbackAttempt
 from tests.callback_helpers import finished_item
 from tests.conftest import make_workflow
 from tests.fakeserver import FakeServer, Reply
+from tests.processes import settings_printed
 from workflows.batch import work_item_process
 from workflows.models import Provider, Step, StepRun
 from workflows.services import work_item_create
@@ -351,11 +351,7 @@ def test_the_response_body_is_capped(fake_server):
 # --- Settings ---------------------------------------------------------------------------------
 
 def _settings_in_subprocess(env: dict[str, str]) -> subprocess.CompletedProcess:
-    code = ("from auxot import settings as s; "
-            "print(s.AUXOT_OUTBOUND_ALLOWED_NETWORKS, s.AUXOT_OUTBOUND_ALLOWED_HOSTS)")
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                          text=True, env={"PATH": "/usr/bin:/bin", "SECRET_KEY": "x", **env},
-                          timeout=60, check=False)
+    return settings_printed(env, "AUXOT_OUTBOUND_ALLOWED_NETWORKS", "AUXOT_OUTBOUND_ALLOWED_HOSTS")
 
 
 def test_deprecated_callback_networks_are_merged_into_the_outbound_list():
