@@ -1,5 +1,6 @@
 """The callback dispatcher: per-endpoint cap, circuit breaker, schedule, lost leases."""
 
+import itertools
 import json
 import threading
 import time
@@ -10,6 +11,7 @@ import pytest
 import time_machine
 from django.utils import timezone
 
+from intakes import dispatcher as dispatcher_module
 from intakes.callbacks import (
     callback_deliveries_claim,
     callback_delivery_create,
@@ -342,6 +344,43 @@ def test_a_running_dispatcher_sends_a_retry_when_it_comes_due(cb_intake, endpoin
         assert dispatcher.join(10)
     assert attempt.started_at >= due
     assert healthy.ids == [delivery.webhook_id]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_deliveries_coming_due_in_quick_succession_share_a_look(cb_intake, endpoints,
+                                                                 monkeypatch):
+    """A look costs the same for one delivery as for many: under load the loop looks at
+    most every LOOK_SPACING and each look takes what came due since the last."""
+    healthy = endpoints()
+    deliveries = _deliveries(cb_intake, healthy.url, 30)
+    start = timezone.now() + timedelta(seconds=0.5)
+    for index, delivery in enumerate(deliveries):  # one due every 10 ms for 0.3 s
+        CallbackDelivery.objects.filter(pk=delivery.pk).update(
+            next_attempt_at=start + timedelta(seconds=index * 0.01))
+    looks, claims = [], []
+    run_once, hand_out = Dispatcher.run_once, Dispatcher._hand_out
+
+    def look(self, now=None):
+        looks.append(time.monotonic())
+        return run_once(self, now)
+
+    def claim(self, ids, now):
+        if ids:
+            claims.append(len(ids))
+        return hand_out(self, ids, now)
+
+    monkeypatch.setattr(Dispatcher, "run_once", look)
+    monkeypatch.setattr(Dispatcher, "_hand_out", claim)
+    dispatcher = Dispatcher(threads=8, per_host=8).start()
+    try:
+        wait_for(lambda: _settled(deliveries), timeout=30, what="the deliveries")
+    finally:
+        assert dispatcher.join(10)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(looks)]
+    assert min(gaps) >= dispatcher_module.LOOK_SPACING
+    # 30 due over 0.29 s: a look per 0.1 s claims them in 3 to 5 batches, not one by one.
+    assert sum(claims) == 30 and len(claims) <= 6
+    assert sorted(healthy.ids) == sorted(d.webhook_id for d in deliveries)  # each once
 
 
 @pytest.mark.django_db
