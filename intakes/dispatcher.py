@@ -79,9 +79,9 @@ GATHER = 8  # at most this many senders free before the claim loop looks again
 IDLE_LOOK_SECONDS = 5.0  # PostgreSQL: the longest sleep without a look (a lost NOTIFY)
 # Looks start at least this far apart. A look's fixed cost (its reads, the claim, a prepare
 # job, an outcome commit, the threads' hand-offs) is ~4.5 ms of CPU whether it takes one
-# delivery or sixty: at a steady 100 deliveries/s, a look per delivery cost 5.8 ms of CPU
-# per attempt, spaced 0.1 s apart 1.3 ms (BENCHMARKS.md). It adds at most this much to
-# the wait of an attempt that comes due just after a look, and nothing when idle.
+# delivery or sixty: at a steady 100 deliveries/s, a look per delivery cost 5.2-6.2 ms of
+# CPU per attempt, spaced 0.1 s apart 1.7-2.1 ms (bench/dispatcher.py). It adds at most
+# this much to the wait of an attempt that comes due just after a look, nothing when idle.
 LOOK_SPACING = 0.1
 
 
