@@ -23,8 +23,8 @@ end), and wakes early on a NOTIFY (PostgreSQL: a delivery was created or made du
 thread listens) or when a few senders (GATHER) are free again; on SQLite it also looks
 every AUXOT_CALLBACK_POLL_SECONDS. One look is one read of the deliveries due soonest (two
 when idle senders can be lent), whatever it then claims; looks start at least LOOK_SPACING
-apart, so under load one look takes what came due since the last, in one claim, one
-preparation and one commit, instead of one look per delivery. An expired
+apart, so under load one look takes what came due since the last (one claim, prepared in
+jobs of up to PREPARE_BATCH) instead of one look per delivery. An expired
 lease (a dispatcher that died mid-attempt) makes its delivery due again, so it is claimed
 once, by one dispatcher, with the same webhook-id.
 
