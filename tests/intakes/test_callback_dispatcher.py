@@ -371,7 +371,8 @@ def test_deliveries_coming_due_in_quick_succession_share_a_look(cb_intake, endpo
 
     monkeypatch.setattr(Dispatcher, "run_once", look)
     monkeypatch.setattr(Dispatcher, "_hand_out", claim)
-    dispatcher = Dispatcher(threads=8, per_host=8).start()
+    # Senders to spare: a look's claim is bounded by the due deliveries, not by free senders.
+    dispatcher = Dispatcher(threads=32, per_host=32).start()
     try:
         wait_for(lambda: _settled(deliveries), timeout=30, what="the deliveries")
     finally:
