@@ -2,12 +2,12 @@
 BENCHMARKS.md → Callbacks).
 
 N finished items' deliveries are made due at a steady rate (`--rates`, deliveries/s; 0: all
-at once, a backlog), to a healthy receiver in a process of its own (so its CPU is not
-counted). A dispatcher runs in this process, started as qcluster starts it; the figure is
-the CPU time of its threads only (utime + stime from /proc), divided by the attempts, with
-the lateness of each first attempt (started - due) beside it. Each rate runs once per
-`--spacing` (the claim loop's LOOK_SPACING, set for the case; 0 is a look per delivery
-that comes due), on the same items re-armed, so the rows compare within one run.
+at once, a backlog), to a healthy receiver in a process of its own (bench/outbound.py's,
+so its CPU is not counted). A dispatcher runs in this process, started as qcluster starts
+it; the figure is the CPU time of its threads only (utime + stime from /proc), divided by
+the attempts, with the lateness of each first attempt (started - due) beside it. Each rate
+runs once per `--spacing` (the claim loop's LOOK_SPACING, set for the case; 0 is a look per
+delivery that comes due), on the same items re-armed, so the rows compare within one run.
 Nice is off (AUXOT_CALLBACK_NICE=0): nothing else runs. Database: DATABASE_URL (default
 postgres://postgres@127.0.0.1:5432/auxot_bench_dispatcher, emptied first).
 """
@@ -28,28 +28,6 @@ os.environ.update({"AUXOT_CALLBACK_ALLOW_HTTP": "1",
                    "AUXOT_CALLBACK_NICE": "0"})
 
 from bench import common
-
-RECEIVER = r'''
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-
-    def log_message(self, *args):
-        pass
-
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.send_response(204)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-server.daemon_threads = True
-print(server.server_port, flush=True)
-server.serve_forever()
-'''
 
 
 def _thread_cpu(tids: set[int]) -> float:
@@ -122,8 +100,9 @@ def main() -> None:
     parser.add_argument("--spacing", default="0,0.1",
                         help="LOOK_SPACING values to compare, comma-separated")
     args = parser.parse_args()
-    receiver = subprocess.Popen([sys.executable, "-c", RECEIVER], stdout=subprocess.PIPE,
-                                text=True)
+    # bench/outbound.py's receiver: HTTP/1.1 keep-alive, `200 ok` at once.
+    receiver = subprocess.Popen([sys.executable, str(common.ROOT / "bench" / "outbound.py"),
+                                 "--serve"], stdout=subprocess.PIPE, text=True)
     try:
         port = int(receiver.stdout.readline())
         common.django_setup()
@@ -142,7 +121,7 @@ def main() -> None:
         ids = list(CallbackDelivery.objects.order_by("created_at").values_list("pk", flat=True))
         print(f"machine: {os.cpu_count()} cores; loadavg at start "
               "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
-        print(f"{len(ids)} deliveries per case, healthy receiver (204 at once)")
+        print(f"{len(ids)} deliveries per case, healthy receiver (200 at once)")
         print("| due at | look spacing | CPU per attempt | due -> first attempt p50 / p99 "
               "| wall |")
         print("| --- | --- | --- | --- | --- |")
