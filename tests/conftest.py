@@ -45,6 +45,26 @@ def _presenter_caches_clear():
     presenter_caches_clear()
 
 
+@pytest.fixture(autouse=True)
+def _rejection_budget_reset():
+    """Every test starts with a fresh intake.rejected write budget, so whether a 4xx writes
+    its audit row never depends on how many 4xx earlier tests sent in the same minute."""
+    from intakes import rejections
+
+    rejections.budget.reset()
+    yield
+    rejections.budget.reset()
+
+
+@pytest.fixture
+def one_rate_limit_window(settings):
+    """For a test that expects a 429 after N requests: a window so long (10**9 s, aligned to
+    the epoch: this one ends in 2033) that its requests never straddle two windows, whatever
+    the test's duration. tests/intakes/test_rate_limits.py travels in time instead."""
+    settings.AUXOT_RATE_LIMIT_WINDOW_SECONDS = 10**9
+    return settings
+
+
 @pytest.fixture
 def cast(db) -> Cast:
     org_a = Organization.objects.create(name="Org A", slug="org-a", plan="business")

@@ -4,6 +4,8 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from apikeys.models import ApiKey
@@ -39,12 +41,18 @@ def test_bad_authorization_header_gets_401(api, intake_a, member_token, header):
     assert not WorkItem.objects.exists()
 
 
-def test_wrong_checksum_gets_401_without_lookup(api, intake_a, member_token,
-                                                django_assert_num_queries):
+def test_wrong_checksum_gets_401_without_lookup(api, intake_a, member_token):
     tampered = member_token[:-1] + ("0" if member_token[-1] != "0" else "1")
-    with django_assert_num_queries(0):
+    with CaptureQueriesContext(connection) as queries:
         response = trigger(api, intake_a.pk, tampered)
     _assert_401(response)
+    # no read at all: the only statements are the intake.rejected audit row's write
+    # (in its savepoint)
+    statements = [q["sql"] for q in queries.captured_queries
+                  if not q["sql"].lstrip().upper().startswith(("SAVEPOINT", "RELEASE"))]
+    assert len(statements) == 1 and statements[0].lstrip().upper().startswith("INSERT"), \
+        statements
+    assert "auxot_auditevent" in statements[0]
 
 
 def test_unknown_key_with_valid_shape_gets_401(api, intake_a, cast):

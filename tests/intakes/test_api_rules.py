@@ -13,18 +13,10 @@ from apikeys.models import ApiKey
 from apikeys.services import apikey_issue, apikey_revoke
 from auxot.errors import ApplicationError, PermissionDeniedError
 from auxot.models import AuditEvent, AuditLogEntry, Membership
-from intakes import rejections
 from intakes.models import Intake
 from intakes.services import intake_create, intake_trigger
 from tests.conftest import bearer, trigger
 from workflows.models import WorkItem
-
-
-@pytest.fixture(autouse=True)
-def fresh_rejection_budget():
-    rejections.budget.reset()
-    yield
-    rejections.budget.reset()
 
 
 @pytest.fixture
