@@ -169,7 +169,8 @@ def _typed_problems(api: Api, stranger: Api, ok, limited, work_id) -> None:
     assert int(limited_out.headers["retry-after"]) > 0
 
 
-def test_generated_client_drives_the_whole_api(generated, live_server, cast, worker, receiver):
+def test_generated_client_drives_the_whole_api(generated, live_server, cast, worker, receiver,
+                                               one_rate_limit_window):
     receiver.expect_request("/hook").respond_with_data("ok")
     ok = _intake(cast, "Greet", [("transform", {"expression": GREETING}),
                                  ("delay", {"seconds": 1})])

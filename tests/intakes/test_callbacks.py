@@ -85,13 +85,14 @@ def test_tampered_body_and_stale_timestamp_fail_verification(receiver, cb_intake
         verifier.verify(data, headers)
 
 
-def test_failure_then_retry_then_success_records_every_attempt(receiver, cb_intake):
+def test_failure_then_retry_then_success_records_every_attempt(receiver, cb_intake, settings):
+    settings.AUXOT_CALLBACK_RETRY_SCHEDULE = [0, 60, 60]  # "not due yet" holds on a slow box
     receiver.expect_oneshot_request("/hook").respond_with_data("busy", status=503)
     receiver.expect_request("/hook").respond_with_data("ok")
     item = finished_item(cb_intake)
     delivery = _deliver(item)
     assert delivery.state == "pending" and delivery.last_status == 503
-    assert delivery.next_attempt_at > timezone.now()  # schedule[1] = 1 s
+    assert delivery.next_attempt_at > timezone.now()  # schedule[1] = 60 s
     assert callback_delivery_process(delivery_id=delivery.pk) is None  # not due yet
     with time_machine.travel(delivery.next_attempt_at + timedelta(milliseconds=50)):
         assert callback_delivery_process(delivery_id=delivery.pk) == "delivered"

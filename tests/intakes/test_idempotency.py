@@ -88,7 +88,8 @@ def test_rejected_request_stores_nothing_under_the_key(api, intake_a, member_tok
 
 
 def test_rate_limited_request_stores_nothing_under_the_key(api, intake_a, member_token,
-                                                           settings):
+                                                           one_rate_limit_window):
+    settings = one_rate_limit_window
     settings.AUXOT_RATE_LIMIT_KEY = 1
     _post(api, intake_a, member_token, key="a")
     assert _post(api, intake_a, member_token, key="b").status_code == 429

@@ -3,6 +3,7 @@ and a failed item's replays), then the step progress; the diagnosis reads a cach
 heartbeat. And the same 200/404 answers as the intake lookup the other endpoints use."""
 
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 from django.utils import timezone
@@ -22,6 +23,15 @@ KEY_AND_TWO = 3  # the key (authentication), then the poll's two
 
 def _poll(api, intake, token, work_id, **params):
     return api.get(f"/v1/intake/{intake.pk}/work/{work_id}", params, **bearer(token))
+
+
+@pytest.fixture(autouse=True)
+def _cache_clock_still(monkeypatch):
+    """The heartbeat cache's clock held still, so a test's polls never outlive its 2 s TTL
+    on a slow box and the query counts below hold (two tests move it on purpose)."""
+    from auxot import ttlcache
+
+    monkeypatch.setattr(ttlcache, "time", SimpleNamespace(monotonic=lambda: 1000.0))
 
 
 @pytest.fixture

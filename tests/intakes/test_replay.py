@@ -313,7 +313,8 @@ def test_openapi_documents_the_replay_and_the_new_fields(client):
     assert "Idempotency-Key" in {p["name"] for p in operation["parameters"]}
 
 
-def test_replays_count_against_the_rate_limit(cast, api, member_token, fake_server, settings):
+def test_replays_count_against_the_rate_limit(cast, api, member_token, fake_server,
+                                              one_rate_limit_window):
     intake, original = _failed_at_two(api, cast, fake_server, member_token)
     intake.rate_limit_per_window = 2  # the trigger above used one
     intake.save()
