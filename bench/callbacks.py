@@ -12,7 +12,8 @@ DATABASE_URL (default postgres://postgres@127.0.0.1:5432/auxot_bench_callbacks).
 broker, the demo's callback settings): the issue's own case for a hanging neighbour.
 
 Phases, one run:
-1. off: N items on an intake without callbacks: engine items/s.
+1. off: N items on an intake without callbacks: engine items/s (run again once phase 2
+   has settled; phase 2's ratio is to the mean of both, as the box's speed drifts).
 2. on: N items alternating between a healthy and a flaky intake, as fast as they are
    accepted (the machine saturated): engine items/s; finish -> first attempt (healthy;
    also from the delivery's creation: the dispatcher's part), finish -> first 2xx (flaky)
@@ -254,13 +255,18 @@ def _wait_settled(ids: list[str], timeout: float) -> None:
         what="deliveries to settle")
 
 
-def _rate(ids: list[str]) -> float:
+def _span(ids: list[str]) -> float:
+    """Seconds from the first item's creation to the last one's finish."""
     from django.db.models import Max, Min
 
     from workflows.models import WorkItem
 
     span = WorkItem.objects.filter(pk__in=ids).aggregate(a=Min("created_at"), b=Max("finished_at"))
-    return len(ids) / (span["b"] - span["a"]).total_seconds()
+    return (span["b"] - span["a"]).total_seconds()
+
+
+def _rate(ids: list[str]) -> float:
+    return len(ids) / _span(ids)
 
 
 def _finish_to(ids: list[str], moments: dict[str, float], *, attempts: bool) -> list[float]:
@@ -418,9 +424,12 @@ def main() -> None:
         # 2. on
         busy = common.CpuBusy().start()
         cpu_before = common._cpu_seconds([cluster.pid])
+        queued_before = common.run_queue_seconds(cluster.pid)
         on = _fire(base, [good, bad], n)
         _wait_finished(on, timeout=max(300, n))
         busy_on = busy.stop()
+        queued_after = common.run_queue_seconds(cluster.pid)
+        span_on = _span(on)
         rate_on = _rate(on)
         all_ids += on
         _wait_settled(on, timeout=900)
@@ -437,6 +446,13 @@ def main() -> None:
         late = retry_lateness(on)
         on_failed = CallbackDelivery.objects.filter(work_item_id__in=on_bad,
                                                     state="failed").count()
+        # 2'. off again, once 'on' has settled: the box's speed drifts within minutes, and
+        # the first phase also warms everything up; off before and after brackets 'on'.
+        busy = common.CpuBusy().start()
+        off_after = _fire(base, [plain], n)
+        _wait_finished(off_after, timeout=max(300, n))
+        busy_off_after = busy.stop()
+        rate_off_after = _rate(off_after)
         # 2b. paced: the same mix at a rate the machine keeps up with (not saturated)
         if args.paced_rate is None:
             args.paced_rate = round(PACED_SHARE * rate_on, 1)
@@ -513,12 +529,24 @@ def main() -> None:
           f"started {_pcts(paced_late)}")
     print(f"finish->first attempt, healthy receiver while another hangs on every request: "
           f"{_pcts(beside_first)} (hanging items={len(hang_ids)})")
-    print(f"engine items/s: callbacks off {rate_off:.1f}, on {rate_on:.1f} "
-          f"(ratio {rate_on / rate_off:.2f}); CPU busy while the items ran: off "
-          f"{busy_off:.0%}, on {busy_on:.0%} (of {os.cpu_count()} cores)")
+    off_mean = (rate_off + rate_off_after) / 2
+    print(f"engine items/s: callbacks off {rate_off:.1f} before and {rate_off_after:.1f} after, "
+          f"on {rate_on:.1f} (ratio {rate_on / off_mean:.2f} to their mean; "
+          f"{rate_on / rate_off:.2f} to the first alone); CPU busy while the items ran: off "
+          f"{busy_off:.0%} and {busy_off_after:.0%}, on {busy_on:.0%} "
+          f"(of {os.cpu_count()} cores)")
     print(f"CPU during 'on' (until settled): dispatcher (qcluster main process) "
           f"{cpu_dispatcher:.1f} s = {cpu_dispatcher / attempts_on * 1000:.2f} ms per attempt "
           f"({attempts_on} attempts)")
+    if queued_before and queued_after:
+        # Runnable but not running: a starved process's threads queue for a CPU. The main
+        # process holds the dispatcher's threads (and the engine's ticker; steps run in its
+        # children), so this says whether callbacks waited for the CPU or for something else.
+        cpu = queued_after[0] - queued_before[0]
+        queued = queued_after[1] - queued_before[1]
+        print(f"  while 'on' ran ({span_on:.1f} s): qcluster main process's threads on a CPU "
+              f"{cpu:.1f} s, runnable but waiting for one {queued:.1f} s "
+              f"({queued / span_on:.1f} threads waiting on average)")
     print(f"crash phase: {len(crash_ids)} flaky items, {kills} SIGKILLs of qcluster")
     print(f"deliveries checked={len(all_ids)} lost={lost} duplicated={duplicated} (receiver "
           f"answered 2xx twice for one webhook-id) recorded_twice={recorded_twice} (two 2xx "

@@ -173,6 +173,19 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def run_queue_seconds(pid: int) -> tuple[float, float] | None:
+    """(CPU, waiting for a CPU) seconds summed over a process's live threads, from
+    /proc/<pid>/task/*/schedstat (on-CPU ns, run-queue ns, timeslices): how long its
+    threads were runnable but not running. None where the kernel keeps no schedstat."""
+    on_cpu = waiting = 0
+    found = False
+    for path in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        with contextlib.suppress(OSError, ValueError):
+            running, queued, _slices = path.read_text().split()
+            on_cpu, waiting, found = on_cpu + int(running), waiting + int(queued), True
+    return (on_cpu / 1e9, waiting / 1e9) if found else None
+
+
 def idle_cost(cluster_pid: int, seconds: float) -> dict:
     """What an idle qcluster costs: its database transactions/s (PostgreSQL's counter for
     this database; the bench's own two reads subtracted) and its processes' CPU ms/s."""

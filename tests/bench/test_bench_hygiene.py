@@ -1,5 +1,9 @@
 """The benchmark's hygiene: it only empties bench databases, and it starts from nothing."""
 
+import os
+import threading
+import time
+
 import pytest
 from django.db import connection
 from django_q.models import OrmQ
@@ -61,3 +65,27 @@ def test_profile_cleanup_deletes_the_items_its_triggers_created(cast, api, intak
     assert profile_cleanup(fixture) == 3
     assert list(WorkItem.objects.all()) == [other]  # not one of the intake's
     assert not OrmQ.objects.filter(key="bench-ceiling").exists()
+
+
+def test_run_queue_seconds_counts_every_threads_cpu():
+    before = common.run_queue_seconds(os.getpid())
+    assert before is not None, "Linux keeps /proc/<pid>/task/*/schedstat"
+
+    def spin():
+        end = time.thread_time() + 0.2
+        while time.thread_time() < end:
+            pass
+
+    thread = threading.Thread(target=spin)
+    thread.start()
+    spin()
+    thread.join()
+    after = common.run_queue_seconds(os.getpid())
+    # the spinning thread has ended, so its 0.2 s may be gone from the sum; the main
+    # thread's stays
+    assert after[0] - before[0] >= 0.19
+    assert after[1] >= before[1]
+
+
+def test_run_queue_seconds_of_no_process_is_none():
+    assert common.run_queue_seconds(2**22 + 1) is None  # above pid_max's default ceiling
