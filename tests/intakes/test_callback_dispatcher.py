@@ -378,7 +378,10 @@ def test_deliveries_coming_due_in_quick_succession_share_a_look(cb_intake, endpo
     finally:
         assert dispatcher.join(10)
     gaps = [later - earlier for earlier, later in itertools.pairwise(looks)]
-    assert min(gaps) >= dispatcher_module.LOOK_SPACING
+    # Stamped a few statements after the loop's own clock reading, so a look preempted
+    # between the two (a loaded box) may seem a little early; a look per delivery would
+    # be ~10 ms apart.
+    assert min(gaps) >= dispatcher_module.LOOK_SPACING - 0.02
     # 30 due over 0.29 s: a look per 0.1 s claims them in 3 to 5 batches, not one by one.
     assert sum(claims) == 30 and len(claims) <= 6
     assert sorted(healthy.ids) == sorted(d.webhook_id for d in deliveries)  # each once
