@@ -8,6 +8,13 @@ posting threads): a healthy one (204 at once), a flaky one (40 % 500, 5 % hang
 dispatcher inside) runs the 2-step transform workflow and sends the callbacks. Database:
 DATABASE_URL (default postgres://postgres@127.0.0.1:5432/auxot_bench_callbacks).
 
+`--dispatcher process` sends the callbacks from `manage.py callbacks`, a process of its own
+beside a qcluster that sends none (AUXOT_CALLBACK_THREADS=0): the layout of a host running
+deploy/systemd's auxot-callbacks.service next to auxot-worker.service. Each child process
+here gets a session of its own, so the kernel shares the CPU between them as systemd shares it
+between services (per session with autogroup, per service with cgroups), not between their
+threads. The default (`cluster`) is one qcluster with its dispatcher inside.
+
 `--embedded` runs only phase 3, on what `make run` runs (a fresh SQLite file, the ORM
 broker, the demo's callback settings): the issue's own case for a hanging neighbour.
 
@@ -24,7 +31,8 @@ Phases, one run:
    latencies when the workers are not saturated.
 3. hanging: 20 items to the always-hanging receiver, then 100 to the healthy one:
    the healthy receiver's finish -> first attempt p50/p99.
-4. crash: N/2 items to the flaky intake while qcluster is SIGKILLed twice (and restarted):
+4. crash: N/2 items to the flaky intake while qcluster (and the callbacks process, if any)
+   is SIGKILLed twice (and restarted):
    lost (finished items whose callback never got a 2xx and is not failed for good) and
    duplicated (webhook-ids answered 2xx more than once) over every phase.
 """
@@ -373,6 +381,17 @@ def schedule_floor(samples: int = 100_000) -> list[float]:
     return out
 
 
+def _cluster(dispatcher: str) -> tuple[common.Proc, common.Proc]:
+    """(qcluster, the process whose threads send the callbacks): the same one, or, for
+    `process`, `manage.py callbacks` beside a qcluster that sends none."""
+    if dispatcher == "cluster":
+        cluster = common.qcluster(**ENV)
+        return cluster, cluster
+    cluster = common.qcluster(**{**ENV, "AUXOT_CALLBACK_THREADS": "0"})
+    return cluster, common.Proc([sys.executable, "manage.py", "callbacks", "--threads", "64"],
+                                **ENV).start()
+
+
 def _pcts(values: list[float]) -> str:
     return (f"p50={common.percentile(values, 50):.3f}s p99={common.percentile(values, 99):.3f}s "
             f"n={len(values)}")
@@ -386,6 +405,10 @@ def main() -> None:
                         help="triggers/s of the paced phase; by default PACED_SHARE of the "
                              "rate the engine drained with callbacks on (phase 2), so it stays "
                              "below what this machine drains, however fast it is today")
+    parser.add_argument("--dispatcher", choices=("cluster", "process"), default="cluster",
+                        help="where callbacks are sent from: qcluster's main process (the "
+                             "default), or `manage.py callbacks`, a process of its own beside a "
+                             "qcluster that sends none")
     parser.add_argument("--embedded", action="store_true",
                         help="only the hanging-neighbour case, on make run's embedded default")
     args = parser.parse_args()
@@ -409,7 +432,7 @@ def main() -> None:
     port = common.free_port()
     web = common.gunicorn(port, **ENV)
     base = f"http://127.0.0.1:{port}"
-    cluster = common.qcluster(**ENV)
+    cluster, sender = _cluster(args.dispatcher)
     breakers = BreakerWatch()
     breakers.start()
     all_ids: list[str] = []
@@ -423,18 +446,19 @@ def main() -> None:
         rate_off = _rate(off)
         # 2. on
         busy = common.CpuBusy().start()
-        cpu_before = common._cpu_seconds([cluster.pid])
-        queued_before = common.run_queue_seconds(cluster.pid)
+        cpu_before = common._cpu_seconds([sender.pid])
+        queued_before = common.run_queue_seconds(sender.pid)
         on = _fire(base, [good, bad], n)
         _wait_finished(on, timeout=max(300, n))
         busy_on = busy.stop()
-        queued_after = common.run_queue_seconds(cluster.pid)
+        queued_after = common.run_queue_seconds(sender.pid)
         span_on = _span(on)
         rate_on = _rate(on)
         all_ids += on
         _wait_settled(on, timeout=900)
-        # The dispatcher runs in qcluster's main process (steps in its child processes).
-        cpu_dispatcher = common._cpu_seconds([cluster.pid]) - cpu_before
+        # The dispatcher runs in qcluster's main process (steps in its child processes), or
+        # alone in the callbacks process.
+        cpu_dispatcher = common._cpu_seconds([sender.pid]) - cpu_before
         attempts_on = CallbackAttempt.objects.filter(delivery__work_item_id__in=on).count()
         on_good = [w for w in on if CallbackDelivery.objects.filter(
             work_item_id=w, intake_id=good[0].pk).exists()]
@@ -482,14 +506,18 @@ def main() -> None:
             if part < 2:
                 time.sleep(0.5)
                 cluster.kill()
+                if sender is not cluster:
+                    sender.kill()
                 kills += 1
-                cluster = common.qcluster(**ENV)
+                cluster, sender = _cluster(args.dispatcher)
         all_ids += crash_ids
         _wait_finished(crash_ids, timeout=max(300, n))
         _wait_settled(crash_ids, timeout=900)
     finally:
         breaker_note = breakers.stop()
         cluster.stop()
+        if sender is not cluster:
+            sender.stop()
         web.stop()
     stats = receivers.stats()
     receivers.close()
@@ -513,7 +541,10 @@ def main() -> None:
         delivery__work_item_id__in=all_ids, status_code__gte=200, status_code__lt=300,
     ).values("delivery_id").annotate(n=Count("pk")).filter(n__gt=1).count()
     bad_signatures = sum(r["bad_signatures"] for r in stats.values())
-    print(f"items={n} schedule={SCHEDULE} at {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+    where = ("qcluster's main process" if args.dispatcher == "cluster"
+             else "`manage.py callbacks`, its own process")
+    print(f"items={n} schedule={SCHEDULE} dispatcher={args.dispatcher} at "
+          f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     print(f"finish->first attempt, healthy receiver: {_pcts(first_attempt)}")
     print(f"  of which delivery created (the item's commit) -> first attempt: "
           f"{_pcts(created_to_first)}")
@@ -535,19 +566,21 @@ def main() -> None:
           f"{rate_on / rate_off:.2f} to the first alone); CPU busy while the items ran: off "
           f"{busy_off:.0%} and {busy_off_after:.0%}, on {busy_on:.0%} "
           f"(of {os.cpu_count()} cores)")
-    print(f"CPU during 'on' (until settled): dispatcher (qcluster main process) "
+    print(f"CPU during 'on' (until settled): dispatcher ({where}) "
           f"{cpu_dispatcher:.1f} s = {cpu_dispatcher / attempts_on * 1000:.2f} ms per attempt "
           f"({attempts_on} attempts)")
     if queued_before and queued_after:
-        # Runnable but not running: a starved process's threads queue for a CPU. The main
-        # process holds the dispatcher's threads (and the engine's ticker; steps run in its
-        # children), so this says whether callbacks waited for the CPU or for something else.
+        # Runnable but not running: a starved process's threads queue for a CPU. The process
+        # holds the dispatcher's threads (in qcluster, also the engine's ticker; steps run in
+        # its children), so this says whether callbacks waited for the CPU or for something
+        # else.
         cpu = queued_after[0] - queued_before[0]
         queued = queued_after[1] - queued_before[1]
-        print(f"  while 'on' ran ({span_on:.1f} s): qcluster main process's threads on a CPU "
+        print(f"  while 'on' ran ({span_on:.1f} s): {where}, its threads on a CPU "
               f"{cpu:.1f} s, runnable but waiting for one {queued:.1f} s "
               f"({queued / span_on:.1f} threads waiting on average)")
-    print(f"crash phase: {len(crash_ids)} flaky items, {kills} SIGKILLs of qcluster")
+    killed = "qcluster" if args.dispatcher == "cluster" else "qcluster and the callbacks process"
+    print(f"crash phase: {len(crash_ids)} flaky items, {kills} SIGKILLs of {killed}")
     print(f"deliveries checked={len(all_ids)} lost={lost} duplicated={duplicated} (receiver "
           f"answered 2xx twice for one webhook-id) recorded_twice={recorded_twice} (two 2xx "
           f"attempt rows for one delivery) "
