@@ -6,4 +6,9 @@ class AuxotConfig(AppConfig):
     verbose_name = "Organizations and audit"
 
     def ready(self) -> None:
-        from auxot import checks  # noqa: F401 - registers the checks
+        from auxot import (
+            checks,  # noqa: F401 - registers the checks
+            pgtime,
+        )
+
+        pgtime.connect()  # PostgreSQL: timestamps parsed in C (see auxot/pgtime.py)
