@@ -88,34 +88,54 @@ LOOK_SPACING = 0.1
 class DatabaseJobs:
     """The database threads' work: outcomes first, taken in batches (one commit records many
     and the window in which a crash would lose a receiver's 2xx stays short), then the
-    preparation of claimed batches, one batch per job."""
+    preparation of claimed batches, one batch per job.
+
+    Wake-ups are counted: each costs a context switch, and on a busy host a woken thread can
+    take the CPU from the one holding the GIL, stalling every other thread of the process.
+    So a job wakes one thread, not all: a preparation wakes one preparing thread; an outcome
+    wakes the outcome thread only if it waits and nobody woke it yet (it then takes all that
+    came meanwhile, up to OUTCOME_BATCH), and a preparing thread only when more than a batch
+    is waiting."""
 
     def __init__(self) -> None:
-        self._cv = threading.Condition()
+        lock = threading.Lock()
+        self._for_outcomes = threading.Condition(lock)  # the outcome thread waits here
+        self._for_any = threading.Condition(lock)  # the preparing threads wait here
         self._outcomes: deque = deque()
         self._prepares: deque = deque()
         self._closed = False
+        self._outcome_thread_waits = False  # and has not been woken yet
 
     def put(self, job: tuple) -> None:
-        with self._cv:
+        with self._for_any:
             self._prepares.append(job)
-            self._cv.notify_all()  # a notify() could wake only the outcome thread
+            self._for_any.notify()
 
     def put_outcome(self, outcome: tuple) -> None:
-        with self._cv:
+        with self._for_any:
             self._outcomes.append(outcome)
-            self._cv.notify_all()
+            if self._outcome_thread_waits:
+                self._outcome_thread_waits = False
+                self._for_outcomes.notify()
+            elif len(self._outcomes) > OUTCOME_BATCH:
+                self._for_any.notify()  # more than one batch: a preparing thread helps
 
     def close(self) -> None:
-        with self._cv:
+        with self._for_any:
             self._closed = True
-            self._cv.notify_all()
+            self._for_outcomes.notify_all()
+            self._for_any.notify_all()
 
     def take(self, block: bool = True, outcomes_only: bool = False) -> tuple | None:
-        with self._cv:
-            while block and not (self._outcomes or (self._prepares and not outcomes_only)
-                                 or self._closed):
-                self._cv.wait()
+        with self._for_any:
+            if outcomes_only:
+                while block and not (self._outcomes or self._closed):
+                    self._outcome_thread_waits = True
+                    self._for_outcomes.wait()
+                self._outcome_thread_waits = False
+            else:
+                while block and not (self._outcomes or self._prepares or self._closed):
+                    self._for_any.wait()
             if self._outcomes:
                 batch = [self._outcomes.popleft()
                          for _ in range(min(OUTCOME_BATCH, len(self._outcomes)))]

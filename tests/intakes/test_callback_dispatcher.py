@@ -729,3 +729,115 @@ def test_a_410_in_a_batch_disables_the_intakes_callback(cb_intake):
     assert by_default == {True: "disabled", False: "failed"}  # an override stops only itself
     cb_intake.refresh_from_db()
     assert cb_intake.callback_disabled
+
+
+class _Waits:
+    """Counts Condition.wait calls that return, per thread, while patched in."""
+
+    def __init__(self, monkeypatch, names: list[str]):
+        self.names = set(names)
+        self.lock = threading.Lock()
+        self.entered: dict[str, int] = {}
+        self.returned: dict[str, int] = {}
+        original = threading.Condition.wait
+        waits = self
+
+        def wait(condition, timeout=None):
+            name = threading.current_thread().name
+            if name not in waits.names:  # other threads of the test process
+                return original(condition, timeout)
+            with waits.lock:
+                waits.entered[name] = waits.entered.get(name, 0) + 1
+            try:
+                return original(condition, timeout)
+            finally:
+                with waits.lock:
+                    waits.returned[name] = waits.returned.get(name, 0) + 1
+
+        monkeypatch.setattr(threading.Condition, "wait", wait)
+
+    def total(self) -> int:
+        with self.lock:
+            return sum(self.returned.values())
+
+    def waiting(self) -> set[str]:
+        with self.lock:
+            return {n for n, count in self.entered.items() if count > self.returned.get(n, 0)}
+
+
+def test_a_database_job_wakes_one_thread_not_all(monkeypatch):
+    """Each wake-up is a context switch, and on a busy host a woken thread may take the CPU
+    from the one holding the GIL: an outcome wakes the outcome thread only, a preparation
+    one preparing thread; outcomes that come while the outcome thread is busy wait for it
+    (one batch), unless there are more than it takes at once."""
+    names = ["jobs-outcomes", "jobs-db-1", "jobs-db-2", "jobs-db-3"]
+    waits = _Waits(monkeypatch, names)
+    jobs = dispatcher_module.DatabaseJobs()
+    taken: dict[str, list] = {name: [] for name in names}  # each thread appends to its own
+    busy = threading.Lock()  # held: the outcome thread is "recording" (not a Condition wait)
+
+    def loop(name: str, outcomes_only: bool) -> None:
+        while (job := jobs.take(outcomes_only=outcomes_only)) is not None:
+            taken[name].append(job)
+            if outcomes_only:
+                with busy:
+                    pass
+
+    threads = [threading.Thread(target=loop, args=(name, name == "jobs-outcomes"), name=name,
+                                daemon=True) for name in names]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(lambda: waits.waiting() == set(names), timeout=5)
+        jobs.put_outcome("first")
+        wait_for(lambda: taken["jobs-outcomes"], timeout=5)
+        time.sleep(0.2)  # a woken thread with nothing to take would have waited again by now
+        assert waits.total() == 1
+        assert {name: got for name, got in taken.items() if got} == {
+            "jobs-outcomes": [("finish", ["first"])]}
+
+        jobs.put(("prepare", "batch"))
+        wait_for(lambda: sum(bool(got) for got in taken.values()) == 2, timeout=5)
+        time.sleep(0.2)
+        assert waits.total() == 2
+        [preparer] = {name for name, got in taken.items() if got} - {"jobs-outcomes"}
+        assert taken[preparer] == [("prepare", "batch")]
+
+        # The outcome thread is busy: a few outcomes wait for it and go in one batch.
+        wait_for(lambda: waits.waiting() == set(names), timeout=5)
+        busy.acquire()
+        jobs.put_outcome("second")
+        wait_for(lambda: len(taken["jobs-outcomes"]) == 2, timeout=5)  # took it, now "recording"
+        for index in range(5):
+            jobs.put_outcome(f"queued-{index}")
+        time.sleep(0.2)
+        woken = waits.total()
+        assert woken == 3  # none for the five: the outcome thread takes them when it is done
+        busy.release()
+        wait_for(lambda: len(taken["jobs-outcomes"]) == 3, timeout=5)
+        assert taken["jobs-outcomes"][2] == ("finish", [f"queued-{i}" for i in range(5)])
+
+        # More than one batch while it is busy: one preparing thread is woken to help.
+        wait_for(lambda: waits.waiting() == set(names), timeout=5)
+        busy.acquire()
+        jobs.put_outcome("third")
+        wait_for(lambda: len(taken["jobs-outcomes"]) == 4, timeout=5)
+        batch = dispatcher_module.OUTCOME_BATCH
+        for index in range(batch + 1):
+            jobs.put_outcome(index)
+        wait_for(lambda: sum(len(job[1]) for name, got in taken.items() if name != "jobs-outcomes"
+                             for job in got if job[0] == "finish") == batch + 1, timeout=5)
+        helped = [job for name, got in taken.items() if name != "jobs-outcomes" for job in got
+                  if job[0] == "finish"]
+        assert helped[0] == ("finish", list(range(batch)))  # a batch at once, in order
+        assert [item for job in helped for item in job[1]] == list(range(batch + 1))
+        assert len(taken["jobs-outcomes"]) == 4  # still busy: it took none of them
+        assert waits.total() == 5  # the outcome thread for "third", one helper
+        busy.release()
+    finally:
+        if busy.locked():
+            busy.release()
+        jobs.close()
+        for thread in threads:
+            thread.join(5)
+    assert not any(thread.is_alive() for thread in threads)
