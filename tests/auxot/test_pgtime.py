@@ -89,19 +89,23 @@ def test_a_session_in_another_time_zone_gets_djangos_results_too():
     assert all(value.tzinfo is UTC for value in ours[:-1])
 
 
+def _connection(vendor: str, timezone, registered: list) -> SimpleNamespace:
+    """A Django connection as `fast_timestamps` sees it, recording what it registers."""
+    return SimpleNamespace(vendor=vendor, timezone=timezone, connection=SimpleNamespace(
+        adapters=SimpleNamespace(register_loader=lambda *args: registered.append(args))))
+
+
 @pytest.mark.parametrize("vendor, timezone", [
     ("sqlite", UTC), ("postgresql", ZoneInfo("Europe/Berlin")), ("postgresql", None)])
 def test_left_to_django_where_its_results_would_differ(vendor, timezone):
     registered = []
-    stub = SimpleNamespace(vendor=vendor, timezone=timezone, connection=SimpleNamespace(
-        adapters=SimpleNamespace(register_loader=lambda *args: registered.append(args))))
+    stub = _connection(vendor, timezone, registered)
     assert fast_timestamps(sender=None, connection=stub) is False
     assert registered == []
 
 
 def test_a_utc_postgresql_connection_gets_the_loader():
     registered = []
-    stub = SimpleNamespace(vendor="postgresql", timezone=UTC, connection=SimpleNamespace(
-        adapters=SimpleNamespace(register_loader=lambda *args: registered.append(args))))
+    stub = _connection("postgresql", UTC, registered)
     assert fast_timestamps(sender=None, connection=stub) is True
     assert registered == [("timestamptz", UtcTimestamptzLoader)]
