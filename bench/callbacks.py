@@ -25,7 +25,9 @@ Phases, one run:
    accepted (the machine saturated): engine items/s; finish -> first attempt (healthy;
    also from the delivery's creation: the dispatcher's part), finish -> first 2xx (flaky)
    beside the floor the schedule and the hangs alone give, retry due -> started, breaker
-   openings, the dispatcher's CPU per attempt.
+   openings, the dispatcher's CPU per attempt, and where the machine's CPU went while 'off'
+   and 'on' ran (bench.common.CpuByRole: the bench's callers, the receivers, gunicorn,
+   qcluster, the callbacks process, PostgreSQL, the rest).
 2b. paced: --paced-items of the same mix at --paced-rate triggers/s (by default 40 % of what
    phase 2 drained: below what the machine drains, however fast it is that day): the same
    latencies when the workers are not saturated.
@@ -438,19 +440,27 @@ def main() -> None:
     all_ids: list[str] = []
     try:
         n = args.items
+        roles = {"bench's callers": [os.getpid()], "receivers": [receivers.proc.pid],
+                 "gunicorn": [web.pid], "qcluster": [cluster.pid]}
+        if sender is not cluster:
+            roles["callbacks process"] = [sender.pid]
         # 1. off
         busy = common.CpuBusy().start()
+        where_off = common.CpuByRole(roles).start()
         off = _fire(base, [plain], n)
         _wait_finished(off, timeout=max(300, n))
         busy_off = busy.stop()
+        where_off.stop()
         rate_off = _rate(off)
         # 2. on
         busy = common.CpuBusy().start()
+        where_on = common.CpuByRole(roles).start()
         cpu_before = common._cpu_seconds([sender.pid])
         queued_before = common.run_queue_seconds(sender.pid)
         on = _fire(base, [good, bad], n)
         _wait_finished(on, timeout=max(300, n))
         busy_on = busy.stop()
+        where_on.stop()
         queued_after = common.run_queue_seconds(sender.pid)
         span_on = _span(on)
         rate_on = _rate(on)
@@ -566,6 +576,9 @@ def main() -> None:
           f"{rate_on / rate_off:.2f} to the first alone); CPU busy while the items ran: off "
           f"{busy_off:.0%} and {busy_off_after:.0%}, on {busy_on:.0%} "
           f"(of {os.cpu_count()} cores)")
+    print(f"where the CPU went while 'off' ran (until its last item finished): "
+          f"{where_off.summary()}")
+    print(f"  and while 'on' ran: {where_on.summary()}")
     print(f"CPU during 'on' (until settled): dispatcher ({where}) "
           f"{cpu_dispatcher:.1f} s = {cpu_dispatcher / attempts_on * 1000:.2f} ms per attempt "
           f"({attempts_on} attempts)")

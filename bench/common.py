@@ -173,6 +173,77 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def _process_cpu() -> dict[int, tuple[int, str, float]]:
+    """Every live process: pid -> (parent pid, command name, CPU seconds so far: its own and
+    its reaped children's)."""
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            head, tail = stat.read_text().rsplit(")", 1)
+            fields = tail.split()
+            out[int(stat.parent.name)] = (int(fields[1]), head.split("(", 1)[1],
+                                          sum(int(f) for f in fields[11:15])
+                                          / os.sysconf("SC_CLK_TCK"))
+    return out
+
+
+class CpuByRole:
+    """Where the machine's CPU went between start() and stop(): each role's processes (the
+    pids given and all their descendants), PostgreSQL's (every process named `postgres`),
+    and the rest. A process counts if it is alive at the end (all its CPU, if it started
+    meanwhile), or was reaped meanwhile by one that is (its whole CPU then counts in its
+    parent's role: a PostgreSQL connection that lasted one request is in the postmaster's).
+    One that ended unreaped by a live process is missed."""
+
+    def __init__(self, roles: dict[str, list[int]]) -> None:
+        self.roles = roles
+
+    def _snapshot(self) -> dict[tuple[str, int], float]:
+        """(role, pid) -> CPU seconds so far, for every live process."""
+        procs = _process_cpu()
+        role_of: dict[int, str] = {}
+        for role, pids in self.roles.items():
+            for pid in pids:
+                role_of[pid] = role
+        totals: dict[tuple[str, int], float] = {}
+        for pid, (_parent, name, cpu) in procs.items():  # a pid, or its nearest ancestor, named
+            role, at = None, pid
+            for _ in range(64):  # walk up to a role's pid (or the top)
+                if at in role_of:
+                    role = role_of[at]
+                    break
+                if at not in procs:
+                    break
+                at = procs[at][0]
+            if role is None:
+                role = "postgresql" if name.startswith("postgres") else "other"
+            totals[(role, pid)] = cpu
+        return totals
+
+    def start(self) -> "CpuByRole":
+        self._start, self._busy = self._snapshot(), CpuBusy().start()
+        self._wall = time.monotonic()
+        return self
+
+    def stop(self) -> dict[str, float]:
+        end = self._snapshot()
+        spent: dict[str, float] = {}
+        for key, cpu in end.items():
+            # A process started meanwhile spent all its CPU in the window.
+            spent[key[0]] = spent.get(key[0], 0.0) + cpu - self._start.get(key, 0.0)
+        self.busy = self._busy.stop()
+        self.wall = time.monotonic() - self._wall
+        self.spent = spent
+        return spent
+
+    def summary(self) -> str:
+        """The machine's CPU seconds (from /proc/stat) and each role's, largest first."""
+        machine = self.busy * self.wall * (os.cpu_count() or 1)
+        parts = sorted(self.spent.items(), key=lambda kv: -kv[1])
+        return (f"{machine:.1f} s of CPU in {self.wall:.1f} s: " + ", ".join(
+            f"{role} {cpu:.1f} s" for role, cpu in parts if cpu >= 0.05))
+
+
 def run_queue_seconds(pid: int) -> tuple[float, float] | None:
     """(CPU, waiting for a CPU) seconds summed over a process's live threads, from
     /proc/<pid>/task/*/schedstat (on-CPU ns, run-queue ns, timeslices): how long its

@@ -89,3 +89,44 @@ def test_run_queue_seconds_counts_every_threads_cpu():
 
 def test_run_queue_seconds_of_no_process_is_none():
     assert common.run_queue_seconds(2**22 + 1) is None  # above pid_max's default ceiling
+
+
+SPIN = ("import sys, time\n"
+        "def spin(s):\n"
+        "    end = time.process_time() + s\n"
+        "    while time.process_time() < end:\n"
+        "        pass\n")
+
+
+def test_cpu_by_role_counts_each_roles_processes_started_and_reaped_ones_too():
+    import subprocess
+    import sys
+
+    # Started before the window, and spins 0.3 s inside it once told to.
+    spinner = subprocess.Popen([sys.executable, "-c", SPIN + "sys.stdin.readline(); spin(0.3); "
+                                "print('done', flush=True); sys.stdin.readline()"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.3)  # its start-up is before the window
+        where = common.CpuByRole({"spinner": [spinner.pid], "tests": [os.getpid()]}).start()
+        spinner.stdin.write("go\n")
+        spinner.stdin.flush()
+        # Started and ended (reaped by this process) inside the window: 0.2 s.
+        subprocess.run([sys.executable, "-c", SPIN + "spin(0.2)"], check=True)
+        # Started inside the window and still alive at its end: 0.2 s.
+        alive = subprocess.Popen([sys.executable, "-c", SPIN + "spin(0.2); print('done', "
+                                  "flush=True); sys.stdin.readline()"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert alive.stdout.readline().strip() == "done"
+        assert spinner.stdout.readline().strip() == "done"
+        spent = where.stop()
+        alive.stdin.write("\n")
+        alive.stdin.flush()
+        alive.wait(10)
+    finally:
+        spinner.kill()
+        spinner.wait(10)
+    assert 0.28 <= spent["spinner"] < 0.6, spent  # its own spin, nothing of the others
+    assert spent["tests"] >= 0.38, spent  # both children: the reaped one and the live one
+    assert where.summary().startswith(f"{where.busy * where.wall * os.cpu_count():.1f} s of CPU")
+    assert "spinner 0." in where.summary()
