@@ -1,9 +1,12 @@
-"""CPU per outbound POST, in process: `python bench/outbound.py [-n 2000] [--rounds 3]`.
+"""CPU per outbound POST, in process: `python bench/outbound.py [-n 2000] [--rounds 3]
+[--threads 1,64]`.
 
 What the outbound guard costs the sender, by both ways out: `outbound_post` (the lean POST
 the callback dispatcher uses) and `outbound_request` (requests' objects, for `http` steps and
 agent providers). Each: N POSTs of a callback-sized body to a fast local receiver, one
-after another, then the same N from 64 threads at once. The receiver runs in its own process
+after another, then the same N from 64 threads at once (`--threads`: other counts; CPython
+hands its GIL over at each blocking read and write, so concurrent POSTs cost more CPU each
+than sequential ones). The receiver runs in its own process
 (http.server's ThreadingHTTPServer speaking HTTP/1.1 with keep-alive, answering `200 ok`), so
 its CPU is not counted. The figure is the sender's CPU time (time.process_time, every thread)
 divided by N: a busy box moves it less than wall time. Medians of the rounds, with the wall
@@ -23,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-THREADS = 64
+THREADS = "1,64"
 WAYS = ("outbound_post", "outbound_request")
 BODY = json.dumps({"type": "work_item.completed", "data": {"work_id": "0" * 26,
                                                           "output": {"n": "x" * 300}}}).encode()
@@ -87,6 +90,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("-n", type=int, default=2000, help="requests per case and round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", default=THREADS,
+                        help="sending threads per case, comma-separated (1: one after another)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -104,7 +109,7 @@ def main() -> None:
             _case(url, 50, 1, way)  # warm up: imports, the first connections
         for _ in range(args.rounds):
             for way in WAYS:
-                for threads in (1, THREADS):
+                for threads in (int(t) for t in args.threads.split(",")):
                     name = f"{way}, {'sequential' if threads == 1 else f'{threads} threads'}"
                     results.setdefault(name, []).append(_case(url, args.n, threads, way))
     finally:
