@@ -436,7 +436,7 @@ def _outcome(delivery: CallbackDelivery, result: SendResult,
     if result.status == 410:
         return (State.DISABLED if delivery.uses_intake_default else State.FAILED), None, \
             "the receiver answered 410 Gone"
-    if result.headers.get("webhook-delivery", "").strip().lower() == "abort-message":
+    if _asked_to_stop(result):
         return State.FAILED, None, "the receiver asked to stop (webhook-delivery: abort-message)"
     why = result.error or f"HTTP {result.status}" + (
         " (redirects are not followed)" if 300 <= (result.status or 0) < 400 else "")
@@ -470,9 +470,17 @@ def _delivery_result(delivery: CallbackDelivery, token: str, result: SendResult,
     return state, bool(changed), why
 
 
-def _answered(result: SendResult, why: str) -> bool:
-    # A deliberate answer (2xx, 410, abort-message) shows the endpoint is up.
-    return result.ok or result.status == 410 or "abort-message" in why
+def _asked_to_stop(result: SendResult) -> bool:
+    """The receiver answered `webhook-delivery: abort-message` (an HTTP answer, not an error
+    text: a receiver can put any words in a malformed status line)."""
+    return result.status is not None and str(
+        result.headers.get("webhook-delivery", "")).strip().lower() == "abort-message"
+
+
+def _answered(result: SendResult) -> bool:
+    # A deliberate answer (2xx, 410, abort-message) shows the endpoint is up. From the answer
+    # itself, never from the error's text, which may quote what the receiver sent.
+    return result.ok or result.status == 410 or _asked_to_stop(result)
 
 
 def _attempt_record(delivery: CallbackDelivery, token: str, attempt: CallbackAttempt,
@@ -483,7 +491,7 @@ def _attempt_record(delivery: CallbackDelivery, token: str, attempt: CallbackAtt
         attempt.save(update_fields=_ATTEMPT_RESULT_FIELDS)
         state, changed, why = _delivery_result(delivery, token, result, now)
     if changed and not result.refused:  # a refusal sent nothing: it says nothing of the host
-        endpoint_outcome(key=delivery.endpoint, ok=_answered(result, why), error=why, now=now)
+        endpoint_outcome(key=delivery.endpoint, ok=_answered(result), error=why, now=now)
     return state
 
 
@@ -797,7 +805,7 @@ def callback_attempts_finish(*, outcomes: list[tuple[PreparedAttempt, SendResult
                                         reason=f"410 Gone from {url_redact(delivery.url)}")
             if not result.refused:  # a refusal sent nothing: it says nothing of the host
                 by_endpoint.setdefault(delivery.endpoint, []).append(
-                    (_answered(result, why), why))
+                    (_answered(result), why))
         for key, answers in by_endpoint.items():
             endpoint_outcomes(key=key, answers=answers, now=now)
     states = [state for _p, _r, state, _n, _w in decided]

@@ -31,6 +31,31 @@ def test_retry_after_reads_seconds_and_http_dates(value, expected):
     assert retry_after_seconds(value, now=NOW) == expected
 
 
+# What a called server may put in the header: every one gives a finite delay or None, never
+# an exception (a receiver must not make its own answer unrecordable).
+HOSTILE = ["²", "³", "¹", "١٢", "\uff11\uff12", "½", "9" * 31, "9" * 400, "99999999999999", "1e3",
+           "5.5", "NaN", "inf", "-0", "0x10", "+5", "5 5", "\x00", "\u2028", "5\r\nX: y",
+           "Mon, 31 Dec 9999 23:59:59 GMT", "Sun, 06 Nov 1994 08:49:37 GMT", "Sun, 99 Nov 1994",
+           "Mon, 30 Nov 2026 12:00:30 GMT garbage", "\udcff", "9" * 10_000]
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+@pytest.mark.parametrize("cap", [None, 3600.0])
+def test_retry_after_never_raises_and_never_gives_an_unusable_delay(value, cap):
+    from datetime import timedelta
+
+    seconds = retry_after_seconds(value, now=NOW, cap=cap)
+    assert seconds is None or 0 <= seconds <= (cap or 100 * 365 * 86400)
+    if seconds is not None:
+        assert NOW + timedelta(seconds=seconds) >= NOW  # usable as a schedule
+
+
+@pytest.mark.parametrize(("value", "expected"), [("²", None), ("١٢", None), ("\uff11\uff12", None),
+                                                 ("99999999999999", None), ("0042", 42.0)])
+def test_retry_after_takes_ascii_digits_only(value, expected):
+    assert retry_after_seconds(value, now=NOW) == expected
+
+
 def test_retry_after_is_capped_when_asked():
     assert retry_after_seconds("86400", now=NOW, cap=3600) == 3600
 

@@ -658,6 +658,52 @@ def test_the_breaker_sees_a_batchs_outcomes_in_order(cb_intake, settings):
 
 
 @pytest.mark.django_db
+def test_an_unreadable_retry_after_leaves_the_outcome_recorded_on_schedule(cb_intake, settings):
+    """A receiver's header never makes its own answer unrecordable ('²' is a digit to
+    str.isdigit(), and float() refuses it)."""
+    from intakes.callbacks import SendResult, callback_attempts_finish
+
+    settings.AUXOT_CALLBACK_RETRY_SCHEDULE = [0, 7]
+    settings.AUXOT_CALLBACK_JITTER = 0
+    url = "http://127.0.0.1:9/hook"
+    prepared = _prepared_batch(cb_intake, url, 3)
+    answers = [SendResult(status=503, headers={"retry-after": value}) for value in (
+        "\u00b2", "9" * 400, "99999999999999")]
+    before = timezone.now()
+    states = callback_attempts_finish(outcomes=list(zip(prepared, answers, strict=True)))
+    assert states == ["pending"] * 3
+    for p in prepared:
+        delivery = CallbackDelivery.objects.get(pk=p.delivery.pk)
+        assert delivery.lease_token == "" and delivery.last_status == 503
+        wait = (delivery.next_attempt_at - before).total_seconds()
+        assert 6.5 < wait < 60, wait  # the schedule's 7 s: the header ignored
+        assert CallbackAttempt.objects.get(pk=p.attempt.pk).finished_at is not None
+    assert CallbackEndpoint.objects.get(key=endpoint_key(url)).consecutive_failures == 3
+
+
+@pytest.mark.django_db
+def test_only_an_answer_saying_abort_message_counts_as_deliberate(cb_intake, settings):
+    """An error whose text quotes the receiver (a malformed status line saying
+    'abort-message') is a failure for the breaker; the header on an answer is not."""
+    from intakes.callbacks import SendResult, callback_attempts_finish
+
+    settings.AUXOT_CALLBACK_BREAKER_FAILURES = 10
+    url = "http://127.0.0.1:9/hook"
+    quoted = SendResult(error="connection failed: ProtocolError: ('Connection aborted.', "
+                              "BadStatusLine('HTTP/1.1 abort-message\\r\\n'))")
+    states = callback_attempts_finish(outcomes=[(p, quoted) for p in _prepared_batch(
+        cb_intake, url, 2)])
+    assert states == ["pending", "pending"]  # retried: it did not ask to stop
+    endpoint = CallbackEndpoint.objects.get(key=endpoint_key(url))
+    assert endpoint.consecutive_failures == 2
+    asked = SendResult(status=400, headers={"webhook-delivery": "abort-message"})
+    [prepared] = _prepared_batch(cb_intake, url, 1)
+    assert callback_attempts_finish(outcomes=[(prepared, asked)]) == ["failed"]
+    endpoint.refresh_from_db()
+    assert endpoint.consecutive_failures == 0  # a deliberate answer: the endpoint is up
+
+
+@pytest.mark.django_db
 def test_a_batch_of_outcomes_that_fails_is_recorded_one_at_a_time(cb_intake, endpoints,
                                                                  monkeypatch, caplog):
     from intakes import callbacks
