@@ -21,7 +21,7 @@ def intake_snippets(*, base_url: str, intake_id: str) -> list[tuple[str, str, st
         "  -d '{\"customer\": \"Ada\"}'"
     )
     curl_poll = (
-        f"curl -sS '{trigger}/work/$WORK_ID' \\\n"
+        f"curl -sS '{trigger}/work/'\"$WORK_ID\" \\\n"
         '  -H "Authorization: Bearer $API_KEY"'
     )
     loop = (
