@@ -145,6 +145,9 @@ class OrgScopedAdmin(admin.ModelAdmin):
     """
 
     org_path = "org"
+    # False for rows only the product writes (work items, deliveries): no add page for anyone,
+    # superusers included (their form could not make a valid row).
+    admin_adds = True
     view_roles = EVERYONE
     add_roles = MANAGERS
     change_roles = MANAGERS
@@ -207,7 +210,7 @@ class OrgScopedAdmin(admin.ModelAdmin):
         return self._allowed(request, self.view_roles, obj)
 
     def has_add_permission(self, request):
-        return self._allowed(request, self.add_roles)
+        return self.admin_adds and self._allowed(request, self.add_roles)
 
     def has_change_permission(self, request, obj=None):
         return self._allowed(request, self.change_roles, obj)

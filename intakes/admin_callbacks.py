@@ -83,6 +83,7 @@ class CallbackDeliveryAdmin(OrgScopedAdmin):
     actions = ["redeliver_now"]
     org_path = "intake__org"
     add_roles = change_roles = frozenset()
+    admin_adds = False  # made by the product only
     fields = ["webhook_id", "intake", "work_item_link", "display_url", "endpoint_status",
               "uses_intake_default", "state", "attempts", "last_status", "last_error",
               "next_attempt_at", "delivered_at", "created_at"]

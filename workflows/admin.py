@@ -224,6 +224,7 @@ class WorkItemAdmin(ExtendedInlinesMixin, WorkItemReplayMixin, WorkItemActionsMi
 
     org_path = "workflow__org"
     add_roles = change_roles = frozenset()
+    admin_adds = False  # made by the product only
     action_roles = ACTORS
     list_display = ["id", "status", "workflow", "intake", "created_at", "duration", "caller",
                     "correlation_id"]
