@@ -15,7 +15,6 @@ import contextlib
 import heapq
 import io
 import itertools
-import json
 import logging
 import socket
 import threading
@@ -24,7 +23,7 @@ from collections.abc import Callable, Iterable
 
 from django.conf import settings
 
-from auxot.errors import PROBLEM_CONTENT_TYPE, problem_body
+from auxot.errors import PROBLEM_CONTENT_TYPE, problem_json
 
 logger = logging.getLogger(__name__)
 
@@ -133,10 +132,10 @@ def _read(stream, want: int) -> bytes:
 
 def _timeout(start_response: Callable) -> list[bytes]:
     seconds = settings.AUXOT_BODY_READ_TIMEOUT_SECONDS
-    body = json.dumps(problem_body(
+    body = problem_json(
         "request_timeout",
         f"The request body did not arrive within {seconds:g} seconds; send it at once "
-        "(through a buffering proxy) and retry.")).encode()
+        "(through a buffering proxy) and retry.")
     start_response("408 Request Timeout", [("Content-Type", PROBLEM_CONTENT_TYPE),
                                            ("Content-Length", str(len(body)))])
     return [body]

@@ -4,6 +4,7 @@ Services raise `ApplicationError` (or a subclass); `exception_handler` renders i
 own exceptions and database outages in the same shape.
 """
 
+import json
 import logging
 
 from django.db import DataError, InterfaceError, OperationalError
@@ -86,6 +87,16 @@ def problem_body(code: str, detail: str, extra: dict | None = None) -> dict:
     return body
 
 
+# How every problem body is written, whoever writes it: byte for byte what DRF's JSONRenderer
+# writes for problem_response (compact separators, UTF-8), so one problem reads the same from
+# the API, the 404/500 handlers and the WSGI middlewares.
+PROBLEM_JSON = {"separators": (",", ":"), "ensure_ascii": False, "allow_nan": False}
+
+
+def problem_json(code: str, detail: str, extra: dict | None = None) -> bytes:
+    return json.dumps(problem_body(code, detail, extra), **PROBLEM_JSON).encode()
+
+
 def problem_response(
     code: str, detail: str, *, extra: dict | None = None, headers: dict | None = None
 ) -> Response:
@@ -100,8 +111,8 @@ def problem_response(
 def django_problem(code: str, detail: str) -> JsonResponse:
     """The same body for plain Django views (404/500 handlers under /v1/)."""
     return JsonResponse(
-        problem_body(code, detail), status=PROBLEMS[code][0], content_type=PROBLEM_CONTENT_TYPE
-    )
+        problem_body(code, detail), status=PROBLEMS[code][0], content_type=PROBLEM_CONTENT_TYPE,
+        json_dumps_params=PROBLEM_JSON)
 
 
 _DRF_CODES = {

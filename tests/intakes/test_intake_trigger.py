@@ -7,6 +7,7 @@ from django.db import OperationalError, connection
 from django.test.utils import CaptureQueriesContext
 from django_q.models import OrmQ
 
+from auxot.errors import PROBLEMS
 from tests.conftest import bearer, trigger
 from workflows.models import WorkItem
 
@@ -148,6 +149,18 @@ def test_unknown_v1_path_is_problem_json(api):
     assert response["Content-Type"] == "application/problem+json"
 
 
+@pytest.mark.parametrize("path", ["/v1/nothing/here", "/v1/", "/v1"])
+def test_an_unknown_v1_path_answers_byte_for_byte_as_an_unknown_intake(api, member_token,
+                                                                       path, settings):
+    unknown_intake = trigger(api, "00000000-0000-0000-0000-000000000000", member_token)
+    response = api.get(path)
+    assert response.status_code == unknown_intake.status_code == 404
+    assert response.content == unknown_intake.content
+    assert response["Content-Type"] == unknown_intake["Content-Type"]
+    settings.DEBUG = True  # routed, not left to handler404: DEBUG answers the same
+    assert api.get(path).content == unknown_intake.content
+
+
 def test_problem_type_is_dereferenceable(api, intake_a, member_token):
     problem = _post_raw(api, intake_a, member_token, b"{").json()
     doc = api.get(problem["type"])
@@ -267,3 +280,15 @@ def test_with_the_redis_broker_a_trigger_pushes_its_drain_after_commit_and_sends
         assert trigger(api, intake_a.pk, member_token).status_code == 202
     assert not any("pg_notify" in q["sql"] for q in captured.captured_queries)
     drain.assert_called_once_with()
+
+
+@pytest.mark.parametrize("code", sorted(PROBLEMS))
+def test_every_problem_is_written_as_drf_writes_it(code):
+    """The 404/500 handlers and the WSGI middlewares write problem bodies themselves; each
+    must be byte for byte what the API's renderer gives (a caller may compare bodies)."""
+    from rest_framework.renderers import JSONRenderer
+
+    from auxot.errors import problem_body, problem_json
+
+    detail = "Détail — ünïcode, \"quotes\" and a \\ backslash"
+    assert problem_json(code, detail) == JSONRenderer().render(problem_body(code, detail))

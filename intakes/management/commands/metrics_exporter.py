@@ -6,14 +6,13 @@ database-backed gauges), protected like the web /metrics: AUXOT_METRICS_TOKEN an
 AUXOT_METRICS_ALLOWED_NETWORKS must be set, or it refuses to start.
 """
 
-import json
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from auxot.errors import problem_body
+from auxot.errors import problem_body, problem_json
 from auxot.metrics import metrics_render, multiprocess_dir
 from intakes.ops.collector import StateCollector
 from intakes.ops.views import metrics_refusal_for
@@ -34,7 +33,7 @@ def metrics_app(environ, start_response):
 
 def _problem(start_response, code: str, detail: str):
     body = problem_body(code, detail)
-    data = json.dumps(body).encode()
+    data = problem_json(code, detail)
     headers = [("Content-Type", "application/problem+json"), ("Content-Length", str(len(data)))]
     if code == "unauthorized":
         headers.append(("WWW-Authenticate", 'Bearer realm="metrics"'))
