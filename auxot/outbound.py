@@ -279,6 +279,18 @@ def url_check(url: Any, *, purpose: Purpose) -> str:
     return url
 
 
+def host_key(host: str) -> str:
+    """One name per host, whatever its spelling: lower case, the IDNA (UTS 46) form the
+    connection uses for a non-ASCII name (fullwidth letters fold to ASCII), without the
+    trailing dot of a fully qualified name. For keys (a breaker, a concurrency cap), not for
+    checks: `host_check` decides what may be reached."""
+    name = host.rstrip(".")
+    try:
+        return _ascii_host(name, "host")
+    except RefusedDestination:
+        return name.lower()
+
+
 def url_redact(url: str) -> str:
     """The URL without query values (they often carry tokens) or userinfo, for display."""
     try:

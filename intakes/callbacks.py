@@ -29,7 +29,7 @@ from auxot.broker import task_enqueue
 from auxot.http import retry_after_seconds
 from auxot.logs import log_context
 from auxot.models import Organization
-from auxot.outbound import RefusedDestination, outbound_post, url_redact
+from auxot.outbound import RefusedDestination, host_key, outbound_post, url_redact
 from auxot.services import audit_record
 from auxot.storable import text_decode
 from intakes.metrics import callback_attempted
@@ -146,7 +146,7 @@ def endpoint_key(url: str) -> str:
         port = parts.port or DEFAULT_PORTS.get(parts.scheme.lower(), 0)
     except ValueError:
         return ""
-    host = (parts.hostname or "").lower()
+    host = host_key(parts.hostname or "")  # every spelling of one host: one key
     if ":" in host:
         host = f"[{host}]"
     return f"{parts.scheme.lower()}://{host}:{port}"[:300]

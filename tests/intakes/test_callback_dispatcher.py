@@ -102,6 +102,19 @@ def test_endpoint_key_is_scheme_host_and_port():
     assert endpoint_key("https://[::1]:8443/") == "https://[::1]:8443"
 
 
+@pytest.mark.parametrize("url", [
+    "https://example.com/", "https://EXAMPLE.com/a", "https://example.com./b",
+    "https://example.com:443/", "https://Example.COM.:443/x?y=1",
+    "https://\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45.com/"])  # fullwidth letters
+def test_every_spelling_of_one_host_shares_its_cap_and_breaker(url):
+    assert endpoint_key(url) == "https://example.com:443"
+
+
+def test_a_non_ascii_host_is_keyed_by_the_name_the_connection_uses():
+    assert endpoint_key("https://B\u00fccher.example./x") == "https://xn--bcher-kva.example:443"
+    assert endpoint_key("https://[::1]/") == "https://[::1]:443"
+
+
 # (senders, cap, most a hanging endpoint holds): with 4 senders a quarter is 1, below the
 # cap, so 2 are kept for others and none is lent; with 8, 2 are kept and 4 lent.
 @pytest.mark.parametrize("threads,per_host,most", [(4, 2, 2), (8, 2, 6)])
