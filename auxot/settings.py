@@ -481,7 +481,7 @@ AUXOT_CALLBACK_THREADS = env_int("AUXOT_CALLBACK_THREADS", 64, minimum=0)
 AUXOT_CALLBACK_NICE = env_int("AUXOT_CALLBACK_NICE", 5, minimum=0)
 if AUXOT_CALLBACK_NICE > 19:
     raise ImproperlyConfigured("AUXOT_CALLBACK_NICE is a nice increment from 0 to 19.")
-# Attempts one dispatcher sends at once to one endpoint (scheme, host, port).
+# Attempts one dispatcher sends at once to one endpoint (scheme, host, port, organization).
 AUXOT_CALLBACK_PER_HOST_CONCURRENCY = env_int("AUXOT_CALLBACK_PER_HOST_CONCURRENCY", 4,
                                               minimum=1)
 # The circuit breaker: after this many consecutive failed attempts to one endpoint, it opens

@@ -28,6 +28,7 @@ from intakes.callbacks import (
     callback_delivery_redeliver,
     callback_test_send,
     endpoint_key,
+    endpoint_label,
     intake_callback_enable,
     intake_signing_secret_rotate,
 )
@@ -43,7 +44,7 @@ def _delivery_link(delivery: CallbackDelivery) -> str:
 
 def endpoint_health(key: str) -> str:
     """"Endpoint failing since …" while its breaker is open; "" when it is healthy. Shows
-    no error text: the endpoint may be another organization's too."""
+    no error text: it may quote the receiver (superusers see it under Callback endpoints)."""
     endpoint = CallbackEndpoint.objects.filter(key=key, open_until__isnull=False).first() \
         if key else None
     if endpoint is None:
@@ -52,7 +53,8 @@ def endpoint_health(key: str) -> str:
         '<strong style="color:#ba2121">Endpoint failing since {}</strong> ({} failed '
         "attempts in a row): deliveries to {} are paused until {}, then one probe attempt "
         "at a time; waiting deliveries keep their attempt numbers.",
-        f"{endpoint.failing_since:%Y-%m-%d %H:%M:%S UTC}", endpoint.consecutive_failures, key,
+        f"{endpoint.failing_since:%Y-%m-%d %H:%M:%S UTC}", endpoint.consecutive_failures,
+        endpoint_label(key),
         f"{endpoint.open_until:%Y-%m-%d %H:%M:%S UTC}")
 
 
@@ -186,7 +188,7 @@ class IntakeCallbacksAdminMixin:
                 obj.callback_disabled_reason)
         if not obj.callback_url:
             return "No default URL (callers may send one)"
-        failing = endpoint_health(endpoint_key(obj.callback_url))
+        failing = endpoint_health(endpoint_key(obj.callback_url, obj.org_id))
         return format_html("Enabled. {}", failing) if failing else "Enabled"
 
     @admin.display(description="signing secret")
@@ -269,7 +271,8 @@ def _window_hours() -> float:
 
 @admin.register(CallbackEndpoint)
 class CallbackEndpointAdmin(admin.ModelAdmin):
-    """Every receiver endpoint that failed: superusers only (endpoints span organizations)."""
+    """Every receiver endpoint that failed, per organization: superusers only (the last error
+    may quote a receiver)."""
 
     list_display = ["key", "status", "failing_since", "consecutive_failures", "open_until",
                     "last_success_at", "last_error"]

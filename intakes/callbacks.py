@@ -139,8 +139,11 @@ def callback_delivery_announce(*, delivery_id) -> None:
             cursor.execute("SELECT pg_notify(%s, '')", [CHANNEL])
 
 
-def endpoint_key(url: str) -> str:
-    """scheme://host:port of a URL: the unit of the concurrency cap and the breaker."""
+def endpoint_key(url: str, org_id=None) -> str:
+    """The unit of the concurrency cap and the breaker: scheme://host:port of a URL, and
+    the organization whose deliveries go there. Per organization: a tenant whose URLs fail
+    on a host that others use too (a chat service's webhooks, say) opens its own breaker and
+    fills its own share, never theirs."""
     try:
         parts = urlsplit(url)
         port = parts.port or DEFAULT_PORTS.get(parts.scheme.lower(), 0)
@@ -149,7 +152,16 @@ def endpoint_key(url: str) -> str:
     host = host_key(parts.hostname or "")  # every spelling of one host: one key
     if ":" in host:
         host = f"[{host}]"
-    return f"{parts.scheme.lower()}://{host}:{port}"[:300]
+    base = f"{parts.scheme.lower()}://{host}:{port}"[:280]
+    return base if org_id is None else f"{base}{ORG_MARK}{org_id})"
+
+
+ORG_MARK = " (org "  # between an endpoint key's URL part and its organization
+
+
+def endpoint_label(key: str) -> str:
+    """The scheme://host:port part of an endpoint key, for display."""
+    return key.partition(ORG_MARK)[0]
 
 
 def _delivery_fields(work_item: WorkItem, intake: Intake | None, now: datetime) -> dict | None:
@@ -160,7 +172,7 @@ def _delivery_fields(work_item: WorkItem, intake: Intake | None, now: datetime) 
     override = bool(work_item.callback_url)
     disabled = intake.callback_disabled and not override
     return {"intake": intake, "webhook_id": f"msg_{uuid.uuid4().hex}", "url": url,
-            "endpoint": endpoint_key(url),
+            "endpoint": endpoint_key(url, intake.org_id),
             "uses_intake_default": not override, "created_at": now,
             "state": State.DISABLED if disabled else State.PENDING,
             "last_error": "the intake's callback is disabled" if disabled else "",

@@ -11,8 +11,9 @@ It runs in each `qcluster` main process (started through the `cluster_serving` s
 a receiver never holds a step worker) or alone as `manage.py callbacks`; several may run
 at once, the claim keeps each attempt single.
 
-Fairness: while other endpoints have due deliveries, one endpoint (scheme, host, port) has
-at most AUXOT_CALLBACK_PER_HOST_CONCURRENCY attempts in flight here; idle senders may be
+Fairness: while other endpoints have due deliveries, one endpoint (scheme, host, port and
+organization: callbacks.endpoint_key) has at most AUXOT_CALLBACK_PER_HOST_CONCURRENCY
+attempts in flight here; idle senders may be
 lent to an endpoint over its cap, but a quarter of the pool (at least the cap) is always
 kept for endpoints under it, so one hanging receiver cannot starve a healthy one. An
 endpoint whose circuit breaker is open is not claimed at all (its deliveries wait, attempt

@@ -100,7 +100,8 @@ class CallbackDelivery(models.Model):
         "workflows.WorkItem", on_delete=models.CASCADE, related_name="callback_delivery")
     webhook_id = models.CharField(max_length=64, unique=True)  # stable across attempts
     url = models.URLField(max_length=2000)  # may hold query secrets: display redacted
-    # scheme://host:port of the URL: the unit of the per-endpoint cap and circuit breaker.
+    # scheme://host:port of the URL and the organization (callbacks.endpoint_key): the unit of
+    # the per-endpoint cap and circuit breaker.
     endpoint = models.CharField(max_length=300, blank=True, db_index=True)
     uses_intake_default = models.BooleanField(default=True)
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
@@ -138,7 +139,7 @@ class CallbackEndpoint(models.Model):
     probe's outcome closes the breaker or opens it again for longer.
     """
 
-    key = models.CharField(max_length=300, primary_key=True)  # scheme://host:port
+    key = models.CharField(max_length=300, primary_key=True)  # endpoint_key: URL part and org
     consecutive_failures = models.PositiveIntegerField(default=0)
     failing_since = models.DateTimeField(null=True, blank=True)
     open_until = models.DateTimeField(null=True, blank=True)
