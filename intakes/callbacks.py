@@ -164,6 +164,11 @@ def endpoint_label(key: str) -> str:
     return key.partition(ORG_MARK)[0]
 
 
+def endpoint_org(key: str) -> str:
+    """The organization part of an endpoint key ("" for a key made before it had one)."""
+    return key.partition(ORG_MARK)[2].rstrip(")")
+
+
 def _delivery_fields(work_item: WorkItem, intake: Intake | None, now: datetime) -> dict | None:
     """A new delivery's fields for a finished item, or None when it has no callback."""
     url = callback_url_for(work_item, intake)
@@ -631,10 +636,12 @@ def endpoint_probe_claim(*, key: str, now: datetime) -> bool:
         probe_until=now + timedelta(seconds=lease_seconds()), updated_at=now))
 
 
-def callback_deliveries_due(*, exclude: set[str], limit: int) -> list[tuple]:
+def callback_deliveries_due(*, exclude: set[str], limit: int,
+                            exclude_orgs: set[str] = frozenset()) -> list[tuple]:
     """(id, endpoint, due at) of the `limit` deliveries due soonest (now or later), of
-    endpoints not in `exclude`: one hand-written SELECT on the due index (the claim loop
-    runs it on every look; the ORM would spend more building it than PostgreSQL running it)."""
+    endpoints not in `exclude` and of organizations not in `exclude_orgs`: one hand-written
+    SELECT on the due index (the claim loop runs it on every look; the ORM would spend more
+    building it than PostgreSQL running it)."""
     meta = CallbackDelivery._meta
     pk, due = meta.pk, meta.get_field("next_attempt_at")
     sql = (f"SELECT id, endpoint, next_attempt_at FROM {rawsql.table(CallbackDelivery)} "  # noqa: S608 (names from _meta)
@@ -643,6 +650,9 @@ def callback_deliveries_due(*, exclude: set[str], limit: int) -> list[tuple]:
     if exclude:
         sql += f" AND endpoint NOT IN ({', '.join(['%s'] * len(exclude))})"
         params += sorted(exclude)
+    for org in sorted(exclude_orgs):  # the keys' own suffix (digits only: no LIKE wildcard)
+        sql += " AND endpoint NOT LIKE %s"
+        params.append(f"%{ORG_MARK}{int(org)})")
     sql += " ORDER BY next_attempt_at LIMIT %s"
     params.append(limit)
     with connection.cursor() as cursor:

@@ -13,11 +13,13 @@ at once, the claim keeps each attempt single.
 
 Fairness: while other endpoints have due deliveries, one endpoint (scheme, host, port and
 organization: callbacks.endpoint_key) has at most AUXOT_CALLBACK_PER_HOST_CONCURRENCY
-attempts in flight here; idle senders may be
-lent to an endpoint over its cap, but a quarter of the pool (at least the cap) is always
-kept for endpoints under it, so one hanging receiver cannot starve a healthy one. An
-endpoint whose circuit breaker is open is not claimed at all (its deliveries wait, attempt
-numbers unchanged) until its pause ends; then one probe attempt at a time.
+attempts in flight here; idle senders may be lent to an endpoint over its cap, but a quarter
+of the pool (at least the cap) is always kept for endpoints under theirs. And one
+organization, however many endpoints it has, never holds the last eighth of the pool (at
+least one sender: `org_reserve`), which stays for the other organizations. So neither a
+hanging receiver nor one organization's many receivers can starve a healthy one.
+An endpoint whose circuit breaker is open is not claimed at all (its deliveries wait,
+attempt numbers unchanged) until its pause ends; then one probe attempt at a time.
 
 On schedule: the loop sleeps until the earliest due `next_attempt_at` (or a breaker's pause
 end), and wakes early on a NOTIFY (PostgreSQL: a delivery was created or made due; a relay
@@ -63,6 +65,7 @@ from intakes.callbacks import (
     callback_deliveries_due,
     callback_delivery_release,
     delivery_log_context,
+    endpoint_org,
     endpoint_probe_claim,
     endpoints_paused,
 )
@@ -170,8 +173,12 @@ class Dispatcher:
                  name: str = "callbacks"):
         self.threads = threads or settings.AUXOT_CALLBACK_THREADS
         self.per_host = per_host or settings.AUXOT_CALLBACK_PER_HOST_CONCURRENCY
-        # Senders never lent to an endpoint over its cap.
+        # Senders never lent to an endpoint or an organization over its cap.
         self.reserve = min(self.threads, max(self.per_host, self.threads // 4))
+        # Senders one organization never holds, however many endpoints it has (each under its
+        # own cap): an eighth of the pool (at least one) is kept for the other organizations.
+        self.org_reserve = max(1, self.threads // 8) if self.threads > 1 else 0
+        self.per_org = self.threads - self.org_reserve
         self.gather = max(1, min(GATHER, self.threads // 8))  # free senders that wake a look
         self.db_threads = db_threads
         self.clock = clock
@@ -182,6 +189,7 @@ class Dispatcher:
         self._idle = threading.Condition(self._lock)
         self._in_flight: dict = {}  # delivery id -> (lease token, endpoint)
         self._per_endpoint: Counter = Counter()
+        self._per_org: Counter = Counter()  # endpoint_org() -> attempts in flight
         self._wake = threading.Event()  # an attempt finished: a slot is free
         self._stopping = threading.Event()
         self._loop: threading.Thread | None = None
@@ -311,19 +319,27 @@ class Dispatcher:
         limit = free * 2 + 1
         with self._lock:
             counts = Counter(self._per_endpoint)
-        full = {key for key, count in counts.items() if count >= self.per_host}
+            org_counts = Counter(self._per_org)
+
+        def at_caps() -> tuple[set[str], set[str]]:
+            return ({key for key, count in counts.items() if count >= self.per_host},
+                    {org for org, count in org_counts.items() if org and count >= self.per_org})
+
+        full, full_orgs = at_caps()
         chosen: list = []
         upcoming, more = None, False
-        # First within the caps (endpoints at theirs are not even read, so a backlog of one
-        # cannot hide the others), then lending idle senders to endpoints over theirs (the
-        # reserve stays for endpoints under their cap).
+        # First within the caps (endpoints and organizations at theirs are not even read, so
+        # a backlog of one cannot hide the others), then lending idle senders to endpoints over
+        # theirs while `reserve` senders stay free (for endpoints under theirs). An
+        # organization at its cap holds all but `org_reserve`: nothing is left to lend it.
         for lending in (False, True):
-            room = free - (self.reserve if lending else 0) - len(chosen)
             if lending:
-                full = {key for key, count in counts.items() if count >= self.per_host}
-                if room <= 0 or not full:
+                full, full_orgs = at_caps()
+                if (free - len(chosen) <= min(self.reserve, self.org_reserve)
+                        or not (full or full_orgs)):
                     break
-            rows = self._due(exclude=paused if lending else paused | full, limit=limit)
+            rows = (self._due(exclude=paused, limit=limit) if lending else
+                    self._due(exclude=paused | full, limit=limit, exclude_orgs=full_orgs))
             soonest = next((at for _pk, _endpoint, at in rows if at > now), None)
             # An endpoint at its cap but with senders to lend also says when to look next.
             upcoming = min(t for t in (upcoming, soonest) if t is not None) if (
@@ -331,10 +347,19 @@ class Dispatcher:
             if not lending:
                 more = len(rows) == limit and soonest is None
             for delivery_id, endpoint, at in rows:
-                if at > now or room <= 0:
+                left = free - len(chosen)
+                if at > now or left <= 0:
                     break
-                if delivery_id in chosen or endpoint in paused or (
-                        not lending and counts[endpoint] >= self.per_host):
+                if delivery_id in chosen or endpoint in paused:
+                    continue
+                org = endpoint_org(endpoint)
+                over_endpoint = counts[endpoint] >= self.per_host
+                over_org = bool(org) and org_counts[org] >= self.per_org
+                if not lending and (over_endpoint or over_org):
+                    continue
+                keep = max(self.reserve if over_endpoint else 0,
+                           self.org_reserve if over_org else 0)
+                if left <= keep:
                     continue
                 if endpoint in probe_ready:
                     paused.add(endpoint)  # one probe at a time
@@ -343,7 +368,7 @@ class Dispatcher:
                         continue
                 chosen.append(delivery_id)
                 counts[endpoint] += 1
-                room -= 1
+                org_counts[org] += 1
         taken = self._hand_out(chosen, now)
         if self._stopping.is_set():
             return 0.0
@@ -360,8 +385,9 @@ class Dispatcher:
         return settings.AUXOT_CALLBACK_POLL_SECONDS
 
     @staticmethod
-    def _due(exclude: set[str], limit: int) -> list[tuple]:
-        return callback_deliveries_due(exclude=exclude, limit=limit)
+    def _due(exclude: set[str], limit: int, exclude_orgs: set[str] = frozenset()
+             ) -> list[tuple]:
+        return callback_deliveries_due(exclude=exclude, limit=limit, exclude_orgs=exclude_orgs)
 
     def _hand_out(self, ids: list, now: datetime) -> int:
         claimed = callback_deliveries_claim(ids=ids, now=now)  # less any another took
@@ -369,6 +395,7 @@ class Dispatcher:
             for delivery, token in claimed:
                 self._in_flight[delivery.pk] = (token, delivery.endpoint)
                 self._per_endpoint[delivery.endpoint] += 1
+                self._per_org[endpoint_org(delivery.endpoint)] += 1
         for start in range(0, len(claimed), PREPARE_BATCH):
             self._db_jobs.put(("prepare", claimed[start:start + PREPARE_BATCH], now))
         return len(claimed)
@@ -503,9 +530,11 @@ class Dispatcher:
         with self._idle:
             if self._in_flight.get(delivery.pk, ("",))[0] == token:
                 del self._in_flight[delivery.pk]
-            self._per_endpoint[delivery.endpoint] -= 1
-            if self._per_endpoint[delivery.endpoint] <= 0:
-                del self._per_endpoint[delivery.endpoint]
+            for counter, key in ((self._per_endpoint, delivery.endpoint),
+                                 (self._per_org, endpoint_org(delivery.endpoint))):
+                counter[key] -= 1
+                if counter[key] <= 0:
+                    del counter[key]
             self._idle.notify_all()
             # Look again once a few senders are free, not for each: a look costs the same
             # for one delivery as for many.

@@ -198,16 +198,11 @@ def test_one_organizations_failures_on_a_shared_host_pause_only_its_own_deliveri
     """Tenant A points its callbacks at a failing path of a host tenant B also uses: A's
     breaker opens; B's deliveries to that host still go out, and B's page says healthy."""
     from intakes.admin_callbacks import endpoint_health
-    from intakes.services import intake_create
-    from tests.conftest import make_workflow
 
     settings.AUXOT_CALLBACK_BREAKER_FAILURES = 3
     settings.AUXOT_CALLBACK_RETRY_SCHEDULE = [0, 600, 600]
     shared = endpoints(status=404)  # A's path fails; the host is the same for B
-    intake_b = intake_create(
-        org=cast.org_b, name="B's intake", created_by=cast.outsider_b,
-        workflow=make_workflow(cast.org_b, [("transform", {"expression": "{echo: input}"})],
-                               name="B echo"))
+    intake_b = _intake_of_org_b(cast)
     one_at_a_time = Dispatcher(threads=1, per_host=1)
     for _delivery in _deliveries(cb_intake, shared.url + "/bad", 3):
         one_at_a_time.run_once()
@@ -226,6 +221,43 @@ def test_one_organizations_failures_on_a_shared_host_pause_only_its_own_deliveri
     assert b_delivery.state == "delivered"
     assert endpoint_health(b_delivery.endpoint) == ""
     assert shared.ids[-1] == b_delivery.webhook_id
+
+
+def _intake_of_org_b(cast):
+    from intakes.services import intake_create
+    from tests.conftest import make_workflow
+
+    return intake_create(
+        org=cast.org_b, name="B's intake", created_by=cast.outsider_b,
+        workflow=make_workflow(cast.org_b, [("transform", {"expression": "{echo: input}"})],
+                               name="B echo"))
+
+
+@pytest.mark.parametrize("threads", [4, 16])
+@pytest.mark.django_db(transaction=True)
+def test_one_organizations_many_hanging_receivers_leave_senders_to_the_others(
+        cast, cb_intake, endpoints, settings, threads):
+    """Tenant A calls back to as many hanging hosts as there are senders (each host under its
+    own cap); tenant B's healthy receiver still gets its callback at once."""
+    settings.AUXOT_CALLBACK_TIMEOUT_SECONDS = 60.0
+    hanging = [endpoints(hang=True) for _ in range(threads)]
+    for receiver in hanging:
+        _deliveries(cb_intake, receiver.url, 1)
+    dispatcher = Dispatcher(threads=threads, per_host=1)
+    kept = dispatcher.org_reserve
+    assert kept == max(1, threads // 8)
+    dispatcher.start()
+    try:
+        wait_for(lambda: sum(r.now for r in hanging) == threads - kept, timeout=30,
+                 what="tenant A's share of the senders")
+        healthy = endpoints()
+        fine = _deliveries(_intake_of_org_b(cast), healthy.url, kept)
+        wait_for(lambda: _settled(fine), timeout=10, what="tenant B's callbacks")
+        assert sum(r.most for r in hanging) == threads - kept  # A never held B's senders
+    finally:
+        for receiver in hanging:
+            receiver.release()
+        assert dispatcher.join(10)
 
 
 @pytest.mark.django_db
