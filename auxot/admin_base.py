@@ -24,6 +24,7 @@ from django.contrib import admin
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.exceptions import BadRequest, PermissionDenied, ValidationError
 from django.db.models import Model, QuerySet
+from django.db.models.constants import LOOKUP_SEP
 from django.http import Http404, HttpRequest
 
 from auxot.models import Membership, Organization, Team
@@ -136,6 +137,10 @@ def org_action(*, roles: Collection[str], description: str,
     return decorate
 
 
+# Fields the admin shows only redacted (a callback URL's query values may be tokens).
+REDACTED_FIELDS = frozenset({"url", "callback_url"})
+
+
 class OrgScopedAdmin(admin.ModelAdmin):
     """Base for every Auxot ModelAdmin: scope by organization, authorize by role.
 
@@ -170,6 +175,14 @@ class OrgScopedAdmin(admin.ModelAdmin):
     def require_role(self, request: HttpRequest, roles: Collection[str], obj: Model) -> None:
         """`require_role` for one of this admin's objects (its organization via org_path)."""
         require_role(request, roles, obj, org_path=self.org_path)
+
+    def lookup_allowed(self, lookup, value, request=None):
+        """Django lets a changelist's querystring filter on any field (`?url__contains=`);
+        a field shown redacted must not be: guessing its hidden part a character at a time
+        would read it back."""
+        if any(part in REDACTED_FIELDS for part in lookup.split(LOOKUP_SEP)):
+            return False
+        return super().lookup_allowed(lookup, value, request)
 
     def get_object(self, request, object_id, from_field=None):
         """The object if this user may see it; otherwise 404 (Django would redirect to the

@@ -1,0 +1,83 @@
+"""What the admin's generic pages must not offer, enumerated over every registered model.
+
+An add page exists only where its form can make a valid row: rows the product alone writes
+(work items, callback deliveries, audit events, endpoints' breakers, django-q's records) have
+none, for superusers too (a superuser's form for them failed with a 500). And no changelist
+filters by querystring on a field it shows redacted."""
+
+import pytest
+from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.urls import reverse
+
+from intakes.models import CallbackDelivery
+from workflows.models import WorkItem
+
+# Models an admin may add in the admin, by label. Every other registered model must refuse.
+ADDABLE = {"intakes.Intake", "workflows.Workflow", "workflows.Provider", "auxot.Organization",
+           "auxot.Team", "auxot.Membership", "auxot.Secret", "apikeys.ApiKey", "auth.Group",
+           "auth.User", "django_q.Schedule"}
+
+
+@pytest.fixture
+def root(client):
+    client.force_login(get_user_model().objects.create_superuser("root", "root@example.com",
+                                                                 "x"))
+    return client
+
+
+@pytest.mark.django_db
+def test_every_registered_model_has_an_add_page_only_if_it_is_addable(root):
+    labels = {model._meta.label for model in admin.site._registry}
+    assert labels >= ADDABLE, ADDABLE - labels  # the list names registered models only
+    for model in admin.site._registry:
+        meta = model._meta
+        status = root.get(reverse(f"admin:{meta.app_label}_{meta.model_name}_add")).status_code
+        expected = 200 if meta.label in ADDABLE else 403
+        assert status == expected, (meta.label, status)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("model", [WorkItem, CallbackDelivery])
+def test_a_forged_add_of_a_product_written_row_is_refused_and_writes_nothing(root, model):
+    meta = model._meta
+    response = root.post(reverse(f"admin:{meta.app_label}_{meta.model_name}_add"),
+                         {"status": "pending", "state": "pending"})
+    assert response.status_code == 403
+    assert not model.objects.exists()
+
+
+def _redacted_lookups():
+    """Every (model, lookup) by which a changelist's querystring could reach a redacted
+    field: the model's own, and one relation away."""
+    from auxot.admin_base import REDACTED_FIELDS, OrgScopedAdmin
+
+    for model, model_admin in admin.site._registry.items():
+        if not isinstance(model_admin, OrgScopedAdmin):
+            continue
+        for field in model._meta.get_fields():
+            if field.name in REDACTED_FIELDS:
+                yield model, f"{field.name}__contains"
+            elif field.is_relation and field.related_model is not None and not (
+                    field.one_to_many or field.many_to_many):
+                for far in field.related_model._meta.get_fields():
+                    if far.name in REDACTED_FIELDS:
+                        yield model, f"{field.name}__{far.name}__startswith"
+
+
+def test_the_redacted_fields_are_reachable_from_several_admins():
+    reached = {(model._meta.label, lookup) for model, lookup in _redacted_lookups()}
+    assert ("intakes.CallbackDelivery", "url__contains") in reached
+    assert ("workflows.WorkItem", "callback_url__contains") in reached
+    assert ("intakes.Intake", "callback_url__contains") in reached
+
+
+@pytest.mark.django_db
+def test_no_changelist_filters_on_a_field_it_shows_redacted(root):
+    """A callback URL's query values are shown as REDACTED; a querystring filter on the
+    field (`?url__contains=token=s`) would let anyone who sees the list guess them back."""
+    for model, lookup in _redacted_lookups():
+        meta = model._meta
+        url = reverse(f"admin:{meta.app_label}_{meta.model_name}_changelist")
+        assert root.get(url).status_code == 200, meta.label
+        assert root.get(url, {lookup: "token=s"}).status_code == 400, (meta.label, lookup)
