@@ -175,7 +175,9 @@ def address_check(address: str, *, host: str = "", purpose: Purpose = "callback"
         return
     reason = _why_refused(ip)
     if reason:
-        subject = f"{host or ip} is" if not host or _is_ip(host) else f"{host} resolves to {ip},"
+        # A name's address is not repeated: the message reaches tenants (a test callback, an
+        # attempt's error), who would map the server's internal DNS with it.
+        subject = f"{host or ip} is" if not host or _is_ip(host) else f"{host} resolves to"
         raise RefusedDestination(
             f"{subject} {reason}; {_WHO[purpose]} may not go there (outbound request policy; "
             "an install's own receivers need AUXOT_OUTBOUND_ALLOWED_NETWORKS)")
