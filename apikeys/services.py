@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from apikeys.lookup import apikey_lookup
 from apikeys.models import ApiKey
-from apikeys.tokens import token_digest, token_generate, token_parse
+from apikeys.tokens import token_digest, token_generate, token_parse, token_shaped
 from auxot.errors import ApplicationError, UnauthorizedError
 from auxot.models import Membership, Organization, Team
 from auxot.services import audit_record
@@ -109,6 +109,9 @@ def apikey_authenticate(*, token: str, now: datetime,
     """
     parsed = token_parse(token)
     if parsed is None:
+        if token_shaped(token):  # the right shape, a checksum that does not match
+            raise UnauthorizedError("The API key's checksum does not match: it was mistyped "
+                                    "or cut short. Copy it again.")
         raise UnauthorizedError("The API key is malformed. Keys look like user.… or team.….")
     # one hand-written SELECT with joins
     key = load(parsed.lookup_id) if load else apikey_lookup(lookup_id=parsed.lookup_id)

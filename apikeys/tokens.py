@@ -39,6 +39,11 @@ def token_generate(kind: str) -> str:
     return body + _checksum(body)
 
 
+def token_shaped(token: str) -> bool:
+    """Whether a token has a key's shape (its checksum unchecked)."""
+    return TOKEN_RE.match(token) is not None
+
+
 def token_parse(token: str) -> ParsedToken | None:
     """Return the parts of a well-formed token, or None (malformed or bad checksum)."""
     match = TOKEN_RE.match(token)

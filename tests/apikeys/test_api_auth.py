@@ -53,6 +53,9 @@ def test_wrong_checksum_gets_401_without_lookup(api, intake_a, member_token):
     assert len(statements) == 1 and statements[0].lstrip().upper().startswith("INSERT"), \
         statements
     assert "auxot_auditevent" in statements[0]
+    # (a second request only now: its queries would move the captured window above)
+    assert "checksum does not match" in response.json()["detail"]  # not "malformed"
+    assert "checksum" not in trigger(api, intake_a.pk, "user.nope").json()["detail"]
 
 
 def test_unknown_key_with_valid_shape_gets_401(api, intake_a, cast):
