@@ -39,6 +39,8 @@ class Demo:
     token: str
     signing_secret: str
     signing_secret_is_new: bool  # print it in full only when it was created or rotated
+    # rotated in the admin since the last run: var/demo-secrets.json now has the current one
+    signing_secret_changed_in_admin: bool = False
     examples: list = field(default_factory=list)  # one per step kind (intakes/demo/steps.py)
     http_url: str = ""  # where the http example posts
 
@@ -93,22 +95,28 @@ def demo_seed(*, base_url: str = "http://127.0.0.1:8000") -> Demo:
         key = ApiKey.objects.filter(org=org, label="Demo key", revoked_at__isnull=True).first()
         if key is None or not apikey_digest_matches(key, token):
             token = apikey_issue(org=org, label="Demo key", user=user, created_by=user).token
-        signing_secret, new_secret = _signing_secret(intake, stored, user)
+        signing_secret, new_secret, changed = _signing_secret(intake, stored, user)
         examples = demo_seed_step_examples(org=org, user=user, http_url=http_url)
     _save_secrets({"password": password, "token": token,
                    "signing_secrets": {str(intake.pk): signing_secret}})
     return Demo(org=org, username="admin", password=password, intake=intake, token=token,
                 signing_secret=signing_secret, signing_secret_is_new=new_secret,
+                signing_secret_changed_in_admin=changed,
                 examples=examples, http_url=http_url)
 
 
-def _signing_secret(intake: Intake, stored: dict, user) -> tuple[str, bool]:
-    """The intake's current secret: the one on file if it still matches, else a new one."""
+def _signing_secret(intake: Intake, stored: dict, user) -> tuple[str, bool, bool]:
+    """(the intake's current secret, new: created or rotated now, changed in the admin).
+
+    The one on file if it still matches. One rotated in the admin since is kept (not rotated
+    over: the admin showed it, and its receivers may use it already) and goes on file for
+    examples/receiver.py. Only with nothing on file (a new intake, a lost file) is there a
+    new one to show."""
     if getattr(intake, "signing_secret", None):  # just created
-        return intake.signing_secret, True
+        return intake.signing_secret, True, False
     known = stored.get("signing_secrets", {}).get(str(intake.pk), "")
     current = (secret_decrypt(intake.signing_secret_encrypted)
                if intake.signing_secret_encrypted else "")
-    if known and secrets.compare_digest(known, current):
-        return known, False
-    return intake_signing_secret_rotate(intake=intake, actor=user), True
+    if known and current:
+        return current, False, not secrets.compare_digest(known, current)
+    return intake_signing_secret_rotate(intake=intake, actor=user), True, False

@@ -35,6 +35,25 @@ def test_demo_keeps_the_signing_secret_and_prints_it_only_when_new(tmp_path, mon
     assert lost.signing_secret_is_new and lost.signing_secret != first.signing_secret
 
 
+def test_demo_keeps_a_secret_rotated_in_the_admin_and_does_not_rotate_over_it(tmp_path,
+                                                                            monkeypatch):
+    from auxot.models import AuditEvent
+    from intakes.callbacks import intake_signing_secret_rotate
+
+    monkeypatch.setattr(demo, "SECRETS_FILE", tmp_path / "demo-secrets.json")
+    first = demo.demo_seed()
+    rotated = intake_signing_secret_rotate(intake=first.intake)  # the admin's action
+    rotations = AuditEvent.objects.filter(event="intake.signing_secret_rotated").count()
+    again = demo.demo_seed()
+    assert again.signing_secret == rotated and again.signing_secret_changed_in_admin
+    assert not again.signing_secret_is_new
+    assert AuditEvent.objects.filter(event="intake.signing_secret_rotated").count() == rotations
+    stored = json.loads((tmp_path / "demo-secrets.json").read_text())
+    assert stored["signing_secrets"] == {str(first.intake.pk): rotated}  # for the receiver
+    third = demo.demo_seed()
+    assert third.signing_secret == rotated and not third.signing_secret_changed_in_admin
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

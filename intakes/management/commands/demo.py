@@ -65,12 +65,17 @@ API docs: {base}/v1/docs
 
     def _callbacks(self, base: str, demo) -> str:
         intake = demo.intake.pk
-        secret = (f"{demo.signing_secret}\n              (new: shown once here; also kept in "
-                  "var/demo-secrets.json)" if demo.signing_secret_is_new
-                  else "unchanged; see var/demo-secrets.json (rotate it in the admin)")
+        if demo.signing_secret_is_new:
+            shown = (f"{demo.signing_secret}\n              (new: shown once here; also kept "
+                     "in var/demo-secrets.json)")
+        elif demo.signing_secret_changed_in_admin:
+            shown = ("rotated in the admin since the last run (the admin showed it once); "
+                     "kept, not\n              rotated again; var/demo-secrets.json now has it")
+        else:
+            shown = "unchanged; see var/demo-secrets.json (rotate it in the admin)"
         return f"""Callbacks (signed per Standard Webhooks; the demo allows http:// and loopback):
 
-  Signing secret: {secret}
+  Signing secret: {shown}
   1. Start a receiver that verifies and prints callbacks:
        .venv/bin/python examples/receiver.py --port 9000 --demo-intake {intake}
   2. Point work at it, per request (add to the trigger curl):
