@@ -26,7 +26,11 @@ from workflows.services import (
     worker_last_seen_cached,
 )
 
-HEARTBEAT_STALE = timedelta(seconds=60)
+
+def heartbeat_stale() -> timedelta:
+    """How old the last worker heartbeat may be before the poll says no worker runs: three
+    missed beats (15 s at the default AUXOT_HEARTBEAT_SECONDS of 5), at least 10 s."""
+    return timedelta(seconds=max(10, 3 * settings.AUXOT_HEARTBEAT_SECONDS))
 
 
 @dataclass
@@ -107,7 +111,7 @@ def _explain(item: WorkItem, steps: list[Step], now: datetime) -> tuple[dict | N
     since = item.created_at if item.status == WorkItem.Status.PENDING else item.next_run_at
     age = int((now - since).total_seconds()) if since else 0
     last_beat = worker_last_seen_cached()
-    if last_beat is None or now - last_beat > HEARTBEAT_STALE:
+    if last_beat is None or now - last_beat > heartbeat_stale():
         seen = (f"no worker heartbeat since {iso(last_beat)}" if last_beat
                 else "no worker heartbeat has ever been seen")
         return (

@@ -2,6 +2,7 @@
 
 from datetime import timedelta
 
+import pytest
 from django.utils import timezone
 
 from tests.conftest import bearer, trigger
@@ -30,6 +31,19 @@ def test_pending_item_with_live_worker_is_queued(api, intake_a, member_token):
     work_id = trigger(api, intake_a.pk, member_token).json()["work_id"]
     body = _poll(api, intake_a, member_token, work_id).json()
     assert body["waiting_on"]["kind"] == "queue"
+
+
+@pytest.mark.parametrize(("beat_age", "kind"), [(14, "queue"), (16, "worker")])
+def test_a_worker_that_stopped_beating_is_reported_after_three_missed_beats(
+        api, intake_a, member_token, settings, beat_age, kind):
+    from workflows.services import worker_last_seen_cache_clear
+
+    settings.AUXOT_HEARTBEAT_SECONDS = 5
+    beat_at = timezone.now() - timedelta(seconds=beat_age)
+    worker_heartbeat(name="w1", started_at=beat_at, now=beat_at)
+    work_id = trigger(api, intake_a.pk, member_token).json()["work_id"]
+    worker_last_seen_cache_clear()
+    assert _poll(api, intake_a, member_token, work_id).json()["waiting_on"]["kind"] == kind
 
 
 def test_delayed_item_reports_delay_and_retry_after(api, intake_a, member_token):
