@@ -1,6 +1,13 @@
-from datetime import datetime
+from datetime import UTC, datetime
 
 
 def iso(value: datetime | None) -> str | None:
-    """RFC 3339 in UTC with a Z, the one timestamp format of the public API."""
-    return value.isoformat().replace("+00:00", "Z") if value else None
+    """RFC 3339 in UTC with a Z, the one timestamp format of the public API: always six
+    fractional digits (`2026-11-29T06:52:34.007000Z`), so every value has the same width and a
+    client parsing a fixed format never meets one without them (a whole second)."""
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return value.isoformat(timespec="microseconds").replace("+00:00", "Z") + (
+        "Z" if value.tzinfo is None else "")

@@ -328,17 +328,17 @@ def _work_example(status: str) -> dict:
     return {
         "work_id": EXAMPLE_WORK_ID, "intake_id": EXAMPLE_INTAKE_ID,
         "workflow": {"id": "0b9c7c55-2f0f-4d7c-a8c9-b1d46a9c0a01", "name": "Greet and wait"},
-        "status": status, "created_at": "2026-11-29T06:52:34.007Z",
-        "started_at": "2026-11-29T06:52:34.041Z",
-        "finished_at": "2026-11-29T06:52:37.090Z" if done else None,
+        "status": status, "created_at": "2026-11-29T06:52:34.007000Z",
+        "started_at": "2026-11-29T06:52:34.041000Z",
+        "finished_at": "2026-11-29T06:52:37.090000Z" if done else None,
         "output": {"greeting": "Hello, Acme Corp"} if status == "completed" else None,
         "error": {"code": "bad_expression", "message": "Bad jmespath expression",
                   "step": "Build greeting", "step_position": 1} if status == "failed" else None,
         "correlation_id": "deploy-4711",
         "current_step": None if done else {"position": 2, "name": "Wait a moment",
                                            "kind": "delay"},
-        "waiting_on": None if done else {"kind": "delay", "since": "2026-11-29T06:52:34.043Z",
-                                         "until": "2026-11-29T06:52:37.043Z",
+        "waiting_on": None if done else {"kind": "delay", "since": "2026-11-29T06:52:34.043000Z",
+                                         "until": "2026-11-29T06:52:37.043000Z",
                                          "step": "Wait a moment"},
         "diagnosis": {"completed": "Completed.",
                       "failed": "Failed at step 'Build greeting': Bad jmespath expression "
@@ -348,7 +348,8 @@ def _work_example(status: str) -> dict:
         "steps": [
             {"position": 1, "name": "Build greeting", "kind": "transform",
              "status": "failed" if status == "failed" else "completed", "attempts": 1,
-             "started_at": "2026-11-29T06:52:34.041Z", "finished_at": "2026-11-29T06:52:34.043Z",
+             "started_at": "2026-11-29T06:52:34.041000Z",
+             "finished_at": "2026-11-29T06:52:34.043000Z",
              "error": None},
         ],
         "redacted_at": None,
@@ -365,7 +366,7 @@ TRIGGER_EXAMPLES = [
         "work_id": EXAMPLE_WORK_ID, "status": "pending",
         "status_url": f"https://auxot.example.com/v1/intake/{EXAMPLE_INTAKE_ID}/work/"
                       f"{EXAMPLE_WORK_ID}",
-        "created_at": "2026-11-29T06:52:34.007Z"}),
+        "created_at": "2026-11-29T06:52:34.007000Z"}),
 ]
 
 # --- the decorators the views use ----------------------------------------------------------
