@@ -650,7 +650,7 @@ def callback_deliveries_due(*, exclude: set[str], limit: int,
     if exclude:
         sql += f" AND endpoint NOT IN ({', '.join(['%s'] * len(exclude))})"
         params += sorted(exclude)
-    for org in sorted(exclude_orgs):  # the keys' own suffix (digits only: no LIKE wildcard)
+    for org in sorted(exclude_orgs):  # an organization's id: digits, no LIKE wildcard
         sql += " AND endpoint NOT LIKE %s"
         params.append(f"%{ORG_MARK}{int(org)})")
     sql += " ORDER BY next_attempt_at LIMIT %s"

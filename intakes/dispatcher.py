@@ -173,7 +173,7 @@ class Dispatcher:
                  name: str = "callbacks"):
         self.threads = threads or settings.AUXOT_CALLBACK_THREADS
         self.per_host = per_host or settings.AUXOT_CALLBACK_PER_HOST_CONCURRENCY
-        # Senders never lent to an endpoint or an organization over its cap.
+        # Senders never lent to an endpoint over its cap.
         self.reserve = min(self.threads, max(self.per_host, self.threads // 4))
         # Senders one organization never holds, however many endpoints it has (each under its
         # own cap): an eighth of the pool (at least one) is kept for the other organizations.
