@@ -315,6 +315,33 @@ def url_redact(url: str) -> str:
 _local = threading.local()
 
 
+def _getaddrinfo_within(host: str, port: int, deadline: "Deadline | None") -> list:
+    """socket.getaddrinfo, given up when the exchange's deadline passes. The resolver cannot
+    be interrupted and the deadline watchdog can only shut sockets, so the lookup runs in a
+    thread of its own (a new connection's cost, not a request's: kept-alive connections skip
+    it) and a name server that never answers holds that thread, not the sender."""
+    if deadline is None or _is_ip(host):  # an address: nothing to look up
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    answer: list = []
+    done = threading.Event()
+
+    def look_up() -> None:
+        try:
+            answer.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except BaseException as exc:  # handed to the sender
+            answer.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=look_up, name="auxot-outbound-resolve", daemon=True).start()
+    if not done.wait(max(0.0, deadline.at - time.monotonic())):
+        deadline.expired = True  # as the watchdog is about to say: the exchange timed out
+        raise TimeoutError(f"resolving {host!r} took longer than the exchange's deadline")
+    if isinstance(answer[0], BaseException):
+        raise answer[0]
+    return answer[0]
+
+
 def _resolve_checked(host: str, port: int) -> str:
     purpose = getattr(_local, "purpose", None) or "callback"
     decoded = _nonstandard_number(host)
@@ -322,7 +349,7 @@ def _resolve_checked(host: str, port: int) -> str:
         raise RefusedDestination(f"The host {host!r} is a number in a non-standard form "
                                  f"({decoded}).")
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = _getaddrinfo_within(host, port, getattr(_local, "deadline", None))
     except socket.gaierror as exc:
         raise RefusedDestination(f"Cannot resolve {host!r}: {exc.strerror}.") from None
     addresses = list(dict.fromkeys(info[4][0] for info in infos))

@@ -641,6 +641,27 @@ def test_an_answer_cut_at_the_cap_closes_the_connection_a_whole_one_keeps_it(kee
     assert first != second == third
 
 
+def test_the_deadline_covers_a_name_server_that_does_not_answer(keepalive, monkeypatch,
+                                                               settings, post):
+    """A hostile domain's name server holds the lookup; the sender is back on time."""
+    settings.AUXOT_OUTBOUND_ALLOWED_HOSTS = ["slow.example"]
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host == "slow.example":
+            time.sleep(8)  # far past the deadline: the lookup's thread is left to it
+            host = "127.0.0.1"
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(outbound.socket, "getaddrinfo", getaddrinfo)
+    started = time.monotonic()
+    with pytest.raises(requests.Timeout, match=r"no complete answer within 0\.5 s"):
+        post(f"http://slow.example:{keepalive.server_port}/hook", timeout=0.5)
+    assert time.monotonic() - started < 4.0  # the deadline (0.5 s), not the lookup (8 s)
+    assert keepalive.seen == []  # nothing was sent
+    assert post(keepalive.url).status_code == 200  # an address: no lookup, no thread
+
+
 def test_the_deadline_cuts_a_dribbling_answer_on_a_reused_connection(keepalive, post):
     keepalive.body = b"x" * 20  # 2 s at one byte per 0.1 s
     keepalive.dribble_on = {1}
