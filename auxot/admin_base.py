@@ -176,6 +176,15 @@ class OrgScopedAdmin(admin.ModelAdmin):
         """`require_role` for one of this admin's objects (its organization via org_path)."""
         require_role(request, roles, obj, org_path=self.org_path)
 
+    def get_ordering(self, request):
+        """Newest first wherever rows have a `created_at` and the admin names no order:
+        Django would sort by the primary key, and ours are UUIDs (work items, deliveries,
+        audit events): a history in random order."""
+        ordering = super().get_ordering(request)
+        if not ordering and any(f.name == "created_at" for f in self.model._meta.fields):
+            return ["-created_at", "-pk"]
+        return ordering
+
     def lookup_allowed(self, lookup, value, request=None):
         """Django lets a changelist's querystring filter on any field (`?url__contains=`);
         a field shown redacted must not be: guessing its hidden part a character at a time

@@ -3,7 +3,7 @@
 An add page exists only where its form can make a valid row: rows the product alone writes
 (work items, callback deliveries, audit events, endpoints' breakers, django-q's records) have
 none, for superusers too (a superuser's form for them failed with a 500). And no changelist
-filters by querystring on a field it shows redacted."""
+filters by querystring on a field it shows redacted. And a history lists newest first."""
 
 import pytest
 from django.contrib import admin
@@ -81,3 +81,38 @@ def test_no_changelist_filters_on_a_field_it_shows_redacted(root):
         url = reverse(f"admin:{meta.app_label}_{meta.model_name}_changelist")
         assert root.get(url).status_code == 200, meta.label
         assert root.get(url, {lookup: "token=s"}).status_code == 400, (meta.label, lookup)
+
+
+def test_every_history_lists_newest_first_unless_its_admin_names_an_order():
+    from django.test import RequestFactory
+
+    from auxot.admin_base import OrgScopedAdmin
+
+    request = RequestFactory().get("/")
+    dated = [(model, model_admin) for model, model_admin in admin.site._registry.items()
+             if isinstance(model_admin, OrgScopedAdmin)
+             and any(f.name == "created_at" for f in model._meta.fields)]
+    assert {m._meta.label for m, _a in dated} >= {"workflows.WorkItem", "auxot.AuditEvent",
+                                                   "intakes.CallbackDelivery"}
+    for model, model_admin in dated:
+        ordering = list(model_admin.get_ordering(request))
+        assert ordering[0] == "-created_at" or model_admin.ordering, model._meta.label
+
+
+@pytest.mark.django_db
+def test_the_work_history_page_shows_the_newest_item_first(root, cast):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tests.conftest import make_workflow
+    from workflows.services import work_item_create
+
+    workflow = make_workflow(cast.org_a, [("transform", {"expression": "{echo: input}"})])
+    items = [work_item_create(workflow=workflow, input={"n": n}) for n in range(6)]
+    for age, item in enumerate(items):  # items[0] is the newest
+        WorkItem.objects.filter(pk=item.pk).update(
+            created_at=timezone.now() - timedelta(minutes=age))
+    html = root.get(reverse("admin:workflows_workitem_changelist")).content.decode()
+    positions = [html.index(str(item.pk)) for item in items]
+    assert positions == sorted(positions)
