@@ -293,8 +293,24 @@ def host_key(host: str) -> str:
         return name.lower()
 
 
+# A path's first segment shows when it reads as a plain word; no other segment does.
+_PATH_WORD = re.compile(r"^[A-Za-z][A-Za-z._-]{0,31}$")
+
+
+def _path_redact(path: str) -> str:
+    """Chat and automation services put their tokens in the path (Slack's
+    /services/T…/B…/<token>, Discord's /api/webhooks/<id>/<token>, Zapier's
+    /hooks/catch/<account>/<hook>/, webhook.site/<uuid>): every segment is hidden except a first
+    one made of letters, `.`, `_` and `-` (32 at most), which names a receiver's route
+    (`/hooks`, `/webhooks`, `/auxot`) rather than a credential."""
+    segments = path.split("/")
+    return "/".join(segment if not segment or (index == 1 and _PATH_WORD.match(segment))
+                    else "REDACTED" for index, segment in enumerate(segments))
+
+
 def url_redact(url: str) -> str:
-    """The URL without query values (they often carry tokens) or userinfo, for display."""
+    """The URL for display: no userinfo, no query values, no path segment but a plain first
+    word (tokens ride in all three)."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -307,7 +323,22 @@ def url_redact(url: str) -> str:
         netloc = f"[{netloc}]"
     if port:
         netloc += f":{port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    return urlunsplit((parts.scheme, netloc, _path_redact(parts.path), query, ""))
+
+
+def url_hidden_parts(url: str) -> list[str]:
+    """What `url_redact` hides, as written in the URL (query, userinfo, path segments), longest
+    first: to scrub a library's message that may quote the URL. Parts shorter than 4
+    characters are left out (they hold no token, and replacing them would garble the text)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return [url] if url else []
+    hidden = [parts.query, parts.netloc.rpartition("@")[0] if "@" in parts.netloc else ""]
+    redacted = _path_redact(parts.path).split("/")
+    hidden += [segment for segment, shown in zip(parts.path.split("/"), redacted, strict=True)
+               if shown == "REDACTED"]
+    return sorted({part for part in hidden if len(part) >= 4}, key=len, reverse=True)
 
 
 # --- Connection-time check ------------------------------------------------------------------

@@ -29,7 +29,13 @@ from auxot.broker import task_enqueue
 from auxot.http import retry_after_seconds
 from auxot.logs import log_context
 from auxot.models import Organization
-from auxot.outbound import RefusedDestination, host_key, outbound_post, url_redact
+from auxot.outbound import (
+    RefusedDestination,
+    host_key,
+    outbound_post,
+    url_hidden_parts,
+    url_redact,
+)
 from auxot.services import audit_record
 from auxot.storable import text_decode
 from intakes.metrics import callback_attempted
@@ -407,17 +413,19 @@ def callback_post(*, url: str, body: bytes, headers: dict[str, str]) -> SendResu
     else:
         return SendResult(status=answer.status,
                           # A receiver's answer must never make its attempt impossible
-                          # to record (PostgreSQL text cannot hold NUL, for one).
-                          body=text_decode(answer.content), headers=answer.headers,
+                          # to record (PostgreSQL text cannot hold NUL, for one), and an
+                          # error page quoting the request's URL must not store its tokens.
+                          body=_scrub(text_decode(answer.content), url), headers=answer.headers,
                           latency_ms=int((time.monotonic() - started) * 1000))
     return SendResult(error=_scrub(error, url),
                       latency_ms=int((time.monotonic() - started) * 1000))
 
 
 def _scrub(error: str, url: str) -> str:
-    # Library messages may quote the URL; its query often carries the receiver's token.
-    query = url.partition("?")[2].partition("#")[0]
-    return error.replace(query, "REDACTED") if query else error
+    # Library messages may quote the URL; its query or path often carries the receiver's token.
+    for part in url_hidden_parts(url):
+        error = error.replace(part, "REDACTED")
+    return error
 
 
 def _short(exc: Exception) -> str:

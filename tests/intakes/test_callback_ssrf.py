@@ -1,13 +1,20 @@
 """The outbound policy as callbacks see it: refused destinations are failed attempts and no
 packet leaves (the full class of address forms for every caller is in test_outbound.py)."""
 
+import importlib
 import socket
 
 import pytest
+from werkzeug import Response
 
-from auxot.outbound import RefusedDestination, url_check, url_redact
-from intakes.callbacks import callback_delivery_create, callback_delivery_process, callback_post
-from intakes.models import CallbackAttempt, CallbackDelivery
+from auxot.outbound import RefusedDestination, url_check, url_hidden_parts, url_redact
+from intakes.callbacks import (
+    _scrub,
+    callback_delivery_create,
+    callback_delivery_process,
+    callback_post,
+)
+from intakes.models import CallbackAttempt, CallbackDelivery, Intake
 from tests.callback_helpers import finished_item
 
 pytestmark = pytest.mark.django_db
@@ -134,3 +141,79 @@ def test_redaction_hides_query_values_and_credentials():
     assert url_redact("https://u:p@h.example:8443/p?token=abc&x=1") == (
         "https://h.example:8443/p?token=REDACTED&x=REDACTED")
     assert url_redact("https://h.example:99999/") == "(malformed URL)"
+
+
+# Receivers that carry their credential in the path: (URL, the secret, what is shown).
+PATH_TOKENS = [
+    ("https://hooks.slack.com/services/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",
+     "xoxWq8bJ2kLmN4pRsT6vYz1a", "https://hooks.slack.com/services/REDACTED/REDACTED/REDACTED"),
+    ("https://discord.com/api/webhooks/112233445566778899/AbC-dEf_GhIjKlMnOpQrStUvWxYz0123",
+     "AbC-dEf_GhIjKlMnOpQrStUvWxYz0123", "https://discord.com/api/REDACTED/REDACTED/REDACTED"),
+    ("https://hooks.zapier.com/hooks/catch/123456/abcdefg/", "abcdefg",
+     "https://hooks.zapier.com/hooks/REDACTED/REDACTED/REDACTED/"),
+    ("https://webhook.site/4f1c2d3e-5a6b-7c8d-9e0f-a1b2c3d4e5f6", "4f1c2d3e-5a6b",
+     "https://webhook.site/REDACTED"),
+    ("https://maker.ifttt.com/trigger/done/with/key/dK3lq9ZxYwV", "dK3lq9ZxYwV",
+     "https://maker.ifttt.com/trigger/REDACTED/REDACTED/REDACTED/REDACTED"),
+    ("https://x.example/%73ecret/more", "%73ecret", "https://x.example/REDACTED/REDACTED"),
+    ("https://x.example/abcdefghijklmnopqrstuvwxyzabcdefghij", "abcdefghijklmnopqrstuvwxyz",
+     "https://x.example/REDACTED"),  # a first word longer than a route's name
+    ("https://x.example/hooks/s3cret?sig=v4lue#frag", "s3cret",
+     "https://x.example/hooks/REDACTED?sig=REDACTED"),
+    ("https://x.example/auxot", "", "https://x.example/auxot"),  # a plain route shows
+    ("https://x.example/", "", "https://x.example/"),
+]
+
+
+@pytest.mark.parametrize(("url", "secret", "shown"), PATH_TOKENS)
+def test_redaction_hides_every_path_segment_but_a_plain_first_word(url, secret, shown):
+    assert url_redact(url) == shown
+    assert url_redact(shown) == shown  # redacting twice changes nothing
+    if secret:
+        assert secret not in url_redact(url)
+        assert any(secret in part for part in url_hidden_parts(url))
+
+
+def test_hidden_parts_scrub_a_message_that_quotes_the_url():
+    url = "https://u:pw123456@x.example/hooks/T0ken123/B45?token=s3cret&x=1"
+    message = f"Max retries exceeded with url: /hooks/T0ken123/B45?token=s3cret&x=1 ({url})"
+    scrubbed = _scrub(message, url)
+    for secret in ("T0ken123", "s3cret", "pw123456"):
+        assert secret not in scrubbed
+    assert url_hidden_parts(url) == ["token=s3cret&x=1", "u:pw123456", "T0ken123"]  # not "B45"
+
+
+def test_an_answer_that_quotes_the_url_is_stored_without_its_tokens(receiver):
+    receiver.expect_request("/hook/T0kenInPath77").respond_with_handler(
+        lambda request: Response(f"no route for {request.url}", status=404))
+    url = receiver.url_for("/hook/T0kenInPath77?token=s3cretQ")
+    result = callback_post(url=url, body=b"{}", headers={})
+    assert result.status == 404 and result.body.startswith("no route for ")
+    assert "T0kenInPath77" not in result.body and "s3cretQ" not in result.body
+    assert "/hook/REDACTED?REDACTED" in result.body
+
+
+def test_the_migration_redacts_path_tokens_in_rows_written_before(cb_intake, receiver):
+    from django.apps import apps
+    from django.utils import timezone
+
+    migration = importlib.import_module("intakes.migrations.0008_redact_callback_url_paths")
+    delivery = callback_delivery_create(work_item=finished_item(cb_intake))
+    url = receiver.url_for("/hook/T0kenOld55?token=s3")
+    CallbackDelivery.objects.filter(pk=delivery.pk).update(
+        url=url, last_error="connection failed: /hook/T0kenOld55?token=s3")
+    CallbackAttempt.objects.create(  # as attempts were stored: the query's values redacted
+        delivery=delivery, number=1, started_at=timezone.now(),
+        url=receiver.url_for("/hook/T0kenOld55?token=REDACTED"), status_code=404,
+        response_body="no route for /hook/T0kenOld55", error="")
+    Intake.objects.filter(pk=cb_intake.pk).update(
+        callback_disabled_at=timezone.now(),
+        callback_disabled_reason=f"410 Gone from {url.replace('token=s3', 'token=REDACTED')}")
+    migration.redact_paths(apps, None)
+    attempt = CallbackAttempt.objects.get(delivery=delivery)
+    assert attempt.url == receiver.url_for("/hook/REDACTED?token=REDACTED")
+    assert attempt.response_body == "no route for /hook/REDACTED"
+    assert CallbackDelivery.objects.get(pk=delivery.pk).last_error == (
+        "connection failed: /hook/REDACTED?REDACTED")
+    assert Intake.objects.get(pk=cb_intake.pk).callback_disabled_reason == (
+        "410 Gone from " + receiver.url_for("/hook/REDACTED?token=REDACTED"))
