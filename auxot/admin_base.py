@@ -28,6 +28,7 @@ from django.db.models.constants import LOOKUP_SEP
 from django.http import Http404, HttpRequest
 
 from auxot.models import Membership, Organization, Team
+from auxot.outbound import url_redact
 
 ADMIN = Membership.Role.ADMIN
 MEMBER = Membership.Role.MEMBER
@@ -137,8 +138,20 @@ def org_action(*, roles: Collection[str], description: str,
     return decorate
 
 
-# Fields the admin shows only redacted (a callback URL's query values may be tokens).
+# Fields the admin shows only redacted (a callback URL's path and query may hold tokens):
+# wherever one is read-only, `<name>_redacted` (`url_redact`) shows instead; only a form that
+# edits it, for someone who may change the object, holds it whole.
 REDACTED_FIELDS = frozenset({"url", "callback_url"})
+_REDACTED_SUFFIX = "_redacted"
+
+
+def _url_shown(name: str, description: str):
+    @admin.display(description=description)
+    def shown(self, obj) -> str:
+        value = getattr(obj, name, "")
+        return url_redact(value) if value else "-"
+
+    return shown
 
 
 class OrgScopedAdmin(admin.ModelAdmin):
@@ -184,6 +197,61 @@ class OrgScopedAdmin(admin.ModelAdmin):
         if not ordering and any(f.name == "created_at" for f in self.model._meta.fields):
             return ["-created_at", "-pk"]
         return ordering
+
+    # --- redacted fields -------------------------------------------------------------
+    url_redacted = _url_shown("url", "URL")
+    callback_url_redacted = _url_shown("callback_url", "callback URL")
+
+    def _redacted_here(self) -> list[str]:
+        names = {field.name for field in self.model._meta.fields}
+        return sorted(name for name in REDACTED_FIELDS if name in names)
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = list(super().get_readonly_fields(request, obj))
+        return fields + [name + _REDACTED_SUFFIX for name in self._redacted_here()
+                         if name + _REDACTED_SUFFIX not in fields]
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("get_fieldsets")
+        if own is not None:  # an admin that lays out its own page: redacted all the same
+
+            @functools.wraps(own)
+            def get_fieldsets(self, request, obj=None):
+                return self._fieldsets_redacted(request, obj, own(self, request, obj))
+
+            cls.get_fieldsets = get_fieldsets
+
+    def get_fieldsets(self, request, obj=None):
+        return self._fieldsets_redacted(request, obj, super().get_fieldsets(request, obj))
+
+    def _fieldsets_redacted(self, request, obj, fieldsets):
+        """A field of REDACTED_FIELDS that this page shows read-only (to a viewer, or read-only
+        for everyone) is shown through `url_redact`; one it edits stays whole. Idempotent."""
+        redacted = self._redacted_here()
+        if not redacted:
+            return fieldsets
+        viewing = obj is not None and not self.has_change_permission(request, obj)
+        readonly = set(self.get_readonly_fields(request, obj)) if not viewing else set()
+        hidden = {name for name in redacted if viewing or name in readonly}
+        edited = set(redacted) - hidden
+        seen: set[str] = set()
+
+        def shown(names):
+            for name in names:
+                if isinstance(name, list | tuple):
+                    yield tuple(shown(name))
+                    continue
+                if name in hidden:
+                    name += _REDACTED_SUFFIX
+                elif name.endswith(_REDACTED_SUFFIX) and name[:-len(_REDACTED_SUFFIX)] in edited:
+                    continue  # the form shows the field itself
+                if name not in seen:
+                    seen.add(name)
+                    yield name
+
+        return [(title, {**options, "fields": list(shown(options["fields"]))})
+                for title, options in fieldsets]
 
     def lookup_allowed(self, lookup, value, request=None):
         """Django lets a changelist's querystring filter on any field (`?url__contains=`);

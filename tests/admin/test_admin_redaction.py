@@ -1,0 +1,82 @@
+"""A callback URL's tokens, in its path or its query, reach no admin page that shows the URL
+read-only: enumerated over every admin of a model with such a field, every role, its
+changelist and its change page. Only the form that edits the URL, for someone who may change
+the object, holds it whole."""
+
+import re
+
+import pytest
+from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.urls import reverse
+
+from auxot.admin_base import REDACTED_FIELDS, OrgScopedAdmin
+from intakes.callbacks import callback_delivery_create, callback_delivery_process
+from intakes.models import CallbackDelivery, Intake
+from intakes.services import intake_create
+from tests.callback_helpers import finished_item
+from tests.conftest import make_workflow
+from workflows.models import WorkItem
+
+pytestmark = pytest.mark.django_db
+PATH_TOKEN = "T0kenInThePath9x"
+QUERY_TOKEN = "qs3cretQ"
+# The widget that edits the URL ("Currently: <a>…</a> Change: <input>"): whoever may change
+# the intake sees what they edit.
+_EDITED = re.compile(r'(<p class="url">[^<]*<a [^>]*>[^<]*</a><br>[^<]*)?'
+                     r'<input[^>]*name="callback_url"[^>]*>(</p>)?')
+
+
+def _models_with_redacted_fields() -> set:
+    return {model for model, model_admin in admin.site._registry.items()
+            if isinstance(model_admin, OrgScopedAdmin)
+            and {f.name for f in model._meta.fields} & REDACTED_FIELDS}
+
+
+@pytest.fixture
+def world(cast, receiver):
+    url = receiver.url_for(f"/hook/{PATH_TOKEN}?token={QUERY_TOKEN}")
+    workflow = make_workflow(cast.org_a, [("transform", {"expression": "{echo: input}"})],
+                             name="Echo")
+    intake = intake_create(org=cast.org_a, workflow=workflow, name="Tokens",
+                           created_by=cast.admin_a, callback_url=url)
+    item = finished_item(intake, callback_url=url)  # a caller's own callback URL
+    delivery = callback_delivery_create(work_item=item)
+    callback_delivery_process(delivery_id=delivery.pk)  # an attempt row, shown on both pages
+    return {Intake: intake, WorkItem: item, CallbackDelivery: delivery}
+
+
+def test_every_model_with_a_redacted_field_is_in_the_world(world):
+    assert _models_with_redacted_fields() == set(world)
+
+
+@pytest.mark.parametrize("who", ["auditor_a", "member_a", "admin_a", "root"])
+def test_no_page_shows_a_callback_urls_tokens(client, cast, world, who):
+    user = (get_user_model().objects.create_superuser("root", "root@example.com", "x")
+            if who == "root" else getattr(cast, who))
+    client.force_login(user)
+    for model, obj in world.items():
+        meta, model_admin = model._meta, admin.site._registry[model]
+        change = reverse(f"admin:{meta.app_label}_{meta.model_name}_change", args=[obj.pk])
+        for page in (reverse(f"admin:{meta.app_label}_{meta.model_name}_changelist"), change):
+            response = client.get(page)
+            assert response.status_code == 200, (who, page)
+            content = response.content.decode()
+            edited = [match.group(0) for match in _EDITED.finditer(content)]
+            if page == change and model is Intake and model_admin.has_change_permission(
+                    response.wsgi_request, obj):
+                [field] = edited
+                assert PATH_TOKEN in field and QUERY_TOKEN in field  # editable, so whole
+                content = content.replace(field, "")
+            else:
+                assert edited == [], (who, page)
+            assert PATH_TOKEN not in content and QUERY_TOKEN not in content, (
+                who, page, re.findall(r".{0,200}(?:T0ken|qs3cret).{0,80}", content))
+
+
+def test_a_viewer_sees_the_intakes_callback_url_redacted(client, cast, world):
+    client.force_login(cast.auditor_a)
+    intake = world[Intake]
+    page = client.get(reverse("admin:intakes_intake_change", args=[intake.pk])).content.decode()
+    assert "/hook/REDACTED?token=REDACTED" in page
+    assert not _EDITED.search(page)
