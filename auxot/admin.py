@@ -1,5 +1,4 @@
 import csv
-import json
 
 from django import forms
 from django.apps import apps
@@ -9,7 +8,14 @@ from django.http import StreamingHttpResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from auxot.admin_base import ADMIN, AUDITOR, MANAGERS, OrgScopedAdmin, has_role
+from auxot.admin_base import (
+    ADMIN,
+    AUDITOR,
+    MANAGERS,
+    OrgScopedAdmin,
+    audit_extra_text,
+    has_role,
+)
 from auxot.errors import ApplicationError
 from auxot.http import client_ip
 from auxot.models import AuditEvent, AuditLogEntry, Membership, Organization, Secret, Team
@@ -83,8 +89,12 @@ class AuditEventAdmin(OrgScopedAdmin):
     add_roles = change_roles = delete_roles = action_roles = NOBODY
     change_list_template = "admin/auxot/auditevent/change_list.html"
     fields = ["created_at", "event", "org", "actor_user", "actor_label", "actor_key_lookup",
-              "object_type", "object_id", "ip", "extra"]
+              "object_type", "object_id", "ip", "extra_shown"]
     readonly_fields = fields
+
+    @admin.display(description="extra")
+    def extra_shown(self, obj: AuditEvent) -> str:
+        return audit_extra_text(obj.extra)
 
     def get_queryset(self, request):
         """The audit log view (AuditLogEntry, same columns): the audit rows and what the
@@ -148,7 +158,7 @@ class AuditEventAdmin(OrgScopedAdmin):
                 yield writer.writerow([csv_cell(value) for value in (
                     e.created_at.isoformat(), e.event, e.actor_label, e.actor_key_lookup,
                     e.object_type, e.object_id, e.ip, e.org.name if e.org else "",
-                    json.dumps(e.extra, sort_keys=True, ensure_ascii=False))])
+                    audit_extra_text(e.extra))])
 
         response = StreamingHttpResponse(stream(), content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = 'attachment; filename="auxot-audit.csv"'

@@ -18,6 +18,7 @@ organization: views call `require_role`, changelist actions are declared with `o
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Collection
 
 from django.contrib import admin
@@ -28,7 +29,7 @@ from django.db.models.constants import LOOKUP_SEP
 from django.http import Http404, HttpRequest
 
 from auxot.models import Membership, Organization, Team
-from auxot.outbound import url_redact
+from auxot.outbound import url_redact, urls_redacted
 
 ADMIN = Membership.Role.ADMIN
 MEMBER = Membership.Role.MEMBER
@@ -152,6 +153,13 @@ def _url_shown(name: str, description: str):
         return url_redact(value) if value else "-"
 
     return shown
+
+
+def audit_extra_text(extra: dict) -> str:
+    """An audit row's `extra` as pages and exports show it: JSON with every URL in it shown
+    as `url_redact` shows one now. Rows recorded before it hid a URL's path keep the path
+    (the log is append-only); this is where it stops showing."""
+    return json.dumps(urls_redacted(extra), sort_keys=True, ensure_ascii=False)
 
 
 class OrgScopedAdmin(admin.ModelAdmin):

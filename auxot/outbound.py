@@ -31,7 +31,7 @@ import threading
 import time
 from functools import cache
 from typing import Any, Literal, NamedTuple
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from urllib.parse import SplitResult, unquote, unquote_plus, urlsplit, urlunsplit
 
 import idna
 import requests
@@ -39,7 +39,7 @@ import urllib3
 from django.conf import settings
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
-from requests.utils import DEFAULT_ACCEPT_ENCODING, default_headers
+from requests.utils import DEFAULT_ACCEPT_ENCODING, default_headers, requote_uri
 from urllib3 import HTTPHeaderDict
 from urllib3 import exceptions as u3
 from urllib3.connection import HTTPConnection, HTTPSConnection
@@ -293,51 +293,75 @@ def host_key(host: str) -> str:
         return name.lower()
 
 
-# A path's first segment shows when it reads as a plain word; no other segment does.
-_PATH_WORD = re.compile(r"^[A-Za-z][A-Za-z._-]{0,31}$")
+# A path's first segment shows when it reads as a route's name (lower-case letters, `.`, `_`,
+# `-`): a generated token mixes cases or has digits. No other segment shows.
+_PATH_WORD = re.compile(r"^[a-z][a-z._-]{0,31}$")
+_URL_IN_TEXT = re.compile(r"https?://[^\s\"'<>]+", re.IGNORECASE)
 
 
 def _path_redact(path: str) -> str:
     """Chat and automation services put their tokens in the path (Slack's
     /services/T…/B…/<token>, Discord's /api/webhooks/<id>/<token>, Zapier's
-    /hooks/catch/<account>/<hook>/, webhook.site/<uuid>): every segment is hidden except a first
-    one made of letters, `.`, `_` and `-` (32 at most), which names a receiver's route
-    (`/hooks`, `/webhooks`, `/auxot`) rather than a credential."""
+    /hooks/catch/<account>/<hook>/, webhook.site/<uuid>): every segment is hidden except a
+    first one that names a receiver's route (`/hooks`, `/webhooks`, `/auxot`)."""
     segments = path.split("/")
     return "/".join(segment if not segment or (index == 1 and _PATH_WORD.match(segment))
                     else "REDACTED" for index, segment in enumerate(segments))
 
 
+def _query_redact(query: str) -> str:
+    """Names stay, values go; a part without `=` is all value (`?<token>`)."""
+    return "&".join(f"{pair.split('=', 1)[0]}=REDACTED" if "=" in pair else "REDACTED"
+                    for pair in query.split("&") if pair)
+
+
 def url_redact(url: str) -> str:
-    """The URL for display: no userinfo, no query values, no path segment but a plain first
-    word (tokens ride in all three)."""
+    """The URL for display: no userinfo, no query values, no path segment but a route's name
+    first (tokens ride in all three). The host shows: it names the receiver."""
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
         return "(malformed URL)"
-    query = "&".join(f"{pair.split('=', 1)[0]}=REDACTED" for pair in parts.query.split("&")
-                     if pair)
     netloc = parts.hostname or ""
     if ":" in netloc:
         netloc = f"[{netloc}]"
     if port:
         netloc += f":{port}"
-    return urlunsplit((parts.scheme, netloc, _path_redact(parts.path), query, ""))
+    return urlunsplit((parts.scheme, netloc, _path_redact(parts.path),
+                       _query_redact(parts.query), ""))
+
+
+def urls_redacted(value: Any) -> Any:
+    """`value` (text, or JSON: dicts and lists) with every http(s) URL in it redacted: for
+    what was recorded before `url_redact` hid as much as it does now (an audit row)."""
+    if isinstance(value, str):
+        return _URL_IN_TEXT.sub(lambda found: url_redact(found.group(0)), value)
+    if isinstance(value, dict):
+        return {key: urls_redacted(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [urls_redacted(item) for item in value]
+    return value
 
 
 def url_hidden_parts(url: str) -> list[str]:
-    """What `url_redact` hides, as written in the URL (query, userinfo, path segments), longest
-    first: to scrub a library's message that may quote the URL. Parts shorter than 4
-    characters are left out (they hold no token, and replacing them would garble the text)."""
+    """What `url_redact` hides, as it may be quoted in a text (a library's message, a
+    receiver's error page): the query whole and each of its parts and values, the userinfo,
+    the hidden path segments, each also percent-decoded and as sent; longest first. Parts
+    shorter than 4 characters are left out (they hold no token, and replacing them would
+    garble the text)."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return [url] if url else []
     hidden = [parts.query, parts.netloc.rpartition("@")[0] if "@" in parts.netloc else ""]
+    for pair in parts.query.split("&"):
+        hidden += [pair, pair.partition("=")[2]]
     redacted = _path_redact(parts.path).split("/")
     hidden += [segment for segment, shown in zip(parts.path.split("/"), redacted, strict=True)
                if shown == "REDACTED"]
+    hidden += ([unquote_plus(part) for part in hidden] + [unquote(part) for part in hidden]
+               + [requote_uri(part) for part in hidden])  # as decoded, and as sent
     return sorted({part for part in hidden if len(part) >= 4}, key=len, reverse=True)
 
 

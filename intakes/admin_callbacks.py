@@ -60,16 +60,17 @@ def endpoint_health(key: str) -> str:
 
 # --- CallbackDelivery: the log, per work item and per intake -----------------------------
 
-class CallbackAttemptInline(admin.TabularInline):
+class CallbackAttemptInline(ReadOnlyInlineMixin, ScopedInlineMixin, admin.TabularInline):
+    """The attempts on a delivery's page: whoever may view the delivery sees them (Django's
+    model permissions, which org roles do not use, hid them from everyone but superusers);
+    nobody edits them."""
+
     model = CallbackAttempt
     extra = 0
     can_delete = False
     fields = ["number", "started_at", "url", "status_code", "latency_ms", "error",
               "response_body"]
     readonly_fields = fields
-
-    def has_add_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(CallbackDelivery)

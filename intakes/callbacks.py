@@ -30,6 +30,7 @@ from auxot.http import retry_after_seconds
 from auxot.logs import log_context
 from auxot.models import Organization
 from auxot.outbound import (
+    MAX_URL,
     RefusedDestination,
     host_key,
     outbound_post,
@@ -53,6 +54,7 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 LEASE_GRACE_SECONDS = 30
 SWEEP_GRACE_SECONDS = 10  # the finished signal normally creates the delivery within ms
 RESPONSE_KEEP_BYTES = 2048
+ERROR_KEEP_CHARS = 300  # of an attempt's error text
 USER_AGENT = "Auxot-Webhooks/1 (+https://www.standardwebhooks.com/)"
 
 
@@ -400,7 +402,7 @@ def callback_post(*, url: str, body: bytes, headers: dict[str, str]) -> SendResu
     timeout = settings.AUXOT_CALLBACK_TIMEOUT_SECONDS
     try:
         answer = outbound_post(url, purpose="callback", timeout=timeout, body=body,
-                               headers=headers, max_bytes=RESPONSE_KEEP_BYTES)
+                               headers=headers, max_bytes=RESPONSE_KEEP_BYTES + MAX_URL)
     except RefusedDestination as exc:
         return SendResult(error=f"refused: {exc}", refused=True)
     except requests.Timeout:
@@ -411,13 +413,10 @@ def callback_post(*, url: str, body: bytes, headers: dict[str, str]) -> SendResu
         else:
             error = f"request failed: {_short(exc)}"
     else:
-        return SendResult(status=answer.status,
-                          # A receiver's answer must never make its attempt impossible
-                          # to record (PostgreSQL text cannot hold NUL, for one), and an
-                          # error page quoting the request's URL must not store its tokens.
-                          body=_scrub(text_decode(answer.content), url), headers=answer.headers,
+        return SendResult(status=answer.status, body=_answer_kept(answer.content, url),
+                          headers=answer.headers,
                           latency_ms=int((time.monotonic() - started) * 1000))
-    return SendResult(error=_scrub(error, url),
+    return SendResult(error=_scrub(error, url)[:ERROR_KEEP_CHARS],
                       latency_ms=int((time.monotonic() - started) * 1000))
 
 
@@ -428,12 +427,21 @@ def _scrub(error: str, url: str) -> str:
     return error
 
 
+def _answer_kept(content: bytes, url: str) -> str:
+    """The answer's first RESPONSE_KEEP_BYTES as storable text (PostgreSQL text cannot hold
+    NUL, for one: a receiver's answer must never make its attempt impossible to record),
+    without the URL's hidden parts (an error page often quotes the URL it was asked for).
+    Scrubbed before it is cut, from MAX_URL bytes more: a token across the cut is whole."""
+    text = _scrub(text_decode(content), url)
+    return text.encode()[:RESPONSE_KEEP_BYTES].decode("utf-8", "ignore")
+
+
 def _short(exc: Exception) -> str:
     # requests nests the root cause; its text is enough and never contains our secrets.
     root = exc
     while root.__cause__ is not None or (root.args and isinstance(root.args[0], Exception)):
         root = root.__cause__ or root.args[0]
-    return f"{type(root).__name__}: {root}"[:300]
+    return f"{type(root).__name__}: {root}"[:ERROR_KEEP_CHARS + MAX_URL]  # cut after _scrub
 
 
 def _next_attempt(delivery: CallbackDelivery, result: SendResult,

@@ -23,6 +23,7 @@ from auxot.admin_base import (
     OrgScopedAdmin,
     ReadOnlyInlineMixin,
     ScopedInlineMixin,
+    audit_extra_text,
     has_role,
     org_action,
     require_role,
@@ -294,7 +295,7 @@ class WorkItemAdmin(ExtendedInlinesMixin, WorkItemReplayMixin, WorkItemActionsMi
         return format_html("<ul>{}</ul>", format_html_join(
             "", "<li>{} <strong>{}</strong> by {} {}</li>",
             ((e.created_at.strftime("%Y-%m-%d %H:%M:%S"), e.event, e.actor_label or "system",
-              json.dumps(e.extra, sort_keys=True, ensure_ascii=False) if e.extra else "")
+              audit_extra_text(e.extra) if e.extra else "")
              for e in events)))
 
     def has_delete_permission(self, request, obj=None):

@@ -80,3 +80,39 @@ def test_a_viewer_sees_the_intakes_callback_url_redacted(client, cast, world):
     page = client.get(reverse("admin:intakes_intake_change", args=[intake.pk])).content.decode()
     assert "/hook/REDACTED?token=REDACTED" in page
     assert not _EDITED.search(page)
+
+
+def test_every_role_that_views_a_delivery_sees_its_attempts(client, cast, world):
+    delivery = world[CallbackDelivery]
+    for who in ("auditor_a", "member_a", "admin_a"):
+        client.force_login(getattr(cast, who))
+        page = client.get(reverse("admin:intakes_callbackdelivery_change", args=[delivery.pk]))
+        assert 'id="attempt_rows-group"' in page.content.decode(), who
+        assert page.context["inline_admin_formsets"][0].formset.queryset.count() == 1, who
+
+
+# Recorded when url_redact still showed a URL's path: the audit log is append-only, so what it
+# shows must be redacted when it is read.
+OLD_EXTRA = {"callback_url": f"https://hooks.slack.com/services/T0/B0/{PATH_TOKEN}",
+             "reason": f"410 Gone from https://hooks.slack.com/services/T0/B0/{PATH_TOKEN}",
+             "nested": [{"url": f"https://x.example/hook/{PATH_TOKEN}?token={QUERY_TOKEN}"}]}
+
+
+def test_an_audit_row_recorded_before_shows_its_urls_redacted(client, cast, world):
+    from auxot.services import audit_record
+
+    item = world[WorkItem]
+    event = audit_record(event="intake.created", org=cast.org_a, obj=item, extra=OLD_EXTRA)
+    client.force_login(cast.auditor_a)
+    pages = [reverse("admin:auxot_auditevent_change", args=[event.pk]),
+             reverse("admin:auxot_auditevent_export"),
+             reverse("admin:workflows_workitem_change", args=[item.pk])]
+    for page in pages:
+        response = client.get(page)
+        assert response.status_code == 200, page
+        content = b"".join(response.streaming_content) if response.streaming else \
+            response.content
+        text = content.decode()
+        assert "410 Gone from https://hooks.slack.com/services/REDACTED" in text.replace(
+            "&quot;", '"'), page
+        assert PATH_TOKEN not in text and QUERY_TOKEN not in text, page

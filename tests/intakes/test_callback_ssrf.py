@@ -160,7 +160,13 @@ PATH_TOKENS = [
      "https://x.example/REDACTED"),  # a first word longer than a route's name
     ("https://x.example/hooks/s3cret?sig=v4lue#frag", "s3cret",
      "https://x.example/hooks/REDACTED?sig=REDACTED"),
-    ("https://x.example/auxot", "", "https://x.example/auxot"),  # a plain route shows
+    ("https://x.example/qXwZrTyKpLmNbVcDfGhJsEcReTtok", "qXwZrTyKpLmNbVcDfGhJsEcReTtok",
+     "https://x.example/REDACTED"),  # letters only, but cases mixed: generated
+    ("https://hooks.example.com/hook?xoxSECRETa1", "xoxSECRETa1",
+     "https://hooks.example.com/hook?REDACTED"),  # a query part with no name
+    ("https://x.example/Webhooks/in", "", "https://x.example/REDACTED/REDACTED"),
+    ("https://x.example/auxot", "", "https://x.example/auxot"),  # a route's name shows
+    ("https://x.example/web_hooks-v.x", "", "https://x.example/web_hooks-v.x"),
     ("https://x.example/", "", "https://x.example/"),
 ]
 
@@ -180,7 +186,42 @@ def test_hidden_parts_scrub_a_message_that_quotes_the_url():
     scrubbed = _scrub(message, url)
     for secret in ("T0ken123", "s3cret", "pw123456"):
         assert secret not in scrubbed
-    assert url_hidden_parts(url) == ["token=s3cret&x=1", "u:pw123456", "T0ken123"]  # not "B45"
+    hidden = url_hidden_parts(url)
+    assert {"token=s3cret&x=1", "token=s3cret", "s3cret", "u:pw123456", "T0ken123"} <= set(hidden)
+    assert "B45" not in hidden and "x=1" not in hidden  # too short to hold a token
+    assert hidden == sorted(hidden, key=len, reverse=True)  # a longer part goes first
+    decoded = url_hidden_parts("https://x.example/hook/Sec%20ret%2BT0ken?k=a%2Fb+c%26d")
+    assert {"Sec ret+T0ken", "a/b c&d", "a/b+c&d"} <= set(decoded)  # as a page may quote it
+
+
+# How a receiver's answer may quote the URL it was asked for (/hook/T0kenInPath77 with
+# ?v=2&token=s3cretQQ): each way, neither token may be stored.
+QUOTED = {
+    "whole": "no route for {url}",
+    "the value alone": "bad token s3cretQQ",
+    "JSON-escaped &": '{{"url": "/hook/T0kenInPath77?v=2\\u0026token=s3cretQQ"}}',
+    "HTML-escaped &": "<a href='/hook/T0kenInPath77?v=2&amp;token=s3cretQQ'>",
+    "across the 2 KiB cut": "x" * 2036 + "/hook/T0kenInPath77?v=2&token=s3cretQQ",
+}
+
+
+@pytest.mark.parametrize("how", list(QUOTED))
+def test_no_quoting_of_the_url_in_an_answer_stores_its_tokens(receiver, how):
+    url = receiver.url_for("/hook/T0kenInPath77?v=2&token=s3cretQQ")
+    receiver.expect_request("/hook/T0kenInPath77").respond_with_handler(
+        lambda request: Response(QUOTED[how].format(url=request.url), status=404))
+    result = callback_post(url=url, body=b"{}", headers={})
+    assert result.status == 404 and len(result.body.encode()) <= 2048
+    for token in ("T0kenInPath77", "s3cretQQ", "T0ken", "s3cr"):
+        assert token not in result.body, result.body[-80:]
+
+
+def test_a_non_ascii_path_token_is_cut_as_it_was_sent(receiver):
+    url = receiver.url_for("/hook/T\u00f6k3nSecret")  # sent as /hook/T%C3%B6k3nSecret
+    receiver.expect_request("/hook/T\u00f6k3nSecret").respond_with_handler(
+        lambda request: Response(f"no route {request.environ['REQUEST_URI']}", status=404))
+    result = callback_post(url=url, body=b"{}", headers={})
+    assert result.status == 404 and result.body == "no route /hook/REDACTED", result.body
 
 
 def test_an_answer_that_quotes_the_url_is_stored_without_its_tokens(receiver):
