@@ -346,7 +346,7 @@ def urls_redacted(value: Any) -> Any:
 
 def url_hidden_parts(url: str) -> list[str]:
     """What `url_redact` hides, as it may be quoted in a text (a library's message, a
-    receiver's error page): the query whole and each of its parts and values, the userinfo,
+    receiver's error page): the query whole, each of its parts and values, the userinfo,
     the hidden path segments, each also percent-decoded and as sent; longest first. Parts
     shorter than 4 characters are left out (they hold no token, and replacing them would
     garble the text)."""
@@ -356,7 +356,10 @@ def url_hidden_parts(url: str) -> list[str]:
         return [url] if url else []
     hidden = [parts.query, parts.netloc.rpartition("@")[0] if "@" in parts.netloc else ""]
     for pair in parts.query.split("&"):
-        hidden += [pair, pair.partition("=")[2]]
+        value = pair.partition("=")[2]
+        # A value quoted alone is cut unless it is a plain word (`format=json`,
+        # `debug=true`): every "json" of a stored answer would go too.
+        hidden += [pair, "" if _PATH_WORD.match(value) else value]
     redacted = _path_redact(parts.path).split("/")
     hidden += [segment for segment, shown in zip(parts.path.split("/"), redacted, strict=True)
                if shown == "REDACTED"]
