@@ -134,3 +134,25 @@ def test_bad_http_config_is_refused_when_saved(cast, config):
     step = Step(workflow=wf, position=1, name="Call", kind="http", config=config)
     with pytest.raises(ValidationError):
         step.full_clean()
+
+
+@pytest.mark.parametrize("status", [404, 503])
+def test_a_urls_tokens_stay_out_of_the_steps_errors(cast, fake_server, status):
+    """A chat service's webhook (the token in its path) as the target: what the poll says of a
+    failure or a retry names the host and route, not the token."""
+    fake_server.script = [Reply(status, {})]
+    url = f"{fake_server.url}/services/T0AB12/B0CD34/xoxPathT0ken9?sig=q5ecretQ"
+    wf = make_workflow(cast.org_a, [("http", {"method": "POST", "url": url})])
+    item = _run(work_item_create(workflow=wf, input={}))
+    body = work_item_view(item).body
+    told = str(item.error) + body["diagnosis"] + str(body["steps"])
+    assert f"{fake_server.url}/services/REDACTED/REDACTED/REDACTED?sig=REDACTED" in told
+    assert "xoxPathT0ken9" not in told and "q5ecretQ" not in told
+
+
+def test_a_urls_tokens_stay_out_of_a_connection_failure(cast):
+    wf = make_workflow(cast.org_a, [("http", {"url": "http://127.0.0.1:9/hooks/xoxPathT0ken9"})])
+    item = _run(work_item_create(workflow=wf, input={}))
+    body = work_item_view(item).body
+    assert "http://127.0.0.1:9/hooks/REDACTED" in body["diagnosis"], body["diagnosis"]
+    assert "xoxPathT0ken9" not in body["diagnosis"] + str(body["steps"])

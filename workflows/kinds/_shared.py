@@ -17,7 +17,7 @@ from django.core.exceptions import ValidationError
 from jmespath.exceptions import JMESPathError
 
 from auxot.http import retry_after_seconds
-from auxot.outbound import RefusedDestination, outbound_request
+from auxot.outbound import RefusedDestination, outbound_request, url_redact
 from auxot.storable import text_decode
 from auxot.timefmt import iso
 from workflows.kinds.base import Fail, Outcome, StepContext, StepKind, Wait
@@ -77,10 +77,6 @@ def retryable(response: requests.Response) -> bool:
     return response.status_code == 429 or response.status_code >= 500
 
 
-def safe_url(url: str) -> str:
-    return url.split("?", 1)[0]  # a query string may carry tokens: keep it out of errors
-
-
 def send(ctx: StepContext, method: str, url: str, *, headers: dict, body: Any,
          timeout: float, code: str, purpose: str) -> requests.Response | Outcome:
     """One request through the outbound guard (no redirects; `timeout` bounds the whole
@@ -92,9 +88,9 @@ def send(ctx: StepContext, method: str, url: str, *, headers: dict, body: Any,
     except RefusedDestination as exc:  # nothing was sent; retrying cannot help
         return Fail("bad_request" if exc.code == "bad_url" else "ssrf_refused", str(exc))
     except (requests.ConnectionError, requests.Timeout) as exc:
-        return retry(ctx, f"{type(exc).__name__} calling {method} {safe_url(url)}", code)
+        return retry(ctx, f"{type(exc).__name__} calling {method} {url_redact(url)}", code)
     except requests.RequestException as exc:
-        return Fail("http_error", f"{method} {safe_url(url)}: {type(exc).__name__}")
+        return Fail("http_error", f"{method} {url_redact(url)}: {type(exc).__name__}")
 
 
 def response_text(response: requests.Response) -> str:

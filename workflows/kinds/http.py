@@ -10,7 +10,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from jmespath.exceptions import JMESPathError
 
-from auxot.outbound import RefusedDestination, url_check
+from auxot.outbound import RefusedDestination, url_check, url_redact
 from auxot.secrets import SecretUnavailable, reference_parse, reference_problem, reference_resolve
 from auxot.storable import NotJSON, Unstorable, json_loads, text_storable
 from workflows.kinds._shared import (
@@ -20,7 +20,6 @@ from workflows.kinds._shared import (
     retry,
     retry_after,
     retryable,
-    safe_url,
     send,
 )
 from workflows.kinds.base import Complete, Fail, Outcome, StepContext, StepKind
@@ -158,10 +157,10 @@ class Http(StepKind):
         if not isinstance(response, requests.Response):
             return response
         if retryable(response):
-            return retry(ctx, f"HTTP {response.status_code} from {method} {safe_url(url)}",
+            return retry(ctx, f"HTTP {response.status_code} from {method} {url_redact(url)}",
                           "http_retries_exhausted", retry_after(response, ctx.now))
         if response.status_code >= 400:
-            return Fail("http_error", f"{method} {safe_url(url)} answered HTTP "
+            return Fail("http_error", f"{method} {url_redact(url)} answered HTTP "
                                       f"{response.status_code} (not retried: a client error).")
         wanted = [h.lower() for h in ctx.config.get("response_headers", [])]
         interesting = set(DEFAULT_RESPONSE_HEADERS) | set(wanted)
