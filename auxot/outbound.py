@@ -29,7 +29,7 @@ import re
 import socket
 import threading
 import time
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, Literal, NamedTuple
 from urllib.parse import SplitResult, unquote, unquote_plus, urlsplit, urlunsplit
 
@@ -344,7 +344,8 @@ def urls_redacted(value: Any) -> Any:
     return value
 
 
-def url_hidden_parts(url: str) -> list[str]:
+@lru_cache(maxsize=1024)  # once per URL, not per attempt: a dispatcher sends to few URLs
+def url_hidden_parts(url: str) -> tuple[str, ...]:
     """What `url_redact` hides, as it may be quoted in a text (a library's message, a
     receiver's error page): the query whole, each of its parts and values, the userinfo,
     the hidden path segments, each also percent-decoded and as sent; longest first. Parts
@@ -353,7 +354,7 @@ def url_hidden_parts(url: str) -> list[str]:
     try:
         parts = urlsplit(url)
     except ValueError:
-        return [url] if url else []
+        return (url,) if url else ()
     hidden = [parts.query, parts.netloc.rpartition("@")[0] if "@" in parts.netloc else ""]
     for pair in parts.query.split("&"):
         value = pair.partition("=")[2]
@@ -365,7 +366,7 @@ def url_hidden_parts(url: str) -> list[str]:
                if shown == "REDACTED"]
     hidden += ([unquote_plus(part) for part in hidden] + [unquote(part) for part in hidden]
                + [requote_uri(part) for part in hidden])  # as decoded, and as sent
-    return sorted({part for part in hidden if len(part) >= 4}, key=len, reverse=True)
+    return tuple(sorted({part for part in hidden if len(part) >= 4}, key=len, reverse=True))
 
 
 # --- Connection-time check ------------------------------------------------------------------

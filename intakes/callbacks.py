@@ -432,6 +432,8 @@ def _answer_kept(content: bytes, url: str) -> str:
     NUL, for one: a receiver's answer must never make its attempt impossible to record),
     without the URL's hidden parts (an error page often quotes the URL it was asked for).
     Scrubbed before it is cut, from MAX_URL bytes more: a token across the cut is whole."""
+    if not content:
+        return ""
     text = _scrub(text_decode(content), url)
     return text.encode()[:RESPONSE_KEEP_BYTES].decode("utf-8", "ignore")
 

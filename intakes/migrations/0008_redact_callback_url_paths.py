@@ -8,7 +8,7 @@ from django.db import migrations
 BATCH = 500
 
 
-def _scrub(text: str, hidden: list[str]) -> str:
+def _scrub(text: str, hidden: tuple[str, ...]) -> str:
     for part in hidden:
         text = text.replace(part, "REDACTED")
     return text
@@ -20,19 +20,10 @@ def redact_paths(apps, schema_editor):
 
     Attempt = apps.get_model("intakes", "CallbackAttempt")
     Delivery = apps.get_model("intakes", "CallbackDelivery")
-    hidden_of: dict[str, list[str]] = {}
-
-    def hidden(url: str) -> list[str]:
-        if url not in hidden_of:
-            if len(hidden_of) > 10_000:
-                hidden_of.clear()
-            hidden_of[url] = url_hidden_parts(url)
-        return hidden_of[url]
-
     changed = []
     rows = Attempt.objects.values_list("pk", "url", "error", "response_body", "delivery__url")
     for pk, url, error, body, delivery_url in rows.iterator(chunk_size=2000):
-        parts = hidden(delivery_url)
+        parts = url_hidden_parts(delivery_url)
         new = (url_redact(url), _scrub(error, parts), _scrub(body, parts))
         if new != (url, error, body):
             changed.append(Attempt(pk=pk, url=new[0], error=new[1], response_body=new[2]))
@@ -44,7 +35,7 @@ def redact_paths(apps, schema_editor):
     changed = []
     rows = Delivery.objects.exclude(last_error="").values_list("pk", "url", "last_error")
     for pk, url, error in rows.iterator(chunk_size=2000):
-        new = _scrub(error, hidden(url))
+        new = _scrub(error, url_hidden_parts(url))
         if new != error:
             changed.append(Delivery(pk=pk, last_error=new))
         if len(changed) >= BATCH:

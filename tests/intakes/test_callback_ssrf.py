@@ -189,7 +189,7 @@ def test_hidden_parts_scrub_a_message_that_quotes_the_url():
     hidden = url_hidden_parts(url)
     assert {"token=s3cret&x=1", "token=s3cret", "s3cret", "u:pw123456", "T0ken123"} <= set(hidden)
     assert "B45" not in hidden and "x=1" not in hidden  # too short to hold a token
-    assert hidden == sorted(hidden, key=len, reverse=True)  # a longer part goes first
+    assert list(hidden) == sorted(hidden, key=len, reverse=True)  # a longer part goes first
     words = url_hidden_parts("https://x.example/hook?format=json&debug=true&t=abcdefgh1")
     assert {"format=json", "debug=true", "abcdefgh1"} <= set(words)
     assert "json" not in words and "true" not in words  # alone, a word is no token
