@@ -171,32 +171,49 @@ def _refuse_host(what: str, url: str, hosts: list[str] | None) -> None:
             f"{what} may not be sent to host {host}; it is allowed for: {', '.join(hosts)}."))
 
 
-def secret_resolve(*, org_id: Any, name: str, url: str) -> str:
-    """The org secret's value, if `url`'s host is one it is bound to; else SecretUnavailable."""
+def _org_secret(org_id: Any, name: str) -> Secret:
     secret = Secret.objects.filter(org_id=org_id, name=name).first()
     if secret is None:
         raise SecretUnavailable("missing_secret", (
             f"This organization has no secret named {name}; create it in the admin (Secrets)."))
-    _refuse_host(f"Secret {name}", url, secret.allowed_hosts)
+    return secret
+
+
+def _decrypted(secret: Secret) -> str:
     try:
         return crypto.decrypt(secret.value_encrypted, purpose=PURPOSE)
     except crypto.DecryptionError:
         raise SecretUnavailable("missing_secret", (
-            f"Secret {name} cannot be decrypted (SECRET_KEY changed without keeping the old "
-            "key in SECRET_KEY_FALLBACKS?): enter its value again in the admin.")) from None
+            f"Secret {secret.name} cannot be decrypted (SECRET_KEY changed without keeping the "
+            "old key in SECRET_KEY_FALLBACKS?): enter its value again in the admin.")) from None
 
 
-def operator_secret_resolve(*, org_id: Any, name: str, url: str) -> str:
-    """A granted environment variable, read from this process's environment only."""
+def _granted_hosts(org_id: Any, name: str) -> list[str] | None:
     grants = _org_grants(org_id)
     if name not in grants:
         raise _not_granted(name)
-    _refuse_host(f"Environment variable {name}", url, grants[name])
+    return grants[name]
+
+
+def _environ(name: str) -> str:
     value = os.environ.get(name)
     if not value:
         raise SecretUnavailable("missing_secret", (
             f"Environment variable {name} (granted by the operator) is not set on the worker."))
     return value
+
+
+def secret_resolve(*, org_id: Any, name: str, url: str) -> str:
+    """The org secret's value, if `url`'s host is one it is bound to; else SecretUnavailable."""
+    secret = _org_secret(org_id, name)
+    _refuse_host(f"Secret {name}", url, secret.allowed_hosts)
+    return _decrypted(secret)
+
+
+def operator_secret_resolve(*, org_id: Any, name: str, url: str) -> str:
+    """A granted environment variable, read from this process's environment only."""
+    _refuse_host(f"Environment variable {name}", url, _granted_hosts(org_id, name))
+    return _environ(name)
 
 
 def reference_resolve(*, org_id: Any, ref: Any, url: str) -> str:
@@ -207,6 +224,29 @@ def reference_resolve(*, org_id: Any, ref: Any, url: str) -> str:
         raise SecretUnavailable("bad_config", f"Secret reference {exc}.") from None
     resolve = secret_resolve if kind == "secret" else operator_secret_resolve
     return prefix + resolve(org_id=org_id, name=name, url=url)
+
+
+def url_reference_resolve(*, org_id: Any, ref: Any) -> str:
+    """The URL an `http` step's `url_secret` names: the secret's value, which must be an
+    absolute http(s) URL whose own host the secret is bound to (its allowed hosts, or the
+    operator's grant). A chat webhook's URL is its credential; this keeps it out of the
+    step's configuration, which the organization's viewers can read."""
+    try:
+        kind, name, prefix = reference_parse(ref)
+    except ValueError as exc:
+        raise SecretUnavailable("bad_config", f"url_secret {exc}.") from None
+    if prefix:
+        raise SecretUnavailable("bad_config", 'url_secret takes no "prefix".')
+    if kind == "secret":
+        secret = _org_secret(org_id, name)
+        what, hosts, value = f"Secret {name}", secret.allowed_hosts, _decrypted(secret)
+    else:
+        what, hosts = f"Environment variable {name}", _granted_hosts(org_id, name)
+        value = _environ(name)
+    if not value.startswith(("http://", "https://")):
+        raise SecretUnavailable("bad_request", f"{what} does not hold an absolute http(s) URL.")
+    _refuse_host(what, value, hosts)
+    return value
 
 
 def reference_problem(*, org_id: Any, ref: Any, url: str | None = None,

@@ -31,6 +31,7 @@ from auxot.admin_base import (
 from auxot.errors import ApplicationError
 from auxot.http import client_ip
 from auxot.models import AuditLogEntry
+from auxot.outbound import urls_redacted
 from workflows.admin_replay import WorkItemReplayMixin
 from workflows.models import Approval, Provider, Step, StepRun, Workflow, WorkItem
 from workflows.presenters import work_item_view
@@ -70,8 +71,25 @@ class ExtendedInlinesMixin:
 
 
 class StepInline(ScopedInlineMixin, admin.TabularInline):
+    """A step's config, to whoever may not change the workflow (members, auditors,
+    viewers), shows every URL in it redacted, as callback URLs are: a static `url` may
+    point at a chat webhook whose path is its credential. The edit form holds it whole."""
+
     model = Step
     extra = 0
+
+    @admin.display(description="config")
+    def config_redacted(self, obj) -> str:
+        return json.dumps(urls_redacted(obj.config), sort_keys=True, ensure_ascii=False)
+
+    def get_fields(self, request, obj=None):
+        fields = list(super().get_fields(request, obj))
+        if self.has_change_permission(request, obj):
+            return [name for name in fields if name != "config_redacted"]
+        return ["config_redacted" if name == "config" else name for name in fields]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [*super().get_readonly_fields(request, obj), "config_redacted"]
 
 
 class RunForm(forms.Form):

@@ -116,3 +116,29 @@ def test_an_audit_row_recorded_before_shows_its_urls_redacted(client, cast, worl
         assert "410 Gone from https://hooks.slack.com/services/REDACTED" in text.replace(
             "&quot;", '"'), page
         assert PATH_TOKEN not in text and QUERY_TOKEN not in text, page
+
+
+@pytest.mark.parametrize("who", ["auditor_a", "member_a", "admin_a"])
+def test_a_steps_url_shows_redacted_to_whoever_may_not_change_the_workflow(client, cast, who):
+    """An http step's static URL may be a chat webhook (its path the credential): the
+    workflow page shows a step's config with every URL redacted to members, auditors and
+    viewers; the admin, who edits it, gets it whole in the form."""
+    url = f"https://hooks.example.com/services/T0AB/{PATH_TOKEN}?token={QUERY_TOKEN}"
+    workflow = make_workflow(cast.org_a, [("http", {"method": "POST", "url": url})],
+                             name="Chat")
+    client.force_login(getattr(cast, who))
+    response = client.get(reverse("admin:workflows_workflow_change", args=[workflow.pk]))
+    assert response.status_code == 200
+    content = response.content.decode()
+    edited = re.findall(r'<textarea[^>]*name="steps-0-config"[^>]*>[^<]*</textarea>'
+                        r'|<input type="hidden" name="initial-steps-0-config"[^>]*>', content)
+    if who == "admin_a":
+        assert len(edited) == 2  # the field and Django's copy of its initial value
+        for field in edited:
+            assert PATH_TOKEN in field and QUERY_TOKEN in field
+            content = content.replace(field, "")
+    else:
+        assert edited == []
+        assert "https://hooks.example.com/services/REDACTED/REDACTED?token=REDACTED" in content
+    assert PATH_TOKEN not in content and QUERY_TOKEN not in content, re.findall(
+        r".{0,200}(?:T0ken|qs3cret).{0,80}", content)

@@ -456,6 +456,135 @@ class TestOperatorSetting:
         assert _received(receiver) == []
 
 
+TOKEN = "xoxHookT0ken9"  # the credential in a chat webhook's path
+HOOK_PATH = f"/services/T0AB12/B0CD34/{TOKEN}"
+
+# (the url_secret reference, what the step does: "sent" or a failure code)
+URL_CASES = {
+    "org secret": ({"secret": "HOOK_URL"}, "sent"),
+    "env granted": ({"env": "GRANTED_HOOK"}, "sent"),
+    "env not granted": ({"env": "UNGRANTED_TOKEN"}, "secret_not_allowed"),
+    "env SECRET_KEY": ({"env": "SECRET_KEY"}, "secret_not_allowed"),
+    "env DATABASE_URL (a URL)": ({"env": "DATABASE_URL"}, "secret_not_allowed"),
+    "a Django setting, not an env var": ({"env": "PAYMENTS_SETTING"}, "secret_not_allowed"),
+    "another org's secret": ({"secret": "B_HOOK"}, "missing_secret"),
+    "unknown secret": ({"secret": "NOPE"}, "missing_secret"),
+    "a secret that is not a URL": ({"secret": "PAYMENTS_TOKEN"}, "bad_request"),
+    "a URL its secret is not bound to": ({"secret": "ELSEWHERE_HOOK"}, "secret_host_refused"),
+    "a URL with user info": ({"secret": "USERINFO_HOOK"}, "secret_host_refused"),
+    "an internal address": ({"secret": "INTERNAL_HOOK"}, "ssrf_refused"),
+}
+
+
+class TestUrlSecret:
+    """`url_secret`: an http step whose URL is itself the credential (a chat webhook) names an
+    organization secret instead of holding the URL; the URL goes only where it points, and
+    only if the secret is bound to that host."""
+
+    @pytest.fixture
+    def hooks(self, world, receiver, settings, monkeypatch):
+        url = receiver.url_for(HOOK_PATH)
+        secret_create(org=world.org_a, name="HOOK_URL", value=url, allowed_hosts=["127.0.0.1"])
+        secret_create(org=world.org_b, name="B_HOOK", value=url, allowed_hosts=["127.0.0.1"])
+        secret_create(org=world.org_a, name="ELSEWHERE_HOOK", value=url,
+                      allowed_hosts=["hooks.example.com"])
+        secret_create(org=world.org_a, name="USERINFO_HOOK", allowed_hosts=["127.0.0.1"],
+                      value=url.replace("http://", f"http://u:{TOKEN}@"))
+        secret_create(org=world.org_a, name="INTERNAL_HOOK", allowed_hosts=["10.1.2.3"],
+                      value=f"http://10.1.2.3{HOOK_PATH}")
+        settings.AUXOT_OPERATOR_SECRETS = {"org-a": {**settings.AUXOT_OPERATOR_SECRETS["org-a"],
+                                                     "GRANTED_HOOK": ["127.0.0.1"]}}
+        monkeypatch.setenv("GRANTED_HOOK", url)
+        return world
+
+    def _item(self, cast, ref, **config):
+        wf = make_workflow(cast.org_a, [("http", {"method": "POST", "url_secret": ref,
+                                                  "body": "input", **config})],
+                           name=f"Hook {Workflow.objects.count()}")
+        return _run(work_item_create(workflow=wf, input={"n": 1}))
+
+    @pytest.mark.parametrize("case", URL_CASES)
+    def test_every_reference_form(self, hooks, receiver, case):
+        ref, expected = URL_CASES[case]
+        receiver.expect_request(HOOK_PATH, method="POST").respond_with_json({"ok": True})
+        item = self._item(hooks, ref)
+        shown = _visible(item) + json.dumps(list(Step.objects.values("config")))
+        for value in (TOKEN, PAY, OTHER, GRANTED, *LEAKS):
+            assert value not in shown
+        if expected == "sent":
+            assert item.status == "completed", item.error
+            assert [(r.path, r.json) for r in _received(receiver)] == [(HOOK_PATH, {"n": 1})]
+            return
+        assert item.status == "failed"
+        assert item.error["code"] == expected, item.error
+        assert (ref.get("secret") or ref.get("env")) in item.error["message"] or (
+            expected == "ssrf_refused" and "10.1.2.3" in item.error["message"])
+        assert _received(receiver) == []
+
+    def test_a_failure_names_the_host_not_the_token(self, hooks, receiver):
+        receiver.expect_request(HOOK_PATH).respond_with_json({}, status=404)
+        item = self._item(hooks, {"secret": "HOOK_URL"})
+        assert item.error["code"] == "http_error"
+        assert f"{receiver.url_for('/services')}/REDACTED/REDACTED/REDACTED" in \
+            item.error["message"]
+        assert TOKEN not in _visible(item)
+
+    def test_secret_headers_are_bound_to_the_secret_urls_host(self, hooks, receiver):
+        receiver.expect_request(HOOK_PATH).respond_with_json({})
+        item = self._item(hooks, {"secret": "HOOK_URL"}, secret_headers={
+            "X-Pay": {"secret": "PAYMENTS_TOKEN"}})
+        assert item.status == "completed", item.error
+        assert [r.headers["X-Pay"] for r in _received(receiver)] == [PAY]
+        secret_update_hosts(secret=Secret.objects.get(name="PAYMENTS_TOKEN"),
+                            allowed_hosts=["api.example.com"])
+        item = self._item(hooks, {"secret": "HOOK_URL"}, secret_headers={
+            "X-Pay": {"secret": "PAYMENTS_TOKEN"}})
+        assert item.error["code"] == "secret_host_refused"
+        assert len(_received(receiver)) == 1  # nothing more sent
+
+    def test_a_rotated_url_is_used_from_the_next_run(self, hooks, receiver):
+        receiver.expect_request("/services/new").respond_with_json({})
+        secret_rotate(secret=Secret.objects.get(name="HOOK_URL"),
+                      value=receiver.url_for("/services/new"))
+        item = self._item(hooks, {"secret": "HOOK_URL"})
+        assert item.status == "completed", item.error
+        assert [r.path for r in _received(receiver)] == ["/services/new"]
+
+    @pytest.mark.parametrize("config,named", [
+        ({"url_secret": {"secret": "HOOK_URL"}, "url": "https://a.example/x"}, "exactly one"),
+        ({"url_secret": {"secret": "HOOK_URL"}, "url_expression": "input.u"}, "exactly one"),
+        ({"url_secret": {"secret": "HOOK_URL", "prefix": "https://"}}, "prefix"),
+        ({"url_secret": "https://hooks.example.com/services/T/B/x"}, "url_secret must be"),
+        ({"url_secret": {"secret": "bad name"}}, "url_secret"),
+        ({"url_secret": {"secret": "NOPE"}}, "NOPE"),
+        ({"url_secret": {"secret": "B_HOOK"}}, "B_HOOK"),
+        ({"url_secret": {"env": "SECRET_KEY"}}, "SECRET_KEY"),
+    ])
+    def test_bad_config_is_refused_when_saved(self, hooks, config, named):
+        wf = make_workflow(hooks.org_a, [])
+        step = Step(workflow=wf, position=1, name="Call", kind="http", config=config)
+        with pytest.raises(ValidationError) as exc:
+            step.full_clean()
+        assert named in str(exc.value)
+        assert TOKEN not in str(exc.value)
+
+    @pytest.mark.parametrize("ref", [{"secret": "HOOK_URL"}, {"env": "GRANTED_HOOK"}])
+    def test_a_resolvable_reference_saves(self, hooks, ref):
+        wf = make_workflow(hooks.org_a, [])
+        Step(workflow=wf, position=1, name="Call", kind="http",
+             config={"url_secret": ref}).full_clean()
+
+    def test_secrets_check_lists_an_unresolvable_url_secret(self, hooks):
+        make_workflow(hooks.org_a, [("http", {"url_secret": {"secret": "GONE"}})], name="Hook")
+        make_workflow(hooks.org_a, [("http", {"url_secret": {"secret": "HOOK_URL"}})],
+                      name="Fine")
+        out = StringIO()
+        with pytest.raises(SystemExit):
+            call_command("secrets_check", stdout=out, stderr=StringIO())
+        [line] = out.getvalue().splitlines()
+        assert "workflow hook" in line and "url_secret" in line and "GONE" in line
+
+
 class TestSecretsCheck:
     def test_lists_every_unresolvable_reference_and_exits_1(self, world):
         make_workflow(world.org_a, [("http", {"url": "http://127.0.0.1/x", "secret_headers": {

@@ -11,7 +11,13 @@ from django.core.exceptions import ValidationError
 from jmespath.exceptions import JMESPathError
 
 from auxot.outbound import RefusedDestination, url_check, url_redact
-from auxot.secrets import SecretUnavailable, reference_parse, reference_problem, reference_resolve
+from auxot.secrets import (
+    SecretUnavailable,
+    reference_parse,
+    reference_problem,
+    reference_resolve,
+    url_reference_resolve,
+)
 from auxot.storable import NotJSON, Unstorable, json_loads, text_storable
 from workflows.kinds._shared import (
     config_failure,
@@ -28,6 +34,7 @@ METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE"}
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$")  # an RFC 9110 token
 DEFAULT_RESPONSE_HEADERS = ["content-type", "location", "etag", "retry-after"]
 MAX_TEXT = 65536
+URL_KEYS = ("url", "url_expression", "url_secret")
 
 
 def response_body(response: requests.Response) -> dict[str, Any]:
@@ -52,7 +59,8 @@ def _url_validate(url: str) -> None:
 
 class Http(StepKind):
     """config:
-    {"method": "POST", "url": "https://..." | "url_expression": "<jmespath>",
+    {"method": "POST",
+     "url": "https://..." | "url_expression": "<jmespath>" | "url_secret": {"secret": "NAME"},
      "headers": {"X-Ticket": "<jmespath>"}, "body": "<jmespath>",
      "secret_headers": {"Authorization": {"secret": "CRM_TOKEN", "prefix": "Bearer "}},
      "timeout_seconds": 10, "response_headers": ["etag"]}
@@ -74,9 +82,12 @@ class Http(StepKind):
         method = config.get("method", "GET")
         if not isinstance(method, str) or method.upper() not in METHODS:
             raise ValidationError({"config": f"method must be one of {sorted(METHODS)}."})
-        if ("url" in config) == ("url_expression" in config):
-            raise ValidationError({"config": 'Give exactly one of "url" or "url_expression".'})
-        if "url" in config:
+        if sum(key in config for key in URL_KEYS) != 1:
+            raise ValidationError({"config": 'Give exactly one of "url", "url_expression" or '
+                                             '"url_secret".'})
+        if "url_secret" in config:
+            self._validate_url_secret(config["url_secret"])
+        elif "url" in config:
             url = config["url"]
             if not isinstance(url, str) or not url.startswith(("http://", "https://")):
                 raise ValidationError({"config": "url must be an absolute http(s) URL."})
@@ -99,6 +110,16 @@ class Http(StepKind):
         if not isinstance(wanted, list) or not all(isinstance(h, str) for h in wanted):
             raise ValidationError({"config": "response_headers must be a list of names."})
 
+    def _validate_url_secret(self, ref: Any) -> None:
+        try:
+            reference_parse(ref)
+        except ValueError as exc:
+            raise ValidationError({"config": f"url_secret {exc}: the URL is never stored in "
+                                             "the step."}) from None
+        if "prefix" in ref:
+            raise ValidationError({"config": 'url_secret takes no "prefix": the secret holds '
+                                             "the whole URL."})
+
     def _validate_secrets(self, secrets: Any) -> None:
         """Shape only: whether each reference resolves in the org is `validate_references`."""
         if not isinstance(secrets, dict):
@@ -114,17 +135,28 @@ class Http(StepKind):
                                                  "is never stored in the step."}) from None
 
     def validate_references(self, config: dict, *, org_id: Any) -> None:
-        url = config.get("url")  # a url_expression's host is only known at run time
+        # A url_expression's or a url_secret's host is only known at run time.
+        url = config.get("url")
         problems = [f"secret_headers.{name}: {problem}"
                     for name, ref in config.get("secret_headers", {}).items()
                     if (problem := reference_problem(org_id=org_id, ref=ref, url=url))]
+        if "url_secret" in config and (
+                problem := reference_problem(org_id=org_id, ref=config["url_secret"])):
+            problems.insert(0, f"url_secret: {problem}")
         if problems:
             raise ValidationError({"config": problems})
 
     def _request(self, ctx: StepContext) -> tuple[str, str, dict, Any] | Fail:
         config = ctx.config
+        url = None
+        if "url_secret" in config:
+            try:
+                url = url_reference_resolve(org_id=ctx.org_id, ref=config["url_secret"])
+            except SecretUnavailable as exc:
+                return Fail(exc.code, f"url_secret: {exc.message}")
         try:
-            url = config.get("url") or jmespath.search(config["url_expression"], ctx.data)
+            if url is None:
+                url = config.get("url") or jmespath.search(config["url_expression"], ctx.data)
             headers = {name: jmespath.search(expr, ctx.data)
                        for name, expr in config.get("headers", {}).items()}
             body = jmespath.search(config["body"], ctx.data) if "body" in config else None

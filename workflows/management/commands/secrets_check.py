@@ -23,6 +23,11 @@ def step_problems():
         url = config.get("url") if isinstance(config.get("url"), str) else None
         where = (f"org {step.workflow.org.slug}  workflow {step.workflow.slug}  "
                  f"step {step.position} {step.name!r}")
+        if "url_secret" in config:
+            problem = reference_problem(org_id=step.workflow.org_id, ref=config["url_secret"],
+                                        env_must_be_set=True)
+            if problem:
+                yield f"{where}  url_secret: {problem}"
         for header, ref in refs.items():
             problem = reference_problem(org_id=step.workflow.org_id, ref=ref, url=url,
                                         env_must_be_set=True)
