@@ -23,6 +23,7 @@ from collections.abc import Callable, Collection
 
 from django.contrib import admin
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.admin.utils import get_fields_from_path
 from django.core.exceptions import BadRequest, PermissionDenied, ValidationError
 from django.db.models import Model, QuerySet
 from django.db.models.constants import LOOKUP_SEP
@@ -162,6 +163,22 @@ def audit_extra_text(extra: dict) -> str:
     return json.dumps(urls_redacted(extra), sort_keys=True, ensure_ascii=False)
 
 
+def _scoped_filter(model, entry):
+    """`entry` of a `list_filter`, with a relation's filter limited to the related rows that
+    the changelist's own (scoped) queryset points at."""
+    if isinstance(entry, str):
+        name, chosen = entry, None
+    elif isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str):
+        name, chosen = entry
+    else:
+        return entry  # a SimpleListFilter: it names its own choices
+    if chosen not in (None, admin.RelatedFieldListFilter):
+        return entry
+    if not get_fields_from_path(model, name)[-1].is_relation:
+        return entry
+    return (name, admin.RelatedOnlyFieldListFilter)
+
+
 class OrgScopedAdmin(admin.ModelAdmin):
     """Base for every Auxot ModelAdmin: scope by organization, authorize by role.
 
@@ -260,6 +277,13 @@ class OrgScopedAdmin(admin.ModelAdmin):
 
         return [(title, {**options, "fields": list(shown(options["fields"]))})
                 for title, options in fieldsets]
+
+    def get_list_filter(self, request):
+        """A relation's filter lists only the related rows this user's own rows point at.
+        Django's default (`RelatedFieldListFilter`) lists every row of the related model:
+        every organization's workflows, intakes, teams and names, to anyone with a
+        changelist."""
+        return [_scoped_filter(self.model, entry) for entry in super().get_list_filter(request)]
 
     def lookup_allowed(self, lookup, value, request=None):
         """Django lets a changelist's querystring filter on any field (`?url__contains=`);
