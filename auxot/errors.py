@@ -10,6 +10,7 @@ import logging
 from django.db import DataError, InterfaceError, OperationalError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf_exceptions
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
@@ -128,6 +129,28 @@ _DRF_CODES = {
 }
 
 
+class JSONWhateverAccepted(DefaultContentNegotiation):
+    """The API speaks JSON: an `Accept` it cannot meet (`application/xml`, a browser's
+    `text/html`, `application/problem+json` on a 2xx) gets JSON, as RFC 9110 allows, not
+    DRF's 406 (which, raised before authentication, was a 500 on every endpoint). Views with
+    several renderers (the schema's YAML or JSON) still choose among them by `Accept`."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        try:
+            return super().select_renderer(request, renderers, format_suffix)
+        except drf_exceptions.NotAcceptable:
+            return renderers[0], renderers[0].media_type
+
+
+def _by_status(status: int) -> str:
+    """The problem code for an APIException this module does not name: the first of the
+    same status, else a generic one of its class."""
+    for code, (code_status, _) in PROBLEMS.items():
+        if code_status == status:
+            return code
+    return "invalid_request" if 400 <= status < 500 else "internal_error"
+
+
 def exception_handler(exc: Exception, context: dict) -> Response | None:
     request = context.get("request")
     if request is not None:
@@ -156,4 +179,7 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
                 return problem_response(code, "The request failed validation.",
                                         extra={"errors": exc.detail})
             return problem_response(code, str(exc.detail))
+    if isinstance(exc, drf_exceptions.APIException):  # never DRF's own body, never a 500
+        logger.warning("unmapped API exception %s (%s)", type(exc).__name__, exc.status_code)
+        return problem_response(_by_status(exc.status_code), str(exc.detail))
     return None

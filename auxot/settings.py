@@ -248,6 +248,7 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["apikeys.authentication.BearerKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["apikeys.authentication.HasApiKey"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "auxot.errors.JSONWhateverAccepted",
     "DEFAULT_PARSER_CLASSES": ["intakes.body.StrictJSONParser"],
     "EXCEPTION_HANDLER": "auxot.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,

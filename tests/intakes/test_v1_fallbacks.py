@@ -70,3 +70,46 @@ def test_wrong_method_is_405_with_a_valid_key_too(client, member_token, intake_a
 def test_problem_pages_still_answer_get(client):
     assert client.get("/v1/problems/not_found").json() == {
         "code": "not_found", "status": 404, "title": "Not found"}
+
+
+ACCEPTS = ["application/xml", "text/html", "application/problem+json", "text/plain;q=1, */*;q=0",
+           "image/png", "application/json;q=0"]
+
+
+@pytest.mark.parametrize("accept", ACCEPTS)
+def test_an_accept_the_api_cannot_meet_gets_json_not_a_500(debug, client, member_token,
+                                                           intake_a, accept):
+    """The API speaks JSON: any Accept gets its JSON answer (RFC 9110 lets a server ignore
+    Accept), before and after authentication, success or problem."""
+    headers = {"HTTP_ACCEPT": accept}
+    accepted = client.post(f"/v1/intake/{intake_a.pk}", {"n": 1}, content_type="application/json",
+                           **bearer(member_token), **headers)
+    assert accepted.status_code == 202, accepted.content
+    assert accepted["Content-Type"] == "application/json"
+    poll = client.get(accepted.json()["status_url"], **bearer(member_token), **headers)
+    assert poll.status_code == 200 and poll.json()["work_id"] == accepted.json()["work_id"]
+    _problem(client.post(f"/v1/intake/{intake_a.pk}", {}, content_type="application/json",
+                         **headers), 401, "unauthorized")
+    _problem(client.get(f"{WORK}", **bearer(member_token), **headers), 404, "not_found")
+
+
+def test_the_schema_still_chooses_its_format_by_accept(client):
+    assert client.get("/v1/schema", HTTP_ACCEPT="application/json")["Content-Type"].startswith(
+        "application/json")
+    assert "yaml" in client.get("/v1/schema", HTTP_ACCEPT="application/yaml")["Content-Type"]
+
+
+def test_an_api_exception_without_a_code_of_its_own_is_a_problem(rf):
+    from rest_framework import exceptions
+
+    from auxot.errors import exception_handler
+
+    class Teapot(exceptions.APIException):
+        status_code = 418
+        default_detail = "short and stout"
+
+    for exc, status, code in ((Teapot(), 400, "invalid_request"),
+                              (exceptions.NotAcceptable(), 400, "invalid_request"),
+                              (exceptions.APIException(), 500, "internal_error")):
+        response = exception_handler(exc, {})
+        assert (response.status_code, response.data["code"]) == (status, code)
