@@ -93,6 +93,17 @@ def replay_refusal(item: WorkItem) -> str | None:
                 "intake again if the work is wanted after all.")
     if not item.workflow.active:
         return "The workflow of this work item is deactivated."
+    if item.redacted_at is not None:
+        # Retention removed its input and outputs: a replay would send nulls downstream
+        # (under the original's Idempotency-Key) and call that a success.
+        return ("This work item's input and step outputs were removed by the retention "
+                "policy, so there is nothing to take forward; trigger the intake again.")
+    replay = item.replays.order_by("created_at").first()
+    if replay is not None:
+        # Twice would run every step from the failed one twice, under two new keys.
+        return (f"This work item was already replayed as {replay.pk} ({replay.status}). "
+                "If that replay failed, replay it instead: the chain and the failed step's "
+                "Idempotency-Key are kept.")
     return None
 
 
@@ -114,6 +125,12 @@ def work_item_replay(*, item: WorkItem, start_over: bool = False, user=None, key
     workflow_input_check(workflow=item.workflow, input=item.input)
     plan = replay_plan(item=item, start_over=start_over)
     with transaction.atomic():
+        # Serialized on the original's row, then asked again: two replays at once, by two
+        # callers or two clicks, make one new item and one 409.
+        item = WorkItem.objects.select_for_update().select_related("workflow").get(pk=item.pk)
+        refusal = replay_refusal(item)
+        if refusal:
+            raise ApplicationError(refusal, code="not_replayable")
         new = _replay_create(item=item, plan=plan, start_over=start_over, key=key, ip=ip,
                              batch=batch, now=now)
         _replay_audit(item=item, new=new, plan=plan, start_over=start_over, user=user, key=key,
@@ -179,7 +196,8 @@ def _replay_audit(*, item: WorkItem, new: WorkItem, plan: ReplayPlan, start_over
 def failed_unreplayed(*, org_ids: list[int] | None, since: datetime) -> QuerySet:
     """Failed items (not canceled, not yet replayed) finished since `since`; None: any org."""
     items = WorkItem.objects.filter(status=WorkItem.Status.FAILED, finished_at__gte=since,
-                                    replays__isnull=True).exclude(error__code=CANCELED)
+                                    replays__isnull=True, redacted_at__isnull=True
+                                    ).exclude(error__code=CANCELED)
     if org_ids is not None:
         items = items.filter(workflow__org_id__in=org_ids)
     return items.annotate(error_code=KeyTextTransform("code", "error"),
@@ -214,7 +232,8 @@ def failed_group_items(*, org_ids: list[int] | None, since: datetime, workflow_i
 
 def replayable(items: QuerySet) -> QuerySet:
     """The items of `items` a replay would take forward (what replay_refusal allows)."""
-    return items.filter(status=WorkItem.Status.FAILED, workflow__active=True).exclude(
+    return items.filter(status=WorkItem.Status.FAILED, workflow__active=True,
+                        redacted_at__isnull=True, replays__isnull=True).exclude(
         error__code=CANCELED)
 
 
@@ -331,7 +350,8 @@ def _chunk_one(batch: ReplayBatch, item: WorkItem | None, replayed: bool,
         work_item_replay(item=item, start_over=batch.start_over, user=batch.created_by,
                          batch=batch, now=now)
     except ApplicationError as exc:
-        return {"not_replayable": "not failed, canceled or workflow deactivated",
+        return {"not_replayable": "not failed, canceled, removed by retention, or workflow "
+                                  "deactivated",
                 "forbidden": "not permitted", "validation_failed": "input no longer valid"
                 }.get(exc.code, exc.code)
     return None

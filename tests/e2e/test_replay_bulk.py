@@ -72,7 +72,8 @@ def test_batch_skips_what_it_must_not_replay_and_says_why(cast, flow):
     batch.refresh_from_db()
     assert (batch.replayed, batch.skipped) == (1, 4)
     assert batch.skip_reasons == {"already replayed": 1, "not found": 1,
-                                  "not failed, canceled or workflow deactivated": 2}
+                                  "not failed, canceled, removed by retention, or workflow "
+                                  "deactivated": 2}
     assert WorkItem.objects.filter(replay_of=items[1]).get() == already
     assert not WorkItem.objects.filter(replay_of=other_org).exists()
 

@@ -25,10 +25,15 @@ def test_replay_waits_like_run_and_exits_like_it(caller, worker):  # noqa: F811
 
     Step.objects.filter(workflow__intakes__pk=failing).update(config={"expression": "input"})
     status_url = f"{caller.base_url}/v1/intake/{failing}/work/{work_id}"
-    healed = caller.run([AUXOT, "replay", status_url, "--from", "start", "--wait"])
+    # The original was replayed once already: the 409 names the replay to take forward.
+    twice = caller.run([AUXOT, "replay", status_url, "--from", "start", "--wait"])
+    replay = WorkItem.objects.get(replay_of_id=work_id)
+    assert twice.returncode == 3 and str(replay.pk).encode() in twice.stderr
+    healed = caller.run([AUXOT, "replay", status_url.replace(work_id, str(replay.pk)),
+                         "--from", "start", "--wait"])
     assert healed.returncode == 0, healed.stderr
     assert json.loads(healed.stdout) == {"n": 5}
-    new = WorkItem.objects.get(replay_of_id=work_id, status="completed")
+    new = WorkItem.objects.get(replay_of_id=replay.pk, status="completed")
     assert new.resumed_from_step == 1
 
     done = caller.run([AUXOT, "replay", str(new.pk), "--intake", failing])

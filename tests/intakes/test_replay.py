@@ -200,8 +200,92 @@ def test_same_idempotency_key_answers_the_first_replay(cast, api, member_token, 
     assert other.status_code == 422
     assert other.json()["code"] == "idempotency_key_reused"
     fresh = _replay(api, intake, original.pk, member_token, HTTP_IDEMPOTENCY_KEY="r-2")
-    assert fresh.json()["work_id"] != first.json()["work_id"]
-    assert WorkItem.objects.filter(replay_of=original).count() == 2
+    assert fresh.status_code == 409  # a new key is a new request: it would be a second replay
+    assert fresh.json()["code"] == "not_replayable"
+    assert WorkItem.objects.filter(replay_of=original).count() == 1
+
+
+def test_a_failed_item_replays_once_then_its_replay_carries_on(cast, api, member_token,
+                                                              fake_server):
+    """A second replay of the same item would run the failed step and every later one
+    again, under new keys for the later ones: refused, naming the replay to take forward."""
+    intake, original = _failed_at_two(api, cast, fake_server, member_token)
+    fake_server.script = [Reply(500, {"down": True})]
+    first = _replay(api, intake, original.pk, member_token)
+    assert first.status_code == 202
+    replay = _run(first.json()["work_id"])
+    assert replay.status == "failed"
+    for body in ({}, {"from": "start"}):
+        again = _replay(api, intake, original.pk, member_token, body)
+        assert again.status_code == 409, again.content
+        assert again.json()["code"] == "not_replayable"
+        assert str(replay.pk) in again.json()["detail"]
+    sent = len(fake_server.requests)
+    fake_server.script = [Reply(200), Reply(200)]
+    onward = _replay(api, intake, replay.pk, member_token)
+    assert onward.status_code == 202
+    assert _run(onward.json()["work_id"]).status == "completed"
+    assert _paths(fake_server)[sent:] == ["/two", "/three"]
+    assert WorkItem.objects.filter(replay_of=original).count() == 1
+    assert _poll(api, intake, original.pk, member_token)["replayed_by"] == [str(replay.pk)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_replays_at_once_make_one_new_item(cast, fake_server, member_token):
+    """Two callers (or two clicks) replaying the same item at the same instant: the
+    original's row serializes them, and the second is asked again and refused."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connection
+    from rest_framework.test import APIClient
+
+    from auxot.errors import ApplicationError
+
+    _, original = _failed_at_two(APIClient(), cast, fake_server, member_token)
+    for _round in range(4):
+        WorkItem.objects.filter(replay_of=original).delete()
+        barrier = threading.Barrier(2)
+
+        def replay(barrier=barrier):
+            barrier.wait()
+            try:
+                return work_item_replay(item=WorkItem.objects.get(pk=original.pk),
+                                        user=cast.member_a).pk
+            except ApplicationError as exc:
+                return exc.code
+            finally:
+                connection.close()
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            outcomes = list(pool.map(lambda _: replay(), range(2)))
+        assert sorted(map(str, outcomes))[1] == "not_replayable", outcomes
+        assert WorkItem.objects.filter(replay_of=original).count() == 1
+
+
+def test_an_item_emptied_by_retention_does_not_replay(cast, api, member_token, fake_server):
+    """Retention removed its input and outputs: a replay would send nulls downstream under
+    the original's Idempotency-Key. 409, and the Failed work view leaves it out."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from workflows.replay import failed_unreplayed, replayable
+    from workflows.retention import work_items_redact
+
+    intake, original = _failed_at_two(api, cast, fake_server, member_token)
+    work_items_redact(ids=[original.pk], now=timezone.now())  # what retention_run does
+    original.refresh_from_db()
+    assert original.redacted_at is not None and original.input is None
+    sent = len(fake_server.requests)
+    refused = _replay(api, intake, original.pk, member_token)
+    assert refused.status_code == 409
+    assert "retention" in refused.json()["detail"]
+    assert len(fake_server.requests) == sent
+    assert not WorkItem.objects.filter(replay_of=original).exists()
+    long_ago = timezone.now() - timedelta(days=3650)
+    assert not failed_unreplayed(org_ids=None, since=long_ago).filter(pk=original.pk).exists()
+    assert not replayable(WorkItem.objects.filter(pk=original.pk)).exists()
 
 
 def test_callback_of_the_replay_goes_to_the_original_url_with_replay_of(
