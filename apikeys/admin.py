@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from apikeys.models import ApiKey
 from apikeys.services import apikey_cap_check, apikey_issue, apikey_revoke
+from auxot import crypto
 from auxot.admin_base import (
     ACTORS,
     ADMIN,
@@ -26,7 +27,12 @@ from auxot.admin_base import (
 )
 from auxot.errors import ApplicationError
 
+# A new key's token crosses one redirect (so a reload cannot issue a second key) in the
+# session, encrypted: Django signs session data but does not encrypt it, and a redirect never
+# followed would leave it in the sessions table (and its backups) for the session's life.
 SESSION_KEY = "auxot_new_api_token"
+STASH_PURPOSE = "admin-new-api-key"
+TOKEN_SHOWN_WITHIN = 300  # seconds from issuing; then it is gone for good
 
 
 class ApiKeyIssueForm(forms.ModelForm):
@@ -146,7 +152,8 @@ class ApiKeyAdmin(OrgScopedAdmin):
         # Django's add view goes on with `obj` (response_add): make it the stored row.
         obj.pk = issued.key.pk
         obj.refresh_from_db()
-        request.session[SESSION_KEY] = {"id": str(issued.key.pk), "token": issued.token}
+        request.session[SESSION_KEY] = {"id": str(issued.key.pk), "token": crypto.encrypt(
+            issued.token, purpose=STASH_PURPOSE)}
 
     def save_related(self, request, form, formsets, change):
         pass
@@ -162,7 +169,15 @@ class ApiKeyAdmin(OrgScopedAdmin):
         extra = dict(extra_context or {})
         stashed = request.session.get(SESSION_KEY)
         if stashed and stashed.get("id") == str(object_id):
-            extra["new_token"] = request.session.pop(SESSION_KEY)["token"]
+            request.session.pop(SESSION_KEY)
+            try:
+                extra["new_token"] = crypto.decrypt(stashed["token"], purpose=STASH_PURPOSE,
+                                                    ttl=TOKEN_SHOWN_WITHIN)
+            except crypto.DecryptionError:
+                self.message_user(request, (
+                    f"This key's token was not shown within {TOKEN_SHOWN_WITHIN // 60} minutes "
+                    "of issuing it and is gone for good: revoke the key and issue another."),
+                    messages.WARNING)
         response = super().change_view(request, object_id, form_url, extra)
         if "new_token" in extra:
             response["Cache-Control"] = "no-store"

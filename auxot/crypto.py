@@ -29,8 +29,9 @@ def encrypt(plain: str, *, purpose: str) -> str:
     return _multi(purpose).encrypt(plain.encode()).decode()
 
 
-def decrypt(token: str, *, purpose: str) -> str:
+def decrypt(token: str, *, purpose: str, ttl: int | None = None) -> str:
+    """`ttl`: seconds since it was encrypted after which it no longer decrypts."""
     try:
-        return _multi(purpose).decrypt(token.encode()).decode()
+        return _multi(purpose).decrypt(token.encode(), ttl=ttl).decode()
     except InvalidToken:
         raise DecryptionError(f"a stored {purpose} cannot be decrypted") from None

@@ -263,6 +263,42 @@ def test_member_personal_key_shown_exactly_once(client, cast):
     assert token not in json.dumps(list(AuditEvent.objects.values("extra")))
 
 
+def test_a_new_tokens_stash_in_the_session_is_encrypted_and_short_lived(client, cast,
+                                                                        time_machine):
+    """The token crosses the redirect in the session: Django signs session data, it does not
+    encrypt it, and a redirect never followed would keep it in the sessions table."""
+    import base64
+    import zlib
+
+    from django.contrib.sessions.models import Session
+
+    _login(client, cast.member_a)
+    response = client.post(f"{KEYS}add/", {"org": cast.org_a.pk, "label": "laptop",
+                                           "kind": "user"})
+    assert response.status_code == 302
+    key = ApiKey.objects.get(label="laptop")
+    [row] = Session.objects.all()
+    raw = row.session_data
+    payload = raw.split(":")[0]
+    decoded = (zlib.decompress(base64.urlsafe_b64decode(payload[1:] + "==")).decode()
+               if payload.startswith(".") else base64.urlsafe_b64decode(payload + "==").decode())
+    assert "auxot_new_api_token" in decoded  # the stash is there, and it is read back below
+    assert "user." not in decoded and key.last_four not in json.dumps(row.get_decoded())
+    html = client.get(response["Location"]).content.decode()
+    [token] = re.findall(r'<code id="new-token"[^>]*>([^<]+)</code>', html)
+    assert token.endswith(key.last_four)
+    # A redirect followed too late shows no token, and says what to do.
+    client.post(f"{KEYS}add/", {"org": cast.org_a.pk, "label": "late", "kind": "user"})
+    late = ApiKey.objects.get(label="late")
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    time_machine.move_to(timezone.now() + timedelta(seconds=301))
+    html = client.get(f"{KEYS}{late.pk}/change/").content.decode()
+    assert 'id="new-token"' not in html and "revoke the key and issue another" in html
+
+
 def test_member_cannot_issue_team_keys_and_sees_only_own_keys(client, cast, member_token):
     apikey_issue(org=cast.org_a, label="admin's", user=cast.admin_a)
     _login(client, cast.member_a)
