@@ -259,6 +259,7 @@ def _attempts_open(runs: list[_Run], now: datetime) -> dict[Any, StepRun]:
 def _pure_execute(run: _Run, now: datetime) -> tuple[list, int]:
     """The outcomes of the item's consecutive fresh pure steps, in memory."""
     results, start = [], run.item.current_step
+    run.ended = []
     index = start
     while index < len(run.steps) and run.steps[index].kind in PURE_KINDS and (
             index == start or run.steps[index].pk not in run.latest):
@@ -266,6 +267,7 @@ def _pure_execute(run: _Run, now: datetime) -> tuple[list, int]:
         outcome = _safely(kind_get(step.kind).execute, _context(run, step, index, now),
                           run, step)
         results.append((step, outcome))
+        run.ended.append(timezone.now())  # the next step starts then, not with the first
         if not isinstance(outcome, Complete):
             break
         run.outputs[step.pk] = outcome.output  # _context of the next step reads it
@@ -362,9 +364,11 @@ def _ledger_write(executed: list, firsts: dict, held: set, now: datetime) -> Non
             results = results[:1]
         for number, (step, outcome) in enumerate(results):
             row = first if number == 0 else StepRun(
-                work_item=run.item, step=step, attempt=1, started_at=first.started_at,
+                work_item=run.item, step=step, attempt=1, started_at=run.ended[number - 1],
                 state={})
             _outcome_set(row, outcome, run.item.pk in held, now)
+            if row.finished_at is not None:  # each step's own end; the item's is the commit's
+                row.finished_at = run.ended[number]
             if number:
                 created.append(row)
             run.latest[step.pk] = row

@@ -72,6 +72,7 @@ class _Run:
         self.steps = steps
         self.latest: dict[int, StepRun] = {}
         self.outputs: dict[str, Any] = {}
+        self.ended: list[datetime] = []  # when each step of a pure run ended (batch.py)
         for run in runs:
             self.latest[run.step_id] = run
             if run.status in StepRun.DONE:  # a replay's carried steps count as done

@@ -76,6 +76,31 @@ def test_pure_steps_of_one_item_commit_in_one_transaction(cast):
         (1, 1, "completed"), (2, 1, "completed"), (3, 1, "completed")]
 
 
+def test_pure_steps_run_in_one_pass_keep_their_own_times(cast, monkeypatch):
+    """A step starts when the one before it ended, not when the pass began: the timeline
+    the poll shows never has a step starting before its predecessor finished."""
+    import itertools
+
+    from workflows.presenters import work_item_view
+
+    base, ticks, lock = timezone.now(), itertools.count(1), threading.Lock()
+
+    def now():  # a clock that moves 10 ms per reading, so equal times cannot hide an order
+        with lock:
+            return base + timedelta(milliseconds=10 * next(ticks))
+
+    monkeypatch.setattr(batch.timezone, "now", now)
+    workflow = make_workflow(cast.org_a, [TRANSFORM, TRANSFORM, TRANSFORM])
+    [item] = _items(workflow, 1)
+    work_item_process(work_id=item.pk, drain_seconds=0)
+    item.refresh_from_db()
+    steps = work_item_view(item).body["steps"]
+    times = [(row["started_at"], row["finished_at"]) for row in steps]
+    assert all(start < end for start, end in times), times
+    assert all(times[n][1] <= times[n + 1][0] for n in range(2)), times
+    assert times[-1][1] <= work_item_view(item).body["finished_at"]
+
+
 def test_worker_dying_in_a_pure_run_counts_one_crashed_attempt(cast, monkeypatch,
                                                                 time_machine):
     workflow = make_workflow(cast.org_a, [TRANSFORM, TRANSFORM])
