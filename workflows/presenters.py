@@ -139,9 +139,25 @@ def _wait_approval(item: WorkItem, step, where: str, now: datetime) -> tuple[dic
     waiting = {"kind": "approval", "since": iso(item.waiting_since),
                "step": step.name if step else None, "deadline": detail.get("deadline"),
                "instructions": detail.get("instructions", ""), "approve_url": link}
+    if detail.get("decision"):
+        # Decided; the engine applies it when a worker takes the item (moments, normally).
+        waiting.update({key: detail.get(key) for key in ("decision", "decided_by",
+                                                         "decided_at")})
+        verb = "Approved" if detail["decision"] == "approve" else "Rejected"
+        return waiting, (f"{verb} by {detail.get('decided_by')} at {where}; the decision "
+                         f"takes effect when a worker picks the item up{_worker_note(now)}.")
     deadline = f" (deadline {detail['deadline']})" if detail.get("deadline") else ""
     return waiting, (f"Waiting for approval at {where} since {_hhmm(item.waiting_since)}"
                      f"{deadline}; approve it at {link}")
+
+
+def _worker_note(now: datetime) -> str:
+    last_beat = worker_last_seen_cached()
+    if last_beat is None or now - last_beat > heartbeat_stale():
+        return (f", but no worker heartbeat has been seen since {iso(last_beat)}: is "
+                "`manage.py qcluster` running?" if last_beat else
+                ", but no worker heartbeat has ever been seen: is `manage.py qcluster` running?")
+    return " (normally within moments)"
 
 
 # A provider's queue position as this process read it at most this long ago, per item.

@@ -148,7 +148,11 @@ def work_item_decide(*, item: WorkItem, decision: str, comment: str = "", user=N
         run.state = {**run.state, "decision": decision, "decided_by": user.get_username(),
                      "decided_at": now.isoformat(), "comment": comment}
         run.save(update_fields=["state"])
-        WorkItem.objects.filter(pk=locked.pk, lease_token="").update(next_run_at=now)
+        # The poll says the decision is in until the engine applies it (moments later).
+        WorkItem.objects.filter(pk=locked.pk, lease_token="").update(
+            next_run_at=now, waiting_detail={
+                **(locked.waiting_detail or {}), "decision": decision,
+                "decided_by": user.get_username(), "decided_at": now.isoformat()})
         work_wake_notify()
         audit_record(event=f"work_item.{'approved' if decision == 'approve' else 'rejected'}",
                      org=locked.workflow.org, actor_user=user,

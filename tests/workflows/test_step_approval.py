@@ -69,6 +69,29 @@ def test_member_approves_over_api_and_item_completes(cast, api, member_token):
     assert _decide(api, intake, item, member_token).status_code == 409  # decided once
 
 
+@pytest.mark.parametrize("decision,verb", [("approve", "Approved"), ("reject", "Rejected")])
+def test_the_answer_and_the_poll_say_the_decision_is_in_until_it_is_applied(
+        cast, api, member_token, decision, verb):
+    """The decision is the engine's to apply; until a worker does (moments), the answer and
+    the poll say it was taken, by whom, not "waiting for approval"."""
+    intake = _setup(cast)
+    item = _park(api, intake, member_token)
+    answer = _decide(api, intake, item, member_token, decision).json()
+    poll = api.get(f"/v1/intake/{intake.pk}/work/{item.pk}", **bearer(member_token)).json()
+    for body in (answer, poll):
+        assert body["status"] == "running"
+        waiting = body["waiting_on"]
+        assert (waiting["kind"], waiting["decision"], waiting["decided_by"]) == (
+            "approval", decision, "member_a")
+        assert waiting["decided_at"]
+        assert body["diagnosis"].startswith(f"{verb} by member_a at step 2 'Manager sign-off'; "
+                                            "the decision takes effect when a worker")
+    work_item_process(work_id=item.pk, drain_seconds=0)
+    after = api.get(f"/v1/intake/{intake.pk}/work/{item.pk}", **bearer(member_token)).json()
+    assert after["status"] == ("completed" if decision == "approve" else "failed")
+    assert after["waiting_on"] is None
+
+
 def test_reject_fails_item_with_rejected(cast, api, member_token):
     intake = _setup(cast)
     item = _park(api, intake, member_token)
