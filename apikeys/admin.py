@@ -26,6 +26,7 @@ from auxot.admin_base import (
     user_roles,
 )
 from auxot.errors import ApplicationError
+from auxot.http import client_ip
 
 # A new key's token crosses one redirect (so a reload cannot issue a second key) in the
 # session, encrypted: Django signs session data but does not encrypt it, and a redirect never
@@ -148,7 +149,8 @@ class ApiKeyAdmin(OrgScopedAdmin):
         issued = apikey_issue(org=data["org"], label=data["label"],
                               user=None if team_kind else request.user,
                               team=data["team"] if team_kind else None,
-                              created_by=request.user, expires_at=data.get("expires_at"))
+                              created_by=request.user, expires_at=data.get("expires_at"),
+                              ip=client_ip(request))
         # Django's add view goes on with `obj` (response_add): make it the stored row.
         obj.pk = issued.key.pk
         obj.refresh_from_db()
@@ -196,6 +198,6 @@ class ApiKeyAdmin(OrgScopedAdmin):
         if not all(self._may_revoke(request, key) for key in keys):
             raise PermissionDenied
         for key in keys:
-            apikey_revoke(key=key, revoked_by=request.user)
+            apikey_revoke(key=key, revoked_by=request.user, ip=client_ip(request))
         self.message_user(request, f"Revoked {len(keys)} key(s).",
                           messages.SUCCESS if keys else messages.WARNING)

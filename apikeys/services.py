@@ -30,6 +30,7 @@ def apikey_issue(
     team: Team | None = None,
     created_by=None,
     expires_at: datetime | None = None,
+    ip: str | None = None,
 ) -> IssuedKey:
     """Issue a personal key (user=...) or a team key (team=...). Returns the token once."""
     if (user is None) == (team is None):
@@ -61,7 +62,7 @@ def apikey_issue(
             created_by=created_by, created_at=now, expires_at=expires_at,
         )
         audit_record(
-            event="apikey.issued", org=org, actor_user=created_by, obj=key, now=now,
+            event="apikey.issued", org=org, actor_user=created_by, obj=key, now=now, ip=ip,
             extra={"kind": kind, "label": key.label, "lookup_id": key.lookup_id},
         )
     return IssuedKey(key=key, token=token)
@@ -83,7 +84,7 @@ def apikey_cap_check(*, org: Organization, user, now: datetime | None = None) ->
             code="conflict")
 
 
-def apikey_revoke(*, key: ApiKey, revoked_by=None) -> ApiKey:
+def apikey_revoke(*, key: ApiKey, revoked_by=None, ip: str | None = None) -> ApiKey:
     """Revoke a key. Final: a revoked key never works again."""
     now = timezone.now()
     with transaction.atomic():
@@ -93,6 +94,7 @@ def apikey_revoke(*, key: ApiKey, revoked_by=None) -> ApiKey:
         if changed:
             audit_record(
                 event="apikey.revoked", org=key.org, actor_user=revoked_by, obj=key, now=now,
+                ip=ip,
                 extra={"kind": key.kind, "label": key.label, "lookup_id": key.lookup_id},
             )
     key.refresh_from_db()

@@ -89,7 +89,8 @@ class IntakeAdmin(IntakeCallbacksAdminMixin, OrgScopedAdmin):
         self.require_role(request, MANAGERS, workflow)
         created = intake_create(org=workflow.org, workflow=workflow, name=data["name"],
                                 team=data.get("team"), created_by=request.user,
-                                callback_url=data.get("callback_url", ""))
+                                callback_url=data.get("callback_url", ""),
+                                ip=client_ip(request))
         # Django's add view goes on with `obj` (redirect, message): make it the stored row.
         obj.pk = created.pk
         obj.refresh_from_db()
@@ -189,7 +190,8 @@ class IntakeAdmin(IntakeCallbacksAdminMixin, OrgScopedAdmin):
     def _apply(self, request, intakes, active: bool) -> int:
         done = 0
         for intake in intakes:
-            done += intake_set_active(intake=intake, active=active, actor=request.user)
+            done += intake_set_active(intake=intake, active=active, actor=request.user,
+                                      ip=client_ip(request))
         verb = "Reactivated" if active else "Deactivated"
         note = "" if active else " They answer 404 from now on."
         self.message_user(request, f"{verb} {done} intake(s).{note}", messages.SUCCESS)

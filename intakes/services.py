@@ -35,7 +35,7 @@ def _parse_uuid(value: str) -> uuid.UUID:
 
 def intake_create(
     *, org: Organization, workflow: Workflow, name: str, team: Team | None = None, created_by=None,
-    callback_url: str = "",
+    callback_url: str = "", ip: str | None = None,
 ) -> Intake:
     """Create an intake with its first callback signing secret.
 
@@ -60,6 +60,7 @@ def intake_create(
             signing_secret_encrypted=secret_encrypt(secret),
         )
         audit_record(event="intake.created", org=org, actor_user=created_by, obj=intake, now=now,
+                     ip=ip,
                      extra={"name": intake.name, "workflow": workflow.name,
                             "team": team.name if team else None,
                             "callback_url": url_redact(callback_url) if callback_url else None})
@@ -76,7 +77,8 @@ def callback_url_checked(url: str) -> str:
         raise ApplicationError(f"Callback URL refused: {exc}", code="validation_failed") from None
 
 
-def intake_set_active(*, intake: Intake, active: bool, actor=None) -> bool:
+def intake_set_active(*, intake: Intake, active: bool, actor=None,
+                      ip: str | None = None) -> bool:
     """Deactivate or reactivate. Returns False when it already was in that state."""
     now = timezone.now()
     with transaction.atomic():
@@ -85,7 +87,7 @@ def intake_set_active(*, intake: Intake, active: bool, actor=None) -> bool:
         )
         if changed:
             audit_record(event="intake.reactivated" if active else "intake.deactivated",
-                         org=intake.org, actor_user=actor, obj=intake, now=now,
+                         org=intake.org, actor_user=actor, obj=intake, now=now, ip=ip,
                          extra={"name": intake.name})
     intake.refresh_from_db()
     return bool(changed)

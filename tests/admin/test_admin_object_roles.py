@@ -396,7 +396,12 @@ def test_role_is_checked_in_each_objects_own_org(client, world, key):
         assert response.status_code in case.refused_statuses and not took_effect
         response, body, took_effect = _attempt(actor, case, target_b)
     else:
+        before = set(AuditEvent.objects.values_list("pk", flat=True))
         response, body, took_effect = _attempt(client, case, target_b)
+        # Whatever a person does here is audited with where they did it from.
+        unplaced = AuditEvent.objects.exclude(pk__in=before).filter(
+            actor_user__isnull=False).exclude(ip="127.0.0.1")
+        assert not unplaced.exists(), list(unplaced.values_list("event", "ip"))
     assert response.status_code < 400 and took_effect, (response.status_code, body[:500])
 
 

@@ -101,7 +101,8 @@ def test_admin_creates_an_intake_audited_and_prefilled_from_the_workflow(client,
     intake = Intake.objects.get(name="Orders")
     assert (intake.org, intake.team, intake.created_by) == (cast.org_a, cast.team_a,
                                                             cast.admin_a)
-    assert AuditEvent.objects.filter(event="intake.created", object_id=str(intake.pk)).exists()
+    assert AuditEvent.objects.get(event="intake.created", object_id=str(intake.pk)
+                                  ).ip == "127.0.0.1"
 
 
 def test_team_on_a_free_plan_is_a_clear_form_error(client, cast, workflow_a):
@@ -260,6 +261,7 @@ def test_member_personal_key_shown_exactly_once(client, cast):
     assert key.user == cast.member_a and token.endswith(key.last_four)
     again = client.get(f"{KEYS}{key.pk}/change/").content.decode()
     assert token not in again and key.last_four in again
+    assert AuditEvent.objects.get(event="apikey.issued").ip == "127.0.0.1"
     assert token not in json.dumps(list(AuditEvent.objects.values("extra")))
 
 
