@@ -1,6 +1,7 @@
 """Ready-to-paste snippets for an intake's page, built from the real base URL and id.
 
-The key is always the placeholder API_KEY: a secret never appears on a page.
+The key is always the placeholder AUXOT_API_KEY (the quick start's and the CLI's name): a
+secret never appears on a page.
 """
 
 from django.conf import settings
@@ -16,23 +17,23 @@ def intake_snippets(*, base_url: str, intake_id: str) -> list[tuple[str, str, st
     trigger = f"{base_url}/v1/intake/{intake_id}"
     curl_trigger = (
         f"curl -sS -X POST '{trigger}' \\\n"
-        '  -H "Authorization: Bearer $API_KEY" \\\n'
+        '  -H "Authorization: Bearer $AUXOT_API_KEY" \\\n'
         "  -H 'Content-Type: application/json' \\\n"
         "  -d '{\"customer\": \"Ada\"}'"
     )
     curl_poll = (
         f"curl -sS '{trigger}/work/'\"$WORK_ID\" \\\n"
-        '  -H "Authorization: Bearer $API_KEY"'
+        '  -H "Authorization: Bearer $AUXOT_API_KEY"'
     )
     loop = (
         "# Trigger, then poll until completed or failed (sleep with jitter).\n"
         f"WORK_ID=$(curl -sS -X POST '{trigger}' \\\n"
-        '  -H "Authorization: Bearer $API_KEY" -H \'Content-Type: application/json\' \\\n'
+        '  -H "Authorization: Bearer $AUXOT_API_KEY" -H \'Content-Type: application/json\' \\\n'
         "  -d '{\"customer\": \"Ada\"}' | python3 -c 'import json,sys; "
         "print(json.load(sys.stdin)[\"work_id\"])')\n"
         "while :; do\n"
         f"  BODY=$(curl -sS '{trigger}/work/'\"$WORK_ID\" "
-        '-H "Authorization: Bearer $API_KEY")\n'
+        '-H "Authorization: Bearer $AUXOT_API_KEY")\n'
         "  STATUS=$(printf '%s' \"$BODY\" | python3 -c 'import json,sys; "
         "print(json.load(sys.stdin)[\"status\"])')\n"
         '  case "$STATUS" in completed|failed) echo "$BODY"; break;; esac\n'
@@ -42,17 +43,17 @@ def intake_snippets(*, base_url: str, intake_id: str) -> list[tuple[str, str, st
     actions = (
         "- name: Trigger Auxot\n"
         "  env:\n"
-        "    API_KEY: ${{ secrets.AUXOT_API_KEY }}\n"
+        "    AUXOT_API_KEY: ${{ secrets.AUXOT_API_KEY }}\n"
         "  run: |\n"
         f"    curl -sS --fail-with-body -X POST '{trigger}' \\\n"
-        '      -H "Authorization: Bearer $API_KEY" \\\n'
+        '      -H "Authorization: Bearer $AUXOT_API_KEY" \\\n'
         "      -H 'Content-Type: application/json' \\\n"
         "      -d '{\"ref\": \"${{ github.sha }}\"}'"
     )
     python = (
         "import os, random, time\n\nimport requests\n\n"
         f"URL = \"{trigger}\"\n"
-        "HEADERS = {\"Authorization\": f\"Bearer {os.environ['API_KEY']}\"}\n\n"
+        "HEADERS = {\"Authorization\": f\"Bearer {os.environ['AUXOT_API_KEY']}\"}\n\n"
         "work = requests.post(URL, json={\"customer\": \"Ada\"}, headers=HEADERS, timeout=30)\n"
         "work.raise_for_status()\n"
         "work_id = work.json()[\"work_id\"]\n"

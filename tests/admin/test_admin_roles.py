@@ -195,7 +195,7 @@ def test_intake_detail_has_snippets_with_the_real_url_and_no_secret(client, cast
     for slug in ("curl-trigger", "curl-poll", "shell-loop", "github-actions", "python"):
         assert f'id="snippet-{slug}"' in html
     assert html.count(url) >= 5
-    assert "$API_KEY" in html and "user.</code>" in html and "team.</code>" in html
+    assert "$AUXOT_API_KEY" in html and "user.</code>" in html and "team.</code>" in html
     assert "RANDOM" in html  # the loop sleeps with jitter
     assert member_token not in html
     assert f'<code id="intake-id">{intake_a.pk}</code>' in html

@@ -78,7 +78,7 @@ def _shot(page, name: str) -> None:
 
 def _sh(command: str, api_key: str) -> str:
     result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30,
-                            env={**os.environ, "API_KEY": api_key}, check=False)
+                            env={**os.environ, "AUXOT_API_KEY": api_key}, check=False)
     return result.stdout
 
 
@@ -105,7 +105,7 @@ def test_admin_creates_an_intake_runs_its_curl_then_deactivates_it(login, live_s
     page.wait_for_selector("#snippet-curl-trigger")
     assert page.text_content("#intake-id").strip() == str(intake.pk)
     curl = page.text_content("#snippet-curl-trigger")
-    assert live_server.url in curl and "$API_KEY" in curl
+    assert live_server.url in curl and "$AUXOT_API_KEY" in curl
 
     answer = _sh(curl, token)
     work_id = re.search(r'"work_id":\s*"([0-9a-f-]{36})"', answer).group(1)

@@ -17,7 +17,7 @@ FAKE_CURL = ('curl() { printf "ARG %s\\n" "$@" >&2; '
 def _run(text: str) -> list[str]:
     if shutil.which("bash") is None:
         pytest.fail("bash is needed to run the shell snippets")
-    done = subprocess.run(["bash", "-c", FAKE_CURL + "API_KEY=k-456; WORK_ID=w-123\n" + text],
+    done = subprocess.run(["bash", "-c", FAKE_CURL + "AUXOT_API_KEY=k-456; WORK_ID=w-123\n" + text],
                           capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 0, done.stderr
     return [line[4:] for line in done.stderr.splitlines() if line.startswith("ARG ")]
@@ -38,7 +38,7 @@ def test_a_shell_snippet_sends_the_key_and_the_work_id_it_names(slug):
               if s == slug]
     args = _run(text)
     assert "Authorization: Bearer k-456" in args, args
-    assert "$API_KEY" not in " ".join(args) and "$WORK_ID" not in " ".join(args)
+    assert "$AUXOT_API_KEY" not in " ".join(args) and "$WORK_ID" not in " ".join(args)
     urls = [a for a in args if a.startswith(BASE)]
     assert urls, args
     if slug != "curl-trigger":
