@@ -80,6 +80,7 @@ def _explain(item: WorkItem) -> dict:
                 "admin:workflows_provider_change", args=[provider.pk])))
     beat = worker_last_seen()
     return {"item": item, "status": body.get("status"), "diagnosis": body.get("diagnosis"),
-            "waiting": waiting, "links": links,
+            "waiting": json.dumps(waiting, ensure_ascii=False) if waiting else "",
+            "links": links,
             "worker": f"last worker heartbeat: {beat:%Y-%m-%d %H:%M:%S} UTC" if beat
             else "no worker heartbeat has ever been seen: is `manage.py qcluster` running?"}

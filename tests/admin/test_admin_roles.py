@@ -99,6 +99,9 @@ def test_admin_creates_an_intake_audited_and_prefilled_from_the_workflow(client,
                                               "team": cast.team_a.pk, "callback_url": ""})
     assert response.status_code == 200  # the signing secret page (shown once)
     intake = Intake.objects.get(name="Orders")
+    html = response.content.decode()  # and the way on to the intake's id and snippets
+    assert f'href="{INTAKES}{intake.pk}/change/" id="open-intake"' in html
+    assert f"<code>{intake.pk}</code>" in html
     assert (intake.org, intake.team, intake.created_by) == (cast.org_a, cast.team_a,
                                                             cast.admin_a)
     assert AuditEvent.objects.get(event="intake.created", object_id=str(intake.pk)
@@ -402,6 +405,8 @@ def test_poll_stuck_explains_own_items_only(client, cast, item_a, org_b_stuff):
     html = client.post(url, {"poll": json.dumps(poll)}).content.decode()
     assert 'id="poll-result"' in html and "Diagnosis:" in html
     assert "no worker heartbeat" in html  # no qcluster in this test
+    # What it waits on, as the poll says it: JSON, not a Python repr.
+    assert "<code>{&quot;kind&quot;: &quot;worker&quot;" in html, html
     assert f"{WORK}{item_a.pk}/change/" in html
     other = client.post(url, {"poll": json.dumps({"work_id": str(org_b_stuff[2].pk)})})
     missing = client.post(url, {"poll": json.dumps(

@@ -87,6 +87,22 @@ def test_demo_command_says_where_the_http_example_posts(db, demo_env):
             "endpoint: nothing leaves this machine") in out.getvalue()
 
 
+def test_demo_commands_export_line_sets_all_three_the_quick_start_names(db, demo_env):
+    import subprocess
+
+    out = io.StringIO()
+    call_command("demo", "--no-serve", "--port", "8765", stdout=out)
+    printed = out.getvalue()
+    [export] = [line.strip() for line in printed.splitlines()
+                if line.strip().startswith("export AUXOT_")]
+    shown = subprocess.run(["bash", "-c", export + '\necho "$AUXOT_BASE_URL $AUXOT_INTAKE_ID'
+                                                   ' $AUXOT_API_KEY"'],
+                           capture_output=True, text=True, check=True).stdout.split()
+    intake = re.search(r"Intake id:\s+(\S+)", printed).group(1)
+    token = re.search(r"API key:\s+(\S+)", printed).group(1)
+    assert shown == ["http://127.0.0.1:8765", intake, token]
+
+
 # --- end to end: the printed examples, a real web process and qcluster, loopback only ------
 def _printed_triggers(text: str) -> list[tuple[str, str]]:
     """(url, body) of every `curl -X POST` the demo prints, multi-line ones included."""

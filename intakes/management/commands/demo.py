@@ -57,8 +57,8 @@ Poll (swap WORK_ID from the 202 body):
 Or with the `auxot` command (trigger + wait; see README "The auxot command"). It is the
 auxot-client package, already in .venv; elsewhere: pip install ./clients/python
 
-  export AUXOT_BASE_URL={base} AUXOT_API_KEY={demo.token}
-  .venv/bin/auxot run {intake} --data '{{"customer":"Acme Corp"}}'
+  export AUXOT_BASE_URL={base} AUXOT_INTAKE_ID={intake} AUXOT_API_KEY={demo.token}
+  .venv/bin/auxot run "$AUXOT_INTAKE_ID" --data '{{"customer":"Acme Corp"}}'
 
 API docs: {base}/v1/docs
 """
