@@ -25,7 +25,7 @@ from intakes.models import Intake
 from intakes.openapi import REPLAY_EXAMPLES, TriggerHeadersSerializer, replay_schema
 from intakes.services import TriggerResult, intake_for_key, work_item_for_key
 from workflows.models import WorkItem
-from workflows.replay import FROM_FAILED_STEP, FROM_START, work_item_replay
+from workflows.replay import FROM_FAILED_STEP, FROM_START, NotReplayable, work_item_replay
 
 
 def intake_work_replay(*, intake: Intake, key: ApiKey, item: WorkItem, start_over: bool,
@@ -54,6 +54,15 @@ def intake_work_replay(*, intake: Intake, key: ApiKey, item: WorkItem, start_ove
         ratelimit.ratelimit_refund(ticket)
         if claim is None:
             raise
+    except NotReplayable:
+        # The same request sent twice at once: the first replay committed (with its
+        # idempotency record) while this one waited on the original's row; answer it.
+        ratelimit.ratelimit_refund(ticket)
+        winner = claim and idempotency.idempotency_winner(claim=claim, intake=intake,
+                                                          now=timezone.now())
+        if not winner:
+            raise
+        return TriggerResult(item=winner, replayed=True)
     except OperationalError as exc:
         ratelimit.ratelimit_refund(ticket)
         if claim is None or not idempotency.is_lock_timeout(exc):

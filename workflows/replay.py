@@ -82,29 +82,48 @@ def replay_plan(*, item: WorkItem, start_over: bool) -> ReplayPlan:
     return ReplayPlan(steps=steps, carried=carried)
 
 
-def replay_refusal(item: WorkItem) -> str | None:
-    """Why `item` cannot be replayed, or None."""
+def replay_refusal_why(item: WorkItem) -> tuple[str, str] | None:
+    """(a short reason, for a bulk replay's skip counts; the message a caller gets) when
+    `item` cannot be replayed, or None."""
     if item.status != WorkItem.Status.FAILED:
-        return (f"Only failed work items can be replayed; this one is {item.status}. "
-                "Completed work is final; pending or running work is still in progress.")
+        return "not failed", (
+            f"Only failed work items can be replayed; this one is {item.status}. "
+            "Completed work is final; pending or running work is still in progress.")
     if (item.error or {}).get("code") == CANCELED:
         # A cancel is a person's decision to stop this work: a replay would quietly undo it.
-        return ("This work item was canceled on purpose, so it is not replayed; trigger the "
-                "intake again if the work is wanted after all.")
+        return "canceled", (
+            "This work item was canceled on purpose, so it is not replayed; trigger the "
+            "intake again if the work is wanted after all.")
     if not item.workflow.active:
-        return "The workflow of this work item is deactivated."
+        return "workflow deactivated", "The workflow of this work item is deactivated."
     if item.redacted_at is not None:
         # Retention removed its input and outputs: a replay would send nulls downstream
         # (under the original's Idempotency-Key) and call that a success.
-        return ("This work item's input and step outputs were removed by the retention "
-                "policy, so there is nothing to take forward; trigger the intake again.")
+        return "removed by retention", (
+            "This work item's input and step outputs were removed by the retention policy, "
+            "so there is nothing to take forward; trigger the intake again.")
     replay = item.replays.order_by("created_at").first()
     if replay is not None:
         # Twice would run every step from the failed one twice, under two new keys.
-        return (f"This work item was already replayed as {replay.pk} ({replay.status}). "
-                "If that replay failed, replay it instead: the chain and the failed step's "
-                "Idempotency-Key are kept.")
+        return "already replayed", (
+            f"This work item was already replayed as {replay.pk} ({replay.status}). If that "
+            "replay failed, replay it instead: the chain and the failed step's "
+            "Idempotency-Key are kept.")
     return None
+
+
+def replay_refusal(item: WorkItem) -> str | None:
+    """Why `item` cannot be replayed, or None."""
+    why = replay_refusal_why(item)
+    return why[1] if why else None
+
+
+class NotReplayable(ApplicationError):
+    """409 `not_replayable`; `reason` is the short one a bulk replay counts."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message, code="not_replayable")
+        self.reason = reason
 
 
 def work_item_replay(*, item: WorkItem, start_over: bool = False, user=None, key=None,
@@ -119,18 +138,18 @@ def work_item_replay(*, item: WorkItem, start_over: bool = False, user=None, key
     """
     now = now or timezone.now()
     _require_role(org_id=item.workflow.org_id, user=user, key=key, action="replay work")
-    refusal = replay_refusal(item)
-    if refusal:
-        raise ApplicationError(refusal, code="not_replayable")
+    if why := replay_refusal_why(item):
+        raise NotReplayable(*why)
     workflow_input_check(workflow=item.workflow, input=item.input)
     plan = replay_plan(item=item, start_over=start_over)
     with transaction.atomic():
-        # Serialized on the original's row, then asked again: two replays at once, by two
-        # callers or two clicks, make one new item and one 409.
-        item = WorkItem.objects.select_for_update().select_related("workflow").get(pk=item.pk)
-        refusal = replay_refusal(item)
-        if refusal:
-            raise ApplicationError(refusal, code="not_replayable")
+        # Serialized on the original's row (its alone: a lock on the workflow would hold
+        # every trigger of it), then asked again: two replays at once, by two callers or two
+        # clicks, make one new item and one 409.
+        item = (WorkItem.objects.select_for_update(of=("self",)).select_related("workflow")
+                .get(pk=item.pk))
+        if why := replay_refusal_why(item):
+            raise NotReplayable(*why)
         new = _replay_create(item=item, plan=plan, start_over=start_over, key=key, ip=ip,
                              batch=batch, now=now)
         _replay_audit(item=item, new=new, plan=plan, start_over=start_over, user=user, key=key,
@@ -349,10 +368,10 @@ def _chunk_one(batch: ReplayBatch, item: WorkItem | None, replayed: bool,
     try:
         work_item_replay(item=item, start_over=batch.start_over, user=batch.created_by,
                          batch=batch, now=now)
+    except NotReplayable as exc:
+        return exc.reason
     except ApplicationError as exc:
-        return {"not_replayable": "not failed, canceled, removed by retention, or workflow "
-                                  "deactivated",
-                "forbidden": "not permitted", "validation_failed": "input no longer valid"
+        return {"forbidden": "not permitted", "validation_failed": "input no longer valid"
                 }.get(exc.code, exc.code)
     return None
 

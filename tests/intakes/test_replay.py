@@ -2,6 +2,7 @@
 effects, or start over; the original stays failed; roles, 409s and Idempotency-Key."""
 
 import pytest
+from django.db import connection
 
 from apikeys.services import apikey_issue
 from auxot.models import AuditEvent, Membership, Team
@@ -237,7 +238,6 @@ def test_two_replays_at_once_make_one_new_item(cast, fake_server, member_token):
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from django.db import connection
     from rest_framework.test import APIClient
 
     from auxot.errors import ApplicationError
@@ -261,6 +261,86 @@ def test_two_replays_at_once_make_one_new_item(cast, fake_server, member_token):
             outcomes = list(pool.map(lambda _: replay(), range(2)))
         assert sorted(map(str, outcomes))[1] == "not_replayable", outcomes
         assert WorkItem.objects.filter(replay_of=original).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_same_replay_request_sent_twice_at_once_answers_one_replay(cast, fake_server,
+                                                                       member_token):
+    """A client retrying with its Idempotency-Key while the first is still in flight: the
+    second waits on the original's row, then answers the first replay (not a 409)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rest_framework.test import APIClient
+
+    from apikeys.models import ApiKey
+    from intakes.replay import intake_work_replay
+
+    intake, original = _failed_at_two(APIClient(), cast, fake_server, member_token)
+    key = ApiKey.objects.select_related("user", "org").get(user=cast.member_a)
+    for attempt in range(4):
+        WorkItem.objects.filter(replay_of=original).delete()
+        barrier = threading.Barrier(2)
+
+        def replay(_, barrier=barrier, attempt=attempt):
+            barrier.wait()
+            try:
+                return intake_work_replay(intake=intake, key=key, item=original,
+                                          start_over=False, ip=None,
+                                          idempotency_key=f"same-{attempt}").item.pk
+            finally:
+                connection.close()
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            first, second = pool.map(replay, range(2))
+        assert first == second
+        assert WorkItem.objects.filter(replay_of=original).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql",
+                    reason="row locks are PostgreSQL's; SQLite serializes every writer")
+def test_a_replay_in_flight_does_not_hold_its_workflows_triggers(cast, fake_server,
+                                                                 member_token, monkeypatch):
+    """The replay locks the original's row, not its workflow's: a trigger of the same
+    workflow (which checks the workflow row's key) goes through meanwhile."""
+    import threading
+
+    from django.db import transaction
+    from rest_framework.test import APIClient
+
+    from workflows import replay as replay_module
+    from workflows.services import work_item_create
+
+    intake, original = _failed_at_two(APIClient(), cast, fake_server, member_token)
+    inside, release = threading.Event(), threading.Event()
+    real = replay_module._replay_create
+
+    def held(**kwargs):
+        inside.set()
+        release.wait(10)
+        return real(**kwargs)
+
+    monkeypatch.setattr(replay_module, "_replay_create", held)
+
+    def replay():
+        try:
+            work_item_replay(item=original, user=cast.member_a)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=replay)
+    thread.start()
+    try:
+        assert inside.wait(10)
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL lock_timeout = '2s'")
+            work_item_create(workflow=intake.workflow, intake=intake, input={"n": 2})
+    finally:
+        release.set()
+        thread.join(10)
+    assert WorkItem.objects.filter(replay_of=original).count() == 1
 
 
 def test_an_item_emptied_by_retention_does_not_replay(cast, api, member_token, fake_server):
