@@ -131,24 +131,22 @@ _DRF_CODES = {
 
 class JSONWhateverAccepted(DefaultContentNegotiation):
     """The API speaks JSON: an `Accept` it cannot meet (`application/xml`, a browser's
-    `text/html`, `application/problem+json` on a 2xx) gets JSON, as RFC 9110 allows, not
-    DRF's 406 (which, raised before authentication, was a 500 on every endpoint). Views with
-    several renderers (the schema's YAML or JSON) still choose among them by `Accept`."""
+    `text/html`, `application/problem+json` on a 2xx) or a `?format=` it does not have gets
+    JSON, as RFC 9110 allows, not DRF's 406 (which, raised before authentication, was a 500
+    on every endpoint) or 404. Views with several renderers (the schema's YAML or JSON) still
+    choose among them by `Accept` or `?format=`."""
+
+    def filter_renderers(self, renderers, format):
+        try:
+            return super().filter_renderers(renderers, format)
+        except Http404:
+            return renderers
 
     def select_renderer(self, request, renderers, format_suffix=None):
         try:
             return super().select_renderer(request, renderers, format_suffix)
         except drf_exceptions.NotAcceptable:
             return renderers[0], renderers[0].media_type
-
-
-def _by_status(status: int) -> str:
-    """The problem code for an APIException this module does not name: the first of the
-    same status, else a generic one of its class."""
-    for code, (code_status, _) in PROBLEMS.items():
-        if code_status == status:
-            return code
-    return "invalid_request" if 400 <= status < 500 else "internal_error"
 
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:
@@ -180,6 +178,11 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
                                         extra={"errors": exc.detail})
             return problem_response(code, str(exc.detail))
     if isinstance(exc, drf_exceptions.APIException):  # never DRF's own body, never a 500
+        # A code of its class, not the first of its status (a 400 is not "invalid JSON").
+        code = "invalid_request" if 400 <= exc.status_code < 500 else "internal_error"
         logger.warning("unmapped API exception %s (%s)", type(exc).__name__, exc.status_code)
-        return problem_response(_by_status(exc.status_code), str(exc.detail))
+        if isinstance(exc.detail, dict | list):
+            return problem_response(code, "The request was refused.",
+                                    extra={"errors": exc.detail})
+        return problem_response(code, str(exc.detail))
     return None

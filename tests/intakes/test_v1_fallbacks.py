@@ -1,6 +1,8 @@
 """Nothing under /v1/ answers HTML: unknown paths are 404 and wrong methods 405, as
 problem+json, with DEBUG on (`make run`) and off."""
 
+import json
+
 import pytest
 from django.test import Client
 
@@ -108,8 +110,26 @@ def test_an_api_exception_without_a_code_of_its_own_is_a_problem(rf):
         status_code = 418
         default_detail = "short and stout"
 
+    class Unavailable(exceptions.APIException):
+        status_code = 503
+
     for exc, status, code in ((Teapot(), 400, "invalid_request"),
                               (exceptions.NotAcceptable(), 400, "invalid_request"),
-                              (exceptions.APIException(), 500, "internal_error")):
+                              (exceptions.APIException("x"), 500, "internal_error"),
+                              (Unavailable("busy"), 500, "internal_error"),
+                              (exceptions.APIException({"a": ["b"]}), 500, "internal_error")):
         response = exception_handler(exc, {})
         assert (response.status_code, response.data["code"]) == (status, code)
+    plain = exception_handler(Teapot({"field": ["too short"]}), {})
+    assert plain.data["detail"] == "The request was refused."
+    assert plain.data["errors"] == {"field": ["too short"]}
+    assert "ErrorDetail" not in json.dumps(plain.data, default=str)
+
+
+@pytest.mark.parametrize("fmt", ["xml", "html", "api", "json"])
+def test_a_format_the_api_does_not_have_gets_json_not_a_404(client, member_token, intake_a,
+                                                             fmt):
+    accepted = client.post(f"/v1/intake/{intake_a.pk}?format={fmt}", {"n": 1},
+                           content_type="application/json", **bearer(member_token))
+    assert accepted.status_code == 202, accepted.content
+    assert accepted["Content-Type"] == "application/json"
