@@ -70,7 +70,7 @@ def _explain(item: WorkItem) -> dict:
     page = reverse("admin:workflows_workitem_change", args=[item.pk])
     links = [("Work item page (step timeline, attempts, audit events)", page)]
     kind = waiting.get("kind") if isinstance(waiting, dict) else None
-    if kind == "approval":
+    if kind == "approval" and not waiting.get("decision"):
         links.append(("Approve or reject it (buttons at the top of the work item page)", page))
     if kind == "provider" and waiting.get("provider"):
         provider = Provider.objects.filter(org_id=item.workflow.org_id,

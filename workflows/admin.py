@@ -196,7 +196,8 @@ class WorkItemActionsMixin:
             if object_id else None
         extra = dict(extra_context or {})
         if item is not None and item.waiting_on == WorkItem.Waiting.APPROVAL and (
-                item.status == WorkItem.Status.RUNNING) and has_role(
+                item.status == WorkItem.Status.RUNNING) and not (
+                item.waiting_detail or {}).get("decision") and has_role(
                 request, ACTORS, item.workflow.org_id):  # the buttons only for who may decide
             steps = list(Step.objects.filter(workflow_id=item.workflow_id))
             if item.current_step < len(steps):

@@ -1,5 +1,6 @@
 """The approval step: waits holding no worker; decided over the API or in the admin."""
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -204,3 +205,11 @@ def test_admin_buttons_approve(cast, api, member_token, client):
     assert response.status_code == 302
     approval = Approval.objects.get(work_item=item)
     assert (approval.decided_by, approval.decided_via) == (cast.admin_a, "admin")
+    # Decided: until a worker applies it, the page and "Why is my poll stuck?" offer no
+    # second decision (it would be a 409) and say who decided.
+    page = client.get(f"/admin/workflows/workitem/{item.pk}/change/").content.decode()
+    assert 'value="approve"' not in page and 'value="reject"' not in page
+    assert "Approved by admin_a" in page
+    stuck = client.post("/admin/poll-stuck/", {"poll": json.dumps({"work_id": str(item.pk)})})
+    assert "Approve or reject it" not in stuck.content.decode()
+    assert "Approved by admin_a" in stuck.content.decode()
