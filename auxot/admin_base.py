@@ -163,9 +163,30 @@ def audit_extra_text(extra: dict) -> str:
     return json.dumps(urls_redacted(extra), sort_keys=True, ensure_ascii=False)
 
 
+class OrgRelatedFieldListFilter(admin.RelatedFieldListFilter):
+    """A relation's filter that lists the related rows of the organizations this user may
+    view here (one small query on the related table), not every organization's: Django's
+    default lists them all, names included. Superusers see every row."""
+
+    def field_choices(self, field, request, model_admin):
+        if request.user.is_superuser:
+            return super().field_choices(field, request, model_admin)
+        orgs = org_ids_with(request, model_admin.view_roles)
+        related = field.related_model
+        if related is Organization:
+            limit = {"pk__in": orgs}
+        elif any(f.name == "org" for f in related._meta.fields):
+            limit = {"org_id__in": orgs}
+        else:  # no organization of its own: the rows this user's own rows point at
+            limit = {"pk__in": model_admin.get_queryset(request).distinct().values_list(
+                f"{self.field_path}__pk", flat=True)}
+        ordering = self.field_admin_ordering(field, request, model_admin)
+        return field.get_choices(include_blank=False, ordering=ordering,
+                                 limit_choices_to=limit)
+
+
 def _scoped_filter(model, entry):
-    """`entry` of a `list_filter`, with a relation's filter limited to the related rows that
-    the changelist's own (scoped) queryset points at."""
+    """`entry` of a `list_filter`, with a relation's filter limited to the user's orgs."""
     if isinstance(entry, str):
         name, chosen = entry, None
     elif isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str):
@@ -176,7 +197,7 @@ def _scoped_filter(model, entry):
         return entry
     if not get_fields_from_path(model, name)[-1].is_relation:
         return entry
-    return (name, admin.RelatedOnlyFieldListFilter)
+    return (name, OrgRelatedFieldListFilter)
 
 
 class OrgScopedAdmin(admin.ModelAdmin):
@@ -279,7 +300,7 @@ class OrgScopedAdmin(admin.ModelAdmin):
                 for title, options in fieldsets]
 
     def get_list_filter(self, request):
-        """A relation's filter lists only the related rows this user's own rows point at.
+        """A relation's filter lists only the related rows of this user's organizations.
         Django's default (`RelatedFieldListFilter`) lists every row of the related model:
         every organization's workflows, intakes, teams and names, to anyone with a
         changelist."""
