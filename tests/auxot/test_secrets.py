@@ -574,15 +574,20 @@ class TestUrlSecret:
         Step(workflow=wf, position=1, name="Call", kind="http",
              config={"url_secret": ref}).full_clean()
 
-    def test_secrets_check_lists_an_unresolvable_url_secret(self, hooks):
-        make_workflow(hooks.org_a, [("http", {"url_secret": {"secret": "GONE"}})], name="Hook")
-        make_workflow(hooks.org_a, [("http", {"url_secret": {"secret": "HOOK_URL"}})],
-                      name="Fine")
+    def test_secrets_check_lists_every_url_secret_that_would_fail(self, hooks):
+        for name in ("GONE", "HOOK_URL", "PAYMENTS_TOKEN", "ELSEWHERE_HOOK"):
+            make_workflow(hooks.org_a, [("http", {"url_secret": {"secret": name}})],
+                          name=f"Hook {name.replace('_', ' ')}")
         out = StringIO()
         with pytest.raises(SystemExit):
             call_command("secrets_check", stdout=out, stderr=StringIO())
-        [line] = out.getvalue().splitlines()
-        assert "workflow hook" in line and "url_secret" in line and "GONE" in line
+        lines = out.getvalue().splitlines()
+        assert len(lines) == 3, lines  # HOOK_URL resolves
+        for name, problem in (("GONE", "no secret named GONE"),
+                              ("PAYMENTS_TOKEN", "does not hold an absolute http(s) URL"),
+                              ("ELSEWHERE_HOOK", "may not be sent to host 127.0.0.1")):
+            assert any(name in line and problem in line for line in lines), (name, lines)
+        assert TOKEN not in out.getvalue() and PAY not in out.getvalue()
 
 
 class TestSecretsCheck:

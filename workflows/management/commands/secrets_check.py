@@ -2,12 +2,13 @@
 
 Run it after upgrading (and after changing AUXOT_OPERATOR_SECRETS), on a worker host: an
 operator-granted variable must be set in the environment it runs in. Exit status 1 when
-anything is listed. Values are never decrypted or printed.
+anything is listed. Values are never printed; only a `url_secret`'s is read (decrypted, with
+the server's SECRET_KEY), to check it is an http(s) URL on a host the secret allows.
 """
 
 from django.core.management.base import BaseCommand
 
-from auxot.secrets import reference_problem
+from auxot.secrets import SecretUnavailable, reference_problem, url_reference_resolve
 from workflows.kinds.http import Http
 from workflows.models import Provider, Step
 
@@ -25,7 +26,8 @@ def step_problems():
                  f"step {step.position} {step.name!r}")
         if "url_secret" in config:
             problem = reference_problem(org_id=step.workflow.org_id, ref=config["url_secret"],
-                                        env_must_be_set=True)
+                                        env_must_be_set=True) or _url_problem(
+                step.workflow.org_id, config["url_secret"])
             if problem:
                 yield f"{where}  url_secret: {problem}"
         for header, ref in refs.items():
@@ -33,6 +35,16 @@ def step_problems():
                                         env_must_be_set=True)
             if problem:
                 yield f"{where}  header {header}: {problem}"
+
+
+def _url_problem(org_id, ref) -> str | None:
+    """Whether the URL a url_secret holds would be sent: an http(s) URL on a host the
+    secret allows. Its value is read here, never printed: the message names the secret."""
+    try:
+        url_reference_resolve(org_id=org_id, ref=ref)
+    except SecretUnavailable as exc:
+        return exc.message
+    return None
 
 
 def provider_problems():
