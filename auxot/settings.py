@@ -304,6 +304,10 @@ AUXOT_BENCH_CEILINGS = env_bool("AUXOT_BENCH_CEILINGS", False)
 # --- Queue and engine ---------------------------------------------------------------------
 # Steps get this long before their lease expires and the sweeper hands them to another worker.
 AUXOT_STEP_TIMEOUT_SECONDS = env_int("AUXOT_STEP_TIMEOUT_SECONDS", 60, minimum=1)
+# A step's output (and an expression's result), written as JSON, may be at most this long:
+# it is stored, polled and sent in callbacks. An http step reads at most 8 MiB of an answer.
+AUXOT_STEP_OUTPUT_MAX_CHARS = env_int("AUXOT_STEP_OUTPUT_MAX_CHARS", 8 * 1024 * 1024,
+                                      minimum=1024)
 AUXOT_STEP_MAX_ATTEMPTS = env_int("AUXOT_STEP_MAX_ATTEMPTS", 3, minimum=1)
 AUXOT_LEASE_GRACE_SECONDS = env_int("AUXOT_LEASE_GRACE_SECONDS", 10, minimum=1)
 # How long one django-q2 task keeps draining other due items after its own.

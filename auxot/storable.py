@@ -14,8 +14,12 @@ step result that cannot be recorded, so every such value is dealt with before it
   what that means (a 4xx for a caller's body, `text` for an `http` step's answer).
 - `text_decode` / `text_storable`: text as it can be stored: bytes that do not decode,
   NUL and unpaired surrogates become U+FFFD.
+- `value_problem`: why a value computed here (a step's output) cannot be stored, within a
+  size: counted as it is written, so a value that shares its parts (a transform's
+  `[@, @]`, nested) is refused at the limit, never written out whole.
 """
 
+import codecs
 import json
 import math
 import re
@@ -122,10 +126,44 @@ def text_storable(text: str) -> str:
     return _SURROGATE.sub(REPLACEMENT, text) if _surrogates(text) else text
 
 
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")  # an escaped NUL, not an escaped "\\"
+
+
+def value_problem(value: Any, *, limit: int) -> str | None:
+    """Why `value` cannot be stored as JSON of at most `limit` characters, or None."""
+    encoder = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    size = 0
+    try:
+        for chunk in encoder.iterencode(value):
+            size += len(chunk)
+            if size > limit:
+                return f"is larger than {limit:,} characters as JSON"
+            if "\\u0000" in chunk and _NUL_ESCAPE.search(chunk):
+                return "holds \\u0000, which the database does not store"
+            if _surrogates(chunk):
+                return "holds an unpaired surrogate (\\ud800-\\udfff), which is not text"
+    except ValueError as exc:
+        if "Out of range float" in str(exc):
+            return "holds NaN or Infinity, which are not JSON"
+        return f"cannot be written as JSON ({exc})"
+    except RecursionError:
+        return "is nested too deeply to write as JSON"
+    except TypeError as exc:
+        return f"is not JSON ({exc})"
+    return None
+
+
+# Decoders written in Python that take time quadratic in the answer's length: a server's
+# declared charset never picks one (UTF-8 instead).
+_SLOW_CODECS = frozenset({"punycode", "idna"})
+
+
 def text_decode(raw: bytes, charset: str | None = None) -> str:
     """`raw` as storable text: decoded with `charset` (UTF-8 when none is given or Python
     has no text codec by that name), bytes that do not decode replaced by U+FFFD."""
     try:
+        if charset and codecs.lookup(charset).name in _SLOW_CODECS:
+            charset = None
         text = raw.decode(charset or "utf-8", errors="replace")
     except (LookupError, UnicodeError):  # an unknown charset, or one that is no text codec
         text = raw.decode("utf-8", errors="replace")

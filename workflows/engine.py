@@ -19,6 +19,7 @@ from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from auxot.storable import value_problem
 from workflows.handoffs import describe, violations
 from workflows.kinds import Complete, Fail, Outcome, StepContext, Wait, kind_get
 from workflows.metrics import step_observe
@@ -152,9 +153,21 @@ def _safely(call, ctx: StepContext, run: _Run, step: Step) -> Outcome:
         logger.exception("step %s of work item %s raised", step.pk, run.item.pk)
         outcome = Fail("step_error", f"{type(exc).__name__}: {exc}")
     else:
-        outcome = _check_handoff(step, outcome)
+        outcome = _check_storable(step, _check_handoff(step, outcome))
     step_observe(kind=step.kind, outcome=outcome, seconds=time.monotonic() - started)
     return outcome
+
+
+def _check_storable(step: Step, outcome: Outcome) -> Outcome:
+    """An output the database cannot store (NaN from `sum` over huge numbers, a transform
+    that doubles its input forty times) fails this item alone, before anything is written:
+    in a batch, one unstorable row would roll back every item's results with it."""
+    if not isinstance(outcome, Complete):
+        return outcome
+    problem = value_problem(outcome.output, limit=settings.AUXOT_STEP_OUTPUT_MAX_CHARS)
+    if problem is None:
+        return outcome
+    return Fail("bad_output", f"Step '{step.name}' output {problem}.")
 
 
 def _check_handoff(step: Step, outcome: Outcome) -> Outcome:

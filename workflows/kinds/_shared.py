@@ -11,6 +11,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import jmespath
+import jmespath.functions
+import jmespath.visitor
 import requests
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -18,7 +20,7 @@ from jmespath.exceptions import JMESPathError
 
 from auxot.http import retry_after_seconds
 from auxot.outbound import RefusedDestination, outbound_request, url_redact
-from auxot.storable import text_decode
+from auxot.storable import text_decode, value_problem
 from auxot.timefmt import iso
 from workflows.kinds.base import Fail, Outcome, StepContext, StepKind, Wait
 
@@ -33,6 +35,71 @@ def expression_check(expression: Any, what: str) -> None:
         jmespath.compile(expression)
     except JMESPathError as exc:
         raise ValidationError({"config": f"{what}: invalid jmespath expression: {exc}"}) from None
+
+
+# An expression runs on the worker, over a caller's input, and jmespath has no limits of its
+# own: `[@, @][]` doubles a list at each stage, `join` a string, `to_string` writes out a
+# value whose parts are shared, and projections over nested shared lists visit every leaf.
+# One run may visit this many nodes, and no value along the way may hold more items.
+# Its result, written as JSON, may be as large as a step's output (AUXOT_STEP_OUTPUT_MAX_CHARS).
+EXPRESSION_MAX_VISITS = 1_000_000
+EXPRESSION_MAX_ITEMS = 4_000_000  # a list's or object's entries, or a string's characters
+
+
+class ExpressionTooLarge(JMESPathError):
+    """The expression went past the limits above (a `bad_expression`)."""
+
+
+def _sized(value: Any) -> Any:
+    if isinstance(value, str | list | dict) and len(value) > EXPRESSION_MAX_ITEMS:
+        raise ExpressionTooLarge(f"a value grew past {EXPRESSION_MAX_ITEMS:,} items or "
+                                 "characters while the expression ran")
+    return value
+
+
+class _Functions(jmespath.functions.Functions):
+    @jmespath.functions.signature({"types": []})
+    def _func_to_string(self, arg):
+        if isinstance(arg, str):
+            return arg
+        _written_within_limit(arg, "to_string: the value")
+        return super()._func_to_string(arg)
+
+    @jmespath.functions.signature({"types": ["string"]}, {"types": ["array-string"]})
+    def _func_join(self, separator, array):
+        if sum(map(len, array)) + len(separator) * len(array) > EXPRESSION_MAX_ITEMS:
+            raise ExpressionTooLarge(f"join: the result would pass {EXPRESSION_MAX_ITEMS:,} "
+                                     "characters")
+        return separator.join(array)
+
+
+class _Interpreter(jmespath.visitor.TreeInterpreter):
+    def __init__(self):
+        super().__init__(jmespath.Options(custom_functions=_Functions()))
+        self._visits = 0
+
+    def visit(self, node, *args, **kwargs):
+        self._visits += 1
+        if self._visits > EXPRESSION_MAX_VISITS:
+            raise ExpressionTooLarge(f"the expression took more than {EXPRESSION_MAX_VISITS:,} "
+                                     "steps")
+        return _sized(super().visit(node, *args, **kwargs))
+
+
+def _written_within_limit(value: Any, what: str) -> None:
+    limit = settings.AUXOT_STEP_OUTPUT_MAX_CHARS
+    problem = value_problem(value, limit=limit)
+    if problem and problem.startswith("is larger than"):
+        raise ExpressionTooLarge(f"{what} {problem}")
+
+
+def expression_search(expression: str, data: Any) -> Any:
+    """`jmespath.search`, within the limits above (ExpressionTooLarge, a JMESPathError). A
+    result can be written as JSON within a step output's limit: what uses it (an output, a
+    request body, a header, a prompt) writes it out."""
+    result = _Interpreter().visit(jmespath.compile(expression).parsed, data)
+    _written_within_limit(result, "the result")
+    return result
 
 
 def config_failure(kind: StepKind, config: dict) -> Fail | None:

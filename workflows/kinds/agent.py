@@ -5,7 +5,6 @@ import re
 from datetime import timedelta
 from typing import Any
 
-import jmespath
 import requests
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -16,6 +15,7 @@ from auxot.storable import NotJSON, Unstorable, json_loads
 from workflows.kinds._shared import (
     config_failure,
     expression_check,
+    expression_search,
     response_text,
     retry,
     retry_after,
@@ -35,7 +35,7 @@ def render_template(template: str, data: dict[str, Any]) -> str:
     """
 
     def field(match: re.Match) -> str:
-        value = jmespath.search(match.group(1), data)
+        value = expression_search(match.group(1), data)
         return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
     return TEMPLATE_FIELD.sub(field, template)

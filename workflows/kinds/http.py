@@ -4,7 +4,6 @@ import json
 import re
 from typing import Any
 
-import jmespath
 import requests
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -22,6 +21,7 @@ from auxot.storable import NotJSON, Unstorable, json_loads, text_storable
 from workflows.kinds._shared import (
     config_failure,
     expression_check,
+    expression_search,
     response_text,
     retry,
     retry_after,
@@ -156,10 +156,10 @@ class Http(StepKind):
                 return Fail(exc.code, f"url_secret: {exc.message}")
         try:
             if url is None:
-                url = config.get("url") or jmespath.search(config["url_expression"], ctx.data)
-            headers = {name: jmespath.search(expr, ctx.data)
+                url = config.get("url") or expression_search(config["url_expression"], ctx.data)
+            headers = {name: expression_search(expr, ctx.data)
                        for name, expr in config.get("headers", {}).items()}
-            body = jmespath.search(config["body"], ctx.data) if "body" in config else None
+            body = expression_search(config["body"], ctx.data) if "body" in config else None
         except JMESPathError as exc:
             return Fail("bad_expression", f"jmespath error: {exc}")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):

@@ -1,10 +1,9 @@
 """`transform`: one jmespath expression over {"input", "previous", "steps"}."""
 
-import jmespath
 from django.core.exceptions import ValidationError
 from jmespath.exceptions import JMESPathError
 
-from workflows.kinds._shared import expression_check
+from workflows.kinds._shared import expression_check, expression_search
 from workflows.kinds.base import Complete, Fail, Outcome, StepContext, StepKind
 
 
@@ -25,6 +24,6 @@ class Transform(StepKind):
         if not isinstance(expression, str):
             return Fail("bad_config", "The transform has no 'expression' in its config.")
         try:
-            return Complete(jmespath.search(expression, ctx.data))
+            return Complete(expression_search(expression, ctx.data))
         except JMESPathError as exc:
             return Fail("bad_expression", f"jmespath error: {exc}")

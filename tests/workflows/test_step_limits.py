@@ -1,0 +1,97 @@
+"""What a step computes is bounded and storable: an org admin's expression and a caller's
+input cannot make a worker run for minutes, take gigabytes, or write a value the database
+refuses (which, in a batch, would roll back other tenants' items with it).
+
+- an expression (transform, http url/headers/body, agent prompts) runs within a number of
+  steps and of items per value, and its result must be writable within a step output's size;
+- a step's output that is not storable JSON (NaN, Infinity, \\u0000, too large) fails that
+  item alone with `bad_output`;
+- a server's declared charset never picks a decoder that is quadratic in the answer."""
+
+import re
+
+import pytest
+from django.db import transaction
+
+from tests.conftest import make_workflow
+from tests.fakeserver import Reply
+from workflows.batch import work_drain, work_item_process
+from workflows.models import StepRun, WorkItem
+from workflows.services import work_item_create
+
+DOUBLED = " | ".join(["[@, @]"] * 40)  # nested shared lists: 2^40 leaves written out
+FLATTENED = " | ".join(["[@, @][]"] * 30)  # a real list doubled 30 times
+JOINED = "input | " + " | ".join(["join('', [@, @])"] * 30)  # a string doubled 30 times
+VISITED = " | ".join(["[@, @]"] * 30) + " | " + "[*]" * 30  # a projection to every leaf
+
+
+def _run(workflow, input):
+    item = work_item_create(workflow=workflow, input=input)
+    work_item_process(work_id=item.pk, drain_seconds=0)
+    item.refresh_from_db()
+    return item
+
+
+@pytest.mark.parametrize(("expression", "message"), [
+    (DOUBLED, "larger than"), (f"to_string({DOUBLED})", "larger than"),
+    (FLATTENED, "grew past|steps"), (JOINED, "join: the result would pass"),
+    (VISITED, "steps"),
+], ids=["nested", "to_string", "flatten", "join", "projection"])
+def test_an_expression_that_explodes_fails_the_item_at_its_limit(cast, expression, message):
+    workflow = make_workflow(cast.org_a, [("transform", {"expression": expression})])
+    item = _run(workflow, "ab")
+    assert item.status == "failed"
+    assert item.error["code"] == "bad_expression"
+    assert re.search(message, item.error["message"]), item.error["message"]
+
+
+@pytest.mark.parametrize(("expression", "input"), [
+    ("to_number(input.x)", {"x": "1e999"}),  # Infinity (a caller's text: any database)
+    ("to_number(input.x)", {"x": "nan"}),
+    ("to_number(input.x)", {"x": "-inf"}),
+], ids=["infinity", "nan", "minus-infinity"])
+def test_an_unstorable_output_fails_its_item_alone_in_a_batch(cast, expression, input):
+    workflow = make_workflow(cast.org_a, [("transform", {"expression": expression})])
+    with transaction.atomic():
+        bad = work_item_create(workflow=workflow, input=input)
+        good = [work_item_create(workflow=workflow, input={"amounts": [1, 2], "x": "3"})
+                for _ in range(5)]
+    assert work_drain(budget=30, batch=10) == 6
+    bad.refresh_from_db()
+    assert (bad.status, bad.error["code"]) == ("failed", "bad_output")
+    assert "NaN or Infinity" in bad.error["message"]
+    for item in good:
+        item.refresh_from_db()
+        assert item.status == "completed", item.error
+        assert StepRun.objects.filter(work_item=item).count() == 1  # no extra attempt
+
+
+def test_an_output_over_the_limit_is_bad_output(cast, settings, fake_server):
+    settings.AUXOT_STEP_OUTPUT_MAX_CHARS = 2048
+    fake_server.script = [Reply(200, {"text": "x" * 3000})]
+    workflow = make_workflow(cast.org_a, [("http", {"url": f"{fake_server.url}/hook"})])
+    item = _run(workflow, {})
+    assert (item.status, item.error["code"]) == ("failed", "bad_output")
+    assert "larger than 2,048 characters" in item.error["message"]
+    assert WorkItem.objects.get(pk=item.pk).output is None
+    small = make_workflow(cast.org_a, [("transform", {"expression": "input"})], name="Small")
+    assert _run(small, {"text": "x" * 100}).status == "completed"
+
+
+def test_an_http_body_that_explodes_sends_nothing(cast, fake_server):
+    workflow = make_workflow(cast.org_a, [("http", {"method": "POST",
+                                                    "url": f"{fake_server.url}/hook",
+                                                    "body": DOUBLED})])
+    item = _run(workflow, {})
+    assert (item.status, item.error["code"]) == ("failed", "bad_expression")
+    assert fake_server.requests == []
+
+
+def test_a_quadratic_charset_is_read_as_utf8(cast, fake_server):
+    """Python's punycode decoder is quadratic: 600 kB took a worker 90 s of CPU."""
+    body = b"x" * 600_000 + b"-" + b"99" * 300_000
+    fake_server.script = [Reply(200, body, {"Content-Type": "text/plain; charset=punycode"})]
+    workflow = make_workflow(cast.org_a, [("http", {"url": f"{fake_server.url}/hook"})])
+    item = _run(workflow, {})
+    assert item.status == "completed", item.error
+    assert item.output["text"].startswith("xxxx")
