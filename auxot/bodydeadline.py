@@ -2,8 +2,8 @@
 
 gunicorn has no body timeout: a client that sends one byte every few seconds holds a gthread
 thread for as long as it likes. This WSGI middleware reads the body up front (at most
-AUXOT_MAX_BODY_BYTES + 1 bytes; larger declared bodies are left to the app's 413) and hands
-the app an in-memory copy. One watchdog thread per process shuts the socket's read side when
+AUXOT_MAX_BODY_BYTES + 1 bytes; a larger declared body is refused with 413 unread) and
+hands the app an in-memory copy. One watchdog thread per process shuts the socket's read side when
 a request's AUXOT_BODY_READ_TIMEOUT_SECONDS run out: the blocked read returns at once, the
 caller gets `408 request_timeout` and the connection is closed after the answer.
 
@@ -86,6 +86,12 @@ class BodyReadDeadline:
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         sock = environ.get("gunicorn.socket")
+        if sock is not None and _declared_too_large(environ):
+            # After any answer gunicorn reads the rest of the declared body, with no timeout:
+            # a client that declares a huge body and sends it a byte at a time would keep
+            # the thread (any path, no key needed). Refuse it unread, and stop reading.
+            _shut_read_side(sock)
+            return _too_large(start_response)
         want = _bytes_to_read(environ)
         if sock is None or want is None:
             return self.app(environ, start_response)
@@ -101,8 +107,19 @@ class BodyReadDeadline:
             logger.info("request body not received within %ss",
                         settings.AUXOT_BODY_READ_TIMEOUT_SECONDS)
             return _timeout(start_response)
+        if len(body) >= want and want > settings.AUXOT_MAX_BODY_BYTES:
+            # A chunked body past the limit: the app answers 413 from what was read; what is
+            # left is not read at all (gunicorn would, with no timeout).
+            _shut_read_side(sock)
         environ["wsgi.input"] = io.BytesIO(body)
         return self.app(environ, start_response)
+
+
+def _declared_too_large(environ: dict) -> bool:
+    try:
+        return int(environ.get("CONTENT_LENGTH") or 0) > settings.AUXOT_MAX_BODY_BYTES
+    except ValueError:
+        return False  # the app answers 400
 
 
 def _bytes_to_read(environ: dict) -> int | None:
@@ -128,6 +145,14 @@ def _read(stream, want: int) -> bytes:
         chunks.append(chunk)
         got += len(chunk)
     return b"".join(chunks)
+
+
+def _too_large(start_response: Callable) -> list[bytes]:
+    body = problem_json("payload_too_large",
+                        f"The body is larger than {settings.AUXOT_MAX_BODY_BYTES} bytes.")
+    start_response("413 Content Too Large", [("Content-Type", PROBLEM_CONTENT_TYPE),
+                                              ("Content-Length", str(len(body)))])
+    return [body]
 
 
 def _timeout(start_response: Callable) -> list[bytes]:

@@ -118,3 +118,42 @@ def test_watchdog_shuts_the_read_side_only_after_the_deadline():
         wait_for(lambda: expiring.expired, 5, what="the deadline to pass")
         assert not released.expired
         assert server.recv(10) == b""  # the read side is shut: a blocked read returns at once
+
+
+def _declare_huge_then_stall(port: int, head: bytes) -> tuple[bytes, float]:
+    """Send `head` and one byte of the body, then nothing; (the answer, seconds to EOF)."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head + b"x")
+        return _read_answer(sock), time.monotonic() - started
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_a_huge_declared_or_chunked_body_gets_413_unread_and_frees_the_thread(
+        intake_a, member_token):
+    """gunicorn reads the rest of a declared body after any answer, with no timeout: a client
+    declaring 1 TB (no key, any path) and sending a byte would hold the thread for ever."""
+    web = Gunicorn(workers=1, GUNICORN_THREADS=str(THREADS),
+                   AUXOT_BODY_READ_TIMEOUT_SECONDS="30").start()
+    declared = (b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Length: 999999999999\r\n\r\n")
+    limit = 1024 * 1024
+    chunked = (f"POST /v1/intake/{intake_a.pk} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+               f"Authorization: Bearer {member_token}\r\nContent-Type: application/json\r\n"
+               f"Transfer-Encoding: chunked\r\n\r\n{limit + 10:x}\r\n".encode()
+               + b" " * (limit + 10) + b"\r\n1000\r\n" + b" " * 4095)  # the end never comes
+    try:
+        with ThreadPoolExecutor(2 * THREADS) as pool:
+            stalled = [pool.submit(_declare_huge_then_stall, web.port,
+                                   declared if n % 2 else chunked) for n in range(2 * THREADS)]
+            answers = [future.result(timeout=60) for future in stalled]
+        response = requests.post(f"{web.url}/v1/intake/{intake_a.pk}", json={"n": 1},
+                                 timeout=30, headers={"Authorization": f"Bearer {member_token}"})
+    finally:
+        web.stop()
+    for answer, seconds in answers:
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+        assert b"payload_too_large" in answer
+        assert seconds < 20  # closed at once, not when the (30 s) body deadline passes
+    assert response.status_code == 202
