@@ -197,7 +197,7 @@ def _context(run: _Run, step: Step, index: int, now: datetime) -> StepContext:
         data=_data_at(run, index), config=step.config or {}, state={}, now=now,
         step_name=step.name, idempotency_key=f"{run.item.pk}:{step.position}",
         max_attempts=step.max_attempts or settings.AUXOT_STEP_MAX_ATTEMPTS,
-        timeout_seconds=step.timeout_seconds or settings.AUXOT_STEP_TIMEOUT_SECONDS,
+        timeout_seconds=step.timeout,
         work_id=run.item.pk, org_id=run.item.workflow.org_id)
 
 

@@ -23,7 +23,7 @@ from auxot.storable import value_problem
 from workflows.handoffs import describe, violations
 from workflows.kinds import Complete, Fail, Outcome, StepContext, Wait, kind_get
 from workflows.metrics import step_observe
-from workflows.models import Step, StepRun, WorkItem
+from workflows.models import Step, StepRun, WorkItem, step_timeout_max
 from workflows.providers import ProviderGate
 from workflows.services import work_item_finish
 
@@ -38,7 +38,8 @@ class Claim:
 
 
 def _lease(step: Step | None, now: datetime) -> datetime:
-    timeout = (step.timeout_seconds if step else None) or settings.AUXOT_STEP_TIMEOUT_SECONDS
+    timeout = step.timeout if step else min(settings.AUXOT_STEP_TIMEOUT_SECONDS,
+                                            step_timeout_max())
     return now + timedelta(seconds=timeout + settings.AUXOT_LEASE_GRACE_SECONDS)
 
 
@@ -98,7 +99,7 @@ def _attempt(run: _Run, step: Step) -> tuple[Outcome | None, StepRun | None]:
     latest = run.latest.get(step.pk)
     kind = kind_get(step.kind)
     max_attempts = step.max_attempts or settings.AUXOT_STEP_MAX_ATTEMPTS
-    timeout = step.timeout_seconds or settings.AUXOT_STEP_TIMEOUT_SECONDS
+    timeout = step.timeout
     org_id = run.item.workflow.org_id
     gate = ProviderGate(org_id=org_id, work_id=run.item.pk, now=now,
                         lease_seconds=timeout) if kind.uses_providers else None

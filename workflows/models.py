@@ -38,6 +38,12 @@ class Workflow(models.Model):
         schema_check(self.input_schema, field="input_schema")
 
 
+def step_timeout_max() -> int:
+    """The longest a step attempt may run: a worker's task timeout less the lease's grace
+    and a margin for the engine's own writes."""
+    return max(1, settings.AUXOT_TASK_TIMEOUT_SECONDS - settings.AUXOT_LEASE_GRACE_SECONDS - 10)
+
+
 class Step(models.Model):
     workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="steps")
     position = models.PositiveIntegerField()
@@ -65,6 +71,14 @@ class Step(models.Model):
     def __str__(self) -> str:
         return f"{self.position}. {self.name} ({self.kind})"
 
+    @property
+    def timeout(self) -> int:
+        """Seconds an attempt may take: its own setting or the default, never more than a
+        worker's task may run (django-q2 kills it at AUXOT_TASK_TIMEOUT_SECONDS, and an
+        attempt killed that way would keep its lease until its own timeout passed)."""
+        return min(self.timeout_seconds or settings.AUXOT_STEP_TIMEOUT_SECONDS,
+                   step_timeout_max())
+
     def clean(self) -> None:
         try:
             kind = kind_get(self.kind)
@@ -80,6 +94,10 @@ class Step(models.Model):
         if workflow is not None and workflow.org_id is not None:
             kind.validate_references(self.config, org_id=workflow.org_id)
         schema_check(self.output_schema, field="output_schema")
+        if self.timeout_seconds is not None and self.timeout_seconds > step_timeout_max():
+            raise ValidationError({"timeout_seconds": (
+                f"At most {step_timeout_max()} seconds: a worker's task is stopped at "
+                f"AUXOT_TASK_TIMEOUT_SECONDS ({settings.AUXOT_TASK_TIMEOUT_SECONDS} s).")})
 
 
 class WorkItem(models.Model):
@@ -297,6 +315,10 @@ class Provider(models.Model):
     def clean(self) -> None:
         if self.concurrency_limit is not None and self.concurrency_limit < 1:
             raise ValidationError({"concurrency_limit": "At least 1."})
+        if self.timeout_seconds > step_timeout_max():
+            raise ValidationError({"timeout_seconds": (
+                f"At most {step_timeout_max()} seconds: the agent step that calls it cannot "
+                "run longer.")})
         if self.api_key_secret and self.api_key_env:
             raise ValidationError({"api_key_env": "Give an API key secret or an operator-granted "
                                                   "variable, not both."})

@@ -95,3 +95,33 @@ def test_a_quadratic_charset_is_read_as_utf8(cast, fake_server):
     item = _run(workflow, {})
     assert item.status == "completed", item.error
     assert item.output["text"].startswith("xxxx")
+
+
+def test_a_steps_timeout_never_outlives_the_workers_task(cast, settings):
+    """django-q2 kills a task at AUXOT_TASK_TIMEOUT_SECONDS: a step allowed longer would be
+    killed mid-attempt and keep its lease (next_run_at) until its own timeout, for years."""
+    from datetime import timedelta
+
+    from django.core.exceptions import ValidationError
+    from django.utils import timezone
+
+    from workflows.engine import _lease
+    from workflows.models import Provider, Step, step_timeout_max
+
+    assert step_timeout_max() == settings.AUXOT_TASK_TIMEOUT_SECONDS - 20
+    workflow = make_workflow(cast.org_a, [("transform", {"expression": "input"})])
+    legacy = Step.objects.get(workflow=workflow)
+    Step.objects.filter(pk=legacy.pk).update(timeout_seconds=100_000_000)  # saved before
+    legacy.refresh_from_db()
+    assert legacy.timeout == step_timeout_max()
+    now = timezone.now()
+    assert _lease(legacy, now) - now == timedelta(
+        seconds=step_timeout_max() + settings.AUXOT_LEASE_GRACE_SECONDS)
+    with pytest.raises(ValidationError, match="At most"):
+        legacy.full_clean()
+    legacy.timeout_seconds = step_timeout_max()
+    legacy.full_clean()
+    provider = Provider(org=cast.org_a, name="slow", base_url="https://a.example/v1",
+                        model="m", timeout_seconds=100_000)
+    with pytest.raises(ValidationError, match="At most"):
+        provider.full_clean()
