@@ -30,6 +30,8 @@ if settings.DEBUG:  # the demo's http example posts here; never mounted in produ
 
     urlpatterns.append(path("demo/echo", demo_echo, name="demo-echo"))
 
+handler400 = "auxot.views.handler400"
+handler403 = "auxot.views.handler403"
 handler404 = "auxot.views.handler404"
 handler500 = "auxot.views.handler500"
 

@@ -39,6 +39,25 @@ def handler404(request: HttpRequest, exception=None):
     return page_not_found(request, exception)
 
 
+def handler400(request: HttpRequest, exception=None):
+    """Django's own 400s (a Host not in ALLOWED_HOSTS, a malformed request it refuses before
+    any view): problem+json under /v1/ too."""
+    if is_api_path(request.path):
+        return django_problem("invalid_request", "The request was refused as malformed (its "
+                                                 "Host header, or its form).")
+    from django.views.defaults import bad_request
+
+    return bad_request(request, exception)
+
+
+def handler403(request: HttpRequest, exception=None):
+    if is_api_path(request.path):
+        return django_problem("forbidden", "Not allowed.")
+    from django.views.defaults import permission_denied
+
+    return permission_denied(request, exception)
+
+
 def handler500(request: HttpRequest):
     if is_api_path(request.path):
         return django_problem("internal_error", "Something went wrong on our side.")

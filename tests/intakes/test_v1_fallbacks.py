@@ -133,3 +133,14 @@ def test_a_format_the_api_does_not_have_gets_json_not_a_404(client, member_token
                            content_type="application/json", **bearer(member_token))
     assert accepted.status_code == 202, accepted.content
     assert accepted["Content-Type"] == "application/json"
+
+
+@pytest.mark.parametrize("path", ["/v1/intake/x", WORK, "/v1/nope"])
+def test_a_host_django_refuses_is_problem_400_not_html(client, settings, path):
+    settings.DEBUG = False
+    settings.ALLOWED_HOSTS = ["auxot.example.com"]
+    body = _problem(client.post(path, {}, content_type="application/json",
+                                HTTP_HOST="evil.example"), 400, "invalid_request")
+    assert "Host" in body["detail"]
+    page = client.get("/admin/", HTTP_HOST="evil.example")  # the admin keeps Django's page
+    assert page.status_code == 400 and "text/html" in page["Content-Type"]
