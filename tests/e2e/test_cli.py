@@ -171,7 +171,9 @@ class _Scripted(BaseHTTPRequestHandler):
         for name, value in headers.items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(json.dumps(body).encode())
+        self.wfile.write(body if isinstance(body, bytes) else json.dumps(body).encode())
+
+    do_POST = do_GET
 
     def log_message(self, *args):
         pass
@@ -232,6 +234,56 @@ def test_wait_times_out_with_the_last_state(scripted):
         api.Client(base, TOKEN).wait("i", "w", timeout=3, sleep=lambda s: now.__setitem__(
             0, now[0] + s), clock=lambda: now[0])
     assert exc.value.last == {"status": "running"}
+
+
+# --- a server that is not (or not only) Auxot: the CLI says so, never a traceback ----------
+def test_a_redirect_is_not_followed(scripted, monkeypatch, capsys):
+    """A redirect would re-send the payload (and, to the same host, the key) elsewhere."""
+    _, base = scripted
+    _Scripted.seen = []
+    _Scripted.script = [(307, {"Location": f"{base}/elsewhere"}, {})] * 2
+    monkeypatch.setenv("AUXOT_BASE_URL", base)
+    monkeypatch.setenv("AUXOT_API_KEY", TOKEN)
+    assert cli.main(["trigger", "i", "--data", '{"secret": "payload"}']) == cli.EXIT_USAGE
+    assert _Scripted.seen == ["/v1/intake/i"]  # asked once; /elsewhere never
+    err = capsys.readouterr().err
+    assert "redirects" in err and "AUXOT_BASE_URL" in err
+
+
+@pytest.mark.parametrize("answer", [b"<html>proxy error</html>", b"[1, 2]", b'{"n": 1}'],
+                         ids=["html", "array", "not-auxot"])
+def test_an_answer_that_is_not_auxots_exits_3_without_a_traceback(scripted, monkeypatch,
+                                                                   capsys, answer):
+    _, base = scripted
+    monkeypatch.setenv("AUXOT_BASE_URL", base)
+    monkeypatch.setenv("AUXOT_API_KEY", TOKEN)
+    _Scripted.script = [(202, {"Content-Type": "application/json"}, answer)]
+    assert cli.main(["trigger", "i", "--data", "{}"]) == cli.EXIT_USAGE
+    _Scripted.script = [(200, {"Content-Type": "application/json"}, answer)]
+    assert cli.main(["wait", "i", "w"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("is not an Auxot answer") == 2 and "Traceback" not in err
+
+
+def test_server_text_reaches_the_terminal_with_its_control_characters_escaped(
+        scripted, monkeypatch, capsys):
+    """A comment or an error message is someone's text: an escape sequence in it must not
+    retitle, clear or recolour the operator's terminal."""
+    _, base = scripted
+    monkeypatch.setenv("AUXOT_BASE_URL", base)
+    monkeypatch.setenv("AUXOT_API_KEY", TOKEN)
+    hostile = "\x1b]0;owned\x07\x1b[2J\x1b[32mDeploy approved\u2028"
+    _Scripted.script = [(200, {}, {"work_id": "w", "status": "running", "diagnosis": hostile}),
+                        (200, {}, {"work_id": "w", "status": "failed", "diagnosis": hostile,
+                                   "error": {"code": "rejected"}})]
+    monkeypatch.setattr(api.time, "sleep", lambda s: None)
+    assert cli.main(["wait", "i", "w"]) == cli.EXIT_FAILED
+    _Scripted.script = [(400, {"Content-Type": "application/problem+json"},
+                         {"code": "invalid_request", "detail": hostile})]
+    assert cli.main(["trigger", "i", "--data", "{}"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err and "\u2028" not in err
+    assert err.count("\\x1b]0;owned\\x07") >= 3 and "Deploy approved" in err
 
 
 # --- the real thing: CLI against the live server and a real qcluster ----------------------

@@ -47,6 +47,17 @@ def _step_text(body: dict) -> str:
     return f"step {step['position']}/{total} '{step['name']}' ({step['kind']})"
 
 
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _safe(text: object) -> str:
+    """Text from the server, printable on a terminal: control characters (an escape sequence
+    in a comment or an error message could retitle or clear the screen) are shown escaped."""
+    return _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}"
+                        if ord(found.group()) < 0x100 else f"\\u{ord(found.group()):04x}",
+                        str(text))
+
+
 class Progress:
     """Status changes as lines; on a TTY also a live line redrawn twice a second."""
 
@@ -84,8 +95,8 @@ class Progress:
 
     def _draw(self) -> None:
         if self.tty and self.body:
-            status = self.body.get("status", "")
-            step = _step_text(self.body)
+            status = _safe(self.body.get("status", ""))
+            step = _safe(_step_text(self.body))
             self.stream.write(f"\r\033[K[{self._elapsed()}] {status}"
                               f"{' · ' + step if step else ''}")
             self.stream.flush()
@@ -103,10 +114,10 @@ class Progress:
             if key != self._last_key:
                 self._last_key = key
                 self._clear()
-                step = _step_text(body)
-                line = f"[{self._elapsed()}] {body.get('status')}"
+                step = _safe(_step_text(body))
+                line = f"[{self._elapsed()}] {_safe(body.get('status'))}"
                 line += f" {step}" if step else ""
-                line += f": {body.get('diagnosis')}" if body.get("diagnosis") else ""
+                line += f": {_safe(body.get('diagnosis'))}" if body.get("diagnosis") else ""
                 self.stream.write(line + "\n")
             self._draw()
             self.stream.flush()
@@ -158,7 +169,8 @@ def _finish(body: dict, args: argparse.Namespace, out: TextIO, err: TextIO) -> i
     if body["status"] == "completed":
         return EXIT_COMPLETED
     error = body.get("error") or {}
-    err.write(f"auxot: work {body['work_id']} failed: {body.get('diagnosis') or error}\n")
+    err.write(f"auxot: work {_safe(body['work_id'])} failed: "
+              f"{_safe(body.get('diagnosis') or error)}\n")
     return EXIT_FAILED
 
 
@@ -174,7 +186,7 @@ def _wait(client: api.Client, intake_id: str, work_id: str, args: argparse.Names
             body = client.wait(intake_id, work_id, timeout=timeout, on_poll=progress.update,
                                max_wait=3 if progress.tty else None)
     except api.WaitTimeout as exc:
-        status = (exc.last or {}).get("status", "unknown")
+        status = _safe((exc.last or {}).get("status", "unknown"))
         err.write(f"auxot: timed out after {args.timeout}; work {work_id} is still {status}\n")
         if args.json and exc.last:
             _print_json(exc.last, out)
@@ -332,10 +344,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args, out, err)
     except (UsageError, api.ConfigError, api.AuthError, api.NotFoundError,
             api.RequestError) as exc:
-        err.write(f"auxot: {exc}\n{_HINTS.get(type(exc), '')}")
+        err.write(f"auxot: {_safe(exc)}\n{_HINTS.get(type(exc), '')}")
         return EXIT_USAGE
     except api.TransientError as exc:
-        err.write(f"auxot: {exc}\n")
+        err.write(f"auxot: {_safe(exc)}\n")
         return EXIT_UNAVAILABLE
     except KeyboardInterrupt:
         err.write("auxot: interrupted\n")

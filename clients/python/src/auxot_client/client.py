@@ -168,13 +168,35 @@ class Client:
         headers = {"Authorization": f"Bearer {self._api_key}", "Accept": "application/json",
                    "User-Agent": USER_AGENT, **kwargs.pop("headers", {})}
         try:
+            # No redirects: one would re-send the payload (and, to the same host, the key) to
+            # wherever the answer points. Auxot never redirects its API.
             response = self.session.request(method, f"{self.base_url}{path}", headers=headers,
-                                            timeout=timeout or self.timeout, **kwargs)
+                                            timeout=timeout or self.timeout,
+                                            allow_redirects=False, **kwargs)
         except requests.RequestException as exc:
             raise TransientError(f"Cannot reach {self.base_url}: {type(exc).__name__}") from None
         if response.status_code >= 400:
             raise _error(response)
+        if 300 <= response.status_code < 400:
+            raise RequestError(
+                f"HTTP {response.status_code}: {self.base_url} redirects (to "
+                f"{response.headers.get('Location', '?')[:200]}); set {ENV_BASE_URL} to the "
+                "URL it should be (https?)", status=response.status_code)
         return response
+
+    def _answer(self, response: requests.Response, *required: str) -> dict:
+        """The answer's JSON object, with `required` keys; RequestError if it is not one
+        (a proxy's HTML page, or not Auxot at all)."""
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or any(key not in body for key in required):
+            raise RequestError(
+                f"HTTP {response.status_code}: the answer from {self.base_url} is not an Auxot "
+                f"answer (expected a JSON object with {', '.join(required)}); is "
+                f"{ENV_BASE_URL} right?", status=response.status_code)
+        return body
 
     def trigger(self, intake_id: str, data: Any, *, correlation_id: str | None = None,
                 idempotency_key: str | None = None, callback_url: str | None = None,
@@ -192,8 +214,8 @@ class Client:
         backoff = Backoff()
         for attempt in range(1, attempts + 1):
             try:
-                return self._request("POST", f"/v1/intake/{intake_id}", data=body,
-                                     headers=headers).json()
+                return self._answer(self._request("POST", f"/v1/intake/{intake_id}", data=body,
+                                                  headers=headers), "work_id")
             except TransientError as exc:
                 retryable = exc.status in (429, 503) or (exc.status is None and idempotency_key)
                 if not retryable or attempt == attempts:
@@ -216,8 +238,9 @@ class Client:
         backoff = Backoff()
         for attempt in range(1, attempts + 1):
             try:
-                return self._request("POST", f"/v1/intake/{intake_id}/work/{work_id}/replay",
-                                     data=body, headers=headers).json()
+                return self._answer(self._request(
+                    "POST", f"/v1/intake/{intake_id}/work/{work_id}/replay", data=body,
+                    headers=headers), "work_id")
             except TransientError as exc:
                 retryable = exc.status in (429, 503) or (exc.status is None and idempotency_key)
                 if not retryable or attempt == attempts:
@@ -231,7 +254,8 @@ class Client:
         response = self._request("GET", f"/v1/intake/{intake_id}/work/{work_id}", params=params,
                                  timeout=self.timeout + (wait or 0))
         wait_max = response.headers.get("Auxot-Wait-Max", "")
-        return Poll(body=response.json(), retry_after=_retry_after(response),
+        return Poll(body=self._answer(response, "status"),
+                    retry_after=_retry_after(response),
                     wait_max=int(wait_max) if wait_max.isdigit() else None)
 
     def wait(self, intake_id: str, work_id: str, *, timeout: float = 1800.0,
