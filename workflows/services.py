@@ -12,6 +12,7 @@ from auxot.errors import ApplicationError, PermissionDeniedError
 from auxot.logs import current_request_id
 from auxot.models import Membership
 from auxot.services import audit_record
+from auxot.timefmt import iso
 from auxot.ttlcache import TtlCache
 from workflows.handoffs import describe, violations
 from workflows.kinds import REGISTRY
@@ -152,7 +153,7 @@ def work_item_decide(*, item: WorkItem, decision: str, comment: str = "", user=N
         WorkItem.objects.filter(pk=locked.pk, lease_token="").update(
             next_run_at=now, waiting_detail={
                 **(locked.waiting_detail or {}), "decision": decision,
-                "decided_by": user.get_username(), "decided_at": now.isoformat()})
+                "decided_by": user.get_username(), "decided_at": iso(now)})
         work_wake_notify()
         audit_record(event=f"work_item.{'approved' if decision == 'approve' else 'rejected'}",
                      org=locked.workflow.org, actor_user=user,

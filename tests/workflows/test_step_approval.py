@@ -84,7 +84,7 @@ def test_the_answer_and_the_poll_say_the_decision_is_in_until_it_is_applied(
         waiting = body["waiting_on"]
         assert (waiting["kind"], waiting["decision"], waiting["decided_by"]) == (
             "approval", decision, "member_a")
-        assert waiting["decided_at"]
+        assert waiting["decided_at"].endswith("Z")  # as every API timestamp
         assert body["diagnosis"].startswith(f"{verb} by member_a at step 2 'Manager sign-off'; "
                                             "the decision takes effect when a worker")
     work_item_process(work_id=item.pk, drain_seconds=0)
