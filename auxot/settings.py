@@ -287,6 +287,10 @@ AUXOT_LONG_POLL_MAX_SECONDS = env_int("AUXOT_LONG_POLL_MAX_SECONDS", 30, minimum
 AUXOT_LONG_POLL_RECHECK_SECONDS = env_float("AUXOT_LONG_POLL_RECHECK_SECONDS", 0.25,
                                             minimum=0.01)
 AUXOT_LONG_POLL_MAX_WAITERS = env_int("AUXOT_LONG_POLL_MAX_WAITERS", 12, minimum=0)
+# Of those, one API key may hold at most this many (default: half), so one busy caller
+# cannot leave every other caller with plain polls.
+AUXOT_LONG_POLL_MAX_WAITERS_PER_KEY = env_int(
+    "AUXOT_LONG_POLL_MAX_WAITERS_PER_KEY", max(1, AUXOT_LONG_POLL_MAX_WAITERS // 2), minimum=1)
 # Idempotency-Key records are kept at least this long (the IETF draft and Stripe: 24 h).
 AUXOT_IDEMPOTENCY_TTL_HOURS = env_int("AUXOT_IDEMPOTENCY_TTL_HOURS", 24, minimum=24)
 # PostgreSQL: how long a retry waits for an in-flight first request before answering 409.

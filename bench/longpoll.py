@@ -126,6 +126,8 @@ def server_start(config: Config, fixture: common.Fixture) -> Server:
     proc = _gunicorn(port, config.tree, AUXOT_BENCH_CEILINGS="1", AUXOT_PUBLIC_BASE_URL=base,
                      GUNICORN_THREADS=str(config.threads), GUNICORN_MAX_REQUESTS="0",
                      AUXOT_LONG_POLL_MAX_WAITERS=str(config.cap),
+                     # one key polls for every caller here: the per-key share would halve it
+                     AUXOT_LONG_POLL_MAX_WAITERS_PER_KEY=str(max(1, config.cap)),
                      AUXOT_WEB_ACTIVE_REQUESTS=str(config.active))
     auth = {"Authorization": f"Bearer {fixture.token}"}
     trigger_url = f"{base}/v1/intake/{fixture.intake_id}"

@@ -48,15 +48,22 @@ class _Watcher:
         self._lock = threading.Lock()
         self._events: dict[uuid.UUID, list[threading.Event]] = {}
         self._waiting = 0
+        self._by_key: dict[object, int] = {}
         self._thread: threading.Thread | None = None
 
-    def wait(self, work_id: uuid.UUID, seconds: float) -> bool:
-        """Block up to `seconds` or until the item is terminal. False: no slot, answer now."""
+    def wait(self, work_id: uuid.UUID, seconds: float, owner: object = None) -> bool:
+        """Block up to `seconds` or until the item is terminal. False: no slot, answer now.
+        `owner` (the API key) may hold at most AUXOT_LONG_POLL_MAX_WAITERS_PER_KEY slots: one
+        busy caller cannot take every slot from the others."""
         event = threading.Event()
         with self._lock:
-            if self._waiting >= settings.AUXOT_LONG_POLL_MAX_WAITERS:
+            if self._waiting >= settings.AUXOT_LONG_POLL_MAX_WAITERS or (
+                    owner is not None and self._by_key.get(owner, 0)
+                    >= settings.AUXOT_LONG_POLL_MAX_WAITERS_PER_KEY):
                 return False
             self._waiting += 1
+            if owner is not None:
+                self._by_key[owner] = self._by_key.get(owner, 0) + 1
             self._events.setdefault(work_id, []).append(event)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="auxot-longpoll",
@@ -67,6 +74,11 @@ class _Watcher:
         finally:
             with self._lock:
                 self._waiting -= 1
+                if owner is not None:
+                    if self._by_key[owner] <= 1:
+                        del self._by_key[owner]
+                    else:
+                        self._by_key[owner] -= 1
                 events = self._events.get(work_id, [])
                 if event in events:
                     events.remove(event)
@@ -108,7 +120,7 @@ class _Watcher:
 _watcher = _Watcher()
 
 
-def work_item_wait(*, item: WorkItem, seconds: float) -> bool:
+def work_item_wait(*, item: WorkItem, seconds: float, owner: object = None) -> bool:
     """Wait (bounded) for a non-terminal item to finish. True: it waited (until the item
     finished or `seconds` passed; read it again); False: this process already has
     AUXOT_LONG_POLL_MAX_WAITERS waiting, answer with the item as read (no wait, no query)."""
@@ -117,4 +129,4 @@ def work_item_wait(*, item: WorkItem, seconds: float) -> bool:
     if not connection.in_atomic_block:
         connection.close()  # never hold a connection while we sleep
     with slot_released():  # nor one of the process's working slots (triggers need them)
-        return _watcher.wait(item.pk, seconds)
+        return _watcher.wait(item.pk, seconds, owner)

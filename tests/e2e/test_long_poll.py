@@ -93,13 +93,16 @@ def test_waiting_request_holds_no_database_connection(api, intake_a, member_toke
     held = []
     real_wait = longpoll._watcher.wait
 
-    def spy(item_id, seconds):
-        held.append(connection.connection is not None)
-        return real_wait(item_id, seconds)
+    def spy(item_id, seconds, owner=None):
+        held.append((connection.connection is not None, owner))
+        return real_wait(item_id, seconds, owner)
 
     monkeypatch.setattr(longpoll._watcher, "wait", spy)
     assert _poll(api, intake_a, member_token, work_id, "0.3").status_code == 200
-    assert held == [False]
+    from apikeys.models import ApiKey
+
+    # No connection held while waiting; the slot is counted against the polling key.
+    assert held == [(False, ApiKey.objects.get(last_four=member_token[-4:]).pk)]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -110,6 +113,24 @@ def test_over_the_waiter_limit_answers_at_once(api, intake_a, member_token, sett
     response = _poll(api, intake_a, member_token, work_id, "20")
     assert time.monotonic() - started < 5
     assert response.json()["status"] == "pending"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_key_takes_at_most_its_share_of_the_waiting_slots(intake_a, member_token, api,
+                                                              settings):
+    """4 slots, 2 per key: a caller long-polling many items leaves the others slots."""
+    settings.AUXOT_LONG_POLL_MAX_WAITERS, settings.AUXOT_LONG_POLL_MAX_WAITERS_PER_KEY = 4, 2
+    ids = [trigger(api, intake_a.pk, member_token).json()["work_id"] for _ in range(3)]
+    items = list(WorkItem.objects.filter(pk__in=ids))
+    with ThreadPoolExecutor(4) as pool:
+        busy = [pool.submit(longpoll._watcher.wait, item.pk, 10, "key-a") for item in items[:2]]
+        wait_for(lambda: longpoll._watcher._waiting == 2, 5, what="key a's two waiters")
+        assert longpoll._watcher.wait(items[2].pk, 10, "key-a") is False  # its share is used
+        other = pool.submit(longpoll._watcher.wait, items[2].pk, 10, "key-b")
+        wait_for(lambda: longpoll._watcher._waiting == 3, 5, what="key b waiting too")
+        WorkItem.objects.filter(pk__in=ids).update(status="failed")
+        assert all(f.result(timeout=10) for f in [*busy, other])
+    assert longpoll._watcher._by_key == {}
 
 
 @pytest.mark.django_db(transaction=True)
@@ -142,7 +163,8 @@ def gunicorn():
     # 48 waiters per process, as this test was written for: 50 long-polls all wait.
     env = process_env(GUNICORN_WORKERS="2", GUNICORN_BIND=f"127.0.0.1:{port}",
                       GUNICORN_ACCESSLOG="", GUNICORN_THREADS="64",
-                      AUXOT_LONG_POLL_MAX_WAITERS="48")
+                      AUXOT_LONG_POLL_MAX_WAITERS="48",
+                      AUXOT_LONG_POLL_MAX_WAITERS_PER_KEY="48")  # one key polls them all
     proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "auxot.wsgi"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"

@@ -180,7 +180,8 @@ def test_retried_and_carried_steps_show_as_before(api, intake_a, member_token):
 def test_long_poll_rereads_once_after_its_wait(api, intake_a, member_token, monkeypatch,
                                                django_assert_num_queries):
     work_id = trigger(api, intake_a.pk, member_token).json()["work_id"]
-    monkeypatch.setattr(longpoll._watcher, "wait", lambda item_id, seconds: True)  # woke
+    woke = lambda item_id, seconds, owner=None: True  # noqa: E731
+    monkeypatch.setattr(longpoll._watcher, "wait", woke)
     _poll(api, intake_a, member_token, work_id)  # the heartbeat cache is warm from here on
     with django_assert_num_queries(KEY_AND_TWO + 1):
         response = _poll(api, intake_a, member_token, work_id, wait=5)
