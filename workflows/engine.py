@@ -19,7 +19,7 @@ from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from auxot.storable import value_problem
+from auxot.storable import text_storable, value_problem
 from workflows.handoffs import describe, violations
 from workflows.kinds import Complete, Fail, Outcome, StepContext, Wait, kind_get
 from workflows.metrics import step_observe
@@ -159,12 +159,28 @@ def _safely(call, ctx: StepContext, run: _Run, step: Step) -> Outcome:
     return outcome
 
 
+FAIL_MESSAGE_MAX_CHARS = 2000
+FAIL_EXTRA_MAX_CHARS = 65536
+
+
 def _check_storable(step: Step, outcome: Outcome) -> Outcome:
-    """An output the database cannot store (NaN from `sum` over huge numbers, a transform
-    that doubles its input forty times) fails this item alone, before anything is written:
-    in a batch, one unstorable row would roll back every item's results with it."""
-    if not isinstance(outcome, Complete):
-        return outcome
+    """An outcome the database cannot store (NaN from `sum` over huge numbers, a transform
+    that doubles its input forty times, a NUL in an error message) is made storable or fails
+    this item alone, before anything is written: in a batch, one unstorable row would roll
+    back every item's results with it."""
+    if isinstance(outcome, Fail):
+        message = text_storable(str(outcome.message))
+        if len(message) > FAIL_MESSAGE_MAX_CHARS:
+            message = message[:FAIL_MESSAGE_MAX_CHARS] + "… (cut)"
+        extra = outcome.extra
+        if extra and value_problem(extra, limit=FAIL_EXTRA_MAX_CHARS):
+            extra = {}
+        return Fail(outcome.code, message, extra)
+    if isinstance(outcome, Wait):
+        if value_problem(outcome.detail, limit=FAIL_EXTRA_MAX_CHARS) is None:
+            return outcome
+        return Fail("step_error", f"Step '{step.name}' asked to wait with a detail that "
+                                  "cannot be stored.")
     problem = value_problem(outcome.output, limit=settings.AUXOT_STEP_OUTPUT_MAX_CHARS)
     if problem is None:
         return outcome

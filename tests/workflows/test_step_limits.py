@@ -125,3 +125,60 @@ def test_a_steps_timeout_never_outlives_the_workers_task(cast, settings):
                         model="m", timeout_seconds=100_000)
     with pytest.raises(ValidationError, match="At most"):
         provider.full_clean()
+
+
+def test_every_item_a_node_handles_counts_against_one_budget(monkeypatch):
+    """`sort`, `contains`, a slice or a projection's copies cost one visit each but handle
+    a whole list: what they are handed and what they build is counted."""
+    from workflows.kinds import _shared
+    from workflows.kinds._shared import ExpressionTooLarge, expression_search
+
+    data = {"l": list(range(400))}
+    assert expression_search("sort(l)", data) == data["l"]
+    monkeypatch.setattr(_shared, "EXPRESSION_MAX_WORK", 1000)
+    for expression in ("[l, l, l] | [*].sort(@)", "[l, l, l] | [*][::-1]",
+                       "[l, l, l] | [*].contains(@, `7`)"):
+        with pytest.raises(ExpressionTooLarge, match="handled more than 1,000 items"):
+            expression_search(expression, data)
+
+
+def test_a_flatten_is_refused_before_it_copies(monkeypatch):
+    from workflows.kinds import _shared
+    from workflows.kinds._shared import ExpressionTooLarge, expression_search
+
+    monkeypatch.setattr(_shared, "EXPRESSION_MAX_ITEMS", 100)
+    with pytest.raises(ExpressionTooLarge, match="a flatten would build 120 items"):
+        expression_search("[l, l][]", {"l": list(range(60))})
+    assert expression_search("[l, l][]", {"l": list(range(40))}) == list(range(40)) * 2
+
+
+@pytest.mark.parametrize(("expression", "input"), [
+    (f"abs({DOUBLED})", "ab"),  # jmespath's message would quote the whole value
+    ('abs(`"a\\u0000b"`)', {}),  # and a NUL, which no column stores
+], ids=["huge-value", "nul"])
+def test_an_expression_error_names_the_type_not_the_value(cast, expression, input):
+    workflow = make_workflow(cast.org_a, [("transform", {"expression": expression})])
+    item = _run(workflow, input)
+    assert (item.status, item.error["code"]) == ("failed", "bad_expression")
+    assert item.error["message"].startswith("jmespath error: in function abs(), expected one")
+    assert len(item.error["message"]) < 300 and "\x00" not in item.error["message"]
+
+
+def test_any_failure_message_is_made_storable_and_bounded(cast, monkeypatch):
+    """Whatever a step kind says in a failure is stored: NUL and unpaired surrogates become
+    U+FFFD and a long message is cut, so one item's failure never rolls back a batch."""
+    from workflows.kinds.base import Fail
+    from workflows.kinds.transform import Transform
+
+    monkeypatch.setattr(Transform, "execute", lambda self, ctx: Fail(
+        "step_error", "bad\x00thing \ud800 " + "x" * 10_000, {"v": float("nan")}))
+    workflow = make_workflow(cast.org_a, [("transform", {"expression": "input"})])
+    with transaction.atomic():
+        items = [work_item_create(workflow=workflow, input={}) for _ in range(3)]
+    assert work_drain(budget=30, batch=10) == 3
+    for item in items:
+        item.refresh_from_db()
+        assert item.status == "failed"
+        message = item.error["message"]
+        assert message.startswith("bad\ufffdthing \ufffd x") and message.endswith("… (cut)")
+        assert len(message) < 2100 and "v" not in item.error

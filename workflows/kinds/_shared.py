@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import jmespath
+import jmespath.exceptions
 import jmespath.functions
 import jmespath.visitor
 import requests
@@ -20,7 +21,7 @@ from jmespath.exceptions import JMESPathError
 
 from auxot.http import retry_after_seconds
 from auxot.outbound import RefusedDestination, outbound_request, url_redact
-from auxot.storable import text_decode, value_problem
+from auxot.storable import text_decode, text_storable, value_problem
 from auxot.timefmt import iso
 from workflows.kinds.base import Fail, Outcome, StepContext, StepKind, Wait
 
@@ -39,22 +40,23 @@ def expression_check(expression: Any, what: str) -> None:
 
 # An expression runs on the worker, over a caller's input, and jmespath has no limits of its
 # own: `[@, @][]` doubles a list at each stage, `join` a string, `to_string` writes out a
-# value whose parts are shared, and projections over nested shared lists visit every leaf.
-# One run may visit this many nodes, and no value along the way may hold more items.
-# Its result, written as JSON, may be as large as a step's output (AUXOT_STEP_OUTPUT_MAX_CHARS).
+# value whose parts are shared, projections over nested shared lists visit every leaf, and
+# one `sort` or slice handles a whole list. So one run may visit so many nodes, no value
+# along the way may hold more than so many items, and every item a node is handed (a
+# function's list or string arguments, what it flattens) or builds counts against one
+# budget. Its result, written as JSON, may be as large as a step's output
+# (AUXOT_STEP_OUTPUT_MAX_CHARS).
 EXPRESSION_MAX_VISITS = 1_000_000
 EXPRESSION_MAX_ITEMS = 4_000_000  # a list's or object's entries, or a string's characters
+EXPRESSION_MAX_WORK = 20_000_000  # items handled by every node of one run, added up
 
 
 class ExpressionTooLarge(JMESPathError):
     """The expression went past the limits above (a `bad_expression`)."""
 
 
-def _sized(value: Any) -> Any:
-    if isinstance(value, str | list | dict) and len(value) > EXPRESSION_MAX_ITEMS:
-        raise ExpressionTooLarge(f"a value grew past {EXPRESSION_MAX_ITEMS:,} items or "
-                                 "characters while the expression ran")
-    return value
+def _size(value: Any) -> int:
+    return len(value) if isinstance(value, str | list | dict) else 0
 
 
 class _Functions(jmespath.functions.Functions):
@@ -77,13 +79,48 @@ class _Interpreter(jmespath.visitor.TreeInterpreter):
     def __init__(self):
         super().__init__(jmespath.Options(custom_functions=_Functions()))
         self._visits = 0
+        self._work = 0
+
+    def _charge(self, items: int) -> None:
+        self._work += items
+        if self._work > EXPRESSION_MAX_WORK:
+            raise ExpressionTooLarge(f"the expression handled more than "
+                                     f"{EXPRESSION_MAX_WORK:,} items")
 
     def visit(self, node, *args, **kwargs):
         self._visits += 1
         if self._visits > EXPRESSION_MAX_VISITS:
             raise ExpressionTooLarge(f"the expression took more than {EXPRESSION_MAX_VISITS:,} "
                                      "steps")
-        return _sized(super().visit(node, *args, **kwargs))
+        result = super().visit(node, *args, **kwargs)
+        size = _size(result)
+        if size > EXPRESSION_MAX_ITEMS:
+            raise ExpressionTooLarge(f"a value grew past {EXPRESSION_MAX_ITEMS:,} items or "
+                                     "characters while the expression ran")
+        if size and node["type"] not in ("field", "identity", "current", "literal", "index"):
+            self._charge(size)  # built (or copied) here; a read of existing data is free
+        return result
+
+    def visit_flatten(self, node, value):
+        base = self.visit(node["children"][0], value)
+        if not isinstance(base, list):
+            return None
+        total = sum(len(element) if isinstance(element, list) else 1 for element in base)
+        if total > EXPRESSION_MAX_ITEMS:  # counted before anything is copied
+            raise ExpressionTooLarge(f"a flatten would build {total:,} items, past "
+                                     f"{EXPRESSION_MAX_ITEMS:,}")
+        merged: list = []
+        for element in base:
+            if isinstance(element, list):
+                merged.extend(element)
+            else:
+                merged.append(element)
+        return merged
+
+    def visit_function_expression(self, node, value):
+        args = [self.visit(child, value) for child in node["children"]]
+        self._charge(sum(_size(arg) for arg in args))  # sort, contains, max: a pass each
+        return self._functions.call_function(node["value"], args)
 
 
 def _written_within_limit(value: Any, what: str) -> None:
@@ -100,6 +137,15 @@ def expression_search(expression: str, data: Any) -> Any:
     result = _Interpreter().visit(jmespath.compile(expression).parsed, data)
     _written_within_limit(result, "the result")
     return result
+
+
+def expression_error(exc: JMESPathError) -> str:
+    """An expression's error as a step's message: jmespath's type error quotes the whole
+    offending value (megabytes, or a NUL the database refuses); name its type instead."""
+    if isinstance(exc, jmespath.exceptions.JMESPathTypeError):
+        return (f"jmespath error: in function {exc.function_name}(), expected one of "
+                f"{exc.expected_types}, received {exc.actual_type!r}")
+    return f"jmespath error: {text_storable(str(exc))[:500]}"
 
 
 def config_failure(kind: StepKind, config: dict) -> Fail | None:

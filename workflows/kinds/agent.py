@@ -15,6 +15,7 @@ from auxot.storable import NotJSON, Unstorable, json_loads
 from workflows.kinds._shared import (
     config_failure,
     expression_check,
+    expression_error,
     expression_search,
     response_text,
     retry,
@@ -106,7 +107,7 @@ class Agent(StepKind):
                 messages.insert(0, {"role": "system",
                                     "content": render_template(ctx.config["system"], ctx.data)})
         except JMESPathError as exc:
-            return Fail("bad_expression", f"prompt placeholder: {exc}")
+            return Fail("bad_expression", f"prompt placeholder: {expression_error(exc)}")
         return messages
 
     def _call(self, ctx: StepContext, provider) -> Outcome:

@@ -21,6 +21,7 @@ from auxot.storable import NotJSON, Unstorable, json_loads, text_storable
 from workflows.kinds._shared import (
     config_failure,
     expression_check,
+    expression_error,
     expression_search,
     response_text,
     retry,
@@ -161,7 +162,7 @@ class Http(StepKind):
                        for name, expr in config.get("headers", {}).items()}
             body = expression_search(config["body"], ctx.data) if "body" in config else None
         except JMESPathError as exc:
-            return Fail("bad_expression", f"jmespath error: {exc}")
+            return Fail("bad_expression", expression_error(exc))
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             return Fail("bad_request", "The URL expression did not give an http(s) URL.")
         headers = {k: v if isinstance(v, str) else json.dumps(v)

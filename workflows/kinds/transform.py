@@ -3,7 +3,7 @@
 from django.core.exceptions import ValidationError
 from jmespath.exceptions import JMESPathError
 
-from workflows.kinds._shared import expression_check, expression_search
+from workflows.kinds._shared import expression_check, expression_error, expression_search
 from workflows.kinds.base import Complete, Fail, Outcome, StepContext, StepKind
 
 
@@ -26,4 +26,4 @@ class Transform(StepKind):
         try:
             return Complete(expression_search(expression, ctx.data))
         except JMESPathError as exc:
-            return Fail("bad_expression", f"jmespath error: {exc}")
+            return Fail("bad_expression", expression_error(exc))
