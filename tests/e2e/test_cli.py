@@ -250,8 +250,10 @@ def test_a_redirect_is_not_followed(scripted, monkeypatch, capsys):
     assert "redirects" in err and "AUXOT_BASE_URL" in err
 
 
-@pytest.mark.parametrize("answer", [b"<html>proxy error</html>", b"[1, 2]", b'{"n": 1}'],
-                         ids=["html", "array", "not-auxot"])
+@pytest.mark.parametrize("answer", [
+    b"<html>proxy error</html>", b"[1, 2]", b'{"n": 1}', b'{"work_id": "w", "status": 5}',
+    b'{"work_id": 7, "status_url": "u", "status": 7}'],
+    ids=["html", "array", "not-auxot", "no-status-url", "not-text"])
 def test_an_answer_that_is_not_auxots_exits_3_without_a_traceback(scripted, monkeypatch,
                                                                    capsys, answer):
     _, base = scripted
@@ -272,7 +274,7 @@ def test_server_text_reaches_the_terminal_with_its_control_characters_escaped(
     _, base = scripted
     monkeypatch.setenv("AUXOT_BASE_URL", base)
     monkeypatch.setenv("AUXOT_API_KEY", TOKEN)
-    hostile = "\x1b]0;owned\x07\x1b[2J\x1b[32mDeploy approved\u2028"
+    hostile = "\x1b]0;owned\x07\x1b[2J\x1b[32mDeploy approved\u2028\nauxot: fake line\x9b2J"
     _Scripted.script = [(200, {}, {"work_id": "w", "status": "running", "diagnosis": hostile}),
                         (200, {}, {"work_id": "w", "status": "failed", "diagnosis": hostile,
                                    "error": {"code": "rejected"}})]
@@ -283,7 +285,13 @@ def test_server_text_reaches_the_terminal_with_its_control_characters_escaped(
     assert cli.main(["trigger", "i", "--data", "{}"]) == cli.EXIT_USAGE
     err = capsys.readouterr().err
     assert "\x1b" not in err and "\x07" not in err and "\u2028" not in err
+    assert "\x9b" not in err and "\nauxot: fake line" not in err
     assert err.count("\\x1b]0;owned\\x07") >= 3 and "Deploy approved" in err
+    _Scripted.script = [(200, {}, {"work_id": "w", "status": "completed", "output": hostile})]
+    assert cli.main(["wait", "i", "w"]) == cli.EXIT_COMPLETED
+    out = capsys.readouterr().out
+    assert json.loads(out) == hostile  # the output, exactly, as JSON
+    assert "\x9b" not in out and "\u2028" not in out and "\x1b" not in out
 
 
 # --- the real thing: CLI against the live server and a real qcluster ----------------------

@@ -41,19 +41,22 @@ class _Parser(argparse.ArgumentParser):
 
 def _step_text(body: dict) -> str:
     step = body.get("current_step")
-    if not step:
+    if not isinstance(step, dict):
         return ""
-    total = len(body.get("steps") or [])
-    return f"step {step['position']}/{total} '{step['name']}' ({step['kind']})"
+    steps = body.get("steps")
+    total = len(steps) if isinstance(steps, list) else "?"
+    return (f"step {step.get('position', '?')}/{total} '{step.get('name', '?')}' "
+            f"({step.get('kind', '?')})")
 
 
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")  # not \t, \n
+_ONE_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def _safe(text: object) -> str:
     """Text from the server, printable on a terminal: control characters (an escape sequence
     in a comment or an error message could retitle or clear the screen) are shown escaped."""
-    return _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}"
+    return _ONE_LINE.sub(lambda found: f"\\x{ord(found.group()):02x}"
                         if ord(found.group()) < 0x100 else f"\\u{ord(found.group()):04x}",
                         str(text))
 
@@ -158,7 +161,9 @@ def _client(args: argparse.Namespace) -> api.Client:
 
 
 def _print_json(value: Any, out: TextIO) -> None:
-    out.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    # JSON escapes C0 controls itself; C1 controls and line separators it leaves raw.
+    out.write(_CONTROL.sub(lambda found: f"\\u{ord(found.group()):04x}",
+                           json.dumps(value, indent=2, ensure_ascii=False)) + "\n")
 
 
 def _finish(body: dict, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -169,7 +174,7 @@ def _finish(body: dict, args: argparse.Namespace, out: TextIO, err: TextIO) -> i
     if body["status"] == "completed":
         return EXIT_COMPLETED
     error = body.get("error") or {}
-    err.write(f"auxot: work {_safe(body['work_id'])} failed: "
+    err.write(f"auxot: work {_safe(body.get('work_id', '?'))} failed: "
               f"{_safe(body.get('diagnosis') or error)}\n")
     return EXIT_FAILED
 
@@ -200,7 +205,7 @@ def cmd_trigger(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.json:
         _print_json(work, out)
     else:
-        out.write(work["work_id"] + "\n")
+        out.write(_safe(work["work_id"]) + "\n")
     return EXIT_COMPLETED
 
 
@@ -212,7 +217,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     data = _read_data(args.data, sys.stdin)
     client = _client(args)
     work = client.trigger(args.intake_id, data, **_trigger_options(args))
-    err.write(f"auxot: work_id {work['work_id']}\n  {work['status_url']}\n")
+    err.write(f"auxot: work_id {_safe(work['work_id'])}\n  {_safe(work['status_url'])}\n")
     err.flush()
     return _wait(client, args.intake_id, work["work_id"], args, out, err)
 
@@ -238,9 +243,10 @@ def cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if args.json:
             _print_json(work, out)
         else:
-            out.write(work["work_id"] + "\n")
+            out.write(_safe(work["work_id"]) + "\n")
         return EXIT_COMPLETED
-    err.write(f"auxot: replay of {work_id}: work_id {work['work_id']}\n  {work['status_url']}\n")
+    err.write(f"auxot: replay of {_safe(work_id)}: work_id {_safe(work['work_id'])}\n"
+              f"  {_safe(work['status_url'])}\n")
     err.flush()
     return _wait(client, intake_id, work["work_id"], args, out, err)
 

@@ -191,10 +191,11 @@ class Client:
             body = response.json()
         except ValueError:
             body = None
-        if not isinstance(body, dict) or any(key not in body for key in required):
+        if not isinstance(body, dict) or any(not isinstance(body.get(key), str)
+                                             for key in required):
             raise RequestError(
                 f"HTTP {response.status_code}: the answer from {self.base_url} is not an Auxot "
-                f"answer (expected a JSON object with {', '.join(required)}); is "
+                f"answer (expected a JSON object with {', '.join(required)} as text); is "
                 f"{ENV_BASE_URL} right?", status=response.status_code)
         return body
 
@@ -215,7 +216,7 @@ class Client:
         for attempt in range(1, attempts + 1):
             try:
                 return self._answer(self._request("POST", f"/v1/intake/{intake_id}", data=body,
-                                                  headers=headers), "work_id")
+                                                  headers=headers), "work_id", "status_url")
             except TransientError as exc:
                 retryable = exc.status in (429, 503) or (exc.status is None and idempotency_key)
                 if not retryable or attempt == attempts:
@@ -240,7 +241,7 @@ class Client:
             try:
                 return self._answer(self._request(
                     "POST", f"/v1/intake/{intake_id}/work/{work_id}/replay", data=body,
-                    headers=headers), "work_id")
+                    headers=headers), "work_id", "status_url")
             except TransientError as exc:
                 retryable = exc.status in (429, 503) or (exc.status is None and idempotency_key)
                 if not retryable or attempt == attempts:
