@@ -61,14 +61,15 @@ class _Watcher:
                     owner is not None and self._by_key.get(owner, 0)
                     >= settings.AUXOT_LONG_POLL_MAX_WAITERS_PER_KEY):
                 return False
+            if self._thread is None:  # started before anything is counted: if it cannot
+                # start (no threads left), nothing leaks and the next waiter tries again
+                thread = threading.Thread(target=self._run, name="auxot-longpoll", daemon=True)
+                thread.start()
+                self._thread = thread
             self._waiting += 1
             if owner is not None:
                 self._by_key[owner] = self._by_key.get(owner, 0) + 1
             self._events.setdefault(work_id, []).append(event)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="auxot-longpoll",
-                                                daemon=True)
-                self._thread.start()
         try:
             event.wait(seconds)
         finally:

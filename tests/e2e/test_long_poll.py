@@ -134,6 +134,27 @@ def test_one_key_takes_at_most_its_share_of_the_waiting_slots(intake_a, member_t
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_watcher_that_cannot_start_leaks_no_slot(intake_a, member_token, api, monkeypatch):
+    """A process out of threads: the waiter fails, and the next one starts the watcher."""
+    work_id = trigger(api, intake_a.pk, member_token).json()["work_id"]
+    item = WorkItem.objects.get(pk=work_id)
+    wait_for(lambda: longpoll._watcher._thread is None, 5, what="an earlier watcher to stop")
+    real_start = threading.Thread.start
+
+    def refuse(self):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    with pytest.raises(RuntimeError):
+        longpoll._watcher.wait(item.pk, 1, "key-a")
+    assert (longpoll._watcher._waiting, longpoll._watcher._by_key) == (0, {})
+    assert longpoll._watcher._thread is None and longpoll._watcher._events == {}
+    monkeypatch.setattr(threading.Thread, "start", real_start)
+    WorkItem.objects.filter(pk=item.pk).update(status="failed")
+    assert longpoll._watcher.wait(item.pk, 5, "key-a") is True
+
+
+@pytest.mark.django_db(transaction=True)
 def test_one_watcher_serves_many_waiters(intake_a, member_token, api):
     ids = [trigger(api, intake_a.pk, member_token).json()["work_id"] for _ in range(5)]
     items = list(WorkItem.objects.filter(pk__in=ids))
