@@ -15,8 +15,8 @@ step result that cannot be recorded, so every such value is dealt with before it
 - `text_decode` / `text_storable`: text as it can be stored: bytes that do not decode,
   NUL and unpaired surrogates become U+FFFD.
 - `value_problem`: why a value computed here (a step's output) cannot be stored, within a
-  size: counted as it is written, so a value that shares its parts (a transform's
-  `[@, @]`, nested) is refused at the limit, never written out whole.
+  size: measured part by part first, each shared part once, so a value that shares its
+  parts (a transform's `[@, @]`, nested) is refused at the limit, never written out whole.
 """
 
 import codecs
@@ -129,28 +129,75 @@ def text_storable(text: str) -> str:
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")  # an escaped NUL, not an escaped "\\"
 
 
-def value_problem(value: Any, *, limit: int) -> str | None:
-    """Why `value` cannot be stored as JSON of at most `limit` characters, or None."""
-    encoder = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
-    size = 0
-    try:
-        for chunk in encoder.iterencode(value):
-            size += len(chunk)
+class _TooLarge(Exception):
+    pass
+
+
+def _json_size(value: Any, memo: dict, limit: int) -> int:
+    """The length of `value` written as compact JSON, or _TooLarge past `limit`. A part shared
+    many times over (a transform's nested `[@, @]`) is measured once: the cost follows the
+    distinct parts, not the size they would be written out at."""
+    key = id(value)
+    if key in memo:
+        return memo[key]
+    if isinstance(value, str):
+        size = len(json.dumps(value, ensure_ascii=False))
+    elif value is None or isinstance(value, bool):
+        size = 5 if value is False else 4
+    elif isinstance(value, int):
+        size = len(str(value))  # ValueError past Python's digit limit
+    elif isinstance(value, float):
+        size = len(json.dumps(value, allow_nan=False))  # ValueError for NaN and Infinity
+    elif isinstance(value, dict | list | tuple):
+        items = value.items() if isinstance(value, dict) else ((None, v) for v in value)
+        size = 1
+        for name, item in items:
+            if name is not None:  # a key: JSON writes it as a string
+                size += _json_size(name if isinstance(name, str) else str(name), memo,
+                                   limit) + 1
+            size += _json_size(item, memo, limit) + 1
             if size > limit:
-                return f"is larger than {limit:,} characters as JSON"
-            if "\\u0000" in chunk and _NUL_ESCAPE.search(chunk):
-                return "holds \\u0000, which the database does not store"
-            if _surrogates(chunk):
-                return "holds an unpaired surrogate (\\ud800-\\udfff), which is not text"
-    except ValueError as exc:
-        if "Out of range float" in str(exc):
-            return "holds NaN or Infinity, which are not JSON"
-        return f"cannot be written as JSON ({exc})"
-    except RecursionError:
-        return "is nested too deeply to write as JSON"
-    except TypeError as exc:
-        return f"is not JSON ({exc})"
+                raise _TooLarge
+        size = max(size, 2)
+    else:
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+    if size > limit:
+        raise _TooLarge
+    memo[key] = size
+    return size
+
+
+def _text_problem(text: str, limit: int) -> str | None:
+    if len(text) > limit:
+        return f"is larger than {limit:,} characters as JSON"
+    if "\\u0000" in text and _NUL_ESCAPE.search(text):
+        return "holds \\u0000, which the database does not store"
+    if _surrogates(text):
+        return "holds an unpaired surrogate (\\ud800-\\udfff), which is not text"
     return None
+
+
+def _encode_problem(exc: Exception) -> str:
+    if isinstance(exc, RecursionError):
+        return "is nested too deeply to write as JSON"
+    if isinstance(exc, TypeError):
+        return f"is not JSON ({exc})"
+    if "Out of range float" in str(exc):
+        return "holds NaN or Infinity, which are not JSON"
+    return f"cannot be written as JSON ({exc})"
+
+
+def value_problem(value: Any, *, limit: int) -> str | None:
+    """Why `value` cannot be stored as JSON of at most `limit` characters, or None. It is
+    measured first (each shared part once), and written (in C) only within the limit."""
+    try:
+        _json_size(value, {}, limit)
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    except _TooLarge:
+        return f"is larger than {limit:,} characters as JSON"
+    except (ValueError, TypeError, RecursionError) as exc:
+        return _encode_problem(exc)
+    return _text_problem(text, limit)
 
 
 # Decoders written in Python that take time quadratic in the answer's length: a server's

@@ -7,6 +7,7 @@ Retries never hold a worker: a retryable failure returns Wait(..., "backoff") wi
 
 import random
 import re
+import threading
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -130,11 +131,18 @@ def _written_within_limit(value: Any, what: str) -> None:
         raise ExpressionTooLarge(f"{what} {problem}")
 
 
+_interpreters = threading.local()  # one per thread, reused: it keeps its method cache
+
+
 def expression_search(expression: str, data: Any) -> Any:
     """`jmespath.search`, within the limits above (ExpressionTooLarge, a JMESPathError). A
     result can be written as JSON within a step output's limit: what uses it (an output, a
     request body, a header, a prompt) writes it out."""
-    result = _Interpreter().visit(jmespath.compile(expression).parsed, data)
+    interpreter = getattr(_interpreters, "one", None)
+    if interpreter is None:
+        interpreter = _interpreters.one = _Interpreter()
+    interpreter._visits = interpreter._work = 0
+    result = interpreter.visit(jmespath.compile(expression).parsed, data)
     _written_within_limit(result, "the result")
     return result
 
