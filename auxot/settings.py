@@ -291,6 +291,12 @@ AUXOT_LONG_POLL_MAX_WAITERS = env_int("AUXOT_LONG_POLL_MAX_WAITERS", 12, minimum
 # cannot leave every other caller with plain polls.
 AUXOT_LONG_POLL_MAX_WAITERS_PER_KEY = env_int(
     "AUXOT_LONG_POLL_MAX_WAITERS_PER_KEY", max(1, AUXOT_LONG_POLL_MAX_WAITERS // 2), minimum=1)
+# And one organization, however many keys it has, at most this many (default: all but a
+# quarter, at least one slot), so a tenant cannot take every slot by spreading its polls
+# over its keys (each member may have up to AUXOT_MAX_KEYS_PER_USER, plus team keys).
+AUXOT_LONG_POLL_MAX_WAITERS_PER_ORG = env_int(
+    "AUXOT_LONG_POLL_MAX_WAITERS_PER_ORG",
+    max(1, AUXOT_LONG_POLL_MAX_WAITERS - max(1, AUXOT_LONG_POLL_MAX_WAITERS // 4)), minimum=1)
 # Idempotency-Key records are kept at least this long (the IETF draft and Stripe: 24 h).
 AUXOT_IDEMPOTENCY_TTL_HOURS = env_int("AUXOT_IDEMPOTENCY_TTL_HOURS", 24, minimum=24)
 # PostgreSQL: how long a retry waits for an in-flight first request before answering 409.

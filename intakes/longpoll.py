@@ -6,8 +6,9 @@ waited item in a single query each AUXOT_LONG_POLL_RECHECK_SECONDS and wakes the
 whose item became terminal, so 50 waiters cost one connection and ~4 queries a second, not
 50 connections. At most AUXOT_LONG_POLL_MAX_WAITERS requests wait per process; the next
 one is answered at once (it degrades to a normal poll, marked `Auxot-Wait-Refused: busy`),
-so long-polls can never take every thread; and while it waits a request gives back its
-working slot (auxot/activerequests.py), so waiting long-polls never take a trigger's.
+as is one past its API key's or its organization's share of them, so long-polls can never
+take every thread; and while it waits a request gives back its working slot
+(auxot/activerequests.py), so waiting long-polls never take a trigger's.
 """
 
 import logging
@@ -48,18 +49,23 @@ class _Watcher:
         self._lock = threading.Lock()
         self._events: dict[uuid.UUID, list[threading.Event]] = {}
         self._waiting = 0
-        self._by_key: dict[object, int] = {}
+        self._held: dict[tuple, int] = {}  # ("key", pk) / ("org", pk) -> slots held
         self._thread: threading.Thread | None = None
 
-    def wait(self, work_id: uuid.UUID, seconds: float, owner: object = None) -> bool:
+    def wait(self, work_id: uuid.UUID, seconds: float, owner: object = None,
+             org: object = None) -> bool:
         """Block up to `seconds` or until the item is terminal. False: no slot, answer now.
-        `owner` (the API key) may hold at most AUXOT_LONG_POLL_MAX_WAITERS_PER_KEY slots: one
-        busy caller cannot take every slot from the others."""
+        `owner` (the API key) may hold at most AUXOT_LONG_POLL_MAX_WAITERS_PER_KEY slots and
+        `org` (its organization, whatever its number of keys) at most
+        AUXOT_LONG_POLL_MAX_WAITERS_PER_ORG: one busy caller, or one tenant with many keys,
+        cannot take every slot from the others."""
         event = threading.Event()
+        holders = [(("key", owner), settings.AUXOT_LONG_POLL_MAX_WAITERS_PER_KEY),
+                   (("org", org), settings.AUXOT_LONG_POLL_MAX_WAITERS_PER_ORG)]
+        holders = [(holder, cap) for holder, cap in holders if holder[1] is not None]
         with self._lock:
-            if self._waiting >= settings.AUXOT_LONG_POLL_MAX_WAITERS or (
-                    owner is not None and self._by_key.get(owner, 0)
-                    >= settings.AUXOT_LONG_POLL_MAX_WAITERS_PER_KEY):
+            if self._waiting >= settings.AUXOT_LONG_POLL_MAX_WAITERS or any(
+                    self._held.get(holder, 0) >= cap for holder, cap in holders):
                 return False
             if self._thread is None:  # started before anything is counted: if it cannot
                 # start (no threads left), nothing leaks and the next waiter tries again
@@ -67,19 +73,19 @@ class _Watcher:
                 thread.start()
                 self._thread = thread
             self._waiting += 1
-            if owner is not None:
-                self._by_key[owner] = self._by_key.get(owner, 0) + 1
+            for holder, _ in holders:
+                self._held[holder] = self._held.get(holder, 0) + 1
             self._events.setdefault(work_id, []).append(event)
         try:
             event.wait(seconds)
         finally:
             with self._lock:
                 self._waiting -= 1
-                if owner is not None:
-                    if self._by_key[owner] <= 1:
-                        del self._by_key[owner]
+                for holder, _ in holders:
+                    if self._held[holder] <= 1:
+                        del self._held[holder]
                     else:
-                        self._by_key[owner] -= 1
+                        self._held[holder] -= 1
                 events = self._events.get(work_id, [])
                 if event in events:
                     events.remove(event)
@@ -121,7 +127,8 @@ class _Watcher:
 _watcher = _Watcher()
 
 
-def work_item_wait(*, item: WorkItem, seconds: float, owner: object = None) -> bool:
+def work_item_wait(*, item: WorkItem, seconds: float, owner: object = None,
+                   org: object = None) -> bool:
     """Wait (bounded) for a non-terminal item to finish. True: it waited (until the item
     finished or `seconds` passed; read it again); False: this process already has
     AUXOT_LONG_POLL_MAX_WAITERS waiting, answer with the item as read (no wait, no query)."""
@@ -130,4 +137,4 @@ def work_item_wait(*, item: WorkItem, seconds: float, owner: object = None) -> b
     if not connection.in_atomic_block:
         connection.close()  # never hold a connection while we sleep
     with slot_released():  # nor one of the process's working slots (triggers need them)
-        return _watcher.wait(item.pk, seconds, owner)
+        return _watcher.wait(item.pk, seconds, owner, org)

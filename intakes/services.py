@@ -238,7 +238,7 @@ def work_item_poll(*, intake_id: str, work_id: str, key: ApiKey,
     read = work_item_for_poll(intake_id=intake_id, work_id=work_id, key=key)
     if not wait or read.item.is_terminal:
         return read, False
-    if not work_item_wait(item=read.item, seconds=wait, owner=key.pk):
+    if not work_item_wait(item=read.item, seconds=wait, owner=key.pk, org=key.org_id):
         return read, True
     # As it is now, and the key's access checked again.
     return work_item_for_poll(intake_id=intake_id, work_id=work_id, key=key), False

@@ -93,16 +93,18 @@ def test_waiting_request_holds_no_database_connection(api, intake_a, member_toke
     held = []
     real_wait = longpoll._watcher.wait
 
-    def spy(item_id, seconds, owner=None):
-        held.append((connection.connection is not None, owner))
-        return real_wait(item_id, seconds, owner)
+    def spy(item_id, seconds, owner=None, org=None):
+        held.append((connection.connection is not None, owner, org))
+        return real_wait(item_id, seconds, owner, org)
 
     monkeypatch.setattr(longpoll._watcher, "wait", spy)
     assert _poll(api, intake_a, member_token, work_id, "0.3").status_code == 200
     from apikeys.models import ApiKey
 
-    # No connection held while waiting; the slot is counted against the polling key.
-    assert held == [(False, ApiKey.objects.get(last_four=member_token[-4:]).pk)]
+    # No connection held while waiting; the slot is counted against the polling key and
+    # its organization.
+    key = ApiKey.objects.get(last_four=member_token[-4:])
+    assert held == [(False, key.pk, key.org_id)]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -130,7 +132,48 @@ def test_one_key_takes_at_most_its_share_of_the_waiting_slots(intake_a, member_t
         wait_for(lambda: longpoll._watcher._waiting == 3, 5, what="key b waiting too")
         WorkItem.objects.filter(pk__in=ids).update(status="failed")
         assert all(f.result(timeout=10) for f in [*busy, other])
-    assert longpoll._watcher._by_key == {}
+    assert longpoll._watcher._held == {}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_organization_takes_at_most_its_share_whatever_its_keys(intake_a, member_token,
+                                                                     api, settings):
+    """4 slots, 2 per key, 3 per organization: an organization spreading its long-polls over
+    several keys still leaves the others a slot; its own keys are refused past the share."""
+    settings.AUXOT_LONG_POLL_MAX_WAITERS = 4
+    settings.AUXOT_LONG_POLL_MAX_WAITERS_PER_KEY = 2
+    settings.AUXOT_LONG_POLL_MAX_WAITERS_PER_ORG = 3
+    ids = [trigger(api, intake_a.pk, member_token).json()["work_id"] for _ in range(4)]
+    items = list(WorkItem.objects.filter(pk__in=ids))
+    wait = longpoll._watcher.wait
+    with ThreadPoolExecutor(4) as pool:
+        busy = [pool.submit(wait, items[0].pk, 10, "key-a1", "org-a"),
+                pool.submit(wait, items[1].pk, 10, "key-a2", "org-a"),
+                pool.submit(wait, items[2].pk, 10, "key-a3", "org-a")]
+        wait_for(lambda: longpoll._watcher._waiting == 3, 5, what="org a's three waiters")
+        assert wait(items[3].pk, 10, "key-a4", "org-a") is False  # a fresh key: the org's share
+        assert wait(items[3].pk, 10, "key-a1", "org-a") is False
+        other = pool.submit(wait, items[3].pk, 10, "key-b", "org-b")  # the slot left is b's
+        wait_for(lambda: longpoll._watcher._waiting == 4, 5, what="org b waiting too")
+        assert longpoll._watcher._held[("org", "org-a")] == 3
+        WorkItem.objects.filter(pk__in=ids).update(status="failed")
+        assert all(f.result(timeout=10) for f in [*busy, other])
+    assert longpoll._watcher._held == {}
+
+
+def test_the_organization_share_leaves_others_a_quarter_by_default():
+    """The default share, as the settings module computes it from the process's slots."""
+    code = ("from django.conf import settings as s; "
+            "print(s.AUXOT_LONG_POLL_MAX_WAITERS, s.AUXOT_LONG_POLL_MAX_WAITERS_PER_KEY, "
+            "s.AUXOT_LONG_POLL_MAX_WAITERS_PER_ORG)")
+    seen = {}
+    for slots in ("12", "4", "1"):
+        out = subprocess.run([sys.executable, "-c", "import django; django.setup(); " + code],
+                             cwd=ROOT, env={**process_env(AUXOT_LONG_POLL_MAX_WAITERS=slots),
+                                            "DJANGO_SETTINGS_MODULE": "auxot.settings"},
+                             capture_output=True, text=True, check=True).stdout.split()
+        seen[slots] = tuple(int(v) for v in out)
+    assert seen == {"12": (12, 6, 9), "4": (4, 2, 3), "1": (1, 1, 1)}
 
 
 @pytest.mark.django_db(transaction=True)
@@ -147,7 +190,7 @@ def test_a_watcher_that_cannot_start_leaks_no_slot(intake_a, member_token, api, 
     monkeypatch.setattr(threading.Thread, "start", refuse)
     with pytest.raises(RuntimeError):
         longpoll._watcher.wait(item.pk, 1, "key-a")
-    assert (longpoll._watcher._waiting, longpoll._watcher._by_key) == (0, {})
+    assert (longpoll._watcher._waiting, longpoll._watcher._held) == (0, {})
     assert longpoll._watcher._thread is None and longpoll._watcher._events == {}
     monkeypatch.setattr(threading.Thread, "start", real_start)
     WorkItem.objects.filter(pk=item.pk).update(status="failed")
@@ -185,7 +228,8 @@ def gunicorn():
     env = process_env(GUNICORN_WORKERS="2", GUNICORN_BIND=f"127.0.0.1:{port}",
                       GUNICORN_ACCESSLOG="", GUNICORN_THREADS="64",
                       AUXOT_LONG_POLL_MAX_WAITERS="48",
-                      AUXOT_LONG_POLL_MAX_WAITERS_PER_KEY="48")  # one key polls them all
+                      AUXOT_LONG_POLL_MAX_WAITERS_PER_KEY="48",  # one key polls them all
+                      AUXOT_LONG_POLL_MAX_WAITERS_PER_ORG="48")
     proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "auxot.wsgi"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"

@@ -180,7 +180,7 @@ def test_retried_and_carried_steps_show_as_before(api, intake_a, member_token):
 def test_long_poll_rereads_once_after_its_wait(api, intake_a, member_token, monkeypatch,
                                                django_assert_num_queries):
     work_id = trigger(api, intake_a.pk, member_token).json()["work_id"]
-    woke = lambda item_id, seconds, owner=None: True  # noqa: E731
+    woke = lambda item_id, seconds, owner=None, org=None: True  # noqa: E731
     monkeypatch.setattr(longpoll._watcher, "wait", woke)
     _poll(api, intake_a, member_token, work_id)  # the heartbeat cache is warm from here on
     with django_assert_num_queries(KEY_AND_TWO + 1):
