@@ -142,6 +142,59 @@ def test_every_item_a_node_handles_counts_against_one_budget(monkeypatch):
             expression_search(expression, data)
 
 
+BUILT_APART = f"(@ | {DOUBLED})"  # each side builds its own 40 nested lists, 2^40 leaves
+
+
+def test_values_built_apart_are_compared_once_per_pair_of_lists(monkeypatch):
+    """`==`, `!=` and `contains` walk each pair of containers once, charged to the budget:
+    Python's `==` walked every leaf of two values built apart (2^k for k stages)."""
+    from workflows.kinds import _shared
+    from workflows.kinds._shared import expression_search
+
+    charged = []
+    real = _shared._Interpreter._charge
+    monkeypatch.setattr(_shared._Interpreter, "_charge",
+                        lambda self, items: (charged.append(items), real(self, items)))
+    side = "(@" + " | [@, @]" * 12 + ")"
+    expression_search(side, 1)
+    building = sum(charged)
+    charged.clear()
+    assert expression_search(f"{side} == {side}", 1) is True
+    assert sum(charged) == 2 * building + 12 * 2  # both sides built, then 12 pairs of 2
+    for expression in (f"{BUILT_APART} == {BUILT_APART}", f"contains([{BUILT_APART}], "
+                       f"{BUILT_APART})", f"{BUILT_APART} != {BUILT_APART}"):
+        assert expression_search(expression, 1) is ("!=" not in expression)
+
+
+@pytest.mark.parametrize("expression", [
+    "a == b", "a != b", "a == c", "b == c", "d == e", "d == f", "g == h", "g == i",
+    "`1` == `true`", "[`1`] == [`true`]", "`1` == `1.0`", "`{}` == `[]`", "`[]` == `[]`",
+    "contains(l, a)", "contains(l, g)", "contains(l, `[1, [2, 3]]`)", "contains('abc', 'b')",
+    "l[?@ == `[1, [2, 3]]`]", "a == `null`", "x == `null`", "[a, b] == [b, a]",
+    "to_number('nan') | @ == @", "to_number('nan') | [@] == [@]", "a != a",
+    "contains(`[1, 2]`, `true`)", "contains(`[true]`, `1`)", "contains(`[false]`, `0`)",
+    "contains(`[0]`, `false`)", "contains(`[[1]]`, `[true]`)", "contains(`[1.0]`, `1`)",
+    "to_number('nan') | contains([@], @)", "to_number('nan') | contains([[@]], [@])",
+    "contains(`[{\"a\": [1]}]`, `{\"a\": [1]}`)",
+])
+def test_equality_means_what_jmespath_means(expression):
+    import jmespath
+
+    from workflows.kinds._shared import expression_search
+
+    data = {"a": [1, [2, 3]], "b": [1, [2, 3]], "c": [1, [2, 4]], "d": {"x": 1, "y": [1]},
+            "e": {"y": [1], "x": 1}, "f": {"x": 1, "z": [1]}, "g": "s", "h": "s", "i": "t",
+            "l": ["s", 1, [1, [2, 3]], {"k": True}]}
+    assert expression_search(expression, data) == jmespath.search(expression, data)
+
+
+def test_an_item_comparing_values_built_apart_completes(cast):
+    workflow = make_workflow(cast.org_a, [("transform", {
+        "expression": f"{{same: {BUILT_APART} == {BUILT_APART}}}"})])
+    item = _run(workflow, "ab")
+    assert (item.status, item.output) == ("completed", {"same": True}), item.error
+
+
 def test_a_flatten_is_refused_before_it_copies(monkeypatch):
     from workflows.kinds import _shared
     from workflows.kinds._shared import ExpressionTooLarge, expression_search

@@ -41,11 +41,12 @@ def expression_check(expression: Any, what: str) -> None:
 
 # An expression runs on the worker, over a caller's input, and jmespath has no limits of its
 # own: `[@, @][]` doubles a list at each stage, `join` a string, `to_string` writes out a
-# value whose parts are shared, projections over nested shared lists visit every leaf, and
-# one `sort` or slice handles a whole list. So one run may visit so many nodes, no value
-# along the way may hold more than so many items, and every item a node is handed (a
-# function's list or string arguments, what it flattens) or builds counts against one
-# budget. Its result, written as JSON, may be as large as a step's output
+# value whose parts are shared, projections over nested shared lists visit every leaf, one
+# `sort` or slice handles a whole list, and Python's `==` on two values built apart walks
+# every leaf. So one run may visit so many nodes, no value along the way may hold more than
+# so many items, and every item a node is handed (a function's list or string arguments,
+# what it flattens) or builds counts against one budget, as does each pair of containers an
+# equality walks (once). Its result, written as JSON, may be as large as a step's output
 # (AUXOT_STEP_OUTPUT_MAX_CHARS).
 EXPRESSION_MAX_VISITS = 1_000_000
 EXPRESSION_MAX_ITEMS = 4_000_000  # a list's or object's entries, or a string's characters
@@ -61,6 +62,17 @@ def _size(value: Any) -> int:
 
 
 class _Functions(jmespath.functions.Functions):
+    interpreter: "_Interpreter"  # whose budget `contains` charges
+
+    @jmespath.functions.signature({"types": ["array", "string"]}, {"types": []})
+    def _func_contains(self, subject, search):
+        if isinstance(subject, str):
+            return search in subject
+        # jmespath's is Python's `in`: the same object, or `==` without the comparator's rule
+        # that true is not 1.
+        return any(element is search or self.interpreter.equal(element, search, as_in=True)
+                   for element in subject)
+
     @jmespath.functions.signature({"types": []})
     def _func_to_string(self, arg):
         if isinstance(arg, str):
@@ -79,8 +91,54 @@ class _Functions(jmespath.functions.Functions):
 class _Interpreter(jmespath.visitor.TreeInterpreter):
     def __init__(self):
         super().__init__(jmespath.Options(custom_functions=_Functions()))
+        self._functions.interpreter = self
         self._visits = 0
         self._work = 0
+
+    def equal(self, left: Any, right: Any, *, as_in: bool = False) -> bool:
+        """`left == right` as jmespath means it, each pair of containers compared once.
+        Python's `==` compares two values built apart leaf by leaf: `@ | [@, @] | ...` has k
+        distinct lists and 2^k leaves, and two of them built by separate stages took time
+        doubling with each stage. Here a pair of containers already met is not walked again,
+        every container walked is charged to the budget, and nesting costs no recursion.
+        `as_in`: as Python's `in` compares (contains), without the comparator's rule that
+        true is not 1."""
+        if not as_in and jmespath.visitor._is_special_number_case(left, right):
+            return False
+        if not isinstance(left, list | dict) and not isinstance(right, list | dict):
+            return left == right  # two scalars: no identity shortcut (NaN is not NaN)
+        pending = [(left, right)]
+        met: set[tuple[int, int]] = set()  # pairs walked (or being walked): an unequal
+        # pair anywhere answers False at once, so a pair met again can be taken as equal
+        while pending:
+            a, b = pending.pop()
+            if a is b:
+                continue
+            if isinstance(a, list | dict) or isinstance(b, list | dict):
+                if type(a) is not type(b) or len(a) != len(b):
+                    return False
+                pair = (id(a), id(b))
+                if pair in met:
+                    continue
+                met.add(pair)
+                self._charge(len(a))
+                if isinstance(a, list):
+                    pending.extend(zip(a, b, strict=True))
+                else:
+                    for key, value in a.items():
+                        if key not in b:
+                            return False
+                        pending.append((value, b[key]))
+            elif a != b:
+                return False
+        return True
+
+    def visit_comparator(self, node, value):
+        if node["value"] not in ("eq", "ne"):
+            return super().visit_comparator(node, value)
+        same = self.equal(self.visit(node["children"][0], value),
+                          self.visit(node["children"][1], value))
+        return same if node["value"] == "eq" else not same
 
     def _charge(self, items: int) -> None:
         self._work += items
