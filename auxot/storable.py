@@ -187,17 +187,23 @@ def _encode_problem(exc: Exception) -> str:
     return f"cannot be written as JSON ({exc})"
 
 
-def value_problem(value: Any, *, limit: int) -> str | None:
-    """Why `value` cannot be stored as JSON of at most `limit` characters, or None. It is
-    measured first (each shared part once), and written (in C) only within the limit."""
+def value_check(value: Any, *, limit: int) -> tuple[str | None, int]:
+    """(why `value` cannot be stored as JSON of at most `limit` characters, or None; its
+    length written as compact JSON, 0 when it cannot be written). It is measured first (each
+    shared part once), and written (in C) only within the limit."""
     try:
         _json_size(value, {}, limit)
         text = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
     except _TooLarge:
-        return f"is larger than {limit:,} characters as JSON"
+        return f"is larger than {limit:,} characters as JSON", 0
     except (ValueError, TypeError, RecursionError) as exc:
-        return _encode_problem(exc)
-    return _text_problem(text, limit)
+        return _encode_problem(exc), 0
+    return _text_problem(text, limit), len(text)
+
+
+def value_problem(value: Any, *, limit: int) -> str | None:
+    """Why `value` cannot be stored as JSON of at most `limit` characters, or None."""
+    return value_check(value, limit=limit)[0]
 
 
 # Decoders written in Python that take time quadratic in the answer's length: a server's

@@ -21,7 +21,15 @@ from django.utils import timezone
 
 from auxot.storable import text_storable, value_problem
 from workflows.handoffs import describe, violations
-from workflows.kinds import Complete, Fail, Outcome, StepContext, Wait, kind_get
+from workflows.kinds import (
+    Complete,
+    Fail,
+    Outcome,
+    StepContext,
+    Wait,
+    expression_budget,
+    kind_get,
+)
 from workflows.metrics import step_observe
 from workflows.models import Step, StepRun, WorkItem, step_timeout_max
 from workflows.providers import ProviderGate
@@ -149,7 +157,8 @@ def _attempt(run: _Run, step: Step) -> tuple[Outcome | None, StepRun | None]:
 def _safely(call, ctx: StepContext, run: _Run, step: Step) -> Outcome:
     started = time.monotonic()
     try:
-        outcome = call(ctx)
+        with expression_budget():  # the step's expressions share one budget
+            outcome = call(ctx)
     except Exception as exc:  # a bug in a step kind must fail the item, not loop forever
         logger.exception("step %s of work item %s raised", step.pk, run.item.pk)
         outcome = Fail("step_error", f"{type(exc).__name__}: {exc}")

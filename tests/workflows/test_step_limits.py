@@ -87,6 +87,57 @@ def test_an_http_body_that_explodes_sends_nothing(cast, fake_server):
     assert fake_server.requests == []
 
 
+def test_an_http_steps_expressions_share_one_budget(cast, settings, fake_server):
+    """URL, headers and body each fit a step output's size; together they do not. Each
+    expression used to get a budget of its own, so N headers could write N outputs."""
+    settings.AUXOT_STEP_OUTPUT_MAX_CHARS = 4096
+    headers = {f"X-Part-{n}": "input.text" for n in range(4)}  # 4 x ~1,500 characters
+    workflow = make_workflow(cast.org_a, [("http", {"method": "POST",
+                                                    "url": f"{fake_server.url}/hook",
+                                                    "headers": headers})])
+    item = _run(workflow, {"text": "x" * 1500})
+    assert (item.status, item.error["code"]) == ("failed", "bad_expression")
+    assert "results together are larger than 4,096" in item.error["message"]
+    assert fake_server.requests == []
+    fake_server.script = [Reply(200, {})]
+    one = make_workflow(cast.org_a, [("http", {"method": "POST", "url": f"{fake_server.url}/h",
+                                               "headers": {"X-Part": "input.text"}})],
+                        name="One")
+    assert _run(one, {"text": "x" * 1500}).status == "completed"
+
+
+def test_an_agent_prompts_placeholders_share_one_budget(cast, monkeypatch, fake_server):
+    """Each placeholder runs well within the steps an expression may take; all of them
+    together do not, and the item fails before the provider is called."""
+    from workflows.kinds import _shared
+    from workflows.models import Provider
+
+    monkeypatch.setattr(_shared, "EXPRESSION_MAX_VISITS", 60)
+    Provider.objects.create(org=cast.org_a, name="ai", base_url=fake_server.url + "/v1",
+                            model="m", api_key_secret="", timeout_seconds=5)
+    placeholder = "{{ input.l[*].a | [0] }}"  # about 25 steps over 10 items
+    assert _shared.expression_search("input.l[*].a | [0]",
+                                     {"input": {"l": [{"a": 1}] * 10}}) == 1
+    workflow = make_workflow(cast.org_a, [("agent", {"provider": "ai",
+                                                     "prompt": placeholder * 4})])
+    item = _run(workflow, {"l": [{"a": 1}] * 10})
+    assert (item.status, item.error["code"]) == ("failed", "bad_expression")
+    assert "more than 60 steps" in item.error["message"]
+    assert fake_server.requests == []
+
+
+def test_the_budget_is_one_steps_not_the_next_ones(cast, monkeypatch):
+    """Two steps, each under the limit alone: the second starts with a budget of its own."""
+    from workflows.kinds import _shared
+
+    monkeypatch.setattr(_shared, "EXPRESSION_MAX_VISITS", 60)
+    expression = "input.l[*].a | [0]"
+    workflow = make_workflow(cast.org_a, [("transform", {"expression": expression}),
+                                          ("transform", {"expression": expression})])
+    item = _run(workflow, {"l": [{"a": 1}] * 10})
+    assert (item.status, item.output) == ("completed", 1), item.error
+
+
 def test_a_quadratic_charset_is_read_as_utf8(cast, fake_server):
     """Python's punycode decoder is quadratic: 600 kB took a worker 90 s of CPU."""
     body = b"x" * 600_000 + b"-" + b"99" * 300_000

@@ -5,6 +5,7 @@ Adding a kind: write its module here (a `StepKind` subclass with `name` and `lab
 add an instance to `REGISTRY` below.
 """
 
+from workflows.kinds._shared import expression_budget
 from workflows.kinds.agent import Agent
 from workflows.kinds.approval import Approval
 from workflows.kinds.base import Complete, Fail, Outcome, StepContext, StepKind, Wait
@@ -21,7 +22,7 @@ REGISTRY: dict[str, StepKind] = {kind.name: kind for kind in (
 )}
 
 __all__ = ["REGISTRY", "Complete", "Fail", "Outcome", "StepContext", "StepKind", "Wait",
-           "kind_choices", "kind_get"]
+           "expression_budget", "kind_choices", "kind_get"]
 
 
 class UnknownKind(LookupError):

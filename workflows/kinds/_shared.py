@@ -8,6 +8,8 @@ Retries never hold a worker: a retryable failure returns Wait(..., "backoff") wi
 import random
 import re
 import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,7 +24,7 @@ from jmespath.exceptions import JMESPathError
 
 from auxot.http import retry_after_seconds
 from auxot.outbound import RefusedDestination, outbound_request, url_redact
-from auxot.storable import text_decode, text_storable, value_problem
+from auxot.storable import text_decode, text_storable, value_check
 from auxot.timefmt import iso
 from workflows.kinds.base import Fail, Outcome, StepContext, StepKind, Wait
 
@@ -182,26 +184,64 @@ class _Interpreter(jmespath.visitor.TreeInterpreter):
         return self._functions.call_function(node["value"], args)
 
 
-def _written_within_limit(value: Any, what: str) -> None:
-    limit = settings.AUXOT_STEP_OUTPUT_MAX_CHARS
-    problem = value_problem(value, limit=limit)
+def _written_within_limit(value: Any, what: str) -> int:
+    """ExpressionTooLarge if `value` is larger than a step's output as JSON; else its length
+    as JSON (0 if it cannot be written at all, NaN say: the step's output check says so)."""
+    problem, size = value_check(value, limit=settings.AUXOT_STEP_OUTPUT_MAX_CHARS)
     if problem and problem.startswith("is larger than"):
         raise ExpressionTooLarge(f"{what} {problem}")
+    return size
 
 
 _interpreters = threading.local()  # one per thread, reused: it keeps its method cache
+_budgets = threading.local()  # the step's budget while one runs (expression_budget)
+
+
+@dataclass
+class _Budget:
+    visits: int = 0
+    work: int = 0
+    written: int = 0  # characters the step's results take as JSON, added up
+
+
+@contextmanager
+def expression_budget():
+    """One budget for every expression a step runs: an agent prompt's placeholders, an http
+    step's URL, headers and body share the limits above (steps visited, items handled) and
+    their results together must fit a step output's size, so N placeholders do not get N
+    budgets. The engine runs each step inside one; nested, the outer one counts."""
+    if getattr(_budgets, "one", None) is not None:
+        yield
+        return
+    _budgets.one = _Budget()
+    try:
+        yield
+    finally:
+        _budgets.one = None
 
 
 def expression_search(expression: str, data: Any) -> Any:
     """`jmespath.search`, within the limits above (ExpressionTooLarge, a JMESPathError). A
-    result can be written as JSON within a step output's limit: what uses it (an output, a
-    request body, a header, a prompt) writes it out."""
+    result can be written as JSON within a step output's limit (inside expression_budget:
+    all the step's results together): what uses it (an output, a request body, a header, a
+    prompt) writes it out."""
     interpreter = getattr(_interpreters, "one", None)
     if interpreter is None:
         interpreter = _interpreters.one = _Interpreter()
-    interpreter._visits = interpreter._work = 0
-    result = interpreter.visit(jmespath.compile(expression).parsed, data)
-    _written_within_limit(result, "the result")
+    budget = getattr(_budgets, "one", None)
+    interpreter._visits, interpreter._work = (budget.visits, budget.work) if budget else (0, 0)
+    try:
+        result = interpreter.visit(jmespath.compile(expression).parsed, data)
+    finally:
+        if budget:
+            budget.visits, budget.work = interpreter._visits, interpreter._work
+    size = _written_within_limit(result, "the result")
+    if budget:
+        budget.written += size
+        limit = settings.AUXOT_STEP_OUTPUT_MAX_CHARS
+        if budget.written > limit:
+            raise ExpressionTooLarge(f"the step's expression results together are larger "
+                                     f"than {limit:,} characters as JSON")
     return result
 
 
