@@ -267,6 +267,53 @@ def test_an_answer_that_is_not_auxots_exits_3_without_a_traceback(scripted, monk
     assert err.count("is not an Auxot answer") == 2 and "Traceback" not in err
 
 
+def test_an_answer_past_the_size_limit_is_not_read_whole(scripted, monkeypatch, capsys):
+    _, base = scripted
+    monkeypatch.setattr(api, "MAX_ANSWER_BYTES", 100_000)
+    monkeypatch.setenv("AUXOT_BASE_URL", base)
+    monkeypatch.setenv("AUXOT_API_KEY", TOKEN)
+    huge = {"work_id": "w", "status": "completed", "output": "x" * 300_000}
+    _Scripted.script = [(200, {"Content-Type": "application/json"}, huge)]
+    assert cli.main(["wait", "i", "w"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "larger than 100,000 bytes" in err and "Traceback" not in err
+    _Scripted.script = [(200, {"Content-Type": "application/json"}, huge)]
+    assert api.Client(base, TOKEN, max_answer_bytes=400_000).wait("i", "w")["output"] == \
+        huge["output"]
+
+
+class _Dripping(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        try:
+            for _ in range(1000):  # a byte every 0.1 s: each read is well within the timeout
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(0.1)
+        except OSError:
+            pass  # the client hung up: what this test expects
+
+    do_POST = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_server_that_drips_its_answer_is_given_up_on():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Dripping)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = api.Client(f"http://127.0.0.1:{server.server_address[1]}", TOKEN, timeout=1)
+        with pytest.raises(api.TransientError, match="took more than 1 s to send its answer"):
+            client.trigger("i", {}, attempts=1)
+    finally:
+        server.shutdown()
+
+
 def test_server_text_reaches_the_terminal_with_its_control_characters_escaped(
         scripted, monkeypatch, capsys):
     """A comment or an error message is someone's text: an escape sequence in it must not

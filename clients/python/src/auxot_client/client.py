@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import requests
+import urllib3
 
 from auxot_client._version import VERSION
 
@@ -35,6 +36,9 @@ TERMINAL = frozenset({"completed", "failed"})
 _KEY_RE = re.compile(r"^(user|team)\.[a-z2-7]{12}\.[A-Za-z0-9_-]{43}[0-9a-f]{6}$")
 _TRANSIENT_STATUSES = {429, 500, 502, 503, 504}
 USER_AGENT = f"auxot-client/{VERSION}"
+# The largest answer read (a poll carries the item's input, output and error, each bounded
+# by the server; a larger answer is not Auxot's, and is not read into memory whole).
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
 
 
 class AuxotError(Exception):
@@ -141,7 +145,8 @@ def _error(response: requests.Response) -> AuxotError:
 
 class Client:
     def __init__(self, base_url: str | None = None, api_key: str | None = None, *,
-                 timeout: float = 30.0, session: requests.Session | None = None):
+                 timeout: float = 30.0, session: requests.Session | None = None,
+                 max_answer_bytes: int | None = None):
         base_url = (base_url or os.environ.get(ENV_BASE_URL, "")).strip().rstrip("/")
         api_key = (api_key or os.environ.get(ENV_API_KEY, "")).strip()
         if not re.match(r"^https?://[^/]+", base_url):
@@ -158,6 +163,7 @@ class Client:
         self.base_url = base_url
         self._api_key = api_key
         self.timeout = timeout
+        self.max_answer_bytes = max_answer_bytes or MAX_ANSWER_BYTES
         self.session = session or requests.Session()
 
     def __repr__(self) -> str:
@@ -172,7 +178,8 @@ class Client:
             # wherever the answer points. Auxot never redirects its API.
             response = self.session.request(method, f"{self.base_url}{path}", headers=headers,
                                             timeout=timeout or self.timeout,
-                                            allow_redirects=False, **kwargs)
+                                            allow_redirects=False, stream=True, **kwargs)
+            self._read(response, timeout or self.timeout)
         except requests.RequestException as exc:
             raise TransientError(f"Cannot reach {self.base_url}: {type(exc).__name__}") from None
         if response.status_code >= 400:
@@ -183,6 +190,33 @@ class Client:
                 f"{response.headers.get('Location', '?')[:200]}); set {ENV_BASE_URL} to the "
                 "URL it should be (https?)", status=response.status_code)
         return response
+
+    def _read(self, response: requests.Response, seconds: float) -> None:
+        """Read the answer's body, at most max_answer_bytes (decoded) within `seconds`: the
+        socket timeout bounds each read, not a server that drips bytes for ever. Reads
+        return what has arrived (urllib3 2's read1), so the deadline is checked as it
+        drips; with urllib3 1.26, after each 8 KiB."""
+        deadline = time.monotonic() + seconds
+        body = bytearray()
+        read1 = getattr(response.raw, "read1", None)
+        chunks = (iter(lambda: read1(64 * 1024, decode_content=True), b"") if read1
+                  else response.iter_content(8 * 1024))
+        try:
+            for chunk in chunks:
+                body += chunk
+                if len(body) > self.max_answer_bytes:
+                    raise RequestError(
+                        f"HTTP {response.status_code}: the answer from {self.base_url} is "
+                        f"larger than {self.max_answer_bytes:,} bytes; it is not an Auxot "
+                        f"answer (is {ENV_BASE_URL} right?)", status=response.status_code)
+                if time.monotonic() > deadline:
+                    raise TransientError(f"{self.base_url} took more than {seconds:g} s to "
+                                         "send its answer")  # as a network error: no status
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise requests.ConnectionError(exc) from None  # as requests would have said
+        finally:
+            response.close()
+        response._content = bytes(body)  # what .json() and .text read from here on
 
     def _answer(self, response: requests.Response, *required: str) -> dict:
         """The answer's JSON object, with `required` keys; RequestError if it is not one
