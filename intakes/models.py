@@ -2,11 +2,14 @@ import uuid
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator
 from django.db import models
 from django.utils import timezone
 
 from auxot.models import Organization, Team
 from workflows.models import Workflow
+
+RETENTION_MAX_DAYS = 36500
 
 
 class Intake(models.Model):
@@ -33,15 +36,16 @@ class Intake(models.Model):
         "Empty: the AUXOT_RATE_LIMIT_INTAKE default; 0: unlimited.",
     )
 
-    # Retention (README "Retention"): empty uses the AUXOT_RETENTION_* defaults.
+    # Retention (README "Retention"): empty uses the AUXOT_RETENTION_* defaults. At most
+    # RETENTION_MAX_DAYS (a century): a longer age is no date at all.
     payload_retention_days = models.PositiveIntegerField(
-        null=True, blank=True,
+        null=True, blank=True, validators=[MaxValueValidator(RETENTION_MAX_DAYS)],
         help_text="Days a finished work item keeps its input, output and step results; then "
         "they are redacted (the item, its steps and statuses stay). Empty: the "
         "AUXOT_RETENTION_PAYLOAD_DAYS default; 0: never redact.",
     )
     item_retention_days = models.PositiveIntegerField(
-        null=True, blank=True,
+        null=True, blank=True, validators=[MaxValueValidator(RETENTION_MAX_DAYS)],
         help_text="Days a finished work item is kept at all; then it is deleted. Empty: the "
         "AUXOT_RETENTION_DELETE_DAYS default; 0: never delete.",
     )

@@ -1,10 +1,16 @@
 """Retention: per intake, redact finished work items' payloads after N days and delete the
 items after M days (AUXOT_RETENTION_* defaults). Run by a django-q2 schedule created
 idempotently after every `migrate`, in batches, each batch audited in its own transaction.
+
+One tenant never holds up the others: the scopes (each intake, and each organization's
+items started without one) take turns, one batch each per round, so a large backlog in one
+cannot use the whole time budget before the next is looked at; and a scope that fails is
+logged and left for the next run while the others go on.
 """
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -31,6 +37,7 @@ class RetentionReport:
     deleted: int = 0
     finished: bool = True  # False: the time budget ran out; the next run goes on
     intakes: dict = field(default_factory=dict)
+    failed: list = field(default_factory=list)  # scopes that raised (logged; next run retries)
 
 
 def _days(value: int | None, default: int) -> int:
@@ -56,13 +63,20 @@ def _scopes():
         yield org, None, no_intake.filter(workflow__org=org)
 
 
-def _batches(queryset, batch: int, deadline: float):
-    while time.monotonic() < deadline:
+def _cutoff(now: datetime, days: int) -> datetime | None:
+    """`days` before `now`; None when that is before any date (nothing is that old)."""
+    try:
+        return now - timedelta(days=days)
+    except OverflowError:
+        return None
+
+
+def _batches(queryset, batch: int):
+    while True:
         ids = list(queryset.values_list("pk", flat=True)[:batch])
         if not ids:
             return
         yield ids
-    raise TimeoutError
 
 
 def _audit(event: str, org, intake, count: int, days: int, now: datetime) -> None:
@@ -71,31 +85,37 @@ def _audit(event: str, org, intake, count: int, days: int, now: datetime) -> Non
                         "intake": intake.name if intake else None})
 
 
-def _redact(org, intake, items, days: int, *, now, batch, deadline) -> int:
-    cutoff = now - timedelta(days=days)
+def _redact(org, intake, items, days: int, *, now, batch) -> Iterator[int]:
+    """Redact the scope's items finished more than `days` ago; yields each batch's count."""
+    cutoff = _cutoff(now, days)
+    if cutoff is None:
+        return
     due = items.filter(finished_at__lt=cutoff, redacted_at__isnull=True).order_by("finished_at")
-    total = 0
-    for ids in _batches(due, batch, deadline):
+    for ids in _batches(due, batch):
         with transaction.atomic():
             count = work_items_redact(ids=ids, now=now)
             CallbackAttempt.objects.filter(delivery__work_item_id__in=ids).update(
                 response_body="")
             _audit("work_items.redacted", org, intake, count, days, now)
-        total += count
-    return total
+        yield count
 
 
-def _delete(org, intake, items, days: int, *, now, batch, deadline) -> int:
-    cutoff = now - timedelta(days=days)
-    due = items.filter(finished_at__lt=cutoff).order_by("finished_at")
-    total = 0
-    for ids in _batches(due, batch, deadline):
+def _delete(org, intake, items, days: int, *, now, batch) -> Iterator[int]:
+    """Delete the scope's items finished more than `days` ago; yields each batch's count.
+    An item that has a replay stays until its replays are gone (a replay keeps the item it
+    takes forward: `replay_of` protects it); they finish later, so they are deleted first
+    and the item follows in a later batch."""
+    cutoff = _cutoff(now, days)
+    if cutoff is None:
+        return
+    due = (items.filter(finished_at__lt=cutoff).exclude(replays__isnull=False)
+           .order_by("finished_at"))
+    for ids in _batches(due, batch):
         with transaction.atomic():
             _accepted_keep(ids)
             count = WorkItem.objects.filter(pk__in=ids).delete()[1].get(WorkItem._meta.label, 0)
             _audit("work_items.deleted", org, intake, count, days, now)
-        total += count
-    return total
+        yield count
 
 
 def _accepted_keep(ids) -> None:
@@ -111,31 +131,55 @@ def _accepted_keep(ids) -> None:
         for e in entries])
 
 
+def _scope_work(org, intake, items, report: RetentionReport, *, now, batch) -> Iterator[None]:
+    """One scope's retention, a batch per step (deleting first: an item past both ages is
+    not redacted on its way out)."""
+    redact_days, delete_days = intake_retention(intake)
+    name = str(intake.pk) if intake else f"org:{org.slug}"
+    for event, days in (("deleted", delete_days), ("redacted", redact_days)):
+        if not days:
+            continue
+        work = _delete if event == "deleted" else _redact
+        for count in work(org, intake, items, days, now=now, batch=batch):
+            setattr(report, event, getattr(report, event) + count)
+            redacted, deleted = report.intakes.get(name, (0, 0))
+            report.intakes[name] = ((redacted + count, deleted) if event == "redacted"
+                                    else (redacted, deleted + count))
+            yield
+
+
 def retention_run(*, now: datetime | None = None, batch: int | None = None,
                   budget_seconds: float = 240.0) -> RetentionReport:
-    """One pass over every intake. Stops at the time budget; the next run resumes."""
+    """One pass over every scope, taking turns a batch at a time. Stops at the time budget;
+    the next run resumes. A scope that raises is logged and skipped until the next run."""
     now = now or timezone.now()
     batch = batch or settings.AUXOT_RETENTION_BATCH
     deadline = time.monotonic() + budget_seconds
     report = RetentionReport()
-    try:
-        for org, intake, items in _scopes():
-            redact_days, delete_days = intake_retention(intake)
-            kwargs = {"now": now, "batch": batch, "deadline": deadline}
-            # Deleting first: an item past both ages is not redacted on its way out.
-            deleted = _delete(org, intake, items, delete_days, **kwargs) if delete_days else 0
-            redacted = _redact(org, intake, items, redact_days, **kwargs) if redact_days else 0
-            report.redacted += redacted
-            report.deleted += deleted
-            if redacted or deleted:
-                report.intakes[str(intake.pk) if intake else f"org:{org.slug}"] = (
-                    redacted, deleted)
-    except TimeoutError:
-        report.finished = False
-        logger.warning("retention stopped at its time budget; the next run continues")
+    turns = [(org, intake, _scope_work(org, intake, items, report, now=now, batch=batch))
+             for org, intake, items in _scopes()]
+    while turns:
+        for turn in list(turns):
+            if time.monotonic() >= deadline:
+                report.finished = False
+                logger.warning("retention stopped at its time budget; the next run continues")
+                turns = []
+                break
+            org, intake, work = turn
+            try:
+                next(work)
+            except StopIteration:
+                turns.remove(turn)
+            except Exception:
+                # Whatever one scope's data or settings do, the others still run.
+                scope = str(intake.pk) if intake else f"org:{org.slug}"
+                logger.exception("retention failed for %s; the next run retries it", scope,
+                                 extra={"event": "retention.failed", "scope": scope})
+                report.failed.append(scope)
+                turns.remove(turn)
     logger.info("retention: %s redacted, %s deleted", report.redacted, report.deleted,
                 extra={"event": "retention.run", "redacted": report.redacted,
-                       "deleted": report.deleted})
+                       "deleted": report.deleted, "failed": len(report.failed)})
     return report
 
 

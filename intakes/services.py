@@ -2,6 +2,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, OperationalError, connection, transaction
 from django.utils import timezone
 
@@ -280,6 +281,14 @@ def intake_update(*, intake: Intake, changes: dict[str, Any], actor=None,
     changed = [f for f in INTAKE_EDITABLE if f in changes and getattr(intake, f) != changes[f]]
     if not changed:
         return []
+    for name in changed:  # the model's own limits (retention days at most a century, ...)
+        field = Intake._meta.get_field(name)
+        if not field.is_relation and changes[name] is not None:
+            try:
+                field.run_validators(changes[name])
+            except ValidationError as exc:
+                raise ApplicationError(f"{name}: {' '.join(exc.messages)}",
+                                       code="validation_failed") from None
     with transaction.atomic():
         for field in changed:
             setattr(intake, field, changes[field])

@@ -29,4 +29,5 @@ def retention_run() -> str:
     from intakes.retention import retention_run as run
 
     report = run()
-    return f"redacted {report.redacted}, deleted {report.deleted}"
+    failed = f", failed for {len(report.failed)} (logged)" if report.failed else ""
+    return f"redacted {report.redacted}, deleted {report.deleted}{failed}"

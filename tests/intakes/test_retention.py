@@ -207,3 +207,103 @@ def test_admin_edit_of_redact_paths_goes_through_the_service(client, cast, plain
     data["redact_paths"] = '["customer.email"]'
     page = client.post(url, data).content.decode()
     assert "is not a JSON path" in page
+
+
+# --- one tenant never holds up the others -------------------------------------------------
+def _aged(intake, days_ago: float, **fields) -> WorkItem:
+    """A finished item of `intake`, finished `days_ago` days ago."""
+    from workflows.services import work_item_create
+
+    item = work_item_create(workflow=intake.workflow, intake=intake, input={"n": 1})
+    WorkItem.objects.filter(pk=item.pk).update(
+        status=fields.pop("status", "completed"),
+        finished_at=timezone.now() - timedelta(days=days_ago), **fields)
+    return WorkItem.objects.get(pk=item.pk)
+
+
+@pytest.fixture
+def other_org_intake(cast):
+    workflow = make_workflow(cast.org_b, [("transform", {"expression": "input"})], name="B")
+    return intake_create(org=cast.org_b, workflow=workflow, name="Org B intake")
+
+
+def test_an_item_with_a_replay_is_kept_until_the_replay_goes_and_the_run_goes_on(
+        plain, other_org_intake):
+    """`replay_of` protects the item a replay takes forward: deleting it first raised, and
+    every run stopped there, for every tenant after it."""
+    intake_update(intake=plain, changes={"item_retention_days": 5})
+    intake_update(intake=other_org_intake, changes={"item_retention_days": 1})
+    original = _aged(plain, 10, status="failed")
+    replay = _aged(plain, 1, replay_of=original)
+    elsewhere = _aged(other_org_intake, 5)
+    report = retention_run()
+    assert report.failed == [] and report.deleted == 1
+    assert not WorkItem.objects.filter(pk=elsewhere.pk).exists()
+    assert WorkItem.objects.filter(pk__in=[original.pk, replay.pk]).count() == 2
+    with time_machine.travel(timezone.now() + timedelta(days=5)):
+        assert retention_run().deleted == 2  # the replay, then the item it took forward
+    assert not WorkItem.objects.filter(pk__in=[original.pk, replay.pk]).exists()
+
+
+def test_a_scope_that_fails_is_logged_and_the_others_still_run(plain, other_org_intake,
+                                                               monkeypatch, caplog):
+    from intakes import retention
+
+    intake_update(intake=plain, changes={"item_retention_days": 1})
+    intake_update(intake=other_org_intake, changes={"item_retention_days": 1})
+    mine, theirs = _aged(plain, 5), _aged(other_org_intake, 5)
+    real = retention._accepted_keep
+
+    def broken_for_plain(ids):
+        if mine.pk in ids:
+            raise RuntimeError("a bad row")
+        real(ids)
+
+    monkeypatch.setattr(retention, "_accepted_keep", broken_for_plain)
+    report = retention_run()
+    assert report.failed == [str(plain.pk)] and report.deleted == 1
+    assert WorkItem.objects.filter(pk=mine.pk).exists()  # its batch rolled back whole
+    assert not WorkItem.objects.filter(pk=theirs.pk).exists()
+    assert f"retention failed for {plain.pk}" in caplog.text
+
+
+def test_retention_days_are_at_most_a_century(plain, other_org_intake, client, cast):
+    from auxot.errors import ApplicationError
+    from intakes.admin import IntakeForm
+    from intakes.models import RETENTION_MAX_DAYS, Intake
+
+    for field in ("item_retention_days", "payload_retention_days"):
+        with pytest.raises(ApplicationError, match=f"{field}: .*less than or equal to 36500"):
+            intake_update(intake=plain, changes={field: RETENTION_MAX_DAYS + 1})
+        data = {f.name: getattr(plain, f.name) for f in IntakeForm._meta.model._meta.fields
+                if f.name in IntakeForm.base_fields}
+        form = IntakeForm(instance=plain, data={**{k: v for k, v in data.items()
+                                                   if v is not None},
+                                                "workflow": plain.workflow_id,
+                                                field: str(2**31 - 1)})
+        assert not form.is_valid() and field in form.errors
+    # A value saved before the limit: nothing is that old, and the run goes on.
+    Intake.objects.filter(pk=plain.pk).update(item_retention_days=2**31 - 1,
+                                              payload_retention_days=2**31 - 1)
+    intake_update(intake=other_org_intake, changes={"item_retention_days": 1})
+    mine, theirs = _aged(plain, 5000), _aged(other_org_intake, 5)
+    report = retention_run()
+    assert report.failed == [] and report.deleted == 1
+    assert WorkItem.objects.filter(pk=mine.pk).exists()
+    assert not WorkItem.objects.filter(pk=theirs.pk).exists()
+
+
+def test_scopes_take_turns_a_batch_at_a_time(plain, other_org_intake, monkeypatch):
+    """A backlog in the first intake does not use the budget before the next is looked at."""
+    from intakes import retention
+
+    for intake in (plain, other_org_intake):
+        intake_update(intake=intake, changes={"payload_retention_days": 1})
+    for _ in range(3):
+        _aged(plain, 5), _aged(other_org_intake, 5)
+    order = []
+    real = retention._audit
+    monkeypatch.setattr(retention, "_audit", lambda event, org, intake, *args: (
+        order.append(intake.name), real(event, org, intake, *args)))
+    assert retention_run(batch=1).redacted == 6
+    assert order == [plain.name, other_org_intake.name] * 3

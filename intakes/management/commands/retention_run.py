@@ -16,3 +16,6 @@ class Command(BaseCommand):
         report = retention_run(budget_seconds=budget_seconds)
         more = "" if report.finished else " (time budget reached: run again)"
         self.stdout.write(f"redacted {report.redacted}, deleted {report.deleted}{more}")
+        if report.failed:
+            self.stderr.write(f"failed (see the log; the next run retries): "
+                              f"{', '.join(report.failed)}")
