@@ -2,8 +2,11 @@
 
 Each probe runs the database-backed checks in one thread and the broker check in another,
 and waits at most AUXOT_READY_CHECK_TIMEOUT_SECONDS for them: a dead dependency gives a
-fast failure, not a hung probe. A check still running from an earlier probe is reported as
-failing instead of starting another thread, so a hung database cannot pile threads up.
+fast failure, not a hung probe. There is at most one thread per group (database-backed,
+other) in a process: a probe waits, within its own time limit, for an earlier one still
+running, and if that one is still running then, reports its checks as failing instead of
+starting another thread, so a hung database cannot pile threads (or connections) up, however
+the checks are named or repeated in `?checks=`.
 Details name what failed, never a host, a URL or an exception's text.
 """
 
@@ -94,22 +97,26 @@ _DB_BACKED = ("database", "worker", "backlog")
 class _Probe:
     """One group of checks running in its own thread, at most one per group at a time."""
 
-    running: dict[tuple, threading.Thread] = {}
+    running: dict[str, threading.Thread] = {}  # "db" / "other" -> the group's thread
     lock = threading.Lock()
 
     def __init__(self, names: tuple[str, ...], *, now: datetime, host: str | None):
         self.names, self.now, self.host = names, now, host
+        self.group = "db" if "database" in names else "other"
         self.results: dict[str, dict] = {}
+        self.thread: threading.Thread | None = None
 
-    def start(self) -> bool:
+    def try_start(self) -> threading.Thread | None:
+        """Start this probe's thread if its group has none running: None when it started,
+        else the group's running thread (to wait for)."""
         with self.lock:
-            previous = self.running.get(self.names)
+            previous = self.running.get(self.group)
             if previous is not None and previous.is_alive():
-                return False
-            thread = threading.Thread(target=self._run, daemon=True, name="auxot-readyz")
-            self.running[self.names] = thread
-        thread.start()
-        return True
+                return previous
+            self.thread = threading.Thread(target=self._run, daemon=True, name="auxot-readyz")
+            self.thread.start()
+            self.running[self.group] = self.thread
+            return None
 
     def _run(self) -> None:
         try:
@@ -148,14 +155,27 @@ def _groups(names: list[str]) -> list[tuple[str, ...]]:
 def readiness(names: list[str] | None = None, *, host: str | None = None,
               now: datetime | None = None) -> tuple[bool, dict]:
     """(ready, body): every named check (default all) within the time limit."""
-    names = list(names or CHECKS)
+    wanted = set(names or CHECKS)
+    names = [name for name in CHECKS if name in wanted]  # each once, in one order
     now = now or timezone.now()
     timeout = settings.AUXOT_READY_CHECK_TIMEOUT_SECONDS
     deadline = time.monotonic() + timeout
     probes = [_Probe(group, now=now, host=host) for group in _groups(names)]
-    started = [probe for probe in probes if probe.start()]
+    waiting, started = list(probes), []
+    while waiting:  # every group that can start does, before any wait for a busy one
+        busy = {}
+        for probe in waiting:
+            if (running := probe.try_start()) is None:
+                started.append(probe)
+            else:
+                busy[probe] = running
+        waiting = list(busy)
+        left = deadline - time.monotonic()
+        if not waiting or left <= 0:
+            break
+        next(iter(busy.values())).join(left)
     for probe in started:
-        _Probe.running[probe.names].join(max(deadline - time.monotonic(), 0))
+        probe.thread.join(max(deadline - time.monotonic(), 0))
     checks = {}
     for probe in probes:
         for name in probe.names:

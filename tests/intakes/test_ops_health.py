@@ -144,6 +144,46 @@ def test_hung_database_times_out_and_a_second_probe_starts_no_new_thread(api, hu
     assert body["checks"]["database"]["detail"] == "an earlier check is still running"
 
 
+@override_settings(AUXOT_READY_CHECK_TIMEOUT_SECONDS=0.2)
+def test_however_checks_are_named_a_hung_database_holds_one_thread(api, hung_database):
+    """Keyed by the names as given, `?checks=database,database` or `worker,database` each
+    started a thread of their own, every one holding a connection on the hung database."""
+    import threading
+
+    for query in ("database", "database,database", "worker,database", "backlog,worker",
+                  "database,backlog,database", "broker,database"):
+        status, body = _ready(api, f"?checks={query}")
+        assert status == 503
+        assert set(body["checks"]) == set(query.split(","))
+    readyz = [t for t in threading.enumerate() if t.name == "auxot-readyz" and t.is_alive()]
+    assert len(readyz) == 1
+    assert set(checks._Probe.running) <= {"db", "other"}
+
+
+@override_settings(AUXOT_READY_CHECK_TIMEOUT_SECONDS=0.3, REDIS_URL="redis://127.0.0.1:9/0")
+def test_a_hung_database_does_not_make_a_healthy_broker_time_out(api, hung_database,
+                                                                 monkeypatch):
+    """With Redis the broker check is a group of its own: it starts at once, before the
+    probe waits for the database group's earlier thread."""
+    monkeypatch.setitem(checks.FUNCTIONS, "broker", lambda **kw: (
+        time.sleep(0.05), "redis broker, 0 queued")[1])  # quick, but not instant
+    for _ in range(2):  # the second finds the first's database thread still hanging
+        status, body = _ready(api, "?checks=database,broker")
+        assert status == 503
+        assert body["checks"]["broker"] == {**body["checks"]["broker"], "status": "ok"}
+    assert body["checks"]["database"]["detail"] == "an earlier check is still running"
+
+
+def test_a_check_named_many_times_runs_once(api, worker_alive, monkeypatch):
+    calls = []
+    real = checks.FUNCTIONS["backlog"]
+    monkeypatch.setitem(checks.FUNCTIONS, "backlog",
+                        lambda **kw: (calls.append(1), real(**kw))[1])
+    status, body = _ready(api, "?checks=" + ",".join(["backlog"] * 500))
+    assert (status, list(body["checks"])) == (200, ["backlog"])
+    assert calls == [1]
+
+
 def test_unapplied_migrations_fail_the_database_check(api, monkeypatch):
     class Executor:
         def __init__(self, connection):
