@@ -512,10 +512,21 @@ def _asked_to_stop(result: SendResult) -> bool:
         result.headers.get("webhook-delivery", "")).strip().lower() == "abort-message"
 
 
+# Answers that say the receiver itself is in trouble (besides no answer at all).
+_ENDPOINT_TROUBLE = frozenset({408, 429})
+
+
 def _answered(result: SendResult) -> bool:
-    # A deliberate answer (2xx, 410, abort-message) shows the endpoint is up. From the answer
-    # itself, never from the error's text, which may quote what the receiver sent.
-    return result.ok or result.status == 410 or _asked_to_stop(result)
+    """The endpoint is up, for its breaker: it answered, and not with trouble of its own
+    (5xx, 408, 429). Any other answer (2xx, 410, a 404 for a wrong path, a 401 for a stale
+    token in one URL, abort-message) is about that URL: counting it would let one URL (one
+    team's intake, one caller's Auxot-Callback-Url) pause every delivery of the organization
+    to that host. From the answer itself, never from the error's text, which may quote what
+    the receiver sent."""
+    status = result.status
+    if status is None:
+        return False
+    return _asked_to_stop(result) or not (status >= 500 or status in _ENDPOINT_TROUBLE)
 
 
 def _attempt_record(delivery: CallbackDelivery, token: str, attempt: CallbackAttempt,

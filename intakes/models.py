@@ -138,9 +138,10 @@ class CallbackEndpoint(models.Model):
     """A receiver endpoint's health, shared by every dispatcher: its circuit breaker.
 
     Closed while `open_until` is null. After AUXOT_CALLBACK_BREAKER_FAILURES consecutive
-    failures it opens: no delivery to it is claimed (attempt numbers stay as they are) until
-    `open_until`; then one dispatcher takes the probe (`probe_until`: its lease), and the
-    probe's outcome closes the breaker or opens it again for longer.
+    failures (no answer, 5xx, 408, 429) it opens: no delivery to it is claimed (attempt
+    numbers stay as they are) until `open_until`; then one dispatcher takes the probe
+    (`probe_until`: its lease), and the probe's outcome closes the breaker or opens it again
+    for longer.
     """
 
     key = models.CharField(max_length=300, primary_key=True)  # endpoint_key: URL part and org

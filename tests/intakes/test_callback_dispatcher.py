@@ -201,7 +201,7 @@ def test_one_organizations_failures_on_a_shared_host_pause_only_its_own_deliveri
 
     settings.AUXOT_CALLBACK_BREAKER_FAILURES = 3
     settings.AUXOT_CALLBACK_RETRY_SCHEDULE = [0, 600, 600]
-    shared = endpoints(status=404)  # A's path fails; the host is the same for B
+    shared = endpoints(status=503)  # A's calls fail; the host is the same for B
     intake_b = _intake_of_org_b(cast)
     one_at_a_time = Dispatcher(threads=1, per_host=1)
     for _delivery in _deliveries(cb_intake, shared.url + "/bad", 3):
@@ -268,6 +268,44 @@ def test_refusals_and_deliberate_answers_do_not_open_the_breaker(cb_intake, rece
     delivery = callback_delivery_create(work_item=item)
     assert callback_delivery_process(delivery_id=delivery.pk) == "failed"
     assert not CallbackEndpoint.objects.filter(open_until__isnull=False).exists()
+
+
+@pytest.mark.parametrize(("status", "opens"), [
+    (500, True), (502, True), (503, True), (408, True), (429, True), (None, True),
+    (200, False), (204, False), (301, False), (400, False), (401, False), (403, False),
+    (404, False), (405, False), (410, False), (413, False), (422, False),
+])
+def test_only_the_receivers_own_trouble_counts_against_its_endpoint(status, opens):
+    """5xx, 408, 429 and no answer say the host is in trouble; any other answer is about
+    the URL (a wrong path, a stale token in one URL) and must not pause the host for every
+    other intake of the organization (an attacker review: one team's key, pointing
+    Auxot-Callback-Url at a path of another team's receiver that answers 404, paused that
+    team's callbacks)."""
+    from intakes.callbacks import SendResult, _answered
+
+    result = SendResult(status=status, error="" if status else "ConnectTimeout")
+    assert _answered(result) is not opens
+
+
+@pytest.mark.django_db
+def test_a_wrong_path_on_a_shared_host_pauses_nobody(cast, cb_intake, endpoints, settings):
+    """One team's URLs answer 404 on a host another intake of the organization calls back
+    to: the breaker stays closed and the other intake's deliveries go out."""
+    settings.AUXOT_CALLBACK_BREAKER_FAILURES = 3
+    settings.AUXOT_CALLBACK_RETRY_SCHEDULE = [0, 600, 600]
+    shared = endpoints(status=404)
+    one_at_a_time = Dispatcher(threads=1, per_host=1)
+    for _delivery in _deliveries(cb_intake, shared.url + "/nope", 5):
+        one_at_a_time.run_once()
+        assert one_at_a_time.send_queued() == 1
+    key = endpoint_key(shared.url, cast.org_a.pk)
+    assert not CallbackEndpoint.objects.filter(key=key, open_until__isnull=False).exists()
+    shared.status = 204
+    [good] = _deliveries(cb_intake, shared.url + "/payments", 1)
+    one_at_a_time.run_once()
+    assert one_at_a_time.send_queued() == 1
+    good.refresh_from_db()
+    assert good.state == "delivered"
 
 
 @pytest.mark.django_db
