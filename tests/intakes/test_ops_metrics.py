@@ -4,6 +4,7 @@ bounded labels; the worker host's exporter shares the multiprocess directory."""
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import requests
@@ -141,6 +142,57 @@ def test_exporter_serves_the_counters_of_other_processes_on_the_host(tmp_path):
         assert status == 200
         assert 'auxot_callback_attempts_total{outcome="failed"} 3.0' in text
     finally:
+        exporter.terminate()
+        exporter.wait(10)
+
+
+@pytest.mark.parametrize("first", [b"", b"GET /metrics HTTP/1.1\r\n"],
+                         ids=["request-line", "headers"])
+@pytest.mark.e2e
+def test_exporter_slow_senders_hold_a_slot_for_their_deadline_only(tmp_path, first):
+    """Every slot taken by a client that sends a byte at a time (each read well within the
+    socket timeout), in its request line or in its headers: the deadline on the whole
+    request closes them, and a scrape gets in."""
+    import socket
+    import threading
+
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "AUXOT_METRICS_TOKEN": TOKEN,
+           "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    exporter = subprocess.Popen(
+        [sys.executable, "manage.py", "metrics_exporter", "--port", "0",
+         "--request-seconds", "1"], env=env, stdout=subprocess.PIPE, text=True)
+    stop = threading.Event()
+
+    def drip(port: int, first: bytes) -> None:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            try:
+                sock.sendall(first)  # nothing, or a whole request line, then its headers
+                while not stop.is_set():
+                    sock.sendall(b"X")
+                    time.sleep(0.2)
+            except OSError:
+                pass  # closed by the exporter: what this test expects
+
+    try:
+        port = int(exporter.stdout.readline().rsplit(":", 1)[1])
+        drippers = [threading.Thread(target=drip, args=(port, first), daemon=True)
+                    for _ in range(16)]
+        for thread in drippers:
+            thread.start()
+        time.sleep(0.3)  # all 16 slots are held now
+        answered = []
+        for _ in range(20):
+            try:
+                answered.append(_get(f"http://127.0.0.1:{port}/metrics", TOKEN)[0])
+                break
+            except requests.RequestException:
+                time.sleep(0.25)  # closed at once: every slot is taken
+        assert answered == [200]
+        for thread in drippers:  # each was closed by the exporter, not stopped by us
+            thread.join(5)
+        assert not any(thread.is_alive() for thread in drippers)
+    finally:
+        stop.set()
         exporter.terminate()
         exporter.wait(10)
 

@@ -6,10 +6,15 @@ database-backed gauges), protected like the web /metrics: AUXOT_METRICS_TOKEN an
 AUXOT_METRICS_ALLOWED_NETWORKS must be set, or it refuses to start.
 """
 
+import contextlib
+import socket
+import threading
+from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.db import connection
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from auxot.errors import problem_body, problem_json
@@ -25,7 +30,10 @@ def metrics_app(environ, start_response):
                                   authorization=environ.get("HTTP_AUTHORIZATION", ""))
     if refused is not None:
         return _problem(start_response, *refused)
-    body = metrics_render(StateCollector())
+    try:
+        body = metrics_render(StateCollector())
+    finally:
+        connection.close()  # this request's thread's own connection
     start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST),
                               ("Content-Length", str(len(body)))])
     return [body]
@@ -42,8 +50,67 @@ def _problem(start_response, code: str, detail: str):
 
 
 class _QuietHandler(WSGIRequestHandler):
+    REQUEST_SECONDS = 5.0  # the whole request line and headers must arrive within this
+    timeout = REQUEST_SECONDS  # and each read (an idle connection goes)
+
+    def setup(self) -> None:
+        super().setup()
+        # The socket timeout bounds each read, not a client that sends a byte a second: a
+        # deadline on the whole request shuts the socket, so the blocked read returns.
+        self._deadline = threading.Timer(self.REQUEST_SECONDS, self._too_slow)
+        self._deadline.daemon = True
+        self._deadline.start()
+
+    def _too_slow(self) -> None:
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def parse_request(self) -> bool:
+        try:
+            return super().parse_request()  # reads the headers
+        finally:
+            self._deadline.cancel()  # the request line and headers are in
+
+    def finish(self) -> None:
+        self._deadline.cancel()
+        super().finish()
+
     def log_message(self, format, *args) -> None:  # scrapes every 15 s: not worth a line each
         pass
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    """A thread per connection (at most MAX_CONNECTIONS; more are closed at once), each
+    with the handler's deadline on its whole request: slow or idle connections, before any
+    authentication, hold a slot for at most REQUEST_SECONDS, so they cannot keep scrapes
+    from being answered for longer."""
+
+    daemon_threads = True
+    MAX_CONNECTIONS = 16
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(self.MAX_CONNECTIONS)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()  # no thread took the slot (none could start)
+            self.shutdown_request(request)
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        pass  # a client that timed out or hung up: nothing to report
 
 
 class Command(BaseCommand):
@@ -53,14 +120,20 @@ class Command(BaseCommand):
         parser.add_argument("--bind", default="127.0.0.1",
                             help="Address to listen on (default 127.0.0.1; 0.0.0.0: all).")
         parser.add_argument("--port", type=int, default=9108)
+        parser.add_argument("--request-seconds", type=float, default=5.0,
+                            help="How long a connection may take to send its request "
+                                 "(default 5): a slower one is closed.")
 
-    def handle(self, *args, bind: str, port: int, **options) -> None:
+    def handle(self, *args, bind: str, port: int, request_seconds: float, **options) -> None:
+        if not 0 < request_seconds <= 60:
+            raise CommandError("--request-seconds must be above 0 and at most 60.")
+        _QuietHandler.REQUEST_SECONDS = _QuietHandler.timeout = request_seconds
         if not settings.AUXOT_METRICS_TOKEN and not settings.AUXOT_METRICS_ALLOWED_NETWORKS:
             raise CommandError("Set AUXOT_METRICS_TOKEN or AUXOT_METRICS_ALLOWED_NETWORKS first.")
         if not multiprocess_dir():
             self.stderr.write("PROMETHEUS_MULTIPROC_DIR is not set: only this process's own "
                               "metrics and the database gauges will be served.")
-        server = make_server(bind, port, metrics_app, server_class=WSGIServer,
+        server = make_server(bind, port, metrics_app, server_class=_Server,
                              handler_class=_QuietHandler)
         self.stdout.write(f"serving /metrics on {bind}:{server.server_port}", ending="\n")
         self.stdout.flush()
