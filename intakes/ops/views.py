@@ -46,14 +46,20 @@ def _in_networks(ip: str | None) -> bool:
                for net in settings.AUXOT_METRICS_ALLOWED_NETWORKS)
 
 
-def metrics_refusal_for(*, ip: str | None, authorization: str) -> tuple[str, str] | None:
+def metrics_refusal_for(*, ip: str | None, authorization: str,
+                        forwarded: bool = False) -> tuple[str, str] | None:
     """None when this caller may read the metrics; else (problem code, detail). Off (404)
-    unless a token or networks are configured; with both, both must match."""
+    unless a token or networks are configured; with both, both must match. A request that
+    came through a proxy (`forwarded`: it carries X-Forwarded-For or Forwarded) has the
+    proxy's address, not the caller's: networks alone never let it in."""
     token, networks = settings.AUXOT_METRICS_TOKEN, settings.AUXOT_METRICS_ALLOWED_NETWORKS
     if not token and not networks:
         return "not_found", "Metrics are not enabled on this server."
     if networks and not _in_networks(ip):
         return "forbidden", "This address may not read the metrics."
+    if networks and not token and forwarded:
+        return "forbidden", ("Through a proxy the address is the proxy's: set "
+                             "AUXOT_METRICS_TOKEN to read the metrics this way.")
     if token:
         if not authorization.startswith("Bearer "):
             return "unauthorized", "Send Authorization: Bearer <the metrics token>."
@@ -63,8 +69,10 @@ def metrics_refusal_for(*, ip: str | None, authorization: str) -> tuple[str, str
 
 
 def metrics_refusal(request: HttpRequest) -> HttpResponse | None:
-    refused = metrics_refusal_for(ip=client_ip(request),
-                                  authorization=request.META.get("HTTP_AUTHORIZATION", ""))
+    refused = metrics_refusal_for(
+        ip=client_ip(request), authorization=request.META.get("HTTP_AUTHORIZATION", ""),
+        forwarded=bool(request.META.get("HTTP_X_FORWARDED_FOR")
+                       or request.META.get("HTTP_FORWARDED")))
     if refused is None:
         return None
     response = django_problem(*refused)

@@ -53,6 +53,20 @@ def test_metrics_from_outside_the_allowed_networks_is_403(api):
     assert api.get("/metrics", REMOTE_ADDR="10.2.3.4").status_code == 200
 
 
+@override_settings(AUXOT_METRICS_ALLOWED_NETWORKS=["127.0.0.1/32"])
+def test_through_a_proxy_networks_alone_let_nobody_in(api):
+    """Behind the README's nginx every caller has the proxy's address: an allowed network
+    that holds the proxy would have let the whole internet read the metrics."""
+    assert api.get("/metrics").status_code == 200  # a scraper on the host itself
+    for header in ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED"):
+        response = api.get("/metrics", **{header: "198.51.100.7"})
+        assert response.status_code == 403
+        assert "AUXOT_METRICS_TOKEN" in response.json()["detail"]
+    with override_settings(AUXOT_METRICS_TOKEN=TOKEN):
+        assert api.get("/metrics", HTTP_X_FORWARDED_FOR="198.51.100.7",
+                       HTTP_AUTHORIZATION=f"Bearer {TOKEN}").status_code == 200
+
+
 @override_settings(AUXOT_METRICS_ALLOWED_NETWORKS=["10.0.0.0/8"], AUXOT_METRICS_TOKEN=TOKEN)
 def test_metrics_with_networks_and_token_needs_both(api):
     assert api.get("/metrics", REMOTE_ADDR="10.2.3.4").status_code == 401
@@ -141,6 +155,17 @@ def test_exporter_serves_the_counters_of_other_processes_on_the_host(tmp_path):
         status, text = _get(url, TOKEN)
         assert status == 200
         assert 'auxot_callback_attempts_total{outcome="failed"} 3.0' in text
+        # One connection that never finishes its request (before any authentication) does
+        # not keep the next scrape from being answered; the single-threaded server waited
+        # on it for as long as it stayed open.
+        import socket
+
+        idle = socket.create_connection(("127.0.0.1", port))
+        idle.sendall(b"GET /metr")
+        try:
+            assert _get(url, TOKEN)[0] == 200
+        finally:
+            idle.close()
     finally:
         exporter.terminate()
         exporter.wait(10)

@@ -26,8 +26,9 @@ from intakes.ops.views import metrics_refusal_for
 def metrics_app(environ, start_response):
     if environ.get("PATH_INFO") != "/metrics" or environ.get("REQUEST_METHOD") != "GET":
         return _problem(start_response, "not_found", "Only GET /metrics is served here.")
-    refused = metrics_refusal_for(ip=environ.get("REMOTE_ADDR"),
-                                  authorization=environ.get("HTTP_AUTHORIZATION", ""))
+    refused = metrics_refusal_for(
+        ip=environ.get("REMOTE_ADDR"), authorization=environ.get("HTTP_AUTHORIZATION", ""),
+        forwarded=bool(environ.get("HTTP_X_FORWARDED_FOR") or environ.get("HTTP_FORWARDED")))
     if refused is not None:
         return _problem(start_response, *refused)
     try:
