@@ -23,6 +23,7 @@ import contextlib
 import heapq
 import ipaddress
 import itertools
+import logging
 import os
 import queue
 import re
@@ -45,6 +46,8 @@ from urllib3 import exceptions as u3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util import parse_url
+
+logger = logging.getLogger(__name__)
 
 Purpose = Literal["callback", "http", "agent"]
 _WHAT = {"callback": "The callback URL", "http": "The http step URL",
@@ -175,12 +178,22 @@ def address_check(address: str, *, host: str = "", purpose: Purpose = "callback"
         return
     reason = _why_refused(ip)
     if reason:
-        # A name's address is not repeated: the message reaches tenants (a test callback, an
-        # attempt's error), who would map the server's internal DNS with it.
-        subject = f"{host or ip} is" if not host or _is_ip(host) else f"{host} resolves to"
+        if host and not _is_ip(host):
+            logger.info("outbound refused: %s resolves to %s (%s)", host, reason, purpose)
+            raise RefusedDestination(_name_refusal(host, purpose))
         raise RefusedDestination(
-            f"{subject} {reason}; {_WHO[purpose]} may not go there (outbound request policy; "
-            "an install's own receivers need AUXOT_OUTBOUND_ALLOWED_NETWORKS)")
+            f"{host or ip} is {reason}; {_WHO[purpose]} may not go there (outbound request "
+            "policy; an install's own receivers need AUXOT_OUTBOUND_ALLOWED_NETWORKS)")
+
+
+def _name_refusal(host: str, purpose: Purpose) -> str:
+    """What a tenant is told about a name that resolves to no address it may use: the same
+    words whether it does not resolve at all or resolves inside a private network (and
+    never the address), so a caller's Auxot-Callback-Url or an admin's step URL cannot map
+    the server's internal DNS. The operators' log has the reason."""
+    return (f"{host} does not resolve to a public address; {_WHO[purpose]} may not go there "
+            "(outbound request policy; an install's own receivers need "
+            "AUXOT_OUTBOUND_ALLOWED_NETWORKS or AUXOT_OUTBOUND_ALLOWED_HOSTS)")
 
 
 # --- URL checks -----------------------------------------------------------------------------
@@ -410,7 +423,9 @@ def _resolve_checked(host: str, port: int) -> str:
     try:
         infos = _getaddrinfo_within(host, port, getattr(_local, "deadline", None))
     except socket.gaierror as exc:
-        raise RefusedDestination(f"Cannot resolve {host!r}: {exc.strerror}.") from None
+        logger.info("outbound refused: cannot resolve %s: %s (%s)", host, exc.strerror,
+                    purpose)
+        raise RefusedDestination(_name_refusal(host, purpose)) from None
     addresses = list(dict.fromkeys(info[4][0] for info in infos))
     if not _allowed_host(host):
         for address in addresses:  # every answer: a round-robin must not smuggle in a bad one

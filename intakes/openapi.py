@@ -241,7 +241,9 @@ TRIGGER_HEADERS = [
         description="Optional: overrides the intake's callback URL for this work item; the "
         "finished item is POSTed there, signed (Standard Webhooks). Empty: the intake's "
         "default. A URL that does not parse or that the URL policy refuses (plain http where "
-        "not allowed, private or loopback addresses, a host that does not resolve) is 422."),
+        "not allowed, a private or loopback address, user info) is 422. A host name is "
+        "resolved when the callback is sent: one that does not resolve to a public address "
+        "fails the attempt."),
     _header("Location", "The poll URL (same as `status_url`).", response=[202]),
     _header("Idempotent-Replayed", "`true` when this 202 replays the answer to an earlier "
             "request with the same `Idempotency-Key` and body.", response=[202]),

@@ -66,7 +66,7 @@ def test_hostname_resolving_to_a_private_address_is_refused_at_connect(monkeypat
     url_check("http://internal.example/hook", purpose="callback")
     result = callback_post(url="http://internal.example/hook", body=b"{}", headers={})
     assert result.refused
-    assert "internal.example resolves to a private address" in result.error
+    assert "internal.example does not resolve to a public address" in result.error
     assert "10.1.2.3" not in result.error  # the server's internal DNS is not shown
     assert connections == []
 
@@ -76,7 +76,7 @@ def test_any_bad_address_among_several_answers_is_refused(monkeypatch, connectio
         (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("8.8.8.8", port)),
         (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("169.254.169.254", port))])
     result = callback_post(url="http://round-robin.example/hook", body=b"{}", headers={})
-    assert result.refused and "resolves to a link-local address" in result.error
+    assert result.refused and "does not resolve to a public address" in result.error
     assert "169.254" not in result.error
     assert connections == []
 
@@ -261,3 +261,29 @@ def test_the_migration_redacts_path_tokens_in_rows_written_before(cb_intake, rec
         "connection failed: /hook/REDACTED?REDACTED")
     assert Intake.objects.get(pk=cb_intake.pk).callback_disabled_reason == (
         "410 Gone from " + receiver.url_for("/hook/REDACTED?token=REDACTED"))
+
+
+def test_a_name_that_does_not_resolve_reads_like_one_that_resolves_inside(monkeypatch, caplog,
+                                                                          connections):
+    """A caller's Auxot-Callback-Url must not map the server's internal DNS: "cannot resolve"
+    against "resolves to a private address" told which internal names exist. Both read the
+    same to tenants; the operators' log says which."""
+    import logging
+
+    def getaddrinfo(host, port, *a, **k):
+        if host == "db.internal":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.9.8.7", port))]
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    caplog.set_level(logging.INFO, logger="auxot.outbound")
+    errors = {}
+    for host in ("db.internal", "nothing.internal"):
+        result = callback_post(url=f"http://{host}/hook", body=b"{}", headers={})
+        assert result.refused
+        errors[host] = result.error.replace(host, "HOST")
+    assert errors["db.internal"] == errors["nothing.internal"]
+    assert "does not resolve to a public address" in errors["db.internal"]
+    assert "db.internal resolves to a private address" in caplog.text
+    assert "cannot resolve nothing.internal" in caplog.text
+    assert connections == []
