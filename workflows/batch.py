@@ -17,9 +17,12 @@ attempt row is committed first (so a crash is counted), then every result in one
 transaction. Steps with outside effects keep the engine's attempt-row-before-call path.
 """
 
+import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Iterator
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Any
 
@@ -41,7 +44,7 @@ from workflows.engine import (
     work_item_claim,
 )
 from workflows.kinds import REGISTRY, Complete, StepContext, Wait, kind_get
-from workflows.models import Step, StepRun, WorkItem
+from workflows.models import TASK_MARGIN_SECONDS, Step, StepRun, WorkItem, step_timeout_max
 from workflows.providers import provider_tickets_drop
 from workflows.services import work_item_finish_observe
 from workflows.signals import work_item_finished, work_items_finished
@@ -55,6 +58,55 @@ Status = WorkItem.Status
 # A batch whose items turn out slow (http, agent) hands its unstarted items back after this
 # long, so an idle worker takes them instead of them waiting behind one busy worker.
 HOLD_SECONDS = 1.0
+
+
+class _TaskClock:
+    __slots__ = ("spent", "started")
+
+    def __init__(self) -> None:
+        self.started, self.spent = time.monotonic(), False
+
+
+# The running django-q2 task's clock, or None outside a task.
+_task: ContextVar[_TaskClock | None] = ContextVar("auxot_task_clock", default=None)
+
+
+@contextlib.contextmanager
+def task_clock() -> Iterator[None]:
+    """Time a django-q2 task from here: no step starts unless it can end in the task's time.
+
+    django-q2 kills a task after AUXOT_TASK_TIMEOUT_SECONDS. A step's timeout fits one task
+    (`step_timeout_max`), but a task also runs an item's later steps and other items: two
+    200 s `http` steps back to back would be killed in the second, which would then count a
+    crashed attempt and send its request again. `_fits` hands such an item back instead,
+    and the task stops claiming.
+    """
+    token = _task.set(_TaskClock())
+    try:
+        yield
+    finally:
+        _task.reset(token)
+
+
+def _fits(step: Step) -> bool:
+    """Can an attempt at `step` started now end before this task's time runs out?
+
+    A step may start up to TASK_MARGIN_SECONDS later than its timeout alone would allow:
+    even one with the longest timeout (`step_timeout_max`) fits a task in its first
+    seconds, so every item makes progress, and it still ends the lease's grace before
+    django-q2's kill."""
+    clock = _task.get()
+    if clock is None:
+        return True
+    if time.monotonic() + step.timeout <= clock.started + step_timeout_max() + TASK_MARGIN_SECONDS:
+        return True
+    clock.spent = True
+    return False
+
+
+def _task_spent() -> bool:
+    clock = _task.get()
+    return clock is not None and clock.spent
 
 
 # --- Claims ------------------------------------------------------------------------------
@@ -134,7 +186,7 @@ def work_item_process(*, work_id, drain_seconds: float | None = None) -> int:
     budget = settings.AUXOT_DRAIN_SECONDS if drain_seconds is None else drain_seconds
     claim = work_item_claim(work_id=work_id, now=timezone.now())
     advanced = claims_run([claim]) if claim is not None else 0
-    if budget > 0:
+    if budget > 0 and not _task_spent():  # an item handed back woke a fresh task already
         advanced += work_drain(budget=budget)
     return advanced
 
@@ -150,7 +202,7 @@ def work_drain(*, budget: float | None = None, batch: int | None = None) -> int:
         if not claims:
             return advanced
         advanced += claims_run(claims, deadline=deadline)
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= deadline or _task_spent():
             break
     # Out of time with work left: hand over to a fresh message instead of hogging the worker.
     if work_items_due(now=timezone.now()):
@@ -174,6 +226,12 @@ def _item_advance(run: _Run) -> None:
             if not _pure_run(run):
                 return
             continue
+        if not _fits(step):
+            # Hand it back before its attempt row: a fresh task runs it, nothing is repeated.
+            logger.info("work item %s handed back: step %s (%ss) would outlast this task",
+                        run.item.pk, step.position, step.timeout)
+            _release([run])
+            return
         outcome, attempt = _attempt(run, step)
         if attempt is None or not _store_outcome(run, step, attempt, outcome):
             return

@@ -38,10 +38,16 @@ class Workflow(models.Model):
         schema_check(self.input_schema, field="input_schema")
 
 
+# Seconds of a task kept for the engine's own work around a step (claims, pure steps,
+# writes): a step with the longest timeout still fits a task that started this long ago.
+TASK_MARGIN_SECONDS = 10
+
+
 def step_timeout_max() -> int:
     """The longest a step attempt may run: a worker's task timeout less the lease's grace
     and a margin for the engine's own writes."""
-    return max(1, settings.AUXOT_TASK_TIMEOUT_SECONDS - settings.AUXOT_LEASE_GRACE_SECONDS - 10)
+    return max(1, settings.AUXOT_TASK_TIMEOUT_SECONDS - settings.AUXOT_LEASE_GRACE_SECONDS
+               - TASK_MARGIN_SECONDS)
 
 
 class Step(models.Model):

@@ -10,8 +10,9 @@ from django.utils import timezone
 from django_q.models import OrmQ
 
 from tests.conftest import make_workflow
-from workflows import batch, wake
+from workflows import batch, tasks, wake
 from workflows.batch import claims_run, work_drain, work_item_process, work_items_claim_batch
+from workflows.kinds import kind_get
 from workflows.models import StepRun, WorkItem
 from workflows.services import work_item_create
 from workflows.wake import WakeListener, work_items_wake, work_wake_notify
@@ -241,3 +242,68 @@ def test_an_item_canceled_during_its_batch_keeps_only_a_discarded_attempt(cast, 
     assert list(StepRun.objects.filter(work_item=items[1]).values_list(
         "step__position", "status")) == [(1, "discarded")]
     assert StepRun.objects.filter(status="completed").count() == 4
+
+
+def _task_spends(monkeypatch, seconds: float) -> list[str]:
+    """Each http step's call takes `seconds` of the running task's time (its clock moves
+    back instead of the test waiting); returns the steps called, in order."""
+    http, called = kind_get("http"), []
+    real = http.execute
+
+    def slow(ctx):
+        called.append(ctx.step_name)
+        batch._task.get().started -= seconds
+        return real(ctx)
+
+    monkeypatch.setattr(http, "execute", slow)
+    return called
+
+
+def test_a_step_that_would_outlast_its_task_waits_for_a_fresh_task(cast, fake_server,
+                                                                    monkeypatch, settings):
+    """django-q2 kills a task after AUXOT_TASK_TIMEOUT_SECONDS. Two 200 s steps in a 300 s
+    task: the second would be killed mid-request, counted as crashed and sent again. It is
+    handed back unstarted instead, and the task stops claiming."""
+    settings.AUXOT_TASK_TIMEOUT_SECONDS, settings.AUXOT_LEASE_GRACE_SECONDS = 300, 10
+    workflow = make_workflow(cast.org_a, [("http", {"url": f"{fake_server.url}/a"}),
+                                          ("http", {"url": f"{fake_server.url}/b"})])
+    workflow.steps.update(timeout_seconds=200)
+    [item] = _items(workflow, 1)
+    called = _task_spends(monkeypatch, 200)
+    claims = []
+    real_claim = batch.work_items_claim_batch
+    monkeypatch.setattr(batch, "work_items_claim_batch",
+                        lambda **kw: claims.append(1) or real_claim(**kw))
+
+    tasks.work_drain()
+    item.refresh_from_db()
+    assert called == ["http 1"]
+    assert list(StepRun.objects.filter(work_item=item).values_list(
+        "step__position", "status")) == [(1, "completed")]  # step 2 has no attempt row
+    assert (item.status, item.current_step, item.lease_token) == ("running", 1, "")
+    assert item.next_run_at <= timezone.now()  # due again at once, for a fresh task
+    assert len(claims) == 1  # out of time: the task did not claim it again and again
+    assert OrmQ.objects.exists()  # and a drain is waiting for it
+
+    tasks.work_drain()  # a fresh task: step 2 fits
+    item.refresh_from_db()
+    assert called == ["http 1", "http 2"]
+    assert item.status == "completed"
+    assert list(StepRun.objects.filter(work_item=item).values_list(
+        "step__position", "attempt", "status")) == [(1, 1, "completed"), (2, 1, "completed")]
+
+
+def test_a_step_with_the_longest_timeout_starts_in_a_fresh_task(cast, fake_server,
+                                                                 monkeypatch, settings):
+    """The check cannot starve an item: a fresh task's first slow step always starts, even
+    after pure steps and with the longest timeout a step may have."""
+    settings.AUXOT_TASK_TIMEOUT_SECONDS, settings.AUXOT_LEASE_GRACE_SECONDS = 300, 10
+    settings.AUXOT_STEP_TIMEOUT_SECONDS = 10_000  # clamped to step_timeout_max(): 280 s
+    workflow = make_workflow(cast.org_a, [TRANSFORM, ("http", {"url": f"{fake_server.url}/a"})])
+    assert workflow.steps.get(position=2).timeout == 280
+    [item] = _items(workflow, 1)
+    called = _task_spends(monkeypatch, 0)
+    tasks.work_item_run(str(item.pk))
+    item.refresh_from_db()
+    assert (called, item.status) == (["http 2"], "completed")
+
