@@ -24,7 +24,12 @@ from collections.abc import Callable, Collection
 from django.contrib import admin
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.utils import get_fields_from_path
-from django.core.exceptions import BadRequest, PermissionDenied, ValidationError
+from django.core.exceptions import (
+    BadRequest,
+    FieldDoesNotExist,
+    PermissionDenied,
+    ValidationError,
+)
 from django.db.models import Model, QuerySet
 from django.db.models.constants import LOOKUP_SEP
 from django.http import Http404, HttpRequest
@@ -185,6 +190,26 @@ class OrgRelatedFieldListFilter(admin.RelatedFieldListFilter):
                                  limit_choices_to=limit)
 
 
+def filter_path(model: type[Model], lookup: str) -> str | None:
+    """The field path a querystring lookup filters on (`intake__team__id__exact` →
+    `intake__team`: a relation's own key is the relation), or None when its first part
+    names no field (a `SimpleListFilter`'s parameter)."""
+    path: list[str] = []
+    opts = model._meta
+    for part in lookup.split(LOOKUP_SEP):
+        try:
+            field = opts.get_field(part)
+        except FieldDoesNotExist:
+            break  # a lookup (`exact`) or a transform (`year`)
+        if path and field.primary_key:
+            break  # `intake__id`: the relation itself
+        path.append(part)
+        if not field.is_relation or field.related_model is None:
+            break
+        opts = field.related_model._meta
+    return LOOKUP_SEP.join(path) or None
+
+
 def _scoped_filter(model, entry):
     """`entry` of a `list_filter`, with a relation's filter limited to the user's orgs."""
     if isinstance(entry, str):
@@ -209,6 +234,9 @@ class OrgScopedAdmin(admin.ModelAdmin):
     """
 
     org_path = "org"
+    # Fields a page links to this changelist by, beyond its list filters and date hierarchy
+    # (`?replay_batch__id__exact=` from a bulk replay): see `lookup_allowed`.
+    querystring_fields: tuple[str, ...] = ()
     # False for rows only the product writes (work items, deliveries): no add page for anyone,
     # superusers included (their form could not make a valid row).
     admin_adds = True
@@ -307,12 +335,25 @@ class OrgScopedAdmin(admin.ModelAdmin):
         return [_scoped_filter(self.model, entry) for entry in super().get_list_filter(request)]
 
     def lookup_allowed(self, lookup, value, request=None):
-        """Django lets a changelist's querystring filter on any field (`?url__contains=`);
-        a field shown redacted must not be: guessing its hidden part a character at a time
-        would read it back."""
+        """A changelist's querystring filters only on what its page offers: its list
+        filters, its date hierarchy and `querystring_fields`. Django also lets it filter on
+        any field of the model itself (`?url__contains=`, `?extra__icontains=`,
+        `?digest__startswith=`): a field shown redacted, a key's digest or a ciphertext
+        could be read back a character at a time by counting the rows each guess leaves."""
         if any(part in REDACTED_FIELDS for part in lookup.split(LOOKUP_SEP)):
             return False
+        path = filter_path(self.model, lookup)
+        if path is not None and path not in self.filterable_paths():
+            return False
         return super().lookup_allowed(lookup, value, request)
+
+    def filterable_paths(self) -> frozenset[str]:
+        """The field paths this changelist's querystring may filter on."""
+        names = [entry if isinstance(entry, str) else entry[0]
+                 for entry in self.list_filter if isinstance(entry, (str, tuple, list))]
+        names += [self.date_hierarchy] if self.date_hierarchy else []
+        names += list(self.querystring_fields)
+        return frozenset(filter(None, (filter_path(self.model, name) for name in names)))
 
     def get_object(self, request, object_id, from_field=None):
         """The object if this user may see it; otherwise 404 (Django would redirect to the

@@ -251,6 +251,7 @@ class WorkItemAdmin(ExtendedInlinesMixin, WorkItemReplayMixin, WorkItemActionsMi
     list_filter = ["status", "workflow", "intake", "intake__team",
                    ("created_at", admin.DateFieldListFilter)]
     date_hierarchy = "created_at"
+    querystring_fields = ("replay_batch",)  # a bulk replay's page links to its items
     search_fields = ["id", "correlation_id", "request_id"]
     list_select_related = ["workflow", "intake", "created_by_key"]
     inlines = [StepRunInline, ApprovalInline]
