@@ -3,8 +3,10 @@ import csv
 from django import forms
 from django.apps import apps
 from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.views.main import ERROR_FLAG
 from django.core.exceptions import PermissionDenied
-from django.http import StreamingHttpResponse
+from django.http import HttpResponseRedirect, StreamingHttpResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
@@ -147,7 +149,12 @@ class AuditEventAdmin(OrgScopedAdmin):
             raise PermissionDenied
         # Per object: the changelist queryset holds only rows of organizations where the user
         # is an admin or auditor, whatever filters the query string names.
-        changelist = self.get_changelist_instance(request)
+        try:
+            changelist = self.get_changelist_instance(request)
+        except IncorrectLookupParameters:  # `?created_at__year=abc`: as the list answers it
+            meta = self.model._meta
+            return HttpResponseRedirect(reverse(
+                f"admin:{meta.app_label}_{meta.model_name}_changelist") + f"?{ERROR_FLAG}=1")
         rows = changelist.get_queryset(request).select_related("org").iterator(chunk_size=500)
         writer = csv.writer(_Echo())
 

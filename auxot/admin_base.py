@@ -190,6 +190,15 @@ class OrgRelatedFieldListFilter(admin.RelatedFieldListFilter):
                                  limit_choices_to=limit)
 
 
+def pk_or_none(model: type[Model], value):
+    """`value` as `model`'s primary key, or None when it cannot be one (`not-a-uuid` in a
+    URL): a lookup with it would raise ValidationError, a 500, where the page is a 404."""
+    try:
+        return model._meta.pk.to_python(value)
+    except ValidationError:
+        return None
+
+
 def filter_path(model: type[Model], lookup: str) -> str | None:
     """The field path a querystring lookup filters on (`intake__team__id__exact` →
     `intake__team`: a relation's own key is the relation), or None when its first part

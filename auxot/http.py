@@ -4,8 +4,12 @@ import math
 import re
 from datetime import datetime
 
+from django.core.exceptions import BadRequest
 from django.http import HttpRequest
 from django.utils.http import parse_http_date_safe
+from django.views.defaults import bad_request
+
+from auxot.views import is_api_path
 
 
 def client_ip(request: HttpRequest) -> str | None:
@@ -41,3 +45,22 @@ def retry_after_seconds(value: str | None, *, now: datetime,
 
 
 _LONGEST = 100 * 365 * 86400.0  # a century: any datetime of ours plus this still fits
+
+
+class NulInQueryRefused:
+    """A NUL (`%00`) in a page's querystring is a 400 at once.
+
+    PostgreSQL refuses NUL in text parameters only when a query runs, so any admin list
+    filter (`?event=%00`), its CSV export or an autocomplete term raised DataError: a 500.
+    No page takes a NUL on purpose. The API (`/v1/`) reads its own parameters and answers
+    their problems itself, so it is left to them.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest):
+        raw = request.META.get("QUERY_STRING", "")
+        if raw and ("%00" in raw or "\x00" in raw) and not is_api_path(request.path):
+            return bad_request(request, BadRequest("A NUL character in the query string."))
+        return self.get_response(request)

@@ -137,6 +137,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First: every response (errors included) carries the request id, every log line too.
     "auxot.requestid.RequestIdMiddleware",
+    # A NUL in a page's querystring: 400 (PostgreSQL would refuse it mid-query, a 500).
+    "auxot.http.NulInQueryRefused",
     # Then: at most AUXOT_WEB_ACTIVE_REQUESTS requests of this process work at once.
     "auxot.activerequests.ActiveRequestsMiddleware",
     "django.middleware.security.SecurityMiddleware",

@@ -26,6 +26,7 @@ from auxot.admin_base import (
     audit_extra_text,
     has_role,
     org_action,
+    pk_or_none,
     require_role,
 )
 from auxot.errors import ApplicationError
@@ -192,8 +193,9 @@ class WorkItemActionsMixin:
                 *super().get_urls()]
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        item = WorkItem.objects.select_related("workflow").filter(pk=object_id).first() \
-            if object_id else None
+        pk = pk_or_none(WorkItem, object_id)
+        item = WorkItem.objects.select_related("workflow").filter(pk=pk).first() \
+            if pk else None
         extra = dict(extra_context or {})
         if item is not None and item.waiting_on == WorkItem.Waiting.APPROVAL and (
                 item.status == WorkItem.Status.RUNNING) and not (

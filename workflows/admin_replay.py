@@ -20,7 +20,15 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 
-from auxot.admin_base import ACTORS, EVERYONE, has_role, org_action, org_ids_with, require_role
+from auxot.admin_base import (
+    ACTORS,
+    EVERYONE,
+    has_role,
+    org_action,
+    org_ids_with,
+    pk_or_none,
+    require_role,
+)
 from auxot.errors import ApplicationError
 from auxot.http import client_ip
 from auxot.models import Organization
@@ -84,8 +92,9 @@ class WorkItemReplayMixin:
     # --- one item ----------------------------------------------------------------------
     def change_view(self, request, object_id, form_url="", extra_context=None):
         extra = dict(extra_context or {})
+        pk = pk_or_none(WorkItem, object_id)
         item = WorkItem.objects.select_related("workflow", "replay_of").filter(
-            pk=object_id).first() if object_id else None
+            pk=pk).first() if pk else None
         if item is not None:
             extra["replay_of"] = item.replay_of
             extra["replayed_by"] = list(item.replays.order_by("created_at")
@@ -100,9 +109,8 @@ class WorkItemReplayMixin:
     def replay_view(self, request: HttpRequest, object_id: str):
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
+        self.get_object(request, object_id)  # a malformed id or another org's item: 404
         item = get_object_or_404(WorkItem.objects.select_related("workflow__org"), pk=object_id)
-        if self.get_object(request, object_id) is None:  # another org's item: 404
-            raise Http404("Not found.")
         require_role(request, ACTORS, item, org_path="workflow__org")
         try:
             new = work_item_replay(item=item, start_over=request.POST.get("from") == FROM_START,

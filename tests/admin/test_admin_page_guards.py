@@ -6,10 +6,12 @@ none, for superusers too (a superuser's form for them failed with a 500). And no
 filters by querystring on a field it does not offer as a filter (one shown redacted, a
 digest, a ciphertext). And a history lists newest first."""
 
+import re
+
 import pytest
 from django.contrib import admin
 from django.contrib.auth import get_user_model
-from django.urls import reverse
+from django.urls import URLPattern, URLResolver, reverse
 
 from intakes.models import CallbackDelivery
 from workflows.models import WorkItem
@@ -170,3 +172,70 @@ def test_the_work_history_page_shows_the_newest_item_first(root, cast):
     html = root.get(reverse("admin:workflows_workitem_changelist")).content.decode()
     positions = [html.index(str(item.pk)) for item in items]
     assert positions == sorted(positions)
+
+
+def _object_routes(patterns=None, prefix="/admin/"):
+    """Every admin route that takes an object's id, Django's own pages and ours."""
+    for pattern in admin.site.get_urls() if patterns is None else patterns:
+        route = prefix + str(pattern.pattern)
+        if isinstance(pattern, URLResolver):
+            yield from _object_routes(pattern.url_patterns, route)
+        elif isinstance(pattern, URLPattern) and re.search(r"<(\w+:)?\w*_?id>", route):
+            yield route
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("who", ["root", "member"])
+@pytest.mark.parametrize("bad_id", ["not-an-id", "0c10e2dd-1867-4705-8bf6-669501da6a7",
+                                    "00000000-0000-0000-0000-000000000000", "99999"])
+def test_no_admin_page_answers_a_malformed_or_unknown_id_with_a_500(client, cast, who,
+                                                                     bad_id):
+    """A work item's page and its replay took the id from the URL before the scoped lookup:
+    `not-a-uuid` raised ValidationError, a 500. Every route that takes an id, both ways."""
+    routes = list(_object_routes())
+    assert len(routes) > 40 and any("/replay/" in r for r in routes)
+    client.raise_request_exception = False
+    user = (get_user_model().objects.create_superuser("root", "root@example.com", "x")
+            if who == "root" else cast.member_a)
+    client.force_login(user)
+    for route in routes:
+        url = re.sub(r"<(\w+:)?(\w+)>", lambda m: "true" if m[2] == "state" else bad_id,
+                     route)
+        for method in (client.get, client.post):
+            status = method(url).status_code
+            assert status < 500, (route, method.__name__, status)
+
+
+def _pages_without_an_id(patterns=None, prefix="/admin/"):
+    for pattern in admin.site.get_urls() if patterns is None else patterns:
+        route = prefix + str(pattern.pattern)
+        if isinstance(pattern, URLResolver):
+            yield from _pages_without_an_id(pattern.url_patterns, route)
+        elif isinstance(pattern, URLPattern) and "<" not in route:
+            yield route.replace("^", "").replace("$", "")
+
+
+@pytest.mark.django_db
+def test_a_nul_in_any_admin_querystring_is_a_400(client, cast):
+    """PostgreSQL refuses a NUL in a text parameter only when the query runs: a list filter
+    (`?event=%00`), the audit export or an autocomplete term was a 500 there."""
+    client.raise_request_exception = False
+    client.force_login(cast.admin_a)
+    urls = [f"{url}?{path}__exact=%00" for _model, model_admin, url in _changelists()
+            for path in model_admin.filterable_paths()]
+    urls += [f"{route}?q=a%00b&term=%00" for route in _pages_without_an_id()]
+    assert any("export.csv" in url for url in urls) and len(urls) > 30
+    for url in urls:
+        assert client.get(url).status_code == 400, url
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("query", ["created_at__year=abc", "created_at__gte=garbage",
+                                   "created_at__year=2026&created_at__month=13"])
+def test_the_audit_export_answers_a_bad_filter_as_its_list_does(client, cast, query):
+    client.raise_request_exception = False
+    client.force_login(cast.auditor_a)
+    listed = client.get(f"/admin/auxot/auditevent/?{query}")
+    exported = client.get(f"/admin/auxot/auditevent/export.csv?{query}")
+    assert (listed.status_code, listed["Location"]) == (302, "/admin/auxot/auditevent/?e=1")
+    assert (exported.status_code, exported["Location"]) == (302, listed["Location"])

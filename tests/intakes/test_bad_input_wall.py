@@ -87,6 +87,21 @@ def test_non_uuid_intake_id_gets_404(api, intake_a, member_token, intake_id):
     _assert_problem(response, 404)
 
 
+@pytest.mark.parametrize("query", ["wait=%00", "wait=1%00", "x=%00"])
+def test_a_nul_in_the_api_querystring_gets_the_api_answer(api, intake_a, member_token, query):
+    # The pages' NUL guard (auxot.http.NulInQueryRefused) leaves /v1/ to its own checks.
+    work = api.post(f"/v1/intake/{intake_a.pk}", data="{}", content_type="application/json",
+                    HTTP_AUTHORIZATION=f"Bearer {member_token}").json()["work_id"]
+    response = api.get(f"/v1/intake/{intake_a.pk}/work/{work}?{query}",
+                       HTTP_AUTHORIZATION=f"Bearer {member_token}")
+    if query.startswith("wait"):
+        assert response.status_code == 400, response.content[:300]
+        assert response["Content-Type"] == "application/problem+json"
+        assert "wait" in response.json()["detail"]
+    else:
+        assert response.status_code == 200 and response.json()["work_id"] == work
+
+
 @pytest.mark.parametrize("work_id", ["not-a-uuid", "0", "x" * 300])
 def test_non_uuid_work_id_gets_404(api, intake_a, member_token, work_id):
     response = api.get(f"/v1/intake/{intake_a.pk}/work/{work_id}",
