@@ -9,8 +9,10 @@ requests and secrets; callbacks; admin and audit; logging. This module and auxot
 are the composition root: the only core modules that name the other apps.
 """
 
+import contextlib
 import ipaddress
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -66,6 +68,8 @@ def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
         value = float(raw)
     except ValueError:
         raise ImproperlyConfigured(f"{name}={raw!r} is not a number.") from None
+    if not math.isfinite(value):  # `nan < minimum` is False: it would pass every bound
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a finite number.")
     if value < minimum:
         raise ImproperlyConfigured(f"{name}={value} is below the minimum of {minimum}.")
     return value
@@ -76,6 +80,26 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if raw is None:
         return default
     return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def env_log_level(name: str, default: str) -> str:
+    raw = os.environ.get(name, "").strip().upper() or default
+    if raw not in _LOG_LEVELS:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a log level ({', '.join(_LOG_LEVELS)}).")
+    return raw
+
+
+def env_redis_url(name: str, default: str = "") -> str:
+    """A Redis URL (or "" for none). Checked now: a bad one would let the web process start
+    and fail later, in the worker's sentinel or on every trigger. The value may hold a
+    password, so the message does not repeat it."""
+    raw = env_str(name, default).strip()
+    if raw and raw.lower() != "off" and urlsplit(raw).scheme not in ("redis", "rediss", "unix"):
+        raise ImproperlyConfigured(f"{name} must be a redis://, rediss:// or unix:// URL.")
+    return raw
 
 
 def env_base_url(name: str) -> str:
@@ -98,7 +122,14 @@ if not SECRET_KEY:
         raise ImproperlyConfigured("SECRET_KEY must be set (or DEBUG=1 for a development default).")
     SECRET_KEY = "dev-only-insecure-secret-key-do-not-use-in-production"  # noqa: S105
 
+# Older keys, newest first, after rotating SECRET_KEY (comma-separated): sessions and the
+# secrets stored encrypted with them (organization secrets, signing secrets) stay readable.
+SECRET_KEY_FALLBACKS = env_list("SECRET_KEY_FALLBACKS", [])
+
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+if not ALLOWED_HOSTS and not DEBUG:
+    raise ImproperlyConfigured("ALLOWED_HOSTS is empty: every request would be refused (400). "
+                               "Name the host names this server answers to, comma-separated.")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 # Public base URL used to build links (Location, status_url, admin snippets). Empty: the
 # request's own scheme and host are used.
@@ -172,7 +203,8 @@ TEMPLATES = [
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "staticfiles"
-STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns on every request otherwise
+with contextlib.suppress(OSError):  # a read-only code directory: whitenoise only warns
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns otherwise
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
@@ -337,7 +369,7 @@ AUXOT_HEARTBEAT_SECONDS = env_int("AUXOT_HEARTBEAT_SECONDS", 5, minimum=1)
 # timeout (systemd TimeoutStopSec, Kubernetes terminationGracePeriodSeconds) above it.
 AUXOT_WORKER_GRACE_SECONDS = env_float("AUXOT_WORKER_GRACE_SECONDS", 30.0, minimum=1.0)
 
-REDIS_URL = env_str("REDIS_URL")
+REDIS_URL = env_redis_url("REDIS_URL")
 AUXOT_TASK_TIMEOUT_SECONDS = env_int("AUXOT_TASK_TIMEOUT_SECONDS", 300, minimum=10)
 Q_CLUSTER = {
     "name": env_str("AUXOT_Q_NAME", "auxot"),
@@ -357,7 +389,7 @@ Q_CLUSTER = {
 }
 # Rate-limit counters: an atomic Redis counter per scope when set (default: the Redis
 # broker's URL, if the broker is Redis), else the database's; "off" forces the database.
-AUXOT_RATELIMIT_REDIS_URL = env_str("AUXOT_RATELIMIT_REDIS_URL", REDIS_URL)
+AUXOT_RATELIMIT_REDIS_URL = env_redis_url("AUXOT_RATELIMIT_REDIS_URL", REDIS_URL)
 if AUXOT_RATELIMIT_REDIS_URL.strip().lower() == "off":
     AUXOT_RATELIMIT_REDIS_URL = ""
 if REDIS_URL:
@@ -466,6 +498,9 @@ except ValueError:
         "AUXOT_CALLBACK_RETRY_SCHEDULE must be comma-separated seconds, e.g. 0,5,300") from None
 if not AUXOT_CALLBACK_RETRY_SCHEDULE or min(AUXOT_CALLBACK_RETRY_SCHEDULE) < 0:
     raise ImproperlyConfigured("AUXOT_CALLBACK_RETRY_SCHEDULE needs at least one delay >= 0.")
+if not all(map(math.isfinite, AUXOT_CALLBACK_RETRY_SCHEDULE)):
+    raise ImproperlyConfigured("AUXOT_CALLBACK_RETRY_SCHEDULE: every delay is a finite number "
+                               "of seconds.")
 AUXOT_CALLBACK_JITTER = env_float("AUXOT_CALLBACK_JITTER", 0.1)
 if AUXOT_CALLBACK_JITTER > 1:
     raise ImproperlyConfigured("AUXOT_CALLBACK_JITTER is a fraction between 0 and 1.")
@@ -546,6 +581,14 @@ AUXOT_READY_HEARTBEAT_MAX_AGE_SECONDS = env_int("AUXOT_READY_HEARTBEAT_MAX_AGE_S
                                                 minimum=1)
 AUXOT_READY_BACKLOG_MAX_AGE_SECONDS = env_int("AUXOT_READY_BACKLOG_MAX_AGE_SECONDS", 300,
                                               minimum=1)
+# prometheus-client's multiprocess mode writes one file per process into this directory:
+# missing, every request (and every task) would fail on its first metric.
+_multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+if _multiproc_dir and not (os.path.isdir(_multiproc_dir)
+                           and os.access(_multiproc_dir, os.W_OK | os.X_OK)):
+    raise ImproperlyConfigured(
+        f"PROMETHEUS_MULTIPROC_DIR={_multiproc_dir!r} is not a directory this process can "
+        "write: create it (one per host, shared by gunicorn and qcluster) before they start.")
 # /metrics is off unless a bearer token or an allow-list of networks is set (both: both apply).
 AUXOT_METRICS_TOKEN = env_str("AUXOT_METRICS_TOKEN").strip()
 AUXOT_METRICS_ALLOWED_NETWORKS = env_list("AUXOT_METRICS_ALLOWED_NETWORKS", [])
@@ -584,12 +627,12 @@ LOGGING = {
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["context"],
                              "formatter": "json" if LOG_FORMAT == "json" else "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": env_log_level("LOG_LEVEL", "INFO")},
     "loggers": {
         # django-q2 logs an INFO line per task: keep the hot path quiet.
-        "django-q": {"level": env_str("Q_LOG_LEVEL", "WARNING")},
+        "django-q": {"level": env_log_level("Q_LOG_LEVEL", "WARNING")},
         # Django logs a WARNING line per 4xx: a flood of bad requests would flood the log.
         # Rejections at the intake endpoints are audited (budgeted) instead; 5xx still log.
-        "django.request": {"level": env_str("REQUEST_LOG_LEVEL", "ERROR")},
+        "django.request": {"level": env_log_level("REQUEST_LOG_LEVEL", "ERROR")},
     },
 }

@@ -1,0 +1,90 @@
+"""Start-up validation of the environment: a present but malformed value stops the process
+with a message that names the variable (and never echoes a value that may hold a password).
+Each case runs `auxot.settings` in a fresh process, from that environment alone."""
+
+import re
+from pathlib import Path
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from auxot.settings import env_float
+from tests.processes import settings_printed
+
+SETTINGS_SOURCE = (Path(__file__).resolve().parents[2] / "auxot" / "settings.py").read_text()
+FLOAT_SETTINGS = re.findall(r'env_float\(\s*"([A-Z_]+)"', SETTINGS_SOURCE)
+
+
+def test_every_number_setting_is_read_by_a_checked_helper():
+    assert len(FLOAT_SETTINGS) >= 15
+    # A bare float()/int() of an environment value would skip the checks (the retry
+    # schedule, a list, checks its own values below).
+    bare = re.findall(r"(?:float|int)\(os\.environ[^)]*\)", SETTINGS_SOURCE)
+    assert bare == []
+
+
+@pytest.mark.parametrize("name", FLOAT_SETTINGS)
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "1e999"])
+def test_no_float_setting_takes_a_value_that_is_not_finite(monkeypatch, name, value):
+    # `nan < minimum` is False, so nan passed every bound: AUXOT_TICK_SECONDS=nan spun a
+    # core and never swept, AUXOT_BODY_READ_TIMEOUT_SECONDS=nan turned the 408 off.
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ImproperlyConfigured, match=f"^{name}=.*not a finite number"):
+        env_float(name, 1.0)
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"AUXOT_TICK_SECONDS": "nan"}, "AUXOT_TICK_SECONDS"),
+    ({"AUXOT_BODY_READ_TIMEOUT_SECONDS": "inf"}, "AUXOT_BODY_READ_TIMEOUT_SECONDS"),
+    ({"AUXOT_CALLBACK_JITTER": "nan"}, "AUXOT_CALLBACK_JITTER"),
+    ({"AUXOT_CALLBACK_RETRY_SCHEDULE": "0,5,nan"}, "AUXOT_CALLBACK_RETRY_SCHEDULE"),
+    ({"AUXOT_CALLBACK_RETRY_SCHEDULE": "0,inf"}, "AUXOT_CALLBACK_RETRY_SCHEDULE"),
+    ({"LOG_LEVEL": "verbose"}, "LOG_LEVEL"),
+    ({"Q_LOG_LEVEL": "loud"}, "Q_LOG_LEVEL"),
+    ({"REQUEST_LOG_LEVEL": "10"}, "REQUEST_LOG_LEVEL"),
+    ({"REDIS_URL": "garbage"}, "REDIS_URL"),
+    ({"AUXOT_RATELIMIT_REDIS_URL": "http://:pw@cache:6379/0"}, "AUXOT_RATELIMIT_REDIS_URL"),
+    ({"ALLOWED_HOSTS": ""}, "ALLOWED_HOSTS"),
+    ({"PROMETHEUS_MULTIPROC_DIR": "/nonexistent/auxot-metrics"}, "PROMETHEUS_MULTIPROC_DIR"),
+])
+def test_a_malformed_value_stops_start_up_naming_its_variable(env, named):
+    done = settings_printed(env, "DEBUG")
+    assert done.returncode != 0
+    [message] = [line for line in done.stderr.splitlines()
+                 if line.startswith("django.core.exceptions.ImproperlyConfigured")]
+    assert named in message
+    assert ":pw@" not in done.stderr  # a URL's password is not repeated
+
+
+@pytest.mark.parametrize(("env", "names", "shown"), [
+    ({"LOG_LEVEL": "debug", "Q_LOG_LEVEL": "error"},
+     ("LOGGING['root']['level']", "LOGGING['loggers']['django-q']['level']"), "DEBUG ERROR"),
+    ({"REDIS_URL": "rediss://cache:6380/1", "AUXOT_RATELIMIT_REDIS_URL": "off"},
+     ("REDIS_URL", "AUXOT_RATELIMIT_REDIS_URL or '-'"), "rediss://cache:6380/1 -"),
+    ({"REDIS_URL": "unix:///run/redis.sock"}, ("REDIS_URL",), "unix:///run/redis.sock"),
+])
+def test_good_values_start(env, names, shown):
+    done = settings_printed(env, *names)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == shown.split()
+
+
+def test_secret_key_fallbacks_come_from_the_environment():
+    """Rotating SECRET_KEY needs the old one among the fallbacks, or every organization
+    secret and signing secret stored with it is unreadable; there was no way to set it."""
+    done = settings_printed({"SECRET_KEY": "new", "SECRET_KEY_FALLBACKS": "old-2, old-1"},
+                            "SECRET_KEY_FALLBACKS")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['old-2', 'old-1']"
+
+
+def test_a_secret_stored_under_the_old_key_reads_after_a_rotation(settings):
+    from auxot.crypto import DecryptionError, decrypt, encrypt
+
+    settings.SECRET_KEY = "the-old-key"
+    stored = encrypt("s3cret-value", purpose="secret")
+    settings.SECRET_KEY, settings.SECRET_KEY_FALLBACKS = "the-new-key", []
+    with pytest.raises(DecryptionError):
+        decrypt(stored, purpose="secret")
+    settings.SECRET_KEY_FALLBACKS = ["the-old-key"]
+    assert decrypt(stored, purpose="secret") == "s3cret-value"
