@@ -102,10 +102,19 @@ def intake_signing_secrets(*, intake: Intake, now: datetime) -> list[str]:
     return secrets
 
 
-def intake_callback_disable(*, intake: Intake, reason: str, now: datetime) -> bool:
+def intake_callback_disable(*, intake: Intake, reason: str, now: datetime,
+                            url: str = "") -> bool:
+    """The receiver at the intake's callback URL asked to stop (410 Gone). Deliveries of the
+    intake to that URL that wait for a retry stop too: the receiver said it for all of
+    them, and the poll would otherwise show them pending while they are posted to it."""
     with transaction.atomic():
         changed = Intake.objects.filter(pk=intake.pk, callback_disabled_at__isnull=True).update(
             callback_disabled_at=now, callback_disabled_reason=reason[:300])
+        if url:
+            CallbackDelivery.objects.filter(
+                intake_id=intake.pk, uses_intake_default=True, url=url, state=State.PENDING,
+            ).update(state=State.DISABLED, next_attempt_at=None,
+                     last_error="the intake's callback is disabled")
         if changed:
             audit_record(event="intake.callback_disabled", org=intake.org, obj=intake, now=now,
                          actor_label="callback receiver",
@@ -379,11 +388,18 @@ class SendResult:
     body: str = ""
     headers: dict = field(default_factory=dict)
     error: str = ""
-    refused: bool = False
+    refused: bool = False  # the policy refused the URL: nothing sent, no retry
+    unsent: bool = False  # nothing sent this time (no signing secret), retried
 
     @property
     def ok(self) -> bool:
         return self.status is not None and 200 <= self.status < 300
+
+    @property
+    def reached_host(self) -> bool:
+        """Whether a request went out: only then does the outcome say anything of the
+        endpoint, for its breaker."""
+        return not (self.refused or self.unsent)
 
 
 def signed_headers(*, secrets: list[str], webhook_id: str, body: bytes,
@@ -469,7 +485,10 @@ def _outcome(delivery: CallbackDelivery, result: SendResult,
     if result.refused:
         return State.FAILED, None, result.error
     if result.status == 410:
-        return (State.DISABLED if delivery.uses_intake_default else State.FAILED), None, \
+        # The intake's callback stops only when its current URL said it: a retry still
+        # going to a URL the admin has since replaced says nothing of the new one.
+        current = delivery.uses_intake_default and delivery.url == delivery.intake.callback_url
+        return (State.DISABLED if current else State.FAILED), None, \
             "the receiver answered 410 Gone"
     if _asked_to_stop(result):
         return State.FAILED, None, "the receiver asked to stop (webhook-delivery: abort-message)"
@@ -500,7 +519,7 @@ def _delivery_result(delivery: CallbackDelivery, token: str, result: SendResult,
         state=state, next_attempt_at=next_at, lease_token="", last_status=result.status,
         last_error=why[:500], delivered_at=now if state == State.DELIVERED else None)
     if changed and state == State.DISABLED:
-        intake_callback_disable(intake=delivery.intake, now=now,
+        intake_callback_disable(intake=delivery.intake, now=now, url=delivery.url,
                                 reason=f"410 Gone from {url_redact(delivery.url)}")
     return state, bool(changed), why
 
@@ -536,7 +555,7 @@ def _attempt_record(delivery: CallbackDelivery, token: str, attempt: CallbackAtt
         _attempt_result(attempt, result, now)
         attempt.save(update_fields=_ATTEMPT_RESULT_FIELDS)
         state, changed, why = _delivery_result(delivery, token, result, now)
-    if changed and not result.refused:  # a refusal sent nothing: it says nothing of the host
+    if changed and result.reached_host:
         endpoint_outcome(key=delivery.endpoint, ok=_answered(result), error=why, now=now)
     return state
 
@@ -570,8 +589,14 @@ def callback_delivery_release(*, delivery_id, token: str, now: datetime | None =
     marked interrupted and the delivery is due again, with the same webhook-id."""
     now = now or timezone.now()
     with transaction.atomic():
-        changed = CallbackDelivery.objects.filter(pk=delivery_id, lease_token=token).update(
-            state=State.PENDING, lease_token="", next_attempt_at=now)
+        ours = CallbackDelivery.objects.filter(pk=delivery_id, lease_token=token)
+        attempts = ours.values_list("attempts", flat=True).first()
+        # Claimed but given back before its attempt row was written: nothing was sent, so
+        # the claim's count is taken back (the schedule and the poll count real attempts).
+        unsent = attempts is not None and not CallbackAttempt.objects.filter(
+            delivery_id=delivery_id, number=attempts).exists()
+        changed = ours.update(state=State.PENDING, lease_token="", next_attempt_at=now,
+                              attempts=F("attempts") - int(unsent))
         if changed:
             CallbackAttempt.objects.filter(delivery_id=delivery_id,
                                            finished_at__isnull=True).update(
@@ -793,7 +818,7 @@ def _sign(prepared: PreparedAttempt, now: datetime, *, progress: tuple[list, lis
         secrets = intake_signing_secrets(intake=delivery.intake, now=now)
     except ValueError as exc:
         # Not sent, but retried: an admin can rotate the secret within the retry window.
-        prepared.unsent = SendResult(error=str(exc))
+        prepared.unsent = SendResult(error=str(exc), unsent=True)
         return
     view = work_item_poll_view(delivery.work_item, intake=delivery.intake, delivery=delivery,
                                replayed_by=replayed_by, progress=progress)
@@ -852,9 +877,9 @@ def callback_attempts_finish(*, outcomes: list[tuple[PreparedAttempt, SendResult
             if delivery.pk not in changed:
                 continue
             if state == State.DISABLED:
-                intake_callback_disable(intake=delivery.intake, now=now,
+                intake_callback_disable(intake=delivery.intake, now=now, url=delivery.url,
                                         reason=f"410 Gone from {url_redact(delivery.url)}")
-            if not result.refused:  # a refusal sent nothing: it says nothing of the host
+            if result.reached_host:
                 by_endpoint.setdefault(delivery.endpoint, []).append(
                     (_answered(result), why))
         for key, answers in by_endpoint.items():

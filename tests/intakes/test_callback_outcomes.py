@@ -1,0 +1,100 @@
+"""What one attempt's outcome does to the rest: a 410 from a URL the intake no longer uses,
+the other retries waiting on a URL that said 410, attempts that sent nothing (for the
+breaker and for the count)."""
+
+import pytest
+from django.utils import timezone
+
+from intakes.callbacks import callback_delivery_create, callback_delivery_process
+from intakes.models import CallbackAttempt, CallbackDelivery, CallbackEndpoint, Intake
+from intakes.services import intake_update
+from tests.callback_helpers import finished_item
+
+pytestmark = pytest.mark.django_db
+
+
+def _due_now(delivery):
+    CallbackDelivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now())
+
+
+def _paths(receiver):
+    return [request.path for request, _ in receiver.log]
+
+
+def test_a_410_from_the_former_url_does_not_disable_the_intakes_new_one(receiver, cb_intake,
+                                                                        cast):
+    """A retry still going to the URL an admin has since replaced got 410 Gone: it disabled
+    the intake's callback, and every later delivery to the new, healthy URL was created
+    disabled and never sent."""
+    receiver.expect_request("/hook").respond_with_data("busy", status=503)
+    delivery = callback_delivery_create(work_item=finished_item(cb_intake))
+    callback_delivery_process(delivery_id=delivery.pk)  # 503: a retry waits, for /hook
+    intake_update(intake=Intake.objects.select_related("org").get(pk=cb_intake.pk),
+                  actor=cast.admin_a, changes={"callback_url": receiver.url_for("/new-hook")})
+    receiver.clear()
+    receiver.expect_request("/hook").respond_with_data("gone", status=410)
+    receiver.expect_request("/new-hook").respond_with_data("ok")
+    _due_now(delivery)
+    assert callback_delivery_process(delivery_id=delivery.pk) == "failed"
+    cb_intake.refresh_from_db()
+    assert cb_intake.callback_disabled_at is None
+    later = callback_delivery_create(work_item=finished_item(cb_intake))
+    assert later.state == "pending"
+    assert callback_delivery_process(delivery_id=later.pk) == "delivered"
+    assert _paths(receiver) == ["/hook", "/new-hook"]
+
+
+def test_a_410_stops_the_other_retries_waiting_on_that_url(receiver, cb_intake):
+    receiver.expect_oneshot_request("/hook").respond_with_data("busy", status=503)
+    first = callback_delivery_create(work_item=finished_item(cb_intake))
+    callback_delivery_process(delivery_id=first.pk)  # 503: a retry waits
+    receiver.expect_oneshot_request("/hook").respond_with_data("gone", status=410)
+    second = callback_delivery_create(work_item=finished_item(cb_intake))
+    assert callback_delivery_process(delivery_id=second.pk) == "disabled"
+    receiver.expect_request("/hook").respond_with_data("ok")
+    _due_now(first)
+    assert callback_delivery_process(delivery_id=first.pk) is None  # not due: stopped
+    first.refresh_from_db()
+    assert (first.state, first.last_error) == ("disabled", "the intake's callback is disabled")
+    assert len(receiver.log) == 2
+
+
+def test_attempts_that_send_nothing_do_not_open_the_endpoints_breaker(receiver, cb_intake,
+                                                                      settings):
+    """An intake without a readable signing secret sends nothing (it is retried, so an admin
+    can rotate it): those attempts said nothing of the host, but opened its breaker and
+    paused the organization's other callbacks to it."""
+    settings.AUXOT_CALLBACK_BREAKER_FAILURES = 3
+    settings.AUXOT_CALLBACK_RETRY_SCHEDULE = [0, 0, 0, 0, 0]
+    Intake.objects.filter(pk=cb_intake.pk).update(signing_secret_encrypted="")
+    delivery = callback_delivery_create(work_item=finished_item(cb_intake))
+    for _ in range(4):
+        _due_now(delivery)
+        assert callback_delivery_process(delivery_id=delivery.pk) == "pending"  # retried
+    assert receiver.log == []
+    assert not CallbackEndpoint.objects.filter(open_until__isnull=False).exists()
+    assert not CallbackEndpoint.objects.filter(consecutive_failures__gt=0).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_delivery_given_back_unsent_keeps_its_attempt(receiver, cb_intake, settings):
+    """SIGTERM between the claim and the attempt row: the dispatcher gives the delivery back
+    unsent, but the claim's count stayed, so the first real attempt was numbered 2 and its
+    retry came on the third step of the schedule (300 s, not 5 s)."""
+    from intakes.dispatcher import Dispatcher
+
+    settings.AUXOT_CALLBACK_RETRY_SCHEDULE = [0, 5, 300]
+    settings.AUXOT_CALLBACK_JITTER = 0
+    receiver.expect_request("/hook").respond_with_data("busy", status=503)
+    delivery = callback_delivery_create(work_item=finished_item(cb_intake))
+    dispatcher = Dispatcher(threads=4, per_host=4)
+    dispatcher.run_once()  # claimed
+    dispatcher.stop()  # stopping before the attempt row was written
+    dispatcher.send_queued()  # given back
+    delivery.refresh_from_db()
+    assert (delivery.state, delivery.attempts, receiver.log) == ("pending", 0, [])
+    assert callback_delivery_process(delivery_id=delivery.pk) == "pending"  # the 503
+    delivery.refresh_from_db()
+    assert list(CallbackAttempt.objects.filter(delivery=delivery).values_list(
+        "number", flat=True)) == [1]
+    assert 3 < (delivery.next_attempt_at - timezone.now()).total_seconds() <= 5
