@@ -11,7 +11,10 @@ Tenants choose these URLs, so each is hostile. The policy is enforced twice:
    are followed and environment proxies are ignored.
 
 `AUXOT_OUTBOUND_ALLOWED_NETWORKS` / `AUXOT_OUTBOUND_ALLOWED_HOSTS` exempt an install's own
-receivers from the address policy; nothing else does.
+receivers from the address policy for what an organization's admin configures (steps,
+providers, an intake's callback URL). A callback URL a caller sends (`Auxot-Callback-Url`,
+purpose `caller_callback`) is any key holder's input: only
+`AUXOT_CALLER_CALLBACK_ALLOWED_NETWORKS` exempts it. Nothing else does.
 
 Connections are kept alive and shared between calls and threads (per purpose and policy,
 bounded), since opening one per request cost most of a sender's CPU; no session state is
@@ -49,10 +52,12 @@ from urllib3.util import parse_url
 
 logger = logging.getLogger(__name__)
 
-Purpose = Literal["callback", "http", "agent"]
-_WHAT = {"callback": "The callback URL", "http": "The http step URL",
-         "agent": "The provider URL"}
-_WHO = {"callback": "callbacks", "http": "http steps", "agent": "agent providers"}
+Purpose = Literal["callback", "caller_callback", "http", "agent"]
+_WHAT = {"callback": "The callback URL", "caller_callback": "The callback URL",
+         "http": "The http step URL", "agent": "The provider URL"}
+_WHO = {"callback": "callbacks", "caller_callback": "callbacks", "http": "http steps",
+        "agent": "agent providers"}
+CALLBACKS = ("callback", "caller_callback")
 
 MAX_URL = 2000
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024  # a hostile server must not fill a worker's memory
@@ -118,13 +123,28 @@ def _networks(raw: tuple[str, ...]) -> list:
     return [ipaddress.ip_network(net, strict=False) for net in raw]
 
 
-def _allowed_address(ip) -> bool:
-    nets = _networks(tuple(settings.AUXOT_OUTBOUND_ALLOWED_NETWORKS))
+def _allowed_networks(purpose: Purpose) -> tuple[str, ...]:
+    if purpose == "caller_callback":  # a caller's URL: the operator's own list is not theirs
+        return tuple(settings.AUXOT_CALLER_CALLBACK_ALLOWED_NETWORKS)
+    return tuple(settings.AUXOT_OUTBOUND_ALLOWED_NETWORKS)
+
+
+def _allowed_address(ip, purpose: Purpose) -> bool:
+    nets = _networks(_allowed_networks(purpose))
     return any(ip.version == net.version and ip in net for net in nets)
 
 
-def _allowed_host(host: str) -> bool:
-    return host.rstrip(".").lower() in settings.AUXOT_OUTBOUND_ALLOWED_HOSTS
+def _allowed_host(host: str, purpose: Purpose) -> bool:
+    return purpose != "caller_callback" and (
+        host.rstrip(".").lower() in settings.AUXOT_OUTBOUND_ALLOWED_HOSTS)
+
+
+def _allow_hint(purpose: Purpose) -> str:
+    if purpose == "caller_callback":
+        return "a caller's callback URL may reach an install's own receivers only with " \
+               "AUXOT_CALLER_CALLBACK_ALLOWED_NETWORKS"
+    return "an install's own receivers need AUXOT_OUTBOUND_ALLOWED_NETWORKS or " \
+           "AUXOT_OUTBOUND_ALLOWED_HOSTS"
 
 
 def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[tuple[str, ipaddress.IPv4Address]]:
@@ -174,7 +194,7 @@ def _is_ip(host: str) -> bool:
 def address_check(address: str, *, host: str = "", purpose: Purpose = "callback") -> None:
     """Raise RefusedDestination unless `purpose` may send to this IP address."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if _allowed_address(ip):
+    if _allowed_address(ip, purpose):
         return
     reason = _why_refused(ip)
     if reason:
@@ -183,7 +203,7 @@ def address_check(address: str, *, host: str = "", purpose: Purpose = "callback"
             raise RefusedDestination(_name_refusal(host, purpose))
         raise RefusedDestination(
             f"{host or ip} is {reason}; {_WHO[purpose]} may not go there (outbound request "
-            "policy; an install's own receivers need AUXOT_OUTBOUND_ALLOWED_NETWORKS)")
+            f"policy; {_allow_hint(purpose)})")
 
 
 def _name_refusal(host: str, purpose: Purpose) -> str:
@@ -192,8 +212,7 @@ def _name_refusal(host: str, purpose: Purpose) -> str:
     never the address), so a caller's Auxot-Callback-Url or an admin's step URL cannot map
     the server's internal DNS. The operators' log has the reason."""
     return (f"{host} does not resolve to a public address; {_WHO[purpose]} may not go there "
-            "(outbound request policy; an install's own receivers need "
-            "AUXOT_OUTBOUND_ALLOWED_NETWORKS or AUXOT_OUTBOUND_ALLOWED_HOSTS)")
+            f"(outbound request policy; {_allow_hint(purpose)})")
 
 
 # --- URL checks -----------------------------------------------------------------------------
@@ -213,7 +232,7 @@ def _split(url: Any, what: str) -> SplitResult:
 
 
 def _schemes(purpose: Purpose) -> tuple[str, ...]:
-    if purpose == "callback" and not settings.AUXOT_CALLBACK_ALLOW_HTTP:
+    if purpose in CALLBACKS and not settings.AUXOT_CALLBACK_ALLOW_HTTP:
         return ("https",)
     return ("https", "http")  # steps and providers: the address policy is what protects
 
@@ -252,7 +271,7 @@ def host_check(host: str, *, purpose: Purpose) -> None:
     host = _ascii_host(host, what)
     if not _HOST_NAME.match(host):
         raise RefusedDestination(f"{what} host {host!r} has characters a host name may not have.")
-    if _allowed_host(host):
+    if _allowed_host(host, purpose):
         return
     try:
         ip = ipaddress.ip_address(host)
@@ -288,7 +307,7 @@ def url_check(url: Any, *, purpose: Purpose) -> str:
         raise RefusedDestination(f"{what} has no host.", code="bad_url")
     if "\\" in parts.netloc:
         raise RefusedDestination(f"{what} has a backslash in its host.")
-    if purpose == "callback" and parts.fragment:
+    if purpose in CALLBACKS and parts.fragment:
         raise RefusedDestination(f"{what} may not have a #fragment.", code="bad_url")
     host_check(host, purpose=purpose)
     return url
@@ -427,7 +446,7 @@ def _resolve_checked(host: str, port: int) -> str:
                     purpose)
         raise RefusedDestination(_name_refusal(host, purpose)) from None
     addresses = list(dict.fromkeys(info[4][0] for info in infos))
-    if not _allowed_host(host):
+    if not _allowed_host(host, purpose):
         for address in addresses:  # every answer: a round-robin must not smuggle in a bad one
             address_check(address, host=host, purpose=purpose)
     return addresses[0]
@@ -646,8 +665,7 @@ _adapters_lock = threading.Lock()
 def _adapter(purpose: Purpose) -> CheckedAdapter:
     """The shared pools for `purpose` under the policy in force: a connection is reused only
     under the settings it was checked with (a changed allow-list gets fresh pools)."""
-    key = (purpose, tuple(settings.AUXOT_OUTBOUND_ALLOWED_NETWORKS),
-           tuple(settings.AUXOT_OUTBOUND_ALLOWED_HOSTS))
+    key = (purpose, _allowed_networks(purpose), tuple(settings.AUXOT_OUTBOUND_ALLOWED_HOSTS))
     adapter = _adapters.get(key)
     if adapter is None:
         with _adapters_lock:

@@ -434,6 +434,15 @@ for _net in AUXOT_OUTBOUND_ALLOWED_NETWORKS:
         ipaddress.ip_network(_net, strict=False)
     except ValueError as _exc:
         raise ImproperlyConfigured(f"AUXOT_OUTBOUND_ALLOWED_NETWORKS: {_exc}") from None
+# A caller's own callback URL (the Auxot-Callback-Url header) is any key holder's input, so
+# the lists above (what organization admins configure may reach) do not apply to it; these
+# networks (CIDRs, comma-separated; none by default) do.
+AUXOT_CALLER_CALLBACK_ALLOWED_NETWORKS = env_list("AUXOT_CALLER_CALLBACK_ALLOWED_NETWORKS", [])
+for _net in AUXOT_CALLER_CALLBACK_ALLOWED_NETWORKS:
+    try:
+        ipaddress.ip_network(_net, strict=False)
+    except ValueError as _exc:
+        raise ImproperlyConfigured(f"AUXOT_CALLER_CALLBACK_ALLOWED_NETWORKS: {_exc}") from None
 AUXOT_OUTBOUND_ALLOWED_HOSTS = [
     host.lower().rstrip(".") for host in env_list("AUXOT_OUTBOUND_ALLOWED_HOSTS", [])]
 for _host in AUXOT_OUTBOUND_ALLOWED_HOSTS:

@@ -412,12 +412,15 @@ def signed_headers(*, secrets: list[str], webhook_id: str, body: bytes,
             "webhook-signature": " ".join(signatures)}
 
 
-def callback_post(*, url: str, body: bytes, headers: dict[str, str]) -> SendResult:
-    """POST once under the outbound policy; never follows redirects; never raises."""
+def callback_post(*, url: str, body: bytes, headers: dict[str, str],
+                  caller: bool = False) -> SendResult:
+    """POST once under the outbound policy (`caller`: a URL the caller sent, under theirs);
+    never follows redirects; never raises."""
     started = time.monotonic()
     timeout = settings.AUXOT_CALLBACK_TIMEOUT_SECONDS
     try:
-        answer = outbound_post(url, purpose="callback", timeout=timeout, body=body,
+        answer = outbound_post(url, purpose="caller_callback" if caller else "callback",
+                               timeout=timeout, body=body,
                                headers=headers, max_bytes=RESPONSE_KEEP_BYTES + MAX_URL)
     except RefusedDestination as exc:
         return SendResult(error=f"refused: {exc}", refused=True)
@@ -833,7 +836,8 @@ def callback_attempt_post(prepared: PreparedAttempt) -> SendResult:
     """The POST itself. No database: any number of these may run at once."""
     if prepared.unsent is not None:
         return prepared.unsent
-    return callback_post(url=prepared.delivery.url, body=prepared.body, headers=prepared.headers)
+    return callback_post(url=prepared.delivery.url, body=prepared.body, headers=prepared.headers,
+                         caller=not prepared.delivery.uses_intake_default)
 
 
 def callback_attempt_finish(*, prepared: PreparedAttempt, result: SendResult) -> str:

@@ -69,11 +69,12 @@ def intake_create(
     return intake
 
 
-def callback_url_checked(url: str) -> str:
+def callback_url_checked(url: str, *, caller: bool = False) -> str:
     """The URL policy as a 422 problem (for the header and the intake's setting): a URL that
-    does not parse is refused like one the outbound policy refuses, never a 500."""
+    does not parse is refused like one the outbound policy refuses, never a 500. `caller`:
+    the trigger's Auxot-Callback-Url, under the caller's policy (`caller_callback`)."""
     try:
-        return url_check(url, purpose="callback")
+        return url_check(url, purpose="caller_callback" if caller else "callback")
     except (RefusedDestination, ValueError) as exc:
         raise ApplicationError(f"Callback URL refused: {exc}", code="validation_failed") from None
 
@@ -171,7 +172,7 @@ def intake_trigger(*, intake: Intake, key: ApiKey, payload: Any, ip: str | None,
     """
     _require_actor(intake=intake, key=key)
     if callback_url:
-        callback_url_checked(callback_url)
+        callback_url_checked(callback_url, caller=True)
     claim = idempotency.idempotency_claim(key=key, header=idempotency_key, payload=payload)
     for _ in range(2):  # a second pass only when an expired record was just deleted
         now = timezone.now()

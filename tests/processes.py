@@ -35,6 +35,7 @@ def process_env(**extra: str) -> dict[str, str]:
         "AUXOT_HEARTBEAT_SECONDS": "1",
         "LOG_LEVEL": "WARNING",
         "AUXOT_OUTBOUND_ALLOWED_NETWORKS": "127.0.0.1/32",  # the tests' local receivers
+        "AUXOT_CALLER_CALLBACK_ALLOWED_NETWORKS": "127.0.0.1/32",
     })
     env.update(extra)
     return env

@@ -14,6 +14,8 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 # Outbound requests reach real receivers on 127.0.0.1 (tests that prove refusals empty this).
 AUXOT_OUTBOUND_ALLOWED_NETWORKS = ["127.0.0.1/32"]
+# The tests' receivers take callers' Auxot-Callback-Url too (test_callback_ssrf narrows it).
+AUXOT_CALLER_CALLBACK_ALLOWED_NETWORKS = ["127.0.0.1/32"]
 AUXOT_OUTBOUND_ALLOWED_HOSTS = []
 AUXOT_CALLBACK_ALLOWED_NETWORKS = []
 # Callbacks: over http, on a schedule measured in seconds.

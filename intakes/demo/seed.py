@@ -25,6 +25,7 @@ SECRETS_FILE = settings.VAR_DIR / "demo-secrets.json"
 DEMO_ENV = {
     "AUXOT_CALLBACK_ALLOW_HTTP": "1",
     "AUXOT_OUTBOUND_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
+    "AUXOT_CALLER_CALLBACK_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",  # the README's receiver
     "AUXOT_CALLBACK_RETRY_SCHEDULE": "0,2,5,15,60",
 }
 GREETING = "{greeting: join(' ', ['Hello,', input.customer || 'world']), ticket: input.ticket_id}"

@@ -33,7 +33,7 @@ from auxot.outbound import (
     url_check,
 )
 from intakes.callbacks import callback_delivery_create, callback_delivery_process
-from intakes.models import CallbackAttempt
+from intakes.models import CallbackAttempt, Intake
 from tests.callback_helpers import finished_item
 from tests.conftest import make_workflow
 from tests.fakeserver import FakeServer, Reply
@@ -114,7 +114,8 @@ FORMS = [
     ("name-one-bad-answer", "http://round-robin.example:{port}/t",
      "round-robin.example does not resolve to a public address"),
 ]
-CALLERS = ["callback", "http-static", "http-expression", "agent"]
+# "callback": an intake's own URL (its admin's); "caller-callback": Auxot-Callback-Url.
+CALLERS = ["callback", "caller-callback", "http-static", "http-expression", "agent"]
 
 
 @pytest.fixture
@@ -139,6 +140,7 @@ def closed_policy(settings):
     """No allow-list: the address policy applies in full (the test settings open 127.0.0.1)."""
     settings.AUXOT_OUTBOUND_ALLOWED_NETWORKS = []
     settings.AUXOT_OUTBOUND_ALLOWED_HOSTS = []
+    settings.AUXOT_CALLER_CALLBACK_ALLOWED_NETWORKS = []
 
 
 def _run(item):
@@ -149,9 +151,13 @@ def _run(item):
 
 def _send(caller: str, url: str, cast, cb_intake) -> tuple[str, str]:
     """Make `caller` send to `url`; returns (code, message) of the failure, ("ok", "")."""
-    if caller == "callback":
-        item = finished_item(cb_intake, callback_url=url)
+    if caller in ("callback", "caller-callback"):
+        if caller == "callback":  # saved before the policy changed: checked again when sent
+            Intake.objects.filter(pk=cb_intake.pk).update(callback_url=url)
+            cb_intake.refresh_from_db()
+        item = finished_item(cb_intake, **({} if caller == "callback" else {"callback_url": url}))
         delivery = callback_delivery_create(work_item=item)
+        assert delivery.uses_intake_default == (caller == "callback")
         state = callback_delivery_process(delivery_id=delivery.pk)
         error = CallbackAttempt.objects.get(delivery=delivery).error
         return ("ssrf_refused" if error.startswith("refused: ") else state), error
@@ -192,11 +198,16 @@ def test_allowed_network_lets_every_caller_through(caller, cast, cb_intake, fake
 
 
 @pytest.mark.parametrize("caller", CALLERS)
-def test_allowed_host_lets_every_caller_through(caller, cast, cb_intake, fake_server,
-                                                connections, resolver, closed_policy, settings):
+def test_allowed_host_lets_every_admins_caller_through(caller, cast, cb_intake, fake_server,
+                                                       connections, resolver, closed_policy,
+                                                       settings):
     settings.AUXOT_OUTBOUND_ALLOWED_HOSTS = ["receiver.example"]
     port = fake_server.httpd.server_port
     code, message = _send(caller, f"http://receiver.example:{port}/t", cast, cb_intake)
+    if caller == "caller-callback":  # a key holder's URL: the operator's list is not theirs
+        assert code == "ssrf_refused", message
+        assert fake_server.requests == [] and connections == []
+        return
     assert code in ("ok", "delivered"), message
     [request] = fake_server.requests
     assert request["headers"]["Host"] == f"receiver.example:{port}"  # the name is kept
@@ -207,6 +218,7 @@ def test_allowed_host_lets_every_caller_through(caller, cast, cb_intake, fake_se
 def test_allowed_network_does_not_open_its_neighbours(caller, cast, cb_intake, fake_server,
                                                       connections, settings):
     settings.AUXOT_OUTBOUND_ALLOWED_NETWORKS = ["127.0.0.2/32"]
+    settings.AUXOT_CALLER_CALLBACK_ALLOWED_NETWORKS = ["127.0.0.2/32"]
     code, _ = _send(caller, fake_server.url + "/t", cast, cb_intake)
     assert code == "ssrf_refused"
     assert fake_server.requests == [] and connections == []

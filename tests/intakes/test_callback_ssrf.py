@@ -137,6 +137,68 @@ def test_refused_delivery_is_a_failed_attempt_with_a_clear_error(cb_intake, rece
     assert connections == [] and receiver.log == []
 
 
+# --- A caller's own URL (Auxot-Callback-Url) is not an admin's: the operator's list is not theirs
+
+@pytest.fixture
+def operator_opens_loopback_to_admins_only(settings):
+    """The operator lets admins' steps, providers and intake callbacks reach 127.0.0.1 (its
+    own model server, say); callers' URLs get no such list."""
+    settings.AUXOT_OUTBOUND_ALLOWED_NETWORKS = ["127.0.0.1/32"]
+    settings.AUXOT_OUTBOUND_ALLOWED_HOSTS = ["localhost"]
+    settings.AUXOT_CALLER_CALLBACK_ALLOWED_NETWORKS = []
+
+
+@pytest.mark.parametrize("path", ["/internal/admin", "/hook"])
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_a_caller_cannot_send_its_callback_into_the_operators_allowed_networks(
+        operator_opens_loopback_to_admins_only, api, cb_intake, member_token, receiver, host,
+        path):
+    """Any key holder could point Auxot-Callback-Url at a service the operator opened for
+    its organizations' admins, then read its status in the poll and its first 2 KiB in the
+    stored attempt. The trigger is now a 422, and nothing is created."""
+    from tests.conftest import trigger
+    from workflows.models import WorkItem
+
+    url = receiver.url_for(path).replace("localhost", host)
+    url = url.replace("127.0.0.1", host)
+    answer = trigger(api, cb_intake.pk, member_token, HTTP_AUXOT_CALLBACK_URL=url)
+    assert answer.status_code == 422, answer.content
+    assert "AUXOT_CALLER_CALLBACK_ALLOWED_NETWORKS" in answer.json()["detail"]
+    assert not WorkItem.objects.exists() and receiver.log == []
+
+
+def test_the_intakes_own_callback_url_keeps_the_operators_list(
+        operator_opens_loopback_to_admins_only, cb_intake, receiver):
+    receiver.expect_request("/hook").respond_with_data("ok")
+    assert cb_intake.callback_url.startswith("http://127.0.0.1:")  # set by its admin
+    delivery = callback_delivery_create(work_item=finished_item(cb_intake))
+    assert callback_delivery_process(delivery_id=delivery.pk) == "delivered"
+
+
+def test_a_callers_url_accepted_before_the_list_narrowed_is_refused_when_sent(
+        cb_intake, receiver, settings, connections):
+    item = finished_item(cb_intake, callback_url=receiver.url_for("/internal/admin"))
+    delivery = callback_delivery_create(work_item=item)
+    assert not delivery.uses_intake_default
+    settings.AUXOT_CALLER_CALLBACK_ALLOWED_NETWORKS = []  # the operator narrowed it since
+    assert callback_delivery_process(delivery_id=delivery.pk) == "failed"
+    attempt = CallbackAttempt.objects.get(delivery=delivery)
+    assert attempt.status_code is None and attempt.response_body == ""
+    assert "AUXOT_CALLER_CALLBACK_ALLOWED_NETWORKS" in attempt.error
+    assert connections == [] and receiver.log == []
+
+
+def test_the_callers_own_list_opens_only_its_networks(settings):
+    settings.AUXOT_OUTBOUND_ALLOWED_NETWORKS = []
+    settings.AUXOT_CALLER_CALLBACK_ALLOWED_NETWORKS = ["10.9.0.0/16"]
+    assert url_check("http://10.9.8.7/hook", purpose="caller_callback")
+    for url, purpose in (("http://10.9.8.7/hook", "callback"),
+                         ("http://10.9.8.7/hook", "http"),
+                         ("http://10.8.0.1/hook", "caller_callback")):
+        with pytest.raises(RefusedDestination):
+            url_check(url, purpose=purpose)
+
+
 def test_redaction_hides_query_values_and_credentials():
     assert url_redact("https://u:p@h.example:8443/p?token=abc&x=1") == (
         "https://h.example:8443/p?token=REDACTED&x=REDACTED")
