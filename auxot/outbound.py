@@ -305,6 +305,10 @@ def url_check(url: Any, *, purpose: Purpose) -> str:
     host = parts.hostname or ""
     if not host:
         raise RefusedDestination(f"{what} has no host.", code="bad_url")
+    if "[" in parts.netloc and ":" not in host:  # `[v1.x]`: brackets hold IPv6 literals only
+        raise RefusedDestination(f"{what} has an invalid IPv6 host {host!r}.", code="bad_url")
+    if parts.port == 0:
+        raise RefusedDestination(f"{what} has port 0; use 1 to 65535.", code="bad_url")
     if "\\" in parts.netloc:
         raise RefusedDestination(f"{what} has a backslash in its host.")
     if purpose in CALLBACKS and parts.fragment:

@@ -113,7 +113,10 @@ def test_https_only_unless_http_is_allowed(settings, connections):
 
 @pytest.mark.parametrize("url", ["ftp://example.com/x", "https://", "https://user:pw@x.com/",
                                  "https://example.com/#frag", "not a url", "https://exa mple.com/",
-                                 "https://example.com:99999/", "https://x.com/" + "a" * 2000])
+                                 "https://example.com:99999/", "https://x.com/" + "a" * 2000,
+                                 # accepted once, then failed on every attempt of the schedule:
+                                 "https://[v1.x]/hook", "https://[example.com]/hook",
+                                 "https://example.com:0/hook"])
 def test_malformed_urls_are_refused(url):
     with pytest.raises(RefusedDestination):
         url_check(url, purpose="callback")
