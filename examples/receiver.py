@@ -20,16 +20,25 @@ from pathlib import Path
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 DEMO_SECRETS = Path(__file__).resolve().parent.parent / "var" / "demo-secrets.json"
+MAX_BODY = 16 * 1024 * 1024  # a callback body is the poll body: bounded, far below this
 
 
 def make_handler(webhook: Webhook, seen: set[str], lock: threading.Lock):
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            try:
+                length = int(self.headers.get("Content-Length") or "")
+            except ValueError:
+                return self._answer(411)  # Auxot always sends Content-Length
+            if not 0 <= length <= MAX_BODY:
+                return self._answer(413)
+            body = self.rfile.read(length)
             try:
                 payload = webhook.verify(body, dict(self.headers))
-            except WebhookVerificationError as exc:
-                print(f"REJECTED ({exc})", flush=True)
+            except (WebhookVerificationError, ValueError) as exc:
+                # A malformed signature (`garbage`, `v1,a`) or a body that is not UTF-8 raises
+                # ValueError (binascii.Error, UnicodeDecodeError), not the library's own error.
+                print(f"REJECTED ({type(exc).__name__}: {exc})", flush=True)
                 return self._answer(400)
             msg_id = self.headers["webhook-id"]
             with lock:

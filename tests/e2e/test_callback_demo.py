@@ -4,6 +4,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import requests
@@ -94,3 +95,20 @@ def test_example_receiver_verifies_dedupes_and_prints(example_receiver):
     assert f"verified {delivery.webhook_id}: work {item.pk} is completed" in output
     assert f"duplicate {delivery.webhook_id}" in output
     assert "REJECTED" in output  # the unsigned probe of the fixture
+
+
+@pytest.mark.parametrize(("signature", "body"), [
+    ("garbage", b"{}"), ("v1,a", b"{}"), ("v1,a,b", b"{}"), ("v1,AAAA", b"\xff\xfe{}")])
+def test_example_receiver_answers_a_malformed_signature_with_a_400(example_receiver,
+                                                                   signature, body):
+    """The library raises ValueError (not its own error) for these: the receiver dropped
+    the connection with a traceback instead of answering."""
+    _intake, proc = example_receiver
+    port = proc.args[proc.args.index("--port") + 1]
+    headers = {"webhook-id": "msg_x", "webhook-timestamp": str(int(time.time())),
+               "webhook-signature": signature, "content-type": "application/json"}
+    answer = requests.post(f"http://127.0.0.1:{port}/hook", data=body, headers=headers,
+                           timeout=5)
+    assert answer.status_code == 400
+    proc.terminate()
+    assert "Traceback" not in proc.communicate(timeout=10)[0]
