@@ -156,11 +156,13 @@ def callback_delivery_announce(*, delivery_id) -> None:
             cursor.execute("SELECT pg_notify(%s, '')", [CHANNEL])
 
 
-def endpoint_key(url: str, org_id=None) -> str:
+def endpoint_key(url: str, org_id=None, *, caller: bool = False) -> str:
     """The unit of the concurrency cap and the breaker: scheme://host:port of a URL, and
     the organization whose deliveries go there. Per organization: a tenant whose URLs fail
     on a host that others use too (a chat service's webhooks, say) opens its own breaker and
-    fills its own share, never theirs."""
+    fills its own share, never theirs. `caller`: URLs callers sent (Auxot-Callback-Url)
+    have their own, so a caller's URLs that fail on the host of the intake's own receiver
+    (a path a proxy answers 502) cannot pause the intake's callbacks."""
     try:
         parts = urlsplit(url)
         port = parts.port or DEFAULT_PORTS.get(parts.scheme.lower(), 0)
@@ -169,8 +171,12 @@ def endpoint_key(url: str, org_id=None) -> str:
     host = host_key(parts.hostname or "")  # every spelling of one host: one key
     if ":" in host:
         host = f"[{host}]"
-    base = f"{parts.scheme.lower()}://{host}:{port}"[:280]
+    mark = CALLER_MARK if caller else ""
+    base = f"{parts.scheme.lower()}://{host}:{port}"[:280 - len(mark)] + mark
     return base if org_id is None else f"{base}{ORG_MARK}{org_id})"
+
+
+CALLER_MARK = " (callers' URLs)"  # after the host of an endpoint key for callers' URLs
 
 
 ORG_MARK = " (org "  # between an endpoint key's URL part and its organization
@@ -194,7 +200,7 @@ def _delivery_fields(work_item: WorkItem, intake: Intake | None, now: datetime) 
     override = bool(work_item.callback_url)
     disabled = intake.callback_disabled and not override
     return {"intake": intake, "webhook_id": f"msg_{uuid.uuid4().hex}", "url": url,
-            "endpoint": endpoint_key(url, intake.org_id),
+            "endpoint": endpoint_key(url, intake.org_id, caller=override),
             "uses_intake_default": not override, "created_at": now,
             "state": State.DISABLED if disabled else State.PENDING,
             "last_error": "the intake's callback is disabled" if disabled else "",

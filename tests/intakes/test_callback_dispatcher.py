@@ -149,7 +149,7 @@ def test_the_breaker_opens_after_n_failures_and_untried_deliveries_keep_their_at
     settings.AUXOT_CALLBACK_BREAKER_SECONDS = 30.0
     settings.AUXOT_CALLBACK_RETRY_SCHEDULE = [0, 600, 600]
     down = endpoints(status=500)
-    key = endpoint_key(down.url, cb_intake.org_id)
+    key = endpoint_key(down.url, cb_intake.org_id, caller=True)
     with time_machine.travel(timezone.now(), tick=False) as clock:
         deliveries = _deliveries(cb_intake, down.url, 6)
         one_at_a_time = Dispatcher(threads=1, per_host=1)
@@ -207,13 +207,13 @@ def test_one_organizations_failures_on_a_shared_host_pause_only_its_own_deliveri
     for _delivery in _deliveries(cb_intake, shared.url + "/bad", 3):
         one_at_a_time.run_once()
         assert one_at_a_time.send_queued() == 1
-    key_a = endpoint_key(shared.url, cast.org_a.pk)
+    key_a = endpoint_key(shared.url, cast.org_a.pk, caller=True)
     assert CallbackEndpoint.objects.get(key=key_a).is_open
     assert endpoint_health(key_a)  # A's own page says so
 
     shared.status = 204
     [b_delivery] = _deliveries(intake_b, shared.url + "/good", 1)
-    assert b_delivery.endpoint == endpoint_key(shared.url, cast.org_b.pk) != key_a
+    assert b_delivery.endpoint == endpoint_key(shared.url, cast.org_b.pk, caller=True) != key_a
     dispatcher = Dispatcher(threads=4, per_host=4)
     dispatcher.run_once()
     assert dispatcher.send_queued() == 1
@@ -298,7 +298,7 @@ def test_a_wrong_path_on_a_shared_host_pauses_nobody(cast, cb_intake, endpoints,
     for _delivery in _deliveries(cb_intake, shared.url + "/nope", 5):
         one_at_a_time.run_once()
         assert one_at_a_time.send_queued() == 1
-    key = endpoint_key(shared.url, cast.org_a.pk)
+    key = endpoint_key(shared.url, cast.org_a.pk, caller=True)
     assert not CallbackEndpoint.objects.filter(key=key, open_until__isnull=False).exists()
     shared.status = 204
     [good] = _deliveries(cb_intake, shared.url + "/payments", 1)
@@ -686,7 +686,7 @@ def test_a_batch_of_outcomes_costs_the_same_statements_whatever_its_size(cb_inta
 
     url = "http://127.0.0.1:9/hook"
     # its first failure creates it
-    CallbackEndpoint.objects.create(key=endpoint_key(url, cb_intake.org_id))
+    CallbackEndpoint.objects.create(key=endpoint_key(url, cb_intake.org_id, caller=True))
     counts = []
     for size in (2, 17):  # both end with a failure after an answer
         prepared = _prepared_batch(cb_intake, url, size)
@@ -723,7 +723,7 @@ def test_a_batch_of_2xx_is_on_disk_in_one_statement_on_postgresql(cb_intake):
     from intakes.callbacks import SendResult, callback_attempts_finish
 
     url = "http://127.0.0.1:9/hook"
-    CallbackEndpoint.objects.create(key=endpoint_key(url, cb_intake.org_id),
+    CallbackEndpoint.objects.create(key=endpoint_key(url, cb_intake.org_id, caller=True),
                                     consecutive_failures=3,
                                     failing_since=timezone.now(), last_error="HTTP 500")
     prepared = _prepared_batch(cb_intake, url, 5)
@@ -742,7 +742,7 @@ def test_a_batch_of_2xx_is_on_disk_in_one_statement_on_postgresql(cb_intake):
         assert (attempt.status_code, attempt.latency_ms, attempt.response_body,
                 attempt.error) == (200 + i, i, f"ok {i}", "")
         assert attempt.finished_at == delivery.delivered_at
-    endpoint = CallbackEndpoint.objects.get(key=endpoint_key(url, cb_intake.org_id))
+    endpoint = CallbackEndpoint.objects.get(key=endpoint_key(url, cb_intake.org_id, caller=True))
     assert (endpoint.consecutive_failures, endpoint.failing_since) == (0, None)
     assert endpoint.last_success_at is not None
 
@@ -770,7 +770,7 @@ def test_the_breaker_sees_a_batchs_outcomes_in_order(cb_intake, settings):
     fail, ok = SendResult(status=500), SendResult(status=204)
     one = _prepared_batch(cb_intake, url, 4)
     callback_attempts_finish(outcomes=list(zip(one, [ok, fail, ok, fail], strict=True)))
-    endpoint = CallbackEndpoint.objects.get(key=endpoint_key(url, cb_intake.org_id))
+    endpoint = CallbackEndpoint.objects.get(key=endpoint_key(url, cb_intake.org_id, caller=True))
     assert endpoint.consecutive_failures == 1  # the last failure, after the last success
     two = _prepared_batch(cb_intake, url, 3)
     callback_attempts_finish(outcomes=list(zip(two, [fail, ok, ok], strict=True)))
@@ -799,7 +799,7 @@ def test_an_unreadable_retry_after_leaves_the_outcome_recorded_on_schedule(cb_in
         wait = (delivery.next_attempt_at - before).total_seconds()
         assert 6.5 < wait < 60, wait  # the schedule's 7 s: the header ignored
         assert CallbackAttempt.objects.get(pk=p.attempt.pk).finished_at is not None
-    endpoint = CallbackEndpoint.objects.get(key=endpoint_key(url, cb_intake.org_id))
+    endpoint = CallbackEndpoint.objects.get(key=endpoint_key(url, cb_intake.org_id, caller=True))
     assert endpoint.consecutive_failures == 3
 
 
@@ -816,7 +816,7 @@ def test_only_an_answer_saying_abort_message_counts_as_deliberate(cb_intake, set
     states = callback_attempts_finish(outcomes=[(p, quoted) for p in _prepared_batch(
         cb_intake, url, 2)])
     assert states == ["pending", "pending"]  # retried: it did not ask to stop
-    endpoint = CallbackEndpoint.objects.get(key=endpoint_key(url, cb_intake.org_id))
+    endpoint = CallbackEndpoint.objects.get(key=endpoint_key(url, cb_intake.org_id, caller=True))
     assert endpoint.consecutive_failures == 2
     asked = SendResult(status=400, headers={"webhook-delivery": "abort-message"})
     [prepared] = _prepared_batch(cb_intake, url, 1)

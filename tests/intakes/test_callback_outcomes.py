@@ -98,3 +98,28 @@ def test_a_delivery_given_back_unsent_keeps_its_attempt(receiver, cb_intake, set
     assert list(CallbackAttempt.objects.filter(delivery=delivery).values_list(
         "number", flat=True)) == [1]
     assert 3 < (delivery.next_attempt_at - timezone.now()).total_seconds() <= 5
+
+
+def test_callers_urls_failing_on_the_intakes_host_do_not_pause_the_intakes_callbacks(
+        receiver, cb_intake, settings):
+    """A key holder points Auxot-Callback-Url at a path of the intake's own receiver host
+    that a proxy answers 502: the failures opened the (host, organization) breaker, and the
+    intake's own deliveries to /hook were no longer sent. Callers' URLs have their own."""
+    from intakes.dispatcher import Dispatcher
+
+    settings.AUXOT_CALLBACK_BREAKER_FAILURES = 3
+    receiver.expect_request("/dead-upstream").respond_with_data("bad gateway", status=502)
+    receiver.expect_request("/hook").respond_with_data("ok")
+    for _ in range(3):
+        delivery = callback_delivery_create(work_item=finished_item(
+            cb_intake, callback_url=receiver.url_for("/dead-upstream")))
+        assert callback_delivery_process(delivery_id=delivery.pk) == "pending"
+    [opened] = CallbackEndpoint.objects.filter(open_until__isnull=False)
+    assert "callers' URLs" in opened.key
+    own = callback_delivery_create(work_item=finished_item(cb_intake))
+    assert own.endpoint != opened.key
+    dispatcher = Dispatcher(threads=4, per_host=4)
+    dispatcher.run_once()
+    dispatcher.send_queued()
+    own.refresh_from_db()
+    assert (own.state, own.attempts) == ("delivered", 1)
