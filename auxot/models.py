@@ -40,10 +40,20 @@ class Organization(models.Model):
                 "plan.")
 
 
+class _WithOrg(models.Manager):
+    """Teams come with their organization: a team is shown as "Org / Team", and lists of
+    teams (a filter's choices, a form's options) would otherwise read it once per team."""
+
+    def get_queryset(self):
+        return super().get_queryset().select_related("org")
+
+
 class Team(models.Model):
     org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="teams")
     name = models.CharField(max_length=200)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = _WithOrg()
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["org", "name"], name="team_name_per_org")]
