@@ -175,3 +175,14 @@ class AuditLogEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event} {self.object_type}:{self.object_id}"
+
+
+# The values of `event` and `object_type` the apps' rows add to the audit log view (each
+# app that extends the view names them here, in its AppConfig.ready): the admin's filters
+# list them with the audit table's own values, without a DISTINCT over the whole view.
+AUDIT_LOG_DERIVED: dict[str, set[str]] = {"event": set(), "object_type": set()}
+
+
+def audit_log_derives(*, event: str, object_type: str) -> None:
+    AUDIT_LOG_DERIVED["event"].add(event)
+    AUDIT_LOG_DERIVED["object_type"].add(object_type)

@@ -7,9 +7,13 @@ class IntakesConfig(AppConfig):
     verbose_name = "Intakes"
 
     def ready(self) -> None:
+        from auxot.models import audit_log_derives
         from intakes import receivers  # noqa: F401  (connects to workflows' signals)
         from intakes.admin import engine_admin_extend
         from intakes.housekeeping import housekeeping_schedules_ensure
+
+        # Each accepted trigger is a row of the audit log view (migration 0006).
+        audit_log_derives(event="work_item.accepted", object_type="workflows.workitem")
 
         engine_admin_extend()
         post_migrate.connect(housekeeping_schedules_ensure, sender=self,

@@ -237,5 +237,9 @@ def test_the_audit_export_answers_a_bad_filter_as_its_list_does(client, cast, qu
     client.force_login(cast.auditor_a)
     listed = client.get(f"/admin/auxot/auditevent/?{query}")
     exported = client.get(f"/admin/auxot/auditevent/export.csv?{query}")
-    assert (listed.status_code, listed["Location"]) == (302, "/admin/auxot/auditevent/?e=1")
-    assert (exported.status_code, exported["Location"]) == (302, listed["Location"])
+    assert exported.status_code == listed.status_code
+    if listed.status_code == 302:
+        assert listed["Location"] == exported["Location"] == "/admin/auxot/auditevent/?e=1"
+    else:  # a month 13 matches no row: both answer, and the export is just its header
+        assert listed.status_code == 200 and listed.context["cl"].result_count == 0
+        assert len(b"".join(exported.streaming_content).decode("utf-8-sig").splitlines()) == 1
