@@ -62,3 +62,17 @@ def child_exit(server, worker) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
+
+
+# LOG_FORMAT=json: gunicorn's own lines (start, signals, worker boots and timeouts, the access
+# log) are JSON objects too, one per line, like the application's (auxot/logs.py).
+if os.environ.get("LOG_FORMAT", "").strip().lower() == "json":
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "auxot.logs.JsonFormatter"}},
+        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json",
+                                 "stream": "ext://sys.stderr"}},
+        "loggers": {name: {"handlers": ["console"], "level": "INFO", "propagate": False}
+                    for name in ("gunicorn.error", "gunicorn.access")},
+    }

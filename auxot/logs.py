@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
+from django.http import HttpRequest
 from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
 
 CONTEXT_FIELDS = ("request_id", "intake_id", "work_id", "key_lookup_id")
@@ -63,6 +64,15 @@ _RESERVED = set(vars(logging.makeLogRecord({}))) | {"context", "message", "ascti
                                                      "taskName"}
 
 
+def _shown(value):
+    """An extra as a log line may carry it. Django's request logger adds the request itself,
+    whose text is its full path: the query string may hold what a caller did not mean to
+    log (a token in `?token=`), as the request log line never shows it. Method and path."""
+    if isinstance(value, HttpRequest):
+        return f"{value.method} {value.path}"
+    return value
+
+
 class JsonFormatter(_JsonFormatter):
     """One object per line: time, level, logger, event, message, the context ids, and any
     `extra=` the caller gave (status, duration_ms, ...). `event` defaults to the logger name."""
@@ -79,7 +89,7 @@ class JsonFormatter(_JsonFormatter):
                 log_data[name] = getattr(record, name)
         for name, value in vars(record).items():
             if name not in _RESERVED and name not in log_data and name not in CONTEXT_FIELDS:
-                log_data[name] = value
+                log_data[name] = _shown(value)
         if record.exc_info:
             log_data["exception"] = self.formatException(record.exc_info)
         log_data.update(message_dict)

@@ -75,6 +75,18 @@ def _json_line(record: logging.LogRecord) -> dict:
     return json.loads(line)
 
 
+def test_a_500s_log_line_names_the_request_without_its_query_string(rf):
+    """Django's request logger puts the request itself in the record (`extra`), and its
+    text is the full path: `?token=…` went to the log, which the request line never logs."""
+    request = rf.post("/v1/intake/abc?token=QUERYSECRET&x=1")
+    record = logging.getLogger("django.request").makeRecord(
+        "django.request", logging.ERROR, __file__, 1, "Internal Server Error: %s",
+        (request.path,), None, extra={"status_code": 500, "request": request})
+    line = _json_line(record)
+    assert line["request"] == "POST /v1/intake/abc" and line["status_code"] == 500
+    assert "QUERYSECRET" not in json.dumps(line)
+
+
 def test_json_log_line_has_the_documented_fields():
     logger = logging.getLogger("auxot.test")
     with log_context(request_id="rid-1", intake_id="i-1", work_id="w-1", key_lookup_id="k1"):

@@ -52,3 +52,17 @@ def test_sigterm_lets_in_flight_requests_finish(cast, intake_a, run):
     work_id = json.loads(answer.partition(b"\r\n\r\n")[2])["work_id"]
     assert WorkItem.objects.filter(pk=work_id, input={"n": run}).exists()
     assert web.proc.returncode == 0
+
+
+def test_with_json_logs_gunicorns_own_lines_are_json_too(db):
+    """LOG_FORMAT=json made the application's lines JSON, but gunicorn's own (its start, the
+    signals, a worker's boot or timeout) stayed plain text in the same stream."""
+    web = Gunicorn(workers=1, LOG_FORMAT="json").start()
+    web.terminate()
+    web.proc.wait(30)
+    web_log = web.log()
+    web.stop()
+    lines = [json.loads(line) for line in web_log.splitlines() if line.strip()]
+    messages = " | ".join(line["message"] for line in lines)
+    assert "Booting worker" in messages and "Handling signal: term" in messages
+    assert {line["logger"] for line in lines} >= {"gunicorn.error"}
