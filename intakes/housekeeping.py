@@ -10,8 +10,11 @@ found by name; an existing one is left as it is, so an operator may retune it in
 (Django Q → Scheduled tasks) and a later migrate keeps the change.
 """
 
-from django.db import connections
+from django.db import connections, transaction
 from django_q.models import Schedule
+
+# Serializes schedule changes across processes on PostgreSQL (two hosts' `migrate` at once).
+_SCHEDULES_LOCK = 0x61757873  # "auxs"
 
 # name -> (dotted task, every N minutes)
 SCHEDULES: dict[str, tuple[str, int]] = {
@@ -28,8 +31,34 @@ def housekeeping_schedules_ensure(*, using: str = "default", **kwargs) -> int:
         return 0  # django_q is not migrated on this database (yet)
     created = 0
     for name, (func, minutes) in SCHEDULES.items():
-        _, new = Schedule.objects.using(using).get_or_create(
-            name=name, defaults={"func": func, "schedule_type": Schedule.MINUTES,
-                                 "minutes": minutes, "repeats": -1})
-        created += new
+        created += schedule_ensure(name=name, using=using, wanted={
+            "func": func, "schedule_type": Schedule.MINUTES, "minutes": minutes,
+            "repeats": -1})
     return created
+
+
+def schedule_ensure(*, name: str, wanted: dict, using: str = "default",
+                    correct: bool = False, **create) -> bool:
+    """Make sure exactly one schedule is named `name`: create it when missing (`wanted` and
+    `create` fields), set `wanted` on it when `correct`. True when something changed.
+
+    The name is not unique in django-q2's table, and two `migrate`s at once (two hosts'
+    releases) each found none and each created one; every later `migrate` then failed
+    (MultipleObjectsReturned). The check and the write are serialized (an advisory lock on
+    PostgreSQL; SQLite takes its write lock when the transaction begins), and duplicates
+    left by that are removed, the oldest kept."""
+    with transaction.atomic(using=using):
+        connection = connections[using]
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_SCHEDULES_LOCK])
+        rows = Schedule.objects.using(using).filter(name=name).order_by("pk")
+        found = list(rows[:1])
+        if found:
+            rows.exclude(pk=found[0].pk).delete()
+            if correct and any(getattr(found[0], k) != v for k, v in wanted.items()):
+                rows.filter(pk=found[0].pk).update(**wanted)
+                return True
+            return False
+        Schedule.objects.using(using).create(name=name, **wanted, **create)
+        return True

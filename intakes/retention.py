@@ -190,13 +190,9 @@ def retention_schedule_ensure() -> bool:
 
     if Schedule._meta.db_table not in connection.introspection.table_names():
         return False  # `migrate` of a single app before django_q's tables exist
+    from intakes.housekeeping import schedule_ensure
+
     wanted = {"func": TASK, "schedule_type": Schedule.MINUTES,
               "minutes": settings.AUXOT_RETENTION_EVERY_MINUTES, "repeats": -1}
-    schedule = Schedule.objects.filter(name=SCHEDULE_NAME).first()
-    if schedule is None:
-        Schedule.objects.create(name=SCHEDULE_NAME, next_run=timezone.now(), **wanted)
-        return True
-    if all(getattr(schedule, k) == v for k, v in wanted.items()):
-        return False
-    Schedule.objects.filter(pk=schedule.pk).update(**wanted)
-    return True
+    return schedule_ensure(name=SCHEDULE_NAME, wanted=wanted, correct=True,
+                           next_run=timezone.now())

@@ -3,6 +3,7 @@
 import pydoc
 from datetime import timedelta
 
+import pytest
 import time_machine
 from django.core.management import call_command
 from django.utils import timezone
@@ -46,6 +47,54 @@ def test_migrate_recreates_a_deleted_schedule(db):
     Schedule.objects.filter(name__in=SCHEDULES).delete()
     call_command("migrate", verbosity=0)
     assert sorted(_schedules()) == sorted(SCHEDULES)
+
+
+def test_migrate_mends_schedules_two_releases_doubled(db):
+    """Two `migrate`s at once each found no schedule and each made one; the name is not
+    unique, and every later migrate then failed (MultipleObjectsReturned)."""
+    from intakes.retention import SCHEDULE_NAME
+
+    for name in [*SCHEDULES, SCHEDULE_NAME]:
+        first = Schedule.objects.get(name=name)
+        for _ in range(2):
+            Schedule.objects.create(name=name, func=first.func, schedule_type=Schedule.MINUTES,
+                                    minutes=first.minutes, repeats=-1)
+    call_command("migrate", verbosity=0)
+    for name in [*SCHEDULES, SCHEDULE_NAME]:
+        assert Schedule.objects.filter(name=name).count() == 1, name
+
+
+@pytest.mark.django_db(transaction=True)
+def test_schedules_ensured_from_several_processes_at_once_stay_single():
+    """What each host's `migrate` runs after migrating, four at once from a clean table."""
+    import threading
+
+    from django.db import connections
+
+    from intakes.housekeeping import housekeeping_schedules_ensure
+    from intakes.retention import SCHEDULE_NAME, retention_schedule_ensure
+
+    Schedule.objects.all().delete()
+    start, errors = threading.Barrier(4), []
+
+    def release() -> None:
+        try:
+            start.wait(10)
+            housekeeping_schedules_ensure()
+            retention_schedule_ensure()
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=release) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    for name in [*SCHEDULES, SCHEDULE_NAME]:
+        assert Schedule.objects.filter(name=name).count() == 1, name
 
 
 def test_idempotency_task_prunes_expired_records(api, intake_a, member_token, settings):
