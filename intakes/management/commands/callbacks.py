@@ -7,6 +7,7 @@ finish, the rest are released (they go out again with the same webhook-id); exit
 when everything finished, 1 when something had to be released.
 """
 
+import argparse
 import signal
 import sys
 import threading
@@ -17,14 +18,26 @@ from django.core.management.base import BaseCommand
 from intakes.dispatcher import Dispatcher
 
 
+def _threads(raw: str) -> int:
+    """-1 started a dispatcher with no sender at all (it never sent); 0 silently meant 64."""
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a number of threads from 1 to 1024")
+    return value
+
+
 class Command(BaseCommand):
     help = ("Sends callback deliveries (a thread pool). SIGTERM/SIGINT stops it within "
             "AUXOT_CALLBACK_GRACE_SECONDS.")
 
     def add_arguments(self, parser):
-        parser.add_argument("--threads", type=int, default=None,
-                            help="concurrent attempts (default AUXOT_CALLBACK_THREADS, or 64 "
-                                 "where that is 0 to keep qcluster's dispatcher off)")
+        parser.add_argument("--threads", type=_threads, default=None,
+                            help="concurrent attempts, 1 to 1024 (default "
+                                 "AUXOT_CALLBACK_THREADS, or 64 where that is 0 to keep "
+                                 "qcluster's dispatcher off)")
 
     def handle(self, *args, threads=None, **options):
         stop = threading.Event()

@@ -6,6 +6,7 @@ database-backed gauges), protected like the web /metrics: AUXOT_METRICS_TOKEN an
 AUXOT_METRICS_ALLOWED_NETWORKS must be set, or it refuses to start.
 """
 
+import argparse
 import contextlib
 import socket
 import threading
@@ -114,13 +115,24 @@ class _Server(ThreadingMixIn, WSGIServer):
         pass  # a client that timed out or hung up: nothing to report
 
 
+def _port(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:  # 0: the system picks a free one
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a port from 0 to 65535")
+    return value
+
+
 class Command(BaseCommand):
     help = "Serve GET /metrics (Prometheus) for this host's worker processes."
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--bind", default="127.0.0.1",
                             help="Address to listen on (default 127.0.0.1; 0.0.0.0: all).")
-        parser.add_argument("--port", type=int, default=9108)
+        parser.add_argument("--port", type=_port, default=9108,
+                            help="default 9108; 0: any free port (printed)")
         parser.add_argument("--request-seconds", type=float, default=5.0,
                             help="How long a connection may take to send its request "
                                  "(default 5): a slower one is closed.")
@@ -134,8 +146,11 @@ class Command(BaseCommand):
         if not multiprocess_dir():
             self.stderr.write("PROMETHEUS_MULTIPROC_DIR is not set: only this process's own "
                               "metrics and the database gauges will be served.")
-        server = make_server(bind, port, metrics_app, server_class=_Server,
-                             handler_class=_QuietHandler)
+        try:
+            server = make_server(bind, port, metrics_app, server_class=_Server,
+                                 handler_class=_QuietHandler)
+        except OSError as exc:  # an address that is no host's, a port in use or not ours
+            raise CommandError(f"cannot listen on {bind}:{port}: {exc}") from None
         self.stdout.write(f"serving /metrics on {bind}:{server.server_port}", ending="\n")
         self.stdout.flush()
         try:
