@@ -126,6 +126,17 @@ if not SECRET_KEY:
 # secrets stored encrypted with them (organization secrets, signing secrets) stay readable.
 SECRET_KEY_FALLBACKS = env_list("SECRET_KEY_FALLBACKS", [])
 
+# HTTPS (the README's deployment: TLS at the proxy, which sets X-Forwarded-Proto). The
+# admin's session and CSRF cookies are sent over HTTPS only unless DEBUG or turned off (an
+# install reached over plain http); HSTS and the redirect to https are the operator's call
+# (HSTS sticks in browsers; a proxy usually redirects), off by default.
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("AUXOT_SECURE_COOKIES", not DEBUG)
+SECURE_HSTS_SECONDS = env_int("AUXOT_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("AUXOT_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("AUXOT_HSTS_PRELOAD", False)
+SECURE_SSL_REDIRECT = env_bool("AUXOT_SSL_REDIRECT", False)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]  # probes speak http
+
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 if not ALLOWED_HOSTS and not DEBUG:
     raise ImproperlyConfigured("ALLOWED_HOSTS is empty: every request would be refused (400). "

@@ -11,6 +11,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not memory: end-to-end tests share it with a real qcluster subprocess.
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "var" / "test.sqlite3")}
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# The browser tests sign in over live_server's plain http.
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = False
 
 # Outbound requests reach real receivers on 127.0.0.1 (tests that prove refusals empty this).
 AUXOT_OUTBOUND_ALLOWED_NETWORKS = ["127.0.0.1/32"]

@@ -88,3 +88,58 @@ def test_a_secret_stored_under_the_old_key_reads_after_a_rotation(settings):
         decrypt(stored, purpose="secret")
     settings.SECRET_KEY_FALLBACKS = ["the-old-key"]
     assert decrypt(stored, purpose="secret") == "s3cret-value"
+
+
+@pytest.mark.parametrize(("env", "shown"), [
+    ({}, "True 0 False"),  # production: the admin's cookies over HTTPS only
+    ({"DEBUG": "1"}, "False 0 False"),
+    ({"AUXOT_SECURE_COOKIES": "0"}, "False 0 False"),
+    ({"AUXOT_HSTS_SECONDS": "31536000", "AUXOT_SSL_REDIRECT": "1"}, "True 31536000 True"),
+])
+def test_https_settings(env, shown):
+    done = settings_printed(env, "SESSION_COOKIE_SECURE and s.CSRF_COOKIE_SECURE",
+                            "SECURE_HSTS_SECONDS", "SECURE_SSL_REDIRECT")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == shown.split()
+
+
+def test_a_production_environment_passes_the_deploy_check():
+    """`manage.py check --deploy` warned of cookies sent over http and of HSTS and the https
+    redirect, and no setting could answer it."""
+    import subprocess
+    import sys
+
+    from tests.processes import ROOT
+
+    env = {"PATH": "/usr/bin:/bin", "SECRET_KEY": "k" * 50 + "-not-a-dev-key-9f8e7d6c5b4a3",
+           "ALLOWED_HOSTS": "auxot.example.com", "AUXOT_HSTS_SECONDS": "31536000",
+           "AUXOT_SSL_REDIRECT": "1", "AUXOT_HSTS_INCLUDE_SUBDOMAINS": "1",
+           "AUXOT_HSTS_PRELOAD": "1", "DJANGO_SETTINGS_MODULE": "auxot.settings",
+           "DATABASE_URL": "sqlite:////tmp/auxot-deploy-check.sqlite3"}
+    done = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level",
+                           "WARNING"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _read_by_the_code() -> set[str]:
+    """Every environment variable the server's code reads (settings, gunicorn.conf.py, the
+    apps), by name."""
+    root = Path(__file__).resolve().parents[2]
+    reads = re.compile(r'(?:env_\w+\(|_int\(|os\.environ\.get\(|getenv\()\s*"([A-Z][A-Z0-9_]+)"'
+                       r'|os\.environ\[\s*"([A-Z][A-Z0-9_]+)"\](?!\s*=)')
+    sources = [root / "auxot" / "settings.py", root / "gunicorn.conf.py"]
+    sources += [path for app in ("auxot", "apikeys", "workflows", "intakes")
+                for path in (root / app).rglob("*.py") if "migrations" not in path.parts]
+    return {name for path in sources for pair in reads.findall(path.read_text())
+            for name in pair if name}
+
+
+def test_every_setting_the_code_reads_is_in_the_readmes_settings_table():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Settings (environment variables)", 1)[1].split("\n## ", 1)[0]
+    documented = {name for line in section.splitlines() if line.startswith("| `")
+                  for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", line.split(" | ")[0])}
+    read = _read_by_the_code()
+    assert {"SECRET_KEY_FALLBACKS", "GUNICORN_KEEPALIVE", "AUXOT_LEASE_GRACE_SECONDS"} <= read
+    assert sorted(read - documented) == []
