@@ -2,6 +2,8 @@
 
 - `auxot.W001`: the processes this host starts must fit PostgreSQL's connection budget.
 - `auxot.W002`: a deprecated setting is in use.
+- `auxot.W003`: gunicorn's threads leave no room for triggers beside the long-polls.
+- `auxot.W004`: the bench's ceiling endpoints (no sign-in) are on outside DEBUG.
 """
 
 from django.conf import settings
@@ -61,3 +63,29 @@ def deprecated_settings(app_configs, **kwargs) -> list[Warning]:
             hint="Rename the variable to AUXOT_OUTBOUND_ALLOWED_NETWORKS.",
             id="auxot.W002")]
     return []
+
+
+@register()
+def web_threads_check(app_configs, **kwargs) -> list[Warning]:
+    """A process lets AUXOT_LONG_POLL_MAX_WAITERS requests wait; with fewer threads than that
+    plus AUXOT_WEB_ACTIVE_REQUESTS, waiting long-polls can take every thread and triggers
+    queue behind them."""
+    threads, waiters = settings.AUXOT_WEB_THREADS, settings.AUXOT_LONG_POLL_MAX_WAITERS
+    working = settings.AUXOT_WEB_ACTIVE_REQUESTS
+    if threads >= waiters + working:
+        return []
+    return [Warning(
+        f"GUNICORN_THREADS={threads} is below AUXOT_LONG_POLL_MAX_WAITERS ({waiters}) + "
+        f"AUXOT_WEB_ACTIVE_REQUESTS ({working}): waiting long-polls can hold every thread.",
+        hint="Raise GUNICORN_THREADS or lower AUXOT_LONG_POLL_MAX_WAITERS.",
+        id="auxot.W003")]
+
+
+@register()
+def bench_endpoints_check(app_configs, **kwargs) -> list[Warning]:
+    if not settings.AUXOT_BENCH_CEILINGS or settings.DEBUG:
+        return []
+    return [Warning(
+        "AUXOT_BENCH_CEILINGS is on outside DEBUG: /bench/ endpoints that need no sign-in "
+        "write rows into the database.",
+        hint="Unset AUXOT_BENCH_CEILINGS outside a benchmark run.", id="auxot.W004")]

@@ -228,10 +228,11 @@ WHITENOISE_USE_FINDERS = True
 # GUNICORN_THREADS says. Every other process (qcluster's sentinel, pusher, monitor and
 # workers, its ticker thread, manage.py) keeps one persistent connection per thread that
 # touches the database; a pool must not cross qcluster's fork, so they do not pool.
-# Default total for one host: 4 web processes x 8 + one qcluster (2 workers + sentinel,
-# pusher, monitor, ticker = 6) = 38, well under PostgreSQL's default max_connections (100,
-# 3 of them reserved for superusers). The `auxot.W001` check warns when the estimate
-# exceeds AUXOT_DB_MAX_CONNECTIONS (set it to this host's share of max_connections).
+# Default total for one host: 4 web processes x 8 + one qcluster (2 workers + 6 of its own:
+# sentinel, pusher and its listener, monitor, ticker and its listener; + 6 for the callback
+# dispatcher) = 46, under PostgreSQL's default max_connections (100, 3 of them reserved for
+# superusers). The `auxot.W001` check (auxot/checks.py, connection_estimate) warns when the
+# estimate exceeds AUXOT_DB_MAX_CONNECTIONS (set it to this host's share of max_connections).
 AUXOT_WEB_PROCESS = env_bool("AUXOT_WEB_PROCESS", False)
 DB_POOL_MAX_SIZE = env_int("DB_POOL_MAX_SIZE", 8, minimum=0)  # 0: no pool, persistent conns
 DB_POOL_MIN_SIZE = env_int("DB_POOL_MIN_SIZE", 2, minimum=0)

@@ -24,7 +24,8 @@ def q_cluster_is_safe(app_configs, **kwargs) -> list[Error]:
     step_timeout = settings.AUXOT_STEP_TIMEOUT_SECONDS + settings.AUXOT_LEASE_GRACE_SECONDS
     if timeout is not None and timeout <= step_timeout:
         errors.append(Error(
-            "Q_CLUSTER['timeout'] must exceed AUXOT_STEP_TIMEOUT_SECONDS + "
-            "AUXOT_LEASE_GRACE_SECONDS, or django-q2 kills a step the engine still owns.",
+            f"AUXOT_TASK_TIMEOUT_SECONDS ({timeout}, django-q2's task timeout) must exceed "
+            f"AUXOT_STEP_TIMEOUT_SECONDS + AUXOT_LEASE_GRACE_SECONDS ({step_timeout}), or "
+            "django-q2 kills a step the engine still owns.",
             id="workflows.E004"))
     return errors

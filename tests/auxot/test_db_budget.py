@@ -39,6 +39,39 @@ def test_without_a_pool_every_thread_counts(postgres, settings):
     assert [w.id for w in checks.connection_budget_check()] == ["auxot.W001"]
 
 
+def test_the_readmes_figures_are_the_checks(postgres, settings):
+    """The README's deployment table said 45 for a default host while auxot.W001 counted 46."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    settings.AUXOT_WEB_PROCESSES, settings.DB_POOL_MAX_SIZE = 4, 8
+    settings.Q_CLUSTER = {**settings.Q_CLUSTER, "workers": 2}
+    settings.AUXOT_CALLBACK_THREADS, settings.AUXOT_CALLBACK_DELIVERY = 64, "dispatcher"
+    estimate = checks.connection_estimate()
+    qcluster = f"2 + {checks.QCLUSTER_OVERHEAD} + {checks.DISPATCHER_CONNECTIONS}"
+    assert f"| 1 | {qcluster} = {estimate['qcluster']} |" in readme
+    assert f"| total | | **{estimate['total']}**" in readme
+    assert f"worker {estimate['qcluster']} per host" in readme
+
+
+def test_threads_below_the_long_polls_plus_the_working_slots_warn(settings):
+    settings.AUXOT_WEB_THREADS, settings.AUXOT_LONG_POLL_MAX_WAITERS = 16, 12
+    settings.AUXOT_WEB_ACTIVE_REQUESTS = 4
+    assert checks.web_threads_check(None) == []
+    settings.AUXOT_WEB_THREADS = 4
+    [warning] = checks.web_threads_check(None)
+    assert warning.id == "auxot.W003" and "GUNICORN_THREADS=4" in warning.msg
+
+
+def test_the_bench_endpoints_outside_debug_warn(settings):
+    settings.AUXOT_BENCH_CEILINGS, settings.DEBUG = True, True
+    assert checks.bench_endpoints_check(None) == []
+    settings.DEBUG = False
+    assert [w.id for w in checks.bench_endpoints_check(None)] == ["auxot.W004"]
+    settings.AUXOT_BENCH_CEILINGS = False
+    assert checks.bench_endpoints_check(None) == []
+
+
 def test_sqlite_is_not_checked(settings, monkeypatch):
     monkeypatch.setattr(checks, "connections", {"default": type("C", (), {"vendor": "sqlite"})})
     settings.AUXOT_WEB_PROCESSES = 100
