@@ -201,7 +201,7 @@ class IntakeCallbacksAdminMixin:
             text += f", last rotated {obj.secret_rotated_at:%Y-%m-%d %H:%M UTC}"
         if obj.previous_secret_expires_at:
             until = obj.previous_secret_expires_at
-            text += f"; the previous one signs too until {until:%Y-%m-%d %H:%M UTC}"
+            text += f"; the previous one(s) sign too until {until:%Y-%m-%d %H:%M UTC}"
         return text + ". Shown only once, when created or rotated."
 
     @admin.display(description="delivery log")

@@ -65,7 +65,11 @@ def intake_signing_secret_rotate(*, intake: Intake, actor=None, now: datetime | 
     """Make a new signing secret and return it (the only time it is shown).
 
     The old one keeps signing alongside it for AUXOT_CALLBACK_SECRET_ROTATION_HOURS, so
-    receivers can switch without a gap. The first secret of an intake has no window.
+    receivers can switch without a gap. The first secret of an intake has no window. A
+    rotation inside an open window keeps the earlier old ones too (up to
+    PREVIOUS_SECRETS_KEPT), all until the new window ends: the secret is shown once, so a
+    second rotation (a lost copy, two admins) must not cut off receivers that still hold
+    the one before.
     """
     now = now or timezone.now()
     secret = signing_secret_generate()
@@ -73,7 +77,9 @@ def intake_signing_secret_rotate(*, intake: Intake, actor=None, now: datetime | 
     with transaction.atomic():
         locked = Intake.objects.select_for_update().get(pk=intake.pk)
         first = not locked.signing_secret_encrypted
-        locked.previous_signing_secret_encrypted = locked.signing_secret_encrypted
+        still_open = _previous_tokens(locked, now)
+        kept = [locked.signing_secret_encrypted, *still_open][:PREVIOUS_SECRETS_KEPT]
+        locked.previous_signing_secret_encrypted = "" if first else "\n".join(kept)
         locked.previous_secret_expires_at = None if first else now + window
         locked.signing_secret_encrypted = secret_encrypt(secret)
         locked.secret_rotated_at = now
@@ -91,15 +97,25 @@ def intake_signing_secret_rotate(*, intake: Intake, actor=None, now: datetime | 
     return secret
 
 
+# Old signing secrets that sign beside the current one during a rotation's window, at most.
+PREVIOUS_SECRETS_KEPT = 3
+
+
+def _previous_tokens(intake: Intake, now: datetime) -> list[str]:
+    """The old secrets (encrypted, newest first) whose window is still open. Stored one per
+    line in `previous_signing_secret_encrypted` (a Fernet token has no newline)."""
+    if not (intake.previous_signing_secret_encrypted and intake.previous_secret_expires_at
+            and intake.previous_secret_expires_at > now):
+        return []
+    return intake.previous_signing_secret_encrypted.split("\n")
+
+
 def intake_signing_secrets(*, intake: Intake, now: datetime) -> list[str]:
     """The secrets that sign a delivery now: the current one, plus the old during rotation."""
     if not intake.signing_secret_encrypted:
         raise ValueError("the intake has no signing secret: rotate it in the admin")
-    secrets = [secret_decrypt(intake.signing_secret_encrypted)]
-    if (intake.previous_signing_secret_encrypted and intake.previous_secret_expires_at
-            and intake.previous_secret_expires_at > now):
-        secrets.append(secret_decrypt(intake.previous_signing_secret_encrypted))
-    return secrets
+    return [secret_decrypt(token) for token in
+            [intake.signing_secret_encrypted, *_previous_tokens(intake, now)]]
 
 
 def intake_callback_disable(*, intake: Intake, reason: str, now: datetime,

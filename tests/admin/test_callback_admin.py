@@ -29,7 +29,7 @@ def test_rotate_action_shows_the_new_secret_once(admin_client, cb_intake):
     assert secret_decrypt(cb_intake.signing_secret_encrypted) == shown != cb_intake.signing_secret
     assert AuditEvent.objects.filter(event="intake.signing_secret_rotated").count() == 1
     page = admin_client.get(f"{CHANGELIST}{cb_intake.pk}/change/").content.decode()
-    assert shown not in page and "the previous one signs too until" in page
+    assert shown not in page and "the previous one(s) sign too until" in page
 
 
 def test_send_test_callback_posts_a_signed_sample_and_shows_the_answer(

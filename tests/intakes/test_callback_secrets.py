@@ -66,6 +66,42 @@ def test_rotation_signs_with_both_secrets_during_the_window_then_only_the_new(
             Webhook(old).verify(data, headers)
 
 
+def test_a_second_rotation_inside_the_window_keeps_the_first_old_secret(
+        cb_intake, receiver, cast, settings):
+    """Rotate, then rotate again (a lost copy, two admins): the original secret, which every
+    receiver still holds and was promised 24 h, stopped signing at once."""
+    from intakes.callbacks import PREVIOUS_SECRETS_KEPT
+
+    settings.AUXOT_CALLBACK_SECRET_ROTATION_HOURS = 24
+    receiver.expect_request("/hook").respond_with_data("ok")
+    original = cb_intake.signing_secret
+    start = timezone.now()
+    with time_machine.travel(start, tick=True):
+        first = intake_signing_secret_rotate(intake=cb_intake, actor=cast.admin_a)
+    with time_machine.travel(start + timedelta(hours=20), tick=True):
+        second = intake_signing_secret_rotate(intake=cb_intake, actor=cast.admin_a)
+    with time_machine.travel(start + timedelta(hours=30), tick=True):  # the second's window
+        data, headers = _deliver_and_capture(cb_intake, receiver)
+        assert len(headers["Webhook-Signature"].split(" ")) == 3
+        for secret in (original, first, second):
+            Webhook(secret).verify(data, headers)
+    with time_machine.travel(start + timedelta(hours=44, minutes=1), tick=True):
+        data, headers = _deliver_and_capture(cb_intake, receiver)
+        Webhook(second).verify(data, headers)
+        for secret in (original, first):
+            with pytest.raises(WebhookVerificationError):
+                Webhook(secret).verify(data, headers)
+        third = intake_signing_secret_rotate(intake=cb_intake, actor=cast.admin_a)
+        data, headers = _deliver_and_capture(cb_intake, receiver)  # the window had closed:
+        assert len(headers["Webhook-Signature"].split(" ")) == 2  # only `second` is old now
+        Webhook(third).verify(data, headers)
+        Webhook(second).verify(data, headers)
+        for _ in range(5):  # many rotations in a row: a bounded header
+            intake_signing_secret_rotate(intake=cb_intake, actor=cast.admin_a)
+        data, headers = _deliver_and_capture(cb_intake, receiver)
+        assert len(headers["Webhook-Signature"].split(" ")) == 1 + PREVIOUS_SECRETS_KEPT
+
+
 def test_rotation_is_audited_without_the_secret(cb_intake, cast):
     new = intake_signing_secret_rotate(intake=cb_intake, actor=cast.admin_a)
     event = AuditEvent.objects.get(event="intake.signing_secret_rotated")
