@@ -102,6 +102,17 @@ def env_redis_url(name: str, default: str = "") -> str:
     return raw
 
 
+def env_networks(name: str, also: list[str] = ()) -> list[str]:
+    """Comma-separated CIDRs (plus `also`, once each), each checked to be a network."""
+    networks = list(dict.fromkeys([*env_list(name, []), *also]))
+    for net in networks:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{name}: {exc}") from None
+    return networks
+
+
 def env_base_url(name: str) -> str:
     raw = os.environ.get(name, "").strip().rstrip("/")
     if not raw:
@@ -439,22 +450,12 @@ AUXOT_PROVIDER_RECHECK_SECONDS = env_float("AUXOT_PROVIDER_RECHECK_SECONDS", 2.0
 # exact host names (comma-separated) for an install's own receivers.
 # AUXOT_CALLBACK_ALLOWED_NETWORKS is the deprecated name of the networks list (merged in).
 AUXOT_CALLBACK_ALLOWED_NETWORKS = env_list("AUXOT_CALLBACK_ALLOWED_NETWORKS", [])
-AUXOT_OUTBOUND_ALLOWED_NETWORKS = list(dict.fromkeys(
-    env_list("AUXOT_OUTBOUND_ALLOWED_NETWORKS", []) + AUXOT_CALLBACK_ALLOWED_NETWORKS))
-for _net in AUXOT_OUTBOUND_ALLOWED_NETWORKS:
-    try:
-        ipaddress.ip_network(_net, strict=False)
-    except ValueError as _exc:
-        raise ImproperlyConfigured(f"AUXOT_OUTBOUND_ALLOWED_NETWORKS: {_exc}") from None
+AUXOT_OUTBOUND_ALLOWED_NETWORKS = env_networks("AUXOT_OUTBOUND_ALLOWED_NETWORKS",
+                                               also=AUXOT_CALLBACK_ALLOWED_NETWORKS)
 # A caller's own callback URL (the Auxot-Callback-Url header) is any key holder's input, so
 # the lists above (what organization admins configure may reach) do not apply to it; these
 # networks (CIDRs, comma-separated; none by default) do.
-AUXOT_CALLER_CALLBACK_ALLOWED_NETWORKS = env_list("AUXOT_CALLER_CALLBACK_ALLOWED_NETWORKS", [])
-for _net in AUXOT_CALLER_CALLBACK_ALLOWED_NETWORKS:
-    try:
-        ipaddress.ip_network(_net, strict=False)
-    except ValueError as _exc:
-        raise ImproperlyConfigured(f"AUXOT_CALLER_CALLBACK_ALLOWED_NETWORKS: {_exc}") from None
+AUXOT_CALLER_CALLBACK_ALLOWED_NETWORKS = env_networks("AUXOT_CALLER_CALLBACK_ALLOWED_NETWORKS")
 AUXOT_OUTBOUND_ALLOWED_HOSTS = [
     host.lower().rstrip(".") for host in env_list("AUXOT_OUTBOUND_ALLOWED_HOSTS", [])]
 for _host in AUXOT_OUTBOUND_ALLOWED_HOSTS:
@@ -612,12 +613,7 @@ if _multiproc_dir and not (os.path.isdir(_multiproc_dir)
         "write: create it (one per host, shared by gunicorn and qcluster) before they start.")
 # /metrics is off unless a bearer token or an allow-list of networks is set (both: both apply).
 AUXOT_METRICS_TOKEN = env_str("AUXOT_METRICS_TOKEN").strip()
-AUXOT_METRICS_ALLOWED_NETWORKS = env_list("AUXOT_METRICS_ALLOWED_NETWORKS", [])
-for _net in AUXOT_METRICS_ALLOWED_NETWORKS:
-    try:
-        ipaddress.ip_network(_net, strict=False)
-    except ValueError as _exc:
-        raise ImproperlyConfigured(f"AUXOT_METRICS_ALLOWED_NETWORKS: {_exc}") from None
+AUXOT_METRICS_ALLOWED_NETWORKS = env_networks("AUXOT_METRICS_ALLOWED_NETWORKS")
 if AUXOT_METRICS_TOKEN and len(AUXOT_METRICS_TOKEN) < 16:
     raise ImproperlyConfigured("AUXOT_METRICS_TOKEN must be at least 16 characters.")
 # Retention defaults (an intake may set its own): inputs, outputs and step results of
