@@ -124,8 +124,10 @@ def intake_callback_disable(*, intake: Intake, reason: str, now: datetime,
     intake to that URL that wait for a retry stop too: the receiver said it for all of
     them, and the poll would otherwise show them pending while they are posted to it."""
     with transaction.atomic():
-        changed = Intake.objects.filter(pk=intake.pk, callback_disabled_at__isnull=True).update(
-            callback_disabled_at=now, callback_disabled_reason=reason[:300])
+        current = Intake.objects.filter(pk=intake.pk, callback_disabled_at__isnull=True)
+        if url:  # an attempt that began before an admin replaced the URL says nothing of it
+            current = current.filter(callback_url=url)
+        changed = current.update(callback_disabled_at=now, callback_disabled_reason=reason[:300])
         if url:
             CallbackDelivery.objects.filter(
                 intake_id=intake.pk, uses_intake_default=True, url=url, state=State.PENDING,
@@ -136,6 +138,25 @@ def intake_callback_disable(*, intake: Intake, reason: str, now: datetime,
                          actor_label="callback receiver",
                          extra={"name": intake.name, "reason": reason[:300]})
     return bool(changed)
+
+
+def callback_deliveries_retarget(*, intake: Intake, old_url: str) -> int:
+    """An admin changed the intake's callback URL (in intake_update's transaction): the
+    deliveries still going to the old one go to the new one from their next attempt (the
+    receiver moved, or the URL was wrong; retries to it for a day help nobody). A caller's
+    own URL (Auxot-Callback-Url) is never touched. With the URL removed, the ones waiting
+    for a retry stop (`disabled`). One being sent at this moment finishes that attempt where
+    it began. Returns how many deliveries were changed."""
+    if not old_url:
+        return 0
+    pending = CallbackDelivery.objects.filter(intake_id=intake.pk, uses_intake_default=True,
+                                              url=old_url)
+    if not intake.callback_url:
+        return pending.filter(state=State.PENDING).update(
+            state=State.DISABLED, next_attempt_at=None,
+            last_error="the intake's callback URL was removed")
+    return pending.filter(state__in=[State.PENDING, State.DELIVERING]).update(
+        url=intake.callback_url, endpoint=endpoint_key(intake.callback_url, intake.org_id))
 
 
 def intake_callback_enable(*, intake: Intake, actor=None, ip: str | None = None) -> bool:

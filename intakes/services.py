@@ -13,6 +13,7 @@ from auxot.outbound import RefusedDestination, url_check, url_redact
 from auxot.services import audit_record
 from intakes import idempotency, ratelimit
 from intakes.accept import work_item_accept_write
+from intakes.callbacks import callback_deliveries_retarget
 from intakes.longpoll import work_item_wait
 from intakes.lookup import intake_lookup, key_intake_lookup, work_item_lookup
 from intakes.models import Intake
@@ -290,10 +291,15 @@ def intake_update(*, intake: Intake, changes: dict[str, Any], actor=None,
             except ValidationError as exc:
                 raise ApplicationError(f"{name}: {' '.join(exc.messages)}",
                                        code="validation_failed") from None
+    old_url = intake.callback_url
     with transaction.atomic():
         for field in changed:
             setattr(intake, field, changes[field])
         intake.save(update_fields=changed)
+        extra = {"fields": changed, "name": intake.name}
+        if "callback_url" in changed:
+            extra["deliveries_moved"] = callback_deliveries_retarget(intake=intake,
+                                                                     old_url=old_url)
         audit_record(event="intake.changed", org=intake.org, actor_user=actor, obj=intake, ip=ip,
-                     extra={"fields": changed, "name": intake.name})
+                     extra=extra)
     return changed

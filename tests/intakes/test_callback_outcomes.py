@@ -1,11 +1,21 @@
 """What one attempt's outcome does to the rest: a 410 from a URL the intake no longer uses,
+where the retries go when an admin changes the URL,
 the other retries waiting on a URL that said 410, attempts that sent nothing (for the
 breaker and for the count)."""
 
 import pytest
 from django.utils import timezone
 
-from intakes.callbacks import callback_delivery_create, callback_delivery_process
+from auxot.models import AuditEvent
+from intakes.callbacks import (
+    callback_attempt_finish,
+    callback_attempt_post,
+    callback_attempt_prepare,
+    callback_deliveries_claim,
+    callback_delivery_create,
+    callback_delivery_process,
+    endpoint_key,
+)
 from intakes.models import CallbackAttempt, CallbackDelivery, CallbackEndpoint, Intake
 from intakes.services import intake_update
 from tests.callback_helpers import finished_item
@@ -21,27 +31,68 @@ def _paths(receiver):
     return [request.path for request, _ in receiver.log]
 
 
-def test_a_410_from_the_former_url_does_not_disable_the_intakes_new_one(receiver, cb_intake,
-                                                                        cast):
-    """A retry still going to the URL an admin has since replaced got 410 Gone: it disabled
-    the intake's callback, and every later delivery to the new, healthy URL was created
-    disabled and never sent."""
-    receiver.expect_request("/hook").respond_with_data("busy", status=503)
-    delivery = callback_delivery_create(work_item=finished_item(cb_intake))
-    callback_delivery_process(delivery_id=delivery.pk)  # 503: a retry waits, for /hook
+def _change_url(cb_intake, cast, url):
     intake_update(intake=Intake.objects.select_related("org").get(pk=cb_intake.pk),
-                  actor=cast.admin_a, changes={"callback_url": receiver.url_for("/new-hook")})
-    receiver.clear()
+                  actor=cast.admin_a, changes={"callback_url": url})
+
+
+def test_a_410_for_an_attempt_begun_before_the_url_changed_does_not_disable_the_new_one(
+        receiver, cb_intake, cast):
+    """An attempt to the URL an admin replaced while it was being sent got 410 Gone: it
+    disabled the intake's callback, and every later delivery to the new, healthy URL was
+    created disabled and never sent."""
     receiver.expect_request("/hook").respond_with_data("gone", status=410)
     receiver.expect_request("/new-hook").respond_with_data("ok")
-    _due_now(delivery)
-    assert callback_delivery_process(delivery_id=delivery.pk) == "failed"
+    delivery = callback_delivery_create(work_item=finished_item(cb_intake))
+    [(claimed, token)] = callback_deliveries_claim(ids=[delivery.pk], now=timezone.now())
+    prepared = callback_attempt_prepare(delivery=claimed, token=token, now=timezone.now())
+    _change_url(cb_intake, cast, receiver.url_for("/new-hook"))
+    callback_attempt_finish(prepared=prepared, result=callback_attempt_post(prepared))
     cb_intake.refresh_from_db()
     assert cb_intake.callback_disabled_at is None
     later = callback_delivery_create(work_item=finished_item(cb_intake))
     assert later.state == "pending"
     assert callback_delivery_process(delivery_id=later.pk) == "delivered"
     assert _paths(receiver) == ["/hook", "/new-hook"]
+
+
+def test_a_changed_url_takes_the_waiting_retries_with_it(receiver, cb_intake, cast):
+    """An admin fixes a wrong callback URL: the deliveries waiting for a retry kept posting
+    to the old one for the rest of their schedule (about a day). They go to the new one
+    from their next attempt, under the new URL's breaker; a caller's own URL to the same
+    place, and another intake's deliveries, stay where they were."""
+    receiver.expect_request("/hook").respond_with_data("busy", status=503)
+    old_url = cb_intake.callback_url
+    waiting = callback_delivery_create(work_item=finished_item(cb_intake))
+    callback_delivery_process(delivery_id=waiting.pk)  # 503: a retry waits, for /hook
+    callers = callback_delivery_create(work_item=finished_item(cb_intake, callback_url=old_url))
+    sent = callback_delivery_create(work_item=finished_item(cb_intake))
+    CallbackDelivery.objects.filter(pk=sent.pk).update(state="delivered", next_attempt_at=None)
+    new_url = receiver.url_for("/new-hook")
+    _change_url(cb_intake, cast, new_url)
+    receiver.expect_request("/new-hook").respond_with_data("ok")
+    for delivery in (waiting, callers, sent):
+        delivery.refresh_from_db()
+    assert (waiting.url, waiting.endpoint) == (new_url, endpoint_key(new_url, cast.org_a.pk))
+    assert (callers.url, sent.url) == (old_url, old_url)
+    _due_now(waiting)
+    assert callback_delivery_process(delivery_id=waiting.pk) == "delivered"
+    assert _paths(receiver) == ["/hook", "/new-hook"]
+    changed = AuditEvent.objects.get(event="intake.changed", object_id=str(cb_intake.pk))
+    assert changed.extra["deliveries_moved"] == 1
+
+
+def test_removing_the_url_stops_the_waiting_retries(receiver, cb_intake, cast):
+    receiver.expect_request("/hook").respond_with_data("busy", status=503)
+    waiting = callback_delivery_create(work_item=finished_item(cb_intake))
+    callback_delivery_process(delivery_id=waiting.pk)
+    _change_url(cb_intake, cast, "")
+    _due_now(waiting)
+    assert callback_delivery_process(delivery_id=waiting.pk) is None  # not due: stopped
+    waiting.refresh_from_db()
+    assert (waiting.state, waiting.last_error) == (
+        "disabled", "the intake's callback URL was removed")
+    assert len(receiver.log) == 1
 
 
 def test_a_410_stops_the_other_retries_waiting_on_that_url(receiver, cb_intake):
