@@ -37,10 +37,16 @@ def idempotency_owner(key: ApiKey) -> str:
     return f"team:{key.team_id}" if key.kind == ApiKey.Kind.TEAM else f"user:{key.user_id}"
 
 
-def idempotency_claim(*, key: ApiKey, header: str | None, payload: Any) -> IdempotencyClaim | None:
+def idempotency_claim(*, key: ApiKey, header: str | None, payload: Any,
+                      kind: str = "") -> IdempotencyClaim | None:
+    """`kind` names a request other than a trigger ("replay"): its digest can then never
+    equal a trigger body's (canonical JSON never starts with a name and a NUL), so a key
+    used for one is refused for the other instead of answering with the other's item."""
     if header is None:
         return None
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    if kind:
+        canonical = f"{kind}\0{canonical}"
     digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
     return IdempotencyClaim(key=header, owner=idempotency_owner(key), body_sha256=digest)
 

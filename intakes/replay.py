@@ -34,7 +34,8 @@ def intake_work_replay(*, intake: Intake, key: ApiKey, item: WorkItem, start_ove
     together, and a repeat of the same request answers the first replay. A replay is new
     work: it counts against the same rate limits as a trigger (429 creates nothing)."""
     request = {"replay_of": str(item.pk), "from": FROM_START if start_over else FROM_FAILED_STEP}
-    claim = idempotency.idempotency_claim(key=key, header=idempotency_key, payload=request)
+    claim = idempotency.idempotency_claim(key=key, header=idempotency_key, payload=request,
+                                          kind="replay")
     if claim is not None:  # a repeat answers the first replay, whatever happened since
         winner = idempotency.idempotency_winner(claim=claim, intake=intake, now=timezone.now())
         if winner is not None:

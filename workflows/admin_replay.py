@@ -37,7 +37,9 @@ from workflows.replay import (
     FROM_START,
     failed_group_items,
     failed_work_groups,
+    replay_batch_cap,
     replay_batch_create,
+    replay_batch_ids,
     replay_plan,
     replay_refusal,
     replay_summary,
@@ -191,7 +193,7 @@ class WorkItemReplayMixin:
                                    workflow_id=workflow.pk, code=code, position=position)
         start_over = params.get("from") == FROM_START
         if request.method == "POST" and params.get("confirm") == "yes":
-            ids = list(items.values_list("pk", flat=True))
+            ids = replay_batch_ids(items)
             try:
                 batch = replay_batch_create(
                     org=workflow.org, work_ids=ids, user=request.user, start_over=start_over,
@@ -202,14 +204,18 @@ class WorkItemReplayMixin:
                 return HttpResponseRedirect(reverse("admin:workflows_workitem_failed"))
             return HttpResponseRedirect(reverse("admin:workflows_workitem_replay_batch",
                                                 args=[batch.pk]))
+        # What the replay will carry and run, as replay_plan decides it for the group's
+        # first item (a group failed at one step: the same steps completed before it).
+        sample = items.select_related("workflow").order_by().first()
+        plan = replay_plan(item=sample, start_over=start_over) if sample else None
         steps = list(Step.objects.filter(workflow=workflow))
-        to_run = steps if start_over or not position.isdigit() else [
-            step for step in steps if step.position >= int(position)]
+        count, cap = items.count(), replay_batch_cap()
         context = {**self.admin_site.each_context(request), "opts": self.model._meta,
                    "title": "Replay failed work", "workflow": workflow, "code": code,
-                   "position": position, "days": days, "count": items.count(),
-                   "to_run": to_run, "start_over": start_over,
-                   "carried": [] if start_over else [s for s in steps if s not in to_run]}
+                   "position": position, "days": days, "count": count,
+                   "now": min(count, cap), "later": max(count - cap, 0), "cap": cap,
+                   "to_run": plan.to_run if plan else steps, "start_over": start_over,
+                   "carried": plan.carried_steps if plan else []}
         return TemplateResponse(request, "admin/workflows/workitem/failed_replay_confirm.html",
                                 context)
 

@@ -222,7 +222,14 @@ def item_run(run: _Run) -> None:
 def _item_advance(run: _Run) -> None:
     while run.item.current_step < len(run.steps):
         step = run.steps[run.item.current_step]
-        if step.kind in PURE_KINDS and step.pk not in run.latest:
+        latest = run.latest.get(step.pk)
+        if latest is not None and latest.status == StepRun.Status.CARRIED:
+            # A replay's step that completed in the original, after one added since: passed.
+            if run.guarded().update(current_step=run.item.current_step + 1) != 1:
+                return
+            run.item.current_step += 1
+            continue
+        if step.kind in PURE_KINDS and latest is None:
             if not _pure_run(run):
                 return
             continue

@@ -113,8 +113,7 @@ def _attempt(run: _Run, step: Step) -> tuple[Outcome | None, StepRun | None]:
                         lease_seconds=timeout) if kind.uses_providers else None
     ctx = StepContext(data=run.data(), config=step.config or {}, state={}, now=now,
                       step_name=step.name,
-                      idempotency_key=run.item.step_keys.get(str(step.position))
-                      or f"{run.item.pk}:{step.position}",
+                      idempotency_key=run.item.idempotency_key(step),
                       max_attempts=max_attempts, timeout_seconds=timeout,
                       work_id=run.item.pk, org_id=org_id, providers=gate)
     if latest is not None and latest.status == StepRun.Status.WAITING:

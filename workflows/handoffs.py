@@ -54,6 +54,20 @@ def violations(instance: Any, schema: Any) -> list[dict[str, str]]:
     return found[:MAX_VIOLATIONS]
 
 
+def pointer_value(document: Any, pointer: str) -> Any:
+    """The value at a JSON pointer ("/a/0/b", as `violations` writes them), or None."""
+    value = document
+    for raw in pointer.split("/")[1:]:
+        part = raw.replace("~1", "/").replace("~0", "~")
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdecimal() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return None
+    return value
+
+
 def describe(found: list[dict[str, str]]) -> str:
     """One phrase: 'missing /customer' or '/age: -1 is less than the minimum of 0'."""
     parts = []

@@ -151,7 +151,8 @@ class WorkItem(models.Model):
     # Set when retention removed its input, output and step results (the item stays).
     redacted_at = models.DateTimeField(null=True, blank=True)
     # Replay: the failed item this one takes forward, the step position it resumed at, and
-    # per step position the Idempotency-Key to send instead of "<work id>:<position>".
+    # per step the Idempotency-Key to send instead of "<work id>:<position>" (by
+    # step_key_name; replays made before that are keyed by the step's position).
     replay_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT,
                                   related_name="replays")
     resumed_from_step = models.PositiveIntegerField(null=True, blank=True)
@@ -195,9 +196,19 @@ class WorkItem(models.Model):
     def __str__(self) -> str:
         return f"{self.id} ({self.status})"
 
+    def idempotency_key(self, step: "Step") -> str:
+        """The Idempotency-Key this item sends `step` with."""
+        return (self.step_keys.get(step_key_name(step)) or self.step_keys.get(str(step.position))
+                or f"{self.pk}:{step.position}")
+
     @property
     def is_terminal(self) -> bool:
         return self.status in (self.Status.COMPLETED, self.Status.FAILED)
+
+
+def step_key_name(step: "Step") -> str:
+    """A step's entry in WorkItem.step_keys (by id: renumbering the steps changes nothing)."""
+    return f"step:{step.pk}"
 
 
 class StepRun(models.Model):

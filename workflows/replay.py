@@ -26,9 +26,10 @@ from django.utils import timezone
 
 from auxot.broker import task_enqueue
 from auxot.errors import ApplicationError
+from auxot.logs import current_request_id
 from auxot.models import Organization
 from auxot.services import audit_record
-from workflows.models import ReplayBatch, Step, StepRun, WorkItem
+from workflows.models import ReplayBatch, Step, StepRun, WorkItem, step_key_name
 from workflows.services import (
     _actor_label,
     _require_role,
@@ -46,12 +47,20 @@ CANCELED = "canceled"
 
 @dataclass(frozen=True)
 class ReplayPlan:
-    steps: list[Step]
-    carried: list[StepRun]  # the attempts whose outputs are carried, in step order
+    steps: list[Step]  # the workflow's steps now, in order
+    carried: list[StepRun]  # the original's completed attempts still in it, in step order
+
+    @property
+    def carried_steps(self) -> list[Step]:
+        ids = {run.step_id for run in self.carried}
+        return [step for step in self.steps if step.pk in ids]
 
     @property
     def resume_index(self) -> int:
-        return len(self.carried)
+        """The first step the replay runs: the first one not carried."""
+        ids = {run.step_id for run in self.carried}
+        return next((i for i, step in enumerate(self.steps) if step.pk not in ids),
+                    len(self.steps))
 
     @property
     def resume_step(self) -> Step | None:
@@ -59,14 +68,16 @@ class ReplayPlan:
 
     @property
     def to_run(self) -> list[Step]:
-        return self.steps[self.resume_index:]
+        ids = {run.step_id for run in self.carried}
+        return [step for step in self.steps if step.pk not in ids]
 
 
 def replay_plan(*, item: WorkItem, start_over: bool) -> ReplayPlan:
     """Which steps a replay carries and which it runs.
 
-    Carried: the completed steps before the failed one, in order, stopping at the first
-    without a completed attempt (the workflow was edited since: run from there).
+    Carried: every step of the workflow (the same Step row, wherever it stands now) that
+    completed in the original. A step added, moved or renumbered since changes what runs
+    around them, never that they ran: the engine passes a carried step where it stands.
     """
     steps = list(Step.objects.filter(workflow_id=item.workflow_id))
     if start_over:
@@ -74,12 +85,7 @@ def replay_plan(*, item: WorkItem, start_over: bool) -> ReplayPlan:
     done: dict[int, StepRun] = {}
     for run in StepRun.objects.filter(work_item=item, status__in=StepRun.DONE):
         done[run.step_id] = run
-    carried = []
-    for step in steps[:min(item.current_step, len(steps))]:
-        if step.pk not in done:
-            break
-        carried.append(done[step.pk])
-    return ReplayPlan(steps=steps, carried=carried)
+    return ReplayPlan(steps=steps, carried=[done[step.pk] for step in steps if step.pk in done])
 
 
 def replay_refusal_why(item: WorkItem) -> tuple[str, str] | None:
@@ -140,7 +146,7 @@ def work_item_replay(*, item: WorkItem, start_over: bool = False, user=None, key
     _require_role(org_id=item.workflow.org_id, user=user, key=key, action="replay work")
     if why := replay_refusal_why(item):
         raise NotReplayable(*why)
-    workflow_input_check(workflow=item.workflow, input=item.input)
+    workflow_input_check(workflow=item.workflow, input=item.input, stored=True)
     plan = replay_plan(item=item, start_over=start_over)
     with transaction.atomic():
         # Serialized on the original's row (its alone: a lock on the workflow would hold
@@ -158,15 +164,32 @@ def work_item_replay(*, item: WorkItem, start_over: bool = False, user=None, key
 
 
 def _replay_keys(item: WorkItem, plan: ReplayPlan, start_over: bool) -> dict[str, str]:
-    """The failed step keeps its original Idempotency-Key (through a chain of replays: the
-    key of the first item that sent it); every other step gets the new item's own key."""
-    step = plan.resume_step
-    if start_over or step is None:
+    """The steps the original began but did not complete (the failed one) keep the
+    Idempotency-Key it sent them with (through a chain of replays: the key of the first item
+    that sent it), by step id, so steps renumbered since change nothing; every other step
+    gets the new item's own key."""
+    if start_over:
         return {}
-    if not StepRun.objects.filter(work_item=item, step=step).exists():
-        return {}  # never sent in the original: nothing to deduplicate against
-    position = str(step.position)
-    return {position: item.step_keys.get(position) or f"{item.pk}:{position}"}
+    carried = {run.step_id for run in plan.carried}
+    begun = list(StepRun.objects.filter(work_item=item).exclude(status__in=StepRun.DONE)
+                 .order_by("started_at", "pk").values_list("step_id", flat=True))
+    failed = begun[-1] if begun else None
+    keys = {}
+    for step in plan.steps:
+        if step.pk in begun and step.pk not in carried:
+            keys[step_key_name(step)] = _sent_key(item, step, failed=step.pk == failed)
+    return keys
+
+
+def _sent_key(item: WorkItem, step: Step, *, failed: bool) -> str:
+    """The key `item` sent `step` with: by its position then (the failure records the
+    failed step's; a step's position may have changed since)."""
+    if known := item.step_keys.get(step_key_name(step)):
+        return known
+    position = (item.error or {}).get("step_position") if failed else None
+    if not isinstance(position, int) or isinstance(position, bool):
+        position = step.position
+    return item.step_keys.get(str(position)) or f"{item.pk}:{position}"
 
 
 def _replay_create(*, item: WorkItem, plan: ReplayPlan, start_over: bool, key, ip,
@@ -175,7 +198,8 @@ def _replay_create(*, item: WorkItem, plan: ReplayPlan, start_over: bool, key, i
     new = WorkItem.objects.create(
         workflow_id=item.workflow_id, intake_id=item.intake_id, input=item.input,
         created_by_key=key, created_by_ip=ip, correlation_id=item.correlation_id,
-        callback_url=item.callback_url, created_at=now, next_run_at=now, enqueued_at=now,
+        callback_url=item.callback_url, request_id=current_request_id(),
+        created_at=now, next_run_at=now, enqueued_at=now,
         current_step=plan.resume_index, replay_of=item, replay_batch=batch,
         resumed_from_step=resume.position if resume else None,
         step_keys=_replay_keys(item, plan, start_over),
@@ -201,7 +225,7 @@ def _replay_audit(*, item: WorkItem, new: WorkItem, plan: ReplayPlan, start_over
         "replay_work_id": str(new.pk),
         "from": FROM_START if start_over else FROM_FAILED_STEP,
         "resumed_from_step": new.resumed_from_step,
-        "carried_steps": [step.position for step in plan.steps[:plan.resume_index]],
+        "carried_steps": [step.position for step in plan.carried_steps],
     }
     if batch is not None:
         extra["batch"] = str(batch.pk)
@@ -244,8 +268,8 @@ def failed_group_items(*, org_ids: list[int] | None, since: datetime, workflow_i
     items = failed_unreplayed(org_ids=org_ids, since=since).filter(workflow_id=workflow_id)
     items = items.filter(error__code=code) if code else items.filter(
         Q(error__code__isnull=True) | Q(error__code=""))
-    if position.isdigit():
-        return items.filter(error__step_position=int(position))
+    if (at := _position(position)) is not None:
+        return items.filter(error__step_position=at)
     return items.filter(Q(error__step_position__isnull=True) | Q(error__isnull=True))
 
 
@@ -258,27 +282,51 @@ def replayable(items: QuerySet) -> QuerySet:
 
 def replay_summary(items: QuerySet) -> list[dict]:
     """For a confirmation page, per workflow and failed step: how many items, which steps
-    are carried and which run (from the failed step). Two queries, whatever the count."""
-    rows = (replayable(items).annotate(error_position=KeyTextTransform("step_position", "error"))
-            .values("workflow_id", "workflow__name", "error_position")
+    are carried and which run (from the failed step), as `replay_plan` decides them for the
+    group's first item (a group failed at one step: the same steps completed before it).
+    One query, plus three per group."""
+    grouped = replayable(items).annotate(
+        error_position=KeyTextTransform("step_position", "error"))
+    rows = (grouped.values("workflow_id", "workflow__name", "error_position")
             .annotate(count=Count("id")).order_by("workflow__name", "error_position"))
-    rows = list(rows)
-    steps: dict[Any, list[Step]] = {}
-    for step in Step.objects.filter(workflow_id__in={row["workflow_id"] for row in rows}):
-        steps.setdefault(step.workflow_id, []).append(step)
     summary = []
-    for row in rows:
-        ordered, position = steps.get(row["workflow_id"], []), row["error_position"]
-        at = int(position) if str(position).isdigit() else None
+    for row in list(rows):
+        at = row["error_position"]
+        sample = grouped.filter(workflow_id=row["workflow_id"], **(
+            {"error_position": at} if at is not None else {"error_position__isnull": True})
+        ).select_related("workflow").order_by().first()
+        plan = replay_plan(item=sample, start_over=False) if sample else ReplayPlan([], [])
         summary.append({
             "workflow": row["workflow__name"], "count": row["count"],
-            "failed_step": next((s.name for s in ordered if s.position == at), "-"),
-            "carried": [s.name for s in ordered if at is not None and s.position < at],
-            "to_run": [s.name for s in ordered if at is None or s.position >= at]})
+            "failed_step": _failed_step_name(sample, plan),
+            "carried": [step.name for step in plan.carried_steps],
+            "to_run": [step.name for step in plan.to_run]})
     return summary
 
 
+def _failed_step_name(item: WorkItem | None, plan: ReplayPlan) -> str:
+    position = _position((item.error or {}).get("step_position")) if item else None
+    return next((step.name for step in plan.to_run if step.position == position), "-")
+
+
+def _position(value) -> int | None:
+    """A step position from a query string or an item's error: a decimal integer, or None."""
+    text = str(value if value is not None else "")
+    return int(text) if text.isdecimal() and text.isascii() else None
+
+
 # --- Bulk replay ----------------------------------------------------------------------------
+def replay_batch_ids(items: QuerySet) -> list:
+    """What one bulk replay of `items` takes: the oldest failures first, at most
+    BATCH_MAX_ITEMS (the rest stay failed, and in their group, for the next one)."""
+    return list(items.order_by("finished_at", "pk").values_list("pk", flat=True)
+                [:BATCH_MAX_ITEMS])
+
+
+def replay_batch_cap() -> int:
+    return BATCH_MAX_ITEMS
+
+
 def replay_batch_create(*, org: Organization, work_ids: list, user, start_over: bool = False,
                         label: str = "", ip: str | None = None,
                         now: datetime | None = None) -> ReplayBatch:
@@ -342,7 +390,9 @@ def replay_batch_chunk(*, batch_id) -> tuple[int, bool]:
             pk__in=[uuid.UUID(pk) for pk in ids], workflow__org_id=batch.org_id)
         found = {str(item.pk): item for item in items}
         replayed = _replayed_already(ids)
-        for pk in ids:
+        # Each replay locks its original: in one order (by id) for every batch, so two
+        # batches sharing items wait for each other instead of deadlocking.
+        for pk in sorted(ids, key=uuid.UUID):
             reason = _chunk_one(batch, found.get(pk), pk in replayed, now)
             if reason is None:
                 batch.replayed += 1
@@ -365,6 +415,9 @@ def _chunk_one(batch: ReplayBatch, item: WorkItem | None, replayed: bool,
         return "not found"
     if replayed:
         return "already replayed"  # a bulk replay takes forward only unhandled failures
+    if batch.created_by is None:
+        # Its creator's account was deleted since: nobody is left whose role allows it.
+        return "not permitted"
     try:
         work_item_replay(item=item, start_over=batch.start_over, user=batch.created_by,
                          batch=batch, now=now)

@@ -14,11 +14,12 @@ from auxot.models import Membership
 from auxot.services import audit_record
 from auxot.timefmt import iso
 from auxot.ttlcache import TtlCache
-from workflows.handoffs import describe, violations
+from workflows.handoffs import describe, pointer_value, violations
 from workflows.kinds import REGISTRY
 from workflows.metrics import WORK_ITEMS_FINISHED
 from workflows.models import Approval, Step, StepRun, WorkerHeartbeat, Workflow, WorkItem
 from workflows.providers import provider_tickets_drop
+from workflows.retention import REDACTED
 from workflows.signals import work_item_finished
 from workflows.wake import drain_request, work_wake_notify
 
@@ -102,8 +103,14 @@ def worker_last_seen_cache_clear() -> None:
     _last_seen.clear()
 
 
-def workflow_input_check(*, workflow: Workflow, input: Any) -> None:
+def workflow_input_check(*, workflow: Workflow, input: Any, stored: bool = False) -> None:
+    """422 when `input` does not match the workflow's input schema. `stored`: an item's
+    stored input (a replay), where the intake's redact_paths put "[REDACTED]" after the
+    trigger was checked and before it ran; those values are not held against it."""
     found = violations(input, workflow.input_schema)
+    if stored:
+        found = [v for v in found if v["message"] == "is missing"
+                 or pointer_value(input, v["pointer"]) != REDACTED]
     if found:
         raise ApplicationError(
             f"The body does not match the input schema of workflow '{workflow.name}': "
@@ -117,9 +124,12 @@ def _actor_label(user, key) -> str:
 
 
 def _require_role(*, org_id, user, key, action: str) -> None:
-    """Admins and members may act on work items; auditors only read."""
+    """Admins and members may act on work items; auditors only read; a deactivated user,
+    nothing (a bulk replay they queued, say)."""
     if user is None:
         return
+    if not user.is_active:
+        raise PermissionDeniedError(f"A deactivated user may not {action}.")
     role = Membership.objects.filter(user=user, org_id=org_id).values_list(
         "role", flat=True).first()
     if role not in (Membership.Role.ADMIN, Membership.Role.MEMBER) and not (

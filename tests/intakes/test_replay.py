@@ -10,7 +10,7 @@ from intakes.services import intake_create
 from tests.conftest import bearer, make_workflow, trigger
 from tests.fakeserver import Reply
 from workflows.batch import work_item_process
-from workflows.models import Step, StepRun, WorkItem
+from workflows.models import Step, StepRun, WorkItem, step_key_name
 from workflows.replay import work_item_replay
 from workflows.services import work_item_cancel
 
@@ -449,16 +449,22 @@ def test_service_refuses_an_auditor_and_another_orgs_user(cast, fake_server, api
     assert not WorkItem.objects.filter(replay_of=original).exists()
 
 
-def test_workflow_edited_since_runs_from_the_first_step_without_a_result(
+def test_workflow_edited_since_carries_the_completed_steps_where_they_stand(
         cast, api, member_token, fake_server):
     intake, original = _failed_at_two(api, cast, fake_server, member_token)
-    # A step added before the others since the failure never ran for this item.
+    # A step added before the others since the failure never ran for this item: it runs;
+    # the step that completed is carried (the engine passes it), the failed one keeps its key.
     added = Step.objects.create(workflow=intake.workflow, position=0, name="added",
                                 kind="transform", config={"expression": "input"})
+    one, two, _three = Step.objects.filter(workflow=intake.workflow, position__gt=0)
     new = work_item_replay(item=original, user=cast.member_a)
     assert new.resumed_from_step == added.position
     assert new.current_step == 0
-    assert not StepRun.objects.filter(work_item=new).exists()
+    assert list(StepRun.objects.filter(work_item=new).values_list("step", "status")) == [
+        (one.pk, "carried")]
+    assert new.step_keys == {step_key_name(two): f"{original.pk}:2"}
+    audit = AuditEvent.objects.get(event="work_item.replayed", object_id=str(original.pk))
+    assert audit.extra["carried_steps"] == [1]
 
 
 def test_openapi_documents_the_replay_and_the_new_fields(client):

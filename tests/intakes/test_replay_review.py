@@ -1,11 +1,11 @@
-"""Review of replay (branch review-replay): reproductions of defects and checks that held.
-
-Tests named `test_DEFECT_*` assert the behaviour the README promises and FAIL on the code
-as reviewed (each is marked `xfail(strict=True)` so the file stays green until the defect is
-fixed; remove the marker with the fix). `test_ok_*` pin what was found sound.
-"""
+"""Replay as a hostile review saw it: a workflow edited since the failure (steps added,
+renumbered), the Idempotency-Key's namespace, hostile Failed work parameters, bulk replays
+of deactivated or deleted users, two batches over the same items, redacted inputs, a group
+over the batch cap, the request id; and what held (tenant isolation, malformed ids).
+"Before:" comments say what the code did before the fix each test pins."""
 
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -20,7 +20,6 @@ from tests.intakes.test_replay import _failed_at_two, _paths, _poll, _replay, _r
 from workflows.models import ReplayBatch, Step, WorkItem
 from workflows.replay import replay_batch_chunk, replay_batch_create, work_item_replay
 
-DEFECT = pytest.mark.xfail(strict=True, reason="defect found in review; see the docstring")
 CHANGELIST = "/admin/workflows/workitem/"
 
 
@@ -29,8 +28,7 @@ def _keys(server) -> list[tuple[str, str]]:
 
 
 # --- side effects repeated / keys changed when the workflow was edited ----------------------
-@DEFECT
-def test_DEFECT_step_inserted_before_the_failed_one_reruns_a_completed_step(
+def test_a_step_inserted_before_the_failed_one_leaves_the_completed_ones_carried(
         cast, api, member_token, fake_server):
     """README: "the steps that completed before it are not run again". A step added at the
     front since the failure makes replay_plan stop carrying at the gap, so step /one (which
@@ -43,13 +41,12 @@ def test_DEFECT_step_inserted_before_the_failed_one_reruns_a_completed_step(
                         config={"expression": "input"})
     new = _run(_replay(api, intake, original.pk, member_token).json()["work_id"])
     assert new.status == "completed"
-    # Observed: ["/one", "/two", "/three"], /one with key "<new>:1", /two with "<new>:2".
+    # Before: ["/one", "/two", "/three"], /one with key "<new>:1", /two with "<new>:2".
     assert _paths(fake_server) == ["/two", "/three"]
     assert _keys(fake_server)[0] == sent[1]
 
 
-@DEFECT
-def test_DEFECT_renumbered_positions_change_the_failed_steps_idempotency_key(
+def test_renumbered_positions_keep_the_failed_steps_idempotency_key(
         cast, api, member_token, fake_server):
     """Same steps, same order, positions spaced out (1, 20, 30) after the failure: the
     failed step is the same Step row, but _replay_keys builds its key from the CURRENT
@@ -65,16 +62,15 @@ def test_DEFECT_renumbered_positions_change_the_failed_steps_idempotency_key(
     new = _run(_replay(api, intake, original.pk, member_token).json()["work_id"])
     assert new.status == "completed"
     assert _paths(fake_server) == ["/two", "/three"]
-    # Observed: f"{original.pk}:20".
+    # Before: f"{original.pk}:20".
     assert fake_server.requests[0]["headers"]["Idempotency-Key"] == first_key
 
 
-@DEFECT
-def test_DEFECT_group_confirmation_promises_carried_steps_the_replay_will_rerun(
+def test_group_confirmation_says_what_the_replay_carries(
         client, cast, api, member_token, fake_server):
-    """The Failed work confirmation (and the bulk action's replay_summary) list as "Carried,
-    not run again" every step before the failed position; after a step was added in front,
-    the replay actually runs /one again (see the test above)."""
+    """The Failed work confirmation (and the bulk action's replay_summary) listed as
+    "Carried, not run again" every step before the failed position, a step added in front
+    since included. They say what replay_plan decides for the group's items."""
     intake, original = _failed_at_two(api, cast, fake_server, member_token)
     Step.objects.create(workflow=intake.workflow, position=0, name="added", kind="transform",
                         config={"expression": "input"})
@@ -83,12 +79,15 @@ def test_DEFECT_group_confirmation_promises_carried_steps_the_replay_will_rerun(
         "workflow": str(intake.workflow.pk), "position": "2",
         "code": original.error["code"]}).content.decode()
     assert "Yes, replay 1 item" in page
-    # Observed: "Carried, not run again: 0. added, 1. http 1." ("added" never ran at all);
-    # the replay carries nothing and runs added, /one, /two, /three.
-    assert "Carried, not run again" not in page
+    # Before: "Carried, not run again: 0. added, 1. http 1." ("added" never ran at all),
+    # and the replay carried nothing: it ran added, /one, /two, /three.
+    assert "Carried, not run again: 1. http 1. " in page
+    to_run = page[page.index('id="steps-to-run"'):]
+    assert '<li value="0">added (transform)</li>' in to_run
+    assert '<li value="1">' not in to_run
 
 
-def test_ok_corrected_step_is_sent_with_the_old_key_even_though_the_request_differs(
+def test_corrected_step_is_sent_with_the_old_key_even_though_the_request_differs(
         cast, api, member_token, fake_server):
     """Documented, but worth knowing (reported as a design risk, not a failing test): the
     "corrected" failed step sends a DIFFERENT request under the original's key; Stripe-like
@@ -106,25 +105,29 @@ def test_ok_corrected_step_is_sent_with_the_old_key_even_though_the_request_diff
 
 
 # --- idempotency namespace -------------------------------------------------------------------
-@DEFECT
-def test_DEFECT_a_trigger_and_a_replay_share_one_idempotency_namespace(
+def test_a_trigger_and_a_replay_do_not_share_an_idempotency_key(
         cast, api, member_token, fake_server):
-    """intake_work_replay hashes {"replay_of", "from"} into the SAME IdempotencyKey rows as
-    triggers' bodies: a trigger whose body happens to be that object, sent with the key
-    later used for the replay, makes the replay answer 202 + Idempotent-Replayed with the
-    trigger's item; no replay is made (and vice versa)."""
+    """intake_work_replay hashed {"replay_of", "from"} as a trigger hashes its body: a
+    trigger whose body happened to be that object, sent with the key later used for the
+    replay, made the replay answer 202 + Idempotent-Replayed with the trigger's item and no
+    replay. The key belongs to the trigger: the replay is refused as a reuse (422), and the
+    same replay with a key of its own goes through."""
     intake, original = _failed_at_two(api, cast, fake_server, member_token)
     body = {"replay_of": str(original.pk), "from": "failed_step"}
     triggered = trigger(api, intake.pk, member_token, body=body, HTTP_IDEMPOTENCY_KEY="k-1")
     assert triggered.status_code == 202
     replay = _replay(api, intake, original.pk, member_token, HTTP_IDEMPOTENCY_KEY="k-1")
-    # Observed: 202, Idempotent-Replayed: true, work_id == the trigger's, no replay exists.
-    assert replay.json()["work_id"] != triggered.json()["work_id"]
-    assert WorkItem.objects.filter(replay_of=original).count() == 1
+    # Before: 202, Idempotent-Replayed: true, work_id == the trigger's, no replay exists.
+    assert replay.status_code == 422, replay.json()
+    assert "work_id" not in replay.json()
+    assert not WorkItem.objects.filter(replay_of=original).exists()
+    own = _replay(api, intake, original.pk, member_token, HTTP_IDEMPOTENCY_KEY="k-2")
+    assert own.status_code == 202
+    assert WorkItem.objects.get(replay_of=original).pk == uuid.UUID(own.json()["work_id"])
 
 
 # --- admin: hostile input -------------------------------------------------------------------
-def test_ok_admin_replay_url_with_a_malformed_id_is_a_404(client, cast):
+def test_admin_replay_url_with_a_malformed_id_is_a_404(client, cast):
     """replay_view: OrgScopedAdmin.get_object raises Http404 for a malformed id."""
     client.force_login(cast.member_a)
     client.raise_request_exception = False
@@ -132,7 +135,7 @@ def test_ok_admin_replay_url_with_a_malformed_id_is_a_404(client, cast):
     assert response.status_code == 404
 
 
-def test_ok_admin_replay_of_another_orgs_item_is_the_same_404(
+def test_admin_replay_of_another_orgs_item_is_the_same_404(
         client, cast, api, member_token, fake_server):
     """Another org's item by URL: the same 404 as an unknown id; nothing is replayed."""
     _, original = _failed_at_two(api, cast, fake_server, member_token)
@@ -144,8 +147,7 @@ def test_ok_admin_replay_of_another_orgs_item_is_the_same_404(
     assert theirs.status_code == 404
 
 
-@DEFECT
-def test_DEFECT_failed_group_with_a_unicode_digit_position_is_a_500(client, cast):
+def test_failed_group_with_a_unicode_digit_position_is_not_a_500(client, cast):
     """failed_group_items / failed_group_replay_view: "²".isdigit() is True but int("²")
     raises ValueError: a 500 on GET and POST. str.isdecimal() (or try/int) is the check."""
     flow = make_workflow(cast.org_a, [("transform", {"expression": "input"})], name="One")
@@ -153,11 +155,11 @@ def test_DEFECT_failed_group_with_a_unicode_digit_position_is_a_500(client, cast
     client.raise_request_exception = False
     response = client.get("/admin/workflows/workitem/failed/replay/",
                           {"workflow": str(flow.pk), "position": "²", "code": "x"})
-    assert response.status_code in (200, 400)  # observed: 500
+    assert response.status_code in (200, 400)  # before: 500
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="NUL in a text literal is PG's")
-def test_ok_nul_byte_in_the_failed_group_code(client, cast):
+def test_nul_byte_in_the_failed_group_code(client, cast):
     flow = make_workflow(cast.org_a, [("transform", {"expression": "input"})], name="One")
     client.force_login(cast.member_a)
     client.raise_request_exception = False
@@ -167,8 +169,7 @@ def test_ok_nul_byte_in_the_failed_group_code(client, cast):
 
 
 # --- bulk --------------------------------------------------------------------------------
-@DEFECT
-def test_DEFECT_bulk_replay_of_a_deleted_user_runs_without_any_role_check(
+def test_bulk_replay_of_a_deleted_user_replays_nothing(
         cast, api, member_token, fake_server):
     """A batch's created_by is SET_NULL; work_item_replay(user=None) skips _require_role, so
     a queued batch of a user deleted (off-boarded) meanwhile replays everything, audited as
@@ -183,11 +184,11 @@ def test_DEFECT_bulk_replay_of_a_deleted_user_runs_without_any_role_check(
     doomed.delete()
     replay_batch_chunk(batch_id=batch.pk)
     batch.refresh_from_db()
-    # Observed: replayed 1, skip_reasons {} and the audit row's actor_label "system".
+    # Before: replayed 1, skip_reasons {} and the audit row's actor_label "system".
     assert batch.replayed == 0 and batch.skip_reasons == {"not permitted": 1}
 
 
-def test_ok_bulk_batch_skips_another_orgs_ids_and_duplicates(cast, api, member_token,
+def test_bulk_batch_skips_another_orgs_ids_and_duplicates(cast, api, member_token,
                                                              fake_server):
     _, original = _failed_at_two(api, cast, fake_server, member_token)
     theirs = make_workflow(cast.org_b, [("transform", {"expression": "input"})], name="B")
@@ -208,7 +209,7 @@ def test_ok_bulk_batch_skips_another_orgs_ids_and_duplicates(cast, api, member_t
     assert ReplayBatch.objects.count() == auditor
 
 
-def test_ok_admin_bulk_action_refuses_a_forged_selection_of_another_org(
+def test_admin_bulk_action_refuses_a_forged_selection_of_another_org(
         client, cast, api, member_token, fake_server):
     _, original = _failed_at_two(api, cast, fake_server, member_token)
     theirs = make_workflow(cast.org_b, [("transform", {"expression": "input"})], name="B")
@@ -227,7 +228,7 @@ def test_ok_admin_bulk_action_refuses_a_forged_selection_of_another_org(
 
 
 # --- API: states of the intake and the key -------------------------------------------------
-def test_ok_api_refuses_deactivated_intake_revoked_key_and_malformed_ids(
+def test_api_refuses_deactivated_intake_revoked_key_and_malformed_ids(
         cast, api, member_token, fake_server):
     intake, original = _failed_at_two(api, cast, fake_server, member_token)
     assert _replay(api, intake, "not-a-uuid", member_token).status_code == 404
@@ -250,14 +251,14 @@ def test_ok_api_refuses_deactivated_intake_revoked_key_and_malformed_ids(
     assert not WorkItem.objects.filter(replay_of=original).exists()
 
 
-def test_ok_replay_through_another_intake_of_the_same_org_is_404(
+def test_replay_through_another_intake_of_the_same_org_is_404(
         cast, api, member_token, fake_server):
     intake, original = _failed_at_two(api, cast, fake_server, member_token)
     other = intake_create(org=cast.org_a, workflow=intake.workflow, name="second")
     assert _replay(api, other, original.pk, member_token).status_code == 404
 
 
-def test_ok_poll_and_audit_of_a_replay(cast, api, member_token, fake_server):
+def test_poll_and_audit_of_a_replay(cast, api, member_token, fake_server):
     intake, original = _failed_at_two(api, cast, fake_server, member_token)
     new_id = _replay(api, intake, original.pk, member_token, {"from": "start"}).json()["work_id"]
     assert _poll(api, intake, original.pk, member_token)["replayed_by"] == [new_id]
@@ -270,7 +271,7 @@ def test_ok_poll_and_audit_of_a_replay(cast, api, member_token, fake_server):
 # --- races (PostgreSQL) ---------------------------------------------------------------------
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks")
-def test_ok_api_admin_and_two_batches_at_once_make_one_replay(cast, fake_server, member_token):
+def test_api_admin_and_two_batches_at_once_make_one_replay(cast, fake_server, member_token):
     from rest_framework.test import APIClient
 
     from apikeys.models import ApiKey
@@ -307,10 +308,9 @@ def test_ok_api_admin_and_two_batches_at_once_make_one_replay(cast, fake_server,
         assert WorkItem.objects.filter(replay_of=original).count() == 1
 
 
-@DEFECT
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks")
-def test_DEFECT_two_batches_with_the_same_items_in_opposite_order_deadlock(
+def test_two_batches_with_the_same_items_in_opposite_order_do_not_deadlock(
         cast, fake_server, member_token, monkeypatch):
     """Two operators' bulk replays (e.g. the action and a Failed work group) over the same
     items in another order: each chunk locks the originals one by one in list order inside
@@ -340,7 +340,10 @@ def test_DEFECT_two_batches_with_the_same_items_in_opposite_order_deadlock(
         seen[me] = seen.get(me, 0) + 1
         new = real(**kwargs)
         if seen[me] == 1:
-            barrier.wait(5)  # both hold their first original's lock now
+            try:  # both hold their first original's lock now, if they took different ones
+                barrier.wait(2)
+            except threading.BrokenBarrierError:
+                pass  # one waits for the other's lock: the order is the same for both
         return new
 
     monkeypatch.setattr(replay_module, "work_item_replay", slow)
@@ -358,13 +361,12 @@ def test_DEFECT_two_batches_with_the_same_items_in_opposite_order_deadlock(
     print("outcomes", outcomes)
     for item in items:
         assert WorkItem.objects.filter(replay_of=item).count() == 1
-    # Observed: [(2, False), 'DeadlockDetected']: one chunk rolls back and its batch waits
+    # Before: [(2, False), 'DeadlockDetected']: one chunk rolls back and its batch waits
     # AUXOT_REPLAY_STALL_SECONDS for the ticker (then skips both as "already replayed").
     assert all(isinstance(o, tuple) for o in outcomes), outcomes
 
 
-@DEFECT
-def test_DEFECT_bulk_replay_of_a_deactivated_user_keeps_replaying(
+def test_bulk_replay_of_a_deactivated_user_replays_nothing(
         cast, api, member_token, fake_server):
     """Off-boarding by is_active=False (what stops the user's keys, README 401) does not stop
     their queued batch: _require_role looks at the Membership only."""
@@ -374,11 +376,10 @@ def test_DEFECT_bulk_replay_of_a_deactivated_user_keeps_replaying(
     cast.member_a.save()
     replay_batch_chunk(batch_id=batch.pk)
     batch.refresh_from_db()
-    assert batch.replayed == 0  # observed: 1
+    assert batch.replayed == 0  # before: 1
 
 
-@DEFECT
-def test_DEFECT_redacted_path_breaks_the_input_schema_so_the_item_never_replays(
+def test_a_redacted_value_against_the_input_schema_does_not_stop_a_replay(
         cast, api, member_token, fake_server):
     """The trigger's schema check sees the real body; the stored input has "[REDACTED]" at
     redact_paths, and work_item_replay re-checks THAT against the schema: a 422
@@ -394,27 +395,28 @@ def test_DEFECT_redacted_path_breaks_the_input_schema_so_the_item_never_replays(
     work_id = trigger(api, intake.pk, member_token, body={"card": 4242}).json()["work_id"]
     assert _run(work_id).status == "failed"
     response = _replay(api, intake, work_id, member_token)
-    assert response.status_code == 202, response.json()  # observed: 422 validation_failed
+    assert response.status_code == 202, response.json()  # before: 422 validation_failed
 
 
-@DEFECT
-def test_DEFECT_failed_work_group_over_the_batch_cap_cannot_be_replayed_at_all(
+def test_a_failed_work_group_over_the_batch_cap_replays_the_oldest_first(
         client, cast, flow_two, monkeypatch):
-    """A group larger than BATCH_MAX_ITEMS (20,000: a real outage) is refused whole by the
-    one-click group replay (the comment says "more: replay the rest afterwards", but there
-    is no way to take the first 20,000); the confirmation page offers it anyway."""
+    """A group larger than BATCH_MAX_ITEMS (20,000: a real outage) was refused whole by the
+    one-click group replay, after a confirmation page that offered it anyway. It takes the
+    oldest failures up to the cap, says so, and leaves the rest in the group."""
     from tests.admin.test_replay_admin import _failed
     from workflows import replay as replay_module
 
     monkeypatch.setattr(replay_module, "BATCH_MAX_ITEMS", 3)
-    for _ in range(4):
-        _failed(flow_two)
+    failed = [_failed(flow_two) for _ in range(4)]
     client.force_login(cast.member_a)
     params = {"workflow": str(flow_two.pk), "position": "2", "code": "http_status"}
     page = client.get("/admin/workflows/workitem/failed/replay/", params).content.decode()
-    assert "Yes, replay 4 items" in page
+    assert "Yes, replay 3 items" in page
+    assert "the oldest 3 now. The other 1 stay in this group" in page
     client.post("/admin/workflows/workitem/failed/replay/", {**params, "confirm": "yes"})
-    assert ReplayBatch.objects.exists()  # observed: none, "At most 3 items per bulk replay."
+    batch = ReplayBatch.objects.get()
+    oldest = sorted(failed, key=lambda item: (item.finished_at, item.pk))
+    assert batch.work_ids == [str(item.pk) for item in oldest[:3]]
 
 
 @pytest.fixture
@@ -423,22 +425,21 @@ def flow_two(cast):
                                       ("transform", {"expression": "previous"})], name="Two")
 
 
-@DEFECT
-def test_DEFECT_replay_keeps_no_request_id(cast, api, member_token, fake_server):
+def test_a_replay_keeps_its_request_id(cast, api, member_token, fake_server):
     """A trigger's item stores the request's X-Request-Id (its log lines and its callback's
     x-request-id); _replay_create does not, so a replay's logs and callback cannot be joined
     to the replay request."""
     intake, original = _failed_at_two(api, cast, fake_server, member_token)
     response = _replay(api, intake, original.pk, member_token, HTTP_X_REQUEST_ID="replay-req-1")
     new = WorkItem.objects.get(pk=response.json()["work_id"])
-    assert new.request_id == "replay-req-1"  # observed: ""
+    assert new.request_id == "replay-req-1"  # before: ""
 
 
-def test_api_replay_with_the_workflow_deactivated_is_404_not_the_documented_409(
+def test_api_replay_with_the_workflow_deactivated_is_404_as_documented(
         cast, api, member_token, fake_server):
-    """README's error table: 409 not_replayable for an item "whose workflow is deactivated";
-    over the API the intake lookup (w.active) answers the generic 404 first. The service
-    (admin, bulk) does say 409. Documentation mismatch, pinned as observed."""
+    """The README's error table said 409 not_replayable for an item "whose workflow is
+    deactivated"; over the API the intake lookup answers the generic 404 first, as for a
+    trigger (the admin and bulk replays say 409). The table says so now."""
     intake, original = _failed_at_two(api, cast, fake_server, member_token)
     intake.workflow.active = False
     intake.workflow.save()
