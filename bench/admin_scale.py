@@ -59,8 +59,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import common
 
 DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/auxot_scale_bench"
-# A database this script may empty: one bench/common.py accepts, or a name with a `scale` part.
-SCALE_DB_NAME = re.compile(r"^[A-Za-z0-9_]*scale[A-Za-z0-9_]*$")
+# A database this script may empty: one bench/common.py accepts, or a name with a `scale`
+# part between underscores (auxot_scale_bench, scale_2; not auxot_escalations).
+SCALE_DB_NAME = re.compile(r"^(?:[A-Za-z0-9]+_)*scale(?:_[A-Za-z0-9]+)*$")
 
 
 @dataclass(frozen=True)

@@ -130,3 +130,20 @@ def test_cpu_by_role_counts_each_roles_processes_started_and_reaped_ones_too():
     assert spent["tests"] >= 0.38, spent  # both children: the reaped one and the live one
     assert where.summary().startswith(f"{where.busy * where.wall * os.cpu_count():.1f} s of CPU")
     assert "spinner 0." in where.summary()
+
+
+@pytest.mark.parametrize("name, allowed", [
+    ("auxot_scale_bench", True), ("scale", True), ("auxot_scale", True), ("scale_2", True),
+    ("auxot_bench", True), ("auxot_escalations", False), ("auxot", False),
+    ("auxot_test", False), ("scaled_prod", False), ("auxot_scale_", False)])
+def test_the_admin_scale_bench_empties_only_its_own_databases(name, allowed):
+    from bench.admin_scale import scale_database_check
+
+    url = f"postgres://postgres@127.0.0.1:5432/{name}"
+    if allowed:
+        assert scale_database_check(url) == name
+    else:
+        with pytest.raises(SystemExit, match="refusing to use database"):
+            scale_database_check(url)
+    with pytest.raises(SystemExit, match="needs PostgreSQL"):
+        scale_database_check(f"sqlite:///{name}.db")
