@@ -57,9 +57,10 @@ class Intake(models.Model):
 
     # Callbacks (README "Polling or callbacks?"). Secrets are Fernet-encrypted (intakes.secrets).
     callback_url = models.URLField(
-        max_length=2000, blank=True,
+        "Callback URL", max_length=2000, blank=True,
         help_text="Default callback URL: Auxot POSTs each finished work item here (signed). "
-        "Callers may override it per request with the Auxot-Callback-Url header.",
+        "Callers may override it per request with the Auxot-Callback-Url header. Changing "
+        "it also moves the retries still waiting for the old one.",
     )
     callback_disabled_at = models.DateTimeField(
         null=True, blank=True,

@@ -147,3 +147,10 @@ def test_an_open_breaker_shows_endpoint_failing_since_on_the_intake_and_delivery
     endpoint_outcome(key=endpoint.key, ok=True)
     intake_page = admin_client.get(f"{CHANGELIST}{cb_intake.pk}/change/").content.decode()
     assert "Endpoint failing since" not in intake_page
+
+
+def test_the_intake_form_labels_the_url_as_the_tutorial_does(admin_client, cb_intake):
+    """The tutorial and the README say "Callback URL"; the form said "Callback url"."""
+    page = admin_client.get(f"/admin/intakes/intake/{cb_intake.pk}/change/").content.decode()
+    assert ">Callback URL:</label>" in page and "Callback url" not in page
+    assert "moves the retries still waiting for the old one" in page
