@@ -18,7 +18,12 @@ logger = logging.getLogger(__name__)
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 # One body for every "not there / not yours / switched off": callers cannot fingerprint.
-NOT_FOUND_DETAIL = "No such intake or work item for this key."
+# The same for every cause (an unknown or deactivated intake, another organization's, a team
+# intake this key may not use, an unknown work id), so a caller cannot tell which; it says
+# what to check.
+NOT_FOUND_DETAIL = ("No such intake or work item for this key: check the intake id (and the "
+                    "work id), that the intake is active, and that this key may use it (a team "
+                    "key: only its team's intakes).")
 
 # code -> (status, title). The same table feeds /v1/problems/<code>.
 PROBLEMS: dict[str, tuple[int, str]] = {

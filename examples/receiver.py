@@ -68,9 +68,12 @@ def _secret(args: argparse.Namespace) -> str:
         if args.demo_intake not in secrets:
             sys.exit(f"No secret for intake {args.demo_intake} in {DEMO_SECRETS}")
         return secrets[args.demo_intake]
-    secret = args.secret or os.environ.get("AUXOT_WEBHOOK_SECRET", "")
+    # AUXOT_CALLBACK_SECRET, as `auxot verify-callback` reads it (AUXOT_WEBHOOK_SECRET: the
+    # name this example used before, still read).
+    secret = (args.secret or os.environ.get("AUXOT_CALLBACK_SECRET", "")
+              or os.environ.get("AUXOT_WEBHOOK_SECRET", ""))
     if not secret:
-        sys.exit("Pass --secret whsec_... (or AUXOT_WEBHOOK_SECRET, or --demo-intake ID).")
+        sys.exit("Pass --secret whsec_... (or set AUXOT_CALLBACK_SECRET, or --demo-intake ID).")
     return secret
 
 

@@ -41,10 +41,11 @@ def _check_content_type(raw: str) -> None:
     media = media.strip().lower()
     if media != "application/json" and not (media.startswith("application/") and
                                             media.endswith("+json")):
+        hint = (" curl -d sends that unless you add -H 'Content-Type: application/json'."
+                if media == "application/x-www-form-urlencoded" else "")
         raise ApplicationError(
-            f"Send the body as JSON with 'Content-Type: application/json' (got {media or 'none'}).",
-            code="unsupported_media_type",
-        )
+            f"Send the body as JSON with 'Content-Type: application/json' (got {media or 'none'})."
+            f"{hint}", code="unsupported_media_type")
     for param in params.split(";"):
         name, _, value = param.partition("=")
         if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in {

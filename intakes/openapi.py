@@ -17,7 +17,13 @@ from drf_spectacular.utils import (
 )
 from rest_framework import serializers
 
-from auxot.errors import PROBLEM_CONTENT_TYPE, PROBLEMS, ApplicationError, problem_body
+from auxot.errors import (
+    NOT_FOUND_DETAIL,
+    PROBLEM_CONTENT_TYPE,
+    PROBLEMS,
+    ApplicationError,
+    problem_body,
+)
 
 KEY_FORMAT = (
     "`user.<12 lowercase base32>.<43 URL-safe base64><6 hex checksum>` (personal key, acts as "
@@ -278,7 +284,7 @@ _EXAMPLE_DETAILS = {
     "empty_body": "The body is empty; send {} if the workflow needs no input.",
     "invalid_request": "Auxot-Correlation-Id must be printable ASCII and at most 200 characters.",
     "unauthorized": "Use 'Authorization: Bearer <key>': the word Bearer, one space, then the key.",
-    "not_found": "No such intake or work item for this key.",
+    "not_found": NOT_FOUND_DETAIL,
     "payload_too_large": "The body is larger than 1048576 bytes.",
     "unsupported_media_type": "Send the body as JSON with 'Content-Type: application/json'.",
     "rate_limited": "Too many requests for this key; retry after Retry-After seconds.",

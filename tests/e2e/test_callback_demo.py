@@ -1,6 +1,7 @@
 """The demo's callback pieces: the secret on file, and examples/receiver.py as a real process."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -67,9 +68,12 @@ def example_receiver(cast):
     workflow = make_workflow(cast.org_a, [("transform", {"expression": "input"})], name="Ex")
     intake = intake_create(org=cast.org_a, workflow=workflow, name="to example",
                            callback_url=f"http://127.0.0.1:{port}/hook")
-    proc = subprocess.Popen([sys.executable, "examples/receiver.py", "--port", str(port),
-                             "--secret", intake.signing_secret], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # The secret as the README and `auxot verify-callback` name it, not on the command line.
+    env = {**os.environ, "AUXOT_CALLBACK_SECRET": intake.signing_secret}
+    env.pop("AUXOT_WEBHOOK_SECRET", None)
+    proc = subprocess.Popen([sys.executable, "examples/receiver.py", "--port", str(port)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
 
     def up():
         try:

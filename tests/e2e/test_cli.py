@@ -443,3 +443,20 @@ def test_bad_checksum_key_is_refused_locally_and_unknown_key_gets_401(caller):  
     assert result.returncode == 3
     assert b"HTTP 401" in result.stderr and b"AUXOT_API_KEY" in result.stderr
     assert unknown.encode() not in result.stderr
+
+
+@pytest.mark.parametrize("argv", [["run", "", "--data", "{}"], ["trigger", "  "],
+                                  ["wait", "", "w"], ["wait", "i", ""], ["replay", ""]])
+def test_an_empty_id_is_refused_before_anything_is_sent(scripted, monkeypatch, capsys, argv):
+    """`auxot run "$AUXOT_INTAKE_ID"` with the variable unset sent /v1/intake//… and met a
+    404 that blamed the key or the intake; it is a usage error naming the variable."""
+    _, base = scripted
+    _Scripted.seen = []
+    monkeypatch.setenv("AUXOT_BASE_URL", base)
+    monkeypatch.setenv("AUXOT_API_KEY", TOKEN)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv)
+    assert exited.value.code == cli.EXIT_USAGE and _Scripted.seen == []
+    err = capsys.readouterr().err
+    assert "is empty" in err
+    assert ("$AUXOT_INTAKE_ID" in err) == (argv[0] != "replay" and argv[1].strip() == "")

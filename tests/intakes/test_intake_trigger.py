@@ -292,3 +292,12 @@ def test_every_problem_is_written_as_drf_writes_it(code):
 
     detail = "Détail — ünïcode, \"quotes\" and a \\ backslash"
     assert problem_json(code, detail) == JSONRenderer().render(problem_body(code, detail))
+
+
+def test_curls_form_default_is_named_in_the_415(api, intake_a, member_token):
+    """`curl -d` without a Content-Type sends a form: the answer says why it got one."""
+    form = _post_raw(api, intake_a, member_token, b"a=1", "application/x-www-form-urlencoded")
+    assert "curl -d sends that unless you add -H 'Content-Type: application/json'" in (
+        form.json()["detail"])
+    plain = _post_raw(api, intake_a, member_token, b"{}", "text/plain")
+    assert "curl" not in plain.json()["detail"]

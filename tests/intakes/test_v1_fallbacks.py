@@ -34,6 +34,9 @@ def test_unknown_v1_path_is_problem_404(debug, path, method):
     client = Client(enforce_csrf_checks=True)  # a POST must not meet the HTML CSRF page
     body = _problem(getattr(client, method)(path), 404, "not_found")
     assert body["detail"] == NOT_FOUND_DETAIL
+    # One text for every cause, and it says what to check (a newcomer's empty $WORK_ID or
+    # deactivated intake met a bare "No such intake").
+    assert "check the intake id" in body["detail"] and "active" in body["detail"]
 
 
 def test_unknown_path_404_matches_unknown_intake_404(debug, client, member_token):

@@ -39,6 +39,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"auxot: error: {message}\n")
 
 
+def _id(what: str):
+    """An argparse type: a non-empty id (`auxot run "$AUXOT_INTAKE_ID"` with the variable
+    unset sent `/v1/intake//…` and met a 404 that blamed the key)."""
+    def check(value: str) -> str:
+        value = value.strip()
+        if not value:
+            hint = f" (is ${ENV_INTAKE_ID} set?)" if what == "intake id" else ""
+            raise argparse.ArgumentTypeError(f"the {what} is empty{hint}")
+        return value
+    check.__name__ = what
+    return check
+
+
 def _step_text(body: dict) -> str:
     step = body.get("current_step")
     if not isinstance(step, dict):
@@ -285,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--json", action="store_true", help="print the full JSON answer")
 
     def trigger_options(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("intake_id")
+        sub.add_argument("intake_id", type=_id("intake id"))
         sub.add_argument("--data", metavar="JSON|@FILE|-",
                          help="the input: JSON text, @file, or - for stdin (default: stdin "
                          "when piped, else {})")
@@ -302,8 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     trigger.set_defaults(handler=cmd_trigger)
 
     wait = commands.add_parser("wait", help="wait until a work item is completed or failed")
-    wait.add_argument("intake_id")
-    wait.add_argument("work_id")
+    wait.add_argument("intake_id", type=_id("intake id"))
+    wait.add_argument("work_id", type=_id("work id"))
     wait_options(wait)
     common(wait)
     wait.set_defaults(handler=cmd_wait)
@@ -316,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     replay = commands.add_parser(
         "replay", help="replay a failed work item (a new item; the original stays failed)")
-    replay.add_argument("work_id", help="the failed item's work id, or its status URL")
+    replay.add_argument("work_id", type=_id("work id"),
+                        help="the failed item's work id, or its status URL")
     replay.add_argument("--intake", help=f"the intake id (default: ${ENV_INTAKE_ID})")
     replay.add_argument("--from", dest="from_", choices=["failed_step", "start"],
                         default="failed_step", help="failed_step (default): carry the "
