@@ -143,3 +143,46 @@ def test_every_setting_the_code_reads_is_in_the_readmes_settings_table():
     read = _read_by_the_code()
     assert {"SECRET_KEY_FALLBACKS", "GUNICORN_KEEPALIVE", "AUXOT_LEASE_GRACE_SECONDS"} <= read
     assert sorted(read - documented) == []
+
+
+def test_every_table_in_the_readme_renders_as_one_table():
+    """A blank line inside a table (the settings table had one) ends it: the rows after it
+    have no header and render as raw `|` text. Every block of table rows starts with a
+    header and its separator, and has that header's number of columns."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks, block, fenced = [], [], False
+    for number, line in enumerate(readme.splitlines(), start=1):
+        if line.startswith("```"):
+            fenced = not fenced
+        if line.startswith("|") and not fenced:
+            block.append((number, line))
+        elif block:
+            blocks.append(block)
+            block = []
+    assert len(blocks) > 10
+    separator = re.compile(r"^\|(\s*:?-{3,}:?\s*\|)+$")
+    for block in blocks:
+        (first, header), *rest = block
+        assert rest and separator.match(rest[0][1]), f"README line {first}: no header"
+
+        def columns(row: str) -> int:
+            return len(re.split(r"(?<!\\)\|", re.sub(r"`[^`]*`", "x", row))) - 2
+        width = columns(header)
+        for number, row in rest:
+            assert columns(row) == width, f"README line {number}: not {width} columns"
+
+
+def test_a_command_without_its_settings_says_so_in_one_line():
+    """`manage.py check` with no SECRET_KEY (and no DEBUG=1) printed a 20-line traceback
+    through the settings module; it prints the one line that names the setting."""
+    import subprocess
+    import sys
+
+    from tests.processes import ROOT
+
+    env = {"PATH": "/usr/bin:/bin", "DJANGO_SETTINGS_MODULE": "auxot.settings"}
+    done = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert done.stderr.startswith("manage.py: SECRET_KEY must be set")
+    assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) <= 2
