@@ -237,3 +237,19 @@ def test_a_page_past_the_capped_count_still_opens(client, cast, monkeypatch):
     for bad in ("0", "x"):
         refused = client.get("/admin/auxot/auditevent/", {"event__exact": "key.note", "p": bad})
         assert refused.status_code in (200, 302)  # as Django answers a bad page number
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite's views have no types")
+def test_the_views_columns_have_the_audit_tables_types(db):
+    """The derived half typed actor_user_id as bigint against the table's integer: the
+    planner could not take the admin list's organization and order through the audit
+    table's (org, -created_at) index, and read and sorted the whole table per page."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT v.column_name, v.data_type, t.data_type "
+            "FROM information_schema.columns v JOIN information_schema.columns t "
+            "ON t.column_name = v.column_name AND t.table_name = 'auxot_auditevent' "
+            "WHERE v.table_name = 'auxot_audit_log'")
+        columns = cursor.fetchall()
+    assert len(columns) == 11
+    assert [c for c in columns if c[1] != c[2]] == []
