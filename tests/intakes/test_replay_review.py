@@ -4,6 +4,7 @@ of deactivated or deleted users, two batches over the same items, redacted input
 over the batch cap, the request id; and what held (tenant isolation, malformed ids).
 "Before:" comments say what the code did before the fix each test pins."""
 
+import contextlib
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -340,10 +341,10 @@ def test_two_batches_with_the_same_items_in_opposite_order_do_not_deadlock(
         seen[me] = seen.get(me, 0) + 1
         new = real(**kwargs)
         if seen[me] == 1:
-            try:  # both hold their first original's lock now, if they took different ones
+            # Both hold their first original's lock now, if they took different ones; or one
+            # waits for the other's lock (the same order for both) and the barrier breaks.
+            with contextlib.suppress(threading.BrokenBarrierError):
                 barrier.wait(2)
-            except threading.BrokenBarrierError:
-                pass  # one waits for the other's lock: the order is the same for both
         return new
 
     monkeypatch.setattr(replay_module, "work_item_replay", slow)
