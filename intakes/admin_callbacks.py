@@ -10,11 +10,12 @@ is handed to the engine's WorkItemAdmin by `intakes.admin.engine_admin_extend`, 
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
-from django.http import HttpResponse
+from django.http import HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
-from django.urls import reverse
+from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
+from auxot import crypto
 from auxot.admin_base import (
     MANAGERS,
     OrgScopedAdmin,
@@ -35,6 +36,13 @@ from intakes.callbacks import (
 from intakes.models import CallbackAttempt, CallbackDelivery, CallbackEndpoint, Intake
 
 RECENT_DELIVERIES = 10
+
+# A new intake's signing secret crosses one redirect (so a reload cannot add a second intake)
+# in the session, encrypted and short-lived, as a new API key's token does (apikeys/admin.py):
+# Django signs session data but does not encrypt it. Never in a URL.
+STASH_SESSION_KEY = "auxot_new_signing_secret"
+STASH_PURPOSE = "admin-new-signing-secret"
+SHOWN_WITHIN = 300  # seconds from creating the intake; then it is gone for good
 
 
 def _delivery_link(delivery: CallbackDelivery) -> str:
@@ -224,16 +232,50 @@ class IntakeCallbacksAdminMixin:
         elif getattr(obj, "signing_secret", None):  # set by intake_create, see save_model
             request._auxot_new_secret = obj.signing_secret
 
+    def get_urls(self):
+        shown = self.admin_site.admin_view(self.signing_secret_view)
+        return [path("<path:object_id>/signing-secret/", shown,
+                     name="intakes_intake_signing_secret"), *super().get_urls()]
+
     def response_add(self, request, obj, post_url_continue=None):
+        # Never the secret as the answer to the POST: a reload would post again and add a
+        # second intake. Into the session, then a redirect to the page that shows it once.
         secret = getattr(request, "_auxot_new_secret", None)
         if secret:
-            return self._secret_page(request, [obj], {obj.pk: secret}, "created")
+            request.session[STASH_SESSION_KEY] = {
+                "id": str(obj.pk),
+                "secret": crypto.encrypt(secret, purpose=STASH_PURPOSE)}
+            self.message_user(request, f"The intake “{obj.name}” was added.", messages.SUCCESS)
+            return HttpResponseRedirect(reverse("admin:intakes_intake_signing_secret",
+                                                args=[obj.pk]))
         return super().response_add(request, obj, post_url_continue)
 
-    def _secret_page(self, request, intakes, secrets: dict, verb: str) -> HttpResponse:
+    def signing_secret_view(self, request, object_id):
+        """A new intake's signing secret, once: the first GET after the add pops it from this
+        session; a reload, a second GET or anyone else's session gets a page that says so."""
+        if request.method != "GET":
+            return HttpResponseNotAllowed(["GET"])
+        intake = self.get_object(request, object_id)  # another org's: 404
+        self.require_role(request, MANAGERS, intake)
+        secrets, late = {}, False
+        stashed = request.session.get(STASH_SESSION_KEY)
+        if stashed and stashed.get("id") == str(intake.pk):
+            request.session.pop(STASH_SESSION_KEY)
+            try:
+                secrets[intake.pk] = crypto.decrypt(stashed["secret"],
+                                                    purpose=STASH_PURPOSE,
+                                                    ttl=SHOWN_WITHIN)
+            except crypto.DecryptionError:
+                late = True
+        return self._secret_page(request, [intake] if secrets else [], secrets, "created",
+                                 gone=None if secrets else intake, late=late)
+
+    def _secret_page(self, request, intakes, secrets: dict, verb: str, gone: Intake | None = None,
+                     late: bool = False) -> HttpResponse:
         context = {**self.admin_site.each_context(request), "title": "Signing secret",
                    "verb": verb, "opts": self.model._meta,
                    "rows": [(i, secrets[i.pk]) for i in intakes],
+                   "gone": gone, "late": late, "shown_within_minutes": SHOWN_WITHIN // 60,
                    "window_hours": _window_hours()}
         response = TemplateResponse(request, "admin/intakes/signing_secret.html", context)
         response["Cache-Control"] = "no-store"

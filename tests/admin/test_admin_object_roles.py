@@ -163,6 +163,19 @@ def _secret_of(intake) -> str:
     return secret_decrypt(intake.signing_secret_encrypted)
 
 
+def _open_stashed_secret(client, intake):
+    """The page that shows a new intake's secret once, with this intake's secret stashed in
+    the session (as if this user had just added it): the role is checked all the same."""
+    from auxot import crypto
+    from intakes.admin_callbacks import STASH_PURPOSE, STASH_SESSION_KEY
+
+    session = client.session
+    session[STASH_SESSION_KEY] = {"id": str(intake.pk), "secret": crypto.encrypt(
+        _secret_of(intake), purpose=STASH_PURPOSE)}
+    session.save()
+    return client.get(f"{INTAKES}{intake.pk}/signing-secret/")
+
+
 def _tests_sent(intake) -> int:
     return sum(1 for request, _ in intake._receiver.log
                if json.loads(request.get_data() or b"{}").get("intake_id") == str(intake.pk))
@@ -261,6 +274,9 @@ CASES: dict[tuple[str, str], Case] = {
         MANAGERS, lambda w, org: w.intake(org),
         lambda c, t: c.post(f"{INTAKES}{t.pk}/active/off/"),
         lambda t: Intake.objects.get(pk=t.pk).active, changed),
+    ("intakes.Intake", "intakes_intake_signing_secret"): Case(
+        MANAGERS, lambda w, org: w.intake(org), _open_stashed_secret, _secret_of,
+        lambda t, before, after, body: before in body),
     ("workflows.Workflow", "workflows_workflow_run"): Case(
         ACTORS, lambda w, org: w.intake(org).workflow,
         lambda c, t: c.post(f"/admin/workflows/workflow/{t.pk}/run/", {"input": "{}"}),

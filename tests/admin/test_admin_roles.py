@@ -97,9 +97,10 @@ def test_admin_creates_an_intake_audited_and_prefilled_from_the_workflow(client,
     assert str(form.initial["workflow"]) == str(workflow_a.pk)
     response = client.post(f"{INTAKES}add/", {"workflow": workflow_a.pk, "name": "Orders",
                                               "team": cast.team_a.pk, "callback_url": ""})
-    assert response.status_code == 200  # the signing secret page (shown once)
+    assert response.status_code == 302  # to the signing secret page (shown once)
     intake = Intake.objects.get(name="Orders")
-    html = response.content.decode()  # and the way on to the intake's id and snippets
+    html = client.get(response["Location"]).content.decode()  # and the way on to the
+    assert 'class="signing-secret"' in html  # intake's id and snippets
     assert f'href="{INTAKES}{intake.pk}/change/" id="open-intake"' in html
     assert f"<code>{intake.pk}</code>" in html
     assert (intake.org, intake.team, intake.created_by) == (cast.org_a, cast.team_a,

@@ -91,16 +91,83 @@ def test_disabled_callback_is_visible_and_can_be_re_enabled(admin_client, cb_int
     assert AuditEvent.objects.filter(event="intake.callback_enabled").count() == 1
 
 
+SHOWN = re.compile(r'<code class="signing-secret">(whsec_[^<]+)</code>')
+
+
+def _add_intake(client, workflow, name="From admin"):
+    return client.post(f"{CHANGELIST}add/", {"workflow": workflow.pk, "name": name,
+                                             "callback_url": ""})
+
+
 def test_adding_an_intake_in_the_admin_shows_its_secret_once(admin_client, cast, workflow_a):
-    response = admin_client.post(f"{CHANGELIST}add/", {
-        "org": cast.org_a.pk, "workflow": workflow_a.pk, "name": "From admin", "active": "on",
-        "callback_url": "", "created_at_0": "2026-11-29", "created_at_1": "07:00:00"})
-    assert response.status_code == 200, response.content[:2000]
-    [shown] = re.findall(r'<code class="signing-secret">(whsec_[^<]+)</code>',
-                         response.content.decode())
+    """The add POST answers a redirect (a reload of the page that shows the secret must not
+    post again: it added a second intake with a secret of its own); the next GET shows the
+    secret, once; a second GET (a reload) says it is not shown again."""
+    response = _add_intake(admin_client, workflow_a)
+    assert response.status_code == 302, response.content[:2000]
     intake = Intake.objects.get(name="From admin")
-    assert secret_decrypt(intake.signing_secret_encrypted) == shown
+    secret = secret_decrypt(intake.signing_secret_encrypted)
+    assert response["Location"] == f"{CHANGELIST}{intake.pk}/signing-secret/"
+    assert secret not in response["Location"] and secret.removeprefix("whsec_") not in (
+        response["Location"])
+    page = admin_client.get(response["Location"])
+    html = page.content.decode()
+    assert page.status_code == 200 and "no-store" in page["Cache-Control"]
+    assert SHOWN.findall(html) == [secret] and html.count(secret) == 1
+    assert f'href="{CHANGELIST}{intake.pk}/change/" id="open-intake"' in html
+    again = admin_client.get(response["Location"])
+    html = again.content.decode()
+    assert again.status_code == 200 and "no-store" in again["Cache-Control"]
+    assert "whsec_" not in html and 'id="secret-gone"' in html
+    assert "is not shown again" in html and "Rotate signing secret" in html
+    assert Intake.objects.filter(name="From admin").count() == 1
     assert WorkItem.objects.count() == 0
+
+
+def test_a_new_intakes_secret_is_shown_to_no_other_session(admin_client, client, cast,
+                                                           workflow_a):
+    """The stash lives in the session that added the intake: another user (here an admin of
+    the same organization) opening the same URL first sees no secret, and the adder still
+    sees it after that, without posting again."""
+    response = _add_intake(admin_client, workflow_a)
+    url = response["Location"]
+    client.force_login(cast.admin_a)
+    html = client.get(url).content.decode()
+    assert "whsec_" not in html and 'id="secret-gone"' in html
+    intake = Intake.objects.get(name="From admin")
+    assert SHOWN.findall(admin_client.get(url).content.decode()) == [
+        secret_decrypt(intake.signing_secret_encrypted)]
+    assert Intake.objects.count() == 1
+
+
+def test_a_new_intakes_secret_crosses_the_redirect_encrypted_and_short_lived(
+        admin_client, cast, workflow_a, time_machine):
+    from datetime import timedelta
+
+    from django.contrib.sessions.models import Session
+    from django.utils import timezone
+
+    response = _add_intake(admin_client, workflow_a)
+    intake = Intake.objects.get(name="From admin")
+    secret = secret_decrypt(intake.signing_secret_encrypted)
+    [row] = Session.objects.all()
+    stash = row.get_decoded()["auxot_new_signing_secret"]
+    assert stash["id"] == str(intake.pk) and secret.removeprefix("whsec_") not in str(stash)
+    # A redirect followed too late shows no secret, and says what to do.
+    time_machine.move_to(timezone.now() + timedelta(seconds=301))
+    html = admin_client.get(response["Location"]).content.decode()
+    assert "whsec_" not in html and "gone for good" in html and "Rotate signing secret" in html
+    assert "auxot_new_signing_secret" not in Session.objects.get().get_decoded()
+
+
+def test_the_secret_page_is_refused_to_members_and_auditors_and_takes_no_post(
+        admin_client, client, cast, workflow_a):
+    url = _add_intake(admin_client, workflow_a)["Location"]
+    for who in (cast.member_a, cast.auditor_a):
+        client.force_login(who)
+        assert client.get(url).status_code == 403
+    assert admin_client.post(url).status_code == 405
+    assert SHOWN.findall(admin_client.get(url).content.decode())  # the POST popped nothing
 
 
 def test_delivery_log_is_scoped_to_the_viewers_organization(client, cast, cb_intake, receiver):

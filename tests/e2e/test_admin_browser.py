@@ -97,8 +97,14 @@ def test_admin_creates_an_intake_runs_its_curl_then_deactivates_it(login, live_s
     assert page.input_value("#id_workflow") == str(workflow.pk)
     page.fill("#id_name", "Support tickets")
     page.click("input[name=_save]")
-    page.wait_for_selector("code.signing-secret")
+    secret = page.text_content("code.signing-secret").strip()
     intake = Intake.objects.get(name="Support tickets")
+    assert secret.startswith("whsec_") and secret not in page.url
+    assert page.url.endswith(f"/admin/intakes/intake/{intake.pk}/signing-secret/")
+    page.reload()  # a GET, not the add form again: no second intake, the secret not again
+    page.wait_for_selector("#secret-gone")
+    assert secret not in page.content() and page.query_selector("code.signing-secret") is None
+    assert Intake.objects.filter(name="Support tickets").count() == 1
 
     page.goto(f"{live_server.url}/admin/intakes/intake/")
     page.click("text=Support tickets")
