@@ -2,14 +2,19 @@
 
 The token is shown exactly once: stashed in the session by the add view and popped by the
 next render of the key's page; only its digest is stored.
+
+A key's page is read-only (nothing to save). It ends with Revoke (a confirm page, then the
+audited `apikey_revoke`), never with Delete: a deleted key would leave no audit row, and
+revoking is final anyway.
 """
 
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q
-from django.http import HttpResponseRedirect
-from django.urls import reverse
+from django.http import HttpResponseNotAllowed, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils import timezone
 
 from apikeys.models import ApiKey
@@ -94,6 +99,14 @@ class ApiKeyAdmin(OrgScopedAdmin):
                        "created_by", "created_at", "last_used_at", "expires_at", "revoked_at",
                        "revoked_by"]
 
+    def has_change_permission(self, request, obj=None):
+        return False  # every field is read-only: no Save buttons, for superusers too
+
+    def has_delete_permission(self, request, obj=None):
+        # Revoke instead (audited, and final): a delete left no trace in the append-only
+        # audit log. No Delete button, delete view or bulk delete, for superusers too.
+        return False
+
     def get_queryset(self, request):
         qs = super().get_queryset(request)
         if request.user.is_superuser:
@@ -169,6 +182,9 @@ class ApiKeyAdmin(OrgScopedAdmin):
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         extra = dict(extra_context or {})
+        key = self.get_object(request, object_id)
+        if key.revoked_at is None and self._may_revoke(request, key):
+            extra["revoke_url"] = reverse("admin:apikeys_apikey_revoke", args=[key.pk])
         stashed = request.session.get(SESSION_KEY)
         if stashed and stashed.get("id") == str(object_id):
             request.session.pop(SESSION_KEY)
@@ -190,6 +206,34 @@ class ApiKeyAdmin(OrgScopedAdmin):
             return True
         return key.kind == ApiKey.Kind.USER and key.user_id == request.user.pk and has_role(
             request, ACTORS, key.org_id)
+
+    def get_urls(self):
+        revoke = self.admin_site.admin_view(self.revoke_view)
+        return [path("<path:object_id>/revoke/", revoke, name="apikeys_apikey_revoke"),
+                *super().get_urls()]
+
+    def revoke_view(self, request, object_id):
+        """Revoke one key from its page: GET asks for confirmation, POST revokes (audited as
+        apikey.revoked). Admins of the key's organization revoke any of its keys, members
+        their own personal keys; anyone else gets 403 (or 404, a key they cannot see)."""
+        key = self.get_object(request, object_id)
+        if request.method not in ("GET", "POST"):
+            return HttpResponseNotAllowed(["GET", "POST"])
+        if not self._may_revoke(request, key):
+            raise PermissionDenied
+        page = reverse("admin:apikeys_apikey_change", args=[key.pk])
+        if key.revoked_at is not None:
+            self.message_user(request, "This key is already revoked.", messages.INFO)
+            return HttpResponseRedirect(page)
+        if request.method == "POST":
+            apikey_revoke(key=key, revoked_by=request.user, ip=client_ip(request))
+            self.message_user(request, f"Revoked the key “{key.label}”: it answers 401 from "
+                              "now on.", messages.SUCCESS)
+            return HttpResponseRedirect(page)
+        context = {**self.admin_site.each_context(request), "opts": self.model._meta,
+                   "title": "Revoke API key", "key": key, "original": key,
+                   "owner": self.owner(key), "display": key.display}
+        return TemplateResponse(request, "admin/apikeys/apikey/revoke_confirm.html", context)
 
     @org_action(roles=ACTORS, description="Revoke selected keys (final; they answer 401 at once)")
     def revoke_selected(self, request, queryset):

@@ -277,6 +277,9 @@ CASES: dict[tuple[str, str], Case] = {
     ("intakes.Intake", "intakes_intake_signing_secret"): Case(
         MANAGERS, lambda w, org: w.intake(org), _open_stashed_secret, _secret_of,
         lambda t, before, after, body: before in body),
+    ("apikeys.ApiKey", "apikeys_apikey_revoke"): Case(
+        ACTORS, _build_key, lambda c, t: c.post(f"/admin/apikeys/apikey/{t.pk}/revoke/"),
+        lambda t: ApiKey.objects.get(pk=t.pk).revoked_at, changed),
     ("workflows.Workflow", "workflows_workflow_run"): Case(
         ACTORS, lambda w, org: w.intake(org).workflow,
         lambda c, t: c.post(f"/admin/workflows/workflow/{t.pk}/run/", {"input": "{}"}),

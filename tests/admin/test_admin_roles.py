@@ -11,7 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from apikeys.models import ApiKey
-from apikeys.services import apikey_issue
+from apikeys.services import apikey_issue, apikey_revoke
 from auxot.models import AuditEvent
 from intakes.models import Intake
 from intakes.services import intake_create
@@ -389,6 +389,96 @@ def test_member_cannot_revoke_someone_elses_key(client, cast):
     client.post(KEYS, {"action": "revoke_selected", "_selected_action": [str(other.pk)]})
     other.refresh_from_db()
     assert other.revoked_at is None
+
+
+def _key_page(client, key) -> str:
+    response = client.get(f"{KEYS}{key.pk}/change/")
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def test_a_keys_page_offers_revoke_and_neither_delete_nor_save(client, admin_client, cast):
+    """Every field of a key's page is read-only, and a deleted key left no audit row: the
+    page offers Revoke (to whoever may revoke it), no Delete and no Save, superusers
+    included."""
+    key = apikey_issue(org=cast.org_a, label="ci", user=cast.member_a).key
+    revoke = f'href="{KEYS}{key.pk}/revoke/"'
+    for viewer in (admin_client, _login(client, cast.admin_a), _login(client, cast.member_a)):
+        html = _key_page(viewer, key)
+        assert revoke in html and ">Revoke</a>" in html
+        assert f"{KEYS}{key.pk}/delete/" not in html and 'name="_save"' not in html
+        assert 'name="_continue"' not in html and 'name="_addanother"' not in html
+    html = _key_page(_login(client, cast.auditor_a), key)
+    assert revoke not in html and "delete/" not in html and 'name="_save"' not in html
+    apikey_revoke(key=key)
+    assert revoke not in _key_page(admin_client, key)  # nothing left to revoke
+
+
+@pytest.mark.parametrize("who", ["superuser", "admin_a"])
+def test_no_one_deletes_a_key_in_the_admin(client, admin_client, cast, who):
+    key = apikey_issue(org=cast.org_a, label="ci", user=cast.admin_a).key
+    actor = admin_client if who == "superuser" else _login(client, cast.admin_a)
+    assert actor.get(f"{KEYS}{key.pk}/delete/").status_code == 403
+    assert actor.post(f"{KEYS}{key.pk}/delete/", {"post": "yes"}).status_code == 403
+    listing = actor.get(KEYS)
+    assert "delete_selected" not in dict(listing.context["action_form"].fields["action"].choices)
+    actor.post(KEYS, {"action": "delete_selected", "post": "yes",
+                      "_selected_action": [str(key.pk)]})
+    assert ApiKey.objects.filter(pk=key.pk).exists()
+    key.refresh_from_db()
+    assert key.revoked_at is None
+
+
+def test_revoke_on_a_keys_page_asks_then_revokes_audited(client, api, cast, intake_a,
+                                                         member_token):
+    from django.test import Client
+
+    key = ApiKey.objects.get(label="member key")
+    url = f"{KEYS}{key.pk}/revoke/"
+    guarded = Client(enforce_csrf_checks=True)
+    guarded.force_login(cast.admin_a)
+    confirm = guarded.get(url)
+    html = confirm.content.decode()
+    assert confirm.status_code == 200 and 'name="csrfmiddlewaretoken"' in html
+    assert 'method="post"' in html and "final" in html and key.display in html
+    assert guarded.post(url).status_code == 403  # no CSRF token: refused
+    key.refresh_from_db()
+    assert key.revoked_at is None and not AuditEvent.objects.filter(
+        event="apikey.revoked").exists()
+    token = guarded.cookies["csrftoken"].value
+    response = guarded.post(url, {"csrfmiddlewaretoken": token})
+    assert response.status_code == 302 and response["Location"] == f"{KEYS}{key.pk}/change/"
+    key.refresh_from_db()
+    assert key.revoked_at is not None and key.revoked_by == cast.admin_a
+    event = AuditEvent.objects.get(event="apikey.revoked", object_id=str(key.pk))
+    assert (event.actor_user, event.ip) == (cast.admin_a, "127.0.0.1")
+    assert trigger(api, intake_a.pk, member_token).status_code == 401
+    # Again: nothing to do, nothing audited twice.
+    guarded.post(url, {"csrfmiddlewaretoken": token})
+    assert AuditEvent.objects.filter(event="apikey.revoked").count() == 1
+
+
+def test_a_members_own_key_is_revoked_from_its_page(client, cast, member_token):
+    key = ApiKey.objects.get(label="member key")
+    _login(client, cast.member_a)
+    assert client.post(f"{KEYS}{key.pk}/revoke/").status_code == 302
+    key.refresh_from_db()
+    assert key.revoked_by == cast.member_a
+    assert AuditEvent.objects.filter(event="apikey.revoked", object_id=str(key.pk)).exists()
+
+
+@pytest.mark.parametrize(("who", "status"), [("auditor_a", 403), ("member_a", 404),
+                                             ("outsider_b", 404)])
+def test_a_forged_revoke_is_refused_and_changes_nothing(client, cast, who, status):
+    """An auditor (403), a member (another person's key, which they cannot even see: 404)
+    and another organization's admin (404)."""
+    key = apikey_issue(org=cast.org_a, label="admin's", user=cast.admin_a).key
+    _login(client, getattr(cast, who))
+    assert client.get(f"{KEYS}{key.pk}/revoke/").status_code == status
+    assert client.post(f"{KEYS}{key.pk}/revoke/").status_code == status
+    key.refresh_from_db()
+    assert key.revoked_at is None
+    assert not AuditEvent.objects.filter(event="apikey.revoked").exists()
 
 
 def test_key_expiry_in_the_past_is_refused(client, cast):

@@ -162,6 +162,15 @@ def test_member_sees_a_new_personal_key_exactly_once(login, live_server, cast):
     page.reload()
     assert page.query_selector("#new-token") is None
     assert token not in page.content() and key.last_four in page.content()
+    assert page.query_selector("input[name=_save]") is None  # read-only: nothing to save
+    assert page.query_selector("a:text-is('Delete')") is None
+    page.click("#revoke-key")  # a confirmation page, then a POST with its CSRF token
+    page.click("#confirm")
+    page.wait_for_selector("text=answers 401 from now on")
+    key.refresh_from_db()
+    assert key.revoked_by == cast.member_a
+    assert AuditEvent.objects.filter(event="apikey.revoked", object_id=str(key.pk)).exists()
+    assert page.query_selector("#revoke-key") is None
 
 
 def test_auditor_browses_everything_and_changes_nothing(login, live_server, cast):
