@@ -1,16 +1,45 @@
-"""`manage.py demo`: migrate, seed the demo, print how to use it, run web + worker."""
+"""`manage.py demo`: migrate, seed the demo, print how to use it, run web + worker.
 
+Before anything else it checks that the web server can listen on its port: "ready" and the
+curl lines are never printed for a server that cannot start. If the web server or the
+worker stops by itself, the other one is stopped and the command exits non-zero.
+"""
+
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 
 from django.conf import settings
 from django.core.management import call_command
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from intakes.demo.seed import DEMO_ENV, demo_seed
+
+HOST = "127.0.0.1"
+ANOTHER_PORT = "pick another port: PORT=8080 make run"
+
+
+def port_refusal(host: str, port: int) -> str | None:
+    """Why the web server could not listen on host:port (one line naming the port and the
+    way out), or None when it can."""
+    if not 0 < port < 65536:
+        return f"Port {port} is not a TCP port (1-65535): {ANOTHER_PORT}"
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As runserver binds (socketserver's allow_reuse_address): a port the last run left
+        # in TIME_WAIT is free for it, so it is free here too.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return (f"Port {port} on {host} is already in use (another server, or another "
+                        f"make run?): stop it, or {ANOTHER_PORT}")
+            return f"Cannot listen on {host}:{port} ({exc.strerror or exc}): {ANOTHER_PORT}"
+    return None
 
 
 class Command(BaseCommand):
@@ -21,15 +50,18 @@ class Command(BaseCommand):
         parser.add_argument("--no-serve", action="store_true", help="Seed and print only.")
 
     def handle(self, *args, **options):
+        serve = not options["no_serve"]
+        if serve and (refusal := port_refusal(HOST, options["port"])):
+            raise CommandError(refusal)  # before seeding, and before anything says "ready"
         call_command("migrate", interactive=False, verbosity=0)
-        base = f"http://127.0.0.1:{options['port']}"
+        base = f"http://{HOST}:{options['port']}"
         demo = demo_seed(base_url=base)
         self.stdout.write(self._instructions(base, demo))
         self.stdout.write(self._examples(base, demo))
-        if options["no_serve"]:
+        if not serve:
             return
         self.stdout.write("Web and worker are starting; Ctrl-C stops both.\n")
-        self._serve(options["port"])
+        self._serve(self._children(options["port"]))
 
     def _instructions(self, base: str, demo) -> str:
         intake = demo.intake.pk
@@ -100,29 +132,47 @@ API docs: {base}/v1/docs
                 lines.append(f"  {example.kind:<9} inactive; enable it with: {AGENT_ENABLE}")
         return "\n".join(lines) + "\n\n"
 
-    def _serve(self, port: int) -> None:
-        # Ctrl-C or a SIGTERM stops both children (also when SIGINT was inherited ignored).
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, signal.default_int_handler)
+    def _children(self, port: int) -> dict[str, list[str]]:
         manage = [sys.executable, "manage.py"]
+        return {"web server": [*manage, "runserver", "--noreload", f"{HOST}:{port}"],
+                "worker": [*manage, "qcluster"]}
+
+    def _serve(self, children: dict[str, list[str]]) -> None:
+        """Run the children until Ctrl-C (exit 0) or until one stops by itself: then stop the
+        others and exit non-zero (runserver exits 1 on a port taken since the check)."""
+        # Ctrl-C or a SIGTERM stops both children (also when SIGINT was inherited ignored).
+        previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT,
+                                                                      signal.SIGTERM)}
+        for signum in previous:
+            signal.signal(signum, signal.default_int_handler)
         for name, value in DEMO_ENV.items():
             os.environ.setdefault(name, value)  # web and worker inherit it
-        procs = [
-            subprocess.Popen([*manage, "runserver", "--noreload", f"127.0.0.1:{port}"]),
-            subprocess.Popen([*manage, "qcluster"]),
-        ]
+        procs = {name: subprocess.Popen(argv) for name, argv in children.items()}
+        ended: list[tuple[str, int]] = []
         try:
-            while all(p.poll() is None for p in procs):
+            while not ended:
                 time.sleep(0.5)
+                ended = [(name, p.returncode) for name, p in procs.items()
+                         if p.poll() is not None]
         except KeyboardInterrupt:
             pass
         finally:
-            for p in procs:
+            for p in procs.values():
                 if p.poll() is None:
                     p.terminate()  # SIGTERM: graceful for qcluster, immediate for runserver
-            for p in procs:
+            for p in procs.values():
                 try:
                     # qcluster bounds its own stop by the grace period: wait that long.
                     p.wait(timeout=settings.AUXOT_WORKER_GRACE_SECONDS + 5)
                 except subprocess.TimeoutExpired:
                     p.kill()
+            for signum, handler in previous.items():
+                if handler is not None:
+                    signal.signal(signum, handler)
+        if ended:
+            name, code = ended[0]
+            status = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+            hint = (" If it says the port is in use: PORT=8080 make run."
+                    if name == "web server" else "")
+            raise CommandError(f"The demo's {name} stopped ({status}), so the "
+                               f"demo stopped too: see its error above.{hint}")

@@ -1,0 +1,111 @@
+"""`make run` on a port already in use: one clear line and a non-zero exit, before anything
+is seeded or says "ready"; and a web server (or worker) that stops by itself stops the demo
+with a non-zero exit, not 0."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from intakes.management.commands import demo as demo_command
+from intakes.models import Intake
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def busy_port():
+    """A free port, then taken: bound and listening, as another server holds it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+@pytest.fixture
+def demo_env(monkeypatch, tmp_path):
+    monkeypatch.setattr("intakes.demo.seed.SECRETS_FILE", tmp_path / "demo-secrets.json")
+    for name in demo_command.DEMO_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_port_refusal_names_the_port_and_the_way_out(busy_port):
+    refusal = demo_command.port_refusal("127.0.0.1", busy_port)
+    assert f"Port {busy_port} on 127.0.0.1 is already in use" in refusal
+    assert "PORT=8080 make run" in refusal and "\n" not in refusal
+    assert "PORT=8080 make run" in demo_command.port_refusal("127.0.0.1", 70000)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        free = sock.getsockname()[1]
+    assert demo_command.port_refusal("127.0.0.1", free) is None
+
+
+def test_demo_on_a_busy_port_seeds_nothing_and_never_says_ready(db, demo_env, busy_port):
+    out = StringIO()
+    with pytest.raises(CommandError) as refused:
+        call_command("demo", "--port", str(busy_port), stdout=out)
+    assert str(busy_port) in str(refused.value) and "PORT=8080 make run" in str(refused.value)
+    assert "ready" not in out.getvalue() and "curl" not in out.getvalue()
+    assert not Intake.objects.exists()
+
+
+def test_make_run_on_a_busy_port_exits_non_zero_with_one_line(tmp_path, busy_port):
+    """The command as `make run` runs it (PORT in the environment), in its own process."""
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    env.update(DJANGO_SETTINGS_MODULE="auxot.settings", DEBUG="1", PORT=str(busy_port),
+               DATABASE_URL=f"sqlite:///{tmp_path / 'demo.sqlite3'}")
+    result = subprocess.run([sys.executable, "manage.py", "demo"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode != 0
+    [line] = result.stderr.strip().splitlines()
+    assert f"Port {busy_port}" in line and "already in use" in line
+    assert "PORT=8080 make run" in line
+    assert "ready" not in result.stdout.lower() and "curl" not in result.stdout
+    assert not (tmp_path / "demo.sqlite3").exists() or (
+        tmp_path / "demo.sqlite3").stat().st_size == 0  # not even migrated
+
+
+def test_a_web_server_that_dies_at_start_stops_the_worker_and_the_demo(monkeypatch):
+    started = []
+
+    class Recorded(subprocess.Popen):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    monkeypatch.setattr(demo_command.subprocess, "Popen", Recorded)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    children = {"web server": [sys.executable, "-c", "import sys; sys.exit(1)"],
+                "worker": [sys.executable, "-c", "import time; time.sleep(60)"]}
+    with pytest.raises(CommandError) as stopped:
+        demo_command.Command()._serve(children)
+    assert "web server stopped (exit status 1)" in str(stopped.value)
+    assert "PORT=8080 make run" in str(stopped.value)
+    worker = started[1]
+    assert worker.returncode is not None  # stopped, not left running
+    assert {s: signal.getsignal(s) for s in handlers} == handlers
+
+
+def test_the_real_web_server_on_a_port_taken_after_the_check_exits_non_zero(
+        db, demo_env, monkeypatch, busy_port, tmp_path):
+    """The check and runserver's own bind are moments apart: if another server takes the
+    port in between, runserver exits 1, and so does the demo (it used to exit 0)."""
+    monkeypatch.setattr(demo_command, "port_refusal", lambda host, port: None)
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'children.sqlite3'}")
+    monkeypatch.setenv("DEBUG", "1")
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "auxot.settings")
+    monkeypatch.setattr(demo_command.Command, "_children", lambda self, port: {
+        "web server": [sys.executable, "manage.py", "runserver", "--noreload",
+                       f"127.0.0.1:{port}", "--skip-checks"],
+        "worker": [sys.executable, "-c", "import time; time.sleep(60)"]})
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(CommandError) as stopped:
+        call_command("demo", "--port", str(busy_port), stdout=StringIO())
+    assert "web server stopped (exit status 1)" in str(stopped.value)
