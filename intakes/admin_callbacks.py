@@ -7,10 +7,12 @@ is handed to the engine's WorkItemAdmin by `intakes.admin.engine_admin_extend`, 
 `workflows` never imports `intakes`.
 """
 
+import uuid
+
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
-from django.http import HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.http import Http404, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
@@ -21,6 +23,7 @@ from auxot.admin_base import (
     OrgScopedAdmin,
     ReadOnlyInlineMixin,
     ScopedInlineMixin,
+    has_role,
     org_action,
 )
 from auxot.http import client_ip
@@ -234,21 +237,61 @@ class IntakeCallbacksAdminMixin:
 
     def get_urls(self):
         shown = self.admin_site.admin_view(self.signing_secret_view)
-        return [path("<path:object_id>/signing-secret/", shown,
+        rotated = self.admin_site.admin_view(self.signing_secrets_view)
+        return [path("signing-secrets/", rotated, name="intakes_intake_signing_secrets"),
+                path("<path:object_id>/signing-secret/", shown,
                      name="intakes_intake_signing_secret"), *super().get_urls()]
+
+    def _stash(self, request, secrets: dict, verb: str) -> None:
+        """Secrets to show once, after a redirect: never as the answer to the POST that made
+        them (a reload would post again: a second intake, or a second rotation)."""
+        request.session[STASH_SESSION_KEY] = {
+            "verb": verb,
+            "secrets": {str(pk): crypto.encrypt(secret, purpose=STASH_PURPOSE)
+                        for pk, secret in secrets.items()}}
+
+    def _unstash(self, request, intakes: list[Intake]) -> tuple[dict, str, bool]:
+        """(secrets by intake pk, verb, too late) for these intakes, taken out of this
+        session's stash: shown once."""
+        stashed = request.session.get(STASH_SESSION_KEY) or {}
+        entries = stashed.get("secrets") or {}
+        secrets, late = {}, False
+        for intake in intakes:
+            token = entries.pop(str(intake.pk), None)
+            if token is None:
+                continue
+            try:
+                secrets[intake.pk] = crypto.decrypt(token, purpose=STASH_PURPOSE,
+                                                    ttl=SHOWN_WITHIN)
+            except crypto.DecryptionError:
+                late = True
+        if entries:
+            request.session[STASH_SESSION_KEY] = stashed
+        else:
+            request.session.pop(STASH_SESSION_KEY, None)
+        return secrets, stashed.get("verb", "created"), late
 
     def response_add(self, request, obj, post_url_continue=None):
         # Never the secret as the answer to the POST: a reload would post again and add a
         # second intake. Into the session, then a redirect to the page that shows it once.
         secret = getattr(request, "_auxot_new_secret", None)
         if secret:
-            request.session[STASH_SESSION_KEY] = {
-                "id": str(obj.pk),
-                "secret": crypto.encrypt(secret, purpose=STASH_PURPOSE)}
+            self._stash(request, {obj.pk: secret}, "created")
             self.message_user(request, f"The intake “{obj.name}” was added.", messages.SUCCESS)
             return HttpResponseRedirect(reverse("admin:intakes_intake_signing_secret",
                                                 args=[obj.pk]))
         return super().response_add(request, obj, post_url_continue)
+
+    def response_change(self, request, obj):
+        # An intake saved without a secret (made before secrets) got one, never shown.
+        secret = getattr(request, "_auxot_new_secret", None)
+        if secret:
+            self._stash(request, {obj.pk: secret}, "created")
+            self.message_user(request, f"The intake “{obj.name}” was changed.",
+                              messages.SUCCESS)
+            return HttpResponseRedirect(reverse("admin:intakes_intake_signing_secret",
+                                                args=[obj.pk]))
+        return super().response_change(request, obj)
 
     def signing_secret_view(self, request, object_id):
         """A new intake's signing secret, once: the first GET after the add pops it from this
@@ -256,19 +299,25 @@ class IntakeCallbacksAdminMixin:
         if request.method != "GET":
             return HttpResponseNotAllowed(["GET"])
         intake = self.get_object(request, object_id)  # another org's: 404
+        if intake is None:
+            raise Http404("Not found.")
         self.require_role(request, MANAGERS, intake)
-        secrets, late = {}, False
-        stashed = request.session.get(STASH_SESSION_KEY)
-        if stashed and stashed.get("id") == str(intake.pk):
-            request.session.pop(STASH_SESSION_KEY)
-            try:
-                secrets[intake.pk] = crypto.decrypt(stashed["secret"],
-                                                    purpose=STASH_PURPOSE,
-                                                    ttl=SHOWN_WITHIN)
-            except crypto.DecryptionError:
-                late = True
-        return self._secret_page(request, [intake] if secrets else [], secrets, "created",
+        secrets, verb, late = self._unstash(request, [intake])
+        return self._secret_page(request, [intake] if secrets else [], secrets, verb,
                                  gone=None if secrets else intake, late=late)
+
+    def signing_secrets_view(self, request):
+        """The secrets the rotate action just made, once (the action redirects here)."""
+        if request.method != "GET":
+            return HttpResponseNotAllowed(["GET"])
+        stashed = (request.session.get(STASH_SESSION_KEY) or {}).get("secrets") or {}
+        ids = [pk for pk in (_uuid_or_none(key) for key in stashed) if pk]
+        intakes = [intake for intake in self.get_queryset(request).filter(pk__in=ids)
+                   if has_role(request, MANAGERS, intake.org_id)]
+        secrets, verb, late = self._unstash(request, intakes)
+        shown = [intake for intake in intakes if intake.pk in secrets]
+        context_gone = None if shown else "rotated"
+        return self._secret_page(request, shown, secrets, verb, gone=context_gone, late=late)
 
     def _secret_page(self, request, intakes, secrets: dict, verb: str, gone: Intake | None = None,
                      late: bool = False) -> HttpResponse:
@@ -283,10 +332,10 @@ class IntakeCallbacksAdminMixin:
 
     @org_action(roles=MANAGERS, description="Rotate signing secret (shows the new one once)")
     def rotate_signing_secret(self, request, queryset):
-        intakes = list(queryset)
         secrets = {i.pk: intake_signing_secret_rotate(intake=i, actor=request.user,
-                                                      ip=client_ip(request)) for i in intakes}
-        return self._secret_page(request, intakes, secrets, "rotated")
+                                                      ip=client_ip(request)) for i in queryset}
+        self._stash(request, secrets, "rotated")  # shown after a redirect: a reload rotates
+        return HttpResponseRedirect(reverse("admin:intakes_intake_signing_secrets"))
 
     @org_action(roles=MANAGERS, description="Send test callback (signed sample body)")
     def send_test_callback(self, request, queryset):
@@ -343,3 +392,10 @@ class CallbackEndpointAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+def _uuid_or_none(value: str):
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None

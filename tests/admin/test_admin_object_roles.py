@@ -163,17 +163,32 @@ def _secret_of(intake) -> str:
     return secret_decrypt(intake.signing_secret_encrypted)
 
 
-def _open_stashed_secret(client, intake):
-    """The page that shows a new intake's secret once, with this intake's secret stashed in
-    the session (as if this user had just added it): the role is checked all the same."""
+def _stash(client, intake, verb: str = "created") -> None:
+    """This intake's secret stashed in the client's session, as if this user had just added
+    the intake (or rotated its secret): the pages that show it check the role all the same."""
     from auxot import crypto
     from intakes.admin_callbacks import STASH_PURPOSE, STASH_SESSION_KEY
 
     session = client.session
-    session[STASH_SESSION_KEY] = {"id": str(intake.pk), "secret": crypto.encrypt(
-        _secret_of(intake), purpose=STASH_PURPOSE)}
+    session[STASH_SESSION_KEY] = {"verb": verb, "secrets": {str(intake.pk): crypto.encrypt(
+        _secret_of(intake), purpose=STASH_PURPOSE)}}
     session.save()
+
+
+def _open_stashed_secret(client, intake):
+    _stash(client, intake)
     return client.get(f"{INTAKES}{intake.pk}/signing-secret/")
+
+
+def _open_rotated_secrets(client, intake):
+    _stash(client, intake, "rotated")
+    return client.get(f"{INTAKES}signing-secrets/")
+
+
+def _rotate_and_open(client, intake):
+    """The rotate action, then the page it redirects to (where the new secret is shown)."""
+    response = action(INTAKES, "rotate_signing_secret")(client, intake)
+    return client.get(response["Location"]) if response.status_code == 302 else response
 
 
 def _tests_sent(intake) -> int:
@@ -238,7 +253,7 @@ CASES: dict[tuple[str, str], Case] = {
         action(INTAKES, "reactivate_selected", confirmed="yes"),
         lambda t: Intake.objects.get(pk=t.pk).active, changed),
     ("intakes.Intake", "rotate_signing_secret"): Case(
-        MANAGERS, lambda w, org: w.intake(org), action(INTAKES, "rotate_signing_secret"),
+        MANAGERS, lambda w, org: w.intake(org), _rotate_and_open,
         _secret_of, lambda t, before, after, body: before != after and after in body),
     ("intakes.Intake", "send_test_callback"): Case(
         MANAGERS, _build_intake_watched, action(INTAKES, "send_test_callback"),
@@ -277,6 +292,9 @@ CASES: dict[tuple[str, str], Case] = {
     ("intakes.Intake", "intakes_intake_signing_secret"): Case(
         MANAGERS, lambda w, org: w.intake(org), _open_stashed_secret, _secret_of,
         lambda t, before, after, body: before in body),
+    ("intakes.Intake", "intakes_intake_signing_secrets"): Case(
+        MANAGERS, lambda w, org: w.intake(org), _open_rotated_secrets, _secret_of,
+        lambda t, before, after, body: before in body, refused_statuses=(200, 403, 404)),
     ("apikeys.ApiKey", "apikeys_apikey_revoke"): Case(
         ACTORS, _build_key, lambda c, t: c.post(f"/admin/apikeys/apikey/{t.pk}/revoke/"),
         lambda t: ApiKey.objects.get(pk=t.pk).revoked_at, changed),

@@ -21,10 +21,16 @@ def _action(client, action: str, intake, url=CHANGELIST):
 
 
 def test_rotate_action_shows_the_new_secret_once(admin_client, cb_intake):
-    response = _action(admin_client, "rotate_signing_secret", cb_intake)
+    """The new secret was the answer to the action's POST: a reload rotated again. It is
+    shown after a redirect, once."""
+    posted = _action(admin_client, "rotate_signing_secret", cb_intake)
+    assert posted.status_code == 302 and "whsec_" not in posted.content.decode()
+    response = admin_client.get(posted["Location"])
     assert response.status_code == 200 and "no-store" in response["Cache-Control"]
     [shown] = re.findall(r'<code class="signing-secret">(whsec_[^<]+)</code>',
                          response.content.decode())
+    again = admin_client.get(posted["Location"]).content.decode()
+    assert "whsec_" not in again and "are not shown again" in again
     cb_intake.refresh_from_db()
     assert secret_decrypt(cb_intake.signing_secret_encrypted) == shown != cb_intake.signing_secret
     assert AuditEvent.objects.filter(event="intake.signing_secret_rotated").count() == 1
@@ -152,7 +158,8 @@ def test_a_new_intakes_secret_crosses_the_redirect_encrypted_and_short_lived(
     secret = secret_decrypt(intake.signing_secret_encrypted)
     [row] = Session.objects.all()
     stash = row.get_decoded()["auxot_new_signing_secret"]
-    assert stash["id"] == str(intake.pk) and secret.removeprefix("whsec_") not in str(stash)
+    assert list(stash["secrets"]) == [str(intake.pk)]
+    assert secret.removeprefix("whsec_") not in str(stash)
     # A redirect followed too late shows no secret, and says what to do.
     time_machine.move_to(timezone.now() + timedelta(seconds=301))
     html = admin_client.get(response["Location"]).content.decode()
@@ -221,3 +228,22 @@ def test_the_intake_form_labels_the_url_as_the_tutorial_does(admin_client, cb_in
     page = admin_client.get(f"/admin/intakes/intake/{cb_intake.pk}/change/").content.decode()
     assert ">Callback URL:</label>" in page and "Callback url" not in page
     assert "moves the retries still waiting for the old one" in page
+
+
+
+def test_an_intake_saved_without_a_secret_shows_the_one_it_gets_once(admin_client, cb_intake):
+    """An intake made before signing secrets got one when saved, and it was never shown."""
+    Intake.objects.filter(pk=cb_intake.pk).update(signing_secret_encrypted="")
+    page = admin_client.get(f"{CHANGELIST}{cb_intake.pk}/change/")
+    form = {name: value for name, value in (
+        ("workflow", str(cb_intake.workflow_id)), ("name", "renamed"),
+        ("callback_url", cb_intake.callback_url), ("rate_limit_per_window", ""),
+        ("payload_retention_days", ""), ("item_retention_days", ""), ("redact_paths", "[]"))}
+    assert page.status_code == 200
+    saved = admin_client.post(f"{CHANGELIST}{cb_intake.pk}/change/", form)
+    assert saved.status_code == 302, saved.content.decode()[:2000]
+    assert saved["Location"].endswith(f"/{cb_intake.pk}/signing-secret/")
+    [shown] = re.findall(r'<code class="signing-secret">(whsec_[^<]+)</code>',
+                         admin_client.get(saved["Location"]).content.decode())
+    cb_intake.refresh_from_db()
+    assert secret_decrypt(cb_intake.signing_secret_encrypted) == shown
