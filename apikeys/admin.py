@@ -19,12 +19,12 @@ from django.utils import timezone
 
 from apikeys.models import ApiKey
 from apikeys.services import apikey_cap_check, apikey_issue, apikey_revoke
-from auxot import crypto
 from auxot.admin_base import (
     ACTORS,
     ADMIN,
     MEMBER,
     OrgScopedAdmin,
+    ShownOnce,
     has_role,
     org_action,
     require_role,
@@ -33,12 +33,8 @@ from auxot.admin_base import (
 from auxot.errors import ApplicationError
 from auxot.http import client_ip
 
-# A new key's token crosses one redirect (so a reload cannot issue a second key) in the
-# session, encrypted: Django signs session data but does not encrypt it, and a redirect never
-# followed would leave it in the sessions table (and its backups) for the session's life.
-SESSION_KEY = "auxot_new_api_token"
-STASH_PURPOSE = "admin-new-api-key"
-TOKEN_SHOWN_WITHIN = 300  # seconds from issuing; then it is gone for good
+# A new key's token crosses one redirect (so a reload cannot issue a second key).
+NEW_TOKEN = ShownOnce("auxot_new_api_token", purpose="admin-new-api-key", within=300)
 
 
 class ApiKeyIssueForm(forms.ModelForm):
@@ -167,8 +163,7 @@ class ApiKeyAdmin(OrgScopedAdmin):
         # Django's add view goes on with `obj` (response_add): make it the stored row.
         obj.pk = issued.key.pk
         obj.refresh_from_db()
-        request.session[SESSION_KEY] = {"id": str(issued.key.pk), "token": crypto.encrypt(
-            issued.token, purpose=STASH_PURPOSE)}
+        NEW_TOKEN.put(request, {issued.key.pk: issued.token})
 
     def save_related(self, request, form, formsets, change):
         pass
@@ -185,17 +180,14 @@ class ApiKeyAdmin(OrgScopedAdmin):
         key = self.get_object(request, object_id)
         if key.revoked_at is None and self._may_revoke(request, key):
             extra["revoke_url"] = reverse("admin:apikeys_apikey_revoke", args=[key.pk])
-        stashed = request.session.get(SESSION_KEY)
-        if stashed and stashed.get("id") == str(object_id):
-            request.session.pop(SESSION_KEY)
-            try:
-                extra["new_token"] = crypto.decrypt(stashed["token"], purpose=STASH_PURPOSE,
-                                                    ttl=TOKEN_SHOWN_WITHIN)
-            except crypto.DecryptionError:
-                self.message_user(request, (
-                    f"This key's token was not shown within {TOKEN_SHOWN_WITHIN // 60} minutes "
-                    "of issuing it and is gone for good: revoke the key and issue another."),
-                    messages.WARNING)
+        tokens, late, _meta = NEW_TOKEN.take(request, [key.pk])
+        if tokens:
+            extra["new_token"] = tokens[str(key.pk)]
+        elif late:
+            self.message_user(request, (
+                f"This key's token was not shown within {NEW_TOKEN.within // 60} minutes "
+                "of issuing it and is gone for good: revoke the key and issue another."),
+                messages.WARNING)
         response = super().change_view(request, object_id, form_url, extra)
         if "new_token" in extra:
             response["Cache-Control"] = "no-store"

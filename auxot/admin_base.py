@@ -34,6 +34,7 @@ from django.db.models import Model, QuerySet
 from django.db.models.constants import LOOKUP_SEP
 from django.http import Http404, HttpRequest
 
+from auxot import crypto
 from auxot.models import Membership, Organization, Team
 from auxot.outbound import url_redact, urls_redacted
 
@@ -462,3 +463,44 @@ class ReadOnlyInlineMixin:
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+class ShownOnce:
+    """Secrets shown once, after a redirect (so a reload cannot post again: a second key, a
+    second intake, a second rotation): into the session, encrypted (Django signs session
+    data but does not encrypt it, and a redirect never followed would leave it in the
+    sessions table and its backups), and out again by the page that shows them, within
+    `within` seconds."""
+
+    def __init__(self, session_key: str, purpose: str, within: int = 300):
+        self.session_key, self.purpose, self.within = session_key, purpose, within
+
+    def put(self, request: HttpRequest, secrets: dict, **meta) -> None:
+        """`secrets` by object id; `meta`: what the page needs besides (plain values)."""
+        request.session[self.session_key] = {
+            **meta, "secrets": {str(pk): crypto.encrypt(secret, purpose=self.purpose)
+                                for pk, secret in secrets.items()}}
+
+    def take(self, request: HttpRequest, ids) -> tuple[dict[str, str], bool, dict]:
+        """(the secrets of these object ids by id, whether one was too late, the meta),
+        taken out of the session: a second call finds none of them."""
+        stashed = request.session.get(self.session_key) or {}
+        entries = stashed.get("secrets") or {}
+        secrets, late = {}, False
+        for pk in map(str, ids):
+            token = entries.pop(pk, None)
+            if token is None:
+                continue
+            try:
+                secrets[pk] = crypto.decrypt(token, purpose=self.purpose, ttl=self.within)
+            except crypto.DecryptionError:
+                late = True
+        if entries:
+            request.session[self.session_key] = stashed
+        else:
+            request.session.pop(self.session_key, None)
+        return secrets, late, {k: v for k, v in stashed.items() if k != "secrets"}
+
+    def waiting(self, request: HttpRequest) -> list[str]:
+        """The object ids whose secrets wait in this session."""
+        return list((request.session.get(self.session_key) or {}).get("secrets") or {})

@@ -12,17 +12,17 @@ import uuid
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
-from django.http import Http404, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.http import HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-from auxot import crypto
 from auxot.admin_base import (
     MANAGERS,
     OrgScopedAdmin,
     ReadOnlyInlineMixin,
     ScopedInlineMixin,
+    ShownOnce,
     has_role,
     org_action,
 )
@@ -40,12 +40,10 @@ from intakes.models import CallbackAttempt, CallbackDelivery, CallbackEndpoint, 
 
 RECENT_DELIVERIES = 10
 
-# A new intake's signing secret crosses one redirect (so a reload cannot add a second intake)
-# in the session, encrypted and short-lived, as a new API key's token does (apikeys/admin.py):
-# Django signs session data but does not encrypt it. Never in a URL.
-STASH_SESSION_KEY = "auxot_new_signing_secret"
-STASH_PURPOSE = "admin-new-signing-secret"
-SHOWN_WITHIN = 300  # seconds from creating the intake; then it is gone for good
+# A new or rotated signing secret crosses one redirect (a reload adds no second intake and
+# rotates nothing), as a new API key's token does. Never in a URL.
+NEW_SECRETS = ShownOnce("auxot_new_signing_secret", purpose="admin-new-signing-secret",
+                        within=300)
 
 
 def _delivery_link(delivery: CallbackDelivery) -> str:
@@ -242,41 +240,12 @@ class IntakeCallbacksAdminMixin:
                 path("<path:object_id>/signing-secret/", shown,
                      name="intakes_intake_signing_secret"), *super().get_urls()]
 
-    def _stash(self, request, secrets: dict, verb: str) -> None:
-        """Secrets to show once, after a redirect: never as the answer to the POST that made
-        them (a reload would post again: a second intake, or a second rotation)."""
-        request.session[STASH_SESSION_KEY] = {
-            "verb": verb,
-            "secrets": {str(pk): crypto.encrypt(secret, purpose=STASH_PURPOSE)
-                        for pk, secret in secrets.items()}}
-
-    def _unstash(self, request, intakes: list[Intake]) -> tuple[dict, str, bool]:
-        """(secrets by intake pk, verb, too late) for these intakes, taken out of this
-        session's stash: shown once."""
-        stashed = request.session.get(STASH_SESSION_KEY) or {}
-        entries = stashed.get("secrets") or {}
-        secrets, late = {}, False
-        for intake in intakes:
-            token = entries.pop(str(intake.pk), None)
-            if token is None:
-                continue
-            try:
-                secrets[intake.pk] = crypto.decrypt(token, purpose=STASH_PURPOSE,
-                                                    ttl=SHOWN_WITHIN)
-            except crypto.DecryptionError:
-                late = True
-        if entries:
-            request.session[STASH_SESSION_KEY] = stashed
-        else:
-            request.session.pop(STASH_SESSION_KEY, None)
-        return secrets, stashed.get("verb", "created"), late
-
     def response_add(self, request, obj, post_url_continue=None):
         # Never the secret as the answer to the POST: a reload would post again and add a
         # second intake. Into the session, then a redirect to the page that shows it once.
         secret = getattr(request, "_auxot_new_secret", None)
         if secret:
-            self._stash(request, {obj.pk: secret}, "created")
+            NEW_SECRETS.put(request, {obj.pk: secret}, verb="created")
             self.message_user(request, f"The intake “{obj.name}” was added.", messages.SUCCESS)
             return HttpResponseRedirect(reverse("admin:intakes_intake_signing_secret",
                                                 args=[obj.pk]))
@@ -286,7 +255,7 @@ class IntakeCallbacksAdminMixin:
         # An intake saved without a secret (made before secrets) got one, never shown.
         secret = getattr(request, "_auxot_new_secret", None)
         if secret:
-            self._stash(request, {obj.pk: secret}, "created")
+            NEW_SECRETS.put(request, {obj.pk: secret}, verb="created")
             self.message_user(request, f"The intake “{obj.name}” was changed.",
                               messages.SUCCESS)
             return HttpResponseRedirect(reverse("admin:intakes_intake_signing_secret",
@@ -298,33 +267,35 @@ class IntakeCallbacksAdminMixin:
         session; a reload, a second GET or anyone else's session gets a page that says so."""
         if request.method != "GET":
             return HttpResponseNotAllowed(["GET"])
-        intake = self.get_object(request, object_id)  # another org's: 404
-        if intake is None:
-            raise Http404("Not found.")
+        intake = self.get_object(request, object_id)  # another org's, or none: 404
         self.require_role(request, MANAGERS, intake)
-        secrets, verb, late = self._unstash(request, [intake])
-        return self._secret_page(request, [intake] if secrets else [], secrets, verb,
+        shown, late, meta = NEW_SECRETS.take(request, [intake.pk])
+        secrets = {intake.pk: shown[str(intake.pk)]} if shown else {}
+        return self._secret_page(request, [intake] if secrets else [], secrets,
+                                 meta.get("verb", "created"),
                                  gone=None if secrets else intake, late=late)
 
     def signing_secrets_view(self, request):
         """The secrets the rotate action just made, once (the action redirects here)."""
         if request.method != "GET":
             return HttpResponseNotAllowed(["GET"])
-        stashed = (request.session.get(STASH_SESSION_KEY) or {}).get("secrets") or {}
-        ids = [pk for pk in (_uuid_or_none(key) for key in stashed) if pk]
+        ids = [pk for pk in map(_uuid_or_none, NEW_SECRETS.waiting(request)) if pk]
         intakes = [intake for intake in self.get_queryset(request).filter(pk__in=ids)
                    if has_role(request, MANAGERS, intake.org_id)]
-        secrets, verb, late = self._unstash(request, intakes)
-        shown = [intake for intake in intakes if intake.pk in secrets]
-        context_gone = None if shown else "rotated"
-        return self._secret_page(request, shown, secrets, verb, gone=context_gone, late=late)
+        shown, late, meta = NEW_SECRETS.take(request, [intake.pk for intake in intakes])
+        secrets = {intake.pk: shown[str(intake.pk)] for intake in intakes
+                   if str(intake.pk) in shown}
+        return self._secret_page(request, [i for i in intakes if i.pk in secrets], secrets,
+                                 meta.get("verb", "rotated"),
+                                 gone=None if secrets else "rotated", late=late)
 
     def _secret_page(self, request, intakes, secrets: dict, verb: str, gone: Intake | None = None,
                      late: bool = False) -> HttpResponse:
         context = {**self.admin_site.each_context(request), "title": "Signing secret",
                    "verb": verb, "opts": self.model._meta,
                    "rows": [(i, secrets[i.pk]) for i in intakes],
-                   "gone": gone, "late": late, "shown_within_minutes": SHOWN_WITHIN // 60,
+                   "gone": gone, "late": late,
+                   "shown_within_minutes": NEW_SECRETS.within // 60,
                    "window_hours": _window_hours()}
         response = TemplateResponse(request, "admin/intakes/signing_secret.html", context)
         response["Cache-Control"] = "no-store"
@@ -334,7 +305,7 @@ class IntakeCallbacksAdminMixin:
     def rotate_signing_secret(self, request, queryset):
         secrets = {i.pk: intake_signing_secret_rotate(intake=i, actor=request.user,
                                                       ip=client_ip(request)) for i in queryset}
-        self._stash(request, secrets, "rotated")  # shown after a redirect: a reload rotates
+        NEW_SECRETS.put(request, secrets, verb="rotated")  # after a redirect: a reload rotates
         return HttpResponseRedirect(reverse("admin:intakes_intake_signing_secrets"))
 
     @org_action(roles=MANAGERS, description="Send test callback (signed sample body)")

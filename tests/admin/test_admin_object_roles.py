@@ -166,12 +166,13 @@ def _secret_of(intake) -> str:
 def _stash(client, intake, verb: str = "created") -> None:
     """This intake's secret stashed in the client's session, as if this user had just added
     the intake (or rotated its secret): the pages that show it check the role all the same."""
-    from auxot import crypto
-    from intakes.admin_callbacks import STASH_PURPOSE, STASH_SESSION_KEY
+    from django.http import HttpRequest
 
-    session = client.session
-    session[STASH_SESSION_KEY] = {"verb": verb, "secrets": {str(intake.pk): crypto.encrypt(
-        _secret_of(intake), purpose=STASH_PURPOSE)}}
+    from intakes.admin_callbacks import NEW_SECRETS
+
+    request, session = HttpRequest(), client.session
+    request.session = session
+    NEW_SECRETS.put(request, {intake.pk: _secret_of(intake)}, verb=verb)
     session.save()
 
 
