@@ -16,6 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 from django.conf import settings
@@ -50,16 +51,18 @@ class ReplayPlan:
     steps: list[Step]  # the workflow's steps now, in order
     carried: list[StepRun]  # the original's completed attempts still in it, in step order
 
+    @cached_property
+    def carried_ids(self) -> set:
+        return {run.step_id for run in self.carried}
+
     @property
     def carried_steps(self) -> list[Step]:
-        ids = {run.step_id for run in self.carried}
-        return [step for step in self.steps if step.pk in ids]
+        return [step for step in self.steps if step.pk in self.carried_ids]
 
     @property
     def resume_index(self) -> int:
         """The first step the replay runs: the first one not carried."""
-        ids = {run.step_id for run in self.carried}
-        return next((i for i, step in enumerate(self.steps) if step.pk not in ids),
+        return next((i for i, step in enumerate(self.steps) if step.pk not in self.carried_ids),
                     len(self.steps))
 
     @property
@@ -68,8 +71,7 @@ class ReplayPlan:
 
     @property
     def to_run(self) -> list[Step]:
-        ids = {run.step_id for run in self.carried}
-        return [step for step in self.steps if step.pk not in ids]
+        return [step for step in self.steps if step.pk not in self.carried_ids]
 
 
 def replay_plan(*, item: WorkItem, start_over: bool) -> ReplayPlan:
@@ -170,13 +172,12 @@ def _replay_keys(item: WorkItem, plan: ReplayPlan, start_over: bool) -> dict[str
     gets the new item's own key."""
     if start_over:
         return {}
-    carried = {run.step_id for run in plan.carried}
     begun = list(StepRun.objects.filter(work_item=item).exclude(status__in=StepRun.DONE)
                  .order_by("started_at", "pk").values_list("step_id", flat=True))
     failed = begun[-1] if begun else None
     keys = {}
     for step in plan.steps:
-        if step.pk in begun and step.pk not in carried:
+        if step.pk in begun and step.pk not in plan.carried_ids:
             keys[step_key_name(step)] = _sent_key(item, step, failed=step.pk == failed)
     return keys
 
