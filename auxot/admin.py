@@ -182,8 +182,11 @@ class AuditEventAdmin(OrgScopedAdmin):
             target = uuid.UUID(search_term.strip())
         except ValueError:
             return super().get_search_results(request, queryset, search_term)
+        # The newest rows about it, as many as the list counts (an intake's rejections
+        # can be many): the page says "more than" past them, as for any list.
+        about = AuditEvent.objects.filter(object_id=str(target)).order_by("-created_at")
         ids = [*AuditLogEntry.objects.filter(pk=target).values_list("pk", flat=True),
-               *AuditEvent.objects.filter(object_id=str(target)).values_list("pk", flat=True)]
+               *about.values_list("pk", flat=True)[:self.paginator.cap + 1]]
         return queryset.filter(pk__in=ids), False
 
     # Nobody, superusers included: the log is append-only.

@@ -253,3 +253,20 @@ def test_the_views_columns_have_the_audit_tables_types(db):
         columns = cursor.fetchall()
     assert len(columns) == 11
     assert [c for c in columns if c[1] != c[2]] == []
+
+
+def test_an_id_searched_reads_no_more_rows_about_it_than_the_list_counts(client, cast,
+                                                                         intake_a, monkeypatch):
+    """An intake's id can name thousands of rows (its rejections): the exact search takes the
+    newest ones up to the count's cap, and the list says "more than" past it."""
+    from auxot.admin import CappedCountPaginator
+
+    monkeypatch.setattr(CappedCountPaginator, "cap", 2)
+    for n in range(4):
+        audit_record(event="intake.rejected", org=cast.org_a, obj=intake_a,
+                     actor_label=f"r{n}", now=timezone.now() - timedelta(minutes=n))
+    client.force_login(cast.auditor_a)
+    page = client.get("/admin/auxot/auditevent/", {"q": str(intake_a.pk)})
+    rows = list(page.context["cl"].result_list)  # 5 about it: intake.created and r0-r3
+    assert [row.actor_label for row in rows] == ["r0", "admin_a", "r1"]
+    assert "more than 2 audit events" in page.content.decode()

@@ -48,7 +48,6 @@ def _id(what: str):
             hint = f" (is ${ENV_INTAKE_ID} set?)" if what == "intake id" else ""
             raise argparse.ArgumentTypeError(f"the {what} is empty{hint}")
         return value
-    check.__name__ = what
     return check
 
 
