@@ -4,6 +4,8 @@
 - `auxot.W002`: a deprecated setting is in use.
 - `auxot.W003`: gunicorn's threads leave no room for triggers beside the long-polls.
 - `auxot.W004`: the bench's ceiling endpoints (no sign-in) are on outside DEBUG.
+- `auxot.W005` (`check --deploy`): no AUXOT_PUBLIC_BASE_URL, so links built without a
+  request (callbacks', a poll's `approve_url`) are bare paths.
 """
 
 from django.conf import settings
@@ -89,3 +91,17 @@ def bench_endpoints_check(app_configs, **kwargs) -> list[Warning]:
         "AUXOT_BENCH_CEILINGS is on outside DEBUG: /bench/ endpoints that need no sign-in "
         "write rows into the database.",
         hint="Unset AUXOT_BENCH_CEILINGS outside a benchmark run.", id="auxot.W004")]
+
+
+@register(deploy=True)
+def public_base_url_check(app_configs, **kwargs) -> list[Warning]:
+    """`Location` and `status_url` fall back to the request's host, but a callback has no
+    request, and a poll's body once finished is the callback's byte for byte: their links
+    (`approve_url`, a carried step's `url`) can only come from the setting."""
+    if settings.AUXOT_PUBLIC_BASE_URL:
+        return []
+    return [Warning(
+        "AUXOT_PUBLIC_BASE_URL is not set: the links in callbacks and polls (a waiting "
+        "item's approve_url, a carried step's url) are bare paths such as /admin/....",
+        hint="Set AUXOT_PUBLIC_BASE_URL to the address callers and approvers use, e.g. "
+             "https://auxot.example.com.", id="auxot.W005")]

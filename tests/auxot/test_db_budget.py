@@ -96,3 +96,15 @@ def test_only_a_web_process_on_postgresql_pools():
     assert run(AUXOT_WEB_PROCESS="1") == "{'min_size': 2, 'max_size': 8, 'timeout': 10.0} 0\n"
     assert run() == "None 60\n"  # qcluster, manage.py: persistent, never a pool across a fork
     assert run(AUXOT_WEB_PROCESS="1", DB_POOL_MAX_SIZE="0") == "None 60\n"
+
+
+def test_a_deployment_without_a_public_base_url_warns_under_check_deploy(settings):
+    """Callbacks have no request to take a host from: without the setting their links (and
+    a poll's approve_url) were bare paths, and nothing said so."""
+    from django.core.checks import run_checks
+
+    settings.AUXOT_PUBLIC_BASE_URL = ""
+    assert "auxot.W005" in {w.id for w in run_checks(include_deployment_checks=True)}
+    assert "auxot.W005" not in {w.id for w in run_checks()}  # `check` alone: not a deploy
+    settings.AUXOT_PUBLIC_BASE_URL = "https://auxot.example.com"
+    assert "auxot.W005" not in {w.id for w in run_checks(include_deployment_checks=True)}

@@ -115,6 +115,7 @@ def test_a_production_environment_passes_the_deploy_check():
            "ALLOWED_HOSTS": "auxot.example.com", "AUXOT_HSTS_SECONDS": "31536000",
            "AUXOT_SSL_REDIRECT": "1", "AUXOT_HSTS_INCLUDE_SUBDOMAINS": "1",
            "AUXOT_HSTS_PRELOAD": "1", "DJANGO_SETTINGS_MODULE": "auxot.settings",
+           "AUXOT_PUBLIC_BASE_URL": "https://auxot.example.com",
            "DATABASE_URL": "sqlite:////tmp/auxot-deploy-check.sqlite3"}
     done = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level",
                            "WARNING"], cwd=ROOT, env=env, capture_output=True, text=True,

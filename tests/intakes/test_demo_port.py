@@ -85,7 +85,7 @@ def test_a_web_server_that_dies_at_start_stops_the_worker_and_the_demo(monkeypat
     children = {"web server": [sys.executable, "-c", "import sys; sys.exit(1)"],
                 "worker": [sys.executable, "-c", "import time; time.sleep(60)"]}
     with pytest.raises(CommandError) as stopped:
-        demo_command.Command()._serve(children)
+        demo_command.Command()._serve(children, "http://127.0.0.1:8000")
     assert "web server stopped (exit status 1)" in str(stopped.value)
     assert "PORT=8080 make run" in str(stopped.value)
     worker = started[1]
@@ -109,3 +109,38 @@ def test_the_real_web_server_on_a_port_taken_after_the_check_exits_non_zero(
     with pytest.raises(CommandError) as stopped:
         call_command("demo", "--port", str(busy_port), stdout=StringIO())
     assert "web server stopped (exit status 1)" in str(stopped.value)
+
+
+def _env_seen_by_children(tmp_path, base: str) -> dict:
+    """What the web server and the worker find in their environment."""
+    import json
+
+    seen = tmp_path / "env.json"
+    names = ["AUXOT_PUBLIC_BASE_URL", *demo_command.DEMO_ENV]
+    dump = (f"import json, os, sys; json.dump({{n: os.environ.get(n) for n in {names!r}}}, "
+            f"open({str(seen)!r}, 'w')); sys.exit(1)")
+    children = {"web server": [sys.executable, "-c", dump],
+                "worker": [sys.executable, "-c", "import time; time.sleep(60)"]}
+    with pytest.raises(CommandError):
+        demo_command.Command()._serve(children, base)
+    return json.loads(seen.read_text())
+
+
+def test_the_demos_processes_build_absolute_links_from_its_own_address(tmp_path, monkeypatch):
+    """A poll's `approve_url` under `make run` was a bare path (/admin/workflows/...): the
+    web and worker had no AUXOT_PUBLIC_BASE_URL. They get the demo's address, and the demo's
+    loopback settings, without the parent's environment changing."""
+    for name in ["AUXOT_PUBLIC_BASE_URL", *demo_command.DEMO_ENV]:
+        monkeypatch.setenv(name, "x")
+        monkeypatch.delenv(name)
+    seen = _env_seen_by_children(tmp_path, "http://127.0.0.1:8123")
+    assert seen == {"AUXOT_PUBLIC_BASE_URL": "http://127.0.0.1:8123", **demo_command.DEMO_ENV}
+    assert "AUXOT_PUBLIC_BASE_URL" not in os.environ
+
+
+def test_an_operators_own_settings_win_over_the_demos(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUXOT_PUBLIC_BASE_URL", "https://auxot.example.com")
+    monkeypatch.setenv("AUXOT_CALLBACK_RETRY_SCHEDULE", "0,1")
+    seen = _env_seen_by_children(tmp_path, "http://127.0.0.1:8123")
+    assert seen["AUXOT_PUBLIC_BASE_URL"] == "https://auxot.example.com"
+    assert seen["AUXOT_CALLBACK_RETRY_SCHEDULE"] == "0,1"

@@ -61,7 +61,7 @@ class Command(BaseCommand):
         if not serve:
             return
         self.stdout.write("Web and worker are starting; Ctrl-C stops both.\n")
-        self._serve(self._children(options["port"]))
+        self._serve(self._children(options["port"]), base)
 
     def _instructions(self, base: str, demo) -> str:
         intake = demo.intake.pk
@@ -137,17 +137,20 @@ API docs: {base}/v1/docs
         return {"web server": [*manage, "runserver", "--noreload", f"{HOST}:{port}"],
                 "worker": [*manage, "qcluster"]}
 
-    def _serve(self, children: dict[str, list[str]]) -> None:
+    def _serve(self, children: dict[str, list[str]], base: str) -> None:
         """Run the children until Ctrl-C (exit 0) or until one stops by itself: then stop the
-        others and exit non-zero (runserver exits 1 on a port taken since the check)."""
+        others and exit non-zero (runserver exits 1 on a port taken since the check).
+
+        They get DEMO_ENV and AUXOT_PUBLIC_BASE_URL = `base` unless the environment sets them:
+        links that outlive a request (a poll's `approve_url`, a callback's links) are built
+        from it, and without it they would be bare paths."""
         # Ctrl-C or a SIGTERM stops both children (also when SIGINT was inherited ignored).
         previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT,
                                                                       signal.SIGTERM)}
         for signum in previous:
             signal.signal(signum, signal.default_int_handler)
-        for name, value in DEMO_ENV.items():
-            os.environ.setdefault(name, value)  # web and worker inherit it
-        procs = {name: subprocess.Popen(argv) for name, argv in children.items()}
+        env = {**DEMO_ENV, "AUXOT_PUBLIC_BASE_URL": base, **os.environ}
+        procs = {name: subprocess.Popen(argv, env=env) for name, argv in children.items()}
         ended: list[tuple[str, int]] = []
         try:
             while not ended:
