@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.db import connection, transaction
 
 from apikeys.models import ApiKey
 from apikeys.services import apikey_digest_matches, apikey_issue
@@ -52,6 +52,13 @@ def _load_secrets() -> dict:
     return {}
 
 
+def _database_label() -> str:
+    """Which database the demo runs on: `make run` on SQLite, then against PostgreSQL, then
+    on SQLite again keeps each one's key (no password in it)."""
+    db = connection.settings_dict
+    return f"{connection.vendor}://{db.get('HOST') or ''}:{db.get('PORT') or ''}/{db['NAME']}"
+
+
 def _save_secrets(data: dict) -> None:
     SECRETS_FILE.parent.mkdir(exist_ok=True)
     SECRETS_FILE.write_text(json.dumps(data, indent=2))
@@ -92,14 +99,20 @@ def demo_seed(*, base_url: str = "http://127.0.0.1:8000") -> Demo:
         workflow = _workflow(org)
         intake = Intake.objects.filter(org=org, name="Demo intake").first() or intake_create(
             org=org, workflow=workflow, name="Demo intake", created_by=user)
-        token = stored.get("token", "")
+        # The key on file for this database; a file from before there was one per database
+        # has a single "token" (checked against this database's key like any other).
+        token = stored.get("tokens", {}).get(_database_label()) or stored.get("token", "")
         key = ApiKey.objects.filter(org=org, label="Demo key", revoked_at__isnull=True).first()
         if key is None or not apikey_digest_matches(key, token):
             token = apikey_issue(org=org, label="Demo key", user=user, created_by=user).token
         signing_secret, new_secret, changed = _signing_secret(intake, stored, user)
         examples = demo_seed_step_examples(org=org, user=user, http_url=http_url)
-    _save_secrets({"password": password, "token": token,
-                   "signing_secrets": {str(intake.pk): signing_secret}})
+    # Merged, not replaced: each database's key and each intake's secret stay on file (intake
+    # ids are UUIDs, unique across databases; examples/receiver.py looks one up by id).
+    _save_secrets({**stored, "password": password, "token": token,
+                   "tokens": {**stored.get("tokens", {}), _database_label(): token},
+                   "signing_secrets": {**stored.get("signing_secrets", {}),
+                                       str(intake.pk): signing_secret}})
     return Demo(org=org, username="admin", password=password, intake=intake, token=token,
                 signing_secret=signing_secret, signing_secret_is_new=new_secret,
                 signing_secret_changed_in_admin=changed,
