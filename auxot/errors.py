@@ -46,6 +46,90 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "rate_limited": (429, "Too many requests"),
     "internal_error": (500, "Internal server error"),
     "database_unavailable": (503, "Service temporarily unavailable"),
+    "metrics_unauthorized": (401, "Missing metrics token"),
+}
+# Answered by the operators' endpoints (/metrics), never by the API: its schema leaves them out.
+OPS_PROBLEMS = frozenset({"metrics_unauthorized"})
+
+# code -> when it happens and what to do: the page /v1/problems/<code> (the `type` a caller
+# follows from a problem it got). Every code has one; tests/auxot/test_problem_pages.py checks.
+PROBLEM_HELP: dict[str, str] = {
+    "invalid_json": (
+        "The body is not JSON we accept: not valid JSON, not UTF-8, a UTF-8 byte order mark, "
+        "NaN or Infinity, a key twice in one object, a number over 1,000 digits or out of "
+        "float range, or nesting deeper than 64. `detail` names what and where. Nothing was "
+        "accepted: fix the body and send it again."),
+    "empty_body": (
+        "The request had no body. Send `{}` when the workflow needs no input. Nothing was "
+        "accepted."),
+    "invalid_request": (
+        "A header or a body the operation defines is malformed: an `Auxot-Correlation-Id` or "
+        "`Idempotency-Key` that is empty, too long or not printable ASCII, an approval or "
+        "cancel body that does not match its schema (`errors` lists each "
+        "`{pointer, message}`), or a request the server refused as malformed (its Host). "
+        "Nothing was accepted."),
+    "unauthorized": (
+        "No usable API key: send `Authorization: Bearer <key>` (the word Bearer, one space, "
+        "the key). A key that is malformed, mistyped, unknown, revoked or expired, whose owner "
+        "was deactivated, or a team key whose organization left the Business or Enterprise "
+        "plan, is refused the same way. Ask an admin for a key (Settings → API keys)."),
+    "forbidden": (
+        "The key is valid but may not do this: an auditor's key may only poll, a team key may "
+        "not approve. On /metrics: this address may not read the metrics, or the metrics "
+        "token is wrong."),
+    "not_found": (
+        "No such intake or work item for this key. An unknown intake, a deactivated one, "
+        "another organization's, a team intake this key may not use, and an unknown work id "
+        "all answer this same body, so nothing can be told apart: check the ids, that the "
+        "intake is active, and that the key may use it."),
+    "method_not_allowed": (
+        "The path exists but not with this method; `Allow` lists the ones it has (a trigger "
+        "is a POST, a poll a GET)."),
+    "request_timeout": (
+        "The request body did not arrive in time (`AUXOT_BODY_READ_TIMEOUT_SECONDS`); the "
+        "connection is closed and nothing was accepted. Send the body at once (or through a "
+        "buffering proxy) and retry."),
+    "conflict": (
+        "The work item's state does not allow this now: an approval for an item not waiting "
+        "for one (or decided or canceled meanwhile), a cancel of a finished item or of one "
+        "whose approval is being applied. Poll the item to see its state."),
+    "not_replayable": (
+        "Only a failed work item can be replayed, once: this one is not failed, was "
+        "canceled, was replayed already (its `replayed_by` names the replay), or its "
+        "payload was removed by retention."),
+    "idempotency_in_flight": (
+        "A request with this `Idempotency-Key` is still being processed. Retry after "
+        "`Retry-After` seconds: you will get that request's answer."),
+    "length_required": (
+        "A chunked body this server cannot read. Send `Content-Length` (curl does with "
+        "`-d`/`--data-binary`), or put gunicorn in front."),
+    "payload_too_large": (
+        "The body is larger than this server accepts (`AUXOT_MAX_BODY_BYTES`, 1 MiB by "
+        "default). Nothing was accepted: send a reference (a URL, an id) instead of the data."),
+    "unsupported_media_type": (
+        "The body is not declared as JSON: send `Content-Type: application/json` (UTF-8). "
+        "curl's `-d` sends a form unless you add that header."),
+    "validation_failed": (
+        "The body violates the workflow's input schema, or a value cannot be stored or used "
+        "(an `Auxot-Callback-Url` the URL policy refuses, a string with \\u0000). `errors` lists "
+        "every `{pointer, message}`. Nothing was accepted."),
+    "idempotency_key_reused": (
+        "This `Idempotency-Key` was first used with a different body. Use a new key for a "
+        "new request; resend the first body to get the first answer."),
+    "rate_limited": (
+        "The key's, the intake's or the organization's request limit is used up. Retry "
+        "after `Retry-After` seconds; `RateLimit-*` say the most restrictive limit and when "
+        "it resets."),
+    "internal_error": (
+        "Something failed on the server; the request itself may be fine. Retry with the same "
+        "`Idempotency-Key` (a request that was accepted gets its first answer again), and "
+        "give the operators the response's `X-Request-Id`."),
+    "database_unavailable": (
+        "The database could not be reached; nothing was accepted. Retry after `Retry-After` "
+        "seconds."),
+    "metrics_unauthorized": (
+        "/metrics needs the operators' metrics token: send `Authorization: Bearer <token>` "
+        "with the value of `AUXOT_METRICS_TOKEN` (not an API key)."),
 }
 
 

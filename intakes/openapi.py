@@ -19,6 +19,7 @@ from rest_framework import serializers
 
 from auxot.errors import (
     NOT_FOUND_DETAIL,
+    OPS_PROBLEMS,
     PROBLEM_CONTENT_TYPE,
     PROBLEMS,
     ApplicationError,
@@ -73,7 +74,8 @@ class ProblemSerializer(serializers.Serializer):
     title = serializers.CharField()
     status = serializers.IntegerField()
     detail = serializers.CharField(help_text="What was wrong and what to do, for a person.")
-    code = serializers.ChoiceField(choices=sorted(PROBLEMS), help_text="Stable, for programs.")
+    code = serializers.ChoiceField(choices=sorted(set(PROBLEMS) - OPS_PROBLEMS),
+                                   help_text="Stable, for programs.")
     errors = serializers.JSONField(
         required=False, help_text="`[{pointer, message}]`: what is wrong where (422 "
         "`validation_failed`, and 400 `invalid_request` for an approval or cancel body).")
@@ -319,7 +321,8 @@ def problem_schema(status: int) -> OpenApiResponse:
         OpenApiExample(code, value=problem_body(code, _EXAMPLE_DETAILS.get(code, title)),
                        response_only=True, status_codes=[str(status)],
                        media_type=PROBLEM_CONTENT_TYPE)
-        for code, (code_status, title) in PROBLEMS.items() if code_status == status
+        for code, (code_status, title) in PROBLEMS.items()
+        if code_status == status and code not in OPS_PROBLEMS
     ]
     return OpenApiResponse(ProblemSerializer, description=_STATUS_TEXT.get(status, ""),
                            examples=examples)

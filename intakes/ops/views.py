@@ -62,7 +62,7 @@ def metrics_refusal_for(*, ip: str | None, authorization: str,
                              "AUXOT_METRICS_TOKEN to read the metrics this way.")
     if token:
         if not authorization.startswith("Bearer "):
-            return "unauthorized", "Send Authorization: Bearer <the metrics token>."
+            return "metrics_unauthorized", "Send Authorization: Bearer <the metrics token>."
         if not hmac.compare_digest(authorization[len("Bearer "):].encode(), token.encode()):
             return "forbidden", "Wrong metrics token."
     return None
@@ -76,7 +76,7 @@ def metrics_refusal(request: HttpRequest) -> HttpResponse | None:
     if refused is None:
         return None
     response = django_problem(*refused)
-    if refused[0] == "unauthorized":
+    if refused[0] == "metrics_unauthorized":
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
     return response
 

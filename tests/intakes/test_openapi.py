@@ -8,7 +8,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from openapi_spec_validator import validate
 
 # Deliberately undocumented: the problem-type pages and the schema and docs themselves.
-NOT_API = {"/v1/problems/{code}", "/v1/schema", "/v1/docs"}
+NOT_API = {"/v1/problems", "/v1/problems/{code}", "/v1/schema", "/v1/docs"}
 
 
 def _routes(patterns, prefix: str = "") -> list[tuple[str, object]]:

@@ -43,6 +43,11 @@ def test_metrics_are_off_by_default(api):
 def test_metrics_without_a_token_is_401_and_with_a_wrong_one_403(api):
     response = api.get("/metrics")
     assert response.status_code == 401 and response["WWW-Authenticate"].startswith("Bearer")
+    # Not the API's "Missing or invalid API key": the metrics want their own token.
+    problem = response.json()
+    assert (problem["code"], problem["title"]) == ("metrics_unauthorized",
+                                                   "Missing metrics token")
+    assert "AUXOT_METRICS_TOKEN" in api.get(problem["type"]).json()["description"]
     assert api.get("/metrics", HTTP_AUTHORIZATION="Bearer nope").status_code == 403
     assert api.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}").status_code == 200
 

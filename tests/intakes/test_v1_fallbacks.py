@@ -73,8 +73,11 @@ def test_wrong_method_is_405_with_a_valid_key_too(client, member_token, intake_a
 
 
 def test_problem_pages_still_answer_get(client):
+    from auxot.errors import PROBLEM_HELP
+
     assert client.get("/v1/problems/not_found").json() == {
-        "code": "not_found", "status": 404, "title": "Not found"}
+        "type": "/v1/problems/not_found", "code": "not_found", "status": 404,
+        "title": "Not found", "description": PROBLEM_HELP["not_found"]}
 
 
 ACCEPTS = ["application/xml", "text/html", "application/problem+json", "text/plain;q=1, */*;q=0",

@@ -45,7 +45,7 @@ def _problem(start_response, code: str, detail: str):
     body = problem_body(code, detail)
     data = problem_json(code, detail)
     headers = [("Content-Type", "application/problem+json"), ("Content-Length", str(len(data)))]
-    if code == "unauthorized":
+    if code == "metrics_unauthorized":
         headers.append(("WWW-Authenticate", 'Bearer realm="metrics"'))
     start_response(f"{body['status']} {body['title']}", headers)
     return [data]
