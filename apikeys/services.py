@@ -13,7 +13,7 @@ from apikeys.models import ApiKey
 from apikeys.tokens import token_digest, token_generate, token_parse, token_shaped
 from auxot.errors import ApplicationError, UnauthorizedError
 from auxot.models import Membership, Organization, Team
-from auxot.services import audit_record
+from auxot.services import audit_deletion, audit_record
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,15 @@ def apikey_revoke(*, key: ApiKey, revoked_by=None, ip: str | None = None) -> Api
             )
     key.refresh_from_db()
     return key
+
+
+def apikey_deletion_record(*, key: ApiKey, origin) -> None:
+    """Audit a key deleted with its team, its owner or its organization (the admin never
+    deletes a key itself: it revokes). Without this a key could vanish from the trail."""
+    audit_deletion(
+        event="apikey.deleted", obj=key, org=key.org, origin=origin,
+        extra={"kind": key.kind, "label": key.label, "lookup_id": key.lookup_id,
+               "was": "revoked" if key.revoked_at else "active"})
 
 
 def apikey_authenticate(*, token: str, now: datetime,

@@ -4,6 +4,7 @@ from typing import Any
 
 from django.utils import timezone
 
+from auxot.actor import acting
 from auxot.models import AuditEvent, Organization
 
 
@@ -46,3 +47,35 @@ def audit_records(*, rows: list[dict]) -> list[AuditEvent]:
                    object_id=str(row["obj"].pk) if row.get("obj") is not None else "",
                    ip=row.get("ip"), extra=row.get("extra") or {})
         for row in rows])
+
+
+NO_REQUEST = "outside a request"  # the actor of a deletion run from a shell or a script
+
+
+def _deletion_origin(obj: Any, origin: Any) -> tuple[str, bool]:
+    """(what was deleted that took `obj` with it, whether that is an organization). `origin`
+    is the instance or the queryset whose delete() started it (Django's pre_delete)."""
+    if origin is None or origin is obj:
+        return "itself", False
+    if hasattr(origin, "model"):  # a queryset: the admin's "delete selected"
+        return f"{origin.model._meta.label_lower} (several)", origin.model is Organization
+    if type(origin) is type(obj) and origin.pk == obj.pk:
+        return "itself", False
+    return f"{origin._meta.label_lower} {origin.pk} ({origin})", type(origin) is Organization
+
+
+def audit_deletion(*, event: str, obj: Any, org: Organization, origin: Any,
+                   extra: dict) -> AuditEvent:
+    """Audit `obj` deleted, by itself or with what owns it (its team, its owner, its
+    organization), as the admin's signed-in user when an admin page did it (auxot/actor.py).
+
+    Called from a pre_delete receiver, inside the deletion's transaction. When the
+    organization itself goes, the row is written without one: an organization that has audit
+    rows cannot be deleted (the rows protect it), so this one must not hold it either."""
+    actor, ip = acting()
+    deleted_with, whole_org = _deletion_origin(obj, origin)
+    if whole_org:
+        extra = {**extra, "org": str(org)}
+    return audit_record(event=event, org=None if whole_org else org, actor_user=actor,
+                        actor_label="" if actor else NO_REQUEST, obj=obj, ip=ip,
+                        extra={**extra, "deleted_with": deleted_with})

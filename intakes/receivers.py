@@ -1,9 +1,11 @@
-"""Listeners for the engine's signals. Each receiver calls one service."""
+"""Listeners for the engine's signals, and for an intake's deletion. Each receiver calls one
+service."""
 
 import logging
 import time
 
 from django.conf import settings
+from django.db.models.signals import pre_delete
 from django.dispatch import receiver
 
 from intakes.callbacks import (
@@ -12,6 +14,8 @@ from intakes.callbacks import (
     callback_deliveries_wake,
     callback_delivery_create,
 )
+from intakes.models import Intake
+from intakes.services import intake_deletion_record
 from workflows.signals import cluster_serving, tick, work_item_finished, work_items_finished
 
 logger = logging.getLogger(__name__)
@@ -63,3 +67,8 @@ def _on_cluster_serving(sender, **kwargs):
     from intakes.dispatcher import Dispatcher
 
     return Dispatcher().start()
+
+
+@receiver(pre_delete, sender=Intake, dispatch_uid="intakes.audit_deletion")
+def audit_intake_deletion(sender, instance: Intake, origin=None, **kwargs) -> None:
+    intake_deletion_record(intake=instance, origin=origin)

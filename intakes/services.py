@@ -10,7 +10,7 @@ from apikeys.models import ApiKey
 from auxot.errors import NOT_FOUND_DETAIL, ApplicationError, NotFoundError, PermissionDeniedError
 from auxot.models import Membership, Organization, Team
 from auxot.outbound import RefusedDestination, url_check, url_redact
-from auxot.services import audit_record
+from auxot.services import audit_deletion, audit_record
 from intakes import idempotency, ratelimit
 from intakes.accept import work_item_accept_write
 from intakes.callbacks import callback_deliveries_retarget
@@ -303,3 +303,12 @@ def intake_update(*, intake: Intake, changes: dict[str, Any], actor=None,
         audit_record(event="intake.changed", org=intake.org, actor_user=actor, obj=intake, ip=ip,
                      extra=extra)
     return changed
+
+
+def intake_deletion_record(*, intake: Intake, origin) -> None:
+    """Audit an intake deleted (a superuser's delete page, or its organization deleted): the
+    admins' way out is Deactivate, and an intake with work items cannot be deleted at all."""
+    audit_deletion(
+        event="intake.deleted", obj=intake, org=intake.org, origin=origin,
+        extra={"name": intake.name, "workflow_id": str(intake.workflow_id),
+               "was": "active" if intake.active else "inactive"})
