@@ -27,7 +27,8 @@ the admin index, the changelist of every model registered with admin.site (enume
 not listed here), each with and without one filter (the first choice of its first list
 filter, or the failed ones where a model has a status: `PREFERRED_FILTERS`), the audit log's
 middle page, its search for one work item's id, its CSV export (whole, and the last 7
-days), the Failed work view, and one work item's, intake's and workflow's change page (the
+days), the work item list searched for a correlation id and for a work id, the Failed work
+view, and one work item's, intake's and workflow's change page (the
 persona's busiest intake, a failed item with a callback delivery). Each page is fetched once
 to warm up, then `--runs` times per persona (superuser, the small tenant's and the big
 tenant's admin by default; `small-auditor` and `big-auditor` too): the median and max
@@ -574,6 +575,8 @@ def persona_pages(persona: str) -> list[tuple[str, str]]:
     pages += [
         ("work item list, search a correlation id",
          reverse("admin:workflows_workitem_changelist") + f"?q={correlation}"),
+        ("work item list, search a work id",
+         reverse("admin:workflows_workitem_changelist") + f"?q={item.pk}"),
         ("work item list, one intake's work",
          reverse("admin:workflows_workitem_changelist") + f"?intake__id__exact={intake.pk}"),
         ("failed work view", reverse("admin:workflows_workitem_failed")),
