@@ -1,4 +1,5 @@
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils.cache import patch_vary_headers
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.views.decorators.csrf import csrf_exempt
@@ -41,6 +42,12 @@ def _page(title: str, body: SafeString) -> HttpResponse:
     return HttpResponse(format_html(PAGE, title, body), content_type="text/html; charset=utf-8")
 
 
+def _by_accept(response: HttpResponse) -> HttpResponse:
+    """The same URL answers JSON or a page: caches must keep them apart."""
+    patch_vary_headers(response, ["Accept"])
+    return response
+
+
 def _refuse_method(request: HttpRequest) -> JsonResponse | None:
     if request.method in ("GET", "HEAD"):
         return None
@@ -60,11 +67,12 @@ def problem_detail(request: HttpRequest, code: str) -> HttpResponse:
         return django_problem("not_found", "Unknown problem type: /v1/problems lists them all.")
     entry = _problem_entry(code)
     if not _wants_html(request):
-        return JsonResponse(entry, json_dumps_params={"ensure_ascii": False})
-    return _page(f"{entry['status']} {entry['title']}", format_html(
+        return _by_accept(JsonResponse(entry, json_dumps_params={"ensure_ascii": False}))
+    return _by_accept(_page(f"{entry['status']} {entry['title']}", format_html(
         "<h1>{} {}</h1><p><code>{}</code></p><p>{}</p>"
         "<p>Every problem Auxot answers: <a href=\"{}/problems\">the list</a>.</p>",
-        entry["status"], entry["title"], code, _inline_code(entry["description"]), API_PREFIX))
+        entry["status"], entry["title"], code, _inline_code(entry["description"]),
+        API_PREFIX)))
 
 
 @csrf_exempt
@@ -75,14 +83,15 @@ def problem_index(request: HttpRequest) -> HttpResponse:
     entries = sorted((_problem_entry(code) for code in PROBLEMS),
                      key=lambda entry: (entry["status"], entry["code"]))
     if not _wants_html(request):
-        return JsonResponse({"problems": entries}, json_dumps_params={"ensure_ascii": False})
+        return _by_accept(JsonResponse({"problems": entries},
+                                       json_dumps_params={"ensure_ascii": False}))
     rows = format_html_join("", "<tr><td>{}</td><td><a href=\"{}\"><code>{}</code></a></td>"
                                 "<td>{}</td></tr>",
                             ((e["status"], e["type"], e["code"], e["title"]) for e in entries))
-    return _page("Auxot API problems", format_html(
+    return _by_accept(_page("Auxot API problems", format_html(
         "<h1>Problems the Auxot API answers</h1><p>Every error is "
         "<code>application/problem+json</code>; its <code>type</code> links here.</p>"
-        "<table><tr><th>status</th><th>code</th><th>title</th></tr>{}</table>", rows))
+        "<table><tr><th>status</th><th>code</th><th>title</th></tr>{}</table>", rows)))
 
 
 @csrf_exempt

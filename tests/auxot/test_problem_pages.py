@@ -34,8 +34,9 @@ def test_each_page_says_what_the_code_means(code):
         assert answer.json() == {"type": f"/v1/problems/{code}", "code": code,
                                  "status": status, "title": title,
                                  "description": PROBLEM_HELP[code]}
+        assert "Accept" in answer["Vary"]  # one URL, two bodies: caches keep them apart
     page = Client().get(f"/v1/problems/{code}", HTTP_ACCEPT=BROWSER)
-    assert page["Content-Type"].startswith("text/html")
+    assert page["Content-Type"].startswith("text/html") and "Accept" in page["Vary"]
     html = page.content.decode()
     assert f"<title>{status} " in html and "<code>" + code + "</code>" in html
     first_words = PROBLEM_HELP[code].split("`")[0][:30].replace("'", "&#x27;")
@@ -49,10 +50,14 @@ def test_backticks_become_code_and_the_rest_is_escaped(monkeypatch):
 
 
 def test_the_index_lists_every_problem_in_status_order():
-    listed = Client().get("/v1/problems").json()["problems"]
+    answer = Client().get("/v1/problems")
+    assert "Accept" in answer["Vary"]
+    listed = answer.json()["problems"]
     assert sorted(entry["code"] for entry in listed) == sorted(PROBLEMS)
     assert [entry["status"] for entry in listed] == sorted(entry["status"] for entry in listed)
-    page = Client().get("/v1/problems", HTTP_ACCEPT=BROWSER).content.decode()
+    page = Client().get("/v1/problems", HTTP_ACCEPT=BROWSER)
+    assert "Accept" in page["Vary"]
+    page = page.content.decode()
     assert all(f'href="/v1/problems/{code}"' in page for code in PROBLEMS)
 
 
