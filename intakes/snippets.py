@@ -25,17 +25,22 @@ def intake_snippets(*, base_url: str, intake_id: str) -> list[tuple[str, str, st
         f"curl -sS '{trigger}/work/'\"$WORK_ID\" \\\n"
         '  -H "Authorization: Bearer $AUXOT_API_KEY"'
     )
+    # A refused request (401, 404: a wrong key, a deactivated intake) stops the loop with
+    # the problem on stderr instead of polling forever; 429 and 503 are waited out.
     loop = (
         "# Trigger, then poll until completed or failed (sleep with jitter).\n"
+        "# A refused request (401, 404, ...) stops it and prints the problem.\n"
         f"WORK_ID=$(curl -sS -X POST '{trigger}' \\\n"
         '  -H "Authorization: Bearer $AUXOT_API_KEY" -H \'Content-Type: application/json\' \\\n'
         "  -d '{\"customer\": \"Ada\"}' | python3 -c 'import json,sys; "
-        "print(json.load(sys.stdin)[\"work_id\"])')\n"
+        "b=json.load(sys.stdin); print(b[\"work_id\"]) if \"work_id\" in b "
+        "else sys.exit(json.dumps(b))') &&\n"
         "while :; do\n"
         f"  BODY=$(curl -sS '{trigger}/work/'\"$WORK_ID\" "
         '-H "Authorization: Bearer $AUXOT_API_KEY")\n'
         "  STATUS=$(printf '%s' \"$BODY\" | python3 -c 'import json,sys; "
-        "print(json.load(sys.stdin)[\"status\"])')\n"
+        "b=json.load(sys.stdin); print(b[\"status\"]) if \"work_id\" in b "
+        "or b.get(\"status\") in (429, 503) else sys.exit(json.dumps(b))') || break\n"
         '  case "$STATUS" in completed|failed) echo "$BODY"; break;; esac\n'
         "  sleep $((2 + RANDOM % 3))\n"
         "done"
@@ -55,10 +60,14 @@ def intake_snippets(*, base_url: str, intake_id: str) -> list[tuple[str, str, st
         f"URL = \"{trigger}\"\n"
         "HEADERS = {\"Authorization\": f\"Bearer {os.environ['AUXOT_API_KEY']}\"}\n\n"
         "work = requests.post(URL, json={\"customer\": \"Ada\"}, headers=HEADERS, timeout=30)\n"
-        "work.raise_for_status()\n"
+        "if work.status_code != 202:  # 401, 404, 422, ...: the problem says why\n"
+        "    raise SystemExit(f\"{work.status_code} {work.text}\")\n"
         "work_id = work.json()[\"work_id\"]\n"
         "while True:\n"
-        "    body = requests.get(f\"{URL}/work/{work_id}\", headers=HEADERS, timeout=30).json()\n"
+        "    answer = requests.get(f\"{URL}/work/{work_id}\", headers=HEADERS, timeout=30)\n"
+        "    if answer.status_code not in (200, 429, 503):  # 401, 404: stop, never loop on\n"
+        "        raise SystemExit(f\"{answer.status_code} {answer.text}\")\n"
+        "    body = answer.json()\n"
         "    if body[\"status\"] in (\"completed\", \"failed\"):\n"
         "        print(body)\n"
         "        break\n"
