@@ -32,7 +32,13 @@ from intakes.admin_callbacks import (
     WorkItemCallbackInline,
 )
 from intakes.models import Intake
-from intakes.services import INTAKE_EDITABLE, intake_create, intake_set_active, intake_update
+from intakes.services import (
+    INTAKE_EDITABLE,
+    INTAKE_SETTINGS,
+    intake_create,
+    intake_set_active,
+    intake_update,
+)
 from intakes.snippets import intake_snippets, public_base_url
 from workflows.models import WorkItem
 
@@ -91,6 +97,7 @@ class IntakeAdmin(IntakeCallbacksAdminMixin, OrgScopedAdmin):
         created = intake_create(org=workflow.org, workflow=workflow, name=data["name"],
                                 team=data.get("team"), created_by=request.user,
                                 callback_url=data.get("callback_url", ""),
+                                options={f: data[f] for f in INTAKE_SETTINGS if f in data},
                                 ip=client_ip(request))
         # Django's add view goes on with `obj` (redirect, message): make it the stored row.
         obj.pk = created.pk

@@ -37,13 +37,17 @@ def _parse_uuid(value: str) -> uuid.UUID:
 
 def intake_create(
     *, org: Organization, workflow: Workflow, name: str, team: Team | None = None, created_by=None,
-    callback_url: str = "", ip: str | None = None,
+    callback_url: str = "", ip: str | None = None, options: dict[str, Any] | None = None,
 ) -> Intake:
     """Create an intake with its first callback signing secret.
 
-    The plain secret is on the returned object as `signing_secret`, for the one answer that
-    shows it; only its encrypted form is stored.
+    `options`: any of INTAKE_SETTINGS (rate limit, retention, redact paths), checked as
+    intake_update checks them. The plain secret is on the returned object as
+    `signing_secret`, for the one answer that shows it; only its encrypted form is stored.
     """
+    if unknown := set(options or {}) - set(INTAKE_SETTINGS):
+        raise ApplicationError(f"Not settable here: {', '.join(sorted(unknown))}.")
+    options = _settings_checked({k: v for k, v in (options or {}).items() if v is not None})
     if workflow.org_id != org.pk:
         raise ApplicationError("That workflow belongs to another organization.")
     if team is not None:
@@ -59,13 +63,14 @@ def intake_create(
         intake = Intake.objects.create(
             org=org, workflow=workflow, name=name.strip(), team=team, created_by=created_by,
             created_at=now, callback_url=callback_url, secret_rotated_at=now,
-            signing_secret_encrypted=secret_encrypt(secret),
+            signing_secret_encrypted=secret_encrypt(secret), **options,
         )
         audit_record(event="intake.created", org=org, actor_user=created_by, obj=intake, now=now,
                      ip=ip,
                      extra={"name": intake.name, "workflow": workflow.name,
                             "team": team.name if team else None,
-                            "callback_url": url_redact(callback_url) if callback_url else None})
+                            "callback_url": url_redact(callback_url) if callback_url else None,
+                            **({"settings": sorted(options)} if options else {})})
     intake.signing_secret = secret
     return intake
 
@@ -255,8 +260,28 @@ def work_item_for_key(*, intake: Intake, work_id: str) -> WorkItem:
     return item
 
 
-INTAKE_EDITABLE = ("name", "team", "callback_url", "rate_limit_per_window",
-                   "payload_retention_days", "item_retention_days", "redact_paths")
+INTAKE_SETTINGS = ("rate_limit_per_window", "payload_retention_days", "item_retention_days",
+                   "redact_paths")
+INTAKE_EDITABLE = ("name", "team", "callback_url", *INTAKE_SETTINGS)
+
+
+def _settings_checked(changes: dict[str, Any]) -> dict[str, Any]:
+    """`changes` with redact_paths checked (and None as []) and every other setting within
+    its model field's limits (retention days at most a century, ...); else a 422 problem."""
+    if "redact_paths" in changes:
+        changes = {**changes, "redact_paths": changes["redact_paths"] or []}
+        try:
+            json_paths_check(changes["redact_paths"])
+        except ValueError as exc:
+            raise ApplicationError(f"redact_paths: {exc}", code="validation_failed") from None
+    for name in INTAKE_SETTINGS:
+        if changes.get(name) is not None and name != "redact_paths":
+            try:
+                Intake._meta.get_field(name).run_validators(changes[name])
+            except ValidationError as exc:
+                raise ApplicationError(f"{name}: {' '.join(exc.messages)}",
+                                       code="validation_failed") from None
+    return changes
 
 
 def intake_update(*, intake: Intake, changes: dict[str, Any], actor=None,

@@ -1,0 +1,45 @@
+"""Settings → Intakes → Add intake keeps everything its form asks for."""
+
+import pytest
+
+from auxot.errors import ApplicationError
+from auxot.models import AuditEvent
+from intakes.models import Intake
+from intakes.services import intake_create
+
+ADD = "/admin/intakes/intake/add/"
+
+
+def test_the_add_page_keeps_the_retention_and_redaction_it_shows(admin_client, cast,
+                                                                  workflow_a):
+    """The add page shows the Retention fields; what is typed there is what the intake has
+    (they were dropped: an intake added with redact paths stored bodies unredacted)."""
+    response = admin_client.post(ADD, {
+        "workflow": workflow_a.pk, "name": "Redacting", "callback_url": "",
+        "payload_retention_days": "5", "item_retention_days": "30",
+        "redact_paths": '["$.customer.email"]'})
+    assert response.status_code == 302, response.content[:2000]
+    intake = Intake.objects.get(name="Redacting")
+    assert (intake.payload_retention_days, intake.item_retention_days) == (5, 30)
+    assert intake.redact_paths == ["$.customer.email"]
+    created = AuditEvent.objects.get(event="intake.created", object_id=str(intake.pk))
+    assert created.extra["settings"] == ["item_retention_days", "payload_retention_days",
+                                         "redact_paths"]
+
+
+def test_the_add_page_left_empty_keeps_the_defaults(admin_client, cast, workflow_a):
+    response = admin_client.post(ADD, {"workflow": workflow_a.pk, "name": "Plain",
+                                       "callback_url": "", "redact_paths": "[]"})
+    assert response.status_code == 302, response.content[:2000]
+    intake = Intake.objects.get(name="Plain")
+    assert (intake.payload_retention_days, intake.item_retention_days) == (None, None)
+    assert intake.redact_paths == []
+
+
+@pytest.mark.parametrize("options", [{"redact_paths": ["not a path"]},
+                                     {"item_retention_days": 10**6},
+                                     {"active": False}])
+def test_intake_create_checks_its_options_as_an_edit_does(cast, workflow_a, options):
+    with pytest.raises(ApplicationError):
+        intake_create(org=cast.org_a, workflow=workflow_a, name="Checked", options=options)
+    assert not Intake.objects.filter(name="Checked").exists()
