@@ -309,7 +309,10 @@ def callback_deliveries_sweep(*, now: datetime | None = None, limit: int = 100) 
                                                              WorkItem.Status.FAILED],
         finished_at__lte=now - timedelta(seconds=SWEEP_GRACE_SECONDS), intake__isnull=False,
         callback_delivery__isnull=True,
-    ).filter(Q(callback_url__gt="") | Q(intake__callback_url__gt="")).select_related("intake")
+    ).filter(Q(callback_url__gt="") | (Q(intake__callback_url__gt="") & (
+        # The intake's URL only for work that finished since it has one (not retroactively).
+        Q(intake__callback_url_set_at__isnull=True)
+        | Q(finished_at__gte=F("intake__callback_url_set_at"))))).select_related("intake")
     created = 0
     for item in missing[:limit]:
         created += callback_delivery_create(work_item=item, now=now) is not None

@@ -62,6 +62,10 @@ class Intake(models.Model):
         "Callers may override it per request with the Auxot-Callback-Url header. Changing "
         "it also moves the retries still waiting for the old one.",
     )
+    # When the intake last got a callback URL after having none: work that finished before
+    # it has no callback (the sweep that recovers skipped deliveries must not send it one).
+    # Null for intakes older than this field: every finished item counts, as before.
+    callback_url_set_at = models.DateTimeField(null=True, blank=True, editable=False)
     callback_disabled_at = models.DateTimeField(
         null=True, blank=True,
         help_text="Set when the receiver answered 410 Gone: no callbacks until re-enabled.",

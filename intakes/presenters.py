@@ -27,6 +27,8 @@ def callback_block(item: WorkItem, intake: Intake | None,
         if not delivery_read:  # one query, only for items that have a callback at all
             delivery = CallbackDelivery.objects.filter(work_item_id=item.pk).first()
         if delivery is None:
+            if not item.callback_url and _finished_before_url(item, intake):
+                return None  # the intake got its URL after this item finished: none is sent
             disabled = intake is not None and intake.callback_disabled and not item.callback_url
             return {"url": url_redact(url), "state": "disabled" if disabled else "pending",
                     "attempts": 0, "next_attempt_at": None, "last_status": None}
@@ -40,6 +42,11 @@ def callback_block(item: WorkItem, intake: Intake | None,
         else iso(delivery.next_attempt_at),
         "last_status": delivery.last_status,
     }
+
+
+def _finished_before_url(item: WorkItem, intake: Intake | None) -> bool:
+    since = getattr(intake, "callback_url_set_at", None)
+    return since is not None and item.finished_at is not None and item.finished_at < since
 
 
 def work_item_poll_view(item: WorkItem, *, intake: Intake | None,

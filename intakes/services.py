@@ -63,6 +63,7 @@ def intake_create(
         intake = Intake.objects.create(
             org=org, workflow=workflow, name=name.strip(), team=team, created_by=created_by,
             created_at=now, callback_url=callback_url, secret_rotated_at=now,
+            callback_url_set_at=now if callback_url else None,
             signing_secret_encrypted=secret_encrypt(secret), **options,
         )
         audit_record(event="intake.created", org=org, actor_user=created_by, obj=intake, now=now,
@@ -317,10 +318,14 @@ def intake_update(*, intake: Intake, changes: dict[str, Any], actor=None,
                 raise ApplicationError(f"{name}: {' '.join(exc.messages)}",
                                        code="validation_failed") from None
     old_url = intake.callback_url
+    saved = list(changed)
+    if "callback_url" in changed and not old_url:  # from now on, not for work done before
+        intake.callback_url_set_at = timezone.now()
+        saved.append("callback_url_set_at")
     with transaction.atomic():
         for field in changed:
             setattr(intake, field, changes[field])
-        intake.save(update_fields=changed)
+        intake.save(update_fields=saved)
         extra = {"fields": changed, "name": intake.name}
         if "callback_url" in changed:
             extra["deliveries_moved"] = callback_deliveries_retarget(intake=intake,

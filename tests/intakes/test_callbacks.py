@@ -20,6 +20,7 @@ from intakes.callbacks import (
     callback_delivery_redeliver,
 )
 from intakes.models import CallbackAttempt, CallbackDelivery, Intake
+from intakes.services import intake_update
 from tests.callback_helpers import finished_item
 from tests.conftest import bearer, trigger
 from tests.processes import settings_printed, wait_for
@@ -276,6 +277,38 @@ def test_sweep_creates_a_delivery_the_finished_signal_missed(cb_intake, receiver
         assert callback_deliveries_sweep() == 1
         assert callback_deliveries_sweep() == 0
     assert CallbackDelivery.objects.get().work_item_id == item.pk
+
+
+def test_setting_a_callback_url_sends_nothing_for_work_that_finished_before(
+        api, cb_intake, member_token, receiver):
+    """Tutorial order: trigger, poll, then set the intake's Callback URL. The work that had
+    finished without one gets no callback (the sweep sent the whole last day's), and its
+    poll says so; work that finishes from then on gets one."""
+    intake_update(intake=cb_intake, changes={"callback_url": ""})
+    before = finished_item(cb_intake)
+    assert not CallbackDelivery.objects.exists()
+    with time_machine.travel(timezone.now() + timedelta(seconds=5)):
+        intake_update(intake=Intake.objects.get(pk=cb_intake.pk),
+                      changes={"callback_url": receiver.url_for("/hook")})
+        after = finished_item(cb_intake)
+        CallbackDelivery.objects.all().delete()  # as if the finished signal had been missed
+    with time_machine.travel(timezone.now() + timedelta(seconds=60)):
+        assert callback_deliveries_sweep() == 1
+        assert callback_deliveries_sweep() == 0
+    assert CallbackDelivery.objects.get().work_item_id == after.pk
+    polled = api.get(f"/v1/intake/{cb_intake.pk}/work/{before.pk}", **bearer(member_token))
+    assert polled.json()["callback"] is None
+
+
+def test_a_changed_callback_url_still_sweeps_work_that_finished_under_the_old_one(cb_intake,
+                                                                                  receiver):
+    item = finished_item(cb_intake)
+    CallbackDelivery.objects.all().delete()  # the finished signal was missed
+    intake_update(intake=cb_intake, changes={"callback_url": receiver.url_for("/new")})
+    with time_machine.travel(timezone.now() + timedelta(seconds=30)):
+        assert callback_deliveries_sweep() == 1
+    delivery = CallbackDelivery.objects.get()
+    assert delivery.work_item_id == item.pk and delivery.url.endswith("/new")
 
 
 def test_poll_with_a_callback_costs_no_more_query(api, cb_intake, member_token, receiver,
