@@ -242,6 +242,11 @@ class IntakeAdmin(IntakeCallbacksAdminMixin, OrgScopedAdmin):
         return self._bulk(request, queryset, True, "reactivate_selected")
 
 
+# What an intake is, in the words the tutorial's Path B promises for this panel's tooltip.
+INTAKE_TOOLTIP = ("Webhook URLs external services can call to start this workflow: "
+                  "POST /v1/intake/{intake_id} with an API key.")
+
+
 class IntakesPanel(ReadOnlyInlineMixin, ScopedInlineMixin, admin.TabularInline):
     """Path B: the workflow page lists its intakes; “Add intake” there prefills the form."""
 
@@ -257,8 +262,10 @@ class IntakesPanel(ReadOnlyInlineMixin, ScopedInlineMixin, admin.TabularInline):
     def get_formset(self, request, obj=None, **kwargs):
         # "Add intake" (prefilled with this workflow) sits under the panel, for whoever may
         # change the workflow: the link is this app's, the workflow's page does not know it.
+        kwargs.setdefault("help_texts", {"intake_link": INTAKE_TOOLTIP})  # the column's tooltip
         formset = super().get_formset(request, obj, **kwargs)
         formset.add_intake_url = None
+        formset.add_intake_tooltip = INTAKE_TOOLTIP
         if obj is not None and self._parent_allows(request, obj):
             formset.add_intake_url = (reverse("admin:intakes_intake_add")
                                       + f"?workflow={obj.pk}")

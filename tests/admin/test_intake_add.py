@@ -1,5 +1,7 @@
 """Settings → Intakes → Add intake keeps everything its form asks for."""
 
+import re
+
 import pytest
 
 from auxot.errors import ApplicationError
@@ -43,3 +45,19 @@ def test_intake_create_checks_its_options_as_an_edit_does(cast, workflow_a, opti
     with pytest.raises(ApplicationError):
         intake_create(org=cast.org_a, workflow=workflow_a, name="Checked", options=options)
     assert not Intake.objects.filter(name="Checked").exists()
+
+
+def test_the_workflows_intakes_panel_says_what_an_intake_is(client, cast, workflow_a,
+                                                           intake_a):
+    """Path B (workflow → Intakes → add): the panel's tooltip speaks of webhook URLs that
+    external services can call, for whoever reads the page, and on its Add intake link."""
+    tooltip = ("Webhook URLs external services can call to start this workflow: "
+               "POST /v1/intake/{intake_id} with an API key.")  # whole: no tag stripped
+    client.force_login(cast.admin_a)
+    html = client.get(f"/admin/workflows/workflow/{workflow_a.pk}/change/").content.decode()
+    assert re.search(r'<th class="column-intake_link">Intake\s*<img [^>]*class="help '
+                     rf'help-tooltip"[^>]*title="{re.escape(tooltip)}"', html), html
+    assert f'class="addlink" title="{tooltip}">Add intake</a>' in html
+    client.force_login(cast.auditor_a)
+    html = client.get(f"/admin/workflows/workflow/{workflow_a.pk}/change/").content.decode()
+    assert tooltip in html and "Add intake</a>" not in html
