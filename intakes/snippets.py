@@ -12,6 +12,9 @@ def public_base_url(request: HttpRequest) -> str:
     return settings.AUXOT_PUBLIC_BASE_URL or request.build_absolute_uri("/").rstrip("/")
 
 
+WORK_ID_UNSET = "set WORK_ID to the work_id of the 202 answer first"  # no quotes in it
+
+
 def intake_snippets(*, base_url: str, intake_id: str) -> list[tuple[str, str, str]]:
     """[(slug, title, text)] for the intake detail page."""
     trigger = f"{base_url}/v1/intake/{intake_id}"
@@ -21,8 +24,10 @@ def intake_snippets(*, base_url: str, intake_id: str) -> list[tuple[str, str, st
         "  -H 'Content-Type: application/json' \\\n"
         "  -d '{\"customer\": \"Ada\"}'"
     )
+    # WORK_ID unset (the trigger snippet does not set it) would poll ".../work/": a 404 that
+    # blames the intake or the key. The shell says what to set instead, and sends nothing.
     curl_poll = (
-        f"curl -sS '{trigger}/work/'\"$WORK_ID\" \\\n"
+        f"curl -sS '{trigger}/work/'\"${{WORK_ID:?{WORK_ID_UNSET}}}\" \\\n"
         '  -H "Authorization: Bearer $AUXOT_API_KEY"'
     )
     # A refused request (401, 404: a wrong key, a deactivated intake) stops the loop with

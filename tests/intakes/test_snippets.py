@@ -155,3 +155,14 @@ def test_the_python_snippet_waits_out_a_503_and_prints_the_finished_item(tmp_pat
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("CALL") == 3
     assert "'status': 'completed'" in done.stdout
+
+
+def test_the_poll_snippet_without_a_work_id_says_what_to_set_and_sends_nothing():
+    """Pasted after the trigger snippet (which sets no WORK_ID) it polled ".../work/": a 404
+    that blames the intake id or the key."""
+    done = subprocess.run(["bash", "-c", FAKE_CURL + "AUXOT_API_KEY=k-456; unset WORK_ID\n"
+                           + _snippet("curl-poll")],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode != 0
+    assert "ARG" not in done.stderr  # curl was not run
+    assert "set WORK_ID to the work_id of the 202 answer" in done.stderr
