@@ -266,8 +266,11 @@ class Copier:
                 rows.clear()
 
 
-def history_copy(casts: list[TenantCast], items: int, rng: random.Random) -> dict[str, int]:
-    """The work items and everything hanging off them, by COPY, CHUNK items at a time."""
+def history_copy(casts: list[TenantCast], items: int, rng: random.Random,
+                 age_days: float = 0) -> dict[str, int]:
+    """The work items and everything hanging off them, by COPY, CHUNK items at a time.
+    `age_days` moves the finished history that much further back (bench/retention_scale.py:
+    old enough for retention); the unfinished items stay recent."""
     from intakes.callbacks import endpoint_key
 
     now = datetime.now(UTC)
@@ -281,7 +284,7 @@ def history_copy(casts: list[TenantCast], items: int, rng: random.Random) -> dic
                      for intake, _ in cast.intakes if intake.callback_url}
         steps_of = {workflow.pk: steps for workflow, steps in cast.workflows}
         for n in range(share):
-            _item_rows(copier, cast, rng, now, n, steps_of, endpoints)
+            _item_rows(copier, cast, rng, now, n, steps_of, endpoints, age_days)
             if (n + 1) % CHUNK == 0:
                 copier.flush()
         copier.flush()
@@ -290,12 +293,12 @@ def history_copy(casts: list[TenantCast], items: int, rng: random.Random) -> dic
     return copier.counts
 
 
-def _item_rows(copier, cast, rng, now, n, steps_of, endpoints) -> None:
+def _item_rows(copier, cast, rng, now, n, steps_of, endpoints, age_days=0) -> None:
     status = _pick(rng, STATUSES)
     if status in ("pending", "running"):  # unfinished work is recent
         created = now - timedelta(seconds=rng.uniform(1, 600))
     else:
-        created = now - timedelta(days=HISTORY_DAYS * rng.random())
+        created = now - timedelta(days=age_days + HISTORY_DAYS * rng.random())
     admin_run = rng.random() < 0.02
     if admin_run:  # "New task" in the admin: no intake, no key
         workflow, steps = rng.choice(cast.workflows)
