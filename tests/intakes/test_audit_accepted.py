@@ -105,3 +105,41 @@ def test_retention_keeps_the_acceptance_as_a_row_when_it_deletes_the_item(api, c
     assert (row.object_id, row.actor_label, row.ip, row.org_id) == (
         str(item.pk), "member key", "198.51.100.7", cast.org_a.pk)
     assert row.created_at == item.created_at
+
+
+def test_retention_adds_no_second_row_for_an_acceptance_that_has_its_own(api, cast, intake_a,
+                                                                        member_token):
+    """An item accepted before the view (or kept by an earlier pass) carries a real row: the
+    item's deletion keeps that row and copies nothing (a copy of it was a second acceptance
+    in the log)."""
+    intake_update(intake=intake_a, changes={"item_retention_days": 1})
+    intake_a.workflow.steps.filter(kind="delay").delete()
+    item = _accept(api, intake_a, member_token)
+    work_item_process(work_id=item.pk, drain_seconds=0)
+    row = audit_record(event="work_item.accepted", org=intake_a.org, obj=item,
+                       actor_label="member key", ip="198.51.100.7")
+    with time_machine.travel(timezone.now() + timedelta(days=2)):
+        assert retention_run().deleted == 1
+    assert list(AuditEvent.objects.filter(event="work_item.accepted").values_list(
+        "pk", flat=True)) == [row.pk]
+
+
+def test_retention_reads_the_acceptances_it_keeps_by_the_items_ids(api, intake_a,
+                                                                   member_token):
+    """The view's id of a derived entry is its item's id, which the work items' primary key
+    serves; its object_id is that id as text, which no index serves: on PostgreSQL every
+    delete batch read the whole work item table (bench/retention_scale.py)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    intake_update(intake=intake_a, changes={"item_retention_days": 1})
+    intake_a.workflow.steps.filter(kind="delay").delete()
+    item = _accept(api, intake_a, member_token)
+    work_item_process(work_id=item.pk, drain_seconds=0)
+    with (time_machine.travel(timezone.now() + timedelta(days=2)),
+          CaptureQueriesContext(connection) as captured):
+        assert retention_run().deleted == 1
+    reads = [q["sql"] for q in captured.captured_queries if 'FROM "auxot_audit_log"' in q["sql"]]
+    assert reads and all('"auxot_audit_log"."id" IN' in sql and "ORDER BY" not in sql
+                         for sql in reads)
+    assert AuditEvent.objects.get(event="work_item.accepted").object_id == str(item.pk)
