@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from auxot.models import AuditEvent, AuditLogEntry, Organization
 from auxot.services import audit_record
-from intakes.models import CallbackAttempt, Intake
+from intakes.models import CallbackAttempt, CallbackDelivery, Intake
 from workflows.models import WorkItem
 from workflows.retention import work_items_redact
 
@@ -94,8 +94,10 @@ def _redact(org, intake, items, days: int, *, now, batch) -> Iterator[int]:
     for ids in _batches(due, batch):
         with transaction.atomic():
             count = work_items_redact(ids=ids, now=now)
-            CallbackAttempt.objects.filter(delivery__work_item_id__in=ids).update(
-                response_body="")
+            # By the attempts' delivery_id (its index); a join let PostgreSQL read them all.
+            deliveries = CallbackDelivery.objects.filter(work_item_id__in=ids).values("pk")
+            (CallbackAttempt.objects.filter(delivery_id__in=deliveries)
+             .exclude(response_body="").update(response_body=""))
             _audit("work_items.redacted", org, intake, count, days, now)
         yield count
 

@@ -307,3 +307,26 @@ def test_scopes_take_turns_a_batch_at_a_time(plain, other_org_intake, monkeypatc
         order.append(intake.name), real(event, org, intake, *args)))
     assert retention_run(batch=1).redacted == 6
     assert order == [plain.name, other_org_intake.name] * 3
+
+
+# --- at scale: what each batch reads (bench/retention_scale.py) ----------------------------
+
+
+def test_redaction_empties_callback_bodies_by_delivery_and_skips_empty_ones(
+        api, receiver, cb_intake, member_token):
+    """By the attempts' delivery column (its foreign key's index), not a join the database
+    may answer by reading every attempt; an attempt with no body is not rewritten."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    receiver.expect_request("/hook").respond_with_data("receiver says ada@example.com")
+    item = _finished(api, cb_intake, member_token)
+    callback_delivery_process(delivery_id=callback_delivery_create(work_item=item).pk)
+    with (time_machine.travel(timezone.now() + timedelta(days=31)),
+          CaptureQueriesContext(connection) as captured):
+        assert retention_run().redacted == 1
+    [update] = [q["sql"] for q in captured.captured_queries
+                if q["sql"].startswith('UPDATE "intakes_callbackattempt"')]
+    assert '"intakes_callbackattempt"."delivery_id" IN (SELECT' in update
+    assert "JOIN" not in update and '"intakes_callbackattempt"."response_body" =' in update
+    assert CallbackAttempt.objects.get().response_body == ""
