@@ -71,12 +71,29 @@ def _cutoff(now: datetime, days: int) -> datetime | None:
         return None
 
 
-def _batches(queryset, batch: int):
+def _batches(queryset, batch: int, *, again: bool = False):
+    """The queryset's ids, `batch` at a time, oldest finished first. Each batch's query
+    starts after the last item of the batch before (by finish time, then id): the items a
+    pass has redacted stay in the index it walks, and the ones it deleted stay there until a
+    vacuum, so a batch that started from the oldest item read all of them again (a pass
+    cost the square of its backlog). `again`: a walk that found anything is followed by one
+    more from the start, for items a later batch made due (an item whose replay it deleted);
+    the last walk finds nothing."""
     while True:
-        ids = list(queryset.values_list("pk", flat=True)[:batch])
-        if not ids:
+        after, found = None, False
+        while True:
+            page = queryset.order_by("finished_at", "pk")
+            if after is not None:
+                finished_at, pk = after
+                page = (page.filter(finished_at__gte=finished_at)
+                        .exclude(finished_at=finished_at, pk__lte=pk))
+            rows = list(page.values_list("pk", "finished_at")[:batch])
+            if not rows:
+                break
+            found, after = True, (rows[-1][1], rows[-1][0])
+            yield [pk for pk, _ in rows]
+        if not (again and found):
             return
-        yield ids
 
 
 def _audit(event: str, org, intake, count: int, days: int, now: datetime) -> None:
@@ -90,7 +107,7 @@ def _redact(org, intake, items, days: int, *, now, batch) -> Iterator[int]:
     cutoff = _cutoff(now, days)
     if cutoff is None:
         return
-    due = items.filter(finished_at__lt=cutoff, redacted_at__isnull=True).order_by("finished_at")
+    due = items.filter(finished_at__lt=cutoff, redacted_at__isnull=True)
     for ids in _batches(due, batch):
         with transaction.atomic():
             count = work_items_redact(ids=ids, now=now)
@@ -110,9 +127,8 @@ def _delete(org, intake, items, days: int, *, now, batch) -> Iterator[int]:
     cutoff = _cutoff(now, days)
     if cutoff is None:
         return
-    due = (items.filter(finished_at__lt=cutoff).exclude(replays__isnull=False)
-           .order_by("finished_at"))
-    for ids in _batches(due, batch):
+    due = items.filter(finished_at__lt=cutoff).exclude(replays__isnull=False)
+    for ids in _batches(due, batch, again=True):
         with transaction.atomic():
             _accepted_keep(ids)
             count = WorkItem.objects.filter(pk__in=ids).delete()[1].get(WorkItem._meta.label, 0)

@@ -330,3 +330,51 @@ def test_redaction_empties_callback_bodies_by_delivery_and_skips_empty_ones(
     assert '"intakes_callbackattempt"."delivery_id" IN (SELECT' in update
     assert "JOIN" not in update and '"intakes_callbackattempt"."response_body" =' in update
     assert CallbackAttempt.objects.get().response_body == ""
+
+
+def _selections(captured, batch: int) -> list[str]:
+    """The batch selection queries: the work items' ids, `batch` at most, oldest first."""
+    return [q["sql"] for q in captured.captured_queries
+            if q["sql"].startswith('SELECT "workflows_workitem"."id"')
+            and q["sql"].rstrip().endswith(f"LIMIT {batch}")]
+
+
+def test_each_batch_starts_where_the_one_before_ended(plain):
+    """A redacted item stays in the index the selection walks, and a deleted one stays there
+    until a vacuum: a batch that started from the oldest item again read every item the
+    pass had already dealt with, so a pass cost the square of its backlog."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    intake_update(intake=plain, changes={"payload_retention_days": 1, "item_retention_days": 0})
+    for days in (5, 4, 3, 2.5, 2):
+        _aged(plain, days)
+    with CaptureQueriesContext(connection) as captured:
+        assert retention_run(batch=2).redacted == 5
+    selections = _selections(captured, 2)
+    assert len(selections) == 4  # 2, 2, 1, then none left
+    assert '"finished_at" >=' not in selections[0]
+    assert all('"workflows_workitem"."finished_at" >=' in sql for sql in selections[1:])
+
+
+def test_a_chain_of_replays_goes_in_one_pass_a_batch_at_a_time(plain):
+    """Each replay keeps the item before it: the newest goes first, and the items it kept
+    follow in the same pass although their batches' walk had gone past them."""
+    intake_update(intake=plain, changes={"item_retention_days": 1})
+    first = _aged(plain, 10, status="failed")
+    second = _aged(plain, 9, status="failed", replay_of=first)
+    third = _aged(plain, 8, replay_of=second)
+    later = _aged(plain, 7)
+    report = retention_run(batch=1)
+    assert (report.deleted, report.failed) == (4, [])
+    assert not WorkItem.objects.filter(pk__in=[first.pk, second.pk, third.pk, later.pk]).exists()
+
+
+def test_a_batch_with_the_same_finish_time_as_the_next_loses_no_item(plain):
+    """Items finished at the same instant are told apart by their id."""
+    intake_update(intake=plain, changes={"payload_retention_days": 1})
+    items = [_aged(plain, 5) for _ in range(5)]
+    WorkItem.objects.filter(pk__in=[i.pk for i in items]).update(
+        finished_at=items[0].finished_at)
+    assert retention_run(batch=2).redacted == 5
+    assert not WorkItem.objects.filter(redacted_at__isnull=True).exists()
