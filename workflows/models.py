@@ -185,6 +185,11 @@ class WorkItem(models.Model):
             # Retention finds finished items by age per intake.
             models.Index(fields=["intake", "finished_at"], name="workitem_intake_finished",
                          condition=models.Q(finished_at__isnull=False)),
+            # Redaction finds the items it has not redacted yet: the redacted ones (kept
+            # until they are deleted, 60 days by default) are not in it.
+            models.Index(fields=["intake", "finished_at"], name="workitem_unredacted",
+                         condition=models.Q(finished_at__isnull=False,
+                                            redacted_at__isnull=True)),
             models.Index(fields=["status", "finished_at"], name="workitem_finished"),
         ]
         constraints = [

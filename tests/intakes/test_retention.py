@@ -378,3 +378,21 @@ def test_a_batch_with_the_same_finish_time_as_the_next_loses_no_item(plain):
         finished_at=items[0].finished_at)
     assert retention_run(batch=2).redacted == 5
     assert not WorkItem.objects.filter(redacted_at__isnull=True).exists()
+
+
+def test_redaction_has_an_index_without_the_items_it_redacted():
+    """Redacted items stay until they are deleted (60 days by default): through an index
+    that held them, each run's first batch of each intake read all of them before the first
+    item due."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s",
+                           ["workitem_unredacted"])
+        else:
+            cursor.execute("SELECT sql FROM sqlite_master WHERE type = 'index' AND name = %s",
+                           ["workitem_unredacted"])
+        [definition] = [row[0] for row in cursor.fetchall()]
+    assert '"redacted_at" IS NULL' in definition.replace("redacted_at IS", '"redacted_at" IS')
+    assert "intake_id" in definition and "finished_at" in definition
