@@ -396,3 +396,19 @@ def test_redaction_has_an_index_without_the_items_it_redacted():
         [definition] = [row[0] for row in cursor.fetchall()]
     assert '"redacted_at" IS NULL' in definition.replace("redacted_at IS", '"redacted_at" IS')
     assert "intake_id" in definition and "finished_at" in definition
+
+
+def test_deletion_reads_no_payload_of_the_items_it_deletes(plain):
+    """The items are collected for the cascade by their ids: reading every column read each
+    item's input, output and error only to throw them away."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    intake_update(intake=plain, changes={"item_retention_days": 1})
+    _aged(plain, 5), _aged(plain, 4)
+    with CaptureQueriesContext(connection) as captured:
+        assert retention_run().deleted == 2
+    reads = [q["sql"] for q in captured.captured_queries
+             if q["sql"].startswith('SELECT "workflows_workitem"."id"')]
+    assert reads and not any('"workflows_workitem"."input"' in sql for sql in reads)
+    assert not WorkItem.objects.exists()
