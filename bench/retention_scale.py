@@ -4,7 +4,8 @@ seed, moved back in time, while triggers keep coming and the engine runs them.
     .venv/bin/python bench/retention_scale.py \
         --database-url postgres://postgres@127.0.0.1:5432/auxot_ret_scale \
         [--items 200000] [--age-days 40] [--rate 5] [--baseline 20] [--after 10] \
-        [--budget-seconds 3600] [--reseed] [--explain-only] [--json var/retention_scale.json]
+        [--budget-seconds 3600] [--via command|schedule] [--reseed] [--explain-only]
+        [--json var/retention_scale.json]
 
 Seeding (bench/admin_scale.py's cast and history, by COPY): the finished items are moved back
 `--age-days` (default 40: they finished 40 to 130 days ago, so with the default 30/90 days
@@ -23,12 +24,14 @@ Then gunicorn (2 workers, a free port) and a qcluster start on the copy, with th
 fresh intake is triggered `--rate` times a second: `--baseline` seconds alone, during the
 pass (`manage.py retention_run` as a child process), and `--after` seconds after it; then,
 the processes stopped, a second pass that finds nothing due (what each later hourly run
-costs). Printed per phase: triggers, non-202 answers, POST latency p50/p95/max, and from
-the items themselves time to finish (created_at to finished_at) p50/p95/max. During the
-pass, every 0.5 s: the pass's RSS, the oldest open transaction on the database (the pass's
-own batches included), backends waiting on a lock (with their statements and their
-blockers'), and the batches audited so far (their rate per quarter of the pass shows
-whether a batch gets dearer as the backlog shrinks). Nothing here asserts a timing.
+costs). `--via schedule`: the pass is the schedule's instead, run by one of the cluster's
+two workers (its next run set to now), timed by its audited batches. Printed per
+phase: triggers, non-202 answers, POST latency p50/p95/max, and from the items themselves
+time to finish (created_at to finished_at) p50/p95/max. During the pass, every 0.5 s: the
+pass's RSS, the oldest open transaction on the database (the pass's own batches included),
+backends waiting on a lock (with their statements and their blockers'), and the batches
+audited so far (their rate per quarter of the pass shows whether a batch gets dearer as the
+backlog shrinks). Nothing here asserts a timing.
 Autovacuum, when the server has it on, may analyze or vacuum during the pass; the load
 average of the machine is printed at the start and the end.
 """
@@ -276,6 +279,55 @@ def retention_pass(url: str, budget: float) -> dict:
             "samples": [{**s, "t": s["t"] - started} for s in samples]}
 
 
+def scheduled_pass(url: str, cluster_pid: int, triggers: "Triggers",
+                   timeout: float = 1800, quiet: float = 5.0) -> dict:
+    """The schedule's own pass, run by one of the cluster's two workers: its next run set to
+    now. django-q2 keeps no record of a successful task here (save_limit -1), so the pass
+    is timed by its audited batches: from the first to the last, the pass over when none
+    came for `quiet` seconds. The counts are the sums of those audit rows. The triggers'
+    phase turns to "during" at the first batch. Peak RSS: the highest of the cluster's
+    processes (the worker that ran the pass, or one that ran triggers)."""
+    import psycopg
+    from django.utils import timezone
+    from django_q.models import Schedule
+
+    from intakes.retention import SCHEDULE_NAME
+
+    dbname = common.database_name(url)
+    samples = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        first = _sample(conn, dbname, 0)["batches"]
+        Schedule.objects.filter(name=SCHEDULE_NAME).update(next_run=timezone.now())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            sample = _sample(conn, dbname, 0)
+            if sample["batches"] > first or samples:
+                if not samples:
+                    triggers.phase = "during"
+                samples.append(sample)
+                since = min(s["t"] for s in samples if s["batches"] == sample["batches"])
+                if sample["t"] - since >= quiet:
+                    break
+            time.sleep(0.5)
+        else:
+            raise RuntimeError("the scheduled pass did not finish")
+        sums = dict(conn.execute(
+            "SELECT event, sum((extra->>'count')::int) FROM auxot_auditevent "
+            "WHERE event = ANY(%s) GROUP BY event", [list(BATCH_EVENTS)]).fetchall())
+    # The last sample that saw a new batch ends the pass.
+    end = min((s for s in samples if s["batches"] == samples[-1]["batches"]),
+              key=lambda s: s["t"])
+    samples = [s for s in samples if s["t"] <= end["t"]]
+    start = samples[0]["t"]
+    peak = max((common.peak_rss_kib(pid) for pid in common.children(cluster_pid)), default=0)
+    redacted = int(sums.get("work_items.redacted") or 0)
+    deleted = int(sums.get("work_items.deleted") or 0)
+    return {"seconds": end["t"] - start, "exit": 0,
+            "output": f"(audited) redacted {redacted}, deleted {deleted}",
+            "redacted": redacted, "deleted": deleted, "peak_rss_kib": peak,
+            "cpu_s": float("nan"), "samples": [{**s, "t": s["t"] - start} for s in samples]}
+
+
 def _phase_stats(sent: list[dict], finished: dict, phase: str) -> dict:
     rows = [s for s in sent if s["phase"] == phase]
     lat = [s["ms"] for s in rows]
@@ -322,7 +374,10 @@ def under_load(url: str, args) -> dict:
         triggers.start()
         time.sleep(args.baseline)
         triggers.phase = "during"
-        result = retention_pass(url, args.budget_seconds)
+        if args.via == "schedule":
+            result = scheduled_pass(url, cluster.pid, triggers)
+        else:
+            result = retention_pass(url, args.budget_seconds)
         triggers.phase = "after"
         time.sleep(args.after)
         triggers.stop()
@@ -371,6 +426,10 @@ def main() -> None:
     parser.add_argument("--baseline", type=float, default=20)
     parser.add_argument("--after", type=float, default=10)
     parser.add_argument("--budget-seconds", type=float, default=3600)
+    parser.add_argument("--via", choices=["command", "schedule"], default="command",
+                        help="the pass as `manage.py retention_run` (a process of its own), "
+                             "or as the cluster runs it (the schedule, in one of its workers, "
+                             "its own time budget)")
     parser.add_argument("--explain", type=int, default=4, help="plans of the N slowest queries")
     parser.add_argument("--explain-only", action="store_true")
     parser.add_argument("--json", type=Path)
@@ -408,9 +467,9 @@ def main() -> None:
     print(f"\npass: exit {result['exit']}, {result['seconds']:.1f} s, redacted "
           f"{result['redacted']}, deleted {result['deleted']} ({rows / result['seconds']:.0f} "
           f"items/s), CPU {result['cpu_s']:.1f} s, peak RSS {result['peak_rss_kib'] / 1024:.0f} "
-          f"MiB; RSS at 10 %/50 %/end of the pass: "
-          + " / ".join(f"{rss[int(f * (len(rss) - 1))] / 1024:.0f}" for f in (0.1, 0.5, 1.0))
-          + " MiB")
+          + ("MiB; RSS at 10 %/50 %/end of the pass: "
+             + " / ".join(f"{rss[int(f * (len(rss) - 1))] / 1024:.0f}" for f in (0.1, 0.5, 1.0))
+             + " MiB" if rss else "MiB"))
     print(f"  output: {result['output'][-300:]}")
     print(f"  oldest open transaction seen: {max(s['oldest_xact_s'] for s in samples):.2f} s; "
           f"max backends waiting on a lock: {max(s['lock_waiters'] for s in samples)}")
