@@ -171,6 +171,13 @@ def _scope_work(org, intake, items, report: RetentionReport, *, now, batch) -> I
             yield
 
 
+def retention_task_budget() -> float:
+    """The scheduled pass's time budget: 240 s, and always well inside the cluster's task
+    timeout (AUXOT_TASK_TIMEOUT_SECONDS, 300 by default), which kills a task mid-batch: set
+    below 240 s, every scheduled pass was killed and its batch in hand rolled back."""
+    return min(240.0, settings.AUXOT_TASK_TIMEOUT_SECONDS * 0.8)
+
+
 def retention_run(*, now: datetime | None = None, batch: int | None = None,
                   budget_seconds: float = 240.0) -> RetentionReport:
     """One pass over every scope, taking turns a batch at a time. Stops at the time budget;

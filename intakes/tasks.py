@@ -27,7 +27,8 @@ def audit_rejected_prune_run() -> int:
 
 def retention_run() -> str:
     from intakes.retention import retention_run as run
+    from intakes.retention import retention_task_budget
 
-    report = run()
+    report = run(budget_seconds=retention_task_budget())
     failed = f", failed for {len(report.failed)} (logged)" if report.failed else ""
     return f"redacted {report.redacted}, deleted {report.deleted}{failed}"

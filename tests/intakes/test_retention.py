@@ -177,6 +177,22 @@ def test_the_scheduled_task_runs_the_pass(api, plain, member_token):
         assert task() == "redacted 1, deleted 0"
 
 
+@pytest.mark.parametrize("task_timeout, budget", [(300, 240.0), (600, 240.0), (60, 48.0)])
+def test_the_scheduled_pass_stops_well_inside_the_clusters_task_timeout(
+        settings, monkeypatch, task_timeout, budget):
+    """A fixed 240 s budget under AUXOT_TASK_TIMEOUT_SECONDS=60: the cluster killed every
+    scheduled pass mid-batch, and the batch in hand rolled back each time."""
+    from intakes import retention
+    from intakes.tasks import retention_run as task
+
+    seen = []
+    monkeypatch.setattr(retention, "retention_run", lambda **kw: seen.append(kw) or
+                        retention.RetentionReport())
+    settings.AUXOT_TASK_TIMEOUT_SECONDS = task_timeout
+    task()
+    assert seen == [{"budget_seconds": budget}]
+
+
 def test_admin_shows_retention_settings_redaction_and_the_schedule(
         client, cast, api, plain, member_token):
     item = _finished(api, plain, member_token, {"n": 1})
