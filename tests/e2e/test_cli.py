@@ -250,6 +250,28 @@ def test_a_redirect_is_not_followed(scripted, monkeypatch, capsys):
     assert "redirects" in err and "AUXOT_BASE_URL" in err
 
 
+@pytest.mark.parametrize(("argv", "base"), [
+    (["trigger", "i", "--data", "{}", "--correlation-id", "deploy\nX-Injected: 1"], None),
+    (["run", "i", "--data", "{}", "--idempotency-key", " leading-space"], None),
+    (["trigger", "i", "--data", "{}"], "http://auxot example.com"),
+    (["wait", "i", "w", "--timeout", "2s"], "http://127.0.0.1:99999")],
+    ids=["newline-in-header", "leading-space-in-header", "space-in-host", "bad-port"])
+def test_a_request_that_cannot_be_sent_is_a_usage_error_not_an_outage(
+        scripted, monkeypatch, capsys, argv, base):
+    """requests refuses these before sending anything: retrying cannot help, so exit 3 with
+    what to fix, not 4 ("the server stayed unavailable", which CI would retry)."""
+    _, scripted_base = scripted
+    _Scripted.seen = []
+    monkeypatch.setenv("AUXOT_BASE_URL", base or scripted_base)
+    monkeypatch.setenv("AUXOT_API_KEY", TOKEN)
+    monkeypatch.setattr(api.time, "sleep", lambda s: pytest.fail("retried"))
+    assert cli.main(argv) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "cannot send the request" in err and "Cannot reach" not in err
+    assert "X-Injected" not in err and TOKEN not in err
+    assert _Scripted.seen == []
+
+
 @pytest.mark.parametrize("answer", [
     b"<html>proxy error</html>", b"[1, 2]", b'{"n": 1}', b'{"work_id": "w", "status": 5}',
     b'{"work_id": 7, "status_url": "u", "status": 7}'],

@@ -143,6 +143,18 @@ def _error(response: requests.Response) -> AuxotError:
     return RequestError(message, **kwargs)
 
 
+def _unsendable(exc: requests.RequestException, base_url: str) -> RequestError:
+    """A request `requests` refused to send: retrying cannot help, so a usage error, not a
+    network one. Never its message: it quotes the offending header's value."""
+    if isinstance(exc, requests.exceptions.InvalidHeader):
+        what = ("a header value is not valid (a line break, or a leading space or tab: check "
+                "--correlation-id, --idempotency-key and --callback-url)")
+    else:
+        what = (f"{base_url} with this path is not a valid URL (check {ENV_BASE_URL} and the "
+                "ids)")
+    return RequestError(f"cannot send the request: {what}")
+
+
 class Client:
     def __init__(self, base_url: str | None = None, api_key: str | None = None, *,
                  timeout: float = 30.0, session: requests.Session | None = None,
@@ -181,6 +193,8 @@ class Client:
                                             allow_redirects=False, stream=True, **kwargs)
             self._read(response, timeout or self.timeout)
         except requests.RequestException as exc:
+            if isinstance(exc, ValueError):  # InvalidURL, InvalidHeader, ...: nothing was sent
+                raise _unsendable(exc, self.base_url) from None
             raise TransientError(f"Cannot reach {self.base_url}: {type(exc).__name__}") from None
         if response.status_code >= 400:
             raise _error(response)
