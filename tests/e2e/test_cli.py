@@ -163,10 +163,16 @@ def test_plain_lines_when_not_a_tty():
 class _Scripted(BaseHTTPRequestHandler):
     script: list = []
     seen: list = []
+    seen_headers: list = []
 
     def do_GET(self):
         self.seen.append(self.path)
+        self.seen_headers.append(dict(self.headers))
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
         status, headers, body = self.script.pop(0)
+        if status is None:  # hang up without an answer: a network error
+            self.close_connection = True
+            return
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
@@ -236,6 +242,57 @@ def test_wait_times_out_with_the_last_state(scripted):
     assert exc.value.last == {"status": "running"}
 
 
+_IN_FLIGHT = (409, {"Retry-After": "1", "Content-Type": "application/problem+json"},
+              {"status": 409, "code": "idempotency_in_flight", "detail": "still processing"})
+_ACCEPTED = (202, {"Content-Type": "application/json"},
+             {"work_id": "w1", "status": "pending", "status_url": "http://x/w1"})
+
+
+@pytest.mark.parametrize("call", ["trigger", "replay"])
+def test_a_trigger_is_retried_under_one_idempotency_key(scripted, call):
+    """The first POST may have been accepted before the connection dropped or a proxy
+    answered 502: the retries carry the same key, so the server answers the first item
+    again instead of running the work twice. Without a key of the caller's, one is made."""
+    _, base = scripted
+    client = api.Client(base, TOKEN)
+    send = (lambda **kw: client.trigger("i", {"n": 1}, **kw)) if call == "trigger" else (
+        lambda **kw: client.replay("i", "w", **kw))
+    for given in [None, "deploy-4711"]:
+        _Scripted.seen_headers = []
+        _Scripted.script = [(None, {}, b""),
+                            (502, {"Content-Type": "text/html"}, b"<html>bad gateway</html>"),
+                            _IN_FLIGHT, _ACCEPTED]
+        sleeps = []
+        assert send(idempotency_key=given, sleep=sleeps.append)["work_id"] == "w1"
+        keys = [headers.get("Idempotency-Key") for headers in _Scripted.seen_headers]
+        assert len(keys) == 4 and len(set(keys)) == 1 and keys[0]
+        assert keys[0] == given if given else keys[0].startswith("auxot-client-")
+        assert len(sleeps) == 3 and sleeps[2] >= 1  # the 409's Retry-After
+    _Scripted.seen_headers = []
+    _Scripted.script = [_ACCEPTED, _ACCEPTED]
+    send()
+    send()
+    first, second = (headers["Idempotency-Key"] for headers in _Scripted.seen_headers)
+    assert first != second  # two calls are two triggers
+
+
+def test_a_trigger_that_stays_unreachable_exits_4_naming_its_key(scripted, monkeypatch,
+                                                                 capsys):
+    _, base = scripted
+    monkeypatch.setenv("AUXOT_BASE_URL", base)
+    monkeypatch.setenv("AUXOT_API_KEY", TOKEN)
+    monkeypatch.setattr(api.Backoff, "delay", lambda self, retry_after=None: 0.0)
+    _Scripted.seen_headers = []
+    _Scripted.script = [(None, {}, b"")] * 4
+    assert cli.main(["trigger", "i", "--data", "{}"]) == cli.EXIT_UNAVAILABLE
+    key = _Scripted.seen_headers[0]["Idempotency-Key"]
+    err = capsys.readouterr().err
+    assert f"retry with --idempotency-key {key}" in err and TOKEN not in err
+    _Scripted.script = [(429, {"Retry-After": "1"}, {"status": 429, "code": "rate_limited"})] * 4
+    assert cli.main(["trigger", "i", "--data", "{}"]) == cli.EXIT_UNAVAILABLE
+    assert "--idempotency-key" not in capsys.readouterr().err  # a 429 accepted nothing
+
+
 # --- a server that is not (or not only) Auxot: the CLI says so, never a traceback ----------
 def test_a_redirect_is_not_followed(scripted, monkeypatch, capsys):
     """A redirect would re-send the payload (and, to the same host, the key) elsewhere."""
@@ -264,7 +321,7 @@ def test_a_request_that_cannot_be_sent_is_a_usage_error_not_an_outage(
     _Scripted.seen = []
     monkeypatch.setenv("AUXOT_BASE_URL", base or scripted_base)
     monkeypatch.setenv("AUXOT_API_KEY", TOKEN)
-    monkeypatch.setattr(api.time, "sleep", lambda s: pytest.fail("retried"))
+    monkeypatch.setattr(api.Backoff, "delay", lambda *a, **k: pytest.fail("retried"))
     assert cli.main(argv) == cli.EXIT_USAGE
     err = capsys.readouterr().err
     assert "cannot send the request" in err and "Cannot reach" not in err

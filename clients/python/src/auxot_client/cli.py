@@ -367,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except api.TransientError as exc:
         err.write(f"auxot: {_safe(exc)}\n")
+        if exc.idempotency_key and exc.status not in (429, 503):  # those accepted nothing
+            err.write(f"  it may have been accepted: retry with --idempotency-key "
+                      f"{_safe(exc.idempotency_key)} to get that work item, never a second one\n")
         return EXIT_UNAVAILABLE
     except KeyboardInterrupt:
         err.write("auxot: interrupted\n")

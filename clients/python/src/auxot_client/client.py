@@ -21,6 +21,7 @@ import os
 import random
 import re
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,7 @@ class AuxotError(Exception):
         self.code = code
         self.problem = problem or {}
         self.retry_after = retry_after
+        self.idempotency_key: str | None = None  # a trigger's or replay's, when it gave up
 
 
 class ConfigError(AuxotError):
@@ -252,25 +254,16 @@ class Client:
                 attempts: int = 4, sleep: Callable[[float], None] = time.sleep) -> dict:
         """POST the JSON `data`; return the 202 body (`work_id`, `status_url`, ...).
 
-        429 and 503 are retried (nothing was accepted); a network error is retried only with
-        an `idempotency_key`, because the first POST may have been accepted.
+        Every trigger carries an `Idempotency-Key` (yours, or a fresh random one), the same
+        on each of its retries, so retrying cannot create a second item: 429, 5xx, network
+        errors and 409 idempotency_in_flight are retried, never sooner than Retry-After.
+        A TransientError that ends the retries carries the key as `.idempotency_key`:
+        trigger again with it to get the same work item if the first was accepted.
         """
-        headers = {"Content-Type": "application/json"}
-        optional = {"Auxot-Correlation-Id": correlation_id, "Idempotency-Key": idempotency_key,
+        optional = {"Auxot-Correlation-Id": correlation_id,
                     "Auxot-Callback-Url": callback_url}
-        headers.update({k: v for k, v in optional.items() if v})
-        body = json.dumps(data).encode()
-        backoff = Backoff()
-        for attempt in range(1, attempts + 1):
-            try:
-                return self._answer(self._request("POST", f"/v1/intake/{intake_id}", data=body,
-                                                  headers=headers), "work_id", "status_url")
-            except TransientError as exc:
-                retryable = exc.status in (429, 503) or (exc.status is None and idempotency_key)
-                if not retryable or attempt == attempts:
-                    raise
-                sleep(min(backoff.delay(exc.retry_after), 60.0))
-        raise AssertionError("unreachable")
+        return self._post_accepted(f"/v1/intake/{intake_id}", data, optional,
+                                   idempotency_key, attempts, sleep)
 
     def replay(self, intake_id: str, work_id: str, *, start_over: bool = False,
                idempotency_key: str | None = None, attempts: int = 4,
@@ -278,21 +271,27 @@ class Client:
         """Replay a failed work item: a NEW item resumes from the failed step (or, with
         `start_over`, runs every step again). Returns the 202 body of the new item.
 
-        The original stays failed. Retried like `trigger`: 429/503 always, a network error
-        only with an `idempotency_key` (the first POST may have been accepted)."""
-        headers = {"Content-Type": "application/json"}
-        if idempotency_key:
-            headers["Idempotency-Key"] = idempotency_key
-        body = json.dumps({"from": "start" if start_over else "failed_step"}).encode()
+        The original stays failed. Retried like `trigger`, under one `Idempotency-Key`
+        (yours or a random one): a retry gets the first replay's answer, never a 409."""
+        return self._post_accepted(f"/v1/intake/{intake_id}/work/{work_id}/replay",
+                                   {"from": "start" if start_over else "failed_step"}, {},
+                                   idempotency_key, attempts, sleep)
+
+    def _post_accepted(self, path: str, data: Any, optional: dict, idempotency_key: str | None,
+                       attempts: int, sleep: Callable[[float], None]) -> dict:
+        idempotency_key = idempotency_key or f"auxot-client-{uuid.uuid4()}"
+        headers = {"Content-Type": "application/json", "Idempotency-Key": idempotency_key}
+        headers.update({k: v for k, v in optional.items() if v})
+        body = json.dumps(data).encode()
         backoff = Backoff()
         for attempt in range(1, attempts + 1):
             try:
-                return self._answer(self._request(
-                    "POST", f"/v1/intake/{intake_id}/work/{work_id}/replay", data=body,
-                    headers=headers), "work_id", "status_url")
-            except TransientError as exc:
-                retryable = exc.status in (429, 503) or (exc.status is None and idempotency_key)
-                if not retryable or attempt == attempts:
+                return self._answer(self._request("POST", path, data=body, headers=headers),
+                                    "work_id", "status_url")
+            except (TransientError, RequestError) as exc:
+                in_flight = exc.status == 409 and exc.code == "idempotency_in_flight"
+                if not (isinstance(exc, TransientError) or in_flight) or attempt == attempts:
+                    exc.idempotency_key = idempotency_key
                     raise
                 sleep(min(backoff.delay(exc.retry_after), 60.0))
         raise AssertionError("unreachable")
