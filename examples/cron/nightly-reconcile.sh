@@ -23,12 +23,18 @@ trap 'rm -rf "$tmp"' EXIT
 
 log() { printf '%s %s\n' "$(date -u +%FT%TZ)" "$*" >&2; }
 
+# One Idempotency-Key for this run's trigger, sent on every retry: a POST that timed out or
+# met a 502 may have been accepted, and the retry then gets that work item back instead of
+# starting the reconciliation a second time.
+idempotency_key="nightly-reconcile-$(date -u +%Y%m%dT%H%M%SZ)-$$-$RANDOM"
+
 # call METHOD URL [BODY_FILE]: prints the HTTP status; body in $tmp/body, headers in $tmp/headers.
 # The key goes to curl through a file descriptor, so it never shows up in `ps`.
 call() {
   local data=()
   if [[ $# -ge 3 ]]; then
-    data=(-H 'Content-Type: application/json' --data-binary "@$3")
+    data=(-H 'Content-Type: application/json' -H "Idempotency-Key: $idempotency_key"
+          --data-binary "@$3")
   fi
   curl --silent --show-error --max-time 60 -X "$1" "$2" \
     -H @<(printf 'Authorization: Bearer %s\n' "$AUXOT_API_KEY") \
@@ -53,14 +59,16 @@ sleep_jitter() {
 
 problem() { jq -r '"HTTP \(.status // "?") \(.code // ""): \(.detail // "no detail")"' "$tmp/body" 2>/dev/null || cat "$tmp/body"; }
 
-# 1. Trigger. 429 and 503 mean nothing was accepted: retry those a few times.
+# 1. Trigger, retried a few times under the one Idempotency-Key: 429 and 503 accepted
+# nothing, 409 means our first try is still being stored, and after a network error or
+# another 5xx the server answers the first try's work item if it was accepted.
 jq -n --arg date "$(date -u +%F)" --arg host "$(hostname)" \
   '{job: "nightly-reconcile", date: $date, host: $host}' >"$tmp/input.json"
 for attempt in 1 2 3 4 5; do
   status="$(call POST "$base/v1/intake/$AUXOT_INTAKE_ID" "$tmp/input.json")"
   case "$status" in
     202) break ;;
-    429 | 503) log "trigger got $status, retrying"; sleep_jitter "$attempt" ;;
+    409 | 429 | 503) log "trigger got $status, retrying"; sleep_jitter "$attempt" ;;
     401 | 404 | 4??) log "trigger refused: $(problem)"; exit 3 ;;
     *) log "trigger failed with HTTP $status"; [[ $attempt -lt 5 ]] || exit 4; sleep_jitter "$attempt" ;;
   esac

@@ -6,6 +6,8 @@ import json
 import os
 import re
 import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -64,6 +66,54 @@ def test_cron_script_exit_codes(caller, worker, shell_tools):  # noqa: F811
     assert b"team.nope" not in bad_key.stderr
     missing = caller.run(["bash", str(CRON)], AUXOT_INTAKE_ID="")
     assert missing.returncode != 0 and b"AUXOT_INTAKE_ID" in missing.stderr
+
+
+class _FlakyAuxot(BaseHTTPRequestHandler):
+    """The first trigger's connection drops (was it accepted?); then the item completes."""
+
+    posts: list = []
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.posts.append(self.headers.get("Idempotency-Key"))
+        if len(self.posts) == 1:
+            self.close_connection = True  # no answer: curl reports 000
+            return
+        self._json(202, {"work_id": "w1", "status": "pending", "status_url": "u"})
+
+    def do_GET(self):
+        self._json(200, {"work_id": "w1", "status": "completed", "output": {"ok": True},
+                         "diagnosis": "Completed."})
+
+    def _json(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_cron_script_retries_its_trigger_under_one_idempotency_key(shell_tools):
+    """A POST whose answer was lost may have been accepted: the retry must carry the same
+    Idempotency-Key, or the nightly job runs twice."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FlakyAuxot)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _FlakyAuxot.posts = []
+    try:
+        env = {"PATH": os.environ["PATH"], "AUXOT_INTAKE_ID": "i",
+               "AUXOT_BASE_URL": f"http://127.0.0.1:{server.server_address[1]}",
+               "AUXOT_API_KEY": "user.abcdefghijkl." + "A" * 43 + "0a1b2c"}
+        result = subprocess.run(["bash", str(CRON)], env=env, capture_output=True,
+                                timeout=60, check=False)
+    finally:
+        server.shutdown()
+    assert result.returncode == 0, result.stderr.decode()
+    assert len(_FlakyAuxot.posts) == 2 and _FlakyAuxot.posts[0]
+    assert _FlakyAuxot.posts[0] == _FlakyAuxot.posts[1]
 
 
 def test_cron_script_keeps_the_key_out_of_the_process_list():
