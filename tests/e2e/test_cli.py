@@ -293,6 +293,24 @@ def test_a_trigger_that_stays_unreachable_exits_4_naming_its_key(scripted, monke
     assert "--idempotency-key" not in capsys.readouterr().err  # a 429 accepted nothing
 
 
+def test_a_wait_that_times_out_on_an_unreachable_server_says_so(scripted, monkeypatch,
+                                                                 capsys):
+    """`still unknown` alone reads as slow work; the job's log must say the server failed."""
+    _, base = scripted
+    monkeypatch.setenv("AUXOT_BASE_URL", base)
+    monkeypatch.setenv("AUXOT_API_KEY", TOKEN)
+    _Scripted.script = [(503, {"Retry-After": "1", "Content-Type": "application/problem+json"},
+                         {"status": 503, "code": "database_unavailable",
+                          "detail": "The database could not be reached."})] * 10
+    assert cli.main(["wait", "i", "w", "--timeout", "1s"]) == cli.EXIT_TIMEOUT
+    err = capsys.readouterr().err
+    assert "timed out after 1s" in err
+    assert "the last poll failed: HTTP 503: The database could not be reached." in err
+    _Scripted.script = [(200, {"Retry-After": "1"}, {"status": "running"})] * 10
+    assert cli.main(["wait", "i", "w", "--timeout", "1s"]) == cli.EXIT_TIMEOUT
+    assert "last poll failed" not in capsys.readouterr().err  # slow work, not an outage
+
+
 # --- a server that is not (or not only) Auxot: the CLI says so, never a traceback ----------
 def test_a_redirect_is_not_followed(scripted, monkeypatch, capsys):
     """A redirect would re-send the payload (and, to the same host, the key) elsewhere."""

@@ -205,6 +205,8 @@ def _wait(client: api.Client, intake_id: str, work_id: str, args: argparse.Names
     except api.WaitTimeout as exc:
         status = _safe((exc.last or {}).get("status", "unknown"))
         err.write(f"auxot: timed out after {args.timeout}; work {work_id} is still {status}\n")
+        if exc.last_error:  # not slow work: the server could not be asked
+            err.write(f"  the last poll failed: {_safe(exc.last_error)}\n")
         if args.json and exc.last:
             _print_json(exc.last, out)
         return EXIT_TIMEOUT

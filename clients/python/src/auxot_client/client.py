@@ -78,9 +78,11 @@ class TransientError(AuxotError):
 class WaitTimeout(AuxotError):
     """The work item was not terminal in time. `last` is the last poll body seen."""
 
-    def __init__(self, message: str, *, last: dict | None):
+    def __init__(self, message: str, *, last: dict | None,
+                 last_error: AuxotError | None = None):
         super().__init__(message)
         self.last = last
+        self.last_error = last_error  # the transient error of the last poll, if it failed
 
 
 class CallbackVerificationError(AuxotError):
@@ -316,18 +318,20 @@ class Client:
         `max_wait` shortens each long-poll (the server answers only when the item finishes),
         for callers that want to see intermediate states more often."""
         deadline = clock() + timeout
-        backoff, wait_max, last, last_status = Backoff(), None, None, None
+        backoff, wait_max, last, last_status, last_error = Backoff(), None, None, None, None
         while True:
             remaining = deadline - clock()
             if remaining <= 0:
-                raise WaitTimeout(f"work item {work_id} not finished after {timeout:g} s",
-                                  last=last)
+                because = f" (the last poll failed: {last_error})" if last_error else ""
+                raise WaitTimeout(f"work item {work_id} not finished after {timeout:g} s"
+                                  f"{because}", last=last, last_error=last_error)
             want = int(min(wait_max, remaining, max_wait or wait_max)) if (
                 long_poll and wait_max) else 0
             started = clock()
             try:
                 poll = self.get(intake_id, work_id, wait=want or None)
             except TransientError as exc:
+                last_error = exc
                 sleep(min(backoff.delay(exc.retry_after), max(0.0, deadline - clock())))
                 continue
             except RequestError as exc:
@@ -335,7 +339,7 @@ class Client:
                     long_poll = False  # the server refused our wait: plain polling
                     continue
                 raise
-            last = poll.body
+            last, last_error = poll.body, None
             if poll.status != last_status:
                 backoff.reset()
                 last_status = poll.status
