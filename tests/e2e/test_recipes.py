@@ -139,6 +139,13 @@ def test_python_recipe_completes_and_fails(caller, worker):  # noqa: F811
     assert json.loads(done.stdout) == {"greeting": "Hello, Acme Corp", "n": None}
     failed = caller.run([sys.executable, str(PYTHON)], AUXOT_INTAKE_ID=caller.failing_intake_id)
     assert failed.returncode == 1 and b"failed: " in failed.stderr
+    # Not the work failing: exit like the CLI (3), with the reason and no traceback.
+    wrong_key = caller.token[:-6] + ("000000" if caller.token[-6:] != "000000" else "111111")
+    refused = caller.run([sys.executable, str(PYTHON)], AUXOT_API_KEY=wrong_key)
+    assert refused.returncode == 3, refused.stderr.decode()
+    assert b"HTTP 401" in refused.stderr and b"Traceback" not in refused.stderr
+    unset = caller.run([sys.executable, str(PYTHON)], AUXOT_API_KEY="")
+    assert unset.returncode == 3 and b"AUXOT_API_KEY" in unset.stderr
 
 
 # --- GitHub Actions -------------------------------------------------------------------------
