@@ -311,6 +311,21 @@ def test_a_wait_that_times_out_on_an_unreachable_server_says_so(scripted, monkey
     assert "last poll failed" not in capsys.readouterr().err  # slow work, not an outage
 
 
+def test_ctrl_c_while_waiting_says_how_to_wait_again(scripted, monkeypatch, capsys):
+    _, base = scripted
+    monkeypatch.setenv("AUXOT_BASE_URL", base)
+    monkeypatch.setenv("AUXOT_API_KEY", TOKEN)
+    _Scripted.script = [_ACCEPTED]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api.Client, "wait", interrupted)
+    assert cli.main(["run", "i", "--data", "{}"]) == 130  # 128 + SIGINT
+    err = capsys.readouterr().err
+    assert "work w1 continues on the server (auxot wait i w1)" in err
+
+
 # --- a server that is not (or not only) Auxot: the CLI says so, never a traceback ----------
 def test_a_redirect_is_not_followed(scripted, monkeypatch, capsys):
     """A redirect would re-send the payload (and, to the same host, the key) elsewhere."""

@@ -26,6 +26,7 @@ from auxot_client import client as api
 from auxot_client._version import VERSION
 
 EXIT_COMPLETED, EXIT_FAILED, EXIT_TIMEOUT, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 ENV_INTAKE_ID = "AUXOT_INTAKE_ID"
 
 
@@ -202,6 +203,11 @@ def _wait(client: api.Client, intake_id: str, work_id: str, args: argparse.Names
             # On a terminal, shorter long-polls keep the live line's status and step fresh.
             body = client.wait(intake_id, work_id, timeout=timeout, on_poll=progress.update,
                                max_wait=3 if progress.tty else None)
+    except KeyboardInterrupt:
+        # Only the waiting stops: say how to pick the item up again.
+        err.write(f"auxot: interrupted; work {_safe(work_id)} continues on the server "
+                  f"(auxot wait {_safe(intake_id)} {_safe(work_id)})\n")
+        return EXIT_INTERRUPTED
     except api.WaitTimeout as exc:
         status = _safe((exc.last or {}).get("status", "unknown"))
         err.write(f"auxot: timed out after {args.timeout}; work {work_id} is still {status}\n")
@@ -375,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_UNAVAILABLE
     except KeyboardInterrupt:
         err.write("auxot: interrupted\n")
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
