@@ -326,6 +326,33 @@ def test_ctrl_c_while_waiting_says_how_to_wait_again(scripted, monkeypatch, caps
     assert "work w1 continues on the server (auxot wait i w1)" in err
 
 
+class _Hung(BaseHTTPRequestHandler):
+    release = threading.Event()
+
+    def do_GET(self):
+        self.release.wait(60)  # accepts the request, never answers
+
+    def log_message(self, *args):
+        pass
+
+
+def test_wait_timeout_is_kept_when_the_server_hangs():
+    """`--timeout 2s` must not become the 30 s request timeout (or 30 s more)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hung)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Hung.release.clear()
+    try:
+        client = api.Client(f"http://127.0.0.1:{server.server_address[1]}", TOKEN, timeout=30)
+        started = time.monotonic()
+        with pytest.raises(api.WaitTimeout, match="ReadTimeout"):
+            client.wait("i", "w", timeout=2)
+        assert time.monotonic() - started < 5
+    finally:
+        _Hung.release.set()
+        server.shutdown()
+
+
 # --- a server that is not (or not only) Auxot: the CLI says so, never a traceback ----------
 def test_a_redirect_is_not_followed(scripted, monkeypatch, capsys):
     """A redirect would re-send the payload (and, to the same host, the key) elsewhere."""

@@ -298,11 +298,13 @@ class Client:
                 sleep(min(backoff.delay(exc.retry_after), 60.0))
         raise AssertionError("unreachable")
 
-    def get(self, intake_id: str, work_id: str, *, wait: float | None = None) -> Poll:
-        """One poll; with `wait`, the server answers when the item finishes or after `wait` s."""
+    def get(self, intake_id: str, work_id: str, *, wait: float | None = None,
+            timeout: float | None = None) -> Poll:
+        """One poll; with `wait`, the server answers when the item finishes or after `wait` s.
+        `timeout` bounds the request (default: the client's timeout plus `wait`)."""
         params = {"wait": f"{wait:g}"} if wait else None
         response = self._request("GET", f"/v1/intake/{intake_id}/work/{work_id}", params=params,
-                                 timeout=self.timeout + (wait or 0))
+                                 timeout=timeout or self.timeout + (wait or 0))
         wait_max = response.headers.get("Auxot-Wait-Max", "")
         return Poll(body=self._answer(response, "status"),
                     retry_after=_retry_after(response),
@@ -329,7 +331,10 @@ class Client:
                 long_poll and wait_max) else 0
             started = clock()
             try:
-                poll = self.get(intake_id, work_id, wait=want or None)
+                # A poll never outlives the deadline: a hung server cannot stretch
+                # `timeout` by the client's request timeout.
+                poll = self.get(intake_id, work_id, wait=want or None,
+                                timeout=max(0.5, min(self.timeout + want, remaining)))
             except TransientError as exc:
                 last_error = exc
                 sleep(min(backoff.delay(exc.retry_after), max(0.0, deadline - clock())))
