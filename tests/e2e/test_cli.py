@@ -283,14 +283,59 @@ def test_a_trigger_that_stays_unreachable_exits_4_naming_its_key(scripted, monke
     monkeypatch.setenv("AUXOT_API_KEY", TOKEN)
     monkeypatch.setattr(api.Backoff, "delay", lambda self, retry_after=None: 0.0)
     _Scripted.seen_headers = []
-    _Scripted.script = [(None, {}, b"")] * 4
+    _Scripted.script = [(None, {}, b"")] * 8
     assert cli.main(["trigger", "i", "--data", "{}"]) == cli.EXIT_UNAVAILABLE
     key = _Scripted.seen_headers[0]["Idempotency-Key"]
     err = capsys.readouterr().err
     assert f"retry with --idempotency-key {key}" in err and TOKEN not in err
-    _Scripted.script = [(429, {"Retry-After": "1"}, {"status": 429, "code": "rate_limited"})] * 4
+    _Scripted.script = [(429, {"Retry-After": "1"}, {"status": 429, "code": "rate_limited"})] * 8
     assert cli.main(["trigger", "i", "--data", "{}"]) == cli.EXIT_UNAVAILABLE
     assert "--idempotency-key" not in capsys.readouterr().err  # a 429 accepted nothing
+
+
+def test_a_trigger_keeps_retrying_through_a_restart_but_not_past_its_time(scripted):
+    """Four quick attempts (1, 2, 4 s apart) failed a CI job whose trigger met a 20 s
+    restart; retries now go on for 60 s in all, and stop rather than retry sooner than the
+    server's Retry-After."""
+    _, base = scripted
+    client = api.Client(base, TOKEN)
+    now = [0.0]
+
+    def sleep(seconds):
+        now[0] += seconds
+
+    down = (503, {"Retry-After": "5", "Content-Type": "application/problem+json"},
+            {"status": 503, "code": "database_unavailable"})
+    _Scripted.script = [down] * 4 + [_ACCEPTED]  # 20 s of Retry-After: 5
+    assert client.trigger("i", {}, sleep=sleep, clock=lambda: now[0])["work_id"] == "w1"
+    assert now[0] >= 20
+    now[0] = 0.0
+    _Scripted.seen = []
+    _Scripted.script = [(503, {"Retry-After": "90"}, {"status": 503})] * 2
+    with pytest.raises(api.TransientError) as gave_up:
+        client.trigger("i", {}, sleep=sleep, clock=lambda: now[0])
+    assert now[0] == 0.0 and len(_Scripted.seen) == 1  # not retried sooner than asked
+    assert gave_up.value.idempotency_key.startswith("auxot-client-")
+    _Scripted.script = []
+
+
+def test_run_timeout_bounds_the_trigger_too(monkeypatch, capsys):
+    """`auxot run --timeout 2s` against a server that never answers took 2 min: the
+    trigger's four attempts of 30 s each came before the timeout started counting."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hung)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Hung.release.clear()
+    monkeypatch.setenv("AUXOT_BASE_URL", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setenv("AUXOT_API_KEY", TOKEN)
+    try:
+        started = time.monotonic()
+        assert cli.main(["run", "i", "--data", "{}", "--timeout", "2s"]) == cli.EXIT_UNAVAILABLE
+        assert time.monotonic() - started < 10  # not the 30 s request timeout, not 2 min
+        assert "--idempotency-key auxot-client-" in capsys.readouterr().err
+    finally:
+        _Hung.release.set()
+        server.shutdown()
 
 
 def test_a_wait_that_times_out_on_an_unreachable_server_says_so(scripted, monkeypatch,
@@ -331,6 +376,8 @@ class _Hung(BaseHTTPRequestHandler):
 
     def do_GET(self):
         self.release.wait(60)  # accepts the request, never answers
+
+    do_POST = do_GET
 
     def log_message(self, *args):
         pass

@@ -192,12 +192,16 @@ def _finish(body: dict, args: argparse.Namespace, out: TextIO, err: TextIO) -> i
     return EXIT_FAILED
 
 
-def _wait(client: api.Client, intake_id: str, work_id: str, args: argparse.Namespace,
-          out: TextIO, err: TextIO) -> int:
+def _timeout(args: argparse.Namespace) -> float:
     try:
-        timeout = api.duration_parse(args.timeout)
+        return api.duration_parse(args.timeout)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _wait(client: api.Client, intake_id: str, work_id: str, args: argparse.Namespace,
+          out: TextIO, err: TextIO, timeout: float | None = None) -> int:
+    timeout = _timeout(args) if timeout is None else timeout
     try:
         with Progress(err) as progress:
             # On a terminal, shorter long-polls keep the live line's status and step fresh.
@@ -235,11 +239,16 @@ def cmd_wait(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     data = _read_data(args.data, sys.stdin)
+    timeout = _timeout(args)
+    deadline = time.monotonic() + timeout
     client = _client(args)
-    work = client.trigger(args.intake_id, data, **_trigger_options(args))
+    # --timeout bounds the whole run: the trigger's retries too, not only the waiting.
+    work = client.trigger(args.intake_id, data, retry_for=min(timeout, api.TRIGGER_RETRY_FOR),
+                          **_trigger_options(args))
     err.write(f"auxot: work_id {_safe(work['work_id'])}\n  {_safe(work['status_url'])}\n")
     err.flush()
-    return _wait(client, args.intake_id, work["work_id"], args, out, err)
+    return _wait(client, args.intake_id, work["work_id"], args, out, err,
+                 timeout=max(1.0, deadline - time.monotonic()))
 
 
 def _replay_target(args: argparse.Namespace) -> tuple[str, str]:

@@ -40,6 +40,9 @@ USER_AGENT = f"auxot-client/{VERSION}"
 # The largest answer read (a poll carries the item's input, output and error, each bounded
 # by the server; a larger answer is not Auxot's, and is not read into memory whole).
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
+# How long a trigger (or replay) keeps retrying, all attempts together: a server restarting
+# meanwhile (10-30 s) does not fail the caller's job.
+TRIGGER_RETRY_FOR = 60.0
 
 
 class AuxotError(Exception):
@@ -253,23 +256,29 @@ class Client:
 
     def trigger(self, intake_id: str, data: Any, *, correlation_id: str | None = None,
                 idempotency_key: str | None = None, callback_url: str | None = None,
-                attempts: int = 4, sleep: Callable[[float], None] = time.sleep) -> dict:
+                attempts: int = 8, retry_for: float = TRIGGER_RETRY_FOR,
+                sleep: Callable[[float], None] = time.sleep,
+                clock: Callable[[], float] = time.monotonic) -> dict:
         """POST the JSON `data`; return the 202 body (`work_id`, `status_url`, ...).
 
         Every trigger carries an `Idempotency-Key` (yours, or a fresh random one), the same
         on each of its retries, so retrying cannot create a second item: 429, 5xx, network
-        errors and 409 idempotency_in_flight are retried, never sooner than Retry-After.
-        A TransientError that ends the retries carries the key as `.idempotency_key`:
-        trigger again with it to get the same work item if the first was accepted.
+        errors and 409 idempotency_in_flight are retried, never sooner than Retry-After,
+        for at most `retry_for` seconds in all (60: a server restarting meanwhile) and
+        `attempts` requests; no request outlives that time either. A TransientError that
+        ends the retries carries the key as `.idempotency_key`: trigger again with it to get
+        the same work item if the first was accepted.
         """
         optional = {"Auxot-Correlation-Id": correlation_id,
                     "Auxot-Callback-Url": callback_url}
         return self._post_accepted(f"/v1/intake/{intake_id}", data, optional,
-                                   idempotency_key, attempts, sleep)
+                                   idempotency_key, attempts, retry_for, sleep, clock)
 
     def replay(self, intake_id: str, work_id: str, *, start_over: bool = False,
-               idempotency_key: str | None = None, attempts: int = 4,
-               sleep: Callable[[float], None] = time.sleep) -> dict:
+               idempotency_key: str | None = None, attempts: int = 8,
+               retry_for: float = TRIGGER_RETRY_FOR,
+               sleep: Callable[[float], None] = time.sleep,
+               clock: Callable[[], float] = time.monotonic) -> dict:
         """Replay a failed work item: a NEW item resumes from the failed step (or, with
         `start_over`, runs every step again). Returns the 202 body of the new item.
 
@@ -277,25 +286,31 @@ class Client:
         (yours or a random one): a retry gets the first replay's answer, never a 409."""
         return self._post_accepted(f"/v1/intake/{intake_id}/work/{work_id}/replay",
                                    {"from": "start" if start_over else "failed_step"}, {},
-                                   idempotency_key, attempts, sleep)
+                                   idempotency_key, attempts, retry_for, sleep, clock)
 
     def _post_accepted(self, path: str, data: Any, optional: dict, idempotency_key: str | None,
-                       attempts: int, sleep: Callable[[float], None]) -> dict:
+                       attempts: int, retry_for: float, sleep: Callable[[float], None],
+                       clock: Callable[[], float]) -> dict:
         idempotency_key = idempotency_key or f"auxot-client-{uuid.uuid4()}"
         headers = {"Content-Type": "application/json", "Idempotency-Key": idempotency_key}
         headers.update({k: v for k, v in optional.items() if v})
         body = json.dumps(data).encode()
         backoff = Backoff()
+        deadline = clock() + retry_for
         for attempt in range(1, attempts + 1):
             try:
-                return self._answer(self._request("POST", path, data=body, headers=headers),
-                                    "work_id", "status_url")
+                # A hung server cannot hold one request past the time the retries have.
+                timeout = max(0.5, min(self.timeout, deadline - clock()))
+                return self._answer(self._request("POST", path, data=body, headers=headers,
+                                                  timeout=timeout), "work_id", "status_url")
             except (TransientError, RequestError) as exc:
                 in_flight = exc.status == 409 and exc.code == "idempotency_in_flight"
-                if not (isinstance(exc, TransientError) or in_flight) or attempt == attempts:
+                retryable = (isinstance(exc, TransientError) or in_flight) and attempt < attempts
+                pause = backoff.delay(exc.retry_after) if retryable else 0.0
+                if not retryable or clock() + pause >= deadline:  # none sooner than asked
                     exc.idempotency_key = idempotency_key
                     raise
-                sleep(min(backoff.delay(exc.retry_after), 60.0))
+                sleep(pause)
         raise AssertionError("unreachable")
 
     def get(self, intake_id: str, work_id: str, *, wait: float | None = None,
@@ -358,10 +373,14 @@ class Client:
             sleep(min(backoff.delay(poll.retry_after), max(0.0, deadline - clock())))
 
     def run(self, intake_id: str, data: Any, *, timeout: float = 1800.0,
-            on_poll: Callable[[Poll], None] | None = None, **trigger_options: Any) -> dict:
-        """Trigger and wait: the finished work item's body."""
-        work = self.trigger(intake_id, data, **trigger_options)
-        return self.wait(intake_id, work["work_id"], timeout=timeout, on_poll=on_poll)
+            on_poll: Callable[[Poll], None] | None = None,
+            clock: Callable[[], float] = time.monotonic, **trigger_options: Any) -> dict:
+        """Trigger and wait, both within `timeout`: the finished work item's body."""
+        deadline = clock() + timeout
+        trigger_options.setdefault("retry_for", min(timeout, TRIGGER_RETRY_FOR))
+        work = self.trigger(intake_id, data, clock=clock, **trigger_options)
+        return self.wait(intake_id, work["work_id"], timeout=max(1.0, deadline - clock()),
+                         on_poll=on_poll, clock=clock)
 
 
 # --- callbacks -----------------------------------------------------------------------------
