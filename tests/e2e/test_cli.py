@@ -293,6 +293,32 @@ def test_a_trigger_that_stays_unreachable_exits_4_naming_its_key(scripted, monke
     assert "--idempotency-key" not in capsys.readouterr().err  # a 429 accepted nothing
 
 
+@pytest.mark.parametrize("work_id, sent", [
+    ("../../../admin/", "/v1/intake/i/work/..%2F..%2F..%2Fadmin%2F"),
+    ("w?wait=1#x", "/v1/intake/i/work/w%3Fwait%3D1%23x"),
+    ("3f2b8c1e-0000-4000-8000-000000000001",
+     "/v1/intake/i/work/3f2b8c1e-0000-4000-8000-000000000001")])
+def test_an_id_is_one_path_segment_whatever_it_holds(scripted, work_id, sent):
+    """`auxot wait i '../x'` polled another path of the same server (with the key)."""
+    _, base = scripted
+    _Scripted.seen = []
+    _Scripted.script = [(200, {}, {"status": "completed"})]
+    api.Client(base, TOKEN).get("i", work_id)
+    assert _Scripted.seen == [sent]
+
+
+def test_a_base_url_with_a_password_is_refused_without_echoing_it(monkeypatch, capsys):
+    """requests would send user:pass as Basic auth in place of the key, and the errors
+    printed the URL, password included."""
+    with pytest.raises(api.ConfigError) as refused:
+        api.Client("https://ci:hunter2-secret@auxot.example.com", TOKEN)
+    assert "hunter2" not in str(refused.value) and "user:pass@" in str(refused.value)
+    monkeypatch.setenv("AUXOT_BASE_URL", "https://ci:hunter2-secret@auxot.example.com")
+    monkeypatch.setenv("AUXOT_API_KEY", TOKEN)
+    assert cli.main(["wait", "i", "w"]) == cli.EXIT_USAGE
+    assert "hunter2" not in capsys.readouterr().err
+
+
 def test_a_trigger_keeps_retrying_through_a_restart_but_not_past_its_time(scripted):
     """Four quick attempts (1, 2, 4 s apart) failed a CI job whose trigger met a 20 s
     restart; retries now go on for 60 s in all, and stop rather than retry sooner than the

@@ -21,6 +21,7 @@ import os
 import random
 import re
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -162,12 +163,23 @@ def _unsendable(exc: requests.RequestException, base_url: str) -> RequestError:
     return RequestError(f"cannot send the request: {what}")
 
 
+def _path(*parts: str) -> str:
+    """/v1/ and the parts, each one path segment: an id with `/`, `..`, `?` or `#` in it
+    (a paste gone wrong) cannot reach another path of the server."""
+    return "/v1/" + "/".join(urllib.parse.quote(str(part), safe="") for part in parts)
+
+
 class Client:
     def __init__(self, base_url: str | None = None, api_key: str | None = None, *,
                  timeout: float = 30.0, session: requests.Session | None = None,
                  max_answer_bytes: int | None = None):
         base_url = (base_url or os.environ.get(ENV_BASE_URL, "")).strip().rstrip("/")
         api_key = (api_key or os.environ.get(ENV_API_KEY, "")).strip()
+        if "@" in urllib.parse.urlsplit(base_url).netloc:
+            # Never echo it: the part before the @ is a password. requests would also send it
+            # as Basic auth in place of the key.
+            raise ConfigError(f"{ENV_BASE_URL} has a user or password in it (user:pass@); "
+                              "Auxot takes only the API key: remove them.")
         if not re.match(r"^https?://[^/]+", base_url):
             raise ConfigError(f"Set {ENV_BASE_URL} to your Auxot URL, e.g. "
                               "https://auxot.example.com (got "
@@ -271,7 +283,7 @@ class Client:
         """
         optional = {"Auxot-Correlation-Id": correlation_id,
                     "Auxot-Callback-Url": callback_url}
-        return self._post_accepted(f"/v1/intake/{intake_id}", data, optional,
+        return self._post_accepted(_path("intake", intake_id), data, optional,
                                    idempotency_key, attempts, retry_for, sleep, clock)
 
     def replay(self, intake_id: str, work_id: str, *, start_over: bool = False,
@@ -284,7 +296,7 @@ class Client:
 
         The original stays failed. Retried like `trigger`, under one `Idempotency-Key`
         (yours or a random one): a retry gets the first replay's answer, never a 409."""
-        return self._post_accepted(f"/v1/intake/{intake_id}/work/{work_id}/replay",
+        return self._post_accepted(_path("intake", intake_id, "work", work_id, "replay"),
                                    {"from": "start" if start_over else "failed_step"}, {},
                                    idempotency_key, attempts, retry_for, sleep, clock)
 
@@ -318,7 +330,7 @@ class Client:
         """One poll; with `wait`, the server answers when the item finishes or after `wait` s.
         `timeout` bounds the request (default: the client's timeout plus `wait`)."""
         params = {"wait": f"{wait:g}"} if wait else None
-        response = self._request("GET", f"/v1/intake/{intake_id}/work/{work_id}", params=params,
+        response = self._request("GET", _path("intake", intake_id, "work", work_id), params=params,
                                  timeout=timeout or self.timeout + (wait or 0))
         wait_max = response.headers.get("Auxot-Wait-Max", "")
         return Poll(body=self._answer(response, "status"),
