@@ -400,13 +400,45 @@ def test_ctrl_c_while_waiting_says_how_to_wait_again(scripted, monkeypatch, caps
 class _Hung(BaseHTTPRequestHandler):
     release = threading.Event()
 
+    seen: list = []
+
     def do_GET(self):
+        self.seen.append(self.path)
         self.release.wait(60)  # accepts the request, never answers
 
     do_POST = do_GET
 
     def log_message(self, *args):
         pass
+
+
+def test_sigterm_while_waiting_says_how_to_wait_again_and_exits_143():
+    """A cancelled CI job's SIGTERM ended `auxot wait` silently (killed by the signal): the
+    job's log did not say that the work goes on, nor how to pick it up."""
+    import os
+    import signal
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hung)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Hung.release.clear()
+    _Hung.seen = []
+    env = {**os.environ, "AUXOT_BASE_URL": f"http://127.0.0.1:{server.server_address[1]}",
+           "AUXOT_API_KEY": TOKEN}
+    try:
+        proc = subprocess.Popen([str(BIN / "auxot"), "wait", "intake-1", "work-1"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 20
+        while not _Hung.seen and time.monotonic() < deadline:  # it is waiting on a poll
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        _Hung.release.set()
+        server.shutdown()
+    assert proc.returncode == cli.EXIT_TERMINATED
+    assert "terminated; work work-1 continues on the server" in err
+    assert "auxot wait intake-1 work-1" in err and TOKEN not in err
 
 
 def test_wait_timeout_is_kept_when_the_server_hangs():

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -27,6 +28,20 @@ from auxot_client._version import VERSION
 
 EXIT_COMPLETED, EXIT_FAILED, EXIT_TIMEOUT, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a CI runner cancelling the job, a supervisor stopping it): handled as Ctrl-C
+    is, with its own exit status, instead of a silent death."""
+
+
+def _terminate(signum, frame) -> NoReturn:
+    raise Terminated
+
+
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
 ENV_INTAKE_ID = "AUXOT_INTAKE_ID"
 
 
@@ -207,11 +222,12 @@ def _wait(client: api.Client, intake_id: str, work_id: str, args: argparse.Names
             # On a terminal, shorter long-polls keep the live line's status and step fresh.
             body = client.wait(intake_id, work_id, timeout=timeout, on_poll=progress.update,
                                max_wait=3 if progress.tty else None)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         # Only the waiting stops: say how to pick the item up again.
-        err.write(f"auxot: interrupted; work {_safe(work_id)} continues on the server "
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        err.write(f"auxot: {what}; work {_safe(work_id)} continues on the server "
                   f"(auxot wait {_safe(intake_id)} {_safe(work_id)})\n")
-        return EXIT_INTERRUPTED
+        return _interrupted(exc)
     except api.WaitTimeout as exc:
         status = _safe((exc.last or {}).get("status", "unknown"))
         err.write(f"auxot: timed out after {args.timeout}; work {work_id} is still {status}\n")
@@ -376,6 +392,9 @@ _HINTS = {
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out, err = sys.stdout, sys.stderr
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.handler(args, out, err)
     except (UsageError, api.ConfigError, api.AuthError, api.NotFoundError,
@@ -388,9 +407,12 @@ def main(argv: list[str] | None = None) -> int:
             err.write(f"  it may have been accepted: retry with --idempotency-key "
                       f"{_safe(exc.idempotency_key)} to get that work item, never a second one\n")
         return EXIT_UNAVAILABLE
-    except KeyboardInterrupt:
-        err.write("auxot: interrupted\n")
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        err.write(f"auxot: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}\n")
+        return _interrupted(exc)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
