@@ -364,6 +364,28 @@ def test_run_timeout_bounds_the_trigger_too(monkeypatch, capsys):
         server.shutdown()
 
 
+def test_json_output_says_what_went_wrong_on_stdout_too(scripted, monkeypatch, capsys):
+    """With --json a script reads stdout only: on exit 3 or 4 it was empty."""
+    _, base = scripted
+    monkeypatch.setenv("AUXOT_BASE_URL", base)
+    monkeypatch.setenv("AUXOT_API_KEY", TOKEN)
+    monkeypatch.setattr(api.Backoff, "delay", lambda self, retry_after=None: 0.0)
+    problem = {"type": "/v1/problems/not_found", "title": "Not found", "status": 404,
+               "detail": "No such intake", "code": "not_found"}
+    _Scripted.script = [(404, {"Content-Type": "application/problem+json"}, problem)]
+    assert cli.main(["trigger", "i", "--data", "{}", "--json"]) == cli.EXIT_USAGE
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["error"] == problem and answer["exit_code"] == cli.EXIT_USAGE
+    _Scripted.script = [(None, {}, b"")] * 8
+    assert cli.main(["trigger", "i", "--data", "{}", "--json"]) == cli.EXIT_UNAVAILABLE
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["error"]["code"] == "unavailable" and answer["exit_code"] == 4
+    assert answer["idempotency_key"].startswith("auxot-client-")
+    _Scripted.script = [(404, {"Content-Type": "application/problem+json"}, problem)]
+    assert cli.main(["trigger", "i", "--data", "{}"]) == cli.EXIT_USAGE
+    assert capsys.readouterr().out == ""  # without --json, stdout stays for results only
+
+
 def test_a_wait_that_times_out_on_an_unreachable_server_says_so(scripted, monkeypatch,
                                                                  capsys):
     """`still unknown` alone reads as slow work; the job's log must say the server failed."""

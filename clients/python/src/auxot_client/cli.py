@@ -389,6 +389,22 @@ _HINTS = {
 }
 
 
+def _error_json(args: argparse.Namespace, exc: Exception, exit_code: int, out: TextIO) -> None:
+    """With --json, stdout says what went wrong too (a script reads stdout only): `error` is
+    the server's problem+json body when it sent one, else one of the same shape."""
+    if not getattr(args, "json", False):
+        return
+    problem = dict(getattr(exc, "problem", None) or {})
+    if not problem:
+        problem = {"title": type(exc).__name__, "status": getattr(exc, "status", None),
+                   "detail": str(exc), "code": getattr(exc, "code", None) or (
+                       "unavailable" if exit_code == EXIT_UNAVAILABLE else "usage")}
+    answer = {"error": problem, "exit_code": exit_code}
+    if getattr(exc, "idempotency_key", None):
+        answer["idempotency_key"] = exc.idempotency_key
+    _print_json(answer, out)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out, err = sys.stdout, sys.stderr
@@ -400,12 +416,14 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, api.ConfigError, api.AuthError, api.NotFoundError,
             api.RequestError) as exc:
         err.write(f"auxot: {_safe(exc)}\n{_HINTS.get(type(exc), '')}")
+        _error_json(args, exc, EXIT_USAGE, out)
         return EXIT_USAGE
     except api.TransientError as exc:
         err.write(f"auxot: {_safe(exc)}\n")
         if exc.idempotency_key and exc.status not in (429, 503):  # those accepted nothing
             err.write(f"  it may have been accepted: retry with --idempotency-key "
                       f"{_safe(exc.idempotency_key)} to get that work item, never a second one\n")
+        _error_json(args, exc, EXIT_UNAVAILABLE, out)
         return EXIT_UNAVAILABLE
     except KeyboardInterrupt as exc:
         err.write(f"auxot: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}\n")
