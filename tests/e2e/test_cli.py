@@ -364,6 +364,21 @@ def test_run_timeout_bounds_the_trigger_too(monkeypatch, capsys):
         server.shutdown()
 
 
+def test_a_network_error_says_which_way_the_connection_failed():
+    """`Cannot reach …: ConnectionError` did not tell a wrong port from a typo in the name."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: nothing listens there
+    cases = [(f"http://127.0.0.1:{port}", "connection refused"),
+             ("http://auxot-typo.invalid", "host name was not found (DNS")]
+    for base, words in cases:
+        with pytest.raises(api.TransientError) as failed:
+            api.Client(base, TOKEN, timeout=5).get("i", "w")
+        assert words in str(failed.value) and "(ConnectionError)" in str(failed.value)
+
+
 def test_json_output_says_what_went_wrong_on_stdout_too(scripted, monkeypatch, capsys):
     """With --json a script reads stdout only: on exit 3 or 4 it was empty."""
     _, base = scripted

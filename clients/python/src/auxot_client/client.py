@@ -163,6 +163,27 @@ def _unsendable(exc: requests.RequestException, base_url: str) -> RequestError:
     return RequestError(f"cannot send the request: {what}")
 
 
+def _network_reason(exc: requests.RequestException) -> str:
+    """Which way the connection failed, in words a CI log reader can act on, then the
+    exception's name: refused (nothing listens: wrong port, server down), the name not
+    found (DNS: a typo in AUXOT_BASE_URL), TLS (a certificate), a timeout."""
+    reason = getattr(exc.args[0] if exc.args else None, "reason", None)
+    if isinstance(exc, requests.exceptions.SSLError):
+        words = "TLS failed (the server's certificate?)"
+    elif isinstance(reason, urllib3.exceptions.NameResolutionError):
+        words = "the host name was not found (DNS; check AUXOT_BASE_URL)"
+    elif isinstance(exc, requests.exceptions.ConnectTimeout):
+        words = "connecting timed out"
+    elif isinstance(exc, requests.exceptions.ReadTimeout):
+        words = "no answer in time"
+    elif isinstance(reason, urllib3.exceptions.NewConnectionError) and (
+            "refused" in str(reason).lower()):
+        words = "connection refused (nothing listens there: the port, or the server down?)"
+    else:
+        return type(exc).__name__
+    return f"{words} ({type(exc).__name__})"
+
+
 def _path(*parts: str) -> str:
     """/v1/ and the parts, each one path segment: an id with `/`, `..`, `?` or `#` in it
     (a paste gone wrong) cannot reach another path of the server."""
@@ -214,7 +235,8 @@ class Client:
         except requests.RequestException as exc:
             if isinstance(exc, ValueError):  # InvalidURL, InvalidHeader, ...: nothing was sent
                 raise _unsendable(exc, self.base_url) from None
-            raise TransientError(f"Cannot reach {self.base_url}: {type(exc).__name__}") from None
+            raise TransientError(f"Cannot reach {self.base_url}: {_network_reason(exc)}"
+                                 ) from None
         if response.status_code >= 400:
             raise _error(response)
         if 300 <= response.status_code < 400:
