@@ -55,12 +55,10 @@ NO_REQUEST = "outside a request"  # the actor of a deletion run from a shell or 
 def _deletion_origin(obj: Any, origin: Any) -> tuple[str, bool]:
     """(what was deleted that took `obj` with it, whether that is an organization). `origin`
     is the instance or the queryset whose delete() started it (Django's pre_delete)."""
-    if origin is None or origin is obj:
+    if origin is None or (type(origin) is type(obj) and origin.pk == obj.pk):
         return "itself", False
     if hasattr(origin, "model"):  # a queryset: the admin's "delete selected"
         return f"{origin.model._meta.label_lower} (several)", origin.model is Organization
-    if type(origin) is type(obj) and origin.pk == obj.pk:
-        return "itself", False
     return f"{origin._meta.label_lower} {origin.pk} ({origin})", type(origin) is Organization
 
 

@@ -47,7 +47,8 @@ def intake_create(
     """
     if unknown := set(options or {}) - set(INTAKE_SETTINGS):
         raise ApplicationError(f"Not settable here: {', '.join(sorted(unknown))}.")
-    options = _settings_checked({k: v for k, v in (options or {}).items() if v is not None})
+    options = _redact_paths_checked({k: v for k, v in (options or {}).items() if v is not None})
+    _limits_checked(options, options)
     if workflow.org_id != org.pk:
         raise ApplicationError("That workflow belongs to another organization.")
     if team is not None:
@@ -266,23 +267,29 @@ INTAKE_SETTINGS = ("rate_limit_per_window", "payload_retention_days", "item_rete
 INTAKE_EDITABLE = ("name", "team", "callback_url", *INTAKE_SETTINGS)
 
 
-def _settings_checked(changes: dict[str, Any]) -> dict[str, Any]:
-    """`changes` with redact_paths checked (and None as []) and every other setting within
-    its model field's limits (retention days at most a century, ...); else a 422 problem."""
-    if "redact_paths" in changes:
-        changes = {**changes, "redact_paths": changes["redact_paths"] or []}
-        try:
-            json_paths_check(changes["redact_paths"])
-        except ValueError as exc:
-            raise ApplicationError(f"redact_paths: {exc}", code="validation_failed") from None
-    for name in INTAKE_SETTINGS:
-        if changes.get(name) is not None and name != "redact_paths":
+def _redact_paths_checked(changes: dict[str, Any]) -> dict[str, Any]:
+    """`changes` with redact_paths (if given) checked and None as []; else a 422 problem."""
+    if "redact_paths" not in changes:
+        return changes
+    changes = {**changes, "redact_paths": changes["redact_paths"] or []}
+    try:
+        json_paths_check(changes["redact_paths"])
+    except ValueError as exc:
+        raise ApplicationError(f"redact_paths: {exc}", code="validation_failed") from None
+    return changes
+
+
+def _limits_checked(changes: dict[str, Any], names) -> None:
+    """The model's own limits (retention days at most a century, ...) on `names` of
+    `changes`; a 422 problem naming the field otherwise."""
+    for name in names:
+        field = Intake._meta.get_field(name)
+        if not field.is_relation and changes[name] is not None:
             try:
-                Intake._meta.get_field(name).run_validators(changes[name])
+                field.run_validators(changes[name])
             except ValidationError as exc:
                 raise ApplicationError(f"{name}: {' '.join(exc.messages)}",
                                        code="validation_failed") from None
-    return changes
 
 
 def intake_update(*, intake: Intake, changes: dict[str, Any], actor=None,
@@ -300,23 +307,11 @@ def intake_update(*, intake: Intake, changes: dict[str, Any], actor=None,
             raise ApplicationError(refusal, code="forbidden")
     if changes.get("callback_url"):
         callback_url_checked(changes["callback_url"])
-    if "redact_paths" in changes:
-        changes = {**changes, "redact_paths": changes["redact_paths"] or []}
-        try:
-            json_paths_check(changes["redact_paths"])
-        except ValueError as exc:
-            raise ApplicationError(f"redact_paths: {exc}", code="validation_failed") from None
+    changes = _redact_paths_checked(changes)
     changed = [f for f in INTAKE_EDITABLE if f in changes and getattr(intake, f) != changes[f]]
     if not changed:
         return []
-    for name in changed:  # the model's own limits (retention days at most a century, ...)
-        field = Intake._meta.get_field(name)
-        if not field.is_relation and changes[name] is not None:
-            try:
-                field.run_validators(changes[name])
-            except ValidationError as exc:
-                raise ApplicationError(f"{name}: {' '.join(exc.messages)}",
-                                       code="validation_failed") from None
+    _limits_checked(changes, changed)
     old_url = intake.callback_url
     saved = list(changed)
     if "callback_url" in changed and not old_url:  # from now on, not for work done before
