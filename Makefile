@@ -8,9 +8,11 @@ PORT ?= 8000
 
 # Programs some tests run. Installed when missing and we are root with apt-get; otherwise
 # the tests that need them skip loudly (and fail under AUXOT_REQUIRE_ALL_TOOLS=1, as in CI).
-TEST_TOOLS := shellcheck jq curl chromium
+# node and npm run examples/node/receiver.mjs (Debian's package for node is nodejs).
+TEST_TOOLS := shellcheck jq curl chromium node npm
 define install_tools
-	@missing=""; for tool in $(1); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	@missing=""; for tool in $(1); do command -v $$tool >/dev/null \
+	  || missing="$$missing $$(if [ $$tool = node ]; then echo nodejs; else echo $$tool; fi)"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing$$missing"; \

@@ -1,4 +1,4 @@
-"""External programs some tests need (shellcheck, jq, curl, chromium).
+"""External programs some tests need (shellcheck, jq, curl, chromium, node, npm).
 
 `make test` installs missing ones when it runs as root with apt-get; elsewhere a test that
 needs one skips with a loud reason. With AUXOT_REQUIRE_ALL_TOOLS=1 (CI sets it) such a skip
