@@ -1,9 +1,12 @@
 """Small HTTP rules every app reads the same way: who is calling, and when to come back."""
 
+import functools
+import ipaddress
 import math
 import re
 from datetime import datetime
 
+from django.conf import settings
 from django.core.exceptions import BadRequest
 from django.http import HttpRequest
 from django.utils.http import parse_http_date_safe
@@ -12,9 +15,71 @@ from django.views.defaults import bad_request
 from auxot.views import is_api_path
 
 
-def client_ip(request: HttpRequest) -> str | None:
-    """The caller's address as the WSGI server saw it (the proxy in front sets it)."""
+def peer_ip(request: HttpRequest) -> str | None:
+    """The address of whoever opened the connection: the proxy's, behind a proxy."""
     return request.META.get("REMOTE_ADDR") or None
+
+
+def client_ip(request: HttpRequest) -> str | None:
+    """The caller's address: the peer's, unless the peer is a trusted proxy
+    (AUXOT_TRUSTED_PROXIES), then the nearest address in X-Forwarded-For that is not one
+    (with `*`, any peer is the one proxy in front: the last address, the one it appended).
+
+    Walked from the right, as the proxies appended it: every address left of the first one
+    not trusted is the caller's own say and could be anything (a caller that sends
+    `X-Forwarded-For: 10.0.0.1` through nginx arrives as `10.0.0.1, <its real address>`).
+    An entry that is not an address stops the walk at the proxy that passed it on. Gunicorn
+    (forwarded_allow_ips) believes only the scheme from a proxy, never the address."""
+    peer = peer_ip(request)
+    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+    if settings.AUXOT_TRUSTED_PROXIES == ["*"]:
+        # Whatever the peer, it is the one proxy in front: the address it appended.
+        return (_address(forwarded.rsplit(",", 1)[-1]) or peer) if peer else None
+    if not _trusted(peer):
+        return peer
+    hop = peer
+    for entry in reversed(forwarded.split(",")[-_MAX_HOPS:]):
+        address = _address(entry)
+        if address is None:
+            return hop
+        hop = address
+        if not _trusted(address):
+            return address
+    return hop
+
+
+_MAX_HOPS = 32  # more proxies than this in a chain is a header built to cost us time
+
+
+def _address(entry: str) -> str | None:
+    """An X-Forwarded-For entry as an address ("[v6]:port" and "v4:port" tolerated)."""
+    text = entry.strip()
+    if text.startswith("[") and "]" in text:
+        text = text[1:text.index("]")]
+    elif text.count(":") == 1:
+        text = text.split(":", 1)[0]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
+def _trusted(address: str | None) -> bool:
+    networks = settings.AUXOT_TRUSTED_PROXIES
+    if not networks or not address:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in _networks(tuple(networks)))
+
+
+@functools.lru_cache(maxsize=8)
+def _networks(networks: tuple[str, ...]) -> tuple:
+    return tuple(ipaddress.ip_network(net, strict=False) for net in networks)
 
 
 _DELTA_SECONDS = re.compile(r"[0-9]{1,30}", re.ASCII)  # RFC 9110: 1*DIGIT, ASCII digits only

@@ -113,6 +113,15 @@ def env_networks(name: str, also: list[str] = ()) -> list[str]:
     return networks
 
 
+def env_trusted_proxies() -> list[str]:
+    """AUXOT_TRUSTED_PROXIES, else gunicorn's GUNICORN_FORWARDED_ALLOW_IPS (so one setting
+    covers both), else this host's loopback: CIDRs, or `*` alone for any peer."""
+    for name in ("AUXOT_TRUSTED_PROXIES", "GUNICORN_FORWARDED_ALLOW_IPS"):
+        if name in os.environ:
+            return ["*"] if os.environ[name].strip() == "*" else env_networks(name)
+    return ["127.0.0.1", "::1"]
+
+
 def env_base_url(name: str) -> str:
     raw = os.environ.get(name, "").strip().rstrip("/")
     if not raw:
@@ -613,6 +622,10 @@ if _multiproc_dir and not (os.path.isdir(_multiproc_dir)
     raise ImproperlyConfigured(
         f"PROMETHEUS_MULTIPROC_DIR={_multiproc_dir!r} is not a directory this process can "
         "write: create it (one per host, shared by gunicorn and qcluster) before they start.")
+# The proxies in front (CIDRs, or * for any peer): from them the caller's address is read from
+# X-Forwarded-For (audit rows, rejection budgets); from anyone else the header is ignored.
+# Defaults to gunicorn's own list of trusted proxies, so one setting covers both.
+AUXOT_TRUSTED_PROXIES = env_trusted_proxies()
 # /metrics is off unless a bearer token or an allow-list of networks is set (both: both apply).
 AUXOT_METRICS_TOKEN = env_str("AUXOT_METRICS_TOKEN").strip()
 AUXOT_METRICS_ALLOWED_NETWORKS = env_networks("AUXOT_METRICS_ALLOWED_NETWORKS")

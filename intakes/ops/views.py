@@ -10,7 +10,7 @@ from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from auxot.errors import django_problem
-from auxot.http import client_ip
+from auxot.http import peer_ip
 from auxot.metrics import metrics_render
 from intakes.ops.checks import CHECKS, readiness
 from intakes.ops.collector import StateCollector
@@ -70,7 +70,7 @@ def metrics_refusal_for(*, ip: str | None, authorization: str,
 
 def metrics_refusal(request: HttpRequest) -> HttpResponse | None:
     refused = metrics_refusal_for(
-        ip=client_ip(request), authorization=request.META.get("HTTP_AUTHORIZATION", ""),
+        ip=peer_ip(request), authorization=request.META.get("HTTP_AUTHORIZATION", ""),
         forwarded=bool(request.META.get("HTTP_X_FORWARDED_FOR")
                        or request.META.get("HTTP_FORWARDED")))
     if refused is None:

@@ -17,6 +17,68 @@ def test_client_ip_is_the_remote_address_or_none():
     assert client_ip(request) is None
 
 
+PROXIES = ["127.0.0.1", "::1", "10.0.0.0/8", "2001:db8:1::/48"]
+
+
+@pytest.mark.parametrize(("peer", "forwarded", "expected"), [
+    # Not from a proxy: the header is the caller's own say, ignored.
+    ("203.0.113.9", "198.51.100.1", "203.0.113.9"),
+    ("192.168.1.5", "127.0.0.1", "192.168.1.5"),
+    # From a proxy: the nearest address that is not a proxy.
+    ("127.0.0.1", "198.51.100.1", "198.51.100.1"),
+    ("::1", "198.51.100.1", "198.51.100.1"),
+    ("::ffff:127.0.0.1", "198.51.100.1", "198.51.100.1"),  # a dual-stack socket's v4 peer
+    ("10.2.3.4", "198.51.100.1, 10.9.9.9", "198.51.100.1"),  # two proxies in a chain
+    ("2001:db8:1::5", "2001:db8:ffff::7", "2001:db8:ffff::7"),
+    # A caller that sends its own header through the proxy: the proxy appended the truth.
+    ("127.0.0.1", "10.0.0.1, 198.51.100.1", "198.51.100.1"),
+    ("127.0.0.1", "1.1.1.1, 2.2.2.2, 198.51.100.1", "198.51.100.1"),
+    # Ports, brackets and spacing as proxies write them.
+    ("127.0.0.1", " 198.51.100.1:4711 ", "198.51.100.1"),
+    ("127.0.0.1", "[2001:db8:ffff::7]:443", "2001:db8:ffff::7"),
+    ("127.0.0.1", "2001:DB8:FFFF::7", "2001:db8:ffff::7"),
+    # Nothing usable: the last hop that said something true.
+    ("127.0.0.1", "", "127.0.0.1"),
+    ("127.0.0.1", "unknown", "127.0.0.1"),
+    ("10.2.3.4", "198.51.100.1, garbage, 10.9.9.9", "10.9.9.9"),
+    ("127.0.0.1", "198.51.100.1, <script>", "127.0.0.1"),
+    ("127.0.0.1", "10.1.1.1, 10.2.2.2", "10.1.1.1"),  # only proxies: the farthest
+    ("127.0.0.1", "\x00, 198.51.100.1", "198.51.100.1"),
+])
+def test_client_ip_reads_x_forwarded_for_only_from_a_trusted_proxy(settings, peer, forwarded,
+                                                                  expected):
+    settings.AUXOT_TRUSTED_PROXIES = PROXIES
+    request = RequestFactory().get("/", REMOTE_ADDR=peer, HTTP_X_FORWARDED_FOR=forwarded)
+    assert client_ip(request) == expected
+
+
+def test_client_ip_trusts_nobody_when_no_proxy_is_configured(settings):
+    settings.AUXOT_TRUSTED_PROXIES = []
+    request = RequestFactory().get("/", REMOTE_ADDR="127.0.0.1",
+                                   HTTP_X_FORWARDED_FOR="198.51.100.1")
+    assert client_ip(request) == "127.0.0.1"
+
+
+@pytest.mark.parametrize(("forwarded", "expected"), [
+    ("198.51.100.1, 203.0.113.10", "203.0.113.10"),  # the hop the proxy appended, only
+    ("198.51.100.1", "198.51.100.1"),
+    ("", "203.0.113.9"),
+    ("198.51.100.1, garbage", "203.0.113.9"),
+])
+def test_with_a_star_any_peer_is_the_one_proxy_in_front(settings, forwarded, expected):
+    settings.AUXOT_TRUSTED_PROXIES = ["*"]
+    request = RequestFactory().get("/", REMOTE_ADDR="203.0.113.9",
+                                   HTTP_X_FORWARDED_FOR=forwarded)
+    assert client_ip(request) == expected
+
+
+def test_a_long_forwarded_chain_is_read_only_as_far_as_a_proxy_chain_goes(settings):
+    settings.AUXOT_TRUSTED_PROXIES = ["10.0.0.0/8"]
+    chain = ", ".join(["10.0.0.1"] * 10_000)
+    request = RequestFactory().get("/", REMOTE_ADDR="10.0.0.2", HTTP_X_FORWARDED_FOR=chain)
+    assert client_ip(request) == "10.0.0.1"
+
+
 @pytest.mark.parametrize(("value", "expected"), [
     ("120", 120.0),
     (" 7 ", 7.0),

@@ -46,6 +46,9 @@ def test_no_float_setting_takes_a_value_that_is_not_finite(monkeypatch, name, va
     ({"AUXOT_RATELIMIT_REDIS_URL": "http://:pw@cache:6379/0"}, "AUXOT_RATELIMIT_REDIS_URL"),
     ({"ALLOWED_HOSTS": ""}, "ALLOWED_HOSTS"),
     ({"PROMETHEUS_MULTIPROC_DIR": "/nonexistent/auxot-metrics"}, "PROMETHEUS_MULTIPROC_DIR"),
+    ({"AUXOT_TRUSTED_PROXIES": "10.0.0.0/33"}, "AUXOT_TRUSTED_PROXIES"),
+    ({"AUXOT_TRUSTED_PROXIES": "*, 10.0.0.1"}, "AUXOT_TRUSTED_PROXIES"),
+    ({"GUNICORN_FORWARDED_ALLOW_IPS": "proxy.internal"}, "GUNICORN_FORWARDED_ALLOW_IPS"),
 ])
 def test_a_malformed_value_stops_start_up_naming_its_variable(env, named):
     done = settings_printed(env, "DEBUG")
@@ -62,6 +65,15 @@ def test_a_malformed_value_stops_start_up_naming_its_variable(env, named):
     ({"REDIS_URL": "rediss://cache:6380/1", "AUXOT_RATELIMIT_REDIS_URL": "off"},
      ("REDIS_URL", "AUXOT_RATELIMIT_REDIS_URL or '-'"), "rediss://cache:6380/1 -"),
     ({"REDIS_URL": "unix:///run/redis.sock"}, ("REDIS_URL",), "unix:///run/redis.sock"),
+    # The proxies whose X-Forwarded-For is believed: this host's loopback unless set, and
+    # gunicorn's own list when only that is set (one setting for both).
+    ({}, ("AUXOT_TRUSTED_PROXIES",), "['127.0.0.1', '::1']"),
+    ({"GUNICORN_FORWARDED_ALLOW_IPS": "10.1.1.1,10.1.1.2"},
+     ("AUXOT_TRUSTED_PROXIES",), "['10.1.1.1', '10.1.1.2']"),
+    ({"GUNICORN_FORWARDED_ALLOW_IPS": "10.1.1.1", "AUXOT_TRUSTED_PROXIES": "10.0.0.0/8, ::1"},
+     ("AUXOT_TRUSTED_PROXIES",), "['10.0.0.0/8', '::1']"),
+    ({"AUXOT_TRUSTED_PROXIES": ""}, ("AUXOT_TRUSTED_PROXIES or '-'",), "-"),
+    ({"GUNICORN_FORWARDED_ALLOW_IPS": " * "}, ("AUXOT_TRUSTED_PROXIES",), "['*']"),
 ])
 def test_good_values_start(env, names, shown):
     done = settings_printed(env, *names)

@@ -8,6 +8,7 @@ from django.test.utils import CaptureQueriesContext
 from django_q.models import OrmQ
 
 from auxot.errors import PROBLEMS
+from auxot.models import AuditEvent, AuditLogEntry
 from tests.conftest import bearer, trigger
 from workflows.models import WorkItem
 
@@ -301,3 +302,30 @@ def test_curls_form_default_is_named_in_the_415(api, intake_a, member_token):
         form.json()["detail"])
     plain = _post_raw(api, intake_a, member_token, b"{}", "text/plain")
     assert "curl" not in plain.json()["detail"]
+
+
+# Behind the README's nginx (same host, X-Forwarded-For appended): the address recorded is
+# the caller's, not the proxy's, and a caller's own X-Forwarded-For does not choose it.
+BEHIND_PROXY = {"REMOTE_ADDR": "127.0.0.1", "HTTP_X_FORWARDED_FOR": "10.9.9.9, 198.51.100.7"}
+
+
+def test_a_trigger_through_a_trusted_proxy_records_the_callers_address(api, intake_a,
+                                                                      member_token):
+    response = trigger(api, intake_a.pk, member_token, **BEHIND_PROXY)
+    item = WorkItem.objects.get(pk=response.json()["work_id"])
+    assert item.created_by_ip == "198.51.100.7"
+    accepted = AuditLogEntry.objects.get(event="work_item.accepted", id=item.pk)
+    assert accepted.ip == "198.51.100.7"
+
+
+def test_a_rejection_through_a_trusted_proxy_records_the_callers_address(api, intake_a):
+    response = api.post(f"/v1/intake/{intake_a.pk}", data={}, format="json",
+                        HTTP_AUTHORIZATION="Bearer nope", **BEHIND_PROXY)
+    assert response.status_code == 401
+    assert AuditEvent.objects.get(event="intake.rejected").ip == "198.51.100.7"
+
+
+def test_x_forwarded_for_from_an_untrusted_peer_is_ignored(api, intake_a, member_token):
+    response = trigger(api, intake_a.pk, member_token, REMOTE_ADDR="203.0.113.50",
+                       HTTP_X_FORWARDED_FOR="198.51.100.7")
+    assert WorkItem.objects.get(pk=response.json()["work_id"]).created_by_ip == "203.0.113.50"
