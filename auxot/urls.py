@@ -21,7 +21,10 @@ urlpatterns = [
     path("v1/problems", views.problem_index, name="problem-index"),
     path("v1/problems/<str:code>", views.problem_detail, name="problem-detail"),
     path("v1/schema", SpectacularAPIView.as_view(), name="schema"),
-    path("v1/docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    # GET and HEAD only: its OPTIONS rendered the page's template with no template name (a 500).
+    path("v1/docs", SpectacularSwaggerView.as_view(url_name="schema",
+                                                   http_method_names=["get", "head"]),
+         name="docs"),
     path("v1/", include("intakes.urls")),
     re_path(r"^v1(?:/.*)?$", views.api_not_found),  # last: anything else under /v1/
 ]
