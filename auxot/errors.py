@@ -108,7 +108,8 @@ PROBLEM_HELP: dict[str, str] = {
         "default). Nothing was accepted: send a reference (a URL, an id) instead of the data."),
     "unsupported_media_type": (
         "The body is not declared as JSON: send `Content-Type: application/json` (UTF-8). "
-        "curl's `-d` sends a form unless you add that header."),
+        "curl's `-d` sends a form unless you add that header. A compressed body "
+        "(`Content-Encoding: gzip`, ...) is refused too: send it uncompressed."),
     "validation_failed": (
         "The body violates the workflow's input schema, or a value cannot be stored or used "
         "(an `Auxot-Callback-Url` the URL policy refuses, a string with \\u0000). `errors` lists "

@@ -3,6 +3,9 @@
 Rules (documented in the README):
 - `Content-Type: application/json` (or any `application/*+json`); a charset other than
   utf-8 is 415. No body at all is 400 `empty_body`: send `{}` for "no input".
+- No `Content-Encoding` (or `identity`): a compressed body is 415 with
+  `Accept-Encoding: identity` (RFC 7694), never decoded as if it were plain JSON (a gzip
+  body was a misleading "not valid UTF-8", and a plain body labelled gzip was accepted).
 - At most AUXOT_MAX_BODY_BYTES (413), whatever Content-Length claims. A chunked body
   (no Content-Length) is read when the server marks the input terminated (gunicorn sets
   `wsgi.input_terminated`), up to the limit + 1 byte; elsewhere it is 411.
@@ -52,6 +55,15 @@ def _check_content_type(raw: str) -> None:
             "utf-8", "utf8"
         }:
             raise ApplicationError("JSON bodies must be UTF-8.", code="unsupported_media_type")
+
+
+def _check_content_encoding(meta: dict) -> None:
+    codings = [c.strip().lower() for c in meta.get("HTTP_CONTENT_ENCODING", "").split(",")]
+    if any(c not in ("", "identity") for c in codings):
+        shown = meta["HTTP_CONTENT_ENCODING"].strip()[:40]
+        raise ApplicationError(
+            f"Content-Encoding {shown!r} is not supported: send the JSON body uncompressed.",
+            code="unsupported_media_type", headers={"Accept-Encoding": "identity"})
 
 
 def _is_chunked(meta: dict) -> bool:
@@ -126,6 +138,7 @@ class StrictJSONParser(BaseParser):
         if _declared_length(meta) > limit:
             raise too_big
         _check_content_type(media_type if media_type is not None else meta.get("CONTENT_TYPE"))
+        _check_content_encoding(meta)
         try:
             raw = _read(stream, meta, limit)
         except RequestDataTooBig:

@@ -308,7 +308,7 @@ _STATUS_TEXT = {
          "after `Retry-After`), or the work item's state does not allow the action.",
     411: "A chunked body the server cannot read: send Content-Length.",
     413: "The body is too large.",
-    415: "Not JSON, or not UTF-8.",
+    415: "Not JSON, not UTF-8, or compressed (`Content-Encoding`; `Accept-Encoding: identity`).",
     422: "The request failed validation, or an `Idempotency-Key` was reused with another "
          "body.",
     429: "Rate limited: retry after `Retry-After` seconds.",

@@ -1,5 +1,7 @@
 """POST /v1/intake/{id}: 202 with a work_id, and a clear 4xx (with no work item) otherwise."""
 
+import gzip
+import zlib
 from unittest import mock
 
 import pytest
@@ -102,6 +104,39 @@ def test_charset_utf8_and_plus_json_are_accepted(api, intake_a, member_token):
                      "application/json; charset=UTF-8").status_code == 202
     assert _post_raw(api, intake_a, member_token, b"{}",
                      "application/vnd.acme+json").status_code == 202
+
+
+@pytest.mark.parametrize(("raw", "encoding"), [
+    (gzip.compress(b'{"n": 1}'), "gzip"),
+    (gzip.compress(b'{"n": 1}'), "x-gzip"),
+    (zlib.compress(b'{"n": 1}'), "deflate"),
+    (b'{"n": 1}', "gzip"),  # a plain body labelled compressed: accepted as if plain before
+    (b'{"n": 1}', "br"),
+    (b'{"n": 1}', "identity, gzip"),
+    (b'{"n": 1}', "zstd"),
+])
+def test_a_compressed_body_gets_415_and_no_work_item(api, intake_a, member_token, raw,
+                                                     encoding):
+    response = _post_raw(api, intake_a, member_token, raw, HTTP_CONTENT_ENCODING=encoding)
+    assert (response.status_code, response.json()["code"]) == (415, "unsupported_media_type")
+    assert response["Accept-Encoding"] == "identity"  # RFC 7694: what we do take
+    assert "uncompressed" in response.json()["detail"]
+    assert not WorkItem.objects.exists()
+
+
+def test_a_compressed_cancel_body_gets_415_too(api, intake_a, member_token):
+    work_id = trigger(api, intake_a.pk, member_token).json()["work_id"]
+    response = api.generic("POST", f"/v1/intake/{intake_a.pk}/work/{work_id}/cancel",
+                           gzip.compress(b"{}"), content_type="application/json",
+                           HTTP_CONTENT_ENCODING="gzip", **bearer(member_token))
+    assert (response.status_code, response.json()["code"]) == (415, "unsupported_media_type")
+    assert WorkItem.objects.get().status == "pending"
+
+
+@pytest.mark.parametrize("encoding", ["identity", "IDENTITY", ""])
+def test_identity_content_encoding_is_plain(api, intake_a, member_token, encoding):
+    response = _post_raw(api, intake_a, member_token, b'{"n": 1}', HTTP_CONTENT_ENCODING=encoding)
+    assert response.status_code == 202
 
 
 def test_body_over_limit_gets_413(api, intake_a, member_token, settings):
