@@ -120,7 +120,7 @@ class WorkItemDetailApi(PublicApi):
 
     @work_item_schema
     def get(self, request: Request, intake_id: str, work_id: str) -> Response:
-        wait = wait_parse(request.query_params.get("wait"))
+        wait = wait_parse(request.query_params.getlist("wait"))
         read, refused = work_item_poll(intake_id=intake_id, work_id=work_id, key=request.auth,
                                        wait=wait)
         view = work_item_poll_view(read.item, intake=read.intake, delivery=read.delivery,

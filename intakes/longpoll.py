@@ -12,6 +12,7 @@ take every thread; and while it waits a request gives back its working slot
 """
 
 import logging
+import re
 import threading
 import time
 import uuid
@@ -27,15 +28,23 @@ logger = logging.getLogger(__name__)
 
 
 
-def wait_parse(raw: str | None) -> float | None:
-    """`?wait=` as seconds (None when absent). Anything but 0 < N <= cap is a 400."""
-    if raw is None:
+# A plain decimal number in ASCII digits, an exponent allowed (the Python client sends
+# f"{wait:g}", "1e-05" for tiny values). Not float()'s grammar: that also takes "0_1",
+# " 5\n", "+5", "inf" and any script's digits (fullwidth or Arabic-Indic).
+_WAIT_NUMBER = re.compile(r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def wait_parse(values: list[str]) -> float | None:
+    """`?wait=` (every value the query string gives) as seconds, None when absent. Anything
+    but one number with 0 < N <= cap is a 400: `wait=20&wait=0` is not quietly the last one."""
+    if not values:
         return None
     cap = settings.AUXOT_LONG_POLL_MAX_SECONDS
-    try:
-        value = float(raw) if len(raw) <= 32 else 0.0  # any JSON-style number; NaN fails below
-    except ValueError:
-        value = 0.0
+    if len(values) > 1:
+        raise ApplicationError(f"Give wait once (got it {len(values)} times): a number of "
+                               f"seconds above 0 and at most {cap}.")
+    raw = values[0]
+    value = float(raw) if len(raw) <= 32 and _WAIT_NUMBER.fullmatch(raw) else 0.0
     if not 0 < value <= cap:
         raise ApplicationError(
             f"wait must be a number of seconds above 0 and at most {cap} (got {raw[:20]!r}); "

@@ -268,8 +268,9 @@ WAIT = OpenApiParameter(
              "maximum": settings.AUXOT_LONG_POLL_MAX_SECONDS},
     OpenApiParameter.QUERY, required=False,
     description="Long-poll: answer as soon as the item is terminal, or after this many "
-    "seconds with its current state. 0 < wait <= the cap in `Auxot-Wait-Max` (30 by default); "
-    "anything else is 400. The server may answer earlier when it is busy.")
+    "seconds with its current state. 0 < wait <= the cap in `Auxot-Wait-Max` (30 by default), "
+    "a plain number (`20`, `2.5`, `1e1`) given once; anything else is 400. The server may "
+    "answer earlier when it is busy.")
 WAIT_MAX = OpenApiParameter(
     "Auxot-Wait-Max", OpenApiTypes.INT, OpenApiParameter.HEADER, response=[200],
     description="The largest `wait` this server accepts: its presence means long-poll works.")

@@ -35,7 +35,14 @@ def _complete_later(work_id, seconds: float) -> threading.Timer:
     return timer
 
 
-@pytest.mark.parametrize("raw", ["0", "-1", "abc", "31", "1e3", "", "0.0", "nan", "5s"])
+@pytest.mark.parametrize("raw", [
+    "0", "-1", "abc", "31", "1e3", "", "0.0", "nan", "5s", "inf", "1e9", "1e-400",
+    # What float() takes but a number in a query string is not: Python's digit separator,
+    # surrounding whitespace, a sign, other scripts' digits (fullwidth, Arabic-Indic).
+    "0_1", " 5", "5 ", "5\n", "+5", "\uff15", "\u0665",
+    # Given twice: neither value is quietly the one that counts.
+    ["20", "0"], ["0", "5"], ["5", "5"],
+], ids=repr)
 def test_invalid_wait_is_400_problem(api, intake_a, member_token, raw):
     work_id = trigger(api, intake_a.pk, member_token).json()["work_id"]
     response = _poll(api, intake_a, member_token, work_id, raw)
@@ -43,6 +50,15 @@ def test_invalid_wait_is_400_problem(api, intake_a, member_token, raw):
     assert response["Content-Type"] == "application/problem+json"
     assert response.json()["code"] == "invalid_request"
     assert "at most 30" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("raw", ["30", "0.5", "20.0", ".5", "5.", "1e1", "1E1", "1e-05", "007"])
+def test_every_plain_number_form_is_a_wait(api, intake_a, member_token, raw):
+    """Integers, decimals and exponents (the Python client sends f"{wait:g}": 1e-05)."""
+    work_id = trigger(api, intake_a.pk, member_token).json()["work_id"]
+    WorkItem.objects.filter(pk=work_id).update(status="completed", finished_at=timezone.now())
+    response = _poll(api, intake_a, member_token, work_id, raw)  # finished: answers at once
+    assert (response.status_code, response.json()["status"]) == (200, "completed")
 
 
 def test_poll_advertises_the_long_poll_cap(api, intake_a, member_token, settings):
