@@ -128,6 +128,12 @@ def apikey_authenticate(*, token: str, now: datetime,
     key = load(parsed.lookup_id) if load else apikey_lookup(lookup_id=parsed.lookup_id)
     if key is None or not hmac.compare_digest(key.digest, parsed.digest):
         raise UnauthorizedError("Unknown API key.")
+    _refuse_unusable(key, now)
+    _touch(key, now)
+    return key
+
+
+def _refuse_unusable(key: ApiKey, now: datetime) -> None:
     if key.revoked_at is not None:
         raise UnauthorizedError("This API key has been revoked.")
     if key.expires_at is not None and key.expires_at <= now:
@@ -138,8 +144,16 @@ def apikey_authenticate(*, token: str, now: datetime,
         # The plan is read with the key (one joined SELECT): a downgrade stops team keys at
         # once, and an upgrade brings the same keys back.
         raise UnauthorizedError(refusal)
-    _touch(key, now)
-    return key
+
+
+def apikey_recheck(*, key: ApiKey, now: datetime) -> None:
+    """The checks of apikey_authenticate again, on the key as stored now (one SELECT), for
+    a request that outlives its authentication (a long-poll): UnauthorizedError when the
+    key was revoked, expired, its owner deactivated or its team plan lost meanwhile."""
+    current = apikey_lookup(lookup_id=key.lookup_id)
+    if current is None or current.pk != key.pk:
+        raise UnauthorizedError("Unknown API key.")
+    _refuse_unusable(current, now)
 
 
 def _touch(key: ApiKey, now: datetime) -> None:

@@ -6,13 +6,13 @@ from django.conf import settings
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
-from rest_framework.exceptions import MethodNotAllowed
+from rest_framework.exceptions import AuthenticationFailed, MethodNotAllowed
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apikeys.authentication import BearerKeyAuthentication
-from auxot.errors import ApplicationError
+from auxot.errors import ApplicationError, UnauthorizedError
 from auxot.http import client_ip
 from auxot.logs import log_context_bind
 from auxot.timefmt import iso
@@ -121,8 +121,11 @@ class WorkItemDetailApi(PublicApi):
     @work_item_schema
     def get(self, request: Request, intake_id: str, work_id: str) -> Response:
         wait = wait_parse(request.query_params.getlist("wait"))
-        read, refused = work_item_poll(intake_id=intake_id, work_id=work_id, key=request.auth,
-                                       wait=wait)
+        try:
+            read, refused = work_item_poll(intake_id=intake_id, work_id=work_id,
+                                           key=request.auth, wait=wait)
+        except UnauthorizedError as exc:  # the key was refused while the request waited
+            raise AuthenticationFailed(exc.detail) from None
         view = work_item_poll_view(read.item, intake=read.intake, delivery=read.delivery,
                                    delivery_read=True, replayed_by=read.replayed_by)
         headers = {"Retry-After": str(view.retry_after)} if view.retry_after else {}

@@ -7,6 +7,7 @@ from django.db import IntegrityError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from apikeys.models import ApiKey
+from apikeys.services import apikey_recheck
 from auxot.errors import NOT_FOUND_DETAIL, ApplicationError, NotFoundError, PermissionDeniedError
 from auxot.models import Membership, Organization, Team
 from auxot.outbound import RefusedDestination, url_check, url_redact
@@ -250,7 +251,9 @@ def work_item_poll(*, intake_id: str, work_id: str, key: ApiKey,
         return read, False
     if not work_item_wait(item=read.item, seconds=wait, owner=key.pk, org=key.org_id):
         return read, True
-    # As it is now, and the key's access checked again.
+    # As it is now, the key itself (revoked, expired, ... meanwhile: UnauthorizedError) and
+    # its access checked again.
+    apikey_recheck(key=key, now=timezone.now())
     return work_item_for_poll(intake_id=intake_id, work_id=work_id, key=key), False
 
 

@@ -13,6 +13,8 @@ import requests
 from django.db import connection
 from django.utils import timezone
 
+from apikeys.models import ApiKey
+from auxot.models import Organization
 from intakes import longpoll
 from tests.conftest import bearer, trigger
 from tests.processes import ROOT, process_env, wait_for
@@ -121,6 +123,53 @@ def test_waiting_request_holds_no_database_connection(api, intake_a, member_toke
     # its organization.
     key = ApiKey.objects.get(last_four=member_token[-4:])
     assert held == [(False, key.pk, key.org_id)]
+
+
+def _revoke(key, cast):
+    ApiKey.objects.filter(pk=key.pk).update(revoked_at=timezone.now())
+
+
+def _expire(key, cast):
+    ApiKey.objects.filter(pk=key.pk).update(expires_at=timezone.now())
+
+
+def _deactivate_owner(key, cast):
+    type(cast.member_a).objects.filter(pk=cast.member_a.pk).update(is_active=False)
+
+
+def _downgrade(key, cast):
+    Organization.objects.filter(pk=cast.org_a.pk).update(plan="pro")
+
+
+@pytest.mark.parametrize(("team_key", "change"), [
+    (False, _revoke), (False, _expire), (False, _deactivate_owner), (True, _downgrade),
+    (True, _revoke),
+], ids=["revoked", "expired", "owner-deactivated", "team-plan-downgraded", "team-revoked"])
+def test_a_key_refused_while_it_waited_gets_401_not_the_item(api, cast, workflow_a,
+                                                             monkeypatch, team_key, change):
+    """Revoking a leaked key stops it on its next request, and also on one that was already
+    long-polling: after the wait the key is checked again, as the intake access is (an item
+    that finished meanwhile was exactly what the holder waited for)."""
+    from apikeys.services import apikey_issue
+    from intakes.services import intake_create
+
+    intake = intake_create(org=cast.org_a, workflow=workflow_a, name="I",
+                           team=cast.team_a if team_key else None)
+    issued = (apikey_issue(org=cast.org_a, label="t", team=cast.team_a) if team_key
+              else apikey_issue(org=cast.org_a, label="m", user=cast.member_a))
+    work_id = trigger(api, intake.pk, issued.token).json()["work_id"]
+
+    def wait_then_refuse(item_id, seconds, owner=None, org=None):
+        change(issued.key, cast)
+        WorkItem.objects.filter(pk=item_id).update(status="completed", output={"secret": 1},
+                                                   finished_at=timezone.now())
+        return True
+
+    monkeypatch.setattr(longpoll._watcher, "wait", wait_then_refuse)
+    response = _poll(api, intake, issued.token, work_id, "20")
+    assert (response.status_code, response.json()["code"]) == (401, "unauthorized")
+    assert response["WWW-Authenticate"].startswith("Bearer")
+    assert "secret" not in response.content.decode()
 
 
 @pytest.mark.django_db(transaction=True)
