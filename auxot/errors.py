@@ -119,8 +119,9 @@ PROBLEM_HELP: dict[str, str] = {
         "new request; resend the first body to get the first answer."),
     "rate_limited": (
         "The key's, the intake's or the organization's request limit is used up. Retry "
-        "after `Retry-After` seconds; `RateLimit-*` say the most restrictive limit and when "
-        "it resets."),
+        "after `Retry-After` seconds; on a trigger, `RateLimit-*` say the most restrictive "
+        "limit and when it resets. On a poll: polls per second per key and per organization "
+        "to one server; long-poll with `?wait=N` instead of polling in a loop."),
     "internal_error": (
         "Something failed on the server; the request itself may be fine. Retry with the same "
         "`Idempotency-Key` (a request that was accepted gets its first answer again), and "

@@ -365,6 +365,10 @@ AUXOT_LONG_POLL_MAX_WAITERS_PER_KEY = env_int(
 AUXOT_LONG_POLL_MAX_WAITERS_PER_ORG = env_int(
     "AUXOT_LONG_POLL_MAX_WAITERS_PER_ORG",
     max(1, AUXOT_LONG_POLL_MAX_WAITERS - max(1, AUXOT_LONG_POLL_MAX_WAITERS // 4)), minimum=1)
+# Polls (GET of a work item, long-polls included) per second one API key, and one
+# organization across its keys, may make to one web process; 0 switches a limit off.
+AUXOT_POLL_RATE_PER_KEY = env_int("AUXOT_POLL_RATE_PER_KEY", 50, minimum=0)
+AUXOT_POLL_RATE_PER_ORG = env_int("AUXOT_POLL_RATE_PER_ORG", 200, minimum=0)
 # Idempotency-Key records are kept at least this long (the IETF draft and Stripe: 24 h).
 AUXOT_IDEMPOTENCY_TTL_HOURS = env_int("AUXOT_IDEMPOTENCY_TTL_HOURS", 24, minimum=24)
 # PostgreSQL: how long a retry waits for an in-flight first request before answering 409.

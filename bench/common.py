@@ -45,6 +45,9 @@ def base_env(**extra: str) -> dict[str, str]:
         # Limits on (the counter's upsert is part of the measured path) but out of reach.
         "AUXOT_RATE_LIMIT_KEY": os.environ.get("AUXOT_RATE_LIMIT_KEY", "1000000000"),
         "AUXOT_RATE_LIMIT_INTAKE": os.environ.get("AUXOT_RATE_LIMIT_INTAKE", "1000000000"),
+        # The per-process poll buckets likewise: wrk polls with one key far past 50 a second.
+        "AUXOT_POLL_RATE_PER_KEY": os.environ.get("AUXOT_POLL_RATE_PER_KEY", "1000000000"),
+        "AUXOT_POLL_RATE_PER_ORG": os.environ.get("AUXOT_POLL_RATE_PER_ORG", "1000000000"),
         # No worker recycling in the middle of a case.
         "GUNICORN_MAX_REQUESTS": "0",
     })

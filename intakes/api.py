@@ -28,6 +28,7 @@ from intakes.openapi import (
     trigger_schema,
     work_item_schema,
 )
+from intakes.pollrate import poll_rate_take
 from intakes.presenters import work_item_poll_view
 from intakes.rejections import RejectionAuditMixin
 from intakes.services import (
@@ -120,6 +121,7 @@ class WorkItemDetailApi(PublicApi):
 
     @work_item_schema
     def get(self, request: Request, intake_id: str, work_id: str) -> Response:
+        poll_rate_take(key=request.auth)
         wait = wait_parse(request.query_params.getlist("wait"))
         try:
             read, refused = work_item_poll(intake_id=intake_id, work_id=work_id,

@@ -46,6 +46,16 @@ def _presenter_caches_clear():
 
 
 @pytest.fixture(autouse=True)
+def _poll_rate_reset():
+    """Every test starts with full poll buckets: organization ids repeat between tests."""
+    from intakes import pollrate
+
+    pollrate.buckets.clear()
+    yield
+    pollrate.buckets.clear()
+
+
+@pytest.fixture(autouse=True)
 def _rejection_budget_reset():
     """Every test starts with a fresh intake.rejected write budget, so whether a 4xx writes
     its audit row never depends on how many 4xx earlier tests sent in the same minute."""

@@ -1,0 +1,104 @@
+"""Polls per key and per organization per web process (intakes/pollrate.py): a loop that
+polls without pause gets 429 with Retry-After; other keys and organizations are served."""
+
+import pytest
+
+from apikeys.services import apikey_issue
+from intakes import pollrate
+from intakes.services import intake_create
+from tests.conftest import bearer, make_workflow, trigger
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def _poll(api, intake, token, work_id):
+    return api.get(f"/v1/intake/{intake.pk}/work/{work_id}", **bearer(token))
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = Clock()
+    monkeypatch.setattr(pollrate, "_clock", fake)
+    return fake
+
+
+def test_a_key_polling_past_its_rate_gets_429_and_others_are_served(
+        api, settings, clock, cast, intake_a, member_token):
+    settings.AUXOT_POLL_RATE_PER_KEY, settings.AUXOT_POLL_RATE_PER_ORG = 2, 100
+    work_id = trigger(api, intake_a.pk, member_token).json()["work_id"]
+    burst = int(2 * pollrate.BURST_SECONDS)
+    assert [_poll(api, intake_a, member_token, work_id).status_code
+            for _ in range(burst)] == [200] * burst
+    refused = _poll(api, intake_a, member_token, work_id)
+    assert refused.status_code == 429
+    body = refused.json()
+    assert body["code"] == "rate_limited" and "?wait=N" in body["detail"]
+    assert refused["Retry-After"] == "1"
+    # Another key of the same organization still polls.
+    admin_token = apikey_issue(org=cast.org_a, label="admin key", user=cast.admin_a).token
+    assert _poll(api, intake_a, admin_token, work_id).status_code == 200
+    clock.now += 0.5  # one token back
+    assert _poll(api, intake_a, member_token, work_id).status_code == 200
+    assert _poll(api, intake_a, member_token, work_id).status_code == 429
+
+
+def test_an_organization_spreading_its_polls_over_keys_is_bounded_too(
+        api, settings, clock, cast, intake_a, member_token, outsider_token):
+    settings.AUXOT_POLL_RATE_PER_KEY, settings.AUXOT_POLL_RATE_PER_ORG = 100, 2
+    work_id = trigger(api, intake_a.pk, member_token).json()["work_id"]
+    burst = int(2 * pollrate.BURST_SECONDS)
+    tokens = [apikey_issue(org=cast.org_a, label=f"k{n}", user=cast.member_a).token
+              for n in range(3)]
+    statuses = [_poll(api, intake_a, tokens[n % 3], work_id).status_code
+                for n in range(burst + 1)]
+    assert statuses == [200] * burst + [429]
+    intake_b = intake_create(org=cast.org_b, workflow=make_workflow(
+        cast.org_b, [("transform", {"expression": "input"})], name="B"), name="B")
+    other = trigger(api, intake_b.pk, outsider_token).json()["work_id"]
+    assert _poll(api, intake_b, outsider_token, other).status_code == 200  # another tenant
+
+
+def test_a_refused_poll_takes_nothing_and_reads_nothing(api, settings, clock, intake_a,
+                                                        member_token,
+                                                        django_assert_max_num_queries):
+    settings.AUXOT_POLL_RATE_PER_KEY, settings.AUXOT_POLL_RATE_PER_ORG = 1, 1
+    work_id = trigger(api, intake_a.pk, member_token).json()["work_id"]
+    for _ in range(int(pollrate.BURST_SECONDS)):
+        assert _poll(api, intake_a, member_token, work_id).status_code == 200
+    # The key (its lookup) and the intake.rejected row (in a savepoint): no item, intake or
+    # step is read.
+    with django_assert_max_num_queries(4):
+        assert _poll(api, intake_a, member_token, work_id).status_code == 429
+    clock.now += 1.0
+    assert _poll(api, intake_a, member_token, work_id).status_code == 200
+
+
+def test_zero_switches_the_limits_off(api, settings, clock, intake_a, member_token):
+    settings.AUXOT_POLL_RATE_PER_KEY, settings.AUXOT_POLL_RATE_PER_ORG = 0, 0
+    work_id = trigger(api, intake_a.pk, member_token).json()["work_id"]
+    assert {_poll(api, intake_a, member_token, work_id).status_code
+            for _ in range(30)} == {200}
+
+
+def test_retry_after_says_when_a_token_is_back():
+    buckets = pollrate._Buckets()
+    limits = {("key", 1): 0.25}  # one poll every 4 s; a full bucket holds 1.25
+    assert buckets.take(limits, 0.0) == 0.0
+    assert buckets.take(limits, 0.0) == pytest.approx(3.0)  # 0.25 left: 0.75 to refill
+    assert buckets.take(limits, 2.0) == pytest.approx(1.0)  # refused: nothing was taken
+    assert buckets.take(limits, 3.0) == 0.0
+
+
+def test_idle_buckets_are_forgotten_past_the_bound(monkeypatch):
+    buckets = pollrate._Buckets()
+    monkeypatch.setattr(pollrate, "_PRUNE_AT", 10)
+    for n in range(10):
+        buckets.take({("key", n): 1.0}, 0.0)
+    buckets.take({("key", "new"): 1.0}, pollrate.BURST_SECONDS + 1)
+    assert list(buckets._buckets) == [("key", "new")]
