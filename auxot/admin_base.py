@@ -17,6 +17,7 @@ organization: views call `require_role`, changelist actions are declared with `o
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 from collections.abc import Callable, Collection
@@ -294,6 +295,18 @@ class OrgScopedAdmin(admin.ModelAdmin):
         fields = list(super().get_readonly_fields(request, obj))
         return fields + [name + _REDACTED_SUFFIX for name in self._redacted_here()
                          if name + _REDACTED_SUFFIX not in fields]
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        """An existing object's organization is shown, never changed (for superusers too):
+        moved on its page by an admin of both organizations, a workflow took its work history
+        to the other organization's members and auditors and left its intakes pointing across
+        organizations. Disabled rather than read-only, so that the form still checks the
+        object's per-organization unique names with it (a duplicate would be a 500)."""
+        form = super().get_form(request, obj, change=change, **kwargs)
+        if obj is not None and "org" in form.base_fields:
+            form.base_fields["org"] = copy.copy(form.base_fields["org"])
+            form.base_fields["org"].disabled = True
+        return form
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
