@@ -12,7 +12,9 @@ from django.core.exceptions import PermissionDenied
 from django.core.paginator import EmptyPage, PageNotAnInteger, Paginator
 from django.http import HttpResponseRedirect, StreamingHttpResponse
 from django.urls import path, reverse
+from django.utils.decorators import method_decorator
 from django.utils.html import format_html
+from django.views.decorators.debug import sensitive_post_parameters
 
 from auxot.admin_base import (
     ADMIN,
@@ -310,6 +312,11 @@ class SecretAdmin(OrgScopedAdmin):
     # where the role is checked against that secret's organization and the change audited.
     actions = None
     FACTS = ["created_by", "created_at", "rotated_at"]
+
+    @method_decorator(sensitive_post_parameters("value"))
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        """The value never reaches an error report (mail, Sentry) of a failing save."""
+        return super().changeform_view(request, object_id, form_url, extra_context)
 
     def get_fields(self, request, obj=None):
         if obj is None:

@@ -397,6 +397,33 @@ class TestAdmin:
                     .values_list("event", flat=True)) == [
             "secret.created", "secret.hosts_changed", "secret.rotated", "secret.deleted"]
 
+    @pytest.mark.parametrize("page", ["add", "change"])
+    def test_a_failing_save_reports_the_error_without_the_value(self, world, client, caplog,
+                                                                monkeypatch, page):
+        """An error report (Django's mail to ADMINS, Sentry) filters POST parameters marked
+        sensitive: the value typed in never reaches it."""
+        from django.views.debug import SafeExceptionReporterFilter
+
+        import auxot.admin
+
+        def broken(**kwargs):
+            raise RuntimeError("database went away")
+
+        monkeypatch.setattr(auxot.admin, "secret_create", broken)
+        monkeypatch.setattr(auxot.admin, "secret_rotate", broken)
+        client.force_login(world.admin_a)
+        client.raise_request_exception = False
+        if page == "add":
+            response = self._add(client, world, value="typed-value-xyz")
+        else:
+            secret = Secret.objects.get(name="PAYMENTS_TOKEN")
+            response = client.post(f"{SECRETS}{secret.pk}/change/",
+                                   {"value": "typed-value-xyz", "hosts": "127.0.0.1"})
+        assert response.status_code == 500
+        [record] = [r for r in caplog.records if r.name == "django.request"]
+        shown = SafeExceptionReporterFilter().get_post_parameters(record.request)
+        assert shown["value"] != "typed-value-xyz" and set(shown["value"]) == {"*"}
+
     def test_bad_value_or_hosts_redisplay_without_the_value(self, world, client):
         client.force_login(world.admin_a)
         html = self._add(client, world, hosts="https://x/").content.decode()
