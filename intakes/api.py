@@ -70,6 +70,11 @@ class PublicApi(RejectionAuditMixin, APIView):
         if request.auth is not None:
             log_context_bind(key_lookup_id=request.auth.lookup_id)
 
+    def options(self, request: Request, *args, **kwargs) -> Response:
+        """The methods, nothing more: DRF's metadata answer named the view's class and
+        quoted its docstring (the code's own notes) to any caller with a key."""
+        return Response(status=204, headers={"Allow": ", ".join(self.allowed_methods)})
+
 
 def _bind_ids(kwargs: dict) -> None:
     """The URL's ids into the log context, only when they are UUIDs (the path is hostile)."""

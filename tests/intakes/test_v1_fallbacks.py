@@ -7,9 +7,10 @@ import re
 import pytest
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
+from rest_framework.test import APIClient
 
 from auxot.errors import NOT_FOUND_DETAIL, PROBLEM_CONTENT_TYPE
-from tests.conftest import bearer
+from tests.conftest import bearer, trigger
 
 pytestmark = pytest.mark.django_db
 WORK = "/v1/intake/3f1c2a9e-0000-4000-8000-000000000001/work/3f1c2a9e-0000-4000-8000-000000000002"
@@ -186,3 +187,20 @@ def test_no_method_on_a_v1_route_is_a_500(path, method, settings):
     client = Client(enforce_csrf_checks=True, raise_request_exception=False)
     response = client.generic(method, path)
     assert response.status_code < 500, (method, path, response.status_code)
+
+
+@pytest.mark.parametrize(("path", "allow"), [
+    ("/v1/intake/{intake}", "POST, OPTIONS"),
+    ("/v1/intake/{intake}/work/{work}", "GET, HEAD, OPTIONS"),
+    ("/v1/intake/{intake}/work/{work}/approval", "POST, OPTIONS"),
+    ("/v1/intake/{intake}/work/{work}/cancel", "POST, OPTIONS"),
+])
+def test_options_with_a_key_says_the_methods_and_nothing_of_the_code(
+        client, intake_a, member_token, path, allow):
+    """DRF's metadata answer named the view class and quoted its docstring."""
+    work = trigger(APIClient(), intake_a.pk, member_token).json()["work_id"]
+    response = client.options(path.format(intake=intake_a.pk, work=work),
+                              **bearer(member_token))
+    assert response.status_code == 204
+    assert response["Allow"] == allow
+    assert response.content == b""
