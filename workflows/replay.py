@@ -104,6 +104,11 @@ def replay_refusal_why(item: WorkItem) -> tuple[str, str] | None:
             "intake again if the work is wanted after all.")
     if not item.workflow.active:
         return "workflow deactivated", "The workflow of this work item is deactivated."
+    if item.intake_id is not None and not item.intake.active:
+        # Taken out of service: its callers get 404 for it (a replay, a poll of the new
+        # item), so the admin does not run new work, with its side effects, through it.
+        return "intake deactivated", (
+            "The intake of this work item is deactivated; reactivate it to replay its work.")
     if item.redacted_at is not None:
         # Retention removed its input and outputs: a replay would send nulls downstream
         # (under the original's Idempotency-Key) and call that a success.
@@ -154,8 +159,8 @@ def work_item_replay(*, item: WorkItem, start_over: bool = False, user=None, key
         # Serialized on the original's row (its alone: a lock on the workflow would hold
         # every trigger of it), then asked again: two replays at once, by two callers or two
         # clicks, make one new item and one 409.
-        item = (WorkItem.objects.select_for_update(of=("self",)).select_related("workflow")
-                .get(pk=item.pk))
+        item = (WorkItem.objects.select_for_update(of=("self",))
+                .select_related("workflow", "intake").get(pk=item.pk))
         if why := replay_refusal_why(item):
             raise NotReplayable(*why)
         new = _replay_create(item=item, plan=plan, start_over=start_over, key=key, ip=ip,
@@ -238,10 +243,9 @@ def _replay_audit(*, item: WorkItem, new: WorkItem, plan: ReplayPlan, start_over
 
 # --- The admin's Failed work view: open failures grouped ------------------------------------
 def failed_unreplayed(*, org_ids: list[int] | None, since: datetime) -> QuerySet:
-    """Failed items (not canceled, not yet replayed) finished since `since`; None: any org."""
-    items = WorkItem.objects.filter(status=WorkItem.Status.FAILED, finished_at__gte=since,
-                                    replays__isnull=True, redacted_at__isnull=True
-                                    ).exclude(error__code=CANCELED)
+    """Failed items finished since `since` that a replay would take forward (`replayable`:
+    not canceled, not yet replayed, workflow and intake active); None: any org."""
+    items = replayable(WorkItem.objects.filter(finished_at__gte=since))
     if org_ids is not None:
         items = items.filter(workflow__org_id__in=org_ids)
     return items.annotate(error_code=KeyTextTransform("code", "error"),
@@ -278,7 +282,7 @@ def replayable(items: QuerySet) -> QuerySet:
     """The items of `items` a replay would take forward (what replay_refusal allows)."""
     return items.filter(status=WorkItem.Status.FAILED, workflow__active=True,
                         redacted_at__isnull=True, replays__isnull=True).exclude(
-        error__code=CANCELED)
+        error__code=CANCELED).exclude(intake__active=False)
 
 
 def replay_summary(items: QuerySet) -> list[dict]:
@@ -387,7 +391,7 @@ def replay_batch_chunk(*, batch_id) -> tuple[int, bool]:
         if batch is None:
             return 0, False
         ids = batch.work_ids[batch.cursor:batch.cursor + settings.AUXOT_REPLAY_CHUNK_SIZE]
-        items = WorkItem.objects.select_related("workflow__org").filter(
+        items = WorkItem.objects.select_related("workflow__org", "intake").filter(
             pk__in=[uuid.UUID(pk) for pk in ids], workflow__org_id=batch.org_id)
         found = {str(item.pk): item for item in items}
         replayed = _replayed_already(ids)

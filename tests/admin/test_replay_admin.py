@@ -6,9 +6,16 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from intakes.services import intake_create, intake_set_active
 from tests.conftest import make_workflow
-from workflows.models import ReplayBatch, StepRun, WorkItem
-from workflows.replay import failed_work_groups, work_item_replay
+from workflows.models import ReplayBatch, StepRun, Workflow, WorkItem
+from workflows.replay import (
+    failed_work_groups,
+    replay_batch_create,
+    replay_batch_process,
+    replayable,
+    work_item_replay,
+)
 from workflows.services import work_item_cancel, work_item_create
 
 CHANGELIST = "/admin/workflows/workitem/"
@@ -131,3 +138,58 @@ def test_group_confirmation_says_how_many_and_which_steps(client, cast, flow):
         "workflow": str(flow.pk), "position": "2", "code": "http_status", "from": "start"})
     assert "new</strong> idempotency keys" in start.content.decode()
     assert not ReplayBatch.objects.exists()
+
+
+# Every reason an item is not replayed, and each admin path that must agree on it. Before:
+# the admin replayed (one item, the bulk action, a Failed work group) the failed work of a
+# DEACTIVATED intake, which its callers could not poll (404) while its steps and callback
+# ran; and Failed work counted items of a deactivated workflow that its replay then skipped.
+def _refused(cast, flow) -> dict[str, WorkItem]:
+    def on(workflow, intake=None):
+        item = _failed(workflow)
+        if intake is not None:
+            WorkItem.objects.filter(pk=item.pk).update(intake=intake)
+        return WorkItem.objects.get(pk=item.pk)
+
+    off_intake = intake_create(org=cast.org_a, workflow=flow, name="closed")
+    off_workflow = make_workflow(cast.org_a, [("transform", {"expression": "input"}),
+                                              ("transform", {"expression": "input"})],
+                                 name="Off")
+    items = {"intake deactivated": on(flow, off_intake),
+             "workflow deactivated": on(off_workflow),
+             "removed by retention": on(flow), "already replayed": on(flow),
+             "canceled": on(flow)}
+    intake_set_active(intake=off_intake, active=False)
+    Workflow.objects.filter(pk=off_workflow.pk).update(active=False)
+    WorkItem.objects.filter(pk=items["removed by retention"].pk).update(
+        redacted_at=timezone.now())
+    work_item_replay(item=items["already replayed"], user=cast.member_a)
+    WorkItem.objects.filter(pk=items["canceled"].pk).update(
+        error={"code": "canceled", "message": "Canceled.", "step_position": 2})
+    return {reason: WorkItem.objects.get(pk=item.pk) for reason, item in items.items()}
+
+
+def test_every_refused_item_is_refused_alike_by_each_admin_path(client, cast, flow):
+    live_intake = intake_create(org=cast.org_a, workflow=flow, name="open")
+    replayed_ok = [_failed(flow), _failed(flow)]  # no intake (Run (new task)), and an intake
+    WorkItem.objects.filter(pk=replayed_ok[1].pk).update(intake=live_intake)
+    refused = _refused(cast, flow)
+    already = WorkItem.objects.get(replay_of=refused["already replayed"])
+    ids = [item.pk for item in [*replayed_ok, *refused.values()]]
+    # Failed work and the bulk action's count: only the two that replay.
+    groups = failed_work_groups(org_ids=[cast.org_a.pk],
+                                since=timezone.now() - timedelta(days=1))
+    assert sum(group["count"] for group in groups) == 2
+    assert set(replayable(WorkItem.objects.filter(pk__in=ids))) == set(replayed_ok)
+    client.force_login(cast.member_a)
+    for reason, item in refused.items():
+        page = client.get(f"{CHANGELIST}{item.pk}/change/").content.decode()
+        assert 'id="replay-form"' not in page, reason
+        client.post(f"{CHANGELIST}{item.pk}/replay/", {"from": "failed_step"})
+        assert list(WorkItem.objects.filter(replay_of=item)) == (
+            [already] if reason == "already replayed" else []), reason
+    batch = replay_batch_create(org=cast.org_a, work_ids=ids, user=cast.member_a)
+    replay_batch_process(batch_id=batch.pk)
+    batch.refresh_from_db()
+    assert batch.replayed == 2
+    assert batch.skip_reasons == {reason: 1 for reason in refused}
