@@ -445,6 +445,9 @@ def work_item_action_schema(*, operation_id: str, summary: str, description: str
 
 REPLAY_EXAMPLES = [
     OpenApiExample("from the failed step", value={"from": "failed_step"}, request_only=True),
+    OpenApiExample("with a reason", value={"from": "failed_step",
+                                           "reason": "Payments API was down 10:05-11:05."},
+                   request_only=True),
     OpenApiExample("start over", value={"from": "start"}, request_only=True),
     OpenApiExample("no body", value={}, request_only=True),
 ]

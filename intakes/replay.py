@@ -19,21 +19,30 @@ from apikeys.models import ApiKey
 from auxot.http import client_ip
 from auxot.timefmt import iso
 from intakes import idempotency, ratelimit
-from intakes.api import PublicApi, _absolute, _validated
+from intakes.api import PublicApi, TextField, _absolute, _validated
 from intakes.body import StrictJSONParser
 from intakes.models import Intake
 from intakes.openapi import REPLAY_EXAMPLES, TriggerHeadersSerializer, replay_schema
 from intakes.services import TriggerResult, intake_for_key, work_item_for_key
 from workflows.models import WorkItem
-from workflows.replay import FROM_FAILED_STEP, FROM_START, NotReplayable, work_item_replay
+from workflows.replay import (
+    FROM_FAILED_STEP,
+    FROM_START,
+    REASON_MAX_CHARS,
+    NotReplayable,
+    work_item_replay,
+)
 
 
 def intake_work_replay(*, intake: Intake, key: ApiKey, item: WorkItem, start_over: bool,
-                       ip: str | None, idempotency_key: str | None = None) -> TriggerResult:
+                       ip: str | None, idempotency_key: str | None = None,
+                       reason: str = "") -> TriggerResult:
     """Replay `item` for a caller; with an Idempotency-Key the replay and its record commit
     together, and a repeat of the same request answers the first replay. A replay is new
     work: it counts against the same rate limits as a trigger (429 creates nothing)."""
     request = {"replay_of": str(item.pk), "from": FROM_START if start_over else FROM_FAILED_STEP}
+    if reason:  # without one, the request (and a stored key's hash) is what it always was
+        request["reason"] = reason
     claim = idempotency.idempotency_claim(key=key, header=idempotency_key, payload=request,
                                           kind="replay")
     if claim is not None:  # a repeat answers the first replay, whatever happened since
@@ -46,7 +55,7 @@ def intake_work_replay(*, intake: Intake, key: ApiKey, item: WorkItem, start_ove
     try:
         with transaction.atomic():
             new = work_item_replay(item=item, start_over=start_over, user=key.user, key=key,
-                                   ip=ip)
+                                   ip=ip, reason=reason)
             if claim is not None:
                 idempotency.idempotency_bound_wait()
                 idempotency.idempotency_store(claim=claim, intake=intake, work_item_id=new.pk,
@@ -95,6 +104,9 @@ class WorkItemReplayApi(PublicApi):
                 help_text="`failed_step` (default): carry the completed steps and run from the "
                           "failed one. `start`: run every step again, with new idempotency "
                           "keys."),
+            "reason": TextField(required=False, allow_blank=True, max_length=REASON_MAX_CHARS,
+                                trim_whitespace=False,
+                                help_text="Why you replay it: kept in the audit log."),
         }))
 
     @replay_schema(request=InputSerializer)
@@ -102,11 +114,13 @@ class WorkItemReplayApi(PublicApi):
         intake = intake_for_key(intake_id=intake_id, key=request.auth)
         item = work_item_for_key(intake=intake, work_id=work_id)
         data = _validated(self.InputSerializer, request.data,
-                          'Send no body, or {"from": "failed_step" | "start"}.')
+                          'Send no body, or {"from": "failed_step" | "start", "reason": "..."} '
+                          f"(a reason of at most {REASON_MAX_CHARS} characters).")
         header = TriggerHeadersSerializer.from_headers(request.headers).get("idempotency_key")
         result = intake_work_replay(intake=intake, key=request.auth, item=item,
                                     start_over=data["from"] == FROM_START,
-                                    ip=client_ip(request), idempotency_key=header)
+                                    ip=client_ip(request), idempotency_key=header,
+                                    reason=data.get("reason", ""))
         new = result.item
         status_url = _absolute(request, reverse(
             "work-item-detail", kwargs={"intake_id": intake.pk, "work_id": new.pk}))

@@ -35,6 +35,7 @@ from auxot.models import Organization
 from workflows.models import ReplayBatch, Step, Workflow, WorkItem
 from workflows.replay import (
     FROM_START,
+    REASON_MAX_CHARS,
     failed_group_items,
     failed_work_groups,
     replay_batch_cap,
@@ -56,6 +57,11 @@ def _days(request: HttpRequest) -> int:
     except ValueError:
         days = 0
     return min(max(days, 1), MAX_DAYS) if days else settings.AUXOT_REPLAY_FAILED_DAYS
+
+
+def _reason(request: HttpRequest) -> str:
+    """Why the operator replays, as typed (kept in the audit log), cut to the limit."""
+    return request.POST.get("reason", "").strip()[:REASON_MAX_CHARS]
 
 
 def _visible_orgs(request: HttpRequest) -> list[int] | None:
@@ -106,6 +112,7 @@ class WorkItemReplayMixin:
                 extra["replay_url"] = reverse("admin:workflows_workitem_replay", args=[item.pk])
                 extra["replay_resume"] = plan.resume_step
                 extra["replay_carried"] = len(plan.carried)
+                extra["reason_max"] = REASON_MAX_CHARS
         return super().change_view(request, object_id, form_url, extra)
 
     def replay_view(self, request: HttpRequest, object_id: str):
@@ -116,7 +123,8 @@ class WorkItemReplayMixin:
         require_role(request, ACTORS, item, org_path="workflow__org")
         try:
             new = work_item_replay(item=item, start_over=request.POST.get("from") == FROM_START,
-                                   user=request.user, ip=client_ip(request))
+                                   user=request.user, ip=client_ip(request),
+                                   reason=_reason(request))
         except ApplicationError as exc:
             self.message_user(request, exc.detail, messages.ERROR)
             return HttpResponseRedirect(reverse("admin:workflows_workitem_change",
@@ -138,7 +146,7 @@ class WorkItemReplayMixin:
                        "title": "Replay from failed step", "count": count,
                        "refused": total - count, "steps": replay_summary(queryset),
                        "selected": selected, "select_across": request.POST.get("select_across"),
-                       "query": request.GET.urlencode(),
+                       "query": request.GET.urlencode(), "reason_max": REASON_MAX_CHARS,
                        "action_checkbox_name": ACTION_CHECKBOX_NAME}
             return TemplateResponse(request, "admin/workflows/workitem/replay_confirm.html",
                                     context)
@@ -152,7 +160,8 @@ class WorkItemReplayMixin:
         try:
             batches = [replay_batch_create(org=Organization.objects.get(pk=org_id),
                                            work_ids=ids, user=request.user, ip=client_ip(request),
-                                           label=f"{len(ids)} selected item(s)")
+                                           label=f"{len(ids)} selected item(s)",
+                                           reason=_reason(request))
                        for org_id, ids in by_org.items()]
         except ApplicationError as exc:
             self.message_user(request, exc.detail, messages.ERROR)
@@ -197,8 +206,8 @@ class WorkItemReplayMixin:
             try:
                 batch = replay_batch_create(
                     org=workflow.org, work_ids=ids, user=request.user, start_over=start_over,
-                    ip=client_ip(request), label=f"{workflow.name}: step {position or '-'} "
-                                           f"{code or 'no code'}")
+                    reason=_reason(request), ip=client_ip(request),
+                    label=f"{workflow.name}: step {position or '-'} {code or 'no code'}")
             except ApplicationError as exc:
                 self.message_user(request, exc.detail, messages.ERROR)
                 return HttpResponseRedirect(reverse("admin:workflows_workitem_failed"))
@@ -215,7 +224,8 @@ class WorkItemReplayMixin:
                    "position": position, "days": days, "count": count,
                    "now": min(count, cap), "later": max(count - cap, 0), "cap": cap,
                    "to_run": plan.to_run if plan else steps, "start_over": start_over,
-                   "carried": plan.carried_steps if plan else []}
+                   "carried": plan.carried_steps if plan else [],
+                   "reason_max": REASON_MAX_CHARS}
         return TemplateResponse(request, "admin/workflows/workitem/failed_replay_confirm.html",
                                 context)
 

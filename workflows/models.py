@@ -265,6 +265,7 @@ class ReplayBatch(models.Model):
     org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
     start_over = models.BooleanField(default=False)
     label = models.CharField(max_length=300, blank=True)
+    reason = models.CharField(max_length=500, blank=True)  # why, as its creator said
     work_ids = models.JSONField(default=list)
     total = models.PositiveIntegerField(default=0)
     cursor = models.PositiveIntegerField(default=0)

@@ -30,6 +30,7 @@ from auxot.errors import ApplicationError
 from auxot.logs import current_request_id
 from auxot.models import Organization
 from auxot.services import audit_record
+from auxot.storable import text_storable
 from workflows.models import ReplayBatch, Step, StepRun, WorkItem, step_key_name
 from workflows.services import (
     _actor_label,
@@ -44,6 +45,7 @@ BATCH_TASK = "workflows.tasks.replay_batch_run"
 BATCH_MAX_ITEMS = 20_000  # one confirmation, one batch; more: replay the rest afterwards
 TASK_BUDGET_SECONDS = 10.0  # then the task hands the batch to a fresh task (fair to others)
 CANCELED = "canceled"
+REASON_MAX_CHARS = 500  # as a cancel's
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,11 @@ def replay_refusal(item: WorkItem) -> str | None:
     return why[1] if why else None
 
 
+def _reason_storable(reason: str) -> str:
+    """A reason as typed, storable (an admin form's NUL is not a 500), cut to the limit."""
+    return text_storable(reason)[:REASON_MAX_CHARS]
+
+
 class NotReplayable(ApplicationError):
     """409 `not_replayable`; `reason` is the short one a bulk replay counts."""
 
@@ -141,9 +148,10 @@ class NotReplayable(ApplicationError):
 
 def work_item_replay(*, item: WorkItem, start_over: bool = False, user=None, key=None,
                      ip: str | None = None, batch: ReplayBatch | None = None,
-                     now: datetime | None = None) -> WorkItem:
-    """Create the replay of failed `item`, audited as work_item.replayed. Call it inside
-    the caller's transaction when it must commit with something else (idempotency).
+                     reason: str = "", now: datetime | None = None) -> WorkItem:
+    """Create the replay of failed `item`, audited as work_item.replayed with who and
+    `reason` (why; a batch's own reason for its items). Call it inside the caller's
+    transaction when it must commit with something else (idempotency).
 
     Admins and members may replay (a user's role is checked in the item's organization;
     a key's access to the intake was checked by the caller). 409 `not_replayable` for an
@@ -166,7 +174,7 @@ def work_item_replay(*, item: WorkItem, start_over: bool = False, user=None, key
         new = _replay_create(item=item, plan=plan, start_over=start_over, key=key, ip=ip,
                              batch=batch, now=now)
         _replay_audit(item=item, new=new, plan=plan, start_over=start_over, user=user, key=key,
-                      ip=ip, batch=batch, now=now)
+                      ip=ip, batch=batch, reason=batch.reason if batch else reason, now=now)
     return new
 
 
@@ -224,7 +232,7 @@ def _replay_create(*, item: WorkItem, plan: ReplayPlan, start_over: bool, key, i
 
 
 def _replay_audit(*, item: WorkItem, new: WorkItem, plan: ReplayPlan, start_over: bool, user,
-                  key, ip, batch: ReplayBatch | None, now: datetime) -> None:
+                  key, ip, batch: ReplayBatch | None, reason: str, now: datetime) -> None:
     who = dict(actor_user=user, actor_key_lookup=key.lookup_id if key else "",
                actor_label=_actor_label(user, key), ip=ip, now=now, org=item.workflow.org)
     extra: dict[str, Any] = {
@@ -232,13 +240,15 @@ def _replay_audit(*, item: WorkItem, new: WorkItem, plan: ReplayPlan, start_over
         "from": FROM_START if start_over else FROM_FAILED_STEP,
         "resumed_from_step": new.resumed_from_step,
         "carried_steps": [step.position for step in plan.carried_steps],
+        "reason": _reason_storable(reason),
     }
     if batch is not None:
         extra["batch"] = str(batch.pk)
     audit_record(event="work_item.replayed", obj=item, extra=extra, **who)
     audit_record(event="work_item.created", obj=new, **who,
                  extra={"replay_of": str(item.pk), "via": "replay",
-                        "resumed_from_step": new.resumed_from_step})
+                        "resumed_from_step": new.resumed_from_step,
+                        "reason": extra["reason"]})
 
 
 # --- The admin's Failed work view: open failures grouped ------------------------------------
@@ -333,7 +343,7 @@ def replay_batch_cap() -> int:
 
 
 def replay_batch_create(*, org: Organization, work_ids: list, user, start_over: bool = False,
-                        label: str = "", ip: str | None = None,
+                        label: str = "", reason: str = "", ip: str | None = None,
                         now: datetime | None = None) -> ReplayBatch:
     """Store a bulk replay and hand it to a worker; returns at once (the web request never
     replays thousands of items itself)."""
@@ -347,10 +357,12 @@ def replay_batch_create(*, org: Organization, work_ids: list, user, start_over: 
     with transaction.atomic():
         batch = ReplayBatch.objects.create(
             org=org, start_over=start_over, label=label[:300], work_ids=ids, total=len(ids),
-            created_by=user, created_at=now, progressed_at=now, enqueued_at=now)
+            reason=_reason_storable(reason), created_by=user, created_at=now,
+            progressed_at=now, enqueued_at=now)
         audit_record(event="replay_batch.created", org=org, actor_user=user, obj=batch, ip=ip,
                      now=now, extra={"items": len(ids), "label": label[:300],
-                                     "from": FROM_START if start_over else FROM_FAILED_STEP})
+                                     "from": FROM_START if start_over else FROM_FAILED_STEP,
+                                     "reason": batch.reason})
         transaction.on_commit(lambda: replay_batch_enqueue(batch_id=batch.pk))
     return batch
 
@@ -441,7 +453,8 @@ def _batch_advance(batch: ReplayBatch, count: int, now: datetime) -> None:
         batch.status, batch.finished_at = ReplayBatch.Status.DONE, now
         audit_record(event="replay_batch.finished", org=batch.org, obj=batch, now=now,
                      actor_label="engine", extra={"replayed": batch.replayed,
-                                                  "skipped": batch.skipped})
+                                                  "skipped": batch.skipped,
+                                                  "skip_reasons": batch.skip_reasons})
     batch.save(update_fields=["cursor", "replayed", "skipped", "skip_reasons", "status",
                               "progressed_at", "finished_at"])
 

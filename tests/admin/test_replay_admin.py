@@ -6,8 +6,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from auxot.models import AuditEvent
 from intakes.services import intake_create, intake_set_active
-from tests.conftest import make_workflow
+from tests.conftest import bearer, make_workflow
 from workflows.models import ReplayBatch, StepRun, Workflow, WorkItem
 from workflows.replay import (
     failed_work_groups,
@@ -193,3 +194,74 @@ def test_every_refused_item_is_refused_alike_by_each_admin_path(client, cast, fl
     batch.refresh_from_db()
     assert batch.replayed == 2
     assert batch.skip_reasons == {reason: 1 for reason in refused}
+
+
+# Why: an auditor explains a replay from the audit log. Before: nothing recorded why (a
+# cancel keeps its reason, a replay did not), on any of the four ways to replay.
+WHY = "payments API down 10:05-11:05, fixed"
+
+
+def _replay_each_way(client, api, cast, flow, token) -> dict[str, WorkItem]:
+    """One failed item replayed by each way there is, every one giving WHY."""
+    intake = intake_create(org=cast.org_a, workflow=flow, name="why")
+    items = {way: _failed(flow) for way in ("api", "admin", "bulk action", "failed work")}
+    WorkItem.objects.filter(pk=items["api"].pk).update(intake=intake)
+    assert api.post(f"/v1/intake/{intake.pk}/work/{items['api'].pk}/replay",
+                    {"reason": WHY}, format="json", **bearer(token)).status_code == 202
+    client.force_login(cast.member_a)
+    client.post(f"{CHANGELIST}{items['admin'].pk}/replay/", {"from": "failed_step",
+                                                             "reason": f"  {WHY} "})
+    client.post(CHANGELIST, {"action": "replay_selected", "confirm": "yes", "reason": WHY,
+                             "_selected_action": [str(items["bulk action"].pk)]})
+    WorkItem.objects.filter(pk=items["failed work"].pk).update(
+        error={"code": "timeout", "message": "no", "step_position": 2})
+    client.post("/admin/workflows/workitem/failed/replay/", {
+        "workflow": str(flow.pk), "position": "2", "code": "timeout", "confirm": "yes",
+        "reason": WHY})
+    for batch in ReplayBatch.objects.all():
+        replay_batch_process(batch_id=batch.pk)
+    return items
+
+
+def test_every_way_to_replay_keeps_why_in_the_audit_log(client, api, cast, flow,
+                                                         member_token):
+    items = _replay_each_way(client, api, cast, flow, member_token)
+    for way, item in items.items():
+        assert WorkItem.objects.filter(replay_of=item).exists(), way
+        event = AuditEvent.objects.get(event="work_item.replayed", object_id=str(item.pk))
+        assert event.extra["reason"] == WHY, way
+        new = str(WorkItem.objects.get(replay_of=item).pk)
+        event = AuditEvent.objects.get(event="work_item.created", object_id=new)
+        assert event.extra["reason"] == WHY, way
+    batches = ReplayBatch.objects.all()
+    assert [batch.reason for batch in batches] == [WHY, WHY]
+    created = AuditEvent.objects.filter(event="replay_batch.created")
+    assert [event.extra["reason"] for event in created] == [WHY, WHY]
+    finished = AuditEvent.objects.filter(event="replay_batch.finished").first()
+    assert finished.extra["skip_reasons"] == {}
+    page = client.get(f"{CHANGELIST}replay-batches/{batches[0].pk}/").content.decode()
+    assert f'<span id="batch-reason">{WHY}</span>' in page
+
+
+def test_a_reason_with_a_nul_is_stored_not_a_500(client, cast, flow):
+    failed, bulk = _failed(flow), _failed(flow)
+    client.force_login(cast.member_a)
+    client.post(f"{CHANGELIST}{failed.pk}/replay/", {"reason": "api\x00down"})
+    client.post(CHANGELIST, {"action": "replay_selected", "confirm": "yes",
+                             "reason": "api\x00down", "_selected_action": [str(bulk.pk)]})
+    replay_batch_process(batch_id=ReplayBatch.objects.get().pk)
+    reasons = AuditEvent.objects.filter(event="work_item.replayed").values_list(
+        "extra__reason", flat=True)
+    assert list(reasons) == ["api\ufffddown"] * 2
+
+
+def test_the_replay_forms_ask_why(client, cast, flow):
+    failed = _failed(flow)
+    client.force_login(cast.member_a)
+    page = client.get(f"{CHANGELIST}{failed.pk}/change/").content.decode()
+    confirm = client.post(CHANGELIST, {"action": "replay_selected",
+                                       "_selected_action": [str(failed.pk)]}).content.decode()
+    group = client.get("/admin/workflows/workitem/failed/replay/", {
+        "workflow": str(flow.pk), "position": "2", "code": "http_status"}).content.decode()
+    for text in (page, confirm, group):
+        assert 'name="reason" id="replay-reason" maxlength="500"' in text

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from auxot.models import AuditEvent
 from auxot_client import cli
 from tests.callers import BIN, caller, worker  # noqa: F401  (fixtures)
 from workflows.models import Step, WorkItem
@@ -47,10 +48,13 @@ def test_replay_waits_like_run_and_exits_like_it(caller, worker):  # noqa: F811
 def test_replay_without_wait_prints_the_new_work_id(caller, worker):  # noqa: F811
     first = caller.run([AUXOT, "run", caller.failing_intake_id, "--data", "{}"])
     work_id = first.stderr.decode().split("work_id ")[1].split()[0]
-    result = caller.run([AUXOT, "replay", work_id], AUXOT_INTAKE_ID=caller.failing_intake_id)
+    result = caller.run([AUXOT, "replay", work_id, "--reason", "expression fixed"],
+                        AUXOT_INTAKE_ID=caller.failing_intake_id)
     assert result.returncode == 0, result.stderr
     new_id = result.stdout.decode().strip()
     assert WorkItem.objects.get(pk=new_id).replay_of_id is not None
+    event = AuditEvent.objects.get(event="work_item.replayed", object_id=work_id)
+    assert event.extra["reason"] == "expression fixed"
 
 
 def test_replay_needs_an_intake(monkeypatch, capsys):

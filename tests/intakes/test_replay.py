@@ -170,7 +170,9 @@ def test_canceled_item_is_not_replayed(cast, api, member_token, fake_server):
     assert WorkItem.objects.count() == 1
 
 
-@pytest.mark.parametrize("body, pointer", [({"from": "middle"}, "/from"), ({"from": 2}, "/from")])
+@pytest.mark.parametrize("body, pointer", [({"from": "middle"}, "/from"), ({"from": 2}, "/from"),
+                                           ({"reason": "x" * 501}, "/reason"),
+                                           ({"reason": 7}, "/reason")])
 def test_bad_replay_body_is_400_and_creates_nothing(cast, api, member_token, fake_server,
                                                     body, pointer):
     intake, original = _failed_at_two(api, cast, fake_server, member_token)
@@ -204,6 +206,21 @@ def test_same_idempotency_key_answers_the_first_replay(cast, api, member_token, 
     assert fresh.status_code == 409  # a new key is a new request: it would be a second replay
     assert fresh.json()["code"] == "not_replayable"
     assert WorkItem.objects.filter(replay_of=original).count() == 1
+
+
+def test_the_reason_is_audited_and_part_of_the_idempotent_request(cast, api, member_token,
+                                                                  fake_server):
+    intake, original = _failed_at_two(api, cast, fake_server, member_token)
+    why = {"reason": "the receiver was down; fixed at 11:05"}
+    first = _replay(api, intake, original.pk, member_token, why, HTTP_IDEMPOTENCY_KEY="r-1")
+    assert first.status_code == 202
+    again = _replay(api, intake, original.pk, member_token, why, HTTP_IDEMPOTENCY_KEY="r-1")
+    assert again["Idempotent-Replayed"] == "true"
+    other = _replay(api, intake, original.pk, member_token, {"reason": "another"},
+                    HTTP_IDEMPOTENCY_KEY="r-1")
+    assert other.status_code == 422
+    event = AuditEvent.objects.get(event="work_item.replayed")
+    assert (event.actor_user, event.extra["reason"]) == (cast.member_a, why["reason"])
 
 
 def test_a_failed_item_replays_once_then_its_replay_carries_on(cast, api, member_token,
@@ -478,6 +495,7 @@ def test_openapi_documents_the_replay_and_the_new_fields(client):
     enum_ref = body["properties"]["from"]["allOf"][0]["$ref"].rsplit("/", 1)[1]
     assert schema["components"]["schemas"][enum_ref]["enum"] == ["failed_step", "start"]
     assert body["properties"]["from"]["default"] == "failed_step"
+    assert body["properties"]["reason"]["maxLength"] == 500
     work_item = schema["components"]["schemas"]["WorkItem"]["properties"]
     assert {"replay_of", "resumed_from_step", "replayed_by"} <= set(work_item)
     assert "Idempotency-Key" in {p["name"] for p in operation["parameters"]}

@@ -283,7 +283,7 @@ def cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     intake_id, work_id = _replay_target(args)
     client = _client(args)
     work = client.replay(intake_id, work_id, start_over=args.from_ == "start",
-                         idempotency_key=args.idempotency_key)
+                         reason=args.reason or "", idempotency_key=args.idempotency_key)
     if not args.wait:
         if args.json:
             _print_json(work, out)
@@ -367,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--from", dest="from_", choices=["failed_step", "start"],
                         default="failed_step", help="failed_step (default): carry the "
                         "completed steps; start: run every step again, with new keys")
+    replay.add_argument("--reason", help="why you replay it (kept in the audit log)")
     replay.add_argument("--idempotency-key", help="sent as Idempotency-Key")
     replay.add_argument("--wait", action="store_true",
                         help="wait for the new item; exit codes as for `run`")

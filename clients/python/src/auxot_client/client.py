@@ -309,17 +309,21 @@ class Client:
                                    idempotency_key, attempts, retry_for, sleep, clock)
 
     def replay(self, intake_id: str, work_id: str, *, start_over: bool = False,
-               idempotency_key: str | None = None, attempts: int = 8,
+               reason: str = "", idempotency_key: str | None = None, attempts: int = 8,
                retry_for: float = TRIGGER_RETRY_FOR,
                sleep: Callable[[float], None] = time.sleep,
                clock: Callable[[], float] = time.monotonic) -> dict:
         """Replay a failed work item: a NEW item resumes from the failed step (or, with
         `start_over`, runs every step again). Returns the 202 body of the new item.
+        `reason` (why, at most 500 characters) is kept in the audit log.
 
         The original stays failed. Retried like `trigger`, under one `Idempotency-Key`
         (yours or a random one): a retry gets the first replay's answer, never a 409."""
+        body = {"from": "start" if start_over else "failed_step"}
+        if reason:
+            body["reason"] = reason
         return self._post_accepted(_path("intake", intake_id, "work", work_id, "replay"),
-                                   {"from": "start" if start_over else "failed_step"}, {},
+                                   body, {},
                                    idempotency_key, attempts, retry_for, sleep, clock)
 
     def _post_accepted(self, path: str, data: Any, optional: dict, idempotency_key: str | None,
