@@ -36,6 +36,7 @@ from workflows.models import ReplayBatch, Step, Workflow, WorkItem
 from workflows.replay import (
     FROM_START,
     REASON_MAX_CHARS,
+    ReplayBatchRunning,
     failed_group_items,
     failed_work_groups,
     replay_batch_cap,
@@ -157,15 +158,21 @@ class WorkItemReplayMixin:
             self.message_user(request, "None of the selected items can be replayed (only "
                               "failed, not canceled items).", messages.WARNING)
             return None
-        try:
-            batches = [replay_batch_create(org=Organization.objects.get(pk=org_id),
-                                           work_ids=ids, user=request.user, ip=client_ip(request),
-                                           label=f"{len(ids)} selected item(s)",
-                                           reason=_reason(request))
-                       for org_id, ids in by_org.items()]
-        except ApplicationError as exc:
-            self.message_user(request, exc.detail, messages.ERROR)
-            return None
+        batches = []
+        for org_id, ids in by_org.items():
+            try:
+                batches.append(replay_batch_create(
+                    org=Organization.objects.get(pk=org_id), work_ids=ids, user=request.user,
+                    ip=client_ip(request), label=f"{len(ids)} selected item(s)",
+                    reason=_reason(request)))
+            except ReplayBatchRunning as exc:
+                self.message_user(request, exc.detail, messages.WARNING)
+                batches.append(exc.batch)
+            except ApplicationError as exc:
+                self.message_user(request, exc.detail, messages.ERROR)
+                return None
+            else:
+                _left_out(self, request, len(ids), batches[-1])
         return HttpResponseRedirect(reverse("admin:workflows_workitem_replay_batch",
                                             args=[batches[0].pk]))
 
@@ -208,6 +215,10 @@ class WorkItemReplayMixin:
                     org=workflow.org, work_ids=ids, user=request.user, start_over=start_over,
                     reason=_reason(request), ip=client_ip(request),
                     label=f"{workflow.name}: step {position or '-'} {code or 'no code'}")
+                _left_out(self, request, len(ids), batch)
+            except ReplayBatchRunning as exc:
+                self.message_user(request, exc.detail, messages.WARNING)
+                batch = exc.batch
             except ApplicationError as exc:
                 self.message_user(request, exc.detail, messages.ERROR)
                 return HttpResponseRedirect(reverse("admin:workflows_workitem_failed"))
@@ -239,6 +250,13 @@ class WorkItemReplayMixin:
                    "items_url": reverse("admin:workflows_workitem_changelist")
                    + f"?replay_batch__id__exact={batch.pk}"}
         return TemplateResponse(request, "admin/workflows/workitem/replay_batch.html", context)
+
+
+def _left_out(admin, request: HttpRequest, asked: int, batch: ReplayBatch) -> None:
+    if asked > batch.total:
+        admin.message_user(request, f"{asked - batch.total} of these items are already being "
+                           "replayed by another bulk replay; they were left out of this one.",
+                           messages.WARNING)
 
 
 def _uuid(value):

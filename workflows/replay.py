@@ -355,6 +355,16 @@ def replay_batch_create(*, org: Organization, work_ids: list, user, start_over: 
     if len(ids) > BATCH_MAX_ITEMS:
         raise ApplicationError(f"At most {BATCH_MAX_ITEMS} items per bulk replay.")
     with transaction.atomic():
+        # One bulk replay created at a time per organization (a double click, two operators
+        # on one Failed work group): the second sees the first's items as taken. NO KEY:
+        # rows that merely reference the organization (audit rows, a batch's chunk) go on.
+        list(Organization.objects.select_for_update(no_key=True).filter(pk=org.pk)
+             .values_list("pk"))
+        running = _running_batches(org=org, ids=ids)
+        if running:
+            ids = [pk for pk in ids if pk not in running]
+            if not ids:
+                raise ReplayBatchRunning(next(iter(running.values())))
         batch = ReplayBatch.objects.create(
             org=org, start_over=start_over, label=label[:300], work_ids=ids, total=len(ids),
             reason=_reason_storable(reason), created_by=user, created_at=now,
@@ -365,6 +375,28 @@ def replay_batch_create(*, org: Organization, work_ids: list, user, start_over: 
                                      "reason": batch.reason})
         transaction.on_commit(lambda: replay_batch_enqueue(batch_id=batch.pk))
     return batch
+
+
+class ReplayBatchRunning(ApplicationError):
+    """Every item asked for is in a bulk replay that has not reached it yet: `batch`."""
+
+    def __init__(self, batch: ReplayBatch):
+        who = batch.created_by or "a deleted user"
+        super().__init__(
+            f"These items are already being replayed by the bulk replay {who} started at "
+            f"{batch.created_at:%Y-%m-%d %H:%M:%S} UTC; no second one was started.",
+            code="conflict")
+        self.batch = batch
+
+
+def _running_batches(*, org: Organization, ids: list[str]) -> dict[str, ReplayBatch]:
+    """Of `ids`, those a running bulk replay of `org` has yet to handle, with that batch."""
+    wanted, taken = set(ids), {}
+    for batch in (ReplayBatch.objects.select_related("created_by")
+                  .filter(org=org, status=ReplayBatch.Status.RUNNING).order_by("created_at")):
+        for pk in wanted.intersection(batch.work_ids[batch.cursor:]):
+            taken.setdefault(pk, batch)
+    return taken
 
 
 def replay_batch_enqueue(*, batch_id) -> None:

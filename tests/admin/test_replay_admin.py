@@ -265,3 +265,41 @@ def test_the_replay_forms_ask_why(client, cast, flow):
         "workflow": str(flow.pk), "position": "2", "code": "http_status"}).content.decode()
     for text in (page, confirm, group):
         assert 'name="reason" id="replay-reason" maxlength="500"' in text
+
+
+# A double click on a bulk confirmation, or a second operator confirming the same Failed
+# work group before the first bulk replay got to it. Before: a second batch of the same
+# items, audited as replay_batch.created with every item, whose page (where the double
+# click lands) then said "Replayed: 0, Skipped: N (already replayed)".
+def _group_post(client, flow, **extra):
+    return client.post("/admin/workflows/workitem/failed/replay/", {
+        "workflow": str(flow.pk), "position": "2", "code": "http_status", "confirm": "yes",
+        **extra})
+
+
+def test_a_second_bulk_replay_of_items_still_being_replayed_goes_to_the_first(
+        client, cast, flow):
+    items = [_failed(flow) for _ in range(3)]
+    client.force_login(cast.member_a)
+    first = _group_post(client, flow)
+    batch = ReplayBatch.objects.get()
+    client.force_login(cast.admin_a)  # another operator, or the same one clicking twice
+    again = _group_post(client, flow)
+    assert ReplayBatch.objects.count() == 1
+    assert again.url == first.url == f"{CHANGELIST}replay-batches/{batch.pk}/"
+    page = client.get(again.url).content.decode()
+    assert "already being replayed" in page
+    selected = [str(item.pk) for item in items]
+    client.post(CHANGELIST, {"action": "replay_selected", "confirm": "yes",
+                             "_selected_action": selected})
+    assert ReplayBatch.objects.count() == 1
+    # Items not in the running batch go in a new one, and only they.
+    more = _failed(flow)
+    client.post(CHANGELIST, {"action": "replay_selected", "confirm": "yes",
+                             "_selected_action": [*selected, str(more.pk)]})
+    assert ReplayBatch.objects.count() == 2
+    assert ReplayBatch.objects.order_by("created_at").last().work_ids == [str(more.pk)]
+    assert AuditEvent.objects.filter(event="replay_batch.created").count() == 2
+    replay_batch_process(batch_id=batch.pk)
+    # Once it is done, items it skipped (here: none) may go in a new one again.
+    assert not replayable(WorkItem.objects.filter(pk__in=selected)).exists()

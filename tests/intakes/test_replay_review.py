@@ -270,6 +270,14 @@ def test_poll_and_audit_of_a_replay(cast, api, member_token, fake_server):
 
 
 # --- races (PostgreSQL) ---------------------------------------------------------------------
+def _overlapping_batch(*, org, work_ids, user) -> ReplayBatch:
+    """A bulk replay over items another running one holds. replay_batch_create leaves such
+    items out now (it makes no second batch of them); made directly, so that the chunks'
+    own guard (the original's row lock, the refusal asked again) stays tested."""
+    ids = [str(pk) for pk in work_ids]
+    return ReplayBatch.objects.create(org=org, work_ids=ids, total=len(ids), created_by=user)
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks")
 def test_api_admin_and_two_batches_at_once_make_one_replay(cast, fake_server, member_token):
@@ -285,7 +293,9 @@ def test_api_admin_and_two_batches_at_once_make_one_replay(cast, fake_server, me
         WorkItem.objects.filter(replay_of=original).delete()
         ReplayBatch.objects.all().delete()
         batches = [replay_batch_create(org=cast.org_a, work_ids=[original.pk],
-                                       user=cast.member_a) for _ in range(2)]
+                                       user=cast.member_a),
+                   _overlapping_batch(org=cast.org_a, work_ids=[original.pk],
+                                      user=cast.member_a)]
         barrier = threading.Barrier(4)
 
         def api_call(i, round_=round_, barrier=barrier, batches=batches):
@@ -311,6 +321,37 @@ def test_api_admin_and_two_batches_at_once_make_one_replay(cast, fake_server, me
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks")
+def test_two_operators_confirming_one_group_at_once_make_one_bulk_replay(
+        cast, fake_server, member_token):
+    """Before: two batches of the same items (one replayed them all, the other skipped them
+    all as "already replayed"), both audited as replay_batch.created with every item."""
+    from rest_framework.test import APIClient
+
+    from workflows.replay import ReplayBatchRunning
+
+    api = APIClient()
+    intake = _three_calls(cast, fake_server)
+    fake_server.script = [Reply(200), Reply(500)]
+    item = _run(trigger(api, intake.pk, member_token, body={"n": 1}).json()["work_id"])
+    barrier = threading.Barrier(2)
+
+    def create(user):
+        barrier.wait()
+        try:
+            return replay_batch_create(org=cast.org_a, work_ids=[item.pk], user=user).pk
+        except ReplayBatchRunning as exc:
+            return ("running", exc.batch.pk)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        outcomes = list(pool.map(create, [cast.member_a, cast.admin_a]))
+    batch = ReplayBatch.objects.get()
+    assert sorted(outcomes, key=str) == sorted([batch.pk, ("running", batch.pk)], key=str)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks")
 def test_two_batches_with_the_same_items_in_opposite_order_do_not_deadlock(
         cast, fake_server, member_token, monkeypatch):
     """Two operators' bulk replays (e.g. the action and a Failed work group) over the same
@@ -330,8 +371,8 @@ def test_two_batches_with_the_same_items_in_opposite_order_do_not_deadlock(
                                   ).json()["work_id"]))
     a = replay_batch_create(org=cast.org_a, work_ids=[items[0].pk, items[1].pk],
                             user=cast.member_a)
-    b = replay_batch_create(org=cast.org_a, work_ids=[items[1].pk, items[0].pk],
-                            user=cast.admin_a)
+    b = _overlapping_batch(org=cast.org_a, work_ids=[items[1].pk, items[0].pk],
+                           user=cast.admin_a)
     barrier = threading.Barrier(2)
     real = replay_module.work_item_replay
     seen: dict[int, int] = {}
