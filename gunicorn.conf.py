@@ -49,8 +49,10 @@ limit_request_field_size = 16384
 max_requests = _int("GUNICORN_MAX_REQUESTS", 20000)
 max_requests_jitter = _int("GUNICORN_MAX_REQUESTS_JITTER", 2000)
 # No access log by default: a line per request costs throughput; set
-# GUNICORN_ACCESSLOG=- to log to stdout.
+# GUNICORN_ACCESSLOG=- to log to stdout (or a file's path). Its request line is the path
+# without the query string, like the application's own lines: `?token=...` never reaches a log.
 accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
+access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 # Trust X-Forwarded-* only from a proxy on this host (set it to your load balancer).
 forwarded_allow_ips = os.environ.get("GUNICORN_FORWARDED_ALLOW_IPS", "127.0.0.1")
 
@@ -67,12 +69,22 @@ def child_exit(server, worker) -> None:
 # LOG_FORMAT=json: gunicorn's own lines (start, signals, worker boots and timeouts, the access
 # log) are JSON objects too, one per line, like the application's (auxot/logs.py).
 if os.environ.get("LOG_FORMAT", "").strip().lower() == "json":
+    # A logconfig_dict makes gunicorn log every request whatever `accesslog` says: the access
+    # logger gets a handler only when GUNICORN_ACCESSLOG asks for one (`-`: stdout, else a file).
+    _access = ({"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}
+               if accesslog == "-" else
+               {"class": "logging.FileHandler", "formatter": "json", "filename": accesslog}
+               if accesslog else None)
     logconfig_dict = {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": "auxot.logs.JsonFormatter"}},
         "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json",
-                                 "stream": "ext://sys.stderr"}},
-        "loggers": {name: {"handlers": ["console"], "level": "INFO", "propagate": False}
-                    for name in ("gunicorn.error", "gunicorn.access")},
+                                 "stream": "ext://sys.stderr"},
+                     **({"access": _access} if _access else {})},
+        "loggers": {
+            "gunicorn.error": {"handlers": ["console"], "level": "INFO", "propagate": False},
+            "gunicorn.access": {"handlers": ["access"] if _access else [],
+                                "level": "INFO" if _access else "CRITICAL", "propagate": False},
+        },
     }

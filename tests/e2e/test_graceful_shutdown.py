@@ -10,6 +10,7 @@ import json
 import socket
 
 import pytest
+import requests
 
 from apikeys.services import apikey_issue
 from tests.processes import Gunicorn, wait_for
@@ -66,3 +67,21 @@ def test_with_json_logs_gunicorns_own_lines_are_json_too(db):
     messages = " | ".join(line["message"] for line in lines)
     assert "Booting worker" in messages and "Handling signal: term" in messages
     assert {line["logger"] for line in lines} >= {"gunicorn.error"}
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_no_access_log_by_default_and_never_a_query_string(db, tmp_path, log_format):
+    """LOG_FORMAT=json logged a gunicorn.access line per request, `?token=` included, with
+    GUNICORN_ACCESSLOG unset (README: off by default; no line carries a query string)."""
+    access_log = tmp_path / "access.log"
+    for env in ({}, {"GUNICORN_ACCESSLOG": str(access_log)}):
+        web = Gunicorn(workers=1, LOG_FORMAT=log_format, **env).start()
+        assert requests.get(f"{web.url}/healthz?token=QUERYSECRET", timeout=10).ok
+        web.terminate()
+        web.proc.wait(30)
+        web_log = web.log()
+        web.stop()
+        assert "QUERYSECRET" not in web_log
+        assert "gunicorn.access" not in web_log and 'HTTP/1.1" 200' not in web_log
+    written = access_log.read_text()
+    assert "GET /healthz HTTP/1.1" in written and "QUERYSECRET" not in written
