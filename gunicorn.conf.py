@@ -22,20 +22,24 @@ import multiprocessing
 import os
 
 
-def _int(name: str, default: int) -> int:
+def _int(name: str, default: int, *, minimum: int = 0) -> int:
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise ValueError(f"{name}={raw!r} is not an integer.") from None
+    if value < minimum:  # GUNICORN_WORKERS=0 started an arbiter that answered nobody
+        raise ValueError(f"{name}={value} is below the minimum of {minimum}.")
+    return value
 
 
 bind = os.environ.get("GUNICORN_BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}")
 worker_class = "gthread"
-workers = _int("GUNICORN_WORKERS", _int("WEB_CONCURRENCY", min(multiprocessing.cpu_count(), 4)))
-threads = _int("GUNICORN_THREADS", 16)
+workers = _int("GUNICORN_WORKERS",
+               _int("WEB_CONCURRENCY", min(multiprocessing.cpu_count(), 4), minimum=1), minimum=1)
+threads = _int("GUNICORN_THREADS", 16, minimum=1)
 # A long-poll lasts at most AUXOT_LONG_POLL_MAX_SECONDS (30): the timeout must exceed it.
 timeout = _int("GUNICORN_TIMEOUT", 60)
 # SIGTERM: stop accepting, let in-flight requests finish for up to this long. It exceeds the

@@ -18,6 +18,13 @@ def _conf(monkeypatch, **env: str) -> dict:
     return runpy.run_path(CONF)
 
 
+@pytest.mark.parametrize("name", ["GUNICORN_WORKERS", "WEB_CONCURRENCY", "GUNICORN_THREADS"])
+def test_zero_processes_or_threads_stop_start_up_naming_the_variable(monkeypatch, name):
+    # GUNICORN_WORKERS=0 started an arbiter that listened and answered nobody.
+    with pytest.raises(ValueError, match=f"^{name}=0 is below the minimum of 1"):
+        _conf(monkeypatch, **{name: "0"})
+
+
 @pytest.mark.parametrize("log_format", ["text", "json"])
 def test_no_access_log_unless_asked_and_its_line_has_no_query_string(monkeypatch, log_format):
     """With LOG_FORMAT=json, gunicorn's logconfig_dict turned its access log on (to stderr,
