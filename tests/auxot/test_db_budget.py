@@ -52,6 +52,14 @@ def test_the_readmes_figures_are_the_checks(postgres, settings):
     assert f"| 1 | {qcluster} = {estimate['qcluster']} |" in readme
     assert f"| total | | **{estimate['total']}**" in readme
     assert f"worker {estimate['qcluster']} per host" in readme
+    # The scaling table's per-host sentence, with and without the qcluster's dispatcher (it
+    # said "+ 6 with AUXOT_CALLBACK_THREADS=0", which W001 counts as 6 fewer).
+    own, dispatcher = checks.QCLUSTER_OVERHEAD, checks.DISPATCHER_CONNECTIONS
+    settings.AUXOT_CALLBACK_THREADS = 0
+    without = checks.connection_estimate()["qcluster"] - 2
+    assert (f"`AUXOT_WORKERS` + {own + dispatcher} connections ({own} of qcluster's own, "
+            f"{dispatcher} for its callback dispatcher; `AUXOT_WORKERS` + {without} with "
+            "`AUXOT_CALLBACK_THREADS=0`)") in readme
 
 
 def test_threads_below_the_long_polls_plus_the_working_slots_warn(settings):
