@@ -38,3 +38,23 @@ def test_no_access_log_unless_asked_and_its_line_has_no_query_string(monkeypatch
     conf = _conf(monkeypatch, LOG_FORMAT="json", GUNICORN_ACCESSLOG="-")
     [handler] = conf["logconfig_dict"]["loggers"]["gunicorn.access"]["handlers"]
     assert conf["logconfig_dict"]["handlers"][handler]["stream"] == "ext://sys.stdout"
+
+
+def test_the_shipped_web_unit_sits_behind_the_readmes_nginx_which_gunicorn_trusts(monkeypatch):
+    """The README once said to set GUNICORN_FORWARDED_ALLOW_IPS to the load balancer's
+    address; with the shipped unit the proxy gunicorn sees is nginx on the same host, and
+    that setting made every https request look like http (AUXOT_SSL_REDIRECT: a loop)."""
+    import configparser
+    import re
+
+    root = Path(CONF).parent
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.read(root / "deploy" / "systemd" / "auxot-web.service")
+    [bind] = [line.split("=", 1)[1] for line in unit["Service"]["Environment"].split()
+              if line.startswith("GUNICORN_BIND=")]
+    readme = (root / "README.md").read_text()
+    assert re.search(r"upstream auxot \{ server (\S+);", readme).group(1) == bind
+    assert f"listens on `{bind}`" in readme
+    monkeypatch.delenv("GUNICORN_FORWARDED_ALLOW_IPS", raising=False)
+    trusted = runpy.run_path(CONF)["forwarded_allow_ips"].split(",")
+    assert bind.rsplit(":", 1)[0] in trusted
