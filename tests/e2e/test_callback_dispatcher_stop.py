@@ -2,7 +2,9 @@
 end within their grace period on SIGTERM, an attempt in flight finishes (or its lease is
 released at once when it outlives the grace), and nothing is sent twice."""
 
+import json
 import signal
+import threading
 
 import pytest
 
@@ -99,3 +101,23 @@ def test_qcluster_lets_its_dispatchers_attempt_finish_on_sigterm(
     delivery.refresh_from_db()
     assert delivery.state == "delivered" and delivery.attempts == 1
     assert len(fake_server.requests) == 1
+
+
+
+def test_with_json_logs_every_line_of_a_stop_is_json(db):
+    """`manage.py callbacks` wrote its "stopping" line as bare text into a LOG_FORMAT=json
+    stream (README: each line is one JSON object)."""
+    dispatcher = _dispatcher(LOG_FORMAT="json", LOG_LEVEL="INFO")
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(
+        line.decode() for line in dispatcher.proc.stderr), daemon=True)
+    reader.start()
+    try:  # its first line comes after the signal handlers are in place
+        wait_for(lambda: lines, timeout=30, what="the dispatcher's first log line")
+        dispatcher.signal(signal.SIGTERM)
+        assert _exit(dispatcher, 20) == 0
+    finally:
+        dispatcher.stop()
+    reader.join(10)
+    messages = [json.loads(line)["message"] for line in lines if line.strip()]
+    assert any(m.startswith("callbacks: stopping") for m in messages), messages

@@ -8,6 +8,7 @@ when everything finished, 1 when something had to be released.
 """
 
 import argparse
+import logging
 import signal
 import sys
 import threading
@@ -16,6 +17,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from intakes.dispatcher import Dispatcher
+
+logger = logging.getLogger(__name__)
 
 
 def _threads(raw: str) -> int:
@@ -52,6 +55,7 @@ class Command(BaseCommand):
         while not stop.wait(0.5):
             pass
         grace = settings.AUXOT_CALLBACK_GRACE_SECONDS
-        self.stderr.write(f"callbacks: stopping (in-flight attempts get {grace:g} s)")
+        # A log line, not a bare write: with LOG_FORMAT=json every line on stderr is JSON.
+        logger.info("callbacks: stopping (in-flight attempts get %g s)", grace)
         clean = dispatcher.join(grace)
         sys.exit(0 if clean else 1)
