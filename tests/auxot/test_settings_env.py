@@ -137,15 +137,37 @@ def test_a_production_environment_passes_the_deploy_check():
 
 def _read_by_the_code() -> set[str]:
     """Every environment variable the server's code reads (settings, gunicorn.conf.py, the
-    apps), by name."""
+    apps), by name: calls of os.environ.get, os.getenv, the env_* helpers and gunicorn's
+    _int, and os.environ[...] reads, found in the syntax tree (so a read with either quote
+    counts, and a snippet's text that merely shows one does not)."""
+    import ast
+
     root = Path(__file__).resolve().parents[2]
-    reads = re.compile(r'(?:env_\w+\(|_int\(|os\.environ\.get\(|getenv\()\s*"([A-Z][A-Z0-9_]+)"'
-                       r'|os\.environ\[\s*"([A-Z][A-Z0-9_]+)"\](?!\s*=)')
     sources = [root / "auxot" / "settings.py", root / "gunicorn.conf.py"]
     sources += [path for app in ("auxot", "apikeys", "workflows", "intakes")
                 for path in (root / app).rglob("*.py") if "migrations" not in path.parts]
-    return {name for path in sources for pair in reads.findall(path.read_text())
-            for name in pair if name}
+
+    def is_environ(node) -> bool:
+        return isinstance(node, ast.Attribute) and node.attr == "environ"
+
+    def name_of(node) -> str | None:
+        ok = isinstance(node, ast.Constant) and isinstance(node.value, str)
+        return node.value if ok and re.fullmatch(r"[A-Z][A-Z0-9_]+", node.value) else None
+
+    names = set()
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and node.args:
+                func = node.func
+                called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                if ((called == "get" and is_environ(func.value)) or called == "getenv"
+                        or called == "_int" or called.startswith("env_")):
+                    names.add(name_of(node.args[0]))
+            elif (isinstance(node, ast.Subscript) and is_environ(node.value)
+                  and isinstance(node.ctx, ast.Load)):
+                names.add(name_of(node.slice))
+    return names - {None}
+
 
 
 def test_every_setting_the_code_reads_is_in_the_readmes_settings_table():
@@ -154,8 +176,12 @@ def test_every_setting_the_code_reads_is_in_the_readmes_settings_table():
     documented = {name for line in section.splitlines() if line.startswith("| `")
                   for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", line.split(" | ")[0])}
     read = _read_by_the_code()
-    assert {"SECRET_KEY_FALLBACKS", "GUNICORN_KEEPALIVE", "AUXOT_LEASE_GRACE_SECONDS"} <= read
+    assert {"SECRET_KEY_FALLBACKS", "GUNICORN_KEEPALIVE", "AUXOT_LEASE_GRACE_SECONDS",
+            "PORT"} <= read
     assert sorted(read - documented) == []
+    # And the other way: a variable in the table that nothing reads is a setting an operator
+    # sets to no effect.
+    assert sorted(documented - read) == []
 
 
 def test_every_table_in_the_readme_renders_as_one_table():
