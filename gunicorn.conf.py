@@ -57,17 +57,24 @@ max_requests_jitter = _int("GUNICORN_MAX_REQUESTS_JITTER", 2000)
 # without the query string, like the application's own lines: `?token=...` never reaches a log.
 accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
 access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(f)s" "%(a)s"'
-# Trust X-Forwarded-* only from a proxy on this host (set it to your load balancer).
+# Trust X-Forwarded-* only from the proxy that connects to gunicorn (nginx on this host).
 forwarded_allow_ips = os.environ.get("GUNICORN_FORWARDED_ALLOW_IPS", "127.0.0.1")
 
 
-def child_exit(server, worker) -> None:
-    # /metrics in prometheus-client multiprocess mode: forget a dead worker's live gauges
-    # (its counters stay summed, as they must).
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
+# /metrics in prometheus-client multiprocess mode: the arbiter forgets a dead worker's live
+# gauges (its counters stay summed, as they must). Imported now, as the arbiter reads this
+# file: child_exit runs inside gunicorn's SIGCHLD handler, and a first import there was
+# re-entered by the next worker's SIGCHLD (a reload stops every worker at once): ImportError
+# in the arbiter's main loop, and the whole web service died on `systemctl reload`.
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    from prometheus_client import multiprocess as _multiprocess
+else:
+    _multiprocess = None
 
-        multiprocess.mark_process_dead(worker.pid)
+
+def child_exit(server, worker) -> None:
+    if _multiprocess is not None:
+        _multiprocess.mark_process_dead(worker.pid)
 
 
 # LOG_FORMAT=json: gunicorn's own lines (start, signals, worker boots and timeouts, the access

@@ -58,3 +58,25 @@ def test_the_shipped_web_unit_sits_behind_the_readmes_nginx_which_gunicorn_trust
     monkeypatch.delenv("GUNICORN_FORWARDED_ALLOW_IPS", raising=False)
     trusted = runpy.run_path(CONF)["forwarded_allow_ips"].split(",")
     assert bind.rsplit(":", 1)[0] in trusted
+
+
+def test_the_arbiter_imports_the_metrics_module_before_any_worker_exits(tmp_path):
+    """child_exit (gunicorn's SIGCHLD handler) imported prometheus_client on the first
+    worker exit; a HUP stops every worker at once, the next SIGCHLD re-entered the half-done
+    import, and the arbiter died of an ImportError (`systemctl reload auxot-web`, 4 workers:
+    3 runs in 6). Reading the config imports it; the handler imports nothing."""
+    import ast
+    import subprocess
+    import sys
+
+    code = ("import runpy, sys; conf = runpy.run_path(sys.argv[1]); "
+            "print('prometheus_client.multiprocess' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, CONF], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"
+    [handler] = [node for node in ast.walk(ast.parse(Path(CONF).read_text()))
+                 if isinstance(node, ast.FunctionDef) and node.name == "child_exit"]
+    assert not [node for node in ast.walk(handler)
+                if isinstance(node, ast.Import | ast.ImportFrom)]
