@@ -55,6 +55,12 @@ def test_the_readmes_figures_are_the_checks(postgres, settings):
     # The scaling table's per-host sentence, with and without the qcluster's dispatcher (it
     # said "+ 6 with AUXOT_CALLBACK_THREADS=0", which W001 counts as 6 fewer).
     own, dispatcher = checks.QCLUSTER_OVERHEAD, checks.DISPATCHER_CONNECTIONS
+    # ... and its web row: GUNICORN_WORKERS = cores, each process a pool (it said "up to 4 x").
+    settings.AUXOT_WEB_PROCESSES = 8
+    assert checks.connection_estimate()["web"] == 64
+    assert ("each host adds `GUNICORN_WORKERS` \N{MULTIPLICATION SIGN} `DB_POOL_MAX_SIZE` "
+            "connections (8 cores: 64"
+            in readme)
     settings.AUXOT_CALLBACK_THREADS = 0
     without = checks.connection_estimate()["qcluster"] - 2
     assert (f"`AUXOT_WORKERS` + {own + dispatcher} connections ({own} of qcluster's own, "
