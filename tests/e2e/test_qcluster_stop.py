@@ -85,3 +85,18 @@ def test_step_past_the_grace_period_is_killed_then_completes_once(
     assert _ledger(item) == [(1, "crashed"), (2, "completed")]
     keys = {r["headers"].get("Idempotency-Key") for r in fake_server.requests}
     assert keys == {f"{item.pk}:1"}
+
+
+def test_with_json_logs_the_start_checks_are_a_json_line_too(clusters):
+    """qcluster runs the system checks at start (README: it prints auxot.W001 there); with
+    LOG_FORMAT=json their report was a block of plain text in the JSON stream."""
+    import json
+
+    cluster = _running(clusters(AUXOT_WORKER_GRACE_SECONDS=str(GRACE), LOG_FORMAT="json",
+                                GUNICORN_THREADS="8"))  # auxot.W003, on any database
+    cluster.signal(signal.SIGTERM)
+    assert _gone(cluster) == 0
+    lines = [json.loads(line) for line in cluster.proc.stderr.read().decode().splitlines()
+             if line.strip()]
+    [checks] = [line for line in lines if line["event"] == "system_checks"]
+    assert "auxot.W003" in checks["message"] and checks["level"] == "WARNING"

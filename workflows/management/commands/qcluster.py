@@ -2,12 +2,14 @@
 and the services other apps start in its main process (`cluster_serving`: the callback
 dispatcher), with a shutdown bounded by AUXOT_WORKER_GRACE_SECONDS (workflows/cluster.py)."""
 
+import io
 import logging
 import os
 import sys
 import time
 
 from django.conf import settings
+from django.core.management.base import OutputWrapper
 from django_q.management.commands.qcluster import Command as QClusterCommand
 
 from workflows.cluster import Cluster
@@ -20,6 +22,20 @@ logger = logging.getLogger(__name__)
 class Command(QClusterCommand):
     help = ("Starts a django-q2 cluster and Auxot's ticker (wakes due work, heartbeats). "
             "SIGTERM or SIGINT stops it within AUXOT_WORKER_GRACE_SECONDS.")
+
+    def check(self, *args, **kwargs):
+        """The system checks at start (auxot.W001, ...): with LOG_FORMAT=json their report is
+        one JSON log line, not a block of plain text in the JSON stream. An error still stops
+        the command, as Django's own check does."""
+        if settings.LOG_FORMAT != "json":
+            return super().check(*args, **kwargs)
+        stderr, self.stderr = self.stderr, OutputWrapper(io.StringIO())
+        try:
+            return super().check(*args, **kwargs)
+        finally:
+            report, self.stderr = self.stderr._out.getvalue().strip(), stderr
+            if report:
+                logger.warning("%s", report, extra={"event": "system_checks"})
 
     def handle(self, *args, **options):
         settings.SECRET_KEY  # noqa: B018  (fail before forking if it is missing)
