@@ -85,3 +85,29 @@ def test_no_access_log_by_default_and_never_a_query_string(db, tmp_path, log_for
         assert "gunicorn.access" not in web_log and 'HTTP/1.1" 200' not in web_log
     written = access_log.read_text()
     assert "GET /healthz HTTP/1.1" in written and "QUERYSECRET" not in written
+
+
+def test_behind_the_proxy_https_and_the_client_address_are_both_believed(cast, intake_a):
+    """Gunicorn (GUNICORN_FORWARDED_ALLOW_IPS) believes X-Forwarded-Proto only, REMOTE_ADDR
+    stays the proxy's; the app (AUXOT_TRUSTED_PROXIES, loopback by default) takes the
+    caller's address from X-Forwarded-For."""
+    from pathlib import Path
+
+    token = apikey_issue(org=cast.org_a, label="p", user=cast.member_a).token
+    web = Gunicorn(workers=1, AUXOT_PUBLIC_BASE_URL="").start()
+    try:
+        answer = requests.post(f"{web.url}/v1/intake/{intake_a.pk}", json={"n": 1},
+                               headers={"Authorization": f"Bearer {token}",
+                                        "X-Forwarded-For": "203.0.113.9",
+                                        "X-Forwarded-Proto": "https"},
+                               timeout=30)
+    finally:
+        web.stop()
+    assert answer.status_code == 202
+    assert answer.json()["status_url"].startswith("https://")  # the proxy's https, believed
+    item = WorkItem.objects.get(pk=answer.json()["work_id"])
+    assert item.created_by_ip == "203.0.113.9"
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    [row] = [line for line in readme.splitlines()
+             if line.startswith("| `GUNICORN_FORWARDED_ALLOW_IPS` |")]
+    assert "`X-Forwarded-Proto` gunicorn believes" in row
