@@ -116,10 +116,12 @@ def env_networks(name: str, also: list[str] = ()) -> list[str]:
 def env_trusted_proxies() -> list[str]:
     """AUXOT_TRUSTED_PROXIES, else gunicorn's GUNICORN_FORWARDED_ALLOW_IPS (so one setting
     covers both), else this host's loopback: CIDRs, or `*` alone for any peer."""
-    for name in ("AUXOT_TRUSTED_PROXIES", "GUNICORN_FORWARDED_ALLOW_IPS"):
-        if name in os.environ:
-            return ["*"] if os.environ[name].strip() == "*" else env_networks(name)
-    return ["127.0.0.1", "::1"]
+    own = os.environ.get("AUXOT_TRUSTED_PROXIES")
+    name, raw = (("AUXOT_TRUSTED_PROXIES", own) if own is not None else
+                 ("GUNICORN_FORWARDED_ALLOW_IPS", os.environ.get("GUNICORN_FORWARDED_ALLOW_IPS")))
+    if raw is None:
+        return ["127.0.0.1", "::1"]
+    return ["*"] if raw.strip() == "*" else env_networks(name)
 
 
 def env_base_url(name: str) -> str:
