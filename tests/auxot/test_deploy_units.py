@@ -15,13 +15,16 @@ UNITS = sorted((ROOT / "deploy" / "systemd").glob("*.service"))
 def _grace(command: list[str]) -> float:
     if command[0].endswith("/gunicorn"):
         return runpy.run_path(str(ROOT / "gunicorn.conf.py"))["graceful_timeout"]
+    subcommand = command[command.index("manage.py") + 1]
     return {"qcluster": settings.AUXOT_WORKER_GRACE_SECONDS,
-            "callbacks": settings.AUXOT_CALLBACK_GRACE_SECONDS}[command[-1]]
+            "callbacks": settings.AUXOT_CALLBACK_GRACE_SECONDS,
+            "metrics_exporter": 0}[subcommand]  # serves scrapes; nothing to finish
 
 
 def test_every_unit_stops_after_its_commands_grace_from_the_shared_environment():
     assert {unit.name for unit in UNITS} >= {"auxot-web.service", "auxot-worker.service",
-                                             "auxot-callbacks.service"}
+                                             "auxot-callbacks.service",
+                                             "auxot-metrics.service"}
     for unit in UNITS:
         parser = configparser.ConfigParser(strict=False, interpolation=None)
         parser.read(unit)
