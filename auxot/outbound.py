@@ -107,8 +107,9 @@ _FLAGS = [
 class RefusedDestination(Exception):
     """A URL or address the policy refuses; the message is safe to show and store.
 
-    `code` is `ssrf_refused` for a destination the policy forbids and `bad_url` for a URL
-    that is not a usable absolute URL at all.
+    `code` is `ssrf_refused` for a destination the policy forbids, `bad_url` for a URL
+    that is not a usable absolute URL at all, and `bad_header` for a header the request
+    may not carry (`headers_check`).
     """
 
     def __init__(self, message: str, *, code: str = "ssrf_refused"):
@@ -286,6 +287,36 @@ def host_check(host: str, *, purpose: Purpose) -> None:
     name = host.rstrip(".")
     if name in _LOOPBACK_NAMES or name.endswith(".localhost"):
         address_check("127.0.0.1", host=name, purpose=purpose)
+
+
+# A header's name is an RFC 9110 token; its value is visible ASCII or obs-text (0x80-0xFF,
+# sent as Latin-1), with spaces and tabs after its first character. Anything else is
+# refused before a connection is opened: CR and LF would split the header, NUL and other
+# controls are read differently by a receiver and the proxies in front of it, and a
+# character Latin-1 cannot encode made http.client fail half-way through the request, with
+# a message quoting the character and its position (of a secret's value, too).
+_FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
+_FIELD_VALUE = re.compile(r"([\x21-\x7e\x80-\xff][\t\x20-\x7e\x80-\xff]*)?")
+
+
+def headers_check(headers: Any) -> None:
+    """Raise RefusedDestination (`bad_header`) unless every header may be sent as it is.
+
+    The message names the header, never its value: a value may be a secret, or what a
+    caller's payload put there."""
+    for name, value in (headers or {}).items():
+        if not isinstance(name, str) or not _FIELD_NAME.fullmatch(name):
+            shown = repr(name)[:80] if isinstance(name, str) else type(name).__name__
+            raise RefusedDestination(f"The header name {shown} is not a valid header name "
+                                     "(letters, digits and !#$%&'*+.^_`|~-).",
+                                     code="bad_header")
+        if isinstance(value, bytes):
+            value = value.decode("latin-1")
+        if value is not None and not (isinstance(value, str) and _FIELD_VALUE.fullmatch(value)):
+            raise RefusedDestination(
+                f"The {name} header's value cannot be sent: it has a line break, a control "
+                "character, leading whitespace or a character outside Latin-1 (the value is "
+                "not shown).", code="bad_header")
 
 
 def url_check(url: Any, *, purpose: Purpose) -> str:
@@ -753,7 +784,8 @@ def outbound_request(method: str, url: str, *, purpose: Purpose, timeout: float,
     `max_bytes`; `response.content` holds it). Never follows redirects.
 
     `timeout` bounds the whole exchange (connect, send, every read). Raises
-    RefusedDestination (nothing sent), requests.Timeout or another requests exception.
+    RefusedDestination (nothing sent: a refused URL, or a header `headers_check` refuses),
+    requests.Timeout or another requests exception.
 
     Connections are kept alive and shared (see `_adapter`): a new one is checked like any,
     a reused one was checked when it was opened. A failure on a reused connection is not
@@ -762,6 +794,7 @@ def outbound_request(method: str, url: str, *, purpose: Purpose, timeout: float,
     (`KEEPALIVE_IDLE_SECONDS`); the callers' retries handle the rest.
     """
     url_check(url, purpose=purpose)
+    headers_check(headers)
     prepared = requests.Request(method, url, headers=_headers(headers), data=data,
                                 json=json).prepare()
     adapter = _adapter(purpose)
@@ -796,6 +829,7 @@ def outbound_post(url: str, *, purpose: Purpose, timeout: float, body: bytes,
     Request and Response objects (about a quarter of a POST's CPU, `bench/outbound.py`).
     """
     url_check(url, purpose=purpose)
+    headers_check(headers)
     target = requests.PreparedRequest()  # requests picks the pool (and its TLS settings)
     if url.isascii():  # from the URL alone: nothing else of a request is needed for that
         target.url = url

@@ -278,6 +278,101 @@ def test_a_malformed_url_from_an_expression_is_a_bad_request_not_a_refusal(cast)
     assert item.status == "failed" and item.error["code"] == "bad_request"
 
 
+# --- Headers: what a payload or a secret puts in one is checked by the guard -----------------
+
+# (id, value) an http step's templated header (a caller's payload) or a secret (an operator's
+# grant holds any text but NUL) may carry, that must never go out as it is: CR/LF would split
+# the header, other controls are read differently by receivers and their proxies, and a
+# character Latin-1 cannot encode failed half-way through the request with an error quoting
+# it and its position (a `step_error`, in the poll: a secret's character, too).
+BAD_HEADER_VALUES = [
+    ("crlf", "ok\r\nX-Injected: 1"), ("lf", "ok\nX-Injected: 1"), ("cr", "ok\rX-Injected: 1"),
+    ("nul", "ok\x00X-Injected: 1"), ("vertical-tab", "ok\x0bX-Injected"),
+    ("escape", "ok\x1b[2JX-Injected"), ("delete", "ok\x7fX-Injected"),
+    ("leading-space", " X-Injected"), ("leading-tab", "\tX-Injected"),
+    ("euro", "sk-\u20ac-X-Injected"), ("line-separator", "ok\u2028X-Injected: 1"),
+    ("emoji", "ok\U0001f600X-Injected"),
+]
+BAD_HEADER_NAMES = ["X Ticket", "X:Ticket", "X-Ticket\r\nX-Injected", "X-Tick\u00e9t", ""]
+# Whose header: a payload templated by an http step, a secret in an http step's
+# secret_headers, a provider's API key (both after the reference's "Bearer " prefix).
+HEADER_CALLERS = ["http-payload", "http-secret", "agent-key"]
+
+
+def _send_header(caller: str, value: str, url: str, cast, monkeypatch, settings) -> dict:
+    if caller == "http-payload":
+        workflow = make_workflow(cast.org_a, [("http", {"method": "POST", "url": url,
+                                                        "headers": {"X-Ticket": "input.v"}})])
+        return _run(work_item_create(workflow=workflow, input={"v": value})).error or {}
+    monkeypatch.setenv("HEADER_TOKEN", value)
+    settings.AUXOT_OPERATOR_SECRETS = {cast.org_a.slug: {"HEADER_TOKEN": None}}
+    if caller == "http-secret":
+        workflow = make_workflow(cast.org_a, [("http", {"method": "POST", "url": url,
+                                 "secret_headers": {"X-Ticket": {"env": "HEADER_TOKEN"}}})])
+    else:
+        Provider.objects.create(org=cast.org_a, name="keyed", base_url=url, model="m",
+                                api_key_env="HEADER_TOKEN")
+        workflow = make_workflow(cast.org_a, [("agent", {"provider": "keyed",
+                                                         "prompt": "hi"})], name="Agent")
+    return _run(work_item_create(workflow=workflow, input={})).error or {}
+
+
+def _shows_no_value(message: str, value: str) -> bool:
+    return "X-Injected" not in message and "position" not in message and not any(
+        not char.isascii() and char in message for char in value)
+
+
+@pytest.mark.parametrize("caller", HEADER_CALLERS)
+@pytest.mark.parametrize(("form", "value"), BAD_HEADER_VALUES,
+                         ids=[v[0] for v in BAD_HEADER_VALUES])
+def test_a_header_value_that_cannot_be_sent_is_refused_for_every_caller(
+        form, value, caller, cast, fake_server, connections, monkeypatch, settings):
+    if caller != "http-payload" and form == "nul":
+        pytest.skip("an environment variable cannot hold NUL (and a secret no control at all)")
+    if caller == "agent-key" and form.startswith("leading"):
+        pytest.skip('after the key\'s "Bearer " prefix, it is whitespace inside the value')
+    error = _send_header(caller, value, fake_server.url + "/t", cast, monkeypatch, settings)
+    assert error.get("code") == "bad_request", error
+    assert "X-Ticket" in error["message"] or "Authorization" in error["message"]
+    assert _shows_no_value(error["message"], value), error["message"]
+    assert fake_server.requests == [] and connections == []  # nothing sent, not even a SYN
+
+
+@pytest.mark.parametrize("caller", HEADER_CALLERS)
+def test_a_header_value_latin1_can_carry_still_goes_out(caller, cast, fake_server,
+                                                       monkeypatch, settings):
+    error = _send_header(caller, "caf\u00e9 ok\tfine", fake_server.url + "/v1", cast,
+                         monkeypatch, settings)
+    assert error == {} or error["code"] == "bad_agent_output", error  # the fake's reply
+    [request] = fake_server.requests
+    sent = request["headers"].get("X-Ticket") or request["headers"]["Authorization"]
+    assert sent.endswith("caf\u00e9 ok\tfine")
+
+
+@pytest.mark.parametrize("way", ["requests", "lean"])
+def test_both_ways_out_refuse_a_header_before_connecting(way, fake_server, connections):
+    """The guard itself (the callback dispatcher's lean POST too), for values and names."""
+    post = {"requests": _post_request, "lean": _post_lean}[way]
+    for _, value in BAD_HEADER_VALUES:
+        with pytest.raises(RefusedDestination) as refused:
+            post(fake_server.url + "/t", headers={"X-Ticket": value})
+        assert refused.value.code == "bad_header"
+        assert _shows_no_value(str(refused.value), value), str(refused.value)
+    for name in BAD_HEADER_NAMES:  # an admin's configuration: the name is shown
+        with pytest.raises(RefusedDestination, match="is not a valid header name") as refused:
+            post(fake_server.url + "/t", headers={name: "ok"})
+        assert refused.value.code == "bad_header"
+    assert fake_server.requests == [] and connections == []
+
+
+@pytest.mark.parametrize("name", BAD_HEADER_NAMES)
+def test_an_http_steps_header_name_is_checked_when_saved(name, cast):
+    step = Step(workflow=make_workflow(cast.org_a, []), position=1, name="h", kind="http",
+                config={"url": "https://api.example.com/", "headers": {name: "input.v"}})
+    with pytest.raises(ValidationError, match="is not a header name"):
+        step.full_clean()
+
+
 # --- Save time: admins see a refused URL before anything runs --------------------------------
 
 @pytest.mark.parametrize(("url", "named"), [

@@ -305,7 +305,7 @@ def send(ctx: StepContext, method: str, url: str, *, headers: dict, body: Any,
         return outbound_request(method, url, purpose=purpose, headers=headers, json=body,
                                 timeout=timeout)
     except RefusedDestination as exc:  # nothing was sent; retrying cannot help
-        return Fail("bad_request" if exc.code == "bad_url" else "ssrf_refused", str(exc))
+        return Fail("ssrf_refused" if exc.code == "ssrf_refused" else "bad_request", str(exc))
     except (requests.ConnectionError, requests.Timeout) as exc:
         return retry(ctx, f"{type(exc).__name__} calling {method} {url_redact(url)}", code)
     except requests.RequestException as exc:

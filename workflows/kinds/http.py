@@ -99,6 +99,8 @@ class Http(StepKind):
         if not isinstance(headers, dict):
             raise ValidationError({"config": "headers must map names to jmespath expressions."})
         for name, expression in headers.items():
+            if not HEADER_NAME.match(name):  # the guard refuses it too (headers_check)
+                raise ValidationError({"config": f"headers: {name!r} is not a header name."})
             expression_check(expression, f"headers.{name}")
         if "body" in config:
             expression_check(config["body"], "body")
