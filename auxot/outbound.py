@@ -297,22 +297,41 @@ def host_check(host: str, *, purpose: Purpose) -> None:
 # a message quoting the character and its position (of a secret's value, too).
 _FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
 _FIELD_VALUE = re.compile(r"([\x21-\x7e\x80-\xff][\t\x20-\x7e\x80-\xff]*)?")
+# Headers the connection writes itself, from the URL and the body. A caller's `Host` reaches
+# another virtual host of the server the URL names (behind one ingress, the neighbours of an
+# allowed host, AUXOT_OUTBOUND_ALLOWED_HOSTS); its own framing (`Transfer-Encoding` went out
+# beside requests' `Content-Length`) or hop-by-hop headers make the receiver, or a proxy in
+# front of it, read the request otherwise than it was sent.
+_CONNECTION_HEADERS = frozenset({
+    "host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade",
+    "te", "trailer", "proxy-connection"})
+
+
+def header_name_problem(name: Any) -> str | None:
+    """Why a request may not carry a header of this name (a sentence's end), or None."""
+    if not isinstance(name, str) or not _FIELD_NAME.fullmatch(name):
+        shown = repr(name)[:80] if isinstance(name, str) else type(name).__name__
+        return f"{shown} is not a valid header name (letters, digits and !#$%&'*+.^_`|~-)"
+    if name.lower() in _CONNECTION_HEADERS:
+        return (f"{name} is written by the connection itself, from the URL and the body "
+                "(it may not be set)")
+    return None
 
 
 def headers_check(headers: Any) -> None:
     """Raise RefusedDestination (`bad_header`) unless every header may be sent as it is.
 
     The message names the header, never its value: a value may be a secret, or what a
-    caller's payload put there."""
+    caller's payload put there. (None, which removes a default, is always fine.)"""
     for name, value in (headers or {}).items():
-        if not isinstance(name, str) or not _FIELD_NAME.fullmatch(name):
-            shown = repr(name)[:80] if isinstance(name, str) else type(name).__name__
-            raise RefusedDestination(f"The header name {shown} is not a valid header name "
-                                     "(letters, digits and !#$%&'*+.^_`|~-).",
-                                     code="bad_header")
+        if value is None:
+            continue
+        problem = header_name_problem(name)
+        if problem:
+            raise RefusedDestination(f"The header {problem}.", code="bad_header")
         if isinstance(value, bytes):
             value = value.decode("latin-1")
-        if value is not None and not (isinstance(value, str) and _FIELD_VALUE.fullmatch(value)):
+        if not (isinstance(value, str) and _FIELD_VALUE.fullmatch(value)):
             raise RefusedDestination(
                 f"The {name} header's value cannot be sent: it has a line break, a control "
                 "character, leading whitespace or a character outside Latin-1 (the value is "

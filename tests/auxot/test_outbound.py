@@ -362,14 +362,48 @@ def test_both_ways_out_refuse_a_header_before_connecting(way, fake_server, conne
         with pytest.raises(RefusedDestination, match="is not a valid header name") as refused:
             post(fake_server.url + "/t", headers={name: "ok"})
         assert refused.value.code == "bad_header"
+    for name, value in CONNECTION_HEADERS:
+        with pytest.raises(RefusedDestination, match=f"{name} is written by") as refused:
+            post(fake_server.url + "/t", headers={name: value})
+        assert refused.value.code == "bad_header"
     assert fake_server.requests == [] and connections == []
 
 
-@pytest.mark.parametrize("name", BAD_HEADER_NAMES)
-def test_an_http_steps_header_name_is_checked_when_saved(name, cast):
+# Headers the connection writes from the URL and the body: (name, a value an attacker wants).
+# A Host reaches another virtual host behind the allowed host's address; Transfer-Encoding went
+# out beside requests' Content-Length (a receiver and its proxy then frame the body apart).
+CONNECTION_HEADERS = [("Host", "admin.internal"), ("host", "admin.internal"),
+                      ("Content-Length", "0"), ("Transfer-Encoding", "chunked"),
+                      ("Connection", "Upgrade"), ("Upgrade", "websocket"),
+                      ("Keep-Alive", "timeout=600"), ("TE", "trailers"),
+                      ("Trailer", "X-Injected"), ("Proxy-Connection", "keep-alive")]
+
+
+@pytest.mark.parametrize(("name", "value"), CONNECTION_HEADERS)
+def test_a_step_cannot_set_a_header_the_connection_writes(name, value, cast, fake_server,
+                                                          connections, resolver,
+                                                          closed_policy, settings):
+    settings.AUXOT_OUTBOUND_ALLOWED_HOSTS = ["receiver.example"]  # this name, no other
+    url = f"http://receiver.example:{fake_server.httpd.server_port}/t"
+    workflow = make_workflow(cast.org_a, [("http", {"method": "POST", "url": url,
+                                                    "body": "input", "headers": {}})])
+    # Saved before the rule (the admin's form refuses it now): the step's config is checked
+    # again when it runs, and the guard would refuse it anyway (the test below).
+    Step.objects.filter(workflow=workflow).update(config={
+        "method": "POST", "url": url, "body": "input", "headers": {name: "input.v"}})
+    error = _run(work_item_create(workflow=workflow, input={"v": value})).error
+    assert error["code"] == "bad_config" and f"headers: {name} is written by" in \
+        error["message"], error
+    assert fake_server.requests == [] and connections == []
+
+
+@pytest.mark.parametrize("name", BAD_HEADER_NAMES + [name for name, _ in CONNECTION_HEADERS])
+@pytest.mark.parametrize("field", ["headers", "secret_headers"])
+def test_an_http_steps_header_name_is_checked_when_saved(field, name, cast):
+    value = "input.v" if field == "headers" else {"secret": "TOKEN"}
     step = Step(workflow=make_workflow(cast.org_a, []), position=1, name="h", kind="http",
-                config={"url": "https://api.example.com/", "headers": {name: "input.v"}})
-    with pytest.raises(ValidationError, match="is not a header name"):
+                config={"url": "https://api.example.com/", field: {name: value}})
+    with pytest.raises(ValidationError, match=r"is not a header name|is written by the conn"):
         step.full_clean()
 
 

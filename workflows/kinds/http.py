@@ -9,7 +9,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from jmespath.exceptions import JMESPathError
 
-from auxot.outbound import RefusedDestination, url_check, url_redact
+from auxot.outbound import RefusedDestination, header_name_problem, url_check, url_redact
 from auxot.secrets import (
     SecretUnavailable,
     reference_parse,
@@ -58,6 +58,14 @@ def _url_validate(url: str) -> None:
                               ) from None
 
 
+def _header_name_validate(name: str, what: str) -> None:
+    """The guard's rule for header names at save time (it refuses them when sent, too)."""
+    if not HEADER_NAME.match(name):
+        raise ValidationError({"config": f"{what}: {name!r} is not a header name."})
+    if problem := header_name_problem(name):
+        raise ValidationError({"config": f"{what}: {problem}."})
+
+
 class Http(StepKind):
     """config:
     {"method": "POST",
@@ -99,8 +107,7 @@ class Http(StepKind):
         if not isinstance(headers, dict):
             raise ValidationError({"config": "headers must map names to jmespath expressions."})
         for name, expression in headers.items():
-            if not HEADER_NAME.match(name):  # the guard refuses it too (headers_check)
-                raise ValidationError({"config": f"headers: {name!r} is not a header name."})
+            _header_name_validate(name, "headers")
             expression_check(expression, f"headers.{name}")
         if "body" in config:
             expression_check(config["body"], "body")
@@ -128,9 +135,7 @@ class Http(StepKind):
         if not isinstance(secrets, dict):
             raise ValidationError({"config": "secret_headers must be an object."})
         for name, ref in secrets.items():
-            if not HEADER_NAME.match(name):
-                raise ValidationError({"config": f"secret_headers: {name!r} is not a header "
-                                                 "name."})
+            _header_name_validate(name, "secret_headers")
             try:
                 reference_parse(ref)
             except ValueError as exc:
