@@ -32,7 +32,11 @@ from auxot.outbound import (
     outbound_request,
     url_check,
 )
-from intakes.callbacks import callback_delivery_create, callback_delivery_process
+from intakes.callbacks import (
+    callback_delivery_create,
+    callback_delivery_process,
+    callback_test_send,
+)
 from intakes.models import CallbackAttempt, Intake
 from tests.callback_helpers import finished_item
 from tests.conftest import make_workflow
@@ -114,8 +118,10 @@ FORMS = [
     ("name-one-bad-answer", "http://round-robin.example:{port}/t",
      "round-robin.example does not resolve to a public address"),
 ]
-# "callback": an intake's own URL (its admin's); "caller-callback": Auxot-Callback-Url.
-CALLERS = ["callback", "caller-callback", "http-static", "http-expression", "agent"]
+# "callback": an intake's own URL (its admin's); "caller-callback": Auxot-Callback-Url;
+# "send-test-callback": the admin's "Send test callback" action.
+CALLERS = ["callback", "caller-callback", "send-test-callback", "http-static",
+           "http-expression", "agent"]
 
 
 @pytest.fixture
@@ -151,6 +157,14 @@ def _run(item):
 
 def _send(caller: str, url: str, cast, cb_intake) -> tuple[str, str]:
     """Make `caller` send to `url`; returns (code, message) of the failure, ("ok", "")."""
+    if caller == "send-test-callback":  # the admin's action, to the intake's saved URL
+        Intake.objects.filter(pk=cb_intake.pk).update(callback_url=url)
+        cb_intake.refresh_from_db()
+        result = callback_test_send(intake=cb_intake)
+        if result.ok:
+            return "ok", ""
+        return ("ssrf_refused" if result.error.startswith("refused: ") else "failed"), \
+            result.error
     if caller in ("callback", "caller-callback"):
         if caller == "callback":  # saved before the policy changed: checked again when sent
             Intake.objects.filter(pk=cb_intake.pk).update(callback_url=url)
