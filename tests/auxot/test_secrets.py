@@ -556,6 +556,34 @@ class TestUrlSecret:
             item.error["message"]
         assert TOKEN not in _visible(item)
 
+    # How a receiver quotes what it was sent: a redirect to https, an error page, an echo.
+    QUOTES = {
+        "location": lambda quoted: ("", 301, {"Location": quoted}),
+        "text": lambda quoted: (f"Moved Permanently: {quoted}", 200,
+                                {"Content-Type": "text/plain"}),
+        "json": lambda quoted: (json.dumps({"echo": quoted, quoted: [quoted]}), 200,
+                                {"Content-Type": "application/json"}),
+    }
+
+    @pytest.mark.parametrize("how", QUOTES)
+    def test_an_answer_quoting_what_was_sent_shows_no_secret_in_the_output(self, hooks,
+                                                                            receiver, how):
+        url = receiver.url_for(HOOK_PATH) + "?key=QueryS3cret77&format=json"
+        secret_create(org=hooks.org_a, name="QUERY_HOOK", value=url, allowed_hosts=["127.0.0.1"])
+        quoted = " ".join([url.replace("http://", "https://"), f"Bearer {PAY}", GRANTED])
+        body, status, headers = self.QUOTES[how](quoted)
+        receiver.expect_request(HOOK_PATH).respond_with_data(body, status, headers)
+        item = self._item(hooks, {"secret": "QUERY_HOOK"}, response_headers=["location"],
+                          secret_headers={
+                              "Authorization": {"secret": "PAYMENTS_TOKEN", "prefix": "Bearer "},
+                              "X-Granted": {"env": "GRANTED_TOKEN"}})
+        assert item.status == "completed", item.error
+        assert [r.headers["X-Granted"] for r in _received(receiver)] == [GRANTED]
+        shown = _visible(item)
+        for value in (TOKEN, "QueryS3cret77", PAY, GRANTED):
+            assert value not in shown
+        assert "REDACTED" in json.dumps(item.output)
+
     def test_secret_headers_are_bound_to_the_secret_urls_host(self, hooks, receiver):
         receiver.expect_request(HOOK_PATH).respond_with_json({})
         item = self._item(hooks, {"secret": "HOOK_URL"}, secret_headers={

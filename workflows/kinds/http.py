@@ -3,13 +3,20 @@
 import json
 import re
 from typing import Any
+from urllib.parse import quote
 
 import requests
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from jmespath.exceptions import JMESPathError
 
-from auxot.outbound import RefusedDestination, header_name_problem, url_check, url_redact
+from auxot.outbound import (
+    RefusedDestination,
+    header_name_problem,
+    url_check,
+    url_hidden_parts,
+    url_redact,
+)
 from auxot.secrets import (
     SecretUnavailable,
     reference_parse,
@@ -38,15 +45,37 @@ MAX_TEXT = 65536
 URL_KEYS = ("url", "url_expression", "url_secret")
 
 
-def response_body(response: requests.Response) -> dict[str, Any]:
+SECRET_SHOWN_BELOW = 4  # a secret shorter than this is not cut from answers (it would garble)
+
+
+def secrets_scrubbed(value: Any, hidden: tuple[str, ...]) -> Any:
+    """`value` (text, or JSON) with each of `hidden` replaced by REDACTED, in keys too."""
+    if not hidden:
+        return value
+    if isinstance(value, str):
+        for part in hidden:
+            value = value.replace(part, "REDACTED")
+        return value
+    if isinstance(value, dict):
+        return {secrets_scrubbed(key, hidden): secrets_scrubbed(item, hidden)
+                for key, item in value.items()}
+    if isinstance(value, list):
+        return [secrets_scrubbed(item, hidden) for item in value]
+    return value
+
+
+def response_body(response: requests.Response, hidden: tuple[str, ...] = ()
+                  ) -> dict[str, Any]:
     """`json` when the answer is JSON the database stores exactly as sent, else `text`: a
     tenant's server may answer anything, and its answer must never make the step's result
-    impossible to record (the rule is `Http`'s docstring)."""
+    impossible to record (the rule is `Http`'s docstring). `hidden`: what the step sent
+    that the output must not show (`Http._hidden`), cut from the text before it is cut to
+    size, so a secret across the cut goes whole."""
     text = response_text(response)
     try:
-        return {"json": json_loads(text)}
+        return {"json": secrets_scrubbed(json_loads(text), hidden)}
     except (NotJSON, Unstorable):
-        return {"text": text[:MAX_TEXT]}
+        return {"text": secrets_scrubbed(text, hidden)[:MAX_TEXT]}
 
 
 def _url_validate(url: str) -> None:
@@ -154,14 +183,17 @@ class Http(StepKind):
         if problems:
             raise ValidationError({"config": problems})
 
-    def _request(self, ctx: StepContext) -> tuple[str, str, dict, Any] | Fail:
+    def _request(self, ctx: StepContext) -> tuple[str, str, dict, Any, tuple] | Fail:
+        """(method, url, headers, body, what the output must not show) or a Fail."""
         config = ctx.config
         url = None
+        hidden: set[str] = set()
         if "url_secret" in config:
             try:
                 url = url_reference_resolve(org_id=ctx.org_id, ref=config["url_secret"])
             except SecretUnavailable as exc:
                 return Fail(exc.code, f"url_secret: {exc.message}")
+            hidden.update(url_hidden_parts(url))  # what url_redact hides of the secret URL
         try:
             if url is None:
                 url = config.get("url") or expression_search(config["url_expression"], ctx.data)
@@ -180,7 +212,11 @@ class Http(StepKind):
                 headers[name] = reference_resolve(org_id=ctx.org_id, ref=ref, url=url)
             except SecretUnavailable as exc:
                 return Fail(exc.code, f"Header {name}: {exc.message}")
-        return config.get("method", "GET").upper(), url, headers, body
+            value = headers[name][len(ref.get("prefix", "")):]  # the secret, without prefix
+            if len(value) >= SECRET_SHOWN_BELOW:
+                hidden.update((value, quote(value, safe="")))  # as sent, and as in a URL
+        return (config.get("method", "GET").upper(), url, headers, body,
+                tuple(sorted(hidden, key=len, reverse=True)))
 
     def execute(self, ctx: StepContext) -> Outcome:
         if failure := config_failure(self, ctx.config):
@@ -188,7 +224,7 @@ class Http(StepKind):
         built = self._request(ctx)
         if isinstance(built, Fail):
             return built
-        method, url, headers, body = built
+        method, url, headers, body, hidden = built
         # Never wait past the step's lease: another worker would take the item over.
         timeout = min(ctx.config.get("timeout_seconds", settings.AUXOT_HTTP_TIMEOUT_SECONDS),
                       ctx.timeout_seconds)
@@ -204,7 +240,10 @@ class Http(StepKind):
                                       f"{response.status_code} (not retried: a client error).")
         wanted = [h.lower() for h in ctx.config.get("response_headers", [])]
         interesting = set(DEFAULT_RESPONSE_HEADERS) | set(wanted)
-        picked = {k.lower(): text_storable(v) for k, v in response.headers.items()
-                  if k.lower() in interesting}
+        # A receiver may quote what it was sent (a redirect to https, an error page, an
+        # echo): a secret's value or the url_secret's token would reach the output, which
+        # every key holder polling the item reads.
+        picked = {k.lower(): secrets_scrubbed(text_storable(v), hidden)
+                  for k, v in response.headers.items() if k.lower() in interesting}
         return Complete({"status": response.status_code, "headers": picked,
-                         **response_body(response)})
+                         **response_body(response, hidden)})
