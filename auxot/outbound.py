@@ -272,6 +272,11 @@ def host_check(host: str, *, purpose: Purpose) -> None:
     host = _ascii_host(host, what)
     if not _HOST_NAME.match(host):
         raise RefusedDestination(f"{what} host {host!r} has characters a host name may not have.")
+    name = host.rstrip(".")
+    if len(name) > 253 or any(len(label) > 63 for label in name.split(".")):
+        # The resolver cannot even encode it: it raised UnicodeError from every way out.
+        raise RefusedDestination(f"{what} host is not a usable host name (a label of more than "
+                                 "63 characters, or more than 253 in all).", code="bad_url")
     if _allowed_host(host, purpose):
         return
     try:
@@ -284,7 +289,6 @@ def host_check(host: str, *, purpose: Purpose) -> None:
     if decoded:
         raise RefusedDestination(f"{what} host {host!r} is a number in a non-standard form "
                                  f"({decoded}); write IPv4 addresses as four decimal numbers.")
-    name = host.rstrip(".")
     if name in _LOOPBACK_NAMES or name.endswith(".localhost"):
         address_check("127.0.0.1", host=name, purpose=purpose)
 
@@ -495,9 +499,9 @@ def _resolve_checked(host: str, port: int) -> str:
                                  f"({decoded}).")
     try:
         infos = _getaddrinfo_within(host, port, getattr(_local, "deadline", None))
-    except socket.gaierror as exc:
-        logger.info("outbound refused: cannot resolve %s: %s (%s)", host, exc.strerror,
-                    purpose)
+    except (socket.gaierror, UnicodeError) as exc:  # UnicodeError: the name cannot be encoded
+        logger.info("outbound refused: cannot resolve %s: %s (%s)", host,
+                    getattr(exc, "strerror", None) or exc, purpose)
         raise RefusedDestination(_name_refusal(host, purpose)) from None
     addresses = list(dict.fromkeys(info[4][0] for info in infos))
     if not _allowed_host(host, purpose):

@@ -202,6 +202,27 @@ def test_every_internal_address_form_is_refused_for_every_caller(
     assert fake_server.requests == [] and connections == []  # nothing sent, not even a SYN
 
 
+# Host names passing every character rule that DNS cannot carry (a label of over 63
+# characters, a name of over 253): the resolver raised UnicodeError out of every way out
+# (a step_error, an unhandled error in "Send test callback" and the dispatcher).
+LONG_HOSTS = ["a" * 64 + ".example.com", "api." + "b" * 64 + ".example", ("c" * 63 + ".") * 4
+              + "com"]
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+@pytest.mark.parametrize("host", LONG_HOSTS, ids=["label-64", "inner-label-64", "name-256"])
+def test_a_host_name_dns_cannot_carry_is_refused_for_every_caller(host, caller, cast, cb_intake,
+                                                                   fake_server, connections):
+    code, message = _send(caller, f"http://{host}:{fake_server.httpd.server_port}/t", cast,
+                          cb_intake)
+    assert code in ("ssrf_refused", "bad_request", "bad_config"), message
+    assert "not a usable host name" in message
+    with pytest.raises(RefusedDestination) as refused:
+        url_check(f"https://{host}/", purpose="caller_callback")
+    assert refused.value.code == "bad_url"
+    assert fake_server.requests == [] and connections == []
+
+
 @pytest.mark.parametrize("caller", CALLERS)
 def test_allowed_network_lets_every_caller_through(caller, cast, cb_intake, fake_server,
                                                    connections, settings):
