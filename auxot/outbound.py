@@ -61,6 +61,7 @@ CALLBACKS = ("callback", "caller_callback")
 
 MAX_URL = 2000
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024  # a hostile server must not fill a worker's memory
+MAX_RESPONSE_READS = 65536  # ... nor its CPU with tiny chunks (8 MiB in 128-byte pieces)
 # Hosts made only of numbers and 0x-hex labels (2130706433, 0x7f000001, 0177.1): resolvers
 # read them as IPv4 addresses in forms humans do not recognise. Refused outright.
 _NUMERIC_HOST = re.compile(r"^(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]+))*\.?$", re.IGNORECASE)
@@ -770,13 +771,19 @@ def _headers(headers: dict | None) -> CaseInsensitiveDict:
 
 def _read_capped(chunks, max_bytes: int) -> bytes:
     """At most `max_bytes` of what `chunks(size)` yields (requests' `iter_content` or
-    urllib3's `stream`: both decode as Content-Encoding says)."""
-    data = b""
-    for chunk in chunks(min(max_bytes, 65536) or 1):
+    urllib3's `stream`: both decode as Content-Encoding says), in at most MAX_RESPONSE_READS
+    pieces: the answer is cut at either limit.
+
+    Gathered in one buffer: adding each chunk to a bytes object copied all that came before,
+    so an answer in 4 KiB chunks cost the sender seconds of CPU per 8 MiB. Each piece costs
+    microseconds of Python, so a receiver sending a chunked body one byte per chunk kept
+    the sender busy (and the process's other threads waiting) for the whole timeout."""
+    data = bytearray()
+    for count, chunk in enumerate(chunks(min(max_bytes, 65536) or 1), start=1):
         data += chunk
-        if len(data) >= max_bytes:
+        if len(data) >= max_bytes or count >= MAX_RESPONSE_READS:
             break
-    return data[:max_bytes]
+    return bytes(data[:max_bytes])
 
 
 @contextlib.contextmanager

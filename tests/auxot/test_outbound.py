@@ -7,6 +7,7 @@ to anything but loopback is refused before it happens (a safety net should the g
 """
 
 import ast
+import contextlib
 import os
 import socket
 import ssl
@@ -1014,3 +1015,49 @@ def test_a_non_ascii_host_goes_out_in_its_idna_form(keepalive, monkeypatch, sett
     [(_, headers)] = keepalive.seen
     assert headers["Host"] == f"xn--bcher-kva.example:{keepalive.server_port}"
     assert asked[0] == "xn--bcher-kva.example" and "bücher.example" not in asked
+
+
+# --- An answer in tiny chunks costs the sender little CPU -----------------------------------
+
+@pytest.fixture
+def chunked_receiver():
+    """Answers with a chunked body of `size`-byte chunks, as fast as the sender reads, until
+    `total` bytes (or for ever: None)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    shape = {"size": 1, "total": None}
+
+    def serve():
+        with contextlib.suppress(OSError):
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                piece = b"%x\r\n%s\r\n" % (shape["size"], b"x" * shape["size"])
+                block = piece * max(1, 65536 // len(piece))
+                sent = 0
+                while shape["total"] is None or sent < shape["total"]:
+                    conn.sendall(block)
+                    sent += len(block) // len(piece) * shape["size"]
+                conn.sendall(b"0\r\n\r\n")
+                while conn.recv(65536):  # closed by the sender first: no reset of its read
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    yield shape, thread, f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
+    listener.close()
+
+
+@pytest.mark.parametrize(("size", "total", "read"), [
+    (1, None, outbound.MAX_RESPONSE_READS),  # cut after so many pieces, not at the timeout
+    (4096, 9 * 1024 * 1024, outbound.MAX_RESPONSE_BYTES),  # a whole answer, in one buffer
+], ids=["one-byte-chunks", "4k-chunks"])
+def test_an_answer_in_small_chunks_costs_little_cpu(size, total, read, chunked_receiver, post):
+    shape, thread, url = chunked_receiver
+    shape.update(size=size, total=total)
+    thread.start()
+    started = time.process_time()
+    response = post(url, timeout=10)
+    # Before: one-byte chunks kept the sender busy for the whole timeout (10 s of CPU, then
+    # a Timeout); 4 KiB chunks cost about 3 s of CPU per 8 MiB (each chunk copied it all).
+    assert time.process_time() - started < 2
+    assert response.status_code == 200 and len(response.content) == read
