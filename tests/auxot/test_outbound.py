@@ -358,15 +358,20 @@ def _shows_no_value(message: str, value: str) -> bool:
         not char.isascii() and char in message for char in value)
 
 
-@pytest.mark.parametrize("caller", HEADER_CALLERS)
-@pytest.mark.parametrize(("form", "value"), BAD_HEADER_VALUES,
-                         ids=[v[0] for v in BAD_HEADER_VALUES])
+def _reachable(form: str, caller: str) -> bool:
+    """Whether this caller can hold this value at all. NUL: no caller can (a payload with
+    one is refused when triggered, 422, jsonb could not store it; an environment variable
+    cannot hold it; answers' NULs become U+FFFD), so the guard's own test below tries it.
+    After an API key's "Bearer " prefix, leading whitespace is whitespace inside."""
+    return not (form == "nul" or (caller == "agent-key" and form.startswith("leading")))
+
+
+@pytest.mark.parametrize(("form", "value", "caller"), [
+    pytest.param(form, value, caller, id=f"{form}-{caller}")
+    for form, value in BAD_HEADER_VALUES for caller in HEADER_CALLERS
+    if _reachable(form, caller)])
 def test_a_header_value_that_cannot_be_sent_is_refused_for_every_caller(
         form, value, caller, cast, fake_server, connections, monkeypatch, settings):
-    if caller != "http-payload" and form == "nul":
-        pytest.skip("an environment variable cannot hold NUL (and a secret no control at all)")
-    if caller == "agent-key" and form.startswith("leading"):
-        pytest.skip('after the key\'s "Bearer " prefix, it is whitespace inside the value')
     error = _send_header(caller, value, fake_server.url + "/t", cast, monkeypatch, settings)
     assert error.get("code") == "bad_request", error
     assert "X-Ticket" in error["message"] or "Authorization" in error["message"]
