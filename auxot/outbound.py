@@ -423,6 +423,24 @@ def url_redact(url: str) -> str:
                        _query_redact(parts.query), ""))
 
 
+def parts_redacted(value: Any, parts: tuple[str, ...]) -> Any:
+    """`value` (text, or JSON: dicts and lists, keys too) with each of `parts` replaced by
+    REDACTED, longest first as given (`url_hidden_parts`; an http step's secrets): what a
+    library's message or a receiver's answer quotes of what was hidden from it."""
+    if not parts:
+        return value
+    if isinstance(value, str):
+        for part in parts:
+            value = value.replace(part, "REDACTED")
+        return value
+    if isinstance(value, dict):
+        return {parts_redacted(key, parts): parts_redacted(item, parts)
+                for key, item in value.items()}
+    if isinstance(value, list):
+        return [parts_redacted(item, parts) for item in value]
+    return value
+
+
 def urls_redacted(value: Any) -> Any:
     """`value` (text, or JSON: dicts and lists) with every http(s) URL in it redacted: for
     what was recorded before `url_redact` hid as much as it does now (an audit row)."""

@@ -34,6 +34,7 @@ from auxot.outbound import (
     RefusedDestination,
     host_key,
     outbound_post,
+    parts_redacted,
     url_hidden_parts,
     url_redact,
 )
@@ -487,9 +488,7 @@ def callback_post(*, url: str, body: bytes, headers: dict[str, str],
 
 def _scrub(error: str, url: str) -> str:
     # Library messages may quote the URL; its query or path often carries the receiver's token.
-    for part in url_hidden_parts(url):
-        error = error.replace(part, "REDACTED")
-    return error
+    return parts_redacted(error, url_hidden_parts(url))
 
 
 def _answer_kept(content: bytes, url: str) -> str:

@@ -13,6 +13,7 @@ from jmespath.exceptions import JMESPathError
 from auxot.outbound import (
     RefusedDestination,
     header_name_problem,
+    parts_redacted,
     url_check,
     url_hidden_parts,
     url_redact,
@@ -48,34 +49,18 @@ URL_KEYS = ("url", "url_expression", "url_secret")
 SECRET_SHOWN_BELOW = 4  # a secret shorter than this is not cut from answers (it would garble)
 
 
-def secrets_scrubbed(value: Any, hidden: tuple[str, ...]) -> Any:
-    """`value` (text, or JSON) with each of `hidden` replaced by REDACTED, in keys too."""
-    if not hidden:
-        return value
-    if isinstance(value, str):
-        for part in hidden:
-            value = value.replace(part, "REDACTED")
-        return value
-    if isinstance(value, dict):
-        return {secrets_scrubbed(key, hidden): secrets_scrubbed(item, hidden)
-                for key, item in value.items()}
-    if isinstance(value, list):
-        return [secrets_scrubbed(item, hidden) for item in value]
-    return value
-
-
 def response_body(response: requests.Response, hidden: tuple[str, ...] = ()
                   ) -> dict[str, Any]:
     """`json` when the answer is JSON the database stores exactly as sent, else `text`: a
     tenant's server may answer anything, and its answer must never make the step's result
     impossible to record (the rule is `Http`'s docstring). `hidden`: what the step sent
-    that the output must not show (`Http._hidden`), cut from the text before it is cut to
+    that the output must not show (from `Http._request`), cut from the text before it is cut to
     size, so a secret across the cut goes whole."""
     text = response_text(response)
     try:
-        return {"json": secrets_scrubbed(json_loads(text), hidden)}
+        return {"json": parts_redacted(json_loads(text), hidden)}
     except (NotJSON, Unstorable):
-        return {"text": secrets_scrubbed(text, hidden)[:MAX_TEXT]}
+        return {"text": parts_redacted(text, hidden)[:MAX_TEXT]}
 
 
 def _url_validate(url: str) -> None:
@@ -243,7 +228,7 @@ class Http(StepKind):
         # A receiver may quote what it was sent (a redirect to https, an error page, an
         # echo): a secret's value or the url_secret's token would reach the output, which
         # every key holder polling the item reads.
-        picked = {k.lower(): secrets_scrubbed(text_storable(v), hidden)
+        picked = {k.lower(): parts_redacted(text_storable(v), hidden)
                   for k, v in response.headers.items() if k.lower() in interesting}
         return Complete({"status": response.status_code, "headers": picked,
                          **response_body(response, hidden)})
