@@ -34,47 +34,47 @@ def client_ip(request: HttpRequest) -> str | None:
     forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
     if settings.AUXOT_TRUSTED_PROXIES == ["*"]:
         # Whatever the peer, it is the one proxy in front: the address it appended.
-        return (_address(forwarded.rsplit(",", 1)[-1]) or peer) if peer else None
-    if not _trusted(peer):
+        appended = _address(forwarded.rsplit(",", 1)[-1])
+        return str(appended) if appended and peer else peer
+    if not _trusted(_address(peer or "")):
         return peer
     hop = peer
     for entry in reversed(forwarded.split(",")[-_MAX_HOPS:]):
         address = _address(entry)
         if address is None:
             return hop
-        hop = address
+        hop = str(address)
         if not _trusted(address):
-            return address
+            return hop
     return hop
 
 
 _MAX_HOPS = 32  # more proxies than this in a chain is a header built to cost us time
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def _address(entry: str) -> str | None:
-    """An X-Forwarded-For entry as an address ("[v6]:port" and "v4:port" tolerated)."""
+def _address(entry: str) -> _Address | None:
+    """An X-Forwarded-For entry (or a peer) as an address ("[v6]:port" and "v4:port"
+    tolerated); an IPv4-mapped IPv6 address (a dual-stack socket's peer) as its IPv4."""
     text = entry.strip()
     if text.startswith("[") and "]" in text:
         text = text[1:text.index("]")]
     elif text.count(":") == 1:
         text = text.split(":", 1)[0]
     try:
-        return str(ipaddress.ip_address(text))
+        address = ipaddress.ip_address(text)
     except ValueError:
         return None
+    if address.version == 6 and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
-def _trusted(address: str | None) -> bool:
+def _trusted(address: _Address | None) -> bool:
     networks = settings.AUXOT_TRUSTED_PROXIES
-    if not networks or not address:
+    if not networks or address is None:
         return False
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in net for net in _networks(tuple(networks)))
+    return any(address in net for net in _networks(tuple(networks)))
 
 
 @functools.lru_cache(maxsize=8)
