@@ -25,6 +25,7 @@ class _Buckets:
     def __init__(self):
         self._lock = threading.Lock()
         self._buckets: dict[tuple, tuple[float, float]] = {}  # name -> (tokens, at)
+        self._prune_at = _PRUNE_AT
 
     def take(self, limits: dict[tuple, float], now: float) -> float:
         """One token from every named bucket, or none from any: 0, or the seconds until
@@ -38,7 +39,7 @@ class _Buckets:
                      if levels[name] < 1]
             if short:
                 return max(short)
-            if len(self._buckets) >= _PRUNE_AT:
+            if len(self._buckets) >= self._prune_at:
                 self._prune(now)
             for name, level in levels.items():
                 self._buckets[name] = (level - 1, now)
@@ -48,6 +49,9 @@ class _Buckets:
         # A bucket idle for its refill time is full again: forgetting it changes nothing.
         self._buckets = {name: (tokens, at) for name, (tokens, at) in self._buckets.items()
                          if now - at < BURST_SECONDS}
+        # With more buckets busy than the bound, the next pass waits until as many again
+        # are added: not a pass over all of them on every poll.
+        self._prune_at = max(_PRUNE_AT, 2 * len(self._buckets))
 
     def clear(self) -> None:
         with self._lock:

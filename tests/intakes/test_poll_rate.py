@@ -96,9 +96,21 @@ def test_retry_after_says_when_a_token_is_back():
 
 
 def test_idle_buckets_are_forgotten_past_the_bound(monkeypatch):
-    buckets = pollrate._Buckets()
     monkeypatch.setattr(pollrate, "_PRUNE_AT", 10)
+    buckets = pollrate._Buckets()
     for n in range(10):
         buckets.take({("key", n): 1.0}, 0.0)
     buckets.take({("key", "new"): 1.0}, pollrate.BURST_SECONDS + 1)
     assert list(buckets._buckets) == [("key", "new")]
+
+
+def test_busy_buckets_past_the_bound_are_not_walked_on_every_poll(monkeypatch):
+    monkeypatch.setattr(pollrate, "_PRUNE_AT", 10)
+    buckets = pollrate._Buckets()
+    walks = []
+    prune = buckets._prune
+    monkeypatch.setattr(buckets, "_prune", lambda now: (walks.append(now), prune(now)))
+    for n in range(30):  # all busy: none can be forgotten
+        buckets.take({("key", n): 1.0}, 0.0)
+    assert len(buckets._buckets) == 30
+    assert len(walks) == 2  # at 10 and at 20 buckets, not on each of the last 21 polls
