@@ -61,8 +61,8 @@ def _days(request: HttpRequest) -> int:
 
 
 def _reason(request: HttpRequest) -> str:
-    """Why the operator replays, as typed (kept in the audit log), cut to the limit."""
-    return request.POST.get("reason", "").strip()[:REASON_MAX_CHARS]
+    """Why the operator replays, as typed (the service keeps it storable and cut)."""
+    return request.POST.get("reason", "").strip()
 
 
 def _visible_orgs(request: HttpRequest) -> list[int] | None:
