@@ -5,7 +5,6 @@ non-ASCII bodies included, and that it answers bad requests without crashing."""
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 
@@ -21,10 +20,8 @@ from intakes.callbacks import (
 from intakes.services import intake_create, intake_update
 from tests.callback_helpers import finished_item
 from tests.conftest import make_workflow
-from tests.processes import ROOT, wait_for
+from tests.processes import ROOT, free_port, wait_for
 from tests.tools import require_tool
-from workflows.batch import work_item_process
-from workflows.services import work_item_create
 
 pytestmark = pytest.mark.django_db
 EXAMPLE = ROOT / "examples" / "node"
@@ -45,18 +42,12 @@ def node_receiver_dir(tmp_path_factory):
     return where
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def start_receiver(node_receiver_dir):
     started = []
 
     def start(secret: str) -> tuple[subprocess.Popen, int]:
-        port = _free_port()
+        port = free_port()
         env = {**os.environ, "AUXOT_CALLBACK_SECRET": secret}
         proc = subprocess.Popen(["node", "receiver.mjs", "--port", str(port)],
                                 cwd=node_receiver_dir, env=env, stdout=subprocess.PIPE,
@@ -118,11 +109,7 @@ def test_node_receiver_verifies_a_non_ascii_body(cast, start_receiver):
     intake = _intake(cast, "to node, unicode")
     proc, port = start_receiver(intake.signing_secret)
     _point(intake, port)
-    item = work_item_create(workflow=intake.workflow, intake=intake,
-                            input={"city": "Zürich", "note": "naïve ✓ 東京 🚀"})
-    work_item_process(work_id=item.pk, drain_seconds=0)
-    item.refresh_from_db()
-    assert item.status == "completed"
+    item = finished_item(intake, input={"city": "Zürich", "note": "naïve ✓ 東京 🚀"})
     delivery = callback_delivery_create(work_item=item)
     assert callback_delivery_process(delivery_id=delivery.pk) == "delivered"
     output = _stop(proc)

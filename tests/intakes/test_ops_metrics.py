@@ -72,6 +72,16 @@ def test_through_a_proxy_networks_alone_let_nobody_in(api):
                        HTTP_AUTHORIZATION=f"Bearer {TOKEN}").status_code == 200
 
 
+@override_settings(AUXOT_METRICS_ALLOWED_NETWORKS=["10.0.0.0/8"], AUXOT_METRICS_TOKEN=TOKEN,
+                   AUXOT_TRUSTED_PROXIES=["127.0.0.1"])
+def test_metrics_networks_judge_the_peer_not_a_forwarded_address(api):
+    """The API takes a trusted proxy's X-Forwarded-For as the caller's address; /metrics
+    must not: a header would then pass its network allow-list."""
+    response = api.get("/metrics", HTTP_X_FORWARDED_FOR="10.2.3.4",
+                       HTTP_AUTHORIZATION=f"Bearer {TOKEN}")  # from 127.0.0.1, the proxy
+    assert response.status_code == 403
+
+
 @override_settings(AUXOT_METRICS_ALLOWED_NETWORKS=["10.0.0.0/8"], AUXOT_METRICS_TOKEN=TOKEN)
 def test_metrics_with_networks_and_token_needs_both(api):
     assert api.get("/metrics", REMOTE_ADDR="10.2.3.4").status_code == 401
