@@ -1,6 +1,7 @@
 """/metrics: off by default, protected by a token and/or networks, conventional names,
 bounded labels; the worker host's exporter shares the multiprocess directory."""
 
+import json
 import os
 import subprocess
 import sys
@@ -265,3 +266,27 @@ def test_every_metric_the_code_defines_is_in_the_readmes_table_and_back():
                                       path.read_text())}
     assert len(defined) >= 14
     assert sorted(defined - documented) == [] and sorted(documented - defined) == []
+
+
+@pytest.mark.e2e
+def test_exporter_with_json_logs_writes_only_json_to_stderr(tmp_path):
+    """Its warning about a missing PROMETHEUS_MULTIPROC_DIR was bare text in a LOG_FORMAT=json
+    stream (README: each line on stderr is one JSON object); stdout keeps the port line."""
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env.update(AUXOT_METRICS_TOKEN=TOKEN, DJANGO_SETTINGS_MODULE="tests.settings",
+               LOG_FORMAT="json", LOG_LEVEL="INFO")
+    exporter = subprocess.Popen(
+        [sys.executable, "manage.py", "metrics_exporter", "--port", "0"], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = int(exporter.stdout.readline().rsplit(":", 1)[1])
+        assert _get(f"http://127.0.0.1:{port}/metrics", TOKEN)[0] == 200
+    finally:
+        exporter.terminate()
+        exporter.wait(10)
+    lines = [line for line in exporter.stderr.read().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # a bare text line fails here
+    messages = [record["message"] for record in records]
+    assert any("PROMETHEUS_MULTIPROC_DIR is not set" in m for m in messages), messages
+    assert any(f"serving /metrics on 127.0.0.1:{port}" in m for m in messages), messages
+    assert {record["level"] for record in records} <= {"INFO", "WARNING"}

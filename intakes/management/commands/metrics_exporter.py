@@ -8,6 +8,7 @@ AUXOT_METRICS_ALLOWED_NETWORKS must be set, or it refuses to start.
 
 import argparse
 import contextlib
+import logging
 import socket
 import threading
 from socketserver import ThreadingMixIn
@@ -22,6 +23,8 @@ from auxot.errors import problem_body, problem_json
 from auxot.metrics import metrics_render, multiprocess_dir
 from intakes.ops.collector import StateCollector
 from intakes.ops.views import metrics_refusal_for
+
+logger = logging.getLogger(__name__)
 
 
 def metrics_app(environ, start_response):
@@ -143,16 +146,19 @@ class Command(BaseCommand):
         _QuietHandler.REQUEST_SECONDS = _QuietHandler.timeout = request_seconds
         if not settings.AUXOT_METRICS_TOKEN and not settings.AUXOT_METRICS_ALLOWED_NETWORKS:
             raise CommandError("Set AUXOT_METRICS_TOKEN or AUXOT_METRICS_ALLOWED_NETWORKS first.")
-        if not multiprocess_dir():
-            self.stderr.write("PROMETHEUS_MULTIPROC_DIR is not set: only this process's own "
-                              "metrics and the database gauges will be served.")
+        if not multiprocess_dir():  # a log line: with LOG_FORMAT=json, stderr is all JSON
+            logger.warning("metrics_exporter: PROMETHEUS_MULTIPROC_DIR is not set: only this "
+                           "process's own metrics and the database gauges will be served")
         try:
             server = make_server(bind, port, metrics_app, server_class=_Server,
                                  handler_class=_QuietHandler)
         except OSError as exc:  # an address that is no host's, a port in use or not ours
             raise CommandError(f"cannot listen on {bind}:{port}: {exc}") from None
+        # stdout keeps the plain line a script reads the port from (--port 0); the log line
+        # is for the operator's log (JSON with LOG_FORMAT=json).
         self.stdout.write(f"serving /metrics on {bind}:{server.server_port}", ending="\n")
         self.stdout.flush()
+        logger.info("metrics_exporter: serving /metrics on %s:%s", bind, server.server_port)
         try:
             server.serve_forever()
         except KeyboardInterrupt:
