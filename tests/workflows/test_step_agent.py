@@ -135,3 +135,25 @@ def test_bad_agent_config_is_refused_when_saved(cast, config):
     wf = make_workflow(cast.org_a, [])
     with pytest.raises(ValidationError):
         Step(workflow=wf, position=1, name="Ask", kind="agent", config=config).full_clean()
+
+
+@pytest.mark.parametrize("json_output", [False, True], ids=["text", "json_output"])
+def test_a_reply_quoting_the_api_key_is_stored_redacted(cast, provider, fake_server,
+                                                        json_output):
+    """A reply that quotes the key it was sent (a proxy's error page, a model told to repeat
+    its headers) was stored as is, in a step output every viewer of the organization reads;
+    the `http` step already cut its secrets from answers."""
+    answer = '{"seen": "Bearer sk-test-123", "url": "https://x.test/?k=sk-test-123"}'
+    fake_server.script = [Reply(200, chat(answer, model="echo sk-test-123"))]
+    item = _run(work_item_create(workflow=_agent(cast, json_output=json_output),
+                                 input={"text": "x"}))
+    assert item.status == "completed", item.error
+    assert fake_server.requests[0]["headers"]["Authorization"] == "Bearer sk-test-123"
+    assert "sk-test-123" not in str(item.output) and "sk-test-123" not in str(
+        [run.output for run in item.step_runs.all()])
+    assert item.output["content"] == ('{"seen": "Bearer REDACTED", '
+                                      '"url": "https://x.test/?k=REDACTED"}')
+    assert item.output["model"] == "echo REDACTED"
+    if json_output:
+        assert item.output["json"] == {"seen": "Bearer REDACTED",
+                                       "url": "https://x.test/?k=REDACTED"}

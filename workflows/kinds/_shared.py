@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import jmespath
 import jmespath.exceptions
@@ -27,6 +28,19 @@ from auxot.outbound import RefusedDestination, outbound_request, url_redact
 from auxot.storable import text_decode, text_storable, value_check
 from auxot.timefmt import iso
 from workflows.kinds.base import Fail, Outcome, StepContext, StepKind, Wait
+
+SECRET_SHOWN_BELOW = 4  # a secret shorter than this is not cut from answers (it would garble)
+
+
+def secret_sent_parts(sent: str, prefix: str = "") -> tuple[str, ...]:
+    """What an answer must not show of a secret sent as `sent` (a header's value, `prefix`
+    then the secret): the secret as sent and as it would appear in a URL; nothing for one
+    too short to cut without garbling the answer."""
+    value = sent[len(prefix):] if prefix and sent.startswith(prefix) else sent
+    if len(value) < SECRET_SHOWN_BELOW:
+        return ()
+    return (value, quote(value, safe=""))
+
 
 CHARSET = re.compile(r";\s*charset\s*=\s*\"?([^\";\s]+)", re.IGNORECASE)
 

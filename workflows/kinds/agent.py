@@ -10,6 +10,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from jmespath.exceptions import JMESPathError
 
+from auxot.outbound import parts_redacted
 from auxot.secrets import SecretUnavailable, reference_resolve
 from auxot.storable import NotJSON, Unstorable, json_loads
 from workflows.kinds._shared import (
@@ -21,6 +22,7 @@ from workflows.kinds._shared import (
     retry,
     retry_after,
     retryable,
+    secret_sent_parts,
     send,
 )
 from workflows.kinds.base import Complete, Fail, Outcome, StepContext, StepKind, Wait
@@ -122,6 +124,7 @@ class Agent(StepKind):
             payload["response_format"] = {"type": "json_object"}
         url = provider.base_url.rstrip("/") + "/chat/completions"
         headers = {}
+        hidden: tuple[str, ...] = ()
         ref = provider.api_key_reference
         if ref is not None:
             try:
@@ -129,6 +132,7 @@ class Agent(StepKind):
                                                                url=url)
             except SecretUnavailable as exc:
                 return Fail(exc.code, f"Provider '{provider.name}' API key: {exc.message}")
+            hidden = secret_sent_parts(headers["Authorization"], ref.get("prefix", ""))
         response = send(ctx, "POST", url, headers=headers, body=payload,
                          timeout=min(provider.timeout_seconds, ctx.timeout_seconds),
                          code="provider_unavailable", purpose="agent")
@@ -143,13 +147,16 @@ class Agent(StepKind):
                                           f"{response.status_code}" + (
                                               " (redirects are not followed)."
                                               if response.status_code < 400 else "."))
-        return self._output(ctx, provider, response)
+        return self._output(ctx, provider, response, hidden)
 
-    def _output(self, ctx: StepContext, provider, response: requests.Response) -> Outcome:
+    def _output(self, ctx: StepContext, provider, response: requests.Response,
+                hidden: tuple[str, ...] = ()) -> Outcome:
         """The reply meets the `http` step's rule (auxot/storable.py): its text is decoded
         with replacement characters, and it must be JSON the database stores exactly as sent;
         so must the model's answer with `json_output`. Anything else is `bad_agent_output`:
-        the step's result can always be recorded."""
+        the step's result can always be recorded. The provider's API key, should the reply
+        quote it (a proxy's error page, a model told to repeat its headers), is REDACTED,
+        as in an `http` step's output: the organization's viewers read step outputs."""
         try:
             body = json_loads(response_text(response))
         except (NotJSON, Unstorable) as exc:
@@ -169,4 +176,4 @@ class Agent(StepKind):
             except (NotJSON, Unstorable) as exc:
                 return Fail("bad_agent_output", "json_output is on but the model's answer is "
                                                 f"not JSON that can be stored: {exc}.")
-        return Complete(output)
+        return Complete(parts_redacted(output, hidden))

@@ -3,7 +3,6 @@
 import json
 import re
 from typing import Any
-from urllib.parse import quote
 
 import requests
 from django.conf import settings
@@ -35,6 +34,7 @@ from workflows.kinds._shared import (
     retry,
     retry_after,
     retryable,
+    secret_sent_parts,
     send,
 )
 from workflows.kinds.base import Complete, Fail, Outcome, StepContext, StepKind
@@ -46,7 +46,6 @@ MAX_TEXT = 65536
 URL_KEYS = ("url", "url_expression", "url_secret")
 
 
-SECRET_SHOWN_BELOW = 4  # a secret shorter than this is not cut from answers (it would garble)
 
 
 def response_body(response: requests.Response, hidden: tuple[str, ...] = ()
@@ -197,9 +196,7 @@ class Http(StepKind):
                 headers[name] = reference_resolve(org_id=ctx.org_id, ref=ref, url=url)
             except SecretUnavailable as exc:
                 return Fail(exc.code, f"Header {name}: {exc.message}")
-            value = headers[name][len(ref.get("prefix", "")):]  # the secret, without prefix
-            if len(value) >= SECRET_SHOWN_BELOW:
-                hidden.update((value, quote(value, safe="")))  # as sent, and as in a URL
+            hidden.update(secret_sent_parts(headers[name], ref.get("prefix", "")))
         return (config.get("method", "GET").upper(), url, headers, body,
                 tuple(sorted(hidden, key=len, reverse=True)))
 
