@@ -4,6 +4,7 @@ import functools
 import ipaddress
 import math
 import re
+from collections.abc import Mapping
 from datetime import datetime
 
 from django.conf import settings
@@ -17,7 +18,20 @@ from auxot.views import is_api_path
 
 def peer_ip(request: HttpRequest) -> str | None:
     """The address of whoever opened the connection: the proxy's, behind a proxy."""
-    return request.META.get("REMOTE_ADDR") or None
+    return meta_peer_ip(request.META)
+
+
+def meta_peer_ip(meta: Mapping) -> str | None:
+    """REMOTE_ADDR of a request's META or of a WSGI environ, written as client_ip writes an
+    address (a dual-stack socket's IPv4-mapped peer as its IPv4, no IPv6 zone); None when
+    it is not an address (a unix socket's peer)."""
+    address = _address(meta.get("REMOTE_ADDR") or "")
+    return str(address) if address is not None else None
+
+
+def came_through_proxy(meta: Mapping) -> bool:
+    """The request carries X-Forwarded-For or Forwarded: its peer is a proxy, not the caller."""
+    return bool(meta.get("HTTP_X_FORWARDED_FOR") or meta.get("HTTP_FORWARDED"))
 
 
 def client_ip(request: HttpRequest) -> str | None:
@@ -37,7 +51,7 @@ def client_ip(request: HttpRequest) -> str | None:
         appended = _address(forwarded.rsplit(",", 1)[-1])
         return str(appended) if appended and peer else peer
     if not _trusted(_address(peer or "")):
-        return peer
+        return peer  # as written by _address: one caller is one string in every audit row
     hop = peer
     for entry in reversed(forwarded.split(",")[-_MAX_HOPS:]):
         address = _address(entry)
@@ -55,7 +69,9 @@ _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 def _address(entry: str) -> _Address | None:
     """An X-Forwarded-For entry (or a peer) as an address ("[v6]:port" and "v4:port"
-    tolerated); an IPv4-mapped IPv6 address (a dual-stack socket's peer) as its IPv4."""
+    tolerated); an IPv4-mapped IPv6 address (a dual-stack socket's peer) as its IPv4; an
+    IPv6 zone (`fe80::1%eth0`) dropped: it names an interface of the host that wrote it,
+    any text at all may follow the `%`, and the databases store the address without it."""
     text = entry.strip()
     if text.startswith("[") and "]" in text:
         text = text[1:text.index("]")]
@@ -67,6 +83,8 @@ def _address(entry: str) -> _Address | None:
         return None
     if address.version == 6 and address.ipv4_mapped is not None:
         return address.ipv4_mapped
+    if address.version == 6 and address.scope_id:
+        return ipaddress.IPv6Address(address.packed)
     return address
 
 

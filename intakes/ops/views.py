@@ -10,7 +10,7 @@ from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from auxot.errors import django_problem
-from auxot.http import peer_ip
+from auxot.http import came_through_proxy, peer_ip
 from auxot.metrics import metrics_render
 from intakes.ops.checks import CHECKS, readiness
 from intakes.ops.collector import StateCollector
@@ -71,8 +71,7 @@ def metrics_refusal_for(*, ip: str | None, authorization: str,
 def metrics_refusal(request: HttpRequest) -> HttpResponse | None:
     refused = metrics_refusal_for(
         ip=peer_ip(request), authorization=request.META.get("HTTP_AUTHORIZATION", ""),
-        forwarded=bool(request.META.get("HTTP_X_FORWARDED_FOR")
-                       or request.META.get("HTTP_FORWARDED")))
+        forwarded=came_through_proxy(request.META))
     if refused is None:
         return None
     response = django_problem(*refused)

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 import pytest
 from django.test import RequestFactory
 
-from auxot.http import client_ip, retry_after_seconds
+from auxot.http import client_ip, peer_ip, retry_after_seconds
 
 NOW = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
 
@@ -77,6 +77,62 @@ def test_a_long_forwarded_chain_is_read_only_as_far_as_a_proxy_chain_goes(settin
     chain = ", ".join(["10.0.0.1"] * 10_000)
     request = RequestFactory().get("/", REMOTE_ADDR="10.0.0.2", HTTP_X_FORWARDED_FOR=chain)
     assert client_ip(request) == "10.0.0.1"
+
+
+# One caller, however its address reaches us, is one string in every audit row and budget:
+# a dual-stack socket's IPv4-mapped form, ports, brackets, case and IPv6 zones are dropped.
+SAME_CALLER = {
+    "203.0.113.9": ["203.0.113.9", "::ffff:203.0.113.9", "::FFFF:cb00:7109",
+                    "[::ffff:203.0.113.9]:443", "203.0.113.9:4711"],
+    "2001:db8::7": ["2001:DB8::7", "2001:db8:0:0::7", "[2001:db8::7]:443", "2001:db8::7%eth0",
+                    "2001:db8::7%<script>", "2001:db8::7%" + "x" * 4000],
+    "fe80::1": ["fe80::1%eth0", "fe80::1%25eth0", "[fe80::1%eth0]:80"],
+}
+
+
+@pytest.mark.parametrize(("expected", "written"),
+                         [(e, w) for e, forms in SAME_CALLER.items() for w in forms])
+@pytest.mark.parametrize("path", ["direct", "trusted proxy", "star"])
+def test_one_caller_is_one_address_whichever_way_it_arrives(settings, expected, written,
+                                                            path):
+    settings.AUXOT_TRUSTED_PROXIES = ["*"] if path == "star" else PROXIES
+    meta = ({"REMOTE_ADDR": written} if path == "direct" else
+            {"REMOTE_ADDR": "127.0.0.1", "HTTP_X_FORWARDED_FOR": f"10.9.9.9, {written}"})
+    request = RequestFactory().get("/", **meta)
+    assert client_ip(request) == expected
+
+
+@pytest.mark.parametrize("trusted", [PROXIES, ["*"], []])
+def test_a_peer_that_is_not_an_address_is_no_address(settings, trusted):
+    """A unix socket's peer (or anything a server puts there): never stored as an address
+    (PostgreSQL's inet refused it: the audited request failed)."""
+    settings.AUXOT_TRUSTED_PROXIES = trusted
+    request = RequestFactory().get("/", REMOTE_ADDR="unix:/run/auxot.sock",
+                                   HTTP_X_FORWARDED_FOR="198.51.100.1")
+    assert client_ip(request) is None
+    assert peer_ip(request) is None
+
+
+def test_only_auxot_http_reads_the_peer_or_the_forwarding_headers():
+    """Every address the product records or judges comes from auxot.http: no other module
+    names REMOTE_ADDR or a forwarding header (X-Forwarded-For, Forwarded, X-Real-IP), in
+    META/environ or request.headers spelling."""
+    import io
+    import tokenize
+    from pathlib import Path
+
+    names = {"remote_addr", "http_x_forwarded_for", "x-forwarded-for", "http_forwarded",
+             "forwarded", "http_x_real_ip", "x-real-ip"}
+    root = Path(__file__).resolve().parents[2]
+    readers = set()
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root).parts
+        if parts[0] == "tests" or any(p.startswith(".") or p == "node_modules" for p in parts):
+            continue
+        for token in tokenize.generate_tokens(io.StringIO(path.read_text()).readline):
+            if token.type == tokenize.STRING and token.string.strip("\"'rbRB").lower() in names:
+                readers.add(str(path.relative_to(root)))
+    assert readers == {"auxot/http.py"}
 
 
 @pytest.mark.parametrize(("value", "expected"), [

@@ -59,6 +59,20 @@ def test_metrics_from_outside_the_allowed_networks_is_403(api):
     assert api.get("/metrics", REMOTE_ADDR="10.2.3.4").status_code == 200
 
 
+@override_settings(AUXOT_METRICS_ALLOWED_NETWORKS=["10.0.0.0/8"])
+def test_metrics_networks_read_a_dual_stack_peer_as_its_ipv4(api):
+    """gunicorn bound to [::] sees an IPv4 scraper as ::ffff:10.2.3.4: the allowed IPv4
+    network holds it (it was 403), the web view and the exporter alike."""
+    from intakes.management.commands.metrics_exporter import metrics_app
+
+    assert api.get("/metrics", REMOTE_ADDR="::ffff:10.2.3.4").status_code == 200
+    assert api.get("/metrics", REMOTE_ADDR="::ffff:192.0.2.1").status_code == 403
+    answered = []
+    metrics_app({"PATH_INFO": "/metrics", "REQUEST_METHOD": "GET",
+                 "REMOTE_ADDR": "::ffff:10.2.3.4"}, lambda status, headers: answered.append(status))
+    assert answered == ["200 OK"]
+
+
 @override_settings(AUXOT_METRICS_ALLOWED_NETWORKS=["127.0.0.1/32"])
 def test_through_a_proxy_networks_alone_let_nobody_in(api):
     """Behind the README's nginx every caller has the proxy's address: an allowed network

@@ -20,6 +20,7 @@ from django.db import connection
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from auxot.errors import problem_body, problem_json
+from auxot.http import came_through_proxy, meta_peer_ip
 from auxot.metrics import metrics_render, multiprocess_dir
 from intakes.ops.collector import StateCollector
 from intakes.ops.views import metrics_refusal_for
@@ -31,8 +32,8 @@ def metrics_app(environ, start_response):
     if environ.get("PATH_INFO") != "/metrics" or environ.get("REQUEST_METHOD") != "GET":
         return _problem(start_response, "not_found", "Only GET /metrics is served here.")
     refused = metrics_refusal_for(
-        ip=environ.get("REMOTE_ADDR"), authorization=environ.get("HTTP_AUTHORIZATION", ""),
-        forwarded=bool(environ.get("HTTP_X_FORWARDED_FOR") or environ.get("HTTP_FORWARDED")))
+        ip=meta_peer_ip(environ), authorization=environ.get("HTTP_AUTHORIZATION", ""),
+        forwarded=came_through_proxy(environ))
     if refused is not None:
         return _problem(start_response, *refused)
     try:
