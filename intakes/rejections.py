@@ -4,12 +4,14 @@ Recorded: problem code, status, method, path's intake id, the key's lookup id wh
 token was well-formed, the client IP. Never the body, never the token.
 
 Volume is bounded per web process: at most AUXOT_REJECTION_AUDIT_PER_MINUTE rows a minute
-overall and AUXOT_REJECTION_AUDIT_PER_SOURCE per (IP, code). Rejections over the budget are
-counted, and the count is written as `suppressed` in the next row for that source, so a
+overall and AUXOT_REJECTION_AUDIT_PER_SOURCE per (IP, code), an IPv6 source being its /64
+(one host's share: anyone with IPv6 holds a /64 of addresses). Rejections over the budget
+are counted, and the count is written as `suppressed` in the next row for that source, so a
 flood of 401s costs no more than a few rows a minute. A failing audit write is logged and
 dropped: it never turns the 4xx into a 500.
 """
 
+import ipaddress
 import logging
 import threading
 import time
@@ -28,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 AUDITED_STATUSES = frozenset({400, 401, 403, 404, 411, 413, 415, 422, 429})
 EVENT = "intake.rejected"
+# Sources whose suppressed count is kept until their next row: one caller with many
+# addresses must not grow it without end (past it a new source's count is not kept).
+SUPPRESSED_SOURCES_MAX = 10_000
 
 
 class _Budget:
@@ -49,7 +54,8 @@ class _Budget:
                 self._per_source.clear()
             if (self._total >= settings.AUXOT_REJECTION_AUDIT_PER_MINUTE
                     or self._per_source[source] >= settings.AUXOT_REJECTION_AUDIT_PER_SOURCE):
-                self._suppressed[source] += 1
+                if source in self._suppressed or len(self._suppressed) < SUPPRESSED_SOURCES_MAX:
+                    self._suppressed[source] += 1
                 return None
             self._total += 1
             self._per_source[source] += 1
@@ -76,12 +82,19 @@ def _lookup_id(request: Request) -> str:
     return ""
 
 
+def _source(ip: str | None) -> str | None:
+    """Whose budget a rejection uses: the IP, or an IPv6 address's /64."""
+    if ip is None or ":" not in ip:
+        return ip
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+
+
 def intake_rejection_record(*, request: Request, response: Response, intake_id: str) -> None:
     """Write one intake.rejected row (budget permitting). Never raises."""
     data = response.data if isinstance(response.data, dict) else {}
     code = str(data.get("code", "")) or str(response.status_code)
     ip = client_ip(request)
-    suppressed = budget.take((ip, code))
+    suppressed = budget.take((_source(ip), code))
     if suppressed is None:
         return
     key = getattr(request, "auth", None)

@@ -122,3 +122,34 @@ def test_failing_audit_write_keeps_the_4xx(api, intake_a):
         response = trigger(api, intake_a.pk, "user.nope")
     assert response.status_code == 401
     assert response["Content-Type"] == "application/problem+json"
+
+
+def test_an_ipv6_caller_is_one_source_per_64(api, intake_a, settings, clock):
+    """Anyone on IPv6 holds a /64: an address each must not multiply the per-source
+    budget until the whole process budget is theirs (hiding everyone else's rejections)."""
+    settings.AUXOT_REJECTION_AUDIT_PER_SOURCE = 2
+    for n in range(1, 21):
+        trigger(api, intake_a.pk, "user.nope", REMOTE_ADDR=f"2001:db8:1:2::{n:x}")
+    assert len(_rejections()) == 2
+    trigger(api, intake_a.pk, "user.nope", REMOTE_ADDR="2001:db8:1:3::1")  # another /64
+    for n in range(1, 4):  # IPv4: each address its own source
+        trigger(api, intake_a.pk, "user.nope", REMOTE_ADDR=f"198.51.100.{n}")
+    assert sorted(e.ip for e in _rejections()) == [
+        "198.51.100.1", "198.51.100.2", "198.51.100.3",
+        "2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:3::1"]
+
+
+def test_suppressed_counts_are_kept_for_a_bounded_number_of_sources(settings, clock,
+                                                                    monkeypatch):
+    """Past the minute's budget every new source was remembered until it wrote a row again:
+    a caller with many addresses grew the process's memory without end."""
+    monkeypatch.setattr(rejections, "SUPPRESSED_SOURCES_MAX", 50, raising=False)
+    settings.AUXOT_REJECTION_AUDIT_PER_MINUTE = 1
+    budget = rejections._Budget()
+    assert budget.take(("198.51.100.1", "unauthorized")) == 0
+    for n in range(1_000):
+        assert budget.take((f"2001:db8:{n:x}::/64", "unauthorized")) is None
+    assert budget.take(("198.51.100.1", "unauthorized")) is None  # known: still counted
+    assert len(budget._suppressed) == 50
+    clock[0] += 60
+    assert budget.take(("2001:db8:0::/64", "unauthorized")) == 1
