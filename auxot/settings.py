@@ -121,7 +121,18 @@ def env_trusted_proxies() -> list[str]:
                  ("GUNICORN_FORWARDED_ALLOW_IPS", os.environ.get("GUNICORN_FORWARDED_ALLOW_IPS")))
     if raw is None:
         return ["127.0.0.1", "::1"]
-    return ["*"] if raw.strip() == "*" else env_networks(name)
+    if raw.strip() == "*":
+        return ["*"]
+    networks = env_networks(name)
+    for net in networks:
+        # Trusting every address trusts the caller too: its own X-Forwarded-For would be
+        # believed, down to the first entry it wrote.
+        if ipaddress.ip_network(net, strict=False).prefixlen == 0:
+            raise ImproperlyConfigured(
+                f"{name}={net} trusts every address, so any caller could choose the address "
+                "recorded as its own: set AUXOT_TRUSTED_PROXIES to the proxies' addresses, "
+                "or to * for the one proxy in front whatever its address.")
+    return networks
 
 
 def env_base_url(name: str) -> str:

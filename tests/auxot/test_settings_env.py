@@ -48,6 +48,11 @@ def test_no_float_setting_takes_a_value_that_is_not_finite(monkeypatch, name, va
     ({"PROMETHEUS_MULTIPROC_DIR": "/nonexistent/auxot-metrics"}, "PROMETHEUS_MULTIPROC_DIR"),
     ({"AUXOT_TRUSTED_PROXIES": "10.0.0.0/33"}, "AUXOT_TRUSTED_PROXIES"),
     ({"AUXOT_TRUSTED_PROXIES": "*, 10.0.0.1"}, "AUXOT_TRUSTED_PROXIES"),
+    # Every address trusted: the caller's own X-Forwarded-For would choose its address.
+    ({"AUXOT_TRUSTED_PROXIES": "0.0.0.0/0"}, "AUXOT_TRUSTED_PROXIES"),
+    ({"AUXOT_TRUSTED_PROXIES": "127.0.0.1, ::/0"}, "AUXOT_TRUSTED_PROXIES"),
+    ({"AUXOT_TRUSTED_PROXIES": "10.0.0.0/0"}, "AUXOT_TRUSTED_PROXIES"),
+    ({"GUNICORN_FORWARDED_ALLOW_IPS": "0.0.0.0/0"}, "GUNICORN_FORWARDED_ALLOW_IPS"),
     ({"GUNICORN_FORWARDED_ALLOW_IPS": "proxy.internal"}, "GUNICORN_FORWARDED_ALLOW_IPS"),
 ])
 def test_a_malformed_value_stops_start_up_naming_its_variable(env, named):
