@@ -8,6 +8,7 @@ import uuid
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
+from auxot.http import client_ip
 from auxot.logs import log_context_bind, log_context_get, log_context_reset
 from auxot.metrics import http_observe
 
@@ -55,5 +56,8 @@ def _log_request(request: HttpRequest, response: HttpResponse, seconds: float) -
                 seconds * 1000, extra={
                     "event": "http.request", "method": request.method, "path": request.path,
                     "status": response.status_code, "duration_ms": round(seconds * 1000, 1),
+                    # The address audit rows record: behind a proxy gunicorn's own access
+                    # log names the proxy.
+                    "client_ip": client_ip(request),
                     **{k: context[k] for k in ("intake_id", "work_id", "key_lookup_id")
                        if k in context}})

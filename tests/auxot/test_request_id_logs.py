@@ -43,6 +43,22 @@ def test_request_id_is_on_errors_and_outside_the_api_too(api):
     assert api.get("/healthz", HTTP_X_REQUEST_ID="r-2")["X-Request-Id"] == "r-2"
 
 
+def test_the_request_line_names_the_caller_as_the_audit_rows_do(api, intake_a, member_token,
+                                                                 settings, caplog):
+    """Behind the README's nginx, gunicorn's access log says 127.0.0.1 for everyone: the
+    request's own line carries the address the work item and audit rows record."""
+    settings.AUXOT_TRUSTED_PROXIES = ["127.0.0.1"]
+    with caplog.at_level(logging.INFO, logger="auxot.request"):
+        response = trigger(api, intake_a.pk, member_token, REMOTE_ADDR="127.0.0.1",
+                           HTTP_X_FORWARDED_FOR="10.9.9.9, 198.51.100.7")
+        refused = trigger(api, intake_a.pk, "user.nope", REMOTE_ADDR="::ffff:203.0.113.5")
+    assert refused.status_code == 401
+    lines = [r for r in caplog.records if getattr(r, "event", "") == "http.request"]
+    assert [r.client_ip for r in lines] == ["198.51.100.7", "203.0.113.5"]
+    item = WorkItem.objects.get(pk=response.json()["work_id"])
+    assert item.created_by_ip == "198.51.100.7"
+
+
 def test_work_item_log_lines_carry_the_request_and_work_ids(api, cb_intake, member_token,
                                                            caplog):
     response = trigger(api, cb_intake.pk, member_token, HTTP_X_REQUEST_ID="trace-7")
