@@ -114,3 +114,38 @@ def test_busy_buckets_past_the_bound_are_not_walked_on_every_poll(monkeypatch):
         buckets.take({("key", n): 1.0}, 0.0)
     assert len(buckets._buckets) == 30
     assert len(walks) == 2  # at 10 and at 20 buckets, not on each of the last 21 polls
+
+
+def test_every_spelling_of_a_poll_draws_on_the_same_bucket(api, settings, clock, intake_a,
+                                                           member_token):
+    """HEAD, case, a bad or repeated ?wait=, a percent-encoded path: the key's one bucket
+    (a limit per URL or per method could be walked around)."""
+    settings.AUXOT_POLL_RATE_PER_KEY, settings.AUXOT_POLL_RATE_PER_ORG = 1, 100
+    work_id = trigger(api, intake_a.pk, member_token).json()["work_id"]
+    base = f"/v1/intake/{intake_a.pk}/work/{work_id}"
+    spellings = [("get", base), ("head", base), ("get", base.upper().replace("/V1/INTAKE/",
+                 "/v1/intake/").replace("/WORK/", "/work/")), ("get", f"{base}?wait=abc"),
+                 ("get", f"{base}?wait=1&wait=2"), ("get", base.replace("work", "%77ork"))]
+    statuses = [getattr(api, method)(path, **bearer(member_token)).status_code
+                for method, path in spellings]
+    assert [status == 429 for status in statuses] == [False] * 5 + [True]  # 5: the burst
+    assert len(pollrate.buckets._buckets) == 2  # the key's and its organization's
+
+
+def test_a_caller_without_a_working_key_makes_no_bucket(api, settings, clock, cast, intake_a,
+                                                        member_token):
+    """Buckets are made after authentication: bogus, malformed, revoked or re-cased keys
+    cannot fill the process's memory with buckets."""
+    from apikeys.services import apikey_revoke
+    from apikeys.tokens import token_parse
+
+    settings.AUXOT_POLL_RATE_PER_KEY, settings.AUXOT_POLL_RATE_PER_ORG = 1, 1
+    work_id = trigger(api, intake_a.pk, member_token).json()["work_id"]
+    revoked = apikey_issue(org=cast.org_a, label="gone", user=cast.member_a)
+    apikey_revoke(key=revoked.key)
+    lookup = token_parse(member_token).lookup_id
+    for token in ["user.nope", f"user.{lookup}.x", member_token.upper(), revoked.token,
+                  member_token[:-1], "team." + member_token[5:]]:
+        assert _poll(api, intake_a, token, work_id).status_code == 401
+    assert api.get(f"/v1/intake/{intake_a.pk}/work/{work_id}").status_code == 401
+    assert pollrate.buckets._buckets == {}
