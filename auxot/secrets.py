@@ -31,6 +31,45 @@ HOW_TO_FIX = 'create an organization secret in the admin (Secrets) and reference
              '{"secret": "<name>"}'
 
 
+# Header and field names whose value is a credential (`Authorization`, `X-Api-Key`,
+# `X-Auth-Token`, `Cookie`, `client_secret`, `password`, `X-Hub-Signature`). A value typed
+# for one into a step's configuration is shown to everyone who may view the workflow
+# (members, auditors): it belongs in an organization secret.
+_CREDENTIAL_WORDS = re.compile(
+    r"auth|token|secret|key|passw|pwd|session|signature|credential|cookie", re.IGNORECASE)
+_NOT_CREDENTIALS = frozenset({"idempotency-key"})  # a retry's id, not a credential
+# Authentication scheme names (the IANA registry's, and common ones): a literal that is only
+# one of these (`'Bearer '` joined to a caller's token) says how, not what.
+AUTH_SCHEMES = frozenset({"basic", "bearer", "digest", "hoba", "mutual", "negotiate", "ntlm",
+                          "oauth", "scram-sha-1", "scram-sha-256", "vapid", "token", "apikey",
+                          "api-key", "key"})
+CREDENTIAL_SHOWN_BELOW = 4  # shorter constants hold no credential (separators, `v1`)
+
+
+def credential_named(name: Any) -> bool:
+    """Whether a header or a JSON field of this name carries a credential."""
+    return isinstance(name, str) and name.lower() not in _NOT_CREDENTIALS and bool(
+        _CREDENTIAL_WORDS.search(name))
+
+
+def credential_literal(value: Any) -> bool:
+    """Whether a constant typed into configuration could be a credential: a string or a
+    number of at least CREDENTIAL_SHOWN_BELOW characters that is not just the name of an
+    authentication scheme."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return False
+    text = str(value).strip().rstrip(":=").strip()
+    return len(text) >= CREDENTIAL_SHOWN_BELOW and text.lower() not in AUTH_SCHEMES
+
+
+def credential_parts(value: str) -> tuple[str, ...]:
+    """What a credential header's value hides: the value, and without its scheme word
+    (`Bearer <token>`: the token alone, as a receiver may quote it)."""
+    scheme, _, rest = value.strip().partition(" ")
+    parts = {value, rest.strip()} if scheme.lower() in AUTH_SCHEMES else {value}
+    return tuple(part for part in parts if credential_literal(part))
+
+
 class SecretUnavailable(Exception):
     """A reference that cannot be sent; `code` is the step's failure code."""
 

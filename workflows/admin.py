@@ -35,6 +35,7 @@ from auxot.http import client_ip
 from auxot.models import AuditEvent, AuditLogEntry
 from auxot.outbound import urls_redacted
 from workflows.admin_replay import WorkItemReplayMixin
+from workflows.kinds import UnknownKind, kind_get
 from workflows.models import Approval, Provider, Step, StepRun, Workflow, WorkItem
 from workflows.presenters import work_item_view
 from workflows.services import work_item_cancel, work_item_decide, work_item_run
@@ -74,15 +75,21 @@ class ExtendedInlinesMixin:
 
 class StepInline(ScopedInlineMixin, admin.TabularInline):
     """A step's config, to whoever may not change the workflow (members, auditors,
-    viewers), shows every URL in it redacted, as callback URLs are: a static `url` may
-    point at a chat webhook whose path is its credential. The edit form holds it whole."""
+    viewers), shows as its kind's `config_shown` says: every URL in it redacted, as callback
+    URLs are (a static `url` may point at a chat webhook whose path is its credential), and
+    a constant typed into an `http` step's credential header or field. The edit form holds
+    it whole."""
 
     model = Step
     extra = 0
 
     @admin.display(description="config")
     def config_redacted(self, obj) -> str:
-        return json.dumps(urls_redacted(obj.config), sort_keys=True, ensure_ascii=False)
+        try:
+            shown = kind_get(obj.kind).config_shown(obj.config)
+        except UnknownKind:
+            shown = urls_redacted(obj.config)
+        return json.dumps(shown, sort_keys=True, ensure_ascii=False)
 
     def get_fields(self, request, obj=None):
         fields = list(super().get_fields(request, obj))

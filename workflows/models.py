@@ -93,6 +93,7 @@ class Step(models.Model):
         if not isinstance(self.config, dict):
             raise ValidationError({"config": "config must be a JSON object."})
         kind.validate_config(self.config)
+        kind.validate_stored(self.config)
         try:
             workflow = self.workflow  # an inline's unsaved parent counts: it has its org
         except Workflow.DoesNotExist:

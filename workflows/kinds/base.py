@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from auxot.outbound import urls_redacted
+
 
 class ProviderSlot(Protocol):
     """The answer to "may I call the provider now?"; `detail()` says who is ahead if not."""
@@ -87,6 +89,19 @@ class StepKind(ABC):
     def validate_references(self, config: dict, *, org_id: Any) -> None:
         """Checks that need the step's organization (secrets); `config` is valid already."""
         return None
+
+    def validate_stored(self, config: dict) -> None:
+        """Rules for what a step may store, checked when it is saved, never when it runs: a
+        step saved before such a rule keeps running (a credential typed into its config
+        instead of a secret reference); its page says what to change when it is next saved.
+        `config` is valid already."""
+        return None
+
+    def config_shown(self, config: dict) -> dict:
+        """The config as shown to whoever may not change the workflow (members, auditors):
+        every URL in it redacted (a chat webhook's path is its credential). Only the form
+        that edits it holds it whole."""
+        return urls_redacted(config)
 
     @abstractmethod
     def execute(self, ctx: StepContext) -> Outcome: ...

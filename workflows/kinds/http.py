@@ -19,6 +19,9 @@ from auxot.outbound import (
 )
 from auxot.secrets import (
     SecretUnavailable,
+    credential_literal,
+    credential_named,
+    credential_parts,
     reference_parse,
     reference_problem,
     reference_resolve,
@@ -29,6 +32,7 @@ from workflows.kinds._shared import (
     config_failure,
     expression_check,
     expression_error,
+    expression_literals,
     expression_search,
     response_text,
     retry,
@@ -77,6 +81,19 @@ def _header_name_validate(name: str, what: str) -> None:
         raise ValidationError({"config": f"{what}: {name!r} is not a header name."})
     if problem := header_name_problem(name):
         raise ValidationError({"config": f"{what}: {problem}."})
+
+
+def typed_credential(expression: Any, name: str | None = None) -> bool:
+    """Whether an expression (a header's, named `name`, or the body) holds a constant that
+    may be a credential: one under a credential's name, the header's own or a key's in it
+    (`'Bearer abc…'` for Authorization, `{api_key: 'abc…'}`). A value read from the data
+    (`input.token`) or a bare scheme word (`join(' ', ['Bearer', input.token])`) is not."""
+    try:
+        literals = expression_literals(expression)
+    except (JMESPathError, TypeError):
+        return False  # not an expression: validate_config says so
+    return any(credential_literal(value) and (credential_named(key) or credential_named(name))
+               for key, value in literals)
 
 
 class Http(StepKind):
@@ -132,6 +149,30 @@ class Http(StepKind):
         wanted = config.get("response_headers", [])
         if not isinstance(wanted, list) or not all(isinstance(h, str) for h in wanted):
             raise ValidationError({"config": "response_headers must be a list of names."})
+
+    def validate_stored(self, config: dict) -> None:
+        for name, expression in config.get("headers", {}).items():
+            if typed_credential(expression, name):
+                raise ValidationError({"config": (
+                    f"headers.{name}: a credential typed into the step (a constant in a "
+                    "credential header) is shown to everyone who may view the workflow. "
+                    "Create an organization secret (Secrets) and send it with "
+                    f'"secret_headers": {{"{name}": {{"secret": "<name>", "prefix": '
+                    '"Bearer "}} instead.')})
+
+    def config_shown(self, config: dict) -> dict:
+        """Also a credential header's (or the body's) expression that holds a constant that
+        may be a credential (a step saved before `validate_stored` refused them)."""
+        shown = super().config_shown(config)
+        if not isinstance(config, dict):
+            return shown
+        headers = config.get("headers")
+        if isinstance(headers, dict) and isinstance(shown.get("headers"), dict):
+            shown["headers"] = {name: "REDACTED" if typed_credential(headers[name], name)
+                                else expression for name, expression in shown["headers"].items()}
+        if typed_credential(config.get("body")):
+            shown["body"] = "REDACTED"
+        return shown
 
     def _validate_url_secret(self, ref: Any) -> None:
         try:
@@ -190,6 +231,10 @@ class Http(StepKind):
             return Fail("bad_request", "The URL expression did not give an http(s) URL.")
         headers = {k: v if isinstance(v, str) else json.dumps(v)
                    for k, v in headers.items() if v is not None}
+        for name, value in headers.items():  # a credential header's value, whatever its source
+            if credential_named(name):
+                hidden.update(part for credential in credential_parts(value)
+                              for part in secret_sent_parts(credential))
         # Resolved against the final URL, so host binding covers url_expression too.
         for name, ref in config.get("secret_headers", {}).items():
             try:
