@@ -56,7 +56,7 @@ def test_other_headers_may_hold_constants(cast, name):
 
 
 def test_a_constant_under_a_credential_name_inside_a_header_is_refused(cast):
-    with pytest.raises(ValidationError, match="headers.X-Meta"):
+    with pytest.raises(ValidationError, match=r"headers\.X-Meta"):
         _step(cast.org_a, {"X-Meta": f'`{{"api_key": "{TOKEN}"}}`'}).full_clean()
 
 
