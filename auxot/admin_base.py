@@ -147,10 +147,10 @@ def org_action(*, roles: Collection[str], description: str,
     return decorate
 
 
-# Fields the admin shows only redacted (a callback URL's path and query may hold tokens):
-# wherever one is read-only, `<name>_redacted` (`url_redact`) shows instead; only a form that
-# edits it, for someone who may change the object, holds it whole.
-REDACTED_FIELDS = frozenset({"url", "callback_url"})
+# Fields the admin shows only redacted (a callback URL's or a provider's base URL's path and
+# query may hold tokens): wherever one is read-only, `<name>_redacted` (`url_redact`) shows
+# instead; only a form that edits it, for someone who may change the object, holds it whole.
+REDACTED_FIELDS = frozenset({"url", "callback_url", "base_url"})
 _REDACTED_SUFFIX = "_redacted"
 
 
@@ -286,6 +286,7 @@ class OrgScopedAdmin(admin.ModelAdmin):
     # --- redacted fields -------------------------------------------------------------
     url_redacted = _url_shown("url", "URL")
     callback_url_redacted = _url_shown("callback_url", "callback URL")
+    base_url_redacted = _url_shown("base_url", "base URL")
 
     def _redacted_here(self) -> list[str]:
         names = {field.name for field in self.model._meta.fields}

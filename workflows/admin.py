@@ -377,6 +377,6 @@ class WorkItemAdmin(ExtendedInlinesMixin, WorkItemReplayMixin, WorkItemActionsMi
 
 @admin.register(Provider)
 class ProviderAdmin(OrgScopedAdmin):
-    list_display = ["name", "org", "model", "base_url", "concurrency_limit", "active"]
+    list_display = ["name", "org", "model", "base_url_redacted", "concurrency_limit", "active"]
     list_filter = ["active", "org"]
     search_fields = ["name", "model"]

@@ -352,6 +352,12 @@ class Provider(models.Model):
             except RefusedDestination as exc:
                 raise ValidationError({"base_url": ValidationError(str(exc), code=exc.code)}
                                       ) from None
+            if "?" in self.base_url or "#" in self.base_url:
+                # `/chat/completions` is appended to it; and a key in its query would be
+                # shown to every viewer of the provider.
+                raise ValidationError({"base_url": (
+                    "The base URL may not have a ?query or #fragment: /chat/completions is "
+                    "appended to it. Send the key as the API key secret.")})
         ref = self.api_key_reference
         field = "api_key_env" if self.api_key_env else "api_key_secret"
         if ref is not None and self.org_id is not None:

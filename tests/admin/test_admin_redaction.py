@@ -1,7 +1,7 @@
-"""A callback URL's tokens, in its path or its query, reach no admin page that shows the URL
-read-only: enumerated over every admin of a model with such a field, every role, its
-changelist and its change page. Only the form that edits the URL, for someone who may change
-the object, holds it whole."""
+"""A callback URL's (or a provider's base URL's) tokens, in its path or its query, reach no
+admin page that shows the URL read-only: enumerated over every admin of a model with such a
+field, every role, its changelist and its change page. Only the form that edits the URL, for
+someone who may change the object, holds it whole."""
 
 import re
 
@@ -16,7 +16,7 @@ from intakes.models import CallbackDelivery, Intake
 from intakes.services import intake_create
 from tests.callback_helpers import finished_item
 from tests.conftest import make_workflow
-from workflows.models import WorkItem
+from workflows.models import Provider, WorkItem
 
 pytestmark = pytest.mark.django_db
 PATH_TOKEN = "T0kenInThePath9x"
@@ -24,7 +24,7 @@ QUERY_TOKEN = "qs3cretQ"
 # The widget that edits the URL ("Currently: <a>…</a> Change: <input>"): whoever may change
 # the intake sees what they edit.
 _EDITED = re.compile(r'(<p class="url">[^<]*<a [^>]*>[^<]*</a><br>[^<]*)?'
-                     r'<input[^>]*name="callback_url"[^>]*>(</p>)?')
+                     r'<input[^>]*name="(?:callback_url|base_url)"[^>]*>(</p>)?')
 
 
 def _models_with_redacted_fields() -> set:
@@ -43,7 +43,11 @@ def world(cast, receiver):
     item = finished_item(intake, callback_url=url)  # a caller's own callback URL
     delivery = callback_delivery_create(work_item=item)
     callback_delivery_process(delivery_id=delivery.pk)  # an attempt row, shown on both pages
-    return {Intake: intake, WorkItem: item, CallbackDelivery: delivery}
+    # Saved before a base URL's query was refused: its page still opens, redacted.
+    provider = Provider.objects.create(
+        org=cast.org_a, name="gateway", model="m",
+        base_url=f"https://llm.example.com/{PATH_TOKEN}/v1?key={QUERY_TOKEN}")
+    return {Intake: intake, WorkItem: item, CallbackDelivery: delivery, Provider: provider}
 
 
 def test_every_model_with_a_redacted_field_is_in_the_world(world):
@@ -63,8 +67,8 @@ def test_no_page_shows_a_callback_urls_tokens(client, cast, world, who):
             assert response.status_code == 200, (who, page)
             content = response.content.decode()
             edited = [match.group(0) for match in _EDITED.finditer(content)]
-            if page == change and model is Intake and model_admin.has_change_permission(
-                    response.wsgi_request, obj):
+            if page == change and model in (Intake, Provider) and \
+                    model_admin.has_change_permission(response.wsgi_request, obj):
                 [field] = edited
                 assert PATH_TOKEN in field and QUERY_TOKEN in field  # editable, so whole
                 content = content.replace(field, "")
@@ -142,3 +146,26 @@ def test_a_steps_url_shows_redacted_to_whoever_may_not_change_the_workflow(clien
         assert "https://hooks.example.com/services/REDACTED/REDACTED?token=REDACTED" in content
     assert PATH_TOKEN not in content and QUERY_TOKEN not in content, re.findall(
         r".{0,200}(?:T0ken|qs3cret).{0,80}", content)
+
+
+def test_a_viewer_sees_a_providers_base_url_redacted(client, cast, world):
+    client.force_login(cast.member_a)
+    provider = world[Provider]
+    for page in (reverse("admin:workflows_provider_change", args=[provider.pk]),
+                 reverse("admin:workflows_provider_changelist")):
+        content = client.get(page).content.decode()
+        assert "https://llm.example.com/REDACTED/REDACTED?key=REDACTED" in content, page
+        assert not _EDITED.search(content)
+
+
+@pytest.mark.parametrize("base_url", ["https://llm.example.com/v1?key=abc123",
+                                      "https://llm.example.com/v1?api-version=1",
+                                      "https://llm.example.com/v1#frag",
+                                      "https://user:s3cr3tPw@llm.example.com/v1"])
+def test_a_base_url_with_a_query_fragment_or_userinfo_is_refused_when_saved(cast, base_url):
+    from django.core.exceptions import ValidationError
+
+    with pytest.raises(ValidationError) as refused:
+        Provider(org=cast.org_a, name="p", model="m", base_url=base_url).full_clean()
+    assert "base_url" in refused.value.message_dict
+    assert "abc123" not in str(refused.value) and "s3cr3tPw" not in str(refused.value)
