@@ -106,3 +106,16 @@ def test_the_shown_config_keeps_what_holds_no_typed_credential():
                           "Content-Type": "'application/json'"},
               "body": "{order: input.order, api_key: input.key, note: 'a long constant'}"}
     assert kind_get("http").config_shown(config) == config
+
+
+def test_what_a_body_sends_under_a_credential_name_is_cut_from_the_output(cast, fake_server):
+    """The fake receiver echoes the body it got, as many do."""
+    workflow = make_workflow(cast.org_a, [("http", {
+        "method": "POST", "url": f"{fake_server.url}/hook",
+        "body": f"{{auth: {{api_key: '{TOKEN}', user: 'svc-user'}}, order: input.order}}"})])
+    item = work_item_create(workflow=workflow, input={"order": "A-12345"})
+    work_item_process(work_id=item.pk, drain_seconds=0)
+    item.refresh_from_db()
+    assert fake_server.requests[0]["json"]["auth"]["api_key"] == TOKEN
+    assert item.output["json"]["got"] == {"auth": {"api_key": "REDACTED", "user": "svc-user"},
+                                          "order": "A-12345"}

@@ -96,6 +96,15 @@ def typed_credential(expression: Any, name: str | None = None) -> bool:
                for key, value in literals)
 
 
+def _body_credentials(value: Any, name: str | None = None) -> list[str]:
+    """The values a body sends under a credential's name (`{"api_key": …}`, at any depth)."""
+    if isinstance(value, dict):
+        return [found for key, item in value.items() for found in _body_credentials(item, key)]
+    if isinstance(value, list):
+        return [found for item in value for found in _body_credentials(item, name)]
+    return [str(value)] if credential_named(name) and credential_literal(value) else []
+
+
 class Http(StepKind):
     """config:
     {"method": "POST",
@@ -231,10 +240,11 @@ class Http(StepKind):
             return Fail("bad_request", "The URL expression did not give an http(s) URL.")
         headers = {k: v if isinstance(v, str) else json.dumps(v)
                    for k, v in headers.items() if v is not None}
-        for name, value in headers.items():  # a credential header's value, whatever its source
-            if credential_named(name):
-                hidden.update(part for credential in credential_parts(value)
-                              for part in secret_sent_parts(credential))
+        credentials = [part for name, value in headers.items() if credential_named(name)
+                       for part in credential_parts(value)]  # whatever their source
+        credentials += _body_credentials(body)
+        hidden.update(part for credential in credentials
+                      for part in secret_sent_parts(credential))
         # Resolved against the final URL, so host binding covers url_expression too.
         for name, ref in config.get("secret_headers", {}).items():
             try:
