@@ -42,7 +42,7 @@ _NOT_CREDENTIALS = frozenset({"idempotency-key"})  # a retry's id, not a credent
 # one of these (`'Bearer '` joined to a caller's token) says how, not what.
 AUTH_SCHEMES = frozenset({"basic", "bearer", "digest", "hoba", "mutual", "negotiate", "ntlm",
                           "oauth", "scram-sha-1", "scram-sha-256", "vapid", "token", "apikey",
-                          "api-key", "key"})
+                          "api-key", "key", "aws4-hmac-sha256"})
 CREDENTIAL_SHOWN_BELOW = 4  # shorter constants hold no credential (separators, `v1`)
 
 
@@ -60,6 +60,17 @@ def credential_literal(value: Any) -> bool:
         return False
     text = str(value).strip().rstrip(":=").strip()
     return len(text) >= CREDENTIAL_SHOWN_BELOW and text.lower() not in AUTH_SCHEMES
+
+
+def prefix_holds_credential(prefix: Any) -> bool:
+    """Whether a reference's `prefix` holds more than the words before a secret (`Bearer `,
+    `token=`, `Klaviyo-API-Key `): a word of 4 characters or more with a digit in it, or
+    one over 32 characters, is taken for a credential typed in beside the secret."""
+    if not isinstance(prefix, str):
+        return False
+    return any(len(word) >= CREDENTIAL_SHOWN_BELOW and word.lower() not in AUTH_SCHEMES and (
+        any(char.isdigit() for char in word) or len(word) > 32)
+        for word in re.split(r"[\s=:;,\"']+", prefix))
 
 
 def credential_parts(value: str) -> tuple[str, ...]:

@@ -119,3 +119,31 @@ def test_what_a_body_sends_under_a_credential_name_is_cut_from_the_output(cast, 
     assert fake_server.requests[0]["json"]["auth"]["api_key"] == TOKEN
     assert item.output["json"]["got"] == {"auth": {"api_key": "REDACTED", "user": "svc-user"},
                                           "order": "A-12345"}
+
+
+@pytest.mark.parametrize("prefix", [f"Bearer {TOKEN} ", "sk_live_4eC39HqLy ",
+                                    "token=" + "a" * 40 + "; session="])
+def test_a_credential_typed_into_a_secret_headers_prefix_is_refused(cast, prefix):
+    step = _step(cast.org_a, {}, secret_headers={
+        "Authorization": {"secret": "CRM_TOKEN", "prefix": prefix}})
+    with pytest.raises(ValidationError) as refused:
+        step.full_clean()
+    [message] = refused.value.message_dict["config"]
+    assert message.startswith("secret_headers.Authorization.prefix: ")
+    assert prefix.strip() not in message
+    shown = kind_get("http").config_shown(step.config)
+    assert shown["secret_headers"]["Authorization"] == {"secret": "CRM_TOKEN",
+                                                        "prefix": "REDACTED"}
+
+
+@pytest.mark.parametrize("prefix", ["Bearer ", "token=", "Klaviyo-API-Key ", "SSWS ",
+                                    'Token token="', "AWS4-HMAC-SHA256 ", "v2 "])
+def test_a_secret_headers_prefix_of_words_is_kept(cast, prefix):
+    from auxot.secrets import secret_create
+
+    secret_create(org=cast.org_a, name="CRM_TOKEN", value="s3cret-value",
+                  allowed_hosts=["api.example.com"])
+    step = _step(cast.org_a, {}, secret_headers={
+        "Authorization": {"secret": "CRM_TOKEN", "prefix": prefix}})
+    step.full_clean()
+    assert kind_get("http").config_shown(step.config) == step.config

@@ -22,6 +22,7 @@ from auxot.secrets import (
     credential_literal,
     credential_named,
     credential_parts,
+    prefix_holds_credential,
     reference_parse,
     reference_problem,
     reference_resolve,
@@ -168,10 +169,18 @@ class Http(StepKind):
                     "Create an organization secret (Secrets) and send it with "
                     f'"secret_headers": {{"{name}": {{"secret": "<name>", "prefix": '
                     '"Bearer "}} instead.')})
+        for name, ref in config.get("secret_headers", {}).items():
+            if prefix_holds_credential(ref.get("prefix")):
+                raise ValidationError({"config": (
+                    f"secret_headers.{name}.prefix: the prefix is shown to everyone who may "
+                    "view the workflow, and this one holds more than the words before the "
+                    "secret (a word with a digit, or over 32 characters). Put the whole "
+                    "credential in the organization secret.")})
 
     def config_shown(self, config: dict) -> dict:
         """Also a credential header's (or the body's) expression that holds a constant that
-        may be a credential (a step saved before `validate_stored` refused them)."""
+        may be a credential, and a `secret_headers` prefix that holds one (steps saved
+        before `validate_stored` refused them)."""
         shown = super().config_shown(config)
         if not isinstance(config, dict):
             return shown
@@ -181,6 +190,12 @@ class Http(StepKind):
                                 else expression for name, expression in shown["headers"].items()}
         if typed_credential(config.get("body")):
             shown["body"] = "REDACTED"
+        secrets = shown.get("secret_headers")
+        if isinstance(secrets, dict):
+            shown["secret_headers"] = {
+                name: {**ref, "prefix": "REDACTED"} if isinstance(ref, dict) and
+                prefix_holds_credential(ref.get("prefix")) else ref
+                for name, ref in secrets.items()}
         return shown
 
     def _validate_url_secret(self, ref: Any) -> None:
