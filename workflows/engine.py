@@ -19,6 +19,7 @@ from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from auxot.outbound import urls_redacted
 from auxot.storable import text_storable, value_problem
 from workflows.handoffs import describe, violations
 from workflows.kinds import (
@@ -160,7 +161,8 @@ def _safely(call, ctx: StepContext, run: _Run, step: Step) -> Outcome:
             outcome = call(ctx)
     except Exception as exc:  # a bug in a step kind must fail the item, not loop forever
         logger.exception("step %s of work item %s raised", step.pk, run.item.pk)
-        outcome = Fail("step_error", f"{type(exc).__name__}: {exc}")
+        # Every key holder polling the item reads it: a URL it quotes is shown redacted.
+        outcome = Fail("step_error", urls_redacted(f"{type(exc).__name__}: {exc}"))
     else:
         outcome = _check_storable(step, _check_handoff(step, outcome))
     step_observe(kind=step.kind, outcome=outcome, seconds=time.monotonic() - started)

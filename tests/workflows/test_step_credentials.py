@@ -147,3 +147,22 @@ def test_a_secret_headers_prefix_of_words_is_kept(cast, prefix):
         "Authorization": {"secret": "CRM_TOKEN", "prefix": prefix}})
     step.full_clean()
     assert kind_get("http").config_shown(step.config) == step.config
+
+
+def test_a_step_that_raises_shows_the_urls_its_error_quotes_redacted(cast, monkeypatch):
+    """A bug in a step kind fails the item with its exception's text, which a library may
+    have written with the URL it was asked for."""
+    from workflows.kinds.http import Http
+
+    def raises(self, ctx):
+        raise ValueError(f"cannot send to https://hooks.example.com/services/{TOKEN}?k={TOKEN}")
+
+    monkeypatch.setattr(Http, "execute", raises)
+    workflow = make_workflow(cast.org_a, [("http", {"method": "GET",
+                                                    "url": "https://api.example.com/x"})])
+    item = work_item_create(workflow=workflow, input={})
+    work_item_process(work_id=item.pk, drain_seconds=0)
+    item.refresh_from_db()
+    assert item.error["code"] == "step_error"
+    assert item.error["message"] == ("ValueError: cannot send to https://hooks.example.com/"
+                                     "services/REDACTED?k=REDACTED")
