@@ -179,3 +179,36 @@ def test_every_model_that_can_hold_a_planted_value_is_in_the_world(planted):
                        for field in model._meta.concrete_fields)}
     assert holders == {Intake, WorkItem, CallbackDelivery, CallbackAttempt, Provider, Step}
     assert all(model.objects.exists() for model in holders)
+
+
+def test_a_step_saved_with_a_typed_credential_opens_and_is_fixed_in_its_form(client, cast):
+    """An older step with a constant in its Authorization header: its workflow's page opens
+    for the admin, saving it as it is says what to change (the value not quoted), and
+    moving the value into a secret reference saves."""
+    from tests.admin.test_admin_org_fixed import _form_data
+    from workflows.models import Step
+
+    token = PLANTED["header_literal"]
+    config = {"method": "POST", "url": "https://api.example.com/x",
+              "headers": {"Authorization": f"'Bearer {token}'"}}
+    workflow = make_workflow(cast.org_a, [("http", config)], name="Older")
+    secret_create(org=cast.org_a, name="API_TOKEN", value=token,
+                  allowed_hosts=["api.example.com"])
+    client.force_login(cast.admin_a)
+    url = reverse("admin:workflows_workflow_change", args=[workflow.pk])
+    page = client.get(url)
+    assert page.status_code == 200
+    data = {**_form_data(page.content.decode()), "_save": "1"}
+    refused = client.post(url, data)
+    assert refused.status_code == 200  # the form again
+    [errors] = [form.errors for formset in refused.context["inline_admin_formsets"]
+                for form in formset.formset.forms if form.errors]
+    [message] = errors["config"]
+    assert message.startswith("headers.Authorization: a credential typed into the step")
+    assert token not in message
+    assert Step.objects.get(workflow=workflow).config == config
+    fixed = {"method": "POST", "url": "https://api.example.com/x",
+             "secret_headers": {"Authorization": {"secret": "API_TOKEN", "prefix": "Bearer "}}}
+    saved = client.post(url, {**data, "steps-0-config": json.dumps(fixed)})
+    assert saved.status_code == 302, saved.content.decode()[-2000:]
+    assert Step.objects.get(workflow=workflow).config == fixed
