@@ -664,6 +664,23 @@ class TestSecretsCheck:
         assert any("provider old-ai" in line and "OPENAI_API_KEY" in line for line in lines)
         assert not any("X-Ok" in line for line in lines)
 
+    def test_lists_every_credential_typed_in_instead_of_a_secret(self, world):
+        """Saved before such values were refused: they run, and viewers read them."""
+        make_workflow(world.org_a, [("http", {"url": "http://127.0.0.1/x", "headers": {
+            "Authorization": f"'Bearer {TOKEN}'", "X-Ticket": "input.t"}, "secret_headers": {
+            "X-Pay": {"secret": "PAYMENTS_TOKEN", "prefix": f"{TOKEN} "}}})], name="Typed")
+        Provider.objects.create(org=world.org_a, name="gateway", model="m",
+                                base_url=f"https://llm.example.com/v1?key={TOKEN}")
+        out = StringIO()
+        with pytest.raises(SystemExit) as exc:
+            call_command("secrets_check", stdout=out, stderr=StringIO())
+        assert exc.value.code == 1
+        lines = out.getvalue().splitlines()
+        assert len(lines) == 2
+        assert "workflow typed" in lines[0] and "headers.Authorization: a credential" in lines[0]
+        assert "provider gateway: the base URL has a ?query" in lines[1]
+        assert TOKEN not in out.getvalue()
+
     def test_granted_but_unset_variable_is_listed(self, world, monkeypatch):
         monkeypatch.delenv("GRANTED_TOKEN")
         make_workflow(world.org_a, [("http", {"url": "http://127.0.0.1/x", "secret_headers": {

@@ -1,11 +1,16 @@
-"""`manage.py secrets_check`: every step and provider secret reference that would not resolve.
+"""`manage.py secrets_check`: every step and provider secret reference that would not resolve,
+and every credential typed into a step or a provider's base URL instead of a secret.
 
 Run it after upgrading (and after changing AUXOT_OPERATOR_SECRETS), on a worker host: an
 operator-granted variable must be set in the environment it runs in. Exit status 1 when
-anything is listed. Values are never printed; only a `url_secret`'s is read (decrypted, with
+anything is listed. A typed credential (saved before such values were refused) still runs,
+but everyone who may view the workflow or provider reads it in the admin: it is listed so it
+can be moved into a secret (saving the step or provider as it is is refused). Values are
+never printed; only a `url_secret`'s is read (decrypted, with
 the server's SECRET_KEY), to check it is an http(s) URL on a host the secret allows.
 """
 
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand
 
 from auxot.secrets import SecretUnavailable, reference_problem, url_reference_resolve
@@ -35,6 +40,23 @@ def step_problems():
                                         env_must_be_set=True)
             if problem:
                 yield f"{where}  header {header}: {problem}"
+        if problem := _typed_problem(config):
+            yield f"{where}  {problem}"
+
+
+def _typed_problem(config: dict) -> str | None:
+    """What `validate_stored` refuses in an older step (a typed credential), never the value;
+    None for a config that is fine, or not valid at all (it fails at run time, and says so)."""
+    kind = Http()
+    try:
+        kind.validate_config(config)
+    except ValidationError:
+        return None
+    try:
+        kind.validate_stored(config)
+    except ValidationError as exc:
+        return "; ".join(exc.messages)
+    return None
 
 
 def _url_problem(org_id, ref) -> str | None:
@@ -49,6 +71,10 @@ def _url_problem(org_id, ref) -> str | None:
 
 def provider_problems():
     for provider in Provider.objects.select_related("org").order_by("org__slug", "name"):
+        if "?" in provider.base_url or "#" in provider.base_url:
+            yield (f"org {provider.org.slug}  provider {provider.name}: the base URL has a "
+                   "?query or #fragment (a key there is read by every viewer of the "
+                   "provider): put the key in the API key secret")
         ref = provider.api_key_reference
         if ref is None:
             continue
@@ -68,6 +94,7 @@ class Command(BaseCommand):
         for line in problems:
             self.stdout.write(line)
         if problems:
-            self.stderr.write(f"{len(problems)} secret reference(s) will fail at run time.")
+            self.stderr.write(f"{len(problems)} problem(s): secret references that will fail at "
+                              "run time, or credentials typed in instead of a secret.")
             raise SystemExit(1)
         self.stdout.write("Every secret reference resolves.")
