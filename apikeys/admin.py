@@ -81,6 +81,7 @@ class ApiKeyIssueForm(forms.ModelForm):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(OrgScopedAdmin):
+    admin_audit = False  # its services write the audit trail (and its deletions' receivers)
     list_display = ["label", "kind", "owner", "display", "last_used_at", "expires_at",
                     "status", "created_at"]
     list_filter = ["kind", ("revoked_at", admin.EmptyFieldListFilter)]

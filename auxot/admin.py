@@ -301,6 +301,7 @@ class SecretForm(forms.ModelForm):
 @admin.register(Secret)
 class SecretAdmin(OrgScopedAdmin):
     """Admins create, rotate, re-bind and delete; members and auditors see names and hosts."""
+    admin_audit = False  # its services write the audit trail (and its deletions' receivers)
 
     form = SecretForm
     list_display = ["name", "org", "hosts_list", "created_by", "created_at", "rotated_at"]

@@ -22,6 +22,7 @@ import functools
 import json
 from collections.abc import Callable, Collection
 
+from django import forms
 from django.contrib import admin
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.utils import get_fields_from_path
@@ -31,13 +32,16 @@ from django.core.exceptions import (
     PermissionDenied,
     ValidationError,
 )
+from django.db import transaction
 from django.db.models import Model, QuerySet
 from django.db.models.constants import LOOKUP_SEP
 from django.http import Http404, HttpRequest
 
 from auxot import crypto
+from auxot.http import client_ip
 from auxot.models import Membership, Organization, Team
 from auxot.outbound import url_redact, urls_redacted
+from auxot.services import admin_change_record
 
 ADMIN = Membership.Role.ADMIN
 MEMBER = Membership.Role.MEMBER
@@ -236,7 +240,152 @@ def _scoped_filter(model, entry):
     return (name, OrgRelatedFieldListFilter)
 
 
-class OrgScopedAdmin(admin.ModelAdmin):
+# --- the audit trail of admin pages ----------------------------------------------------
+
+HIDDEN = "(changed, not shown)"  # a write-only field's value never reaches the trail
+_HIDDEN_NAMES = ("password", "secret_value", "encrypted", "digest", "token")
+
+
+def _hidden(name: str, field: forms.Field | None) -> bool:
+    widget = getattr(field, "widget", None)
+    return isinstance(widget, forms.PasswordInput) or name == "value" or any(
+        part in name for part in _HIDDEN_NAMES)
+
+
+def _shown(value, field: forms.Field | None = None):
+    """A form value as the trail keeps it: JSON-able, a related row by its name, URLs
+    redacted (a callback or step URL's path and query may hold a token)."""
+    if isinstance(field, forms.ModelMultipleChoiceField) and value is not None:
+        return sorted(str(_shown(item, field)) for item in value)
+    if isinstance(field, forms.ModelChoiceField) and value not in (None, ""):
+        if not isinstance(value, Model):
+            value = field.queryset.model._default_manager.filter(pk=value).first() or value
+        return str(value)
+    if isinstance(value, Model):
+        return str(value)
+    if isinstance(value, dict | list | str | int | float | bool) or value is None:
+        return urls_redacted(value)
+    if isinstance(value, QuerySet | tuple | set):
+        return [_shown(item) for item in value]
+    return str(value)
+
+
+def form_changes(form) -> dict[str, list]:
+    """{field: [old, new]} of what the form changed; write-only fields as HIDDEN."""
+    changes = {}
+    for name in form.changed_data:
+        field = form.fields.get(name)
+        if _hidden(name, field):
+            changes[name] = [HIDDEN, HIDDEN]
+            continue
+        changes[name] = [_shown(form.initial.get(name), field),
+                         _shown(form.cleaned_data.get(name), field)]
+    return changes
+
+
+def formset_changes(formsets) -> dict[str, list]:
+    """What the page's inlines (a workflow's steps) added, changed and deleted."""
+    added, changed, deleted = [], [], []
+    for formset in formsets or ():
+        for form in formset.initial_forms:
+            if formset.can_delete and formset._should_delete_form(form):
+                deleted.append(str(form.instance))
+            elif form.has_changed():
+                changed.append({"object": str(form.instance), "fields": form_changes(form)})
+        for form in formset.extra_forms:
+            if form.has_changed() and not (formset.can_delete
+                                           and formset._should_delete_form(form)):
+                added.append({"fields": {name: new for name, (_old, new)
+                                         in form_changes(form).items()}})
+    return {name: rows for name, rows in
+            (("inlines_added", added), ("inlines_changed", changed),
+             ("inlines_deleted", deleted)) if rows}
+
+
+class AuditedAdminMixin:
+    """Every add, change and delete on an admin page is an audit row (`<model>.created`,
+    `.changed`, `.deleted`: who, from where, which object, its organization, old and new
+    values), in the transaction of the change. Django's own history (LogEntry) is no audit
+    trail: nobody's scope, no address, no values. An admin whose services write the trail
+    themselves (intakes, keys, secrets) sets `admin_audit = False`."""
+
+    admin_audit = True
+    # Changelist actions audited here, one row per selected object (`<model>.<action>`): for
+    # other apps' admins (django-q2's "resubmit task"). Ours call services that audit.
+    audit_actions = False
+
+    def audit_org(self, obj) -> Organization | None:
+        org_path = getattr(self, "org_path", None)
+        org_id = _org_id_of(obj, org_path) if org_path else None
+        return Organization(pk=org_id) if org_id is not None else None
+
+    def _audit(self, request, obj, verb: str, extra: dict) -> None:
+        if self.admin_audit:
+            admin_change_record(verb=verb, obj=obj, org=self.audit_org(obj),
+                                actor=request.user, ip=client_ip(request), extra=extra)
+
+    def construct_change_message(self, request, form, formsets, add=False):
+        request._auxot_admin_changes = {"fields": form_changes(form),
+                                        **formset_changes(formsets)}
+        return super().construct_change_message(request, form, formsets, add)
+
+    def _changes(self, request, message) -> dict:
+        changes = getattr(request, "_auxot_admin_changes", None)
+        request._auxot_admin_changes = None
+        return changes if changes is not None else {"message": str(message)[:500]}
+
+    def log_addition(self, request, obj, message):
+        self._audit(request, obj, "created", self._changes(request, message))
+        return super().log_addition(request, obj, message)
+
+    def log_change(self, request, obj, message):
+        self._audit(request, obj, "changed", self._changes(request, message))
+        return super().log_change(request, obj, message)
+
+    def delete_model(self, request, obj):
+        with transaction.atomic():
+            self._audit(request, obj, "deleted", {})
+            super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        # "Delete selected" logs before it deletes, outside one transaction: the rows are
+        # written here, with the deletion, so a deletion that fails leaves none.
+        with transaction.atomic():
+            for obj in queryset:
+                self._audit(request, obj, "deleted", {"deleted_with": "delete selected"})
+            super().delete_queryset(request, queryset)
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        if not (self.admin_audit and self.audit_actions):
+            return actions
+        return {name: (func if name == "delete_selected" else _audited_action(func, name),
+                       *rest) for name, (func, *rest) in actions.items()}
+
+
+def _audited_action(func: Callable, name: str) -> Callable:
+    @functools.wraps(func)
+    def action(modeladmin, request, queryset):
+        with transaction.atomic():
+            for obj in queryset:
+                modeladmin._audit(request, obj, name, {"action": name})
+            return func(modeladmin, request, queryset)
+
+    return action
+
+
+def audit_every_admin(site: admin.AdminSite) -> None:
+    """Give every registered admin that is not one of ours (Django's users and groups,
+    django-q2's schedules and tasks) the same audit trail. Run once, after autodiscover."""
+    for model, model_admin in list(site._registry.items()):
+        if not isinstance(model_admin, AuditedAdminMixin):
+            audited = type(type(model_admin).__name__, (AuditedAdminMixin, type(model_admin)),
+                           {"__module__": type(model_admin).__module__,
+                            "audit_actions": True})
+            site._registry[model] = audited(model, site)
+
+
+class OrgScopedAdmin(AuditedAdminMixin, admin.ModelAdmin):
     """Base for every Auxot ModelAdmin: scope by organization, authorize by role.
 
     `org_path` is the lookup from the model to its Organization ("org", "workflow__org", or

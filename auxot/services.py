@@ -77,3 +77,16 @@ def audit_deletion(*, event: str, obj: Any, org: Organization, origin: Any,
     return audit_record(event=event, org=None if whole_org else org, actor_user=actor,
                         actor_label="" if actor else NO_REQUEST, obj=obj, ip=ip,
                         extra={**extra, "deleted_with": deleted_with})
+
+
+def admin_change_record(*, verb: str, obj: Any, org: Organization | None, actor: Any,
+                        ip: str | None, extra: dict) -> AuditEvent:
+    """Audit an add, change or delete made on an admin page whose model has no service of
+    its own (teams, memberships, workflows and their steps, providers, users, schedules):
+    `<model>.created|changed|deleted`, with what changed. Call it inside the transaction
+    that makes the change (the admin's add, change and delete views run in one)."""
+    if isinstance(obj, Organization) and verb == "deleted":
+        # An organization's row would protect it from its own deletion (see audit_deletion).
+        org, extra = None, {**extra, "org": str(obj)}
+    return audit_record(event=f"{obj._meta.model_name}.{verb}", org=org, actor_user=actor,
+                        obj=obj, ip=ip, extra={"object": str(obj)[:200], **extra})

@@ -197,7 +197,7 @@ INSTALLED_APPS = [
     "apikeys",
     "workflows",
     "intakes",
-    "django.contrib.admin",
+    "auxot.apps.AuxotAdminConfig",  # django.contrib.admin, every page audited
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

@@ -69,6 +69,7 @@ class IntakeForm(forms.ModelForm):
 @admin.register(Intake)
 class IntakeAdmin(IntakeCallbacksAdminMixin, OrgScopedAdmin):
     """Writes go through the services (audited); `active` only through the confirm page."""
+    admin_audit = False  # its services write the audit trail (and its deletions' receivers)
 
     form = IntakeForm
     list_display = ["name", "workflow", "team", "active", "created_by", "last_triggered",

@@ -98,6 +98,9 @@ class Case:
     probe: Callable  # (target) -> state before and after
     effect: Callable  # (target, before, after, body) -> True if it took effect / was shown
     refused_statuses: tuple = (403, 404)
+    # The audit event its success writes, with the acting user and their address; None for
+    # a page that changes nothing (a list, an export, a secret shown once, a test send).
+    event: str | None = field(kw_only=True)
 
 
 def action(changelist: str, name: str, **extra) -> Callable:
@@ -248,100 +251,105 @@ CASES: dict[tuple[str, str], Case] = {
     ("intakes.Intake", "deactivate_selected"): Case(
         MANAGERS, lambda w, org: w.intake(org),
         action(INTAKES, "deactivate_selected", confirmed="yes"),
-        lambda t: Intake.objects.get(pk=t.pk).active, changed),
+        lambda t: Intake.objects.get(pk=t.pk).active, changed, event="intake.deactivated"),
     ("intakes.Intake", "reactivate_selected"): Case(
         MANAGERS, _build_inactive_intake,
         action(INTAKES, "reactivate_selected", confirmed="yes"),
-        lambda t: Intake.objects.get(pk=t.pk).active, changed),
+        lambda t: Intake.objects.get(pk=t.pk).active, changed, event="intake.reactivated"),
     ("intakes.Intake", "rotate_signing_secret"): Case(
         MANAGERS, lambda w, org: w.intake(org), _rotate_and_open,
-        _secret_of, lambda t, before, after, body: before != after and after in body),
+        _secret_of, lambda t, before, after, body: before != after and after in body,
+        event="intake.signing_secret_rotated"),
     ("intakes.Intake", "send_test_callback"): Case(
         MANAGERS, _build_intake_watched, action(INTAKES, "send_test_callback"),
-        _tests_sent, changed),
+        _tests_sent, changed, event=None),
     ("intakes.Intake", "enable_callbacks"): Case(
         MANAGERS, _build_disabled_intake, action(INTAKES, "enable_callbacks"),
-        lambda t: Intake.objects.get(pk=t.pk).callback_disabled_at, changed),
+        lambda t: Intake.objects.get(pk=t.pk).callback_disabled_at, changed,
+        event="intake.callback_enabled"),
     ("intakes.CallbackDelivery", "redeliver_now"): Case(
         MANAGERS, _build_delivery,
         action("/admin/intakes/callbackdelivery/", "redeliver_now"),
-        _audit_count("callback.redelivered"), changed),
+        _audit_count("callback.redelivered"), changed, event="callback.redelivered"),
     ("apikeys.ApiKey", "revoke_selected"): Case(
         ACTORS, _build_key, action("/admin/apikeys/apikey/", "revoke_selected"),
-        lambda t: ApiKey.objects.get(pk=t.pk).revoked_at, changed),
+        lambda t: ApiKey.objects.get(pk=t.pk).revoked_at, changed, event="apikey.revoked"),
     ("workflows.WorkItem", "cancel_selected"): Case(
         ACTORS, lambda w, org: w.item(org), action("/admin/workflows/workitem/",
                                                    "cancel_selected"),
-        lambda t: WorkItem.objects.get(pk=t.pk).status, changed),
+        lambda t: WorkItem.objects.get(pk=t.pk).status, changed, event="work_item.canceled"),
     ("workflows.WorkItem", "replay_selected"): Case(
         ACTORS, _build_failed, action("/admin/workflows/workitem/", "replay_selected",
                                       confirm="yes"),
-        _batches_with, changed),
+        _batches_with, changed, event="replay_batch.created"),
     ("django_q.Success", "resubmit_task"): Case(
         SUPERUSERS_ONLY, _build_task(Success), action("/admin/django_q/success/",
                                                       "resubmit_task"),
-        _orm_queue, changed),
+        _orm_queue, changed, event="success.resubmit_task"),
     ("django_q.Failure", "resubmit_task"): Case(
         SUPERUSERS_ONLY, _build_task(Failure), action("/admin/django_q/failure/",
                                                       "resubmit_task"),
-        _orm_queue, changed),
+        _orm_queue, changed, event="failure.resubmit_task"),
     # Custom URLs: ("app.Model" or "urls", URL name).
     ("intakes.Intake", "intakes_intake_set_active"): Case(
         MANAGERS, lambda w, org: w.intake(org),
         lambda c, t: c.post(f"{INTAKES}{t.pk}/active/off/"),
-        lambda t: Intake.objects.get(pk=t.pk).active, changed),
+        lambda t: Intake.objects.get(pk=t.pk).active, changed, event="intake.deactivated"),
     ("intakes.Intake", "intakes_intake_signing_secret"): Case(
         MANAGERS, lambda w, org: w.intake(org), _open_stashed_secret, _secret_of,
-        lambda t, before, after, body: before in body),
+        lambda t, before, after, body: before in body, event=None),
     ("intakes.Intake", "intakes_intake_signing_secrets"): Case(
         MANAGERS, lambda w, org: w.intake(org), _open_rotated_secrets, _secret_of,
-        lambda t, before, after, body: before in body, refused_statuses=(200, 403, 404)),
+        lambda t, before, after, body: before in body, refused_statuses=(200, 403, 404),
+        event=None),
     ("apikeys.ApiKey", "apikeys_apikey_revoke"): Case(
         ACTORS, _build_key, lambda c, t: c.post(f"/admin/apikeys/apikey/{t.pk}/revoke/"),
-        lambda t: ApiKey.objects.get(pk=t.pk).revoked_at, changed),
+        lambda t: ApiKey.objects.get(pk=t.pk).revoked_at, changed, event="apikey.revoked"),
     ("workflows.Workflow", "workflows_workflow_run"): Case(
         ACTORS, lambda w, org: w.intake(org).workflow,
         lambda c, t: c.post(f"/admin/workflows/workflow/{t.pk}/run/", {"input": "{}"}),
-        lambda t: WorkItem.objects.filter(workflow=t).count(), changed),
+        lambda t: WorkItem.objects.filter(workflow=t).count(), changed, event="work_item.created"),
     ("workflows.WorkItem", "workflows_workitem_decide"): Case(
         ACTORS, _build_parked,
         lambda c, t: c.post(f"/admin/workflows/workitem/{t.pk}/decide/",
                             {"decision": "approve"}),
-        lambda t: Approval.objects.filter(work_item=t).count(), changed),
+        lambda t: Approval.objects.filter(work_item=t).count(), changed,
+        event="work_item.approved"),
     ("workflows.WorkItem", "workflows_workitem_replay"): Case(
         ACTORS, _build_failed,
         lambda c, t: c.post(f"/admin/workflows/workitem/{t.pk}/replay/", {"from": "start"}),
-        lambda t: WorkItem.objects.filter(replay_of=t).count(), changed),
+        lambda t: WorkItem.objects.filter(replay_of=t).count(), changed,
+        event="work_item.replayed"),
     ("workflows.WorkItem", "workflows_workitem_failed_replay"): Case(
         ACTORS, _build_failed,
         lambda c, t: c.post("/admin/workflows/workitem/failed/replay/", {
             "workflow": str(t.workflow_id), "position": "1", "code": "boom", "confirm": "yes"}),
-        _batches_with, changed),
+        _batches_with, changed, event="replay_batch.created"),
     ("workflows.WorkItem", "workflows_workitem_failed"): Case(
         EVERYONE, _build_failed, lambda c, t: c.get("/admin/workflows/workitem/failed/"),
         lambda t: None, lambda t, before, after, body: t.workflow.name in body,
-        refused_statuses=(200, 403)),
+        refused_statuses=(200, 403), event=None),
     ("workflows.WorkItem", "workflows_workitem_replay_batch"): Case(
         EVERYONE, _build_batch,
         lambda c, t: c.get(f"/admin/workflows/workitem/replay-batches/{t.pk}/"),
-        lambda t: None, lambda t, before, after, body: t.label in body),
+        lambda t: None, lambda t, before, after, body: t.label in body, event=None),
     ("auxot.AuditEvent", "auxot_auditevent_export"): Case(
         frozenset({ADMIN, AUDITOR}), _build_audit_row,
         lambda c, t: c.get("/admin/auxot/auditevent/export.csv"),
         lambda t: None, lambda t, before, after, body: t.actor_label in body,
-        refused_statuses=(200, 403)),
+        refused_statuses=(200, 403), event=None),
     ("auth.User", "auth_user_password_change"): Case(
         SUPERUSERS_ONLY, lambda w, org: w.owner(org),
         lambda c, t: c.post(f"/admin/auth/user/{t.pk}/password/", {
             "password1": "Forged-pass-42!", "password2": "Forged-pass-42!",
             "usable_password": "true"}),
-        lambda t: get_user_model().objects.get(pk=t.pk).password, changed),
+        lambda t: get_user_model().objects.get(pk=t.pk).password, changed, event="user.changed"),
     ("urls", "admin-poll-stuck"): Case(
         EVERYONE, lambda w, org: w.item(org),
         lambda c, t: c.post("/admin/poll-stuck/", {"poll": json.dumps({"work_id": str(t.pk)})}),
         lambda t: None,
         lambda t, before, after, body: 'id="poll-result"' in body and str(t.pk) in body,
-        refused_statuses=(200, 403)),
+        refused_statuses=(200, 403), event=None),
 }
 
 
@@ -432,7 +440,9 @@ def test_role_is_checked_in_each_objects_own_org(client, world, key):
                                                                     "pw"))
         response, body, took_effect = _attempt(client, case, target_b)
         assert response.status_code in case.refused_statuses and not took_effect
+        before = set(AuditEvent.objects.values_list("pk", flat=True))
         response, body, took_effect = _attempt(actor, case, target_b)
+        acting, org = actor.session["_auth_user_id"], None
     else:
         before = set(AuditEvent.objects.values_list("pk", flat=True))
         response, body, took_effect = _attempt(client, case, target_b)
@@ -440,7 +450,16 @@ def test_role_is_checked_in_each_objects_own_org(client, world, key):
         unplaced = AuditEvent.objects.exclude(pk__in=before).filter(
             actor_user__isnull=False).exclude(ip="127.0.0.1")
         assert not unplaced.exists(), list(unplaced.values_list("event", "ip"))
+        acting, org = world.user.pk, org_b.pk
     assert response.status_code < 400 and took_effect, (response.status_code, body[:500])
+    # ... and on the trail: its event, by this user, in the object's organization.
+    new = AuditEvent.objects.exclude(pk__in=before)
+    if case.event is not None:
+        assert new.filter(event=case.event, actor_user_id=acting, org_id=org,
+                          ip="127.0.0.1").exists(), list(new.values_list("event", "org_id"))
+    else:
+        assert not new.filter(actor_user__isnull=False).exists(), list(
+            new.values_list("event", flat=True))
 
 
 # --- the reported reproduction, on its own --------------------------------------------------
