@@ -295,10 +295,21 @@ def _limits_checked(changes: dict[str, Any], names) -> None:
                                        code="validation_failed") from None
 
 
+def _audited_value(field: str, value: Any) -> Any:
+    """An intake setting as its audit row keeps it: a team by name, a URL redacted (its path
+    and query may hold the receiver's token)."""
+    if field == "callback_url":
+        return url_redact(value) if value else ""
+    if isinstance(value, Team):
+        return str(value)
+    return value
+
+
 def intake_update(*, intake: Intake, changes: dict[str, Any], actor=None,
                   ip: str | None = None) -> list[str]:
     """Edit an intake's settings (not `active`: see intake_set_active). Audited as
-    intake.changed with the changed field names (values of URLs redacted). Returns them."""
+    intake.changed with the changed field names and each one's [old, new] (URLs redacted).
+    Returns the names."""
     unknown = set(changes) - set(INTAKE_EDITABLE)
     if unknown:
         raise ApplicationError(f"Not editable here: {', '.join(sorted(unknown))}.")
@@ -320,11 +331,14 @@ def intake_update(*, intake: Intake, changes: dict[str, Any], actor=None,
     if "callback_url" in changed and not old_url:  # from now on, not for work done before
         intake.callback_url_set_at = timezone.now()
         saved.append("callback_url_set_at")
+    was = {field: _audited_value(field, getattr(intake, field)) for field in changed}
     with transaction.atomic():
         for field in changed:
             setattr(intake, field, changes[field])
         intake.save(update_fields=saved)
-        extra = {"fields": changed, "name": intake.name}
+        extra = {"fields": changed, "name": intake.name,
+                 "changes": {field: [was[field], _audited_value(field, changes[field])]
+                             for field in changed}}
         if "callback_url" in changed:
             extra["deliveries_moved"] = callback_deliveries_retarget(intake=intake,
                                                                      old_url=old_url)

@@ -294,6 +294,24 @@ def test_edit_is_audited_with_field_names(client, cast, intake_a):
     assert sorted(event.extra["fields"]) == ["name", "team"]
 
 
+def test_edit_is_audited_old_to_new_with_the_url_redacted(client, cast, intake_a):
+    _login(client, cast.admin_a)
+    form = client.get(f"{INTAKES}{intake_a.pk}/change/").context["adminform"].form
+    data = {k: ("" if v is None else v) for k, v in form.initial.items() if k in form.fields}
+    data.update(name="Renamed", team=cast.team_a.pk, rate_limit_per_window="7",
+                callback_url="https://hooks.example.com/T0/B1/XsecretpathX?sig=tok3n")
+    response = client.post(f"{INTAKES}{intake_a.pk}/change/", data)
+    assert response.status_code == 302, response.content[:3000]
+    event = AuditEvent.objects.get(event="intake.changed", object_id=str(intake_a.pk))
+    changes = event.extra["changes"]
+    assert changes["name"] == ["Intake A", "Renamed"]
+    assert changes["team"] == [None, str(cast.team_a)]
+    assert changes["rate_limit_per_window"] == [None, 7]
+    old, new = changes["callback_url"]
+    assert old == "" and new.startswith("https://hooks.example.com/")
+    assert "XsecretpathX" not in repr(event.extra) and "tok3n" not in repr(event.extra)
+
+
 def test_workflow_page_lists_intakes_and_links_add(client, cast, workflow_a, intake_a):
     _login(client, cast.admin_a)
     html = client.get(f"{WORKFLOWS}{workflow_a.pk}/change/").content.decode()
