@@ -187,6 +187,7 @@ AUTH_PASSWORD_VALIDATORS = [
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
+FORMAT_MODULE_PATH = ["auxot.formats"]  # times shown with their zone (auxot/formats)
 USE_TZ = True
 
 # --- Apps and middleware ------------------------------------------------------------------

@@ -11,3 +11,12 @@ def iso(value: datetime | None) -> str | None:
         value = value.astimezone(UTC)
     return value.isoformat(timespec="microseconds").replace("+00:00", "Z") + (
         "Z" if value.tzinfo is None else "")
+
+
+def shown(value: datetime | None) -> str:
+    """A time as the admin's pages show one (DATETIME_FORMAT: with its zone), for the
+    pages' own HTML (an item's audit trail, an intake's recent work)."""
+    from django.utils import timezone
+    from django.utils.formats import date_format
+
+    return date_format(timezone.localtime(value), "DATETIME_FORMAT") if value else "-"

@@ -25,6 +25,7 @@ from auxot.admin_base import (
 )
 from auxot.errors import ApplicationError
 from auxot.http import client_ip
+from auxot.timefmt import shown as time_shown
 from intakes.admin_callbacks import (
     CALLBACK_ACTIONS,
     CALLBACK_READONLY,
@@ -173,7 +174,7 @@ class IntakeAdmin(IntakeCallbacksAdminMixin, OrgScopedAdmin):
         items = WorkItem.objects.filter(intake=obj).order_by("-created_at")[:RECENT_WORK]
         rows = format_html_join("", '<li><a href="{}">{}</a> {} · {}</li>', (
             (reverse("admin:workflows_workitem_change", args=[i.pk]), i.pk, i.status,
-             i.created_at.strftime("%Y-%m-%d %H:%M:%S")) for i in items))
+             time_shown(i.created_at)) for i in items))
         history = reverse("admin:workflows_workitem_changelist") + f"?intake__id__exact={obj.pk}"
         return format_html('<ul id="recent-work">{}</ul><a href="{}">All work of this intake</a>',
                            rows or format_html("<li>{}</li>", "none yet"), history)

@@ -28,6 +28,7 @@ from auxot.admin_base import (
 )
 from auxot.http import client_ip
 from auxot.outbound import RefusedDestination, url_check, url_redact
+from auxot.timefmt import shown as time_shown
 from intakes.callbacks import (
     callback_delivery_redeliver,
     callback_test_send,
@@ -148,7 +149,7 @@ class WorkItemCallbackInline(ReadOnlyInlineMixin, ScopedInlineMixin, admin.Stack
             "number", "started_at", "status_code", "latency_ms", "error")
         return format_html("<ul>{}</ul>", format_html_join(
             "", "<li>#{} {} → {} ({} ms) {}</li>",
-            ((n, t.strftime("%Y-%m-%d %H:%M:%S"), s or "no answer", ms if ms is not None else "-",
+            ((n, time_shown(t), s or "no answer", ms if ms is not None else "-",
               e) for n, t, s, ms, e in rows)))
 
 

@@ -34,6 +34,7 @@ from auxot.errors import ApplicationError
 from auxot.http import client_ip
 from auxot.models import AuditEvent, AuditLogEntry
 from auxot.outbound import urls_redacted
+from auxot.timefmt import shown as time_shown
 from workflows.admin_replay import WorkItemReplayMixin
 from workflows.kinds import UnknownKind, kind_get
 from workflows.models import Approval, Provider, Step, StepRun, Workflow, WorkItem
@@ -362,7 +363,7 @@ class WorkItemAdmin(ExtendedInlinesMixin, WorkItemReplayMixin, WorkItemActionsMi
             key=lambda e: e.created_at)[:200]
         return format_html("<ul>{}</ul>", format_html_join(
             "", "<li>{} <strong>{}</strong> by {} {}</li>",
-            ((e.created_at.strftime("%Y-%m-%d %H:%M:%S"), e.event, e.actor_label or "system",
+            ((time_shown(e.created_at), e.event, e.actor_label or "system",
               audit_extra_text(e.extra) if e.extra else "")
              for e in events)))
 
