@@ -1,7 +1,9 @@
 import csv
 import io
 import uuid
+from datetime import date, datetime, time, timedelta
 from functools import cached_property
+from urllib.parse import urlencode
 
 from django import forms
 from django.apps import apps
@@ -12,6 +14,7 @@ from django.core.exceptions import PermissionDenied
 from django.core.paginator import EmptyPage, PageNotAnInteger, Paginator
 from django.http import HttpResponseRedirect, StreamingHttpResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.decorators import method_decorator
 from django.utils.html import format_html
 from django.views.decorators.debug import sensitive_post_parameters
@@ -105,6 +108,41 @@ class AuditValuesFilter(admin.AllValuesFieldListFilter):
         self.lookup_choices = sorted(filter(None, values | AUDIT_LOG_DERIVED[field_path]))
 
 
+class DateRangeListFilter(admin.DateFieldListFilter):
+    """The date presets plus a From / To (both days included, in the server's time zone):
+    an auditor asks about a period, not only "this month"."""
+
+    template = "admin/auxot/date_range_filter.html"
+    since, until = "date_from", "date_to"
+
+    def __init__(self, field, request, params, model, model_admin, field_path):
+        self.date_from = (params.get(self.since) or [""])[-1]
+        self.date_to = (params.get(self.until) or [""])[-1]
+        self.kept_params = [(name, value) for name, value in request.GET.items()
+                            if name not in {self.since, self.until, "p"}
+                            and not name.startswith(field_path)]
+        super().__init__(field, request, params, model, model_admin, field_path)
+
+    def expected_parameters(self):
+        return [*super().expected_parameters(), self.since, self.until]
+
+    def _day(self, name: str, value: str, after: int = 0):
+        try:
+            day = date.fromisoformat(value) + timedelta(days=after)
+        except ValueError:
+            raise IncorrectLookupParameters(f"{name}: not a date (YYYY-MM-DD)") from None
+        return timezone.make_aware(datetime.combine(day, time.min))
+
+    def queryset(self, request, queryset):
+        bounds = {}
+        for name, lookup, after in ((self.since, "gte", 0), (self.until, "lt", 1)):
+            values = self.used_parameters.pop(name, None) or [""]
+            value = values[-1] if isinstance(values, list) else values
+            if value:
+                bounds[f"{self.field_path}__{lookup}"] = self._day(name, value, after)
+        return super().queryset(request, queryset.filter(**bounds))
+
+
 class CappedCountPaginator(Paginator):
     """Counts at most `cap` + 1 rows (a LIMIT inside the COUNT): the audit log's exact count
     read a large tenant's whole history on every page, filter and search. The page says
@@ -145,14 +183,16 @@ class CappedCountPaginator(Paginator):
 class AuditEventAdmin(OrgScopedAdmin):
     """Append-only: nobody adds, changes or deletes here (and PostgreSQL refuses it too)."""
 
-    list_display = ["created_at", "event", "actor_label", "object_link", "ip"]
+    list_display = ["created_at", "event", "actor_link", "object_link", "ip"]
     # The log is a view over the audit table and every accepted trigger's work item: each
     # DISTINCT or COUNT over it reads every work item of the organizations in reach. So the
     # filters' choices come from the audit table (`AuditValuesFilter`), there is no date
     # hierarchy (its DISTINCT years, months and days), no count of the unfiltered log, and
     # the actor is searched, not listed (thousands of distinct labels).
-    list_filter = [("event", AuditValuesFilter), ("created_at", admin.DateFieldListFilter),
+    list_filter = [("event", AuditValuesFilter), ("created_at", DateRangeListFilter),
                    ("object_type", AuditValuesFilter)]
+    # The actor's and the object's links (their columns) filter the list on them.
+    querystring_fields = ("actor_label", "actor_key_lookup", "object_id")
     show_full_result_count = False
     paginator = CappedCountPaginator
     search_fields = ["object_id", "actor_label", "actor_key_lookup", "event"]
@@ -201,12 +241,29 @@ class AuditEventAdmin(OrgScopedAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
+    @admin.display(description="actor", ordering="actor_label")
+    def actor_link(self, obj: AuditEvent) -> str:
+        """The actor, linked to this list filtered on them (their other events)."""
+        name, value = ("actor_key_lookup", obj.actor_key_lookup) if obj.actor_key_lookup \
+            else ("actor_label", obj.actor_label)
+        if not value:
+            return obj.actor_label or "-"
+        return format_html('<a href="?{}" title="Events by this actor">{}</a>',
+                           urlencode({name: value}), obj.actor_label or value)
+
     @admin.display(description="object")
     def object_link(self, obj: AuditEvent) -> str:
+        """The object's page (when it has one) and its events (this list, filtered)."""
+        text = f"{obj.object_type} {obj.object_id}".strip()
+        if not obj.object_id:
+            return text
+        events = format_html(' <a href="?{}" title="Events about this object">(events)</a>',
+                             urlencode({"object_type": obj.object_type,
+                                        "object_id": obj.object_id}))
         target = self._object_admin_url(obj)
         if target:
-            return format_html('<a href="{}">{} {}</a>', target, obj.object_type, obj.object_id)
-        return f"{obj.object_type} {obj.object_id}".strip()
+            return format_html('<a href="{}">{}</a>{}', target, text, events)
+        return format_html("{}{}", text, events)
 
     def _object_admin_url(self, obj: AuditEvent) -> str:
         """The audited object's admin page, found through the admin registry: the core names
