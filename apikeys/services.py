@@ -31,8 +31,10 @@ def apikey_issue(
     created_by=None,
     expires_at: datetime | None = None,
     ip: str | None = None,
+    actor_label: str = "",
 ) -> IssuedKey:
-    """Issue a personal key (user=...) or a team key (team=...). Returns the token once."""
+    """Issue a personal key (user=...) or a team key (team=...). Returns the token once.
+    `actor_label` names who issued it when no user did (a shell command)."""
     if (user is None) == (team is None):
         raise ApplicationError("A key belongs to exactly one user or one team.")
     if not label.strip():
@@ -63,6 +65,7 @@ def apikey_issue(
         )
         audit_record(
             event="apikey.issued", org=org, actor_user=created_by, obj=key, now=now, ip=ip,
+            actor_label=actor_label,
             extra={"kind": kind, "label": key.label, "lookup_id": key.lookup_id},
         )
     return IssuedKey(key=key, token=token)

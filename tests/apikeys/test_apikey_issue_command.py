@@ -20,6 +20,19 @@ def test_issues_a_team_key_printed_once_on_stdout(cast):
     assert token not in err.getvalue()
 
 
+def test_the_audit_row_names_the_command_and_the_account_that_ran_it(cast):
+    import getpass
+
+    from auxot.models import AuditEvent
+
+    call_command("apikey_issue", "--org", "org-a", "--user", "member_a", "--label", "laptop",
+                 stdout=StringIO(), stderr=StringIO())
+    row = AuditEvent.objects.get(event="apikey.issued",
+                                 object_id=str(ApiKey.objects.get(label="laptop").pk))
+    assert row.actor_label == f"manage.py apikey_issue ({getpass.getuser()})"
+    assert row.org == cast.org_a and row.actor_user is None
+
+
 def test_team_key_on_a_free_plan_is_refused_clearly(cast):
     cast.org_a.plan = "free"
     cast.org_a.save()

@@ -4,12 +4,24 @@ The token goes to stdout alone, once, so it can be piped straight into a secret 
 (`... | gh secret set AUXOT_API_KEY`); everything else goes to stderr.
 """
 
+import getpass
+import os
+
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
 from apikeys.services import apikey_issue
 from auxot.errors import ApplicationError
 from auxot.models import Organization, Team
+
+
+def _actor() -> str:
+    """Who issued it, for the audit row: the command and the account that ran it."""
+    try:
+        who = getpass.getuser()
+    except (KeyError, OSError):  # no login name and no passwd entry (a bare container)
+        who = f"uid {os.getuid()}"
+    return f"manage.py apikey_issue ({who})"
 
 
 class Command(BaseCommand):
@@ -37,7 +49,7 @@ class Command(BaseCommand):
             if owner["user"] is None:
                 raise CommandError(f"No user {user!r}.")
         try:
-            issued = apikey_issue(org=organization, label=label, **owner)
+            issued = apikey_issue(org=organization, label=label, actor_label=_actor(), **owner)
         except ApplicationError as exc:
             raise CommandError(exc.detail) from None
         self.stderr.write(f"Issued {issued.key.kind} key {label!r} (lookup id "
