@@ -76,6 +76,7 @@ class MembershipAdmin(OrgScopedAdmin):
     filter_horizontal = ["teams"]
     view_roles = frozenset({ADMIN, AUDITOR})
     add_roles = change_roles = NOBODY  # who is in an org: superusers only
+    deletions_audited_elsewhere = True  # auxot/receivers.py: with its user or org too
 
 
 EXPORT_CHUNK_ROWS = 1000  # rows per chunk of a streamed export

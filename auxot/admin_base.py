@@ -313,6 +313,8 @@ class AuditedAdminMixin:
     # Changelist actions audited here, one row per selected object (`<model>.<action>`): for
     # other apps' admins (django-q2's "resubmit task"). Ours call services that audit.
     audit_actions = False
+    # True where a pre_delete receiver audits every deletion of the model (cascades too).
+    deletions_audited_elsewhere = False
 
     def audit_org(self, obj) -> Organization | None:
         org_path = getattr(self, "org_path", None)
@@ -344,14 +346,15 @@ class AuditedAdminMixin:
 
     def delete_model(self, request, obj):
         with transaction.atomic():
-            self._audit(request, obj, "deleted", {})
+            if not self.deletions_audited_elsewhere:
+                self._audit(request, obj, "deleted", {})
             super().delete_model(request, obj)
 
     def delete_queryset(self, request, queryset):
         # "Delete selected" logs before it deletes, outside one transaction: the rows are
         # written here, with the deletion, so a deletion that fails leaves none.
         with transaction.atomic():
-            for obj in queryset:
+            for obj in queryset if not self.deletions_audited_elsewhere else ():
                 self._audit(request, obj, "deleted", {"deleted_with": "delete selected"})
             super().delete_queryset(request, queryset)
 

@@ -10,6 +10,7 @@ class AuxotConfig(AppConfig):
         from auxot import (
             checks,  # noqa: F401 - registers the checks
             pgtime,
+            receivers,  # noqa: F401 - audits memberships however they are deleted
         )
 
         pgtime.connect()  # PostgreSQL: timestamps parsed in C (see auxot/pgtime.py)

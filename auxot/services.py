@@ -5,7 +5,7 @@ from typing import Any
 from django.utils import timezone
 
 from auxot.actor import acting
-from auxot.models import AuditEvent, Organization
+from auxot.models import AuditEvent, Membership, Organization
 
 
 def audit_record(
@@ -90,3 +90,11 @@ def admin_change_record(*, verb: str, obj: Any, org: Organization | None, actor:
         org, extra = None, {**extra, "org": str(obj)}
     return audit_record(event=f"{obj._meta.model_name}.{verb}", org=org, actor_user=actor,
                         obj=obj, ip=ip, extra={"object": str(obj)[:200], **extra})
+
+
+def membership_deletion_record(*, membership: Membership, origin: Any) -> AuditEvent:
+    """Audit a membership deleted: on its admin page, or with its user (an admin's delete
+    page, a shell) or its organization. Without this, a member leaving was no org's row."""
+    return audit_deletion(
+        event="membership.deleted", obj=membership, org=membership.org, origin=origin,
+        extra={"user": str(membership.user), "role": membership.role})

@@ -10,7 +10,7 @@ from django.test import Client
 
 from apikeys.models import ApiKey
 from apikeys.services import apikey_issue, apikey_revoke
-from auxot.models import AuditEvent, Organization, Team
+from auxot.models import AuditEvent, Membership, Organization, Team
 from auxot.services import NO_REQUEST
 from intakes.models import Intake
 from intakes.services import intake_create
@@ -37,6 +37,7 @@ def test_the_models_the_trail_follows_are_audited_however_they_are_deleted():
     secrets are deleted only by their service (audited), work items only by retention
     (audited); an organization with any of them has audit rows, which protect it."""
     assert pre_delete.has_listeners(ApiKey) and pre_delete.has_listeners(Intake)
+    assert pre_delete.has_listeners(Membership)  # a member leaving, with their user too
 
 
 def test_the_admin_keeps_a_team_or_a_user_that_has_keys(cast, root_client):
@@ -123,3 +124,10 @@ def test_an_organization_deleted_without_history_records_what_went_with_it(db):
         assert (row.org_id, row.actor_user_id, row.actor_label) == (None, None, NO_REQUEST)
         assert row.extra["org"] == "Short-lived"
         assert row.extra["deleted_with"] == f"auxot.organization {org_pk} (Short-lived)"
+
+
+def test_a_user_deleted_from_a_shell_takes_their_memberships_on_the_record(cast):
+    cast.auditor_a.delete()
+    [row] = AuditEvent.objects.filter(event="membership.deleted")
+    assert (row.org, row.actor_user, row.actor_label) == (cast.org_a, None, NO_REQUEST)
+    assert row.extra["user"] == "auditor_a" and row.extra["role"] == "auditor"
