@@ -3,12 +3,14 @@ distribution in clients/python), against a live server and a real qcluster."""
 
 import io
 import json
+import re
 import subprocess
 import sys
 import threading
 import time
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from standardwebhooks.webhooks import Webhook
@@ -36,6 +38,17 @@ def test_console_script_is_installed():
     result = subprocess.run([AUXOT, "--help"], capture_output=True, text=True, check=False)
     assert result.returncode == 0
     assert "verify-callback" in result.stdout
+
+
+def test_help_names_every_environment_variable_the_client_reads():
+    """`auxot --help` is where a CI author looks for what to set: every AUXOT_* variable the
+    client package reads is named there (AUXOT_INTAKE_ID, which `replay` reads, was not)."""
+    package = Path(cli.__file__).parent
+    read = set(re.findall(r'"(AUXOT_[A-Z_]+)"', "".join(
+        path.read_text() for path in package.glob("*.py"))))
+    assert {"AUXOT_BASE_URL", "AUXOT_API_KEY", "AUXOT_INTAKE_ID", "AUXOT_CALLBACK_SECRET"} <= read
+    shown = cli.build_parser().format_help()
+    assert sorted(name for name in read if name not in shown) == []
 
 
 def test_version_flag_prints_the_distribution_version():
@@ -417,6 +430,27 @@ def test_a_wait_that_times_out_on_an_unreachable_server_says_so(scripted, monkey
     _Scripted.script = [(200, {"Retry-After": "1"}, {"status": "running"})] * 10
     assert cli.main(["wait", "i", "w", "--timeout", "1s"]) == cli.EXIT_TIMEOUT
     assert "last poll failed" not in capsys.readouterr().err  # slow work, not an outage
+
+
+def test_a_wait_that_times_out_says_how_to_keep_waiting(scripted, monkeypatch, capsys):
+    """Exit 2 leaves the work item running: the job's log gives the command that picks it up
+    again (as Ctrl-C's does), the server's work id escaped like any text of the server's."""
+    _, base = scripted
+    monkeypatch.setenv("AUXOT_BASE_URL", base)
+    monkeypatch.setenv("AUXOT_API_KEY", TOKEN)
+    running = (200, {"Retry-After": "1"}, {"status": "running"})
+    _Scripted.script = [running] * 10
+    assert cli.main(["wait", "i", "w", "--timeout", "1s"]) == cli.EXIT_TIMEOUT
+    assert "still running; it continues on the server (auxot wait i w)" in (
+        capsys.readouterr().err)
+    _Scripted.script = [(202, {"Content-Type": "application/json"},
+                         {"work_id": "w\x1b]0;owned\x07", "status": "pending",
+                          "status_url": "http://x/w"}), *[running] * 10]
+    assert cli.main(["run", "i", "--data", "{}", "--timeout", "1s"]) == cli.EXIT_TIMEOUT
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err
+    assert "work w\\x1b]0;owned\\x07 is still running" in err
+    assert "(auxot wait i w\\x1b]0;owned\\x07)" in err
 
 
 def test_ctrl_c_while_waiting_says_how_to_wait_again(scripted, monkeypatch, capsys):

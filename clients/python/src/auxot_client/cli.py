@@ -230,7 +230,9 @@ def _wait(client: api.Client, intake_id: str, work_id: str, args: argparse.Names
         return _interrupted(exc)
     except api.WaitTimeout as exc:
         status = _safe((exc.last or {}).get("status", "unknown"))
-        err.write(f"auxot: timed out after {args.timeout}; work {work_id} is still {status}\n")
+        err.write(f"auxot: timed out after {args.timeout}; work {_safe(work_id)} is still "
+                  f"{status}; it continues on the server "
+                  f"(auxot wait {_safe(intake_id)} {_safe(work_id)})\n")
         if exc.last_error:  # not slow work: the server could not be asked
             err.write(f"  the last poll failed: {_safe(exc.last_error)}\n")
         if args.json and exc.last:
@@ -318,8 +320,8 @@ def _trigger_options(args: argparse.Namespace) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="auxot", description=__doc__.split("\n\n")[0],
-                     epilog="Environment: AUXOT_BASE_URL, AUXOT_API_KEY "
-                     "(AUXOT_CALLBACK_SECRET for verify-callback).")
+                     epilog=f"Environment: AUXOT_BASE_URL, AUXOT_API_KEY ({ENV_INTAKE_ID} "
+                     "for replay, AUXOT_CALLBACK_SECRET for verify-callback).")
     parser.add_argument("--version", action="version", version=f"auxot {VERSION}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
