@@ -12,7 +12,8 @@ import pytest
 from apikeys.services import apikey_issue
 from intakes.services import intake_create
 from tests.conftest import GREETING, make_workflow
-from tests.processes import ROOT, QCluster
+from tests.processes import ROOT, QCluster, wait_for
+from workflows.models import WorkerHeartbeat
 
 BIN = Path(sys.executable).parent  # the venv's bin: `auxot` lives here
 
@@ -65,6 +66,14 @@ def _assign_team(team, intake_ids: list[str]) -> None:
 
 @pytest.fixture
 def worker():
+    """A qcluster that is up: its first heartbeat is written. A test that starts on a busy
+    machine before then sees its items `pending` ("no worker heartbeat") for seconds."""
     cluster = QCluster().start()
-    yield cluster
-    cluster.stop()
+    try:
+        wait_for(lambda: cluster.proc.poll() is not None or WorkerHeartbeat.objects.filter(
+            name__endswith=f":{cluster.proc.pid}").exists(), timeout=60,
+            what="the worker's first heartbeat")
+        assert cluster.proc.poll() is None, cluster.proc.stderr.read().decode()
+        yield cluster
+    finally:
+        cluster.stop()
