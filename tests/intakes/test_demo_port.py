@@ -7,6 +7,8 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from io import StringIO
 from pathlib import Path
 
@@ -91,6 +93,62 @@ def test_a_web_server_that_dies_at_start_stops_the_worker_and_the_demo(monkeypat
     worker = started[1]
     assert worker.returncode is not None  # stopped, not left running
     assert {s: signal.getsignal(s) for s in handlers} == handlers
+
+
+# A worker busy with a step: it lets SIGINT and SIGTERM pass (qcluster lets running steps
+# finish, up to the grace period) and has a process of its own, as qcluster's sentinel.
+HOLDS_ON = ("import signal, time\n"
+            "for s in (signal.SIGINT, signal.SIGTERM): signal.signal(s, signal.SIG_IGN)\n")
+WORKER_HOLDS_ON = HOLDS_ON + """import os, subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", sys.argv[2]])
+open(sys.argv[1] + ".tmp", "w").write(f"{os.getpid()} {child.pid}")
+os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+time.sleep(120)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has stopped; only its reaping is left
+
+
+def test_a_second_ctrl_c_stops_everything_at_once_without_a_traceback(tmp_path):
+    """Ctrl-C, then Ctrl-C again while the worker finishes a step: the demo printed a
+    KeyboardInterrupt traceback and returned while the worker and its processes ran on."""
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("needs /proc to see the worker's own processes")
+    pids = tmp_path / "pids"
+    children = {"web server": [sys.executable, "-c", "import time; time.sleep(120)"],
+                "worker": [sys.executable, "-c", WORKER_HOLDS_ON, str(pids),
+                           HOLDS_ON + "time.sleep(120)"]}
+
+    def press_ctrl_c_twice():
+        deadline = time.monotonic() + 30
+        while not pids.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for _ in range(2):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+
+    threading.Thread(target=press_ctrl_c_twice, daemon=True).start()
+    out = StringIO()
+    started = time.monotonic()
+    try:
+        demo_command.Command(stdout=out)._serve(children, "http://127.0.0.1:8000")
+    except KeyboardInterrupt:
+        pytest.fail("the second Ctrl-C escaped from the demo as a traceback")
+    finally:
+        left = [int(pid) for pid in pids.read_text().split()] if pids.exists() else []
+        running = [pid for pid in left if _running(pid)]
+        for pid in running:
+            os.kill(pid, signal.SIGKILL)
+    assert len(left) == 2 and running == [], "the worker or its process outlived the demo"
+    assert time.monotonic() - started < 15  # not the worker's whole grace period
+    assert "Ctrl-C again stops everything at once" in out.getvalue()
+    assert "stopping the web server and the worker now" in out.getvalue()
 
 
 def test_the_real_web_server_on_a_port_taken_after_the_check_exits_non_zero(

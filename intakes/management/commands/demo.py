@@ -5,6 +5,7 @@ curl lines are never printed for a server that cannot start. If the web server o
 worker stops by itself, the other one is stopped and the command exits non-zero.
 """
 
+import contextlib
 import errno
 import os
 import signal
@@ -18,6 +19,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from intakes.demo.seed import DEMO_ENV, demo_seed
+from workflows.cluster import descendants
 
 HOST = "127.0.0.1"
 ANOTHER_PORT = "pick another port: PORT=8080 make run"
@@ -158,17 +160,11 @@ API docs: {base}/v1/docs
                 ended = [(name, p.returncode) for name, p in procs.items()
                          if p.poll() is not None]
         except KeyboardInterrupt:
-            pass
+            self.stdout.write(f"Stopping: the worker lets running steps finish (up to "
+                              f"{settings.AUXOT_WORKER_GRACE_SECONDS:g} s); Ctrl-C again "
+                              "stops everything at once.\n")
         finally:
-            for p in procs.values():
-                if p.poll() is None:
-                    p.terminate()  # SIGTERM: graceful for qcluster, immediate for runserver
-            for p in procs.values():
-                try:
-                    # qcluster bounds its own stop by the grace period: wait that long.
-                    p.wait(timeout=settings.AUXOT_WORKER_GRACE_SECONDS + 5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            self._stop(procs)
             for signum, handler in previous.items():
                 if handler is not None:
                     signal.signal(signum, handler)
@@ -179,3 +175,34 @@ API docs: {base}/v1/docs
                     if name == "web server" else "")
             raise CommandError(f"The demo's {name} stopped ({status}), so the "
                                f"demo stopped too: see its error above.{hint}")
+
+    def _stop(self, procs: dict[str, subprocess.Popen]) -> None:
+        """SIGTERM every child and wait for it (qcluster bounds its own stop by the grace
+        period). A second Ctrl-C meanwhile kills each child with everything it started:
+        once the command returns, nothing of the demo runs on (and no traceback)."""
+        for p in procs.values():
+            if p.poll() is None:
+                p.terminate()  # SIGTERM: graceful for qcluster, immediate for runserver
+        try:
+            for p in procs.values():
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(timeout=settings.AUXOT_WORKER_GRACE_SECONDS + 5)
+        except KeyboardInterrupt:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a third one must not cut this short
+            self.stdout.write("Ctrl-C again: stopping the web server and the worker now.\n")
+        for p in procs.values():
+            _kill_tree(p)
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a child that still runs and its descendants (qcluster's sentinel and workers
+    would outlive their parent), then reap it."""
+    if proc.poll() is None:
+        pids: list[int] = []
+        with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+            pids = descendants(proc.pid) or []
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.kill()
+    proc.wait()
