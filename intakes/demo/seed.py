@@ -13,6 +13,7 @@ from apikeys.services import apikey_digest_matches, apikey_issue
 from auxot.models import Membership, Organization
 from intakes.callbacks import intake_signing_secret_rotate
 from intakes.demo.steps import demo_http_url, demo_seed_step_examples
+from intakes.lookup import intake_lookup
 from intakes.models import Intake
 from intakes.secrets import secret_decrypt
 from intakes.services import intake_create
@@ -44,6 +45,7 @@ class Demo:
     signing_secret_changed_in_admin: bool = False
     examples: list = field(default_factory=list)  # one per step kind (intakes/demo/steps.py)
     http_url: str = ""  # where the http example posts
+    key: ApiKey | None = None  # the key `token` is
 
 
 def _load_secrets() -> dict:
@@ -104,7 +106,8 @@ def demo_seed(*, base_url: str = "http://127.0.0.1:8000") -> Demo:
         token = stored.get("tokens", {}).get(_database_label()) or stored.get("token", "")
         key = ApiKey.objects.filter(org=org, label="Demo key", revoked_at__isnull=True).first()
         if key is None or not apikey_digest_matches(key, token):
-            token = apikey_issue(org=org, label="Demo key", user=user, created_by=user).token
+            issued = apikey_issue(org=org, label="Demo key", user=user, created_by=user)
+            key, token = issued.key, issued.token
         signing_secret, new_secret, changed = _signing_secret(intake, stored, user)
         examples = demo_seed_step_examples(org=org, user=user, http_url=http_url)
     # Merged, not replaced: each database's key and each intake's secret stay on file (intake
@@ -116,7 +119,26 @@ def demo_seed(*, base_url: str = "http://127.0.0.1:8000") -> Demo:
     return Demo(org=org, username="admin", password=password, intake=intake, token=token,
                 signing_secret=signing_secret, signing_secret_is_new=new_secret,
                 signing_secret_changed_in_admin=changed,
-                examples=examples, http_url=http_url)
+                examples=examples, http_url=http_url, key=key)
+
+
+def demo_refusal(*, intake: Intake, key: ApiKey) -> str | None:
+    """Why `key` gets 404 on `intake` (the API's own lookup decides), or None when it may
+    call it. The seed keeps what an admin changed since the last run: a deactivated intake
+    or workflow, or a team (as the README's GitHub Actions steps have one do)."""
+    if intake_lookup(pk=intake.pk, key=key) is not None:
+        return None
+    intake = Intake.objects.select_related("workflow", "team").get(pk=intake.pk)
+    where = f"/admin/ → Intakes → {intake.name}"
+    if not intake.active:
+        return f"it is deactivated: reactivate it ({where} → Reactivate)"
+    if not intake.workflow.active:
+        return (f"its workflow '{intake.workflow.name}' is deactivated: tick Active on it "
+                "(/admin/ → Workflows)")
+    if intake.team_id is not None:
+        return (f"it belongs to team '{intake.team.name}', which {key.user} is not in: call "
+                f"it with that team's key, or clear its Team ({where})")
+    return "this key may not call it"
 
 
 def _signing_secret(intake: Intake, stored: dict, user) -> tuple[str, bool, bool]:

@@ -18,7 +18,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from intakes.demo.seed import DEMO_ENV, demo_seed
+from intakes.demo.seed import DEMO_ENV, demo_refusal, demo_seed
 from workflows.cluster import descendants
 
 HOST = "127.0.0.1"
@@ -42,6 +42,15 @@ def port_refusal(host: str, port: int) -> str | None:
                         f"make run?): stop it, or {ANOTHER_PORT}")
             return f"Cannot listen on {host}:{port} ({exc.strerror or exc}): {ANOTHER_PORT}"
     return None
+
+
+def _refused(demo, intake) -> str:
+    """A line under an intake's curl when the demo's key gets 404 on it ("" when it may call
+    it): the seed keeps what an admin changed, and a curl that 404s must say why."""
+    reason = demo_refusal(intake=intake, key=demo.key)
+    if reason is None:
+        return ""
+    return f"  ! 404 for this key on intake {intake.pk}: {reason}.\n"
 
 
 class Command(BaseCommand):
@@ -72,7 +81,7 @@ Auxot demo is ready.
 
   Admin:      {base}/admin/   (user {demo.username}, password {demo.password})
   Intake id:  {intake}   (workflow: {demo.intake.workflow.name})
-  API key:    {demo.token}
+{_refused(demo, demo.intake)}  API key:    {demo.token}
               (personal key of {demo.username}; kept in var/demo-secrets.json, git-ignored)
 
 Trigger:
@@ -130,6 +139,8 @@ API docs: {base}/v1/docs
                 lines.append(f"  {example.kind:<9} curl -X POST {url} -H \"Authorization: "
                              f"Bearer {demo.token}\" -H 'Content-Type: application/json' "
                              f"-d '{example.body}'")
+                if refused := _refused(demo, example.intake):
+                    lines.append(refused.rstrip("\n"))
             else:
                 lines.append(f"  {example.kind:<9} inactive; enable it with: {AGENT_ENABLE}")
         return "\n".join(lines) + "\n\n"
