@@ -254,3 +254,25 @@ def test_actions_step_fails_the_job_when_the_work_fails(
     assert result.returncode == 1
     assert "**failed**" in (tmp_path / "summary").read_text()
     assert json.loads((tmp_path / "auxot-input.json").read_text())["pull_request"] is None
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("refused", ["unknown-intake", "mistyped-key"])
+def test_actions_step_without_a_work_item_summarises_why(
+        caller, tmp_path, shell_tools, refused):  # noqa: F811
+    """Exit 3 (or 4) has no work item: the job's summary says what refused the request,
+    instead of "Auxot work `null`: **null**", and no `work_id=null` reaches later steps."""
+    intake_id = ("0b0e7c3a-5f0f-4a4e-9d57-8f2a4f0d5e11" if refused == "unknown-intake"
+                 else caller.intake_id)
+    context, github_env = _github(caller, tmp_path, intake_id=intake_id, pull_request=None)
+    if refused == "mistyped-key":
+        context["secrets"]["AUXOT_API_KEY"] = caller.token[:-7] + (
+            "x" if caller.token[-7] != "x" else "y") + caller.token[-6:]
+    result = _run_step(_steps()[2], context, github_env, caller.env()["PATH"], tmp_path)
+    assert result.returncode == 3, result.stderr.decode()
+    assert (tmp_path / "out").read_text() == ""
+    summary = (tmp_path / "summary").read_text()
+    assert "null" not in summary and "exit 3" in summary, summary
+    detail = json.loads((tmp_path / "auxot-result.json").read_text())["error"]["detail"]
+    assert detail and detail in summary
