@@ -92,3 +92,11 @@ def test_every_printed_curl_that_would_404_says_why(db, demo_env, change):
             Workflow.objects.filter(pk=workflow_pk).update(active=active)
     # The demo intake keeps what the admin chose, so at least that curl must warn.
     assert warned_somewhere
+
+
+def test_every_heading_of_the_printout_follows_a_blank_line(db, demo_env):
+    """"One example workflow per step kind (same key):" ran on from the "API docs:" line."""
+    lines = _run_demo().splitlines()
+    headings = [n for n, line in enumerate(lines) if re.match(r"\S.*:$", line)]
+    assert len(headings) >= 4, lines  # Trigger, Poll, Callbacks, the examples
+    assert [lines[n] for n in headings if n and lines[n - 1].strip()] == []

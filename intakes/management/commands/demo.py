@@ -104,6 +104,7 @@ auxot-client package, already in .venv; elsewhere: pip install ./clients/python
   .venv/bin/auxot run "$AUXOT_INTAKE_ID" --data '{{"customer":"Acme Corp"}}'
 
 API docs: {base}/v1/docs
+
 """
 
     def _callbacks(self, base: str, demo) -> str:
