@@ -16,7 +16,10 @@ class ApiKey(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     kind = models.CharField(max_length=8, choices=Kind.choices)
-    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="api_keys")
+    org = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="api_keys",
+        verbose_name="organization",
+    )
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE,
         related_name="api_keys",

@@ -49,7 +49,10 @@ class _WithOrg(models.Manager):
 
 
 class Team(models.Model):
-    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="teams")
+    org = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="teams",
+        verbose_name="organization",
+    )
     name = models.CharField(max_length=200)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -71,7 +74,10 @@ class Membership(models.Model):
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
     )
-    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="memberships")
+    org = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="memberships",
+        verbose_name="organization",
+    )
     role = models.CharField(max_length=20, choices=Role.choices, default=Role.MEMBER)
     teams = models.ManyToManyField(Team, blank=True, related_name="memberships")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -90,7 +96,8 @@ class AuditEvent(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     org = models.ForeignKey(
-        Organization, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+        Organization, null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+        verbose_name="organization",
     )
     created_at = models.DateTimeField(db_index=True)
     event = models.CharField(max_length=64, db_index=True)
@@ -120,7 +127,10 @@ class Secret(models.Model):
     four, no hash) is kept or shown. Writes go through auxot.secrets.
     """
 
-    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="secrets")
+    org = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="secrets",
+        verbose_name="organization",
+    )
     name = models.CharField(
         max_length=100,
         validators=[RegexValidator(
@@ -153,7 +163,7 @@ class AuditLogEntry(models.Model):
 
     id = models.UUIDField(primary_key=True)
     org = models.ForeignKey(Organization, null=True, on_delete=models.DO_NOTHING,
-                            db_constraint=False, related_name="+")
+                            db_constraint=False, related_name="+", verbose_name="organization")
     created_at = models.DateTimeField()
     event = models.CharField(max_length=64)
     actor_user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True,

@@ -16,7 +16,10 @@ class Intake(models.Model):
     """An authenticated HTTP entry point bound to one workflow."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="intakes")
+    org = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="intakes",
+        verbose_name="organization",
+    )
     workflow = models.ForeignKey(Workflow, on_delete=models.PROTECT, related_name="intakes")
     name = models.CharField(max_length=200)
     team = models.ForeignKey(

@@ -14,7 +14,10 @@ from workflows.kinds import UnknownKind, kind_choices, kind_get
 
 class Workflow(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="workflows")
+    org = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="workflows",
+        verbose_name="organization",
+    )
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=80)
     description = models.TextField(blank=True)
@@ -263,7 +266,10 @@ class ReplayBatch(models.Model):
         DONE = "done", "Done"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    org = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="+",
+        verbose_name="organization",
+    )
     start_over = models.BooleanField(default=False)
     label = models.CharField(max_length=300, blank=True)
     reason = models.CharField(max_length=500, blank=True)  # why, as its creator said
@@ -307,7 +313,10 @@ class Provider(models.Model):
     only when AUXOT_OPERATOR_SECRETS grants that variable to the provider's organization.
     """
 
-    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="providers")
+    org = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="providers",
+        verbose_name="organization",
+    )
     name = models.SlugField(max_length=80, help_text="Referenced by agent steps: "
                             '{"provider": "<name>"}.')
     base_url = models.URLField(max_length=500, help_text="e.g. https://api.openai.com/v1")
