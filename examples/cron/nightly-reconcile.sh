@@ -18,6 +18,11 @@ set -euo pipefail
 : "${AUXOT_INTAKE_ID:?set AUXOT_INTAKE_ID}"
 timeout_seconds="${AUXOT_TIMEOUT_SECONDS:-1800}"
 base="${AUXOT_BASE_URL%/}"
+if [[ "$base" =~ ^(https?://[^/]+(/[^/]+)*)/v1(/|$) ]]; then  # pasted from /v1/docs: all 404
+  printf "AUXOT_BASE_URL is the server's root, without /v1 (this script adds /v1/…): e.g. %s\n" \
+    "${BASH_REMATCH[1]}" >&2
+  exit 3
+fi
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 

@@ -320,6 +320,15 @@ def test_an_id_is_one_path_segment_whatever_it_holds(scripted, work_id, sent):
     assert _Scripted.seen == [sent]
 
 
+def test_a_base_url_under_a_path_prefix_is_kept():
+    """Only a /v1 segment is refused (tests/e2e/test_recipes.py): a server mounted under a
+    prefix is reached there."""
+    assert api.Client("https://example.com/auxot/", TOKEN).base_url == (
+        "https://example.com/auxot")
+    assert api.Client("https://v1.example.com/v10", TOKEN).base_url == (
+        "https://v1.example.com/v10")
+
+
 def test_a_base_url_with_a_password_is_refused_without_echoing_it(monkeypatch, capsys):
     """requests would send user:pass as Basic auth in place of the key, and the errors
     printed the URL, password included."""

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.callers import caller, worker  # noqa: F401  (fixtures)
-from tests.processes import ROOT
+from tests.callers import BIN, caller, worker  # noqa: F401  (fixtures)
+from tests.processes import ROOT, free_port
 from tests.tools import require_tool
 
 EXAMPLES = ROOT / "examples"
@@ -120,6 +120,28 @@ def test_cron_script_keeps_the_key_out_of_the_process_list():
     text = CRON.read_text()
     assert "Bearer $AUXOT_API_KEY" not in text.replace("'Authorization: Bearer %s", "")
     assert "-H @<(printf 'Authorization: Bearer %s\\n' \"$AUXOT_API_KEY\")" in text
+
+
+# --- every caller we ship: AUXOT_BASE_URL is the server's root --------------------------
+@pytest.mark.parametrize(("path", "prefix"), [("/v1", ""), ("/v1/", ""), ("/v1/docs", ""),
+                                              ("/v1/intake/0b0e7c3a-5f0f-4a4e", ""),
+                                              ("/auxot/v1/docs", "/auxot")])
+@pytest.mark.parametrize("tool", ["auxot", "cron"])
+def test_a_base_url_with_the_api_path_is_refused_naming_the_root(tool, path, prefix,
+                                                                 shell_tools):
+    """Each caller adds /v1/… itself: with /v1 in AUXOT_BASE_URL too (pasted from /v1/docs or
+    an intake's URL) every request met a 404 that blamed the intake id and the key. Nothing
+    is sent (nothing listens there: a request would be exit 4), and the message names the
+    URL to set instead."""
+    root = f"http://127.0.0.1:{free_port()}"
+    env = {"PATH": os.environ["PATH"], "AUXOT_BASE_URL": root + path, "AUXOT_INTAKE_ID": "i",
+           "AUXOT_API_KEY": "user.abcdefghijkl." + "A" * 43 + "0a1b2c"}
+    argv = [str(BIN / "auxot"), "trigger", "i"] if tool == "auxot" else ["bash", str(CRON)]
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60,
+                            stdin=subprocess.DEVNULL, check=False)
+    assert result.returncode == 3, result.stderr
+    assert "without /v1" in result.stderr, result.stderr
+    assert re.search(rf"e\.g\. {re.escape(root + prefix)}(?![/\w])", result.stderr), result.stderr
 
 
 # --- python ---------------------------------------------------------------------------------

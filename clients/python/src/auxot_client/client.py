@@ -190,6 +190,16 @@ def _path(*parts: str) -> str:
     return "/v1/" + "/".join(urllib.parse.quote(str(part), safe="") for part in parts)
 
 
+def _api_path_removed(base_url: str) -> str:
+    """The URL up to its first /v1 path segment (all of it when there is none)."""
+    parts = urllib.parse.urlsplit(base_url)
+    segments = parts.path.split("/")
+    if "v1" not in segments:
+        return base_url
+    path = "/".join(segments[:segments.index("v1")])
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
 class Client:
     def __init__(self, base_url: str | None = None, api_key: str | None = None, *,
                  timeout: float = 30.0, session: requests.Session | None = None,
@@ -205,6 +215,10 @@ class Client:
             raise ConfigError(f"Set {ENV_BASE_URL} to your Auxot URL, e.g. "
                               "https://auxot.example.com (got "
                               f"{base_url or 'nothing'}).")
+        root = _api_path_removed(base_url)
+        if root != base_url:  # pasted from /v1/docs or an intake's URL: every call would 404
+            raise ConfigError(f"{ENV_BASE_URL} is the server's root, without /v1 (the client "
+                              f"adds /v1/… itself): e.g. {root}")
         if not api_key:
             raise ConfigError(f"Set {ENV_API_KEY} to a user.… or team.… API key.")
         if not _KEY_RE.match(api_key):
