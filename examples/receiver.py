@@ -10,6 +10,7 @@ database (unique constraint on webhook-id) and queues slow work instead of doing
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -84,7 +85,13 @@ def main() -> None:
     parser.add_argument("--demo-intake", help="read the secret of this demo intake from var/")
     args = parser.parse_args()
     handler = make_handler(Webhook(_secret(args)), set(), threading.Lock())
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), handler)
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", args.port), handler)
+    except OSError as exc:  # another receiver on it, say: one line, not a traceback
+        reason = ("is already in use" if exc.errno == errno.EADDRINUSE
+                  else f"cannot be used ({exc.strerror})")
+        sys.exit(f"Port {args.port} on 127.0.0.1 {reason}: pick another with --port (and "
+                 "point the callback URL at it).")
     print(f"Listening on http://127.0.0.1:{args.port}/hook (Ctrl-C stops)", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()

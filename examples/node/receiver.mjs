@@ -70,6 +70,12 @@ const server = createServer((req, res) => {
   });
 });
 
+server.on("error", (err) => {
+  // Another receiver on the port, say: one line, not an unhandled 'error' and its stack.
+  const reason = err.code === "EADDRINUSE" ? "is already in use" : `cannot be used (${err.message})`;
+  console.error(`Port ${args.port} on ${args.host} ${reason}: pick another with --port (and point the callback URL at it).`);
+  process.exit(1);
+});
 server.listen(Number(args.port), args.host, () => {
   console.log(`Listening on http://${args.host}:${args.port}/hook (Ctrl-C stops)`);
 });

@@ -22,6 +22,7 @@ from tests.conftest import make_workflow
 from tests.processes import ROOT, wait_for
 
 pytestmark = pytest.mark.django_db
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
 def test_demo_keeps_the_signing_secret_and_prints_it_only_when_new(tmp_path, monkeypatch):
@@ -116,3 +117,19 @@ def test_example_receiver_answers_a_malformed_signature_with_a_400(example_recei
     assert answer.status_code == 400
     proc.terminate()
     assert "Traceback" not in proc.communicate(timeout=10)[0]
+
+
+def test_example_receiver_on_a_busy_port_says_so_in_one_line():
+    """Another receiver (or anything) on the port: one line naming it and --port, exit 1,
+    not an OSError traceback (test_callback_receiver_node.py holds the Node one to this)."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run([sys.executable, "examples/receiver.py", "--port", str(port)],
+                              cwd=ROOT, env={**os.environ, "AUXOT_CALLBACK_SECRET": SECRET},
+                              capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 1
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert f"Port {port} on 127.0.0.1 is already in use" in done.stderr
+    assert "--port" in done.stderr

@@ -5,6 +5,7 @@ non-ASCII bodies included, and that it answers bad requests without crashing."""
 
 import os
 import shutil
+import socket
 import subprocess
 import time
 
@@ -25,6 +26,7 @@ from tests.tools import require_tool
 
 pytestmark = pytest.mark.django_db
 EXAMPLE = ROOT / "examples" / "node"
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
 @pytest.fixture(scope="session")
@@ -168,3 +170,20 @@ def test_node_receiver_refuses_to_start_without_a_secret(node_receiver_dir):
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert "AUXOT_CALLBACK_SECRET" in done.stderr
+
+
+def test_a_busy_port_says_so_in_one_line(node_receiver_dir):
+    """Another receiver (or anything) on the port: one line naming it and --port, exit 1,
+    not Node's unhandled 'error' event and its stack trace."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run(["node", "receiver.mjs", "--port", str(port)],
+                              cwd=node_receiver_dir, capture_output=True, text=True,
+                              env={**os.environ, "AUXOT_CALLBACK_SECRET": SECRET},
+                              timeout=30, check=False)
+    assert done.returncode == 1
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert f"Port {port} on 127.0.0.1 is already in use" in done.stderr
+    assert "--port" in done.stderr
