@@ -392,6 +392,15 @@ _HINTS = {
 }
 
 
+def _hint(exc: Exception) -> str:
+    """What to check, unless Auxot's own answer says it already (its 404 detail does)."""
+    problem = getattr(exc, "problem", None) or {}
+    if isinstance(exc, api.NotFoundError) and problem.get("code") == "not_found" and (
+            problem.get("detail")):
+        return ""
+    return _HINTS.get(type(exc), "")
+
+
 def _error_json(args: argparse.Namespace, exc: Exception, exit_code: int, out: TextIO) -> None:
     """With --json, stdout says what went wrong too (a script reads stdout only): `error` is
     the server's problem+json body when it sent one, else one of the same shape."""
@@ -418,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args, out, err)
     except (UsageError, api.ConfigError, api.AuthError, api.NotFoundError,
             api.RequestError) as exc:
-        err.write(f"auxot: {_safe(exc)}\n{_HINTS.get(type(exc), '')}")
+        err.write(f"auxot: {_safe(exc)}\n{_hint(exc)}")
         _error_json(args, exc, EXIT_USAGE, out)
         return EXIT_USAGE
     except api.TransientError as exc:
