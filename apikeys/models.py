@@ -14,7 +14,7 @@ class ApiKey(models.Model):
         USER = "user", "Personal key"
         TEAM = "team", "Team key"
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    id = models.UUIDField("ID", primary_key=True, default=uuid.uuid4, editable=False)
     kind = models.CharField(max_length=8, choices=Kind.choices)
     org = models.ForeignKey(
         Organization, on_delete=models.CASCADE, related_name="api_keys",
@@ -28,7 +28,7 @@ class ApiKey(models.Model):
         Team, null=True, blank=True, on_delete=models.CASCADE, related_name="api_keys"
     )
     label = models.CharField(max_length=200)
-    lookup_id = models.CharField(max_length=16, unique=True)
+    lookup_id = models.CharField("lookup ID", max_length=16, unique=True)
     digest = models.CharField(max_length=64)
     last_four = models.CharField(max_length=4)
     created_by = models.ForeignKey(

@@ -94,7 +94,7 @@ class Membership(models.Model):
 class AuditEvent(models.Model):
     """Append-only record of a change, written by the service that makes the change."""
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    id = models.UUIDField("ID", primary_key=True, default=uuid.uuid4, editable=False)
     org = models.ForeignKey(
         Organization, null=True, blank=True, on_delete=models.PROTECT, related_name="+",
         verbose_name="organization",
@@ -108,8 +108,8 @@ class AuditEvent(models.Model):
     actor_key_lookup = models.CharField(max_length=32, blank=True)
     actor_label = models.CharField(max_length=200, blank=True)
     object_type = models.CharField(max_length=64, blank=True)
-    object_id = models.CharField(max_length=64, blank=True, db_index=True)
-    ip = models.GenericIPAddressField(null=True, blank=True)
+    object_id = models.CharField("object ID", max_length=64, blank=True, db_index=True)
+    ip = models.GenericIPAddressField("IP", null=True, blank=True)
     extra = models.JSONField(default=dict, blank=True)
 
     class Meta:
@@ -161,7 +161,7 @@ class AuditLogEntry(models.Model):
     each accepted trigger as `work_item.accepted`, read from its work item (key label and
     lookup id, IP, time, org). Read-only: writes go to AuditEvent."""
 
-    id = models.UUIDField(primary_key=True)
+    id = models.UUIDField("ID", primary_key=True)
     org = models.ForeignKey(Organization, null=True, on_delete=models.DO_NOTHING,
                             db_constraint=False, related_name="+", verbose_name="organization")
     created_at = models.DateTimeField()
@@ -172,8 +172,8 @@ class AuditLogEntry(models.Model):
     actor_key_lookup = models.CharField(max_length=32, blank=True)
     actor_label = models.CharField(max_length=200, blank=True)
     object_type = models.CharField(max_length=64, blank=True)
-    object_id = models.CharField(max_length=64, blank=True)
-    ip = models.GenericIPAddressField(null=True, blank=True)
+    object_id = models.CharField("object ID", max_length=64, blank=True)
+    ip = models.GenericIPAddressField("IP", null=True, blank=True)
     extra = models.JSONField(default=dict, blank=True)
 
     class Meta:

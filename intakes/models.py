@@ -15,7 +15,7 @@ RETENTION_MAX_DAYS = 36500
 class Intake(models.Model):
     """An authenticated HTTP entry point bound to one workflow."""
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    id = models.UUIDField("ID", primary_key=True, default=uuid.uuid4, editable=False)
     org = models.ForeignKey(
         Organization, on_delete=models.CASCADE, related_name="intakes",
         verbose_name="organization",
@@ -68,7 +68,8 @@ class Intake(models.Model):
     # When the intake last got a callback URL after having none: work that finished before
     # it has no callback (the sweep that recovers skipped deliveries must not send it one).
     # Null for intakes older than this field: every finished item counts, as before.
-    callback_url_set_at = models.DateTimeField(null=True, blank=True, editable=False)
+    callback_url_set_at = models.DateTimeField("callback URL set at", null=True, blank=True,
+                                               editable=False)
     callback_disabled_at = models.DateTimeField(
         null=True, blank=True,
         help_text="Set when the receiver answered 410 Gone: no callbacks until re-enabled.",
@@ -106,12 +107,12 @@ class CallbackDelivery(models.Model):
         FAILED = "failed", "Failed"
         DISABLED = "disabled", "Disabled"
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    id = models.UUIDField("ID", primary_key=True, default=uuid.uuid4, editable=False)
     intake = models.ForeignKey(Intake, on_delete=models.CASCADE, related_name="deliveries")
     work_item = models.OneToOneField(
         "workflows.WorkItem", on_delete=models.CASCADE, related_name="callback_delivery")
-    webhook_id = models.CharField(max_length=64, unique=True)  # stable across attempts
-    url = models.URLField(max_length=2000)  # may hold query secrets: display redacted
+    webhook_id = models.CharField("webhook ID", max_length=64, unique=True)  # same every attempt
+    url = models.URLField("URL", max_length=2000)  # may hold query secrets: display redacted
     # scheme://host:port of the URL and the organization (callbacks.endpoint_key): the unit of
     # the per-endpoint cap and circuit breaker.
     endpoint = models.CharField(max_length=300, blank=True, db_index=True)
@@ -182,7 +183,7 @@ class CallbackAttempt(models.Model):
     number = models.PositiveIntegerField()
     started_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True, blank=True)
-    url = models.CharField(max_length=2000)  # query string redacted
+    url = models.CharField("URL", max_length=2000)  # query string redacted
     status_code = models.PositiveIntegerField(null=True, blank=True)
     latency_ms = models.PositiveIntegerField(null=True, blank=True)
     response_body = models.TextField(blank=True)  # first 2 KiB

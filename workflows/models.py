@@ -13,7 +13,7 @@ from workflows.kinds import UnknownKind, kind_choices, kind_get
 
 
 class Workflow(models.Model):
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    id = models.UUIDField("ID", primary_key=True, default=uuid.uuid4, editable=False)
     org = models.ForeignKey(
         Organization, on_delete=models.CASCADE, related_name="workflows",
         verbose_name="organization",
@@ -129,7 +129,7 @@ class WorkItem(models.Model):
         PROVIDER = "provider", "Provider"
         BACKOFF = "backoff", "Backoff"
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    id = models.UUIDField("ID", primary_key=True, default=uuid.uuid4, editable=False)
     workflow = models.ForeignKey(Workflow, on_delete=models.PROTECT, related_name="work_items")
     # Relations by label (no import): an item records where it came from.
     intake = models.ForeignKey(
@@ -146,12 +146,12 @@ class WorkItem(models.Model):
     created_by_key = models.ForeignKey(
         "apikeys.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
-    created_by_ip = models.GenericIPAddressField(null=True, blank=True)
-    correlation_id = models.CharField(max_length=200, blank=True)
+    created_by_ip = models.GenericIPAddressField("created by IP", null=True, blank=True)
+    correlation_id = models.CharField("correlation ID", max_length=200, blank=True)
     # Per-request callback override (Auxot-Callback-Url); empty: the intake's default.
-    callback_url = models.URLField(max_length=2000, blank=True)
+    callback_url = models.URLField("callback URL", max_length=2000, blank=True)
     # The X-Request-Id of the request that created it: in its log lines and its callback.
-    request_id = models.CharField(max_length=200, blank=True)
+    request_id = models.CharField("request ID", max_length=200, blank=True)
     # Set when retention removed its input, output and step results (the item stays).
     redacted_at = models.DateTimeField(null=True, blank=True)
     # Replay: the failed item this one takes forward, the step position it resumed at, and
@@ -265,7 +265,7 @@ class ReplayBatch(models.Model):
         RUNNING = "running", "Running"
         DONE = "done", "Done"
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    id = models.UUIDField("ID", primary_key=True, default=uuid.uuid4, editable=False)
     org = models.ForeignKey(
         Organization, on_delete=models.CASCADE, related_name="+",
         verbose_name="organization",
@@ -273,7 +273,7 @@ class ReplayBatch(models.Model):
     start_over = models.BooleanField(default=False)
     label = models.CharField(max_length=300, blank=True)
     reason = models.CharField(max_length=500, blank=True)  # why, as its creator said
-    work_ids = models.JSONField(default=list)
+    work_ids = models.JSONField("work IDs", default=list)
     total = models.PositiveIntegerField(default=0)
     cursor = models.PositiveIntegerField(default=0)
     replayed = models.PositiveIntegerField(default=0)
@@ -319,15 +319,15 @@ class Provider(models.Model):
     )
     name = models.SlugField(max_length=80, help_text="Referenced by agent steps: "
                             '{"provider": "<name>"}.')
-    base_url = models.URLField(max_length=500, help_text="e.g. https://api.openai.com/v1")
+    base_url = models.URLField("base URL", max_length=500, help_text="e.g. https://api.openai.com/v1")
     model = models.CharField(max_length=200)
     api_key_secret = models.CharField(
-        max_length=100, blank=True,
+        "API key secret", max_length=100, blank=True,
         help_text="Name of the organization secret holding the API key (sent as "
                   "'Authorization: Bearer <key>'). Empty: no Authorization header.",
     )
     api_key_env = models.CharField(
-        max_length=100, blank=True,
+        "API key env", max_length=100, blank=True,
         help_text="Only when the operator granted this organization an environment variable "
                   "(AUXOT_OPERATOR_SECRETS): its name. Otherwise leave empty.",
     )

@@ -202,7 +202,7 @@ def test_admin_shows_retention_settings_redaction_and_the_schedule(
     page = client.get(f"/admin/intakes/intake/{plain.pk}/change/").content.decode()
     assert "Retention" in page and "redact_paths" in page and "payload_retention_days" in page
     page = client.get(f"/admin/workflows/workitem/{item.pk}/change/").content.decode()
-    assert "Redacted at" in page and "Request id" in page
+    assert "Redacted at" in page and "Request ID" in page
     cast.admin_a.is_superuser = True
     cast.admin_a.save()
     page = client.get("/admin/django_q/schedule/").content.decode()
