@@ -202,3 +202,24 @@ def test_an_operators_own_settings_win_over_the_demos(tmp_path, monkeypatch):
     seen = _env_seen_by_children(tmp_path, "http://127.0.0.1:8123")
     assert seen["AUXOT_PUBLIC_BASE_URL"] == "https://auxot.example.com"
     assert seen["AUXOT_CALLBACK_RETRY_SCHEDULE"] == "0,1"
+
+
+def test_ctrl_c_while_setting_up_says_so_in_one_line(db, demo_env, monkeypatch):
+    """The first `make run` migrates and seeds for a while before anything starts; a
+    Ctrl-C then printed a KeyboardInterrupt traceback."""
+    def interrupted(**kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo_command, "demo_seed", interrupted)
+    out = StringIO()
+    try:
+        call_command("demo", "--no-serve", "--port", "8765", stdout=out)
+    except KeyboardInterrupt:
+        pytest.fail("a Ctrl-C while setting up escaped from the demo as a traceback")
+    except CommandError as exc:
+        stopped = str(exc)
+    else:
+        pytest.fail("the demo went on after a Ctrl-C")
+    assert "Interrupted while setting up" in stopped
+    assert "make run again" in stopped and "\n" not in stopped
+    assert "ready" not in out.getvalue()

@@ -64,9 +64,13 @@ class Command(BaseCommand):
         serve = not options["no_serve"]
         if serve and (refusal := port_refusal(HOST, options["port"])):
             raise CommandError(refusal)  # before seeding, and before anything says "ready"
-        call_command("migrate", interactive=False, verbosity=0)
         base = f"http://{HOST}:{options['port']}"
-        demo = demo_seed(base_url=base)
+        try:
+            call_command("migrate", interactive=False, verbosity=0)
+            demo = demo_seed(base_url=base)
+        except KeyboardInterrupt:  # the first run's setup takes a while: no traceback
+            raise CommandError("Interrupted while setting up, before anything started: "
+                               "make run again to finish (what was done is kept).") from None
         self.stdout.write(self._instructions(base, demo))
         self.stdout.write(self._examples(base, demo))
         if not serve:
