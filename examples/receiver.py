@@ -65,6 +65,9 @@ def make_handler(webhook: Webhook, seen: set[str], lock: threading.Lock):
 
 def _secret(args: argparse.Namespace) -> str:
     if args.demo_intake:
+        if not DEMO_SECRETS.exists():
+            sys.exit(f"No {DEMO_SECRETS}: `make run` writes it when it seeds the demo, so start "
+                     "the demo first (or pass --secret whsec_...).")
         secrets = json.loads(DEMO_SECRETS.read_text()).get("signing_secrets", {})
         if args.demo_intake not in secrets:
             sys.exit(f"No secret for intake {args.demo_intake} in {DEMO_SECRETS}")

@@ -133,3 +133,19 @@ def test_example_receiver_on_a_busy_port_says_so_in_one_line():
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert f"Port {port} on 127.0.0.1 is already in use" in done.stderr
     assert "--port" in done.stderr
+
+
+def test_the_receiver_before_any_make_run_says_what_to_do(tmp_path, monkeypatch):
+    """--demo-intake before `make run` had written var/demo-secrets.json: a traceback
+    (FileNotFoundError) instead of a line saying to start the demo first."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo_receiver",
+                                                  ROOT / "examples" / "receiver.py")
+    receiver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(receiver)
+    monkeypatch.setattr(receiver, "DEMO_SECRETS", tmp_path / "demo-secrets.json")
+    monkeypatch.setattr(sys, "argv", ["receiver.py", "--port", "9000", "--demo-intake", "x"])
+    with pytest.raises(SystemExit) as stopped:
+        receiver.main()
+    assert "make run" in str(stopped.value.code) and "--secret" in str(stopped.value.code)
