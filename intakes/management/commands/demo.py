@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from django.conf import settings
 from django.core.management import call_command
@@ -212,9 +213,9 @@ API docs: {base}/v1/docs
 
 def _kill_tree(proc: subprocess.Popen) -> None:
     """SIGKILL a child that still runs and its descendants (qcluster's sentinel and workers
-    would outlive their parent), then reap it."""
+    would outlive their parent), then reap it and wait until they are gone too."""
+    pids: list[int] = []
     if proc.poll() is None:
-        pids: list[int] = []
         with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
             pids = descendants(proc.pid) or []
         for pid in pids:
@@ -222,3 +223,14 @@ def _kill_tree(proc: subprocess.Popen) -> None:
                 os.kill(pid, signal.SIGKILL)
         proc.kill()
     proc.wait()
+    deadline = time.monotonic() + 5  # SIGKILL is delivered, not done, when os.kill returns
+    while (pids := [pid for pid in pids if _alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    """Whether pid still runs (a zombie has stopped: only its reaping is left)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
