@@ -341,7 +341,9 @@ class AuditedAdminMixin:
         return super().log_addition(request, obj, message)
 
     def log_change(self, request, obj, message):
-        self._audit(request, obj, "changed", self._changes(request, message))
+        changes = self._changes(request, message)
+        if changes != {"fields": {}}:  # Save pressed with nothing changed: no event
+            self._audit(request, obj, "changed", changes)
         return super().log_change(request, obj, message)
 
     def delete_model(self, request, obj):

@@ -334,3 +334,17 @@ def test_deleting_a_user_records_each_membership_it_took(client, cast, root):
     assert {(row.actor_user_id, row.ip) for row in rows} == {(root.pk, IP)}
     assert all(row.extra["deleted_with"].startswith("auth.user") for row in rows)
     assert AuditEvent.objects.filter(event="user.deleted").count() == 1
+
+
+def test_save_with_nothing_changed_writes_no_row(client, cast, root):
+    """Save pressed on an unchanged page (a work item's fields are all read-only) wrote an
+    empty `.changed` row: noise in the trail an auditor reads."""
+    membership = Membership.objects.get(user=cast.member_a)
+    client.force_login(root)
+    url = f"/admin/auxot/membership/{membership.pk}/change/"
+    assert client.post(url, _membership_post(membership, membership.role),
+                       REMOTE_ADDR=IP).status_code == 302
+    assert not AuditEvent.objects.filter(event="membership.changed").exists()
+    assert client.post(url, _membership_post(membership, "admin"),
+                       REMOTE_ADDR=IP).status_code == 302
+    assert AuditEvent.objects.filter(event="membership.changed").count() == 1
