@@ -112,6 +112,14 @@ class _Watcher:
                         return
                 self._wake(self._terminal_among(ids))
                 time.sleep(settings.AUXOT_LONG_POLL_RECHECK_SECONDS)
+        except BaseException:
+            # Anything but a database error (those are retried) ends this watcher; it must
+            # not stay named as running, or no waiter of this process is ever woken again.
+            logger.exception("long-poll watcher stopped; the next waiter starts another")
+            with self._lock:
+                if self._thread is threading.current_thread():
+                    self._thread = None
+            raise
         finally:
             connection.close()  # this thread's own connection
 

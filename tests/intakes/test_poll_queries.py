@@ -293,3 +293,27 @@ def test_provider_position_is_read_once_per_cache_period(api, intake_a, member_t
     assert body["waiting_on"]["ahead"] == 2
     assert body["diagnosis"] == ("Provider 'p' is at its concurrency limit (1); 2 items wait "
                                  "ahead of this one.")
+
+
+def test_a_watcher_that_dies_is_replaced_by_the_next_waiter(monkeypatch, settings, caplog):
+    """Only a DatabaseError was caught: any other error ended the watcher thread while it
+    stayed named as running, so no waiter of the process was ever woken again (each waited
+    out its whole ?wait=)."""
+    import uuid
+
+    settings.AUXOT_LONG_POLL_RECHECK_SECONDS = 0.05
+    watcher = longpoll._Watcher()
+    work_id = uuid.uuid4()
+    calls = []
+
+    def terminal_among(ids):
+        calls.append(list(ids))
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return [work_id]
+
+    monkeypatch.setattr(watcher, "_terminal_among", terminal_among)
+    assert watcher.wait(work_id, 0.3) is True  # its watcher died: it waited the 0.3 s out
+    assert len(calls) == 1 and "long-poll watcher stopped" in caplog.text
+    assert watcher.wait(work_id, 30) is True  # a new watcher wakes it
+    assert len(calls) == 2
