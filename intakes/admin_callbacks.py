@@ -7,14 +7,19 @@ is handed to the engine's WorkItemAdmin by `intakes.admin.engine_admin_extend`, 
 `workflows` never imports `intakes`.
 """
 
+import functools
+import operator
 import uuid
+from urllib.parse import urlencode
 
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.db.models import OuterRef, Q, Subquery
 from django.http import HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from auxot.admin_base import (
@@ -25,13 +30,16 @@ from auxot.admin_base import (
     ShownOnce,
     has_role,
     org_action,
+    org_ids_with,
 )
 from auxot.http import client_ip
 from auxot.outbound import RefusedDestination, url_check, url_redact
 from auxot.timefmt import shown as time_shown
 from intakes.callbacks import (
+    ORG_MARK,
     callback_delivery_redeliver,
     callback_test_send,
+    endpoint_circuit_close,
     endpoint_key,
     endpoint_label,
     intake_callback_enable,
@@ -83,28 +91,167 @@ class CallbackAttemptInline(ReadOnlyInlineMixin, ScopedInlineMixin, admin.Tabula
     readonly_fields = fields
 
 
+def _when(value) -> str:
+    return f"{value:%Y-%m-%d %H:%M:%S UTC}" if value else "-"
+
+
+State = CallbackDelivery.State
+
+
+def delivery_next_step(delivery: CallbackDelivery, *, now=None) -> str:
+    """What happens next to a delivery and why it waits, in one sentence: in flight (since
+    when), backing off (until when, after what), paused behind its endpoint's open circuit,
+    due but waiting for a sender (its endpoint at the per-host cap, or no dispatcher), or
+    settled (delivered; gave up, and why). Reads the endpoint's breaker and, for a due one,
+    its in-flight count: for one delivery's page, not a list."""
+    now = now or timezone.now()
+    state, attempts = delivery.state, delivery.attempts
+    if state == State.DELIVERED:
+        return (f"Delivered {_when(delivery.delivered_at)} on attempt {attempts}. Nothing more "
+                "is sent (“Redeliver now” sends it again, same webhook-id).")
+    if state in (State.FAILED, State.DISABLED):
+        return (f"Gave up after {attempts} attempt(s): {delivery.last_error or 'no reason kept'}"
+                ". Nothing more is sent unless an admin uses “Redeliver now” (one new attempt "
+                "at once, same webhook-id, then the retry schedule anew).")
+    if state == State.DELIVERING:
+        started = CallbackAttempt.objects.filter(delivery=delivery, number=attempts).values_list(
+            "started_at", flat=True).first()
+        return (f"Attempt {attempts} in flight since {_when(started)}. If its sender stopped, "
+                f"its lease ends {_when(delivery.next_attempt_at)} and the delivery is due "
+                "again (same webhook-id).")
+    endpoint = CallbackEndpoint.objects.filter(key=delivery.endpoint,
+                                               open_until__isnull=False).first() \
+        if delivery.endpoint else None
+    if endpoint is not None:
+        return (f"Waiting for its endpoint: failing since {_when(endpoint.failing_since)} "
+                f"({endpoint.consecutive_failures} failed attempts in a row), paused until "
+                f"{_when(endpoint.open_until)}, then one probe attempt at a time. This "
+                "delivery's attempt count does not move while it waits. “Close the endpoint's "
+                "circuit” retries now.")
+    due = delivery.next_attempt_at
+    if due is not None and due > now:
+        if not attempts:
+            return f"First attempt at {_when(due)}."
+        return (f"Backing off: attempt {attempts + 1} at {_when(due)}, after attempt "
+                f"{attempts} failed ({delivery.last_error or 'no reason kept'}).")
+    cap = settings.AUXOT_CALLBACK_PER_HOST_CONCURRENCY
+    in_flight = CallbackDelivery.objects.filter(endpoint=delivery.endpoint,
+                                                state=State.DELIVERING).count() \
+        if delivery.endpoint else 0
+    if in_flight >= cap:
+        return (f"Due since {_when(due)}, waiting for a sender: {in_flight} attempts to its "
+                f"endpoint are in flight (each dispatcher sends at most {cap} at a time to "
+                "one endpoint while others wait).")
+    return (f"Due since {_when(due)}, waiting for a dispatcher to take it (within a second "
+            "when one runs; if it stays due, check that qcluster or manage.py callbacks is "
+            "running).")
+
+
+class EndpointFilter(admin.SimpleListFilter):
+    """Deliveries by receiver endpoint (scheme://host:port): the endpoints of this user's
+    organizations that failed (from the small breaker table, never a DISTINCT over the
+    deliveries), the open ones first, and whichever endpoint a row's link chose."""
+
+    title = "endpoint"
+    parameter_name = "endpoint_key"  # not a field's name: no lookup on the column itself
+    OPEN = "open"
+
+    def lookups(self, request, model_admin):
+        rows = CallbackEndpoint.objects.filter(consecutive_failures__gt=0)
+        if not request.user.is_superuser:
+            orgs = org_ids_with(request, model_admin.view_roles)
+            if not orgs:
+                return [(self.OPEN, "Circuit open (paused)")]
+            rows = rows.filter(functools.reduce(operator.or_, (
+                Q(key__endswith=f"{ORG_MARK}{int(org)})") for org in orgs)))
+        choices = [(self.OPEN, "Circuit open (paused)")]
+        keys = set()
+        for key, open_until in rows.order_by("open_until", "key").values_list(
+                "key", "open_until")[:50]:
+            keys.add(key)
+            choices.append((key, f"{endpoint_label(key)}"
+                                 + (" (circuit open)" if open_until else " (failing)")))
+        chosen = self.value()
+        if chosen and chosen != self.OPEN and chosen not in keys:
+            choices.append((chosen, endpoint_label(chosen)))
+        return choices
+
+    def queryset(self, request, queryset):
+        chosen = self.value()
+        if not chosen:
+            return queryset
+        if chosen == self.OPEN:
+            return queryset.filter(endpoint__in=CallbackEndpoint.objects.filter(
+                open_until__isnull=False).values("key"))
+        return queryset.filter(endpoint=chosen)
+
+
 @admin.register(CallbackDelivery)
 class CallbackDeliveryAdmin(OrgScopedAdmin):
-    """The delivery log: every role of the org views it; admins redeliver."""
+    """The delivery log: every role of the org views it; admins redeliver and close an
+    endpoint's circuit."""
 
-    list_display = ["webhook_id", "intake", "work_item_link", "state", "attempts", "last_status",
-                    "next_attempt_at", "created_at"]
-    list_filter = ["state", "intake"]
+    list_display = ["webhook_id", "intake", "work_item_link", "endpoint_link", "state",
+                    "attempts", "last_status", "next_attempt", "created_at"]
+    list_filter = ["state", EndpointFilter, "intake", ("created_at", admin.DateFieldListFilter)]
     search_fields = ["webhook_id", "work_item__id", "intake__name"]
+    search_help_text = ("A webhook-id (msg_…) or a work id is looked up at once; anything else "
+                        "is a substring of those or of the intake's name.")
     list_select_related = ["intake"]
     inlines = [CallbackAttemptInline]
-    actions = ["redeliver_now"]
+    actions = ["redeliver_now", "close_endpoint_circuit"]
     org_path = "intake__org"
     add_roles = change_roles = frozenset()
     admin_adds = False  # made by the product only
     fields = ["webhook_id", "intake", "work_item_link", "display_url", "endpoint_status",
-              "uses_intake_default", "state", "attempts", "last_status", "last_error",
-              "next_attempt_at", "delivered_at", "created_at"]
+              "uses_intake_default", "state", "next_step", "attempts", "last_status",
+              "last_error", "next_attempt_at", "delivered_at", "created_at"]
     readonly_fields = fields
+
+    def get_queryset(self, request):
+        # The list says "paused" for a delivery behind an open circuit: one subquery per
+        # row shown, on the breaker table's primary key.
+        return super().get_queryset(request).annotate(paused_until=Subquery(
+            CallbackEndpoint.objects.filter(key=OuterRef("endpoint"), open_until__isnull=False)
+            .values("open_until")[:1]))
+
+    def get_search_results(self, request, queryset, search_term):
+        """A webhook-id or a work id pasted in is one read of a unique index; the substring
+        search reads every delivery in reach."""
+        term = search_term.strip()
+        exact = queryset.filter(webhook_id=term) if term.startswith("msg_") else None
+        if exact is None and (work_id := _uuid_or_none(term)) is not None:
+            exact = queryset.filter(work_item_id=work_id)
+        if exact is not None and exact.exists():
+            return exact, False
+        return super().get_search_results(request, queryset, search_term)
 
     @admin.display(description="endpoint")
     def endpoint_status(self, obj: CallbackDelivery) -> str:
         return endpoint_health(obj.endpoint) or "Healthy"
+
+    @admin.display(description="endpoint", ordering="endpoint")
+    def endpoint_link(self, obj: CallbackDelivery) -> str:
+        if not obj.endpoint:
+            return "-"
+        url = reverse("admin:intakes_callbackdelivery_changelist") + "?" + urlencode(
+            {EndpointFilter.parameter_name: obj.endpoint})
+        return format_html('<a href="{}">{}</a>', url, endpoint_label(obj.endpoint))
+
+    @admin.display(description="next attempt", ordering="next_attempt_at")
+    def next_attempt(self, obj: CallbackDelivery) -> str:
+        if obj.state == State.DELIVERING:
+            return "in flight"
+        if obj.state != State.PENDING:
+            return "-"
+        paused = getattr(obj, "paused_until", None)
+        if paused is not None:
+            return f"paused until {_when(paused)} (endpoint failing)"
+        return _when(obj.next_attempt_at)
+
+    @admin.display(description="next step")
+    def next_step(self, obj: CallbackDelivery) -> str:
+        return delivery_next_step(obj)
 
     @admin.display(description="work item")
     def work_item_link(self, obj: CallbackDelivery) -> str:
@@ -124,6 +271,22 @@ class CallbackDeliveryAdmin(OrgScopedAdmin):
         self.message_user(request, f"{done} delivery(ies) queued for a new attempt."
                           + (f" {skipped} skipped: an attempt is in flight." if skipped else ""))
 
+    @org_action(roles=MANAGERS,
+                description="Close the endpoint's circuit (its waiting deliveries go now)")
+    def close_endpoint_circuit(self, request, queryset):
+        ip = client_ip(request)
+        endpoints = {}
+        for delivery in queryset.select_related("intake__org").order_by():
+            endpoints.setdefault(delivery.endpoint, delivery.intake.org)
+        closed = [endpoint_label(key) for key, org in endpoints.items()
+                  if endpoint_circuit_close(key=key, org=org, actor=request.user, ip=ip)]
+        if closed:
+            self.message_user(request, f"Circuit closed for {', '.join(sorted(closed))}: its "
+                              "waiting deliveries go out now; one more failure opens it again.",
+                              messages.SUCCESS)
+        else:
+            self.message_user(request, "No selected delivery's endpoint had an open circuit.",
+                              messages.INFO)
 
 
 class WorkItemCallbackInline(ReadOnlyInlineMixin, ScopedInlineMixin, admin.StackedInline):

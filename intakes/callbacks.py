@@ -426,6 +426,34 @@ def callback_delivery_redeliver(*, delivery: CallbackDelivery, actor=None,
     return bool(changed)
 
 
+def endpoint_circuit_close(*, key: str, org: Organization, actor=None,
+                           ip: str | None = None) -> bool:
+    """An admin says the endpoint is back: its open breaker closes at once, so the
+    deliveries waiting for it are claimed on the dispatcher's next look instead of after the
+    pause and a probe. The failure count stays: if the receiver is still down, its next
+    failure opens the breaker again (nothing is burnt beyond one attempt per claimed
+    delivery). Only `org`'s own endpoint keys; audited. False when it was not open."""
+    if not key or endpoint_org(key) != str(org.pk):
+        return False
+    now = timezone.now()
+    with transaction.atomic():
+        endpoint = CallbackEndpoint.objects.select_for_update().filter(
+            key=key, open_until__isnull=False).first()
+        if endpoint is None:
+            return False
+        CallbackEndpoint.objects.filter(pk=key).update(open_until=None, probe_until=None,
+                                                       updated_at=now)
+        audit_record(event="callback.endpoint_closed", org=org, actor_user=actor, obj=endpoint,
+                     now=now, ip=ip, extra={
+                         "endpoint": endpoint_label(key),
+                         "failing_since": endpoint.failing_since.isoformat()
+                         if endpoint.failing_since else None,
+                         "consecutive_failures": endpoint.consecutive_failures})
+        if not delivery_by_tasks():  # with tasks, the tick enqueues what came due
+            callback_delivery_announce(delivery_id=None)
+    return True
+
+
 # --- Sending ------------------------------------------------------------------------------
 
 @dataclass

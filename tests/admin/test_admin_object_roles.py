@@ -31,7 +31,7 @@ from auxot.admin_base import ACTORS, ADMIN, AUDITOR, EVERYONE, MANAGERS, MEMBER
 from auxot.models import AuditEvent, Membership, Organization
 from auxot.services import audit_record
 from intakes.callbacks import callback_delivery_create
-from intakes.models import CallbackDelivery, Intake
+from intakes.models import CallbackDelivery, CallbackEndpoint, Intake
 from intakes.secrets import secret_decrypt
 from intakes.services import intake_create
 from tests.conftest import make_workflow
@@ -146,6 +146,19 @@ def _build_delivery(world, org):
     item.refresh_from_db()
     return (CallbackDelivery.objects.filter(work_item=item).first()
             or callback_delivery_create(work_item=item))
+
+
+def _build_paused_delivery(world, org):
+    """A delivery whose endpoint's circuit is open (the breaker row of its own org)."""
+    delivery = _build_delivery(world, org)
+    CallbackEndpoint.objects.update_or_create(key=delivery.endpoint, defaults={
+        "consecutive_failures": 20, "failing_since": "2026-01-01T00:00:00Z",
+        "open_until": "2099-01-01T00:00:00Z"})
+    return delivery
+
+
+def _endpoint_open_until(target):
+    return CallbackEndpoint.objects.get(key=target.endpoint).open_until
 
 
 def _build_parked(world, org):
@@ -271,6 +284,10 @@ CASES: dict[tuple[str, str], Case] = {
         MANAGERS, _build_delivery,
         action("/admin/intakes/callbackdelivery/", "redeliver_now"),
         _audit_count("callback.redelivered"), changed, event="callback.redelivered"),
+    ("intakes.CallbackDelivery", "close_endpoint_circuit"): Case(
+        MANAGERS, _build_paused_delivery,
+        action("/admin/intakes/callbackdelivery/", "close_endpoint_circuit"),
+        _endpoint_open_until, changed, event="callback.endpoint_closed"),
     ("apikeys.ApiKey", "revoke_selected"): Case(
         ACTORS, _build_key, action("/admin/apikeys/apikey/", "revoke_selected"),
         lambda t: ApiKey.objects.get(pk=t.pk).revoked_at, changed, event="apikey.revoked"),

@@ -1,0 +1,236 @@
+"""The delivery log from the operator's chair: why each delivery waits (every state), the
+list's endpoint and next-attempt columns, its filters and exact-id search, and closing an
+endpoint's open circuit (audited, its own organization's endpoint only)."""
+
+from datetime import timedelta
+from urllib.parse import urlencode
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from auxot.models import AuditEvent
+from intakes.callbacks import (
+    callback_delivery_create,
+    endpoint_circuit_close,
+    endpoint_key,
+    endpoint_outcome,
+    endpoints_paused,
+)
+from intakes.models import CallbackAttempt, CallbackDelivery, CallbackEndpoint
+from tests.callback_helpers import finished_item
+
+pytestmark = pytest.mark.django_db
+DELIVERIES = "/admin/intakes/callbackdelivery/"
+State = CallbackDelivery.State
+
+
+def _delivery(intake, **fields) -> CallbackDelivery:
+    delivery = callback_delivery_create(work_item=finished_item(intake))
+    if fields:
+        CallbackDelivery.objects.filter(pk=delivery.pk).update(**fields)
+        delivery.refresh_from_db()
+    return delivery
+
+
+def _open(key: str, *, until=None) -> CallbackEndpoint:
+    now = timezone.now()
+    endpoint, _ = CallbackEndpoint.objects.update_or_create(key=key, defaults={
+        "consecutive_failures": 20, "failing_since": now - timedelta(minutes=3),
+        "open_until": until or now + timedelta(minutes=5), "opened_count": 1})
+    return endpoint
+
+
+# One row per situation a delivery can be in: how to put it there, and what its page says.
+def _delivered(intake):
+    return _delivery(intake, state=State.DELIVERED, attempts=2, last_status=200,
+                     delivered_at=timezone.now(), next_attempt_at=None)
+
+
+def _gave_up(intake):
+    return _delivery(intake, state=State.FAILED, attempts=8, last_status=500,
+                     last_error="HTTP 500; no attempts left", next_attempt_at=None)
+
+
+def _disabled(intake):
+    return _delivery(intake, state=State.DISABLED, attempts=1, last_status=410,
+                     last_error="the receiver answered 410 Gone", next_attempt_at=None)
+
+
+def _in_flight(intake):
+    now = timezone.now()
+    delivery = _delivery(intake, state=State.DELIVERING, attempts=3,
+                         next_attempt_at=now + timedelta(seconds=35), lease_token="t" * 32)
+    CallbackAttempt.objects.create(delivery=delivery, number=3, started_at=now, url="-")
+    return delivery
+
+
+def _first_later(intake):
+    return _delivery(intake, attempts=0, next_attempt_at=timezone.now() + timedelta(hours=1))
+
+
+def _backing_off(intake):
+    return _delivery(intake, attempts=2, last_status=503, last_error="HTTP 503",
+                     next_attempt_at=timezone.now() + timedelta(minutes=5))
+
+
+def _behind_open_circuit(intake):
+    delivery = _delivery(intake, attempts=2, last_error="timed out after 5 s",
+                         next_attempt_at=timezone.now() - timedelta(seconds=1))
+    _open(delivery.endpoint)
+    return delivery
+
+
+def _at_the_host_cap(intake, settings=None):
+    delivery = _delivery(intake, attempts=0, next_attempt_at=timezone.now() - timedelta(seconds=9))
+    for _ in range(4):  # AUXOT_CALLBACK_PER_HOST_CONCURRENCY's default
+        _delivery(intake, state=State.DELIVERING, attempts=1,
+                  next_attempt_at=timezone.now() + timedelta(seconds=30))
+    return delivery
+
+
+def _due_no_sender(intake):
+    return _delivery(intake, attempts=0, next_attempt_at=timezone.now() - timedelta(minutes=2))
+
+
+SITUATIONS = {
+    "delivered": (_delivered, ["Delivered", "on attempt 2"]),
+    "gave up": (_gave_up, ["Gave up after 8 attempt(s)", "HTTP 500; no attempts left",
+                           "Redeliver now"]),
+    "disabled": (_disabled, ["Gave up after 1 attempt(s)", "410 Gone"]),
+    "in flight": (_in_flight, ["Attempt 3 in flight since", "lease ends"]),
+    "first attempt later": (_first_later, ["First attempt at"]),
+    "backing off": (_backing_off, ["Backing off: attempt 3 at", "after attempt 2 failed",
+                                   "HTTP 503"]),
+    "circuit open": (_behind_open_circuit, ["Waiting for its endpoint: failing since",
+                                            "20 failed attempts in a row", "paused until"]),
+    "host cap": (_at_the_host_cap, ["waiting for a sender: 4 attempts to its endpoint are in "
+                                    "flight", "at most 4"]),
+    "due, no sender": (_due_no_sender, ["waiting for a dispatcher", "qcluster"]),
+}
+
+
+def test_every_state_has_a_situation():
+    """A new delivery state must say on its page why it waits (or that it is settled)."""
+    covered = {"delivered": State.DELIVERED, "gave up": State.FAILED, "disabled":
+               State.DISABLED, "in flight": State.DELIVERING, "backing off": State.PENDING}
+    assert set(covered.values()) == set(State)
+    assert set(covered) <= set(SITUATIONS)
+
+
+@pytest.mark.parametrize("situation", list(SITUATIONS))
+def test_a_deliverys_page_says_what_happens_next_and_why(client, cast, cb_intake, situation):
+    build, phrases = SITUATIONS[situation]
+    delivery = build(cb_intake)
+    client.force_login(cast.auditor_a)  # read-only viewers see it too
+    page = client.get(f"{DELIVERIES}{delivery.pk}/change/")
+    assert page.status_code == 200
+    html = page.content.decode().replace("&#x27;", "'")
+    for phrase in phrases:
+        assert phrase in html, (situation, phrase)
+    assert "token=s3" not in html  # the URL's token is never shown
+
+
+def test_the_list_shows_the_endpoint_and_what_the_next_attempt_waits_for(client, cast,
+                                                                         cb_intake):
+    paused = _behind_open_circuit(cb_intake)
+    flying = _in_flight(cb_intake)
+    client.force_login(cast.member_a)
+    response = client.get(DELIVERIES)
+    html = response.content.decode()
+    rows = {row.pk: row for row in response.context["cl"].result_list}
+    assert rows[paused.pk].paused_until is not None
+    assert "(endpoint failing)" in html and "in flight" in html
+    # The lease's end is no "next attempt": the list never shows it as one.
+    lease_end = f"{flying.next_attempt_at:%Y-%m-%d %H:%M:%S UTC}"
+    assert lease_end not in html
+    # The endpoint column links to the endpoint's deliveries; the host shows, nothing else.
+    assert "?" + urlencode({"endpoint_key": paused.endpoint}) in html
+    assert "token=s3" not in html
+
+
+def test_filters_by_endpoint_open_circuit_and_date(client, cast, cb_intake, receiver):
+    paused = _behind_open_circuit(cb_intake)
+    other_url = receiver.url_for("/other").replace("localhost", "127.0.0.1")
+    elsewhere = callback_delivery_create(work_item=finished_item(
+        cb_intake, callback_url=other_url))
+    assert elsewhere.endpoint != paused.endpoint
+    old = _delivery(cb_intake, created_at=timezone.now() - timedelta(days=40))
+    client.force_login(cast.auditor_a)
+
+    def shown(query: str) -> set:
+        response = client.get(DELIVERIES + query)
+        assert response.status_code == 200, query
+        return {row.pk for row in response.context["cl"].result_list}
+
+    assert shown("?endpoint_key=open") == {paused.pk, old.pk}  # the intake's endpoint
+    assert elsewhere.pk in shown(f"?endpoint_key={elsewhere.endpoint}")
+    assert paused.pk not in shown(f"?endpoint_key={elsewhere.endpoint}")
+    week_ago = (timezone.now() - timedelta(days=7)).date().isoformat()
+    recent = shown(f"?created_at__gte={week_ago}")
+    assert old.pk not in recent and {paused.pk, elsewhere.pk} <= recent
+    assert shown("?state=pending") >= {paused.pk} and old.pk in shown("?state__exact=pending")
+    # The endpoint filter offers this org's failing endpoints, never another org's.
+    _open(endpoint_key("https://b-only.example", cast.org_b.pk))
+    page = client.get(DELIVERIES).content.decode()
+    assert "b-only.example" not in page
+
+
+def test_search_by_webhook_id_or_work_id_is_an_exact_indexed_read(client, cast, cb_intake):
+    one, two = _delivery(cb_intake), _delivery(cb_intake)
+    client.force_login(cast.auditor_a)
+    for term, expected in ((one.webhook_id, one), (str(two.work_item_id), two)):
+        with CaptureQueriesContext(connection) as queries:
+            response = client.get(DELIVERIES, {"q": term})
+        assert [row.pk for row in response.context["cl"].result_list] == [expected.pk]
+        assert not any("LIKE" in q["sql"].upper() for q in queries.captured_queries
+                       if "callbackdelivery" in q["sql"]), term
+    # A part of an id still finds it (the substring search).
+    response = client.get(DELIVERIES, {"q": one.webhook_id[4:16]})
+    assert [row.pk for row in response.context["cl"].result_list] == [one.pk]
+
+
+def test_closing_an_open_circuit_sends_the_waiting_deliveries_now(client, cast, cb_intake):
+    delivery = _behind_open_circuit(cb_intake)
+    key = delivery.endpoint
+    assert key in endpoints_paused(now=timezone.now())[0]
+    client.force_login(cast.admin_a)
+    response = client.post(DELIVERIES, {"action": "close_endpoint_circuit",
+                                         "_selected_action": [str(delivery.pk)]}, follow=True)
+    assert "Circuit closed for" in response.content.decode()
+    endpoint = CallbackEndpoint.objects.get(key=key)
+    assert endpoint.open_until is None and key not in endpoints_paused(now=timezone.now())[0]
+    [row] = AuditEvent.objects.filter(event="callback.endpoint_closed")
+    assert row.org == cast.org_a and row.actor_user == cast.admin_a
+    assert row.extra["consecutive_failures"] == 20 and "token=s3" not in str(row.extra)
+    # The count is kept: one more failure opens it again (no twenty attempts burnt first).
+    endpoint_outcome(key=key, ok=False, error="HTTP 503")
+    assert CallbackEndpoint.objects.get(key=key).open_until is not None
+    # Nothing open: nothing closed, nothing audited.
+    endpoint_circuit_close(key=key, org=cast.org_a)  # open again: closes
+    assert not endpoint_circuit_close(key=key, org=cast.org_a)
+    assert AuditEvent.objects.filter(event="callback.endpoint_closed").count() == 2
+
+
+def test_an_endpoint_of_another_org_is_never_closed_by_this_one(cast):
+    key = endpoint_key("https://hooks.example", cast.org_b.pk)
+    _open(key)
+    assert not endpoint_circuit_close(key=key, org=cast.org_a)
+    assert CallbackEndpoint.objects.get(key=key).open_until is not None
+
+
+@pytest.mark.parametrize("role", ["auditor_a", "member_a"])
+def test_viewers_cannot_close_a_circuit_or_redeliver(client, cast, cb_intake, role):
+    delivery = _behind_open_circuit(cb_intake)
+    before = delivery.attempts, delivery.schedule_base
+    client.force_login(getattr(cast, role))
+    page = client.get(DELIVERIES).content.decode()
+    assert "close_endpoint_circuit" not in page and "redeliver_now" not in page
+    for name in ("close_endpoint_circuit", "redeliver_now"):
+        client.post(DELIVERIES, {"action": name, "_selected_action": [str(delivery.pk)]})
+    assert CallbackEndpoint.objects.get(key=delivery.endpoint).open_until is not None
+    delivery.refresh_from_db()
+    assert (delivery.attempts, delivery.schedule_base) == before
+    assert not AuditEvent.objects.filter(event__startswith="callback.").exists()
+    assert client.post(f"{DELIVERIES}{delivery.pk}/change/", {}).status_code == 403
