@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
-from django.db.models import OuterRef, Q, Subquery
+from django.db.models import Q
 from django.http import HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -208,12 +208,23 @@ class CallbackDeliveryAdmin(OrgScopedAdmin):
               "last_error", "next_attempt_at", "delivered_at", "created_at"]
     readonly_fields = fields
 
-    def get_queryset(self, request):
-        # The list says "paused" for a delivery behind an open circuit: one subquery per
-        # row shown, on the breaker table's primary key.
-        return super().get_queryset(request).annotate(paused_until=Subquery(
-            CallbackEndpoint.objects.filter(key=OuterRef("endpoint"), open_until__isnull=False)
-            .values("open_until")[:1]))
+    def get_changelist(self, request, **kwargs):
+        base = super().get_changelist(request, **kwargs)
+
+        class DeliveryChangeList(base):
+            def get_results(self, request):
+                """The list says "paused" for a delivery behind an open circuit: one read
+                of the breaker table for the page's endpoints (a subquery per row would
+                run for every delivery in reach before the sort)."""
+                super().get_results(request)
+                keys = {row.endpoint for row in self.result_list if row.endpoint}
+                paused = dict(CallbackEndpoint.objects.filter(
+                    key__in=keys, open_until__isnull=False).values_list("key", "open_until")
+                ) if keys else {}
+                for row in self.result_list:
+                    row.paused_until = paused.get(row.endpoint)
+
+        return DeliveryChangeList
 
     def get_search_results(self, request, queryset, search_term):
         """A webhook-id or a work id pasted in is one read of a unique index; the substring

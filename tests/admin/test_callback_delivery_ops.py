@@ -234,3 +234,19 @@ def test_viewers_cannot_close_a_circuit_or_redeliver(client, cast, cb_intake, ro
     assert (delivery.attempts, delivery.schedule_base) == before
     assert not AuditEvent.objects.filter(event__startswith="callback.").exists()
     assert client.post(f"{DELIVERIES}{delivery.pk}/change/", {}).status_code == 403
+
+
+def test_the_list_costs_the_same_queries_for_one_row_or_many(client, cast, cb_intake):
+    """The "paused" column reads the breaker table once per page, not once per row."""
+    _behind_open_circuit(cb_intake)
+    client.force_login(cast.auditor_a)
+
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert client.get(DELIVERIES).status_code == 200
+        return len(captured.captured_queries)
+
+    few = queries()
+    for _ in range(4):
+        _backing_off(cb_intake)
+    assert queries() == few
