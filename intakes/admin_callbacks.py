@@ -279,8 +279,12 @@ class CallbackDeliveryAdmin(OrgScopedAdmin):
         done = sum(callback_delivery_redeliver(delivery=d, actor=request.user, ip=ip)
                    for d in queryset.select_related("intake__org"))
         skipped = queryset.count() - done
+        paused = queryset.filter(state=State.PENDING, endpoint__in=CallbackEndpoint.objects.filter(
+            open_until__isnull=False).values("key")).count()
         self.message_user(request, f"{done} delivery(ies) queued for a new attempt."
-                          + (f" {skipped} skipped: an attempt is in flight." if skipped else ""))
+                          + (f" {skipped} skipped: an attempt is in flight." if skipped else "")
+                          + (f" {paused} wait behind their endpoint's open circuit (“Close the "
+                             "endpoint's circuit” sends them now)." if paused else ""))
 
     @org_action(roles=MANAGERS,
                 description="Close the endpoint's circuit (its waiting deliveries go now)")
@@ -309,9 +313,13 @@ class WorkItemCallbackInline(ReadOnlyInlineMixin, ScopedInlineMixin, admin.Stack
     extra = 0
     can_delete = False
     verbose_name = verbose_name_plural = "callback delivery"
-    fields = ["delivery", "state", "attempts", "last_status", "last_error", "next_attempt_at",
+    fields = ["delivery", "state", "next_step", "attempts", "last_status", "last_error",
               "attempt_log"]
     readonly_fields = fields
+
+    @admin.display(description="next step")
+    def next_step(self, obj: CallbackDelivery) -> str:
+        return delivery_next_step(obj)
 
     @admin.display(description="webhook-id")
     def delivery(self, obj: CallbackDelivery) -> str:

@@ -250,3 +250,25 @@ def test_the_list_costs_the_same_queries_for_one_row_or_many(client, cast, cb_in
     for _ in range(4):
         _backing_off(cb_intake)
     assert queries() == few
+
+
+def test_a_work_items_page_says_what_its_callback_waits_for(client, cast, cb_intake):
+    """The work item's page shows its delivery's next step, never a lease's end as the
+    next attempt."""
+    flying = _in_flight(cb_intake)
+    client.force_login(cast.auditor_a)
+    html = client.get(f"/admin/workflows/workitem/{flying.work_item_id}/change/").content.decode()
+    assert "Attempt 3 in flight since" in html
+
+
+def test_redelivering_behind_an_open_circuit_says_it_waits(client, cast, cb_intake):
+    delivery = _gave_up(cb_intake)
+    _open(delivery.endpoint)
+    client.force_login(cast.admin_a)
+    response = client.post(DELIVERIES, {"action": "redeliver_now",
+                                         "_selected_action": [str(delivery.pk)]}, follow=True)
+    html = response.content.decode().replace("&#x27;", "'")
+    assert "1 delivery(ies) queued" in html
+    assert "1 wait behind their endpoint's open circuit" in html
+    delivery.refresh_from_db()
+    assert delivery.state == State.PENDING and delivery.webhook_id.startswith("msg_")
