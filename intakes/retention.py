@@ -130,12 +130,26 @@ def _delete(org, intake, items, days: int, *, now, batch) -> Iterator[int]:
     due = items.filter(finished_at__lt=cutoff).exclude(replays__isnull=False)
     for ids in _batches(due, batch, again=True):
         with transaction.atomic():
+            ids = _still_due(ids)
             _accepted_keep(ids)
             # Only the ids: the deletion needs no item's payload (no delete signal reads one).
             count = (WorkItem.objects.filter(pk__in=ids).only("pk").delete()[1]
                      .get(WorkItem._meta.label, 0))
             _audit("work_items.deleted", org, intake, count, days, now)
         yield count
+
+
+def _still_due(ids) -> list:
+    """The batch's items locked (by id: the order a bulk replay locks them in, so neither
+    waits on the other in a circle), less those a replay took forward since the batch was
+    read. A replay locks its original before it commits, so once these rows are held no
+    replay of them can begin, and one that committed first is seen here: the item stays
+    (its replay protects it) instead of failing the whole batch."""
+    locked = list(WorkItem.objects.select_for_update(of=("self",)).filter(pk__in=ids)
+                  .order_by("pk").values_list("pk", flat=True))
+    replayed = set(WorkItem.objects.filter(replay_of_id__in=locked)
+                   .values_list("replay_of_id", flat=True))
+    return [pk for pk in locked if pk not in replayed]
 
 
 def _accepted_keep(ids) -> None:

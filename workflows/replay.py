@@ -167,8 +167,15 @@ def work_item_replay(*, item: WorkItem, start_over: bool = False, user=None, key
         # Serialized on the original's row (its alone: a lock on the workflow would hold
         # every trigger of it), then asked again: two replays at once, by two callers or two
         # clicks, make one new item and one 409.
-        item = (WorkItem.objects.select_for_update(of=("self",))
-                .select_related("workflow", "intake").get(pk=item.pk))
+        locked = (WorkItem.objects.select_for_update(of=("self",))
+                  .select_related("workflow", "intake").filter(pk=item.pk).first())
+        if locked is None:
+            # Retention deleted it (past its intake's delete age) while this replay waited
+            # for its row: a 409 that says so, not a 500.
+            raise NotReplayable("deleted", (
+                "This work item was deleted by the retention policy while it was being "
+                "replayed; trigger the intake again."))
+        item = locked
         if why := replay_refusal_why(item):
             raise NotReplayable(*why)
         new = _replay_create(item=item, plan=plan, start_over=start_over, key=key, ip=ip,

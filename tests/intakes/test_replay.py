@@ -511,3 +511,30 @@ def test_replays_count_against_the_rate_limit(cast, api, member_token, fake_serv
     assert refused.status_code == 429
     assert refused.json()["code"] == "rate_limited"
     assert WorkItem.objects.filter(replay_of=original).count() == 1
+
+
+def test_a_replay_of_an_item_retention_deletes_meanwhile_is_a_409_not_a_500(
+        cast, api, member_token, fake_server, monkeypatch):
+    """Retention may delete a failed item between the replay's first look and the lock on
+    its row (the replay prepares its plan in between): the replay finds no row to lock and
+    says why, and nothing is created or counted."""
+    import workflows.replay as replay_module
+
+    intake, original = _failed_at_two(api, cast, fake_server, member_token)
+    real_plan = replay_module.replay_plan
+
+    def plan_then_retention_deletes(**kwargs):
+        plan = real_plan(**kwargs)
+        WorkItem.objects.filter(pk=original.pk).delete()
+        return plan
+
+    monkeypatch.setattr(replay_module, "replay_plan", plan_then_retention_deletes)
+    events = AuditEvent.objects.filter(event="work_item.replayed").count()
+    response = _replay(api, intake, original.pk, member_token)
+    assert response.status_code == 409, response.content
+    problem = response.json()
+    assert problem["code"] == "not_replayable"
+    assert "deleted by the retention policy" in problem["detail"]
+    # (the simulated deletion ran in the replay's own transaction, so it rolled back too)
+    assert not WorkItem.objects.filter(replay_of_id=original.pk).exists()
+    assert AuditEvent.objects.filter(event="work_item.replayed").count() == events

@@ -486,3 +486,61 @@ def test_api_replay_with_the_workflow_deactivated_is_404_as_documented(
     intake.workflow.active = False
     intake.workflow.save()
     assert _replay(api, intake, original.pk, member_token).status_code == 404
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks")
+def test_a_replay_waiting_on_a_row_retention_deletes_is_refused_as_deleted(
+        cast, fake_server, member_token, monkeypatch):
+    """Retention holds a batch's rows while it deletes them; a replay of one of them waits
+    for that lock and, once the deletion commits, finds no row: 409 `deleted`, not a 500 and
+    not a replay pointing at a deleted item."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+    from rest_framework.test import APIClient
+
+    from intakes import retention
+    from intakes.services import intake_update
+    from workflows.replay import NotReplayable
+
+    api = APIClient()
+    intake = _three_calls(cast, fake_server)
+    fake_server.script = [Reply(200), Reply(500)]
+    item = _run(trigger(api, intake.pk, member_token, body={"n": 1}).json()["work_id"])
+    WorkItem.objects.filter(pk=item.pk).update(finished_at=timezone.now() - timedelta(days=9))
+    intake_update(intake=intake, changes={"item_retention_days": 1})
+    real, outcome, threads = retention._still_due, {}, []
+
+    def replay():
+        try:
+            work_item_replay(item=WorkItem.objects.get(pk=item.pk), user=cast.admin_a)
+            outcome["replay"] = "replayed"
+        except NotReplayable as exc:
+            outcome["replay"] = exc.reason
+        finally:
+            connection.close()
+
+    def locked_then_a_replay_arrives(ids):
+        kept = real(ids)  # the batch's rows are locked from here to its commit
+        threads.append(threading.Thread(target=replay))
+        threads[0].start()
+        waiting = False
+        for _ in range(200):  # until the replay waits for the lock (at most 10 s)
+            with connection.cursor() as cursor:  # (a transaction sees one snapshot of it)
+                cursor.execute("SELECT pg_stat_clear_snapshot()")
+                cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid <> "
+                               "pg_backend_pid() AND wait_event_type = 'Lock'")
+                if cursor.fetchone()[0]:
+                    waiting = True
+                    break
+            threading.Event().wait(0.05)
+        outcome["waited"] = waiting
+        return kept
+
+    monkeypatch.setattr(retention, "_still_due", locked_then_a_replay_arrives)
+    report = retention.retention_run()
+    threads[0].join(30)
+    assert outcome == {"waited": True, "replay": "deleted"}
+    assert report.deleted == 1 and report.failed == []
+    assert not WorkItem.objects.filter(pk=item.pk).exists()

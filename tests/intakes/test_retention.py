@@ -428,3 +428,29 @@ def test_deletion_reads_no_payload_of_the_items_it_deletes(plain):
              if q["sql"].startswith('SELECT "workflows_workitem"."id"')]
     assert reads and not any('"workflows_workitem"."input"' in sql for sql in reads)
     assert not WorkItem.objects.exists()
+
+
+def test_a_replay_that_commits_after_the_batch_was_read_keeps_its_item_and_the_rest_go(
+        plain, other_org_intake, monkeypatch):
+    """A batch's ids are read before its transaction; a replay committed in between made the
+    deletion hit the replay's protection, and the whole scope failed. The batch locks its
+    items and leaves out the ones taken forward meanwhile: they go after their replay."""
+    import intakes.retention as retention
+
+    intake_update(intake=plain, changes={"item_retention_days": 1})
+    original, other = _aged(plain, 5, status="failed"), _aged(plain, 4)
+    real_batches, replays = retention._batches, []
+
+    def replayed_meanwhile(queryset, batch, **kwargs):
+        for ids in real_batches(queryset, batch, **kwargs):
+            if original.pk in ids and not replays:
+                replays.append(_aged(plain, 0, status="running",
+                                     replay_of=original))
+            yield ids
+
+    monkeypatch.setattr(retention, "_batches", replayed_meanwhile)
+    report = retention_run()
+    assert report.failed == [] and report.deleted == 1
+    assert WorkItem.objects.filter(pk=original.pk).exists()
+    assert not WorkItem.objects.filter(pk=other.pk).exists()
+    assert WorkItem.objects.filter(replay_of=original).count() == 1
