@@ -36,6 +36,7 @@ from django.db import transaction
 from django.db.models import Model, QuerySet
 from django.db.models.constants import LOOKUP_SEP
 from django.http import Http404, HttpRequest
+from django.utils.crypto import salted_hmac
 
 from auxot import crypto
 from auxot.http import client_ip
@@ -390,6 +391,27 @@ def audit_every_admin(site: admin.AdminSite) -> None:
             site._registry[model] = audited(model, site)
 
 
+EDIT_VERSION = "_auxot_version"  # the change form's hidden field (admin/change_form.html)
+EDIT_VERSION_CONTEXT = "auxot_edit_version"
+
+
+def _field_values(obj: Model, fields) -> dict[str, object]:
+    """The stored values of `obj`'s model fields that a form edits (a many-to-many field
+    as its sorted ids)."""
+    values = {}
+    for name in fields:
+        try:
+            field = obj._meta.get_field(name)
+        except FieldDoesNotExist:
+            continue  # a form-only field (a secret typed once, a confirmation)
+        if field.many_to_many:
+            values[name] = sorted(str(pk) for pk in getattr(obj, name).values_list(
+                "pk", flat=True))
+        elif field.concrete:
+            values[name] = field.value_from_object(obj)
+    return values
+
+
 class OrgScopedAdmin(AuditedAdminMixin, admin.ModelAdmin):
     """Base for every Auxot ModelAdmin: scope by organization, authorize by role.
 
@@ -456,12 +478,76 @@ class OrgScopedAdmin(AuditedAdminMixin, admin.ModelAdmin):
         moved on its page by an admin of both organizations, a workflow took its work history
         to the other organization's members and auditors and left its intakes pointing across
         organizations. Disabled rather than read-only, so that the form still checks the
-        object's per-organization unique names with it (a duplicate would be a 500)."""
+        object's per-organization unique names with it (a duplicate would be a 500).
+
+        A change form sent with the version of the object it was opened on is refused when
+        the object (or a row of an editable inline) was saved by someone else since."""
         form = super().get_form(request, obj, change=change, **kwargs)
         if obj is not None and "org" in form.base_fields:
             form.base_fields["org"] = copy.copy(form.base_fields["org"])
             form.base_fields["org"].disabled = True
+        opened_on = request.POST.get(EDIT_VERSION) if request.method == "POST" else None
+        if obj is not None and opened_on:
+            form = self._form_checking_version(form, request, obj, opened_on)
         return form
+
+    # --- two people editing one object -------------------------------------------------
+    def edit_version(self, request, obj, *, lock: bool = False) -> str:
+        """A keyed digest of what this page edits on `obj` as stored now: the change form's
+        fields and every editable inline's rows. Another admin's save changes it; traffic
+        (a key's last use, a delivery's state) does not, since the form does not edit it.
+        `lock`: read the object's row FOR UPDATE first (the check and the save that follows
+        it in the admin's transaction are one step for concurrent saves)."""
+        stored = type(obj)._default_manager.filter(pk=obj.pk)
+        if lock:
+            stored = stored.select_for_update(of=("self",))
+        current = stored.first()
+        if current is None:
+            return ""
+        form = self.get_form(request, current, change=True)
+        parts = [["", _field_values(current, form.base_fields)]]
+        for inline in self.get_inline_instances(request, current):
+            if not (inline.has_change_permission(request, current)
+                    or inline.has_delete_permission(request, current)):
+                continue  # read-only rows (a delivery log) change with traffic, not edits
+            formset = inline.get_formset(request, current)
+            rows = formset(instance=current, queryset=inline.get_queryset(request))
+            parts.append([formset.model._meta.label, [
+                [str(row.pk), _field_values(row, formset.form.base_fields)]
+                for row in rows.get_queryset().order_by("pk")]])
+        payload = json.dumps(parts, default=str, sort_keys=True)
+        return salted_hmac("auxot.admin.edit_version", payload, algorithm="sha256").hexdigest()
+
+    def _form_checking_version(self, form, request, obj, opened_on: str):
+        model_admin = self
+
+        class VersionChecked(form):
+            def clean(self):
+                cleaned = super().clean()
+                if model_admin.edit_version(request, obj, lock=True) != opened_on:
+                    raise ValidationError(
+                        f"Someone else saved this {obj._meta.verbose_name} after you opened "
+                        "this page, so your changes were not saved (they would have undone "
+                        "theirs). Reload the page to see what it holds now (the audit log "
+                        "says who changed what), then make your change again.", code="stale")
+                return cleaned
+
+        VersionChecked.__name__ = VersionChecked.__qualname__ = form.__name__
+        # A ModelForm subclass builds its fields from the model again: keep the form's own
+        # (the organization disabled above, the redactions).
+        VersionChecked.base_fields = form.base_fields
+        return VersionChecked
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="",
+                           obj=None):
+        if change and obj is not None and self.has_change_permission(request, obj):
+            # A form sent back with errors keeps the version it was opened on: a refresh of
+            # it here would let the next submit undo what someone saved meanwhile.
+            context[EDIT_VERSION_CONTEXT] = (
+                (request.POST.get(EDIT_VERSION) if request.method == "POST" else None)
+                or self.edit_version(request, obj))
+        return super().render_change_form(request, context, add=add, change=change,
+                                          form_url=form_url, obj=obj)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
