@@ -181,6 +181,7 @@ class WorkItemApprovalApi(PublicApi):
 
     @approval_schema(request=InputSerializer)
     def post(self, request: Request, intake_id: str, work_id: str) -> Response:
+        poll_rate_take(key=request.auth, action=True)
         intake = intake_for_key(intake_id=intake_id, key=request.auth)
         item = work_item_for_key(intake=intake, work_id=work_id)
         data = _validated(self.InputSerializer, request.data,
@@ -205,6 +206,7 @@ class WorkItemCancelApi(PublicApi):
 
     @cancel_schema(request=InputSerializer)
     def post(self, request: Request, intake_id: str, work_id: str) -> Response:
+        poll_rate_take(key=request.auth, action=True)
         intake = intake_for_key(intake_id=intake_id, key=request.auth)
         item = work_item_for_key(intake=intake, work_id=work_id)
         data = _validated(self.InputSerializer, request.data,

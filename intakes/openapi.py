@@ -487,8 +487,10 @@ def approval_schema(*, request):
         "member (auditors get 403). 409 when the item is not waiting for an approval (or was "
         "canceled or decided meanwhile: of two conflicting actions exactly one wins). Reject "
         "fails the item with code `rejected`. A body that does not match is 400 "
-        "`invalid_request` with `errors` (one `{pointer, message}` per field).",
-        request=request, statuses=(400, 401, 403, 404, 408, 409, 415, 503))
+        "`invalid_request` with `errors` (one `{pointer, message}` per field). Approvals and "
+        "cancels count with polls against the per-key and per-organization poll rate (429 "
+        "`rate_limited` with `Retry-After`).",
+        request=request, statuses=(400, 401, 403, 404, 408, 409, 415, 429, 503))
 
 
 def cancel_schema(*, request):
@@ -498,5 +500,6 @@ def cancel_schema(*, request):
         description="Ends a pending or running item as `failed` with code `canceled`; a running "
         "step's result is discarded. Body optional (no body, `{}` or `{\"reason\": ...}`). "
         "409 when the item already finished, or while an approval just recorded for it is being "
-        "applied (approve and cancel never both succeed).",
-        request=request, statuses=(400, 401, 403, 404, 408, 409, 415, 503))
+        "applied (approve and cancel never both succeed). Cancels and approvals count with polls "
+        "against the per-key and per-organization poll rate (429 `rate_limited`).",
+        request=request, statuses=(400, 401, 403, 404, 408, 409, 415, 429, 503))

@@ -1,5 +1,6 @@
 """Polls per second one API key, and one organization across its keys, may make to one web
 process (AUXOT_POLL_RATE_PER_KEY, AUXOT_POLL_RATE_PER_ORG): token buckets in memory.
+Approvals and cancels draw on the same buckets.
 
 Triggers are counted across the fleet (intakes/ratelimit.py) because each one writes; a
 poll only reads, so counting it in the database would double its cost. What a poll limit
@@ -64,8 +65,10 @@ buckets = _Buckets()
 _clock = time.monotonic  # tests move it
 
 
-def poll_rate_take(*, key) -> None:
-    """Count one poll by `key` (an ApiKey); raise 429 `rate_limited` past either limit."""
+def poll_rate_take(*, key, action: bool = False) -> None:
+    """Count one poll by `key` (an ApiKey); raise 429 `rate_limited` past either limit.
+    `action`: an approval or a cancel, counted in the same buckets (a request about one work
+    item, like a poll; a loop of them would hold the process's slots the same way)."""
     limits = {}
     if settings.AUXOT_POLL_RATE_PER_KEY > 0:
         limits[("key", key.pk)] = float(settings.AUXOT_POLL_RATE_PER_KEY)
@@ -76,6 +79,13 @@ def poll_rate_take(*, key) -> None:
     wait = buckets.take(limits, _clock())
     if wait:
         seconds = max(1, math.ceil(wait))
+        if action:
+            raise ApplicationError(
+                "Too many requests about work items a second from this key or its "
+                "organization to this server (approvals and cancels count with polls: at most "
+                f"{settings.AUXOT_POLL_RATE_PER_KEY} per key and "
+                f"{settings.AUXOT_POLL_RATE_PER_ORG} per organization); retry in {seconds} s.",
+                code="rate_limited", headers={"Retry-After": str(seconds)})
         raise ApplicationError(
             f"Too many polls a second from this key or its organization to this server "
             f"(at most {settings.AUXOT_POLL_RATE_PER_KEY} per key and "

@@ -149,3 +149,37 @@ def test_a_caller_without_a_working_key_makes_no_bucket(api, settings, clock, ca
         assert _poll(api, intake_a, token, work_id).status_code == 401
     assert api.get(f"/v1/intake/{intake_a.pk}/work/{work_id}").status_code == 401
     assert pollrate.buckets._buckets == {}
+
+
+@pytest.mark.parametrize("action, body", [("cancel", {}), ("approval", {"decision": "approve"})])
+def test_a_loop_of_cancels_or_approvals_is_limited_with_the_polls(
+        api, settings, clock, cast, intake_a, member_token, action, body,
+        django_assert_max_num_queries):
+    """Approvals and cancels were unlimited: a loop POSTing them (each a 409 once the item
+    is decided: a read of the item, its steps and a lock) held a web process's slots like a
+    loop of polls. They draw on the poll buckets, and a refused one reads no item."""
+    from auxot.models import AuditEvent
+
+    settings.AUXOT_POLL_RATE_PER_KEY, settings.AUXOT_POLL_RATE_PER_ORG = 1, 100
+    work_id = trigger(api, intake_a.pk, member_token).json()["work_id"]
+    url = f"/v1/intake/{intake_a.pk}/work/{work_id}/{action}"
+    burst = int(pollrate.BURST_SECONDS)
+    statuses = [api.post(url, body, format="json", **bearer(member_token)).status_code
+                for _ in range(burst)]
+    assert 429 not in statuses
+    decided = AuditEvent.objects.filter(event__startswith="work_item.")
+    events = decided.count()
+    with django_assert_max_num_queries(4):
+        refused = api.post(url, body, format="json", **bearer(member_token))
+    assert refused.status_code == 429
+    problem = refused.json()
+    assert problem["code"] == "rate_limited" and "approvals and cancels" in problem["detail"]
+    assert refused["Retry-After"] == "1"
+    # The same bucket as the key's polls.
+    assert _poll(api, intake_a, member_token, work_id).status_code == 429
+    # Another key of the organization is served; the refusal changed no item.
+    admin_token = apikey_issue(org=cast.org_a, label="admin key", user=cast.admin_a).token
+    assert _poll(api, intake_a, admin_token, work_id).status_code == 200
+    assert decided.count() == events
+    clock.now += 1.0
+    assert api.post(url, body, format="json", **bearer(member_token)).status_code != 429
