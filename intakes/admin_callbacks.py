@@ -496,7 +496,9 @@ class IntakeCallbacksAdminMixin:
 
     @org_action(roles=MANAGERS, description="Send test callback (signed sample body)")
     def send_test_callback(self, request, queryset):
-        results = [(intake, callback_test_send(intake=intake)) for intake in queryset]
+        ip = client_ip(request)
+        results = [(intake, callback_test_send(intake=intake, actor=request.user, ip=ip))
+                   for intake in queryset.select_related("org")]
         context = {**self.admin_site.each_context(request), "title": "Test callback",
                    "opts": self.model._meta,
                    "results": [(i, url_redact(i.callback_url) if i.callback_url else "-", r)

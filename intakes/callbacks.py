@@ -463,6 +463,9 @@ class SendResult:
     body: str = ""
     headers: dict = field(default_factory=dict)
     error: str = ""
+    # What went wrong, as a word (no text of the receiver's or a library's): `refused`,
+    # `timeout`, `connection_failed`, `request_failed`, `no_callback_url`, `no_signing_secret`.
+    error_kind: str = ""
     refused: bool = False  # the policy refused the URL: nothing sent, no retry
     unsent: bool = False  # nothing sent this time (no signing secret), retried
 
@@ -498,19 +501,19 @@ def callback_post(*, url: str, body: bytes, headers: dict[str, str],
                                timeout=timeout, body=body,
                                headers=headers, max_bytes=RESPONSE_KEEP_BYTES + MAX_URL)
     except RefusedDestination as exc:
-        return SendResult(error=f"refused: {exc}", refused=True)
+        return SendResult(error=f"refused: {exc}", error_kind="refused", refused=True)
     except requests.Timeout:
-        error = f"timed out after {timeout:g} s"
+        error, kind = f"timed out after {timeout:g} s", "timeout"
     except requests.RequestException as exc:
         if isinstance(exc, requests.ConnectionError):
-            error = f"connection failed: {_short(exc)}"
+            error, kind = f"connection failed: {_short(exc)}", "connection_failed"
         else:
-            error = f"request failed: {_short(exc)}"
+            error, kind = f"request failed: {_short(exc)}", "request_failed"
     else:
         return SendResult(status=answer.status, body=_answer_kept(answer.content, url),
                           headers=answer.headers,
                           latency_ms=int((time.monotonic() - started) * 1000))
-    return SendResult(error=_scrub(error, url)[:ERROR_KEEP_CHARS],
+    return SendResult(error=_scrub(error, url)[:ERROR_KEEP_CHARS], error_kind=kind,
                       latency_ms=int((time.monotonic() - started) * 1000))
 
 
@@ -1024,16 +1027,32 @@ SAMPLE_WORK_ITEM = {
 }
 
 
-def callback_test_send(*, intake: Intake, url: str = "") -> SendResult:
-    """POST a signed sample body to the intake's URL (or `url`), same policy; show the answer."""
+def callback_test_send(*, intake: Intake, url: str = "", actor=None,
+                       ip: str | None = None) -> SendResult:
+    """POST a signed sample body to the intake's URL (or `url`), same policy; show the answer.
+
+    Each test send is audited as `callback.test_sent` in the intake's organization: who, the
+    destination (redacted), the outcome (HTTP status, or what kind of error; never the
+    receiver's answer or an error's text), also when nothing could be sent."""
     now = timezone.now()
     target = url or intake.callback_url
+    result = _test_send(intake=intake, target=target, now=now)
+    audit_record(event="callback.test_sent", org=intake.org, actor_user=actor, obj=intake,
+                 now=now, ip=ip,
+                 extra={"name": intake.name, "url": url_redact(target) if target else None,
+                        "status": result.status, "error": result.error_kind or None,
+                        "latency_ms": result.latency_ms})
+    return result
+
+
+def _test_send(*, intake: Intake, target: str, now: datetime) -> SendResult:
     if not target:
-        return SendResult(error="The intake has no callback URL.", refused=True)
+        return SendResult(error="The intake has no callback URL.",
+                          error_kind="no_callback_url", refused=True)
     try:
         secrets = intake_signing_secrets(intake=intake, now=now)
     except ValueError as exc:
-        return SendResult(error=str(exc), refused=True)
+        return SendResult(error=str(exc), error_kind="no_signing_secret", refused=True)
     body = render_json({**SAMPLE_WORK_ITEM, "intake_id": str(intake.pk)})
     headers = signed_headers(secrets=secrets, webhook_id=f"msg_test_{uuid.uuid4().hex}",
                              body=body, now=now)

@@ -99,7 +99,7 @@ class Case:
     effect: Callable  # (target, before, after, body) -> True if it took effect / was shown
     refused_statuses: tuple = (403, 404)
     # The audit event its success writes, with the acting user and their address; None for
-    # a page that changes nothing (a list, an export, a secret shown once, a test send).
+    # a page that changes nothing (a list, an export, a secret shown once).
     event: str | None = field(kw_only=True)
 
 
@@ -275,7 +275,7 @@ CASES: dict[tuple[str, str], Case] = {
         event="intake.signing_secret_rotated"),
     ("intakes.Intake", "send_test_callback"): Case(
         MANAGERS, _build_intake_watched, action(INTAKES, "send_test_callback"),
-        _tests_sent, changed, event=None),
+        _tests_sent, changed, event="callback.test_sent"),
     ("intakes.Intake", "enable_callbacks"): Case(
         MANAGERS, _build_disabled_intake, action(INTAKES, "enable_callbacks"),
         lambda t: Intake.objects.get(pk=t.pk).callback_disabled_at, changed,

@@ -1,6 +1,8 @@
 """Callback admin: rotate (shown once), test callback, redeliver, re-enable, delivery logs."""
 
+import json
 import re
+import socket
 
 import pytest
 from standardwebhooks.webhooks import Webhook
@@ -9,6 +11,7 @@ from auxot.models import AuditEvent
 from intakes.callbacks import callback_delivery_create, callback_delivery_process
 from intakes.models import CallbackAttempt, Intake
 from intakes.secrets import secret_decrypt
+from intakes.services import intake_create
 from tests.callback_helpers import finished_item
 from workflows.models import WorkItem
 
@@ -53,6 +56,53 @@ def test_send_test_callback_obeys_the_url_policy(admin_client, cb_intake, receiv
     Intake.objects.filter(pk=cb_intake.pk).update(callback_url="http://169.254.169.254/x")
     page = _action(admin_client, "send_test_callback", cb_intake).content.decode()
     assert "refused: 169.254.169.254 is a link-local address" in page
+    assert receiver.log == []
+
+
+def _test_sent_rows(intake) -> list[AuditEvent]:
+    return list(AuditEvent.objects.filter(event="callback.test_sent", object_id=str(intake.pk)))
+
+
+def test_send_test_callback_is_audited_with_actor_destination_and_outcome(
+        admin_client, admin_user, cb_intake, receiver):
+    """One `callback.test_sent` row per send, in the intake's organization: who, from where,
+    the URL redacted as the rest of the trail shows it, the status. Never the receiver's
+    answer, the URL's token or the signing secret."""
+    receiver.expect_request("/hook").respond_with_data("receiver says hi", status=202)
+    _action(admin_client, "send_test_callback", cb_intake)
+    [row] = _test_sent_rows(cb_intake)
+    assert (row.org_id, row.actor_user_id, row.ip) == (cb_intake.org_id, admin_user.pk,
+                                                       "127.0.0.1")
+    assert row.object_type == "intakes.intake" and row.extra["name"] == cb_intake.name
+    assert row.extra["url"] == receiver.url_for("/hook?token=REDACTED")
+    assert (row.extra["status"], row.extra["error"]) == (202, None)
+    stored = json.dumps(row.extra)
+    assert "receiver says hi" not in stored and "s3" not in stored
+    assert cb_intake.signing_secret not in stored
+
+
+def test_send_test_callback_audits_each_send_and_what_kind_of_error(
+        admin_client, cast, cb_intake, receiver):
+    """A refused URL, a receiver that is not there, an intake with no URL: each send is a
+    row with the kind of error (the error's text may quote the receiver: not kept)."""
+    Intake.objects.filter(pk=cb_intake.pk).update(callback_url="http://169.254.169.254/x?k=v1")
+    _action(admin_client, "send_test_callback", cb_intake)
+    with socket.socket() as closed:  # a loopback port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    Intake.objects.filter(pk=cb_intake.pk).update(callback_url=f"http://127.0.0.1:{port}/h")
+    _action(admin_client, "send_test_callback", cb_intake)
+    bare = intake_create(org=cast.org_a, workflow=cb_intake.workflow, name="No URL")
+    admin_client.post(CHANGELIST, {"action": "send_test_callback",
+                                   "_selected_action": [str(bare.pk), str(cb_intake.pk)]})
+    outcomes = [(row.extra["url"], row.extra["status"], row.extra["error"])
+                for row in sorted(_test_sent_rows(cb_intake), key=lambda r: r.created_at)]
+    assert outcomes == [("http://169.254.169.254/x?k=REDACTED", None, "refused"),
+                        (f"http://127.0.0.1:{port}/h", None, "connection_failed"),
+                        (f"http://127.0.0.1:{port}/h", None, "connection_failed")]
+    [none] = _test_sent_rows(bare)
+    assert (none.org_id, none.extra["url"], none.extra["error"]) == (
+        cast.org_a.pk, None, "no_callback_url")
     assert receiver.log == []
 
 
