@@ -10,7 +10,7 @@ class AuxotConfig(AppConfig):
         from auxot import (
             checks,  # noqa: F401 - registers the checks
             pgtime,
-            receivers,  # noqa: F401 - audits memberships however they are deleted
+            receivers,  # noqa: F401 - audits memberships however they go, and sign-ins
         )
 
         pgtime.connect()  # PostgreSQL: timestamps parsed in C (see auxot/pgtime.py)

@@ -2,6 +2,8 @@
 
 from typing import Any
 
+from django.contrib.auth import get_user_model
+from django.db import transaction
 from django.utils import timezone
 
 from auxot.actor import acting
@@ -98,3 +100,55 @@ def membership_deletion_record(*, membership: Membership, origin: Any) -> AuditE
     return audit_deletion(
         event="membership.deleted", obj=membership, org=membership.org, origin=origin,
         extra={"user": str(membership.user), "role": membership.role})
+
+
+# --- sign-ins ------------------------------------------------------------------------------
+
+SIGNED_IN = "user.logged_in"
+SIGNED_OUT = "user.logged_out"
+SIGN_IN_FAILED = "user.login_failed"
+SIGN_IN_FORM = "sign-in form"  # the actor of a failed sign-in: nobody is signed in
+USERNAME_KEPT = 150  # characters of a tried username (Django's usernames are at most 150)
+
+
+def _sign_in_orgs(user: Any) -> list[Organization | None]:
+    """Where a user's sign-ins are logged: one row in each organization they are a member
+    of (its admins and auditors see their member's sign-ins; no other organization does),
+    or one row in none (superusers alone see it) for a user of no organization."""
+    org_ids = Membership.objects.filter(user=user).order_by("org_id").values_list(
+        "org_id", flat=True)
+    return [Organization(pk=org_id) for org_id in org_ids] or [None]
+
+
+def sign_in_record(*, event: str, user: Any, ip: str | None) -> list[AuditEvent]:
+    """Audit a sign-in or sign-out (`user.logged_in`, `user.logged_out`) of `user`: one row
+    per organization the user is a member of, or one without an organization."""
+    now = timezone.now()
+    with transaction.atomic():
+        return [audit_record(event=event, org=org, actor_user=user, obj=user, ip=ip, now=now)
+                for org in _sign_in_orgs(user)]
+
+
+def sign_in_failure_record(*, username: Any, ip: str | None) -> list[AuditEvent]:
+    """Audit a failed sign-in (`user.login_failed`). Never the password: only the username
+    is read. For an existing account (found as Django's backend finds it), one row per
+    organization it is a member of, naming the account, not what was typed; for a username
+    no account has, one row without an organization (superusers alone see it): a tenant
+    never learns which names were tried, and a password typed into the username field
+    reaches no tenant's log."""
+    tried = "" if username is None else str(username).replace("\x00", "")[:USERNAME_KEPT]
+    user_model = get_user_model()
+    user = None
+    if tried:
+        try:
+            user = user_model._default_manager.get_by_natural_key(tried)
+        except user_model.DoesNotExist:
+            user = None
+    now = timezone.now()
+    with transaction.atomic():
+        if user is None:
+            return [audit_record(event=SIGN_IN_FAILED, org=None, actor_label=SIGN_IN_FORM,
+                                 ip=ip, now=now, extra={"username": tried, "known": False})]
+        return [audit_record(event=SIGN_IN_FAILED, org=org, actor_label=SIGN_IN_FORM,
+                             obj=user, ip=ip, now=now, extra={"user": str(user)[:USERNAME_KEPT]})
+                for org in _sign_in_orgs(user)]
