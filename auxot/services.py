@@ -2,11 +2,13 @@
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
 from auxot.actor import acting
+from auxot.auditbudget import AuditBudget, budget_source
 from auxot.models import AuditEvent, Membership, Organization
 
 
@@ -109,6 +111,11 @@ SIGNED_OUT = "user.logged_out"
 SIGN_IN_FAILED = "user.login_failed"
 SIGN_IN_FORM = "sign-in form"  # the actor of a failed sign-in: nobody is signed in
 USERNAME_KEPT = 150  # characters of a tried username (Django's usernames are at most 150)
+# Anyone can fail a sign-in: the rows are budgeted like an intake's rejections (per web
+# process, per minute, per source), the rest counted into the source's next row.
+sign_in_failure_budget = AuditBudget(
+    per_minute=lambda: settings.AUXOT_REJECTION_AUDIT_PER_MINUTE,
+    per_source=lambda: settings.AUXOT_REJECTION_AUDIT_PER_SOURCE)
 
 
 def _sign_in_orgs(user: Any) -> list[Organization | None]:
@@ -136,6 +143,9 @@ def sign_in_failure_record(*, username: Any, ip: str | None) -> list[AuditEvent]
     no account has, one row without an organization (superusers alone see it): a tenant
     never learns which names were tried, and a password typed into the username field
     reaches no tenant's log."""
+    suppressed = sign_in_failure_budget.take((budget_source(ip), SIGN_IN_FAILED))
+    if suppressed is None:
+        return []  # a flood of guesses: counted, written as `suppressed` in the next row
     tried = "" if username is None else str(username).replace("\x00", "")[:USERNAME_KEPT]
     user_model = get_user_model()
     user = None
@@ -145,10 +155,13 @@ def sign_in_failure_record(*, username: Any, ip: str | None) -> list[AuditEvent]
         except user_model.DoesNotExist:
             user = None
     now = timezone.now()
+    counted = {"suppressed": suppressed} if suppressed else {}
     with transaction.atomic():
         if user is None:
             return [audit_record(event=SIGN_IN_FAILED, org=None, actor_label=SIGN_IN_FORM,
-                                 ip=ip, now=now, extra={"username": tried, "known": False})]
+                                 ip=ip, now=now,
+                                 extra={"username": tried, "known": False, **counted})]
         return [audit_record(event=SIGN_IN_FAILED, org=org, actor_label=SIGN_IN_FORM,
-                             obj=user, ip=ip, now=now, extra={"user": str(user)[:USERNAME_KEPT]})
+                             obj=user, ip=ip, now=now,
+                             extra={"user": str(user)[:USERNAME_KEPT], **counted})
                 for org in _sign_in_orgs(user)]

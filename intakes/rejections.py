@@ -11,11 +11,7 @@ flood of 401s costs no more than a few rows a minute. A failing audit write is l
 dropped: it never turns the 4xx into a 500.
 """
 
-import ipaddress
 import logging
-import threading
-import time
-from collections import Counter
 
 from django.conf import settings
 from django.db import DatabaseError, transaction
@@ -23,6 +19,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apikeys.tokens import token_parse
+from auxot.auditbudget import AuditBudget, budget_source
 from auxot.http import client_ip
 from auxot.services import audit_record
 
@@ -30,44 +27,8 @@ logger = logging.getLogger(__name__)
 
 AUDITED_STATUSES = frozenset({400, 401, 403, 404, 411, 413, 415, 422, 429})
 EVENT = "intake.rejected"
-# Sources whose suppressed count is kept until their next row: one caller with many
-# addresses must not grow it without end (past it a new source's count is not kept).
-SUPPRESSED_SOURCES_MAX = 10_000
-
-
-class _Budget:
-    """Per-process, per-minute write budget; thread-safe (gunicorn gthread workers)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._minute = -1
-        self._total = 0
-        self._per_source: Counter = Counter()
-        self._suppressed: Counter = Counter()
-
-    def take(self, source: tuple) -> int | None:
-        """The number suppressed since the last row for `source`, or None: over budget."""
-        minute = int(time.monotonic() // 60)
-        with self._lock:
-            if minute != self._minute:
-                self._minute, self._total = minute, 0
-                self._per_source.clear()
-            if (self._total >= settings.AUXOT_REJECTION_AUDIT_PER_MINUTE
-                    or self._per_source[source] >= settings.AUXOT_REJECTION_AUDIT_PER_SOURCE):
-                if source in self._suppressed or len(self._suppressed) < SUPPRESSED_SOURCES_MAX:
-                    self._suppressed[source] += 1
-                return None
-            self._total += 1
-            self._per_source[source] += 1
-            return self._suppressed.pop(source, 0)
-
-    def reset(self) -> None:
-        with self._lock:
-            self._minute = -1
-            self._suppressed.clear()
-
-
-budget = _Budget()
+budget = AuditBudget(per_minute=lambda: settings.AUXOT_REJECTION_AUDIT_PER_MINUTE,
+                     per_source=lambda: settings.AUXOT_REJECTION_AUDIT_PER_SOURCE)
 
 
 def _lookup_id(request: Request) -> str:
@@ -82,19 +43,12 @@ def _lookup_id(request: Request) -> str:
     return ""
 
 
-def _source(ip: str | None) -> str | None:
-    """Whose budget a rejection uses: the IP, or an IPv6 address's /64."""
-    if ip is None or ":" not in ip:
-        return ip
-    return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-
-
 def intake_rejection_record(*, request: Request, response: Response, intake_id: str) -> None:
     """Write one intake.rejected row (budget permitting). Never raises."""
     data = response.data if isinstance(response.data, dict) else {}
     code = str(data.get("code", "")) or str(response.status_code)
     ip = client_ip(request)
-    suppressed = budget.take((_source(ip), code))
+    suppressed = budget.take((budget_source(ip), code))
     if suppressed is None:
         return
     key = getattr(request, "auth", None)

@@ -57,13 +57,17 @@ def _poll_rate_reset():
 
 @pytest.fixture(autouse=True)
 def _rejection_budget_reset():
-    """Every test starts with a fresh intake.rejected write budget, so whether a 4xx writes
-    its audit row never depends on how many 4xx earlier tests sent in the same minute."""
+    """Every test starts with fresh intake.rejected and failed sign-in write budgets, so
+    whether a 4xx or a wrong password writes its audit row never depends on how many
+    earlier tests sent in the same minute."""
+    from auxot.services import sign_in_failure_budget
     from intakes import rejections
 
     rejections.budget.reset()
+    sign_in_failure_budget.reset()
     yield
     rejections.budget.reset()
+    sign_in_failure_budget.reset()
 
 
 @pytest.fixture

@@ -181,3 +181,33 @@ def test_no_password_reaches_any_audit_row(cast):
     for password in (PASSWORD, WRONG):
         assert password not in stored and password not in export
         assert "*****" not in stored  # not even Django's placeholder for it
+
+
+def test_a_flood_of_wrong_passwords_writes_a_few_rows_a_minute_and_counts_the_rest(
+        cast, settings, monkeypatch):
+    """Anyone can fail a sign-in: unbudgeted, a password-guessing loop wrote a row a guess
+    into the append-only log for good. Budgeted like an intake's rejections: per source
+    (an IPv6 address's /64) and in all, the rest counted into the source's next row."""
+    from auxot.services import sign_in_failure_budget
+
+    now = [600.0]
+    monkeypatch.setattr(sign_in_failure_budget, "clock", lambda: now[0])
+    settings.AUXOT_REJECTION_AUDIT_PER_SOURCE, settings.AUXOT_REJECTION_AUDIT_PER_MINUTE = 2, 6
+    _password(cast.member_a)
+    for n in range(6):
+        _sign_in("member_a" if n % 2 else UNKNOWN, WRONG)
+    assert len(_rows("user.login_failed")) == 2  # the source's two rows this minute
+    # Another host still gets rows; a neighbour in the same IPv6 /64 does not.
+    _sign_in(UNKNOWN, WRONG, REMOTE_ADDR="10.1.1.1")
+    _sign_in(UNKNOWN, WRONG, REMOTE_ADDR="2001:db8::1")
+    _sign_in(UNKNOWN, WRONG, REMOTE_ADDR="2001:db8::1")
+    _sign_in(UNKNOWN, WRONG, REMOTE_ADDR="2001:db8::2")
+    assert len(_rows("user.login_failed")) == 5
+    # Correct passwords are never budgeted away.
+    client, _ = _sign_in("member_a")
+    assert "_auth_user_id" in client.session and len(_rows("user.logged_in")) == 1
+    now[0] += 60  # the next minute: the flooding source's next row carries its count
+    _sign_in(UNKNOWN, WRONG)
+    latest = AuditEvent.objects.filter(event="user.login_failed", ip="10.9.8.7").order_by(
+        "-created_at", "-pk").first()
+    assert latest.extra["suppressed"] == 4

@@ -90,7 +90,7 @@ def test_poll_of_unknown_work_id_is_recorded(api, intake_a, member_token):
 def clock():
     """The budget's clock, held still (a test never straddles a real minute) until moved."""
     now = [600.0]
-    with mock.patch.object(rejections, "time", mock.Mock(monotonic=lambda: now[0])):
+    with mock.patch.object(rejections.budget, "clock", lambda: now[0]):
         yield now
 
 
@@ -143,9 +143,14 @@ def test_suppressed_counts_are_kept_for_a_bounded_number_of_sources(settings, cl
                                                                     monkeypatch):
     """Past the minute's budget every new source was remembered until it wrote a row again:
     a caller with many addresses grew the process's memory without end."""
-    monkeypatch.setattr(rejections, "SUPPRESSED_SOURCES_MAX", 50, raising=False)
+    from auxot import auditbudget
+
+    monkeypatch.setattr(auditbudget, "SUPPRESSED_SOURCES_MAX", 50)
     settings.AUXOT_REJECTION_AUDIT_PER_MINUTE = 1
-    budget = rejections._Budget()
+    budget = auditbudget.AuditBudget(
+        per_minute=lambda: settings.AUXOT_REJECTION_AUDIT_PER_MINUTE,
+        per_source=lambda: settings.AUXOT_REJECTION_AUDIT_PER_SOURCE,
+        clock=lambda: clock[0])
     assert budget.take(("198.51.100.1", "unauthorized")) == 0
     for n in range(1_000):
         assert budget.take((f"2001:db8:{n:x}::/64", "unauthorized")) is None
