@@ -206,24 +206,49 @@ def pk_or_none(model: type[Model], value):
         return None
 
 
+def _lookup_split(model: type[Model], lookup: str) -> tuple[list[str], list[str]]:
+    """(the field path's parts, the rest): `intake__team__id__exact` → (["intake", "team"],
+    ["exact"]) (a relation's own key is the relation), `created_at__year__gte` →
+    (["created_at"], ["year", "gte"])."""
+    parts = lookup.split(LOOKUP_SEP)
+    path: list[str] = []
+    opts = model._meta
+    for index, part in enumerate(parts):
+        try:
+            field = opts.get_field(part)
+        except FieldDoesNotExist:
+            return path, parts[index:]  # a lookup (`exact`) or a transform (`year`)
+        if path and field.primary_key:
+            return path, parts[index + 1:]  # `intake__id`: the relation itself
+        path.append(part)
+        if not field.is_relation or field.related_model is None:
+            return path, parts[index + 1:]
+        opts = field.related_model._meta
+    return path, []
+
+
 def filter_path(model: type[Model], lookup: str) -> str | None:
     """The field path a querystring lookup filters on (`intake__team__id__exact` →
     `intake__team`: a relation's own key is the relation), or None when its first part
     names no field (a `SimpleListFilter`'s parameter)."""
-    path: list[str] = []
-    opts = model._meta
-    for part in lookup.split(LOOKUP_SEP):
-        try:
-            field = opts.get_field(part)
-        except FieldDoesNotExist:
-            break  # a lookup (`exact`) or a transform (`year`)
-        if path and field.primary_key:
-            break  # `intake__id`: the relation itself
-        path.append(part)
-        if not field.is_relation or field.related_model is None:
-            break
-        opts = field.related_model._meta
-    return LOOKUP_SEP.join(path) or None
+    return LOOKUP_SEP.join(_lookup_split(model, lookup)[0]) or None
+
+
+# The lookups that list filters' links use: `state__exact`, `intake__id__exact`,
+# `created_at__gte` / `__lt`, `revoked_at__isnull`, `…__isempty`; a bare `field=` and `__in`
+# too. Anything else (a transform: `__year`, `__date`, `__iso_year`; `__regex`, `__contains`)
+# is no filter's, and a bad value of one raised only when the query ran: a 500.
+FILTER_LOOKUPS = frozenset({"exact", "in", "isnull", "isempty", "gt", "gte", "lt", "lte"})
+# The date hierarchy's links (`created_at__year=2026&created_at__month=2`), with the values
+# whose bounds Django can compute: it catches a ValueError from the first day, not the
+# OverflowError of a huge year, nor the error of the next period's bound (year 9999 + 1).
+HIERARCHY_PARTS = {"year": range(1, 9999), "month": range(1, 13), "day": range(1, 32)}
+
+
+def _hierarchy_value_ok(part: str, value) -> bool:
+    text = value[-1] if isinstance(value, list | tuple) and value else value
+    return isinstance(text, str) and text.isascii() and text.isdigit() and len(text) <= 4 \
+        and int(text) in HIERARCHY_PARTS[part]
 
 
 def _scoped_filter(model, entry):
@@ -603,12 +628,23 @@ class OrgScopedAdmin(AuditedAdminMixin, admin.ModelAdmin):
         filters, its date hierarchy and `querystring_fields`. Django also lets it filter on
         any field of the model itself (`?url__contains=`, `?extra__icontains=`,
         `?digest__startswith=`): a field shown redacted, a key's digest or a ciphertext
-        could be read back a character at a time by counting the rows each guess leaves."""
+        could be read back a character at a time by counting the rows each guess leaves.
+        And on an offered field, only the lookups its filter's links use (FILTER_LOOKUPS;
+        the date hierarchy's year, month and day, as dates): a transform's bad value
+        (`?created_at__year=99999999`) raised mid-query, a 500; now a 400."""
         if any(part in REDACTED_FIELDS for part in lookup.split(LOOKUP_SEP)):
             return False
-        path = filter_path(self.model, lookup)
-        if path is not None and path not in self.filterable_paths():
-            return False
+        parts, rest = _lookup_split(self.model, lookup)
+        path = LOOKUP_SEP.join(parts) or None
+        if path is not None:
+            if path not in self.filterable_paths():
+                return False
+            if rest and path == self.date_hierarchy and len(rest) == 1 \
+                    and rest[0] in HIERARCHY_PARTS:
+                if not _hierarchy_value_ok(rest[0], value):
+                    return False
+            elif len(rest) > 1 or (rest and rest[0] not in FILTER_LOOKUPS):
+                return False
         return super().lookup_allowed(lookup, value, request)
 
     def filterable_paths(self) -> frozenset[str]:

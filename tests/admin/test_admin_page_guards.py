@@ -231,7 +231,7 @@ def test_a_nul_in_any_admin_querystring_is_a_400(client, cast):
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("query", ["created_at__year=abc", "created_at__gte=garbage",
-                                   "created_at__year=2026&created_at__month=13"])
+                                   "date_from=2026-02-01&date_to=2026-01-01"])
 def test_the_audit_export_answers_a_bad_filter_as_its_list_does(client, cast, query):
     client.raise_request_exception = False
     client.force_login(cast.auditor_a)
@@ -240,6 +240,51 @@ def test_the_audit_export_answers_a_bad_filter_as_its_list_does(client, cast, qu
     assert exported.status_code == listed.status_code
     if listed.status_code == 302:
         assert listed["Location"] == exported["Location"] == "/admin/auxot/auditevent/?e=1"
-    else:  # a month 13 matches no row: both answer, and the export is just its header
+    elif listed.status_code == 400:  # a lookup no filter of the page uses (`__year`)
+        assert query.startswith("created_at__year")
+    else:  # an empty period matches no row: both answer, and the export is just its header
         assert listed.status_code == 200 and listed.context["cl"].result_count == 0
         assert len(b"".join(exported.streaming_content).decode("utf-8-sig").splitlines()) == 1
+
+
+# A lookup no filter of any page uses, and values no date can take: Django handed each to the
+# query, where it raised (ValueError, OverflowError, PostgreSQL's DataError for a bad regex).
+UNOFFERED_TAILS = [("year", "99999999"), ("iso_year", "0"), ("date__year", "-1"),
+                   ("year__gte", "99999999999999999999"), ("regex", "("), ("iregex", "("),
+                   ("week_day", "99999999999999999999"), ("contains", "1"), ("range", "1,2")]
+
+
+@pytest.mark.django_db
+def test_no_changelist_takes_a_lookup_its_filters_do_not_use(root):
+    """`?created_at__year=99999999` on the delivery log was a 500 (the year's bounds raised
+    mid-query), `?created_at__regex=(` one on PostgreSQL: a page's querystring takes only
+    what its filters' links use (`exact`, `in`, `isnull`, comparisons), a clear 400 else."""
+    asked = 0
+    for _model, model_admin, url in _changelists():
+        for path in model_admin.filterable_paths():
+            for tail, value in UNOFFERED_TAILS:
+                status = root.get(url, {f"{path}__{tail}": value}).status_code
+                assert status == 400, (url, path, tail, status)
+                asked += 1
+    assert asked > 100
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("query", [
+    "created_at__year=9999",  # the next year's bound is no date: a 500
+    "created_at__year=9999&created_at__month=12",
+    "created_at__year=99999999999999999999",  # OverflowError, not the ValueError Django catches
+    "created_at__year=2026&created_at__month=99999999999999999999",
+    "created_at__year=2026&created_at__month=2&created_at__day=0",
+    "created_at__year=abc",
+])
+def test_the_date_hierarchy_refuses_a_date_it_cannot_bound(root, query):
+    assert root.get(f"/admin/workflows/workitem/?{query}").status_code == 400
+
+
+@pytest.mark.django_db
+def test_the_date_hierarchy_still_narrows_by_year_month_and_day(root):
+    for query in ("created_at__year=2026", "created_at__year=2026&created_at__month=2",
+                  "created_at__year=2024&created_at__month=2&created_at__day=29"):
+        response = root.get(f"/admin/workflows/workitem/?{query}")
+        assert response.status_code == 200 and "cl" in response.context, query

@@ -276,3 +276,35 @@ def test_redelivering_behind_an_open_circuit_says_it_waits(client, cast, cb_inta
     assert "1 wait behind their endpoint's open circuit" in html
     delivery.refresh_from_db()
     assert delivery.state == State.PENDING and delivery.webhook_id.startswith("msg_")
+
+
+@pytest.mark.parametrize("query", [
+    "created_at__year=99999999", "created_at__year=0", "created_at__iso_year=-1",
+    "created_at__date__year=99999999999999999999", "created_at__year__in=99999999999999999999",
+    "created_at__regex=(", "created_at__iregex=(",
+])
+def test_the_delivery_log_refuses_a_date_lookup_its_filter_does_not_offer(client, cast,
+                                                                          cb_intake, query):
+    """The date filter's links use `created_at__gte` and `__lt`; any other lookup on the
+    column (`?created_at__year=99999999`) raised mid-query: a 500. Now a clear 400."""
+    _delivery(cb_intake)
+    client.raise_request_exception = False
+    client.force_login(cast.auditor_a)
+    assert client.get(f"{DELIVERIES}?{query}").status_code == 400
+
+
+@pytest.mark.parametrize("query", [
+    "created_at__gte=bad", "created_at__gte=99999-01-01", "created_at__lt=0000-00-00",
+    "created_at__in=bad", "intake__id__exact=not-a-uuid", "state__in=pending,nonsense",
+    "endpoint_key=" + "x" * 5000, "created_at__gte=9999-12-31&created_at__lt=0001-01-01",
+])
+def test_the_delivery_log_answers_a_bad_filter_value_without_a_500(client, cast, cb_intake,
+                                                                   query):
+    """A bad value of a lookup the page does offer: the list itself or Django's "?e=1"."""
+    _delivery(cb_intake)
+    client.raise_request_exception = False
+    client.force_login(cast.auditor_a)
+    response = client.get(f"{DELIVERIES}?{query}")
+    assert response.status_code in (200, 302), response.status_code
+    if response.status_code == 302:
+        assert response["Location"] == f"{DELIVERIES}?e=1"
