@@ -128,9 +128,9 @@ class DateRangeListFilter(admin.DateFieldListFilter):
         return [*super().expected_parameters(), self.since, self.until]
 
     def _day(self, name: str, value: str, after: int = 0):
-        try:
+        try:  # the day after 9999-12-31 is an OverflowError, not a ValueError
             day = date.fromisoformat(value) + timedelta(days=after)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise IncorrectLookupParameters(f"{name}: not a date (YYYY-MM-DD)") from None
         return timezone.make_aware(datetime.combine(day, time.min))
 

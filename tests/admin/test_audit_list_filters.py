@@ -41,9 +41,15 @@ def test_a_date_range_includes_both_days_and_reaches_the_export(viewer, cast):
         "marker-after"}
 
 
-def test_a_malformed_date_is_the_lists_error_page_not_a_500(viewer):
-    response = viewer.get(LIST, {"date_from": "last tuesday"})
-    assert response.status_code == 302 and "e=1" in response["Location"]
+@pytest.mark.parametrize("period", [{"date_from": "last tuesday"},
+                                    # the day after the last one is no date: OverflowError
+                                    {"date_to": "9999-12-31"},
+                                    {"date_from": "2026-02-30"}])
+def test_a_malformed_date_is_the_lists_error_page_not_a_500(viewer, period):
+    viewer.raise_request_exception = False
+    for url in (LIST, LIST + "export.csv"):
+        response = viewer.get(url, period)
+        assert response.status_code == 302 and "e=1" in response["Location"], url
 
 
 def _follow(client, html: str, title: str) -> str:
