@@ -42,6 +42,7 @@ from intakes.callbacks import (
     endpoint_circuit_close,
     endpoint_key,
     endpoint_label,
+    endpoint_shared,
     intake_callback_enable,
     intake_signing_secret_rotate,
 )
@@ -95,6 +96,15 @@ def _when(value) -> str:
     return f"{value:%Y-%m-%d %H:%M:%S UTC}" if value else "-"
 
 
+# A delivery made before endpoint keys were per organization: its endpoint's breaker and cap
+# are shared with other organizations' deliveries to that host, whose failures and attempts
+# in flight are theirs to see, not this page's.
+SHARED_NOTE = ("Its endpoint is shared with other organizations (this delivery was made before "
+               "endpoints were per organization): their counts are not shown and its circuit "
+               "is not closed from here; “Redeliver now” moves this delivery to this "
+               "organization's own endpoint.")
+
+
 State = CallbackDelivery.State
 
 
@@ -119,9 +129,13 @@ def delivery_next_step(delivery: CallbackDelivery, *, now=None) -> str:
         return (f"Attempt {attempts} in flight since {_when(started)}. If its sender stopped, "
                 f"its lease ends {_when(delivery.next_attempt_at)} and the delivery is due "
                 "again (same webhook-id).")
+    shared = endpoint_shared(delivery.endpoint)
     endpoint = CallbackEndpoint.objects.filter(key=delivery.endpoint,
                                                open_until__isnull=False).first() \
         if delivery.endpoint else None
+    if endpoint is not None and shared:
+        return (f"Waiting for its endpoint: paused until {_when(endpoint.open_until)}, then one "
+                f"probe attempt at a time. {SHARED_NOTE}")
     if endpoint is not None:
         return (f"Waiting for its endpoint: failing since {_when(endpoint.failing_since)} "
                 f"({endpoint.consecutive_failures} failed attempts in a row), paused until "
@@ -134,10 +148,11 @@ def delivery_next_step(delivery: CallbackDelivery, *, now=None) -> str:
             return f"First attempt at {_when(due)}."
         return (f"Backing off: attempt {attempts + 1} at {_when(due)}, after attempt "
                 f"{attempts} failed ({delivery.last_error or 'no reason kept'}).")
+    if shared:
+        return f"Due since {_when(due)}, waiting for a sender. {SHARED_NOTE}"
     cap = settings.AUXOT_CALLBACK_PER_HOST_CONCURRENCY
     in_flight = CallbackDelivery.objects.filter(endpoint=delivery.endpoint,
-                                                state=State.DELIVERING).count() \
-        if delivery.endpoint else 0
+                                                state=State.DELIVERING).count()
     if in_flight >= cap:
         return (f"Due since {_when(due)}, waiting for a sender: {in_flight} attempts to its "
                 f"endpoint are in flight (each dispatcher sends at most {cap} at a time to "
@@ -242,6 +257,8 @@ class CallbackDeliveryAdmin(OrgScopedAdmin):
 
     @admin.display(description="endpoint")
     def endpoint_status(self, obj: CallbackDelivery) -> str:
+        if endpoint_shared(obj.endpoint):
+            return "Shared with other organizations (see the next step)"
         return endpoint_health(obj.endpoint) or "Healthy"
 
     @admin.display(description="endpoint", ordering="endpoint")
@@ -296,13 +313,26 @@ class CallbackDeliveryAdmin(OrgScopedAdmin):
         endpoints = {}
         for delivery in queryset.select_related("intake__org").order_by():
             endpoints.setdefault(delivery.endpoint, delivery.intake.org)
+        # A circuit shared with other organizations (a key from before keys were per
+        # organization) stays: closing it would send their waiting deliveries too.
+        shared = sorted(endpoint_label(key) or "(no endpoint)" for key in
+                        CallbackEndpoint.objects.filter(
+                            key__in=[key for key in endpoints if endpoint_shared(key)],
+                            open_until__isnull=False).values_list("key", flat=True))
         closed = [endpoint_label(key) for key, org in endpoints.items()
                   if endpoint_circuit_close(key=key, org=org, actor=request.user, ip=ip)]
         if closed:
             self.message_user(request, f"Circuit closed for {', '.join(sorted(closed))}: its "
                               "waiting deliveries go out now; one more failure opens it again.",
                               messages.SUCCESS)
-        else:
+        if shared:
+            self.message_user(request, f"Not closed: the circuit of {', '.join(shared)} is "
+                              "shared with other organizations (deliveries made before "
+                              "endpoints were per organization) and closing it would send "
+                              "their waiting deliveries too. “Redeliver now” moves the "
+                              "selected deliveries to this organization's own endpoint.",
+                              messages.WARNING)
+        if not closed and not shared:
             self.message_user(request, "No selected delivery's endpoint had an open circuit.",
                               messages.INFO)
 

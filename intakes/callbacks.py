@@ -230,6 +230,13 @@ def endpoint_org(key: str) -> str:
     return key.partition(ORG_MARK)[2].rstrip(")")
 
 
+def endpoint_shared(key: str) -> bool:
+    """A key made before keys were per organization (scheme://host:port alone, or none before
+    0007): one breaker and one cap for every organization's deliveries of then to that host.
+    Deliveries keep it until they finish ("Redeliver now" gives one its own)."""
+    return not endpoint_org(key)
+
+
 def _delivery_fields(work_item: WorkItem, intake: Intake | None, now: datetime) -> dict | None:
     """A new delivery's fields for a finished item, or None when it has no callback."""
     url = callback_url_for(work_item, intake)
@@ -410,12 +417,20 @@ def _claim(delivery_id, now: datetime) -> tuple[CallbackDelivery, str] | None:
 
 def callback_delivery_redeliver(*, delivery: CallbackDelivery, actor=None,
                                 ip: str | None = None) -> bool:
-    """"Redeliver now": a new attempt at once (same webhook-id), then the schedule anew."""
+    """"Redeliver now": a new attempt at once (same webhook-id), then the schedule anew.
+
+    On its organization's own endpoint key: one made before keys were per organization
+    (`endpoint_shared`) is every tenant's breaker and cap for that host, and a delivery
+    brought back on it would count its failures against the other organizations'
+    deliveries there (and, without an organization, escape its own organization's cap)."""
     now = timezone.now()
+    endpoint = endpoint_key(delivery.url, delivery.intake.org_id,
+                            caller=not delivery.uses_intake_default)
     with transaction.atomic():
         changed = CallbackDelivery.objects.filter(pk=delivery.pk).exclude(
             state=State.DELIVERING).update(state=State.PENDING, next_attempt_at=now,
-                                           schedule_base=F("attempts"), enqueued_at=now)
+                                           schedule_base=F("attempts"), enqueued_at=now,
+                                           endpoint=endpoint)
         if changed:
             audit_record(event="callback.redelivered", org=delivery.intake.org, actor_user=actor,
                          obj=delivery, now=now, ip=ip,

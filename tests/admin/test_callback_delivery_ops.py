@@ -308,3 +308,101 @@ def test_the_delivery_log_answers_a_bad_filter_value_without_a_500(client, cast,
     assert response.status_code in (200, 302), response.status_code
     if response.status_code == 302:
         assert response["Location"] == f"{DELIVERIES}?e=1"
+
+
+# --- Endpoint keys made before they were per organization ------------------------------
+# Until 7bd2ea5 an endpoint's key was scheme://host:port alone (or none, before 0007), one
+# breaker and one cap for every tenant calling back to that host; deliveries made then keep
+# that key. Another organization's deliveries to the same host share it.
+
+@pytest.fixture
+def b_intake(cast, receiver):
+    from intakes.services import intake_create
+    from tests.conftest import make_workflow
+
+    workflow = make_workflow(cast.org_b, [("transform", {"expression": "{echo: input}"})],
+                             name="Echo B")
+    return intake_create(org=cast.org_b, workflow=workflow, name="B intake",
+                         created_by=cast.outsider_b, callback_url=receiver.url_for("/b-hook"))
+
+
+def _shared(delivery, key=None) -> CallbackDelivery:
+    """`delivery` on the key it would have had before keys were per organization."""
+    key = endpoint_key(delivery.url) if key is None else key
+    CallbackDelivery.objects.filter(pk=delivery.pk).update(endpoint=key)
+    delivery.refresh_from_db()
+    return delivery
+
+
+@pytest.mark.parametrize("old_key", ["host", "none"])
+def test_redeliver_moves_a_delivery_off_an_endpoint_shared_with_other_organizations(
+        client, cast, cb_intake, b_intake, receiver, settings, old_key):
+    """"Redeliver now" brought an old delivery back on its shared key: its failures counted
+    on the breaker that pauses the other organization's deliveries to that host (and a key
+    without an organization escaped the per-organization cap). It goes on its own org's."""
+    from intakes.callbacks import callback_delivery_process
+
+    settings.AUXOT_CALLBACK_BREAKER_FAILURES = 1
+    mine = _shared(_gave_up(cb_intake), key=None if old_key == "host" else "")
+    theirs = _shared(_delivery(b_intake), key=endpoint_key(mine.url) if old_key == "host"
+                     else "")
+    client.force_login(cast.admin_a)
+    response = client.post(DELIVERIES, {"action": "redeliver_now",
+                                         "_selected_action": [str(mine.pk)]}, follow=True)
+    assert "1 delivery(ies) queued" in response.content.decode()
+    mine.refresh_from_db()
+    assert mine.endpoint == endpoint_key(mine.url, cast.org_a.pk)
+    receiver.expect_request("/hook").respond_with_data("down", status=503)
+    callback_delivery_process(delivery_id=mine.pk)
+    paused = endpoints_paused(now=timezone.now())[0]
+    assert mine.endpoint in paused and theirs.endpoint not in paused  # B's still go
+
+
+def test_redeliver_keys_a_callers_url_as_callers_urls(client, cast, cb_intake, receiver):
+    mine = _delivery(cb_intake, state=State.FAILED, next_attempt_at=None,
+                     uses_intake_default=False, url=receiver.url_for("/callers/own"))
+    _shared(mine)
+    client.force_login(cast.admin_a)
+    client.post(DELIVERIES, {"action": "redeliver_now", "_selected_action": [str(mine.pk)]})
+    mine.refresh_from_db()
+    assert mine.endpoint == endpoint_key(mine.url, cast.org_a.pk, caller=True)
+
+
+def test_a_shared_endpoints_circuit_is_not_closed_by_one_organization_and_says_why(
+        client, cast, cb_intake, b_intake):
+    """Closing it would send every organization's waiting deliveries to that host: the
+    action leaves it, says why, and names what moves this organization's own."""
+    mine = _shared(_delivery(cb_intake, attempts=2))
+    _shared(_delivery(b_intake))
+    _open(mine.endpoint)
+    client.force_login(cast.admin_a)
+    response = client.post(DELIVERIES, {"action": "close_endpoint_circuit",
+                                         "_selected_action": [str(mine.pk)]}, follow=True)
+    html = response.content.decode().replace("&#x27;", "'").replace("&quot;", '"')
+    assert "shared with other organizations" in html and "Redeliver now" in html
+    assert "had an open circuit" not in html  # it had one
+    assert CallbackEndpoint.objects.get(key=mine.endpoint).open_until is not None
+    assert not AuditEvent.objects.filter(event="callback.endpoint_closed").exists()
+
+
+def test_a_shared_endpoints_counts_of_other_organizations_are_not_shown(client, cast,
+                                                                         cb_intake, b_intake):
+    """A delivery on a shared key read the shared breaker's failure count and the host's
+    in-flight attempts: the other organization's traffic to that host."""
+    mine = _shared(_delivery(cb_intake, attempts=1,
+                             next_attempt_at=timezone.now() - timedelta(seconds=5)))
+    endpoint = _open(mine.endpoint)
+    CallbackEndpoint.objects.filter(pk=endpoint.pk).update(consecutive_failures=37)
+    client.force_login(cast.auditor_a)
+    for url in (f"{DELIVERIES}{mine.pk}/change/",
+                f"/admin/workflows/workitem/{mine.work_item_id}/change/"):
+        html = client.get(url).content.decode()
+        assert "paused until" in html and "37 failed attempts" not in html, url
+        assert "shared with other organizations" in html, url
+    CallbackEndpoint.objects.filter(pk=endpoint.pk).update(open_until=None)
+    for _ in range(4):  # B's attempts in flight to the host
+        _shared(_delivery(b_intake, state=State.DELIVERING, attempts=1,
+                          next_attempt_at=timezone.now() + timedelta(seconds=30)),
+                key=mine.endpoint)
+    html = client.get(f"{DELIVERIES}{mine.pk}/change/").content.decode()
+    assert "4 attempts to its endpoint are in flight" not in html and "Due since" in html
