@@ -45,6 +45,7 @@ from intakes.callbacks import (
     endpoint_shared,
     intake_callback_enable,
     intake_signing_secret_rotate,
+    redeliver_refusal,
 )
 from intakes.models import CallbackAttempt, CallbackDelivery, CallbackEndpoint, Intake
 
@@ -296,12 +297,16 @@ class CallbackDeliveryAdmin(OrgScopedAdmin):
     @org_action(roles=MANAGERS, description="Redeliver now (new attempt, same webhook-id)")
     def redeliver_now(self, request, queryset):
         ip = client_ip(request)
+        deliveries = list(queryset.select_related("intake__org"))
+        nowhere = sum(1 for d in deliveries if redeliver_refusal(d))
         done = sum(callback_delivery_redeliver(delivery=d, actor=request.user, ip=ip)
-                   for d in queryset.select_related("intake__org"))
-        skipped = queryset.count() - done
+                   for d in deliveries)
+        skipped = len(deliveries) - done - nowhere
         paused = queryset.filter(state=State.PENDING, endpoint__in=CallbackEndpoint.objects.filter(
             open_until__isnull=False).values("key")).count()
         self.message_user(request, f"{done} delivery(ies) queued for a new attempt."
+                          + (f" {nowhere} not sent: its intake has no callback URL now (set "
+                             "one on the intake, then redeliver)." if nowhere else "")
                           + (f" {skipped} skipped: an attempt is in flight." if skipped else "")
                           + (f" {paused} wait behind their endpoint's open circuit (“Close the "
                              "endpoint's circuit” sends them now)." if paused else ""))

@@ -415,27 +415,46 @@ def _claim(delivery_id, now: datetime) -> tuple[CallbackDelivery, str] | None:
     return delivery, token
 
 
+def redeliver_refusal(delivery: CallbackDelivery) -> str:
+    """Why "Redeliver now" cannot resend `delivery` (an empty string when it can, unless an
+    attempt is in flight): one that went to its intake's URL has nowhere to go once that
+    URL was removed."""
+    if delivery.uses_intake_default and not delivery.intake.callback_url:
+        return "its intake has no callback URL now"
+    return ""
+
+
 def callback_delivery_redeliver(*, delivery: CallbackDelivery, actor=None,
                                 ip: str | None = None) -> bool:
     """"Redeliver now": a new attempt at once (same webhook-id), then the schedule anew.
+
+    To where the intake's callbacks go NOW when the delivery used the intake's URL (the
+    receiver moved, or the old one was retired: a resend to it would reach a host the admin
+    moved away from, as waiting deliveries are moved by `callback_deliveries_retarget`); a
+    caller's own URL (Auxot-Callback-Url) stays. False, changing nothing, when the intake's
+    URL was removed since (see `redeliver_refusal`) or an attempt is in flight.
 
     On its organization's own endpoint key: one made before keys were per organization
     (`endpoint_shared`) is every tenant's breaker and cap for that host, and a delivery
     brought back on it would count its failures against the other organizations'
     deliveries there (and, without an organization, escape its own organization's cap)."""
+    if redeliver_refusal(delivery):
+        return False
     now = timezone.now()
-    endpoint = endpoint_key(delivery.url, delivery.intake.org_id,
+    url = delivery.intake.callback_url if delivery.uses_intake_default else delivery.url
+    endpoint = endpoint_key(url, delivery.intake.org_id,
                             caller=not delivery.uses_intake_default)
+    extra = {"webhook_id": delivery.webhook_id, "work_item": str(delivery.work_item_id)}
+    if url != delivery.url:
+        extra["url"] = [url_redact(delivery.url), url_redact(url)]
     with transaction.atomic():
         changed = CallbackDelivery.objects.filter(pk=delivery.pk).exclude(
             state=State.DELIVERING).update(state=State.PENDING, next_attempt_at=now,
                                            schedule_base=F("attempts"), enqueued_at=now,
-                                           endpoint=endpoint)
+                                           url=url, endpoint=endpoint)
         if changed:
             audit_record(event="callback.redelivered", org=delivery.intake.org, actor_user=actor,
-                         obj=delivery, now=now, ip=ip,
-                         extra={"webhook_id": delivery.webhook_id,
-                                "work_item": str(delivery.work_item_id)})
+                         obj=delivery, now=now, ip=ip, extra=extra)
             callback_delivery_announce(delivery_id=delivery.pk)
     delivery.refresh_from_db()
     return bool(changed)

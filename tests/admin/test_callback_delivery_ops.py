@@ -13,6 +13,7 @@ from django.utils import timezone
 from auxot.models import AuditEvent
 from intakes.callbacks import (
     callback_delivery_create,
+    callback_delivery_process,
     endpoint_circuit_close,
     endpoint_key,
     endpoint_outcome,
@@ -340,7 +341,6 @@ def test_redeliver_moves_a_delivery_off_an_endpoint_shared_with_other_organizati
     """"Redeliver now" brought an old delivery back on its shared key: its failures counted
     on the breaker that pauses the other organization's deliveries to that host (and a key
     without an organization escaped the per-organization cap). It goes on its own org's."""
-    from intakes.callbacks import callback_delivery_process
 
     settings.AUXOT_CALLBACK_BREAKER_FAILURES = 1
     mine = _shared(_gave_up(cb_intake), key=None if old_key == "host" else "")
@@ -424,3 +424,63 @@ def test_a_search_of_thousands_of_words_is_refused_not_planned(client, cast, cb_
     # A search of a few words is searched as before.
     response = client.get(DELIVERIES, {"q": f"{one.webhook_id[4:12]} {one.webhook_id[12:20]}"})
     assert [row.pk for row in response.context["cl"].result_list] == [one.pk]
+
+
+def test_redeliver_goes_where_the_intakes_callbacks_go_now(client, cast, cb_intake, receiver):
+    """The receiver moved and the admin changed the intake's URL; the receiver's owner asks
+    for a resend of a delivery that went to the old one. It went to the old URL (a host the
+    admin moved away from); it goes to the new one, same webhook-id, the move audited."""
+    from intakes.services import intake_update
+
+    receiver.expect_request("/moved").respond_with_data("ok")
+    delivered = _delivered(cb_intake)
+    old_url = delivered.url
+    intake_update(intake=cb_intake, changes={"callback_url": receiver.url_for("/moved?k=n3w")})
+    delivered.refresh_from_db()
+    assert delivered.url == old_url  # delivered: not moved by the URL change
+    client.force_login(cast.admin_a)
+    response = client.post(DELIVERIES, {"action": "redeliver_now",
+                                         "_selected_action": [str(delivered.pk)]}, follow=True)
+    assert "1 delivery(ies) queued" in response.content.decode()
+    assert callback_delivery_process(delivery_id=delivered.pk) == "delivered"
+    delivered.refresh_from_db()
+    assert delivered.url == receiver.url_for("/moved?k=n3w")
+    assert delivered.endpoint == endpoint_key(delivered.url, cast.org_a.pk)
+    [sent] = [request for request, _ in receiver.log]
+    assert sent.path == "/moved" and sent.headers["webhook-id"] == delivered.webhook_id
+    row = AuditEvent.objects.get(event="callback.redelivered")
+    assert row.extra["url"] == [old_url.replace("token=s3", "token=REDACTED"),
+                                receiver.url_for("/moved?k=REDACTED")]
+    assert "s3" not in str(row.extra) and "n3w" not in str(row.extra)
+
+
+def test_redeliver_keeps_a_callers_own_url_when_the_intakes_changed(client, cast, cb_intake,
+                                                                    receiver):
+    from intakes.services import intake_update
+
+    own = receiver.url_for("/callers/own")
+    mine = _delivery(cb_intake, state=State.FAILED, next_attempt_at=None,
+                     uses_intake_default=False, url=own)
+    intake_update(intake=cb_intake, changes={"callback_url": receiver.url_for("/moved")})
+    client.force_login(cast.admin_a)
+    client.post(DELIVERIES, {"action": "redeliver_now", "_selected_action": [str(mine.pk)]})
+    mine.refresh_from_db()
+    assert (mine.url, mine.state) == (own, State.PENDING)
+
+
+def test_redeliver_with_the_intakes_url_removed_sends_nothing_and_says_why(client, cast,
+                                                                          cb_intake):
+    from intakes.services import intake_update
+
+    gone = _gave_up(cb_intake)
+    intake_update(intake=cb_intake, changes={"callback_url": ""})
+    client.force_login(cast.admin_a)
+    response = client.post(DELIVERIES, {"action": "redeliver_now",
+                                         "_selected_action": [str(gone.pk)]}, follow=True)
+    page = response.content.decode()
+    assert "0 delivery(ies) queued" in page and "has no callback URL now" in page
+    assert "in flight" not in page
+    before = gone.url
+    gone.refresh_from_db()
+    assert (gone.state, gone.url) == (State.FAILED, before)
+    assert not AuditEvent.objects.filter(event="callback.redelivered").exists()
