@@ -25,7 +25,7 @@ from collections.abc import Callable, Collection
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
-from django.contrib.admin.utils import get_fields_from_path
+from django.contrib.admin.utils import NotRelationField, get_fields_from_path
 from django.core.exceptions import (
     BadRequest,
     FieldDoesNotExist,
@@ -250,6 +250,38 @@ def _hierarchy_value_ok(part: str, value) -> bool:
     text = value[-1] if isinstance(value, list | tuple) and value else value
     return isinstance(text, str) and text.isascii() and text.isdigit() and len(text) <= 4 \
         and int(text) in HIERARCHY_PARTS[part]
+
+
+INTEGER_TYPES = frozenset({"AutoField", "BigAutoField", "SmallAutoField", "IntegerField",
+                           "BigIntegerField", "SmallIntegerField", "PositiveIntegerField",
+                           "PositiveBigIntegerField", "PositiveSmallIntegerField"})
+INTEGER_RANGE = range(-(2**63), 2**63)  # what both databases store
+
+
+def _integer_values_fit(model: type[Model], path: str, rest: list[str], value) -> bool:
+    """Whether the numbers a lookup on an integer field (or a relation to an integer key)
+    compares with fit a 64-bit integer: SQLite raised OverflowError for
+    `?team=99999999999999999999` when the list's query ran (a 500). Text that is not a
+    number is Django's to refuse (its own error page)."""
+    if rest and rest[0] in ("isnull", "isempty"):
+        return True
+    try:
+        field = get_fields_from_path(model, path)[-1]
+    except (FieldDoesNotExist, NotRelationField):
+        return True
+    if field.is_relation and getattr(field, "target_field", None) is not None:
+        field = field.target_field
+    if field.get_internal_type() not in INTEGER_TYPES:
+        return True
+    texts = value if isinstance(value, list | tuple) else [value]
+    if rest and rest[0] == "in":
+        texts = [part for text in texts for part in str(text).split(",")]
+    for text in texts:
+        text = str(text).strip()
+        if text.lstrip("+-").isascii() and text.lstrip("+-").isdigit() and (
+                int(text) not in INTEGER_RANGE):
+            return False
+    return True
 
 
 def _scoped_filter(model, entry):
@@ -644,7 +676,8 @@ class OrgScopedAdmin(AuditedAdminMixin, admin.ModelAdmin):
                     and rest[0] in HIERARCHY_PARTS:
                 if not _hierarchy_value_ok(rest[0], value):
                     return False
-            elif len(rest) > 1 or (rest and rest[0] not in FILTER_LOOKUPS):
+            elif (len(rest) > 1 or (rest and rest[0] not in FILTER_LOOKUPS)
+                  or not _integer_values_fit(self.model, path, rest, value)):
                 return False
         return super().lookup_allowed(lookup, value, request)
 

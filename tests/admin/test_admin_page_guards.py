@@ -270,6 +270,34 @@ def test_no_changelist_takes_a_lookup_its_filters_do_not_use(root):
 
 
 @pytest.mark.django_db
+def test_no_changelist_passes_a_number_past_64_bits_to_the_database(root):
+    """`?team=99999999999999999999` on the intakes, work item, provider and secret lists was
+    a 500 on SQLite (OverflowError when the query ran): every offered filter on an integer
+    field or a relation to an integer key refuses it (400), for `exact`, `in` and the
+    comparisons, and still takes a number that fits."""
+    from django.contrib.admin.utils import get_fields_from_path
+
+    from auxot.admin_base import INTEGER_TYPES
+
+    asked = 0
+    for model, model_admin, url in _changelists():
+        for path in model_admin.filterable_paths():
+            field = get_fields_from_path(model, path)[-1]
+            target = getattr(field, "target_field", None) if field.is_relation else field
+            if target is None or target.get_internal_type() not in INTEGER_TYPES:
+                continue
+            for lookup, value in ((path, "99999999999999999999"),
+                                  (f"{path}__exact", "-99999999999999999999"),
+                                  (f"{path}__in", "1,99999999999999999999"),
+                                  (f"{path}__gte", "9223372036854775808")):
+                status = root.get(url, {lookup: value}).status_code
+                assert status == 400, (url, lookup, status)
+                asked += 1
+            assert root.get(url, {path: "9223372036854775807"}).status_code == 200, (url, path)
+    assert asked >= 16
+
+
+@pytest.mark.django_db
 @pytest.mark.parametrize("query", [
     "created_at__year=9999",  # the next year's bound is no date: a 500
     "created_at__year=9999&created_at__month=12",
