@@ -33,6 +33,7 @@ from auxot.admin_base import (
     org_ids_with,
 )
 from auxot.http import client_ip
+from auxot.models import Organization
 from auxot.outbound import RefusedDestination, url_check, url_redact
 from auxot.timefmt import shown as time_shown
 from intakes.callbacks import (
@@ -315,9 +316,13 @@ class CallbackDeliveryAdmin(OrgScopedAdmin):
                 description="Close the endpoint's circuit (its waiting deliveries go now)")
     def close_endpoint_circuit(self, request, queryset):
         ip = client_ip(request)
+        # The distinct (endpoint, organization) pairs only: "select all" on a large
+        # organization loaded every delivery into Python for a handful of endpoints.
+        pairs = queryset.order_by().values_list("endpoint", "intake__org_id").distinct()
+        orgs = Organization.objects.in_bulk({org_id for _, org_id in pairs})
         endpoints = {}
-        for delivery in queryset.select_related("intake__org").order_by():
-            endpoints.setdefault(delivery.endpoint, delivery.intake.org)
+        for key, org_id in pairs:
+            endpoints.setdefault(key, orgs[org_id])
         # A circuit shared with other organizations (a key from before keys were per
         # organization) stays: closing it would send their waiting deliveries too.
         shared = sorted(endpoint_label(key) or "(no endpoint)" for key in

@@ -484,3 +484,27 @@ def test_redeliver_with_the_intakes_url_removed_sends_nothing_and_says_why(clien
     gone.refresh_from_db()
     assert (gone.state, gone.url) == (State.FAILED, before)
     assert not AuditEvent.objects.filter(event="callback.redelivered").exists()
+
+
+def test_closing_circuits_for_a_select_all_reads_endpoints_not_every_delivery(cast,
+                                                                              cb_intake):
+    """"Select all" on a large organization, then "Close the endpoint's circuit": the action
+    loaded every selected delivery (its URL, errors, everything) into Python to find a few
+    endpoints. It reads the distinct endpoints of the selection."""
+    from django.contrib import admin as django_admin
+    from django.contrib.messages.storage.fallback import FallbackStorage
+    from django.test import RequestFactory
+    from django.test.utils import CaptureQueriesContext
+
+    waiting = [_behind_open_circuit(cb_intake) for _ in range(3)]
+    model_admin = django_admin.site._registry[CallbackDelivery]
+    request = RequestFactory().post(DELIVERIES, {"select_across": "1"})
+    request.user, request.session = cast.admin_a, {}
+    request._messages = FallbackStorage(request)
+    with CaptureQueriesContext(connection) as captured:
+        model_admin.close_endpoint_circuit(request, model_admin.get_queryset(request))
+    whole_rows = [q["sql"] for q in captured.captured_queries
+                  if '"intakes_callbackdelivery"."last_error"' in q["sql"]]
+    assert whole_rows == []
+    assert CallbackEndpoint.objects.get(key=waiting[0].endpoint).open_until is None
+    assert next(m.message for m in request._messages).startswith("Circuit closed for")
