@@ -1,0 +1,192 @@
+"""Credentials known by their format (auxot/secrets.py, `CREDENTIAL_FORMATS`): each format is
+found alone and inside text, named by its kind, and redacted whole; ordinary text (prose,
+UUIDs, hex digests, base64 of ordinary data, URLs, placeholders, expressions) is not.
+
+The samples are made here, at random, in each format: no credential-shaped constant is
+written in the source.
+"""
+
+import base64
+import hashlib
+import json
+import random
+import string
+import uuid
+
+import pytest
+
+from apikeys.tokens import token_generate
+from auxot.secrets import CREDENTIAL_FORMATS, credential_formats, credential_formats_redacted
+
+RNG = random.Random(20240611)
+ALNUM = string.ascii_letters + string.digits
+URLSAFE = ALNUM + "-_"
+
+
+def _chars(alphabet: str, n: int) -> str:
+    """n random characters of `alphabet`, with a digit in them if it has digits."""
+    while True:
+        text = "".join(RNG.choice(alphabet) for _ in range(n))
+        if any(c.isdigit() for c in text) or not any(c.isdigit() for c in alphabet):
+            return text
+
+
+def _b64url(value: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+
+def _private_key(label: str) -> str:
+    body = base64.b64encode(RNG.randbytes(190)).decode()
+    lines = "\n".join(body[i:i + 64] for i in range(0, len(body), 64))
+    return f"-----BEGIN {label}-----\n{lines}\n-----END {label}-----"
+
+
+SAMPLES = {
+    "Auxot API key": [token_generate("user"), token_generate("team")],
+    "GitHub token": [f"{prefix}_{_chars(ALNUM, 36)}" for prefix in ("ghp", "gho", "ghs",
+                                                                    "ghu", "ghr")]
+    + [f"github_pat_{_chars(ALNUM, 22)}_{_chars(ALNUM, 59)}"],
+    "GitLab token": [f"glpat-{_chars(URLSAFE, 20)}", f"gldt-{_chars(URLSAFE, 24)}"],
+    "OpenAI-style API key (sk-…)": [
+        f"sk-{_chars(ALNUM, 48)}", f"sk-proj-{_chars(URLSAFE, 156)}",
+        f"sk-svcacct-{_chars(URLSAFE, 120)}", f"sk-ant-api03-{_chars(URLSAFE, 93)}AA",
+        f"sk-{_chars('0123456789abcdef', 32)}"],
+    "Stripe secret key": [f"sk_live_{_chars(ALNUM, 24)}", f"rk_live_{_chars(ALNUM, 99)}",
+                          f"sk_test_{_chars(ALNUM, 24)}"],
+    "Slack token": [
+        f"xoxb-{RNG.randrange(10**11, 10**12)}-{RNG.randrange(10**12, 10**13)}-"
+        f"{_chars(ALNUM, 24)}",
+        f"xoxp-{RNG.randrange(10**11, 10**12)}-{RNG.randrange(10**11, 10**12)}-"
+        f"{RNG.randrange(10**12, 10**13)}-{_chars('0123456789abcdef', 32)}",
+        f"xapp-1-A{_chars(string.ascii_uppercase + string.digits, 10)}-"
+        f"{RNG.randrange(10**12, 10**13)}-{_chars('0123456789abcdef', 64)}"],
+    "AWS access key ID": [f"AKIA{_chars(string.ascii_uppercase + '234567', 16)}",
+                          f"ASIA{_chars(string.ascii_uppercase + '234567', 16)}"],
+    "Google API key": [f"AIza{_chars(URLSAFE, 35)}"],
+    "SendGrid API key": [f"SG.{_chars(URLSAFE, 22)}.{_chars(URLSAFE, 43)}"],
+    "npm token": [f"npm_{_chars(ALNUM, 36)}"],
+    "PyPI token": [f"pypi-AgEIcHlwaS5vcmc{_chars(URLSAFE, 70)}"],
+    "Hugging Face token": [f"hf_{_chars(string.ascii_letters, 34)}"],
+    "JSON Web Token": [
+        f"{_b64url({'alg': 'HS256', 'typ': 'JWT'})}.{_b64url({'sub': '1234567890'})}."
+        f"{_chars(URLSAFE, 43)}",
+        f"{_b64url({'alg': 'RS256', 'kid': 'k1'})}.{_b64url({'iss': 'a', 'exp': 1})}."
+        f"{_chars(URLSAFE, 342)}"],
+    "private key": [_private_key(label) for label in (
+        "RSA PRIVATE KEY", "PRIVATE KEY", "EC PRIVATE KEY", "OPENSSH PRIVATE KEY",
+        "ENCRYPTED PRIVATE KEY", "PGP PRIVATE KEY BLOCK")],
+}
+CASES = [(kind, value) for kind, values in SAMPLES.items() for value in values]
+# How a credential sits in what an admin types: alone, in a sentence, quoted in an
+# expression, in JSON, after a scheme word, in a URL's query, at the end of a sentence.
+SETTINGS = ["{}", "Call the API with {} and report back.", "'Bearer {}'", '{{"k": "{}"}}',
+            "Authorization: Bearer {}\n", "https://api.example.com/v1?key={}&x=1", "Use {}."]
+
+
+def test_every_format_has_samples():
+    assert {kind for kind, _, _ in CREDENTIAL_FORMATS} == set(SAMPLES)
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+@pytest.mark.parametrize(("kind", "value"), CASES, ids=[f"{k}-{i}" for i, (k, _) in
+                                                        enumerate(CASES)])
+def test_a_credential_is_found_by_its_format_and_redacted(kind, value, setting):
+    text = setting.format(value)
+    assert credential_formats(text) == [kind]
+    shown = credential_formats_redacted(text)
+    assert "REDACTED" in shown
+    # No piece of it is left: not the value, nor any 8 characters of its random part.
+    tail = value[-40:]
+    assert not any(tail[i:i + 8] in shown for i in range(len(tail) - 7)), shown
+
+
+def test_redaction_keeps_the_text_around_a_credential():
+    token = SAMPLES["GitHub token"][0]
+    key = SAMPLES["Google API key"][0]
+    text = f"Summarise the ticket. Use {token} for the repo and '{key}' for maps."
+    assert credential_formats(text) == ["GitHub token", "Google API key"]
+    assert credential_formats_redacted(text) == (
+        "Summarise the ticket. Use REDACTED for the repo and 'REDACTED' for maps.")
+
+
+def test_a_private_key_is_redacted_to_its_end_line_or_the_end_of_the_text():
+    block = SAMPLES["private key"][0]
+    assert credential_formats_redacted(f"Key:\n{block}\nThanks.") == "Key:\nREDACTED\nThanks."
+    cut = block[: len(block) // 2]  # pasted without its END line: the rest of the text goes
+    assert credential_formats_redacted(f"Key:\n{cut}") == "Key:\nREDACTED"
+
+
+def test_an_auxot_key_with_a_wrong_checksum_or_cut_short_is_not_one():
+    """A mistyped key is refused by the API without a lookup: it opens nothing."""
+    key = token_generate("user")
+    wrong = key[:-1] + ("0" if key[-1] != "0" else "1")
+    assert credential_formats(wrong) == []
+    assert credential_formats(key[:-3]) == []
+    assert credential_formats(f"x{key}") == []  # inside a longer word
+
+
+def _uuids():
+    return [str(uuid.UUID(int=RNG.getrandbits(128), version=4)) for _ in range(50)]
+
+
+def _digests():
+    found = []
+    for i in range(50):
+        data = f"ordinary data {i}".encode()
+        found += [hashlib.sha1(data).hexdigest(), hashlib.sha256(data).hexdigest(),  # noqa: S324
+                  hashlib.md5(data).hexdigest(), hashlib.sha256(data).hexdigest().upper(),  # noqa: S324
+                  f"sha256:{hashlib.sha256(data).hexdigest()}"]
+    return found
+
+
+def _base64_of_ordinary_data():
+    texts = [json.dumps({"order": i, "customer": f"c-{i}", "items": [1, 2, 3]}).encode()
+             for i in range(30)]
+    texts += [f"Hello world, this is ordinary text number {i}.".encode() for i in range(30)]
+    texts += [RNG.randbytes(RNG.randrange(16, 200)) for _ in range(200)]
+    return [encode(data).decode() for data in texts
+            for encode in (base64.b64encode, base64.urlsafe_b64encode)]
+
+
+NEGATIVES = [
+    # prose, and prose about credentials
+    "Summarise the customer's ticket in two sentences and suggest a next step.",
+    "Approve refunds under 500 EUR. Ask finance about anything larger.",
+    "A risk-assessment and a task-oriented skeleton; sk-learn is a Python library.",
+    "GitHub tokens start with ghp_ and AWS access key IDs with AKIA.",
+    "xoxo-gossip-2024-edition-of-the-newsletter",
+    "ASIAPACIFICSALESTEAM", "AKIAPROJECTNAMESPACE", "The -----BEGIN PUBLIC KEY----- line.",
+    "Paste the key between the BEGIN PRIVATE KEY and END PRIVATE KEY lines.",
+    # placeholders an admin writes in instructions
+    "sk-your-api-key-here", "sk-...", "ghp_" + "x" * 36, "AKIA" + "X" * 16, "AKIA" + "0" * 16,
+    "xoxb-your-bot-token", "glpat-xxxxxxxxxxxxxxxxxxxx", "AIza" + "x" * 35,
+    "Bearer <token>", "sk_live_" + "x" * 24, "user.xxxxxxxxxxxx." + "x" * 49,
+    # public values in credential-like formats
+    "pk_live_" + _chars(ALNUM, 24), "pk_test_" + _chars(ALNUM, 24),
+    "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----",
+    "-----BEGIN PUBLIC KEY-----\nMIIB\n-----END PUBLIC KEY-----",
+    # JWT-shaped, but no JWT
+    "eyJ" + _chars(URLSAFE, 30) + ".eyJ" + _chars(URLSAFE, 30) + "." + _chars(URLSAFE, 43),
+    _b64url({"order": 1, "customer": "c-1"}),
+    # expressions, identifiers, URLs without credentials
+    "join(' ', ['Bearer', input.token])", "{order: input.order, note: 'a long constant'}",
+    "input.items[?price > `100`].sku | sort(@)", "user.profile.settings.theme",
+    "team.members[0].email", "https://api.example.com/v1/items?page=2&sort=desc",
+    "https://github.com/example/repo/blob/main/README.md", "https://hooks.example.com/x/y",
+    "https://www.googleapis.com/customsearch/v1?q=auxot",
+    # other ordinary values
+    "ops@example.com", "+1 415 555 0100", "2024-06-11T10:20:30.123456+00:00",
+    "DE89370400440532013000", "C024BE91L", "/var/lib/auxot/data/2024/06/11/export.csv",
+    "com.example.android.app", "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789",
+    *_uuids(), *_digests(), *_base64_of_ordinary_data(),
+]
+
+
+def test_ordinary_text_holds_no_credential():
+    found = {text: credential_formats(text) for text in NEGATIVES}
+    assert {text: kinds for text, kinds in found.items() if kinds} == {}
+    assert all(credential_formats_redacted(text) == text for text in NEGATIVES)
+
+
+def test_only_strings_are_read():
+    assert credential_formats(None) == [] and credential_formats(12345) == []
