@@ -36,7 +36,9 @@ from auxot.models import AuditEvent, AuditLogEntry
 from auxot.outbound import urls_redacted
 from auxot.timefmt import shown as time_shown
 from workflows.admin_replay import WorkItemReplayMixin
+from workflows.handoffs import schema_shown
 from workflows.kinds import UnknownKind, kind_get
+from workflows.kinds.typed import typed_credentials_redacted
 from workflows.models import Approval, Provider, Step, StepRun, Workflow, WorkItem
 from workflows.presenters import work_item_view
 from workflows.services import work_item_cancel, work_item_decide, work_item_run
@@ -89,17 +91,23 @@ class StepInline(ScopedInlineMixin, admin.TabularInline):
         try:
             shown = kind_get(obj.kind).config_shown(obj.config)
         except UnknownKind:
-            shown = urls_redacted(obj.config)
+            shown = typed_credentials_redacted(urls_redacted(obj.config))
         return json.dumps(shown, sort_keys=True, ensure_ascii=False)
+
+    @admin.display(description="output schema")
+    def output_schema_redacted(self, obj) -> str:
+        return json.dumps(schema_shown(obj.output_schema), sort_keys=True, ensure_ascii=False)
+
+    SHOWN = {"config": "config_redacted", "output_schema": "output_schema_redacted"}
 
     def get_fields(self, request, obj=None):
         fields = list(super().get_fields(request, obj))
         if self.has_change_permission(request, obj):
-            return [name for name in fields if name != "config_redacted"]
-        return ["config_redacted" if name == "config" else name for name in fields]
+            return [name for name in fields if name not in self.SHOWN.values()]
+        return [self.SHOWN.get(name, name) for name in fields]
 
     def get_readonly_fields(self, request, obj=None):
-        return [*super().get_readonly_fields(request, obj), "config_redacted"]
+        return [*super().get_readonly_fields(request, obj), *self.SHOWN.values()]
 
 
 class RunForm(forms.Form):
@@ -123,6 +131,21 @@ class WorkflowAdmin(ExtendedInlinesMixin, OrgScopedAdmin):
     inlines = [StepInline]
     inline_slot = workflow_inlines
     change_form_template = "admin/workflows/workflow/change_form.html"
+
+    @admin.display(description="input schema")
+    def input_schema_redacted(self, obj) -> str:
+        """The input schema, to whoever may not change the workflow: a credential typed into
+        it (before that was refused) REDACTED, as in its steps' config."""
+        return json.dumps(schema_shown(obj.input_schema), sort_keys=True, ensure_ascii=False)
+
+    def get_fields(self, request, obj=None):
+        fields = list(super().get_fields(request, obj))
+        if obj is None or self.has_change_permission(request, obj):
+            return [name for name in fields if name != "input_schema_redacted"]
+        return ["input_schema_redacted" if name == "input_schema" else name for name in fields]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [*super().get_readonly_fields(request, obj), "input_schema_redacted"]
 
     def get_urls(self):
         run = self.admin_site.admin_view(self.run_view)

@@ -6,6 +6,8 @@ from django.core.exceptions import ValidationError
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
+from workflows.kinds.typed import kinds_named, typed_credentials, typed_credentials_redacted
+
 MAX_VIOLATIONS = 50
 
 
@@ -21,6 +23,24 @@ def schema_check(schema: Any, *, field: str) -> None:
         where = _pointer(list(exc.path)) or "/"
         raise ValidationError({field: f"Not a valid JSON Schema at {where}: {exc.message}"}) \
             from None
+
+
+def schema_credentials_check(schema: Any, *, field: str) -> None:
+    """Raise ValidationError if a string of `schema` (a `const`, `default`, `examples`,
+    `enum` value, a description: anywhere) holds a credential known by its format. Checked
+    when the schema is saved, never at run: an older one is shown with it REDACTED
+    (`schema_shown`) and listed by `manage.py secrets_check`."""
+    problems = [f"{path}: {kinds_named(kinds)} typed into the JSON Schema is shown to everyone "
+                "who may view the workflow (and a `const` or `enum` value to whoever sends "
+                "input it refuses). A schema has no place for a credential: remove it."
+                for path, kinds in typed_credentials(schema, field, expressions=False).items()]
+    if problems:
+        raise ValidationError({field: problems})
+
+
+def schema_shown(schema: Any) -> Any:
+    """A schema as shown to whoever may not change the workflow: credentials REDACTED."""
+    return typed_credentials_redacted(schema, expressions=False)
 
 
 def _escape(part: Any) -> str:

@@ -8,7 +8,7 @@ from django.utils import timezone
 from auxot.models import Organization
 from auxot.outbound import RefusedDestination, url_check
 from auxot.secrets import reference_problem
-from workflows.handoffs import schema_check
+from workflows.handoffs import schema_check, schema_credentials_check
 from workflows.kinds import UnknownKind, kind_choices, kind_get
 
 
@@ -39,6 +39,7 @@ class Workflow(models.Model):
 
     def clean(self) -> None:
         schema_check(self.input_schema, field="input_schema")
+        schema_credentials_check(self.input_schema, field="input_schema")
 
 
 # Seconds of a task kept for the engine's own work around a step (claims, pure steps,
@@ -104,6 +105,7 @@ class Step(models.Model):
         if workflow is not None and workflow.org_id is not None:
             kind.validate_references(self.config, org_id=workflow.org_id)
         schema_check(self.output_schema, field="output_schema")
+        schema_credentials_check(self.output_schema, field="output_schema")
         if self.timeout_seconds is not None and self.timeout_seconds > step_timeout_max():
             raise ValidationError({"timeout_seconds": (
                 f"At most {step_timeout_max()} seconds: a worker's task is stopped at "

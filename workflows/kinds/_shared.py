@@ -55,35 +55,6 @@ def expression_check(expression: Any, what: str) -> None:
         raise ValidationError({"config": f"{what}: invalid jmespath expression: {exc}"}) from None
 
 
-def expression_literals(expression: str) -> list[tuple[str | None, Any]]:
-    """The constants a (valid) expression holds, `'text'` and each leaf of a `` `json` ``,
-    each with the name it sits under (a multi-select hash's key, a JSON object's key) or
-    None: what an admin typed into it, as opposed to what it reads from the data."""
-    found: list[tuple[str | None, Any]] = []
-
-    def leaves(value: Any, name: str | None) -> None:
-        if isinstance(value, dict):
-            for key, item in value.items():
-                leaves(item, key)
-        elif isinstance(value, list):
-            for item in value:
-                leaves(item, name)
-        else:
-            found.append((name, value))
-
-    def walk(node: dict, name: str | None) -> None:
-        if node.get("type") == "literal":
-            leaves(node.get("value"), name)
-        if node.get("type") == "key_val_pair":
-            name = node.get("value")
-        for child in node.get("children", []):
-            if isinstance(child, dict):
-                walk(child, name)
-
-    walk(jmespath.compile(expression).parsed, None)
-    return found
-
-
 # An expression runs on the worker, over a caller's input, and jmespath has no limits of its
 # own: `[@, @][]` doubles a list at each stage, `join` a string, `to_string` writes out a
 # value whose parts are shared, projections over nested shared lists visit every leaf, one

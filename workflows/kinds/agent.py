@@ -26,8 +26,7 @@ from workflows.kinds._shared import (
     send,
 )
 from workflows.kinds.base import Complete, Fail, Outcome, StepContext, StepKind, Wait
-
-TEMPLATE_FIELD = re.compile(r"\{\{\s*(.+?)\s*\}\}")
+from workflows.kinds.typed import TEMPLATE_FIELD
 
 
 def render_template(template: str, data: dict[str, Any]) -> str:
@@ -83,6 +82,13 @@ class Agent(StepKind):
             if value is not None and (isinstance(value, bool) or not isinstance(
                     value, int | float)):
                 raise ValidationError({"config": f"{name} must be a number."})
+
+    def typed_credential_advice(self, path: str) -> str:
+        if path.split(".")[0] not in ("prompt", "system"):
+            return super().typed_credential_advice(path)
+        return ("The AI provider receives it too, and an agent step cannot fill its prompt "
+                "or system text from an organization secret: remove it. The provider's own "
+                "API key belongs in the provider's API key secret (AI providers).")
 
     def execute(self, ctx: StepContext) -> Outcome:
         if failure := config_failure(self, ctx.config):

@@ -31,6 +31,12 @@ class Approval(StepKind):
                 deadline, int | float) or not 0 < deadline <= MAX_DEADLINE_SECONDS):
             raise ValidationError({"config": "deadline_seconds must be 0 < n <= 90 days."})
 
+    def typed_credential_advice(self, path: str) -> str:
+        if path.split(".")[0] != "instructions":
+            return super().typed_credential_advice(path)
+        return ("The instructions are shown to whoever decides, in the admin and in the "
+                "poll, and an approval cannot use an organization secret: remove it.")
+
     def execute(self, ctx: StepContext) -> Outcome:
         if failure := config_failure(self, ctx.config):
             return failure

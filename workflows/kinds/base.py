@@ -10,7 +10,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from django.core.exceptions import ValidationError
+
 from auxot.outbound import urls_redacted
+from workflows.kinds.typed import kinds_named, typed_credentials, typed_credentials_redacted
 
 
 class ProviderSlot(Protocol):
@@ -94,14 +97,31 @@ class StepKind(ABC):
         """Rules for what a step may store, checked when it is saved, never when it runs: a
         step saved before such a rule keeps running (a credential typed into its config
         instead of a secret reference); its page says what to change when it is next saved.
-        `config` is valid already."""
-        return None
+        `config` is valid already.
+
+        Here, for every kind: no string of the config (at any depth, an expression's
+        constants decoded) holds a credential known by its format (a GitHub or Auxot
+        token, a private key, …: auxot/secrets.py). Each is named by its path and kind,
+        never its value, with what this kind can do instead (`typed_credential_advice`).
+        A kind with rules of its own calls this too."""
+        problems = [f"{path}: {kinds_named(kinds)} typed into the step is shown to everyone "
+                    f"who may view the workflow. {self.typed_credential_advice(path)}"
+                    for path, kinds in typed_credentials(config).items()]
+        if problems:
+            raise ValidationError({"config": problems})
+
+    def typed_credential_advice(self, path: str) -> str:
+        """What to do with a credential found at `path` of the config (one sentence or
+        two): a kind that can send an organization secret says how."""
+        return ("This kind of step cannot use an organization secret: remove it (an http "
+                'step sends one with "secret_headers" or "url_secret").')
 
     def config_shown(self, config: dict) -> dict:
         """The config as shown to whoever may not change the workflow (members, auditors):
-        every URL in it redacted (a chat webhook's path is its credential). Only the form
-        that edits it holds it whole."""
-        return urls_redacted(config)
+        every URL in it redacted (a chat webhook's path is its credential), and every
+        credential `validate_stored` refuses (a step saved before it was) REDACTED. Only
+        the form that edits it holds it whole."""
+        return typed_credentials_redacted(urls_redacted(config))
 
     @abstractmethod
     def execute(self, ctx: StepContext) -> Outcome: ...

@@ -33,7 +33,6 @@ from workflows.kinds._shared import (
     config_failure,
     expression_check,
     expression_error,
-    expression_literals,
     expression_search,
     response_text,
     retry,
@@ -43,6 +42,7 @@ from workflows.kinds._shared import (
     send,
 )
 from workflows.kinds.base import Complete, Fail, Outcome, StepContext, StepKind
+from workflows.kinds.typed import expression_literals
 
 METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE"}
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$")  # an RFC 9110 token
@@ -176,6 +176,21 @@ class Http(StepKind):
                     "view the workflow, and this one holds more than the words before the "
                     "secret (a word with a digit, or over 32 characters). Put the whole "
                     "credential in the organization secret.")})
+        super().validate_stored(config)
+
+    def typed_credential_advice(self, path: str) -> str:
+        root, _, rest = path.partition(".")
+        if root in ("headers", "secret_headers") and rest:
+            name = rest.split(".")[0]
+            return ("It is sent to the receiver too: create an organization secret (Secrets) "
+                    f'and send it with "secret_headers": {{"{name}": {{"secret": "<name>"}}}} '
+                    "instead.")
+        if root in URL_KEYS:
+            return ("It is sent to the receiver too: create an organization secret (Secrets) "
+                    'holding the whole URL and name it with "url_secret" instead.')
+        return ("An http step sends an organization secret only in a header "
+                '("secret_headers") or as its whole URL ("url_secret"), never in its body: '
+                "create a secret (Secrets) and send it one of those ways, or remove it.")
 
     def config_shown(self, config: dict) -> dict:
         """Also a credential header's (or the body's) expression that holds a constant that

@@ -19,6 +19,13 @@ class Transform(StepKind):
             raise ValidationError({"config": 'A transform needs {"expression": "<jmespath>"}.'})
         expression_check(config["expression"], "expression")
 
+    def typed_credential_advice(self, path: str) -> str:
+        if path.split(".")[0] != "expression":
+            return super().typed_credential_advice(path)
+        return ("A transform's result is stored with the work item, which every viewer reads, "
+                "and an expression cannot read an organization secret: remove it (an http "
+                'step sends a secret with "secret_headers").')
+
     def execute(self, ctx: StepContext) -> Outcome:
         expression = ctx.config.get("expression")
         if not isinstance(expression, str):
