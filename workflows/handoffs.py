@@ -6,6 +6,7 @@ from django.core.exceptions import ValidationError
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
+from auxot.secrets import credential_formats_redacted
 from workflows.kinds.typed import kinds_named, typed_credentials, typed_credentials_redacted
 
 MAX_VIOLATIONS = 50
@@ -69,7 +70,10 @@ def violations(instance: Any, schema: Any) -> list[dict[str, str]]:
             for name in missing:
                 found.append({"pointer": _pointer([*path, name]), "message": "is missing"})
             continue
-        found.append({"pointer": _pointer(path) or "/", "message": error.message})
+        # jsonschema quotes the schema (`const`, `enum`) and the value: a credential typed
+        # into an older schema (or sent by the caller) is not repeated.
+        found.append({"pointer": _pointer(path) or "/",
+                      "message": credential_formats_redacted(error.message)})
     found.sort(key=lambda v: v["pointer"])
     return found[:MAX_VIOLATIONS]
 

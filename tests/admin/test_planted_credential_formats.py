@@ -18,7 +18,7 @@ from django.urls import reverse
 from tests.admin.test_planted_credentials import _pages, _text
 from tests.auxot.test_credential_formats import SAMPLES
 from tests.conftest import make_workflow
-from workflows.handoffs import schema_shown
+from workflows.handoffs import schema_shown, violations
 from workflows.kinds import REGISTRY, kind_get
 from workflows.models import Step, Workflow
 
@@ -209,6 +209,18 @@ def test_a_credential_in_a_json_schema_is_refused_and_shown_redacted(path, build
     [message] = refused.value.message_dict["output_schema"]
     assert message.startswith(f"output_schema.{path}: ")
     assert not _shows(json.dumps(schema_shown(schema)), value)
+
+
+def test_a_schema_refusal_does_not_quote_a_credential_to_the_caller():
+    """jsonschema's message quotes `const` and `enum`: an older schema's credential (and a
+    caller's own) is REDACTED in the errors a refused input gets."""
+    token = FORMATS["Auxot API key"]
+    schema = {"properties": {"code": {"const": token}, "kind": {"enum": ["a", token]},
+                             "n": {"type": "integer"}}}
+    found = violations({"code": "x", "kind": "b", "n": FORMATS["GitHub token"]}, schema)
+    assert len(found) == 3
+    assert not any(_shows(json.dumps(found), value) for value in FORMATS.values())
+    assert all("REDACTED" in v["message"] for v in found)
 
 
 # --- older rows: every admin page, secrets_check, the run -----------------------------------
