@@ -5,8 +5,9 @@ Schemas, the class of test_planted_credentials.py for what names cannot catch:
 - saving is refused, naming the config path and the credential's kind, never its value,
   and saying what the step's kind can do instead;
 - a step or schema saved before the rule shows it REDACTED to members and auditors (the
-  kind's `config_shown`, every admin page); it runs as before (checked at save, never at
-  run).
+  kind's `config_shown`, every admin page);
+- it runs as before (checked at save, never at run), except an Auxot API key in an `http`
+  or `agent` step, which sends nothing and fails with `auxot_key_in_config`.
 """
 
 import json
@@ -18,9 +19,12 @@ from django.urls import reverse
 from tests.admin.test_planted_credentials import _pages, _text
 from tests.auxot.test_credential_formats import SAMPLES
 from tests.conftest import make_workflow
+from tests.fakeserver import Reply, chat
+from workflows.batch import work_item_process
 from workflows.handoffs import schema_shown, violations
 from workflows.kinds import REGISTRY, kind_get
-from workflows.models import Step, Workflow
+from workflows.models import Provider, Step, Workflow
+from workflows.services import work_item_create
 
 FORMATS = {kind: values[0] for kind, values in SAMPLES.items()}
 URL = "https://api.example.com/x"
@@ -278,3 +282,72 @@ def test_the_admin_edits_them_whole_and_saving_as_they_are_is_refused(client, ca
     assert "input_schema.properties.code.const: a Google API key" in errors
     assert "prompt: " in errors and "instructions: " in errors
     assert not any(_shows(errors, value) for _, value in planted.values())
+
+
+@pytest.mark.django_db
+def test_an_older_http_step_still_sends_a_credential_other_than_ours(cast, fake_server):
+    """Checked at save, never at run: the receiver gets what the step held."""
+    token = FORMATS["GitHub token"]
+    workflow = make_workflow(cast.org_a, [("http", {
+        "method": "POST", "url": f"{fake_server.url}/hook",
+        "body": f"{{n: input.n, note: '{token}'}}"})])
+    item = work_item_create(workflow=workflow, input={"n": 1})
+    work_item_process(work_id=item.pk, drain_seconds=0)
+    item.refresh_from_db()
+    assert item.status == "completed", item.error
+    assert fake_server.requests[0]["json"]["note"] == token
+
+
+def _agent_provider(cast, fake_server):
+    from auxot.secrets import secret_create
+
+    secret_create(org=cast.org_a, name="AI_KEY", value="provider-key-1",
+                  allowed_hosts=["127.0.0.1"])
+    Provider.objects.create(org=cast.org_a, name="p", base_url=fake_server.url + "/v1",
+                            model="m", api_key_secret="AI_KEY", timeout_seconds=5)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("kind", ["http", "agent"])
+def test_an_older_step_holding_an_auxot_key_sends_nothing(cast, fake_server, kind):
+    """Our own key (its checksum makes it certain) would give the receiver, or the AI
+    provider, this server's API as the key's owner: the step fails instead."""
+    from apikeys.services import apikey_issue
+
+    key = apikey_issue(org=cast.org_a, label="pasted", user=cast.admin_a).token
+    if kind == "agent":
+        _agent_provider(cast, fake_server)
+        config = {"provider": "p", "prompt": f"Call us with {key}: {{{{ input.text }}}}"}
+    else:
+        config = {"method": "POST", "url": f"{fake_server.url}/hook",
+                  "headers": {"Authorization": f"'Bearer {key}'"}}
+    workflow = make_workflow(cast.org_a, [(kind, config)])
+    item = work_item_create(workflow=workflow, input={"text": "t"})
+    work_item_process(work_id=item.pk, drain_seconds=0)
+    item.refresh_from_db()
+    assert item.status == "failed"
+    assert item.error["code"] == "auxot_key_in_config", item.error
+    path = "prompt" if kind == "agent" else "headers.Authorization"
+    assert item.error["message"].startswith(f"{path}: an Auxot API key")
+    assert key not in json.dumps(item.error)
+    assert fake_server.requests == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("where", ["input", "mistyped"])
+def test_an_auxot_key_not_typed_into_the_step_is_sent(cast, fake_server, where):
+    """What the caller sent is the caller's to send; a key with a wrong checksum is no key."""
+    from apikeys.services import apikey_issue
+
+    fake_server.script = [Reply(200, chat("ok"))]
+    key = apikey_issue(org=cast.org_a, label="k", user=cast.admin_a).token
+    mistyped = key[:-1] + ("0" if key[-1] != "0" else "1")
+    _agent_provider(cast, fake_server)
+    prompt = "Check {{ input.text }}" if where == "input" else f"Check {mistyped}"
+    workflow = make_workflow(cast.org_a, [("agent", {"provider": "p", "prompt": prompt})])
+    item = work_item_create(workflow=workflow, input={"text": key})
+    work_item_process(work_id=item.pk, drain_seconds=0)
+    item.refresh_from_db()
+    assert item.status == "completed", item.error
+    sent = fake_server.requests[0]["json"]["messages"][0]["content"]
+    assert sent == (f"Check {key}" if where == "input" else f"Check {mistyped}")

@@ -28,6 +28,7 @@ from auxot.outbound import RefusedDestination, outbound_request, url_redact
 from auxot.storable import text_decode, text_storable, value_check
 from auxot.timefmt import iso
 from workflows.kinds.base import Fail, Outcome, StepContext, StepKind, Wait
+from workflows.kinds.typed import AUXOT_KEY, typed_credentials
 
 SECRET_SHOWN_BELOW = 4  # a secret shorter than this is not cut from answers (it would garble)
 
@@ -278,6 +279,22 @@ def config_failure(kind: StepKind, config: dict) -> Fail | None:
         return Fail("ssrf_refused" if "ssrf_refused" in codes else "bad_config",
                     "; ".join(exc.messages))
     return None
+
+
+def auxot_key_failure(config: dict, where: str) -> Fail | None:
+    """An Auxot API key typed into a step that sends its config to another host (saved
+    before `validate_stored` refused it): the step fails with `auxot_key_in_config` and
+    sends nothing. Other credentials typed in are still sent (checked at save, never at
+    run); this one would hand whoever receives it (`where`) this server's API as the key's
+    owner, and the key may be recognised for sure (its checksum)."""
+    paths = [path for path, kinds in typed_credentials(config).items() if AUXOT_KEY in kinds]
+    if not paths:
+        return None
+    return Fail("auxot_key_in_config", (
+        f"{', '.join(paths)}: an Auxot API key is typed into the step; nothing was sent (it "
+        f"would give {where} this server's API). Revoke the key (every viewer of the "
+        "workflow could read it), remove it from the step, and send a new one, if the "
+        'receiver needs it, from an organization secret ("secret_headers").'))
 
 
 def backoff_seconds(attempt: int, retry_after: float | None = None) -> float:

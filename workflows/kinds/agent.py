@@ -14,6 +14,7 @@ from auxot.outbound import parts_redacted
 from auxot.secrets import SecretUnavailable, reference_resolve
 from auxot.storable import NotJSON, Unstorable, json_loads
 from workflows.kinds._shared import (
+    auxot_key_failure,
     config_failure,
     expression_check,
     expression_error,
@@ -91,7 +92,8 @@ class Agent(StepKind):
                 "API key belongs in the provider's API key secret (AI providers).")
 
     def execute(self, ctx: StepContext) -> Outcome:
-        if failure := config_failure(self, ctx.config):
+        if failure := config_failure(self, ctx.config) or auxot_key_failure(
+                ctx.config, "the AI provider"):
             return failure
         gate = ctx.providers
         provider = gate.find(ctx.config["provider"]) if gate is not None else None

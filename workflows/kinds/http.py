@@ -30,6 +30,7 @@ from auxot.secrets import (
 )
 from auxot.storable import NotJSON, Unstorable, json_loads, text_storable
 from workflows.kinds._shared import (
+    auxot_key_failure,
     config_failure,
     expression_check,
     expression_error,
@@ -286,7 +287,8 @@ class Http(StepKind):
                 tuple(sorted(hidden, key=len, reverse=True)))
 
     def execute(self, ctx: StepContext) -> Outcome:
-        if failure := config_failure(self, ctx.config):
+        if failure := config_failure(self, ctx.config) or auxot_key_failure(
+                ctx.config, "the receiver"):
             return failure
         built = self._request(ctx)
         if isinstance(built, Fail):

@@ -4,7 +4,8 @@ format in any string of it (auxot/secrets.py: `credential_formats`).
 
 Every step kind refuses such a credential when the step is saved (`StepKind.validate_stored`)
 and shows it REDACTED to whoever may not change the workflow (`StepKind.config_shown`); an
-older step keeps running with it (checked at save, never at run).
+older step keeps running with it (checked at save, never at run), except one holding an
+Auxot API key, which an `http` or `agent` step will not send (`auxot_key_failure`).
 """
 
 import re
@@ -17,6 +18,7 @@ from auxot.secrets import credential_formats, credential_formats_redacted
 
 # An agent's `{{ <jmespath> }}` placeholders (workflows/kinds/agent.py renders them).
 TEMPLATE_FIELD = re.compile(r"\{\{\s*(.+?)\s*\}\}")
+AUXOT_KEY = "Auxot API key"
 
 
 def expression_literals(expression: str) -> list[tuple[str | None, Any]]:
