@@ -5,15 +5,17 @@ Schemas, the class of test_planted_credentials.py for what names cannot catch:
 - saving is refused, naming the config path and the credential's kind, never its value,
   and saying what the step's kind can do instead;
 - a step or schema saved before the rule shows it REDACTED to members and auditors (the
-  kind's `config_shown`, every admin page);
+  kind's `config_shown`, every admin page) and `manage.py secrets_check` lists it;
 - it runs as before (checked at save, never at run), except an Auxot API key in an `http`
   or `agent` step, which sends nothing and fails with `auxot_key_in_config`.
 """
 
+import io
 import json
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.core.management import call_command
 from django.urls import reverse
 
 from tests.admin.test_planted_credentials import _pages, _text
@@ -282,6 +284,21 @@ def test_the_admin_edits_them_whole_and_saving_as_they_are_is_refused(client, ca
     assert "input_schema.properties.code.const: a Google API key" in errors
     assert "prompt: " in errors and "instructions: " in errors
     assert not any(_shows(errors, value) for _, value in planted.values())
+
+
+@pytest.mark.django_db
+def test_secrets_check_lists_each_without_its_value(older):
+    workflow, planted = older
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.raises(SystemExit) as exited:
+        call_command("secrets_check", stdout=out, stderr=err)
+    assert exited.value.code == 1
+    text = out.getvalue()
+    for (position, path), (credential, _) in planted.items():
+        where = f"workflow {workflow.slug}" + (f"  step {position} " if position else "  ")
+        assert any(where in line and f"{path}: " in line and credential in line
+                   for line in text.splitlines()), (position, path, text)
+    assert not any(_shows(text + err.getvalue(), value) for _, value in planted.values())
 
 
 @pytest.mark.django_db

@@ -1,5 +1,7 @@
 """`manage.py secrets_check`: every step and provider secret reference that would not resolve,
-and every credential typed into a step or a provider's base URL instead of a secret.
+and every credential typed into a step, a JSON Schema or a provider's base URL instead of a
+secret (by its name in an `http` step's headers, or by its format in any string of any step's
+config and of a workflow's or step's schema: auxot/secrets.py `credential_formats`).
 
 Run it after upgrading (and after changing AUXOT_OPERATOR_SECRETS), on a worker host: an
 operator-granted variable must be set in the environment it runs in. Exit status 1 when
@@ -14,46 +16,71 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand
 
 from auxot.secrets import SecretUnavailable, reference_problem, url_reference_resolve
+from workflows.handoffs import schema_credentials_check
+from workflows.kinds import UnknownKind, kind_get
 from workflows.kinds.http import Http
-from workflows.models import Provider, Step
+from workflows.models import Provider, Step, Workflow
+
+
+def workflow_problems():
+    """A credential typed into a workflow's input schema."""
+    workflows = Workflow.objects.select_related("org").order_by("org__slug", "slug")
+    for workflow in workflows.iterator(chunk_size=500):
+        if problem := _schema_problem(workflow.input_schema, "input_schema"):
+            yield f"org {workflow.org.slug}  workflow {workflow.slug}  {problem}"
 
 
 def step_problems():
-    steps = Step.objects.filter(kind=Http.name).select_related("workflow__org").order_by(
+    steps = Step.objects.select_related("workflow__org").order_by(
         "workflow__org__slug", "workflow__slug", "position")
     for step in steps.iterator(chunk_size=500):
         config = step.config if isinstance(step.config, dict) else {}
-        refs = config.get("secret_headers") or {}
-        if not isinstance(refs, dict):
-            refs = {"(secret_headers)": refs}
-        url = config.get("url") if isinstance(config.get("url"), str) else None
         where = (f"org {step.workflow.org.slug}  workflow {step.workflow.slug}  "
                  f"step {step.position} {step.name!r}")
-        if "url_secret" in config:
-            problem = reference_problem(org_id=step.workflow.org_id, ref=config["url_secret"],
-                                        env_must_be_set=True) or _url_problem(
-                step.workflow.org_id, config["url_secret"])
-            if problem:
-                yield f"{where}  url_secret: {problem}"
-        for header, ref in refs.items():
-            problem = reference_problem(org_id=step.workflow.org_id, ref=ref, url=url,
-                                        env_must_be_set=True)
-            if problem:
-                yield f"{where}  header {header}: {problem}"
-        if problem := _typed_problem(config):
+        if step.kind == Http.name:
+            yield from _reference_problems(step, config, where)
+        if problem := _typed_problem(step.kind, config):
+            yield f"{where}  {problem}"
+        if problem := _schema_problem(step.output_schema, "output_schema"):
             yield f"{where}  {problem}"
 
 
-def _typed_problem(config: dict) -> str | None:
+def _reference_problems(step, config: dict, where: str):
+    refs = config.get("secret_headers") or {}
+    if not isinstance(refs, dict):
+        refs = {"(secret_headers)": refs}
+    url = config.get("url") if isinstance(config.get("url"), str) else None
+    if "url_secret" in config:
+        problem = reference_problem(org_id=step.workflow.org_id, ref=config["url_secret"],
+                                    env_must_be_set=True) or _url_problem(
+            step.workflow.org_id, config["url_secret"])
+        if problem:
+            yield f"{where}  url_secret: {problem}"
+    for header, ref in refs.items():
+        problem = reference_problem(org_id=step.workflow.org_id, ref=ref, url=url,
+                                    env_must_be_set=True)
+        if problem:
+            yield f"{where}  header {header}: {problem}"
+
+
+def _typed_problem(kind_name: str, config: dict) -> str | None:
     """What `validate_stored` refuses in an older step (a typed credential), never the value;
     None for a config that is fine, or not valid at all (it fails at run time, and says so)."""
-    kind = Http()
     try:
+        kind = kind_get(kind_name)
         kind.validate_config(config)
-    except ValidationError:
+    except (UnknownKind, ValidationError):
         return None
     try:
         kind.validate_stored(config)
+    except ValidationError as exc:
+        return "; ".join(exc.messages)
+    return None
+
+
+def _schema_problem(schema, field: str) -> str | None:
+    try:
+        schema_credentials_check(schema, field=field)
     except ValidationError as exc:
         return "; ".join(exc.messages)
     return None
@@ -87,10 +114,11 @@ def provider_problems():
 
 
 class Command(BaseCommand):
-    help = "List step and provider secret references that do not resolve; exit 1 if any."
+    help = ("List step and provider secret references that do not resolve, and credentials "
+            "typed into steps, schemas or providers; exit 1 if any.")
 
     def handle(self, *args, **options):
-        problems = [*step_problems(), *provider_problems()]
+        problems = [*workflow_problems(), *step_problems(), *provider_problems()]
         for line in problems:
             self.stdout.write(line)
         if problems:
