@@ -11,8 +11,12 @@ The candidates, and where each is kept from view:
 - a `secret_headers` secret and a `url_secret`: write-only secrets, cut from the output;
 - a provider's base URL (older rows with a query; new ones are refused): `url_redact`;
 - API keys and intake signing secrets: shown once, to whoever made them.
-Free text (names, labels, descriptions, prompts, approval comments, a caller's input) is
-shown as written: it is not configuration a credential has a place in.
+- a credential known by its format (a GitHub token, a private key, our own API key) in any
+  string of any step's config (a prompt, instructions, an expression's constant) or a JSON
+  Schema: refused when saved, REDACTED for viewers in older rows
+  (test_planted_credential_formats.py).
+Other free text (names, labels, descriptions, approval comments, a caller's input) is shown
+as written: it is not configuration a credential has a place in.
 """
 
 import json
