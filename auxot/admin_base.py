@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import re
 from collections.abc import Callable, Collection
 
 from django import forms
@@ -256,6 +257,7 @@ INTEGER_TYPES = frozenset({"AutoField", "BigAutoField", "SmallAutoField", "Integ
                            "BigIntegerField", "SmallIntegerField", "PositiveIntegerField",
                            "PositiveBigIntegerField", "PositiveSmallIntegerField"})
 INTEGER_RANGE = range(-(2**63), 2**63)  # what both databases store
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")  # (`--5` is no number: Django's to refuse)
 
 
 def _integer_values_fit(model: type[Model], path: str, rest: list[str], value) -> bool:
@@ -278,8 +280,7 @@ def _integer_values_fit(model: type[Model], path: str, rest: list[str], value) -
         texts = [part for text in texts for part in str(text).split(",")]
     for text in texts:
         text = str(text).strip()
-        if text.lstrip("+-").isascii() and text.lstrip("+-").isdigit() and (
-                int(text) not in INTEGER_RANGE):
+        if _INTEGER_TEXT.fullmatch(text) and int(text) not in INTEGER_RANGE:
             return False
     return True
 

@@ -294,6 +294,9 @@ def test_no_changelist_passes_a_number_past_64_bits_to_the_database(root):
                 assert status == 400, (url, lookup, status)
                 asked += 1
             assert root.get(url, {path: "9223372036854775807"}).status_code == 200, (url, path)
+            for malformed in ("--5", "+-1", "1e99"):  # no number: Django's own error page
+                status = root.get(url, {path: malformed}).status_code
+                assert status in (302, 400), (url, path, malformed, status)
     assert asked >= 16
 
 
