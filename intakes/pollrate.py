@@ -79,16 +79,14 @@ def poll_rate_take(*, key, action: bool = False) -> None:
     wait = buckets.take(limits, _clock())
     if wait:
         seconds = max(1, math.ceil(wait))
-        if action:
-            raise ApplicationError(
-                "Too many requests about work items a second from this key or its "
-                "organization to this server (approvals and cancels count with polls: at most "
-                f"{settings.AUXOT_POLL_RATE_PER_KEY} per key and "
-                f"{settings.AUXOT_POLL_RATE_PER_ORG} per organization); retry in {seconds} s.",
-                code="rate_limited", headers={"Retry-After": str(seconds)})
-        raise ApplicationError(
-            f"Too many polls a second from this key or its organization to this server "
-            f"(at most {settings.AUXOT_POLL_RATE_PER_KEY} per key and "
-            f"{settings.AUXOT_POLL_RATE_PER_ORG} per organization); retry in {seconds} s, "
-            "or long-poll with ?wait=N, which answers when the item finishes.",
-            code="rate_limited", headers={"Retry-After": str(seconds)})
+        limits_said = (f"at most {settings.AUXOT_POLL_RATE_PER_KEY} per key and "
+                       f"{settings.AUXOT_POLL_RATE_PER_ORG} per organization")
+        detail = (
+            "Too many requests about work items a second from this key or its organization "
+            f"to this server (approvals and cancels count with polls: {limits_said}); retry "
+            f"in {seconds} s." if action else
+            "Too many polls a second from this key or its organization to this server "
+            f"({limits_said}); retry in {seconds} s, or long-poll with ?wait=N, which answers "
+            "when the item finishes.")
+        raise ApplicationError(detail, code="rate_limited",
+                               headers={"Retry-After": str(seconds)})
