@@ -8,9 +8,10 @@ from urllib.parse import urlencode
 from django import forms
 from django.apps import apps
 from django.contrib import admin, messages
+from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.views.main import ERROR_FLAG
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import EmptyPage, PageNotAnInteger, Paginator
 from django.http import HttpResponseRedirect, StreamingHttpResponse
 from django.urls import path, reverse
@@ -47,10 +48,31 @@ from auxot.secrets import (
     secret_update_hosts,
     secret_value_check,
 )
+from auxot.services import sign_in_failure_record
 
 admin.site.site_header = "Auxot"
 admin.site.site_title = "Auxot"
 admin.site.index_title = "Settings → Intakes, keys, work history and audit log"
+
+
+class SignInForm(AdminAuthenticationForm):
+    """The admin's sign-in form. A correct password for an account the admin does not take
+    (not staff, or inactive under a backend that lets inactive users authenticate) is
+    refused by the form, after authentication succeeded: Django sends no
+    `user_login_failed` then, so the refusal is audited here, with its reason."""
+
+    def confirm_login_allowed(self, user):
+        try:
+            super().confirm_login_allowed(user)
+        except ValidationError:
+            sign_in_failure_record(
+                username=user.get_username(),
+                ip=client_ip(self.request) if self.request is not None else None,
+                refused="inactive" if not user.is_active else "not_staff")
+            raise
+
+
+admin.site.login_form = SignInForm
 
 NOBODY = frozenset()
 

@@ -136,9 +136,12 @@ def sign_in_record(*, event: str, user: Any, ip: str | None) -> list[AuditEvent]
                 for org in _sign_in_orgs(user)]
 
 
-def sign_in_failure_record(*, username: Any, ip: str | None) -> list[AuditEvent]:
+def sign_in_failure_record(*, username: Any, ip: str | None,
+                           refused: str = "") -> list[AuditEvent]:
     """Audit a failed sign-in (`user.login_failed`). Never the password: only the username
-    is read. For an existing account (found as Django's backend finds it), one row per
+    is read. `refused` says why a correct password did not sign the account in (the admin
+    takes staff accounts only): written as `reason`, so an admin can tell a guessed password
+    from a mistyped one. For an existing account (found as Django's backend finds it), one row per
     organization it is a member of, naming the account, not what was typed; for a username
     no account has, one row without an organization (superusers alone see it): a tenant
     never learns which names were tried, and a password typed into the username field
@@ -156,6 +159,8 @@ def sign_in_failure_record(*, username: Any, ip: str | None) -> list[AuditEvent]
             user = None
     now = timezone.now()
     counted = {"suppressed": suppressed} if suppressed else {}
+    if refused:
+        counted["reason"] = refused
     with transaction.atomic():
         if user is None:
             return [audit_record(event=SIGN_IN_FAILED, org=None, actor_label=SIGN_IN_FORM,

@@ -211,3 +211,50 @@ def test_a_flood_of_wrong_passwords_writes_a_few_rows_a_minute_and_counts_the_re
     latest = AuditEvent.objects.filter(event="user.login_failed", ip="10.9.8.7").order_by(
         "-created_at", "-pk").first()
     assert latest.extra["suppressed"] == 4
+
+
+def _in_order(event: str) -> list[AuditEvent]:
+    return list(AuditEvent.objects.filter(event=event).order_by("created_at"))
+
+
+def _member(cast, username: str, *, is_staff: bool, is_active: bool = True):
+    user = get_user_model().objects.create_user(username, password=PASSWORD,
+                                                is_staff=is_staff, is_active=is_active)
+    Membership.objects.create(user=user, org=cast.org_a, role="member")
+    return user
+
+
+def test_a_correct_password_the_admin_refuses_is_audited_with_its_reason(cast):
+    """An account that is not staff gets past authentication and is then refused by the
+    admin's form: Django sends no `user_login_failed` for it, so without the form's own
+    record a correct password for such an account left no trace. It is a failed sign-in,
+    with `reason` saying the password was right; a wrong one has no reason."""
+    user = _member(cast, "api_only", is_staff=False)
+    client, response = _sign_in("api_only")
+    assert response.status_code == 200 and "_auth_user_id" not in client.session
+    assert "staff account" in response.content.decode()  # Django's own refusal, unchanged
+    [row] = _rows("user.login_failed")
+    assert (row.org_id, row.object_id, row.actor_label, row.ip) == (
+        cast.org_a.pk, str(user.pk), "sign-in form", "10.9.8.7")
+    assert row.extra == {"user": "api_only", "reason": "not_staff"}
+    _sign_in("api_only", WRONG)
+    assert [row.extra for row in _in_order("user.login_failed")] == [
+        {"user": "api_only", "reason": "not_staff"}, {"user": "api_only"}]
+    assert not _rows("user.logged_in")
+
+
+def test_an_inactive_account_let_through_by_its_backend_is_refused_and_audited(
+        cast, settings):
+    """Under a backend that authenticates inactive users, the form refuses them: audited
+    as `inactive`. (Django's default backend refuses them itself and sends the signal: an
+    ordinary failed sign-in.)"""
+    settings.AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.AllowAllUsersModelBackend"]
+    _member(cast, "gone_staff", is_staff=True, is_active=False)
+    client, response = _sign_in("gone_staff")
+    assert response.status_code == 200 and "_auth_user_id" not in client.session
+    [row] = _rows("user.login_failed")
+    assert row.extra == {"user": "gone_staff", "reason": "inactive"}
+    settings.AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend"]
+    _sign_in("gone_staff")
+    assert [row.extra for row in _in_order("user.login_failed")] == [
+        {"user": "gone_staff", "reason": "inactive"}, {"user": "gone_staff"}]
