@@ -36,8 +36,9 @@ def came_through_proxy(meta: Mapping) -> bool:
 
 def client_ip(request: HttpRequest) -> str | None:
     """The caller's address: the peer's, unless the peer is a trusted proxy
-    (AUXOT_TRUSTED_PROXIES), then the nearest address in X-Forwarded-For that is not one
-    (with `*`, any peer is the one proxy in front: the last address, the one it appended).
+    (AUXOT_TRUSTED_PROXIES), then the nearest address in the forwarding header
+    (AUXOT_FORWARDED_HEADER: X-Forwarded-For, or Forwarded's `for=`) that is not one (with
+    `*`, any peer is the one proxy in front: the last address, the one it appended).
 
     Walked from the right, as the proxies appended it: every address left of the first one
     not trusted is the caller's own say and could be anything (a caller that sends
@@ -45,15 +46,14 @@ def client_ip(request: HttpRequest) -> str | None:
     An entry that is not an address stops the walk at the proxy that passed it on. Gunicorn
     (forwarded_allow_ips) believes only the scheme from a proxy, never the address."""
     peer = peer_ip(request)
-    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
     if settings.AUXOT_TRUSTED_PROXIES == ["*"]:
         # Whatever the peer, it is the one proxy in front: the address it appended.
-        appended = _address(forwarded.rsplit(",", 1)[-1])
+        appended = _address(_hops(request.META)[-1])
         return str(appended) if appended and peer else peer
     if not _trusted(_address(peer or "")):
         return peer  # as written by _address: one caller is one string in every audit row
     hop = peer
-    for entry in reversed(forwarded.split(",")[-_MAX_HOPS:]):
+    for entry in reversed(_hops(request.META)[-_MAX_HOPS:]):
         address = _address(entry)
         if address is None:
             return hop
@@ -64,6 +64,58 @@ def client_ip(request: HttpRequest) -> str | None:
 
 
 _MAX_HOPS = 32  # more proxies than this in a chain is a header built to cost us time
+
+
+def _hops(meta: Mapping) -> list[str]:
+    """The forwarding header's entries, the nearest proxy's last, each as written (an
+    address, maybe with a port, or anything at all: _address judges it). At least one."""
+    if settings.AUXOT_FORWARDED_HEADER == "Forwarded":
+        return forwarded_for(meta.get("HTTP_FORWARDED", ""))
+    return meta.get("HTTP_X_FORWARDED_FOR", "").split(",")
+
+
+# RFC 7239's Forwarded: elements split by ",", pairs by ";", a value a token or a
+# quoted-string (which may hold either separator and backslash escapes). A quoted-string
+# left open runs to the header's end (one garbage hop), so no match is ever retried from a
+# later quote: the scan stays linear whatever the header holds.
+_FORWARDED_PARTS = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\\?\Z)|[^",;]+|[,;]', re.DOTALL)
+_QUOTED_PAIR = re.compile(r"\\(.)")
+
+
+def forwarded_for(header: str) -> list[str]:
+    """The `for=` of each element of a Forwarded header (RFC 7239), in order: `"[v6]:port"`
+    unquoted, `unknown` and obfuscated names (`_hidden`) as written. An element without a
+    `for=`, with two, or with a pair that is not `name=value` is "": not an address, so a
+    walk over the chain stops at the proxy that passed it on."""
+    hops: list[str] = []
+    pairs: dict[str, str] | None = {}
+    text = ""
+    for match in _FORWARDED_PARTS.finditer(header):
+        part = match.group()
+        if part not in (",", ";"):
+            text += part
+            continue
+        pairs = _forwarded_pair(text, pairs)
+        text = ""
+        if part == ",":
+            hops.append(pairs.get("for", "") if pairs is not None else "")
+            pairs = {}
+    pairs = _forwarded_pair(text, pairs)
+    hops.append(pairs.get("for", "") if pairs is not None else "")
+    return hops
+
+
+def _forwarded_pair(text: str, pairs: dict[str, str] | None) -> dict[str, str] | None:
+    """`pairs` with `text` (one `name=value`) added; None once the element is malformed."""
+    if pairs is None or not text.strip():
+        return pairs  # an empty pair (`for=a;;by=b`) is allowed; a broken element stays so
+    name, sep, value = text.partition("=")
+    name, value = name.strip().lower(), value.strip()
+    if not sep or not name or name in pairs:
+        return None
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = _QUOTED_PAIR.sub(r"\1", value[1:-1])
+    return {**pairs, name: value}
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 

@@ -135,6 +135,22 @@ def env_trusted_proxies() -> list[str]:
     return networks
 
 
+FORWARDED_HEADERS = {"x-forwarded-for": "X-Forwarded-For", "forwarded": "Forwarded"}
+
+
+def env_forwarded_header(name: str) -> str:
+    """X-Forwarded-For (the default) or Forwarded, in any case."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return FORWARDED_HEADERS["x-forwarded-for"]
+    try:
+        return FORWARDED_HEADERS[raw.lower()]
+    except KeyError:
+        raise ImproperlyConfigured(
+            f"{name}={raw!r}: must be X-Forwarded-For or Forwarded (the header the trusted "
+            "proxies write the caller's address into).") from None
+
+
 def env_base_url(name: str) -> str:
     raw = os.environ.get(name, "").strip().rstrip("/")
     if not raw:
@@ -644,6 +660,10 @@ if _multiproc_dir and not (os.path.isdir(_multiproc_dir)
 # X-Forwarded-For (audit rows, rejection budgets); from anyone else the header is ignored.
 # Defaults to gunicorn's own list of trusted proxies, so one setting covers both.
 AUXOT_TRUSTED_PROXIES = env_trusted_proxies()
+# Which header those proxies write the chain into: X-Forwarded-For (nginx, HAProxy's
+# `option forwardfor`, cloud load balancers) or Forwarded (RFC 7239: HAProxy's `option
+# forwarded`, some ingresses). Only that one is read; the other is the caller's own say.
+AUXOT_FORWARDED_HEADER = env_forwarded_header("AUXOT_FORWARDED_HEADER")
 # /metrics is off unless a bearer token or an allow-list of networks is set (both: both apply).
 AUXOT_METRICS_TOKEN = env_str("AUXOT_METRICS_TOKEN").strip()
 AUXOT_METRICS_ALLOWED_NETWORKS = env_networks("AUXOT_METRICS_ALLOWED_NETWORKS")

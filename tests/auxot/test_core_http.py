@@ -52,6 +52,109 @@ def test_client_ip_reads_x_forwarded_for_only_from_a_trusted_proxy(settings, pee
     assert client_ip(request) == expected
 
 
+def _as_forwarded(xff: str) -> str:
+    """An X-Forwarded-For chain as RFC 7239 writes it: `for=` each, IPv6 quoted in brackets."""
+    def element(entry: str) -> str:
+        entry = entry.strip()
+        if entry.count(":") > 1 and not entry.startswith("["):
+            return f'for="[{entry}]"'
+        return f'for="{entry}"' if entry.startswith("[") else f"for={entry}"
+    return ", ".join(element(entry) for entry in xff.split(",")) if xff else ""
+
+
+# The same chains through a proxy that writes Forwarded (AUXOT_FORWARDED_HEADER=Forwarded),
+# plus what only Forwarded can hold: other pairs, quoting, obfuscated and unknown nodes.
+FORWARDED_CASES = [
+    (peer, _as_forwarded(xff), expected)
+    for peer, xff, expected in [
+        ("203.0.113.9", "198.51.100.1", "203.0.113.9"),
+        ("127.0.0.1", "198.51.100.1", "198.51.100.1"),
+        ("::ffff:127.0.0.1", "198.51.100.1", "198.51.100.1"),
+        ("10.2.3.4", "198.51.100.1, 10.9.9.9", "198.51.100.1"),
+        ("2001:db8:1::5", "2001:db8:ffff::7", "2001:db8:ffff::7"),
+        ("127.0.0.1", "10.0.0.1, 198.51.100.1", "198.51.100.1"),
+        ("127.0.0.1", "198.51.100.1:4711", "198.51.100.1"),
+        ("127.0.0.1", "[2001:db8:ffff::7]:443", "2001:db8:ffff::7"),
+        ("127.0.0.1", "10.1.1.1, 10.2.2.2", "10.1.1.1"),
+    ]
+] + [
+    ("127.0.0.1", "for=198.51.100.1;proto=https;by=10.0.0.1", "198.51.100.1"),
+    ("127.0.0.1", "proto=https;For=198.51.100.1;host=auxot.example", "198.51.100.1"),
+    ("127.0.0.1", 'for="[2001:db8:cafe::17]:4711"', "2001:db8:cafe::17"),
+    # An obfuscated node is no address: the walk stops at the proxy that passed it on.
+    ("127.0.0.1", 'for="_hidden", for=10.9.9.9', "10.9.9.9"),
+    ("10.2.3.4", 'for=198.51.100.1, for="_hidden", for=10.9.9.9', "10.9.9.9"),
+    ("127.0.0.1", "for=unknown", "127.0.0.1"),
+    ("127.0.0.1", "proto=https", "127.0.0.1"),  # an element without `for`
+    ("127.0.0.1", "for=1.1.1.1;for=198.51.100.1", "127.0.0.1"),  # `for` twice: malformed
+    ("127.0.0.1", 'for="10.0.0.1, 9.9.9.9", for=198.51.100.1', "198.51.100.1"),
+    ("127.0.0.1", 'for=198.51.100.1, for="1.1.1.1', "127.0.0.1"),  # an open quote: garbage
+    ("127.0.0.1", "for=198.51.100.1, garbage", "127.0.0.1"),
+    ("127.0.0.1", "", "127.0.0.1"),
+    ("127.0.0.1", "for=198.51.100.1,,", "127.0.0.1"),
+]
+
+
+@pytest.mark.parametrize(("peer", "forwarded", "expected"), FORWARDED_CASES)
+def test_client_ip_reads_forwarded_when_the_proxies_write_it(settings, peer, forwarded,
+                                                             expected):
+    settings.AUXOT_TRUSTED_PROXIES = PROXIES
+    settings.AUXOT_FORWARDED_HEADER = "Forwarded"
+    request = RequestFactory().get("/", REMOTE_ADDR=peer, HTTP_FORWARDED=forwarded,
+                                   HTTP_X_FORWARDED_FOR="192.0.2.66")
+    assert client_ip(request) == expected
+
+
+@pytest.mark.parametrize("header", ["X-Forwarded-For", "Forwarded"])
+def test_only_the_configured_header_is_read_the_other_is_the_callers_own_say(settings,
+                                                                             header):
+    """A proxy that writes one header passes the other through as the caller sent it:
+    believing both would let any caller choose the address recorded as its own."""
+    settings.AUXOT_TRUSTED_PROXIES = PROXIES
+    settings.AUXOT_FORWARDED_HEADER = header
+    written, forged = "198.51.100.1", "192.0.2.66"
+    meta = ({"HTTP_X_FORWARDED_FOR": written, "HTTP_FORWARDED": f"for={forged}"}
+            if header == "X-Forwarded-For" else
+            {"HTTP_FORWARDED": f"for={written}", "HTTP_X_FORWARDED_FOR": forged})
+    request = RequestFactory().get("/", REMOTE_ADDR="127.0.0.1", **meta)
+    assert client_ip(request) == written
+    only_other = {key: value for key, value in meta.items()
+                  if value.endswith(forged)}
+    request = RequestFactory().get("/", REMOTE_ADDR="127.0.0.1", **only_other)
+    assert client_ip(request) == "127.0.0.1"
+
+
+@pytest.mark.parametrize(("forwarded", "expected"), [
+    ("for=198.51.100.1, for=203.0.113.10", "203.0.113.10"),
+    ("for=203.0.113.10;proto=https", "203.0.113.10"),
+    ("", "203.0.113.9"),
+    ("for=198.51.100.1, for=unknown", "203.0.113.9"),
+])
+def test_with_a_star_the_forwarded_element_the_proxy_appended_is_read(settings, forwarded,
+                                                                      expected):
+    settings.AUXOT_TRUSTED_PROXIES = ["*"]
+    settings.AUXOT_FORWARDED_HEADER = "Forwarded"
+    request = RequestFactory().get("/", REMOTE_ADDR="203.0.113.9", HTTP_FORWARDED=forwarded)
+    assert client_ip(request) == expected
+
+
+@pytest.mark.parametrize("header", [
+    '\\"' * 4000,                     # a quote retried from every later quote: quadratic
+    '"' + "\\x" * 4000,               # one quote left open
+    ",;" * 4000,                        # 4,000 empty elements
+    "for=10.0.0.1;" * 600,              # one element, the same pair 600 times
+    "for=10.0.0.1, " * 600,             # 600 proxies
+])
+def test_a_hostile_forwarded_header_is_read_in_one_pass(settings, header):
+    """Whatever a header up to gunicorn's 8,190-byte field limit holds, it is parsed once,
+    left to right, and never believed past the proxies: the walk ends at the peer or a
+    proxy's address. (Timing is in no test; a quadratic regex would show as a hang here.)"""
+    settings.AUXOT_TRUSTED_PROXIES = ["10.0.0.0/8", "127.0.0.1"]
+    settings.AUXOT_FORWARDED_HEADER = "Forwarded"
+    request = RequestFactory().get("/", REMOTE_ADDR="127.0.0.1", HTTP_FORWARDED=header)
+    assert client_ip(request) in {"127.0.0.1", "10.0.0.1"}
+
+
 def test_client_ip_trusts_nobody_when_no_proxy_is_configured(settings):
     settings.AUXOT_TRUSTED_PROXIES = []
     request = RequestFactory().get("/", REMOTE_ADDR="127.0.0.1",
@@ -130,6 +233,8 @@ def test_only_auxot_http_reads_the_peer_or_the_forwarding_headers():
         if parts[0] == "tests" or any(p.startswith(".") or p == "node_modules" for p in parts):
             continue
         for token in tokenize.generate_tokens(io.StringIO(path.read_text()).readline):
+            if token.line.startswith("FORWARDED_HEADERS = "):
+                continue  # settings.py: the header names a setting may choose, not a read
             if token.type == tokenize.STRING and token.string.strip("\"'rbRB").lower() in names:
                 readers.add(str(path.relative_to(root)))
     assert readers == {"auxot/http.py"}

@@ -54,6 +54,7 @@ def test_no_float_setting_takes_a_value_that_is_not_finite(monkeypatch, name, va
     ({"AUXOT_TRUSTED_PROXIES": "10.0.0.0/0"}, "AUXOT_TRUSTED_PROXIES"),
     ({"GUNICORN_FORWARDED_ALLOW_IPS": "0.0.0.0/0"}, "GUNICORN_FORWARDED_ALLOW_IPS"),
     ({"GUNICORN_FORWARDED_ALLOW_IPS": "proxy.internal"}, "GUNICORN_FORWARDED_ALLOW_IPS"),
+    ({"AUXOT_FORWARDED_HEADER": "X-Real-IP"}, "AUXOT_FORWARDED_HEADER"),
 ])
 def test_a_malformed_value_stops_start_up_naming_its_variable(env, named):
     done = settings_printed(env, "DEBUG")
@@ -78,6 +79,9 @@ def test_a_malformed_value_stops_start_up_naming_its_variable(env, named):
     ({"GUNICORN_FORWARDED_ALLOW_IPS": "10.1.1.1", "AUXOT_TRUSTED_PROXIES": "10.0.0.0/8, ::1"},
      ("AUXOT_TRUSTED_PROXIES",), "['10.0.0.0/8', '::1']"),
     ({"AUXOT_TRUSTED_PROXIES": ""}, ("AUXOT_TRUSTED_PROXIES or '-'",), "-"),
+    # The header those proxies write: X-Forwarded-For unless set, any case.
+    ({}, ("AUXOT_FORWARDED_HEADER",), "X-Forwarded-For"),
+    ({"AUXOT_FORWARDED_HEADER": "forwarded"}, ("AUXOT_FORWARDED_HEADER",), "Forwarded"),
     ({"GUNICORN_FORWARDED_ALLOW_IPS": " * "}, ("AUXOT_TRUSTED_PROXIES",), "['*']"),
 ])
 def test_good_values_start(env, names, shown):
