@@ -36,7 +36,9 @@ def _int(name: str, default: int, *, minimum: int = 0) -> int:
 
 
 bind = os.environ.get("GUNICORN_BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}")
-worker_class = "gthread"
+# gthread, answering what its parser refuses (an over-long request line, too many headers)
+# as problem+json like every other answer: auxot/gunicorn_worker.py.
+worker_class = "auxot.gunicorn_worker.ProblemThreadWorker"
 workers = _int("GUNICORN_WORKERS",
                _int("WEB_CONCURRENCY", min(multiprocessing.cpu_count(), 4), minimum=1), minimum=1)
 threads = _int("GUNICORN_THREADS", 16, minimum=1)

@@ -40,10 +40,12 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "idempotency_in_flight": (409, "A request with this Idempotency-Key is still in flight"),
     "length_required": (411, "Length required"),
     "payload_too_large": (413, "Request body too large"),
+    "uri_too_long": (414, "Request line too long"),
     "unsupported_media_type": (415, "Unsupported media type"),
     "validation_failed": (422, "Request failed validation"),
     "idempotency_key_reused": (422, "Idempotency-Key reused with a different body"),
     "rate_limited": (429, "Too many requests"),
+    "headers_too_large": (431, "Request header fields too large"),
     "internal_error": (500, "Internal server error"),
     "database_unavailable": (503, "Service temporarily unavailable"),
     "metrics_unauthorized": (401, "Missing metrics token"),
@@ -66,7 +68,8 @@ PROBLEM_HELP: dict[str, str] = {
         "A header or a body the operation defines is malformed: an `Auxot-Correlation-Id` or "
         "`Idempotency-Key` that is empty, too long or not printable ASCII, an approval or "
         "cancel body that does not match its schema (`errors` lists each "
-        "`{pointer, message}`), or a request the server refused as malformed (its Host). "
+        "`{pointer, message}`), or a request the server refused as malformed (its Host, a "
+        "request line or header that is not HTTP). "
         "Nothing was accepted."),
     "unauthorized": (
         "No usable API key: send `Authorization: Bearer <key>` (the word Bearer, one space, "
@@ -106,6 +109,13 @@ PROBLEM_HELP: dict[str, str] = {
     "payload_too_large": (
         "The body is larger than this server accepts (`AUXOT_MAX_BODY_BYTES`, 1 MiB by "
         "default). Nothing was accepted: send a reference (a URL, an id) instead of the data."),
+    "uri_too_long": (
+        "The request line (method, path and query string) is longer than the server reads "
+        "(gunicorn's `limit_request_line`, 4,094 bytes by default); nothing was read or "
+        "accepted. API paths are short: a long query string is the usual cause."),
+    "headers_too_large": (
+        "The request has more header fields than the server reads (100), or one larger than "
+        "16 KiB; nothing was read or accepted. Send fewer or shorter headers."),
     "unsupported_media_type": (
         "The body is not declared as JSON: send `Content-Type: application/json` (UTF-8). "
         "curl's `-d` sends a form unless you add that header. A compressed body "

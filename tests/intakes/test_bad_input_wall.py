@@ -268,3 +268,49 @@ def test_every_unstorable_value_gets_a_4xx(api, intake_a, member_token, fragment
     assert response.json()["code"] == ("validation_failed" if response.status_code == 422
                                        else "invalid_json")
     assert not WorkItem.objects.exists()
+
+
+# What gunicorn's parser refuses before Django sees the request: each answered as a problem
+# (auxot/gunicorn_worker.py), with HTTP's status for it, never gunicorn's HTML page. Every
+# refusal the worker maps is sent here (test_every_parser_refusal_is_sent checks the list).
+PARSER_REFUSALS = {
+    "LimitRequestLine": (414, "uri_too_long",
+                         "POST /v1/intake/x?" + "q" * 5000 + " HTTP/1.1\r\nHost: h\r\n\r\n"),
+    "LimitRequestHeaders": (431, "headers_too_large", "POST /v1/intake/x HTTP/1.1\r\nHost: h\r\n"
+                            + "".join(f"X-Pad-{n}: {n}\r\n" for n in range(120)) + "\r\n"),
+    "InvalidRequestLine": (400, "invalid_request", "POST /v1/intake/x\r\n\r\n"),
+    "InvalidRequestMethod": (400, "invalid_request", "P<ST /v1/intake/x HTTP/1.1\r\n\r\n"),
+    "InvalidHTTPVersion": (400, "invalid_request", "POST /v1/intake/x HTTP/7.3\r\n\r\n"),
+    "InvalidHeaderName": (400, "invalid_request",
+                          "POST /v1/intake/x HTTP/1.1\r\nHost: h\r\nBad(Name): v\r\n\r\n"),
+    "InvalidHeader": (400, "invalid_request",
+                      "POST /v1/intake/x HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n"
+                      "Content-Length: 2\r\n\r\n"),
+    "ObsoleteFolding": (400, "invalid_request",
+                        "POST /v1/intake/x HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n folded\r\n\r\n"),
+    "InvalidSchemeHeaders": (400, "invalid_request",
+                             "GET /healthz HTTP/1.1\r\nHost: h\r\nX-Forwarded-Proto: https\r\n"
+                             "X-Forwarded-Ssl: off\r\n\r\n"),
+}
+
+
+def test_every_parser_refusal_the_worker_maps_is_sent():
+    from auxot.gunicorn_worker import REFUSED
+
+    assert {kind.__name__ for kind, _, _ in REFUSED} == set(PARSER_REFUSALS)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("kind", sorted(PARSER_REFUSALS))
+def test_what_gunicorns_parser_refuses_is_a_problem_not_an_html_page(server, kind):
+    status, code, head = PARSER_REFUSALS[kind]
+    response = raw_request(server, head)
+    assert response.status_code == status, response.body[:300]
+    problem = response.problem()
+    assert (problem["status"], problem["code"], problem["type"]) == (
+        status, code, f"/v1/problems/{code}")
+    assert response.headers["connection"] == "close"
+    assert int(response.headers["content-length"]) == len(response.body)
+    # What the client sent is not echoed back (gunicorn's page quoted the request line).
+    assert b"qqqq" not in response.body and b"Bad(Name)" not in response.body
+    assert "Invalid request from ip=127.0.0.1: " + kind in server.log()
