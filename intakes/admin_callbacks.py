@@ -51,6 +51,9 @@ from intakes.callbacks import (
 from intakes.models import CallbackAttempt, CallbackDelivery, CallbackEndpoint, Intake
 
 RECENT_DELIVERIES = 10
+# "Redeliver now" resends at most this many deliveries in one request (a larger selection is
+# refused whole): the work history's cancel takes the same number at once.
+REDELIVER_AT_ONCE = 500
 
 # A new or rotated signing secret crosses one redirect (a reload adds no second intake and
 # rotates nothing), as a new API key's token does. Never in a URL.
@@ -297,6 +300,19 @@ class CallbackDeliveryAdmin(OrgScopedAdmin):
 
     @org_action(roles=MANAGERS, description="Redeliver now (new attempt, same webhook-id)")
     def redeliver_now(self, request, queryset):
+        """A new attempt for each selected delivery, at most REDELIVER_AT_ONCE per request.
+        A larger selection ("Select all" over a big log) is refused whole, not done in part:
+        each resend is a POST to a receiver, its own transaction and audit row, so thousands
+        would outlast the request and end halfway, and a second run could not tell the
+        resent from the rest (a delivered one is resent again). Narrow the list first."""
+        selected = queryset.count()
+        if selected > REDELIVER_AT_ONCE:
+            self.message_user(
+                request, f"Nothing was redelivered: {selected} deliveries are selected and "
+                f"“Redeliver now” takes at most {REDELIVER_AT_ONCE} at once (each is a new "
+                "request to a receiver). Narrow the list with the filters (state, endpoint, "
+                "date) or select fewer rows, then run it again.", messages.ERROR)
+            return
         ip = client_ip(request)
         deliveries = list(queryset.select_related("intake__org"))
         nowhere = sum(1 for d in deliveries if redeliver_refusal(d))

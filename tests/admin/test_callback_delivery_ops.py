@@ -508,3 +508,28 @@ def test_closing_circuits_for_a_select_all_reads_endpoints_not_every_delivery(ca
     assert whole_rows == []
     assert CallbackEndpoint.objects.get(key=waiting[0].endpoint).open_until is None
     assert next(m.message for m in request._messages).startswith("Circuit closed for")
+
+
+def test_redeliver_refuses_a_selection_larger_than_it_takes_at_once_and_changes_nothing(
+        client, cast, cb_intake, monkeypatch):
+    """"Select all" over a big delivery log, then "Redeliver now": every selected delivery
+    was resent in the request, one transaction and audit row each, until gunicorn's timeout
+    cut it halfway (and a second run resent the first ones again). Over the cap, nothing is
+    resent and the page says how to narrow the list; at the cap, all go."""
+    from intakes import admin_callbacks
+
+    monkeypatch.setattr(admin_callbacks, "REDELIVER_AT_ONCE", 2)
+    rows = [_gave_up(cb_intake) for _ in range(3)]
+    client.force_login(cast.admin_a)
+    response = client.post(DELIVERIES, {"action": "redeliver_now", "select_across": "1",
+                                         "_selected_action": [str(rows[0].pk)]}, follow=True)
+    page = response.content.decode()
+    assert "Nothing was redelivered: 3 deliveries are selected" in page
+    assert "at most 2 at once" in page
+    assert set(CallbackDelivery.objects.values_list("state", flat=True)) == {State.FAILED}
+    assert not AuditEvent.objects.filter(event="callback.redelivered").exists()
+    response = client.post(DELIVERIES, {"action": "redeliver_now",
+                                         "_selected_action": [str(r.pk) for r in rows[:2]]},
+                           follow=True)
+    assert "2 delivery(ies) queued" in response.content.decode()
+    assert AuditEvent.objects.filter(event="callback.redelivered").count() == 2
