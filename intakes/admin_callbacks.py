@@ -54,6 +54,9 @@ RECENT_DELIVERIES = 10
 # "Redeliver now" resends at most this many deliveries in one request (a larger selection is
 # refused whole): the work history's cancel takes the same number at once.
 REDELIVER_AT_ONCE = 500
+# "Send test callback" waits for each receiver in the request (up to the callback timeout,
+# 5 s by default): this many intakes at most, 25 s at worst, under gunicorn's 60 s.
+TEST_CALLBACKS_AT_ONCE = 5
 
 # A new or rotated signing secret crosses one redirect (a reload adds no second intake and
 # rotates nothing), as a new API key's token does. Never in a URL.
@@ -552,6 +555,17 @@ class IntakeCallbacksAdminMixin:
 
     @org_action(roles=MANAGERS, description="Send test callback (signed sample body)")
     def send_test_callback(self, request, queryset):
+        """Each test is a POST inside this request, waiting up to the callback timeout for
+        its receiver: at most TEST_CALLBACKS_AT_ONCE intakes, so slow receivers cannot hold
+        the request past the web server's timeout. A larger selection is refused whole."""
+        selected = queryset.count()
+        if selected > TEST_CALLBACKS_AT_ONCE:
+            self.message_user(
+                request, f"No test callback was sent: {selected} intakes are selected and "
+                f"a test waits for each receiver's answer, so at most "
+                f"{TEST_CALLBACKS_AT_ONCE} are tested at once. Select fewer intakes.",
+                messages.ERROR)
+            return None
         ip = client_ip(request)
         results = [(intake, callback_test_send(intake=intake, actor=request.user, ip=ip))
                    for intake in queryset.select_related("org")]

@@ -297,3 +297,22 @@ def test_an_intake_saved_without_a_secret_shows_the_one_it_gets_once(admin_clien
                          admin_client.get(saved["Location"]).content.decode())
     cb_intake.refresh_from_db()
     assert secret_decrypt(cb_intake.signing_secret_encrypted) == shown
+
+
+def test_send_test_callback_refuses_more_intakes_than_it_tests_at_once(
+        admin_client, cb_intake, receiver, monkeypatch):
+    """Each test waits for its receiver inside the request (up to the callback timeout):
+    "Select all" over many intakes with slow receivers outlasted gunicorn's timeout. Over
+    the cap nothing is sent and nothing audited; the page says to select fewer."""
+    from intakes import admin_callbacks
+
+    monkeypatch.setattr(admin_callbacks, "TEST_CALLBACKS_AT_ONCE", 1)
+    other = intake_create(org=cb_intake.org, workflow=cb_intake.workflow, name="second",
+                          callback_url=cb_intake.callback_url)
+    response = admin_client.post(CHANGELIST, {
+        "action": "send_test_callback",
+        "_selected_action": [str(cb_intake.pk), str(other.pk)]}, follow=True)
+    page = response.content.decode()
+    assert "No test callback was sent: 2 intakes are selected" in page
+    assert receiver.log == []
+    assert not AuditEvent.objects.filter(event="callback.test_sent").exists()
