@@ -23,6 +23,7 @@ from auxot.admin_base import (
     ACTORS,
     ADMIN,
     MEMBER,
+    OBJECTS_AT_ONCE,
     OrgScopedAdmin,
     ShownOnce,
     has_role,
@@ -228,7 +229,8 @@ class ApiKeyAdmin(OrgScopedAdmin):
                    "owner": self.owner(key), "display": key.display}
         return TemplateResponse(request, "admin/apikeys/apikey/revoke_confirm.html", context)
 
-    @org_action(roles=ACTORS, description="Revoke selected keys (final; they answer 401 at once)")
+    @org_action(roles=ACTORS, description="Revoke selected keys (final; they answer 401 at once)",
+                at_once=OBJECTS_AT_ONCE)
     def revoke_selected(self, request, queryset):
         keys = [k for k in queryset.select_related("org") if k.revoked_at is None]
         # Members revoke only their own personal keys: one other key refuses the whole batch.

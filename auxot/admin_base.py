@@ -132,12 +132,24 @@ def _require_all_selected_visible(request: HttpRequest, queryset: QuerySet) -> N
         raise PermissionDenied
 
 
-def org_action(*, roles: Collection[str], description: str,
+# `org_action`'s usual bound: an action that writes a transaction and an audit row per
+# selected object (a revoke, a deactivation, a resend) takes at most this many at once.
+OBJECTS_AT_ONCE = 500
+
+
+def org_action(*, roles: Collection[str], description: str, at_once: int | None,
                permissions: list[str] | None = None) -> Callable:
     """Declare a changelist action authorized per object: it runs only if the user holds one
     of `roles` in EVERY selected object's organization; one object outside refuses the whole
     action with 403 and nothing changes. The ModelAdmin's `org_path` locates the organization.
-    """
+
+    `at_once` bounds the work one request does: an action that works object by object inside
+    the request (a transaction, an audit row, maybe a request to a receiver each) takes at
+    most that many, and a larger selection ("Select all" over a long list) is refused whole
+    with a message, nothing done: done in part, it would end at the web server's timeout
+    halfway, and a second run could not tell the done from the rest. None is for an action
+    whose cost does not grow with the selection, or that bounds itself (says why where it
+    is declared). Every action must say which (no default)."""
     roles = frozenset(roles)
 
     def decorate(func: Callable) -> Callable:
@@ -146,9 +158,18 @@ def org_action(*, roles: Collection[str], description: str,
             _require_all_selected_visible(request, queryset)
             queryset = require_role_for_all(request, roles, queryset,
                                             org_path=getattr(modeladmin, "org_path", "org"))
+            limit = action.at_once
+            if limit is not None and (selected := queryset.count()) > limit:
+                plural = modeladmin.model._meta.verbose_name_plural
+                modeladmin.message_user(
+                    request, f"Nothing was done: {selected} {plural} are selected and "
+                    f"“{description}” takes at most {limit} at once. Narrow the list with "
+                    "its filters or select fewer rows, then run it again.", messages.ERROR)
+                return None
             return func(modeladmin, request, queryset)
 
         action.org_roles = roles
+        action.at_once = at_once
         return admin.action(action, description=description, permissions=permissions)
 
     return decorate

@@ -18,6 +18,7 @@ from django.utils.html import format_html, format_html_join
 
 from auxot.admin_base import (
     MANAGERS,
+    OBJECTS_AT_ONCE,
     OrgScopedAdmin,
     ReadOnlyInlineMixin,
     ScopedInlineMixin,
@@ -234,12 +235,13 @@ class IntakeAdmin(IntakeCallbacksAdminMixin, OrgScopedAdmin):
             return None
         return self._confirm(request, intakes, active, action)
 
-    @org_action(roles=MANAGERS,
+    @org_action(roles=MANAGERS, at_once=OBJECTS_AT_ONCE,
                 description="Deactivate selected intakes (they answer 404 at once)")
     def deactivate_selected(self, request, queryset):
         return self._bulk(request, queryset, False, "deactivate_selected")
 
-    @org_action(roles=MANAGERS, description="Reactivate selected intakes")
+    @org_action(roles=MANAGERS, description="Reactivate selected intakes",
+                at_once=OBJECTS_AT_ONCE)
     def reactivate_selected(self, request, queryset):
         return self._bulk(request, queryset, True, "reactivate_selected")
 

@@ -24,6 +24,7 @@ from django.utils.html import format_html, format_html_join
 
 from auxot.admin_base import (
     MANAGERS,
+    OBJECTS_AT_ONCE,
     OrgScopedAdmin,
     ReadOnlyInlineMixin,
     ScopedInlineMixin,
@@ -51,9 +52,9 @@ from intakes.callbacks import (
 from intakes.models import CallbackAttempt, CallbackDelivery, CallbackEndpoint, Intake
 
 RECENT_DELIVERIES = 10
-# "Redeliver now" resends at most this many deliveries in one request (a larger selection is
-# refused whole): the work history's cancel takes the same number at once.
-REDELIVER_AT_ONCE = 500
+# Actions bounded below `OBJECTS_AT_ONCE` (`org_action`'s at_once; a larger selection is
+# refused whole): the new signing secrets are shown once, all on one page.
+ROTATE_AT_ONCE = 50
 # "Send test callback" waits for each receiver in the request (up to the callback timeout,
 # 5 s by default): this many intakes at most, 25 s at worst, under gunicorn's 60 s.
 TEST_CALLBACKS_AT_ONCE = 5
@@ -301,21 +302,9 @@ class CallbackDeliveryAdmin(OrgScopedAdmin):
     def display_url(self, obj: CallbackDelivery) -> str:
         return url_redact(obj.url)
 
-    @org_action(roles=MANAGERS, description="Redeliver now (new attempt, same webhook-id)")
+    @org_action(roles=MANAGERS, description="Redeliver now (new attempt, same webhook-id)",
+                at_once=OBJECTS_AT_ONCE)
     def redeliver_now(self, request, queryset):
-        """A new attempt for each selected delivery, at most REDELIVER_AT_ONCE per request.
-        A larger selection ("Select all" over a big log) is refused whole, not done in part:
-        each resend is a POST to a receiver, its own transaction and audit row, so thousands
-        would outlast the request and end halfway, and a second run could not tell the
-        resent from the rest (a delivered one is resent again). Narrow the list first."""
-        selected = queryset.count()
-        if selected > REDELIVER_AT_ONCE:
-            self.message_user(
-                request, f"Nothing was redelivered: {selected} deliveries are selected and "
-                f"“Redeliver now” takes at most {REDELIVER_AT_ONCE} at once (each is a new "
-                "request to a receiver). Narrow the list with the filters (state, endpoint, "
-                "date) or select fewer rows, then run it again.", messages.ERROR)
-            return
         ip = client_ip(request)
         deliveries = list(queryset.select_related("intake__org"))
         nowhere = sum(1 for d in deliveries if redeliver_refusal(d))
@@ -331,7 +320,8 @@ class CallbackDeliveryAdmin(OrgScopedAdmin):
                           + (f" {paused} wait behind their endpoint's open circuit (“Close the "
                              "endpoint's circuit” sends them now)." if paused else ""))
 
-    @org_action(roles=MANAGERS,
+    # Not bounded: it reads the selection's distinct endpoints, a handful whatever is selected.
+    @org_action(roles=MANAGERS, at_once=None,
                 description="Close the endpoint's circuit (its waiting deliveries go now)")
     def close_endpoint_circuit(self, request, queryset):
         ip = client_ip(request)
@@ -546,26 +536,17 @@ class IntakeCallbacksAdminMixin:
         response["Cache-Control"] = "no-store"
         return response
 
-    @org_action(roles=MANAGERS, description="Rotate signing secret (shows the new one once)")
+    @org_action(roles=MANAGERS, description="Rotate signing secret (shows the new one once)",
+                at_once=ROTATE_AT_ONCE)
     def rotate_signing_secret(self, request, queryset):
         secrets = {i.pk: intake_signing_secret_rotate(intake=i, actor=request.user,
                                                       ip=client_ip(request)) for i in queryset}
         NEW_SECRETS.put(request, secrets, verb="rotated")  # after a redirect: a reload rotates
         return HttpResponseRedirect(reverse("admin:intakes_intake_signing_secrets"))
 
-    @org_action(roles=MANAGERS, description="Send test callback (signed sample body)")
+    @org_action(roles=MANAGERS, description="Send test callback (signed sample body)",
+                at_once=TEST_CALLBACKS_AT_ONCE)
     def send_test_callback(self, request, queryset):
-        """Each test is a POST inside this request, waiting up to the callback timeout for
-        its receiver: at most TEST_CALLBACKS_AT_ONCE intakes, so slow receivers cannot hold
-        the request past the web server's timeout. A larger selection is refused whole."""
-        selected = queryset.count()
-        if selected > TEST_CALLBACKS_AT_ONCE:
-            self.message_user(
-                request, f"No test callback was sent: {selected} intakes are selected and "
-                f"a test waits for each receiver's answer, so at most "
-                f"{TEST_CALLBACKS_AT_ONCE} are tested at once. Select fewer intakes.",
-                messages.ERROR)
-            return None
         ip = client_ip(request)
         results = [(intake, callback_test_send(intake=intake, actor=request.user, ip=ip))
                    for intake in queryset.select_related("org")]
@@ -575,7 +556,8 @@ class IntakeCallbacksAdminMixin:
                                for i, r in results]}
         return TemplateResponse(request, "admin/intakes/test_callback.html", context)
 
-    @org_action(roles=MANAGERS, description="Re-enable callbacks (after a 410 Gone)")
+    @org_action(roles=MANAGERS, description="Re-enable callbacks (after a 410 Gone)",
+                at_once=OBJECTS_AT_ONCE)
     def enable_callbacks(self, request, queryset):
         done = sum(intake_callback_enable(intake=i, actor=request.user, ip=client_ip(request))
                    for i in queryset.filter(callback_disabled_at__isnull=False))

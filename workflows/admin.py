@@ -260,7 +260,9 @@ class WorkItemActionsMixin:
             self.message_user(request, f"{verb}; the work item continues.", messages.SUCCESS)
         return HttpResponseRedirect(reverse("admin:workflows_workitem_change", args=[item.pk]))
 
-    @org_action(roles=ACTORS,
+    # Bounds itself: the oldest CANCEL_AT_ONCE, and says how many are left (a canceled item
+    # leaves the selection's active ones, so running it again takes the next ones).
+    @org_action(roles=ACTORS, at_once=None,
                 description="Cancel selected work items (fail with code 'canceled')")
     def cancel_selected(self, request: HttpRequest, queryset):
         """Cancel the selection's pending and running items, oldest first, at most

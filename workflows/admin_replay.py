@@ -135,7 +135,8 @@ class WorkItemReplayMixin:
         return HttpResponseRedirect(reverse("admin:workflows_workitem_change", args=[new.pk]))
 
     # --- bulk action -------------------------------------------------------------------
-    @org_action(roles=ACTORS, description="Replay from failed step")
+    # Not bounded here: the request writes one background batch per organization.
+    @org_action(roles=ACTORS, description="Replay from failed step", at_once=None)
     def replay_selected(self, request: HttpRequest, queryset):
         """A confirmation page, then one background batch per organization: a selection
         of thousands never replays inside the request."""

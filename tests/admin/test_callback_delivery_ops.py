@@ -516,16 +516,17 @@ def test_redeliver_refuses_a_selection_larger_than_it_takes_at_once_and_changes_
     was resent in the request, one transaction and audit row each, until gunicorn's timeout
     cut it halfway (and a second run resent the first ones again). Over the cap, nothing is
     resent and the page says how to narrow the list; at the cap, all go."""
-    from intakes import admin_callbacks
+    from intakes.admin_callbacks import CallbackDeliveryAdmin
 
-    monkeypatch.setattr(admin_callbacks, "REDELIVER_AT_ONCE", 2)
+    assert CallbackDeliveryAdmin.redeliver_now.at_once == 500
+    monkeypatch.setattr(CallbackDeliveryAdmin.redeliver_now, "at_once", 2)
     rows = [_gave_up(cb_intake) for _ in range(3)]
     client.force_login(cast.admin_a)
     response = client.post(DELIVERIES, {"action": "redeliver_now", "select_across": "1",
                                          "_selected_action": [str(rows[0].pk)]}, follow=True)
     page = response.content.decode()
-    assert "Nothing was redelivered: 3 deliveries are selected" in page
-    assert "at most 2 at once" in page
+    assert "Nothing was done: 3 callback deliveries are selected" in page
+    assert "takes at most 2 at once" in page
     assert set(CallbackDelivery.objects.values_list("state", flat=True)) == {State.FAILED}
     assert not AuditEvent.objects.filter(event="callback.redelivered").exists()
     response = client.post(DELIVERIES, {"action": "redeliver_now",
