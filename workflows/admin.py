@@ -215,6 +215,7 @@ class ApprovalInline(StepRunInline):
 
 # "Cancel selected": items canceled per request (about 10 ms each).
 CANCEL_AT_ONCE = 500
+CORRELATION_ID_MAX = WorkItem._meta.get_field("correlation_id").max_length
 
 
 class WorkItemActionsMixin:
@@ -325,17 +326,27 @@ class WorkItemAdmin(ExtendedInlinesMixin, WorkItemReplayMixin, WorkItemActionsMi
             F("finished_at") - F("created_at"), output_field=DurationField()))
 
     def get_search_results(self, request, queryset, search_term):
-        """A work id pasted in is one indexed read; the substring search of three columns
-        reads every item in reach (0.7-1.0 s on a 200,000-item history, BENCHMARKS.md). A
-        UUID that is no work id here may be a correlation or request id: searched as before."""
-        try:
-            work_id = uuid.UUID(search_term.strip())
-        except ValueError:
-            return super().get_search_results(request, queryset, search_term)
-        exact = queryset.filter(pk=work_id)
-        if exact.exists():
+        """A whole work id or correlation id pasted in is an indexed read; the substring
+        search of three columns reads every item in reach (0.5-1.0 s on a 200,000-item
+        history, BENCHMARKS.md). Anything else (part of an id, a request id, a correlation
+        id in another case) is searched as before."""
+        exact = self._exact_match(queryset, search_term.strip())
+        if exact is not None:
             return exact, False
         return super().get_search_results(request, queryset, search_term)
+
+    @staticmethod
+    def _exact_match(queryset, term: str):
+        if not term or len(term) > CORRELATION_ID_MAX:
+            return None
+        try:
+            work_id = uuid.UUID(term)
+        except ValueError:
+            work_id = None
+        if work_id is not None and (found := queryset.filter(pk=work_id)).exists():
+            return found
+        found = queryset.filter(correlation_id=term)  # workitem_correlation
+        return found if found.exists() else None
 
     def get_readonly_fields(self, request, obj=None):
         return [f for _, opts in self.fieldsets for f in opts["fields"]]

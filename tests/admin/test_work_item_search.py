@@ -60,3 +60,37 @@ def test_another_organizations_work_id_finds_nothing(cast, items):
     outsider = Client()
     outsider.force_login(cast.outsider_b)
     assert _found(outsider, ids[0])[0] == set()
+
+
+def test_a_whole_correlation_id_is_looked_up_not_searched(admin_a_client, items):
+    """A caller pastes the correlation id it sent (a UUID or its own order number): one read
+    of the partial index `workitem_correlation`, not a substring match over every item in
+    reach. Only the items with exactly that id; part of one is still a substring search."""
+    ids, correlation = items
+    for term, expected in ((correlation, ids[0]), ("order-4711", ids[1]),
+                           (" order-4712 ", ids[2])):
+        shown, sql = _found(admin_a_client, term)
+        assert shown == {expected}
+        assert not any("LIKE" in statement.upper() for statement in sql), term
+    shown, sql = _found(admin_a_client, "ORDER-4711")  # another case: searched as before
+    assert shown == {ids[1]} and any("LIKE" in statement.upper() for statement in sql)
+
+
+def test_another_organizations_correlation_id_finds_nothing(cast, items):
+    outsider = Client()
+    outsider.force_login(cast.outsider_b)
+    assert _found(outsider, "order-4711")[0] == set()
+
+
+def test_the_correlation_index_is_built_partial_in_the_database():
+    """The migration built it (concurrently on PostgreSQL) and only for items that carry a
+    correlation id: a trigger without `Auxot-Correlation-Id` (most) writes no entry."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT indexdef FROM pg_indexes "
+                           "WHERE indexname = 'workitem_correlation'")
+        else:
+            cursor.execute("SELECT sql FROM sqlite_master WHERE name = 'workitem_correlation'")
+        [(definition,)] = cursor.fetchall()
+    assert "(correlation_id" in definition.replace('"', "")
+    assert "WHERE" in definition.upper() and "''" in definition
