@@ -3,6 +3,12 @@
 `LOG_FORMAT=text` (the default) writes human lines; `LOG_FORMAT=json` writes one JSON object
 per line with a fixed set of top-level fields. The context is a contextvar, so every line a
 request or a work item's run logs carries its ids without passing them around.
+
+Either way a record cannot forge another one: a line's text holds what callers and tenants
+chose (a path, a host, a name, an exception's message). JSON escapes every control
+character; the text format writes each one as its Python escape (`\n`, `\x1b`, `\u2028`),
+and indents the lines of a traceback, so every line that starts without a space starts a
+record and no terminal runs an escape sequence a caller sent.
 """
 
 import logging
@@ -57,6 +63,39 @@ class ContextFilter(logging.Filter):
                  if getattr(record, name, None)]
         record.context = (" [" + " ".join(pairs) + "]") if pairs else ""
         return True
+
+
+def log_text(text: str) -> str:
+    """`text` with every character that is not printable (line breaks, ANSI escapes and other
+    controls, Unicode line separators and format characters such as bidi overrides) written
+    as its Python escape: what a caller sent stays readable and on its one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+
+
+# The lines of a traceback or a stack under a text record start with this.
+CONTINUATION = "  "
+
+
+class TextFormatter(logging.Formatter):
+    """The text format: the record on one line (`log_text`), then its traceback or stack
+    (if any), each line indented by CONTINUATION and escaped too. An exception's message may
+    quote a caller; its own line breaks stay inside the indented block."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = record.getMessage()
+        if self.usesTime():
+            record.asctime = self.formatTime(record, self.datefmt)
+        lines = [log_text(self.formatMessage(record))]
+        # Never the cached record.exc_text: another handler's formatter may have written it.
+        trailer = [self.formatException(record.exc_info)] if record.exc_info else []
+        if record.stack_info:
+            trailer.append(self.formatStack(record.stack_info))
+        lines += [CONTINUATION + log_text(line)
+                  for text in trailer for line in text.rstrip("\n").split("\n")]
+        return "\n".join(lines)
 
 
 # Record attributes that are not ours to print (the logging module's own, plus `context`).

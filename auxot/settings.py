@@ -692,7 +692,9 @@ LOGGING = {
     "disable_existing_loggers": False,
     "filters": {"context": {"()": "auxot.logs.ContextFilter"}},
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s%(context)s"},
+        # One record, one line: a control character a caller sent is written escaped.
+        "plain": {"class": "auxot.logs.TextFormatter",
+                  "format": "%(asctime)s %(levelname)s %(name)s %(message)s%(context)s"},
         "json": {"()": "auxot.logs.JsonFormatter"},
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["context"],
