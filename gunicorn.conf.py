@@ -79,25 +79,36 @@ def child_exit(server, worker) -> None:
         _multiprocess.mark_process_dead(worker.pid)
 
 
-# LOG_FORMAT=json: gunicorn's own lines (start, signals, worker boots and timeouts, the access
-# log) are JSON objects too, one per line, like the application's (auxot/logs.py).
-if os.environ.get("LOG_FORMAT", "").strip().lower() == "json":
-    # A logconfig_dict makes gunicorn log every request whatever `accesslog` says: the access
-    # logger gets a handler only when GUNICORN_ACCESSLOG asks for one (`-`: stdout, else a file).
-    _access = ({"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}
-               if accesslog == "-" else
-               {"class": "logging.FileHandler", "formatter": "json", "filename": accesslog}
-               if accesslog else None)
-    logconfig_dict = {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"json": {"()": "auxot.logs.JsonFormatter"}},
-        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json",
-                                 "stream": "ext://sys.stderr"},
-                     **({"access": _access} if _access else {})},
-        "loggers": {
-            "gunicorn.error": {"handlers": ["console"], "level": "INFO", "propagate": False},
-            "gunicorn.access": {"handlers": ["access"] if _access else [],
-                                "level": "INFO" if _access else "CRITICAL", "propagate": False},
-        },
-    }
+# gunicorn's own lines (start, signals, worker boots and timeouts, the access log) go through
+# the application's formatters (auxot/logs.py): JSON objects with LOG_FORMAT=json, otherwise
+# gunicorn's usual text with what a caller chose escaped (the access line's path is
+# percent-decoded, its User-Agent and Referer are the caller's: `%0a` or ESC forged lines).
+_json = os.environ.get("LOG_FORMAT", "").strip().lower() == "json"
+# A logconfig_dict makes gunicorn log every request whatever `accesslog` says: the access
+# logger gets a handler only when GUNICORN_ACCESSLOG asks for one (`-`: stdout, else a file).
+_access = ({"class": "logging.StreamHandler", "formatter": "access", "stream": "ext://sys.stdout"}
+           if accesslog == "-" else
+           {"class": "logging.FileHandler", "formatter": "access", "filename": accesslog}
+           if accesslog else None)
+if _json:
+    _formatters = {"lines": {"()": "auxot.logs.JsonFormatter"},
+                   "access": {"()": "auxot.logs.JsonFormatter"}}
+else:  # gunicorn's own formats (glogging.CONFIG_DEFAULTS, and its access logger's)
+    _formatters = {"lines": {"class": "auxot.logs.TextFormatter",
+                             "format": "%(asctime)s [%(process)d] [%(levelname)s] %(message)s",
+                             "datefmt": "[%Y-%m-%d %H:%M:%S %z]"},
+                   "access": {"class": "auxot.logs.TextFormatter", "format": "%(message)s"}}
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": _formatters,
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "lines",
+                             "stream": "ext://sys.stderr"},
+                 **({"access": _access} if _access else {})},
+    "loggers": {
+        # No level: gunicorn's own (`--log-level`, INFO by default) stays.
+        "gunicorn.error": {"handlers": ["console"], "propagate": False},
+        "gunicorn.access": {"handlers": ["access"] if _access else [],
+                            "level": "INFO" if _access else "CRITICAL", "propagate": False},
+    },
+}

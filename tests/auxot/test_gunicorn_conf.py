@@ -31,9 +31,8 @@ def test_no_access_log_unless_asked_and_its_line_has_no_query_string(monkeypatch
     `?token=...` included) although GUNICORN_ACCESSLOG was unset."""
     conf = _conf(monkeypatch, LOG_FORMAT=log_format)
     assert conf["accesslog"] is None
-    if log_format == "json":
-        access = conf["logconfig_dict"]["loggers"]["gunicorn.access"]
-        assert access["handlers"] == [] and access["propagate"] is False
+    access = conf["logconfig_dict"]["loggers"]["gunicorn.access"]
+    assert access["handlers"] == [] and access["propagate"] is False
     assert "%(r)s" not in conf["access_log_format"] and "%(q)s" not in conf["access_log_format"]
     conf = _conf(monkeypatch, LOG_FORMAT="json", GUNICORN_ACCESSLOG="-")
     [handler] = conf["logconfig_dict"]["loggers"]["gunicorn.access"]["handlers"]

@@ -87,6 +87,36 @@ def test_no_access_log_by_default_and_never_a_query_string(db, tmp_path, log_for
     assert "GET /healthz HTTP/1.1" in written and "QUERYSECRET" not in written
 
 
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_callers_path_or_header_cannot_forge_an_access_log_line(db, tmp_path, log_format):
+    """gunicorn's access line holds the path percent-decoded (`%0a` is a line break) and the
+    caller's User-Agent and Referer (ESC passes its parser): in text mode, with gunicorn's
+    own formatter, they forged a line and drove the terminal of whoever read the log."""
+    forged = "2030-01-01 00:00:00 [1] [INFO] forged"
+    access_log = tmp_path / "access.log"
+    web = Gunicorn(workers=1, LOG_FORMAT=log_format, GUNICORN_ACCESSLOG=str(access_log)).start()
+    try:
+        with socket.create_connection(("127.0.0.1", web.port), timeout=30) as sock:
+            sock.sendall(b"GET /healthz%0a" + forged.replace(" ", "%20").encode()
+                         + b"%1b[2J HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"User-Agent: ua\x1b[31m\x7fz\r\nReferer: r\x1b]0;title\x07\r\n"
+                         b"Connection: close\r\n\r\n")
+            assert _read_answer(sock).startswith(b"HTTP/1.1 404")
+        web.terminate()
+        web.proc.wait(30)
+    finally:
+        web.stop()
+    lines = [line for line in access_log.read_text().split("\n") if line]
+    assert len(lines) == 2  # the probe start() sends, and ours
+    assert all(line.isprintable() for line in lines), lines
+    assert not any(line.startswith(forged) for line in lines)
+    if log_format == "json":
+        [ours] = [json.loads(line)["message"] for line in lines if "healthz" in line]
+    else:
+        [ours] = [line for line in lines if "healthz" in line]
+        assert "\\n" + forged + "\\x1b[2J" in ours and "ua\\x1b[31m\\x7fz" in ours
+
+
 def test_behind_the_proxy_https_and_the_client_address_are_both_believed(cast, intake_a):
     """Gunicorn (GUNICORN_FORWARDED_ALLOW_IPS) believes X-Forwarded-Proto only, REMOTE_ADDR
     stays the proxy's; the app (AUXOT_TRUSTED_PROXIES, loopback by default) takes the
