@@ -261,8 +261,12 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, ApplicationError):
         return problem_response(exc.code, exc.detail, extra=exc.extra, headers=exc.headers)
     if isinstance(exc, DataError):
-        # A value the database refuses is bad input, not an outage (and never a 500).
-        logger.warning("database refused a value: %s", exc)
+        # A value the database refuses is bad input, not an outage (and never a 500). Its
+        # class and SQLSTATE only: PostgreSQL's message quotes the value it refused and its
+        # CONTEXT a stretch of the JSON around it (a caller's body, a token in it).
+        cause = exc.__cause__ or exc
+        logger.warning("database refused a value: %s (SQLSTATE %s)", type(cause).__name__,
+                       getattr(cause, "sqlstate", None) or "unknown")
         return problem_response("invalid_request", "A value in the request cannot be stored.")
     if isinstance(exc, OperationalError | InterfaceError):
         # A 202 is a promise that the item is stored: never fake one when we cannot store.

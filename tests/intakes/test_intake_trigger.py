@@ -1,6 +1,7 @@
 """POST /v1/intake/{id}: 202 with a work_id, and a clear 4xx (with no work item) otherwise."""
 
 import gzip
+import logging
 import zlib
 from unittest import mock
 
@@ -97,6 +98,27 @@ def test_data_error_is_a_400_not_an_outage(api, intake_a, member_token):
         response = trigger(api, intake_a.pk, member_token)
     assert response.status_code == 400
     assert response.json()["code"] == "invalid_request"
+
+
+def test_a_data_errors_log_line_names_its_class_never_the_refused_value(api, intake_a,
+                                                                         member_token, caplog):
+    """PostgreSQL's message quotes the value it refused, and its CONTEXT the JSON around it
+    (psycopg's text, as the driver raised it): the caller's body, a token in it, reached
+    the log, over several lines."""
+    import psycopg
+    from django.db import DataError
+
+    cause = psycopg.errors.UntranslatableCharacter(
+        'unsupported Unicode escape sequence\nDETAIL:  \\u0000 cannot be converted to text.'
+        '\nCONTEXT:  JSON data, line 1: {"token": "BODYSECRET\\u0000...')
+    refused = DataError(str(cause))
+    refused.__cause__ = cause
+    with mock.patch("intakes.api.intake_trigger", side_effect=refused), \
+            caplog.at_level(logging.WARNING, logger="auxot.errors"):
+        assert trigger(api, intake_a.pk, member_token).status_code == 400
+    [record] = [r for r in caplog.records if r.name == "auxot.errors"]
+    assert record.getMessage() == ("database refused a value: UntranslatableCharacter "
+                                   "(SQLSTATE 22P05)")
 
 
 def test_charset_utf8_and_plus_json_are_accepted(api, intake_a, member_token):
