@@ -4,6 +4,7 @@ import csv
 import io
 
 import pytest
+from django.utils import timezone
 
 from apikeys.services import apikey_issue
 from auxot.admin import csv_cell
@@ -90,3 +91,27 @@ def test_a_long_export_streams_in_chunks_of_rows_with_every_row_once(client, cas
     assert len(chunks) == 3  # the BOM, the header and rows 1-2; rows 3-4; row 5
     label = rows[0].index("actor_label")
     assert [row[label] for row in rows[1:]] == [f"row {n}" for n in range(4, -1, -1)]
+
+
+def test_no_cell_of_any_column_starts_a_formula(client, cast):
+    """Every column of the export, each given a value starting with each formula prefix
+    (`ip` holds addresses only, `created_at` a time: neither can start one)."""
+    from auxot.admin import CSV_COLUMNS, FORMULA_PREFIXES
+
+    settable = ["event", "actor_label", "actor_key_lookup", "object_type", "object_id"]
+    for prefix in FORMULA_PREFIXES:
+        value = prefix + "cmd|' /C calc'!A0"  # short: actor_key_lookup is 32 characters
+        AuditEvent.objects.create(org=cast.org_a, created_at=timezone.now(), event=value,
+                                  extra=-1, **{name: value for name in settable[1:]})
+    cast.org_a.name = '=cmd|" /C calc"!A0'
+    cast.org_a.save()
+    client.force_login(cast.admin_a)
+    _, _, rows = _export(client)
+    assert rows[0] == CSV_COLUMNS
+    assert set(CSV_COLUMNS) - {"created_at", "ip"} == {*settable, "org", "extra"}
+    hostile = [row for row in rows[1:] if row[1].startswith("'")]
+    assert len(hostile) == len(FORMULA_PREFIXES)
+    for row in hostile:
+        assert not [cell for cell in row if cell.startswith(FORMULA_PREFIXES)], row
+        assert all(row[CSV_COLUMNS.index(name)].startswith("'") for name in settable)
+        assert row[CSV_COLUMNS.index("extra")] == "'-1"
