@@ -134,6 +134,12 @@ def _jwt_header(body: str) -> bool:
     return isinstance(decoded, dict) and "alg" in decoded
 
 
+def _last_part_random(body: str) -> bool:
+    """A webhook URL's token (its last path segment) looks random: not a placeholder
+    (`…/XXXXXXXXXXXXXXXXXXXXXXXX`)."""
+    return _looks_random(body.rsplit("/", 1)[-1])
+
+
 def _format(kind: str, pattern: str, check=_looks_random, flags: int = 0):
     """(kind, regex, check): `(?P<body>…)` in `pattern` is what `check` looks at."""
     return kind, re.compile(rf"(?<![{_WORD_CHAR}]){pattern}(?![{_WORD_CHAR}])", flags), check
@@ -150,6 +156,8 @@ CREDENTIAL_FORMATS = (
     _format("OpenAI-style API key (sk-…)", r"sk-(?P<body>[A-Za-z0-9_-]{20,})", _random_run),
     _format("Stripe secret key", r"[rs]k_(?:live|test)_(?P<body>[A-Za-z0-9]{20,})"),
     _format("Slack token", r"(?:xox[abprse]|xapp)-(?P<body>[0-9]+-[A-Za-z0-9-]{8,})"),
+    # A digit is required: a body of 16 capital letters (3.6 % of real IDs) cannot be told
+    # from an all-caps name (`ASIAPACIFICSALESTEAM`) by its format.
     _format("AWS access key ID", r"(?:AKIA|ASIA|ABIA|ACCA)(?P<body>[A-Z0-9]{16})", _has_digit),
     _format("Google API key", r"AIza(?P<body>[A-Za-z0-9_-]{35})"),
     _format("SendGrid API key", r"SG\.(?P<body>[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43})"),
@@ -158,6 +166,14 @@ CREDENTIAL_FORMATS = (
     _format("Hugging Face token", r"hf_(?P<body>[A-Za-z0-9]{34,})", _mixed_case),
     _format("JSON Web Token", r"(?P<body>eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\."
             r"[A-Za-z0-9_-]{16,})", _jwt_header),
+    # Incoming-webhook URLs: the path is the credential (anyone holding it posts to the
+    # channel). Slack: /services/T<workspace>/B<hook>/<24-character token>; Discord:
+    # /api[/v<n>]/webhooks/<snowflake id>/<68-character token>. The scheme is optional.
+    _format("Slack webhook URL", r"(?:https?://)?hooks\.slack\.com/services/"
+            r"(?P<body>T[A-Z0-9]{6,12}/B[A-Z0-9]{6,12}/[A-Za-z0-9]{20,40})", _last_part_random),
+    _format("Discord webhook URL", r"(?:https?://)?(?:(?:www|ptb|canary)\.)?discord(?:app)?"
+            r"\.com/api/(?:v[0-9]{1,2}/)?webhooks/(?P<body>[0-9]{17,20}/[A-Za-z0-9_-]{60,100})",
+            _last_part_random),
     # The whole block, to its END line (or the end of the text): the key is its body.
     ("private key", re.compile(
         r"-----BEGIN[A-Z0-9 ]* PRIVATE KEY(?: BLOCK)?-----(?P<body>.*?)"

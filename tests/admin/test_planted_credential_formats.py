@@ -169,6 +169,21 @@ def test_a_credential_as_a_key_is_refused_without_naming_it(kind):
     assert token not in json.dumps(kind_get(kind).config_shown(config))
 
 
+@pytest.mark.parametrize("credential", ["Slack webhook URL", "Discord webhook URL"])
+def test_a_chat_webhook_as_an_http_steps_url_is_refused_for_url_secret(credential):
+    """The URL is the credential: it belongs in an organization secret named by
+    `url_secret`, where a step's viewers cannot read it."""
+    config = {"method": "POST", "url": FORMATS[credential], "body": "input"}
+    kind_get("http").validate_config(config)
+    with pytest.raises(ValidationError) as refused:
+        kind_get("http").validate_stored(config)
+    [message] = refused.value.messages
+    assert message.startswith(f"url: a {credential}") and '"url_secret"' in message
+    assert not _shows(message, FORMATS[credential])
+    kind_get("http").validate_stored({"method": "POST", "url_secret": {"secret": "HOOK"},
+                                      "body": "input"})
+
+
 def test_a_config_without_credentials_is_saved_and_shown_as_it_is():
     configs = {
         "transform": {"expression": "{order: input.order, note: 'a long constant 12345'}"},

@@ -21,6 +21,8 @@ from auxot.secrets import CREDENTIAL_FORMATS, credential_formats, credential_for
 RNG = random.Random(20240611)
 ALNUM = string.ascii_letters + string.digits
 URLSAFE = ALNUM + "-_"
+UPPER_DIGITS = string.ascii_uppercase + string.digits
+BASE32 = string.ascii_uppercase + "234567"
 
 
 def _chars(alphabet: str, n: int) -> str:
@@ -72,6 +74,17 @@ SAMPLES = {
         f"{_chars(URLSAFE, 43)}",
         f"{_b64url({'alg': 'RS256', 'kid': 'k1'})}.{_b64url({'iss': 'a', 'exp': 1})}."
         f"{_chars(URLSAFE, 342)}"],
+    "Slack webhook URL": [
+        f"https://hooks.slack.com/services/T{_chars(UPPER_DIGITS, 8)}/B{_chars(UPPER_DIGITS, 10)}"
+        f"/{_chars(ALNUM, 24)}",
+        f"hooks.slack.com/services/T{_chars(UPPER_DIGITS, 10)}/B{_chars(UPPER_DIGITS, 8)}/"
+        f"{_chars(string.ascii_letters, 24)}"],
+    "Discord webhook URL": [
+        f"https://discord.com/api/webhooks/{RNG.randrange(10**17, 10**19)}/{_chars(URLSAFE, 68)}",
+        f"https://discordapp.com/api/v10/webhooks/{RNG.randrange(10**17, 10**19)}/"
+        f"{_chars(URLSAFE, 68)}",
+        f"https://canary.discord.com/api/webhooks/{RNG.randrange(10**17, 10**19)}/"
+        f"{_chars(URLSAFE, 68)}"],
     "private key": [_private_key(label) for label in (
         "RSA PRIVATE KEY", "PRIVATE KEY", "EC PRIVATE KEY", "OPENSSH PRIVATE KEY",
         "ENCRYPTED PRIVATE KEY", "PGP PRIVATE KEY BLOCK")],
@@ -174,6 +187,13 @@ NEGATIVES = [
     "team.members[0].email", "https://api.example.com/v1/items?page=2&sort=desc",
     "https://github.com/example/repo/blob/main/README.md", "https://hooks.example.com/x/y",
     "https://www.googleapis.com/customsearch/v1?q=auxot",
+    # chat webhooks: documentation placeholders, shown redacted, or without their token
+    "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX",
+    "https://hooks.slack.com/services/REDACTED/REDACTED/REDACTED",
+    "https://hooks.slack.com/services/T0AB12CD3/B0EF45GH6/", "https://hooks.slack.com/",
+    "https://discord.com/api/webhooks/123456789012345678/" + "x" * 68,
+    "https://discord.com/api/REDACTED/REDACTED/REDACTED", "https://discord.com/channels/1/2",
+    "Post to the team's Slack webhook (hooks.slack.com/services/...) from a url_secret.",
     # other ordinary values
     "ops@example.com", "+1 415 555 0100", "2024-06-11T10:20:30.123456+00:00",
     "DE89370400440532013000", "C024BE91L", "/var/lib/auxot/data/2024/06/11/export.csv",
@@ -186,6 +206,18 @@ def test_ordinary_text_holds_no_credential():
     found = {text: credential_formats(text) for text in NEGATIVES}
     assert {text: kinds for text, kinds in found.items() if kinds} == {}
     assert all(credential_formats_redacted(text) == text for text in NEGATIVES)
+
+
+def test_an_aws_key_id_of_capital_letters_only_is_not_taken_for_one():
+    """Left out on purpose: 16 base32 characters without a digit are 3.6 % of key IDs
+    ((26/32)**16), and no format tells them from an all-caps name (`ASIAPACIFICSALESTEAM`,
+    `AKIAPROJECTNAMESPACE`): every vowel or consonant-run rule tried flagged 1-5 % of the
+    16-letter runs of ordinary technical text while finding only 40-60 % of such IDs. The
+    ID names a key; the secret half has no format to find at all."""
+    random_letters = [f"AKIA{_chars(string.ascii_uppercase, 16)}" for _ in range(20)]
+    assert all(credential_formats(text) == [] for text in random_letters)
+    with_a_digit = f"AKIA{_chars(BASE32, 15)}7"
+    assert credential_formats(with_a_digit) == ["AWS access key ID"]
 
 
 def test_only_strings_are_read():
