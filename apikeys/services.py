@@ -13,6 +13,7 @@ from apikeys.models import ApiKey
 from apikeys.tokens import token_digest, token_generate, token_parse, token_shaped
 from auxot.errors import ApplicationError, UnauthorizedError
 from auxot.models import Membership, Organization, Team
+from auxot.secrets import free_text_check
 from auxot.services import audit_deletion, audit_record
 
 
@@ -39,6 +40,7 @@ def apikey_issue(
         raise ApplicationError("A key belongs to exactly one user or one team.")
     if not label.strip():
         raise ApplicationError("A key needs a label.")
+    free_text_check(label, "label")
     now = timezone.now()
     if expires_at is not None and expires_at <= now:
         raise ApplicationError("The expiry must be in the future.")

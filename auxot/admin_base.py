@@ -36,6 +36,7 @@ from django.core.exceptions import (
 from django.db import transaction
 from django.db.models import Model, QuerySet
 from django.db.models.constants import LOOKUP_SEP
+from django.forms.utils import pretty_name
 from django.http import Http404, HttpRequest
 from django.utils.crypto import salted_hmac
 from django.utils.text import smart_split
@@ -44,6 +45,7 @@ from auxot import crypto
 from auxot.http import client_ip
 from auxot.models import Membership, Organization, Team
 from auxot.outbound import url_redact, urls_redacted
+from auxot.secrets import credential_formats_redacted, free_text_credentials, free_text_refusal
 from auxot.services import admin_change_record
 
 ADMIN = Membership.Role.ADMIN
@@ -189,6 +191,87 @@ def _url_shown(name: str, description: str):
         return url_redact(value) if value else "-"
 
     return shown
+
+
+# --- no credential in free text ------------------------------------------------------------
+# Every text a tenant types into an admin form (a name, a label, a description, a team's or
+# an intake's name, a key's label, a provider's model, a secret's hosts) is shown to
+# everyone who may view the object, in every list and page, in the audit log and its
+# export: a credential found there by its format (auxot/secrets.py) is refused when the
+# form is saved, naming the field and the kind, and the form comes back with it REDACTED.
+# Every form of every OrgScopedAdmin and ScopedInlineMixin inline gets the rule
+# (`credential_free_form`); these are the text fields it leaves alone, by
+# "app_label.Model.field" (a form-only field by its form's name), each with why.
+# tests/admin/test_free_text_credentials.py fails for a text field that is in neither.
+CREDENTIAL_TEXT_ALLOWED = {
+    "auxot.Secret.value": "the secret itself: write-only, stored encrypted, never shown",
+    "workflows.Step.config": "its kind's validate_stored refuses one, naming the config path "
+                             "and what the kind can do instead (url_secret, secret_headers)",
+    "workflows.Step.output_schema": "Step.clean refuses one, naming the schema path",
+    "workflows.Workflow.input_schema": "Workflow.clean refuses one, naming the schema path",
+    **{f"{label}.{name}": "a URL shown only through url_redact outside the form that edits "
+       "it (REDACTED_FIELDS): a callback URL may be a chat webhook, whose path is its token"
+       for label, name in (("intakes.Intake", "callback_url"),
+                           ("workflows.Provider", "base_url"))},
+}
+
+
+def credential_text_field(model: type[Model], name: str, field: forms.Field) -> bool:
+    """Whether the rule reads this form field: text (a CharField of any kind, a JSON
+    value) that is not in CREDENTIAL_TEXT_ALLOWED."""
+    return isinstance(field, forms.CharField | forms.JSONField) and not field.disabled and (
+        f"{model._meta.label}.{name}" not in CREDENTIAL_TEXT_ALLOWED)
+
+
+class _NoCredential:
+    """A form field's validator: `free_text_refusal` as its error."""
+
+    def __init__(self, label: str):
+        self.label = label
+
+    def __call__(self, value) -> None:
+        if message := free_text_refusal(value, self.label):
+            raise ValidationError(message, code="credential")
+
+
+class CredentialFreeFormMixin:
+    """The rule above, for one form: a validator on each text field it reads (so it runs
+    before the form's own checks, which may quote what they refuse), and after cleaning,
+    each refused field's typed text REDACTED in what the page shows again."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._credential_fields = [
+            name for name, field in self.fields.items()
+            if credential_text_field(self._meta.model, name, field)]
+        for name in self._credential_fields:
+            field = self.fields[name]
+            field.validators = [*field.validators, _NoCredential(str(
+                field.label or pretty_name(name)))]
+
+    def full_clean(self):
+        super().full_clean()
+        if not self.is_bound:
+            return
+        data = None
+        for name in self._credential_fields:
+            key = self.add_prefix(name)
+            raw = self.data.get(key)
+            if isinstance(raw, str) and free_text_credentials(raw):
+                data = data if data is not None else self.data.copy()
+                data[key] = credential_formats_redacted(raw)
+        if data is not None:
+            self.data = data
+
+
+def credential_free_form(form: type[forms.BaseForm]) -> type[forms.BaseForm]:
+    """`form` with CredentialFreeFormMixin (once), keeping its own fields."""
+    if issubclass(form, CredentialFreeFormMixin):
+        return form
+    guarded = type(form.__name__, (CredentialFreeFormMixin, form),
+                   {"__module__": form.__module__})
+    guarded.base_fields = form.base_fields  # a ModelForm subclass rebuilds them otherwise
+    return guarded
 
 
 def audit_extra_text(extra: dict) -> str:
@@ -562,7 +645,7 @@ class OrgScopedAdmin(AuditedAdminMixin, admin.ModelAdmin):
 
         A change form sent with the version of the object it was opened on is refused when
         the object (or a row of an editable inline) was saved by someone else since."""
-        form = super().get_form(request, obj, change=change, **kwargs)
+        form = credential_free_form(super().get_form(request, obj, change=change, **kwargs))
         if obj is not None and "org" in form.base_fields:
             form.base_fields["org"] = copy.copy(form.base_fields["org"])
             form.base_fields["org"].disabled = True
@@ -810,6 +893,12 @@ class ScopedInlineMixin:
 
     def has_view_permission(self, request, obj=None):
         return self._parent_admin().has_view_permission(request, obj)
+
+    def get_formset(self, request, obj=None, **kwargs):
+        """Its rows' text refuses a credential as its parent's form does (a step's name)."""
+        formset = super().get_formset(request, obj, **kwargs)
+        formset.form = credential_free_form(formset.form)
+        return formset
 
 
 class ReadOnlyInlineMixin:

@@ -219,6 +219,53 @@ def credential_formats_redacted(text: str) -> str:
     return text
 
 
+def credential_kinds_named(kinds: list[str]) -> str:
+    """`a GitHub token`, `an AWS access key ID and a Slack token`."""
+    named = [f"{'an' if kind[0].lower() in 'aeiou' else 'a'} {kind}" for kind in kinds]
+    return named[0] if len(named) == 1 else f"{', '.join(named[:-1])} and {named[-1]}"
+
+
+def free_text_credentials(value: Any) -> list[str]:
+    """The kinds of credential found by their format in free text a tenant typed (a name, a
+    label, a description, a host list): in a string, or in any string of a JSON value (its
+    keys too), each kind once."""
+    found: list[str] = []
+
+    def walk(item: Any) -> None:
+        if isinstance(item, str):
+            found.extend(credential_formats(item))
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                walk(key)
+                walk(inner)
+        elif isinstance(item, list | tuple):
+            for inner in item:
+                walk(inner)
+
+    walk(value)
+    return list(dict.fromkeys(found))
+
+
+def free_text_refusal(value: Any, field: str) -> str | None:
+    """Why `value`, typed into the free-text field `field`, may not be saved (a credential
+    found by its format there), naming the field and the credential's kind, never the
+    value; None when it may. Names, labels and descriptions are shown to everyone who may
+    view the object, in every list, page and audit row, and no secret can fill them."""
+    kinds = free_text_credentials(value)
+    if not kinds:
+        return None
+    return (f"{field}: {credential_kinds_named(kinds)} typed here is shown to everyone who "
+            "may view it (members, auditors, the audit log). Remove it: a credential belongs "
+            "in an organization secret (Secrets), which only a step or a provider can send.")
+
+
+def free_text_check(value: Any, field: str) -> None:
+    """`free_text_refusal` as a 422 problem, for the services the admin forms, the API and
+    the shell commands share."""
+    if message := free_text_refusal(value, field):
+        raise ApplicationError(message, code="validation_failed")
+
+
 class SecretUnavailable(Exception):
     """A reference that cannot be sent; `code` is the step's failure code."""
 

@@ -11,6 +11,7 @@ from apikeys.services import apikey_recheck
 from auxot.errors import NOT_FOUND_DETAIL, ApplicationError, NotFoundError, PermissionDeniedError
 from auxot.models import Membership, Organization, Team
 from auxot.outbound import RefusedDestination, url_check, url_redact
+from auxot.secrets import free_text_check
 from auxot.services import audit_deletion, audit_record
 from intakes import idempotency, ratelimit
 from intakes.accept import work_item_accept_write
@@ -48,8 +49,10 @@ def intake_create(
     """
     if unknown := set(options or {}) - set(INTAKE_SETTINGS):
         raise ApplicationError(f"Not settable here: {', '.join(sorted(unknown))}.")
+    free_text_check((options or {}).get("redact_paths"), "redact_paths")
     options = _redact_paths_checked({k: v for k, v in (options or {}).items() if v is not None})
     _limits_checked(options, options)
+    free_text_check(name, "name")
     if workflow.org_id != org.pk:
         raise ApplicationError("That workflow belongs to another organization.")
     if team is not None:
@@ -319,6 +322,9 @@ def intake_update(*, intake: Intake, changes: dict[str, Any], actor=None,
             raise ApplicationError("That team belongs to another organization.")
         if refusal := intake.org.teams_refusal():
             raise ApplicationError(refusal, code="forbidden")
+    for field in ("name", "redact_paths"):
+        if field in changes:
+            free_text_check(changes[field], field)
     if changes.get("callback_url"):
         callback_url_checked(changes["callback_url"])
     changes = _redact_paths_checked(changes)

@@ -6,8 +6,8 @@ from django.core.exceptions import ValidationError
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from auxot.secrets import credential_formats_redacted
-from workflows.kinds.typed import kinds_named, typed_credentials, typed_credentials_redacted
+from auxot.secrets import credential_formats_redacted, credential_kinds_named
+from workflows.kinds.typed import typed_credentials, typed_credentials_redacted
 
 MAX_VIOLATIONS = 50
 
@@ -31,9 +31,10 @@ def schema_credentials_check(schema: Any, *, field: str) -> None:
     `enum` value, a description: anywhere) holds a credential known by its format. Checked
     when the schema is saved, never at run: an older one is shown with it REDACTED
     (`schema_shown`) and listed by `manage.py secrets_check`."""
-    problems = [f"{path}: {kinds_named(kinds)} typed into the JSON Schema is shown to everyone "
-                "who may view the workflow (and a `const` or `enum` value to whoever sends "
-                "input it refuses). A schema has no place for a credential: remove it."
+    problems = [f"{path}: {credential_kinds_named(kinds)} typed into the JSON Schema is shown "
+                "to everyone who may view the workflow (and a `const` or `enum` value to "
+                "whoever sends input it refuses). A schema has no place for a credential: "
+                "remove it."
                 for path, kinds in typed_credentials(schema, field, expressions=False).items()]
     if problems:
         raise ValidationError({field: problems})

@@ -15,8 +15,10 @@ The candidates, and where each is kept from view:
   string of any step's config (a prompt, instructions, an expression's constant) or a JSON
   Schema: refused when saved, REDACTED for viewers in older rows
   (test_planted_credential_formats.py).
-Other free text (names, labels, descriptions, approval comments, a caller's input) is shown
-as written: it is not configuration a credential has a place in.
+- a credential known by its format in a tenant's free text (names, labels, descriptions, a
+  provider's model, a secret's hosts): refused when saved, in every admin form and the
+  services behind them (test_free_text_credentials.py).
+Other free text (approval comments, reasons, a caller's input) is shown as written.
 """
 
 import json

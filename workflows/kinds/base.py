@@ -13,7 +13,8 @@ from typing import Any, Protocol
 from django.core.exceptions import ValidationError
 
 from auxot.outbound import urls_redacted
-from workflows.kinds.typed import kinds_named, typed_credentials, typed_credentials_redacted
+from auxot.secrets import credential_kinds_named
+from workflows.kinds.typed import typed_credentials, typed_credentials_redacted
 
 
 class ProviderSlot(Protocol):
@@ -104,8 +105,8 @@ class StepKind(ABC):
         token, a private key, …: auxot/secrets.py). Each is named by its path and kind,
         never its value, with what this kind can do instead (`typed_credential_advice`).
         A kind with rules of its own calls this too."""
-        problems = [f"{path}: {kinds_named(kinds)} typed into the step is shown to everyone "
-                    f"who may view the workflow. {self.typed_credential_advice(path)}"
+        problems = [f"{path}: {credential_kinds_named(kinds)} typed into the step is shown to "
+                    f"everyone who may view the workflow. {self.typed_credential_advice(path)}"
                     for path, kinds in typed_credentials(config).items()]
         if problems:
             raise ValidationError({"config": problems})

@@ -126,9 +126,3 @@ def typed_credentials_redacted(value: Any, *, expressions: bool = True) -> Any:
     if isinstance(value, list):
         return [typed_credentials_redacted(item, expressions=expressions) for item in value]
     return value
-
-
-def kinds_named(kinds: list[str]) -> str:
-    """`a GitHub token`, `an AWS access key ID and a Slack token`."""
-    named = [f"{'an' if kind[0].lower() in 'aeiou' else 'a'} {kind}" for kind in kinds]
-    return named[0] if len(named) == 1 else f"{', '.join(named[:-1])} and {named[-1]}"
