@@ -11,6 +11,7 @@ on it is either planted here with every credential format or allowed, with a rea
 fails `test_every_text_field_a_tenant_types_into_is_decided`.
 """
 
+import io
 import json
 
 import pytest
@@ -284,3 +285,40 @@ def test_team_name_of_a_credential_is_refused_on_its_change_page_too(client, cas
     assert response.status_code == 200
     assert Team.objects.get(pk=team.pk).name == "Platform"
     assert "Ops REDACTED" in response.content.decode()  # the rest of the text is kept
+
+
+# --- older rows: saved before the rule, listed by secrets_check -------------------------------
+def test_secrets_check_reads_every_field_the_forms_refuse_a_credential_in():
+    from intakes.management.commands.secrets_check import FREE_TEXT
+
+    assert set(FREE_TEXT) == set(PLANTED)
+
+
+def _older_row(cast, model):
+    if model is Step:
+        return _workflow(cast).steps.get()
+    return BUILDERS[model](cast)
+
+
+@pytest.mark.parametrize("key", sorted(PLANTED), ids=lambda key: f"{key[0]}.{key[1]}")
+def test_secrets_check_lists_a_credential_saved_before_the_rule_without_its_value(cast, key):
+    """A name, label or host list saved before credentials were refused there still shows
+    it to every viewer: secrets_check lists the row (organization, model, id, field and the
+    credential's kind) and exits 1, and no line holds the value."""
+    from intakes.management.commands.secrets_check import FREE_TEXT
+
+    model, attribute, _ = FREE_TEXT[key]
+    row = _older_row(cast, model)
+    value = FORMATS["GitHub token"]
+    stored = [f"api.{value}.example"] if attribute == "allowed_hosts" else (
+        [f"$.{value}"] if attribute == "redact_paths" else f"ops {value}")
+    model.objects.filter(pk=row.pk).update(**{attribute: stored})
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.raises(SystemExit) as exited:
+        call_command("secrets_check", stdout=out, stderr=err)
+    assert exited.value.code == 1
+    lines = [line for line in out.getvalue().splitlines() if f"{key[0]} {row.pk} " in line]
+    assert lines == [f"org {cast.org_a.slug}  {key[0]} {row.pk}  {key[1]}: a GitHub token "
+                     "typed here is shown to everyone who may view it (members, auditors, "
+                     "the audit log)"]
+    assert not _shows(out.getvalue() + err.getvalue(), value)

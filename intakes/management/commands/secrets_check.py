@@ -3,6 +3,12 @@ and every credential typed into a step, a JSON Schema or a provider's base URL i
 secret (by its name in an `http` step's headers, or by its format in any string of any step's
 config and of a workflow's or step's schema: auxot/secrets.py `credential_formats`).
 
+It also lists a credential found by its format in a name, label, description or host list
+saved before the admin refused one there (FREE_TEXT below): those are shown to every viewer.
+
+It lives in the top app because it reads every app's tables. A line is printed with any
+credential in it REDACTED (a name or a reference it quotes may hold one), so none carries one.
+
 Run it after upgrading (and after changing AUXOT_OPERATOR_SECRETS), on a worker host: an
 operator-granted variable must be set in the environment it runs in. Exit status 1 when
 anything is listed. A typed credential (saved before such values were refused) still runs,
@@ -15,11 +21,51 @@ the server's SECRET_KEY), to check it is an http(s) URL on a host the secret all
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand
 
-from auxot.secrets import SecretUnavailable, reference_problem, url_reference_resolve
+from apikeys.models import ApiKey
+from auxot.models import Secret, Team
+from auxot.secrets import (
+    SecretUnavailable,
+    credential_formats_redacted,
+    free_text_refusal,
+    reference_problem,
+    url_reference_resolve,
+)
+from intakes.models import Intake
 from workflows.handoffs import schema_credentials_check
 from workflows.kinds import UnknownKind, kind_get
 from workflows.kinds.http import Http
 from workflows.models import Provider, Step, Workflow
+
+# The free text an admin form refuses a credential in (auxot/admin_base.py,
+# CredentialFreeFormMixin), as stored: (model label, form field) -> (model, its attribute,
+# the path to the organization). tests/admin/test_free_text_credentials.py keeps it to the
+# forms' own list.
+FREE_TEXT = {
+    ("auxot.Team", "name"): (Team, "name", "org"),
+    ("auxot.Secret", "name"): (Secret, "name", "org"),
+    ("auxot.Secret", "hosts"): (Secret, "allowed_hosts", "org"),
+    ("apikeys.ApiKey", "label"): (ApiKey, "label", "org"),
+    ("workflows.Workflow", "name"): (Workflow, "name", "org"),
+    ("workflows.Workflow", "slug"): (Workflow, "slug", "org"),
+    ("workflows.Workflow", "description"): (Workflow, "description", "org"),
+    ("workflows.Step", "name"): (Step, "name", "workflow__org"),
+    ("workflows.Provider", "name"): (Provider, "name", "org"),
+    ("workflows.Provider", "model"): (Provider, "model", "org"),
+    ("workflows.Provider", "api_key_secret"): (Provider, "api_key_secret", "org"),
+    ("workflows.Provider", "api_key_env"): (Provider, "api_key_env", "org"),
+    ("intakes.Intake", "name"): (Intake, "name", "org"),
+    ("intakes.Intake", "redact_paths"): (Intake, "redact_paths", "org"),
+}
+
+
+def free_text_problems():
+    """A credential in a name, label, description or host list saved before it was refused:
+    the row by its id, the field and the credential's kind, never the value."""
+    for (label, field), (model, attribute, org_path) in FREE_TEXT.items():
+        rows = model.objects.order_by("pk").values_list(f"{org_path}__slug", "pk", attribute)
+        for org_slug, pk, value in rows.iterator(chunk_size=500):
+            if problem := free_text_refusal(value, field):
+                yield f"org {org_slug}  {label} {pk}  {problem.split('. ')[0]}"
 
 
 def workflow_problems():
@@ -115,12 +161,16 @@ def provider_problems():
 
 class Command(BaseCommand):
     help = ("List step and provider secret references that do not resolve, and credentials "
-            "typed into steps, schemas or providers; exit 1 if any.")
+            "typed into steps, schemas, providers, names, labels and descriptions; exit 1 "
+            "if any.")
 
     def handle(self, *args, **options):
-        problems = [*workflow_problems(), *step_problems(), *provider_problems()]
+        problems = [*workflow_problems(), *step_problems(), *provider_problems(),
+                    *free_text_problems()]
         for line in problems:
-            self.stdout.write(line)
+            # A name or a reference quoted in a line may hold a credential saved before
+            # that was refused (a step's name, a provider's env name): never printed.
+            self.stdout.write(credential_formats_redacted(line))
         if problems:
             self.stderr.write(f"{len(problems)} problem(s): secret references that will fail at "
                               "run time, or credentials typed in instead of a secret.")
