@@ -4,13 +4,15 @@ import re
 
 from prometheus_client import Counter
 
+from auxot.errors import PROBLEMS
+
 TRIGGERS = Counter(
     "auxot_triggers_total", "Trigger requests by outcome (accepted, rejected) and reason.",
     ["outcome", "reason"])
 CALLBACK_ATTEMPTS = Counter(
     "auxot_callback_attempts_total", "Callback delivery attempts by outcome.", ["outcome"])
 
-_REASON = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+_HTTP_STATUS = re.compile(r"http_[1-5][0-9]{2}")  # a rejection that carried no problem code
 CALLBACK_OUTCOMES = {"delivered": "delivered", "pending": "retrying", "failed": "failed",
                      "disabled": "disabled"}
 
@@ -20,8 +22,10 @@ def trigger_accepted(*, replayed: bool) -> None:
 
 
 def trigger_rejected(*, code: str) -> None:
-    # Codes come from our own problem types; anything unexpected is folded, never a new series.
-    TRIGGERS.labels(outcome="rejected", reason=code if _REASON.match(code) else "other").inc()
+    # Only our own problem codes (and HTTP statuses) are series: anything else is folded into
+    # "other", so no value from outside can add a label value.
+    known = code in PROBLEMS or _HTTP_STATUS.fullmatch(code)
+    TRIGGERS.labels(outcome="rejected", reason=code if known else "other").inc()
 
 
 def callback_attempted(*, state: str) -> None:

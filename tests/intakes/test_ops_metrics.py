@@ -157,8 +157,18 @@ def test_unknown_rejection_codes_are_folded_into_other():
     from intakes.metrics import TRIGGERS, trigger_rejected
 
     before = TRIGGERS.labels(outcome="rejected", reason="other")._value.get()
-    trigger_rejected(code="Weird Code/with spaces")
-    assert TRIGGERS.labels(outcome="rejected", reason="other")._value.get() == before + 1
+    # Not one of our problem codes, however it is spelled: no series of its own.
+    made_up = ["Weird Code/with spaces", "a_made_up_code", "http_999", "http_4044", ""]
+    for code in made_up:
+        trigger_rejected(code=code)
+    assert TRIGGERS.labels(outcome="rejected", reason="other")._value.get() == before + 5
+    series = {sample.labels.get("reason") for metric in TRIGGERS.collect()
+              for sample in metric.samples}
+    assert not series & set(made_up)
+    for code in ("rate_limited", "http_404"):  # ours: counted by name
+        before = TRIGGERS.labels(outcome="rejected", reason=code)._value.get()
+        trigger_rejected(code=code)
+        assert TRIGGERS.labels(outcome="rejected", reason=code)._value.get() == before + 1
 
 
 def _get(url: str, token: str | None = None) -> tuple[int, str]:
