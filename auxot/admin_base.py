@@ -42,10 +42,14 @@ from django.utils.crypto import salted_hmac
 from django.utils.text import smart_split
 
 from auxot import crypto
+from auxot.credentials import (
+    credential_formats_redacted,
+    free_text_credentials,
+    free_text_refusal,
+)
 from auxot.http import client_ip
 from auxot.models import Membership, Organization, Team
 from auxot.outbound import url_redact, urls_redacted
-from auxot.secrets import credential_formats_redacted, free_text_credentials, free_text_refusal
 from auxot.services import admin_change_record
 
 ADMIN = Membership.Role.ADMIN
@@ -197,7 +201,7 @@ def _url_shown(name: str, description: str):
 # Every text a tenant types into an admin form (a name, a label, a description, a team's or
 # an intake's name, a key's label, a provider's model, a secret's hosts) is shown to
 # everyone who may view the object, in every list and page, in the audit log and its
-# export: a credential found there by its format (auxot/secrets.py) is refused when the
+# export: a credential found there by its format (auxot/credentials.py) is refused when the
 # form is saved, naming the field and the kind, and the form comes back with it REDACTED.
 # Every form of every OrgScopedAdmin and ScopedInlineMixin inline gets the rule
 # (`credential_free_form`); these are the text fields it leaves alone, by

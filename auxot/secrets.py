@@ -6,9 +6,6 @@ grant an organization named environment variables (`{"env": "NAME"}`), read from
 worker's environment only. Values never go into errors, audit extras or logs.
 """
 
-import base64
-import binascii
-import json
 import os
 import re
 from datetime import datetime
@@ -20,6 +17,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from auxot import crypto
+from auxot.credentials import free_text_refusal
 from auxot.errors import ApplicationError
 from auxot.hosts import host_allowed, host_patterns_normalize, url_host
 from auxot.models import Organization, Secret
@@ -82,181 +80,6 @@ def credential_parts(value: str) -> tuple[str, ...]:
     scheme, _, rest = value.strip().partition(" ")
     parts = {value, rest.strip()} if scheme.lower() in AUTH_SCHEMES else {value}
     return tuple(part for part in parts if credential_literal(part))
-
-
-# --- credentials known by their format, in free text ------------------------------------
-# A name (above) says a constant under it is a credential; these say it of a value itself,
-# wherever an admin pasted it (a prompt, an approval's instructions, an expression's
-# constant, a JSON Schema's `const` or `examples`): the formats that announce themselves
-# with a fixed prefix, a fixed shape or a checksum. Each is anchored at both ends, so it
-# never matches inside a longer word or token, and most also want their random part to
-# look random (a digit in it, several distinct characters): ordinary prose, UUIDs, hex
-# digests, base64 of ordinary data, URLs and placeholders (`ghp_xxxx…`) match none
-# (tests/auxot/test_credential_formats.py keeps a list of them). Entropy and keyword
-# guesses are not used: a false refusal leaves an admin no way to save a workflow.
-_WORD_CHAR = r"A-Za-z0-9_\-"
-_AUXOT_KEY_CHECKSUM_DIGITS = 6  # apikeys/tokens.py: CRC32 of what comes before, low 24 bits
-
-
-def _looks_random(body: str) -> bool:
-    """Not a placeholder (`ghp_xxxx…`, `AKIA0000…`): eight distinct characters or more."""
-    return len(set(body)) >= 8
-
-
-def _has_digit(body: str) -> bool:
-    return any(char.isdigit() for char in body) and _looks_random(body)
-
-
-def _mixed_case(body: str) -> bool:
-    return (any(char.isupper() for char in body) and any(char.islower() for char in body)
-            and _looks_random(body))
-
-
-def _random_run(body: str) -> bool:
-    """An `sk-` key's random part: a run of 20+ letters and digits with both in it (not
-    `sk-my-long-placeholder-name`)."""
-    return any(any(c.isdigit() for c in run) and any(c.isalpha() for c in run)
-               and _looks_random(run) for run in re.findall(r"[A-Za-z0-9]{20,}", body))
-
-
-def _auxot_checksum(body: str) -> bool:
-    text, checksum = body[:-_AUXOT_KEY_CHECKSUM_DIGITS], body[-_AUXOT_KEY_CHECKSUM_DIGITS:]
-    return f"{binascii.crc32(text.encode()) & 0xFFFFFF:06x}" == checksum
-
-
-def _jwt_header(body: str) -> bool:
-    """A JWT's first part decodes to a JSON object naming its algorithm."""
-    head = body.split(".", 1)[0]
-    try:
-        decoded = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
-    except (ValueError, UnicodeDecodeError):
-        return False
-    return isinstance(decoded, dict) and "alg" in decoded
-
-
-def _last_part_random(body: str) -> bool:
-    """A webhook URL's token (its last path segment) looks random: not a placeholder
-    (`…/XXXXXXXXXXXXXXXXXXXXXXXX`)."""
-    return _looks_random(body.rsplit("/", 1)[-1])
-
-
-def _format(kind: str, pattern: str, check=_looks_random, flags: int = 0):
-    """(kind, regex, check): `(?P<body>…)` in `pattern` is what `check` looks at."""
-    return kind, re.compile(rf"(?<![{_WORD_CHAR}]){pattern}(?![{_WORD_CHAR}])", flags), check
-
-
-CREDENTIAL_FORMATS = (
-    # Ours (apikeys/tokens.py): `user.`/`team.` + 12 base32 + 43 base64url + 6 hex of CRC32.
-    _format("Auxot API key", r"(?<!\.)(?P<body>(?:user|team)\.[a-z2-7]{12}\.[A-Za-z0-9_-]{43}"
-            r"[0-9a-f]{6})", _auxot_checksum),
-    _format("GitHub token", r"gh[pousr]_(?P<body>[A-Za-z0-9]{36,251})"),
-    _format("GitHub token", r"github_pat_(?P<body>[A-Za-z0-9_]{60,251})"),
-    _format("GitLab token", r"gl(?:pat|dt|rt|ft|soat|cbt|imt|ptt|oas|agent)-"
-            r"(?P<body>[A-Za-z0-9_-]{20,})"),
-    _format("OpenAI-style API key (sk-…)", r"sk-(?P<body>[A-Za-z0-9_-]{20,})", _random_run),
-    _format("Stripe secret key", r"[rs]k_(?:live|test)_(?P<body>[A-Za-z0-9]{20,})"),
-    _format("Slack token", r"(?:xox[abprse]|xapp)-(?P<body>[0-9]+-[A-Za-z0-9-]{8,})"),
-    # A digit is required: a body of 16 capital letters (3.6 % of real IDs) cannot be told
-    # from an all-caps name (`ASIAPACIFICSALESTEAM`) by its format.
-    _format("AWS access key ID", r"(?:AKIA|ASIA|ABIA|ACCA)(?P<body>[A-Z0-9]{16})", _has_digit),
-    _format("Google API key", r"AIza(?P<body>[A-Za-z0-9_-]{35})"),
-    _format("SendGrid API key", r"SG\.(?P<body>[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43})"),
-    _format("npm token", r"npm_(?P<body>[A-Za-z0-9]{36})"),
-    _format("PyPI token", r"pypi-AgEIcHlwaS5vcmc(?P<body>[A-Za-z0-9_-]{50,})"),
-    _format("Hugging Face token", r"hf_(?P<body>[A-Za-z0-9]{34,})", _mixed_case),
-    _format("JSON Web Token", r"(?P<body>eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\."
-            r"[A-Za-z0-9_-]{16,})", _jwt_header),
-    # Incoming-webhook URLs: the path is the credential (anyone holding it posts to the
-    # channel). Slack: /services/T<workspace>/B<hook>/<24-character token>; Discord:
-    # /api[/v<n>]/webhooks/<snowflake id>/<68-character token>. The scheme is optional.
-    _format("Slack webhook URL", r"(?:https?://)?hooks\.slack\.com/services/"
-            r"(?P<body>T[A-Z0-9]{6,12}/B[A-Z0-9]{6,12}/[A-Za-z0-9]{20,40})", _last_part_random),
-    _format("Discord webhook URL", r"(?:https?://)?(?:(?:www|ptb|canary)\.)?discord(?:app)?"
-            r"\.com/api/(?:v[0-9]{1,2}/)?webhooks/(?P<body>[0-9]{17,20}/[A-Za-z0-9_-]{60,100})",
-            _last_part_random),
-    # The whole block, to its END line (or the end of the text): the key is its body.
-    ("private key", re.compile(
-        r"-----BEGIN[A-Z0-9 ]* PRIVATE KEY(?: BLOCK)?-----(?P<body>.*?)"
-        r"(?:-----END[A-Z0-9 ]* PRIVATE KEY(?: BLOCK)?-----|\Z)", re.DOTALL),
-     lambda body: True),
-)
-# Around a match, what is taken with it when it is redacted: the rest of its word (a
-# token's tail past what the pattern needs, the URL it sits in), up to a space or quote.
-_WORD_AROUND = re.compile(r"[^\s'\"`,;(){}\[\]<>|]*")
-
-
-def _credential_spans(text: str) -> list[tuple[str, int, int]]:
-    found = []
-    for kind, pattern, check in CREDENTIAL_FORMATS:
-        for match in pattern.finditer(text):
-            if check(match.group("body")):
-                found.append((kind, match.start(), match.end()))
-    return sorted(found, key=lambda span: span[1])
-
-
-def credential_formats(text: Any) -> list[str]:
-    """The kinds of credential (`GitHub token`, `Auxot API key`) whose format is in `text`,
-    in order of appearance, each once; [] for anything but a string."""
-    if not isinstance(text, str):
-        return []
-    return list(dict.fromkeys(kind for kind, _, _ in _credential_spans(text)))
-
-
-def credential_formats_redacted(text: str) -> str:
-    """`text` with each credential `credential_formats` finds, and the rest of the word it
-    sits in, replaced by REDACTED (a private key: its whole block)."""
-    spans = []
-    for _, start, end in _credential_spans(text):
-        before = _WORD_AROUND.search(text[:start][::-1])
-        start -= before.end() if before else 0
-        end += _WORD_AROUND.match(text, end).end() - end
-        if spans and start <= spans[-1][1]:
-            spans[-1] = (spans[-1][0], max(end, spans[-1][1]))
-        else:
-            spans.append((start, end))
-    for start, end in reversed(spans):
-        text = f"{text[:start]}REDACTED{text[end:]}"
-    return text
-
-
-def credential_kinds_named(kinds: list[str]) -> str:
-    """`a GitHub token`, `an AWS access key ID and a Slack token`."""
-    named = [f"{'an' if kind[0].lower() in 'aeiou' else 'a'} {kind}" for kind in kinds]
-    return named[0] if len(named) == 1 else f"{', '.join(named[:-1])} and {named[-1]}"
-
-
-def free_text_credentials(value: Any) -> list[str]:
-    """The kinds of credential found by their format in free text a tenant typed (a name, a
-    label, a description, a host list): in a string, or in any string of a JSON value (its
-    keys too), each kind once."""
-    found: list[str] = []
-
-    def walk(item: Any) -> None:
-        if isinstance(item, str):
-            found.extend(credential_formats(item))
-        elif isinstance(item, dict):
-            for key, inner in item.items():
-                walk(key)
-                walk(inner)
-        elif isinstance(item, list | tuple):
-            for inner in item:
-                walk(inner)
-
-    walk(value)
-    return list(dict.fromkeys(found))
-
-
-def free_text_refusal(value: Any, field: str) -> str | None:
-    """Why `value`, typed into the free-text field `field`, may not be saved (a credential
-    found by its format there), naming the field and the credential's kind, never the
-    value; None when it may. Names, labels and descriptions are shown to everyone who may
-    view the object, in every list, page and audit row, and no secret can fill them."""
-    kinds = free_text_credentials(value)
-    if not kinds:
-        return None
-    return (f"{field}: {credential_kinds_named(kinds)} typed here is shown to everyone who "
-            "may view it (members, auditors, the audit log). Remove it: a credential belongs "
-            "in an organization secret (Secrets), which only a step or a provider can send.")
 
 
 def free_text_check(value: Any, field: str) -> None:

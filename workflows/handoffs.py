@@ -6,7 +6,7 @@ from django.core.exceptions import ValidationError
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from auxot.secrets import credential_formats_redacted, credential_kinds_named
+from auxot.credentials import credential_formats_redacted, credential_kinds_named
 from workflows.kinds.typed import typed_credentials, typed_credentials_redacted
 
 MAX_VIOLATIONS = 50

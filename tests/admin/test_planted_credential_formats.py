@@ -1,4 +1,4 @@
-"""Credentials known by their format (auxot/secrets.py: a GitHub token, a private key, one of
+"""Credentials known by their format (auxot/credentials.py: a GitHub token, a private key, one of
 our own API keys, …) planted in every free-text field of every step kind and in JSON
 Schemas, the class of test_planted_credentials.py for what names cannot catch:
 

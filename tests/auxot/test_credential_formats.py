@@ -1,4 +1,4 @@
-"""Credentials known by their format (auxot/secrets.py, `CREDENTIAL_FORMATS`): each format is
+"""Credentials known by their format (auxot/credentials.py, `CREDENTIAL_FORMATS`): each format is
 found alone and inside text, named by its kind, and redacted whole; ordinary text (prose,
 UUIDs, hex digests, base64 of ordinary data, URLs, placeholders, expressions) is not.
 
@@ -16,7 +16,7 @@ import uuid
 import pytest
 
 from apikeys.tokens import token_generate
-from auxot.secrets import CREDENTIAL_FORMATS, credential_formats, credential_formats_redacted
+from auxot.credentials import CREDENTIAL_FORMATS, credential_formats, credential_formats_redacted
 
 RNG = random.Random(20240611)
 ALNUM = string.ascii_letters + string.digits

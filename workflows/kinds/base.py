@@ -12,8 +12,8 @@ from typing import Any, Protocol
 
 from django.core.exceptions import ValidationError
 
+from auxot.credentials import credential_kinds_named
 from auxot.outbound import urls_redacted
-from auxot.secrets import credential_kinds_named
 from workflows.kinds.typed import typed_credentials, typed_credentials_redacted
 
 

@@ -1,6 +1,6 @@
 """What an admin typed into a step's configuration (or a JSON Schema), as opposed to what
 it reads from the data: the constants of an expression, and credentials found by their
-format in any string of it (auxot/secrets.py: `credential_formats`).
+format in any string of it (auxot/credentials.py: `credential_formats`).
 
 Every step kind refuses such a credential when the step is saved (`StepKind.validate_stored`)
 and shows it REDACTED to whoever may not change the workflow (`StepKind.config_shown`); an
@@ -14,7 +14,7 @@ from typing import Any
 import jmespath
 from jmespath.exceptions import JMESPathError
 
-from auxot.secrets import credential_formats, credential_formats_redacted
+from auxot.credentials import credential_formats, credential_formats_redacted
 
 # An agent's `{{ <jmespath> }}` placeholders (workflows/kinds/agent.py renders them).
 TEMPLATE_FIELD = re.compile(r"\{\{\s*(.+?)\s*\}\}")

@@ -1,7 +1,7 @@
 """`manage.py secrets_check`: every step and provider secret reference that would not resolve,
 and every credential typed into a step, a JSON Schema or a provider's base URL instead of a
 secret (by its name in an `http` step's headers, or by its format in any string of any step's
-config and of a workflow's or step's schema: auxot/secrets.py `credential_formats`).
+config and of a workflow's or step's schema: auxot/credentials.py `credential_formats`).
 
 It also lists a credential found by its format in a name, label, description or host list
 saved before the admin refused one there (FREE_TEXT below): those are shown to every viewer.
@@ -22,14 +22,9 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand
 
 from apikeys.models import ApiKey
+from auxot.credentials import credential_formats_redacted, free_text_refusal
 from auxot.models import Secret, Team
-from auxot.secrets import (
-    SecretUnavailable,
-    credential_formats_redacted,
-    free_text_refusal,
-    reference_problem,
-    url_reference_resolve,
-)
+from auxot.secrets import SecretUnavailable, reference_problem, url_reference_resolve
 from intakes.models import Intake
 from workflows.handoffs import schema_credentials_check
 from workflows.kinds import UnknownKind, kind_get
