@@ -121,3 +121,55 @@ def test_no_caller_value_forges_a_line_on_any_request(api, intake_a, member_toke
     for record in collected:
         for kind, formatter in _formatters().items():
             _assert_one_record(kind, formatter.format(record))
+
+
+# --- no credential in a log line ------------------------------------------------------------
+def _credentials() -> dict[str, str]:
+    from tests.auxot.test_credential_formats import SAMPLES
+
+    return {kind: values[0] for kind, values in SAMPLES.items()}
+
+
+@pytest.mark.parametrize("kind", sorted(_credentials()))
+def test_no_field_of_a_record_writes_a_credential_in_either_format(kind):
+    """A credential in any place a value reaches a record (the message and its arguments,
+    the context ids, an extra, the logger's name, an exception's message and its cause, a
+    stack) is written REDACTED, in the text and the JSON format: an error quoting a header
+    or a URL, or a caller's request id, never puts a secret in a log."""
+    secret = _credentials()[kind]
+    value = f"before {secret} after"
+    try:
+        try:
+            raise KeyError(value)
+        except KeyError as inner:
+            raise ValueError(value) from inner
+    except ValueError:
+        exc_info = sys.exc_info()
+    context = dict.fromkeys(("request_id", "intake_id", "work_id", "key_lookup_id"), value)
+    tail = secret.strip().splitlines()[-1][-16:] if "PRIVATE KEY" not in secret else (
+        secret.strip().splitlines()[1][:16])
+    for name, formatter in _formatters().items():
+        for extra_exc, stack in ((None, None), (exc_info, None), (None, f"Stack:{value}\n")):
+            with log_context(**context):
+                record = logging.getLogger(value).makeRecord(
+                    value, logging.ERROR, __file__, 1, value + " %s %r", (value, value),
+                    extra_exc, extra={"event": value, "path": value}, sinfo=stack)
+                ContextFilter().filter(record)
+            text = formatter.format(record)
+            assert tail not in text, (name, text)
+            assert "REDACTED" in text and "before" in text and "after" in text
+            _assert_one_record(name, text)
+
+
+@pytest.mark.django_db
+@override_settings(AUXOT_REQUEST_LOG=True)
+def test_a_credential_in_a_requests_path_is_not_logged(api, collected):
+    """A caller that puts a token in the path (a mistyped URL, a token pasted as an id):
+    the request log line has the path REDACTED (the token and the URL around it, as
+    credential_formats_redacted takes a token's whole word)."""
+    secret = _credentials()["GitHub token"]
+    api.post(f"/v1/intake/{secret}", data="{}", content_type="application/json")
+    lines = [formatter.format(record) for record in collected
+             for formatter in _formatters().values()]
+    assert any("POST REDACTED 401" in line for line in lines), lines
+    assert not any(secret in line for line in lines)
