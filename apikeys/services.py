@@ -10,7 +10,14 @@ from django.utils import timezone
 
 from apikeys.lookup import apikey_lookup
 from apikeys.models import ApiKey
-from apikeys.tokens import token_digest, token_generate, token_parse, token_shaped
+from apikeys.tokens import (
+    TOKEN_LENGTH,
+    token_digest,
+    token_generate,
+    token_parse,
+    token_shaped,
+    token_truncated,
+)
 from auxot.errors import ApplicationError, UnauthorizedError
 from auxot.models import Membership, Organization, Team
 from auxot.secrets import free_text_check
@@ -128,6 +135,9 @@ def apikey_authenticate(*, token: str, now: datetime,
         if token_shaped(token):  # the right shape, a checksum that does not match
             raise UnauthorizedError("The API key's checksum does not match: it was mistyped "
                                     "or cut short. Copy it again.")
+        if token_truncated(token):  # the start of a key, its end lost in the copy
+            raise UnauthorizedError(f"The API key is cut short: {len(token)} of its "
+                                    f"{TOKEN_LENGTH} characters. Copy it again, whole.")
         raise UnauthorizedError("The API key is malformed. Keys look like user.… or team.….")
     # one hand-written SELECT with joins
     key = load(parsed.lookup_id) if load else apikey_lookup(lookup_id=parsed.lookup_id)

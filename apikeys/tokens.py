@@ -15,6 +15,9 @@ import secrets
 from dataclasses import dataclass
 
 TOKEN_RE = re.compile(r"^(user|team)\.([a-z2-7]{12})\.([A-Za-z0-9_-]{43})([0-9a-f]{6})$")
+TOKEN_LENGTH = len("user.") + 12 + 1 + 43 + 6
+# The start of a key and nothing wrong in it, only shorter: a copy that lost its end.
+_TRUNCATED_RE = re.compile(r"^(user|team)\.(?:[a-z2-7]{0,12}|[a-z2-7]{12}\.[A-Za-z0-9_-]{0,48})$")
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,11 @@ def token_generate(kind: str) -> str:
 def token_shaped(token: str) -> bool:
     """Whether a token has a key's shape (its checksum unchecked)."""
     return TOKEN_RE.match(token) is not None
+
+
+def token_truncated(token: str) -> bool:
+    """Whether a token is the start of a key, cut short (`user.abc…` missing its end)."""
+    return len(token) < TOKEN_LENGTH and _TRUNCATED_RE.match(token) is not None
 
 
 def token_parse(token: str) -> ParsedToken | None:

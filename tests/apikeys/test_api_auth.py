@@ -58,6 +58,19 @@ def test_wrong_checksum_gets_401_without_lookup(api, intake_a, member_token):
     assert "checksum" not in trigger(api, intake_a.pk, "user.nope").json()["detail"]
 
 
+@pytest.mark.parametrize("keep", [5, 17, 18, 40, 66])
+def test_cut_short_key_gets_401_that_says_so(api, intake_a, member_token, keep):
+    """A key that lost its end in the copy is not "malformed": the detail says it was cut
+    short and how much of it arrived, as the README's troubleshooting promises."""
+    response = trigger(api, intake_a.pk, member_token[:keep])
+    _assert_401(response)
+    assert response.json()["detail"] == (
+        f"The API key is cut short: {keep} of its 67 characters. Copy it again, whole.")
+    # a key with a wrong character is still malformed, whatever its length
+    assert "cut short" not in trigger(api, intake_a.pk, member_token[:20] + "!").json()["detail"]
+    assert not WorkItem.objects.exists()
+
+
 def test_unknown_key_with_valid_shape_gets_401(api, intake_a, cast):
     other = apikey_issue(org=cast.org_a, label="tmp", user=cast.member_a)
     ApiKey.objects.filter(pk=other.key.pk).delete()
