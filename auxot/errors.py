@@ -22,8 +22,8 @@ PROBLEM_CONTENT_TYPE = "application/problem+json"
 # intake this key may not use, an unknown work id), so a caller cannot tell which; it says
 # what to check.
 NOT_FOUND_DETAIL = ("No such intake or work item for this key: check the intake id (and the "
-                    "work id), that the intake is active, and that this key may use it (a team "
-                    "key: only its team's intakes).")
+                    "work id), that the intake and its workflow are active, and that this key "
+                    "may use it (a team key: only its team's intakes).")
 
 # code -> (status, title). The same table feeds /v1/problems/<code>.
 PROBLEMS: dict[str, tuple[int, str]] = {
@@ -81,10 +81,11 @@ PROBLEM_HELP: dict[str, str] = {
         "not approve. On /metrics: this address may not read the metrics, or the metrics "
         "token is wrong."),
     "not_found": (
-        "No such intake or work item for this key. An unknown intake, a deactivated one, "
-        "another organization's, a team intake this key may not use, and an unknown work id "
-        "all answer this same body, so nothing can be told apart: check the ids, that the "
-        "intake is active, and that the key may use it."),
+        "No such intake or work item for this key. An unknown intake, a deactivated one (or "
+        "one whose workflow is deactivated), another organization's, a team intake this key "
+        "may not use, and an unknown work id all answer this same body, so nothing can be "
+        "told apart: check the ids, that the intake and its workflow are active, and that "
+        "the key may use it."),
     "method_not_allowed": (
         "The path exists but not with this method; `Allow` lists the ones it has (a trigger "
         "is a POST, a poll a GET)."),

@@ -191,6 +191,13 @@ class IntakeAdmin(IntakeCallbacksAdminMixin, OrgScopedAdmin):
         if intake is not None:
             extra["snippets"] = intake_snippets(base_url=public_base_url(request),
                                                 intake_id=str(intake.pk))
+            if request.method == "GET" and not intake.workflow.active:
+                # Callers get the same 404 as for an unknown intake: say why here.
+                name = intake.workflow.name
+                self.message_user(request, (
+                    f"Its workflow “{name}” is deactivated: every caller gets 404 on this "
+                    f"intake until it is active again (Workflows → {name} → Active)."),
+                    messages.WARNING)
             if self.has_change_permission(request, intake):
                 state = "off" if intake.active else "on"
                 extra["toggle_url"] = reverse("admin:intakes_intake_set_active",

@@ -8,6 +8,7 @@ from auxot.errors import ApplicationError
 from auxot.models import AuditEvent
 from intakes.models import Intake
 from intakes.services import intake_create
+from workflows.models import Workflow
 
 ADD = "/admin/intakes/intake/add/"
 
@@ -61,3 +62,16 @@ def test_the_workflows_intakes_panel_says_what_an_intake_is(client, cast, workfl
     client.force_login(cast.auditor_a)
     html = client.get(f"/admin/workflows/workflow/{workflow_a.pk}/change/").content.decode()
     assert tooltip in html and "Add intake</a>" not in html
+
+
+def test_an_intake_on_a_deactivated_workflow_says_callers_get_404(client, cast, workflow_a,
+                                                                 intake_a):
+    """The add form offers deactivated workflows too, and the API's 404 cannot say which
+    check failed: the intake's page says its workflow is off, and only then."""
+    client.force_login(cast.admin_a)
+    page = f"/admin/intakes/intake/{intake_a.pk}/change/"
+    warning = "is deactivated: every caller gets 404 on this intake"
+    assert warning not in client.get(page).content.decode()
+    Workflow.objects.filter(pk=workflow_a.pk).update(active=False)
+    html = client.get(page).content.decode()
+    assert f"Its workflow “{workflow_a.name}” {warning}" in html, html

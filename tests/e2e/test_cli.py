@@ -469,16 +469,17 @@ def test_a_404_says_what_to_check_once(scripted, monkeypatch, capsys):
     monkeypatch.setenv("AUXOT_BASE_URL", base)
     monkeypatch.setenv("AUXOT_API_KEY", TOKEN)
     detail = ("No such intake or work item for this key: check the intake id (and the work "
-              "id), that the intake is active, and that this key may use it (a team key: only "
-              "its team's intakes).")
+              "id), that the intake and its workflow are active, and that this key may use it "
+              "(a team key: only its team's intakes).")
     _Scripted.script = [(404, {"Content-Type": "application/problem+json"},
                          {"status": 404, "code": "not_found", "detail": detail}),
                         (404, {"Content-Type": "text/html"}, b"<h1>Not Found</h1>")]
     assert cli.main(["trigger", "i", "--data", "{}"]) == cli.EXIT_USAGE
     err = capsys.readouterr().err
-    assert detail in err and err.count("that the intake is active") == 1, err
+    assert detail in err and err.count("that the intake and its workflow are active") == 1, err
     assert cli.main(["trigger", "i", "--data", "{}"]) == cli.EXIT_USAGE
-    assert "check the intake id, that the intake is active" in capsys.readouterr().err
+    hint = "check the intake id, that the intake and its workflow are active"
+    assert hint in capsys.readouterr().err
 
 
 def test_ctrl_c_while_waiting_says_how_to_wait_again(scripted, monkeypatch, capsys):

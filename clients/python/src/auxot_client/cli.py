@@ -387,8 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 _HINTS = {
     api.AuthError: "  check AUXOT_API_KEY: the whole key, not revoked or expired, no quotes.\n",
-    api.NotFoundError: "  check the intake id, that the intake is active, and that this key may "
-                       "use it (a team key: only its team's intakes).\n",
+    api.NotFoundError: "  check the intake id, that the intake and its workflow are active, "
+                       "and that this key may use it (a team key: only its team's intakes).\n",
 }
 
 
