@@ -367,7 +367,13 @@ class WorkItemAdmin(ExtendedInlinesMixin, WorkItemReplayMixin, WorkItemActionsMi
     @admin.display(description="diagnosis")
     def diagnosis(self, obj):
         body = work_item_view(obj).body
-        return format_html("<strong>{}</strong><br>{}", body.get("waiting_on") or obj.status,
+        waiting = body.get("waiting_on")
+        if not waiting:
+            return format_html("<strong>{}</strong><br>{}", obj.status,
+                               body.get("diagnosis") or "")
+        # As the poll has it (JSON), as "Why is my poll stuck?" shows it: not Python's repr.
+        return format_html("<strong>waiting on {}</strong> <code>{}</code><br>{}",
+                           waiting.get("kind"), json.dumps(waiting, ensure_ascii=False),
                            body.get("diagnosis") or "")
 
     def _json(self, value):

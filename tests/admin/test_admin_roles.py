@@ -540,6 +540,16 @@ def test_work_item_page_traces_it(client, cast, item_a):
         assert part in html, part
 
 
+def test_work_item_page_shows_what_it_waits_on_as_json(client, cast, item_a):
+    """The diagnosis row showed the poll's waiting_on as Python's repr ({'kind': ...});
+    it is the poll's JSON, as "Why is my poll stuck?" shows it."""
+    _login(client, cast.admin_a)
+    html = client.get(f"{WORK}{item_a.pk}/change/").content.decode()
+    assert re.search(r"<strong>waiting on (\w+)</strong> <code>\{&quot;kind&quot;: "
+                     r"&quot;\1&quot;, &quot;since&quot;: &quot;", html), html
+    assert "{&#x27;kind&#x27;" not in html and "{'kind'" not in html
+
+
 def test_audit_log_is_append_only_in_the_admin_and_exports_csv(client, cast, intake_a):
     event = AuditEvent.objects.get(event="intake.created")
     _login(client, cast.admin_a)
