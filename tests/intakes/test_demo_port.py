@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import OperationalError
 
 from intakes.management.commands import demo as demo_command
 from intakes.models import Intake
@@ -226,3 +227,37 @@ def test_ctrl_c_while_setting_up_says_so_in_one_line(db, demo_env, monkeypatch):
     assert "Interrupted while setting up" in stopped
     assert "make run again" in stopped and "\n" not in stopped
     assert "ready" not in out.getvalue()
+
+
+PG = {"ENGINE": "django.db.backends.postgresql", "NAME": "auxot_try", "HOST": "127.0.0.1",
+      "PORT": 5432, "USER": "postgres", "PASSWORD": "hunter2-not-shown"}
+
+
+def test_database_refusal_says_how_to_create_a_missing_database():
+    missing = OperationalError('connection failed: connection to server at "127.0.0.1", port '
+                               '5432 failed: FATAL:  database "auxot_try" does not exist')
+    line = demo_command.database_refusal(missing, PG)
+    assert line == ("The database auxot_try on 127.0.0.1:5432 (DATABASE_URL) does not exist: "
+                    "create it first (createdb -h 127.0.0.1 -p 5432 -U postgres auxot_try), "
+                    "then make run again.")
+    down = OperationalError("connection failed: connection to server at \"127.0.0.1\", port "
+                            "5432 failed: Connection refused\n\tIs the server running?")
+    line = demo_command.database_refusal(down, PG)
+    assert line.startswith("Cannot use the database auxot_try on 127.0.0.1:5432 (DATABASE_URL)")
+    assert "Is the server running?" in line and "\n" not in line
+    assert "hunter2" not in line
+
+
+def test_demo_on_a_database_it_cannot_use_says_so_in_one_line(db, demo_env, monkeypatch):
+    """`DATABASE_URL=postgres://…/new make run` on a database not created yet printed a page
+    of traceback; it is one line, and nothing says "ready"."""
+    def migrate(*args, **kwargs):
+        raise OperationalError('connection failed: FATAL:  database "auxot_try" does not exist')
+
+    monkeypatch.setattr(demo_command, "call_command", migrate)
+    monkeypatch.setitem(demo_command.settings.DATABASES, "default", PG)
+    out = StringIO()
+    with pytest.raises(CommandError) as refused:
+        call_command("demo", "--no-serve", stdout=out)
+    assert "does not exist: create it first (createdb" in str(refused.value)
+    assert "ready" not in out.getvalue() and "curl" not in out.getvalue()

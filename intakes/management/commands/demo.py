@@ -18,6 +18,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
+from django.db import OperationalError
 
 from intakes.demo.seed import DEMO_ENV, demo_refusal, demo_seed
 from workflows.cluster import descendants
@@ -45,6 +46,22 @@ def port_refusal(host: str, port: int) -> str | None:
     return None
 
 
+def database_refusal(exc: Exception, db: dict) -> str:
+    """One line for a database the demo cannot use (DATABASE_URL's: one that does not exist
+    yet, a server that is not running), instead of a page of traceback. Never the password:
+    the driver's message names host, port and database only."""
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"Cannot use the demo's SQLite file {db['NAME']}: {reason}"
+    host, port = db.get("HOST") or "localhost", db.get("PORT") or 5432
+    where = f"database {db['NAME']} on {host}:{port}"
+    if "does not exist" in reason and f'"{db["NAME"]}"' in reason:
+        user = f" -U {db['USER']}" if db.get("USER") else ""
+        return (f"The {where} (DATABASE_URL) does not exist: create it first "
+                f"(createdb -h {host} -p {port}{user} {db['NAME']}), then make run again.")
+    return f"Cannot use the {where} (DATABASE_URL): {reason}"
+
+
 def _refused(demo, intake) -> str:
     """A line under an intake's curl when the demo's key gets 404 on it ("" when it may call
     it): the seed keeps what an admin changed, and a curl that 404s must say why."""
@@ -69,6 +86,8 @@ class Command(BaseCommand):
         try:
             call_command("migrate", interactive=False, verbosity=0)
             demo = demo_seed(base_url=base)
+        except OperationalError as exc:  # DATABASE_URL names a database not there (yet)
+            raise CommandError(database_refusal(exc, settings.DATABASES["default"])) from None
         except KeyboardInterrupt:  # the first run's setup takes a while: no traceback
             raise CommandError("Interrupted while setting up, before anything started: "
                                "make run again to finish (what was done is kept).") from None
