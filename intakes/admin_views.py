@@ -29,8 +29,11 @@ class PollForm(forms.Form):
                            widget=forms.Textarea(attrs={"rows": 10, "cols": 90}))
 
     def clean_poll(self):
+        text = self.cleaned_data["poll"].strip()
+        if bare := UUID.fullmatch(text.strip('"')):  # the work id alone is enough
+            return bare.group(0)
         try:
-            body = json.loads(self.cleaned_data["poll"])
+            body = json.loads(text)
         except json.JSONDecodeError as exc:
             raise forms.ValidationError(f"Not valid JSON: {exc.msg} at line {exc.lineno}.") \
                 from None
@@ -39,8 +42,20 @@ class PollForm(forms.Form):
         work_id = str(body.get("work_id") or body.get("id") or "")
         match = UUID.fullmatch(work_id) or UUID.search(str(body.get("status_url", "")))
         if not match:
-            raise forms.ValidationError("That JSON has no work_id.")
+            raise forms.ValidationError(_no_work_id(body))
         return match.group(0)
+
+
+def _no_work_id(body: dict) -> str:
+    """What to say of pasted JSON without a work id: an error answer (problem+json) means
+    the poll itself was refused, which no work item can explain."""
+    code, status = body.get("code"), body.get("status")
+    if isinstance(code, str) and isinstance(status, int):
+        detail = f" {body['detail']}" if isinstance(body.get("detail"), str) else ""
+        return (f"That is an error answer (HTTP {status} {code}), not a work item: the request "
+                f"itself was refused, before any work item was read.{detail} See "
+                f"/v1/problems/{code} for what to check.")
+    return "That JSON has no work_id: paste the whole body the poll returned, or the work id."
 
 
 def poll_stuck(request):

@@ -565,6 +565,24 @@ def test_audit_log_is_append_only_in_the_admin_and_exports_csv(client, cast, int
 
 # --- "Why is my poll stuck?" -------------------------------------------------------------
 
+def test_poll_stuck_takes_a_bare_work_id_and_explains_an_error_body(client, cast, item_a):
+    """What a caller has at hand: the work id alone is looked up; a problem+json body (the
+    poll was refused: 401, 404) is not "no work_id" but says what refused it."""
+    url = "/admin/poll-stuck/"
+    _login(client, cast.member_a)
+    for pasted in (str(item_a.pk), f'"{item_a.pk}"', f"  {item_a.pk}\n"):
+        html = client.post(url, {"poll": pasted}).content.decode()
+        assert 'id="poll-result"' in html and str(item_a.pk) in html, pasted
+    problem = {"type": "/v1/problems/not_found", "title": "Not found", "status": 404,
+               "detail": "No such intake or work item for this key.", "code": "not_found"}
+    html = client.post(url, {"poll": json.dumps(problem)}).content.decode()
+    assert ("That is an error answer (HTTP 404 not_found), not a work item: the request "
+            "itself was refused, before any work item was read. No such intake or work item "
+            "for this key. See /v1/problems/not_found for what to check.") in html, html
+    html = client.post(url, {"poll": json.dumps({"status": "running"})}).content.decode()
+    assert "That JSON has no work_id: paste the whole body the poll returned" in html
+
+
 def test_poll_stuck_explains_own_items_only(client, cast, item_a, org_b_stuff):
     url = "/admin/poll-stuck/"
     _login(client, cast.member_a)
