@@ -59,6 +59,18 @@ def test_send_test_callback_obeys_the_url_policy(admin_client, cb_intake, receiv
     assert receiver.log == []
 
 
+def test_send_test_callback_to_an_intake_without_a_url_does_not_say_it_sent(
+        admin_client, cb_intake, receiver):
+    """The page opened with "a signed sample body was sent to each intake's callback URL"
+    when the intake had none and nothing was sent."""
+    Intake.objects.filter(pk=cb_intake.pk).update(callback_url="")
+    page = _action(admin_client, "send_test_callback", cb_intake).content.decode()
+    assert "The intake has no callback URL." in page
+    assert "sent to each intake's callback URL" not in page
+    assert "sent to the callback URL of each intake that has one" in page
+    assert receiver.log == []
+
+
 def _test_sent_rows(intake) -> list[AuditEvent]:
     return list(AuditEvent.objects.filter(event="callback.test_sent", object_id=str(intake.pk)))
 
