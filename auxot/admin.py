@@ -100,6 +100,14 @@ class MembershipAdmin(OrgScopedAdmin):
     add_roles = change_roles = NOBODY  # who is in an org: superusers only
     deletions_audited_elsewhere = True  # auxot/receivers.py: with its user or org too
 
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if not obj.user.is_staff:  # the role alone does not open the admin's sign-in
+            self.message_user(request, (
+                f"The user {obj.user.get_username()} cannot sign in to the admin yet: tick "
+                "Staff status on their user (Users → "
+                f"{obj.user.get_username()}); the role decides the rest."), messages.WARNING)
+
 
 EXPORT_CHUNK_ROWS = 1000  # rows per chunk of a streamed export
 

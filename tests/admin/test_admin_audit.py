@@ -348,3 +348,22 @@ def test_save_with_nothing_changed_writes_no_row(client, cast, root):
     assert client.post(url, _membership_post(membership, "admin"),
                        REMOTE_ADDR=IP).status_code == 302
     assert AuditEvent.objects.filter(event="membership.changed").count() == 1
+
+
+def test_a_membership_for_a_user_without_staff_status_says_they_cannot_sign_in(
+        client, cast, root):
+    """A user added in the admin is not staff by default, and a membership alone did not
+    let them sign in ("enter the correct username and password for a staff account"):
+    saving it says what is missing."""
+    newbie = get_user_model().objects.create_user("newbie", password="pw")
+    client.force_login(root)
+    response = client.post("/admin/auxot/membership/add/",
+                           {"user": newbie.pk, "org": cast.org_a.pk, "role": "member"},
+                           REMOTE_ADDR=IP, follow=True)
+    assert Membership.objects.filter(user=newbie, org=cast.org_a).exists()
+    assert "The user newbie cannot sign in to the admin yet: tick Staff status" in (
+        response.content.decode())
+    membership = Membership.objects.get(user=cast.member_a)  # staff: nothing to say
+    response = client.post(f"/admin/auxot/membership/{membership.pk}/change/",
+                           _membership_post(membership, "member"), REMOTE_ADDR=IP, follow=True)
+    assert "cannot sign in to the admin" not in response.content.decode()
