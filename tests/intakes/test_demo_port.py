@@ -261,3 +261,14 @@ def test_demo_on_a_database_it_cannot_use_says_so_in_one_line(db, demo_env, monk
         call_command("demo", "--no-serve", stdout=out)
     assert "does not exist: create it first (createdb" in str(refused.value)
     assert "ready" not in out.getvalue() and "curl" not in out.getvalue()
+
+
+def test_a_port_that_is_not_a_number_is_one_line_not_a_traceback(db, demo_env, monkeypatch):
+    """`PORT=abc make run` stopped with a ValueError's traceback while the command read its
+    arguments; it is one line naming PORT, and nothing is seeded."""
+    monkeypatch.setenv("PORT", "abc")
+    with pytest.raises(CommandError) as refused:
+        call_command("demo", "--no-serve", stdout=StringIO())
+    assert "PORT must be a port number (got 'abc'): e.g. PORT=8080 make run" in str(
+        refused.value)
+    assert not Intake.objects.exists()

@@ -5,6 +5,7 @@ curl lines are never printed for a server that cannot start. If the web server o
 worker stops by itself, the other one is stopped and the command exits non-zero.
 """
 
+import argparse
 import contextlib
 import errno
 import os
@@ -25,6 +26,15 @@ from workflows.cluster import descendants
 
 HOST = "127.0.0.1"
 ANOTHER_PORT = "pick another port: PORT=8080 make run"
+
+
+def _port_number(value: str) -> int:
+    """--port (and PORT, its default): a number, or a one-line error that says what to set."""
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"PORT must be a port number (got {value!r}): e.g. PORT=8080 make run") from None
 
 
 def port_refusal(host: str, port: int) -> str | None:
@@ -75,7 +85,8 @@ class Command(BaseCommand):
     help = "Set up and run the demo: web server and qcluster together (Ctrl-C stops both)."
 
     def add_arguments(self, parser):
-        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+        # PORT=abc make run: one line from argparse, not a ValueError's traceback
+        parser.add_argument("--port", type=_port_number, default=os.environ.get("PORT", "8000"))
         parser.add_argument("--no-serve", action="store_true", help="Seed and print only.")
 
     def handle(self, *args, **options):
