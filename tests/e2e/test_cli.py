@@ -3,6 +3,7 @@ distribution in clients/python), against a live server and a real qcluster."""
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -804,3 +805,26 @@ def test_an_empty_id_is_refused_before_anything_is_sent(scripted, monkeypatch, c
     err = capsys.readouterr().err
     assert "is empty" in err
     assert ("$AUXOT_INTAKE_ID" in err) == (argv[0] != "replay" and argv[1].strip() == "")
+
+
+def test_a_closed_stdin_is_no_input_not_a_traceback(scripted, monkeypatch):
+    """Started with stdin closed (`0<&-`, some supervisors), `auxot trigger` died with an
+    AttributeError traceback and exit 1, which reads as "the work failed". No --data and
+    no stdin is no input ({}); `--data -` and verify-callback say stdin is closed (exit 3)."""
+    _, base = scripted
+    _Scripted.script = [(202, {"Content-Type": "application/json"},
+                         {"work_id": "w", "status": "pending", "status_url": f"{base}/x"})]
+    env = {"PATH": str(BIN), "AUXOT_BASE_URL": base, "AUXOT_API_KEY": TOKEN,
+           "AUXOT_CALLBACK_SECRET": "whsec_" + "A" * 43 + "="}
+
+    def auxot(*args):
+        return subprocess.run([str(BIN / "auxot"), *args], stdin=None, env=env, text=True,
+                              capture_output=True, timeout=30, close_fds=True,
+                              preexec_fn=lambda: os.close(0))
+
+    done = auxot("trigger", "i")
+    assert (done.returncode, done.stdout.strip()) == (0, "w"), done.stderr
+    for args in (("trigger", "i", "--data", "-"), ("verify-callback",)):
+        done = auxot(*args)
+        assert done.returncode == cli.EXIT_USAGE and "stdin, which is closed" in done.stderr
+        assert "Traceback" not in done.stderr, done.stderr

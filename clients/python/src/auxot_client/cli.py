@@ -154,11 +154,15 @@ class Progress:
             self.stream.flush()
 
 
-def _read_data(value: str | None, stdin: TextIO) -> Any:
+def _read_data(value: str | None, stdin: TextIO | None) -> Any:
+    # stdin is None when the process was started with it closed (`0<&-`, some supervisors)
     if value is None:
-        text = "" if stdin.isatty() else stdin.read()
+        text = "" if stdin is None or stdin.isatty() else stdin.read()
         source = "stdin"
     elif value == "-":
+        if stdin is None:
+            raise UsageError("--data - reads the input from stdin, which is closed: give "
+                             "--data JSON or --data @FILE")
         text, source = stdin.read(), "stdin"
     elif value.startswith("@"):
         try:
@@ -302,6 +306,8 @@ def cmd_verify_callback(args: argparse.Namespace, out: TextIO, err: TextIO) -> i
     secret = args.secret or os.environ.get("AUXOT_CALLBACK_SECRET", "")
     if not secret:
         raise UsageError("give --secret whsec_… or set AUXOT_CALLBACK_SECRET")
+    if sys.stdin is None:
+        raise UsageError("verify-callback reads the request from stdin, which is closed")
     raw = sys.stdin.buffer.read()
     try:
         headers, body = api.http_request_parse(raw)
