@@ -257,8 +257,12 @@ class WorkItemActionsMixin:
         except ApplicationError as exc:
             self.message_user(request, exc.detail, messages.ERROR)
         else:
-            verb = "Approved" if request.POST.get("decision") == "approve" else "Rejected"
-            self.message_user(request, f"{verb}; the work item continues.", messages.SUCCESS)
+            # What happens next: a rejection fails the item (code `rejected`), it does not go on.
+            self.message_user(request, (
+                "Approved: the work item continues (its next step runs, or it completes)."
+                if request.POST.get("decision") == "approve" else
+                "Rejected: the work item fails with code 'rejected' (replay it if that was "
+                "a mistake)."), messages.SUCCESS)
         return HttpResponseRedirect(reverse("admin:workflows_workitem_change", args=[item.pk]))
 
     # Bounds itself: the oldest CANCEL_AT_ONCE, and says how many are left (a canceled item

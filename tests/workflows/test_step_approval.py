@@ -213,3 +213,18 @@ def test_admin_buttons_approve(cast, api, member_token, client):
     stuck = client.post("/admin/poll-stuck/", {"poll": json.dumps({"work_id": str(item.pk)})})
     assert "Approve or reject it" not in stuck.content.decode()
     assert "Approved by admin_a" in stuck.content.decode()
+
+
+@pytest.mark.parametrize("decision, said", [
+    ("approve", "Approved: the work item continues (its next step runs, or it completes)."),
+    ("reject", "Rejected: the work item fails with code &#x27;rejected&#x27;"),
+])
+def test_admin_buttons_say_what_happens_next(cast, api, member_token, client, decision, said):
+    """*Reject* said "Rejected; the work item continues." while the item fails."""
+    intake = _setup(cast)
+    item = _park(api, intake, member_token)
+    client.force_login(cast.admin_a)
+    page = client.post(f"/admin/workflows/workitem/{item.pk}/decide/",
+                       {"decision": decision}, follow=True).content.decode()
+    assert said in page, page
+    assert "Rejected; the work item continues" not in page
