@@ -28,6 +28,7 @@ from auxot.admin_base import (
     ShownOnce,
     has_role,
     org_action,
+    org_ids_with,
     require_role,
     user_roles,
 )
@@ -127,6 +128,14 @@ class ApiKeyAdmin(OrgScopedAdmin):
                     orgs = self.fields["org"].queryset
                     if orgs.count() == 1:
                         self.fields["org"].initial = orgs.first().pk
+                    if not request.user.is_superuser and not org_ids_with(request, {ADMIN}):
+                        # Admins alone issue team keys: a member is not offered one to be
+                        # refused on save (the form's clean still refuses a forged one).
+                        self.fields["kind"].choices = [
+                            (k, v) for k, v in ApiKey.Kind.choices if k == ApiKey.Kind.USER]
+                        self.fields["kind"].help_text = "A personal key acts as you."
+                        self.fields["team"].disabled = True
+                        self.fields["team"].help_text = "Team keys are issued by admins."
 
             return BoundForm
         return super().get_form(request, obj, change=change, **kwargs)

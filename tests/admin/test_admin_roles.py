@@ -375,11 +375,24 @@ def test_a_new_tokens_stash_in_the_session_is_encrypted_and_short_lived(client, 
 def test_member_cannot_issue_team_keys_and_sees_only_own_keys(client, cast, member_token):
     apikey_issue(org=cast.org_a, label="admin's", user=cast.admin_a)
     _login(client, cast.member_a)
+    # Not offered: the kind has one choice, the team is disabled and says who issues them.
+    form = client.get(f"{KEYS}add/").context["adminform"].form
+    assert [value for value, _ in form.fields["kind"].choices] == ["user"]
+    assert form.fields["team"].disabled and "issued by admins" in form.fields["team"].help_text
+    # Forged anyway: refused, nothing issued.
     html = client.post(f"{KEYS}add/", {"org": cast.org_a.pk, "label": "t", "kind": "team",
                                        "team": cast.team_a.pk}).content.decode()
-    assert "Only organization admins issue team keys" in html
+    assert "Select a valid choice. team is not one of the available choices." in html
+    assert not ApiKey.objects.filter(label="t").exists()
     listing = client.get(KEYS).content.decode()
     assert "member key" in listing and "admin&#x27;s" not in listing
+
+
+def test_an_admin_is_offered_both_kinds(client, cast):
+    _login(client, cast.admin_a)
+    form = client.get(f"{KEYS}add/").context["adminform"].form
+    assert [value for value, _ in form.fields["kind"].choices] == ["user", "team"]
+    assert not form.fields["team"].disabled
 
 
 def test_team_keys_need_business(client, cast):
