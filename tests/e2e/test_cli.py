@@ -149,6 +149,20 @@ def test_verify_callback_command(tmp_path):
     assert missing.returncode == 3
 
 
+def test_verify_callback_prints_a_verification_error_escaped(monkeypatch, capsys):
+    """The error's text comes from the webhook library and may quote the request: an escape
+    sequence in it must not reach the terminal raw."""
+    def refuse(**kwargs):
+        raise api.CallbackVerificationError("callback does not verify: \x1b[2J\x1b]0;pwned\x07")
+
+    monkeypatch.setattr(api, "callback_verify", refuse)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(_signed_request(b"{}"))))
+    assert cli.main(["verify-callback", "--secret", SECRET]) == cli.EXIT_FAILED
+    printed = capsys.readouterr().err
+    assert "\x1b" not in printed and "\x07" not in printed
+    assert "does not verify: \\x1b[2J" in printed
+
+
 def test_progress_line_on_a_tty_shows_elapsed_status_and_step():
     stream = io.StringIO()
     body = {"status": "running", "diagnosis": "Waiting at step 2.",

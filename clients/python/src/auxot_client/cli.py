@@ -313,7 +313,8 @@ def cmd_verify_callback(args: argparse.Namespace, out: TextIO, err: TextIO) -> i
         headers, body = api.http_request_parse(raw)
         payload = api.callback_verify(secret=secret, headers=headers, body=body)
     except api.CallbackVerificationError as exc:
-        err.write(f"auxot: {exc}\n")
+        # Its message may quote what the request held (a header's text): escaped like any.
+        err.write(f"auxot: {_safe(exc)}\n")
         return EXIT_FAILED
     _print_json(payload, out)
     return EXIT_COMPLETED
