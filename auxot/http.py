@@ -98,10 +98,9 @@ def forwarded_for(header: str) -> list[str]:
         pairs = _forwarded_pair(text, pairs)
         text = ""
         if part == ",":
-            hops.append(pairs.get("for", "") if pairs is not None else "")
+            hops.append((pairs or {}).get("for", ""))
             pairs = {}
-    pairs = _forwarded_pair(text, pairs)
-    hops.append(pairs.get("for", "") if pairs is not None else "")
+    hops.append((_forwarded_pair(text, pairs) or {}).get("for", ""))
     return hops
 
 

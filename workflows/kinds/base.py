@@ -102,7 +102,7 @@ class StepKind(ABC):
 
         Here, for every kind: no string of the config (at any depth, an expression's
         constants decoded) holds a credential known by its format (a GitHub or Auxot
-        token, a private key, …: auxot/secrets.py). Each is named by its path and kind,
+        token, a private key, …: auxot/credentials.py). Each is named by its path and kind,
         never its value, with what this kind can do instead (`typed_credential_advice`).
         A kind with rules of its own calls this too."""
         problems = [f"{path}: {credential_kinds_named(kinds)} typed into the step is shown to "
