@@ -107,8 +107,10 @@ CREDENTIAL_FORMATS = (
      lambda body: True),
 )
 # Around a match, what is taken with it when it is redacted: the rest of its word (a
-# token's tail past what the pattern needs, the URL it sits in), up to a space or quote.
-_WORD_AROUND = re.compile(r"[^\s'\"`,;(){}\[\]<>|]*")
+# token's tail past what the pattern needs), up to a space, a quote or a URL's delimiter, so
+# `/v1/intake/<token>?x=1` keeps its path and query around `REDACTED` (no token format holds
+# any of `/?#&=@:`; the webhook URL formats match their whole URL themselves).
+_WORD_AROUND = re.compile(r"[^\s'\"`,;(){}\[\]<>|/?#&=@:]*")
 
 
 # Every format above holds one of these literally (a prefix, a host): a text without any

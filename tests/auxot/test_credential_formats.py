@@ -122,6 +122,18 @@ def test_redaction_keeps_the_text_around_a_credential():
         "Summarise the ticket. Use REDACTED for the repo and 'REDACTED' for maps.")
 
 
+def test_redaction_stops_at_a_urls_delimiters():
+    """A token in a URL is redacted with its word's tail, not the URL around it: the path,
+    the query's other parameters and the userinfo's name still show."""
+    token = SAMPLES["GitHub token"][0]
+    assert credential_formats_redacted(f"GET /v1/intake/{token}?page=2 401") == (
+        "GET /v1/intake/REDACTED?page=2 401")
+    assert credential_formats_redacted(f"https://api.example.com/v1?key={token}&x=1") == (
+        "https://api.example.com/v1?key=REDACTED&x=1")
+    assert credential_formats_redacted(f"https://bot:{token}.tail@git.example.com/r#{token}") == (
+        "https://bot:REDACTED@git.example.com/r#REDACTED")
+
+
 def test_a_private_key_is_redacted_to_its_end_line_or_the_end_of_the_text():
     block = SAMPLES["private key"][0]
     assert credential_formats_redacted(f"Key:\n{block}\nThanks.") == "Key:\nREDACTED\nThanks."
