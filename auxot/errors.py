@@ -46,6 +46,8 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "idempotency_key_reused": (422, "Idempotency-Key reused with a different body"),
     "rate_limited": (429, "Too many requests"),
     "headers_too_large": (431, "Request header fields too large"),
+    "expectation_failed": (417, "Expectation failed"),
+    "transfer_coding_unsupported": (501, "Transfer coding not implemented"),
     "internal_error": (500, "Internal server error"),
     "database_unavailable": (503, "Service temporarily unavailable"),
     "metrics_unauthorized": (401, "Missing metrics token"),
@@ -117,6 +119,13 @@ PROBLEM_HELP: dict[str, str] = {
     "headers_too_large": (
         "The request has more header fields than the server reads (100), or one larger than "
         "16 KiB; nothing was read or accepted. Send fewer or shorter headers."),
+    "expectation_failed": (
+        "The request's `Expect` header asks for something other than `100-continue`, the "
+        "only expectation HTTP defines; nothing was read or accepted. Drop the header."),
+    "transfer_coding_unsupported": (
+        "The request's `Transfer-Encoding` names a coding the server does not implement "
+        "(only `chunked` is, last); nothing was read or accepted. Send `Content-Length` "
+        "and the body as it is."),
     "unsupported_media_type": (
         "The body is not declared as JSON: send `Content-Type: application/json` (UTF-8). "
         "curl's `-d` sends a form unless you add that header. A compressed body "

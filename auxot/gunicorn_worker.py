@@ -6,9 +6,15 @@ over `limit_request_line`, more or larger headers than its limits, a line or hea
 not HTTP) it answered with an HTML page of its own, `400` even for an over-long URI: the one
 answer of the API a client could not parse as a problem. This worker answers those as
 problems, with the status HTTP has for each (414 URI Too Long, 431 Request Header Fields Too
-Large, else 400), and logs one line naming the kind of error, never the text it was given.
-Every other error (a proxy-protocol or TLS refusal, an unexpected exception) is gunicorn's
-own handling, unchanged.
+Large, 417 for an `Expect` other than `100-continue`, 501 for an unknown transfer coding,
+else 400), and logs one line naming the kind of error, never the text it was given. Every
+other error (a proxy-protocol or TLS refusal, an unexpected exception) is gunicorn's own
+handling, unchanged.
+
+On a graceful stop (SIGTERM) it closes its listening sockets at once, as gunicorn did before
+27: a new connection is then refused (a load balancer or client retries it elsewhere) instead
+of waiting in the kernel's backlog for a worker that will never accept it, while requests in
+flight still finish.
 
 gunicorn.conf.py selects it (`worker_class`); it is a `gthread` worker in every other way.
 """
@@ -37,11 +43,36 @@ REFUSED: tuple[tuple[type[Exception], str, str], ...] = (
     (errors.ObsoleteFolding, "invalid_request", "A header field is folded over two lines."),
     (errors.InvalidSchemeHeaders, "invalid_request",
      "The forwarded scheme headers contradict each other."),
+    (errors.ExpectationFailed, "expectation_failed",
+     "The Expect header asks for something other than 100-continue."),
+    (errors.UnsupportedTransferCoding, "transfer_coding_unsupported",
+     "The Transfer-Encoding names a coding this server does not implement."),
+    (errors.InvalidChunkSize, "invalid_request", "A chunk of the chunked body is malformed."),
+    (errors.ChunkMissingTerminator, "invalid_request",
+     "A chunk of the chunked body is malformed."),
+    (errors.InvalidChunkExtension, "invalid_request",
+     "A chunk of the chunked body is malformed."),
+    (errors.InvalidH2CPreface, "invalid_request", "The HTTP/2 preface is not valid."),
+    (errors.ConfigurationProblem, "not_found", "The path is outside this server's SCRIPT_NAME."),
 )
+# The rest of gunicorn's parse errors, left to gunicorn, each with the reason
+# (tests/intakes/test_bad_input_wall.py checks that every one is here or in REFUSED).
+LEFT_TO_GUNICORN: dict[str, str] = {
+    "InvalidProxyLine": "PROXY protocol is off (proxy_protocol)",
+    "InvalidProxyHeader": "PROXY protocol is off (proxy_protocol)",
+    "ForbiddenProxyRequest": "PROXY protocol is off (proxy_protocol)",
+    # The application's own response header gunicorn would not send: a 500, not the client's
+    # fault (subclasses of InvalidHeader/InvalidHeaderName, so refusal() tells them apart).
+    "InvalidResponseHeader": "the application's error: gunicorn answers 500",
+    "InvalidResponseHeaderName": "the application's error: gunicorn answers 500",
+}
+_APPLICATIONS_OWN = (errors.InvalidResponseHeader, errors.InvalidResponseHeaderName)
 
 
 def refusal(exc: BaseException) -> tuple[str, str] | None:
     """(problem code, detail) for a request gunicorn's parser refused, or None."""
+    if isinstance(exc, _APPLICATIONS_OWN):
+        return None
     for kind, code, detail in REFUSED:
         if isinstance(exc, kind):
             return code, detail
@@ -61,6 +92,12 @@ def refusal_bytes(code: str, detail: str) -> bytes:
 
 
 class ProblemThreadWorker(ThreadWorker):
+    def set_accept_enabled(self, enabled):
+        super().set_accept_enabled(enabled)
+        if not enabled and not self.alive:  # stopping: refuse new connections from now on
+            for listener in self.sockets:
+                listener.close()
+
     def handle_error(self, req, client, addr, exc):
         answer = refusal(exc)
         if answer is None:
