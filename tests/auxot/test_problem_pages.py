@@ -24,6 +24,16 @@ def test_every_code_the_readme_documents_is_a_problem_with_a_page():
     assert codes and codes <= set(PROBLEMS)
 
 
+def test_every_api_problem_is_in_the_readmes_errors_table_with_its_status():
+    """And the other way: `request_timeout` (408) and `internal_error` (500) were answered
+    by the API but missing from the table callers read; a row's status is the code's."""
+    section = README.read_text().split("\n### Errors\n", 1)[1].split("\n### ", 1)[0]
+    rows = re.findall(r"^\| (\d{3}) \| `([a-z_]+)` \|", section, re.M)
+    assert sorted({code for _, code in rows}) == sorted(set(PROBLEMS) - OPS_PROBLEMS)
+    assert [(status, code) for status, code in rows
+            if int(status) != PROBLEMS[code][0]] == []
+
+
 @pytest.mark.parametrize("code", sorted(PROBLEMS))
 def test_each_page_says_what_the_code_means(code):
     status, title = PROBLEMS[code]
