@@ -234,3 +234,20 @@ def test_a_command_without_its_settings_says_so_in_one_line():
     assert done.returncode == 1
     assert done.stderr.startswith("manage.py: SECRET_KEY must be set")
     assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) <= 2
+
+
+def test_every_system_check_id_is_named_in_the_readme():
+    """An operator meets these ids in `manage.py check` or a refused `qcluster` start:
+    `workflows.E004` (a step timeout the task timeout would cut) was named nowhere. An id is
+    named whole (`auxot.W003`) or as the end of a range (`workflows.E001`, an en dash, `E004`)."""
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    named = set(re.findall(r"`([a-z]+\.[EW]\d{3})`", readme))
+    for app, first, last in re.findall(r"`([a-z]+)\.([EW]\d{3})`\u2013`([EW]\d{3})`", readme):
+        kind, low, high = first[0], int(first[1:]), int(last[1:])
+        named |= {f"{app}.{kind}{n:03d}" for n in range(low, high + 1)}
+    defined = {check_id for app in ("auxot", "intakes", "workflows", "apikeys")
+               for path in (root / app).rglob("checks.py")
+               for check_id in re.findall(r'id="([a-z]+\.[EW]\d{3})"', path.read_text())}
+    assert len(defined) >= 9
+    assert sorted(defined - named) == []
