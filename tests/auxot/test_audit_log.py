@@ -274,3 +274,42 @@ def test_an_id_searched_reads_no_more_rows_about_it_than_the_list_counts(client,
     rows = list(page.context["cl"].result_list)  # 5 about it: intake.created and r0-r3
     assert [row.actor_label for row in rows] == ["r0", "admin_a", "r1"]
     assert "more than 2 audit events" in page.content.decode()
+
+
+def test_every_audit_event_the_code_writes_is_named_in_the_readme():
+    """Admins filter the audit log by event name: `intake.created`, `intake.deactivated`,
+    the signing-secret and callback on/off events were written but named nowhere. Every
+    literal event an audit call writes (`event=`, either branch of a conditional one, or a
+    helper's first argument) is in the README, backquoted."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+
+    def literals(node):
+        if isinstance(node, ast.IfExp):
+            return literals(node.body) | literals(node.orelse)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return {node.value}
+        return set()
+
+    written = set()
+    for app in ("auxot", "intakes", "workflows", "apikeys"):
+        for path in (root / app).rglob("*.py"):
+            if "migrations" in path.parts:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not isinstance(node, ast.Call):
+                    continue
+                func = node.func
+                name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                if "audit" not in name:
+                    continue
+                for keyword in node.keywords:
+                    if keyword.arg == "event":
+                        written |= literals(keyword.value)
+                if node.args:
+                    written |= {value for value in literals(node.args[0]) if "." in value}
+    assert {"intake.deactivated", "secret.rotated", "intake.signing_secret_rotated"} <= written
+    assert sorted(event for event in written if f"`{event}`" not in readme) == []
