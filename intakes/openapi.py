@@ -257,7 +257,8 @@ TRIGGER_HEADERS = [
             "request with the same `Idempotency-Key` and body.", response=[202]),
     OpenApiParameter("RateLimit-Limit", OpenApiTypes.INT, OpenApiParameter.HEADER,
                      response=[202, 429], description="Accepted triggers allowed per window "
-                     "for the tighter of the key's and the intake's limits."),
+                     "for the tightest of the key's, the intake's and the organization's "
+                     "limits (absent on a 202 replayed from an Idempotency-Key)."),
     OpenApiParameter("RateLimit-Remaining", OpenApiTypes.INT, OpenApiParameter.HEADER,
                      response=[202, 429], description="Triggers left in the current window."),
     OpenApiParameter("RateLimit-Reset", OpenApiTypes.INT, OpenApiParameter.HEADER,

@@ -30,6 +30,8 @@ def test_same_key_same_body_replays_original_202(api, intake_a, member_token):
     assert again.json() == first.json()  # the original body: still "pending"
     assert again["Idempotent-Replayed"] == "true"
     assert "Idempotent-Replayed" not in first
+    # README: a counted 202 carries RateLimit-*, a replay (not counted) none.
+    assert "RateLimit-Limit" in first and "RateLimit-Limit" not in again
     assert again["Location"] == first["Location"]
     assert WorkItem.objects.count() == 1
 
