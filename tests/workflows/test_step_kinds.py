@@ -107,3 +107,19 @@ def test_agent_waits_for_a_slot_the_gate_refuses_and_takes_nothing_to_release():
     assert outcome.detail == {"provider": "p", "ahead": 2}
     assert outcome.until > ctx.now and outcome.until - ctx.now < timedelta(hours=1)
     assert gate.calls == [("find", "p"), ("acquire", "the provider")]
+
+
+def test_every_code_a_step_fails_with_is_named_in_the_readme():
+    """A failed item's `error.code` is what a caller branches on: `bad_config` (a config
+    that no longer passes its kind's rules, checked again at run time) was named nowhere."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    codes = {code for path in (root / "workflows").rglob("*.py") if "migrations" not in path.parts
+             for pair in re.findall(r'Fail\(\s*(?:code=)?"([a-z_]+)"|"code": "([a-z_]+)"',
+                                    path.read_text()) for code in pair if code}
+    codes |= {"ssrf_refused"}  # config_failure's other branch, chosen by a condition
+    assert {"bad_config", "step_crashed", "bad_expression", "http_error"} <= codes
+    assert sorted(code for code in codes if f"`{code}`" not in readme) == []
