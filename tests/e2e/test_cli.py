@@ -842,3 +842,22 @@ def test_a_closed_stdin_is_no_input_not_a_traceback(scripted, monkeypatch):
         done = auxot(*args)
         assert done.returncode == cli.EXIT_USAGE and "stdin, which is closed" in done.stderr
         assert "Traceback" not in done.stderr, done.stderr
+
+
+def test_every_subcommand_and_option_of_the_cli_is_in_the_readme():
+    """The README's `auxot` section is the command's manual: `verify-callback --secret` was
+    in the parser and nowhere in it."""
+    import argparse
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    parser = cli.build_parser()
+    commands = next(action for action in parser._actions
+                    if isinstance(action, argparse._SubParsersAction))
+    assert {"trigger", "wait", "run", "replay", "verify-callback"} <= set(commands.choices)
+    missing = [f"auxot {name}" for name in commands.choices if f"auxot {name}" not in readme]
+    for name, sub in commands.choices.items():
+        missing += [f"auxot {name} {option}" for action in sub._actions
+                    for option in action.option_strings
+                    if option.startswith("--") and option != "--help"
+                    and not re.search(rf"{re.escape(option)}\b", readme)]
+    assert missing == []
