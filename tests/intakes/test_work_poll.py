@@ -95,3 +95,22 @@ def test_poll_query_count_is_pinned(api, intake_a, member_token, django_assert_n
     # steps with their attempts
     with django_assert_num_queries(3):
         assert _poll(api, intake_a, member_token, work_id).status_code == 200
+
+
+def test_every_step_status_the_poll_can_show_is_in_the_readme():
+    """`skipped` and `retrying` were shown by the poll and said nowhere: the README's
+    `steps[].status` line names every value a step row can carry."""
+    import re
+    from pathlib import Path
+
+    from workflows import presenters
+    from workflows.models import StepRun
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    line = readme.split("- `steps[].status`:", 1)[1].split("\n- ", 1)[0]
+    named = set(re.findall(r"`([a-z]+)`", line))
+    source = Path(presenters.__file__).read_text().split("def _step_status", 1)[1]
+    shown = set(StepRun.Status.values) | set(re.findall(
+        r'"([a-z]+)"', source.split("\ndef ", 1)[0]))
+    assert {"pending", "skipped", "retrying", "carried"} <= shown
+    assert sorted(shown - named) == []
