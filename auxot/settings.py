@@ -47,7 +47,8 @@ def env_bool(name: str, default: bool) -> bool:
     raise ImproperlyConfigured(f"{name}={raw!r} is not a boolean (use 1/0, true/false, yes/no).")
 
 
-def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
+def env_int(name: str, default: int, *, minimum: int | None = None,
+            maximum: int | None = None) -> int:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -57,6 +58,8 @@ def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
         raise ImproperlyConfigured(f"{name}={raw!r} is not an integer.") from None
     if minimum is not None and value < minimum:
         raise ImproperlyConfigured(f"{name}={value} is below the minimum of {minimum}.")
+    if maximum is not None and value > maximum:
+        raise ImproperlyConfigured(f"{name}={value} is above the maximum of {maximum}.")
     return value
 
 
@@ -627,7 +630,9 @@ AUXOT_REPLAY_CHUNK_SIZE = env_int("AUXOT_REPLAY_CHUNK_SIZE", 100, minimum=1)
 # A running bulk replay with no progress for this long is handed to a worker again.
 AUXOT_REPLAY_STALL_SECONDS = env_int("AUXOT_REPLAY_STALL_SECONDS", 30, minimum=1)
 # The admin's Failed work view looks back this many days by default.
-AUXOT_REPLAY_FAILED_DAYS = env_int("AUXOT_REPLAY_FAILED_DAYS", 7, minimum=1)
+# At most the Failed work page's longest choice (workflows/admin_replay.py MAX_DAYS): a longer
+# default view would read further back than any choice the page offers.
+AUXOT_REPLAY_FAILED_DAYS = env_int("AUXOT_REPLAY_FAILED_DAYS", 7, minimum=1, maximum=90)
 
 # --- Admin and audit ----------------------------------------------------------------------
 # `intake.rejected` audit rows older than this are pruned (hourly, by a django-q2 schedule);

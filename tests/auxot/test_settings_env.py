@@ -179,6 +179,17 @@ def _read_by_the_code() -> set[str]:
 
 
 
+def test_the_failed_work_views_default_is_at_most_the_pages_longest_choice():
+    from workflows.admin_replay import MAX_DAYS
+
+    done = settings_printed({"AUXOT_REPLAY_FAILED_DAYS": str(MAX_DAYS)}, "AUXOT_REPLAY_FAILED_DAYS")
+    assert done.returncode == 0 and done.stdout.split() == [str(MAX_DAYS)], done.stderr
+    done = settings_printed({"AUXOT_REPLAY_FAILED_DAYS": str(MAX_DAYS + 1)}, "DEBUG")
+    assert done.returncode != 0
+    assert f"AUXOT_REPLAY_FAILED_DAYS={MAX_DAYS + 1} is above the maximum of {MAX_DAYS}" in (
+        done.stderr)
+
+
 def test_every_setting_the_code_reads_is_in_the_readmes_settings_table():
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = readme.split("## Settings (environment variables)", 1)[1].split("\n## ", 1)[0]
