@@ -311,12 +311,17 @@ class CallbackDeliveryAdmin(OrgScopedAdmin):
         done = sum(callback_delivery_redeliver(delivery=d, actor=request.user, ip=ip)
                    for d in deliveries)
         skipped = len(deliveries) - done - nowhere
+        gone = skipped and len(deliveries) - queryset.model.objects.filter(
+            pk__in=[d.pk for d in deliveries]).count()  # retention deleted them meanwhile
+        skipped -= gone
         paused = queryset.filter(state=State.PENDING, endpoint__in=CallbackEndpoint.objects.filter(
             open_until__isnull=False).values("key")).count()
         self.message_user(request, f"{done} delivery(ies) queued for a new attempt."
                           + (f" {nowhere} not sent: its intake has no callback URL now (set "
                              "one on the intake, then redeliver)." if nowhere else "")
                           + (f" {skipped} skipped: an attempt is in flight." if skipped else "")
+                          + (f" {gone} gone: the retention policy deleted them with their "
+                             "work items meanwhile." if gone else "")
                           + (f" {paused} wait behind their endpoint's open circuit (“Close the "
                              "endpoint's circuit” sends them now)." if paused else ""))
 

@@ -432,7 +432,8 @@ def callback_delivery_redeliver(*, delivery: CallbackDelivery, actor=None,
     receiver moved, or the old one was retired: a resend to it would reach a host the admin
     moved away from, as waiting deliveries are moved by `callback_deliveries_retarget`); a
     caller's own URL (Auxot-Callback-Url) stays. False, changing nothing, when the intake's
-    URL was removed since (see `redeliver_refusal`) or an attempt is in flight.
+    URL was removed since (see `redeliver_refusal`), an attempt is in flight, or retention
+    deleted the delivery with its item since it was read.
 
     On its organization's own endpoint key: one made before keys were per organization
     (`endpoint_shared`) is every tenant's breaker and cap for that host, and a delivery
@@ -456,7 +457,8 @@ def callback_delivery_redeliver(*, delivery: CallbackDelivery, actor=None,
             audit_record(event="callback.redelivered", org=delivery.intake.org, actor_user=actor,
                          obj=delivery, now=now, ip=ip, extra=extra)
             callback_delivery_announce(delivery_id=delivery.pk)
-    delivery.refresh_from_db()
+    if changed:  # unchanged may mean gone: retention deleted its item since it was read
+        delivery.refresh_from_db()
     return bool(changed)
 
 

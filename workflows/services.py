@@ -181,9 +181,17 @@ def _locked(item: WorkItem) -> WorkItem:
     and checks the state it reads here, so of two conflicting actions exactly one wins and
     the other sees what the winner did. The engine's guarded UPDATEs wait on the same lock.
     On SQLite, BEGIN IMMEDIATE already serializes the writers.
+
+    Retention deletes finished items only, and may do so between the caller's read and
+    this lock: the item is then as final as any finished one, so the action gets the
+    finished item's 409, not a 500.
     """
-    return (WorkItem.objects.select_for_update(of=("self",)).select_related("workflow__org")
-            .get(pk=item.pk))
+    locked = (WorkItem.objects.select_for_update(of=("self",)).select_related("workflow__org")
+              .filter(pk=item.pk).first())
+    if locked is None:
+        raise ApplicationError("This work item has finished, and the retention policy has "
+                               "since deleted it.", code="conflict")
+    return locked
 
 
 def _waiting_approval(item: WorkItem) -> StepRun:

@@ -1,0 +1,184 @@
+"""Retention against the actions people take on the items it removes.
+
+Retention deletes finished items (with their deliveries) while callers and operators may
+hold them: read a moment before, then acted on. Every such action answers as it would
+for the finished item it was (409, or the admin's message), never a 500, and leaves no
+audit row or approval behind. Both orders are forced: the row gone before the action
+looks (any database), and the action waiting on the row lock retention holds while it
+deletes (PostgreSQL, two connections).
+"""
+
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+from django.contrib.messages import get_messages
+from django.db import connection, connections
+from django.utils import timezone
+
+import intakes.admin_callbacks as admin_callbacks
+import intakes.retention as retention_module
+import workflows.services as workflow_services
+from auxot.errors import ApplicationError
+from auxot.models import AuditEvent
+from intakes.callbacks import (
+    callback_delivery_create,
+    callback_delivery_process,
+    callback_delivery_redeliver,
+)
+from intakes.models import CallbackDelivery
+from intakes.retention import retention_run
+from tests.callback_helpers import finished_item
+from tests.conftest import bearer
+from workflows.models import Approval, WorkItem
+from workflows.services import work_item_cancel, work_item_decide
+
+LATER = timedelta(days=400)  # past every default retention age
+ACTION_EVENTS = {"work_item.canceled", "work_item.approved", "work_item.rejected",
+                 "callback.redelivered"}
+
+
+def _retention_deletes_everything() -> None:
+    report = retention_run(now=timezone.now() + LATER)
+    assert report.deleted >= 1 and not report.failed
+
+
+def _delivered(cb_intake, receiver) -> CallbackDelivery:
+    receiver.expect_request("/hook").respond_with_data("ok")
+    delivery = callback_delivery_create(work_item=finished_item(cb_intake))
+    assert callback_delivery_process(delivery_id=delivery.pk) == "delivered"
+    return CallbackDelivery.objects.select_related("intake__org", "work_item").get(
+        pk=delivery.pk)
+
+
+def _api(action):
+    def post(env):
+        url = f"/v1/intake/{env['intake'].pk}/work/{env['item'].pk}/{action}"
+        body = {"decision": "approve"} if action == "approval" else {}
+        response = env["api"].post(url, body, format="json", **bearer(env["token"]))
+        assert response.status_code == 409, response.content
+        assert response.json()["code"] == "conflict"
+    return post
+
+
+def _admin_decide(env):
+    client = env["client"]
+    response = client.post(f"/admin/workflows/workitem/{env['item'].pk}/decide/",
+                           {"decision": "reject"})
+    assert response.status_code == 302
+    shown = " ".join(str(m) for m in get_messages(response.wsgi_request))
+    assert "retention policy has since deleted it" in shown
+
+
+def _admin_redeliver(env):
+    client = env["client"]
+    page = client.post("/admin/intakes/callbackdelivery/", {
+        "action": "redeliver_now", "_selected_action": [str(env["delivery"].pk)]}, follow=True)
+    shown = " ".join(str(m) for m in page.context["messages"])
+    assert "0 delivery(ies) queued" in shown
+    assert "1 gone: the retention policy deleted them" in shown
+    assert "in flight" not in shown
+
+
+# Each action and the function it calls just before it takes the row: retention runs there.
+ACTIONS = {
+    "api cancel": (_api("cancel"), workflow_services, "_require_role"),
+    "api approval": (_api("approval"), workflow_services, "_require_role"),
+    "admin approve/reject": (_admin_decide, workflow_services, "_require_role"),
+    "admin redeliver": (_admin_redeliver, admin_callbacks, "redeliver_refusal"),
+}
+
+
+@pytest.mark.parametrize("action", ACTIONS)
+def test_an_action_on_an_item_retention_deleted_since_it_was_read_is_a_409_not_a_500(
+        action, cast, cb_intake, receiver, api, member_token, client, monkeypatch):
+    call, module, seam = ACTIONS[action]
+    delivery = _delivered(cb_intake, receiver)
+    real = getattr(module, seam)
+    ran = []
+
+    def then_retention(*args, **kwargs):
+        result = real(*args, **kwargs)
+        if not ran:
+            ran.append(True)
+            _retention_deletes_everything()
+        return result
+
+    monkeypatch.setattr(module, seam, then_retention)
+    client.force_login(cast.admin_a)
+    events = set(AuditEvent.objects.values_list("pk", flat=True))
+    call({"intake": cb_intake, "item": delivery.work_item, "delivery": delivery, "api": api,
+          "token": member_token, "client": client})
+    assert ran, f"{action} never reached {seam}: the test proves nothing"
+    assert not WorkItem.objects.exists() and not Approval.objects.exists()
+    new = set(AuditEvent.objects.exclude(pk__in=events).values_list("event", flat=True))
+    assert "work_items.deleted" in new and not new & ACTION_EVENTS
+
+
+def _cancel(delivery, cast):
+    work_item_cancel(item=delivery.work_item, user=cast.member_a)
+
+
+def _approve(delivery, cast):
+    work_item_decide(item=delivery.work_item, decision="approve", user=cast.member_a)
+
+
+def _redeliver(delivery, cast):
+    if callback_delivery_redeliver(delivery=delivery, actor=cast.admin_a):
+        return "redelivered"
+    raise ApplicationError("skipped", code="conflict")
+
+
+def _waiting_on_a_lock() -> bool:
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                       "current_database() AND wait_event_type = 'Lock'")
+        return cursor.fetchone()[0] > 0
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks")
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("act", [_cancel, _approve, _redeliver], ids=lambda f: f.__name__)
+def test_an_action_waiting_on_the_row_retention_deletes_gets_409_not_500(
+        act, cast, cb_intake, receiver, monkeypatch):
+    """Retention has deleted the item's rows but not yet committed when the action asks for
+    them: the action waits on retention's lock, then finds no row."""
+    delivery = _delivered(cb_intake, receiver)
+    holding, release = threading.Event(), threading.Event()
+    real_audit = retention_module._audit
+
+    def audit_then_hold(event, *args, **kwargs):
+        real_audit(event, *args, **kwargs)
+        if event == "work_items.deleted":
+            holding.set()  # the batch is deleted, its transaction not yet committed
+            assert release.wait(30)
+
+    monkeypatch.setattr(retention_module, "_audit", audit_then_hold)
+    outcome: dict = {}
+
+    def run(name, call):
+        try:
+            outcome[name] = call()
+        except Exception as exc:
+            outcome[name] = exc
+        finally:
+            connection.close()
+
+    sweeper = threading.Thread(target=run, args=("retention", _retention_deletes_everything))
+    sweeper.start()
+    assert holding.wait(30)
+    actor = threading.Thread(target=run, args=("action", lambda: act(delivery, cast)))
+    actor.start()
+    for _ in range(3000):  # until the action waits on retention's lock (not a timing)
+        if _waiting_on_a_lock() or not actor.is_alive():
+            break
+        time.sleep(0.01)
+    release.set()
+    sweeper.join(30)
+    actor.join(30)
+    assert outcome["retention"] is None
+    refused = outcome["action"]
+    assert isinstance(refused, ApplicationError) and refused.code == "conflict", refused
+    assert not WorkItem.objects.exists() and not Approval.objects.exists()
+    assert not AuditEvent.objects.filter(event__in=ACTION_EVENTS).exists()
