@@ -131,12 +131,15 @@ def _attempt(run: _Run, step: Step) -> tuple[Outcome | None, StepRun | None]:
             StepRun.objects.filter(pk=latest.pk).update(status=StepRun.Status.RUNNING)
             ctx.state, ctx.attempt = latest.state, latest.attempt
             return _safely(kind.resume, ctx, run, step), latest
+    carried: dict = {}
     if latest is not None and latest.status == StepRun.Status.RUNNING:
         # Its worker died (the lease ran out): count the attempt as crashed.
         StepRun.objects.filter(pk=latest.pk).update(
             status=StepRun.Status.CRASHED, finished_at=now,
             error={"code": "step_crashed", "message": "The worker stopped during this attempt."},
         )
+        if kind.resumes_after_crash and latest.state:
+            carried = latest.state  # it died resuming: resume again (an approval's decision)
     number = latest.attempt + 1 if latest is not None else 1
     if number > max_attempts:
         _fail(run, step, "step_crashed",
@@ -147,10 +150,13 @@ def _attempt(run: _Run, step: Step) -> tuple[Outcome | None, StepRun | None]:
         return None, None
     attempt = StepRun.objects.create(
         work_item=run.item, step=step, attempt=number, status=StepRun.Status.RUNNING,
-        started_at=now,
+        started_at=now, state=carried,
     )
     run.latest[step.pk] = attempt
     ctx.attempt = number
+    if carried:
+        ctx.state = carried
+        return _safely(kind.resume, ctx, run, step), attempt
     return _safely(kind.execute, ctx, run, step), attempt
 
 

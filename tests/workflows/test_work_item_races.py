@@ -152,3 +152,93 @@ def test_approve_racing_the_deadline_resume_exactly_one_outcome(cast):
             assert not Approval.objects.filter(work_item=item).exists()
             assert _events(item, "work_item.approved") == 0
     assert outcomes <= {"approved", "conflict"}
+
+
+class _WorkerLost(BaseException):
+    """What SIGKILL does to a worker mid-step: nothing after it runs, the lease stays."""
+
+
+def _resume_dies(monkeypatch) -> None:
+    from workflows.kinds.approval import Approval as ApprovalKind
+
+    real = ApprovalKind.resume
+
+    def die_once(self, ctx):
+        monkeypatch.setattr(ApprovalKind, "resume", real)
+        raise _WorkerLost
+
+    monkeypatch.setattr(ApprovalKind, "resume", die_once)
+
+
+@pytest.mark.parametrize("decision", ["approve", "reject", None])
+@pytest.mark.parametrize("deadline_passed", [False, True])
+def test_a_worker_lost_while_resuming_an_approval_leaves_the_next_attempt_its_state(
+        cast, monkeypatch, decision, deadline_passed):
+    """A worker dies (or its lease runs out) while it resumes an item waiting on an
+    approval: the next attempt resumes from what was recorded. It used to start the wait
+    over: a recorded decision was lost, and the item waited for a new one that the
+    Approval row refused (as it refused a cancel) for ever; without one, the deadline
+    started again."""
+    intake = _approval_intake(cast, deadline=86400)
+    with time_machine.travel(T0, tick=False):
+        item = _parked(intake)
+        if decision:
+            work_item_decide(item=item, decision=decision, user=cast.member_a)
+    resumed_at = T0 + timedelta(seconds=86401 if deadline_passed else 60)
+    with time_machine.travel(resumed_at, tick=False):
+        WorkItem.objects.filter(pk=item.pk).update(next_run_at=resumed_at)  # a wake-up
+        _resume_dies(monkeypatch)
+        with pytest.raises(_WorkerLost):
+            work_item_process(work_id=item.pk, drain_seconds=0)
+    with time_machine.travel(resumed_at + timedelta(hours=1), tick=False):  # lease ran out
+        work_item_process(work_id=item.pk, drain_seconds=0)
+    item.refresh_from_db()
+    attempts = list(StepRun.objects.filter(work_item=item, step__position=1)
+                    .order_by("attempt").values_list("status", flat=True))
+    assert attempts[:2] == ["crashed", "completed" if decision == "approve" else
+                            "failed" if decision or deadline_passed else "waiting"]
+    if decision == "approve":
+        assert (item.status, item.output) == ("completed", "approve")
+    elif decision == "reject":
+        assert (item.status, item.error["code"]) == ("failed", "rejected")
+    elif deadline_passed:
+        assert (item.status, item.error["code"]) == ("failed", "approval_timeout")
+    else:  # still waiting, for the deadline it was given, and a decision is taken
+        assert (item.status, item.waiting_on) == ("running", "approval")
+        assert item.waiting_detail["deadline"] == "2026-11-30T12:00:00.000000Z"
+        work_item_decide(item=item, decision="approve", user=cast.member_a)
+        work_item_process(work_id=item.pk, drain_seconds=0)
+        item.refresh_from_db()
+        assert (item.status, item.output) == ("completed", "approve")
+    assert Approval.objects.filter(work_item=item).count() == (1 if decision or not
+                                                                deadline_passed else 0)
+
+
+def test_a_slow_worker_whose_lease_ran_out_while_it_applied_a_decision_changes_nothing(
+        cast, monkeypatch):
+    """Worker A applies an approval so slowly that its lease runs out and worker B takes
+    the item over: B applies the decision once; A's result, when it comes, is discarded."""
+    from workflows.kinds.approval import Approval as ApprovalKind
+
+    intake = _approval_intake(cast)
+    with time_machine.travel(T0, tick=False):
+        item = _parked(intake)
+        work_item_decide(item=item, decision="approve", user=cast.member_a)
+    real = ApprovalKind.resume
+    taken_over = []
+
+    def slow(self, ctx):
+        if not taken_over:  # A, stalled past its lease: B claims and finishes meanwhile
+            taken_over.append(True)
+            with time_machine.travel(T0 + timedelta(hours=1), tick=False):
+                work_item_process(work_id=item.pk, drain_seconds=0)
+        return real(self, ctx)
+
+    monkeypatch.setattr(ApprovalKind, "resume", slow)
+    with time_machine.travel(T0 + timedelta(seconds=1), tick=False):
+        work_item_process(work_id=item.pk, drain_seconds=0)
+    item.refresh_from_db()
+    assert (item.status, item.output) == ("completed", "approve")
+    assert list(StepRun.objects.filter(work_item=item, step__position=1).order_by("attempt")
+                .values_list("status", flat=True)) == ["discarded", "completed"]
+    assert (_events(item, "work_item.approved"), _events(item, "work_item.completed")) == (1, 1)

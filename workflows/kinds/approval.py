@@ -22,6 +22,9 @@ class Approval(StepKind):
 
     name = "approval"
     label = "Approval (human)"
+    # A decision is recorded once (an Approval row refuses a second one, and a cancel): a
+    # worker lost while applying it must apply it again, not ask anew for one.
+    resumes_after_crash = True
 
     def validate_config(self, config: dict) -> None:
         if not isinstance(config.get("instructions", ""), str):

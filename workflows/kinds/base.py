@@ -85,6 +85,10 @@ class StepKind(ABC):
     # No outside effects (no network, no person): a drain runs such steps of many items back
     # to back and commits their results together (workflows/batch.py).
     pure: bool = False
+    # Its resume has no outside effect and its waiting state holds what it waits for (a
+    # person's recorded decision): a worker lost during a resume leaves the next attempt
+    # that state to resume from, instead of starting the wait over and losing it.
+    resumes_after_crash: bool = False
 
     @abstractmethod
     def validate_config(self, config: dict) -> None:
