@@ -242,3 +242,60 @@ def test_a_slow_worker_whose_lease_ran_out_while_it_applied_a_decision_changes_n
     assert list(StepRun.objects.filter(work_item=item, step__position=1).order_by("attempt")
                 .values_list("status", flat=True)) == ["discarded", "completed"]
     assert (_events(item, "work_item.approved"), _events(item, "work_item.completed")) == (1, 1)
+
+
+# Every action that decides a parked approval item's fate, and what its win leaves.
+_FATE = {"approve": ("completed", None, "work_item.approved"),
+         "reject": ("failed", "rejected", "work_item.rejected"),
+         "cancel": ("failed", "canceled", "work_item.canceled"),
+         "deadline": ("failed", "approval_timeout", None)}
+
+
+def _act(name, item, cast):
+    """Run one action; its name when it took effect, else the conflict it got."""
+    try:
+        if name == "cancel":
+            work_item_cancel(item=item, user=cast.admin_a)
+        elif name == "deadline":
+            work_item_process(work_id=item.pk, drain_seconds=0)
+            item.refresh_from_db()
+            timed_out = (item.error or {}).get("code") == "approval_timeout"
+            return name if timed_out else "found it busy or decided"
+        else:
+            work_item_decide(item=item, decision=name, user=cast.member_a)
+        return name
+    except ApplicationError as exc:
+        assert exc.code == "conflict"
+        return "conflict"
+    finally:
+        connection.close()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks")
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("first, second", [
+    (a, b) for i, a in enumerate(_FATE) for b in list(_FATE)[i:] if (a, b) != (
+        "deadline", "deadline")])
+def test_any_two_actions_on_a_parked_approval_at_once_have_one_outcome(cast, first, second):
+    """Approve, reject, cancel and the engine's deadline resume, every pair (a twin too),
+    released together: the item ends as exactly one of them decided, the other is a 409 (or
+    the engine found nothing to do), and the audit log and approvals say the same."""
+    intake = _approval_intake(cast, deadline=60)
+    for n in range(3):
+        with time_machine.travel(T0 + timedelta(hours=n), tick=False):
+            item = _parked(intake)
+        with time_machine.travel(T0 + timedelta(hours=n, seconds=61), tick=False):
+            results = _together(*(lambda name=name, pk=item.pk: _act(
+                name, WorkItem.objects.get(pk=pk), cast) for name in (first, second)))
+            work_item_process(work_id=item.pk, drain_seconds=0)  # applies a decision
+        item.refresh_from_db()
+        won = [r for r in results if r in _FATE]
+        assert len(won) == 1, results
+        status, code, event = _FATE[won[0]]
+        assert (item.status, (item.error or {}).get("code")) == (status, code), results
+        events = {e: _events(item, e) for e in
+                  ("work_item.approved", "work_item.rejected", "work_item.canceled")}
+        assert events == {e: int(e == event) for e in events}, results
+        assert Approval.objects.filter(work_item=item).count() == int(
+            won[0] in ("approve", "reject"))
+        assert StepRun.objects.filter(work_item=item, status="waiting").count() == 0
