@@ -618,11 +618,14 @@ def _outcome(delivery: CallbackDelivery, result: SendResult,
 _ATTEMPT_RESULT_FIELDS = ["finished_at", "status_code", "latency_ms", "response_body", "error"]
 
 
-def _attempt_result(attempt: CallbackAttempt, result: SendResult, now: datetime) -> None:
+def _attempt_result(attempt: CallbackAttempt, result: SendResult, now: datetime, *,
+                    item: WorkItem) -> None:
     attempt.finished_at = now
     attempt.status_code = result.status
     attempt.latency_ms = result.latency_ms
-    attempt.response_body = result.body
+    # An item retention redacted (read when the attempt was claimed: a redaction waits for
+    # no attempt in flight, see intakes/retention.py) keeps no answer: it may quote payload.
+    attempt.response_body = "" if item.redacted_at is not None else result.body
     attempt.error = result.error[:500]
 
 
@@ -667,7 +670,7 @@ def _attempt_record(delivery: CallbackDelivery, token: str, attempt: CallbackAtt
                     result: SendResult) -> str:
     now = timezone.now()
     with transaction.atomic():
-        _attempt_result(attempt, result, now)
+        _attempt_result(attempt, result, now, item=delivery.work_item)
         attempt.save(update_fields=_ATTEMPT_RESULT_FIELDS)
         state, changed, why = _delivery_result(delivery, token, result, now)
     if changed and result.reached_host:
@@ -982,7 +985,7 @@ def callback_attempts_finish(*, outcomes: list[tuple[PreparedAttempt, SendResult
                   for p, result, state, next_at, why in decided],
             returning="id"))
         for prepared, result, _state, _next_at, _why in decided:
-            _attempt_result(prepared.attempt, result, now)
+            _attempt_result(prepared.attempt, result, now, item=prepared.delivery.work_item)
         rawsql.update_rows(
             CallbackAttempt, match=["id"], fields=_ATTEMPT_RESULT_FIELDS,
             rows=[(p.attempt.pk, *(getattr(p.attempt, name) for name in _ATTEMPT_RESULT_FIELDS))
@@ -1038,7 +1041,7 @@ def _delivered_all(outcomes: list[tuple[PreparedAttempt, SendResult]], now: date
                    ) -> list[str]:
     params: list = []
     for prepared, result in outcomes:
-        _attempt_result(prepared.attempt, result, now)
+        _attempt_result(prepared.attempt, result, now, item=prepared.delivery.work_item)
         params += [prepared.delivery.pk, prepared.token, prepared.attempt.pk, result.status,
                    result.latency_ms, prepared.attempt.response_body]
     params.append(now)

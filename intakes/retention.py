@@ -110,6 +110,7 @@ def _redact(org, intake, items, days: int, *, now, batch) -> Iterator[int]:
     due = items.filter(finished_at__lt=cutoff, redacted_at__isnull=True)
     for ids in _batches(due, batch):
         with transaction.atomic():
+            ids = _no_callback_in_flight(ids)
             count = work_items_redact(ids=ids, now=now)
             # By the attempts' delivery_id (its index); a join let PostgreSQL read them all.
             deliveries = CallbackDelivery.objects.filter(work_item_id__in=ids).values("pk")
@@ -117,6 +118,18 @@ def _redact(org, intake, items, days: int, *, now, batch) -> Iterator[int]:
              .exclude(response_body="").update(response_body=""))
             _audit("work_items.redacted", org, intake, count, days, now)
         yield count
+
+
+def _no_callback_in_flight(ids: list) -> list:
+    """The batch less the items a callback attempt is in flight for, their deliveries locked
+    until the batch commits. An attempt keeps the receiver's answer unless its item was
+    redacted when it was claimed: one in flight now would store it after this redaction (so
+    its item waits for the next pass), and a claim from now on waits for this commit and
+    then reads the item redacted."""
+    busy = {work_id for work_id, state in CallbackDelivery.objects.select_for_update()
+            .filter(work_item_id__in=ids).order_by("pk").values_list("work_item_id", "state")
+            if state == CallbackDelivery.State.DELIVERING}
+    return [pk for pk in ids if pk not in busy]
 
 
 def _delete(org, intake, items, days: int, *, now, batch) -> Iterator[int]:

@@ -182,3 +182,112 @@ def test_an_action_waiting_on_the_row_retention_deletes_gets_409_not_500(
     assert isinstance(refused, ApplicationError) and refused.code == "conflict", refused
     assert not WorkItem.objects.exists() and not Approval.objects.exists()
     assert not AuditEvent.objects.filter(event__in=ACTION_EVENTS).exists()
+
+
+# --- Redaction against callback attempts: no receiver's answer outlives the redaction -----
+REDACT_ONLY = timedelta(days=40)  # past the payload age (30), not the item age (90)
+
+
+def _redaction_pass() -> None:
+    assert not retention_run(now=timezone.now() + REDACT_ONLY).failed
+
+
+def _answers_kept_after_redaction() -> list:
+    from intakes.models import CallbackAttempt
+
+    return list(CallbackAttempt.objects.filter(
+        delivery__work_item__redacted_at__isnull=False).exclude(response_body="")
+        .values_list("number", "response_body"))
+
+
+def test_an_attempt_made_after_redaction_keeps_no_answer(cast, cb_intake, receiver):
+    """"Redeliver now" on a redacted item: the attempt is sent (as the item now is) and
+    recorded, but what the receiver answered is not kept, as redaction removed the rest."""
+    delivery = _delivered(cb_intake, receiver)
+    _redaction_pass()
+    assert WorkItem.objects.get().redacted_at is not None
+    assert callback_delivery_redeliver(delivery=delivery, actor=cast.admin_a)
+    assert callback_delivery_process(delivery_id=delivery.pk) == "delivered"
+    assert delivery.attempt_rows.count() == 2
+    assert _answers_kept_after_redaction() == []
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks")
+@pytest.mark.django_db(transaction=True)
+def test_redaction_during_an_attempt_in_flight_keeps_no_answer(cast, cb_intake, receiver):
+    """The receiver is still answering when retention redacts the item: the item waits for
+    the next pass (its attempt in flight), which then removes the answer with the rest."""
+    posted, answer = threading.Event(), threading.Event()
+
+    def slow(request):
+        from werkzeug import Response
+
+        posted.set()
+        assert answer.wait(30)
+        return Response("the receiver says: order 42 for alice@example.com")
+
+    receiver.expect_request("/hook").respond_with_handler(slow)
+    delivery = callback_delivery_create(work_item=finished_item(cb_intake))
+    result: dict = {}
+
+    def send():
+        try:
+            result["state"] = callback_delivery_process(delivery_id=delivery.pk)
+        finally:
+            connection.close()
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    assert posted.wait(30)
+    _redaction_pass()  # while the POST waits for its answer
+    answer.set()
+    sender.join(30)
+    assert result["state"] == "delivered"
+    _redaction_pass()  # the next scheduled pass
+    assert WorkItem.objects.get().redacted_at is not None
+    assert _answers_kept_after_redaction() == []
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks")
+@pytest.mark.django_db(transaction=True)
+def test_an_attempt_claimed_while_redaction_commits_keeps_no_answer(
+        cast, cb_intake, receiver, monkeypatch):
+    """The dispatcher claims the delivery while retention's redaction of its item is not yet
+    committed: the claim waits for it, then sends the item as redacted and keeps no
+    answer."""
+    receiver.expect_request("/hook").respond_with_data("order 42 for alice@example.com")
+    delivery = callback_delivery_create(work_item=finished_item(cb_intake))
+    holding, release = threading.Event(), threading.Event()
+    real_audit = retention_module._audit
+
+    def audit_then_hold(event, *args, **kwargs):
+        real_audit(event, *args, **kwargs)
+        if event == "work_items.redacted":
+            holding.set()
+            assert release.wait(30)
+
+    monkeypatch.setattr(retention_module, "_audit", audit_then_hold)
+    result: dict = {}
+
+    def run(name, call):
+        try:
+            result[name] = call()
+        finally:
+            connection.close()
+
+    sweeper = threading.Thread(target=run, args=("retention", _redaction_pass))
+    sweeper.start()
+    assert holding.wait(30)
+    sender = threading.Thread(target=run, args=(
+        "state", lambda: callback_delivery_process(delivery_id=delivery.pk)))
+    sender.start()
+    for _ in range(3000):  # until the claim waits on retention's lock, or is done
+        if _waiting_on_a_lock() or not sender.is_alive():
+            break
+        time.sleep(0.01)
+    release.set()
+    sweeper.join(30)
+    sender.join(30)
+    assert result["state"] == "delivered"
+    assert WorkItem.objects.get().redacted_at is not None
+    assert _answers_kept_after_redaction() == []
