@@ -299,3 +299,39 @@ def test_any_two_actions_on_a_parked_approval_at_once_have_one_outcome(cast, fir
         assert Approval.objects.filter(work_item=item).count() == int(
             won[0] in ("approve", "reject"))
         assert StepRun.objects.filter(work_item=item, status="waiting").count() == 0
+
+
+def test_a_worker_lost_while_ending_a_delay_does_not_start_the_delay_over(cast, monkeypatch):
+    from workflows.kinds.delay import Delay
+
+    workflow = make_workflow(cast.org_a, [("delay", {"seconds": 3600}),
+                                          ("transform", {"expression": "'done'"})], name="Wait")
+    with time_machine.travel(T0, tick=False):
+        item = work_item_create(workflow=workflow, input={})
+        work_item_process(work_id=item.pk, drain_seconds=0)
+    real = Delay.resume
+
+    def die_once(self, ctx):
+        monkeypatch.setattr(Delay, "resume", real)
+        raise _WorkerLost
+
+    monkeypatch.setattr(Delay, "resume", die_once)
+    with time_machine.travel(T0 + timedelta(hours=1), tick=False), pytest.raises(_WorkerLost):
+        work_item_process(work_id=item.pk, drain_seconds=0)
+    with time_machine.travel(T0 + timedelta(hours=1, minutes=10), tick=False):  # lease out
+        work_item_process(work_id=item.pk, drain_seconds=0)
+    item.refresh_from_db()
+    assert (item.status, item.output) == ("completed", "done")  # not another hour's wait
+
+
+def test_only_kinds_whose_resume_has_no_outside_effect_resume_after_a_crash():
+    """A kind whose resume sends (http, agent: resume is execute) must count a lost worker
+    as a crashed attempt and start anew, never replay its state as if nothing was sent."""
+    from workflows.kinds import REGISTRY
+    from workflows.kinds.base import StepKind
+
+    resuming = {name for name, kind in REGISTRY.items() if kind.resumes_after_crash}
+    assert resuming == {"approval", "delay"}
+    for name in resuming:
+        assert type(REGISTRY[name]).resume is not StepKind.resume, name
+    assert {"http", "agent"} <= set(REGISTRY) - resuming

@@ -18,6 +18,8 @@ class Delay(StepKind):
     name = "delay"
     pure = True
     label = "Delay"
+    # A worker lost while it ended the wait must not start the wait over (up to 7 days).
+    resumes_after_crash = True
 
     def validate_config(self, config: dict) -> None:
         seconds = config.get("seconds")
