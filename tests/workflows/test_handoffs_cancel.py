@@ -258,3 +258,42 @@ def test_cancel_selected_across_a_big_history_takes_the_active_ones_a_batch_at_a
     assert {m.pk for m in more} <= set(WorkItem.objects.filter(
         error__code="canceled").values_list("pk", flat=True))
     assert WorkItem.objects.filter(status="completed").count() == 22  # untouched
+
+
+@pytest.mark.parametrize("kind", ["transform", "approval"])  # the batch path; one at a time
+@pytest.mark.parametrize("outcome", ["complete", "wait", "fail"])
+def test_a_cancel_while_a_step_runs_wins_whatever_the_step_returns(cast, monkeypatch, kind,
+                                                                   outcome):
+    """Every way the engine stores a step's outcome (a pure step's batch commit, a step with
+    outside effects one at a time; completed, waiting, failed) loses to a cancel that
+    committed while the step ran: the item stays canceled, the attempt is discarded, and
+    the audit log holds the cancel alone."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from workflows.kinds import REGISTRY, Complete, Fail, Wait
+    from workflows.services import work_item_create
+
+    wf = make_workflow(cast.org_a, [(kind, {"expression": "input"} if kind == "transform"
+                                     else {"instructions": "Check"}),
+                                    ("transform", {"expression": "'next'"})])
+    item = work_item_create(workflow=wf, input={"a": 1})
+    returned = {"complete": Complete({"ran": True}),
+                "wait": Wait(timezone.now() + timedelta(hours=1), "approval", {}),
+                "fail": Fail("step_error", "it broke")}[outcome]
+
+    def canceled_meanwhile(self, ctx):
+        work_item_cancel(item=WorkItem.objects.get(pk=item.pk), user=cast.member_a)
+        return returned
+
+    monkeypatch.setattr(type(REGISTRY[kind]), "execute", canceled_meanwhile)
+    work_item_process(work_id=item.pk, drain_seconds=0)
+    item.refresh_from_db()
+    assert (item.status, item.error["code"], item.output) == ("failed", "canceled", None)
+    assert (item.lease_token, item.next_run_at, item.waiting_on) == ("", None, "")
+    assert list(StepRun.objects.filter(work_item=item).values_list("status", flat=True)) \
+        == ["discarded"]
+    events = set(AuditEvent.objects.filter(object_id=str(item.pk)).values_list("event",
+                                                                               flat=True))
+    assert events - {"work_item.created"} == {"work_item.canceled"}
