@@ -291,3 +291,88 @@ def test_an_attempt_claimed_while_redaction_commits_keeps_no_answer(
     assert result["state"] == "delivered"
     assert WorkItem.objects.get().redacted_at is not None
     assert _answers_kept_after_redaction() == []
+
+
+# --- Redaction against a replay: a replay never carries what redaction removed ------------
+def _rejected_after_a_step(cast):
+    from intakes.services import intake_create
+    from tests.conftest import make_workflow
+    from workflows.batch import work_item_process
+    from workflows.services import work_item_create
+
+    workflow = make_workflow(cast.org_a, [("transform", {"expression": "{seen: input.card}"}),
+                                          ("approval", {"instructions": "Check"})], name="Pay")
+    intake = intake_create(org=cast.org_a, workflow=workflow, name="pay")
+    item = work_item_create(workflow=workflow, intake=intake, input={"card": "4242"})
+    work_item_process(work_id=item.pk, drain_seconds=0)
+    work_item_decide(item=item, decision="reject", user=cast.member_a)
+    work_item_process(work_id=item.pk, drain_seconds=0)
+    item.refresh_from_db()
+    assert (item.status, item.error["code"]) == ("failed", "rejected")
+    return item
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks")
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("holder", ["replay", "redaction"])
+def test_a_replay_and_the_redaction_of_its_item_at_once_carry_nothing_redacted(
+        cast, monkeypatch, holder):
+    """Whichever takes the failed item's row first, the other waits: a replay that commits
+    first carried the real input and outputs (redaction then removes the original's); a
+    redaction that commits first makes the replay a 409 `not_replayable`."""
+    import workflows.replay as replay_module
+    from workflows.models import StepRun
+    from workflows.replay import work_item_replay
+
+    item = _rejected_after_a_step(cast)
+    holding, release = threading.Event(), threading.Event()
+    seam = (replay_module, "_replay_audit") if holder == "replay" else (
+        retention_module, "_audit")
+    real = getattr(*seam)
+
+    def then_hold(*args, **kwargs):
+        real(*args, **kwargs)
+        holding.set()
+        assert release.wait(30)
+
+    monkeypatch.setattr(*seam, then_hold)
+    result: dict = {}
+
+    def run(name, call):
+        try:
+            result[name] = call()
+        except Exception as exc:
+            result[name] = exc
+        finally:
+            connection.close()
+
+    calls = {"replay": lambda: work_item_replay(item=WorkItem.objects.get(pk=item.pk),
+                                                user=cast.member_a),
+             "redaction": _redaction_pass}
+    first = threading.Thread(target=run, args=(holder, calls[holder]))
+    first.start()
+    assert holding.wait(30)
+    monkeypatch.setattr(*seam, real)
+    other = "redaction" if holder == "replay" else "replay"
+    second = threading.Thread(target=run, args=(other, calls[other]))
+    second.start()
+    for _ in range(3000):  # until the second waits on the first's lock, or is done
+        if _waiting_on_a_lock() or not second.is_alive():
+            break
+        time.sleep(0.01)
+    release.set()
+    first.join(30)
+    second.join(30)
+    assert WorkItem.objects.get(pk=item.pk).redacted_at is not None
+    if holder == "replay":
+        new = result["replay"]
+        assert isinstance(new, WorkItem), new
+        new.refresh_from_db()
+        assert new.input == {"card": "4242"}
+        assert list(StepRun.objects.filter(work_item=new, status="carried")
+                    .values_list("output", flat=True)) == [{"seen": "4242"}]
+    else:
+        refused = result["replay"]
+        assert isinstance(refused, ApplicationError) and refused.code == "not_replayable"
+        assert "retention policy" in refused.detail
+        assert not WorkItem.objects.filter(replay_of_id=item.pk).exists()
