@@ -439,16 +439,23 @@ def callback_delivery_redeliver(*, delivery: CallbackDelivery, actor=None,
     (`endpoint_shared`) is every tenant's breaker and cap for that host, and a delivery
     brought back on it would count its failures against the other organizations'
     deliveries there (and, without an organization, escape its own organization's cap)."""
-    if redeliver_refusal(delivery):
-        return False
     now = timezone.now()
-    url = delivery.intake.callback_url if delivery.uses_intake_default else delivery.url
-    endpoint = endpoint_key(url, delivery.intake.org_id,
-                            caller=not delivery.uses_intake_default)
-    extra = {"webhook_id": delivery.webhook_id, "work_item": str(delivery.work_item_id)}
-    if url != delivery.url:
-        extra["url"] = [url_redact(delivery.url), url_redact(url)]
     with transaction.atomic():
+        # The intake's URL as it is now, held until this commits: an admin who changes it
+        # meanwhile (moving the waiting deliveries) is not undone with the URL read before.
+        current = (Intake.objects.select_for_update(no_key=True).filter(pk=delivery.intake_id)
+                   .values_list("callback_url", flat=True).first())
+        if current is None:
+            return False
+        delivery.intake.callback_url = current
+        if redeliver_refusal(delivery):
+            return False
+        url = delivery.intake.callback_url if delivery.uses_intake_default else delivery.url
+        endpoint = endpoint_key(url, delivery.intake.org_id,
+                                caller=not delivery.uses_intake_default)
+        extra = {"webhook_id": delivery.webhook_id, "work_item": str(delivery.work_item_id)}
+        if url != delivery.url:
+            extra["url"] = [url_redact(delivery.url), url_redact(url)]
         changed = CallbackDelivery.objects.filter(pk=delivery.pk).exclude(
             state=State.DELIVERING).update(state=State.PENDING, next_attempt_at=now,
                                            schedule_base=F("attempts"), enqueued_at=now,

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 import time_machine
+from django.db import connection
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from werkzeug import Response
@@ -245,6 +246,76 @@ def test_redeliver_now_makes_a_new_attempt_with_the_same_webhook_id(receiver, cb
     ids = {r.headers["webhook-id"] for r in _requests(receiver)}
     assert ids == {delivery.webhook_id} and len(_requests(receiver)) == 2
     assert AuditEvent.objects.filter(event="callback.redelivered").count() == 1
+
+
+@pytest.mark.parametrize("change", ["moved", "removed"])
+def test_redeliver_after_the_intakes_url_changed_since_the_delivery_was_read_follows_it(
+        receiver, cb_intake, cast, change):
+    """The admin's selection was read, then another admin moved (or removed) the intake's
+    callback URL before the redeliver wrote: the resend goes where callbacks go now, or
+    nowhere; never to the URL the admin moved away from."""
+    receiver.expect_request("/hook").respond_with_data("ok")
+    delivery = CallbackDelivery.objects.select_related("intake__org").get(
+        pk=_deliver(finished_item(cb_intake)).pk)
+    new_url = receiver.url_for("/moved") if change == "moved" else ""
+    intake_update(intake=Intake.objects.get(pk=cb_intake.pk), changes={"callback_url": new_url})
+    redelivered = callback_delivery_redeliver(delivery=delivery, actor=cast.admin_a)
+    delivery.refresh_from_db()
+    if change == "moved":
+        assert redelivered and (delivery.state, delivery.url) == ("pending", new_url)
+    else:
+        assert not redelivered and delivery.state == "delivered"
+        assert not AuditEvent.objects.filter(event="callback.redelivered").exists()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks")
+@pytest.mark.django_db(transaction=True)
+def test_redeliver_while_the_intakes_url_change_commits_waits_and_follows_it(
+        receiver, cb_intake, cast, monkeypatch):
+    import threading
+
+    import intakes.services as intake_services
+
+    receiver.expect_request("/hook").respond_with_data("ok")
+    delivery = CallbackDelivery.objects.select_related("intake__org").get(
+        pk=_deliver(finished_item(cb_intake)).pk)
+    holding, release = threading.Event(), threading.Event()
+    real = intake_services.callback_deliveries_retarget
+
+    def retarget_then_hold(**kwargs):
+        moved = real(**kwargs)
+        holding.set()  # the intake's new URL is written, not yet committed
+        assert release.wait(30)
+        return moved
+
+    monkeypatch.setattr(intake_services, "callback_deliveries_retarget", retarget_then_hold)
+    new_url = receiver.url_for("/moved")
+
+    def run(call):
+        try:
+            call()
+        finally:
+            connection.close()
+
+    editor = threading.Thread(target=run, args=(lambda: intake_update(
+        intake=Intake.objects.get(pk=cb_intake.pk), changes={"callback_url": new_url}),))
+    editor.start()
+    assert holding.wait(30)
+    redeliverer = threading.Thread(target=run, args=(lambda: callback_delivery_redeliver(
+        delivery=delivery, actor=cast.admin_a),))
+    redeliverer.start()
+    for _ in range(3000):  # until the redeliver waits on the intake's lock, or is done
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                           "current_database() AND wait_event_type = 'Lock'")
+            if cursor.fetchone()[0] or not redeliverer.is_alive():
+                break
+        time.sleep(0.01)
+    release.set()
+    editor.join(30)
+    redeliverer.join(30)
+    delivery.refresh_from_db()
+    assert (delivery.state, delivery.url) == ("pending", new_url)
 
 
 def test_delivery_is_created_once_per_item(cb_intake, receiver):
