@@ -253,14 +253,30 @@ def _delivery_fields(work_item: WorkItem, intake: Intake | None, now: datetime) 
             "enqueued_at": None if disabled else now}
 
 
+def _intakes_held(ids: set) -> dict:
+    """The intakes as they are now, by id, held FOR SHARE until the caller's transaction
+    commits: an admin's change of the callback URL (or a 410's disable), which moves or
+    stops the deliveries written so far, waits for the ones written with it here, or is
+    read by them. A delivery written with a URL read before such a change went to the URL
+    the admin had moved away from. Shared: deliveries of one intake are written at once."""
+    rows = Intake.objects.filter(pk__in=ids)
+    if connection.vendor != "postgresql":
+        return rows.in_bulk()
+    sql, params = rows.query.sql_with_params()
+    return {intake.pk: intake for intake in Intake.objects.raw(f"{sql} FOR SHARE", params)}
+
+
 def callback_delivery_create(*, work_item: WorkItem,
                              now: datetime | None = None) -> CallbackDelivery | None:
     """The delivery of a finished item's callback, if it has a URL. Safe to call twice."""
     now = now or timezone.now()
-    fields = _delivery_fields(work_item, work_item.intake, now)
-    if fields is None:
-        return None
+    if _delivery_fields(work_item, work_item.intake, now) is None:
+        return None  # no callback (an intake's URL added this instant is for later work)
     with transaction.atomic():
+        intake = _intakes_held({work_item.intake_id}).get(work_item.intake_id)
+        fields = _delivery_fields(work_item, intake, now)
+        if fields is None:
+            return None
         delivery, created = CallbackDelivery.objects.get_or_create(
             work_item=work_item, defaults=fields)
         if created and delivery.state == State.PENDING:
@@ -277,13 +293,13 @@ def callback_deliveries_create(*, work_items: list[WorkItem],
     if delivery_by_tasks() or not work_items:
         return []
     now = now or timezone.now()
-    intakes = Intake.objects.in_bulk({i.intake_id for i in work_items if i.intake_id})
-    rows = []
-    for item in work_items:
-        fields = _delivery_fields(item, intakes.get(item.intake_id), now)
-        if fields is not None:
-            rows.append(CallbackDelivery(work_item=item, **fields))
     with transaction.atomic():
+        intakes = _intakes_held({i.intake_id for i in work_items if i.intake_id})
+        rows = []
+        for item in work_items:
+            fields = _delivery_fields(item, intakes.get(item.intake_id), now)
+            if fields is not None:
+                rows.append(CallbackDelivery(work_item=item, **fields))
         if rows:
             CallbackDelivery.objects.bulk_create(rows, ignore_conflicts=True)
         if any(row.state == State.PENDING for row in rows):
