@@ -373,6 +373,50 @@ def test_a_delivery_created_while_the_intakes_url_change_commits_goes_to_the_new
     assert CallbackDelivery.objects.get(work_item=item).url == new_url
 
 
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks")
+@pytest.mark.django_db(transaction=True)
+def test_redeliver_while_an_attempt_is_in_flight_changes_nothing_and_sends_nothing_twice(
+        receiver, cb_intake, cast):
+    """The dispatcher's attempt is waiting for the receiver when an admin clicks "Redeliver
+    now": refused (in flight), no audit row; the attempt ends as it would have, once; a
+    redeliver after it is a second attempt with the same webhook-id."""
+    import threading
+
+    from werkzeug import Response as Answer
+
+    posted, answer = threading.Event(), threading.Event()
+
+    def slow(request):
+        posted.set()
+        assert answer.wait(30)
+        return Answer("ok")
+
+    receiver.expect_request("/hook").respond_with_handler(slow)
+    delivery = callback_delivery_create(work_item=finished_item(cb_intake))
+    result = {}
+
+    def send():
+        try:
+            result["state"] = callback_delivery_process(delivery_id=delivery.pk)
+        finally:
+            connection.close()
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    assert posted.wait(30)
+    stale = CallbackDelivery.objects.select_related("intake__org").get(pk=delivery.pk)
+    assert not callback_delivery_redeliver(delivery=stale, actor=cast.admin_a)
+    answer.set()
+    sender.join(30)
+    assert result["state"] == "delivered"
+    assert CallbackAttempt.objects.filter(delivery=delivery).count() == 1
+    assert not AuditEvent.objects.filter(event="callback.redelivered").exists()
+    assert callback_delivery_redeliver(delivery=stale, actor=cast.admin_a)
+    assert callback_delivery_process(delivery_id=delivery.pk) == "delivered"
+    assert {r.headers["webhook-id"] for r in _requests(receiver)} == {delivery.webhook_id}
+    assert len(_requests(receiver)) == 2
+
+
 def test_delivery_is_created_once_per_item(cb_intake, receiver):
     item = finished_item(cb_intake)
     assert callback_delivery_create(work_item=item) == callback_delivery_create(work_item=item)
