@@ -294,7 +294,13 @@ def callback_deliveries_create(*, work_items: list[WorkItem],
         return []
     now = now or timezone.now()
     with transaction.atomic():
-        intakes = _intakes_held({i.intake_id for i in work_items if i.intake_id})
+        intakes = Intake.objects.in_bulk({i.intake_id for i in work_items if i.intake_id})
+        calling = {item.intake_id for item in work_items
+                   if callback_url_for(item, intakes.get(item.intake_id))}
+        # Held only when some item calls back: a batch without callbacks (the common case)
+        # takes no row lock on its intakes (as in `callback_delivery_create`, an intake's URL
+        # added this instant is for later work).
+        intakes = _intakes_held(calling) if calling else {}
         rows = []
         for item in work_items:
             fields = _delivery_fields(item, intakes.get(item.intake_id), now)

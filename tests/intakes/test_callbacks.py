@@ -21,7 +21,7 @@ from intakes.callbacks import (
     callback_delivery_redeliver,
 )
 from intakes.models import CallbackAttempt, CallbackDelivery, Intake
-from intakes.services import intake_update
+from intakes.services import intake_create, intake_update
 from tests.callback_helpers import finished_item
 from tests.conftest import bearer, trigger
 from tests.processes import settings_printed, wait_for
@@ -371,6 +371,26 @@ def test_a_delivery_created_while_the_intakes_url_change_commits_goes_to_the_new
     editor.join(30)
     creator.join(30)
     assert CallbackDelivery.objects.get(work_item=item).url == new_url
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks")
+def test_a_batch_without_callbacks_locks_no_intake(receiver, cb_intake, cast):
+    """The lock above is for items that call back: the engine's common batch, whose items
+    have no callback, reads its intakes as before, without a row lock (a FOR SHARE per batch
+    is a write to the intake's row, and concurrent ones a MultiXact)."""
+    from django.test.utils import CaptureQueriesContext
+
+    from intakes.callbacks import callback_deliveries_create
+
+    quiet = finished_item(intake_create(org=cast.org_a, workflow=cb_intake.workflow,
+                                        name="No callback", created_by=cast.admin_a))
+    calling = finished_item(cb_intake)
+    CallbackDelivery.objects.all().delete()
+    for items, locks in (([quiet], 0), ([quiet, calling], 1)):
+        with CaptureQueriesContext(connection) as captured:
+            callback_deliveries_create(work_items=items)
+        assert sum("FOR SHARE" in q["sql"] for q in captured.captured_queries) == locks
+    assert list(CallbackDelivery.objects.values_list("work_item", flat=True)) == [calling.pk]
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks")
