@@ -700,7 +700,10 @@ def _attempt_record(delivery: CallbackDelivery, token: str, attempt: CallbackAtt
     now = timezone.now()
     with transaction.atomic():
         _attempt_result(attempt, result, now, item=delivery.work_item)
-        attempt.save(update_fields=_ATTEMPT_RESULT_FIELDS)
+        # No row: retention deleted the item, its delivery and this attempt while the POST
+        # was in flight (nothing is left to record; `save` raised "did not affect any rows").
+        CallbackAttempt.objects.filter(pk=attempt.pk).update(
+            **{name: getattr(attempt, name) for name in _ATTEMPT_RESULT_FIELDS})
         state, changed, why = _delivery_result(delivery, token, result, now)
     if changed and result.reached_host:
         endpoint_outcome(key=delivery.endpoint, ok=_answered(result), error=why, now=now)

@@ -56,6 +56,27 @@ def test_a_410_for_an_attempt_begun_before_the_url_changed_does_not_disable_the_
     assert _paths(receiver) == ["/hook", "/new-hook"]
 
 
+def test_an_attempt_whose_item_retention_deleted_meanwhile_ends_quietly(receiver, cb_intake,
+                                                                          caplog):
+    """Retention deletes a finished item (with its delivery and the attempt's row) while the
+    POST is in flight: recording the answer raised "did not affect any rows" and logged an
+    error for what is no error. Nothing is recorded, nothing raised, no endpoint outcome."""
+    from intakes.models import CallbackAttempt, CallbackEndpoint
+
+    receiver.expect_request("/hook").respond_with_data("ok")
+    item = finished_item(cb_intake)
+    delivery = callback_delivery_create(work_item=item)
+    [(claimed, token)] = callback_deliveries_claim(ids=[delivery.pk], now=timezone.now())
+    prepared = callback_attempt_prepare(delivery=claimed, token=token, now=timezone.now())
+    result = callback_attempt_post(prepared)
+    type(item).objects.filter(pk=item.pk).delete()  # as retention's delete does
+    with caplog.at_level("ERROR"):
+        assert callback_attempt_finish(prepared=prepared, result=result) == "delivered"
+    assert not CallbackDelivery.objects.exists() and not CallbackAttempt.objects.exists()
+    assert not CallbackEndpoint.objects.filter(consecutive_failures__gt=0).exists()
+    assert [r for r in caplog.records if r.levelname == "ERROR"] == []
+
+
 def test_a_changed_url_takes_the_waiting_retries_with_it(receiver, cb_intake, cast):
     """An admin fixes a wrong callback URL: the deliveries waiting for a retry kept posting
     to the old one for the rest of their schedule (about a day). They go to the new one
