@@ -39,7 +39,15 @@ from workflows.admin_replay import WorkItemReplayMixin
 from workflows.handoffs import schema_shown
 from workflows.kinds import UnknownKind, kind_get
 from workflows.kinds.typed import typed_credentials_redacted
-from workflows.models import Approval, Provider, Step, StepRun, Workflow, WorkItem
+from workflows.models import (
+    MAX_STEPS_PER_WORKFLOW,
+    Approval,
+    Provider,
+    Step,
+    StepRun,
+    Workflow,
+    WorkItem,
+)
 from workflows.presenters import work_item_view
 from workflows.services import work_item_cancel, work_item_decide, work_item_run
 
@@ -85,6 +93,10 @@ class StepInline(ScopedInlineMixin, admin.TabularInline):
 
     model = Step
     extra = 0
+    max_num = MAX_STEPS_PER_WORKFLOW  # the rows of one save: Step.clean counts saved ones
+
+    def get_formset(self, request, obj=None, **kwargs):
+        return super().get_formset(request, obj, validate_max=True, **kwargs)
 
     @admin.display(description="config")
     def config_redacted(self, obj) -> str:

@@ -44,7 +44,14 @@ from workflows.engine import (
     work_item_claim,
 )
 from workflows.kinds import REGISTRY, Complete, StepContext, Wait, kind_get
-from workflows.models import TASK_MARGIN_SECONDS, Step, StepRun, WorkItem, step_timeout_max
+from workflows.models import (
+    MAX_STEPS_PER_WORKFLOW,
+    TASK_MARGIN_SECONDS,
+    Step,
+    StepRun,
+    WorkItem,
+    step_timeout_max,
+)
 from workflows.providers import provider_tickets_drop
 from workflows.services import work_item_finish_observe
 from workflows.signals import work_item_finished, work_items_finished
@@ -158,7 +165,8 @@ def _release(runs: list[_Run]) -> None:
 def claims_run(claims: list[Claim], *, deadline: float | None = None) -> int:
     """Run claimed items: pure first steps of all of them together, then the rest one after
     the other. Returns how many items were advanced."""
-    runs = _runs_load(claims)
+    loaded = _runs_load(claims)
+    runs = [run for run in loaded if not _too_many_steps(run)]
     pure = [run for run in runs if _starts_pure(run)]
     going_on = _pure_batch(pure) if pure else []
     queue = going_on + [run for run in runs if run not in pure]
@@ -167,7 +175,7 @@ def claims_run(claims: list[Claim], *, deadline: float | None = None) -> int:
         clock = time.monotonic()
         if index and (clock - started >= HOLD_SECONDS or (deadline and clock >= deadline)):
             _release(queue[index:])
-            return len(runs) - len(queue) + index
+            return len(loaded) - len(queue) + index
         try:
             item_run(run)
         except Exception:
@@ -175,7 +183,19 @@ def claims_run(claims: list[Claim], *, deadline: float | None = None) -> int:
             if queue[index + 1:]:
                 _release(queue[index + 1:])
             raise
-    return len(runs)
+    return len(loaded)
+
+
+def _too_many_steps(run: _Run) -> bool:
+    """A workflow saved with more steps than MAX_STEPS_PER_WORKFLOW (before that was refused)
+    fails its items, naming the limit, instead of running them."""
+    if len(run.steps) <= MAX_STEPS_PER_WORKFLOW:
+        return False
+    step = run.steps[min(run.item.current_step, len(run.steps) - 1)]
+    _fail(run, step, "bad_config", f"The workflow has {len(run.steps)} steps; at most "
+                                   f"{MAX_STEPS_PER_WORKFLOW} run. Remove steps (or split the "
+                                   "workflow) and replay the item.")
+    return True
 
 
 def work_item_process(*, work_id, drain_seconds: float | None = None) -> int:
@@ -261,7 +281,7 @@ def _context(run: _Run, step: Step, index: int, now: datetime) -> StepContext:
     return StepContext(
         data=_data_at(run, index), config=step.config or {}, state={}, now=now,
         step_name=step.name, idempotency_key=f"{run.item.pk}:{step.position}",
-        max_attempts=step.max_attempts or settings.AUXOT_STEP_MAX_ATTEMPTS,
+        max_attempts=step.attempts,
         timeout_seconds=step.timeout,
         work_id=run.item.pk, org_id=run.item.workflow.org_id)
 

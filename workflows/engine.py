@@ -107,7 +107,7 @@ def _attempt(run: _Run, step: Step) -> tuple[Outcome | None, StepRun | None]:
     now = timezone.now()
     latest = run.latest.get(step.pk)
     kind = kind_get(step.kind)
-    max_attempts = step.max_attempts or settings.AUXOT_STEP_MAX_ATTEMPTS
+    max_attempts = step.attempts
     timeout = step.timeout
     org_id = run.item.workflow.org_id
     gate = ProviderGate(org_id=org_id, work_id=run.item.pk, now=now,

@@ -42,6 +42,15 @@ class Workflow(models.Model):
         schema_credentials_check(self.input_schema, field="input_schema")
 
 
+# What an org admin may ask of the workers per work item: each step stores an output of up
+# to AUXOT_STEP_OUTPUT_MAX_CHARS and each attempt a row (the poll reads every one), and an
+# http or agent step against a server that answers 503 retries each backoff (up to
+# AUXOT_RETRY_AFTER_MAX_SECONDS) until its attempts run out: the item never finishes, so
+# retention never deletes it. Refused when saved; a step saved before runs capped.
+MAX_STEPS_PER_WORKFLOW = 50
+MAX_STEP_ATTEMPTS = 20
+
+
 # Seconds of a task kept for the engine's own work around a step (claims, pure steps,
 # writes): a step with the longest timeout still fits a task that started this long ago.
 TASK_MARGIN_SECONDS = 10
@@ -82,6 +91,12 @@ class Step(models.Model):
         return f"{self.position}. {self.name} ({self.kind})"
 
     @property
+    def attempts(self) -> int:
+        """Attempts an item may make at this step: its own setting or the default, never
+        more than MAX_STEP_ATTEMPTS (a step saved before that was refused)."""
+        return min(self.max_attempts or settings.AUXOT_STEP_MAX_ATTEMPTS, MAX_STEP_ATTEMPTS)
+
+    @property
     def timeout(self) -> int:
         """Seconds an attempt may take: its own setting or the default, never more than a
         worker's task may run (django-q2 kills it at AUXOT_TASK_TIMEOUT_SECONDS, and an
@@ -106,6 +121,14 @@ class Step(models.Model):
             kind.validate_references(self.config, org_id=workflow.org_id)
         schema_check(self.output_schema, field="output_schema")
         schema_credentials_check(self.output_schema, field="output_schema")
+        if self.max_attempts is not None and self.max_attempts > MAX_STEP_ATTEMPTS:
+            raise ValidationError({"max_attempts": (
+                f"At most {MAX_STEP_ATTEMPTS}: each attempt is a row the poll reads, and an "
+                "item whose receiver keeps failing would wait for hours between them.")})
+        if workflow is not None and workflow.pk is not None and self._state.adding and (
+                Step.objects.filter(workflow=workflow).count() >= MAX_STEPS_PER_WORKFLOW):
+            raise ValidationError(f"A workflow has at most {MAX_STEPS_PER_WORKFLOW} steps: "
+                                  "each stores an output for every item that runs it.")
         if self.timeout_seconds is not None and self.timeout_seconds > step_timeout_max():
             raise ValidationError({"timeout_seconds": (
                 f"At most {step_timeout_max()} seconds: a worker's task is stopped at "

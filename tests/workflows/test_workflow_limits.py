@@ -1,0 +1,92 @@
+"""What one workflow may ask of the workers per work item (workflows/models.py): at most
+MAX_STEPS_PER_WORKFLOW steps and MAX_STEP_ATTEMPTS attempts at a step, refused when saved
+(the model and the admin's form) and capped when a step saved before runs."""
+
+import json
+import re
+
+import pytest
+from django.core.exceptions import ValidationError
+
+from tests.conftest import make_workflow
+from tests.fakeserver import Reply
+from workflows.batch import work_item_process
+from workflows.models import (
+    MAX_STEP_ATTEMPTS,
+    MAX_STEPS_PER_WORKFLOW,
+    Step,
+    StepRun,
+    Workflow,
+    WorkItem,
+)
+from workflows.services import work_item_create
+
+TRANSFORM = ("transform", {"expression": "input"})
+
+
+def test_a_step_with_more_attempts_than_the_limit_is_refused_when_saved(cast):
+    wf = make_workflow(cast.org_a, [], name="Attempts")
+    step = Step(workflow=wf, position=1, name="s", kind="transform",
+                config={"expression": "input"}, max_attempts=MAX_STEP_ATTEMPTS)
+    step.full_clean()
+    step.max_attempts = MAX_STEP_ATTEMPTS + 1
+    with pytest.raises(ValidationError, match=f"At most {MAX_STEP_ATTEMPTS}"):
+        step.full_clean()
+
+
+def test_a_step_saved_with_more_attempts_runs_capped(cast, fake_server):
+    fake_server.script = [Reply(503, {"busy": True})]
+    wf = make_workflow(cast.org_a, [("http", {"url": fake_server.url + "/flaky"})],
+                       name="Flaky")
+    Step.objects.filter(workflow=wf).update(max_attempts=10_000)
+    assert Step.objects.get(workflow=wf).attempts == MAX_STEP_ATTEMPTS
+    item = work_item_create(workflow=wf, input={})
+    work_item_process(work_id=item.pk, drain_seconds=0)
+    item.refresh_from_db()
+    assert item.waiting_detail["max_attempts"] == MAX_STEP_ATTEMPTS
+
+
+def test_the_step_past_the_limit_is_refused_when_saved(cast):
+    wf = make_workflow(cast.org_a, [TRANSFORM] * MAX_STEPS_PER_WORKFLOW, name="Long")
+    step = Step(workflow=wf, position=MAX_STEPS_PER_WORKFLOW + 1, name="one more",
+                kind="transform", config={"expression": "input"})
+    with pytest.raises(ValidationError, match=f"at most {MAX_STEPS_PER_WORKFLOW} steps"):
+        step.full_clean()
+    saved = Step.objects.filter(workflow=wf).first()
+    saved.full_clean()  # editing one of them is fine
+
+
+def _admin_post(client, cast, steps: int):
+    client.force_login(cast.admin_a)
+    page = client.get("/admin/workflows/workflow/add/").content.decode()
+    data = {"org": cast.org_a.pk, "name": "Many", "slug": "many", "active": "on",
+            "created_at_0": "2026-01-01", "created_at_1": "00:00:00"}
+    for prefix in re.findall(r'name="([\w-]+)-TOTAL_FORMS"', page):
+        data.update({f"{prefix}-TOTAL_FORMS": "0", f"{prefix}-INITIAL_FORMS": "0"})
+    data["steps-TOTAL_FORMS"] = str(steps)
+    for n in range(steps):
+        data.update({f"steps-{n}-position": str(n + 1), f"steps-{n}-name": f"s{n}",
+                     f"steps-{n}-kind": "transform",
+                     f"steps-{n}-config": json.dumps({"expression": "input"})})
+    return client.post("/admin/workflows/workflow/add/", data)
+
+
+def test_the_admin_refuses_more_steps_than_the_limit_in_one_save(cast, client):
+    response = _admin_post(client, cast, MAX_STEPS_PER_WORKFLOW + 1)
+    assert response.status_code == 200  # the form again, with the error
+    assert f"Please submit at most {MAX_STEPS_PER_WORKFLOW} forms" in \
+        response.content.decode().replace("&#x27;", "'")
+    assert not Workflow.objects.filter(slug="many").exists()
+    assert _admin_post(client, cast, MAX_STEPS_PER_WORKFLOW).status_code == 302
+    assert Step.objects.filter(workflow__slug="many").count() == MAX_STEPS_PER_WORKFLOW
+
+
+def test_a_workflow_saved_with_more_steps_fails_its_items_naming_the_limit(cast):
+    wf = make_workflow(cast.org_a, [TRANSFORM] * (MAX_STEPS_PER_WORKFLOW + 1), name="Old")
+    item = work_item_create(workflow=wf, input={"n": 1})
+    work_item_process(work_id=item.pk, drain_seconds=0)
+    item = WorkItem.objects.get(pk=item.pk)
+    assert item.status == WorkItem.Status.FAILED
+    assert item.error["code"] == "bad_config"
+    assert f"at most {MAX_STEPS_PER_WORKFLOW} run" in item.error["message"]
+    assert not StepRun.objects.filter(work_item=item).exists()  # nothing ran
