@@ -240,6 +240,7 @@ def item_run(run: _Run) -> None:
 
 
 def _item_advance(run: _Run) -> None:
+    started = time.monotonic()
     while run.item.current_step < len(run.steps):
         step = run.steps[run.item.current_step]
         latest = run.latest.get(step.pk)
@@ -250,6 +251,11 @@ def _item_advance(run: _Run) -> None:
             run.item.current_step += 1
             continue
         if step.kind in PURE_KINDS and latest is None:
+            if time.monotonic() - started >= HOLD_SECONDS:
+                # Fifty transforms of a second's work each would hold this worker (and
+                # every item behind it) for a minute: hand it back, due at once, in turn.
+                _release([run])
+                return
             if not _pure_run(run):
                 return
             continue
@@ -309,8 +315,18 @@ def _pure_batch(runs: list[_Run]) -> list[_Run]:
     """
     now = timezone.now()
     firsts = _attempts_open(runs, now)
-    executed = [(run, *_pure_execute(run, now)) for run in runs]
+    # An expression may take a second or two of CPU (its budget, workflows/kinds/_shared.py):
+    # past HOLD_SECONDS no item starts its chain and no chain goes on to its next step.
+    deadline = time.monotonic() + HOLD_SECONDS
+    executed, unstarted = [], []
+    for run in runs:
+        if executed and time.monotonic() >= deadline:
+            unstarted.append(run)
+        else:
+            executed.append((run, *_pure_execute(run, now, deadline)))
     with transaction.atomic():
+        if unstarted:
+            _unstarted_release(unstarted, firsts)
         held = set(WorkItem.objects.select_for_update().filter(
             pk__in=[run.item.pk for run in runs], lease_token=runs[0].token,
         ).values_list("pk", flat=True))
@@ -331,6 +347,16 @@ def _pure_batch(runs: list[_Run]) -> list[_Run]:
     return going_on
 
 
+def _unstarted_release(runs: list[_Run], firsts: dict[Any, StepRun]) -> None:
+    """Items of a batch whose first step never started: their opened attempt rows go (no
+    attempt was made) and the items are handed back, due at once."""
+    rows = [firsts.pop(run.item.pk) for run in runs]
+    StepRun.objects.filter(pk__in=[row.pk for row in rows]).delete()
+    for run, row in zip(runs, rows, strict=True):
+        run.latest.pop(row.step_id, None)
+    _release(runs)
+
+
 def _attempts_open(runs: list[_Run], now: datetime) -> dict[Any, StepRun]:
     # The claim's lease is seconds old: no one else may start these attempts meanwhile.
     rows = [StepRun(work_item=run.item, step=run.steps[run.item.current_step], attempt=1,
@@ -341,13 +367,15 @@ def _attempts_open(runs: list[_Run], now: datetime) -> dict[Any, StepRun]:
     return {row.work_item_id: row for row in rows}
 
 
-def _pure_execute(run: _Run, now: datetime) -> tuple[list, int]:
-    """The outcomes of the item's consecutive fresh pure steps, in memory."""
+def _pure_execute(run: _Run, now: datetime, deadline: float) -> tuple[list, int]:
+    """The outcomes of the item's consecutive fresh pure steps, in memory: the first, then
+    the next ones until `deadline`."""
     results, start = [], run.item.current_step
     run.ended = []
     index = start
     while index < len(run.steps) and run.steps[index].kind in PURE_KINDS and (
-            index == start or run.steps[index].pk not in run.latest):
+            index == start or (run.steps[index].pk not in run.latest
+                               and time.monotonic() < deadline)):
         step = run.steps[index]
         outcome = _safely(kind_get(step.kind).execute, _context(run, step, index, now),
                           run, step)

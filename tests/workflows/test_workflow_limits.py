@@ -7,10 +7,12 @@ import re
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.utils import timezone
 
 from tests.conftest import make_workflow
 from tests.fakeserver import Reply
-from workflows.batch import work_item_process
+from workflows import batch
+from workflows.batch import claims_run, work_item_process, work_items_claim_batch
 from workflows.models import (
     MAX_STEP_ATTEMPTS,
     MAX_STEPS_PER_WORKFLOW,
@@ -90,3 +92,24 @@ def test_a_workflow_saved_with_more_steps_fails_its_items_naming_the_limit(cast)
     assert item.error["code"] == "bad_config"
     assert f"at most {MAX_STEPS_PER_WORKFLOW} run" in item.error["message"]
     assert not StepRun.objects.filter(work_item=item).exists()  # nothing ran
+
+
+def test_a_claim_runs_pure_steps_for_a_while_then_hands_its_items_back(cast, monkeypatch):
+    """Each transform may take a second or two of CPU (its expression budget): a batch of
+    items of fifty of them held one worker for minutes, past django-q2's kill. Past
+    HOLD_SECONDS (0 here) an item makes one step per claim and is handed back."""
+    monkeypatch.setattr(batch, "HOLD_SECONDS", 0)
+    wf = make_workflow(cast.org_a, [TRANSFORM] * 5, name="Chain")
+    for n in range(3):
+        work_item_create(workflow=wf, input={"n": n})
+    assert not WorkItem.objects.exclude(status=WorkItem.Status.PENDING).exists()
+    claims_run(work_items_claim_batch(now=timezone.now(), limit=10))
+    assert StepRun.objects.count() == 1  # the first item's first step: nothing else started
+    assert StepRun.objects.get().status == StepRun.Status.COMPLETED
+    assert set(WorkItem.objects.values_list("lease_token", flat=True)) == {""}
+    assert not WorkItem.objects.filter(next_run_at__gt=timezone.now()).exists()  # due now
+    for _ in range(30):
+        claims_run(work_items_claim_batch(now=timezone.now(), limit=10))
+    assert set(WorkItem.objects.values_list("status", flat=True)) == {WorkItem.Status.COMPLETED}
+    assert StepRun.objects.count() == 15  # one attempt per step: none crashed or repeated
+    assert set(StepRun.objects.values_list("status", flat=True)) == {StepRun.Status.COMPLETED}
