@@ -423,6 +423,10 @@ AUXOT_STEP_TIMEOUT_SECONDS = env_int("AUXOT_STEP_TIMEOUT_SECONDS", 60, minimum=1
 # it is stored, polled and sent in callbacks. An http step reads at most 8 MiB of an answer.
 AUXOT_STEP_OUTPUT_MAX_CHARS = env_int("AUXOT_STEP_OUTPUT_MAX_CHARS", 8 * 1024 * 1024,
                                       minimum=1024)
+# ... and an item's step outputs together (a workflow of fifty steps each writing 8 MiB was
+# 400 MiB per trigger, all loaded into a worker's memory at each claim).
+AUXOT_ITEM_OUTPUT_MAX_CHARS = env_int("AUXOT_ITEM_OUTPUT_MAX_CHARS",
+                                      4 * AUXOT_STEP_OUTPUT_MAX_CHARS, minimum=1024)
 AUXOT_STEP_MAX_ATTEMPTS = env_int("AUXOT_STEP_MAX_ATTEMPTS", 3, minimum=1)
 AUXOT_LEASE_GRACE_SECONDS = env_int("AUXOT_LEASE_GRACE_SECONDS", 10, minimum=1)
 # How long one django-q2 task keeps draining other due items after its own.

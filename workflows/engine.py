@@ -6,6 +6,7 @@ that dies leaves a `running` attempt and a lease that runs out; the next claim m
 that attempt crashed and starts the next one, up to the step's max attempts.
 """
 
+import json
 import logging
 import time
 import uuid
@@ -20,7 +21,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from auxot.outbound import urls_redacted
-from auxot.storable import text_storable, value_problem
+from auxot.storable import text_storable, value_check, value_problem
 from workflows.handoffs import describe, violations
 from workflows.kinds import (
     Complete,
@@ -88,6 +89,10 @@ class _Run:
             self.latest[run.step_id] = run
             if run.status in StepRun.DONE:  # a replay's carried steps count as done
                 self.outputs[run.step_id] = run.output
+        # The item's step outputs together as JSON (AUXOT_ITEM_OUTPUT_MAX_CHARS).
+        self.output_chars = sum(len(json.dumps(output, ensure_ascii=False,
+                                               separators=(",", ":")))
+                                for output in self.outputs.values())
 
     def data(self) -> dict[str, Any]:
         done = self.steps[: self.item.current_step]
@@ -170,7 +175,7 @@ def _safely(call, ctx: StepContext, run: _Run, step: Step) -> Outcome:
         # Every key holder polling the item reads it: a URL it quotes is shown redacted.
         outcome = Fail("step_error", urls_redacted(f"{type(exc).__name__}: {exc}"))
     else:
-        outcome = _check_storable(step, _check_handoff(step, outcome))
+        outcome = _check_storable(step, _check_handoff(step, outcome), run)
     step_observe(kind=step.kind, outcome=outcome, seconds=time.monotonic() - started)
     return outcome
 
@@ -179,7 +184,7 @@ FAIL_MESSAGE_MAX_CHARS = 2000
 FAIL_EXTRA_MAX_CHARS = 65536
 
 
-def _check_storable(step: Step, outcome: Outcome) -> Outcome:
+def _check_storable(step: Step, outcome: Outcome, run: _Run) -> Outcome:
     """An outcome the database cannot store (NaN from `sum` over huge numbers, a transform
     that doubles its input forty times, a NUL in an error message) is made storable or fails
     this item alone, before anything is written: in a batch, one unstorable row would roll
@@ -197,10 +202,17 @@ def _check_storable(step: Step, outcome: Outcome) -> Outcome:
             return outcome
         return Fail("step_error", f"Step '{step.name}' asked to wait with a detail that "
                                   "cannot be stored.")
-    problem = value_problem(outcome.output, limit=settings.AUXOT_STEP_OUTPUT_MAX_CHARS)
-    if problem is None:
-        return outcome
-    return Fail("bad_output", f"Step '{step.name}' output {problem}.")
+    problem, size = value_check(outcome.output, limit=settings.AUXOT_STEP_OUTPUT_MAX_CHARS)
+    if problem is not None:
+        return Fail("bad_output", f"Step '{step.name}' output {problem}.")
+    limit = settings.AUXOT_ITEM_OUTPUT_MAX_CHARS
+    if run.output_chars + size > limit:
+        return Fail("bad_output", (
+            f"Step '{step.name}' output ({size:,} characters as JSON) would bring the "
+            f"item's step outputs together to {run.output_chars + size:,} characters, past "
+            f"{limit:,} (AUXOT_ITEM_OUTPUT_MAX_CHARS)."))
+    run.output_chars += size
+    return outcome
 
 
 def _check_handoff(step: Step, outcome: Outcome) -> Outcome:

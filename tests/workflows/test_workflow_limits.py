@@ -113,3 +113,35 @@ def test_a_claim_runs_pure_steps_for_a_while_then_hands_its_items_back(cast, mon
     assert set(WorkItem.objects.values_list("status", flat=True)) == {WorkItem.Status.COMPLETED}
     assert StepRun.objects.count() == 15  # one attempt per step: none crashed or repeated
     assert set(StepRun.objects.values_list("status", flat=True)) == {StepRun.Status.COMPLETED}
+
+
+# Each way a step's output reaches the item: a pure chain in one claim, outputs loaded from
+# the database by a later claim (after the delay, which passes `previous` on: it counts
+# too), and a step with outside effects. (steps, the position that fails)
+OUTPUT_PATHS = {
+    "transforms in one claim": ([TRANSFORM] * 5, 4),
+    "after a delay": ([TRANSFORM, TRANSFORM, ("delay", {"seconds": 0.001}), TRANSFORM], 4),
+    "an http step": ([TRANSFORM, TRANSFORM, ("http", {"url": "{server}/hook"})], 3),
+}
+
+
+@pytest.mark.parametrize("path", list(OUTPUT_PATHS))
+def test_an_items_step_outputs_together_are_bounded(cast, settings, fake_server, path):
+    settings.AUXOT_ITEM_OUTPUT_MAX_CHARS = 2500  # three outputs of ~710 fit, a fourth not
+    fake_server.script = [Reply(200, {"text": "y" * 1000})]
+    steps, failing = OUTPUT_PATHS[path]
+    steps = [(kind, {k: v.format(server=fake_server.url) if k == "url" else v
+                     for k, v in config.items()}) for kind, config in steps]
+    wf = make_workflow(cast.org_a, steps, name="Big")
+    item = work_item_create(workflow=wf, input={"text": "x" * 700})
+    for _ in range(5):
+        WorkItem.objects.filter(pk=item.pk, next_run_at__isnull=False).update(
+            next_run_at=timezone.now())  # the delay's end, without waiting for it
+        work_item_process(work_id=item.pk, drain_seconds=0)
+    item.refresh_from_db()
+    assert (item.status, item.error["code"]) == ("failed", "bad_output")
+    assert "past 2,500 (AUXOT_ITEM_OUTPUT_MAX_CHARS)" in item.error["message"]
+    assert item.error["step_position"] == failing
+    stored = StepRun.objects.filter(work_item=item, status=StepRun.Status.COMPLETED)
+    assert stored.count() == failing - 1
+    assert sum(len(json.dumps(run.output)) for run in stored) <= 2500
