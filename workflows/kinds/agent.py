@@ -48,7 +48,8 @@ def _check_template(template: Any, what: str) -> None:
     if not isinstance(template, str) or not template.strip():
         raise ValidationError({"config": f"{what} must be a non-empty string."})
     for match in TEMPLATE_FIELD.finditer(template):
-        expression_check(match.group(1), f"{what} placeholder {{{{ {match.group(1)} }}}}")
+        shown = match.group(1) if len(match.group(1)) <= 60 else match.group(1)[:60] + "…"
+        expression_check(match.group(1), f"{what} placeholder {{{{ {shown} }}}}")
 
 
 def _answer_json(content: Any) -> Any:

@@ -11,6 +11,9 @@ from workflows.kinds.base import Complete, Fail, Outcome, StepContext, StepKind,
 
 NO_DEADLINE = timedelta(days=3650)
 MAX_DEADLINE_SECONDS = 90 * 24 * 3600
+# Copied into every waiting item's state and poll (a wait's detail holds at most 64 KiB:
+# longer instructions failed each item with a `step_error` that did not say why).
+MAX_INSTRUCTIONS_CHARS = 4000
 
 
 class Approval(StepKind):
@@ -29,6 +32,9 @@ class Approval(StepKind):
     def validate_config(self, config: dict) -> None:
         if not isinstance(config.get("instructions", ""), str):
             raise ValidationError({"config": "instructions must be a string."})
+        if len(config.get("instructions", "")) > MAX_INSTRUCTIONS_CHARS:
+            raise ValidationError({"config": f"instructions: at most {MAX_INSTRUCTIONS_CHARS:,} "
+                                             "characters (every waiting item carries them)."})
         deadline = config.get("deadline_seconds")
         if deadline is not None and (isinstance(deadline, bool) or not isinstance(
                 deadline, int | float) or not 0 < deadline <= MAX_DEADLINE_SECONDS):
