@@ -14,6 +14,8 @@ import ssl
 import subprocess
 import threading
 import time
+import tracemalloc
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -1066,3 +1068,31 @@ def test_an_answer_in_small_chunks_costs_little_cpu(size, total, read, chunked_r
     # a Timeout); 4 KiB chunks cost about 3 s of CPU per 8 MiB (each chunk copied it all).
     assert time.process_time() - started < 2
     assert response.status_code == 200 and len(response.content) == read
+
+
+def _gzip_bomb(megabytes: int) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: the gzip format
+    zeros = b"\0" * (1 << 20)
+    return b"".join(packer.compress(zeros) for _ in range(megabytes)) + packer.flush()
+
+
+@pytest.mark.parametrize("way", ["outbound_request", "outbound_post"])
+def test_a_compressed_answer_is_cut_as_decoded_never_inflated_whole(way, fake_server):
+    """A gzip answer of 256 KiB inflates to 256 MiB: both ways out decode it piece by piece
+    (urllib3 >= 2.6 bounds each piece) and stop at MAX_RESPONSE_BYTES decoded."""
+    bomb = _gzip_bomb(256)
+    fake_server.script = [Reply(200, bomb, {"Content-Encoding": "gzip",
+                                            "Content-Type": "application/octet-stream"})]
+    tracemalloc.start()
+    try:
+        if way == "outbound_request":
+            body = outbound.outbound_request("GET", fake_server.url + "/bomb", purpose="http",
+                                             timeout=30).content
+        else:
+            body = outbound_post(fake_server.url + "/bomb", purpose="callback", timeout=30,
+                                 body=b"{}", headers={}).content
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(body) == outbound.MAX_RESPONSE_BYTES
+    assert peak < 5 * outbound.MAX_RESPONSE_BYTES  # not the 256 MiB it inflates to
