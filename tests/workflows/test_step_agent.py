@@ -11,8 +11,9 @@ from auxot.secrets import secret_create
 from tests.conftest import make_workflow
 from tests.fakeserver import Reply, chat
 from workflows.batch import work_item_process
+from workflows.kinds import agent as agent_kind
 from workflows.kinds.agent import render_template
-from workflows.models import Provider, ProviderTicket, Step
+from workflows.models import Provider, ProviderTicket, Step, WorkItem
 from workflows.presenters import work_item_view
 from workflows.providers import provider_slot_acquire
 from workflows.services import work_item_create
@@ -157,3 +158,30 @@ def test_a_reply_quoting_the_api_key_is_stored_redacted(cast, provider, fake_ser
     if json_output:
         assert item.output["json"] == {"seen": "Bearer REDACTED",
                                        "url": "https://x.test/?k=REDACTED"}
+
+
+def test_an_item_further_back_in_a_providers_line_looks_again_less_often(
+        cast, provider, monkeypatch, time_machine):
+    """Every waiting item looked again every AUXOT_PROVIDER_RECHECK_SECONDS (2), each look
+    counting the line: thousands of items behind a slow provider of limit 1 took every
+    worker. Now once per turn ahead of it, at most every PROVIDER_RECHECK_MAX_SECONDS; the
+    front still every 2 s, and a slot given back still wakes the next at once."""
+    monkeypatch.setattr(agent_kind, "PROVIDER_RECHECK_MAX_SECONDS", 6)
+    time_machine.move_to(timezone.now(), tick=False)
+    wf = _agent(cast)
+    holder = work_item_create(workflow=wf, input={"text": "h"})
+    assert provider_slot_acquire(provider=provider, work_id=holder.pk, now=timezone.now(),
+                                 lease_seconds=30).granted
+    items = []
+    for n in range(6):
+        item = _run(work_item_create(workflow=wf, input={"text": str(n)}))
+        assert (item.waiting_on, item.waiting_detail["ahead"]) == ("provider", n)
+        items.append(item)
+    assert [(i.next_run_at - timezone.now()).total_seconds() for i in items] == [
+        2, 2, 4, 6, 6, 6]
+    provider.concurrency_limit = 2  # two served per turn: half the turns ahead
+    provider.save()
+    assert agent_kind.provider_recheck_seconds({"ahead": 5, "limit": 2}) == 4
+    assert _run(holder).status == "completed"
+    woken = [WorkItem.objects.get(pk=i.pk).next_run_at <= timezone.now() for i in items]
+    assert woken == [True, True, False, False, False, False]  # at once, by the slot given back

@@ -29,6 +29,22 @@ from workflows.kinds._shared import (
 from workflows.kinds.base import Complete, Fail, Outcome, StepContext, StepKind, Wait
 from workflows.kinds.typed import TEMPLATE_FIELD
 
+# An item in a provider's line looks at its place again now and then (a dead holder's lease
+# runs out with nobody to wake the next); a slot given back wakes the next ones at once.
+# Every item looked again every AUXOT_PROVIDER_RECHECK_SECONDS, each look counting the line:
+# ten thousand items behind a provider with a limit of 1 (a tenant's own, slow) took every
+# worker, for every tenant. An item looks again in proportion to the turns ahead of it.
+PROVIDER_RECHECK_MAX_SECONDS = 300
+
+
+def provider_recheck_seconds(detail: dict) -> float:
+    """When an item `detail["ahead"]` places back in a line served `detail["limit"]` at a
+    time looks again: every AUXOT_PROVIDER_RECHECK_SECONDS at the front, once per turn
+    ahead of it further back, at most every PROVIDER_RECHECK_MAX_SECONDS."""
+    every = settings.AUXOT_PROVIDER_RECHECK_SECONDS
+    turns = int(detail.get("ahead") or 0) // max(1, int(detail.get("limit") or 1))
+    return min(max(every, PROVIDER_RECHECK_MAX_SECONDS), every * max(1, turns))
+
 
 def render_template(template: str, data: dict[str, Any]) -> str:
     """`{{ <jmespath> }}` placeholders over {input, previous, steps}; nothing else runs.
@@ -103,8 +119,9 @@ class Agent(StepKind):
                                             f"'{ctx.config['provider']}'.")
         slot = gate.acquire(provider)
         if not slot.granted:
-            return Wait(ctx.now + timedelta(seconds=settings.AUXOT_PROVIDER_RECHECK_SECONDS),
-                        "provider", slot.detail())
+            detail = slot.detail()
+            return Wait(ctx.now + timedelta(seconds=provider_recheck_seconds(detail)),
+                        "provider", detail)
         try:
             return self._call(ctx, provider)
         finally:
