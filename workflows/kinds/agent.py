@@ -1,7 +1,6 @@
 """`agent`: one chat-completions call to an OpenAI-compatible provider of the organization."""
 
 import json
-import re
 from datetime import timedelta
 from typing import Any
 
@@ -27,7 +26,7 @@ from workflows.kinds._shared import (
     send,
 )
 from workflows.kinds.base import Complete, Fail, Outcome, StepContext, StepKind, Wait
-from workflows.kinds.typed import TEMPLATE_FIELD
+from workflows.kinds.typed import template_fields
 
 # An item in a provider's line looks at its place again now and then (a dead holder's lease
 # runs out with nobody to wake the next); a slot given back wakes the next ones at once.
@@ -53,19 +52,21 @@ def render_template(template: str, data: dict[str, Any]) -> str:
     a template can only read the data the step is given.
     """
 
-    def field(match: re.Match) -> str:
-        value = expression_search(match.group(1), data)
-        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-
-    return TEMPLATE_FIELD.sub(field, template)
+    parts, done = [], 0
+    for start, end, expression in template_fields(template):
+        value = expression_search(expression, data)
+        parts += [template[done:start],
+                  value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)]
+        done = end
+    return "".join([*parts, template[done:]])
 
 
 def _check_template(template: Any, what: str) -> None:
     if not isinstance(template, str) or not template.strip():
         raise ValidationError({"config": f"{what} must be a non-empty string."})
-    for match in TEMPLATE_FIELD.finditer(template):
-        shown = match.group(1) if len(match.group(1)) <= 60 else match.group(1)[:60] + "…"
-        expression_check(match.group(1), f"{what} placeholder {{{{ {shown} }}}}")
+    for _, _, expression in template_fields(template):
+        shown = expression if len(expression) <= 60 else expression[:60] + "…"
+        expression_check(expression, f"{what} placeholder {{{{ {shown} }}}}")
 
 
 def _answer_json(content: Any) -> Any:

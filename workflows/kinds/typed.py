@@ -16,8 +16,53 @@ from jmespath.exceptions import JMESPathError
 
 from auxot.credentials import credential_formats, credential_formats_redacted
 
-# An agent's `{{ <jmespath> }}` placeholders (workflows/kinds/agent.py renders them).
+# An agent's `{{ <jmespath> }}` placeholders (workflows/kinds/agent.py renders them), as
+# this pattern defines them. It is never run: from every `{{` it looked for the closing
+# braces again, so a prompt of 20,000 `{{` took 20 s (a megabyte, hours), in the admin's
+# save, in every run and in the credential scan of every string of every step.
 TEMPLATE_FIELD = re.compile(r"\{\{\s*(.+?)\s*\}\}")
+
+
+def template_fields(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, expression) of each placeholder TEMPLATE_FIELD would find, in time
+    linear in `text`: the first `}}` after a `{{` (at least one character between) closes
+    it, unless what lies between, less the spaces around it, holds a line break (then the
+    next `{{` is tried)."""
+    found: list[tuple[int, int, str]] = []
+    start, close, last_break = text.find("{{"), -1, -1
+    while start >= 0:
+        if close < start + 3:  # the first `}}` a placeholder from here could end at
+            close = text.find("}}", start + 3)
+            if close < 0:
+                break
+            trimmed = close
+            while trimmed > start + 2 and text[trimmed - 1].isspace():
+                trimmed -= 1
+            last_break = text.rfind("\n", start + 2, trimmed)
+        inner = start + 2
+        while inner < close and text[inner].isspace():
+            inner += 1
+        if inner == close:  # only spaces between: as the pattern backtracks
+            end, body = _blank_field(text, start + 2, close)
+        else:  # sliced only when it holds no line break: never once per `{{`
+            end, body = close + 2, text[inner:trimmed] if last_break < inner else ""
+        if body and "\n" not in body:
+            found.append((start, end, body))
+            start = text.find("{{", end)
+        else:
+            start = text.find("{{", start + 1)
+    return found
+
+
+def _blank_field(text: str, inner: int, close: int) -> tuple[int, str]:
+    """(end, expression) of `{{ }}` (spaces from `inner` to `close`): the pattern's
+    expression then starts at the braces (up to the next `}}`), else it is the last space
+    before them that is not a line break; none: ""."""
+    after = text.find("}}", close + 1)
+    if after >= 0 and "\n" not in (body := text[close:after].rstrip()):
+        return after + 2, body
+    spaces = text[inner:close].replace("\n", "")
+    return close + 2, spaces[-1:]
 AUXOT_KEY = "Auxot API key"
 
 
@@ -55,7 +100,7 @@ def _decoded_constants(text: str) -> list[str]:
     placeholder in it, as jmespath decodes them (`` `"\\u0067hp_…"` `` is `ghp_…`): a text
     that is no expression has none."""
     constants = []
-    for expression in (text, *(m.group(1) for m in TEMPLATE_FIELD.finditer(text))):
+    for expression in (text, *(field for _, _, field in template_fields(text))):
         try:
             literals = expression_literals(expression)
         except (JMESPathError, TypeError, ValueError, RecursionError):
