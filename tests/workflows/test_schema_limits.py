@@ -175,3 +175,30 @@ def test_an_output_too_costly_to_check_fails_bad_handoff_saying_so(cast, api, me
     item = WorkItem.objects.get()
     assert item.error["code"] == "bad_handoff"
     assert "too costly to check" in item.error["message"]
+
+
+def _large_schema() -> dict:
+    return {"$defs": {f"d{i}": {"$anchor": f"a{i}", "type": "string"} for i in range(2000)},
+            "$ref": "#a1999"}
+
+
+def test_a_schema_larger_than_the_limit_is_refused_when_saved(cast):
+    schema = _large_schema()
+    assert len(json.dumps(schema)) > handoffs.SCHEMA_MAX_CHARS
+    with pytest.raises(ValidationError, match=f"past {handoffs.SCHEMA_MAX_CHARS:,}"):
+        schema_check(schema, field="input_schema")
+    wf = make_workflow(cast.org_a, [], name="Large")
+    wf.input_schema = schema
+    with pytest.raises(ValidationError, match="characters as JSON"):
+        wf.full_clean()
+    step = Step(workflow=wf, position=1, name="s", kind="transform",
+                config={"expression": "input"}, output_schema=schema)
+    with pytest.raises(ValidationError, match="characters as JSON"):
+        step.full_clean()
+
+
+def test_a_schema_saved_larger_refuses_the_value_unchecked_saying_why(cast, api, member_token):
+    intake = _intake(cast, _large_schema())  # saved before the limit
+    response = trigger(api, intake.pk, member_token, body="x")
+    assert response.status_code == 422
+    assert "saved before that limit" in response.json()["errors"][0]["message"]
