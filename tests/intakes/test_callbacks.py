@@ -268,17 +268,14 @@ def test_redeliver_after_the_intakes_url_changed_since_the_delivery_was_read_fol
         assert not AuditEvent.objects.filter(event="callback.redelivered").exists()
 
 
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks")
-@pytest.mark.django_db(transaction=True)
-def test_redeliver_while_the_intakes_url_change_commits_waits_and_follows_it(
-        receiver, cb_intake, cast, monkeypatch):
+def _while_the_intakes_url_change_commits(cb_intake, receiver, monkeypatch, action) -> str:
+    """Run `action` in a thread while an admin's change of the intake's callback URL is
+    written (its waiting deliveries moved) but not committed; release the change once
+    `action` waits on a lock (or is done). Returns the new URL."""
     import threading
 
     import intakes.services as intake_services
 
-    receiver.expect_request("/hook").respond_with_data("ok")
-    delivery = CallbackDelivery.objects.select_related("intake__org").get(
-        pk=_deliver(finished_item(cb_intake)).pk)
     holding, release = threading.Event(), threading.Event()
     real = intake_services.callback_deliveries_retarget
 
@@ -301,19 +298,31 @@ def test_redeliver_while_the_intakes_url_change_commits_waits_and_follows_it(
         intake=Intake.objects.get(pk=cb_intake.pk), changes={"callback_url": new_url}),))
     editor.start()
     assert holding.wait(30)
-    redeliverer = threading.Thread(target=run, args=(lambda: callback_delivery_redeliver(
-        delivery=delivery, actor=cast.admin_a),))
-    redeliverer.start()
-    for _ in range(3000):  # until the redeliver waits on the intake's lock, or is done
+    actor = threading.Thread(target=run, args=(action,))
+    actor.start()
+    for _ in range(3000):  # until the action waits on the intake's lock, or is done
         with connection.cursor() as cursor:
             cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = "
                            "current_database() AND wait_event_type = 'Lock'")
-            if cursor.fetchone()[0] or not redeliverer.is_alive():
+            if cursor.fetchone()[0] or not actor.is_alive():
                 break
         time.sleep(0.01)
     release.set()
     editor.join(30)
-    redeliverer.join(30)
+    actor.join(30)
+    return new_url
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks")
+@pytest.mark.django_db(transaction=True)
+def test_redeliver_while_the_intakes_url_change_commits_waits_and_follows_it(
+        receiver, cb_intake, cast, monkeypatch):
+    receiver.expect_request("/hook").respond_with_data("ok")
+    delivery = CallbackDelivery.objects.select_related("intake__org").get(
+        pk=_deliver(finished_item(cb_intake)).pk)
+    new_url = _while_the_intakes_url_change_commits(
+        cb_intake, receiver, monkeypatch,
+        lambda: callback_delivery_redeliver(delivery=delivery, actor=cast.admin_a))
     delivery.refresh_from_db()
     assert (delivery.state, delivery.url) == ("pending", new_url)
 
@@ -326,50 +335,14 @@ def test_a_delivery_created_while_the_intakes_url_change_commits_goes_to_the_new
     """An item finishes as an admin moves the intake's callbacks: its delivery, written
     while the change (which moves the waiting deliveries) is uncommitted, waits for it and
     goes to the new URL, not to the one the admin moved away from."""
-    import threading
-
-    import intakes.services as intake_services
     from intakes.callbacks import callback_deliveries_create
 
     item = finished_item(cb_intake)
     CallbackDelivery.objects.all().delete()  # as if the finish signal had not run yet
     item = type(item).objects.select_related("intake").get(pk=item.pk)
-    holding, release = threading.Event(), threading.Event()
-    real = intake_services.callback_deliveries_retarget
-
-    def retarget_then_hold(**kwargs):
-        moved = real(**kwargs)
-        holding.set()
-        assert release.wait(30)
-        return moved
-
-    monkeypatch.setattr(intake_services, "callback_deliveries_retarget", retarget_then_hold)
-    new_url = receiver.url_for("/moved")
-
-    def run(call):
-        try:
-            call()
-        finally:
-            connection.close()
-
-    editor = threading.Thread(target=run, args=(lambda: intake_update(
-        intake=Intake.objects.get(pk=cb_intake.pk), changes={"callback_url": new_url}),))
-    editor.start()
-    assert holding.wait(30)
     create = (lambda: callback_deliveries_create(work_items=[item])) if path == "batch" else (
         lambda: callback_delivery_create(work_item=item))
-    creator = threading.Thread(target=run, args=(create,))
-    creator.start()
-    for _ in range(3000):  # until the creator waits on the intake's lock, or is done
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = "
-                           "current_database() AND wait_event_type = 'Lock'")
-            if cursor.fetchone()[0] or not creator.is_alive():
-                break
-        time.sleep(0.01)
-    release.set()
-    editor.join(30)
-    creator.join(30)
+    new_url = _while_the_intakes_url_change_commits(cb_intake, receiver, monkeypatch, create)
     assert CallbackDelivery.objects.get(work_item=item).url == new_url
 
 
