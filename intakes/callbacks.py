@@ -237,11 +237,17 @@ def endpoint_shared(key: str) -> bool:
     return not endpoint_org(key)
 
 
+def _calls_back(work_item: WorkItem, intake: Intake | None) -> bool:
+    """Whether a finished item gets a delivery: it has an intake and a URL to call."""
+    return (intake is not None and work_item.is_terminal
+            and bool(callback_url_for(work_item, intake)))
+
+
 def _delivery_fields(work_item: WorkItem, intake: Intake | None, now: datetime) -> dict | None:
     """A new delivery's fields for a finished item, or None when it has no callback."""
-    url = callback_url_for(work_item, intake)
-    if intake is None or not url or not work_item.is_terminal:
+    if not _calls_back(work_item, intake):
         return None
+    url = callback_url_for(work_item, intake)
     override = bool(work_item.callback_url)
     disabled = intake.callback_disabled and not override
     return {"intake": intake, "webhook_id": f"msg_{uuid.uuid4().hex}", "url": url,
@@ -270,7 +276,7 @@ def callback_delivery_create(*, work_item: WorkItem,
                              now: datetime | None = None) -> CallbackDelivery | None:
     """The delivery of a finished item's callback, if it has a URL. Safe to call twice."""
     now = now or timezone.now()
-    if _delivery_fields(work_item, work_item.intake, now) is None:
+    if not _calls_back(work_item, work_item.intake):
         return None  # no callback (an intake's URL added this instant is for later work)
     with transaction.atomic():
         intake = _intakes_held({work_item.intake_id}).get(work_item.intake_id)
@@ -296,7 +302,7 @@ def callback_deliveries_create(*, work_items: list[WorkItem],
     with transaction.atomic():
         intakes = Intake.objects.in_bulk({i.intake_id for i in work_items if i.intake_id})
         calling = {item.intake_id for item in work_items
-                   if callback_url_for(item, intakes.get(item.intake_id))}
+                   if _calls_back(item, intakes.get(item.intake_id))}
         # Held only when some item calls back: a batch without callbacks (the common case)
         # takes no row lock on its intakes (as in `callback_delivery_create`, an intake's URL
         # added this instant is for later work).
