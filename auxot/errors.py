@@ -70,8 +70,10 @@ PROBLEM_HELP: dict[str, str] = {
         "A header or a body the operation defines is malformed: an `Auxot-Correlation-Id` or "
         "`Idempotency-Key` that is empty, too long or not printable ASCII, an approval or "
         "cancel body that does not match its schema (`errors` lists each "
-        "`{pointer, message}`), or a request the server refused as malformed (its Host, a "
-        "request line or header that is not HTTP). "
+        "`{pointer, message}`), a header read as one value sent twice (`Authorization`, "
+        "`Idempotency-Key`, `Content-Type`, ...: `detail` names it; send it once), or a "
+        "request the server refused as malformed (its Host, a request line or header that "
+        "is not HTTP). "
         "Nothing was accepted."),
     "unauthorized": (
         "No usable API key: send `Authorization: Bearer <key>` (the word Bearer, one space, "

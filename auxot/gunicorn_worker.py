@@ -7,9 +7,11 @@ not HTTP) it answered with an HTML page of its own, `400` even for an over-long 
 answer of the API a client could not parse as a problem. This worker answers those as
 problems, with the status HTTP has for each (414 URI Too Long, 431 Request Header Fields Too
 Large, 417 for an `Expect` other than `100-continue`, 501 for an unknown transfer coding,
-else 400), and logs one line naming the kind of error, never the text it was given. Every
-other error (a proxy-protocol or TLS refusal, an unexpected exception) is gunicorn's own
-handling, unchanged.
+else 400), and logs one line naming the kind of error, never the text it was given. It also
+refuses, as `400 invalid_request` naming the field, a request that sends a header read as one
+value more than once (auxot/singleheaders.py): gunicorn would join the two with a comma, and
+a joined value cannot be told from one with a comma of its own. Every other error (a
+proxy-protocol or TLS refusal, an unexpected exception) is gunicorn's own handling, unchanged.
 
 On a graceful stop (SIGTERM) it closes its listening sockets at once, as gunicorn did before
 27: a new connection is then refused (a load balancer or client retries it elsewhere) instead
@@ -25,6 +27,8 @@ from gunicorn.http import errors
 from gunicorn.http.wsgi import Response, default_environ
 from gunicorn.util import write_nonblock
 from gunicorn.workers.gthread import ThreadWorker
+
+from auxot.singleheaders import canonical, repeated_detail, repeated_header
 
 # auxot.errors is imported when an answer is written, not here: gunicorn's arbiter imports
 # this module before any worker has loaded the application (and so Django's settings).
@@ -67,12 +71,34 @@ LEFT_TO_GUNICORN: dict[str, str] = {
     "InvalidResponseHeaderName": "the application's error: gunicorn answers 500",
 }
 _APPLICATIONS_OWN = (errors.InvalidResponseHeader, errors.InvalidResponseHeaderName)
+# The fields gunicorn's parser itself refuses twice (RFC 9110 5.3), while it reads them: it
+# raises InvalidHeader naming the field with the request attached (a bad value's
+# InvalidHeader has no request; a bad Content-Length's has, but names CONTENT-LENGTH).
+_GUNICORNS_SINGLETONS = frozenset({"HOST", "CONTENT-TYPE"})
+
+
+class RepeatedHeader(errors.ParseException):
+    """A header read as one value was sent more than once (auxot/singleheaders.py)."""
+
+    def __init__(self, name: str, req=None):
+        self.hdr, self.req = name, req
+
+    def __str__(self):
+        return f"Repeated header: {self.hdr}"
 
 
 def refusal(exc: BaseException) -> tuple[str, str] | None:
     """(problem code, detail) for a request gunicorn's parser refused, or None."""
     if isinstance(exc, _APPLICATIONS_OWN):
         return None
+    if isinstance(exc, RepeatedHeader):
+        return "invalid_request", repeated_detail(exc.hdr)
+    if isinstance(exc, errors.InvalidHeader) and (req := getattr(exc, "req", None)) is not None:
+        if exc.hdr in _GUNICORNS_SINGLETONS:
+            return "invalid_request", repeated_detail(canonical(exc.hdr))
+        # Two Content-Lengths: refused once the fields are parsed, so they are there to see.
+        if (name := repeated_header(name for name, _ in req.headers or ())) is not None:
+            return "invalid_request", repeated_detail(name)
     for kind, code, detail in REFUSED:
         if isinstance(exc, kind):
             return code, detail
@@ -92,6 +118,12 @@ def refusal_bytes(code: str, detail: str) -> bytes:
 
 
 class ProblemThreadWorker(ThreadWorker):
+    def handle_request(self, req, conn):
+        # gunicorn's list of fields, before wsgi.create joins the repeated ones.
+        if (name := repeated_header(name for name, _ in req.headers)) is not None:
+            raise RepeatedHeader(name, req)  # answered by handle_error, connection closed
+        return super().handle_request(req, conn)
+
     def set_accept_enabled(self, enabled):
         super().set_accept_enabled(enabled)
         if not enabled and not self.alive:  # stopping: refuse new connections from now on
@@ -110,7 +142,8 @@ class ProblemThreadWorker(ThreadWorker):
         # The kind, not str(exc): that holds what the client sent (a header, a path).
         self.log.warning("Invalid request from ip=%s: %s (%s)", addr[0], type(exc).__name__,
                          code)
-        if req is None and isinstance(exc, (errors.InvalidHeader, errors.InvalidHeaderName)):
+        if req is None and isinstance(exc, (errors.InvalidHeader, errors.InvalidHeaderName,
+                                            RepeatedHeader)):
             req = getattr(exc, "req", None)  # as gunicorn does, for the access log
         if req is not None:
             environ = default_environ(req, client, self.cfg)

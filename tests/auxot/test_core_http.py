@@ -232,6 +232,8 @@ def test_only_auxot_http_reads_the_peer_or_the_forwarding_headers():
         parts = path.relative_to(root).parts
         if parts[0] == "tests" or any(p.startswith(".") or p == "node_modules" for p in parts):
             continue
+        if parts == ("auxot", "singleheaders.py"):
+            continue  # names every header the code reads to classify it, reads none
         for token in tokenize.generate_tokens(io.StringIO(path.read_text()).readline):
             if token.line.startswith("FORWARDED_HEADERS = "):
                 continue  # settings.py: the header names a setting may choose, not a read

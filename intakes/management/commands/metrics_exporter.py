@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from auxot.errors import problem_body, problem_json
 from auxot.http import came_through_proxy, meta_peer_ip
 from auxot.metrics import metrics_render, multiprocess_dir
+from auxot.singleheaders import SingleValuedHeadersHandler
 from intakes.ops.collector import StateCollector
 from intakes.ops.views import metrics_refusal_for
 
@@ -55,7 +56,10 @@ def _problem(start_response, code: str, detail: str):
     return [data]
 
 
-class _QuietHandler(WSGIRequestHandler):
+class _QuietHandler(SingleValuedHeadersHandler, WSGIRequestHandler):
+    """Two `Authorization` fields are refused, as by the web process (auxot/singleheaders.py):
+    wsgiref would join them into one token."""
+
     REQUEST_SECONDS = 5.0  # the whole request line and headers must arrive within this
     timeout = REQUEST_SECONDS  # and each read (an idle connection goes)
 
