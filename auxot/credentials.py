@@ -196,3 +196,16 @@ def free_text_refusal(value: Any, field: str) -> str | None:
     return (f"{field}: {credential_kinds_named(kinds)} typed here is shown to everyone who "
             "may view it (members, auditors, the audit log). Remove it: a credential belongs "
             "in an organization secret (Secrets), which only a step or a provider can send.")
+
+
+def api_free_text_refusal(value: Any, field: str) -> str | None:
+    """Why `value`, sent to the API in the free-text field `field` (an approval's comment, a
+    cancel's reason, a correlation id), may not be stored: the credential's kind, never the
+    value; None when it may. What a caller stores there is kept with the work item and in
+    the audit log, which members, auditors and the audit export show."""
+    kinds = free_text_credentials(value)
+    if not kinds:
+        return None
+    return (f"{field}: {credential_kinds_named(kinds)} is in this text, which would be kept "
+            "with the work item and in the audit log (members, auditors and the audit export "
+            "read it). Remove it and send again; nothing was stored.")

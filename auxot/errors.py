@@ -134,7 +134,10 @@ PROBLEM_HELP: dict[str, str] = {
         "(`Content-Encoding: gzip`, ...) is refused too: send it uncompressed."),
     "validation_failed": (
         "The body violates the workflow's input schema, or a value cannot be stored or used "
-        "(an `Auxot-Callback-Url` the URL policy refuses, a string with \\u0000). `errors` lists "
+        "(an `Auxot-Callback-Url` the URL policy refuses, a string with \\u0000), or text the "
+        "API keeps for people to read (an approval's `comment`, a `reason`, an "
+        "`Idempotency-Key` or `Auxot-Correlation-Id`) holds a credential: `detail` names the "
+        "field and its kind, never the value; remove it. `errors` lists "
         "every `{pointer, message}`. Nothing was accepted."),
     "idempotency_key_reused": (
         "This `Idempotency-Key` was first used with a different body. Use a new key for a "

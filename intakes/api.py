@@ -12,6 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apikeys.authentication import BearerKeyAuthentication
+from auxot.credentials import api_free_text_refusal
 from auxot.errors import ApplicationError, UnauthorizedError
 from auxot.http import client_ip
 from auxot.logs import log_context_bind
@@ -152,12 +153,34 @@ class TextField(serializers.CharField):
         return super().to_internal_value(data)
 
 
+class FreeTextField(TextField):
+    """Text a caller stores (a comment, a reason): kept with the work item and in the audit
+    log, so a credential found in it by its format (auxot/credentials.py, as in the admin's
+    free text) is refused, naming its kind, never echoing it. Every text field of a request
+    body is one (tests/intakes/test_api_free_text.py)."""
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        if message := api_free_text_refusal(value, self.field_name):
+            raise serializers.ValidationError(message, code=CREDENTIAL)
+        return value
+
+
+CREDENTIAL = "credential"
+
+
 def _validated(serializer_class: type[serializers.Serializer], data, hint: str) -> dict:
     """The body through the view's InputSerializer, or 400 `invalid_request` naming each
-    field that is wrong as a JSON pointer."""
+    field that is wrong as a JSON pointer; a credential in free text is 422
+    `validation_failed`, its detail naming the field and the credential's kind."""
     serializer = serializer_class(data=data)
     if not serializer.is_valid():
-        raise ApplicationError(hint, extra={"errors": _pointers(serializer.errors)})
+        errors = _pointers(serializer.errors)
+        found = [str(text) for messages in serializer.errors.values() for text in messages
+                 if getattr(text, "code", None) == CREDENTIAL]
+        if found:
+            raise ApplicationError(found[0], code="validation_failed", extra={"errors": errors})
+        raise ApplicationError(hint, extra={"errors": errors})
     return serializer.validated_data
 
 
@@ -176,8 +199,9 @@ class WorkItemApprovalApi(PublicApi):
     @extend_schema_serializer(component_name="Approval", examples=APPROVAL_EXAMPLES)
     class InputSerializer(serializers.Serializer):
         decision = serializers.ChoiceField(choices=["approve", "reject"])
-        comment = TextField(required=False, allow_blank=True, allow_null=True, max_length=2000,
-                            trim_whitespace=False, help_text="Kept with the decision.")
+        comment = FreeTextField(required=False, allow_blank=True, allow_null=True,
+                                max_length=2000, trim_whitespace=False,
+                                help_text="Kept with the decision; a credential in it is 422.")
 
     @approval_schema(request=InputSerializer)
     def post(self, request: Request, intake_id: str, work_id: str) -> Response:
@@ -201,8 +225,9 @@ class WorkItemCancelApi(PublicApi):
 
     @extend_schema_serializer(component_name="Cancel", examples=CANCEL_EXAMPLES)
     class InputSerializer(serializers.Serializer):
-        reason = TextField(required=False, allow_blank=True, max_length=500,
-                           trim_whitespace=False, help_text="Kept in the audit log.")
+        reason = FreeTextField(required=False, allow_blank=True, max_length=500,
+                               trim_whitespace=False,
+                               help_text="Kept in the audit log; a credential in it is 422.")
 
     @cancel_schema(request=InputSerializer)
     def post(self, request: Request, intake_id: str, work_id: str) -> Response:

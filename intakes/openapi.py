@@ -17,6 +17,7 @@ from drf_spectacular.utils import (
 )
 from rest_framework import serializers
 
+from auxot.credentials import api_free_text_refusal
 from auxot.errors import (
     NOT_FOUND_DETAIL,
     OPS_PROBLEMS,
@@ -208,6 +209,11 @@ class TriggerHeadersSerializer(serializers.Serializer):
         if not serializer.is_valid():
             first = next(name for name in declared if name in serializer.errors)
             raise ApplicationError(declared[first].error_messages["invalid"])
+        # Stored with the work item (a correlation id is echoed in polls and callbacks, shown
+        # in the admin): a credential in one is refused as in a body's free text.
+        for name, value in serializer.validated_data.items():
+            if message := api_free_text_refusal(value, declared[name].label):
+                raise ApplicationError(message, code="validation_failed")
         return serializer.validated_data
 
 
@@ -488,10 +494,11 @@ def approval_schema(*, request):
         "member (auditors get 403). 409 when the item is not waiting for an approval (or was "
         "canceled or decided meanwhile: of two conflicting actions exactly one wins). Reject "
         "fails the item with code `rejected`. A body that does not match is 400 "
-        "`invalid_request` with `errors` (one `{pointer, message}` per field). Approvals and "
+        "`invalid_request` with `errors` (one `{pointer, message}` per field); a credential "
+        "in `comment` (found by its format) is 422 `validation_failed`. Approvals and "
         "cancels count with polls against the per-key and per-organization poll rate (429 "
         "`rate_limited` with `Retry-After`).",
-        request=request, statuses=(400, 401, 403, 404, 408, 409, 415, 429, 503))
+        request=request, statuses=(400, 401, 403, 404, 408, 409, 415, 422, 429, 503))
 
 
 def cancel_schema(*, request):
@@ -501,6 +508,7 @@ def cancel_schema(*, request):
         description="Ends a pending or running item as `failed` with code `canceled`; a running "
         "step's result is discarded. Body optional (no body, `{}` or `{\"reason\": ...}`). "
         "409 when the item already finished, or while an approval just recorded for it is being "
-        "applied (approve and cancel never both succeed). Cancels and approvals count with polls "
+        "applied (approve and cancel never both succeed). A credential in `reason` (found by "
+        "its format) is 422 `validation_failed`. Cancels and approvals count with polls "
         "against the per-key and per-organization poll rate (429 `rate_limited`).",
-        request=request, statuses=(400, 401, 403, 404, 408, 409, 415, 429, 503))
+        request=request, statuses=(400, 401, 403, 404, 408, 409, 415, 422, 429, 503))

@@ -19,7 +19,7 @@ from apikeys.models import ApiKey
 from auxot.http import client_ip
 from auxot.timefmt import iso
 from intakes import idempotency, ratelimit
-from intakes.api import PublicApi, TextField, _absolute, _validated
+from intakes.api import FreeTextField, PublicApi, _absolute, _validated
 from intakes.body import StrictJSONParser
 from intakes.models import Intake
 from intakes.openapi import REPLAY_EXAMPLES, TriggerHeadersSerializer, replay_schema
@@ -104,7 +104,7 @@ class WorkItemReplayApi(PublicApi):
                 help_text="`failed_step` (default): carry the completed steps and run from the "
                           "failed one. `start`: run every step again, with new idempotency "
                           "keys."),
-            "reason": TextField(required=False, allow_blank=True, max_length=REASON_MAX_CHARS,
+            "reason": FreeTextField(required=False, allow_blank=True, max_length=REASON_MAX_CHARS,
                                 trim_whitespace=False,
                                 help_text="Why you replay it: kept in the audit log."),
         }))
