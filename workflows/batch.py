@@ -314,7 +314,9 @@ def _pure_batch(runs: list[_Run]) -> list[_Run]:
     step with outside effects.
     """
     now = timezone.now()
-    firsts = _attempts_open(runs, now)
+    runs, firsts = _attempts_open(runs, now)
+    if not runs:
+        return []
     # An expression may take a second or two of CPU (its budget, workflows/kinds/_shared.py):
     # past HOLD_SECONDS no item starts its chain and no chain goes on to its next step.
     deadline = time.monotonic() + HOLD_SECONDS
@@ -357,14 +359,29 @@ def _unstarted_release(runs: list[_Run], firsts: dict[Any, StepRun]) -> None:
     _release(runs)
 
 
-def _attempts_open(runs: list[_Run], now: datetime) -> dict[Any, StepRun]:
-    # The claim's lease is seconds old: no one else may start these attempts meanwhile.
-    rows = [StepRun(work_item=run.item, step=run.steps[run.item.current_step], attempt=1,
-                    status=StepRun.Status.RUNNING, started_at=now, state={}) for run in runs]
-    StepRun.objects.bulk_create(rows)
+def _attempts_open(runs: list[_Run], now: datetime) -> tuple[list[_Run], dict[Any, StepRun]]:
+    """Open attempt 1 of each item's first pure step, for the items this worker still holds;
+    returns those items and their attempt rows.
+
+    The lease check and the insert are one transaction on the items' rows. A worker stalled
+    past its lease (before its batch's first step, or at a pure step after a step run
+    alone) while another worker claimed its items opens nothing for them: they are dropped
+    here, unstarted, their result never made. Otherwise both would insert attempt 1 of the
+    same step, and the unique (item, step, attempt) would fail the second insert's whole
+    batch. A claim that comes after this commit sees the row (and counts it crashed if this
+    worker dies)."""
+    with transaction.atomic():
+        held = set(WorkItem.objects.select_for_update().filter(
+            pk__in=[run.item.pk for run in runs]).values_list("pk", "lease_token"))
+        runs = [run for run in runs if (run.item.pk, run.token) in held]
+        rows = [StepRun(work_item=run.item, step=run.steps[run.item.current_step], attempt=1,
+                        status=StepRun.Status.RUNNING, started_at=now, state={})
+                for run in runs]
+        if rows:
+            StepRun.objects.bulk_create(rows)
     for run, row in zip(runs, rows, strict=True):
         run.latest[row.step_id] = row
-    return {row.work_item_id: row for row in rows}
+    return runs, {row.work_item_id: row for row in rows}
 
 
 def _pure_execute(run: _Run, now: datetime, deadline: float) -> tuple[list, int]:

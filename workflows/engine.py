@@ -151,12 +151,16 @@ def _attempt(run: _Run, step: Step) -> tuple[Outcome | None, StepRun | None]:
               f"Step '{step.name}' did not finish in {max_attempts} attempts; its worker "
               "stopped each time (a crash, an out-of-memory kill or a timeout).")
         return None, None
-    if run.guarded().update(next_run_at=_lease(step, now)) != 1:
-        return None, None
-    attempt = StepRun.objects.create(
-        work_item=run.item, step=step, attempt=number, status=StepRun.Status.RUNNING,
-        started_at=now, state=carried,
-    )
+    with transaction.atomic():
+        # The lease check holds the item's row until the attempt row is in: a worker that
+        # claims the item after this worker's lease ran out sees that row (and counts it
+        # crashed), never inserts the same attempt number beside it.
+        if run.guarded().update(next_run_at=_lease(step, now)) != 1:
+            return None, None
+        attempt = StepRun.objects.create(
+            work_item=run.item, step=step, attempt=number, status=StepRun.Status.RUNNING,
+            started_at=now, state=carried,
+        )
     run.latest[step.pk] = attempt
     ctx.attempt = number
     if carried:

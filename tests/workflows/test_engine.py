@@ -171,10 +171,12 @@ def test_engine_query_count_for_a_two_step_item_is_pinned(cast, django_assert_nu
                                    ("transform", {"expression": "previous"})])
     item = _item(wf)
     # claim, load item (+workflow, org), steps, attempts; then both pure steps together: the
-    # first attempt row (committed before the steps run); savepoint, lock the held item,
-    # item finished, audit, that attempt's result, the second attempt row, release. Was 20
-    # while every step had its own lease update, attempt INSERT and transaction, and the
-    # finish a third one; the same statements serve a whole batch of items (test_engine_batch).
-    # No provider-ticket query for a workflow without agent steps; no org query.
-    with django_assert_num_queries(12):
+    # first attempt row under the item's lock, committed before the steps run (savepoint,
+    # lock, insert, release: a worker whose lease ran out inserts nothing); savepoint, lock
+    # the held item, item finished, audit, that attempt's result, the second attempt row,
+    # release. Was 20 while every step had its own lease update, attempt INSERT and
+    # transaction, and the finish a third one; the same statements serve a whole batch of
+    # items (test_engine_batch). No provider-ticket query for a workflow without agent
+    # steps; no org query.
+    with django_assert_num_queries(15):
         work_item_process(work_id=item.pk, drain_seconds=0)

@@ -65,11 +65,15 @@ def test_pure_steps_of_one_item_commit_in_one_transaction(cast):
         work_item_process(work_id=item.pk, drain_seconds=0)
     sql = [q["sql"].upper() for q in queries.captured_queries]
     transactions = [s for s in sql if s.startswith("SAVEPOINT")]
-    assert len(transactions) == 1  # under the test's transaction a commit is a savepoint
-    opened = sql.index(transactions[0])
-    # The only write before it: the first attempt row, committed before the steps run.
-    assert [s.split()[0] for s in sql[:opened] if not s.startswith("SELECT")] == [
-        "UPDATE", "INSERT"]
+    # Under the test's transaction a commit is a savepoint: the first opens the attempt
+    # row under the item's lock (committed before the steps run), the second commits every
+    # result.
+    assert len(transactions) == 2
+    opening, results = (sql.index(transactions[0]), sql.index(transactions[1]))
+    # The only writes before the results: the claim, then the first attempt row.
+    assert [s.split()[0] for s in sql[:results]
+            if not s.startswith(("SELECT", "SAVEPOINT", "RELEASE"))] == ["UPDATE", "INSERT"]
+    assert "FOR UPDATE" in sql[opening + 1] or connection.vendor != "postgresql"
     item.refresh_from_db()
     assert item.status == "completed"
     assert list(StepRun.objects.filter(work_item=item).values_list(
@@ -128,10 +132,11 @@ def test_worker_dying_in_a_pure_run_counts_one_crashed_attempt(cast, monkeypatch
 def test_drain_runs_a_backlog_with_queries_per_batch_not_per_item(
         cast, django_assert_num_queries):
     _items(make_workflow(cast.org_a, [TRANSFORM, TRANSFORM]), 10)
-    # Per batch: claim, load items, steps, attempts, the first attempt rows; one transaction
-    # (savepoint, lock held items, items, audits, attempt results, second attempts,
+    # Per batch: claim, load items, steps, attempts; a transaction opening the first
+    # attempt rows (savepoint, lock held items, insert, release); one transaction for the
+    # results (savepoint, lock held items, items, audits, attempt results, second attempts,
     # release). Then the claim that finds nothing left.
-    with django_assert_num_queries(3 * 12 + 1):
+    with django_assert_num_queries(3 * 15 + 1):
         assert work_drain(budget=30, batch=4) == 10
     assert set(WorkItem.objects.values_list("status", flat=True)) == {"completed"}
     assert StepRun.objects.filter(status="completed").count() == 20
