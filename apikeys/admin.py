@@ -32,7 +32,7 @@ from auxot.admin_base import (
     require_role,
     user_roles,
 )
-from auxot.errors import ApplicationError
+from auxot.errors import ApplicationError, ObjectGoneError
 from auxot.http import client_ip
 
 # A new key's token crosses one redirect (so a reload cannot issue a second key).
@@ -229,7 +229,11 @@ class ApiKeyAdmin(OrgScopedAdmin):
             self.message_user(request, "This key is already revoked.", messages.INFO)
             return HttpResponseRedirect(page)
         if request.method == "POST":
-            apikey_revoke(key=key, revoked_by=request.user, ip=client_ip(request))
+            try:
+                apikey_revoke(key=key, revoked_by=request.user, ip=client_ip(request))
+            except ObjectGoneError as exc:
+                self.message_user(request, exc.detail, messages.ERROR)
+                return HttpResponseRedirect(reverse("admin:apikeys_apikey_changelist"))
             self.message_user(request, f"Revoked the key “{key.label}”: it answers 401 from "
                               "now on.", messages.SUCCESS)
             return HttpResponseRedirect(page)
@@ -245,7 +249,12 @@ class ApiKeyAdmin(OrgScopedAdmin):
         # Members revoke only their own personal keys: one other key refuses the whole batch.
         if not all(self._may_revoke(request, key) for key in keys):
             raise PermissionDenied
+        revoked = 0
         for key in keys:
-            apikey_revoke(key=key, revoked_by=request.user, ip=client_ip(request))
-        self.message_user(request, f"Revoked {len(keys)} key(s).",
-                          messages.SUCCESS if keys else messages.WARNING)
+            try:
+                apikey_revoke(key=key, revoked_by=request.user, ip=client_ip(request))
+                revoked += 1
+            except ObjectGoneError as exc:
+                self.message_user(request, exc.detail, messages.ERROR)
+        self.message_user(request, f"Revoked {revoked} key(s).",
+                          messages.SUCCESS if revoked else messages.WARNING)

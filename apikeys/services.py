@@ -18,7 +18,7 @@ from apikeys.tokens import (
     token_shaped,
     token_truncated,
 )
-from auxot.errors import ApplicationError, UnauthorizedError
+from auxot.errors import ApplicationError, ObjectGoneError, UnauthorizedError, row_gone
 from auxot.models import Membership, Organization, Team
 from auxot.secrets import free_text_check
 from auxot.services import audit_deletion, audit_record
@@ -97,12 +97,15 @@ def apikey_cap_check(*, org: Organization, user, now: datetime | None = None) ->
 
 
 def apikey_revoke(*, key: ApiKey, revoked_by=None, ip: str | None = None) -> ApiKey:
-    """Revoke a key. Final: a revoked key never works again."""
+    """Revoke a key. Final: a revoked key never works again. ObjectGoneError when the key
+    was deleted (with its team, owner or organization) since it was read."""
     now = timezone.now()
     with transaction.atomic():
         changed = ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(
             revoked_at=now, revoked_by=revoked_by
         )
+        if not changed and row_gone(key):
+            raise ObjectGoneError(key)
         if changed:
             audit_record(
                 event="apikey.revoked", org=key.org, actor_user=revoked_by, obj=key, now=now,

@@ -47,6 +47,7 @@ from auxot.credentials import (
     free_text_credentials,
     free_text_refusal,
 )
+from auxot.errors import ObjectGoneError
 from auxot.http import client_ip
 from auxot.models import Membership, Organization, Team
 from auxot.outbound import url_redact, urls_redacted
@@ -172,7 +173,13 @@ def org_action(*, roles: Collection[str], description: str, at_once: int | None,
                     f"“{description}” takes at most {limit} at once. Narrow the list with "
                     "its filters or select fewer rows, then run it again.", messages.ERROR)
                 return None
-            return func(modeladmin, request, queryset)
+            try:
+                return func(modeladmin, request, queryset)
+            except ObjectGoneError as exc:
+                # Deleted by someone else between the selection's read and its row's write:
+                # that object changed nothing (and audited nothing); the ones before it stand.
+                modeladmin.message_user(request, exc.detail, messages.ERROR)
+                return None
 
         action.org_roles = roles
         action.at_once = at_once
@@ -516,17 +523,24 @@ class AuditedAdminMixin:
 
     def delete_model(self, request, obj):
         with transaction.atomic():
+            # Its row first, locked: deleted by someone else since the page read it, it is
+            # not deleted (nor audited) twice; a save or an action on it waits for this.
+            if not _locked(type(obj)._default_manager.filter(pk=obj.pk)):
+                return
             if not self.deletions_audited_elsewhere:
                 self._audit(request, obj, "deleted", {})
             super().delete_model(request, obj)
 
     def delete_queryset(self, request, queryset):
         # "Delete selected" logs before it deletes, outside one transaction: the rows are
-        # written here, with the deletion, so a deletion that fails leaves none.
+        # written here, with the deletion, so a deletion that fails leaves none. The rows are
+        # locked first: one deleted by someone else meanwhile is neither audited nor deleted
+        # twice.
         with transaction.atomic():
-            for obj in queryset if not self.deletions_audited_elsewhere else ():
+            present = _locked(queryset)
+            for obj in present if not self.deletions_audited_elsewhere else ():
                 self._audit(request, obj, "deleted", {"deleted_with": "delete selected"})
-            super().delete_queryset(request, queryset)
+            super().delete_queryset(request, queryset.filter(pk__in=[o.pk for o in present]))
 
     def get_actions(self, request):
         actions = super().get_actions(request)
@@ -536,13 +550,25 @@ class AuditedAdminMixin:
                        *rest) for name, (func, *rest) in actions.items()}
 
 
+def _locked(queryset) -> list:
+    """The queryset's rows that are still there, locked FOR UPDATE for the caller's
+    transaction (re-read by primary key: a changelist's queryset may be DISTINCT or join a
+    nullable relation, which FOR UPDATE refuses). A row being deleted meanwhile is waited
+    for, then left out."""
+    ids = list(queryset.order_by().values_list("pk", flat=True))
+    return list(queryset.model._default_manager.filter(pk__in=ids).select_for_update())
+
+
 def _audited_action(func: Callable, name: str) -> Callable:
     @functools.wraps(func)
     def action(modeladmin, request, queryset):
         with transaction.atomic():
-            for obj in queryset:
+            # Locked first: a row deleted by someone else meanwhile gets no audit row for
+            # an action that could not touch it, and none is deleted under the action.
+            present = _locked(queryset)
+            for obj in present:
                 modeladmin._audit(request, obj, name, {"action": name})
-            return func(modeladmin, request, queryset)
+            return func(modeladmin, request, queryset.filter(pk__in=[o.pk for o in present]))
 
     return action
 
@@ -691,7 +717,12 @@ class OrgScopedAdmin(AuditedAdminMixin, admin.ModelAdmin):
         class VersionChecked(form):
             def clean(self):
                 cleaned = super().clean()
-                if model_admin.edit_version(request, obj, lock=True) != opened_on:
+                current = model_admin.edit_version(request, obj, lock=True)
+                if not current:  # its row is gone (waited for, if it was being deleted)
+                    raise ValidationError(
+                        f"This {obj._meta.verbose_name} was deleted by someone else after "
+                        "you opened this page, so nothing was saved.", code="gone")
+                if current != opened_on:
                     raise ValidationError(
                         f"Someone else saved this {obj._meta.verbose_name} after you opened "
                         "this page, so your changes were not saved (they would have undone "

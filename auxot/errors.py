@@ -187,6 +187,28 @@ class NotFoundError(ApplicationError):
     code = "not_found"
 
 
+class ObjectGoneError(ApplicationError):
+    """The object an action was about to change was deleted by someone else meanwhile (read
+    a moment before, gone when its row was taken): nothing was changed or audited. The
+    admin shows `detail` as its message; the API, a 409."""
+
+    code = "conflict"
+
+    def __init__(self, obj) -> None:
+        meta = obj._meta
+        name = getattr(obj, "label", None) or getattr(obj, "name", None)
+        shown = f"The {meta.verbose_name} “{name}”" if name else f"This {meta.verbose_name}"
+        super().__init__(f"{shown} was deleted by someone else: nothing was done to it.")
+
+
+def row_gone(model_or_obj, pk=None) -> bool:
+    """Whether the row is gone (after an UPDATE that changed nothing: deleted, or just in
+    another state?)."""
+    model = model_or_obj if pk is not None else type(model_or_obj)
+    pk = pk if pk is not None else model_or_obj.pk
+    return not model._default_manager.filter(pk=pk).exists()
+
+
 class UnauthorizedError(ApplicationError):
     code = "unauthorized"
 

@@ -24,7 +24,7 @@ from auxot.admin_base import (
     ScopedInlineMixin,
     org_action,
 )
-from auxot.errors import ApplicationError
+from auxot.errors import ApplicationError, ObjectGoneError
 from auxot.http import client_ip
 from auxot.timefmt import shown as time_shown
 from intakes.admin_callbacks import (
@@ -108,7 +108,9 @@ class IntakeAdmin(IntakeCallbacksAdminMixin, OrgScopedAdmin):
         obj.signing_secret = created.signing_secret
 
     def _update(self, request, obj: Intake, form) -> None:
-        fresh = Intake.objects.select_related("org").get(pk=obj.pk)
+        fresh = Intake.objects.select_related("org").filter(pk=obj.pk).first()
+        if fresh is None:
+            raise ObjectGoneError(obj)
         intake_update(intake=fresh, actor=request.user, ip=client_ip(request),
                       changes={f: form.cleaned_data[f] for f in form.changed_data
                                if f in INTAKE_EDITABLE})
@@ -213,11 +215,19 @@ class IntakeAdmin(IntakeCallbacksAdminMixin, OrgScopedAdmin):
         return TemplateResponse(request, "admin/intakes/intake/set_active_confirm.html",
                                 context)
 
-    def _apply(self, request, intakes, active: bool) -> int:
-        done = 0
+    def _apply(self, request, intakes, active: bool) -> int | None:
+        """Returns how many changed; None when every one was deleted by someone else since
+        the page read them (each says so)."""
+        done, gone = 0, 0
         for intake in intakes:
-            done += intake_set_active(intake=intake, active=active, actor=request.user,
-                                      ip=client_ip(request))
+            try:
+                done += intake_set_active(intake=intake, active=active, actor=request.user,
+                                          ip=client_ip(request))
+            except ObjectGoneError as exc:
+                gone += 1
+                self.message_user(request, exc.detail, messages.ERROR)
+        if gone and gone == len(intakes):
+            return None
         verb = "Reactivated" if active else "Deactivated"
         note = "" if active else " They answer 404 from now on."
         self.message_user(request, f"{verb} {done} intake(s).{note}", messages.SUCCESS)
@@ -230,7 +240,8 @@ class IntakeAdmin(IntakeCallbacksAdminMixin, OrgScopedAdmin):
         self.require_role(request, MANAGERS, intake)
         active = state == "on"
         if request.method == "POST":
-            self._apply(request, [intake], active)
+            if self._apply(request, [intake], active) is None:  # deleted meanwhile
+                return HttpResponseRedirect(reverse("admin:intakes_intake_changelist"))
             return HttpResponseRedirect(reverse("admin:intakes_intake_change",
                                                 args=[intake.pk]))
         return self._confirm(request, [intake], active, None)

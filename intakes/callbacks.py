@@ -26,6 +26,7 @@ from standardwebhooks.webhooks import Webhook
 
 from auxot import rawsql
 from auxot.broker import task_enqueue
+from auxot.errors import ObjectGoneError, row_gone
 from auxot.http import retry_after_seconds
 from auxot.logs import log_context
 from auxot.models import Organization
@@ -76,7 +77,9 @@ def intake_signing_secret_rotate(*, intake: Intake, actor=None, now: datetime | 
     secret = signing_secret_generate()
     window = timedelta(hours=settings.AUXOT_CALLBACK_SECRET_ROTATION_HOURS)
     with transaction.atomic():
-        locked = Intake.objects.select_for_update().get(pk=intake.pk)
+        locked = Intake.objects.select_for_update().filter(pk=intake.pk).first()
+        if locked is None:  # deleted since it was read: no secret made, nothing audited
+            raise ObjectGoneError(intake)
         first = not locked.signing_secret_encrypted
         still_open = _previous_tokens(locked, now)
         kept = [locked.signing_secret_encrypted, *still_open][:PREVIOUS_SECRETS_KEPT]
@@ -165,6 +168,8 @@ def intake_callback_enable(*, intake: Intake, actor=None, ip: str | None = None)
     with transaction.atomic():
         changed = Intake.objects.filter(pk=intake.pk, callback_disabled_at__isnull=False).update(
             callback_disabled_at=None, callback_disabled_reason="")
+        if not changed and row_gone(intake):
+            raise ObjectGoneError(intake)
         if changed:
             audit_record(event="intake.callback_enabled", org=intake.org, actor_user=actor,
                          obj=intake, now=now, ip=ip, extra={"name": intake.name})

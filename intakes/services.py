@@ -8,7 +8,14 @@ from django.utils import timezone
 
 from apikeys.models import ApiKey
 from apikeys.services import apikey_recheck
-from auxot.errors import NOT_FOUND_DETAIL, ApplicationError, NotFoundError, PermissionDeniedError
+from auxot.errors import (
+    NOT_FOUND_DETAIL,
+    ApplicationError,
+    NotFoundError,
+    ObjectGoneError,
+    PermissionDeniedError,
+    row_gone,
+)
 from auxot.models import Membership, Organization, Team
 from auxot.outbound import RefusedDestination, url_check, url_redact
 from auxot.secrets import free_text_check
@@ -93,12 +100,15 @@ def callback_url_checked(url: str, *, caller: bool = False) -> str:
 
 def intake_set_active(*, intake: Intake, active: bool, actor=None,
                       ip: str | None = None) -> bool:
-    """Deactivate or reactivate. Returns False when it already was in that state."""
+    """Deactivate or reactivate. Returns False when it already was in that state;
+    ObjectGoneError when it was deleted since it was read."""
     now = timezone.now()
     with transaction.atomic():
         changed = Intake.objects.filter(pk=intake.pk, active=not active).update(
             active=active, deactivated_at=None if active else now
         )
+        if not changed and row_gone(intake):
+            raise ObjectGoneError(intake)
         if changed:
             audit_record(event="intake.reactivated" if active else "intake.deactivated",
                          org=intake.org, actor_user=actor, obj=intake, now=now, ip=ip,
@@ -339,6 +349,8 @@ def intake_update(*, intake: Intake, changes: dict[str, Any], actor=None,
         saved.append("callback_url_set_at")
     was = {field: _audited_value(field, getattr(intake, field)) for field in changed}
     with transaction.atomic():
+        if not Intake.objects.select_for_update().filter(pk=intake.pk).exists():
+            raise ObjectGoneError(intake)  # deleted since it was read: saved nothing
         for field in changed:
             setattr(intake, field, changes[field])
         intake.save(update_fields=saved)
