@@ -34,10 +34,10 @@ from django.core.exceptions import (
     ValidationError,
 )
 from django.db import transaction
-from django.db.models import Model, QuerySet
+from django.db.models import Model, ProtectedError, QuerySet, RestrictedError
 from django.db.models.constants import LOOKUP_SEP
 from django.forms.utils import pretty_name
-from django.http import Http404, HttpRequest
+from django.http import Http404, HttpRequest, HttpResponseRedirect
 from django.utils.crypto import salted_hmac
 from django.utils.text import smart_split
 
@@ -542,12 +542,36 @@ class AuditedAdminMixin:
                 self._audit(request, obj, "deleted", {"deleted_with": "delete selected"})
             super().delete_queryset(request, queryset.filter(pk__in=[o.pk for o in present]))
 
+    def delete_view(self, request, object_id, extra_context=None):
+        try:
+            return super().delete_view(request, object_id, extra_context)
+        except (ProtectedError, RestrictedError) as exc:
+            # Something that keeps it (a work item of a workflow) was added after the page
+            # listed what the deletion takes: nothing was deleted (its transaction rolled
+            # back); the page, shown again, lists it.
+            self.message_user(request, _kept_by(exc), messages.ERROR)
+            return HttpResponseRedirect(request.path)
+
+    def changelist_view(self, request, extra_context=None):
+        try:
+            return super().changelist_view(request, extra_context)
+        except (ProtectedError, RestrictedError) as exc:  # "Delete selected", as above
+            self.message_user(request, _kept_by(exc), messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
+
     def get_actions(self, request):
         actions = super().get_actions(request)
         if not (self.admin_audit and self.audit_actions):
             return actions
         return {name: (func if name == "delete_selected" else _audited_action(func, name),
                        *rest) for name, (func, *rest) in actions.items()}
+
+
+def _kept_by(exc: ProtectedError | RestrictedError) -> str:
+    kept = exc.protected_objects if isinstance(exc, ProtectedError) else exc.restricted_objects
+    names = sorted({str(obj._meta.verbose_name_plural) for obj in kept})
+    return (f"Nothing was deleted: someone else added {', '.join(names) or 'rows'} that keep "
+            "it after this page was opened. See what keeps it now, then decide again.")
 
 
 def _locked(queryset) -> list:

@@ -8,7 +8,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from auxot.errors import ApplicationError, PermissionDeniedError
+from auxot.errors import ApplicationError, ObjectGoneError, PermissionDeniedError
 from auxot.logs import current_request_id
 from auxot.models import Membership
 from auxot.services import audit_record
@@ -306,6 +306,12 @@ def work_item_run(*, workflow: Workflow, input: Any, user, ip: str | None = None
     _require_role(org_id=workflow.org_id, user=user, key=None, action="run workflows")
     now = timezone.now()
     with transaction.atomic():
+        # Its row held (FOR NO KEY UPDATE: runs of it do not wait on each other's item
+        # inserts): deleted since it was read (or being deleted), it gets no item, which
+        # would have been an IntegrityError; a deletion that comes later waits, then sees
+        # the item.
+        if not Workflow.objects.select_for_update(no_key=True).filter(pk=workflow.pk).exists():
+            raise ObjectGoneError(workflow)
         item = work_item_create(workflow=workflow, input=input, intake=None, ip=ip,
                                 correlation_id=f"admin:{user.username}", now=now)
         audit_record(event="work_item.created", org=workflow.org, actor_user=user, obj=item,
