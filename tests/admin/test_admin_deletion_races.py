@@ -170,8 +170,9 @@ ACTIONS = {
     **{name: "race" for name in RACES if " " not in name},
     "workflows.WorkItem.cancel_selected": RETENTION + " (cancel, 409 counted as skipped)",
     "workflows.WorkItem.replay_selected": (
-        "writes one batch row of the ids it reads; the batch replays each item under its "
-        "row lock (work_item_replay), where retention's deletion is a refusal, not a 500"),
+        "writes one batch row of the ids it reads; the batch skips an item gone by then as "
+        "'not found', and work_item_replay takes each item's row lock and refuses one "
+        "retention deleted meanwhile (workflows/replay.py)"),
     "intakes.CallbackDelivery.redeliver_now": RETENTION + " (redeliver)",
     "intakes.CallbackDelivery.close_endpoint_circuit": (
         "writes the endpoints' circuit rows (never deleted from the admin), not the "
