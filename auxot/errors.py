@@ -201,12 +201,10 @@ class ObjectGoneError(ApplicationError):
         super().__init__(f"{shown} was deleted by someone else: nothing was done to it.")
 
 
-def row_gone(model_or_obj, pk=None) -> bool:
-    """Whether the row is gone (after an UPDATE that changed nothing: deleted, or just in
-    another state?)."""
-    model = model_or_obj if pk is not None else type(model_or_obj)
-    pk = pk if pk is not None else model_or_obj.pk
-    return not model._default_manager.filter(pk=pk).exists()
+def row_gone(obj) -> bool:
+    """Whether `obj`'s row is gone: after a guarded UPDATE that changed nothing, deleted
+    (ObjectGoneError) or just in another state already?"""
+    return not type(obj)._default_manager.filter(pk=obj.pk).exists()
 
 
 class UnauthorizedError(ApplicationError):
