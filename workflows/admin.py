@@ -47,6 +47,7 @@ from workflows.models import (
     StepRun,
     Workflow,
     WorkItem,
+    numeric_field_help,
 )
 from workflows.presenters import work_item_view
 from workflows.services import work_item_cancel, work_item_decide, work_item_run
@@ -84,7 +85,18 @@ class ExtendedInlinesMixin:
         return own + [inline for inline in self.inline_slot if inline not in own]
 
 
-class StepInline(ScopedInlineMixin, admin.TabularInline):
+class NumericHelpMixin:
+    """Each numeric setting's help with the caps in force (`numeric_field_help`)."""
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        field = super().formfield_for_dbfield(db_field, request, **kwargs)
+        shown = numeric_field_help().get(f"{self.model.__name__}.{db_field.name}")
+        if field is not None and shown:
+            field.help_text = shown
+        return field
+
+
+class StepInline(NumericHelpMixin, ScopedInlineMixin, admin.TabularInline):
     """A step's config, to whoever may not change the workflow (members, auditors,
     viewers), shows as its kind's `config_shown` says: every URL in it redacted, as callback
     URLs are (a static `url` may point at a chat webhook whose path is its credential), and
@@ -435,7 +447,7 @@ class WorkItemAdmin(ExtendedInlinesMixin, WorkItemReplayMixin, WorkItemActionsMi
 
 
 @admin.register(Provider)
-class ProviderAdmin(OrgScopedAdmin):
+class ProviderAdmin(NumericHelpMixin, OrgScopedAdmin):
     list_display = ["name", "org", "model", "base_url_redacted", "concurrency_limit", "active"]
     list_filter = ["active", "org"]
     search_fields = ["name", "model"]

@@ -10,6 +10,7 @@ from auxot.outbound import RefusedDestination, url_check
 from auxot.secrets import reference_problem
 from workflows.handoffs import schema_check, schema_credentials_check
 from workflows.kinds import UnknownKind, kind_choices, kind_get
+from workflows.kinds.base import RunLimits
 
 
 class Workflow(models.Model):
@@ -54,6 +55,29 @@ MAX_STEP_ATTEMPTS = 20
 # Seconds of a task kept for the engine's own work around a step (claims, pure steps,
 # writes): a step with the longest timeout still fits a task that started this long ago.
 TASK_MARGIN_SECONDS = 10
+
+
+def numeric_field_help() -> dict[str, str]:
+    """"<Model>.<field>": the help the admin shows under each numeric setting of a step or a
+    provider, with the caps in force (settings may change them, so not the field's own
+    help_text, which a migration would freeze)."""
+    cap, default = step_timeout_max(), settings.AUXOT_STEP_TIMEOUT_SECONDS
+    attempts = min(settings.AUXOT_STEP_MAX_ATTEMPTS, MAX_STEP_ATTEMPTS)
+    return {
+        "Step.timeout_seconds": (
+            f"Empty: AUXOT_STEP_TIMEOUT_SECONDS ({min(default, cap)} s). At most {cap} s "
+            "(a worker's task is stopped at AUXOT_TASK_TIMEOUT_SECONDS). An http step's "
+            "timeout_seconds and its agent provider's timeout may not exceed it."),
+        "Step.max_attempts": (
+            f"Empty: AUXOT_STEP_MAX_ATTEMPTS ({attempts}). At most {MAX_STEP_ATTEMPTS}."),
+        "Step.position": "Where the step runs in its workflow, lowest first.",
+        "Provider.timeout_seconds": (
+            f"Seconds a call may take, at most {cap}. A call is also cut at the calling agent "
+            "step's timeout: an agent step whose timeout is shorter is refused when saved, "
+            "and one saved before its provider's timeout was raised is cut at its own."),
+        "Provider.concurrency_limit": (
+            "Calls in flight at once, at least 1; further items wait in arrival order."),
+    }
 
 
 def step_timeout_max() -> int:
@@ -104,6 +128,16 @@ class Step(models.Model):
         return min(self.timeout_seconds or settings.AUXOT_STEP_TIMEOUT_SECONDS,
                    step_timeout_max())
 
+    def run_limits(self, workflow: "Workflow | None") -> RunLimits:
+        """What run time holds this step's settings to, for its kind's `validate_limits`."""
+        providers = {}
+        if (workflow is not None and workflow.org_id is not None
+                and kind_get(self.kind).uses_providers):
+            providers = dict(Provider.objects.filter(org_id=workflow.org_id, active=True)
+                             .values_list("name", "timeout_seconds"))
+        return RunLimits(step_timeout=self.timeout, step_timeout_max=step_timeout_max(),
+                         provider_timeouts=providers)
+
     def clean(self) -> None:
         try:
             kind = kind_get(self.kind)
@@ -119,6 +153,7 @@ class Step(models.Model):
             workflow = None
         if workflow is not None and workflow.org_id is not None:
             kind.validate_references(self.config, org_id=workflow.org_id)
+        kind.validate_limits(self.config, self.run_limits(workflow))
         schema_check(self.output_schema, field="output_schema")
         schema_credentials_check(self.output_schema, field="output_schema")
         if self.max_attempts is not None and self.max_attempts > MAX_STEP_ATTEMPTS:

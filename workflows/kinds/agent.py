@@ -25,7 +25,16 @@ from workflows.kinds._shared import (
     secret_sent_parts,
     send,
 )
-from workflows.kinds.base import Complete, Fail, Outcome, StepContext, StepKind, Wait
+from workflows.kinds.base import (
+    UNCAPPED,
+    Complete,
+    Fail,
+    Outcome,
+    RunLimits,
+    StepContext,
+    StepKind,
+    Wait,
+)
 from workflows.kinds.typed import template_fields
 
 # An item in a provider's line looks at its place again now and then (a dead holder's lease
@@ -87,6 +96,9 @@ class Agent(StepKind):
     name = "agent"
     label = "Agent (AI provider)"
     uses_providers = True
+    # Sent to the provider as saved. The provider's own timeout is cut at the step's
+    # (validate_limits).
+    numeric_settings = {"temperature": UNCAPPED, "max_tokens": UNCAPPED}
 
     def validate_config(self, config: dict) -> None:
         if not isinstance(config.get("provider"), str) or not config["provider"]:
@@ -101,6 +113,19 @@ class Agent(StepKind):
             if value is not None and (isinstance(value, bool) or not isinstance(
                     value, int | float)):
                 raise ValidationError({"config": f"{name} must be a number."})
+
+    def validate_limits(self, config: dict, limits: RunLimits) -> None:
+        """Also the provider's timeout: its call never waits past this step's timeout."""
+        super().validate_limits(config, limits)
+        seconds = limits.provider_timeouts.get(config["provider"])
+        if seconds is not None and seconds > limits.step_timeout:
+            raise ValidationError({"config": (
+                f"provider: '{config['provider']}' waits up to {seconds:g} seconds for an "
+                f"answer (its timeout), but this step's call is cut at "
+                f"{limits.step_timeout:g} seconds, the step's timeout (its Timeout seconds, "
+                f"else AUXOT_STEP_TIMEOUT_SECONDS). Give the step a timeout of at least "
+                f"{min(seconds, limits.step_timeout_max):g} seconds, or lower the provider's "
+                "timeout.")})
 
     def typed_credential_advice(self, path: str) -> str:
         if path.split(".")[0] not in ("prompt", "system"):

@@ -7,7 +7,15 @@ from django.utils.dateparse import parse_datetime
 
 from auxot.timefmt import iso
 from workflows.kinds._shared import config_failure
-from workflows.kinds.base import Complete, Fail, Outcome, StepContext, StepKind, Wait
+from workflows.kinds.base import (
+    UNCAPPED,
+    Complete,
+    Fail,
+    Outcome,
+    StepContext,
+    StepKind,
+    Wait,
+)
 
 NO_DEADLINE = timedelta(days=3650)
 MAX_DEADLINE_SECONDS = 90 * 24 * 3600
@@ -25,6 +33,7 @@ class Approval(StepKind):
 
     name = "approval"
     label = "Approval (human)"
+    numeric_settings = {"deadline_seconds": UNCAPPED}  # the wait holds no worker
     # A decision is recorded once (an Approval row refuses a second one, and a cancel): a
     # worker lost while applying it must apply it again, not ask anew for one.
     resumes_after_crash = True

@@ -6,6 +6,7 @@ needs from the database (the agent's provider slots) the engine hands it in the 
 """
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -33,6 +34,37 @@ class ProviderGate(Protocol):
     def acquire(self, provider: Any) -> ProviderSlot: ...
 
     def release(self, provider: Any) -> None: ...
+
+
+# What run time holds a numeric setting of a step's config to (`StepKind.numeric_settings`).
+STEP_TIMEOUT = "step_timeout"  # cut to the attempt's timeout (the step's lease)
+UNCAPPED = None  # used as saved, within the bounds validate_config gives it
+
+
+@dataclass(frozen=True)
+class RunLimits:
+    """What run time holds a step to, worked out by whoever saves the step (Step.clean: a
+    kind never imports the models) and handed to `StepKind.validate_limits`."""
+
+    step_timeout: float  # seconds an attempt at this step may run: Step.timeout
+    step_timeout_max: float  # the longest timeout any step may be given
+    # The organization's active providers' timeouts by name (kinds that use providers).
+    provider_timeouts: Mapping[str, float] = field(default_factory=dict)
+
+
+def number(value: Any) -> bool:
+    """A JSON number (not true/false)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def step_timeout_exceeded(seconds: float, limits: RunLimits) -> str:
+    """Why `seconds` is refused for something run time cuts at the step's timeout."""
+    said = (f"at most {limits.step_timeout:g} seconds, this step's timeout (its Timeout "
+            "seconds, else AUXOT_STEP_TIMEOUT_SECONDS): run time cuts it there.")
+    if seconds > limits.step_timeout_max:
+        return said + (f" No step runs longer than {limits.step_timeout_max:g} seconds (a "
+                       "worker's task is stopped at AUXOT_TASK_TIMEOUT_SECONDS).")
+    return said + f" Give the step a timeout of at least {seconds:g} seconds, or ask for less."
 
 
 @dataclass
@@ -89,10 +121,27 @@ class StepKind(ABC):
     # person's recorded decision): a worker lost during a resume leaves the next attempt
     # that state to resume from, instead of starting the wait over and losing it.
     resumes_after_crash: bool = False
+    # Every numeric setting of its config, by name: what run time holds it to (STEP_TIMEOUT,
+    # or UNCAPPED). A setting run time cuts is refused above its cap when the step is saved
+    # (`validate_limits`); tests/workflows/test_step_limits.py finds every numeric setting
+    # a kind's validate_config accepts and fails on one missing here.
+    numeric_settings: Mapping[str, str | None] = {}
 
     @abstractmethod
     def validate_config(self, config: dict) -> None:
         """Raise ValidationError({"config": ...}) unless `config` is runnable."""
+
+    def validate_limits(self, config: dict, limits: RunLimits) -> None:
+        """Refuse, when the step is saved, a numeric setting that run time would silently
+        cut, naming the real cap. Never checked at run time (a step saved before runs
+        capped). `config` is valid already."""
+        problems = []
+        for name, cap in self.numeric_settings.items():
+            value = config.get(name)
+            if cap == STEP_TIMEOUT and number(value) and value > limits.step_timeout:
+                problems.append(f"{name}: {step_timeout_exceeded(value, limits)}")
+        if problems:
+            raise ValidationError({"config": problems})
 
     def validate_references(self, config: dict, *, org_id: Any) -> None:
         """Checks that need the step's organization (secrets); `config` is valid already."""

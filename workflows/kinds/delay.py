@@ -7,7 +7,7 @@ from django.utils.dateparse import parse_datetime
 
 from auxot.timefmt import iso
 from workflows.kinds._shared import config_failure
-from workflows.kinds.base import Complete, Outcome, StepContext, StepKind, Wait
+from workflows.kinds.base import UNCAPPED, Complete, Outcome, StepContext, StepKind, Wait
 
 MAX_DELAY_SECONDS = 7 * 24 * 3600
 
@@ -18,6 +18,7 @@ class Delay(StepKind):
     name = "delay"
     pure = True
     label = "Delay"
+    numeric_settings = {"seconds": UNCAPPED}  # the wait holds no worker
     # A worker lost while it ended the wait must not start the wait over (up to 7 days).
     resumes_after_crash = True
 

@@ -42,7 +42,14 @@ from workflows.kinds._shared import (
     secret_sent_parts,
     send,
 )
-from workflows.kinds.base import Complete, Fail, Outcome, StepContext, StepKind
+from workflows.kinds.base import (
+    STEP_TIMEOUT,
+    Complete,
+    Fail,
+    Outcome,
+    StepContext,
+    StepKind,
+)
 from workflows.kinds.typed import expression_literals
 
 METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE"}
@@ -127,6 +134,8 @@ class Http(StepKind):
 
     name = "http"
     label = "HTTP request"
+    # A request never waits past the attempt's lease: another worker would take it over.
+    numeric_settings = {"timeout_seconds": STEP_TIMEOUT}
 
     def validate_config(self, config: dict) -> None:
         method = config.get("method", "GET")
