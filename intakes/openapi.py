@@ -124,6 +124,12 @@ class _StepRow(serializers.Serializer):
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
     error = serializers.JSONField(allow_null=True)
+    next_attempt = serializers.IntegerField(
+        required=False, help_text="Only on a `retrying` step: the number of the attempt due "
+        "next.")
+    next_attempt_at = serializers.DateTimeField(
+        required=False, allow_null=True, help_text="Only on a `retrying` step: when that "
+        "attempt is due (the end of the backoff).")
     carried_from = _CarriedFrom(
         required=False, help_text="Only on a replay's `carried` steps: the earlier item whose "
         "attempt produced this output (the step was not run again).")

@@ -28,10 +28,12 @@ from workflows.kinds import (
     Fail,
     Outcome,
     StepContext,
+    StepKind,
     Wait,
     expression_budget,
     kind_get,
 )
+from workflows.kinds._shared import retries_exhausted
 from workflows.metrics import step_observe
 from workflows.models import Step, StepRun, WorkItem, step_timeout_max
 from workflows.providers import ProviderGate
@@ -126,10 +128,11 @@ def _attempt(run: _Run, step: Step) -> tuple[Outcome | None, StepRun | None]:
         if run.guarded().update(next_run_at=_lease(step, now)) != 1:
             return None, None
         if latest.state.get("retry"):
-            # A backoff ran out: that attempt failed; the next one starts below.
+            # A backoff ran out: that attempt failed with what its kind said (its code and
+            # reason, kept in its waiting state); the next one starts below.
+            latest.error = kind.retried_error(latest.state)
             StepRun.objects.filter(pk=latest.pk).update(
-                status=StepRun.Status.FAILED, finished_at=now,
-                error={"code": "retrying", "message": latest.state.get("reason", "")})
+                status=StepRun.Status.FAILED, finished_at=now, error=latest.error)
             latest.status = StepRun.Status.FAILED
         else:
             # Running again: a worker that dies during the resume is counted as a crash.
@@ -146,6 +149,13 @@ def _attempt(run: _Run, step: Step) -> tuple[Outcome | None, StepRun | None]:
         if kind.resumes_after_crash and latest.state:
             carried = latest.state  # it died resuming: resume again (an approval's decision)
     number = latest.attempt + 1 if latest is not None else 1
+    if number > max_attempts and _was_retried(kind, latest):
+        # Its attempts were lowered while it waited to retry: it gives up as its last
+        # attempt would have, with that attempt's reason (not as a crash).
+        failure = retries_exhausted(kind.retry_codes, latest.attempt,
+                                    latest.error.get("message", ""))
+        _fail(run, step, failure.code, failure.message)
+        return None, None
     if number > max_attempts:
         _fail(run, step, "step_crashed",
               f"Step '{step.name}' did not finish in {max_attempts} attempts; its worker "
@@ -167,6 +177,14 @@ def _attempt(run: _Run, step: Step) -> tuple[Outcome | None, StepRun | None]:
         ctx.state = carried
         return _safely(kind.resume, ctx, run, step), attempt
     return _safely(kind.execute, ctx, run, step), attempt
+
+
+def _was_retried(kind: StepKind, latest: StepRun | None) -> bool:
+    """Whether the step's latest attempt failed and was to be retried after a backoff."""
+    return (latest is not None and kind.retry_codes is not None
+            and latest.status == StepRun.Status.FAILED
+            # "retrying": what such an attempt was stored with before it kept its own code
+            and (latest.error or {}).get("code") in (kind.retry_codes.attempt, "retrying"))
 
 
 def _safely(call, ctx: StepContext, run: _Run, step: Step) -> Outcome:

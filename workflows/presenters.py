@@ -17,6 +17,7 @@ from django.utils import timezone
 from auxot.timefmt import iso
 from auxot.ttlcache import TtlCache
 from workflows.handoffs import describe
+from workflows.kinds import UnknownKind, kind_get
 from workflows.lookup import step_progress
 from workflows.models import Step, StepRun, WorkItem
 from workflows.providers import provider_position
@@ -39,12 +40,35 @@ class WorkItemView:
     retry_after: int | None  # seconds; None once terminal
 
 
+def _backing_off(item: WorkItem, last: StepRun | None) -> bool:
+    """Its last attempt failed and waits out a backoff before the next one (the wait's
+    detail is the item's: the poll does not load a waiting attempt's state)."""
+    return (last is not None and not item.is_terminal and last.status == StepRun.Status.WAITING
+            and item.waiting_on == WorkItem.Waiting.BACKOFF
+            and bool((item.waiting_detail or {}).get("retry")))
+
+
 def _step_status(item: WorkItem, last: StepRun | None) -> str:
     if last is None:
         return "skipped" if item.is_terminal else "pending"
     if last.status == StepRun.Status.CRASHED and not item.is_terminal:
         return "retrying"  # its worker died; the next attempt is due
+    if _backing_off(item, last):
+        return "retrying"  # it failed; the next attempt is due after the backoff
     return last.status
+
+
+def _retrying(item: WorkItem, step: Step, last: StepRun) -> dict:
+    """A `retrying` row's next attempt (its number, when due) and the last one's error."""
+    if last.status == StepRun.Status.CRASHED:
+        return {"next_attempt": last.attempt + 1, "next_attempt_at": iso(item.next_run_at)}
+    state = item.waiting_detail or {}
+    try:
+        error = kind_get(step.kind).retried_error(state)
+    except UnknownKind:
+        error = {"code": state.get("code") or "step_error", "message": state.get("reason", "")}
+    return {"next_attempt": last.attempt + 1, "next_attempt_at": state.get("until"),
+            "error": error}
 
 
 def _step_rows(item: WorkItem, steps: list[Step], runs: list[StepRun]) -> list[dict]:
@@ -65,6 +89,8 @@ def _step_rows(item: WorkItem, steps: list[Step], runs: list[StepRun]) -> list[d
             "finished_at": iso(last.finished_at) if last else None,
             "error": last.error if last else None,
         }
+        if row["status"] == "retrying":
+            row.update(_retrying(item, step, last))
         if last is not None and last.status == StepRun.Status.CARRIED:
             # A replay's step that ran in an earlier item: where its output comes from.
             row["attempts"] = 0

@@ -156,3 +156,52 @@ def test_a_urls_tokens_stay_out_of_a_connection_failure(cast):
     body = work_item_view(item).body
     assert "http://127.0.0.1:9/hooks/REDACTED" in body["diagnosis"], body["diagnosis"]
     assert "xoxPathT0ken9" not in body["diagnosis"] + str(body["steps"])
+
+
+def test_a_retried_step_says_so_in_the_poll_and_each_attempt_keeps_its_own_code(
+        cast, fake_server, time_machine):
+    """An attempt whose backoff ran out was stored with the code `retrying` (a status, not
+    what failed), and meanwhile the poll's step row said `waiting` with no error. Now the row
+    is `retrying` with the next attempt's number and time and the failed attempt's error;
+    the attempt keeps `http_unavailable`; the last carries the step's real code."""
+    fake_server.script = [Reply(503), Reply(502), Reply(500)]
+    wf = make_workflow(cast.org_a, [("http", _http(fake_server))])
+    Step.objects.filter(workflow=wf).update(max_attempts=3)
+    item = _run(work_item_create(workflow=wf, input={}))
+    row = work_item_view(item).body["steps"][0]
+    assert row["status"] == "retrying"
+    assert row["attempts"] == 1 and row["next_attempt"] == 2
+    assert row["next_attempt_at"] == item.waiting_detail["until"]
+    assert row["error"]["code"] == "http_unavailable"
+    assert "HTTP 503" in row["error"]["message"]
+    time_machine.move_to(timezone.now() + timedelta(seconds=400))
+    item = _run(item)
+    row = work_item_view(item).body["steps"][0]
+    assert (row["status"], row["next_attempt"], row["attempts"]) == ("retrying", 3, 2)
+    assert "HTTP 502" in row["error"]["message"]
+    time_machine.move_to(timezone.now() + timedelta(seconds=400))
+    item = _run(item)
+    assert item.status == "failed" and item.error["code"] == "http_retries_exhausted"
+    row = work_item_view(item).body["steps"][0]
+    assert row["status"] == "failed" and row["error"]["code"] == "http_retries_exhausted"
+    assert "next_attempt" not in row
+    codes = list(StepRun.objects.filter(work_item=item).order_by("attempt")
+                 .values_list("error__code", flat=True))
+    assert codes == ["http_unavailable", "http_unavailable", "http_retries_exhausted"]
+
+
+def test_attempts_lowered_while_a_step_waits_to_retry_fail_it_as_retries_exhausted(
+        cast, fake_server, time_machine):
+    """It failed as `step_crashed`, 'its worker stopped each time': no worker had."""
+    fake_server.script = [Reply(503)]
+    wf = make_workflow(cast.org_a, [("http", _http(fake_server))])
+    Step.objects.filter(workflow=wf).update(max_attempts=3)
+    item = _run(work_item_create(workflow=wf, input={}))
+    assert item.waiting_on == "backoff"
+    Step.objects.filter(workflow=wf).update(max_attempts=1)
+    time_machine.move_to(timezone.now() + timedelta(seconds=400))
+    item = _run(item)
+    assert item.status == "failed"
+    assert item.error["code"] == "http_retries_exhausted"
+    assert "Gave up after 1 attempts; last: HTTP 503" in item.error["message"]
+    assert len(fake_server.requests) == 1

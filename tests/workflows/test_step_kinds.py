@@ -121,5 +121,9 @@ def test_every_code_a_step_fails_with_is_named_in_the_readme():
              for pair in re.findall(r'Fail\(\s*(?:code=)?"([a-z_]+)"|"code": "([a-z_]+)"',
                                     path.read_text()) for code in pair if code}
     codes |= {"ssrf_refused"}  # config_failure's other branch, chosen by a condition
+    # A kind's retry codes: an attempt's that is retried, the step's once none is left.
+    codes |= {code for kind in REGISTRY.values() if kind.retry_codes
+              for code in (kind.retry_codes.attempt, kind.retry_codes.exhausted)}
+    assert "http_unavailable" in codes
     assert {"bad_config", "step_crashed", "bad_expression", "http_error"} <= codes
     assert sorted(code for code in codes if f"`{code}`" not in readme) == []

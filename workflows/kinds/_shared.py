@@ -29,7 +29,7 @@ from auxot.http import retry_after_seconds
 from auxot.outbound import RefusedDestination, outbound_request, url_redact
 from auxot.storable import text_decode, text_storable, value_check
 from auxot.timefmt import iso
-from workflows.kinds.base import Fail, Outcome, StepContext, StepKind, Wait
+from workflows.kinds.base import Fail, Outcome, RetryCodes, StepContext, StepKind, Wait
 from workflows.kinds.typed import AUXOT_KEY, typed_credentials
 
 SECRET_SHOWN_BELOW = 4  # a secret shorter than this is not cut from answers (it would garble)
@@ -336,14 +336,21 @@ def backoff_seconds(attempt: int, retry_after: float | None = None) -> float:
     return delay
 
 
-def retry(ctx: StepContext, reason: str, code: str, retry_after: float | None = None
+def retries_exhausted(codes: RetryCodes, attempts: int, reason: str) -> Fail:
+    """The step's failure once its last attempt failed with `reason`."""
+    return Fail(codes.exhausted, f"Gave up after {attempts} attempts; last: {reason}.")
+
+
+def retry(ctx: StepContext, reason: str, codes: RetryCodes, retry_after: float | None = None
           ) -> Outcome:
-    """Wait for the next attempt, or Fail with `code` once the attempts are used up."""
+    """Wait for the next attempt, or Fail with `codes.exhausted` once the attempts are used
+    up. The wait's detail names the attempt's own code (`codes.attempt`): the engine stores
+    it on the attempt when the backoff runs out, and the poll shows it meanwhile."""
     if ctx.attempt >= ctx.max_attempts:
-        return Fail(code, f"Gave up after {ctx.attempt} attempts; last: {reason}.")
+        return retries_exhausted(codes, ctx.attempt, reason)
     until = ctx.now + timedelta(seconds=backoff_seconds(ctx.attempt, retry_after))
     return Wait(until, "backoff", {
-        "retry": True, "reason": reason, "attempt": ctx.attempt,
+        "retry": True, "code": codes.attempt, "reason": reason, "attempt": ctx.attempt,
         "max_attempts": ctx.max_attempts, "until": iso(until),
     })
 
@@ -357,7 +364,7 @@ def retryable(response: requests.Response) -> bool:
 
 
 def send(ctx: StepContext, method: str, url: str, *, headers: dict, body: Any,
-         timeout: float, code: str, purpose: str) -> requests.Response | Outcome:
+         timeout: float, codes: RetryCodes, purpose: str) -> requests.Response | Outcome:
     """One request through the outbound guard (no redirects; `timeout` bounds the whole
     exchange). Returns the response, or the outcome for a refusal or transport failure."""
     headers = {**headers, "Idempotency-Key": ctx.idempotency_key}
@@ -367,7 +374,7 @@ def send(ctx: StepContext, method: str, url: str, *, headers: dict, body: Any,
     except RefusedDestination as exc:  # nothing was sent; retrying cannot help
         return Fail("ssrf_refused" if exc.code == "ssrf_refused" else "bad_request", str(exc))
     except (requests.ConnectionError, requests.Timeout) as exc:
-        return retry(ctx, f"{type(exc).__name__} calling {method} {url_redact(url)}", code)
+        return retry(ctx, f"{type(exc).__name__} calling {method} {url_redact(url)}", codes)
     except requests.RequestException as exc:
         return Fail("http_error", f"{method} {url_redact(url)}: {type(exc).__name__}")
 

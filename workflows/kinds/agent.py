@@ -30,6 +30,7 @@ from workflows.kinds.base import (
     Complete,
     Fail,
     Outcome,
+    RetryCodes,
     RunLimits,
     StepContext,
     StepKind,
@@ -99,6 +100,7 @@ class Agent(StepKind):
     # Sent to the provider as saved. The provider's own timeout is cut at the step's
     # (validate_limits).
     numeric_settings = {"temperature": UNCAPPED, "max_tokens": UNCAPPED}
+    retry_codes = RetryCodes(attempt="provider_unavailable", exhausted="provider_unavailable")
 
     def validate_config(self, config: dict) -> None:
         if not isinstance(config.get("provider"), str) or not config["provider"]:
@@ -187,12 +189,12 @@ class Agent(StepKind):
             hidden = secret_sent_parts(headers["Authorization"], ref.get("prefix", ""))
         response = send(ctx, "POST", url, headers=headers, body=payload,
                          timeout=min(provider.timeout_seconds, ctx.timeout_seconds),
-                         code="provider_unavailable", purpose="agent")
+                         codes=self.retry_codes, purpose="agent")
         if not isinstance(response, requests.Response):
             return response
         if retryable(response):
             return retry(ctx, f"provider '{provider.name}' answered HTTP "
-                               f"{response.status_code}", "provider_unavailable",
+                               f"{response.status_code}", self.retry_codes,
                           retry_after(response, ctx.now))
         if response.status_code >= 300:
             return Fail("provider_error", f"Provider '{provider.name}' answered HTTP "

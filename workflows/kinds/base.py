@@ -52,6 +52,16 @@ class RunLimits:
     provider_timeouts: Mapping[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class RetryCodes:
+    """The error codes of a kind that retries (`_shared.retry`): `attempt`, what an attempt
+    that is retried failed with (stored on that attempt, shown while the step is
+    `retrying`); `exhausted`, what the step fails with once no attempt is left."""
+
+    attempt: str
+    exhausted: str
+
+
 def number(value: Any) -> bool:
     """A JSON number (not true/false)."""
     return isinstance(value, int | float) and not isinstance(value, bool)
@@ -126,6 +136,8 @@ class StepKind(ABC):
     # (`validate_limits`); tests/workflows/test_step_limits.py finds every numeric setting
     # a kind's validate_config accepts and fails on one missing here.
     numeric_settings: Mapping[str, str | None] = {}
+    # A kind whose attempts may fail and be retried after a backoff says with what codes.
+    retry_codes: RetryCodes | None = None
 
     @abstractmethod
     def validate_config(self, config: dict) -> None:
@@ -176,6 +188,14 @@ class StepKind(ABC):
         credential `validate_stored` refuses (a step saved before it was) REDACTED. Only
         the form that edits it holds it whole."""
         return typed_credentials_redacted(urls_redacted(config))
+
+    def retried_error(self, state: dict) -> dict:
+        """The error of an attempt that failed and waits to be retried (`state`: its wait's
+        detail): the code `_shared.retry` kept there (a wait stored before it did: this
+        kind's attempt code) and the reason."""
+        code = state.get("code") or (self.retry_codes.attempt if self.retry_codes
+                                     else "step_error")
+        return {"code": code, "message": state.get("reason", "")}
 
     @abstractmethod
     def execute(self, ctx: StepContext) -> Outcome: ...

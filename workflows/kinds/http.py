@@ -47,6 +47,7 @@ from workflows.kinds.base import (
     Complete,
     Fail,
     Outcome,
+    RetryCodes,
     StepContext,
     StepKind,
 )
@@ -136,6 +137,8 @@ class Http(StepKind):
     label = "HTTP request"
     # A request never waits past the attempt's lease: another worker would take it over.
     numeric_settings = {"timeout_seconds": STEP_TIMEOUT}
+    # 429, 5xx, a timeout or a connection error: retried with backoff.
+    retry_codes = RetryCodes(attempt="http_unavailable", exhausted="http_retries_exhausted")
 
     def validate_config(self, config: dict) -> None:
         method = config.get("method", "GET")
@@ -307,12 +310,12 @@ class Http(StepKind):
         timeout = min(ctx.config.get("timeout_seconds", settings.AUXOT_HTTP_TIMEOUT_SECONDS),
                       ctx.timeout_seconds)
         response = send(ctx, method, url, headers=headers, body=body, timeout=timeout,
-                         code="http_retries_exhausted", purpose="http")
+                         codes=self.retry_codes, purpose="http")
         if not isinstance(response, requests.Response):
             return response
         if retryable(response):
             return retry(ctx, f"HTTP {response.status_code} from {method} {url_redact(url)}",
-                          "http_retries_exhausted", retry_after(response, ctx.now))
+                          self.retry_codes, retry_after(response, ctx.now))
         if response.status_code >= 400:
             return Fail("http_error", f"{method} {url_redact(url)} answered HTTP "
                                       f"{response.status_code} (not retried: a client error).")
