@@ -1,14 +1,15 @@
-"""Bounded long-poll for `GET .../work/{work_id}?wait=N`.
+"""Bounded long-poll for `GET .../work/{work_id}?wait=N[&state=S]`.
 
 A waiting request holds a server thread but no database connection: it closes its own
 connection and sleeps on an Event. One watcher thread per web process rechecks every
 waited item in a single query each AUXOT_LONG_POLL_RECHECK_SECONDS and wakes the requests
-whose item became terminal, so 50 waiters cost one connection and ~4 queries a second, not
-50 connections. At most AUXOT_LONG_POLL_MAX_WAITERS requests wait per process; the next
-one is answered at once (it degrades to a normal poll, marked `Auxot-Wait-Refused: busy`),
-as is one past its API key's or its organization's share of them, so long-polls can never
-take every thread; and while it waits a request gives back its working slot
-(auxot/activerequests.py), so waiting long-polls never take a trigger's.
+whose item became terminal (or, for a request that gave `?state=`, whose state changed),
+so 50 waiters cost one connection and ~4 queries a second, not 50 connections. At most
+AUXOT_LONG_POLL_MAX_WAITERS requests wait per process; the next one is answered at once (it
+degrades to a normal poll, marked `Auxot-Wait-Refused: busy`), as is one past its API key's
+or its organization's share of them, so long-polls can never take every thread; and while
+it waits a request gives back its working slot (auxot/activerequests.py), so waiting
+long-polls never take a trigger's.
 """
 
 import logging
@@ -34,6 +35,31 @@ logger = logging.getLogger(__name__)
 _WAIT_NUMBER = re.compile(r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
+def item_state(item: WorkItem) -> str:
+    """What a poller sees change while an item runs, as one token (the `Auxot-State` header,
+    the `?state=` a long-poll waits to change): its status, the step it is at and what it
+    waits on. `running.1.backoff`, `pending.0.-`."""
+    return _state(item.status, item.current_step, item.waiting_on)
+
+
+def _state(status: str, current_step: int, waiting_on: str) -> str:
+    return f"{status}.{current_step}.{waiting_on or '-'}"
+
+
+_STATE = re.compile(r"[a-z]{1,16}\.[0-9]{1,9}\.(?:[a-z]{1,16}|-)")
+
+
+def state_parse(values: list[str]) -> str | None:
+    """`?state=` (every value given) as a state token, None when absent; anything but one
+    token as `Auxot-State` gives it is a 400."""
+    if not values:
+        return None
+    if len(values) > 1 or not _STATE.fullmatch(values[0]):
+        raise ApplicationError("state must be given once, as the Auxot-State header of an "
+                               "earlier answer gave it (e.g. running.1.backoff).")
+    return values[0]
+
+
 def wait_parse(values: list[str]) -> float | None:
     """`?wait=` (every value the query string gives) as seconds, None when absent. Anything
     but one number with 0 < N <= cap is a 400: `wait=20&wait=0` is not quietly the last one."""
@@ -56,14 +82,17 @@ def wait_parse(values: list[str]) -> float | None:
 class _Watcher:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._events: dict[uuid.UUID, list[threading.Event]] = {}
+        # Per waited item, each waiter's event and the state it waits to change (None:
+        # until the item is terminal).
+        self._events: dict[uuid.UUID, list[tuple[threading.Event, str | None]]] = {}
         self._waiting = 0
         self._held: dict[tuple, int] = {}  # ("key", pk) / ("org", pk) -> slots held
         self._thread: threading.Thread | None = None
 
     def wait(self, work_id: uuid.UUID, seconds: float, owner: object = None,
-             org: object = None) -> bool:
-        """Block up to `seconds` or until the item is terminal. False: no slot, answer now.
+             org: object = None, state: str | None = None) -> bool:
+        """Block up to `seconds` or until the item is terminal, or with `state` until its
+        state (`item_state`) is another. False: no slot, answer now.
         `owner` (the API key) may hold at most AUXOT_LONG_POLL_MAX_WAITERS_PER_KEY slots and
         `org` (its organization, whatever its number of keys) at most
         AUXOT_LONG_POLL_MAX_WAITERS_PER_ORG: one busy caller, or one tenant with many keys,
@@ -84,7 +113,8 @@ class _Watcher:
             self._waiting += 1
             for holder, _ in holders:
                 self._held[holder] = self._held.get(holder, 0) + 1
-            self._events.setdefault(work_id, []).append(event)
+            waiter = (event, state)
+            self._events.setdefault(work_id, []).append(waiter)
         try:
             event.wait(seconds)
         finally:
@@ -96,8 +126,8 @@ class _Watcher:
                     else:
                         self._held[holder] -= 1
                 events = self._events.get(work_id, [])
-                if event in events:
-                    events.remove(event)
+                if waiter in events:
+                    events.remove(waiter)
                 if not events:
                     self._events.pop(work_id, None)
         return True
@@ -110,7 +140,7 @@ class _Watcher:
                     if not ids:
                         self._thread = None  # under the lock: the next waiter starts a new one
                         return
-                self._wake(self._terminal_among(ids))
+                self._wake(self._states_among(ids))
                 time.sleep(settings.AUXOT_LONG_POLL_RECHECK_SECONDS)
         except BaseException:
             # Anything but a database error (those are retried) ends this watcher; it must
@@ -124,34 +154,40 @@ class _Watcher:
             connection.close()  # this thread's own connection
 
     @staticmethod
-    def _terminal_among(ids: list[uuid.UUID]) -> list[uuid.UUID]:
+    def _states_among(ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
+        """Each waited item's state (`item_state`), in one query (a deleted one: none)."""
         try:
-            return list(WorkItem.objects.filter(pk__in=ids).exclude(status__in=WorkItem.ACTIVE)
-                        .values_list("pk", flat=True))
+            return {pk: _state(status, step, waiting_on) for pk, status, step, waiting_on in
+                    WorkItem.objects.filter(pk__in=ids).values_list(
+                        "pk", "status", "current_step", "waiting_on")}
         except DatabaseError as exc:
             # Waiters simply time out and answer with what they have; the next recheck retries.
             logger.warning("long-poll recheck failed: %s", type(exc).__name__)
             connection.close()
-            return []
+            return {}
 
-    def _wake(self, ids: list[uuid.UUID]) -> None:
+    def _wake(self, states: dict[uuid.UUID, str]) -> None:
         with self._lock:
-            for work_id in ids:
-                for event in self._events.get(work_id, []):
-                    event.set()
+            for work_id, now in states.items():
+                terminal = now.split(".", 1)[0] not in WorkItem.ACTIVE
+                for event, seen in self._events.get(work_id, []):
+                    if terminal or (seen is not None and now != seen):
+                        event.set()
 
 
 _watcher = _Watcher()
 
 
 def work_item_wait(*, item: WorkItem, seconds: float, owner: object = None,
-                   org: object = None) -> bool:
-    """Wait (bounded) for a non-terminal item to finish. True: it waited (until the item
-    finished or `seconds` passed; read it again); False: this process already has
-    AUXOT_LONG_POLL_MAX_WAITERS waiting, answer with the item as read (no wait, no query)."""
+                   org: object = None, state: str | None = None) -> bool:
+    """Wait (bounded) for a non-terminal item to finish, or with `state` (what the caller
+    last saw; the caller answers at once when the item as read is another) for its state
+    to be another. True: it waited (until then or until `seconds` passed; read it again);
+    False: this process already has AUXOT_LONG_POLL_MAX_WAITERS waiting, answer with the
+    item as read (no wait, no query)."""
     if item.is_terminal:
         return False
     if not connection.in_atomic_block:
         connection.close()  # never hold a connection while we sleep
     with slot_released():  # nor one of the process's working slots (triggers need them)
-        return _watcher.wait(item.pk, seconds, owner, org)
+        return _watcher.wait(item.pk, seconds, owner, org, state)

@@ -284,6 +284,16 @@ WAIT = OpenApiParameter(
     "seconds with its current state. 0 < wait <= the cap in `Auxot-Wait-Max` (30 by default), "
     "a plain number (`20`, `2.5`, `1e1`) given once; anything else is 400. The server may "
     "answer earlier when it is busy.")
+STATE = OpenApiParameter(
+    "state", {"type": "string", "pattern": r"^[a-z]{1,16}\.[0-9]{1,9}\.([a-z]{1,16}|-)$"},
+    OpenApiParameter.QUERY, required=False,
+    description="With `wait`: the `Auxot-State` of the last answer you read. The long-poll "
+    "then also answers as soon as the item's state is another (at once if it already is): "
+    "every status, step and wait is seen within a moment, not only the end.")
+STATE_HEADER = OpenApiParameter(
+    "Auxot-State", OpenApiTypes.STR, OpenApiParameter.HEADER, response=[200],
+    description="The item's state as one token, `<status>.<step index>.<waiting_on kind or "
+    "->` (`running.1.backoff`): give it back as `?state=` with `?wait=`.")
 WAIT_MAX = OpenApiParameter(
     "Auxot-Wait-Max", OpenApiTypes.INT, OpenApiParameter.HEADER, response=[200],
     description="The largest `wait` this server accepts: its presence means long-poll works.")
@@ -421,7 +431,8 @@ work_item_schema = extend_schema(
     f"`?wait=N` (N <= {settings.AUXOT_LONG_POLL_MAX_SECONDS}) to be answered as soon as it "
     "finishes.",
     tags=["work items"],
-    parameters=[INTAKE_ID, WORK_ID, WAIT, RETRY_AFTER, WAIT_MAX, WAIT_REFUSED,
+    parameters=[INTAKE_ID, WORK_ID, WAIT, STATE, RETRY_AFTER, WAIT_MAX, STATE_HEADER,
+                WAIT_REFUSED,
                 WWW_AUTHENTICATE],
     responses={200: OpenApiResponse(WorkItemSerializer, description="The work item."),
                **problems(400, 401, 404, 429, 503)},

@@ -23,7 +23,7 @@ from auxot.services import audit_deletion, audit_record
 from intakes import idempotency, ratelimit
 from intakes.accept import work_item_accept_write
 from intakes.callbacks import callback_deliveries_retarget
-from intakes.longpoll import work_item_wait
+from intakes.longpoll import item_state, work_item_wait
 from intakes.lookup import intake_lookup, key_intake_lookup, work_item_lookup
 from intakes.models import Intake
 from intakes.poll_lookup import PollRead, work_item_poll_lookup
@@ -255,14 +255,17 @@ def work_item_for_poll(*, intake_id: str, work_id: str, key: ApiKey) -> PollRead
 
 
 def work_item_poll(*, intake_id: str, work_id: str, key: ApiKey,
-                   wait: float | None = None) -> tuple[PollRead, bool]:
+                   wait: float | None = None, state: str | None = None) -> tuple[PollRead, bool]:
     """The poll's read, after a long-poll's wait when `wait` is set and the item is not
-    finished. The bool: the wait was refused (this process has as many waiting as it
-    allows), so the answer is the item as first read."""
+    finished: until it is, or with `state` (the `Auxot-State` the caller last saw) until
+    its state is another (at once when it is already). The bool: the wait was refused (this
+    process has as many waiting as it allows), so the answer is the item as first read."""
     read = work_item_for_poll(intake_id=intake_id, work_id=work_id, key=key)
-    if not wait or read.item.is_terminal:
+    if not wait or read.item.is_terminal or (
+            state is not None and item_state(read.item) != state):
         return read, False
-    if not work_item_wait(item=read.item, seconds=wait, owner=key.pk, org=key.org_id):
+    if not work_item_wait(item=read.item, seconds=wait, owner=key.pk, org=key.org_id,
+                          state=state):
         return read, True
     # As it is now, the key itself (revoked, expired, ... meanwhile: UnauthorizedError) and
     # its access checked again.

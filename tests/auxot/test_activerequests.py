@@ -81,7 +81,7 @@ def test_a_waiting_long_poll_does_not_hold_up_a_trigger(api, intake_a, member_to
     work_id = trigger(api, intake_a.pk, member_token).json()["work_id"]
     waiting, finish = threading.Event(), threading.Event()
 
-    def wait(item_id, seconds, owner=None, org=None):
+    def wait(item_id, seconds, owner=None, org=None, state=None):
         waiting.set()
         return finish.wait(30)
 

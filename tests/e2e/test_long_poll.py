@@ -93,6 +93,67 @@ def test_wait_answers_as_soon_as_the_item_finishes(api, intake_a, member_token):
     assert 0.4 < elapsed < 10  # woke on completion, long before the 20 s
 
 
+def _poll_state(api, intake, token, work_id, wait, state):
+    return api.get(f"/v1/intake/{intake.pk}/work/{work_id}", {"wait": wait, "state": state},
+                   **bearer(token))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_wait_given_the_state_it_saw_answers_as_soon_as_it_changes(api, intake_a,
+                                                                     member_token):
+    """A long-poll answered only when the item finished: a caller saw `running` or the next
+    step up to 30 s late, or polled every few seconds to see it. Given the `Auxot-State` it
+    last read, it answers the change within the watcher's recheck."""
+    work_id = trigger(api, intake_a.pk, member_token).json()["work_id"]
+    first = api.get(f"/v1/intake/{intake_a.pk}/work/{work_id}", **bearer(member_token))
+    assert first["Auxot-State"] == "pending.0.-"
+
+    def run():
+        WorkItem.objects.filter(pk=work_id).update(status="running", current_step=1,
+                                                   waiting_on="delay")
+        connection.close()
+
+    timer = threading.Timer(0.5, run)
+    timer.start()
+    started = time.monotonic()
+    response = _poll_state(api, intake_a, member_token, work_id, "20", "pending.0.-")
+    elapsed = time.monotonic() - started
+    timer.join()
+    assert response.status_code == 200 and "Auxot-Wait-Refused" not in response
+    assert response.json()["status"] == "running"
+    assert response["Auxot-State"] == "running.1.delay"
+    assert 0.4 < elapsed < 5
+    # Already another than the caller's: at once, without waiting.
+    started = time.monotonic()
+    response = _poll_state(api, intake_a, member_token, work_id, "20", "pending.0.-")
+    assert time.monotonic() - started < 2 and response["Auxot-State"] == "running.1.delay"
+    # The same state: it waits (here its whole 1 s; without `state`, a change never ends it).
+    started = time.monotonic()
+    response = _poll_state(api, intake_a, member_token, work_id, "1", "running.1.delay")
+    assert time.monotonic() - started >= 0.9 and response["Auxot-State"] == "running.1.delay"
+
+
+@pytest.mark.parametrize("raw", ["", "running", "running.1", "RUNNING.1.-", "running.x.-",
+                                 "running.1.delay.x", ["running.1.-", "running.1.-"]], ids=repr)
+def test_a_malformed_state_is_400(api, intake_a, member_token, raw):
+    work_id = trigger(api, intake_a.pk, member_token).json()["work_id"]
+    response = _poll_state(api, intake_a, member_token, work_id, "5", raw)
+    assert (response.status_code, response.json()["code"]) == (400, "invalid_request")
+    assert "Auxot-State" in response.json()["detail"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_wait_without_state_still_answers_only_at_the_end(api, intake_a, member_token):
+    work_id = trigger(api, intake_a.pk, member_token).json()["work_id"]
+    timer = threading.Timer(0.2, lambda: (WorkItem.objects.filter(pk=work_id).update(
+        status="running"), connection.close()))
+    timer.start()
+    started = time.monotonic()
+    response = _poll(api, intake_a, member_token, work_id, "1.5")
+    timer.join()
+    assert time.monotonic() - started >= 1.4 and response.json()["status"] == "running"
+
+
 @pytest.mark.django_db(transaction=True)
 def test_wait_times_out_with_the_current_state(api, intake_a, member_token):
     work_id = trigger(api, intake_a.pk, member_token).json()["work_id"]
@@ -111,9 +172,9 @@ def test_waiting_request_holds_no_database_connection(api, intake_a, member_toke
     held = []
     real_wait = longpoll._watcher.wait
 
-    def spy(item_id, seconds, owner=None, org=None):
+    def spy(item_id, seconds, owner=None, org=None, state=None):
         held.append((connection.connection is not None, owner, org))
-        return real_wait(item_id, seconds, owner, org)
+        return real_wait(item_id, seconds, owner, org, state)
 
     monkeypatch.setattr(longpoll._watcher, "wait", spy)
     assert _poll(api, intake_a, member_token, work_id, "0.3").status_code == 200
@@ -159,7 +220,7 @@ def test_a_key_refused_while_it_waited_gets_401_not_the_item(api, cast, workflow
               else apikey_issue(org=cast.org_a, label="m", user=cast.member_a))
     work_id = trigger(api, intake.pk, issued.token).json()["work_id"]
 
-    def wait_then_refuse(item_id, seconds, owner=None, org=None):
+    def wait_then_refuse(item_id, seconds, owner=None, org=None, state=None):
         change(issued.key, cast)
         WorkItem.objects.filter(pk=item_id).update(status="completed", output={"secret": 1},
                                                    finished_at=timezone.now())

@@ -181,7 +181,7 @@ def test_long_poll_rereads_once_after_its_wait(api, intake_a, member_token, monk
                                                django_assert_num_queries):
     """After the wait: the key again (revoked meanwhile is a 401), then the item."""
     work_id = trigger(api, intake_a.pk, member_token).json()["work_id"]
-    woke = lambda item_id, seconds, owner=None, org=None: True  # noqa: E731
+    woke = lambda item_id, seconds, owner=None, org=None, state=None: True  # noqa: E731
     monkeypatch.setattr(longpoll._watcher, "wait", woke)
     _poll(api, intake_a, member_token, work_id)  # the heartbeat cache is warm from here on
     with django_assert_num_queries(KEY_AND_TWO + 2):
@@ -216,8 +216,9 @@ def test_the_watcher_checks_every_waited_item_in_one_query(api, intake_a, member
     STATES["completed"](ids[0])
     _failed(ids[1])
     with django_assert_num_queries(1):
-        found = longpoll._Watcher._terminal_among(ids)
-    assert {str(pk) for pk in found} == set(ids[:2])
+        found = longpoll._Watcher._states_among(ids)
+    terminal = {str(pk) for pk, state in found.items() if not state.startswith("pending.")}
+    assert terminal == set(ids[:2]) and len(found) == 6
 
 
 # --- the same 200/404 as the intake lookup ------------------------------------------------
@@ -306,13 +307,13 @@ def test_a_watcher_that_dies_is_replaced_by_the_next_waiter(monkeypatch, setting
     work_id = uuid.uuid4()
     calls = []
 
-    def terminal_among(ids):
+    def states_among(ids):
         calls.append(list(ids))
         if len(calls) == 1:
             raise RuntimeError("boom")
-        return [work_id]
+        return {work_id: "completed.1.-"}
 
-    monkeypatch.setattr(watcher, "_terminal_among", terminal_among)
+    monkeypatch.setattr(watcher, "_states_among", states_among)
     assert watcher.wait(work_id, 0.3) is True  # its watcher died: it waited the 0.3 s out
     assert len(calls) == 1 and "long-poll watcher stopped" in caplog.text
     assert watcher.wait(work_id, 30) is True  # a new watcher wakes it

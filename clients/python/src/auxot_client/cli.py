@@ -223,9 +223,10 @@ def _wait(client: api.Client, intake_id: str, work_id: str, args: argparse.Names
     timeout = _timeout(args) if timeout is None else timeout
     try:
         with Progress(err) as progress:
-            # On a terminal, shorter long-polls keep the live line's status and step fresh.
-            body = client.wait(intake_id, work_id, timeout=timeout, on_poll=progress.update,
-                               max_wait=3 if progress.tty else None)
+            # Each long-poll answers as soon as the status, step or wait changes (the server
+            # is given the state it last named): every change is printed within a moment,
+            # on a terminal or in a CI log, at one request per change.
+            body = client.wait(intake_id, work_id, timeout=timeout, on_poll=progress.update)
     except KeyboardInterrupt as exc:
         # Only the waiting stops: say how to pick the item up again.
         what = "terminated" if isinstance(exc, Terminated) else "interrupted"

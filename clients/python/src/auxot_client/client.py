@@ -98,6 +98,10 @@ class Poll:
     body: dict
     retry_after: float | None
     wait_max: int | None  # the server's long-poll cap (None: it does not offer one)
+    # The item's state as the server names it (`Auxot-State`): a long-poll given it back
+    # answers as soon as the state is another. None: the server does not offer that.
+    state: str | None = None
+    refused: bool = False  # a long-poll the server did not hold (`Auxot-Wait-Refused`)
 
     @property
     def status(self) -> str:
@@ -366,16 +370,21 @@ class Client:
         raise AssertionError("unreachable")
 
     def get(self, intake_id: str, work_id: str, *, wait: float | None = None,
-            timeout: float | None = None) -> Poll:
-        """One poll; with `wait`, the server answers when the item finishes or after `wait` s.
+            timeout: float | None = None, state: str | None = None) -> Poll:
+        """One poll; with `wait`, the server answers when the item finishes or after `wait` s,
+        and with `state` too (a Poll's `state`) as soon as its state is another.
         `timeout` bounds the request (default: the client's timeout plus `wait`)."""
         params = {"wait": f"{wait:g}"} if wait else None
+        if params and state:
+            params["state"] = state
         response = self._request("GET", _path("intake", intake_id, "work", work_id), params=params,
                                  timeout=timeout or self.timeout + (wait or 0))
         wait_max = response.headers.get("Auxot-Wait-Max", "")
         return Poll(body=self._answer(response, "status"),
                     retry_after=_retry_after(response),
-                    wait_max=int(wait_max) if wait_max.isdigit() else None)
+                    wait_max=int(wait_max) if wait_max.isdigit() else None,
+                    state=response.headers.get("Auxot-State") or None,
+                    refused=bool(response.headers.get("Auxot-Wait-Refused")))
 
     def wait(self, intake_id: str, work_id: str, *, timeout: float = 1800.0,
              on_poll: Callable[[Poll], None] | None = None, long_poll: bool = True,
@@ -384,10 +393,13 @@ class Client:
         """Poll until the item is terminal; return its body. Raises WaitTimeout, AuthError,
         NotFoundError, RequestError. Transient errors are retried until the timeout.
 
-        `max_wait` shortens each long-poll (the server answers only when the item finishes),
-        for callers that want to see intermediate states more often."""
+        A server that names the item's state (`Auxot-State`) is given it back with each
+        long-poll, and answers as soon as the status, step or wait changes: `on_poll` sees
+        each change within a moment, at one request per change. `max_wait` shortens each
+        long-poll, for an older server that answers only when the item finishes."""
         deadline = clock() + timeout
         backoff, wait_max, last, last_status, last_error = Backoff(), None, None, None, None
+        state = None
         while True:
             remaining = deadline - clock()
             if remaining <= 0:
@@ -396,11 +408,11 @@ class Client:
                                   f"{because}", last=last, last_error=last_error)
             want = int(min(wait_max, remaining, max_wait or wait_max)) if (
                 long_poll and wait_max) else 0
-            started = clock()
+            started, sent = clock(), state
             try:
                 # A poll never outlives the deadline: a hung server cannot stretch
                 # `timeout` by the client's request timeout.
-                poll = self.get(intake_id, work_id, wait=want or None,
+                poll = self.get(intake_id, work_id, wait=want or None, state=state,
                                 timeout=max(0.5, min(self.timeout + want, remaining)))
             except TransientError as exc:
                 last_error = exc
@@ -411,7 +423,7 @@ class Client:
                     long_poll = False  # the server refused our wait: plain polling
                     continue
                 raise
-            last, last_error = poll.body, None
+            last, last_error, state = poll.body, None, poll.state
             if poll.status != last_status:
                 backoff.reset()
                 last_status = poll.status
@@ -420,8 +432,13 @@ class Client:
             if poll.status in TERMINAL:
                 return poll.body
             wait_max = poll.wait_max
-            if want and clock() - started >= want * 0.9:
-                continue  # the server held the request for us: ask again right away
+            if want and not poll.refused and (clock() - started >= want * 0.9 or (
+                    state is not None and state != sent)):
+                # The server held the request for us, or answered a change: ask again
+                # right away (with the new state it waits for the next change).
+                continue
+            if not want and long_poll and wait_max and state and not poll.refused:
+                continue  # a first plain poll: the long-poll answers the next change
             sleep(min(backoff.delay(poll.retry_after), max(0.0, deadline - clock())))
 
     def run(self, intake_id: str, data: Any, *, timeout: float = 1800.0,
