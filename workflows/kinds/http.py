@@ -168,7 +168,8 @@ class Http(StepKind):
         timeout = config.get("timeout_seconds", settings.AUXOT_HTTP_TIMEOUT_SECONDS)
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not (
                 0 < timeout <= 600):
-            raise ValidationError({"config": "timeout_seconds must be 0 < n <= 600."})
+            raise ValidationError({"config": "timeout_seconds must be 0 < n <= 600, and at most "
+                                             "the step's timeout (checked when saved)."})
         wanted = config.get("response_headers", [])
         if not isinstance(wanted, list) or not all(isinstance(h, str) for h in wanted):
             raise ValidationError({"config": "response_headers must be a list of names."})
