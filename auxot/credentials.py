@@ -14,13 +14,19 @@ from typing import Any
 # A name (above) says a constant under it is a credential; these say it of a value itself,
 # wherever an admin pasted it (a prompt, an approval's instructions, an expression's
 # constant, a JSON Schema's `const` or `examples`): the formats that announce themselves
-# with a fixed prefix, a fixed shape or a checksum. Each is anchored at both ends, so it
-# never matches inside a longer word or token, and most also want their random part to
+# with a fixed prefix, a fixed shape or a checksum. Each is anchored at both ends by a
+# letter or digit, so it never matches inside a longer word (`task-…` holds no `sk-` key,
+# a 17-character `AKIA…` is no AWS key ID), while any punctuation, a space or the text's
+# end may touch it: a token joined to a word by a hyphen, an underscore, a dot or anything
+# else (`run-ghp_…`, `ghp_…_old`, `AKIA…-prod`) is found, as it would be alone
+# (tests/auxot/test_credential_formats.py tries every format by every ASCII punctuation
+# character on each side). A format whose own alphabet holds `-` or `_` takes a neighbour
+# of them as more of itself, within its length. Most formats also want their random part to
 # look random (a digit in it, several distinct characters): ordinary prose, UUIDs, hex
 # digests, base64 of ordinary data, URLs and placeholders (`ghp_xxxx…`) match none
 # (tests/auxot/test_credential_formats.py keeps a list of them). Entropy and keyword
 # guesses are not used: a false refusal leaves an admin no way to save a workflow.
-_WORD_CHAR = r"A-Za-z0-9_\-"
+_WORD_CHAR = r"A-Za-z0-9"  # what a format may not touch on either side
 _AUXOT_KEY_CHECKSUM_DIGITS = 6  # apikeys/tokens.py: CRC32 of what comes before, low 24 bits
 
 
@@ -97,7 +103,7 @@ def _format(kind: str, pattern: str, check=_looks_random, flags: int = 0):
 
 CREDENTIAL_FORMATS = (
     # Ours (apikeys/tokens.py): `user.`/`team.` + 12 base32 + 43 base64url + 6 hex of CRC32.
-    _format("Auxot API key", r"(?<!\.)(?P<body>(?:user|team)\.[a-z2-7]{12}\.[A-Za-z0-9_-]{43}"
+    _format("Auxot API key", r"(?P<body>(?:user|team)\.[a-z2-7]{12}\.[A-Za-z0-9_-]{43}"
             r"[0-9a-f]{6})", _auxot_checksum),
     _format("GitHub token", r"gh[pousr]_(?P<body>[A-Za-z0-9]{36,251})"),
     _format("GitHub token", r"github_pat_(?P<body>[A-Za-z0-9_]{60,251})"),

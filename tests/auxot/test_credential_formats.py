@@ -150,6 +150,68 @@ def test_an_auxot_key_with_a_wrong_checksum_or_cut_short_is_not_one():
     assert credential_formats(f"x{key}") == []  # inside a longer word
 
 
+# Beside a credential, what an admin or a log line may put. Every ASCII punctuation
+# character is a boundary: a token joined to a word by one (`run-ghp_…`, `ghp_…_old`,
+# `key=AKIA…`) is found, and redacted with the word it is joined to, except that the
+# log's URL delimiters and quotes (`_WORD_AROUND`) are kept so a path or query stays
+# readable. A letter or a digit is not a boundary: it makes another, longer word.
+REDACTION_KEEPS = set("'\"`,;(){}[]<>|/?#&=@:")
+# Formats of a fixed length (or a checksum over it): a letter or digit after one makes a
+# longer word, which is not the format. Every other format's random part runs on (a
+# longer token of the same kind), so it is found with the letter as part of it.
+FIXED_LENGTH = {"Auxot API key", "AWS access key ID", "Google API key", "SendGrid API key",
+                "npm token"}
+
+
+def _touching_a_letter_before_is_found(kind: str, value: str) -> bool:
+    """A private key is delimited by its armor lines, not its neighbours. A webhook URL
+    written with its scheme is anchored at its host, after `//`: `xhttps://hooks…` still
+    holds the webhook; `xhooks.slack.com` is another host."""
+    return kind == "private key" or value.startswith("https://")
+
+
+BOUNDARY_CASES = [(kind, values[0]) for kind, values in SAMPLES.items()] + [
+    ("Slack webhook URL", SAMPLES["Slack webhook URL"][1]),
+    ("GitHub token", SAMPLES["GitHub token"][-1])]
+
+
+@pytest.mark.parametrize(("kind", "value"), BOUNDARY_CASES,
+                         ids=[f"{k}-{i}" for i, (k, _) in enumerate(BOUNDARY_CASES)])
+def test_every_punctuation_character_beside_a_credential_is_a_boundary(kind, value):
+    missed = {}
+    for char in string.punctuation:
+        for text in (f"run{char}{value}", f"{value}{char}run", f"{char}{value}{char}",
+                     f"run{char}{value}{char}run"):
+            if credential_formats(text) != [kind]:
+                missed[text[:12]] = credential_formats(text)
+        shown = credential_formats_redacted(f"run{char}{value}{char}run")
+        if char in REDACTION_KEEPS:
+            assert shown == f"run{char}REDACTED{char}run", (char, shown)
+        else:
+            assert shown == "REDACTED", (char, shown)
+    assert missed == {}
+
+
+@pytest.mark.parametrize(("kind", "value"), BOUNDARY_CASES,
+                         ids=[f"{k}-{i}" for i, (k, _) in enumerate(BOUNDARY_CASES)])
+def test_a_letter_or_digit_beside_a_credential_makes_another_word(kind, value):
+    before = _touching_a_letter_before_is_found(kind, value)
+    after = kind not in FIXED_LENGTH
+    for char in "x7":
+        assert (credential_formats(f"{char}{value}") == [kind]) is before, char
+        assert (credential_formats(f"{value}{char}") == [kind]) is after, char
+
+
+def test_a_token_joined_to_a_word_by_a_hyphen_or_an_underscore_is_found():
+    token = SAMPLES["GitHub token"][0]
+    key_id = SAMPLES["AWS access key ID"][0]
+    text = f"run-{token} then {key_id}_prod and deploy_{token}-old"
+    assert credential_formats(text) == ["GitHub token", "AWS access key ID"]
+    assert credential_formats_redacted(text) == "REDACTED then REDACTED and REDACTED"
+    # An Auxot key after a dot (a dotted path) is one: its checksum tells.
+    assert credential_formats(f"config.{SAMPLES['Auxot API key'][0]}") == ["Auxot API key"]
+
+
 def _uuids():
     return [str(uuid.UUID(int=RNG.getrandbits(128), version=4)) for _ in range(50)]
 
