@@ -465,7 +465,10 @@ class ProviderTicket(models.Model):
     lease_until = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        indexes = [models.Index(fields=["provider", "arrived_at"], name="ticket_arrival")]
+        # In line order (who is ahead), and by lease (who holds a live slot): each look
+        # reads the few rows it needs, not the whole line (workflows/providers.py).
+        indexes = [models.Index(fields=["provider", "arrived_at"], name="ticket_arrival"),
+                   models.Index(fields=["provider", "lease_until"], name="ticket_lease")]
 
     def __str__(self) -> str:
         return f"{self.provider} <- {self.work_item_id}"

@@ -204,8 +204,9 @@ def _wait_provider(item: WorkItem, step, where: str, now: datetime) -> tuple[dic
     waiting = {"kind": "provider", "since": iso(item.waiting_since),
                "step": step.name if step else None, **detail}
     items = "item waits" if ahead == 1 else "items wait"
+    counted = f"at least {ahead}" if detail.get("ahead_at_least") else f"{ahead}"
     return waiting, (f"Provider '{detail.get('provider')}' is at its concurrency limit "
-                     f"({detail.get('limit')}); {ahead} {items} ahead of this one.")
+                     f"({detail.get('limit')}); {counted} {items} ahead of this one.")
 
 
 def _wait_backoff(item: WorkItem, step, where: str, now: datetime) -> tuple[dict, str]:

@@ -5,6 +5,12 @@ fixes its place in line. A ticket is granted when fewer than `limit` tickets are
 nobody who arrived earlier still waits. A held ticket carries a lease (the step's
 timeout): a worker that is SIGKILLed never releases it, so an expired lease counts as free
 and its item keeps its place at the front of the line for its next attempt.
+
+Who is ahead is counted only as far as an answer needs: a look (`provider_slot_acquire`)
+reads at most `limit` places to decide a grant, or as many as its caller's spacing of the
+next look can tell apart (`ahead_counted`); the poll reads at most PROVIDER_AHEAD_SHOWN_MAX
+places and says `ahead_at_least` past them. Each is one LIMITed read along the line's
+index, so 50,000 items waiting cost a look no more than 50 do.
 """
 
 from dataclasses import dataclass
@@ -17,6 +23,9 @@ from django.utils import timezone
 
 from workflows.models import Provider, ProviderTicket, WorkItem
 
+# The most places ahead the poll counts; past them it shows this many, `ahead_at_least`.
+PROVIDER_AHEAD_SHOWN_MAX = 1000
+
 
 @dataclass
 class Slot:
@@ -25,10 +34,14 @@ class Slot:
     limit: int
     in_flight: int
     ahead: int
+    ahead_at_least: bool = False  # the line was counted no further: `ahead` or more wait
 
     def detail(self) -> dict:
-        return {"provider": self.provider, "limit": self.limit, "in_flight": self.in_flight,
-                "ahead": self.ahead}
+        detail = {"provider": self.provider, "limit": self.limit, "in_flight": self.in_flight,
+                  "ahead": self.ahead}
+        if self.ahead_at_least:
+            detail["ahead_at_least"] = True
+        return detail
 
 
 def provider_find(*, org_id, name: str) -> Provider | None:
@@ -40,17 +53,24 @@ def _held(provider: Provider, now: datetime):
                                          lease_until__gt=now)
 
 
-def _ahead_of(ticket: ProviderTicket, now: datetime) -> int:
-    """Tickets that arrived earlier and are not holding a live slot."""
+def _ahead_of(ticket: ProviderTicket, now: datetime, *, at_most: int) -> tuple[int, bool]:
+    """Tickets that arrived earlier and are not holding a live slot, counted up to
+    `at_most`: (how many, whether more wait). One read of at most `at_most + 1` rows in
+    line order (the `ticket_arrival` index), however long the line."""
     earlier = Q(arrived_at__lt=ticket.arrived_at) | Q(arrived_at=ticket.arrived_at,
                                                       pk__lt=ticket.pk)
     waiting = Q(granted_at__isnull=True) | Q(lease_until__lte=now)
-    return ProviderTicket.objects.filter(provider_id=ticket.provider_id).filter(
-        earlier, waiting).count()
+    at_most = max(0, at_most)
+    counted = ProviderTicket.objects.filter(provider_id=ticket.provider_id).filter(
+        earlier, waiting).order_by("arrived_at", "pk").values("pk")[:at_most + 1].count()
+    return min(counted, at_most), counted > at_most
 
 
 def provider_slot_acquire(*, provider: Provider, work_id, now: datetime,
-                          lease_seconds: int) -> Slot:
+                          lease_seconds: int, ahead_counted: int = 0) -> Slot:
+    """A slot, if fewer than `limit` are held and nobody earlier waits. Refused, the slot
+    says who is ahead counted as far as `ahead_counted` (what the caller's next look's
+    timing tells apart) or `limit`, whichever is more: `ahead_at_least` past it."""
     lease_until = now + timedelta(seconds=lease_seconds + settings.AUXOT_LEASE_GRACE_SECONDS)
     with transaction.atomic():
         # Serialize grants per provider (SQLite's IMMEDIATE transactions already do).
@@ -58,12 +78,13 @@ def provider_slot_acquire(*, provider: Provider, work_id, now: datetime,
         ticket, _ = ProviderTicket.objects.get_or_create(
             work_item_id=work_id, defaults={"provider": provider, "arrived_at": now})
         in_flight = _held(provider, now).exclude(pk=ticket.pk).count()
-        ahead = _ahead_of(ticket, now)
-        if in_flight + ahead < provider.concurrency_limit:
+        free = provider.concurrency_limit - in_flight
+        ahead, more = _ahead_of(ticket, now, at_most=max(free, ahead_counted))
+        if ahead < free:
             ProviderTicket.objects.filter(pk=ticket.pk).update(
                 granted_at=now, lease_until=lease_until)
             return Slot(True, provider.name, provider.concurrency_limit, in_flight + 1, 0)
-    return Slot(False, provider.name, provider.concurrency_limit, in_flight, ahead)
+    return Slot(False, provider.name, provider.concurrency_limit, in_flight, ahead, more)
 
 
 def provider_slot_release(*, provider: Provider, work_id, now: datetime | None = None) -> None:
@@ -99,8 +120,9 @@ def provider_position(*, work_id, now: datetime | None = None) -> dict | None:
     if ticket is None:
         return None
     provider = ticket.provider
+    ahead, more = _ahead_of(ticket, now, at_most=PROVIDER_AHEAD_SHOWN_MAX)
     return Slot(False, provider.name, provider.concurrency_limit,
-                _held(provider, now).count(), _ahead_of(ticket, now)).detail()
+                _held(provider, now).count(), ahead, more).detail()
 
 
 class ProviderGate:
@@ -117,9 +139,10 @@ class ProviderGate:
     def find(self, name: str) -> Provider | None:
         return provider_find(org_id=self.org_id, name=name)
 
-    def acquire(self, provider: Provider) -> Slot:
+    def acquire(self, provider: Provider, *, ahead_counted: int = 0) -> Slot:
         return provider_slot_acquire(provider=provider, work_id=self.work_id, now=self.now,
-                                     lease_seconds=self.lease_seconds)
+                                     lease_seconds=self.lease_seconds,
+                                     ahead_counted=ahead_counted)
 
     def release(self, provider: Provider) -> None:
         provider_slot_release(provider=provider, work_id=self.work_id)

@@ -5,17 +5,20 @@ from datetime import timedelta
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from auxot.secrets import secret_create
 from tests.conftest import make_workflow
 from tests.fakeserver import Reply, chat
+from workflows import presenters
 from workflows.batch import work_item_process
 from workflows.kinds import agent as agent_kind
 from workflows.kinds.agent import render_template
 from workflows.models import Provider, ProviderTicket, Step, WorkItem
 from workflows.presenters import work_item_view
-from workflows.providers import provider_slot_acquire
+from workflows.providers import provider_position, provider_slot_acquire
 from workflows.services import work_item_create
 
 
@@ -175,7 +178,11 @@ def test_an_item_further_back_in_a_providers_line_looks_again_less_often(
     items = []
     for n in range(6):
         item = _run(work_item_create(workflow=wf, input={"text": str(n)}))
-        assert (item.waiting_on, item.waiting_detail["ahead"]) == ("provider", n)
+        # A look counts 3 places (6 s / 2 s turns of 1): further back it looks every 6 s
+        # anyway, and says it counted no further.
+        assert (item.waiting_on, item.waiting_detail["ahead"],
+                item.waiting_detail.get("ahead_at_least", False)) == ("provider", min(n, 3),
+                                                                      n > 3)
         items.append(item)
     assert [(i.next_run_at - timezone.now()).total_seconds() for i in items] == [
         2, 2, 4, 6, 6, 6]
@@ -185,3 +192,91 @@ def test_an_item_further_back_in_a_providers_line_looks_again_less_often(
     assert _run(holder).status == "completed"
     woken = [WorkItem.objects.get(pk=i.pk).next_run_at <= timezone.now() for i in items]
     assert woken == [True, True, False, False, False, False]  # at once, by the slot given back
+
+
+def _line(cast, provider, n):
+    """A holder and `n` items waiting behind it, in arrival order (tickets made directly)."""
+    wf = _agent(cast)
+    holder = work_item_create(workflow=wf, input={"text": "h"})
+    now = timezone.now()
+    assert provider_slot_acquire(provider=provider, work_id=holder.pk, now=now,
+                                 lease_seconds=30).granted
+    waiting = [work_item_create(workflow=wf, input={"text": str(i)}) for i in range(n)]
+    ProviderTicket.objects.bulk_create(
+        ProviderTicket(provider=provider, work_item=item, arrived_at=now + timedelta(
+            microseconds=i + 1)) for i, item in enumerate(waiting))
+    return waiting
+
+
+def _ticket_reads(queries) -> list[str]:
+    """What each read of the ticket table may read: `own` (the item's ticket), a count over
+    `LIMIT n` rows, `held` (live leases only, which the `ticket_lease` index finds), or
+    else the whole line (its SQL)."""
+    import re
+
+    reads = []
+    for query in queries:
+        sql = query["sql"].lower()
+        if "from \"workflows_providerticket\"" not in sql or not sql.lstrip().startswith(
+                "select"):
+            continue
+        if re.search(r"where \"workflows_providerticket\".\"work_item_id\" = \S+"
+                     r"( order by \S+ asc)? limit \d+$", sql):
+            reads.append("own")  # the item's own ticket, by its unique work item
+        elif limit := re.search(r"limit (\d+)\) subquery$", sql):
+            reads.append(f"LIMIT {limit.group(1)}")
+        elif "\"lease_until\" >" in sql and "granted_at\" is not null" in sql:
+            reads.append("held")
+        else:
+            reads.append(sql)
+    return reads
+
+
+@pytest.mark.parametrize("waiting", [5, 40])
+def test_a_look_reads_as_many_places_as_its_answer_needs_however_long_the_line(
+        cast, provider, settings, waiting):
+    """A look counted every earlier waiting ticket (a COUNT over the line) to decide a
+    grant and time the next look: 50,000 items waiting, each look a scan of its position.
+    Now a grant needs `limit` places and the timing tells apart no more than
+    `provider_recheck_ahead_counted(limit)` (here 300 s / 100 s = 3 turns of 2 = 6)."""
+    settings.AUXOT_PROVIDER_RECHECK_SECONDS = 100
+    provider.concurrency_limit = 2
+    provider.save()
+    assert agent_kind.provider_recheck_ahead_counted(2) == 6
+    line = _line(cast, provider, waiting)
+    last = line[-1]
+    with CaptureQueriesContext(connection) as looked:
+        item = _run(last)
+    assert item.waiting_on == "provider"
+    assert item.waiting_detail["ahead"] == min(waiting - 1, 6)
+    assert item.waiting_detail.get("ahead_at_least", False) is (waiting - 1 > 6)
+    # The same spacing as a full count gives: 3 turns ahead or more, every 300 s.
+    assert agent_kind.provider_recheck_seconds(item.waiting_detail) == (
+        agent_kind.provider_recheck_seconds({"ahead": waiting - 1, "limit": 2}))
+    reads = _ticket_reads(looked.captured_queries)
+    assert "LIMIT 7" in reads and set(reads) <= {"own", "LIMIT 7", "held"}, reads
+    # The front of the line is granted on an exact count of the few ahead of it.
+    first = line[0]
+    assert provider_slot_acquire(provider=provider, work_id=first.pk, now=timezone.now(),
+                                 lease_seconds=30, ahead_counted=6).granted
+
+
+def test_the_poll_counts_a_long_line_up_to_a_cap_and_says_at_least(cast, provider,
+                                                                    monkeypatch):
+    from workflows import providers
+
+    monkeypatch.setattr(providers, "PROVIDER_AHEAD_SHOWN_MAX", 4)
+    line = _line(cast, provider, 8)
+    assert provider_position(work_id=line[4].pk) == {
+        "provider": "openai-main", "limit": 1, "in_flight": 1, "ahead": 4}
+    with CaptureQueriesContext(connection) as polled:
+        assert provider_position(work_id=line[7].pk) == {
+            "provider": "openai-main", "limit": 1, "in_flight": 1, "ahead": 4,
+            "ahead_at_least": True}
+    assert set(_ticket_reads(polled.captured_queries)) <= {"own", "LIMIT 5", "held"}
+    item = _run(line[7])
+    presenters.presenter_caches_clear()
+    body = work_item_view(item).body
+    assert body["waiting_on"]["ahead"] == 4 and body["waiting_on"]["ahead_at_least"] is True
+    assert body["diagnosis"] == ("Provider 'openai-main' is at its concurrency limit (1); "
+                                 "at least 4 items wait ahead of this one.")

@@ -2,6 +2,7 @@
 kinds reach the database only through what the engine hands them."""
 
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 from django.core.exceptions import ValidationError
@@ -71,7 +72,7 @@ class Gate:
         self.calls.append(("find", name))
         return self.provider
 
-    def acquire(self, provider):
+    def acquire(self, provider, *, ahead_counted=0):
         self.calls.append(("acquire", provider))
         gate = self
 
@@ -100,13 +101,14 @@ def test_agent_without_a_provider_fails_provider_missing():
 
 
 def test_agent_waits_for_a_slot_the_gate_refuses_and_takes_nothing_to_release():
-    gate = Gate(provider="the provider", granted=False)
+    provider = SimpleNamespace(concurrency_limit=1)
+    gate = Gate(provider=provider, granted=False)
     ctx = _agent_ctx(gate)
     outcome = Agent().execute(ctx)
     assert isinstance(outcome, Wait) and outcome.waiting_on == "provider"
     assert outcome.detail == {"provider": "p", "ahead": 2}
     assert outcome.until > ctx.now and outcome.until - ctx.now < timedelta(hours=1)
-    assert gate.calls == [("find", "p"), ("acquire", "the provider")]
+    assert gate.calls == [("find", "p"), ("acquire", provider)]
 
 
 def test_every_code_a_step_fails_with_is_named_in_the_readme():

@@ -1,6 +1,7 @@
 """`agent`: one chat-completions call to an OpenAI-compatible provider of the organization."""
 
 import json
+import math
 from datetime import timedelta
 from typing import Any
 
@@ -53,6 +54,16 @@ def provider_recheck_seconds(detail: dict) -> float:
     every = settings.AUXOT_PROVIDER_RECHECK_SECONDS
     turns = int(detail.get("ahead") or 0) // max(1, int(detail.get("limit") or 1))
     return min(max(every, PROVIDER_RECHECK_MAX_SECONDS), every * max(1, turns))
+
+
+def provider_recheck_ahead_counted(limit: int) -> int:
+    """How many places ahead `provider_recheck_seconds` tells apart in a line served `limit`
+    at a time: from there back an item looks again every PROVIDER_RECHECK_MAX_SECONDS
+    anyway, so a look counts the line no further (`ahead_at_least` past it)."""
+    every = settings.AUXOT_PROVIDER_RECHECK_SECONDS
+    if every <= 0:
+        return max(1, limit)
+    return max(1, limit) * math.ceil(max(every, PROVIDER_RECHECK_MAX_SECONDS) / every)
 
 
 def render_template(template: str, data: dict[str, Any]) -> str:
@@ -145,7 +156,8 @@ class Agent(StepKind):
         if provider is None:
             return Fail("provider_missing", f"No active provider named "
                                             f"'{ctx.config['provider']}'.")
-        slot = gate.acquire(provider)
+        slot = gate.acquire(provider, ahead_counted=provider_recheck_ahead_counted(
+            int(provider.concurrency_limit)))
         if not slot.granted:
             detail = slot.detail()
             return Wait(ctx.now + timedelta(seconds=provider_recheck_seconds(detail)),
