@@ -482,6 +482,10 @@ else:
 # A drain task claims up to AUXOT_DRAIN_BATCH due items in one statement, runs them, and
 # claims again until nothing is due or AUXOT_DRAIN_SECONDS have passed.
 AUXOT_DRAIN_BATCH = env_int("AUXOT_DRAIN_BATCH", 32, minimum=1)
+# ... and loads their step outputs a group at a time, at most this many characters together
+# (an item past it alone): 32 items of AUXOT_ITEM_OUTPUT_MAX_CHARS each were 1 GiB at once.
+AUXOT_DRAIN_BATCH_OUTPUT_MAX_CHARS = env_int("AUXOT_DRAIN_BATCH_OUTPUT_MAX_CHARS",
+                                             2 * AUXOT_ITEM_OUTPUT_MAX_CHARS, minimum=1024)
 # Tasks a cluster prefetches from the broker: with at most one drain message waiting on the
 # broker, a backlog of any size holds <= 2 x workers + 1 messages per cluster.
 Q_CLUSTER["queue_limit"] = env_int("AUXOT_Q_QUEUE_LIMIT", Q_CLUSTER["workers"], minimum=1)

@@ -28,6 +28,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import OuterRef, Subquery, Sum, TextField
+from django.db.models.functions import Cast, Length
 from django.utils import timezone
 
 from auxot.logs import log_context
@@ -135,8 +137,12 @@ def work_items_claim_batch(*, now: datetime, limit: int) -> list[Claim]:
         ids = [row[0] for row in cursor.fetchall()]
     if not ids:
         return []
-    # workflow__org: the finish audits with the org, without a query per item.
-    items = WorkItem.objects.select_related("workflow__org").filter(pk__in=ids)
+    # workflow__org: the finish audits with the org, without a query per item. The size of
+    # each item's step outputs as stored (`_claims_by_output_size`), in the same query.
+    stored = StepRun.objects.filter(work_item=OuterRef("pk")).order_by().values(
+        "work_item").annotate(chars=Sum(Length(Cast("output", TextField())))).values("chars")
+    items = WorkItem.objects.select_related("workflow__org").filter(pk__in=ids).annotate(
+        outputs_stored_chars=Subquery(stored))
     return [Claim(item=item, token=token) for item in items.order_by("created_at")]
 
 
@@ -162,28 +168,68 @@ def _release(runs: list[_Run]) -> None:
     work_wake_notify()
 
 
+def _claims_by_output_size(claims: list[Claim]) -> list[list[Claim]]:
+    """The claims in groups, in order, whose step outputs together fit in
+    AUXOT_DRAIN_BATCH_OUTPUT_MAX_CHARS (an item past it alone): a group's outputs are loaded
+    and dropped together, so 32 items of 32 MiB each never sit in one worker at once."""
+    if len(claims) < 2:
+        return [claims] if claims else []
+    budget = settings.AUXOT_DRAIN_BATCH_OUTPUT_MAX_CHARS
+    groups: list[list[Claim]] = []
+    held = 0
+    for claim in claims:
+        size = getattr(claim.item, "outputs_stored_chars", 0) or 0
+        if not groups or (groups[-1] and held + size > budget):
+            groups.append([])
+            held = 0
+        groups[-1].append(claim)
+        held += size
+    return groups
+
+
 def claims_run(claims: list[Claim], *, deadline: float | None = None) -> int:
-    """Run claimed items: pure first steps of all of them together, then the rest one after
-    the other. Returns how many items were advanced."""
+    """Run claimed items, a group of them at a time (`_claims_by_output_size`): in each,
+    pure first steps of all of them together, then the rest one after the other. Returns
+    how many items were advanced."""
+    started = time.monotonic()
+    groups = _claims_by_output_size(claims)
+    advanced = 0
+    for number, group in enumerate(groups):
+        rest = [claim for later in groups[number + 1:] for claim in later]
+        clock = time.monotonic()
+        if number and (clock - started >= HOLD_SECONDS or (deadline and clock >= deadline)):
+            _release([_Run(claim, [], []) for claim in group + rest])
+            return advanced
+        done, whole = _group_run(group, rest, started=started, deadline=deadline)
+        advanced += done
+        if not whole:
+            return advanced
+    return advanced
+
+
+def _group_run(claims: list[Claim], rest: list[Claim], *, started: float,
+               deadline: float | None) -> tuple[int, bool]:
+    """One group of `claims_run`: (items advanced, whether all were; if not, the unstarted
+    ones and `rest` were handed back)."""
     loaded = _runs_load(claims)
     runs = [run for run in loaded if not _too_many_steps(run)]
     pure = [run for run in runs if _starts_pure(run)]
     going_on = _pure_batch(pure) if pure else []
     queue = going_on + [run for run in runs if run not in pure]
-    started = time.monotonic()
+    later = [_Run(claim, [], []) for claim in rest]  # not loaded: only handed back
     for index, run in enumerate(queue):
         clock = time.monotonic()
         if index and (clock - started >= HOLD_SECONDS or (deadline and clock >= deadline)):
-            _release(queue[index:])
-            return len(loaded) - len(queue) + index
+            _release(queue[index:] + later)
+            return len(loaded) - len(queue) + index, False
         try:
             item_run(run)
         except Exception:
             # This item's lease brings it back later; the others need not wait for it.
-            if queue[index + 1:]:
-                _release(queue[index + 1:])
+            if queue[index + 1:] + later:
+                _release(queue[index + 1:] + later)
             raise
-    return len(loaded)
+    return len(loaded), True
 
 
 def _too_many_steps(run: _Run) -> bool:

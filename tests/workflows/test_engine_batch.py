@@ -312,3 +312,70 @@ def test_a_step_with_the_longest_timeout_starts_in_a_fresh_task(cast, fake_serve
     item.refresh_from_db()
     assert (called, item.status) == (["http 2"], "completed")
 
+
+
+def _items_with_outputs(cast, sizes: list[int]) -> list[WorkItem]:
+    """Items at their second transform step, each with a first step's output of about
+    `size` characters stored."""
+    workflow = make_workflow(cast.org_a, [TRANSFORM, ("transform", {"expression": "input"})])
+    first = workflow.steps.order_by("position").first()
+    now = timezone.now()
+    items = _items(workflow, len(sizes))
+    StepRun.objects.bulk_create(
+        StepRun(work_item=item, step=first, attempt=1, status="completed", started_at=now,
+                finished_at=now, output={"text": "x" * size}) for item, size in zip(
+            items, sizes, strict=True))
+    WorkItem.objects.filter(pk__in=[i.pk for i in items]).update(current_step=1)
+    return items
+
+
+def _groups_loaded(monkeypatch) -> list[int]:
+    loads: list[int] = []
+    real = batch._runs_load
+
+    def counted(claims):
+        loads.append(len(claims))
+        return real(claims)
+
+    monkeypatch.setattr(batch, "_runs_load", counted)
+    return loads
+
+
+def test_a_batch_loads_its_items_step_outputs_a_budget_at_a_time(cast, settings,
+                                                                monkeypatch):
+    """A claim loaded up to AUXOT_DRAIN_BATCH items with all their step outputs at once:
+    32 items of AUXOT_ITEM_OUTPUT_MAX_CHARS (32 MiB) each were 1 GiB in one worker. Now the
+    claim measures each item's stored outputs (in its items query) and the batch runs in
+    groups whose outputs fit AUXOT_DRAIN_BATCH_OUTPUT_MAX_CHARS; an item past it alone."""
+    settings.AUXOT_DRAIN_BATCH_OUTPUT_MAX_CHARS = 2500
+    items = _items_with_outputs(cast, [1000, 1000, 1000, 3000, 100, 100])
+    loads = _groups_loaded(monkeypatch)
+    claims = work_items_claim_batch(now=timezone.now(), limit=10)
+    # As stored JSON text: `{"text": "x…"}` (the database's own spacing).
+    assert [c.item.outputs_stored_chars - size for c, size in zip(
+        claims, [1000, 1000, 1000, 3000, 100, 100], strict=True)] == [12] * 6
+    assert claims_run(claims) == 6
+    assert loads == [2, 1, 1, 2]
+    assert set(WorkItem.objects.filter(pk__in=[i.pk for i in items]).values_list(
+        "status", flat=True)) == {"completed"}
+
+
+def test_a_batch_within_its_budget_loads_once(cast, monkeypatch):
+    _items_with_outputs(cast, [1000, 1000, 1000])
+    loads = _groups_loaded(monkeypatch)
+    assert work_drain(budget=30, batch=10) == 3
+    assert loads == [3]
+
+
+def test_a_slow_group_hands_back_the_groups_after_it_unloaded(cast, settings, monkeypatch):
+    settings.AUXOT_DRAIN_BATCH_OUTPUT_MAX_CHARS = 1500
+    _items_with_outputs(cast, [1000, 1000, 1000])
+    loads = _groups_loaded(monkeypatch)
+    monkeypatch.setattr(batch, "HOLD_SECONDS", 0.0)
+    claims = work_items_claim_batch(now=timezone.now(), limit=10)
+    assert claims_run(claims) == 1
+    assert loads == [1]
+    released = WorkItem.objects.exclude(status="completed")
+    assert released.count() == 2
+    assert set(released.values_list("lease_token", flat=True)) == {""}
+    assert all(item.next_run_at <= timezone.now() for item in released)
