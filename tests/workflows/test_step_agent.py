@@ -224,7 +224,10 @@ def _ticket_reads(queries) -> list[str]:
                      r"( order by \S+ asc)? limit \d+$", sql):
             reads.append("own")  # the item's own ticket, by its unique work item
         elif limit := re.search(r"limit (\d+)\) subquery$", sql):
-            reads.append(f"LIMIT {limit.group(1)}")
+            # Bounded at this ticket's arrival too (an index range, not only an OR filter):
+            # the front of a long line reads its few rows, not the line behind it.
+            bounded = "\"workflows_providerticket\".\"arrived_at\" <= " in sql
+            reads.append(f"LIMIT {limit.group(1)}" + ("" if bounded else " (no range end)"))
         elif "\"lease_until\" >" in sql and "granted_at\" is not null" in sql:
             reads.append("held")
         else:
