@@ -711,11 +711,14 @@ def _attempt_record(delivery: CallbackDelivery, token: str, attempt: CallbackAtt
     now = timezone.now()
     with transaction.atomic():
         _attempt_result(attempt, result, now, item=delivery.work_item)
-        # No row: retention deleted the item, its delivery and this attempt while the POST
-        # was in flight (nothing is left to record; `save` raised "did not affect any rows").
-        CallbackAttempt.objects.filter(pk=attempt.pk).update(
-            **{name: getattr(attempt, name) for name in _ATTEMPT_RESULT_FIELDS})
         state, changed, why = _delivery_result(delivery, token, result, now)
+        # Only under the lease: a holder whose lease was lost (and claimed again) records
+        # nothing; its open row is the newer holder's to close ("interrupted"). No row:
+        # retention deleted the item, its delivery and this attempt while the POST was in
+        # flight (nothing is left to record).
+        if changed:
+            CallbackAttempt.objects.filter(pk=attempt.pk).update(
+                **{name: getattr(attempt, name) for name in _ATTEMPT_RESULT_FIELDS})
     if changed and result.reached_host:
         endpoint_outcome(key=delivery.endpoint, ok=_answered(result), error=why, now=now)
     return state
@@ -731,11 +734,14 @@ def callback_delivery_process(*, delivery_id) -> str | None:
     return callback_delivery_send(delivery=delivery, token=token, now=now)
 
 
-def callback_delivery_send(*, delivery: CallbackDelivery, token: str, now: datetime) -> str:
-    """One attempt of a delivery claimed under `token`: attempt row, POST, outcome."""
+def callback_delivery_send(*, delivery: CallbackDelivery, token: str,
+                           now: datetime) -> str | None:
+    """One attempt of a delivery claimed under `token`: attempt row, POST, outcome (None:
+    the lease was lost before the attempt row, nothing sent)."""
     with delivery_log_context(delivery):
         state = _deliver(delivery, token, now)
-    callback_attempted(state=state)
+    if state is not None:
+        callback_attempted(state=state)
     return state
 
 
@@ -910,8 +916,9 @@ class PreparedAttempt:
 
 
 def callback_attempt_prepare(*, delivery: CallbackDelivery, token: str,
-                             now: datetime) -> PreparedAttempt:
-    """Write the attempt row (before anything is sent) and sign the body. Database only."""
+                             now: datetime) -> PreparedAttempt | None:
+    """Write the attempt row (before anything is sent) and sign the body. Database only.
+    None: the lease was lost (another claimed the delivery), nothing written or to send."""
     [prepared] = callback_attempts_prepare(claimed=[(delivery, token)], now=now)
     if isinstance(prepared, Exception):
         raise prepared
@@ -919,7 +926,7 @@ def callback_attempt_prepare(*, delivery: CallbackDelivery, token: str,
 
 
 def callback_attempts_prepare(*, claimed: list[tuple[CallbackDelivery, str]],
-                              now: datetime) -> list[PreparedAttempt | Exception]:
+                              now: datetime) -> list[PreparedAttempt | Exception | None]:
     """Write the attempt rows of a claimed batch in one transaction (one commit, before
     anything is sent), then sign each body. Database only, in a fixed number of queries
     whatever the batch's size: the interrupted attempts marked, the rows inserted, the steps
@@ -927,26 +934,39 @@ def callback_attempts_prepare(*, claimed: list[tuple[CallbackDelivery, str]],
     `callback_deliveries_claim` (intake and work item loaded with them).
 
     One result per delivery, in order: its PreparedAttempt, or the exception that stopped
-    its body (its row is written; its lease lapses and the next attempt marks it). Raises
-    only when no row was written."""
+    its body (its row is written; its lease lapses and the next attempt marks it), or None
+    when its lease was lost (another dispatcher claimed it: no row, nothing to send).
+    Raises only when no row was written."""
     if not claimed:
         return []
-    # An attempt left open was cut short by a dying worker; the receiver may have it (dedupe).
-    retried = [delivery.pk for delivery, _token in claimed if delivery.attempts > 1]
+    original = claimed
     with transaction.atomic():
+        # The lease check and the attempt rows are one step: a sender stalled past its lease
+        # (before its POST) while another claimed the delivery writes no row and sends
+        # nothing (the newer holder sends it, same webhook-id). The check renews the lease
+        # under the row lock, so a claim cannot come between this commit and the POST's
+        # timeout.
+        held = _leases_renew(claimed, now)
+        lost = {delivery.pk for delivery, _token in claimed if delivery.pk not in held}
+        claimed = [(delivery, token) for delivery, token in claimed if delivery.pk in held]
+        # An attempt left open was cut short by a dying worker; the receiver may have it.
+        retried = [delivery.pk for delivery, _token in claimed if delivery.attempts > 1]
         if retried:  # a first attempt has no earlier row
             CallbackAttempt.objects.filter(delivery_id__in=retried,
                                            finished_at__isnull=True).update(
                 finished_at=now, error="interrupted: the worker stopped during this attempt")
         attempts = rawsql.insert_rows([
             CallbackAttempt(delivery=delivery, number=delivery.attempts, started_at=now,
-                            url=url_redact(delivery.url)) for delivery, _token in claimed])
+                            url=url_redact(delivery.url)) for delivery, _token in claimed]
+        ) if claimed else []
+    if not claimed:
+        return [None] * len(lost)
     items = [delivery.work_item for delivery, _token in claimed]
     try:
         progress = step_progress_many(items)
         replays = _replays_of([i.pk for i in items if i.status == WorkItem.Status.FAILED])
     except Exception as exc:  # the rows are written: no attempt of the batch may be retried
-        return [exc] * len(claimed)
+        return _in_order(original, lost, [exc] * len(claimed))
     results: list[PreparedAttempt | Exception] = []
     for (delivery, token), attempt in zip(claimed, attempts, strict=True):
         prepared = PreparedAttempt(delivery=delivery, token=token, attempt=attempt)
@@ -958,7 +978,37 @@ def callback_attempts_prepare(*, claimed: list[tuple[CallbackDelivery, str]],
             results.append(exc)
             continue
         results.append(prepared)
-    return results
+    return _in_order(original, lost, results)
+
+
+def _in_order(original: list, lost: set, results: list) -> list:
+    """The results of the held deliveries, with None for each lost one, in claimed order."""
+    if not lost:
+        return results
+    given = iter(results)
+    return [None if delivery.pk in lost else next(given) for delivery, _token in original]
+
+
+def _leases_renew(claimed: list[tuple[CallbackDelivery, str]], now: datetime) -> set:
+    """The ids of these deliveries still under their lease token, their lease renewed from
+    `now` (one UPDATE ... RETURNING, under the rows' locks until the caller commits)."""
+    lease_end = now + timedelta(seconds=lease_seconds())
+    meta = CallbackDelivery._meta
+    pk, due = meta.pk, meta.get_field("next_attempt_at")
+    by_token: dict[str, list] = {}
+    for delivery, token in claimed:
+        by_token.setdefault(token, []).append(delivery.pk)
+    held = set()
+    with connection.cursor() as cursor:
+        for token, ids in by_token.items():
+            cursor.execute(
+                f"UPDATE {rawsql.table(CallbackDelivery)} SET next_attempt_at = %s "  # noqa: S608 (names from _meta)
+                f"WHERE id IN ({', '.join(['%s'] * len(ids))}) AND lease_token = %s "
+                "AND state = %s RETURNING id",
+                [due.get_db_prep_save(lease_end, connection),
+                 *(pk.get_db_prep_save(i, connection) for i in ids), token, State.DELIVERING])
+            held.update(rawsql.instance_value(pk, row[0]) for row in cursor.fetchall())
+    return held
 
 
 def _replays_of(failed_ids: list) -> dict:
@@ -1029,10 +1079,12 @@ def callback_attempts_finish(*, outcomes: list[tuple[PreparedAttempt, SendResult
             returning="id"))
         for prepared, result, _state, _next_at, _why in decided:
             _attempt_result(prepared.attempt, result, now, item=prepared.delivery.work_item)
-        rawsql.update_rows(
-            CallbackAttempt, match=["id"], fields=_ATTEMPT_RESULT_FIELDS,
-            rows=[(p.attempt.pk, *(getattr(p.attempt, name) for name in _ATTEMPT_RESULT_FIELDS))
-                  for p, *_ in decided])
+        # Only the attempts whose delivery was still under their lease (see _attempt_record).
+        rows = [(p.attempt.pk, *(getattr(p.attempt, name) for name in _ATTEMPT_RESULT_FIELDS))
+                for p, *_ in decided if p.delivery.pk in changed]
+        if rows:
+            rawsql.update_rows(CallbackAttempt, match=["id"], fields=_ATTEMPT_RESULT_FIELDS,
+                               rows=rows)
         by_endpoint: dict[str, list[tuple[bool, str]]] = {}
         for prepared, result, state, _next_at, why in decided:
             delivery = prepared.delivery
@@ -1070,7 +1122,7 @@ def _delivered_plan(rows: int) -> str:
         "RETURNING t.id, t.endpoint), "
         f"a AS (UPDATE {rawsql.table(CallbackAttempt)} t SET finished_at = now.at, "
         "status_code = v.status, latency_ms = v.latency, response_body = v.body, error = '' "
-        "FROM v, now WHERE t.id = v.attempt), "
+        "FROM v, now WHERE t.id = v.attempt AND v.delivery IN (SELECT id FROM d)), "
         f"e AS (UPDATE {rawsql.table(CallbackEndpoint)} t SET consecutive_failures = 0, "
         "failing_since = NULL, open_until = NULL, probe_until = NULL, opened_count = 0, "
         "last_success_at = now.at, updated_at = now.at FROM now "
@@ -1097,8 +1149,10 @@ def _delivered_all(outcomes: list[tuple[PreparedAttempt, SendResult]], now: date
     return states
 
 
-def _deliver(delivery: CallbackDelivery, token: str, now: datetime) -> str:
+def _deliver(delivery: CallbackDelivery, token: str, now: datetime) -> str | None:
     prepared = callback_attempt_prepare(delivery=delivery, token=token, now=now)
+    if prepared is None:  # its lease was lost: the newer holder sends it
+        return None
     return _attempt_record(delivery, token, prepared.attempt, callback_attempt_post(prepared))
 
 

@@ -470,7 +470,8 @@ class Dispatcher:
                 with delivery_log_context(delivery):
                     logger.error("preparing a callback attempt for delivery %s failed",
                                  delivery.pk, exc_info=prepared)
-            # Its lease lapses and it is claimed again.
+            # Its lease lapses and it is claimed again; or (None) it was lost before its
+            # attempt row: another dispatcher claimed it, nothing is sent from here.
             self._done(delivery, token)
 
     def _prepare_one(self, delivery: CallbackDelivery, token: str,
