@@ -373,14 +373,14 @@ def _pure_batch(runs: list[_Run]) -> list[_Run]:
         else:
             executed.append((run, *_pure_execute(run, now, deadline)))
     with transaction.atomic():
-        if unstarted:
-            _unstarted_release(unstarted, firsts)
         held = set(WorkItem.objects.select_for_update().filter(
             pk__in=[run.item.pk for run in runs], lease_token=runs[0].token,
         ).values_list("pk", flat=True))
-        for run, _, _ in executed:
+        for run in runs:
             if run.token != runs[0].token:
                 held.discard(run.item.pk)
+        if unstarted:
+            _unstarted_release(unstarted, firsts, held)
         done_at = timezone.now()
         finished = _pure_commit(executed, held, done_at)
         _ledger_write(executed, firsts, held, done_at)
@@ -395,13 +395,17 @@ def _pure_batch(runs: list[_Run]) -> list[_Run]:
     return going_on
 
 
-def _unstarted_release(runs: list[_Run], firsts: dict[Any, StepRun]) -> None:
+def _unstarted_release(runs: list[_Run], firsts: dict[Any, StepRun], held: set) -> None:
     """Items of a batch whose first step never started: their opened attempt rows go (no
-    attempt was made) and the items are handed back, due at once."""
+    attempt was made) and the items are handed back, due at once. Only the items this
+    worker still holds (`held`: locked by the caller's transaction): one whose lease ran out
+    and that another worker took over has its row counted (crashed) or built on by that
+    worker, and it is that worker's item now; this one touches neither."""
     rows = [firsts.pop(run.item.pk) for run in runs]
-    StepRun.objects.filter(pk__in=[row.pk for row in rows]).delete()
+    StepRun.objects.filter(pk__in=[row.pk for row in rows if row.work_item_id in held]).delete()
     for run, row in zip(runs, rows, strict=True):
         run.latest.pop(row.step_id, None)
+        held.discard(run.item.pk)
     _release(runs)
 
 
@@ -548,8 +552,16 @@ def _ledger_write(executed: list, firsts: dict, held: set, now: datetime) -> Non
             if number:
                 created.append(row)
             run.latest[step.pk] = row
-    _rows_update(StepRun, list(firsts.values()),
-                 ["status", "finished_at", "output", "state", "error"])
+    mine = [row for key, row in firsts.items() if key in held]
+    if mine:
+        _rows_update(StepRun, mine, ["status", "finished_at", "output", "state", "error"])
+    lost = [row.pk for key, row in firsts.items() if key not in held]
+    if lost:
+        # Items taken over (or canceled) meanwhile: our open rows are marked discarded only
+        # if nobody marked them since (the new holder counts a running one crashed and
+        # builds on it; a cancel closes them): never overwrite the newer holder's word.
+        StepRun.objects.filter(pk__in=lost, status=StepRun.Status.RUNNING).update(
+            status=StepRun.Status.DISCARDED, finished_at=now)
     if created:
         StepRun.objects.bulk_create(created)
 

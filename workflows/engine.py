@@ -108,6 +108,11 @@ class _Run:
     def guarded(self) -> Any:
         return WorkItem.objects.filter(pk=self.item.pk, lease_token=self.token)
 
+    def rows_held(self, row: StepRun) -> Any:
+        """This attempt row, for an UPDATE that matches only while this worker holds the
+        item's lease (one statement: the lease check is its subquery)."""
+        return StepRun.objects.filter(pk=row.pk, work_item__lease_token=self.token)
+
 
 def _attempt(run: _Run, step: Step) -> tuple[Outcome | None, StepRun | None]:
     """Start (or resume) an attempt at `step`; the attempt row is committed first."""
@@ -117,8 +122,8 @@ def _attempt(run: _Run, step: Step) -> tuple[Outcome | None, StepRun | None]:
     max_attempts = step.attempts
     timeout = step.timeout
     org_id = run.item.workflow.org_id
-    gate = ProviderGate(org_id=org_id, work_id=run.item.pk, now=now,
-                        lease_seconds=timeout) if kind.uses_providers else None
+    gate = ProviderGate(org_id=org_id, work_id=run.item.pk, now=now, lease_seconds=timeout,
+                        lease_token=run.token) if kind.uses_providers else None
     ctx = StepContext(data=run.data(), config=step.config or {}, state={}, now=now,
                       step_name=step.name,
                       idempotency_key=run.item.idempotency_key(step),
@@ -131,18 +136,20 @@ def _attempt(run: _Run, step: Step) -> tuple[Outcome | None, StepRun | None]:
             # A backoff ran out: that attempt failed with what its kind said (its code and
             # reason, kept in its waiting state); the next one starts below.
             latest.error = kind.retried_error(latest.state)
-            StepRun.objects.filter(pk=latest.pk).update(
+            run.rows_held(latest).update(
                 status=StepRun.Status.FAILED, finished_at=now, error=latest.error)
             latest.status = StepRun.Status.FAILED
         else:
             # Running again: a worker that dies during the resume is counted as a crash.
-            StepRun.objects.filter(pk=latest.pk).update(status=StepRun.Status.RUNNING)
+            if run.rows_held(latest).update(status=StepRun.Status.RUNNING) != 1:
+                return None, None  # taken over since the lease was renewed above
             ctx.state, ctx.attempt = latest.state, latest.attempt
             return _safely(kind.resume, ctx, run, step), latest
     carried: dict = {}
     if latest is not None and latest.status == StepRun.Status.RUNNING:
-        # Its worker died (the lease ran out): count the attempt as crashed.
-        StepRun.objects.filter(pk=latest.pk).update(
+        # Its worker died (the lease ran out): count the attempt as crashed (while this
+        # worker holds the item: one stalled since its claim leaves it to the newer holder).
+        run.rows_held(latest).filter(status=StepRun.Status.RUNNING).update(
             status=StepRun.Status.CRASHED, finished_at=now,
             error={"code": "step_crashed", "message": "The worker stopped during this attempt."},
         )
@@ -269,10 +276,15 @@ def _store_outcome(run: _Run, step: Step, attempt: StepRun, outcome: Outcome) ->
                          extra=outcome.extra)
             attempt.status, attempt.finished_at = "failed", now
             attempt.error = {"code": outcome.code, "message": outcome.message}
-        if not held:
-            # Canceled (or taken over) while the step ran: its result is discarded.
+        if held:
+            attempt.save(update_fields=["status", "finished_at", "output", "state", "error"])
+        else:
+            # Canceled (or taken over) while the step ran: its result is discarded. Only if
+            # the row is still as this worker left it: a worker that took the item over
+            # counted it crashed (or resumes it), and its word stands.
             attempt.status, attempt.finished_at = StepRun.Status.DISCARDED, now
-        attempt.save(update_fields=["status", "finished_at", "output", "state", "error"])
+            StepRun.objects.filter(pk=attempt.pk, status=StepRun.Status.RUNNING).update(
+                status=attempt.status, finished_at=now)
     if held and isinstance(outcome, Complete):
         run.item.current_step += 1
         run.outputs[step.pk] = outcome.output

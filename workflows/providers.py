@@ -70,14 +70,23 @@ def _ahead_of(ticket: ProviderTicket, now: datetime, *, at_most: int) -> tuple[i
 
 
 def provider_slot_acquire(*, provider: Provider, work_id, now: datetime,
-                          lease_seconds: int, ahead_counted: int = 0) -> Slot:
-    """A slot, if fewer than `limit` are held and nobody earlier waits. Refused, the slot
-    says who is ahead counted as far as `ahead_counted` (what the caller's next look's
-    timing tells apart) or `limit`, whichever is more: `ahead_at_least` past it."""
+                          lease_seconds: int, ahead_counted: int = 0,
+                          lease_token: str | None = None) -> Slot:
+    """Take (or keep) the item's place in line and its slot, if fewer than `limit` are held
+    and nobody earlier waits. Refused, the slot says who is ahead counted as far as
+    `ahead_counted` (what the caller's next look's timing tells apart) or `limit`,
+    whichever is more: `ahead_at_least` past it. With `lease_token`, only while that
+    worker holds the item: a worker stalled past its lease while another took the item
+    over gets no slot (it would call the provider beside the newer holder, on the newer
+    holder's ticket) and makes no ticket (one made for an item finished meanwhile would
+    stand in line forever)."""
     lease_until = now + timedelta(seconds=lease_seconds + settings.AUXOT_LEASE_GRACE_SECONDS)
     with transaction.atomic():
         # Serialize grants per provider (SQLite's IMMEDIATE transactions already do).
         Provider.objects.select_for_update().filter(pk=provider.pk).first()
+        if lease_token is not None and not WorkItem.objects.filter(
+                pk=work_id, lease_token=lease_token).exists():
+            return Slot(False, provider.name, provider.concurrency_limit, 0, 0)
         ticket, _ = ProviderTicket.objects.get_or_create(
             work_item_id=work_id, defaults={"provider": provider, "arrived_at": now})
         in_flight = _held(provider, now).exclude(pk=ticket.pk).count()
@@ -90,12 +99,19 @@ def provider_slot_acquire(*, provider: Provider, work_id, now: datetime,
     return Slot(False, provider.name, provider.concurrency_limit, in_flight, ahead, more)
 
 
-def provider_slot_release(*, provider: Provider, work_id, now: datetime | None = None) -> None:
-    """Give the slot back and wake the next items in line (the ticker enqueues them)."""
+def provider_slot_release(*, provider: Provider, work_id, now: datetime | None = None,
+                          lease_token: str | None = None) -> None:
+    """Give the slot back and wake the next items in line (the ticker enqueues them). With
+    `lease_token`, only while that worker holds the item: the ticket of an item taken over
+    is the newer holder's (one ticket per item), and deleting it would let one more item
+    call the provider than its limit."""
     now = now or timezone.now()
     with transaction.atomic():
-        ProviderTicket.objects.filter(work_item_id=work_id).delete()
-        provider_wake_next(provider=provider, now=now)
+        tickets = ProviderTicket.objects.filter(work_item_id=work_id)
+        if lease_token is not None:
+            tickets = tickets.filter(work_item__lease_token=lease_token)
+        if tickets.delete()[0] or lease_token is None:
+            provider_wake_next(provider=provider, now=now)
 
 
 def provider_wake_next(*, provider: Provider, now: datetime) -> int:
@@ -135,9 +151,10 @@ class ProviderGate:
     import the models.
     """
 
-    def __init__(self, *, org_id, work_id, now: datetime, lease_seconds: int):
+    def __init__(self, *, org_id, work_id, now: datetime, lease_seconds: int,
+                 lease_token: str | None = None):
         self.org_id, self.work_id, self.now = org_id, work_id, now
-        self.lease_seconds = lease_seconds
+        self.lease_seconds, self.lease_token = lease_seconds, lease_token
 
     def find(self, name: str) -> Provider | None:
         return provider_find(org_id=self.org_id, name=name)
@@ -145,7 +162,9 @@ class ProviderGate:
     def acquire(self, provider: Provider, *, ahead_counted: int = 0) -> Slot:
         return provider_slot_acquire(provider=provider, work_id=self.work_id, now=self.now,
                                      lease_seconds=self.lease_seconds,
-                                     ahead_counted=ahead_counted)
+                                     ahead_counted=ahead_counted,
+                                     lease_token=self.lease_token)
 
     def release(self, provider: Provider) -> None:
-        provider_slot_release(provider=provider, work_id=self.work_id)
+        provider_slot_release(provider=provider, work_id=self.work_id,
+                              lease_token=self.lease_token)

@@ -217,7 +217,9 @@ def test_a_worker_lost_while_resuming_an_approval_leaves_the_next_attempt_its_st
 def test_a_slow_worker_whose_lease_ran_out_while_it_applied_a_decision_changes_nothing(
         cast, monkeypatch):
     """Worker A applies an approval so slowly that its lease runs out and worker B takes
-    the item over: B applies the decision once; A's result, when it comes, is discarded."""
+    the item over: B applies the decision once; A's result, when it comes, is discarded,
+    and A's attempt row keeps what B said of it (crashed): a late worker overwrites nothing
+    of the newer holder's."""
     from workflows.kinds.approval import Approval as ApprovalKind
 
     intake = _approval_intake(cast)
@@ -240,7 +242,7 @@ def test_a_slow_worker_whose_lease_ran_out_while_it_applied_a_decision_changes_n
     item.refresh_from_db()
     assert (item.status, item.output) == ("completed", "approve")
     assert list(StepRun.objects.filter(work_item=item, step__position=1).order_by("attempt")
-                .values_list("status", flat=True)) == ["discarded", "completed"]
+                .values_list("status", flat=True)) == ["crashed", "completed"]
     assert (_events(item, "work_item.approved"), _events(item, "work_item.completed")) == (1, 1)
 
 
