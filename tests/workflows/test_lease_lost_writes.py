@@ -31,6 +31,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from auxot.models import AuditEvent
+from auxot.secrets import secret_create
 from tests.conftest import make_workflow
 from workflows import batch
 from workflows.batch import claims_run, work_items_claim_batch
@@ -154,3 +155,34 @@ def test_a_late_batchs_unstarted_items_keep_the_rows_the_newer_holder_counted(
         assert list(StepRun.objects.filter(work_item=run.item).order_by("attempt")
                     .values_list("attempt", "status")) == [(1, "crashed"), (2, "completed")]
     assert set(WorkItem.objects.values_list("status", flat=True)) == {"completed"}
+
+
+@pytest.mark.parametrize("kind", ["http", "agent"])
+def test_a_late_worker_makes_no_outside_call_beside_the_newer_holder(
+        cast, fake_server, time_machine, kind):
+    """A step with outside effects: A claimed the item and stalled before its attempt; B
+    claimed it. A's run reaches no receiver (the attempt's lease check fails first; an
+    agent's provider gate refuses the slot too), and changes nothing of B's."""
+    from tests.fakeserver import Reply
+
+    fake_server.script = [Reply(200, {"ok": True})]
+    secret_create(org=cast.org_a, name="AI_KEY", value="sk-test-123",
+                  allowed_hosts=["127.0.0.1"])
+    provider = Provider.objects.create(org=cast.org_a, name="p", base_url=fake_server.url
+                                       + "/v1", model="m", api_key_secret="AI_KEY",
+                                       concurrency_limit=1, timeout_seconds=5)
+    config = ({"method": "POST", "url": f"{fake_server.url}/hook"} if kind == "http"
+              else {"provider": "p", "prompt": "hi"})
+    with transaction.atomic():
+        work_item_create(workflow=make_workflow(cast.org_a, [(kind, config)]), input={})
+    [claim] = work_items_claim_batch(now=timezone.now(), limit=1)
+    [run_a] = batch._runs_load([claim])
+    time_machine.move_to(timezone.now() + PAST_THE_LEASE)
+    [claim_b] = work_items_claim_batch(now=timezone.now(), limit=1)
+    before = _snapshot()
+    batch.item_run(run_a)
+    if kind == "agent":  # past the attempt's check (a stall between it and the gate)
+        assert not _gate(run_a).acquire(provider).granted
+    assert fake_server.requests == []
+    assert _snapshot() == before
+    assert WorkItem.objects.get().lease_token == claim_b.token
