@@ -34,6 +34,7 @@ from workflows.kinds import (
     kind_get,
 )
 from workflows.kinds._shared import retries_exhausted
+from workflows.kinds.base import retried_error
 from workflows.metrics import step_observe
 from workflows.models import Step, StepRun, WorkItem, step_timeout_max
 from workflows.providers import ProviderGate
@@ -135,7 +136,7 @@ def _attempt(run: _Run, step: Step) -> tuple[Outcome | None, StepRun | None]:
         if latest.state.get("retry"):
             # A backoff ran out: that attempt failed with what its kind said (its code and
             # reason, kept in its waiting state); the next one starts below.
-            latest.error = kind.retried_error(latest.state)
+            latest.error = retried_error(latest.state, kind.retry_codes)
             run.rows_held(latest).update(
                 status=StepRun.Status.FAILED, finished_at=now, error=latest.error)
             latest.status = StepRun.Status.FAILED

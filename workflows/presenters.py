@@ -18,6 +18,7 @@ from auxot.timefmt import iso
 from auxot.ttlcache import TtlCache
 from workflows.handoffs import describe
 from workflows.kinds import UnknownKind, kind_get
+from workflows.kinds.base import retried_error
 from workflows.lookup import step_progress
 from workflows.models import Step, StepRun, WorkItem
 from workflows.providers import provider_position
@@ -64,11 +65,11 @@ def _retrying(item: WorkItem, step: Step, last: StepRun) -> dict:
         return {"next_attempt": last.attempt + 1, "next_attempt_at": iso(item.next_run_at)}
     state = item.waiting_detail or {}
     try:
-        error = kind_get(step.kind).retried_error(state)
+        codes = kind_get(step.kind).retry_codes
     except UnknownKind:
-        error = {"code": state.get("code") or "step_error", "message": state.get("reason", "")}
+        codes = None
     return {"next_attempt": last.attempt + 1, "next_attempt_at": state.get("until"),
-            "error": error}
+            "error": retried_error(state, codes)}
 
 
 def _step_rows(item: WorkItem, steps: list[Step], runs: list[StepRun]) -> list[dict]:

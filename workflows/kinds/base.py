@@ -67,6 +67,14 @@ def number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def retried_error(state: dict, codes: RetryCodes | None) -> dict:
+    """The error of an attempt that failed and waits to be retried (`state`: its wait's
+    detail): the code `_shared.retry` kept there (a wait stored before it did: the kind's
+    attempt code, `codes`) and the reason."""
+    code = state.get("code") or (codes.attempt if codes else "step_error")
+    return {"code": code, "message": state.get("reason", "")}
+
+
 def step_timeout_exceeded(seconds: float, limits: RunLimits) -> str:
     """Why `seconds` is refused for something run time cuts at the step's timeout."""
     said = (f"at most {limits.step_timeout:g} seconds, this step's timeout (its Timeout "
@@ -188,14 +196,6 @@ class StepKind(ABC):
         credential `validate_stored` refuses (a step saved before it was) REDACTED. Only
         the form that edits it holds it whole."""
         return typed_credentials_redacted(urls_redacted(config))
-
-    def retried_error(self, state: dict) -> dict:
-        """The error of an attempt that failed and waits to be retried (`state`: its wait's
-        detail): the code `_shared.retry` kept there (a wait stored before it did: this
-        kind's attempt code) and the reason."""
-        code = state.get("code") or (self.retry_codes.attempt if self.retry_codes
-                                     else "step_error")
-        return {"code": code, "message": state.get("reason", "")}
 
     @abstractmethod
     def execute(self, ctx: StepContext) -> Outcome: ...
