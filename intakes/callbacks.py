@@ -20,7 +20,8 @@ from urllib.parse import urlsplit
 import requests
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Q
+from django.db.models import F, Max, OuterRef, Q, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
@@ -360,6 +361,26 @@ def callback_deliveries_sweep(*, now: datetime | None = None, limit: int = 100) 
     return created
 
 
+def _attempts_next():
+    """A claim's attempt number: one past the attempt rows written, not past the count of
+    claims. A claim whose lease was lost before its row was written (its sender stalled,
+    another claimed the delivery) leaves no gap in the numbers and uses up no retry."""
+    written = CallbackAttempt.objects.filter(delivery=OuterRef("pk")).order_by().values(
+        "delivery").annotate(last=Max("number")).values("last")
+    return Coalesce(Subquery(written), 0) + 1
+
+
+@functools.cache
+def _attempts_next_sql() -> str:
+    """`_attempts_next` in the batch claim's raw UPDATE of the deliveries' table."""
+    attempts = rawsql.table(CallbackAttempt)
+    delivery = rawsql.quote(CallbackAttempt._meta.get_field("delivery").column)
+    number = rawsql.quote(CallbackAttempt._meta.get_field("number").column)
+    pk = rawsql.quote(CallbackDelivery._meta.pk.column)
+    return (f"(SELECT COALESCE(MAX(a.{number}), 0) + 1 FROM {attempts} a "  # noqa: S608
+            f"WHERE a.{delivery} = {rawsql.table(CallbackDelivery)}.{pk})")
+
+
 def lease_seconds() -> float:
     return settings.AUXOT_CALLBACK_TIMEOUT_SECONDS + LEASE_GRACE_SECONDS
 
@@ -375,7 +396,7 @@ def callback_deliveries_claim(*, ids: list, now: datetime) -> list[tuple[Callbac
     meta = CallbackDelivery._meta
     pk, due = meta.pk, meta.get_field("next_attempt_at")
     sql = (f"UPDATE {rawsql.table(CallbackDelivery)} SET state = %s, lease_token = %s, "  # noqa: S608 (names from _meta)
-           "next_attempt_at = %s, attempts = attempts + 1 "
+           f"next_attempt_at = %s, attempts = {_attempts_next_sql()} "
            f"WHERE id IN ({', '.join(['%s'] * len(ids))}) AND next_attempt_at <= %s "
            "AND state IN (%s, %s)")
     with connection.cursor() as cursor:
@@ -440,7 +461,7 @@ def _claim(delivery_id, now: datetime) -> tuple[CallbackDelivery, str] | None:
     changed = CallbackDelivery.objects.filter(
         pk=delivery_id, next_attempt_at__lte=now, state__in=[State.PENDING, State.DELIVERING],
     ).update(state=State.DELIVERING, lease_token=token, next_attempt_at=lease_end,
-             attempts=F("attempts") + 1)
+             attempts=_attempts_next())
     if changed != 1:
         return None
     delivery = CallbackDelivery.objects.select_related(
@@ -491,7 +512,8 @@ def callback_delivery_redeliver(*, delivery: CallbackDelivery, actor=None,
             extra["url"] = [url_redact(delivery.url), url_redact(url)]
         changed = CallbackDelivery.objects.filter(pk=delivery.pk).exclude(
             state=State.DELIVERING).update(state=State.PENDING, next_attempt_at=now,
-                                           schedule_base=F("attempts"), enqueued_at=now,
+                                           schedule_base=_attempts_next() - 1,
+                                           enqueued_at=now,
                                            url=url, endpoint=endpoint)
         if changed:
             audit_record(event="callback.redelivered", org=delivery.intake.org, actor_user=actor,
@@ -620,7 +642,9 @@ def _short(exc: Exception) -> str:
 def _next_attempt(delivery: CallbackDelivery, result: SendResult,
                   now: datetime) -> datetime | None:
     schedule = settings.AUXOT_CALLBACK_RETRY_SCHEDULE
-    index = delivery.attempts - delivery.schedule_base  # attempts made in this round
+    # Attempts made in this round. Both numbers follow the attempt rows written; never
+    # below 0 for a delivery whose count ran ahead of its rows before they did.
+    index = max(delivery.attempts - delivery.schedule_base, 0)
     if index >= len(schedule):
         return None
     delay = schedule[index]

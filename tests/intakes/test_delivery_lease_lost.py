@@ -176,3 +176,42 @@ def test_a_claim_racing_a_late_senders_lease_check_waits_and_finds_it_held(
     callback_attempt_finish(prepared=prepared, result=callback_attempt_post(prepared))
     assert len(receiver.log) == 1
     assert CallbackDelivery.objects.get(pk=delivery.pk).state == "delivered"
+
+
+def _claim_batch(pk, now):
+    return callback_deliveries_claim(ids=[pk], now=now)[0]
+
+
+def _claim_task(pk, now):
+    return callbacks._claim(pk, now)
+
+
+CLAIMS = {"batch": _claim_batch, "task": _claim_task}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("claim", CLAIMS)
+def test_a_claim_lost_before_its_attempt_row_costs_no_number_and_no_retry(
+        receiver, cb_intake, time_machine, claim):
+    """A claimed (attempt 1 by the count of claims), stalled and lost the delivery before
+    writing its row; B's claim is attempt 1 too, numbered from the rows written: no gap
+    in the numbers, and the retry schedule (which counts `attempts`) lost no slot."""
+    receiver.expect_request("/hook").respond_with_data("busy", status=503)
+    delivery = callback_delivery_create(work_item=finished_item(cb_intake))
+    late = CLAIMS[claim](delivery.pk, timezone.now())
+    time_machine.move_to(timezone.now() + PAST_THE_LEASE)
+    new = CLAIMS[claim](delivery.pk, timezone.now())
+    assert (late[0].attempts, new[0].attempts) == (1, 1)
+    assert _prepare_batch([late]) == [None]
+    [prepared] = _prepare_batch([new])
+    assert callback_attempt_finish(prepared=prepared,
+                                   result=callback_attempt_post(prepared)) == "pending"
+    delivery.refresh_from_db()
+    assert delivery.attempts == 1 and [n for n, _s, _e in _rows(delivery)] == [1]
+    # The next round is attempt 2, the next number: the lost claim left nothing behind.
+    time_machine.move_to(delivery.next_attempt_at + timedelta(seconds=1))
+    again = CLAIMS[claim](delivery.pk, timezone.now())
+    assert again[0].attempts == 2
+    [prepared] = _prepare_batch([again])
+    callback_attempt_finish(prepared=prepared, result=callback_attempt_post(prepared))
+    assert [n for n, _s, _e in _rows(delivery)] == [1, 2]
