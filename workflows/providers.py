@@ -84,8 +84,12 @@ def provider_slot_acquire(*, provider: Provider, work_id, now: datetime,
     with transaction.atomic():
         # Serialize grants per provider (SQLite's IMMEDIATE transactions already do).
         Provider.objects.select_for_update().filter(pk=provider.pk).first()
-        if lease_token is not None and not WorkItem.objects.filter(
-                pk=work_id, lease_token=lease_token).exists():
+        # The lease check is a compare-and-set on the token that locks the item's row until
+        # this transaction ends: nobody takes the item over between the check and the ticket
+        # written below (a separate read would let a claim come between). It renews the
+        # item's lease to the slot's, so a holder granted a slot keeps the item as long.
+        if lease_token is not None and WorkItem.objects.filter(
+                pk=work_id, lease_token=lease_token).update(next_run_at=lease_until) != 1:
             return Slot(False, provider.name, provider.concurrency_limit, 0, 0)
         ticket, _ = ProviderTicket.objects.get_or_create(
             work_item_id=work_id, defaults={"provider": provider, "arrived_at": now})
@@ -160,7 +164,11 @@ class ProviderGate:
         return provider_find(org_id=self.org_id, name=name)
 
     def acquire(self, provider: Provider, *, ahead_counted: int = 0) -> Slot:
-        return provider_slot_acquire(provider=provider, work_id=self.work_id, now=self.now,
+        # The time of the look, not of the attempt's start: a worker that stalled between
+        # the two would grant itself a slot whose lease had already run out (free to the next
+        # item at once: one more call than the provider's limit).
+        return provider_slot_acquire(provider=provider, work_id=self.work_id,
+                                     now=timezone.now(),
                                      lease_seconds=self.lease_seconds,
                                      ahead_counted=ahead_counted,
                                      lease_token=self.lease_token)
