@@ -361,13 +361,18 @@ def callback_deliveries_sweep(*, now: datetime | None = None, limit: int = 100) 
     return created
 
 
+def _attempts_written():
+    """The delivery's attempts as its attempt rows number them (an UPDATE's expression)."""
+    written = CallbackAttempt.objects.filter(delivery=OuterRef("pk")).order_by().values(
+        "delivery").annotate(last=Max("number")).values("last")
+    return Coalesce(Subquery(written), 0)
+
+
 def _attempts_next():
     """A claim's attempt number: one past the attempt rows written, not past the count of
     claims. A claim whose lease was lost before its row was written (its sender stalled,
     another claimed the delivery) leaves no gap in the numbers and uses up no retry."""
-    written = CallbackAttempt.objects.filter(delivery=OuterRef("pk")).order_by().values(
-        "delivery").annotate(last=Max("number")).values("last")
-    return Coalesce(Subquery(written), 0) + 1
+    return _attempts_written() + 1
 
 
 @functools.cache
@@ -780,14 +785,12 @@ def callback_delivery_release(*, delivery_id, token: str, now: datetime | None =
     marked interrupted and the delivery is due again, with the same webhook-id."""
     now = now or timezone.now()
     with transaction.atomic():
-        ours = CallbackDelivery.objects.filter(pk=delivery_id, lease_token=token)
-        attempts = ours.values_list("attempts", flat=True).first()
         # Claimed but given back before its attempt row was written: nothing was sent, so
-        # the claim's count is taken back (the schedule and the poll count real attempts).
-        unsent = attempts is not None and not CallbackAttempt.objects.filter(
-            delivery_id=delivery_id, number=attempts).exists()
-        changed = ours.update(state=State.PENDING, lease_token="", next_attempt_at=now,
-                              attempts=F("attempts") - int(unsent))
+        # the count is the rows' (the schedule and the poll count real attempts). One
+        # UPDATE under the token: no read of the count for a stall to come after.
+        changed = CallbackDelivery.objects.filter(pk=delivery_id, lease_token=token).update(
+            state=State.PENDING, lease_token="", next_attempt_at=now,
+            attempts=_attempts_written())
         if changed:
             CallbackAttempt.objects.filter(delivery_id=delivery_id,
                                            finished_at__isnull=True).update(

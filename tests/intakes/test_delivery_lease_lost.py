@@ -215,3 +215,22 @@ def test_a_claim_lost_before_its_attempt_row_costs_no_number_and_no_retry(
     [prepared] = _prepare_batch([again])
     callback_attempt_finish(prepared=prepared, result=callback_attempt_post(prepared))
     assert [n for n, _s, _e in _rows(delivery)] == [1, 2]
+
+
+@pytest.mark.django_db
+def test_a_delivery_given_back_counts_the_attempts_its_rows_number(receiver, cb_intake):
+    """Given back after its row was written (the POST may have gone out), the attempt
+    counts; given back by a holder whose lease was lost, nothing changes."""
+    from intakes.callbacks import callback_delivery_release
+
+    delivery = callback_delivery_create(work_item=finished_item(cb_intake))
+    [claimed] = callback_deliveries_claim(ids=[delivery.pk], now=timezone.now())
+    _prepare_batch([claimed])
+    assert callback_delivery_release(delivery_id=delivery.pk, token=claimed[1])
+    delivery.refresh_from_db()
+    assert (delivery.state, delivery.attempts) == ("pending", 1)
+    assert [n for n, _s, error in _rows(delivery) if error.startswith("interrupted")] == [1]
+    [again] = callback_deliveries_claim(ids=[delivery.pk], now=timezone.now())
+    assert again[0].attempts == 2
+    assert not callback_delivery_release(delivery_id=delivery.pk, token=claimed[1])  # lost
+    assert CallbackDelivery.objects.get(pk=delivery.pk).attempts == 2
