@@ -191,7 +191,9 @@ def _was_retried(kind: StepKind, latest: StepRun | None) -> bool:
     """Whether the step's latest attempt failed and was to be retried after a backoff."""
     return (latest is not None and kind.retry_codes is not None
             and latest.status == StepRun.Status.FAILED
-            # "retrying": what such an attempt was stored with before it kept its own code
+            # "retrying": what such an attempt was stored with before it kept its own code.
+            # Migration 0014 rewrites those rows; this read stays for the rows a worker of
+            # the older version still writes while a rolling deploy runs both.
             and (latest.error or {}).get("code") in (kind.retry_codes.attempt, "retrying"))
 
 
