@@ -40,7 +40,8 @@ LEASE_TIMES = r"(lease_until|next_run_at|next_attempt_at)"
 CHECK = re.compile(
     LEASE_TIMES + r"(__(lt|lte|gt|gte)\s*=|\s*[<>]=?\s*(%s|now\b|timezone\.now))"
     r"|lease_token\s*=\s*[\w.]+\s*\)\s*\.\s*(exists|first|get|count|values|values_list)\("
-    r"|values_list\([^)]*[\"']lease_token[\"']")
+    r"|values_list\([^)]*[\"']lease_token[\"']"
+    r"|\bif\s+[\w.]+\.lease_token\b")
 
 CAS = "the check is the act's own WHERE (one guarded UPDATE): no statement between"
 TESTED = "tests/workflows/test_lease_check_then_act.py::"
@@ -62,6 +63,11 @@ REVIEWED = {
     ("workflows/providers.py", "provider_wake_next"): (
         "acts only on items nobody holds: `lease_token=''` is in its UPDATE's WHERE",
         TESTED + "test_waking_the_line_leaves_an_item_a_worker_holds_alone"),
+    ("workflows/services.py", "_waiting_approval"): (
+        "a decision reads the token under the item's row lock (`_locked`, SELECT ... FOR "
+        "UPDATE) and writes in that transaction: a claim waits for it, never between",
+        "tests/workflows/test_work_item_races.py::"
+        "test_approve_racing_the_deadline_resume_exactly_one_outcome"),
     ("workflows/wake.py", "work_items_due"): (
         "no act on an item: whether to ask for a drain (a spare drain claims nothing)", None),
     ("workflows/presenters.py", "_explain"): ("the poll's view: no act", None),
@@ -129,7 +135,7 @@ def test_the_scan_finds_the_patterns_it_looks_for():
     would not pass by a pattern that matches nothing)."""
     for line in ['tickets.filter(lease_until__gt=now)', "WHERE next_run_at <= %s AND",
                  "if item.next_run_at > now:", "filter(pk=1, lease_token=token).exists()",
-                 'values_list("pk", "lease_token")']:
+                 'values_list("pk", "lease_token")', "    if item.lease_token:"]:
         assert CHECK.search(line), line
     for line in ["next_run_at=now", "lease_token=token).update(x=1)"]:
         assert not CHECK.search(line), line
