@@ -18,7 +18,7 @@ from auxot.http import client_ip
 from auxot.logs import log_context_bind
 from auxot.timefmt import iso
 from intakes.body import request_json
-from intakes.longpoll import item_state, state_parse, wait_parse
+from intakes.longpoll import state_parse, wait_parse
 from intakes.metrics import trigger_accepted, trigger_rejected
 from intakes.openapi import (
     APPROVAL_EXAMPLES,
@@ -136,11 +136,13 @@ class WorkItemDetailApi(PublicApi):
         except UnauthorizedError as exc:  # the key was refused while the request waited
             raise AuthenticationFailed(exc.detail) from None
         view = work_item_poll_view(read.item, intake=read.intake, delivery=read.delivery,
-                                   delivery_read=True, replayed_by=read.replayed_by)
+                                   delivery_read=True, replayed_by=read.replayed_by,
+                                   progress=read.progress)
         headers = {"Retry-After": str(view.retry_after)} if view.retry_after else {}
         headers["Auxot-Wait-Max"] = str(settings.AUXOT_LONG_POLL_MAX_SECONDS)
-        # What `?wait=N&state=` waits to change: status, step, what it waits on.
-        headers["Auxot-State"] = item_state(read.item)
+        # What `?wait=N&state=` waits to change: whatever the body shows that changes while
+        # the item runs (workflows/presenters.py poll_state).
+        headers["Auxot-State"] = view.state
         if refused:  # this process has as many long-polls waiting as it allows
             headers["Auxot-Wait-Refused"] = "busy"
         return Response(view.body, headers=headers)

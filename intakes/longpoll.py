@@ -17,16 +17,19 @@ import re
 import threading
 import time
 import uuid
+from datetime import datetime
 
 from django.conf import settings
 from django.db import DatabaseError, connection
+from django.db.models import Count
+from django.utils import timezone
 
 from auxot.activerequests import slot_released
 from auxot.errors import ApplicationError
 from workflows.models import WorkItem
+from workflows.presenters import poll_state
 
 logger = logging.getLogger(__name__)
-
 
 
 # A plain decimal number in ASCII digits, an exponent allowed (the Python client sends
@@ -35,18 +38,20 @@ logger = logging.getLogger(__name__)
 _WAIT_NUMBER = re.compile(r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
-def item_state(item: WorkItem) -> str:
+def item_state(item: WorkItem, *, attempts: int, now: datetime | None = None) -> str:
     """What a poller sees change while an item runs, as one token (the `Auxot-State` header,
-    the `?state=` a long-poll waits to change): its status, the step it is at and what it
-    waits on. `running.1.backoff`, `pending.0.-`."""
-    return _state(item.status, item.current_step, item.waiting_on)
+    the `?state=` a long-poll waits to change): `poll_state`, e.g.
+    `running.1.backoff.wait.2.-`, `pending.0.-.queue.0.-`, `running.2.approval.queue.1.approve`."""
+    return poll_state(item, attempts=attempts, now=now)
 
 
-def _state(status: str, current_step: int, waiting_on: str) -> str:
-    return f"{status}.{current_step}.{waiting_on or '-'}"
-
-
-_STATE = re.compile(r"[a-z]{1,16}\.[0-9]{1,9}\.(?:[a-z]{1,16}|-)")
+# What `poll_state` reads of the item row.
+_STATE_FIELDS = ("id", "status", "current_step", "waiting_on", "waiting_detail", "lease_token",
+                 "next_run_at")
+# This server's tokens (six parts), and the three-part ones earlier versions gave: a caller
+# holding one is answered at once (it is another state) and carries on with the new one.
+_STATE = re.compile(r"[a-z]{1,16}\.[0-9]{1,9}\.(?:[a-z]{1,16}|-)"
+                    r"(?:\.[a-z]{1,16}\.[0-9]{1,9}\.(?:[a-z0-9]{1,16}|-))?")
 
 
 def state_parse(values: list[str]) -> str | None:
@@ -56,7 +61,7 @@ def state_parse(values: list[str]) -> str | None:
         return None
     if len(values) > 1 or not _STATE.fullmatch(values[0]):
         raise ApplicationError("state must be given once, as the Auxot-State header of an "
-                               "earlier answer gave it (e.g. running.1.backoff).")
+                               "earlier answer gave it (e.g. running.1.backoff.wait.1.-).")
     return values[0]
 
 
@@ -155,11 +160,14 @@ class _Watcher:
 
     @staticmethod
     def _states_among(ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
-        """Each waited item's state (`item_state`), in one query (a deleted one: none)."""
+        """Each waited item's state (`item_state`), in one query (a deleted one: none), plus
+        what the poll body reads from its caches (the last heartbeat; a provider line's
+        place), at most once per HEARTBEAT_CACHE_SECONDS."""
         try:
-            return {pk: _state(status, step, waiting_on) for pk, status, step, waiting_on in
-                    WorkItem.objects.filter(pk__in=ids).values_list(
-                        "pk", "status", "current_step", "waiting_on")}
+            now = timezone.now()
+            return {item.pk: item_state(item, attempts=item.attempts, now=now) for item in
+                    WorkItem.objects.filter(pk__in=ids).only(*_STATE_FIELDS).annotate(
+                        attempts=Count("step_runs"))}
         except DatabaseError as exc:
             # Waiters simply time out and answer with what they have; the next recheck retries.
             logger.warning("long-poll recheck failed: %s", type(exc).__name__)

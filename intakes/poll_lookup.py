@@ -29,6 +29,8 @@ class PollRead:
     item: WorkItem
     delivery: CallbackDelivery | None  # read with the item: None means there is none
     replayed_by: list[str] | None  # a failed item's replays, oldest first; None: not read
+    # The item's (steps, attempts) when read already (a long-poll's state check); None: not.
+    progress: tuple[list, list] | None = None
 
 
 @dataclass(frozen=True)

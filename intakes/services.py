@@ -28,6 +28,7 @@ from intakes.lookup import intake_lookup, key_intake_lookup, work_item_lookup
 from intakes.models import Intake
 from intakes.poll_lookup import PollRead, work_item_poll_lookup
 from intakes.secrets import secret_encrypt, signing_secret_generate
+from workflows.lookup import step_progress
 from workflows.models import Workflow, WorkItem
 from workflows.retention import json_paths_check, json_paths_redact
 from workflows.services import work_item_new
@@ -261,9 +262,13 @@ def work_item_poll(*, intake_id: str, work_id: str, key: ApiKey,
     its state is another (at once when it is already). The bool: the wait was refused (this
     process has as many waiting as it allows), so the answer is the item as first read."""
     read = work_item_for_poll(intake_id=intake_id, work_id=work_id, key=key)
-    if not wait or read.item.is_terminal or (
-            state is not None and item_state(read.item) != state):
+    if not wait or read.item.is_terminal:
         return read, False
+    if state is not None:
+        # The state as the answer would give it (its step progress, kept for the answer).
+        read.progress = step_progress(read.item)
+        if item_state(read.item, attempts=len(read.progress[1])) != state:
+            return read, False
     if not work_item_wait(item=read.item, seconds=wait, owner=key.pk, org=key.org_id,
                           state=state):
         return read, True

@@ -21,7 +21,7 @@ from workflows.kinds import UnknownKind, kind_get
 from workflows.kinds.base import retried_error
 from workflows.lookup import step_progress
 from workflows.models import Step, StepRun, WorkItem
-from workflows.providers import provider_position
+from workflows.providers import PROVIDER_AHEAD_SHOWN_MAX, provider_position
 from workflows.services import (
     HEARTBEAT_CACHE_SECONDS,
     worker_last_seen_cache_clear,
@@ -39,6 +39,7 @@ def heartbeat_stale() -> timedelta:
 class WorkItemView:
     body: dict[str, Any]
     retry_after: int | None  # seconds; None once terminal
+    state: str = ""  # `Auxot-State` (poll_state): what the body shows, as one token
 
 
 def _backing_off(item: WorkItem, last: StepRun | None) -> bool:
@@ -108,7 +109,8 @@ def _replayed_by(item: WorkItem) -> list[str]:
 
 
 def _explain(item: WorkItem, steps: list[Step], now: datetime) -> tuple[dict | None, str]:
-    """Return (waiting_on, diagnosis)."""
+    """Return (waiting_on, diagnosis): for each phase of a non-terminal item (`_phase`),
+    what it waits on and the first thing to check."""
     step = steps[item.current_step] if item.current_step < len(steps) else None
     where = f"step {step.position} '{step.name}'" if step else "the final step"
     if item.status == WorkItem.Status.COMPLETED:
@@ -121,6 +123,16 @@ def _explain(item: WorkItem, steps: list[Step], now: datetime) -> tuple[dict | N
             what = describe(found) if found else "invalid"
             return None, f"Failed{at}: output {what} (bad handoff)."
         return None, f"Failed{at}: {error.get('message', 'no message')} ({error.get('code')})."
+    phase = _phase(item, now)
+    if phase == "run":
+        return None, f"Running {where}."
+    if phase == "lost":
+        return _lost(item, where, now)
+    if phase in ("queue", "worker"):
+        if item.waiting_on == WorkItem.Waiting.APPROVAL and (
+                item.waiting_detail or {}).get("decision"):
+            return _wait_approval(item, step, where, now)  # decided: says so, and who runs it
+        return _due(item, step, where, phase, now)
     if item.waiting_on in _WAITS:
         return _WAITS[item.waiting_on](item, step, where, now)
     if item.waiting_on == WorkItem.Waiting.DELAY:
@@ -132,24 +144,83 @@ def _explain(item: WorkItem, steps: list[Step], now: datetime) -> tuple[dict | N
         waiting = {"kind": item.waiting_on, "since": iso(item.waiting_since),
                    **(item.waiting_detail or {})}
         return waiting, f"Waiting on {item.waiting_on} at {where} since {iso(item.waiting_since)}."
+    # Not due yet and waiting on nothing named: it is scheduled.
+    return ({"kind": "queue", "since": iso(item.created_at), "until": iso(item.next_run_at)},
+            f"Scheduled: a worker takes {where} at {iso(item.next_run_at)}.")
+
+
+def _worker_fresh(now: datetime) -> tuple[bool, datetime | None]:
+    last_beat = worker_last_seen_cached()
+    return last_beat is not None and now - last_beat <= heartbeat_stale(), last_beat
+
+
+def _phase(item: WorkItem, now: datetime) -> str:
+    """Where a non-terminal item is, beyond what it waits on: `run` (a worker holds its
+    lease), `lost` (a lease is held but no worker has beaten lately: its worker may have
+    stopped), `queue` (due, a worker is running to claim it), `worker` (due, no worker
+    heartbeat), `wait` (not due: it waits on its `waiting_on`, or is scheduled). Terminal:
+    `done`. Time alone moves an item from `run`/`wait` to due: no row is written for it."""
+    if item.is_terminal:
+        return "done"
     if item.lease_token and item.next_run_at and item.next_run_at > now:
-        return None, f"Running {where}."
-    # Due but not claimed: queued behind others, or nobody is working.
+        return "run" if _worker_fresh(now)[0] else "lost"
+    if item.next_run_at is not None and item.next_run_at <= now:
+        return "queue" if _worker_fresh(now)[0] else "worker"
+    return "wait"
+
+
+def _no_worker_note(last_beat: datetime | None) -> str:
+    seen = (f"no worker heartbeat since {iso(last_beat)}" if last_beat
+            else "no worker heartbeat has ever been seen")
+    return f"{seen}: is `manage.py qcluster` running?"
+
+
+def _lost(item: WorkItem, where: str, now: datetime) -> tuple[dict, str]:
+    """A worker took the item, and no worker has beaten since: it may have stopped. The
+    item is taken over (its attempt counted crashed) when the lease runs out."""
+    _, last_beat = _worker_fresh(now)
+    waiting = {"kind": "worker", "since": iso(last_beat), "lease_until": iso(item.next_run_at),
+               "last_worker_heartbeat": iso(last_beat)}
+    return waiting, (f"A worker took {where}, but {_no_worker_note(last_beat)} If that worker "
+                     f"stopped, the item is taken over when its lease runs out at "
+                     f"{iso(item.next_run_at)}.")
+
+
+_DUE_AFTER = {
+    WorkItem.Waiting.DELAY: lambda d, where: f"The delay at {where} ended at {d.get('until')}",
+    WorkItem.Waiting.BACKOFF: lambda d, where: (
+        f"The backoff before the next attempt at {where} ended at {d.get('until')}"),
+    WorkItem.Waiting.PROVIDER: lambda d, where: (
+        f"Provider '{d.get('provider')}' is due a new look for {where}"),
+    WorkItem.Waiting.APPROVAL: lambda d, where: (
+        f"Nobody decided the approval at {where} before its deadline {d.get('deadline')} "
+        "(the step fails when a worker takes the item)"),
+}
+
+
+def _due(item: WorkItem, step, where: str, phase: str, now: datetime) -> tuple[dict, str]:
+    """Due but not claimed: a wait that ran out, a lease that ran out, or new work."""
     since = item.created_at if item.status == WorkItem.Status.PENDING else item.next_run_at
     age = int((now - since).total_seconds()) if since else 0
-    last_beat = worker_last_seen_cached()
-    if last_beat is None or now - last_beat > heartbeat_stale():
-        seen = (f"no worker heartbeat since {iso(last_beat)}" if last_beat
-                else "no worker heartbeat has ever been seen")
-        return (
-            {"kind": "worker", "since": iso(since), "last_worker_heartbeat": iso(last_beat)},
-            f"No worker has claimed this item for {age} s and {seen}: "
-            "is `manage.py qcluster` running?",
-        )
-    return (
-        {"kind": "queue", "since": iso(since)},
-        f"Queued for {age} s; a worker is running and will claim it in turn.",
-    )
+    waiting: dict = {"kind": phase, "since": iso(since)}
+    if item.waiting_on:
+        waiting["after"] = item.waiting_on
+        first = _DUE_AFTER.get(item.waiting_on, lambda d, w: (
+            f"The wait on {item.waiting_on} at {w} ended"))(item.waiting_detail or {}, where)
+    elif item.lease_token:
+        waiting["after"] = "lease"
+        first = (f"The worker that took {where} let its lease run out at "
+                 f"{iso(item.next_run_at)} (it stopped or stalled); the next worker counts "
+                 "that attempt crashed and tries again")
+    else:
+        first = ""
+    if phase == "worker":
+        _, last_beat = _worker_fresh(now)
+        waiting["last_worker_heartbeat"] = iso(last_beat)
+        told = f"No worker has claimed this item for {age} s and {_no_worker_note(last_beat)}"
+        return waiting, f"{first}. {told}" if first else told
+    queued = f"Queued for {age} s; a worker is running and will claim it in turn."
+    return waiting, f"{first}. {queued}" if first else queued
 
 
 def _hhmm(moment: datetime | None) -> str:
@@ -197,10 +268,16 @@ def presenter_caches_clear() -> None:
     worker_last_seen_cache_clear()
 
 
+def _provider_detail(item: WorkItem, now: datetime) -> dict:
+    """The item's place in its provider's line as this process read it at most
+    HEARTBEAT_CACHE_SECONDS ago; without a ticket, what the step saw when it asked."""
+    return (_provider_positions.get(item.pk, lambda: provider_position(work_id=item.pk,
+                                                                       now=now))
+            or dict(item.waiting_detail or {}))
+
+
 def _wait_provider(item: WorkItem, step, where: str, now: datetime) -> tuple[dict, str]:
-    detail = (_provider_positions.get(item.pk, lambda: provider_position(work_id=item.pk,
-                                                                         now=now))
-              or dict(item.waiting_detail or {}))
+    detail = _provider_detail(item, now)
     ahead = detail.get("ahead", 0)
     waiting = {"kind": "provider", "since": iso(item.waiting_since),
                "step": step.name if step else None, **detail}
@@ -225,6 +302,43 @@ _WAITS = {
     WorkItem.Waiting.PROVIDER: _wait_provider,
     WorkItem.Waiting.BACKOFF: _wait_backoff,
 }
+
+
+def ahead_bucket(ahead: int, at_least: bool = False) -> int:
+    """A place in a provider's line as the state names it: exact below 10, then by tens
+    below 100, by hundreds below PROVIDER_AHEAD_SHOWN_MAX, and that many past it (the
+    poll's own "at least"). A long line moving one ticket at a time changes the state
+    once per bucket, not once per ticket."""
+    if at_least or ahead >= PROVIDER_AHEAD_SHOWN_MAX:
+        return PROVIDER_AHEAD_SHOWN_MAX
+    for step in (100, 10):
+        if ahead >= step:
+            return ahead // step * step
+    return max(0, ahead)
+
+
+def poll_state(item: WorkItem, *, attempts: int, now: datetime | None = None) -> str:
+    """The `Auxot-State` of an item: one token that changes whenever the poll body shows
+    something new while the item is not finished (README "Long-poll"; the fields it leaves
+    out, and why, are listed in tests/intakes/test_poll_state.py):
+    `{status}.{step}.{waiting_on}.{phase}.{attempts}.{detail}`.
+
+    `phase` (`_phase`) says who has the item: a worker (`run`), a worker gone quiet
+    (`lost`), the queue (`queue`, or `worker` when no worker beats), its wait (`wait`);
+    `attempts` counts its attempt rows (a new attempt, a crash, a retry); `detail` is an
+    approval's decision or, while it waits in a provider's line, the bucket of its place
+    there (`ahead_bucket`), else `-`. Reads nothing but the caches the poll body reads
+    (the heartbeat, the provider position), so the body and its state agree."""
+    now = now or timezone.now()
+    phase = _phase(item, now)
+    detail = "-"
+    if item.waiting_on == WorkItem.Waiting.APPROVAL:
+        detail = (item.waiting_detail or {}).get("decision") or "-"
+    elif item.waiting_on == WorkItem.Waiting.PROVIDER and phase == "wait":
+        place = _provider_detail(item, now)
+        detail = f"p{ahead_bucket(int(place.get('ahead') or 0), bool(place.get('ahead_at_least')))}"
+    return (f"{item.status}.{item.current_step}.{item.waiting_on or '-'}.{phase}."
+            f"{attempts}.{detail}")
 
 
 def _retry_after(item: WorkItem, now: datetime) -> int | None:
@@ -269,4 +383,5 @@ def work_item_view(item: WorkItem, *, now: datetime | None = None,
         "resumed_from_step": item.resumed_from_step,
         "replayed_by": _replayed_by(item) if replayed_by is None else replayed_by,
     }
-    return WorkItemView(body=body, retry_after=_retry_after(item, now))
+    return WorkItemView(body=body, retry_after=_retry_after(item, now),
+                        state=poll_state(item, attempts=len(runs), now=now))

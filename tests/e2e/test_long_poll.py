@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import pytest
 import requests
@@ -106,35 +107,44 @@ def test_a_wait_given_the_state_it_saw_answers_as_soon_as_it_changes(api, intake
     last read, it answers the change within the watcher's recheck."""
     work_id = trigger(api, intake_a.pk, member_token).json()["work_id"]
     first = api.get(f"/v1/intake/{intake_a.pk}/work/{work_id}", **bearer(member_token))
-    assert first["Auxot-State"] == "pending.0.-"
+    seen = first["Auxot-State"]
+    assert seen.startswith("pending.0.-.")
 
     def run():
-        WorkItem.objects.filter(pk=work_id).update(status="running", current_step=1,
-                                                   waiting_on="delay")
+        WorkItem.objects.filter(pk=work_id).update(
+            status="running", current_step=1, waiting_on="delay",
+            next_run_at=timezone.now() + timedelta(hours=1))
         connection.close()
 
     timer = threading.Timer(0.5, run)
     timer.start()
     started = time.monotonic()
-    response = _poll_state(api, intake_a, member_token, work_id, "20", "pending.0.-")
+    response = _poll_state(api, intake_a, member_token, work_id, "20", seen)
     elapsed = time.monotonic() - started
     timer.join()
     assert response.status_code == 200 and "Auxot-Wait-Refused" not in response
     assert response.json()["status"] == "running"
-    assert response["Auxot-State"] == "running.1.delay"
+    assert response["Auxot-State"] == "running.1.delay.wait.0.-"
     assert 0.4 < elapsed < 5
-    # Already another than the caller's: at once, without waiting.
-    started = time.monotonic()
-    response = _poll_state(api, intake_a, member_token, work_id, "20", "pending.0.-")
-    assert time.monotonic() - started < 2 and response["Auxot-State"] == "running.1.delay"
+    # Already another than the caller's: at once, without waiting (a three-part token of an
+    # earlier server too: the caller carries on with the new one).
+    for old in (seen, "running.1.delay"):
+        started = time.monotonic()
+        response = _poll_state(api, intake_a, member_token, work_id, "20", old)
+        assert time.monotonic() - started < 2
+        assert response["Auxot-State"] == "running.1.delay.wait.0.-"
     # The same state: it waits (here its whole 1 s; without `state`, a change never ends it).
     started = time.monotonic()
-    response = _poll_state(api, intake_a, member_token, work_id, "1", "running.1.delay")
-    assert time.monotonic() - started >= 0.9 and response["Auxot-State"] == "running.1.delay"
+    response = _poll_state(api, intake_a, member_token, work_id, "1", "running.1.delay.wait.0.-")
+    assert time.monotonic() - started >= 0.9
+    assert response["Auxot-State"] == "running.1.delay.wait.0.-"
 
 
 @pytest.mark.parametrize("raw", ["", "running", "running.1", "RUNNING.1.-", "running.x.-",
-                                 "running.1.delay.x", ["running.1.-", "running.1.-"]], ids=repr)
+                                 "running.1.delay.x", "running.1.delay.wait.1",
+                                 "running.1.-.wait.1.P10", "running.1.-.wait.x.-",
+                                 "running.1.-.wait.1.-.x",
+                                 ["running.1.-", "running.1.-"]], ids=repr)
 def test_a_malformed_state_is_400(api, intake_a, member_token, raw):
     work_id = trigger(api, intake_a.pk, member_token).json()["work_id"]
     response = _poll_state(api, intake_a, member_token, work_id, "5", raw)

@@ -70,7 +70,7 @@ REVIEWED = {
         "test_approve_racing_the_deadline_resume_exactly_one_outcome"),
     ("workflows/wake.py", "work_items_due"): (
         "no act on an item: whether to ask for a drain (a spare drain claims nothing)", None),
-    ("workflows/presenters.py", "_explain"): ("the poll's view: no act", None),
+    ("workflows/presenters.py", "_phase"): ("the poll's Auxot-State: no act", None),
     ("intakes/ops/collector.py", "*"): ("metrics: no act", None),
     ("intakes/ops/checks.py", "*"): ("the health check: no act", None),
     ("intakes/callbacks.py", "_wakeable"): (
