@@ -193,8 +193,10 @@ _DUE_AFTER = {
     WorkItem.Waiting.PROVIDER: lambda d, where: (
         f"Provider '{d.get('provider')}' is due a new look for {where}"),
     WorkItem.Waiting.APPROVAL: lambda d, where: (
-        f"Nobody decided the approval at {where} before its deadline {d.get('deadline')} "
-        "(the step fails when a worker takes the item)"),
+        f"Nobody decided the approval at {where} before its deadline {d['deadline']} "
+        "(the step fails when a worker takes the item)" if d.get("deadline") else
+        f"The approval at {where} is due a look by a worker (no decision yet: it waits "
+        "again)"),
 }
 
 
