@@ -285,15 +285,18 @@ WAIT = OpenApiParameter(
     "a plain number (`20`, `2.5`, `1e1`) given once; anything else is 400. The server may "
     "answer earlier when it is busy.")
 STATE = OpenApiParameter(
-    "state", {"type": "string", "pattern": r"^[a-z]{1,16}\.[0-9]{1,9}\.([a-z]{1,16}|-)$"},
+    "state", {"type": "string", "pattern": r"^[a-z]{1,16}\.[0-9]{1,9}\.([a-z]{1,16}|-)"
+                        r"(\.[a-z]{1,16}\.[0-9]{1,9}\.([a-z0-9]{1,16}|-))?$"},
     OpenApiParameter.QUERY, required=False,
     description="With `wait`: the `Auxot-State` of the last answer you read. The long-poll "
     "then also answers as soon as the item's state is another (at once if it already is): "
-    "every status, step and wait is seen within a moment, not only the end.")
+    "every change the body shows (status, step, wait, who holds it, attempts, an approval's "
+    "decision, a provider line's place by bucket) is seen within a moment, not only the end.")
 STATE_HEADER = OpenApiParameter(
     "Auxot-State", OpenApiTypes.STR, OpenApiParameter.HEADER, response=[200],
-    description="The item's state as one token, `<status>.<step index>.<waiting_on kind or "
-    "->` (`running.1.backoff`): give it back as `?state=` with `?wait=`.")
+    description="The item's state as one token, `<status>.<step index>.<waiting_on or ->."
+    "<phase>.<attempts>.<detail>` (`running.1.backoff.wait.2.-`): treat it as opaque and give "
+    "it back as `?state=` with `?wait=`.")
 WAIT_MAX = OpenApiParameter(
     "Auxot-Wait-Max", OpenApiTypes.INT, OpenApiParameter.HEADER, response=[200],
     description="The largest `wait` this server accepts: its presence means long-poll works.")
