@@ -187,6 +187,25 @@ def test_plain_lines_when_not_a_tty():
         "pending", "running", "completed"]
 
 
+def test_a_line_when_the_reason_it_waits_changes_not_when_its_place_moves():
+    """A CI log showed one line per status and step: an approval decided, or a wait that
+    ended with no worker to take it, left the last line saying it still waited."""
+    step = {"position": 2, "name": "Sign-off", "kind": "approval"}
+    waits = [{"kind": "approval"}, {"kind": "approval", "decision": "approve"},
+             {"kind": "approval", "decision": "approve"},
+             {"kind": "provider", "ahead": 9}, {"kind": "provider", "ahead": 8},
+             {"kind": "worker", "after": "provider"}]
+    stream = io.StringIO()
+    with cli.Progress(stream, tty=False) as progress:
+        for n, waiting in enumerate(waits):
+            progress.update(api.Poll(body={"status": "running", "current_step": step,
+                                           "waiting_on": waiting, "diagnosis": f"d{n}",
+                                           "steps": [{}, {}]},
+                                     retry_after=1, wait_max=30))
+    assert [line.rsplit(": ", 1)[1] for line in stream.getvalue().splitlines()] == [
+        "d0", "d1", "d3", "d5"]
+
+
 # --- the poll loop against a scripted server: Retry-After, 503, no wait support ----------
 class _Scripted(BaseHTTPRequestHandler):
     script: list = []
@@ -737,10 +756,11 @@ def test_trigger_then_wait_prints_status_changes(caller):  # noqa: F811
     body = json.loads(stdout)
     assert body["status"] == "completed" and body["work_id"] == work_id
     statuses = [line.split()[1].rstrip(":") for line in stderr.decode().splitlines()]
-    # Printed once per change of status or step (the long-poll answers each change; a
-    # step that takes a moment may still be skipped between two reads).
+    # Printed once per change of status, step or reason it waits (a delay, then queued once
+    # it ended): the long-poll answers each change; a step that takes a moment may still be
+    # skipped between two reads.
     assert statuses[0] == "pending" and statuses[-1] == "completed"
-    assert set(statuses[1:-1]) <= {"running"} and len(statuses) <= 4
+    assert set(statuses[1:-1]) <= {"running"} and len(statuses) <= 5, stderr.decode()
 
 
 @pytest.mark.e2e

@@ -139,7 +139,11 @@ class Progress:
 
     def update(self, poll: api.Poll) -> None:
         body = poll.body
-        key = (body.get("status"), (body.get("current_step") or {}).get("position"))
+        # A line per status, step, what it waits on and an approval's decision: a CI log
+        # shows why it waits (a provider's line moving only redraws a terminal's status).
+        waiting = body.get("waiting_on") or {}
+        key = (body.get("status"), (body.get("current_step") or {}).get("position"),
+               waiting.get("kind"), waiting.get("after"), waiting.get("decision"))
         with self._lock:
             self.body = body
             if key != self._last_key:

@@ -394,8 +394,9 @@ class Client:
         NotFoundError, RequestError. Transient errors are retried until the timeout.
 
         A server that names the item's state (`Auxot-State`) is given it back with each
-        long-poll, and answers as soon as the status, step or wait changes: `on_poll` sees
-        each change within a moment, at one request per change. `max_wait` shortens each
+        long-poll, and answers as soon as what the poll shows changes (status, step, wait,
+        who holds the item, a decision, a provider line's place): `on_poll` sees each change
+        within a moment, at one request per change. `max_wait` shortens each
         long-poll, for an older server that answers only when the item finishes."""
         deadline = clock() + timeout
         backoff, wait_max, last, last_status, last_error = Backoff(), None, None, None, None
