@@ -189,6 +189,23 @@ def test_long_poll_rereads_once_after_its_wait(api, intake_a, member_token, monk
     assert response.status_code == 200 and "Auxot-Wait-Refused" not in response
 
 
+def test_long_poll_given_its_state_reads_the_progress_once(api, intake_a, member_token,
+                                                          monkeypatch, beating,
+                                                          django_assert_num_queries):
+    """The state counts attempts: the step progress is read before the wait, and the
+    answer uses that read when the state already differs (no third query)."""
+    work_id = trigger(api, intake_a.pk, member_token).json()["work_id"]
+    woke = lambda item_id, seconds, owner=None, org=None, state=None: True  # noqa: E731
+    monkeypatch.setattr(longpoll._watcher, "wait", woke)
+    state = _poll(api, intake_a, member_token, work_id)["Auxot-State"]  # caches warm
+    with django_assert_num_queries(KEY_AND_TWO):  # another state: answered at once
+        response = _poll(api, intake_a, member_token, work_id, wait=5, state="running.1.-")
+    assert response["Auxot-State"] == state
+    with django_assert_num_queries(KEY_AND_TWO + 3):  # + progress, then key and item again
+        response = _poll(api, intake_a, member_token, work_id, wait=5, state=state)
+    assert response.status_code == 200 and response["Auxot-State"] == state
+
+
 def test_long_poll_over_the_cap_answers_at_once_saying_so(api, intake_a, member_token, settings,
                                                           django_assert_num_queries):
     settings.AUXOT_LONG_POLL_MAX_WAITERS = 0
