@@ -144,9 +144,12 @@ def _explain(item: WorkItem, steps: list[Step], now: datetime) -> tuple[dict | N
         waiting = {"kind": item.waiting_on, "since": iso(item.waiting_since),
                    **(item.waiting_detail or {})}
         return waiting, f"Waiting on {item.waiting_on} at {where} since {iso(item.waiting_since)}."
-    # Not due yet and waiting on nothing named: it is scheduled.
-    return ({"kind": "queue", "since": iso(item.created_at), "until": iso(item.next_run_at)},
-            f"Scheduled: a worker takes {where} at {iso(item.next_run_at)}.")
+    # Not due yet and waiting on nothing named: it is scheduled, or (no run time) stuck.
+    waiting = {"kind": "queue", "since": iso(item.created_at), "until": iso(item.next_run_at)}
+    if item.next_run_at is None:
+        return waiting, (f"Not scheduled: nothing will run {where} (the item has no next run "
+                         "time); cancel it and replay the work, or ask an operator.")
+    return waiting, f"Scheduled: a worker takes {where} at {iso(item.next_run_at)}."
 
 
 def _worker_fresh(now: datetime) -> tuple[bool, datetime | None]:

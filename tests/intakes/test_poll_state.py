@@ -352,6 +352,7 @@ PHASES = {
     "due, a worker runs": (False, -1, True),
     "due, no worker": (False, -1, False),
     "waiting": (False, 60, True),
+    "not scheduled": (False, None, True),  # nothing would ever claim it: say so
 }
 
 
@@ -368,7 +369,7 @@ def test_every_way_to_wait_names_its_reason(api, world, waiting_on, phase):
                            started_at=timezone.now(), state=DETAILS[waiting_on])
     WorkItem.objects.filter(pk=work_id).update(
         status="running", current_step=1, lease_token="a" * 32 if leased else "",
-        next_run_at=_at(minutes), waiting_on=waiting_on,
+        next_run_at=None if minutes is None else _at(minutes), waiting_on=waiting_on,
         waiting_since=timezone.now() if waiting_on else None,
         waiting_detail=DETAILS[waiting_on])
     body, _state = _look(api, intake, token, work_id)
@@ -381,11 +382,13 @@ def test_every_way_to_wait_names_its_reason(api, world, waiting_on, phase):
     if phase == "its worker went quiet":
         assert why["kind"] == "worker" and why["lease_until"], why
         assert "no worker heartbeat" in diagnosis and "lease runs out" in diagnosis
-    elif phase == "waiting" and waiting_on:
+    elif waiting_on and phase in ("waiting", "not scheduled"):
         assert why["kind"] == waiting_on, why
         assert f"Waiting on {waiting_on}" not in diagnosis  # not the catch-all
     elif phase == "waiting":
         assert why["kind"] == "queue" and "Scheduled" in diagnosis
+    elif phase == "not scheduled":
+        assert why["kind"] == "queue" and "Not scheduled" in diagnosis
     else:  # due: who takes it, and what it waited for
         assert why["kind"] == ("queue" if fresh else "worker"), why
         assert ("a worker is running" in diagnosis) == fresh
