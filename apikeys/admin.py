@@ -26,6 +26,8 @@ from auxot.admin_base import (
     OBJECTS_AT_ONCE,
     OrgScopedAdmin,
     ShownOnce,
+    bulk_message,
+    each_still_there,
     has_role,
     org_action,
     org_ids_with,
@@ -249,12 +251,7 @@ class ApiKeyAdmin(OrgScopedAdmin):
         # Members revoke only their own personal keys: one other key refuses the whole batch.
         if not all(self._may_revoke(request, key) for key in keys):
             raise PermissionDenied
-        revoked = 0
-        for key in keys:
-            try:
-                apikey_revoke(key=key, revoked_by=request.user, ip=client_ip(request))
-                revoked += 1
-            except ObjectGoneError as exc:
-                self.message_user(request, exc.detail, messages.ERROR)
-        self.message_user(request, f"Revoked {revoked} key(s).",
-                          messages.SUCCESS if revoked else messages.WARNING)
+        applied, gone = each_still_there(keys, lambda key: apikey_revoke(
+            key=key, revoked_by=request.user, ip=client_ip(request)))
+        bulk_message(self, request, f"Revoked {len(applied)} key(s).", gone,
+                     level=messages.SUCCESS if applied else messages.WARNING)

@@ -22,6 +22,8 @@ from auxot.admin_base import (
     OrgScopedAdmin,
     ReadOnlyInlineMixin,
     ScopedInlineMixin,
+    bulk_message,
+    each_still_there,
     org_action,
 )
 from auxot.errors import ApplicationError, ObjectGoneError
@@ -218,20 +220,13 @@ class IntakeAdmin(IntakeCallbacksAdminMixin, OrgScopedAdmin):
     def _apply(self, request, intakes, active: bool) -> int | None:
         """Returns how many changed; None when every one was deleted by someone else since
         the page read them (each says so)."""
-        done, gone = 0, 0
-        for intake in intakes:
-            try:
-                done += intake_set_active(intake=intake, active=active, actor=request.user,
-                                          ip=client_ip(request))
-            except ObjectGoneError as exc:
-                gone += 1
-                self.message_user(request, exc.detail, messages.ERROR)
-        if gone and gone == len(intakes):
-            return None
+        applied, gone = each_still_there(intakes, lambda intake: intake_set_active(
+            intake=intake, active=active, actor=request.user, ip=client_ip(request)))
+        done = sum(changed for _intake, changed in applied)
         verb = "Reactivated" if active else "Deactivated"
         note = "" if active else " They answer 404 from now on."
-        self.message_user(request, f"{verb} {done} intake(s).{note}", messages.SUCCESS)
-        return done
+        bulk_message(self, request, f"{verb} {done} intake(s).{note}", gone)
+        return None if gone and gone == len(intakes) else done
 
     def set_active_view(self, request, object_id, state):
         intake = self.get_object(request, object_id)

@@ -29,6 +29,8 @@ from auxot.admin_base import (
     ReadOnlyInlineMixin,
     ScopedInlineMixin,
     ShownOnce,
+    bulk_message,
+    each_still_there,
     has_role,
     org_action,
     org_ids_with,
@@ -544,8 +546,13 @@ class IntakeCallbacksAdminMixin:
     @org_action(roles=MANAGERS, description="Rotate signing secret (shows the new one once)",
                 at_once=ROTATE_AT_ONCE)
     def rotate_signing_secret(self, request, queryset):
-        secrets = {i.pk: intake_signing_secret_rotate(intake=i, actor=request.user,
-                                                      ip=client_ip(request)) for i in queryset}
+        applied, gone = each_still_there(queryset, lambda i: intake_signing_secret_rotate(
+            intake=i, actor=request.user, ip=client_ip(request)))
+        bulk_message(self, request, f"Rotated the signing secret of {len(applied)} "
+                     "intake(s).", gone)
+        if not applied:
+            return None
+        secrets = {i.pk: secret for i, secret in applied}
         NEW_SECRETS.put(request, secrets, verb="rotated")  # after a redirect: a reload rotates
         return HttpResponseRedirect(reverse("admin:intakes_intake_signing_secrets"))
 
@@ -564,10 +571,12 @@ class IntakeCallbacksAdminMixin:
     @org_action(roles=MANAGERS, description="Re-enable callbacks (after a 410 Gone)",
                 at_once=OBJECTS_AT_ONCE)
     def enable_callbacks(self, request, queryset):
-        done = sum(intake_callback_enable(intake=i, actor=request.user, ip=client_ip(request))
-                   for i in queryset.filter(callback_disabled_at__isnull=False))
-        self.message_user(request, f"Callbacks re-enabled on {done} intake(s).",
-                          messages.SUCCESS if done else messages.INFO)
+        applied, gone = each_still_there(
+            queryset.filter(callback_disabled_at__isnull=False),
+            lambda i: intake_callback_enable(intake=i, actor=request.user, ip=client_ip(request)))
+        done = sum(enabled for _intake, enabled in applied)
+        bulk_message(self, request, f"Callbacks re-enabled on {done} intake(s).", gone,
+                     level=messages.SUCCESS if done else messages.INFO)
 
 
 def _window_hours() -> float:
