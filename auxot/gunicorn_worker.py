@@ -28,7 +28,7 @@ from gunicorn.http.wsgi import Response, default_environ
 from gunicorn.util import write_nonblock
 from gunicorn.workers.gthread import ThreadWorker
 
-from auxot.singleheaders import canonical, repeated_detail, repeated_header
+from auxot.singleheaders import canonical, cookie_joined, repeated_detail, repeated_header
 
 # auxot.errors is imported when an answer is written, not here: gunicorn's arbiter imports
 # this module before any worker has loaded the application (and so Django's settings).
@@ -122,6 +122,10 @@ class ProblemThreadWorker(ThreadWorker):
         # gunicorn's list of fields, before wsgi.create joins the repeated ones.
         if (name := repeated_header(name for name, _ in req.headers)) is not None:
             raise RepeatedHeader(name, req)  # answered by handle_error, connection closed
+        cookies = [value for name, value in req.headers if name == "COOKIE"]
+        if len(cookies) > 1:  # one field, joined with "; " (RFC 9113 8.2.3), not a comma
+            req.headers = [*((name, value) for name, value in req.headers if name != "COOKIE"),
+                           ("COOKIE", cookie_joined(cookies))]
         return super().handle_request(req, conn)
 
     def set_accept_enabled(self, enabled):

@@ -18,7 +18,14 @@ from pathlib import Path
 import pytest
 
 from apikeys.services import apikey_issue
-from auxot.singleheaders import LIST_VALUED, SINGLE_VALUED, canonical, repeated_header
+from auxot.singleheaders import (
+    COOKIE,
+    LIST_VALUED,
+    NOT_DECIDING,
+    SINGLE_VALUED,
+    canonical,
+    repeated_header,
+)
 from tests.processes import ROOT, Gunicorn, free_port, process_env, wait_for
 from workflows.models import WorkItem
 
@@ -26,9 +33,18 @@ SERVER_PACKAGES = ("auxot", "apikeys", "intakes", "workflows")
 # How the code reads a request header: an environ/META key, or Django's request.headers.
 _META_KEY = re.compile(r"""["'](?:HTTP_([A-Z0-9_]+)|(CONTENT_TYPE|CONTENT_LENGTH))["']""")
 _REQUEST_HEADERS = re.compile(r"""request\.headers(?:\.get\(|\[)\s*["']([A-Za-z0-9-]+)["']""")
-# Read by Django or gunicorn themselves, not by a line of ours.
-READ_BY_THE_FRAMEWORK = {"host": "Django's get_host(), ALLOWED_HOSTS",
-                         "accept": "DRF's content negotiation (auxot/errors.py)"}
+# Read by DRF or gunicorn themselves, not by a line of ours or a module scanned below.
+READ_BY_THE_FRAMEWORK = {"accept": "DRF's content negotiation (auxot/errors.py)"}
+# Besides the modules of settings.MIDDLEWARE (Django's and whitenoise's), the framework
+# modules that read a request's headers for them: the request's host, scheme and cookies
+# (get_host, is_secure, COOKIES), and whitenoise's static file responses.
+FRAMEWORK_MODULES = ("django.http.request", "whitenoise.responders")
+_FRAMEWORK_META_KEY = re.compile(r"""["']HTTP_([A-Z][A-Z0-9_]*)["']""")
+_FRAMEWORK_HEADERS = re.compile(r"""headers\.get\(\s*["']([A-Za-z][A-Za-z0-9-]*)["']""")
+# Read under a setting: the header is read only when the setting is on.
+READ_UNDER = {"x-forwarded-host": "USE_X_FORWARDED_HOST",
+              "x-forwarded-port": "USE_X_FORWARDED_PORT",
+              "user-agent": "DISALLOWED_USER_AGENTS"}
 
 
 def headers_the_code_reads() -> dict[str, str]:
@@ -57,6 +73,64 @@ def headers_the_code_reads() -> dict[str, str]:
     return found
 
 
+def _framework_modules() -> list[str]:
+    from django.conf import settings
+
+    ours = SERVER_PACKAGES
+    middleware = [path.rsplit(".", 1)[0] for path in settings.MIDDLEWARE
+                  if path.split(".", 1)[0] not in ours]
+    return [*middleware, *FRAMEWORK_MODULES]
+
+
+def headers_the_framework_reads() -> dict[str, str]:
+    """header (lower case) -> the framework module that reads it, for the admin: every
+    middleware of settings.MIDDLEWARE that is not ours, and FRAMEWORK_MODULES."""
+    import importlib
+    import inspect
+
+    from django.conf import settings
+
+    found: dict[str, str] = {}
+    for name in _framework_modules():
+        text = inspect.getsource(importlib.import_module(name))
+        for match in _FRAMEWORK_META_KEY.finditer(text):
+            found.setdefault(match.group(1).replace("_", "-").lower(), name)
+        for match in _FRAMEWORK_HEADERS.finditer(text):
+            found.setdefault(match.group(1).removeprefix("HTTP_").replace("_", "-").lower(),
+                             name)
+        if "settings.CSRF_HEADER_NAME" in text:
+            header = settings.CSRF_HEADER_NAME.removeprefix("HTTP_")
+            found.setdefault(header.replace("_", "-").lower(), name)
+        if "COOKIES" in text:
+            found.setdefault("cookie", name)
+    return found
+
+
+def test_the_framework_scan_finds_what_the_admin_is_known_to_read():
+    found = headers_the_framework_reads()
+    assert {"origin", "referer", "x-csrftoken", "host", "cookie", "x-forwarded-host",
+            "if-modified-since", "range", "accept-encoding"} <= set(found), found
+    assert "django.middleware.csrf" in _framework_modules()
+
+
+def test_every_header_the_framework_reads_for_the_admin_is_classified():
+    found = headers_the_framework_reads()
+    unclassified = {name: where for name, where in found.items()
+                    if name not in SINGLE_VALUED | set(LIST_VALUED) | set(NOT_DECIDING)
+                    and name != COOKIE}
+    assert unclassified == {}, "classify each in auxot/singleheaders.py"
+
+
+def test_the_headers_left_joined_decide_nothing_here():
+    """NOT_DECIDING's reasons stay true: each is read only under a setting that is off."""
+    from django.conf import settings
+
+    assert set(NOT_DECIDING) == set(READ_UNDER)
+    assert set(NOT_DECIDING) <= set(headers_the_framework_reads())
+    for header, setting in READ_UNDER.items():
+        assert not getattr(settings, setting), f"{setting} is on: classify {header} again"
+
+
 def test_the_scan_finds_the_reads_it_is_meant_to_find():
     found = headers_the_code_reads()
     # One of each way of reading: META, request.headers, a headers serializer, CONTENT_*.
@@ -68,11 +142,15 @@ def test_every_header_the_code_reads_is_classified():
     found = headers_the_code_reads()
     assert not SINGLE_VALUED & set(LIST_VALUED)
     unclassified = {name: where for name, where in found.items()
-                    if name not in SINGLE_VALUED and name not in LIST_VALUED}
+                    if name not in SINGLE_VALUED | set(LIST_VALUED) | {COOKIE}}
     assert unclassified == {}, "classify each in auxot/singleheaders.py"
+    # (NOT_DECIDING's reasons hold only while no line of ours reads them.)
+    assert not set(found) & set(NOT_DECIDING)
     # And nothing classified that nothing reads (a stale entry hides a renamed header).
-    stale = (SINGLE_VALUED | set(LIST_VALUED)) - set(found) - set(READ_BY_THE_FRAMEWORK)
+    stale = ((SINGLE_VALUED | set(LIST_VALUED) | set(NOT_DECIDING)) - set(found)
+             - set(headers_the_framework_reads()) - set(READ_BY_THE_FRAMEWORK))
     assert stale == set()
+    assert not (SINGLE_VALUED | set(LIST_VALUED)) & (set(NOT_DECIDING) | {COOKIE})
 
 
 def test_repeated_header_is_case_blind_and_ignores_lists():
@@ -130,11 +208,19 @@ SECOND = {
     "content-length": "2",
     "content-type": "application/json; qqqq=1",
     "host": "qqqq.example",
+    "if-modified-since": "Sun, 06 Nov 1994 08:49:37 GMT",
+    "origin": "https://qqqq.example",
+    "range": "bytes=0-1",
+    "referer": "https://qqqq.example/admin/",
+    "x-csrftoken": "qqqq-b",
     "idempotency-key": "qqqq-b",
     "x-request-id": "qqqq-b",
 }
 FIRST = {"auxot-callback-url": "http://127.0.0.1:9/first", "auxot-correlation-id": "first-a",
-         "idempotency-key": "first-a", "x-request-id": "first-a"}
+         "idempotency-key": "first-a", "x-request-id": "first-a",
+         "if-modified-since": "Sat, 05 Nov 1994 08:49:37 GMT",
+         "origin": "https://first.example", "range": "bytes=2-3",
+         "referer": "https://first.example/admin/", "x-csrftoken": "first-a"}
 
 
 def test_every_single_valued_header_has_a_second_value_to_send():
@@ -181,6 +267,59 @@ def test_one_of_each_is_accepted(trigger):
                                         if n != "auxot-callback-url"))
     status, _, body = _exchange(server.port, head, b"{}")
     assert status == 202, body[:300]
+
+
+def _signed_in_session(cast) -> str:
+    from django.conf import settings
+    from django.test import Client
+
+    client = Client()
+    client.force_login(cast.admin_a)
+    return client.cookies[settings.SESSION_COOKIE_NAME].value
+
+
+def _admin_head(*cookies: str) -> str:
+    return ("GET /admin/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            + "".join(f"Cookie: {cookie}\r\n" for cookie in cookies) + "\r\n")
+
+
+@pytest.mark.e2e
+def test_cookies_split_into_several_fields_are_one_cookie_header(server, cast,
+                                                                 transactional_db):
+    """RFC 9113 8.2.3: an HTTP/2 hop may send one field per cookie. Joined with a comma the
+    session cookie's value ran into the next cookie's and the admin signed the person out
+    (a redirect to the login page); joined with "; " they are signed in."""
+    session = _signed_in_session(cast)
+    status, _, body = _exchange(server.port, _admin_head(f"sessionid={session}",
+                                                         "csrftoken=abcdefghijklmnop"))
+    assert status == 200, body[:300]
+    assert b"Log out" in body or b"logout" in body
+    # And as one field, the same.
+    assert _exchange(server.port, _admin_head(
+        f"sessionid={session}; csrftoken=abcdefghijklmnop"))[0] == 200
+
+
+def test_the_wsgiref_handlers_join_cookie_fields_with_semicolons():
+    """runserver's and the metrics exporter's handlers (SingleValuedHeadersHandler): wsgiref
+    joins repeated fields with a comma; Cookie fields are joined with "; " instead."""
+    import http.client
+    import io
+    from wsgiref.simple_server import WSGIRequestHandler
+
+    from auxot.singleheaders import SingleValuedHeadersHandler
+
+    class Handler(SingleValuedHeadersHandler, WSGIRequestHandler):
+        def __init__(self, raw: bytes):  # no socket: only what get_environ reads
+            self.headers = http.client.parse_headers(io.BytesIO(raw))
+            self.path, self.request_version, self.command = "/admin/", "HTTP/1.1", "GET"
+            self.client_address = ("127.0.0.1", 1)
+            self.server = type("Server", (), {"base_environ": {}})()
+
+    two = Handler(b"Cookie: sessionid=s1\r\nCookie: csrftoken=c1\r\nAccept: a\r\n"
+                  b"Accept: b\r\n\r\n").get_environ()
+    assert two["HTTP_COOKIE"] == "sessionid=s1; csrftoken=c1"
+    assert two["HTTP_ACCEPT"] == "a,b"  # a list stays joined as before
+    assert Handler(b"Cookie: a=1; b=2\r\n\r\n").get_environ()["HTTP_COOKIE"] == "a=1; b=2"
 
 
 # --- `make run`'s server (runserver) and the metrics exporter (wsgiref) ---------------------
