@@ -74,7 +74,7 @@ def numeric_field_help() -> dict[str, str]:
         "Provider.timeout_seconds": (
             f"Seconds a call may take, at most {cap}. A call is also cut at the calling agent "
             "step's timeout: an agent step whose timeout is shorter is refused when saved, "
-            "and one saved before its provider's timeout was raised is cut at its own."),
+            "and so is a timeout here above a saved agent step's (the steps are named)."),
         "Provider.concurrency_limit": (
             "Calls in flight at once, at least 1; further items wait in arrival order."),
     }
@@ -369,6 +369,11 @@ class WorkerHeartbeat(models.Model):
         return self.name
 
 
+# The provider fields saved steps' validity reads (`Step.run_limits`): an edit of one is
+# checked against them (`Provider._steps_kept_valid`). The organization is fixed once set.
+PROVIDER_FIELDS_STEPS_READ = ("org", "name", "timeout_seconds", "active")
+
+
 class Provider(models.Model):
     """An OpenAI-compatible chat-completions endpoint, managed by admins.
 
@@ -431,6 +436,7 @@ class Provider(models.Model):
                 raise ValidationError({"base_url": (
                     "The base URL may not have a ?query or #fragment: /chat/completions is "
                     "appended to it. Send the key as the API key secret.")})
+        self._steps_kept_valid()
         ref = self.api_key_reference
         field = "api_key_env" if self.api_key_env else "api_key_secret"
         if ref is not None and self.org_id is not None:
@@ -439,6 +445,50 @@ class Provider(models.Model):
                                         url=url if self.base_url else None)
             if problem:
                 raise ValidationError({field: problem})
+
+    def _steps_kept_valid(self) -> None:
+        """Refuse an edit (a raised timeout, a reactivation, a rename, a new provider) that
+        would make a saved step of the organization invalid: its settings are checked
+        against its organization's active providers' timeouts when it is saved
+        (`Step.run_limits`, `StepKind.validate_limits`), and an edit here changes those
+        limits under it. A step already invalid before the edit does not block it.
+        PROVIDER_FIELDS_STEPS_READ are the fields that feed those limits."""
+        if self.org_id is None:
+            return
+        stored = dict(Provider.objects.filter(org_id=self.org_id, active=True)
+                      .values_list("name", "timeout_seconds"))
+        after = dict(stored)
+        if self.pk is not None:
+            old = Provider.objects.filter(pk=self.pk).values_list("name", flat=True).first()
+            after.pop(old, None)
+        if self.active:
+            after[self.name] = self.timeout_seconds
+        if after == stored:
+            return
+        broken = []
+        kinds = [name for name, _label in kind_choices() if kind_get(name).uses_providers]
+        for step in (Step.objects.filter(workflow__org_id=self.org_id, kind__in=kinds)
+                     .select_related("workflow").order_by("workflow__name", "position")):
+            kind, limits = kind_get(step.kind), step.run_limits(step.workflow)
+            try:
+                kind.validate_limits(step.config, limits)
+            except ValidationError:
+                continue  # invalid before this edit: not this edit's doing
+            try:
+                kind.validate_limits(step.config, RunLimits(
+                    step_timeout=limits.step_timeout, step_timeout_max=limits.step_timeout_max,
+                    provider_timeouts=after))
+            except ValidationError:
+                broken.append(f"“{step.workflow.name}” step {step.position} “{step.name}” "
+                              f"(timeout {step.timeout:g} s)")
+        if broken:
+            shown = ", ".join(broken[:10]) + (f" and {len(broken) - 10} more"
+                                             if len(broken) > 10 else "")
+            raise ValidationError({"timeout_seconds": (
+                f"Saved agent steps call this provider with a shorter timeout than "
+                f"{self.timeout_seconds:g} seconds, and their calls would be cut: {shown}. "
+                "Raise those steps' Timeout seconds first, or keep this provider's timeout "
+                "at most theirs.")})
 
     @property
     def api_key_reference(self) -> dict | None:
