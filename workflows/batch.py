@@ -119,24 +119,98 @@ def _task_spent() -> bool:
 
 
 # --- Claims ------------------------------------------------------------------------------
+# Fair claiming: a claim takes each organization's oldest due item first (rank 1 of every
+# org that has due work), then each one's second, and so on; orgs of the same rank in turn
+# from after the org this process served last (`_ring_cursor`), so with more orgs due than
+# fit one claim the next claim goes on where this one stopped. An org with one due item is
+# served in the first claim after it comes due, however many items another org has due.
+# Within an org: oldest (next_run_at) first.
+#
+# PostgreSQL bounds the work by the claim's size, not the backlog: the orgs with scheduled
+# items are found by a skip scan of workitem_org_due (one index probe per org, read lazily
+# from the cursor until `limit` orgs with due work are found), and each of those orgs'
+# oldest due items by one range scan of the same index, FOR UPDATE SKIP LOCKED, at most
+# limit - orgs + 1 of them (so the claim still fills: one org alone gets all `limit`).
+_CLAIM_PG = """
+WITH RECURSIVE after_(org) AS (
+    SELECT (SELECT org_id FROM {t} WHERE next_run_at IS NOT NULL AND org_id > %(cursor)s
+            ORDER BY org_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT org_id FROM {t} WHERE next_run_at IS NOT NULL AND org_id > a.org
+            ORDER BY org_id LIMIT 1) FROM after_ a WHERE a.org IS NOT NULL
+), upto(org) AS (
+    SELECT (SELECT org_id FROM {t} WHERE next_run_at IS NOT NULL AND org_id <= %(cursor)s
+            ORDER BY org_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT org_id FROM {t} WHERE next_run_at IS NOT NULL AND org_id > u.org
+            AND org_id <= %(cursor)s ORDER BY org_id LIMIT 1) FROM upto u WHERE u.org IS NOT NULL
+), ring(org, lap) AS (
+    SELECT org, 0 FROM after_ WHERE org IS NOT NULL
+    UNION ALL
+    SELECT org, 1 FROM upto WHERE org IS NOT NULL
+), due AS (
+    SELECT org, lap FROM ring WHERE EXISTS (
+        SELECT 1 FROM {t} WHERE org_id = ring.org AND next_run_at <= %(now)s)
+    LIMIT %(limit)s
+), share(n) AS (
+    SELECT %(limit)s - count(*) + 1 FROM due
+), picked AS (
+    SELECT c.id, c.next_run_at, due.org, due.lap FROM due CROSS JOIN LATERAL (
+        SELECT id, next_run_at FROM {t} WHERE org_id = due.org AND next_run_at <= %(now)s
+        ORDER BY next_run_at LIMIT (SELECT n FROM share) FOR UPDATE SKIP LOCKED) c
+)
+UPDATE {t} SET lease_token = %(token)s, next_run_at = %(lease)s, status = %(status)s,
+    started_at = COALESCE(started_at, %(now)s)
+WHERE next_run_at <= %(now)s AND id IN (
+    SELECT id FROM (SELECT id, org, lap, next_run_at, row_number() OVER (
+                        PARTITION BY org ORDER BY next_run_at) AS r FROM picked) p
+    ORDER BY r, lap, org, next_run_at LIMIT %(limit)s)
+RETURNING id, org_id
+"""
+# SQLite runs one writer at a time, so its UPDATE is the guard; it ranks every due item
+# (no LATERAL there): the same order as above, at a cost that grows with the backlog.
+_CLAIM_SQLITE = """
+UPDATE {t} SET lease_token = %s, next_run_at = %s, status = %s,
+    started_at = COALESCE(started_at, %s)
+WHERE next_run_at <= %s AND id IN (
+    SELECT id FROM (SELECT id, org_id, next_run_at, row_number() OVER (
+                        PARTITION BY org_id ORDER BY next_run_at) AS r
+                    FROM {t} WHERE next_run_at <= %s) p
+    ORDER BY r, org_id <= %s, org_id, next_run_at LIMIT %s)
+RETURNING id, org_id
+"""
+# The org this process's last claim served last in ring order: the next claim starts after it.
+_ring_cursor = 0
+
+
+def _ring_next(cursor: int, orgs: set[int]) -> int:
+    """The org served last in ring order (after `cursor`, then wrapping round)."""
+    return max(orgs, key=lambda org: (org <= cursor, org))
+
+
 def work_items_claim_batch(*, now: datetime, limit: int) -> list[Claim]:
-    """Take up to `limit` due items in one statement; each is ours until its lease ends."""
+    """Take up to `limit` due items in one statement, shared fairly among the orgs that
+    have due work (see above); each is ours until its lease ends."""
+    global _ring_cursor
     token = uuid.uuid4().hex
     table = connection.ops.quote_name(WorkItem._meta.db_table)
-    lock = " FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
     at = connection.ops.adapt_datetimefield_value
+    cursor_org = _ring_cursor
     with connection.cursor() as cursor:
-        # SQLite runs one writer at a time, so its UPDATE is the guard. Names from _meta.
-        cursor.execute(
-            f"UPDATE {table} SET lease_token = %s, next_run_at = %s, status = %s, "  # noqa: S608
-            f"started_at = COALESCE(started_at, %s) WHERE next_run_at <= %s AND id IN ("
-            f"SELECT id FROM {table} WHERE next_run_at <= %s ORDER BY next_run_at "
-            f"LIMIT %s{lock}) RETURNING id",
-            [token, at(_lease(None, now)), Status.RUNNING.value, at(now), at(now), at(now),
-             limit])
-        ids = [row[0] for row in cursor.fetchall()]
-    if not ids:
+        if connection.vendor == "postgresql":
+            cursor.execute(_CLAIM_PG.format(t=table), {
+                "token": token, "lease": at(_lease(None, now)),
+                "status": Status.RUNNING.value, "now": at(now), "limit": limit,
+                "cursor": cursor_org})
+        else:
+            cursor.execute(_CLAIM_SQLITE.format(t=table), [
+                token, at(_lease(None, now)), Status.RUNNING.value, at(now), at(now), at(now),
+                cursor_org, limit])
+        rows = cursor.fetchall()
+    if not rows:
         return []
+    _ring_cursor = _ring_next(cursor_org, {row[1] for row in rows})
+    ids = [row[0] for row in rows]
     # workflow__org: the finish audits with the org, without a query per item. The size of
     # each item's step outputs as stored (`_claims_by_output_size`), in the same query.
     stored = StepRun.objects.filter(work_item=OuterRef("pk")).order_by().values(

@@ -56,6 +56,8 @@ BUILDERS = {
         org=cast.org_a, label="k", user=cast.admin_a).key,
     AuditEvent: lambda cast: audit_record(event="x.y", org=cast.org_a, actor_label="a"),
     Membership: lambda cast: Membership.objects.get(user=cast.admin_a, org=cast.org_a),
+    # Its org is its workflow's, copied for the fair claim; its page edits nothing.
+    WorkItem: lambda cast: work_item_create(workflow=_flow(cast.org_a, "Worked"), input={}),
 }
 
 

@@ -38,7 +38,7 @@ SCANNED = ["workflows", "intakes"]  # engine, batch, providers, kinds, replay, c
 LEASE_TIMES = r"(lease_until|next_run_at|next_attempt_at)"
 # A lease's time compared (ORM lookups, raw SQL, Python), or a lease token read on its own.
 CHECK = re.compile(
-    LEASE_TIMES + r"(__(lt|lte|gt|gte)\s*=|\s*[<>]=?\s*(%s|now\b|timezone\.now))"
+    LEASE_TIMES + r"(__(lt|lte|gt|gte)\s*=|\s*[<>]=?\s*(%(\(\w+\))?s|now\b|timezone\.now))"
     r"|lease_token\s*=\s*[\w.]+\s*\)\s*\.\s*(exists|first|get|count|values|values_list)\("
     r"|values_list\([^)]*[\"']lease_token[\"']"
     r"|\bif\s+[\w.]+\.lease_token\b")
@@ -47,8 +47,12 @@ CAS = "the check is the act's own WHERE (one guarded UPDATE): no statement betwe
 TESTED = "tests/workflows/test_lease_check_then_act.py::"
 REVIEWED = {
     ("workflows/engine.py", "work_item_claim"): (CAS, "tests/workflows/test_engine.py"),
-    ("workflows/batch.py", "work_items_claim_batch"): (
-        CAS + " (FOR UPDATE SKIP LOCKED on PostgreSQL)", "tests/workflows/test_engine_batch.py"),
+    ("workflows/batch.py", "_CLAIM_PG"): (
+        "work_items_claim_batch's statement on PostgreSQL: " + CAS
+        + " (FOR UPDATE SKIP LOCKED)", "tests/workflows/test_engine_batch.py"),
+    ("workflows/batch.py", "_CLAIM_SQLITE"): (
+        "work_items_claim_batch's statement on SQLite: " + CAS,
+        "tests/workflows/test_engine_batch.py"),
     ("workflows/batch.py", "_attempts_open"): (
         "reads the tokens under SELECT ... FOR UPDATE: the rows stay locked until the attempt "
         "rows are in", "tests/workflows/test_lease_takeover_inserts.py"),
@@ -82,12 +86,15 @@ REVIEWED = {
 
 
 def _enclosing(tree: ast.AST) -> dict[int, str]:
-    """Line number -> name of the innermost function holding it."""
+    """Line number -> name of the innermost function holding it (or, at module level, of
+    the constant it is in: a statement's SQL kept beside the function that runs it)."""
     owner: dict[int, str] = {}
 
     def visit(node, name):
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            name = node.name
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) or (
+                name == "<module>" and isinstance(node, ast.Assign)
+                and isinstance(node.targets[0], ast.Name)):
+            name = getattr(node, "name", None) or node.targets[0].id
             for line in range(node.lineno, (node.end_lineno or node.lineno) + 1):
                 owner[line] = name
         for child in ast.iter_child_nodes(node):
