@@ -131,6 +131,11 @@ def _task_spent() -> bool:
 # from the cursor until `limit` orgs with due work are found), and each of those orgs'
 # oldest due items by one range scan of the same index, FOR UPDATE SKIP LOCKED, at most
 # limit - orgs + 1 of them (so the claim still fills: one org alone gets all `limit`).
+# The org is matched as a range and ordered by (org_id, next_run_at) on purpose: with
+# `org_id = ...` the planner drops org_id from the order, may take workitem_due (next_run_at
+# order, org filtered) and then walks a big org's backlog to find a small org's item
+# (50,000 rows, 27 ms per claim in bench/claim_explain.py); this form only
+# workitem_org_due serves in order.
 _CLAIM_PG = """
 WITH RECURSIVE after_(org) AS (
     SELECT (SELECT org_id FROM {t} WHERE next_run_at IS NOT NULL AND org_id > %(cursor)s
@@ -156,8 +161,9 @@ WITH RECURSIVE after_(org) AS (
     SELECT %(limit)s - count(*) + 1 FROM due
 ), picked AS (
     SELECT c.id, c.next_run_at, due.org, due.lap FROM due CROSS JOIN LATERAL (
-        SELECT id, next_run_at FROM {t} WHERE org_id = due.org AND next_run_at <= %(now)s
-        ORDER BY next_run_at LIMIT (SELECT n FROM share) FOR UPDATE SKIP LOCKED) c
+        SELECT id, next_run_at FROM {t}
+        WHERE org_id >= due.org AND org_id <= due.org AND next_run_at <= %(now)s
+        ORDER BY org_id, next_run_at LIMIT (SELECT n FROM share) FOR UPDATE SKIP LOCKED) c
 )
 UPDATE {t} SET lease_token = %(token)s, next_run_at = %(lease)s, status = %(status)s,
     started_at = COALESCE(started_at, %(now)s)
