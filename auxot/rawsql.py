@@ -75,15 +75,19 @@ def fetch_one(sql: str, params: list):
         return cursor.fetchone()
 
 
-def insert(instance: Model) -> tuple[str, list]:
+def insert(instance: Model, *, select: str | None = None) -> tuple[str, list]:
     """`INSERT INTO table (cols) VALUES (…)` for an unsaved instance, with the values
     prepared as the ORM's save() would (defaults and auto_now applied, JSON adapted), for
-    statements that put several rows in one round trip (see intakes/accept.py)."""
+    statements that put several rows in one round trip (see intakes/accept.py).
+
+    `select`: the row only on a condition, `INSERT INTO table (cols) SELECT … <select>`
+    (e.g. "WHERE EXISTS (…)"; its own params follow the row's)."""
     fields = _insert_fields(instance)
     cols = ", ".join(quote(f.column) for f in fields)
     params = [f.get_db_prep_save(f.pre_save(instance, add=True), connection) for f in fields]
     marks = ", ".join(["%s"] * len(fields))
-    sql = f"INSERT INTO {table(type(instance))} ({cols}) VALUES ({marks})"  # noqa: S608 (names from _meta)
+    source = f"VALUES ({marks})" if select is None else f"SELECT {marks} {select}"
+    sql = f"INSERT INTO {table(type(instance))} ({cols}) {source}"
     return sql, params
 
 

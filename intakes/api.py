@@ -1,8 +1,10 @@
 """The public v1 API. Views parse, authorize, call one service, render."""
 
+import contextlib
 import uuid
 
 from django.conf import settings
+from django.db import transaction
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
@@ -33,6 +35,7 @@ from intakes.pollrate import poll_rate_take
 from intakes.presenters import work_item_poll_view
 from intakes.rejections import RejectionAuditMixin
 from intakes.services import (
+    intake_access_hold,
     intake_for_key,
     intake_for_trigger,
     intake_key_load,
@@ -77,6 +80,16 @@ class PublicApi(RejectionAuditMixin, APIView):
         return Response(status=204, headers={"Allow": ", ".join(self.allowed_methods)})
 
 
+@contextlib.contextmanager
+def key_refused_as_authentication():
+    """A key refused after authentication (revoked, expired, ... while the request ran)
+    answers as authentication refuses it: the same 401 and WWW-Authenticate."""
+    try:
+        yield
+    except UnauthorizedError as exc:
+        raise AuthenticationFailed(exc.detail) from None
+
+
 def _bind_ids(kwargs: dict) -> None:
     """The URL's ids into the log context, only when they are UUIDs (the path is hostile)."""
     ids = {}
@@ -96,11 +109,12 @@ class IntakeTriggerApi(PublicApi):
         intake = intake_for_trigger(intake_id=intake_id, key=request.auth)
         payload = request_json(request)
         headers = TriggerHeadersSerializer.from_headers(request.headers)
-        result = intake_trigger(intake=intake, key=request.auth, payload=payload,
-                                ip=client_ip(request),
-                                correlation_id=headers.get("correlation_id", ""),
-                                callback_url=request.headers.get("Auxot-Callback-Url", ""),
-                                idempotency_key=headers.get("idempotency_key"))
+        with key_refused_as_authentication():
+            result = intake_trigger(
+                intake=intake, key=request.auth, payload=payload, ip=client_ip(request),
+                correlation_id=headers.get("correlation_id", ""),
+                callback_url=request.headers.get("Auxot-Callback-Url", ""),
+                idempotency_key=headers.get("idempotency_key"))
         item = result.item
         log_context_bind(work_id=str(item.pk))
         trigger_accepted(replayed=result.replayed)
@@ -215,8 +229,13 @@ class WorkItemApprovalApi(PublicApi):
         item = work_item_for_key(intake=intake, work_id=work_id)
         data = _validated(self.InputSerializer, request.data,
                           'Send {"decision": "approve" | "reject", "comment": "..."}.')
-        work_item_decide(item=item, decision=data["decision"], comment=data.get("comment") or "",
-                         user=request.auth.user, key=request.auth, ip=client_ip(request))
+        # The key's access checked again as the decision's last read (a revocation since
+        # authentication rolls it back): intake_access_hold.
+        with key_refused_as_authentication(), transaction.atomic():
+            work_item_decide(item=item, decision=data["decision"],
+                             comment=data.get("comment") or "", user=request.auth.user,
+                             key=request.auth, ip=client_ip(request))
+            intake_access_hold(key=request.auth, intake=intake)
         item.refresh_from_db()
         return Response(work_item_poll_view(item, intake=intake).body)
 
@@ -241,6 +260,8 @@ class WorkItemCancelApi(PublicApi):
         item = work_item_for_key(intake=intake, work_id=work_id)
         data = _validated(self.InputSerializer, request.data,
                           'Send no body, or {"reason": "..."} with at most 500 characters.')
-        item = work_item_cancel(item=item, user=request.auth.user, key=request.auth,
-                                reason=data.get("reason", ""), ip=client_ip(request))
+        with key_refused_as_authentication(), transaction.atomic():
+            item = work_item_cancel(item=item, user=request.auth.user, key=request.auth,
+                                    reason=data.get("reason", ""), ip=client_ip(request))
+            intake_access_hold(key=request.auth, intake=intake)
         return Response(work_item_poll_view(item, intake=intake).body)

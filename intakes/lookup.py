@@ -130,3 +130,62 @@ def work_item_lookup(*, pk: uuid.UUID, intake: Intake) -> WorkItem | None:
     if item.workflow_id == intake.workflow_id:
         item.workflow = intake.workflow
     return item
+
+
+# --- The grant, checked again by the write ---------------------------------------------
+# Every condition the trigger's authorization checks (apikeys.services._refuse_unusable on
+# the key, _key_intake_plan on the intake and the access, intakes.services._require_actor
+# on the role), as one SQL condition over the rows as they are when a write runs. A write
+# that carries it cannot land after a revocation that committed before it
+# (tests/intakes/test_revocation_race.py enumerates the conditions from those functions).
+ACTOR_ROLES = (Membership.Role.ADMIN.value, Membership.Role.MEMBER.value)
+
+
+def team_plans() -> tuple[str, ...]:
+    """The plans on which team keys work (Organization.has_teams, asked of each plan)."""
+    return tuple(plan.value for plan in Organization.Plan if Organization(plan=plan).has_teams)
+
+
+@functools.cache
+def _grant_plan(vendor: str, lock: bool) -> str:
+    """Params: intake id, workflow id, key id, now. One row when the key may still act on
+    the intake's workflow now, none otherwise. `lock`: FOR SHARE on the key and intake rows
+    (PostgreSQL), which a revocation's UPDATE then waits on until our commit, and which
+    waits on one in flight and then sees it."""
+    user_model = get_user_model()
+    through = rawsql.quote(Membership.teams.through._meta.db_table)
+    team = f"'{ApiKey.Kind.TEAM.value}'"  # our own constants, not values anyone sends
+    plans = ", ".join(f"'{plan}'" for plan in team_plans())
+    roles = ", ".join(f"'{role}'" for role in ACTOR_ROLES)
+    sql = (
+        f"SELECT 1 FROM {rawsql.table(ApiKey)} k "
+        f"JOIN {rawsql.table(Organization)} o ON o.id = k.org_id "
+        f"JOIN {rawsql.table(Intake)} i ON i.id = %s AND i.org_id = k.org_id AND i.active "
+        f"JOIN {rawsql.table(Workflow)} w ON w.id = i.workflow_id AND w.id = %s AND w.active "
+        f"LEFT JOIN {rawsql.table(user_model)} u ON u.id = k.user_id "
+        f"LEFT JOIN {rawsql.table(Membership)} m ON m.user_id = k.user_id "
+        "AND m.org_id = k.org_id "
+        "WHERE k.id = %s AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > %s) "
+        f"AND (CASE WHEN k.kind = {team} THEN o.plan IN ({plans}) AND i.team_id = k.team_id "
+        f"ELSE u.is_active AND m.role IN ({roles}) AND (i.team_id IS NULL OR EXISTS (SELECT 1 "
+        f"FROM {through} mt WHERE mt.membership_id = m.id AND mt.team_id = i.team_id)) END)"
+    )
+    if lock and vendor == "postgresql":
+        sql += " FOR SHARE OF k, i"
+    return sql
+
+
+def access_grant(*, key: ApiKey, intake: Intake, now, lock: bool = False) -> tuple[str, list]:
+    """The grant's SELECT and its params (see _grant_plan), for a write to carry as
+    `WHERE EXISTS (…)` or to run as its transaction's last read."""
+    prep = Intake._meta.pk.get_db_prep_value
+    params = [prep(intake.pk, connection),
+              Workflow._meta.pk.get_db_prep_value(intake.workflow_id, connection),
+              ApiKey._meta.pk.get_db_prep_value(key.pk, connection),
+              ApiKey._meta.get_field("expires_at").get_db_prep_value(now, connection)]
+    return _grant_plan(connection.vendor, lock), params
+
+
+def access_granted(*, key: ApiKey, intake: Intake, now, lock: bool = False) -> bool:
+    sql, params = access_grant(key=key, intake=intake, now=now, lock=lock)
+    return rawsql.fetch_one(sql, params) is not None

@@ -19,11 +19,22 @@ from apikeys.models import ApiKey
 from auxot.http import client_ip
 from auxot.timefmt import iso
 from intakes import idempotency, ratelimit
-from intakes.api import FreeTextField, PublicApi, _absolute, _validated
+from intakes.api import (
+    FreeTextField,
+    PublicApi,
+    _absolute,
+    _validated,
+    key_refused_as_authentication,
+)
 from intakes.body import StrictJSONParser
 from intakes.models import Intake
 from intakes.openapi import REPLAY_EXAMPLES, TriggerHeadersSerializer, replay_schema
-from intakes.services import TriggerResult, intake_for_key, work_item_for_key
+from intakes.services import (
+    TriggerResult,
+    intake_access_hold,
+    intake_for_key,
+    work_item_for_key,
+)
 from workflows.models import WorkItem
 from workflows.replay import (
     FROM_FAILED_STEP,
@@ -60,6 +71,9 @@ def intake_work_replay(*, intake: Intake, key: ApiKey, item: WorkItem, start_ove
                 idempotency.idempotency_bound_wait()
                 idempotency.idempotency_store(claim=claim, intake=intake, work_item_id=new.pk,
                                               now=new.created_at)
+            # The key's access as it is now, the transaction's last read: a revocation
+            # since authentication rolls the replay back.
+            intake_access_hold(key=key, intake=intake)
     except IntegrityError:
         ratelimit.ratelimit_refund(ticket)
         if claim is None:
@@ -117,10 +131,11 @@ class WorkItemReplayApi(PublicApi):
                           'Send no body, or {"from": "failed_step" | "start", "reason": "..."} '
                           f"(a reason of at most {REASON_MAX_CHARS} characters).")
         header = TriggerHeadersSerializer.from_headers(request.headers).get("idempotency_key")
-        result = intake_work_replay(intake=intake, key=request.auth, item=item,
-                                    start_over=data["from"] == FROM_START,
-                                    ip=client_ip(request), idempotency_key=header,
-                                    reason=data.get("reason", ""))
+        with key_refused_as_authentication():
+            result = intake_work_replay(intake=intake, key=request.auth, item=item,
+                                        start_over=data["from"] == FROM_START,
+                                        ip=client_ip(request), idempotency_key=header,
+                                        reason=data.get("reason", ""))
         new = result.item
         status_url = _absolute(request, reverse(
             "work-item-detail", kwargs={"intake_id": intake.pk, "work_id": new.pk}))

@@ -21,10 +21,17 @@ from auxot.outbound import RefusedDestination, url_check, url_redact
 from auxot.secrets import free_text_check
 from auxot.services import audit_deletion, audit_record
 from intakes import idempotency, ratelimit
-from intakes.accept import work_item_accept_write
+from intakes.accept import AccessRevoked, work_item_accept_write
 from intakes.callbacks import callback_deliveries_retarget
 from intakes.longpoll import item_state, work_item_wait
-from intakes.lookup import intake_lookup, key_intake_lookup, work_item_lookup
+from intakes.lookup import (
+    ACTOR_ROLES,
+    access_grant,
+    access_granted,
+    intake_lookup,
+    key_intake_lookup,
+    work_item_lookup,
+)
 from intakes.models import Intake
 from intakes.poll_lookup import PollRead, work_item_poll_lookup
 from intakes.secrets import secret_encrypt, signing_secret_generate
@@ -171,10 +178,36 @@ def _require_actor(*, intake: Intake, key: ApiKey) -> None:
     if role is None:
         role = Membership.objects.filter(user_id=key.user_id, org_id=intake.org_id).values_list(
             "role", flat=True).first()
-    if role not in (Membership.Role.ADMIN, Membership.Role.MEMBER):
+    if role not in ACTOR_ROLES:
         raise PermissionDeniedError(
             "This key's owner is an auditor of the organization: auditors' keys may read "
             "work items but not trigger intakes.")
+
+
+def access_refusal(*, key: ApiKey, intake: Intake) -> ApplicationError:
+    """The error a request arriving now would get, for one whose access was withdrawn
+    after its authentication (a key revoked, expired, its owner deactivated or demoted,
+    the intake deactivated, ...): the 401 of authentication, the one 404, or the
+    auditor's 403, in the order a new request meets them. The one 404 as well when
+    nothing is wrong any more (the access came back meanwhile: the write was refused)."""
+    try:
+        apikey_recheck(key=key, now=timezone.now())
+        current = intake_lookup(pk=intake.pk, key=key)
+        if current is None:
+            return _not_found()
+        _require_actor(intake=current, key=key)
+    except ApplicationError as exc:
+        return exc
+    return _not_found()
+
+
+def intake_access_hold(*, key: ApiKey, intake: Intake) -> None:
+    """For a key's write in a transaction (approval, cancel, replay), as its last read:
+    the key's access checked again as it is now, the key and intake rows share-locked
+    until the commit (PostgreSQL), so a revocation either committed before (and this
+    raises access_refusal, rolling the write back) or waits for our commit."""
+    if not access_granted(key=key, intake=intake, now=timezone.now(), lock=True):
+        raise access_refusal(key=key, intake=intake)
 
 
 @dataclass(frozen=True)
@@ -203,6 +236,8 @@ def intake_trigger(*, intake: Intake, key: ApiKey, payload: Any, ip: str | None,
             return _trigger_once(intake=intake, key=key, payload=payload, ip=ip,
                                  correlation_id=correlation_id, callback_url=callback_url,
                                  claim=claim, now=now)
+        except AccessRevoked:
+            raise access_refusal(key=key, intake=intake) from None
         except IntegrityError:
             if claim is None:
                 raise
@@ -237,7 +272,10 @@ def _trigger_once(*, intake: Intake, key: ApiKey, payload: Any, ip: str | None,
             raise
         return TriggerResult(item=winner, replayed=True)
     try:
-        work_item_accept_write(item=item, record=record)
+        # The write checks the key's access again, in its own statement: a revocation that
+        # committed since authentication refuses it (AccessRevoked, nothing written).
+        work_item_accept_write(item=item, record=record,
+                               grant=access_grant(key=key, intake=intake, now=now))
     except BaseException:
         ratelimit.ratelimit_refund(ticket)
         raise
