@@ -4,7 +4,6 @@ import contextlib
 import uuid
 
 from django.conf import settings
-from django.db import transaction
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
@@ -88,6 +87,10 @@ def key_refused_as_authentication():
         yield
     except UnauthorizedError as exc:
         raise AuthenticationFailed(exc.detail) from None
+
+
+def _still_allowed(key, intake):
+    return lambda: intake_access_hold(key=key, intake=intake)
 
 
 def _bind_ids(kwargs: dict) -> None:
@@ -229,13 +232,15 @@ class WorkItemApprovalApi(PublicApi):
         item = work_item_for_key(intake=intake, work_id=work_id)
         data = _validated(self.InputSerializer, request.data,
                           'Send {"decision": "approve" | "reject", "comment": "..."}.')
-        # The key's access checked again as the decision's last read (a revocation since
-        # authentication rolls it back): intake_access_hold.
-        with key_refused_as_authentication(), transaction.atomic():
+        # Only while the key may still act: its access checked first (a revocation since
+        # authentication answers as it would for a later request) and again as the
+        # decision's last statement (intake_access_hold).
+        with key_refused_as_authentication():
+            intake_access_hold(key=request.auth, intake=intake)
             work_item_decide(item=item, decision=data["decision"],
                              comment=data.get("comment") or "", user=request.auth.user,
-                             key=request.auth, ip=client_ip(request))
-            intake_access_hold(key=request.auth, intake=intake)
+                             key=request.auth, ip=client_ip(request),
+                             still_allowed=_still_allowed(request.auth, intake))
         item.refresh_from_db()
         return Response(work_item_poll_view(item, intake=intake).body)
 
@@ -260,8 +265,9 @@ class WorkItemCancelApi(PublicApi):
         item = work_item_for_key(intake=intake, work_id=work_id)
         data = _validated(self.InputSerializer, request.data,
                           'Send no body, or {"reason": "..."} with at most 500 characters.')
-        with key_refused_as_authentication(), transaction.atomic():
-            item = work_item_cancel(item=item, user=request.auth.user, key=request.auth,
-                                    reason=data.get("reason", ""), ip=client_ip(request))
+        with key_refused_as_authentication():  # as the approval's
             intake_access_hold(key=request.auth, intake=intake)
+            item = work_item_cancel(item=item, user=request.auth.user, key=request.auth,
+                                    reason=data.get("reason", ""), ip=client_ip(request),
+                                    still_allowed=_still_allowed(request.auth, intake))
         return Response(work_item_poll_view(item, intake=intake).body)

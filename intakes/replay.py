@@ -7,7 +7,7 @@ callers that may act (admins and members through personal keys, team keys of the
 team); auditors' keys get 403, everyone else the one 404.
 """
 
-from django.db import IntegrityError, OperationalError, transaction
+from django.db import IntegrityError, OperationalError
 from django.urls import reverse
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema_serializer
@@ -31,7 +31,7 @@ from intakes.models import Intake
 from intakes.openapi import REPLAY_EXAMPLES, TriggerHeadersSerializer, replay_schema
 from intakes.services import (
     TriggerResult,
-    intake_access_hold,
+    intake_access_held,
     intake_for_key,
     work_item_for_key,
 )
@@ -64,16 +64,14 @@ def intake_work_replay(*, intake: Intake, key: ApiKey, item: WorkItem, start_ove
     # the replay commits.
     ticket = ratelimit.ratelimit_consume(intake=intake, key=key, now=timezone.now())
     try:
-        with transaction.atomic():
+        # Only while the key may still act: a revocation since authentication refuses it.
+        with intake_access_held(key=key, intake=intake):
             new = work_item_replay(item=item, start_over=start_over, user=key.user, key=key,
                                    ip=ip, reason=reason)
             if claim is not None:
                 idempotency.idempotency_bound_wait()
                 idempotency.idempotency_store(claim=claim, intake=intake, work_item_id=new.pk,
                                               now=new.created_at)
-            # The key's access as it is now, the transaction's last read: a revocation
-            # since authentication rolls the replay back.
-            intake_access_hold(key=key, intake=intake)
     except IntegrityError:
         ratelimit.ratelimit_refund(ticket)
         if claim is None:

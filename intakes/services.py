@@ -1,3 +1,4 @@
+import contextlib
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -202,12 +203,24 @@ def access_refusal(*, key: ApiKey, intake: Intake) -> ApplicationError:
 
 
 def intake_access_hold(*, key: ApiKey, intake: Intake) -> None:
-    """For a key's write in a transaction (approval, cancel, replay), as its last read:
-    the key's access checked again as it is now, the key and intake rows share-locked
-    until the commit (PostgreSQL), so a revocation either committed before (and this
-    raises access_refusal, rolling the write back) or waits for our commit."""
+    """The key's access to `intake` checked again as it is now, the key and intake rows
+    share-locked until the commit (PostgreSQL): a revocation of them either committed
+    before (this raises access_refusal) or waits for our commit."""
     if not access_granted(key=key, intake=intake, now=timezone.now(), lock=True):
         raise access_refusal(key=key, intake=intake)
+
+
+@contextlib.contextmanager
+def intake_access_held(*, key: ApiKey, intake: Intake):
+    """A transaction for a key's action (a replay) that commits only while the key may
+    still act: its access checked first, before the transaction (so a request raced by a
+    revocation gets what a later one would, before any other check of the action), and
+    again as the transaction's last read, so nothing that committed meanwhile is missed.
+    Approval and cancel do the same through their `still_allowed`."""
+    intake_access_hold(key=key, intake=intake)
+    with transaction.atomic():
+        yield
+        intake_access_hold(key=key, intake=intake)
 
 
 @dataclass(frozen=True)

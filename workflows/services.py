@@ -1,6 +1,7 @@
 import logging
 import os
 import socket
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -138,11 +139,14 @@ def _require_role(*, org_id, user, key, action: str) -> None:
 
 
 def work_item_decide(*, item: WorkItem, decision: str, comment: str = "", user=None, key=None,
-                     ip: str | None = None, now: datetime | None = None) -> Approval:
+                     ip: str | None = None, now: datetime | None = None,
+                     still_allowed: Callable[[], None] | None = None) -> Approval:
     """Record an approve/reject on the approval step the item waits at, and wake it.
 
     `user` is the person deciding (admin session or a personal key's owner). Team keys
-    cannot decide: an approval is a person's signature.
+    cannot decide: an approval is a person's signature. `still_allowed`: the caller's
+    check, run as the transaction's last statement; it raises to roll the decision back
+    (the API's key revoked meanwhile, intakes.services.intake_access_hold).
     """
     if decision not in Approval.Decision.values:
         raise ApplicationError('decision must be "approve" or "reject".')
@@ -171,6 +175,8 @@ def work_item_decide(*, item: WorkItem, decision: str, comment: str = "", user=N
                      actor_label=_actor_label(user, key), obj=locked, ip=ip, now=now,
                      extra={"step": run.step.name, "step_position": run.step.position,
                             "comment": comment[:500]})
+        if still_allowed is not None:
+            still_allowed()
     return approval
 
 
@@ -211,9 +217,11 @@ def _waiting_approval(item: WorkItem) -> StepRun:
 
 
 def work_item_cancel(*, item: WorkItem, user=None, key=None, reason: str = "",
-                     ip: str | None = None, now: datetime | None = None) -> WorkItem:
+                     ip: str | None = None, now: datetime | None = None,
+                     still_allowed: Callable[[], None] | None = None) -> WorkItem:
     """End a pending or running item as failed/canceled. A running step's result is
-    discarded: the engine stores results only while it holds the lease cleared here."""
+    discarded: the engine stores results only while it holds the lease cleared here.
+    `still_allowed`: as work_item_decide's."""
     now = now or timezone.now()
     _require_role(org_id=item.workflow.org_id, user=user, key=key, action="cancel work")
     who = _actor_label(user, key)
@@ -229,6 +237,8 @@ def work_item_cancel(*, item: WorkItem, user=None, key=None, reason: str = "",
                          event="work_item.canceled", actor_user=user,
                          actor_key_lookup=key.lookup_id if key else "", actor_label=who, ip=ip,
                          extra={"reason": reason[:500]})
+        if still_allowed is not None:
+            still_allowed()
     item.refresh_from_db()
     return item
 

@@ -204,20 +204,23 @@ def _committed_elsewhere(fn, *args) -> None:
         raise errors[0]
 
 
-def _between(monkeypatch, module, name: str, revoke, world, *, after: bool = False) -> list:
-    """Patch `module.name` so that the revocation commits elsewhere just before it runs
-    (`after`: just after, still inside the caller's transaction). Returns a list that holds
-    True once the hook ran, so a test cannot pass without the race."""
-    original, ran = getattr(module, name), []
+def _between(monkeypatch, module, name: str, revoke, world, *, after: bool = False,
+             nth: int = 1) -> list:
+    """Patch `module.name` so that the revocation commits elsewhere just before its `nth`
+    call runs (`after`: just after it). Returns a list that holds True once the revocation
+    ran, so a test cannot pass without the race."""
+    original, ran, calls = getattr(module, name), [], []
 
     def hooked(*args, **kwargs):
-        if not after:
+        calls.append(True)
+        due = len(calls) == nth
+        if due and not after:
             _committed_elsewhere(revoke, world)
             ran.append(True)
-            return original(*args, **kwargs)
         result = original(*args, **kwargs)
-        _committed_elsewhere(revoke, world)
-        ran.append(True)
+        if due and after:
+            _committed_elsewhere(revoke, world)
+            ran.append(True)
         return result
 
     monkeypatch.setattr(module, name, hooked)
@@ -303,17 +306,17 @@ def _failed(world):
     return item
 
 
-# route -> (target, path suffix, body, (module, the service call the write goes through),
+# route -> (target, path suffix, body, the view's module (where it reads the item),
 #           what the item looks like when nothing happened)
 ROUTES = {
     "work-item-approval": (_parked, "/approval", {"decision": "approve"},
-                           (intakes_api, "work_item_decide"),
+                           intakes_api,
                            lambda item: item.waiting_on == WorkItem.Waiting.APPROVAL),
     "work-item-cancel": (_pending, "/cancel", {"reason": "raced"},
-                         (intakes_api, "work_item_cancel"),
+                         intakes_api,
                          lambda item: item.status == WorkItem.Status.PENDING),
     "work-item-replay": (_failed, "/replay", {"reason": "raced"},
-                         (intakes_replay, "work_item_replay"),
+                         intakes_replay,
                          lambda item: WorkItem.objects.count() == 1),
 }
 
@@ -332,14 +335,17 @@ def test_a_revocation_before_a_keys_action_commits_refuses_it(
     kind, on_team, revoke = SCENARIOS[scenario]
     if route == "work-item-approval" and kind == "team":
         pytest.skip("an approval takes a personal key (a team key gets 403 before any race)")
-    build, suffix, body, (module, name), untouched = ROUTES[route]
+    build, suffix, body, module, untouched = ROUTES[route]
     world = _world(cast, kind, on_team)
     item = build(world)
     # PostgreSQL: the revocation commits on another connection after the action's writes,
     # inside its transaction (the point a check at authentication cannot see). SQLite takes
-    # its write lock at BEGIN, so another connection commits just before the transaction.
-    postgres = connection.vendor == "postgresql"
-    ran = _between(monkeypatch, module, name, revoke, world, after=postgres)
+    # its write lock at BEGIN, so another connection commits just before the transaction
+    # (after the item's read: authentication and the intake's access are behind it).
+    if connection.vendor == "postgresql":  # after the action's writes, before its last read
+        ran = _between(monkeypatch, intake_services, "access_granted", revoke, world, nth=2)
+    else:  # just after the item was read, before the action's transaction begins
+        ran = _between(monkeypatch, module, "work_item_for_key", revoke, world, after=True)
     path = f"/v1/intake/{world.intake.pk}/work/{item.pk}{suffix}"
     raced = api.post(path, data=body, format="json", **bearer(world.token))
     assert ran
