@@ -328,13 +328,13 @@ def test_every_writing_route_is_raced():
     assert {name for pattern in api_urls.urlpatterns for name in [pattern.name]} >= set(ROUTES)
 
 
-@pytest.mark.parametrize("route", sorted(ROUTES))
-@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+# An approval takes a personal key (a team key gets 403 before any race): not raced.
+@pytest.mark.parametrize(("scenario", "route"), [
+    (scenario, route) for scenario in sorted(SCENARIOS) for route in sorted(ROUTES)
+    if not (route == "work-item-approval" and SCENARIOS[scenario][0] == "team")])
 def test_a_revocation_before_a_keys_action_commits_refuses_it(
         transactional_db, cast, api, monkeypatch, route, scenario):
     kind, on_team, revoke = SCENARIOS[scenario]
-    if route == "work-item-approval" and kind == "team":
-        pytest.skip("an approval takes a personal key (a team key gets 403 before any race)")
     build, suffix, body, module, untouched = ROUTES[route]
     world = _world(cast, kind, on_team)
     item = build(world)
