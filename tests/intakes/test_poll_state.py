@@ -399,9 +399,8 @@ def test_every_way_to_wait_names_its_reason(api, world, waiting_on, phase):
         assert "at its concurrency limit" not in diagnosis
 
 
-def test_a_decided_approval_still_says_who_decided_until_a_worker_applies_it(api, world):
-    cast, workflow, intake, token = world
-    _beat(True)
+def _waiting_on_approval(api, workflow, intake, token) -> str:
+    """A triggered item parked at its approval step (position 2), undecided."""
     work_id = trigger(api, intake.pk, token).json()["work_id"]
     step = Step.objects.get(workflow=workflow, position=2)
     StepRun.objects.create(work_item_id=work_id, step=step, attempt=1, status="waiting",
@@ -409,6 +408,13 @@ def test_a_decided_approval_still_says_who_decided_until_a_worker_applies_it(api
     WorkItem.objects.filter(pk=work_id).update(
         status="running", current_step=1, next_run_at=_at(600), waiting_on="approval",
         waiting_since=timezone.now(), waiting_detail={"instructions": "look"})
+    return work_id
+
+
+def test_a_decided_approval_still_says_who_decided_until_a_worker_applies_it(api, world):
+    cast, workflow, intake, token = world
+    _beat(True)
+    work_id = _waiting_on_approval(api, workflow, intake, token)
     work_item_decide(item=WorkItem.objects.get(pk=work_id), decision="reject",
                      user=cast.member_a)
     body, state = _look(api, intake, token, work_id)
@@ -441,13 +447,7 @@ def _later(seconds: float, change) -> threading.Timer:
 def test_a_long_poll_wakes_on_an_approval_decision(api, world):
     cast, workflow, intake, token = world
     _beat(True)
-    work_id = trigger(api, intake.pk, token).json()["work_id"]
-    step = Step.objects.get(workflow=workflow, position=2)
-    StepRun.objects.create(work_item_id=work_id, step=step, attempt=1, status="waiting",
-                           started_at=timezone.now(), state={"instructions": "look"})
-    WorkItem.objects.filter(pk=work_id).update(
-        status="running", current_step=1, next_run_at=_at(600), waiting_on="approval",
-        waiting_since=timezone.now(), waiting_detail={"instructions": "look"})
+    work_id = _waiting_on_approval(api, workflow, intake, token)
     _body, state = _look(api, intake, token, work_id)
     timer = _later(0.5, lambda: work_item_decide(item=WorkItem.objects.get(pk=work_id),
                                                  decision="approve", user=cast.member_a))
