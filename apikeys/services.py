@@ -18,7 +18,13 @@ from apikeys.tokens import (
     token_shaped,
     token_truncated,
 )
-from auxot.errors import ApplicationError, ObjectGoneError, UnauthorizedError, row_gone
+from auxot.errors import (
+    ApplicationError,
+    ObjectGoneError,
+    UnauthorizedError,
+    row_gone,
+    row_refresh,
+)
 from auxot.models import Membership, Organization, Team
 from auxot.secrets import free_text_check
 from auxot.services import audit_deletion, audit_record
@@ -112,7 +118,7 @@ def apikey_revoke(*, key: ApiKey, revoked_by=None, ip: str | None = None) -> Api
                 ip=ip,
                 extra={"kind": key.kind, "label": key.label, "lookup_id": key.lookup_id},
             )
-    key.refresh_from_db()
+        row_refresh(key)
     return key
 
 

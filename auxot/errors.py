@@ -207,6 +207,16 @@ def row_gone(obj) -> bool:
     return not type(obj)._default_manager.filter(pk=obj.pk).exists()
 
 
+def row_refresh(obj) -> None:
+    """`obj` as its row now is, read in the caller's transaction (after its guarded
+    UPDATE, which holds the row): never read back after the commit, when another admin
+    may already have deleted it. ObjectGoneError when it is gone."""
+    try:
+        obj.refresh_from_db()
+    except type(obj).DoesNotExist:
+        raise ObjectGoneError(obj) from None
+
+
 class UnauthorizedError(ApplicationError):
     code = "unauthorized"
 

@@ -27,7 +27,7 @@ from standardwebhooks.webhooks import Webhook
 
 from auxot import rawsql
 from auxot.broker import task_enqueue
-from auxot.errors import ObjectGoneError, row_gone
+from auxot.errors import ObjectGoneError, row_gone, row_refresh
 from auxot.http import retry_after_seconds
 from auxot.logs import log_context
 from auxot.models import Organization
@@ -174,7 +174,7 @@ def intake_callback_enable(*, intake: Intake, actor=None, ip: str | None = None)
         if changed:
             audit_record(event="intake.callback_enabled", org=intake.org, actor_user=actor,
                          obj=intake, now=now, ip=ip, extra={"name": intake.name})
-    intake.refresh_from_db()
+        row_refresh(intake)
     return bool(changed)
 
 
@@ -524,8 +524,9 @@ def callback_delivery_redeliver(*, delivery: CallbackDelivery, actor=None,
             audit_record(event="callback.redelivered", org=delivery.intake.org, actor_user=actor,
                          obj=delivery, now=now, ip=ip, extra=extra)
             callback_delivery_announce(delivery_id=delivery.pk)
-    if changed:  # unchanged may mean gone: retention deleted its item since it was read
-        delivery.refresh_from_db()
+            # In the transaction that holds the row: after the commit, retention may
+            # already have deleted it with its item. (Unchanged may mean gone already.)
+            delivery.refresh_from_db()
     return bool(changed)
 
 

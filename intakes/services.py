@@ -16,6 +16,7 @@ from auxot.errors import (
     ObjectGoneError,
     PermissionDeniedError,
     row_gone,
+    row_refresh,
 )
 from auxot.models import Membership, Organization, Team
 from auxot.outbound import RefusedDestination, url_check, url_redact
@@ -122,7 +123,7 @@ def intake_set_active(*, intake: Intake, active: bool, actor=None,
             audit_record(event="intake.reactivated" if active else "intake.deactivated",
                          org=intake.org, actor_user=actor, obj=intake, now=now, ip=ip,
                          extra={"name": intake.name})
-    intake.refresh_from_db()
+        row_refresh(intake)
     return bool(changed)
 
 

@@ -6,7 +6,7 @@ from datetime import timedelta
 from urllib.parse import urlencode
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -14,6 +14,7 @@ from auxot.models import AuditEvent
 from intakes.callbacks import (
     callback_delivery_create,
     callback_delivery_process,
+    callback_delivery_redeliver,
     endpoint_circuit_close,
     endpoint_key,
     endpoint_outcome,
@@ -534,3 +535,25 @@ def test_redeliver_refuses_a_selection_larger_than_it_takes_at_once_and_changes_
                            follow=True)
     assert "2 delivery(ies) queued" in response.content.decode()
     assert AuditEvent.objects.filter(event="callback.redelivered").count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_redelivered_delivery_deleted_right_after_the_commit_is_not_an_error(
+        cast, cb_intake, monkeypatch):
+    """Retention may delete an old delivery with its item the moment "Redeliver now"
+    commits: the delivery is not read back after the commit (that was DoesNotExist, a
+    500, for an action that was done)."""
+    import intakes.callbacks
+
+    mine = _gave_up(cb_intake)
+    original = intakes.callbacks.audit_record
+
+    def audit(*args, **kwargs):
+        row = original(*args, **kwargs)
+        transaction.on_commit(lambda: CallbackDelivery.objects.filter(pk=mine.pk).delete())
+        return row
+
+    monkeypatch.setattr(intakes.callbacks, "audit_record", audit)
+    assert callback_delivery_redeliver(delivery=mine, actor=cast.admin_a) is True
+    assert not CallbackDelivery.objects.filter(pk=mine.pk).exists()
+    assert mine.state == State.PENDING  # as the redeliver left it, read before the commit
